@@ -1,0 +1,110 @@
+"""LunaSentri: monitor machines with plugins.
+
+Everything a plugin author or an embedding application needs is importable from
+here (and from :mod:`lunasentri_core.testing` for tests); other modules are
+implementation details that may change between releases.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from lunasentri_core.components import (
+    Authenticator,
+    Collector,
+    Credentials,
+    DeliveryResult,
+    DeliveryStatus,
+    Notification,
+    NotificationKind,
+    Notifier,
+    Principal,
+)
+from lunasentri_core.errors import (
+    ConfigError,
+    ConflictError,
+    FieldError,
+    LunaSentriError,
+    NotFoundError,
+    PluginError,
+    StorageError,
+    ValidationError,
+)
+from lunasentri_core.hookspecs import hookimpl
+from lunasentri_core.model import (
+    Aggregation,
+    AlertEvent,
+    AlertRule,
+    AlertState,
+    ApiKey,
+    Comparison,
+    HistoryPoint,
+    HistoryQuery,
+    Labels,
+    Machine,
+    MachineKind,
+    MachineSamples,
+    MachineStatus,
+    Reading,
+    Resolution,
+    RetentionPolicy,
+    Role,
+    RuleScope,
+    Sample,
+    SeriesHistory,
+    SeriesKey,
+    SeriesValue,
+    Severity,
+    Target,
+    User,
+)
+
+try:
+    __version__ = version("lunasentri-core")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Aggregation",
+    "AlertEvent",
+    "AlertRule",
+    "AlertState",
+    "ApiKey",
+    "Authenticator",
+    "Collector",
+    "Comparison",
+    "ConfigError",
+    "ConflictError",
+    "Credentials",
+    "DeliveryResult",
+    "DeliveryStatus",
+    "FieldError",
+    "HistoryPoint",
+    "HistoryQuery",
+    "Labels",
+    "LunaSentriError",
+    "Machine",
+    "MachineKind",
+    "MachineSamples",
+    "MachineStatus",
+    "NotFoundError",
+    "Notification",
+    "NotificationKind",
+    "Notifier",
+    "PluginError",
+    "Principal",
+    "Reading",
+    "Resolution",
+    "RetentionPolicy",
+    "Role",
+    "RuleScope",
+    "Sample",
+    "SeriesHistory",
+    "SeriesKey",
+    "SeriesValue",
+    "Severity",
+    "StorageError",
+    "Target",
+    "User",
+    "ValidationError",
+    "__version__",
+    "hookimpl",
+]

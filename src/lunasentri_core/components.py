@@ -1,0 +1,122 @@
+"""The interfaces a plugin's registered classes implement.
+
+Registration hooks return *classes*; each carries its ``name`` (unique within its
+kind) and an optional ``settings_class``, an attrs class structured from
+``[plugins.<name>]`` in the settings file. The hub instantiates a class once, with
+its settings, and reuses the instance.
+
+Methods may be plain functions (the hub runs them in a worker thread, so they may
+block) or coroutine functions (awaited on the event loop, so they must not block).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import attrs
+
+from lunasentri_core.model import Reading, Role, Target
+from lunasentri_core.storage.protocols import StateStore
+
+
+@runtime_checkable
+class Collector(Protocol):
+    """Measures a target and returns its readings.
+
+    Must be safe to call again while a previous call for another target runs.
+    Raising marks this one collection as failed; the hub logs it and carries on.
+    """
+
+    name: ClassVar[str]
+    settings_class: ClassVar[type[Any] | None]
+
+    def collect(self, target: Target) -> Sequence[Reading] | Awaitable[Sequence[Reading]]: ...
+
+
+class NotificationKind(enum.StrEnum):
+    MACHINE_OFFLINE = "machine.offline"
+    MACHINE_ONLINE = "machine.online"
+    ALERT_FIRING = "alert.firing"
+    ALERT_RESOLVED = "alert.resolved"
+    TEST = "test"
+
+
+@attrs.frozen
+class Notification:
+    """One event to deliver; ``id`` is the idempotency key of the delivery."""
+
+    id: str
+    kind: NotificationKind
+    title: str
+    text: str
+    occurred_at: datetime
+    data: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+class DeliveryStatus(enum.StrEnum):
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    """Temporary failure; try again (after ``retry_after`` seconds when given)."""
+    FAILED = "failed"
+    """Permanent failure of this delivery."""
+    DISABLE_CHANNEL = "disable-channel"
+    """The channel is gone for good (e.g. HTTP 410); stop using it."""
+
+
+@attrs.frozen
+class DeliveryResult:
+    status: DeliveryStatus
+    detail: str = ""
+    retry_after: float | None = None
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """Delivers a notification to one channel; ``channel`` is that channel's own config."""
+
+    name: ClassVar[str]
+    settings_class: ClassVar[type[Any] | None]
+
+    def send(
+        self, channel: Mapping[str, Any], notification: Notification
+    ) -> DeliveryResult | Awaitable[DeliveryResult]: ...
+
+
+@attrs.frozen
+class Credentials:
+    """What a request presented: its headers (lower-case names) and cookies."""
+
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    cookies: Mapping[str, str] = attrs.field(factory=dict)
+    client: str | None = None
+
+
+@attrs.frozen
+class Principal:
+    """Who is calling: a user (with a role) or a machine (an agent with an API key)."""
+
+    kind: str
+    id: str
+    role: Role = Role.USER
+    machine_id: str | None = None
+    via: str = ""
+    """Name of the authenticator that recognised the caller."""
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+
+@runtime_checkable
+class Authenticator(Protocol):
+    """Turns a request's credentials into a principal, or ``None`` if they are not its kind."""
+
+    name: ClassVar[str]
+    settings_class: ClassVar[type[Any] | None]
+
+    def authenticate(
+        self, credentials: Credentials, state: StateStore
+    ) -> Principal | None | Awaitable[Principal | None]: ...

@@ -1,0 +1,65 @@
+"""Exceptions a user or a plugin author may catch.
+
+Every error that reaches a user carries a message that says what was wrong and
+where; none of them should need a traceback to be understood.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+
+class LunaSentriError(Exception):
+    """Base class of every error LunaSentri raises on purpose."""
+
+
+@attrs.frozen
+class FieldError:
+    """One problem with one field of some input: ``path`` is like ``samples[3].metrics.cpu.percent``."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ValidationError(LunaSentriError, ValueError):
+    """Input did not match what was expected; ``errors`` lists every problem found."""
+
+    def __init__(self, errors: Sequence[FieldError], what: str = "input") -> None:
+        self.errors = tuple(errors)
+        self.what = what
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        lines = [str(e) for e in self.errors]
+        if len(lines) == 1:
+            return f"invalid {self.what}: {lines[0]}"
+        return f"invalid {self.what}:\n" + "\n".join(f"  {line}" for line in lines)
+
+    @property
+    def first_path(self) -> str | None:
+        return self.errors[0].path if self.errors else None
+
+
+class ConfigError(LunaSentriError):
+    """The settings (TOML file, environment or arguments) are wrong."""
+
+
+class PluginError(LunaSentriError):
+    """A plugin could not be loaded, validated or used."""
+
+
+class StorageError(LunaSentriError):
+    """The storage backend cannot be opened or used (path, permissions, server)."""
+
+
+class NotFoundError(LunaSentriError, LookupError):
+    """A record asked for by id does not exist (or is not visible to the caller)."""
+
+
+class ConflictError(LunaSentriError):
+    """A change conflicts with existing state (a duplicate name, a record in use)."""

@@ -1,0 +1,23 @@
+"""Storage protocols and the shared SQLAlchemy Core implementation.
+
+A storage plugin registers a :class:`StorageFactory` for its URL schemes; the SQL
+backends (SQLite, PostgreSQL/TimescaleDB) share :mod:`lunasentri_core.storage.sql`.
+"""
+
+from lunasentri_core.storage.protocols import (
+    Capability,
+    MaintenanceReport,
+    MetricStore,
+    StateStore,
+    StorageBackend,
+    StorageFactory,
+)
+
+__all__ = [
+    "Capability",
+    "MaintenanceReport",
+    "MetricStore",
+    "StateStore",
+    "StorageBackend",
+    "StorageFactory",
+]

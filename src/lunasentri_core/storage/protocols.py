@@ -1,0 +1,154 @@
+"""What a storage backend provides.
+
+Storage is synchronous on purpose: SQL drivers block, and the hub runs every
+storage call in a worker thread behind a capacity limiter. A backend therefore
+must be safe to call from several threads at once.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import attrs
+
+from lunasentri_core.model import (
+    AlertEvent,
+    AlertRule,
+    ApiKey,
+    HistoryQuery,
+    Machine,
+    MachineSamples,
+    RetentionPolicy,
+    SeriesHistory,
+    SeriesKey,
+    SeriesValue,
+    User,
+)
+
+
+class Capability(enum.StrEnum):
+    """Optional features; contract tests for a missing capability are skipped, by name."""
+
+    ROLLUPS = "rollups"
+    """Long ranges are answered from 1-minute and 1-hour rollups."""
+    RETENTION = "retention"
+    """:meth:`MetricStore.maintain` drops data older than the retention policy."""
+    CONCURRENT_WRITERS = "concurrent-writers"
+    """Several processes may write to the same store at once."""
+
+
+@attrs.frozen
+class MaintenanceReport:
+    """What one :meth:`MetricStore.maintain` pass did."""
+
+    compacted_points: int = 0
+    rollup_rows: int = 0
+    expired_rows: int = 0
+
+
+@runtime_checkable
+class MetricStore(Protocol):
+    """Series and their points."""
+
+    def write(self, batch: Sequence[MachineSamples]) -> int:
+        """Store every reading of every sample in one transaction; return the number of points.
+
+        Idempotent: a (series, timestamp) already stored keeps its first value, so
+        a retried batch changes nothing. All or nothing: if it raises, nothing of
+        the batch is stored.
+        """
+        ...
+
+    def latest(
+        self, machine_ids: Sequence[str], metric: str | None = None
+    ) -> list[SeriesValue]:
+        """The newest point of every series of the given machines (optionally one metric)."""
+        ...
+
+    def history(self, query: HistoryQuery) -> list[SeriesHistory]:
+        """Points of the matching series in ``[start, end)``, one per non-empty step."""
+        ...
+
+    def list_series(self, machine_id: str) -> list[SeriesKey]:
+        ...
+
+    def delete_machine(self, machine_id: str) -> int:
+        """Remove every series and point of a machine; return the number of series removed."""
+        ...
+
+    def maintain(self, now: datetime) -> MaintenanceReport:
+        """Compact, roll up and expire data as of ``now``. Safe to call at any time."""
+        ...
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Users, machines, API keys, alert rules and events."""
+
+    # users
+    def add_user(self, user: User, password_hash: str) -> User: ...
+    def get_user(self, user_id: str) -> User: ...
+    def find_user(self, username: str) -> User | None: ...
+    def list_users(self) -> list[User]: ...
+    def password_hash(self, user_id: str) -> str: ...
+    def set_password_hash(self, user_id: str, password_hash: str) -> None: ...
+    def delete_user(self, user_id: str) -> None: ...
+
+    # machines
+    def add_machine(self, machine: Machine) -> Machine: ...
+    def get_machine(self, machine_id: str, owner_id: str | None = None) -> Machine: ...
+    def find_machine(self, name: str, owner_id: str | None = None) -> Machine | None: ...
+    def list_machines(self, owner_id: str | None = None) -> list[Machine]: ...
+    def update_machine(self, machine: Machine) -> Machine: ...
+    def delete_machine(self, machine_id: str) -> None: ...
+    def touch_machines(self, seen: Sequence[tuple[str, datetime]]) -> None:
+        """Advance ``last_seen`` (never backwards) for each ``(machine_id, at)``."""
+        ...
+
+    # API keys
+    def add_api_key(self, key: ApiKey) -> ApiKey: ...
+    def find_api_key(self, key_hash: str) -> ApiKey | None: ...
+    def list_api_keys(self, machine_id: str) -> list[ApiKey]: ...
+    def revoke_api_key(self, key_id: str, at: datetime) -> None: ...
+
+    # alerts
+    def add_alert_rule(self, rule: AlertRule) -> AlertRule: ...
+    def get_alert_rule(self, rule_id: str, owner_id: str | None = None) -> AlertRule: ...
+    def list_alert_rules(self, owner_id: str | None = None) -> list[AlertRule]: ...
+    def delete_alert_rule(self, rule_id: str) -> None: ...
+    def add_alert_event(self, event: AlertEvent) -> AlertEvent: ...
+    def list_alert_events(
+        self, owner_id: str | None = None, machine_id: str | None = None, limit: int = 100
+    ) -> list[AlertEvent]: ...
+
+
+@runtime_checkable
+class StorageBackend(Protocol):
+    """An open store: the object a storage factory's ``open`` returns."""
+
+    name: str
+    capabilities: frozenset[Capability]
+    metrics: MetricStore
+    state: StateStore
+
+    def migrate(self) -> None:
+        """Bring the schema up to date (idempotent)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class StorageFactory(Protocol):
+    """What ``lunasentri_register_storage`` returns: a class keyed by URL scheme."""
+
+    name: ClassVar[str]
+    schemes: ClassVar[tuple[str, ...]]
+    settings_class: ClassVar[type[Any] | None]
+
+    @classmethod
+    def open(
+        cls, url: str, *, settings: Any, retention: RetentionPolicy
+    ) -> StorageBackend: ...
