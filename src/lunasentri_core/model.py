@@ -11,7 +11,7 @@ import enum
 import math
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
@@ -40,6 +40,10 @@ def to_labels(value: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> La
         return ()
     pairs = value.items() if isinstance(value, Mapping) else value
     return tuple(sorted((str(k), str(v)) for k, v in pairs))
+
+
+def _to_optional_labels(value: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> Labels | None:
+    return None if value is None else to_labels(value)
 
 
 def as_utc(value: datetime) -> datetime:
@@ -87,12 +91,20 @@ class Reading:
     labels: Labels = attrs.field(default=(), converter=to_labels, validator=_check_labels)
 
 
+def _readings(value: Iterable[Reading]) -> tuple[Reading, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class Sample:
     """Everything a collector measured about one target at one instant."""
 
     timestamp: datetime = attrs.field(converter=as_utc)
-    readings: tuple[Reading, ...] = attrs.field(converter=tuple)
+    readings: tuple[Reading, ...] = attrs.field(converter=_readings)
+
+
+def _samples(value: Iterable[Sample]) -> tuple[Sample, ...]:
+    return tuple(value)
 
 
 @attrs.frozen
@@ -100,7 +112,7 @@ class MachineSamples:
     """Samples that belong to one machine: the unit the ingest writer batches."""
 
     machine_id: str
-    samples: tuple[Sample, ...] = attrs.field(converter=tuple)
+    samples: tuple[Sample, ...] = attrs.field(converter=_samples)
 
 
 @attrs.frozen
@@ -155,9 +167,7 @@ class HistoryQuery:
     end: datetime = attrs.field(converter=as_utc)
     step: timedelta = attrs.field(validator=_check_positive)
     aggregation: Aggregation = Aggregation.AVG
-    labels: Labels | None = attrs.field(
-        default=None, converter=lambda v: None if v is None else to_labels(v)
-    )
+    labels: Labels | None = attrs.field(default=None, converter=_to_optional_labels)
 
     @end.validator
     def _end_after_start(self, attribute: attrs.Attribute[datetime], value: datetime) -> None:
@@ -267,7 +277,7 @@ class Comparison(enum.StrEnum):
         return _COMPARE[self](value, threshold)
 
 
-_COMPARE: dict[Comparison, Any] = {
+_COMPARE: dict[Comparison, Callable[[float, float], bool]] = {
     Comparison.GT: lambda a, b: a > b,
     Comparison.GE: lambda a, b: a >= b,
     Comparison.LT: lambda a, b: a < b,

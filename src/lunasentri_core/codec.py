@@ -1,0 +1,329 @@
+"""JSON in and out: the one cattrs converter that owns (de)serialization.
+
+Decoding is strict: no type coercion (``"12"`` is not a number, ``1`` is not a
+boolean), unknown keys are rejected, and every problem is reported as a
+:class:`~lunasentri_core.errors.FieldError` whose path names the field, e.g.
+``samples[3].metrics.cpu.percent: expected a number``.
+
+The wire form of a sample is compact: plain readings are ``name: value``, labelled
+ones a list of ``{"labels": {...}, "value": v}``::
+
+    {"timestamp": "2026-11-23T16:00:00Z",
+     "metrics": {"cpu.percent": 12.5,
+                 "disk.used": [{"labels": {"mount": "/"}, "value": 1.2e10}]}}
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from cattrs.errors import (
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
+from cattrs.gen import make_dict_structure_fn
+
+from lunasentri_core.errors import FieldError, ValidationError
+from lunasentri_core.model import Labels, Reading, Sample, to_labels
+
+T = TypeVar("T")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+class Expected(TypeError):
+    """The value has the wrong JSON type; the message is what was expected."""
+
+
+# --------------------------------------------------------------------------- scalars
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _structure_str(value: object, _: type) -> str:
+    if not isinstance(value, str):
+        raise Expected("expected a string")
+    return value
+
+
+def _structure_int(value: object, _: type) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise Expected("expected an integer")
+    return value
+
+
+def _structure_float(value: object, _: type) -> float:
+    if not _is_number(value):
+        raise Expected("expected a number")
+    result = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(result):
+        raise Expected("expected a finite number")
+    return result
+
+
+def _structure_bool(value: object, _: type) -> bool:
+    if not isinstance(value, bool):
+        raise Expected("expected a boolean (true or false)")
+    return value
+
+
+def parse_datetime(value: object) -> datetime:
+    """An ISO 8601 string with a timezone, or seconds since the Unix epoch."""
+    if _is_number(value):
+        try:
+            return datetime.fromtimestamp(float(value), UTC)  # type: ignore[arg-type]
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"timestamp {value!r} is out of range") from None
+    if not isinstance(value, str):
+        raise Expected("expected a timestamp (ISO 8601 string or epoch seconds)")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an ISO 8601 timestamp") from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp {value!r} has no timezone (add 'Z' or '+00:00')")
+    return parsed.astimezone(UTC)
+
+
+def parse_duration(value: object) -> timedelta:
+    """Seconds as a number, or a string such as ``"30s"``, ``"5m"``, ``"2h"``, ``"7d"``."""
+    if _is_number(value):
+        seconds = float(value)  # type: ignore[arg-type]
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        raise Expected("expected a duration (seconds, or a string like '30s', '5m', '7d')")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("a duration must be a non-negative finite number")
+    return timedelta(seconds=seconds)
+
+
+def format_duration(value: timedelta) -> str | float:
+    seconds = value.total_seconds()
+    for unit in ("w", "d", "h", "m", "s"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return seconds
+
+
+def _structure_labels(value: object, _: type) -> Labels:
+    if not isinstance(value, Mapping):
+        raise Expected("expected an object of label names to string values")
+    errors: list[Exception] = []
+    for key, label_value in value.items():
+        if not isinstance(label_value, str):
+            error = Expected("expected a string")
+            error.__notes__ = [IterableValidationNote(f"label {key!r}", key, str)]
+            errors.append(error)
+    if errors:
+        raise IterableValidationError("invalid labels", errors, dict)
+    return to_labels(value)
+
+
+def _structure_enum(value: object, cls: type[enum.Enum]) -> enum.Enum:
+    try:
+        return cls(value)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in cls)
+        raise ValueError(f"expected one of {choices}") from None
+
+
+# --------------------------------------------------------------------------- samples
+
+
+@attrs.frozen
+class _LabelledValue:
+    value: float
+    labels: Labels = ()
+
+
+def _structure_sample_metrics(
+    converter: cattrs.Converter, metrics: object
+) -> tuple[Reading, ...]:
+    if not isinstance(metrics, Mapping):
+        raise Expected("expected an object of metric names to values")
+    readings: list[Reading] = []
+    errors: list[Exception] = []
+    for name, raw in metrics.items():
+        try:
+            readings.extend(_readings_of(converter, name, raw))
+        except Exception as error:  # noqa: BLE001 - collected and reported by path
+            error.__notes__ = [IterableValidationNote(f"metric {name!r}", name, float)]
+            errors.append(error)
+    if errors:
+        raise IterableValidationError("invalid metrics", errors, dict)
+    return tuple(readings)
+
+
+def _readings_of(converter: cattrs.Converter, name: str, raw: object) -> list[Reading]:
+    if isinstance(raw, list):
+        items = converter.structure(raw, list[_LabelledValue])
+        return [Reading(name, item.value, item.labels) for item in items]
+    return [Reading(name, _structure_float(raw, float))]
+
+
+def _sample_hook(converter: cattrs.Converter) -> Callable[[object, type], Sample]:
+    def structure(data: object, _: type) -> Sample:
+        if not isinstance(data, Mapping):
+            raise Expected("expected an object with 'timestamp' and 'metrics'")
+        errors: list[Exception] = []
+        timestamp: datetime | None = None
+        readings: tuple[Reading, ...] = ()
+        errors.extend(_noted(KeyError(key), key) for key in ("timestamp", "metrics") if key not in data)
+        extra = set(data) - {"timestamp", "metrics"}
+        if extra:
+            errors.append(ForbiddenExtraKeysError("", Sample, extra))
+        if "timestamp" in data:
+            try:
+                timestamp = parse_datetime(data["timestamp"])
+            except Exception as error:  # noqa: BLE001 - reported by path
+                errors.append(_noted(error, "timestamp"))
+        if "metrics" in data:
+            try:
+                readings = _structure_sample_metrics(converter, data["metrics"])
+            except Exception as error:  # noqa: BLE001 - reported by path
+                errors.append(_noted(error, "metrics"))
+        if errors or timestamp is None:
+            raise ClassValidationError("invalid sample", errors, Sample)
+        return Sample(timestamp, readings)
+
+    return structure
+
+
+def _noted(error: Exception, name: str) -> Exception:
+    error.__notes__ = [cattrs.errors.AttributeValidationNote(f"field {name}", name, object)]
+    return error
+
+
+def _unstructure_sample(sample: Sample) -> dict[str, Any]:
+    metrics: dict[str, Any] = {}
+    for reading in sample.readings:
+        if reading.labels:
+            entry = {"labels": dict(reading.labels), "value": reading.value}
+            existing = metrics.setdefault(reading.metric, [])
+            if isinstance(existing, list):
+                existing.append(entry)
+                continue
+            metrics[reading.metric] = [{"labels": {}, "value": existing}, entry]
+        elif isinstance(metrics.get(reading.metric), list):
+            metrics[reading.metric].append({"labels": {}, "value": reading.value})
+        else:
+            metrics[reading.metric] = reading.value
+    return {"timestamp": sample.timestamp.isoformat(), "metrics": metrics}
+
+
+# --------------------------------------------------------------------------- converter
+
+
+def make_converter() -> cattrs.Converter:
+    """Build the strict converter. Classes know nothing of it; hooks live here."""
+    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    converter.register_structure_hook(str, _structure_str)
+    converter.register_structure_hook(int, _structure_int)
+    converter.register_structure_hook(float, _structure_float)
+    converter.register_structure_hook(bool, _structure_bool)
+    # StrEnum and IntEnum are registered by name because their MRO puts str/int
+    # before Enum, and singledispatch would otherwise pick the scalar hook.
+    for base in (enum.StrEnum, enum.IntEnum, enum.Enum):
+        converter.register_structure_hook(base, _structure_enum)
+        converter.register_unstructure_hook(base, lambda v: v.value)
+    converter.register_structure_hook(datetime, lambda v, _: parse_datetime(v))
+    converter.register_structure_hook(timedelta, lambda v, _: parse_duration(v))
+    converter.register_structure_hook(Path, lambda v, _: Path(_structure_str(v, str)))
+    converter.register_structure_hook_func(lambda t: t == Labels, _structure_labels)
+    converter.register_structure_hook(Sample, _sample_hook(converter))
+    converter.register_structure_hook(
+        _LabelledValue, make_dict_structure_fn(_LabelledValue, converter, _cattrs_forbid_extra_keys=True)
+    )
+
+    converter.register_unstructure_hook(datetime, lambda v: v.isoformat())
+    converter.register_unstructure_hook(timedelta, format_duration)
+    converter.register_unstructure_hook(Path, str)
+    converter.register_unstructure_hook_func(lambda t: t == Labels, dict)
+    converter.register_unstructure_hook(Sample, _unstructure_sample)
+    return converter
+
+
+converter = make_converter()
+
+
+def decode(data: object, cls: type[T], *, what: str = "input", conv: cattrs.Converter | None = None) -> T:
+    """Structure ``data`` into ``cls``, raising :class:`ValidationError` with field paths."""
+    try:
+        return (conv or converter).structure(data, cls)
+    except Exception as error:  # noqa: BLE001 - translated to a ValidationError
+        raise ValidationError(field_errors(error), what=what) from None
+
+
+def decode_json(raw: bytes | str, cls: type[T], *, what: str = "input") -> T:
+    """Parse JSON text and decode it; malformed JSON is a :class:`ValidationError` too."""
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValidationError([FieldError("", f"malformed JSON: {error}")], what=what) from None
+    return decode(data, cls, what=what)
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def encode(obj: object) -> Any:
+    """Turn a model object into JSON-ready primitives."""
+    return converter.unstructure(obj)
+
+
+def encode_json(obj: object) -> str:
+    return json.dumps(encode(obj), separators=(",", ":"), allow_nan=False)
+
+
+# --------------------------------------------------------------------------- error paths
+
+
+def field_errors(error: BaseException, path: str = "") -> list[FieldError]:
+    """Flatten a (possibly nested) cattrs error into path-named field errors."""
+    if isinstance(error, ClassValidationError | IterableValidationError):
+        found: list[FieldError] = []
+        with_notes, without_notes = error.group_exceptions()
+        for inner, note in with_notes:
+            key = note.name if hasattr(note, "name") else note.index
+            found.extend(field_errors(inner, _join(path, key)))
+        for inner in without_notes:
+            found.extend(field_errors(inner, path))
+        return found
+    if isinstance(error, ForbiddenExtraKeysError):
+        return [FieldError(_join(path, key), "unknown field") for key in sorted(error.extra_fields)]
+    return [FieldError(path, _message(error))]
+
+
+def _join(path: str, key: object) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+def _message(error: BaseException) -> str:
+    if isinstance(error, KeyError):
+        return "required field is missing"
+    if isinstance(error, Expected | ValueError):
+        return str(error)
+    if isinstance(error, TypeError):
+        return f"wrong type ({error})"
+    return f"{type(error).__name__}: {error}"
