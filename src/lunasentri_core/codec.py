@@ -154,9 +154,7 @@ class _LabelledValue:
     labels: Labels = ()
 
 
-def _structure_sample_metrics(
-    converter: cattrs.Converter, metrics: object
-) -> tuple[Reading, ...]:
+def _structure_sample_metrics(converter: cattrs.Converter, metrics: object) -> tuple[Reading, ...]:
     if not isinstance(metrics, Mapping):
         raise Expected("expected an object of metric names to values")
     readings: list[Reading] = []
@@ -164,7 +162,7 @@ def _structure_sample_metrics(
     for name, raw in metrics.items():
         try:
             readings.extend(_readings_of(converter, name, raw))
-        except Exception as error:  # noqa: BLE001 - collected and reported by path
+        except Exception as error:
             error.__notes__ = [IterableValidationNote(f"metric {name!r}", name, float)]
             errors.append(error)
     if errors:
@@ -186,19 +184,21 @@ def _sample_hook(converter: cattrs.Converter) -> Callable[[object, type], Sample
         errors: list[Exception] = []
         timestamp: datetime | None = None
         readings: tuple[Reading, ...] = ()
-        errors.extend(_noted(KeyError(key), key) for key in ("timestamp", "metrics") if key not in data)
+        errors.extend(
+            _noted(KeyError(key), key) for key in ("timestamp", "metrics") if key not in data
+        )
         extra = set(data) - {"timestamp", "metrics"}
         if extra:
             errors.append(ForbiddenExtraKeysError("", Sample, extra))
         if "timestamp" in data:
             try:
                 timestamp = parse_datetime(data["timestamp"])
-            except Exception as error:  # noqa: BLE001 - reported by path
+            except Exception as error:
                 errors.append(_noted(error, "timestamp"))
         if "metrics" in data:
             try:
                 readings = _structure_sample_metrics(converter, data["metrics"])
-            except Exception as error:  # noqa: BLE001 - reported by path
+            except Exception as error:
                 errors.append(_noted(error, "metrics"))
         if errors or timestamp is None:
             raise ClassValidationError("invalid sample", errors, Sample)
@@ -250,7 +250,8 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook_func(lambda t: t == Labels, _structure_labels)
     converter.register_structure_hook(Sample, _sample_hook(converter))
     converter.register_structure_hook(
-        _LabelledValue, make_dict_structure_fn(_LabelledValue, converter, _cattrs_forbid_extra_keys=True)
+        _LabelledValue,
+        make_dict_structure_fn(_LabelledValue, converter, _cattrs_forbid_extra_keys=True),
     )
 
     converter.register_unstructure_hook(datetime, lambda v: v.isoformat())
@@ -264,11 +265,13 @@ def make_converter() -> cattrs.Converter:
 converter = make_converter()
 
 
-def decode(data: object, cls: type[T], *, what: str = "input", conv: cattrs.Converter | None = None) -> T:
+def decode(
+    data: object, cls: type[T], *, what: str = "input", conv: cattrs.Converter | None = None
+) -> T:
     """Structure ``data`` into ``cls``, raising :class:`ValidationError` with field paths."""
     try:
         return (conv or converter).structure(data, cls)
-    except Exception as error:  # noqa: BLE001 - translated to a ValidationError
+    except Exception as error:
         raise ValidationError(field_errors(error), what=what) from None
 
 

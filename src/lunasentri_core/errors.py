@@ -17,7 +17,10 @@ class LunaSentriError(Exception):
 
 @attrs.frozen
 class FieldError:
-    """One problem with one field of some input: ``path`` is like ``samples[3].metrics.cpu.percent``."""
+    """One problem with one field of some input.
+
+    ``path`` names the field, like ``samples[3].metrics.cpu.percent``.
+    """
 
     path: str
     message: str

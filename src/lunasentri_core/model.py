@@ -42,7 +42,9 @@ def to_labels(value: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> La
     return tuple(sorted((str(k), str(v)) for k, v in pairs))
 
 
-def _to_optional_labels(value: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> Labels | None:
+def _to_optional_labels(
+    value: Mapping[str, str] | Iterable[tuple[str, str]] | None,
+) -> Labels | None:
     return None if value is None else to_labels(value)
 
 

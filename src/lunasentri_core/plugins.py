@@ -143,7 +143,7 @@ class PluginManager:
                 reason = f"missing dependency {error.name!r}"
                 self._fail(entry_point.name, reason, "missing-dependency", origin.distribution)
             return
-        except Exception as error:  # noqa: BLE001 - any import-time error is reported, not raised
+        except Exception as error:
             self._fail(entry_point.name, _describe(error), "import", origin.distribution)
             return
         self.register(plugin, entry_point.name, _origin=origin)
@@ -260,13 +260,15 @@ class PluginManager:
         assert self._components is not None
         try:
             classes: list[type[Any]] = list(_call(impl, {}) or ())
-        except Exception as error:  # noqa: BLE001 - a broken plugin must not stop the others
+        except Exception as error:
             self._fail(impl.plugin_name, _describe(error), "register", None)
             return
         for cls in classes:
             name = getattr(cls, "name", None)
             if not isinstance(name, str) or not name:
-                self._fail(impl.plugin_name, f"{kind} class {cls!r} has no 'name'", "register", None)
+                self._fail(
+                    impl.plugin_name, f"{kind} class {cls!r} has no 'name'", "register", None
+                )
                 continue
             taken = self._components[kind].get(name)
             if taken is not None:

@@ -62,9 +62,7 @@ class MetricStore(Protocol):
         """
         ...
 
-    def latest(
-        self, machine_ids: Sequence[str], metric: str | None = None
-    ) -> list[SeriesValue]:
+    def latest(self, machine_ids: Sequence[str], metric: str | None = None) -> list[SeriesValue]:
         """The newest point of every series of the given machines (optionally one metric)."""
         ...
 
@@ -72,8 +70,7 @@ class MetricStore(Protocol):
         """Points of the matching series in ``[start, end)``, one per non-empty step."""
         ...
 
-    def list_series(self, machine_id: str) -> list[SeriesKey]:
-        ...
+    def list_series(self, machine_id: str) -> list[SeriesKey]: ...
 
     def delete_machine(self, machine_id: str) -> int:
         """Remove every series and point of a machine; return the number of series removed."""
@@ -149,6 +146,4 @@ class StorageFactory(Protocol):
     settings_class: ClassVar[type[Any] | None]
 
     @classmethod
-    def open(
-        cls, url: str, *, settings: Any, retention: RetentionPolicy
-    ) -> StorageBackend: ...
+    def open(cls, url: str, *, settings: Any, retention: RetentionPolicy) -> StorageBackend: ...

@@ -90,10 +90,9 @@ class PsutilCollector:
         self._skip_nics = _compile(self.settings.skip_nics)
         self._lock = threading.Lock()
         self._states: dict[str, _TargetState] = {}
-        first = self._cpu_times()
-        self._layout = CpuTimesLayout(first.total._fields)  # type: ignore[attr-defined]
+        self._layout = CpuTimesLayout(psutil.cpu_times()._fields)
         # Primes CPU percentages: a target's first collection measures from here.
-        self._latest_cpu = first
+        self._latest_cpu = self._cpu_times()
 
     # ------------------------------------------------------------------ public
 

@@ -71,11 +71,17 @@ def _names(value: Iterable[str]) -> tuple[str, ...]:
     # A bare string would otherwise be split into one-letter patterns.
     if isinstance(value, str):
         raise TypeError(f"expected a list of strings, not the string {value!r}")
-    names = tuple(value)
-    for name in names:
+    return tuple(value)
+
+
+def _check_names(
+    _: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
+) -> None:
+    for index, name in enumerate(value):
         if not isinstance(name, str) or not name:
-            raise ValueError(f"expected non-empty strings, got {name!r}")
-    return names
+            raise ValueError(
+                f"{attribute.name}[{index}]: expected a non-empty string, got {name!r}"
+            )
 
 
 @attrs.frozen
@@ -86,11 +92,17 @@ class PsutilSettings:
     (``DEFAULT_SKIP_FSTYPES`` ...) to extend it instead.
     """
 
-    per_cpu: bool = False
+    per_cpu: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     """Also emit ``cpu.percent`` per logical CPU, labelled ``cpu``."""
-    skip_fstypes: tuple[str, ...] = attrs.field(default=DEFAULT_SKIP_FSTYPES, converter=_names)
+    skip_fstypes: tuple[str, ...] = attrs.field(
+        default=DEFAULT_SKIP_FSTYPES, converter=_names, validator=_check_names
+    )
     """Filesystem types whose mounts are not measured (exact names)."""
-    skip_mounts: tuple[str, ...] = attrs.field(default=DEFAULT_SKIP_MOUNTS, converter=_names)
+    skip_mounts: tuple[str, ...] = attrs.field(
+        default=DEFAULT_SKIP_MOUNTS, converter=_names, validator=_check_names
+    )
     """Mount points not measured (``fnmatch`` patterns)."""
-    skip_nics: tuple[str, ...] = attrs.field(default=DEFAULT_SKIP_NICS, converter=_names)
+    skip_nics: tuple[str, ...] = attrs.field(
+        default=DEFAULT_SKIP_NICS, converter=_names, validator=_check_names
+    )
     """Network interfaces not measured (``fnmatch`` patterns)."""

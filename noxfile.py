@@ -1,0 +1,170 @@
+"""Development sessions for LunaSentri: ``nox`` runs the default set, ``nox -l`` lists all.
+
+Every session installs the core and the first-party plugins in editable mode into its
+own virtual environment under ``.nox/``; environments are reused between runs, so only
+the first run of a session pays for the installs.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2025.2.9"
+nox.options.sessions = ["tests", "plugins", "example", "lint", "typecheck", "docs"]
+nox.options.reuse_venv = "yes"
+nox.options.error_on_missing_interpreters = False
+
+ROOT = Path(__file__).parent
+PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
+PLUGINS = sorted(p.parent.name for p in (ROOT / "plugins").glob("*/pyproject.toml"))
+EXAMPLE = Path("examples/third_party_plugin")
+ENTRY_POINT_GROUP = "lunasentri"
+
+# Tool versions live here and in requirements-dev.txt; keep the two in step.
+TEST_REQUIREMENTS = ["pytest>=8.0", "hypothesis>=6.100", "coverage[toml]>=7.5", "httpx>=0.27"]
+LINT_REQUIREMENTS = ["ruff>=0.16,<0.18"]
+TYPECHECK_REQUIREMENTS = ["mypy>=2.3,<3", "nox>=2025.2.9"]
+DOCS_REQUIREMENTS = ["sphinx>=8.1", "myst-parser>=4.0"]
+
+LINT_PATHS = ["src", "plugins", "tests", "examples", "benchmarks", "docs/conf.py", "noxfile.py"]
+TYPECHECK_PATHS = ["src/lunasentri_core", "noxfile.py", "benchmarks/run.py", "docs/conf.py"]
+
+
+def _available_pythons(supported: Sequence[str]) -> list[str]:
+    """Supported versions with an interpreter on PATH, or the running one as a fallback.
+
+    Sessions only ask for interpreters that exist, so a machine with one Python runs
+    every session once instead of reporting the others as skipped.
+    """
+    found = [version for version in supported if _runs(f"python{version}")]
+    return found or [f"{sys.version_info.major}.{sys.version_info.minor}"]
+
+
+def _runs(command: str) -> bool:
+    # A pyenv shim is on PATH for every installed version but fails unless that
+    # version is selected, so finding the name is not enough.
+    executable = shutil.which(command)
+    if executable is None:
+        return False
+    probe = subprocess.run([executable, "-c", ""], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+PYTHONS = _available_pythons(nox.project.python_versions(PYPROJECT))
+RUNNING = f"{sys.version_info.major}.{sys.version_info.minor}"
+DEFAULT_PYTHON = RUNNING if RUNNING in PYTHONS else PYTHONS[-1]
+
+
+def _build_requirements(projects: Iterable[Path]) -> list[str]:
+    requirements: set[str] = set()
+    for project in projects:
+        with (project / "pyproject.toml").open("rb") as file:
+            requirements.update(tomllib.load(file)["build-system"]["requires"])
+    return sorted(requirements)
+
+
+def install_projects(
+    session: nox.Session, *requirements: str, extra_projects: Sequence[Path] = ()
+) -> None:
+    """Install the core (with PostgreSQL support), every plugin and ``requirements``.
+
+    Build backends are installed once into the session and builds run without
+    isolation: that saves a throwaway build environment per editable project.
+    """
+    projects = [Path("."), *(Path("plugins") / name for name in PLUGINS), *extra_projects]
+    session.install(*_build_requirements(projects), *requirements)
+    editables = ["-e", ".[postgres]"]
+    for project in projects[1:]:
+        editables += ["-e", str(project)]
+    session.install("--no-build-isolation", *editables)
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """Core tests under coverage. Arguments after ``--`` replace the test path."""
+    install_projects(session, *TEST_REQUIREMENTS)
+    session.run("coverage", "erase")
+    session.run("coverage", "run", "-m", "pytest", *(session.posargs or ["tests"]))
+    session.run("coverage", "combine", "--quiet")
+    session.run("coverage", "report", "--skip-covered", "--show-missing")
+
+
+@nox.session(python=PYTHONS)
+@nox.parametrize("plugin", PLUGINS, ids=PLUGINS)
+def plugins(session: nox.Session, plugin: str) -> None:
+    """One plugin's own tests, run from its directory so its pytest settings apply."""
+    install_projects(session, *TEST_REQUIREMENTS)
+    session.chdir(Path("plugins") / plugin)
+    session.run("pytest", *(session.posargs or ["tests"]))
+
+
+def _entry_point_names(project: Path) -> list[str]:
+    with (project / "pyproject.toml").open("rb") as file:
+        entry_points = tomllib.load(file)["project"].get("entry-points", {})
+    return sorted(entry_points.get(ENTRY_POINT_GROUP, {}))
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def example(session: nox.Session) -> None:
+    """The third-party example: installs through its entry point, passes its tests."""
+    if not (EXAMPLE / "pyproject.toml").is_file():
+        session.error(f"{EXAMPLE} has no pyproject.toml")
+    names = _entry_point_names(EXAMPLE)
+    if not names:
+        session.error(f"{EXAMPLE} declares no '{ENTRY_POINT_GROUP}' entry point")
+    install_projects(session, *TEST_REQUIREMENTS, extra_projects=[EXAMPLE])
+    listing = session.run("lunasentri", "plugins", silent=True) or ""
+    print(listing)
+    missing = [name for name in names if not re.search(rf"\b{re.escape(name)}\b", listing)]
+    if missing:
+        session.error(f"`lunasentri plugins` does not list {', '.join(missing)}")
+    session.chdir(EXAMPLE)
+    session.run("pytest", *(session.posargs or ["tests"]))
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install(*LINT_REQUIREMENTS)
+    paths = [path for path in LINT_PATHS if Path(path).exists()]
+    session.run("ruff", "check", *session.posargs, *paths)
+    session.run("ruff", "format", "--check", *paths)
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict (settings in pyproject.toml) on the core and the tooling scripts."""
+    install_projects(session, *TYPECHECK_REQUIREMENTS)
+    paths = [path for path in TYPECHECK_PATHS if Path(path).exists()]
+    session.run("mypy", *session.posargs, *paths)
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the HTML documentation; any warning fails the build."""
+    install_projects(session, *DOCS_REQUIREMENTS)
+    # A fresh environment re-reads every page, so warnings of unchanged pages count too.
+    build = ["sphinx-build", "-W", "--keep-going", "-E", "-b", "html"]
+    session.run(*build, *session.posargs, "docs", "docs/_build/html")
+
+
+@nox.session(python=DEFAULT_PYTHON, default=False)
+def bench(session: nox.Session) -> None:
+    """Every benchmarks/bench_*.py in turn; ``-- NAME`` runs only those matching NAME."""
+    install_projects(session)
+    session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session(python=DEFAULT_PYTHON, default=False)
+def demo(session: nox.Session) -> None:
+    """The embedding example: a small anyio app that collects and queries this machine."""
+    install_projects(session)
+    session.run("python", "examples/embed_in_app.py", *session.posargs)

@@ -1,0 +1,358 @@
+"""``Sentri``: the hub an application embeds.
+
+It composes the plugin manager, the storage backend and the services. Use it as
+an async context manager inside an anyio (or asyncio) application::
+
+    async with Sentri(data_dir="./data") as hub:
+        machine = await hub.local_machine()
+        async with anyio.create_task_group() as tg:
+            hub.start_collecting(tg, machine)
+            ...
+            print(await hub.latest(machine.id))
+
+Every storage call runs in a worker thread behind a capacity limiter, so the hub
+never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, ParamSpec, Self, TypeVar
+from urllib.parse import urlsplit
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from lunasentri_core.components import Collector
+from lunasentri_core.config import Settings
+from lunasentri_core.model import (
+    Aggregation,
+    HistoryQuery,
+    Machine,
+    MachineKind,
+    MachineSamples,
+    Sample,
+    SeriesHistory,
+    SeriesKey,
+    SeriesValue,
+    Target,
+    new_id,
+    to_labels,
+    utcnow,
+)
+from lunasentri_core.plugins import ComponentKind, PluginManager, create_plugin_manager
+from lunasentri_core.services.collection import CollectionResult, collect
+from lunasentri_core.services.writer import BatchWriter
+from lunasentri_core.storage.protocols import MaintenanceReport, StorageBackend
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Sentri:
+    """The LunaSentri hub.
+
+    :param settings: Full settings; by default :meth:`Settings.load` (file + environment).
+    :param plugin_manager: Use this manager instead of loading entry points.
+    :param plugins: Extra plugin objects by name, registered next to the entry points.
+    :param storage: An already open backend (the hub will not close it).
+    :param clock: Source of "now" (tests pass a controllable clock).
+    :param overrides: Top-level settings to override (``data_dir=...``, ``storage={...}``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        plugin_manager: PluginManager | None = None,
+        plugins: Mapping[str, object] | None = None,
+        storage: StorageBackend | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        **overrides: Any,
+    ) -> None:
+        if settings is None:
+            settings = Settings.load(**overrides)
+        elif overrides:
+            raise TypeError("pass either settings or keyword overrides, not both")
+        self.settings = settings
+        self.clock = clock
+        self.plugins = plugin_manager or create_plugin_manager(settings, plugins=plugins)
+        self._storage = storage
+        self._collectors: dict[str, Collector] = {}
+        self._machines: dict[str, Machine] = {}
+        self._reads = anyio.CapacityLimiter(8)
+        self._collect_limiter = anyio.CapacityLimiter(8)
+        self._writer: BatchWriter | None = None
+        self._exit_stack: contextlib.AsyncExitStack | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def storage(self) -> StorageBackend:
+        if self._storage is None:
+            raise RuntimeError("the hub is not open: use 'async with Sentri(...)'")
+        return self._storage
+
+    @property
+    def writer(self) -> BatchWriter:
+        if self._writer is None:
+            raise RuntimeError("the hub is not open: use 'async with Sentri(...)'")
+        return self._writer
+
+    async def __aenter__(self) -> Self:
+        async with contextlib.AsyncExitStack() as stack:
+            if self._storage is None:
+                self._storage = await anyio.to_thread.run_sync(self._open_storage)
+                stack.push_async_callback(self._close_storage)
+            writer = BatchWriter(self._storage, clock=self.clock, on_committed=self._committed)
+            services = await stack.enter_async_context(anyio.create_task_group())
+            # Runs before the task group exits: flush pending writes, then stop the rest.
+            stack.push_async_callback(self._stop_services, writer, services)
+            await services.start(writer.run)
+            services.start_soon(self._maintain_forever)
+            self._writer = writer
+            await self.plugins.startup(self)
+            self._exit_stack = stack.pop_all()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        stack, self._exit_stack = self._exit_stack, None
+        if stack is None:
+            return
+        try:
+            await self.plugins.shutdown(self)
+        finally:
+            await stack.aclose()
+
+    async def _stop_services(self, writer: BatchWriter, services: TaskGroup) -> None:
+        self._writer = None
+        await writer.aclose()
+        services.cancel_scope.cancel()
+
+    async def _close_storage(self) -> None:
+        storage, self._storage = self._storage, None
+        if storage is not None:
+            await anyio.to_thread.run_sync(storage.close)
+
+    def _open_storage(self) -> StorageBackend:
+        url = self.settings.storage_url
+        scheme = urlsplit(url).scheme or "sqlite"
+        component = self.plugins.storage_for_scheme(scheme)
+        if self.settings.storage.url is None:
+            # Only the default location is ours to create; an explicit path whose
+            # directory is missing is a mistake the storage plugin reports.
+            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        backend: StorageBackend = component.cls.open(
+            url, settings=component.settings, retention=self.settings.storage.retention
+        )
+        try:
+            backend.migrate()
+        except BaseException:
+            backend.close()
+            raise
+        return backend
+
+    async def _run_read(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        return await anyio.to_thread.run_sync(lambda: func(*args, **kwargs), limiter=self._reads)
+
+    # ------------------------------------------------------------ machines
+
+    async def add_machine(
+        self,
+        name: str,
+        *,
+        hostname: str | None = None,
+        kind: MachineKind = MachineKind.AGENT,
+        labels: Mapping[str, str] | None = None,
+        owner_id: str | None = None,
+    ) -> Machine:
+        machine = Machine(
+            id=new_id(),
+            name=name,
+            owner_id=owner_id,
+            hostname=hostname,
+            kind=kind,
+            labels=to_labels(labels),
+            created_at=self.clock(),
+        )
+        stored = await self._run_read(self.storage.state.add_machine, machine)
+        self._machines[stored.id] = stored
+        return stored
+
+    async def get_machine(self, machine_id: str, owner_id: str | None = None) -> Machine:
+        machine = await self._run_read(self.storage.state.get_machine, machine_id, owner_id)
+        self._machines[machine.id] = machine
+        return machine
+
+    async def list_machines(self, owner_id: str | None = None) -> list[Machine]:
+        return await self._run_read(self.storage.state.list_machines, owner_id)
+
+    async def remove_machine(self, machine_id: str) -> None:
+        """Delete a machine and every series it had."""
+
+        def remove() -> None:
+            self.storage.state.get_machine(machine_id)
+            self.storage.metrics.delete_machine(machine_id)
+            self.storage.state.delete_machine(machine_id)
+
+        await self._run_read(remove)
+        self._machines.pop(machine_id, None)
+
+    async def local_machine(self, name: str | None = None) -> Machine:
+        """The machine record of the host this hub runs on, created on first use."""
+        hostname = socket.gethostname()
+        name = name or hostname
+        existing = await self._run_read(self.storage.state.find_machine, name, None)
+        if existing is not None:
+            self._machines[existing.id] = existing
+            return existing
+        return await self.add_machine(name, hostname=hostname, kind=MachineKind.LOCAL)
+
+    # ------------------------------------------------------------ ingest
+
+    async def ingest(self, machine_id: str, samples: Iterable[Sample]) -> int:
+        """Store samples of a machine; returns the number of points once committed.
+
+        Concurrent calls are coalesced into shared transactions. Idempotent: the
+        same samples ingested twice are stored once.
+        """
+        batch = MachineSamples(machine_id, samples)
+        await self._known_machine(machine_id)
+        return await self.writer.write(batch)
+
+    async def _known_machine(self, machine_id: str) -> Machine:
+        machine = self._machines.get(machine_id)
+        return machine if machine is not None else await self.get_machine(machine_id)
+
+    async def _committed(self, batches: Sequence[MachineSamples]) -> None:
+        if not self.plugins.has_samples_ingested_hooks:
+            return
+        for batch in batches:
+            machine = self._machines.get(batch.machine_id)
+            if machine is not None:
+                await self.plugins.samples_ingested(self, machine, batch.samples)
+
+    # ------------------------------------------------------------ collection
+
+    def collector(self, name: str) -> Collector:
+        """The (shared) instance of collector plugin ``name``."""
+        if name not in self._collectors:
+            component = self.plugins.component(ComponentKind.COLLECTOR, name)
+            self._collectors[name] = component.create()
+        return self._collectors[name]
+
+    async def collect_once(
+        self, machine: Machine, collectors: Sequence[str] | None = None
+    ) -> CollectionResult:
+        """Run collectors against ``machine`` and return the sample, without storing it."""
+        names = collectors if collectors is not None else self.settings.collect.collectors
+        instances = {name: self.collector(name) for name in names}
+        host = None if machine.kind is MachineKind.LOCAL else machine.hostname
+        target = Target(machine.id, host, machine.labels)
+        return await collect(
+            instances,
+            target,
+            timeout=self.settings.collect.timeout,
+            clock=self.clock,
+            limiter=self._collect_limiter,
+        )
+
+    async def collect_and_ingest(
+        self, machine: Machine, collectors: Sequence[str] | None = None
+    ) -> CollectionResult:
+        result = await self.collect_once(machine, collectors)
+        await self.ingest(machine.id, [result.sample])
+        return result
+
+    async def run_collecting(
+        self,
+        machine: Machine,
+        *,
+        interval: timedelta | None = None,
+        collectors: Sequence[str] | None = None,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Collect and ingest ``machine`` every ``interval`` until cancelled.
+
+        Ticks keep to the schedule (a slow collection does not shift later ones);
+        a failed collection is logged and the loop goes on.
+        """
+        period = (interval or self.settings.collect.interval).total_seconds()
+        task_status.started()
+        next_tick = anyio.current_time()
+        while True:
+            try:
+                await self.collect_and_ingest(machine, collectors)
+            except Exception:
+                log.exception("collection of machine %s failed", machine.name)
+            next_tick += period
+            now = anyio.current_time()
+            if next_tick < now:  # fell behind: skip missed ticks rather than burst
+                next_tick = now + period - ((now - next_tick) % period)
+            await anyio.sleep(next_tick - now)
+
+    def start_collecting(
+        self,
+        task_group: TaskGroup,
+        machine: Machine,
+        *,
+        interval: timedelta | None = None,
+        collectors: Sequence[str] | None = None,
+    ) -> None:
+        """Run :meth:`run_collecting` in the caller's task group."""
+        task_group.start_soon(
+            lambda: self.run_collecting(machine, interval=interval, collectors=collectors)
+        )
+
+    # ------------------------------------------------------------ queries
+
+    async def latest(self, machine_id: str, metric: str | None = None) -> list[SeriesValue]:
+        """The newest value of every series of a machine (optionally of one metric)."""
+        return await self._run_read(self.storage.metrics.latest, [machine_id], metric)
+
+    async def history(
+        self,
+        machine_id: str,
+        metric: str,
+        *,
+        start: datetime,
+        end: datetime | None = None,
+        step: timedelta,
+        aggregation: Aggregation | str = Aggregation.AVG,
+        labels: Mapping[str, str] | None = None,
+    ) -> list[SeriesHistory]:
+        """A metric's series over ``[start, end)``, downsampled to ``step``."""
+        query = HistoryQuery(
+            machine_id=machine_id,
+            metric=metric,
+            start=start,
+            end=end or self.clock(),
+            step=step,
+            aggregation=Aggregation(aggregation),
+            labels=labels,
+        )
+        return await self._run_read(self.storage.metrics.history, query)
+
+    async def series(self, machine_id: str) -> list[SeriesKey]:
+        return await self._run_read(self.storage.metrics.list_series, machine_id)
+
+    # ------------------------------------------------------------ maintenance
+
+    async def maintain(self) -> MaintenanceReport:
+        """Compact, roll up and expire stored points now."""
+        return await self._run_read(self.storage.metrics.maintain, self.clock())
+
+    async def _maintain_forever(self) -> None:
+        period = self.settings.storage.maintenance_interval.total_seconds()
+        while True:
+            await anyio.sleep(period)
+            try:
+                await self.maintain()
+            except Exception:
+                log.exception("storage maintenance failed")

@@ -1,0 +1,167 @@
+"""The ingest writer: coalesces concurrent ingest calls into shared transactions.
+
+Each :meth:`BatchWriter.write` call queues its samples and waits; a single worker
+takes everything queued (up to ``max_points``), stores it in one transaction in a
+worker thread, and then wakes every caller with its own point count or error.
+The queue is bounded, so a slow disk turns into backpressure on callers instead
+of memory growth.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import anyio
+import attrs
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from lunasentri_core.errors import LunaSentriError
+from lunasentri_core.model import MachineSamples
+from lunasentri_core.storage.protocols import StorageBackend
+
+log = logging.getLogger(__name__)
+
+
+class WriterClosedError(LunaSentriError):
+    """The writer is not running (the hub is not open, or is closing)."""
+
+
+@attrs.define
+class _Pending:
+    batch: MachineSamples
+    points: int
+    done: anyio.Event = attrs.field(factory=anyio.Event)
+    result: int = 0
+    error: BaseException | None = None
+
+
+@attrs.define
+class WriterStats:
+    batches: int = 0
+    transactions: int = 0
+    points: int = 0
+    last_transaction_points: int = 0
+
+
+class BatchWriter:
+    def __init__(
+        self,
+        storage: StorageBackend,
+        *,
+        clock: Callable[[], datetime],
+        max_points: int = 50_000,
+        queue_size: int = 1_000,
+        on_committed: Callable[[Sequence[MachineSamples]], Any] | None = None,
+    ) -> None:
+        self._storage = storage
+        self._clock = clock
+        self._max_points = max_points
+        self._queue_size = queue_size
+        self._on_committed = on_committed
+        self._send: MemoryObjectSendStream[_Pending] | None = None
+        self._stopped = anyio.Event()
+        self.stats = WriterStats()
+
+    @property
+    def queue_depth(self) -> int:
+        if self._send is None:
+            return 0
+        return self._send.statistics().current_buffer_used
+
+    async def write(self, batch: MachineSamples) -> int:
+        """Store ``batch``; returns once it is durably committed (or raises)."""
+        if self._send is None:
+            raise WriterClosedError("the hub is not open: use 'async with Sentri(...)'")
+        pending = _Pending(batch, sum(len(s.readings) for s in batch.samples))
+        try:
+            await self._send.send(pending)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise WriterClosedError("the hub is closing") from None
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve writes until :meth:`close`; everything queued before close is written."""
+        send, receive = anyio.create_memory_object_stream[_Pending](self._queue_size)
+        self._send = send
+        task_status.started()
+        try:
+            async with receive:
+                await self._serve(receive)
+        finally:
+            self._stopped.set()
+
+    async def aclose(self) -> None:
+        """Stop accepting writes and wait until everything already queued is committed."""
+        if self._send is not None:
+            self._send.close()
+            self._send = None
+            await self._stopped.wait()
+
+    async def _serve(self, receive: MemoryObjectReceiveStream[_Pending]) -> None:
+        async for first in receive:
+            group = [first]
+            points = first.points
+            while points < self._max_points:
+                try:
+                    item = receive.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+                group.append(item)
+                points += item.points
+            # Shielded: a cancelled hub must still finish (and report) a commit in flight.
+            with anyio.CancelScope(shield=True):
+                await self._commit(group)
+
+    async def _commit(self, group: list[_Pending]) -> None:
+        batches = [p.batch for p in group]
+        try:
+            await anyio.to_thread.run_sync(self._write_sync, batches)
+        except Exception as error:
+            if len(group) > 1:
+                # One bad batch must not fail the others: retry them one by one.
+                await self._commit_each(group)
+                return
+            group[0].error = error
+        else:
+            for pending in group:
+                pending.result = pending.points
+            self._record(group)
+            await self._committed(batches)
+        for pending in group:
+            pending.done.set()
+
+    async def _commit_each(self, group: list[_Pending]) -> None:
+        for pending in group:
+            await self._commit([pending])
+
+    def _write_sync(self, batches: list[MachineSamples]) -> None:
+        self._storage.metrics.write(batches)
+        heard_from = {batch.machine_id for batch in batches if batch.samples}
+        if heard_from:
+            # last_seen is when we heard from the machine, not its (possibly skewed) clock.
+            now = self._clock()
+            self._storage.state.touch_machines([(machine_id, now) for machine_id in heard_from])
+
+    def _record(self, group: list[_Pending]) -> None:
+        points = sum(p.points for p in group)
+        self.stats.batches += len(group)
+        self.stats.transactions += 1
+        self.stats.points += points
+        self.stats.last_transaction_points = points
+
+    async def _committed(self, batches: list[MachineSamples]) -> None:
+        if self._on_committed is None:
+            return
+        try:
+            result = self._on_committed(batches)
+            if result is not None:
+                await result
+        except Exception:
+            log.exception("post-commit handler failed")
