@@ -141,22 +141,7 @@ class Sentri:
             await anyio.to_thread.run_sync(storage.close)
 
     def _open_storage(self) -> StorageBackend:
-        url = self.settings.storage_url
-        scheme = urlsplit(url).scheme or "sqlite"
-        component = self.plugins.storage_for_scheme(scheme)
-        if self.settings.storage.url is None:
-            # Only the default location is ours to create; an explicit path whose
-            # directory is missing is a mistake the storage plugin reports.
-            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        backend: StorageBackend = component.cls.open(
-            url, settings=component.settings, retention=self.settings.storage.retention
-        )
-        try:
-            backend.migrate()
-        except BaseException:
-            backend.close()
-            raise
-        return backend
+        return open_storage(self.settings, self.plugins)
 
     async def _run_read(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         return await anyio.to_thread.run_sync(lambda: func(*args, **kwargs), limiter=self._reads)
@@ -356,3 +341,22 @@ class Sentri:
                 await self.maintain()
             except Exception:
                 log.exception("storage maintenance failed")
+
+
+def open_storage(settings: Settings, plugins: PluginManager) -> StorageBackend:
+    """Open and migrate the storage backend that ``settings.storage_url`` names."""
+    url = settings.storage_url
+    component = plugins.storage_for_scheme(urlsplit(url).scheme or "sqlite")
+    if settings.storage.url is None:
+        # Only the default location is ours to create; an explicit path whose
+        # directory is missing is a mistake the storage plugin reports.
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    backend: StorageBackend = component.cls.open(
+        url, settings=component.settings, retention=settings.storage.retention
+    )
+    try:
+        backend.migrate()
+    except BaseException:
+        backend.close()
+        raise
+    return backend

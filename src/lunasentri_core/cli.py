@@ -1,0 +1,229 @@
+"""The ``lunasentri`` command."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import click
+
+from lunasentri_core.codec import encode
+from lunasentri_core.config import Settings
+from lunasentri_core.errors import LunaSentriError
+from lunasentri_core.hub import open_storage
+from lunasentri_core.model import Reading, Target, new_id, utcnow
+from lunasentri_core.plugins import ComponentKind, PluginManager, create_plugin_manager
+from lunasentri_core.services.collection import CollectionResult, collect
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_BYTES_METRICS = ("bytes", ".total", ".used", ".available", ".size")
+
+
+class _Context:
+    def __init__(self, config: Path | None) -> None:
+        self.config = config
+
+    def settings(self) -> Settings:
+        return Settings.load(self.config)
+
+    def plugin_manager(self) -> PluginManager:
+        return create_plugin_manager(self.settings())
+
+
+def _friendly_errors(func: F) -> F:
+    """Turn LunaSentri errors into a one-line message and exit status 1, not a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except LunaSentriError as error:
+            raise click.ClickException(str(error)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group()
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="LUNASENTRI_CONFIG",
+    help="Settings file (TOML). Default: ./lunasentri.toml if present.",
+)
+@click.option("--log-level", default="warning", show_default=True, help="Logging level.")
+@click.version_option(package_name="lunasentri-core")
+@click.pass_context
+def main(ctx: click.Context, config: Path | None, log_level: str) -> None:
+    """LunaSentri: monitor machines with plugins."""
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = _Context(config)
+
+
+# --------------------------------------------------------------------------- plugins
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_obj
+@_friendly_errors
+def plugins(obj: _Context, as_json: bool) -> None:
+    """List discovered plugins with versions, hooks and failures."""
+    manager = obj.plugin_manager()
+    infos, failures, disabled = manager.infos(), manager.failures, manager.disabled()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "plugins": encode(infos),
+                    "failures": encode(list(failures)),
+                    "disabled": disabled,
+                },
+                indent=2,
+            )
+        )
+        return
+    rows = [
+        (i.name, i.distribution or "-", i.version or "-", ", ".join(i.components) or "-")
+        for i in infos
+    ]
+    click.echo(_table(("plugin", "distribution", "version", "provides"), rows))
+    for info in infos:
+        click.echo(f"  {info.name}: hooks {', '.join(info.hooks) or 'none'}")
+    if disabled:
+        click.echo(f"\ndisabled by settings: {', '.join(disabled)}")
+    if failures:
+        click.echo("\nfailed to load:")
+        for failure in failures:
+            click.secho(f"  {failure.name} [{failure.stage}]: {failure.reason}", fg="red")
+
+
+# --------------------------------------------------------------------------- collect
+
+
+@main.command(name="collect")
+@click.option("--once", is_flag=True, help="Collect one sample, print it and exit.")
+@click.option(
+    "--collector",
+    "collectors",
+    multiple=True,
+    help="Collector plugin to run (repeatable). Default: [collect] collectors.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON samples instead of tables.")
+@click.pass_obj
+@_friendly_errors
+def collect_command(obj: _Context, once: bool, collectors: Sequence[str], as_json: bool) -> None:
+    """Print this machine's metrics (every interval, or --once)."""
+    settings = obj.settings()
+    manager = create_plugin_manager(settings)
+    names = list(collectors) or list(settings.collect.collectors)
+    instances = {name: manager.component(ComponentKind.COLLECTOR, name).create() for name in names}
+    target = Target(new_id())
+    anyio.run(_collect_loop, settings, instances, target, once, as_json)
+
+
+async def _collect_loop(
+    settings: Settings, instances: dict[str, Any], target: Target, once: bool, as_json: bool
+) -> None:
+    # Rates and cpu.percent need a previous measurement: take a silent first one.
+    if instances:
+        await _collect(settings, instances, target)
+        await anyio.sleep(min(1.0, settings.collect.interval.total_seconds()))
+    while True:
+        result = await _collect(settings, instances, target)
+        _print_sample(result, as_json)
+        if once:
+            return
+        await anyio.sleep(settings.collect.interval.total_seconds())
+
+
+async def _collect(
+    settings: Settings, instances: dict[str, Any], target: Target
+) -> CollectionResult:
+    return await collect(instances, target, timeout=settings.collect.timeout, clock=utcnow)
+
+
+def _print_sample(result: CollectionResult, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(encode(result.sample)))
+        return
+    click.echo(f"{socket.gethostname()} at {result.sample.timestamp.isoformat(timespec='seconds')}")
+    rows = [(r.metric, _labels(r), _format_value(r)) for r in result.sample.readings]
+    click.echo(_table(("metric", "labels", "value"), rows, align_right={2}))
+    for name, reason in result.failures.items():
+        click.secho(f"collector {name} failed: {reason}", fg="red", err=True)
+
+
+def _labels(reading: Reading) -> str:
+    return ",".join(f"{k}={v}" for k, v in reading.labels)
+
+
+def _format_value(reading: Reading) -> str:
+    value = reading.value
+    if reading.metric.endswith("percent"):
+        return f"{value:.1f} %"
+    if reading.metric.endswith("_rate"):
+        return f"{_human_bytes(value)}/s"
+    if any(reading.metric.endswith(suffix) for suffix in _BYTES_METRICS):
+        return _human_bytes(value)
+    return f"{value:g}"
+
+
+def _human_bytes(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- db
+
+
+@main.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command()
+@click.pass_obj
+@_friendly_errors
+def migrate(obj: _Context) -> None:
+    """Create or upgrade the database schema to the current version."""
+    settings = obj.settings()
+    storage = open_storage(settings, create_plugin_manager(settings))
+    storage.close()
+    click.echo(f"database {_redact(settings.storage_url)} is up to date")
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], align_right: set[int] | None = None
+) -> str:
+    align_right = align_right or set()
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in align_right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
