@@ -32,7 +32,7 @@ ENTRY_POINT_GROUP = "lunasentri"
 TEST_REQUIREMENTS = ["pytest>=8.0", "hypothesis>=6.100", "coverage[toml]>=7.5", "httpx>=0.27"]
 LINT_REQUIREMENTS = ["ruff>=0.16,<0.18"]
 TYPECHECK_REQUIREMENTS = ["mypy>=2.3,<3", "nox>=2025.2.9"]
-DOCS_REQUIREMENTS = ["sphinx>=8.1", "myst-parser>=4.0"]
+DOCS_REQUIREMENTS = ["sphinx>=8.1", "myst-parser>=4.0", "sphinx-click>=6.0"]
 
 LINT_PATHS = ["src", "plugins", "tests", "examples", "benchmarks", "docs/conf.py", "noxfile.py"]
 TYPECHECK_PATHS = ["src/lunasentri_core", "noxfile.py", "benchmarks/run.py", "docs/conf.py"]

@@ -5,9 +5,10 @@ The limit is measured in the same run: the bare psutil calls the collector makes
 the two alternated in rounds so that drifting load on the machine hits both alike.
 The ratio compares the medians of the rounds' per-call times.
 
-    python benchmarks/bench_psutil_collect.py [--rounds 40] [--batch 25] [--per-cpu]
+    python benchmarks/bench_psutil_collect.py [--rounds 40] [--batch 25] [--per-cpu] [--strict]
 
-Exits 1 when the ratio is above the target.
+The target is reported, not asserted (as benchmarks/run.py expects); ``--strict``
+exits 1 when the ratio is above it.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=40, help="alternations (default 40)")
     parser.add_argument("--batch", type=int, default=25, help="calls per round (default 25)")
     parser.add_argument("--per-cpu", action="store_true", help="collect per-CPU percentages")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
     args = parser.parse_args(argv)
 
     collect_ns, raw_ns, readings = measure(args.rounds, args.batch, args.per_cpu)
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         f"raw psutil calls: {raw_ns / 1e6:.3f} ms; "
         f"ratio {ratio:.2f} (target <= {TARGET_RATIO}) {verdict}"
     )
-    return 0 if verdict == "PASS" else 1
+    return 1 if args.strict and verdict == "FAIL" else 0
 
 
 if __name__ == "__main__":

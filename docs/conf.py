@@ -10,7 +10,7 @@ copyright = "LunaSentri developers"
 release = lunasentri_core.__version__
 version = ".".join(release.split(".")[:2])
 
-extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.viewcode"]
+extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.viewcode", "sphinx_click"]
 source_suffix = {".md": "markdown"}
 root_doc = "index"
 # dev/ holds notes for people working on this tree, not published pages.

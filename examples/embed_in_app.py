@@ -16,7 +16,7 @@ from datetime import timedelta
 
 import anyio
 
-from lunasentri_core.hub import Sentri
+from lunasentri_core import Sentri
 
 PRINTED = ("cpu.percent", "mem.used", "mem.total", "proc.count", "load.1")
 

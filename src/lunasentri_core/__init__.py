@@ -18,6 +18,7 @@ from lunasentri_core.components import (
     Notifier,
     Principal,
 )
+from lunasentri_core.config import Settings
 from lunasentri_core.errors import (
     ConfigError,
     ConflictError,
@@ -29,6 +30,7 @@ from lunasentri_core.errors import (
     ValidationError,
 )
 from lunasentri_core.hookspecs import hookimpl
+from lunasentri_core.hub import Sentri
 from lunasentri_core.model import (
     Aggregation,
     AlertEvent,
@@ -100,6 +102,8 @@ __all__ = [
     "SeriesHistory",
     "SeriesKey",
     "SeriesValue",
+    "Sentri",
+    "Settings",
     "Severity",
     "StorageError",
     "Target",

@@ -215,17 +215,14 @@ def _noted(error: Exception, name: str) -> Exception:
 def _unstructure_sample(sample: Sample) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     for reading in sample.readings:
-        if reading.labels:
-            entry = {"labels": dict(reading.labels), "value": reading.value}
-            existing = metrics.setdefault(reading.metric, [])
-            if isinstance(existing, list):
-                existing.append(entry)
-                continue
-            metrics[reading.metric] = [{"labels": {}, "value": existing}, entry]
-        elif isinstance(metrics.get(reading.metric), list):
-            metrics[reading.metric].append({"labels": {}, "value": reading.value})
-        else:
+        if not reading.labels and reading.metric not in metrics:
             metrics[reading.metric] = reading.value
+            continue
+        # A metric with labelled series (or several series) is a list of entries.
+        entries = metrics.setdefault(reading.metric, [])
+        if not isinstance(entries, list):
+            entries = metrics[reading.metric] = [{"labels": {}, "value": entries}]
+        entries.append({"labels": dict(reading.labels), "value": reading.value})
     return {"timestamp": sample.timestamp.isoformat(), "metrics": metrics}
 
 

@@ -104,6 +104,17 @@ class Sample:
     timestamp: datetime = attrs.field(converter=as_utc)
     readings: tuple[Reading, ...] = attrs.field(converter=_readings)
 
+    @readings.validator
+    def _one_reading_per_series(
+        self, attribute: attrs.Attribute[tuple[Reading, ...]], value: tuple[Reading, ...]
+    ) -> None:
+        if len({(r.metric, r.labels) for r in value}) != len(value):
+            seen: set[tuple[str, Labels]] = set()
+            for r in value:
+                if (r.metric, r.labels) in seen:
+                    raise ValueError(f"two readings of the same series {r.metric} {dict(r.labels)}")
+                seen.add((r.metric, r.labels))
+
 
 def _samples(value: Iterable[Sample]) -> tuple[Sample, ...]:
     return tuple(value)

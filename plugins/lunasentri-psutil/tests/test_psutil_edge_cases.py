@@ -167,7 +167,7 @@ def test_busy_percent_counts_iowait_as_idle_and_guest_not_twice() -> None:
 
 
 def test_busy_percent_on_other_layouts() -> None:
-    windows = namedtuple("WindowsTimes", "user system idle interrupt dpc")
+    windows = namedtuple("windows", "user system idle interrupt dpc")
     layout = CpuTimesLayout(windows._fields)
     assert layout.busy_percent(windows(0, 0, 0, 0, 0), windows(10, 10, 75, 5, 0)) == 25.0
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.metadata
 
 import pluggy
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 import lunasentri_psutil
 from lunasentri_core import hookspecs
@@ -32,6 +34,9 @@ def test_the_hookimpls_validate_against_the_specs_and_register_the_collector() -
 
 
 def test_the_distribution_declares_its_supported_ranges() -> None:
-    requires = importlib.metadata.requires("lunasentri-psutil") or []
-    assert any(r.replace(" ", "").startswith("psutil>=5.9,<8") for r in requires)
-    assert any(r.replace(" ", "").startswith("lunasentri-core>=0.1,<0.2") for r in requires)
+    requirements = {
+        r.name: r.specifier
+        for r in map(Requirement, importlib.metadata.requires("lunasentri-psutil") or [])
+    }
+    assert requirements["psutil"] == SpecifierSet(">=5.9,<8")
+    assert requirements["lunasentri-core"] == SpecifierSet(">=0.1,<0.2")

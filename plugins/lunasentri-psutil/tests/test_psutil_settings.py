@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from fnmatch import fnmatchcase
 from collections.abc import Iterable
+from fnmatch import fnmatchcase
 
 import psutil
 import pytest
@@ -86,13 +86,13 @@ def test_defaults() -> None:
 
 
 def test_lists_are_converted_to_tuples() -> None:
-    settings = PsutilSettings(skip_nics=["docker*", "veth*"])  # type: ignore[arg-type]
+    settings = PsutilSettings(skip_nics=["docker*", "veth*"])
     assert settings.skip_nics == ("docker*", "veth*")
 
 
 def test_a_bare_string_is_not_taken_as_a_list_of_letters() -> None:
     with pytest.raises(TypeError, match="not the string 'lo'"):
-        PsutilSettings(skip_nics="lo")  # type: ignore[arg-type]
+        PsutilSettings(skip_nics="lo")
 
 
 @pytest.mark.parametrize("bad", ["", 3, None])

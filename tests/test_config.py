@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from lunasentri_core.config import Settings, env_overrides
+from lunasentri_core.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "lunasentri.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_need_no_file(tmp_path: Path) -> None:
+    settings = Settings.load(environ={"XDG_DATA_HOME": str(tmp_path)})
+
+    assert settings.collect.interval == timedelta(seconds=5)
+    assert settings.collect.collectors == ("psutil",)
+    assert settings.storage_url.startswith("sqlite:///")
+
+
+def test_file_then_environment_then_arguments(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        log_level = "debug"
+        [collect]
+        interval = "10s"
+        collectors = ["psutil", "filesize"]
+        [plugins.filesize]
+        paths = ["/etc/hostname"]
+        """,
+    )
+    env = {
+        "LUNASENTRI_COLLECT__INTERVAL": "20",
+        "LUNASENTRI_PLUGINS__FILESIZE__PATHS": '["/tmp"]',
+        "LUNASENTRI_STORAGE__URL": "sqlite:////tmp/x.db",
+    }
+
+    settings = Settings.load(path, environ=env, log_level="warning")
+
+    assert settings.log_level == "warning"
+    assert settings.collect.interval == timedelta(seconds=20)
+    assert settings.collect.collectors == ("psutil", "filesize")
+    assert settings.plugins["filesize"] == {"paths": ["/tmp"]}
+    assert settings.storage_url == "sqlite:////tmp/x.db"
+
+
+def test_environment_values_are_toml_literals_or_strings() -> None:
+    env = {
+        "LUNASENTRI_A": "true",
+        "LUNASENTRI_B__C": "12",
+        "LUNASENTRI_D": "not toml {",
+        "OTHER": "ignored",
+    }
+    assert env_overrides(env) == {"a": True, "b": {"c": 12}, "d": "not toml {"}
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, 'log_level = "error"\n')
+    assert Settings.load(environ={"LUNASENTRI_CONFIG": str(path)}).log_level == "error"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[collect]\nintervall = 5\n", "collect.intervall: unknown field"),
+        ("[collect]\ninterval = true\n", "collect.interval: expected a duration"),
+        ("[collect]\ninterval = 0\n", "interval must be positive"),
+        ("log_level = 'loud'\n", "expected one of debug, info"),
+        (
+            "[storage.retention]\nraw = 'forever-ish'\n",
+            "storage.retention.raw: expected a duration",
+        ),
+        ("plugins = 3\n", "plugins: expected a table"),
+    ],
+)
+def test_wrong_settings_name_their_path(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match="invalid settings") as caught:
+        Settings.load(write(tmp_path, text), environ={})
+    assert message in str(caught.value)
+
+
+def test_wrong_environment_value_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="collect.interval: expected a duration"):
+        Settings.load(environ={"LUNASENTRI_COLLECT__INTERVAL": "[1]"})
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        Settings.load(tmp_path / "nope.toml", environ={})
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        Settings.load(write(tmp_path, "[collect\n"), environ={})

@@ -1,0 +1,267 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from lunasentri_core import hookimpl
+from lunasentri_core.config import Settings
+from lunasentri_core.errors import PluginError
+from lunasentri_core.plugins import ComponentKind, create_plugin_manager
+
+MakeDistribution = Callable[..., Path]
+
+GOOD = """
+    import attrs
+    from lunasentri_core import hookimpl, Reading
+
+    @attrs.frozen
+    class Settings:
+        path: str = "/"
+
+    class Disk:
+        name = "fakedisk"
+        settings_class = Settings
+        def __init__(self, settings):
+            self.settings = settings
+        def collect(self, target):
+            return [Reading("disk.free", 1.0)]
+
+    @hookimpl
+    def lunasentri_register_collectors():
+        return [Disk]
+"""
+
+
+def settings(**kwargs: Any) -> Settings:
+    return Settings.load(environ={}, **kwargs)
+
+
+def test_entry_point_plugins_are_found_with_their_distribution(
+    make_distribution: MakeDistribution,
+) -> None:
+    make_distribution(
+        "lunasentri-fakedisk",
+        entry_points={"fakedisk": "fakedisk"},
+        modules={"fakedisk": GOOD},
+        version="2.3",
+    )
+
+    manager = create_plugin_manager(settings())
+
+    info = next(i for i in manager.infos() if i.name == "fakedisk")
+    assert (info.distribution, info.version) == ("lunasentri-fakedisk", "2.3")
+    assert info.hooks == ("lunasentri_register_collectors",)
+    assert info.components == ("collector:fakedisk",)
+    collector = manager.component(ComponentKind.COLLECTOR, "fakedisk").create()
+    assert collector.settings.path == "/"
+
+
+def test_plugin_settings_are_structured_from_their_table(
+    make_distribution: MakeDistribution,
+) -> None:
+    make_distribution("fd", entry_points={"fakedisk": "fakedisk"}, modules={"fakedisk": GOOD})
+
+    manager = create_plugin_manager(settings(plugins={"fakedisk": {"path": "/data"}}))
+
+    assert manager.component(ComponentKind.COLLECTOR, "fakedisk").settings.path == "/data"
+
+
+def test_wrong_plugin_settings_name_the_path_and_keep_others(
+    make_distribution: MakeDistribution,
+) -> None:
+    make_distribution("fd", entry_points={"fakedisk": "fakedisk"}, modules={"fakedisk": GOOD})
+
+    manager = create_plugin_manager(settings(plugins={"fakedisk": {"path": 3, "size": 1}}))
+
+    (failure,) = [f for f in manager.failures if f.name == "fakedisk"]
+    assert failure.stage == "settings"
+    assert "plugins.fakedisk.path: expected a string" in failure.reason
+    assert "plugins.fakedisk.size: unknown field" in failure.reason
+    with pytest.raises(PluginError, match=r"no collector named 'fakedisk' \(fakedisk: invalid"):
+        manager.component(ComponentKind.COLLECTOR, "fakedisk")
+
+
+def test_a_plugin_that_raises_on_import_is_reported_and_others_work(
+    make_distribution: MakeDistribution, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_distribution(
+        "lunasentri-broken",
+        entry_points={"broken": "brokenplugin", "fakedisk": "fakedisk"},
+        modules={"brokenplugin": "raise RuntimeError('boom at import')", "fakedisk": GOOD},
+    )
+
+    with caplog.at_level(logging.ERROR):
+        manager = create_plugin_manager(settings())
+
+    (failure,) = [f for f in manager.failures if f.name == "broken"]
+    assert failure.stage == "import"
+    assert failure.reason == "RuntimeError: boom at import"
+    assert failure.distribution == "lunasentri-broken"
+    assert "broken" in caplog.text
+    assert "fakedisk" in manager.collectors()
+
+
+def test_a_missing_dependency_is_reported_as_such(make_distribution: MakeDistribution) -> None:
+    make_distribution(
+        "needs-dep",
+        entry_points={"needsdep": "needsdep"},
+        modules={"needsdep": "import surely_not_installed_module"},
+    )
+
+    manager = create_plugin_manager(settings())
+
+    (failure,) = [f for f in manager.failures if f.name == "needsdep"]
+    assert failure.stage == "missing-dependency"
+    assert "surely_not_installed_module" in failure.reason
+
+
+def test_an_entry_point_to_a_missing_module_is_an_import_failure(
+    make_distribution: MakeDistribution,
+) -> None:
+    make_distribution("ghost", entry_points={"ghost": "ghost_module"}, modules={})
+
+    manager = create_plugin_manager(settings())
+
+    (failure,) = [f for f in manager.failures if f.name == "ghost"]
+    assert failure.stage == "import"
+
+
+def test_misspelled_and_mistyped_hooks_fail_validation(
+    make_distribution: MakeDistribution,
+) -> None:
+    make_distribution(
+        "typo",
+        entry_points={"typo": "typo", "extra_arg": "extra_arg"},
+        modules={
+            "typo": """
+                from lunasentri_core import hookimpl
+                @hookimpl
+                def lunasentri_register_colectors():
+                    return []
+            """,
+            "extra_arg": """
+                from lunasentri_core import hookimpl
+                @hookimpl
+                def lunasentri_startup(hub, surprise):
+                    pass
+            """,
+        },
+    )
+
+    manager = create_plugin_manager(settings())
+
+    reasons = {f.name: f.reason for f in manager.failures if f.stage == "validate"}
+    assert "unknown hook 'lunasentri_register_colectors'" in reasons["typo"]
+    assert "surprise" in reasons["extra_arg"]
+    assert {i.name for i in manager.infos()}.isdisjoint({"typo", "extra_arg"})
+
+
+def test_disabled_and_allowlisted_plugins(make_distribution: MakeDistribution) -> None:
+    make_distribution("fd", entry_points={"fakedisk": "fakedisk"}, modules={"fakedisk": GOOD})
+
+    disabled = create_plugin_manager(settings(disabled_plugins=["fakedisk"]))
+    allowlisted = create_plugin_manager(settings(enabled_plugins=["psutil"]))
+
+    assert "fakedisk" not in disabled.collectors()
+    assert "fakedisk" in disabled.disabled()
+    assert "fakedisk" not in allowlisted.collectors()
+
+
+class _Collector:
+    name = "dup"
+    settings_class = None
+
+    def collect(self, target: object) -> list[Any]:
+        return []
+
+
+class _RegistersDup:
+    @hookimpl
+    def lunasentri_register_collectors(self) -> list[type]:
+        return [_Collector]
+
+
+class _RegistersNameless:
+    @hookimpl
+    def lunasentri_register_collectors(self) -> list[type]:
+        return [object]
+
+
+class _RaisesInRegistration:
+    @hookimpl
+    def lunasentri_register_notifiers(self) -> list[type]:
+        raise ValueError("no notifiers today")
+
+
+def test_broken_registrations_are_reported_by_plugin_name() -> None:
+    manager = create_plugin_manager(
+        entry_points=False,
+        plugins={
+            "first": _RegistersDup(),
+            "second": _RegistersDup(),
+            "nameless": _RegistersNameless(),
+            "raiser": _RaisesInRegistration(),
+        },
+    )
+
+    assert list(manager.collectors()) == ["dup"]
+    reasons = {f.name: f.reason for f in manager.failures}
+    assert reasons["first"] == "collector 'dup' is already registered by plugin 'second'"
+    assert "has no 'name'" in reasons["nameless"]
+    assert reasons["raiser"] == "ValueError: no notifiers today"
+
+
+def test_unknown_component_error_lists_what_is_available() -> None:
+    manager = create_plugin_manager(entry_points=False, plugins={"p": _RegistersDup()})
+    with pytest.raises(PluginError, match="no collector named 'nope'; available: dup"):
+        manager.component(ComponentKind.COLLECTOR, "nope")
+    with pytest.raises(PluginError, match="no storage plugin handles URL scheme 'mysql'"):
+        manager.storage_for_scheme("mysql")
+
+
+@attrs.define
+class _Recorder:
+    calls: list[str] = attrs.field(factory=list)
+
+    @hookimpl
+    def lunasentri_startup(self, hub: object) -> None:
+        self.calls.append("sync")
+
+
+@attrs.define
+class _AsyncRecorder:
+    calls: list[str]
+
+    @hookimpl
+    async def lunasentri_startup(self) -> None:
+        self.calls.append("async")
+
+
+class _Raiser:
+    @hookimpl
+    def lunasentri_startup(self) -> None:
+        raise RuntimeError("plugin bug")
+
+
+@pytest.mark.anyio
+async def test_event_hooks_await_and_isolate_failures(caplog: pytest.LogCaptureFixture) -> None:
+    recorder = _Recorder()
+    manager = create_plugin_manager(
+        entry_points=False,
+        plugins={"a": recorder, "raiser": _Raiser(), "b": _AsyncRecorder(recorder.calls)},
+    )
+
+    await manager.startup(hub=object())
+
+    assert sorted(recorder.calls) == ["async", "sync"]
+    assert "plugin raiser failed in lunasentri_startup" in caplog.text
+
+
+def test_first_party_plugins_are_discovered() -> None:
+    names = {i.name for i in create_plugin_manager(settings()).infos()}
+    assert {"psutil", "sqlite"} <= names
