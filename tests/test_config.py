@@ -86,7 +86,7 @@ def test_wrong_settings_name_their_path(tmp_path: Path, text: str, message: str)
 
 
 def test_wrong_environment_value_names_the_key() -> None:
-    with pytest.raises(ConfigError, match="collect.interval: expected a duration"):
+    with pytest.raises(ConfigError, match=r"collect\.interval: expected a duration"):
         Settings.load(environ={"LUNASENTRI_COLLECT__INTERVAL": "[1]"})
 
 

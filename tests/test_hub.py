@@ -1,0 +1,294 @@
+"""The hub end to end on a real SQLite file (through the sqlite plugin's entry point)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from lunasentri_core import (
+    Machine,
+    MachineKind,
+    NotFoundError,
+    Reading,
+    Sample,
+    Sentri,
+    Settings,
+    Target,
+    hookimpl,
+)
+from lunasentri_core.services.collection import CollectionError
+
+pytestmark = pytest.mark.anyio
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def settings(tmp_path: Path, **extra: Any) -> Settings:
+    return Settings.load(environ={}, data_dir=tmp_path / "data", **extra)
+
+
+def sample(at: datetime, cpu: float, mount: str = "/") -> Sample:
+    return Sample(
+        at, [Reading("cpu.percent", cpu), Reading("disk.used", cpu * 10, {"mount": mount})]
+    )
+
+
+class Fixed:
+    name = "fixed"
+    settings_class = None
+
+    def collect(self, target: Target) -> list[Reading]:
+        return [Reading("fixed.value", 42.0)]
+
+
+class AsyncCollector:
+    name = "async_fixed"
+    settings_class = None
+
+    async def collect(self, target: Target) -> list[Reading]:
+        await anyio.sleep(0)
+        return [Reading("async.value", 7.0, {"target": target.machine_id[:4]})]
+
+
+class Broken:
+    name = "broken"
+    settings_class = None
+
+    def collect(self, target: Target) -> list[Reading]:
+        raise OSError("sensor unplugged")
+
+
+class Slow:
+    name = "slow"
+    settings_class = None
+
+    def collect(self, target: Target) -> list[Reading]:
+        time.sleep(2)
+        return []
+
+
+class TestCollectors:
+    @hookimpl
+    def lunasentri_register_collectors(self) -> list[type]:
+        return [Fixed, AsyncCollector, Broken, Slow]
+
+
+class IngestRecorder:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int]] = []
+
+    @hookimpl
+    async def lunasentri_samples_ingested(
+        self, machine: Machine, samples: Sequence[Sample]
+    ) -> None:
+        self.seen.append((machine.name, len(samples)))
+
+
+async def test_ingest_and_query_round_trip(tmp_path: Path) -> None:
+    async with Sentri(settings(tmp_path)) as hub:
+        machine = await hub.add_machine("web-1", hostname="web-1.lan", labels={"env": "prod"})
+        stored = await hub.ingest(
+            machine.id, [sample(T0 + timedelta(seconds=5 * i), 10.0 + i) for i in range(12)]
+        )
+
+        latest = {(v.series.metric, v.series.labels): v for v in await hub.latest(machine.id)}
+        history = await hub.history(
+            machine.id,
+            "cpu.percent",
+            start=T0,
+            end=T0 + timedelta(minutes=1),
+            step=timedelta(seconds=30),
+            aggregation="max",
+        )
+
+    assert stored == 24
+    assert latest[("cpu.percent", ())].value == 21.0
+    assert latest[("cpu.percent", ())].timestamp == T0 + timedelta(seconds=55)
+    assert latest[("disk.used", (("mount", "/"),))].value == 210.0
+    (series,) = history
+    assert [(p.timestamp, p.value) for p in series.points] == [
+        (T0, 15.0),
+        (T0 + timedelta(seconds=30), 21.0),
+    ]
+
+
+async def test_ingest_is_idempotent_and_updates_last_seen(tmp_path: Path) -> None:
+    now = T0 + timedelta(hours=1)
+    async with Sentri(settings(tmp_path), clock=lambda: now) as hub:
+        machine = await hub.add_machine("db-1")
+        batch = [sample(T0, 1.0), sample(T0 + timedelta(seconds=5), 2.0)]
+        await hub.ingest(machine.id, batch)
+        await hub.ingest(machine.id, [sample(T0, 99.0)])  # a retry with a different value
+
+        history = await hub.history(
+            machine.id,
+            "cpu.percent",
+            start=T0,
+            end=T0 + timedelta(seconds=10),
+            step=timedelta(seconds=5),
+        )
+        reloaded = await hub.get_machine(machine.id)
+
+    assert [p.value for p in history[0].points] == [1.0, 2.0]
+    assert reloaded.last_seen == now
+
+
+async def test_data_survives_reopening(tmp_path: Path) -> None:
+    async with Sentri(settings(tmp_path)) as hub:
+        machine = await hub.add_machine("persist")
+        await hub.ingest(machine.id, [sample(T0, 5.0)])
+    async with Sentri(settings(tmp_path)) as hub:
+        values = await hub.latest(machine.id, "cpu.percent")
+    assert [v.value for v in values] == [5.0]
+
+
+async def test_unknown_machine_is_refused(tmp_path: Path) -> None:
+    async with Sentri(settings(tmp_path)) as hub:
+        with pytest.raises(NotFoundError):
+            await hub.ingest("no-such-machine", [sample(T0, 1.0)])
+
+
+async def test_concurrent_ingests_share_transactions_and_all_land(tmp_path: Path) -> None:
+    async with Sentri(settings(tmp_path)) as hub:
+        machines = [await hub.add_machine(f"m{i}") for i in range(20)]
+
+        async with anyio.create_task_group() as tg:
+            for i, machine in enumerate(machines):
+                for j in range(5):
+                    at = T0 + timedelta(seconds=5 * j)
+                    tg.start_soon(hub.ingest, machine.id, [sample(at, float(i))])
+
+        stats = hub.writer.stats
+        counts = [
+            len(
+                (
+                    await hub.history(
+                        m.id,
+                        "cpu.percent",
+                        start=T0,
+                        end=T0 + timedelta(minutes=1),
+                        step=timedelta(seconds=5),
+                    )
+                )[0].points
+            )
+            for m in machines
+        ]
+
+    assert stats.batches == 100
+    assert stats.transactions < stats.batches
+    assert counts == [5] * 20
+
+
+async def test_closing_flushes_writes_in_flight(tmp_path: Path) -> None:
+    async with Sentri(settings(tmp_path)) as hub:
+        machine = await hub.add_machine("flush")
+        async with anyio.create_task_group() as tg:
+            for j in range(50):
+                tg.start_soon(hub.ingest, machine.id, [sample(T0 + timedelta(seconds=j), 1.0)])
+    async with Sentri(settings(tmp_path)) as hub:
+        (series,) = await hub.history(
+            machine.id,
+            "cpu.percent",
+            start=T0,
+            end=T0 + timedelta(minutes=1),
+            step=timedelta(seconds=1),
+        )
+    assert len(series.points) == 50
+
+
+async def test_collectors_run_sync_and_async_and_failures_are_partial(tmp_path: Path) -> None:
+    async with Sentri(settings(tmp_path), plugins={"test": TestCollectors()}) as hub:
+        machine = await hub.local_machine()
+        result = await hub.collect_once(machine, ["fixed", "async_fixed", "broken"])
+        with pytest.raises(CollectionError, match="broken: OSError: sensor unplugged"):
+            await hub.collect_once(machine, ["broken"])
+
+    assert {r.metric for r in result.sample.readings} == {"fixed.value", "async.value"}
+    assert result.failures == {"broken": "OSError: sensor unplugged"}
+    assert machine.kind is MachineKind.LOCAL
+
+
+async def test_a_hung_collector_times_out(tmp_path: Path) -> None:
+    cfg = settings(tmp_path, collect={"timeout": "0.2s"})
+    async with Sentri(cfg, plugins={"test": TestCollectors()}) as hub:
+        machine = await hub.local_machine()
+        result = await hub.collect_once(machine, ["fixed", "slow"])
+    assert result.failures == {"slow": "timed out after 0.2s"}
+    assert [r.metric for r in result.sample.readings] == ["fixed.value"]
+
+
+async def test_collecting_on_an_interval_in_the_callers_task_group(tmp_path: Path) -> None:
+    recorder = IngestRecorder()
+    plugins = {"test": TestCollectors(), "recorder": recorder}
+    async with Sentri(settings(tmp_path), plugins=plugins) as hub:
+        machine = await hub.local_machine()
+        async with anyio.create_task_group() as tg:
+            hub.start_collecting(
+                tg, machine, interval=timedelta(seconds=0.05), collectors=["fixed"]
+            )
+            with anyio.fail_after(10):
+                while len(recorder.seen) < 3:
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+        values = await hub.latest(machine.id, "fixed.value")
+
+    assert [v.value for v in values] == [42.0]
+    assert recorder.seen[:3] == [(machine.name, 1)] * 3
+
+
+async def test_local_machine_is_created_once(tmp_path: Path) -> None:
+    async with Sentri(settings(tmp_path)) as hub:
+        first = await hub.local_machine()
+        second = await hub.local_machine()
+        assert first.id == second.id
+        assert [m.id for m in await hub.list_machines()] == [first.id]
+
+
+async def test_removing_a_machine_removes_its_series(tmp_path: Path) -> None:
+    async with Sentri(settings(tmp_path)) as hub:
+        keep = await hub.add_machine("keep")
+        gone = await hub.add_machine("gone")
+        for machine in (keep, gone):
+            await hub.ingest(machine.id, [sample(T0, 1.0)])
+
+        await hub.remove_machine(gone.id)
+
+        assert await hub.series(gone.id) == []
+        assert len(await hub.series(keep.id)) == 2
+        with pytest.raises(NotFoundError):
+            await hub.get_machine(gone.id)
+
+
+async def test_storage_runs_off_the_event_loop(tmp_path: Path) -> None:
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+
+    class Spy:
+        name = "spy"
+        settings_class = None
+
+        def collect(self, target: Target) -> list[Reading]:
+            seen.append(threading.get_ident())
+            return []
+
+    class Plugin:
+        @hookimpl
+        def lunasentri_register_collectors(self) -> list[type]:
+            return [Spy]
+
+    async with Sentri(settings(tmp_path), plugins={"spy": Plugin()}) as hub:
+        await hub.collect_once(await hub.local_machine(), ["spy"])
+    assert seen
+    assert loop_thread not in seen
+
+
+async def test_settings_and_overrides_are_exclusive(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="either settings or keyword overrides"):
+        Sentri(settings(tmp_path), data_dir=tmp_path)
