@@ -1,18 +1,18 @@
 """Development sessions for LunaSentri: ``nox`` runs the default set, ``nox -l`` lists all.
 
 Every session installs the core and the first-party plugins in editable mode into its
-own virtual environment under ``.nox/``; environments are reused between runs, so only
-the first run of a session pays for the installs.
+own virtual environment under ``.nox/``. Environments are reused between runs, so a
+later run only re-checks the installs; ``nox -R`` skips them altogether.
 """
 
 from __future__ import annotations
 
-import re
+import json
 import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import nox
@@ -31,8 +31,10 @@ ENTRY_POINT_GROUP = "lunasentri"
 # Tool versions live here and in requirements-dev.txt; keep the two in step.
 TEST_REQUIREMENTS = ["pytest>=8.0", "hypothesis>=6.100", "coverage[toml]>=7.5", "httpx>=0.27"]
 LINT_REQUIREMENTS = ["ruff>=0.16,<0.18"]
-TYPECHECK_REQUIREMENTS = ["mypy>=2.3,<3", "nox>=2025.2.9"]
-DOCS_REQUIREMENTS = ["sphinx>=8.1", "myst-parser>=4.0", "sphinx-click>=6.0"]
+# pytest: lunasentri_core.testing is a pytest plugin; nox: the noxfile is checked too.
+TYPECHECK_REQUIREMENTS = ["mypy>=2.3,<3", "pytest>=8.0", "nox>=2025.2.9"]
+# pytest: the test kit's reference imports lunasentri_core.testing.
+DOCS_REQUIREMENTS = ["sphinx>=8.1", "myst-parser>=4.0", "sphinx-click>=6.0", "pytest>=8.0"]
 
 LINT_PATHS = ["src", "plugins", "tests", "examples", "benchmarks", "docs/conf.py", "noxfile.py"]
 TYPECHECK_PATHS = ["src/lunasentri_core", "noxfile.py", "benchmarks/run.py", "docs/conf.py"]
@@ -63,28 +65,17 @@ RUNNING = f"{sys.version_info.major}.{sys.version_info.minor}"
 DEFAULT_PYTHON = RUNNING if RUNNING in PYTHONS else PYTHONS[-1]
 
 
-def _build_requirements(projects: Iterable[Path]) -> list[str]:
-    requirements: set[str] = set()
-    for project in projects:
-        with (project / "pyproject.toml").open("rb") as file:
-            requirements.update(tomllib.load(file)["build-system"]["requires"])
-    return sorted(requirements)
-
-
 def install_projects(
     session: nox.Session, *requirements: str, extra_projects: Sequence[Path] = ()
 ) -> None:
     """Install the core (with PostgreSQL support), every plugin and ``requirements``.
 
-    Build backends are installed once into the session and builds run without
-    isolation: that saves a throwaway build environment per editable project.
+    One pip call, so the resolver sees every project's constraints at once.
     """
-    projects = [Path("."), *(Path("plugins") / name for name in PLUGINS), *extra_projects]
-    session.install(*_build_requirements(projects), *requirements)
     editables = ["-e", ".[postgres]"]
-    for project in projects[1:]:
+    for project in [*(Path("plugins") / name for name in PLUGINS), *extra_projects]:
         editables += ["-e", str(project)]
-    session.install("--no-build-isolation", *editables)
+    session.install(*editables, *requirements)
 
 
 @nox.session(python=PYTHONS)
@@ -112,6 +103,20 @@ def _entry_point_names(project: Path) -> list[str]:
     return sorted(entry_points.get(ENTRY_POINT_GROUP, {}))
 
 
+def _check_plugins_load(session: nox.Session, names: Sequence[str]) -> None:
+    """Fail unless ``lunasentri plugins`` lists every one of ``names`` and no failure."""
+    # stderr stays on the terminal so that log lines cannot corrupt the JSON.
+    output = session.run("lunasentri", "plugins", "--json", silent=True, stderr=None)
+    report = json.loads(str(output))
+    failures = [f"{f['name']} [{f['stage']}]: {f['reason']}" for f in report["failures"]]
+    if failures:
+        session.error("plugins failed to load: " + "; ".join(failures))
+    loaded = {plugin["name"] for plugin in report["plugins"]}
+    missing = sorted(set(names) - loaded)
+    if missing:
+        session.error(f"`lunasentri plugins` does not list {', '.join(missing)}")
+
+
 @nox.session(python=DEFAULT_PYTHON)
 def example(session: nox.Session) -> None:
     """The third-party example: installs through its entry point, passes its tests."""
@@ -121,11 +126,8 @@ def example(session: nox.Session) -> None:
     if not names:
         session.error(f"{EXAMPLE} declares no '{ENTRY_POINT_GROUP}' entry point")
     install_projects(session, *TEST_REQUIREMENTS, extra_projects=[EXAMPLE])
-    listing = session.run("lunasentri", "plugins", silent=True) or ""
-    print(listing)
-    missing = [name for name in names if not re.search(rf"\b{re.escape(name)}\b", listing)]
-    if missing:
-        session.error(f"`lunasentri plugins` does not list {', '.join(missing)}")
+    session.run("lunasentri", "plugins")
+    _check_plugins_load(session, names)
     session.chdir(EXAMPLE)
     session.run("pytest", *(session.posargs or ["tests"]))
 

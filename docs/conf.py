@@ -24,7 +24,6 @@ myst_heading_anchors = 3
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_typehints_format = "short"
-autodoc_default_options = {"show-inheritance": False}
 
 html_theme = "alabaster"
 html_title = f"LunaSentri {release}"

@@ -77,6 +77,8 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
             "storage.retention.raw: expected a duration",
         ),
         ("plugins = 3\n", "plugins: expected a table"),
+        ("[collect]\ncollectors = 'psutil'\n", "collect.collectors: expected a list"),
+        ("[collect]\ncollectors = ['psutil', 3]\n", "collect.collectors[1]: expected a string"),
     ],
 )
 def test_wrong_settings_name_their_path(tmp_path: Path, text: str, message: str) -> None:

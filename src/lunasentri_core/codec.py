@@ -19,10 +19,11 @@ import enum
 import json
 import math
 import re
+from collections import abc
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args, get_origin
 
 import attrs
 import cattrs
@@ -145,6 +146,37 @@ def _structure_enum(value: object, cls: type[enum.Enum]) -> enum.Enum:
         raise ValueError(f"expected one of {choices}") from None
 
 
+def _homogeneous_sequence(t: Any) -> bool:
+    if t == Labels:  # a tuple of pairs in Python, an object on the wire
+        return False
+    origin, args = get_origin(t), get_args(t)
+    if origin is tuple:
+        return len(args) == 2 and args[1] is Ellipsis
+    return origin in (list, abc.Sequence) and len(args) == 1
+
+
+def _sequence_hook_factory(t: Any, converter: cattrs.Converter) -> Callable[[object, type], Any]:
+    # cattrs would iterate a string into its characters; a list is required instead.
+    element = get_args(t)[0]
+    build = list if get_origin(t) is list else tuple
+
+    def structure(value: object, _: type) -> Any:
+        if not isinstance(value, list | tuple):
+            raise Expected("expected a list")
+        items, errors = [], []
+        for index, item in enumerate(value):
+            try:
+                items.append(converter.structure(item, element))
+            except Exception as error:
+                error.__notes__ = [IterableValidationNote(f"index {index}", index, element)]
+                errors.append(error)
+        if errors:
+            raise IterableValidationError("invalid list", errors, t)
+        return build(items)
+
+    return structure
+
+
 # --------------------------------------------------------------------------- samples
 
 
@@ -245,6 +277,9 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(timedelta, lambda v, _: parse_duration(v))
     converter.register_structure_hook(Path, lambda v, _: Path(_structure_str(v, str)))
     converter.register_structure_hook_func(lambda t: t == Labels, _structure_labels)
+    converter.register_structure_hook_factory(
+        _homogeneous_sequence, lambda t: _sequence_hook_factory(t, converter)
+    )
     converter.register_structure_hook(Sample, _sample_hook(converter))
     converter.register_structure_hook(
         _LabelledValue,

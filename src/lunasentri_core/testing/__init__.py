@@ -1,0 +1,124 @@
+"""The test kit for plugin authors: contract suites, fixtures and builders.
+
+Enable the fixtures in your ``conftest.py``::
+
+    pytest_plugins = ["lunasentri_core.testing"]
+
+then subclass the contract of what your plugin provides::
+
+    from lunasentri_core.testing import CollectorContract
+
+    class TestMyCollector(CollectorContract):
+        @pytest.fixture
+        def collector(self):
+            return MyCollector(MySettings())
+
+Fixtures: ``lunasentri_plugin_manager`` (an isolated plugin manager without
+entry points), ``register_plugin`` (registers a plugin object for one test) and
+``hook_recorder`` (a :class:`HookRecorder` registered on that manager).
+
+The kit needs pytest; ``import lunasentri_core`` never imports it. (This module
+is marked PYTEST_DONT_REWRITE: it holds no asserts, while its submodules are
+registered for assertion rewriting before they are imported.)
+"""
+
+import pytest
+
+pytest.register_assert_rewrite(
+    "lunasentri_core.testing.assertions",
+    "lunasentri_core.testing.authenticator",
+    "lunasentri_core.testing.collector",
+    "lunasentri_core.testing.entry_point",
+    "lunasentri_core.testing.notifier",
+    "lunasentri_core.testing.storage",
+    "lunasentri_core.testing.storage_metrics",
+    "lunasentri_core.testing.storage_state",
+)
+
+# ruff: noqa: E402 - the imports must follow the registration above
+from lunasentri_core.plugins import PluginManager, create_plugin_manager
+from lunasentri_core.testing.aio import resolve
+from lunasentri_core.testing.assertions import assert_history_equal, assert_latest_equal
+from lunasentri_core.testing.authenticator import AuthenticatorContract
+from lunasentri_core.testing.builders import (
+    BASE_TIME,
+    hash_secret,
+    make_alert_event,
+    make_alert_rule,
+    make_api_key,
+    make_credentials,
+    make_machine,
+    make_notification,
+    make_reading,
+    make_sample,
+    make_samples,
+    make_series,
+    make_target,
+    make_user,
+)
+from lunasentri_core.testing.collector import CollectorContract, check_readings
+from lunasentri_core.testing.contract import Contract
+from lunasentri_core.testing.entry_point import EntryPointContract
+from lunasentri_core.testing.notifier import NotifierContract, ReceivedMessage
+from lunasentri_core.testing.plugin import (
+    RegisterPlugin,
+    hook_recorder,
+    lunasentri_plugin_manager,
+    register_plugin,
+)
+from lunasentri_core.testing.recorder import EVENT_HOOKS, HookRecorder, RecordedCall, make_plugin
+from lunasentri_core.testing.reference import (
+    StoredPoint,
+    points_of,
+    reference_history,
+    reference_latest,
+)
+from lunasentri_core.testing.storage import StorageContract
+from lunasentri_core.testing.storage_metrics import MetricStoreContract, history_batch, require
+from lunasentri_core.testing.storage_state import StateStoreContract
+
+__all__ = [
+    "BASE_TIME",
+    "EVENT_HOOKS",
+    "AuthenticatorContract",
+    "CollectorContract",
+    "Contract",
+    "EntryPointContract",
+    "HookRecorder",
+    "MetricStoreContract",
+    "NotifierContract",
+    "PluginManager",
+    "ReceivedMessage",
+    "RecordedCall",
+    "RegisterPlugin",
+    "StateStoreContract",
+    "StorageContract",
+    "StoredPoint",
+    "assert_history_equal",
+    "assert_latest_equal",
+    "check_readings",
+    "create_plugin_manager",
+    "hash_secret",
+    "history_batch",
+    "hook_recorder",
+    "lunasentri_plugin_manager",
+    "make_alert_event",
+    "make_alert_rule",
+    "make_api_key",
+    "make_credentials",
+    "make_machine",
+    "make_notification",
+    "make_plugin",
+    "make_reading",
+    "make_sample",
+    "make_samples",
+    "make_series",
+    "make_target",
+    "make_user",
+    "points_of",
+    "reference_history",
+    "reference_latest",
+    "register_plugin",
+    "require",
+    "resolve",
+]

@@ -1,0 +1,46 @@
+"""The contract suites every storage backend and every plugin distribution pass."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lunasentri_core.storage import Capability, StorageBackend
+from lunasentri_core.testing import EntryPointContract, StorageContract
+from lunasentri_sqlite import SQLiteSettings, SQLiteStorageFactory
+
+
+class TestSQLiteStorage(StorageContract):
+    expected_capabilities = frozenset(
+        {Capability.ROLLUPS, Capability.RETENTION, Capability.CONCURRENT_WRITERS}
+    )
+
+    @pytest.fixture
+    def storage(self, tmp_path: Path) -> Iterator[StorageBackend]:
+        backend = SQLiteStorageFactory.open(
+            f"sqlite:///{tmp_path / 'contract.db'}",
+            settings=SQLiteSettings(),
+            retention=self.retention,
+        )
+        backend.migrate()
+        yield backend
+        backend.close()
+
+
+class TestSQLiteInMemoryStorage(StorageContract):
+    expected_capabilities = TestSQLiteStorage.expected_capabilities
+
+    @pytest.fixture
+    def storage(self) -> Iterator[StorageBackend]:
+        backend = SQLiteStorageFactory.open("sqlite://", retention=self.retention)
+        backend.migrate()
+        yield backend
+        backend.close()
+
+
+class TestSQLiteEntryPoint(EntryPointContract):
+    plugin = "sqlite"
+    distribution = "lunasentri-sqlite"
+    components = frozenset({"storage:sqlite"})

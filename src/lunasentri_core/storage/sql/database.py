@@ -1,0 +1,271 @@
+"""An engine plus the transaction discipline the stores rely on.
+
+* SQLite: the driver's own transaction handling is switched off and every
+  transaction is opened explicitly, ``BEGIN IMMEDIATE`` for writes, so a writer
+  takes the write lock up front (waiting ``busy_timeout``) instead of failing
+  half-way when it upgrades a read lock. Foreign keys are enforced.
+* PostgreSQL: work that must not run twice at once (compaction, deleting
+  series, migrations) takes a transaction-scoped advisory lock, so several
+  server processes may share one database.
+
+Driver errors are turned into :class:`~lunasentri_core.StorageError` with a
+message that names the database; only integrity errors pass through, for the
+stores to turn into ``ConflictError``/``NotFoundError``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, Final, cast
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from lunasentri_core.errors import StorageError
+
+WRITE_OPTION: Final = "lunasentri_write"
+SUPPORTED_DIALECTS: Final = ("sqlite", "postgresql")
+
+LOCK_MAINTAIN: Final = 0x4C53_0001
+"""Advisory lock: compaction, expiry and series deletion."""
+LOCK_MIGRATE: Final = 0x4C53_0002
+
+
+def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    # Autocommit at the driver level; SQLAlchemy's "begin" event below opens
+    # every transaction itself (the recipe from SQLAlchemy's SQLite docs).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    write = conn.get_execution_options().get(WRITE_OPTION, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def install_transaction_control(engine: Engine) -> None:
+    """Make ``engine`` behave as the stores expect (idempotent)."""
+    if engine.dialect.name != "sqlite":
+        return
+    if event.contains(engine, "begin", _sqlite_on_begin):
+        return
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    # Connections pooled before the listeners existed would still run in the
+    # driver's legacy transaction mode.
+    engine.dispose()
+
+
+class Statement:
+    """A statement compiled once into the driver's positional form.
+
+    The hot paths pass plain tuples straight to the driver's ``executemany``,
+    which keeps SQLAlchemy's per-row work (dicts, bind processors) out of them.
+    Only use it for statements whose parameters need no type processing.
+    """
+
+    __slots__ = ("_names", "_sql")
+
+    def __init__(self, stmt: ClauseElement, dialect: Dialect) -> None:
+        compiled = cast("SQLCompiler", stmt.compile(dialect=_positional(dialect)))
+        self._sql = compiled.string
+        self._names = tuple(compiled.positiontup or ())
+
+    @property
+    def sql(self) -> str:
+        return self._sql
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The parameters' names, in the order the tuples must give them."""
+        return self._names
+
+    def many(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        if rows:
+            conn.exec_driver_sql(self._sql, list(rows))
+
+    def one(self, conn: Connection, row: tuple[Any, ...] = ()) -> Any:
+        """Execute once; the result's rows are plain tuples of driver values."""
+        return conn.exec_driver_sql(self._sql, row)
+
+
+class BulkInsert:
+    """An INSERT of many rows per statement (``VALUES (...), (...), ...``), compiled once.
+
+    One statement per ``rows_per_statement`` rows does far less work per row in
+    the database than ``executemany`` of a one-row statement (one parse and one
+    VM run per few hundred rows), which is what lets a write keep pace with raw
+    ``executemany`` into an unindexed table while maintaining a primary key.
+    """
+
+    ROWS_PER_STATEMENT: Final = 300
+    """Times the columns stays below 999, the oldest SQLite's limit on parameters."""
+
+    def __init__(
+        self,
+        db: Database,
+        table: sa.Table,
+        columns: Sequence[str],
+        finish: Callable[[Any], Any],
+        rows_per_statement: int = ROWS_PER_STATEMENT,
+    ) -> None:
+        """``finish`` adds the ``ON CONFLICT`` clause to a dialect INSERT of ``table``."""
+        self._width = len(columns)
+        self._per = rows_per_statement
+
+        def build(rows: int) -> Statement:
+            values: list[dict[str, Any]] = [
+                {c: sa.bindparam(f"{c}_{i}") for c in columns} for i in range(rows)
+            ]
+            stmt = db.statement(finish(db.insert(table).values(values)))
+            expected = tuple(f"{c}_{i}" for i in range(rows) for c in columns)
+            if stmt.names != expected:
+                raise StorageError(
+                    f"unexpected parameter order compiling a bulk insert: {stmt.sql}"
+                )
+            return stmt
+
+        self._full = build(rows_per_statement)
+        self._single = build(1)
+
+    def run(self, conn: Connection, columns: Sequence[Sequence[Any]]) -> None:
+        """Insert rows given as columns (equally long sequences, one per column)."""
+        count = len(columns[0]) if columns else 0
+        if not count:
+            return
+        width = self._width
+        flat: list[Any] = [None] * (count * width)
+        for j, column in enumerate(columns):
+            flat[j::width] = column
+        size = self._per * width
+        full = count - count % self._per
+        sql = self._full.sql
+        for start in range(0, full * width, size):
+            conn.exec_driver_sql(sql, tuple(flat[start : start + size]))
+        if full < count:
+            rest = flat[full * width :]
+            rows = [tuple(rest[i : i + width]) for i in range(0, len(rest), width)]
+            self._single.many(conn, rows)
+
+
+def _positional(dialect: Dialect) -> Dialect:
+    if dialect.positional:
+        return dialect
+    if dialect.paramstyle == "pyformat":
+        # Same dialect class, "%s" placeholders: psycopg accepts both forms.
+        dialect_class: Any = type(dialect)
+        return cast("Dialect", dialect_class(paramstyle="format"))
+    raise StorageError(f"the {dialect.name} driver has no positional parameter style")
+
+
+class Database:
+    """Shared by the metric and state stores of one backend."""
+
+    def __init__(self, engine: Engine, *, label: str | None = None, serialize: bool = False):
+        if engine.dialect.name not in SUPPORTED_DIALECTS:
+            raise StorageError(
+                f"the shared SQL storage supports {' and '.join(SUPPORTED_DIALECTS)}, "
+                f"not {engine.dialect.name}"
+            )
+        install_transaction_control(engine)
+        self.engine = engine
+        self.dialect: str = engine.dialect.name
+        self.label = label or engine.url.render_as_string(hide_password=True)
+        # A single shared connection (SQLite ":memory:") must never see two
+        # transactions at once.
+        self._serial: threading.RLock | None = threading.RLock() if serialize else None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    def statement(self, stmt: ClauseElement) -> Statement:
+        return Statement(stmt, self.engine.dialect)
+
+    def bulk_insert(
+        self,
+        table: sa.Table,
+        columns: Sequence[str],
+        finish: Callable[[Any], Any],
+    ) -> BulkInsert:
+        return BulkInsert(self, table, columns, finish)
+
+    def insert(self, table: sa.Table) -> sqlite.Insert | postgresql.Insert:
+        """An INSERT that supports ``ON CONFLICT`` on this database."""
+        return sqlite.insert(table) if self.is_sqlite else postgresql.insert(table)
+
+    def _guard(self) -> AbstractContextManager[Any]:
+        return self._serial if self._serial is not None else nullcontext()
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection inside a read transaction (a consistent snapshot)."""
+        with self._guard(), self.errors(), self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(self, lock: int | None = None) -> Iterator[Connection]:
+        """A connection inside a write transaction, committed when the block ends.
+
+        ``lock`` names an advisory lock held until commit (PostgreSQL; SQLite
+        serializes writers anyway).
+        """
+        with self._guard(), self.errors(), self.engine.connect() as conn:
+            conn.execution_options(**{WRITE_OPTION: True})
+            with conn.begin():
+                if lock is not None and self.is_postgres:
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock)))
+                yield conn
+
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        """Turn driver errors (except integrity errors) into :class:`StorageError`."""
+        try:
+            yield
+        except exc.IntegrityError:
+            raise
+        except exc.DBAPIError as error:
+            raise StorageError(describe_error(self.label, error)) from error
+        except exc.SQLAlchemyError as error:
+            raise StorageError(f"{self.label}: {error}") from error
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def describe_error(label: str, error: exc.DBAPIError) -> str:
+    """A one-line explanation of a driver error, naming the database."""
+    original = str(error.orig).strip().splitlines()[0] if error.orig is not None else str(error)
+    text = original.lower()
+    if "database is locked" in text or "database table is locked" in text:
+        return f"{label}: the database is locked by another writer; try again later"
+    if "readonly database" in text or "read-only" in text:
+        return f"{label} is read-only: LunaSentri needs to write to it ({original})"
+    if "file is not a database" in text:
+        return f"{label} is not a SQLite database file"
+    if ("no such table" in text or "undefinedtable" in text or "does not exist" in text) and (
+        "relation" in text or "table" in text
+    ):
+        return (
+            f"{label} has no LunaSentri schema, or an older one: "
+            f"run `lunasentri db migrate` ({original})"
+        )
+    if isinstance(error, exc.OperationalError) and (
+        "connection" in text or "could not" in text or "timeout" in text
+    ):
+        return f"cannot reach {label}: {original}"
+    return f"{label}: {original}"

@@ -1,0 +1,801 @@
+"""Series and points in SQL: a write-optimised head, packed chunks, rollups.
+
+Layout (docs/storage.md explains the why):
+
+* ``points_head (ts, series_id) -> value``, keyed by time first, receives every
+  write with ``ON CONFLICT DO NOTHING``: a write appends at the B-tree's right edge
+  and a retried point is ignored, so the first value wins.
+* :meth:`SqlMetricStore.maintain` moves the head into ``metric_chunks``: one row
+  per series per hour holding the raw points as a packed blob, the minute
+  rollups as a packed blob and the hour rollup as columns. Existing points win
+  over head points with the same timestamp.
+* Retention clears a chunk's raw blob, minute blob or hour columns as each
+  resolution expires, and deletes the row when nothing is left.
+* ``series_latest`` keeps each series' newest point, updated once per series
+  per written batch.
+
+Reads union the chunks with the head (a chunk's point wins on equal timestamps).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from itertools import repeat
+from operator import itemgetter
+from typing import Any, Final
+
+import attrs
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from lunasentri_core.model import (
+    HistoryPoint,
+    HistoryQuery,
+    Labels,
+    MachineSamples,
+    Resolution,
+    RetentionPolicy,
+    SeriesHistory,
+    SeriesKey,
+    SeriesValue,
+)
+from lunasentri_core.storage.protocols import MaintenanceReport
+from lunasentri_core.storage.sql import blocks
+from lunasentri_core.storage.sql.database import LOCK_MAINTAIN, Database
+from lunasentri_core.storage.sql.points import (
+    CHUNK_MS,
+    HOUR_MS,
+    MINUTE_MS,
+    FloatArray,
+    IntArray,
+    Rollups,
+    Stats,
+    bucket_stats,
+    clip,
+    downsample_points,
+    downsample_rollups,
+    float_array,
+    floor_to,
+    int_array,
+    merge_points,
+    sort_points,
+    stats_of,
+)
+from lunasentri_core.storage.sql.schema import (
+    EPOCH,
+    labels_from_json,
+    labels_to_json,
+    metric_chunks,
+    points_head,
+    series,
+    series_latest,
+    storage_meta,
+)
+
+_MS: Final = timedelta(milliseconds=1)
+_IN_LIMIT: Final = 500
+"""Ids per ``IN (...)`` list: far below every driver's parameter limit."""
+
+SERIES_EPOCH: Final = "series_epoch"
+"""Bumped whenever series are deleted, so other processes drop their cached ids."""
+CLEANED_EPOCH: Final = "cleaned_epoch"
+
+_WIDTH = {Resolution.MINUTE: MINUTE_MS, Resolution.HOUR: HOUR_MS}
+_HORIZON_KEYS = {
+    Resolution.RAW: "horizon_raw",
+    Resolution.MINUTE: "horizon_minute",
+    Resolution.HOUR: "horizon_hour",
+}
+
+SeriesIds = dict[tuple[str, Labels], int]
+"""One machine's series ids by ``(metric, labels)``."""
+
+
+def to_ms(value: datetime) -> int:
+    """Milliseconds since the epoch, rounded down."""
+    return (value - EPOCH) // _MS
+
+
+def ceil_ms(value: datetime) -> int:
+    return -((EPOCH - value) // _MS)
+
+
+def from_ms(value: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=value)
+
+
+def _chunked(items: Sequence[Any], size: int = _IN_LIMIT) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+@attrs.frozen
+class Horizons:
+    """Per resolution, the chunk start below which that data has been expired."""
+
+    raw: int | None = None
+    minute: int | None = None
+    hour: int | None = None
+
+    def get(self, resolution: Resolution) -> int | None:
+        return {
+            Resolution.RAW: self.raw,
+            Resolution.MINUTE: self.minute,
+            Resolution.HOUR: self.hour,
+        }[resolution]
+
+    def covers(self, resolution: Resolution, start: int) -> bool:
+        horizon = self.get(resolution)
+        return horizon is None or start >= horizon
+
+    def expired(self, resolution: Resolution, chunk_start: int) -> bool:
+        horizon = self.get(resolution)
+        return horizon is not None and chunk_start < horizon
+
+
+def choose_resolution(start: int, step: int, horizons: Horizons) -> Resolution:
+    """Which data answers a query starting at ``start`` (ms) with ``step`` (ms).
+
+    A rollup whose buckets line up with the steps gives the same answer as the
+    raw points, cheaper, so it wins. Otherwise raw points answer while they are
+    kept; past the raw retention the finest rollup still kept answers, each
+    bucket counted in the step that contains its start.
+    """
+    for resolution in (Resolution.HOUR, Resolution.MINUTE):
+        width = _WIDTH[resolution]
+        if step % width == 0 and start % width == 0 and horizons.covers(resolution, start):
+            return resolution
+    if horizons.covers(Resolution.RAW, start):
+        return Resolution.RAW
+    for resolution in (Resolution.MINUTE, Resolution.HOUR):
+        if horizons.covers(resolution, start):
+            return resolution
+    return Resolution.HOUR
+
+
+def _add(a: MaintenanceReport, b: MaintenanceReport) -> MaintenanceReport:
+    return MaintenanceReport(
+        compacted_points=a.compacted_points + b.compacted_points,
+        rollup_rows=a.rollup_rows + b.rollup_rows,
+        expired_rows=a.expired_rows + b.expired_rows,
+    )
+
+
+class SqlMetricStore:
+    """:class:`~lunasentri_core.storage.MetricStore` on SQLite or PostgreSQL."""
+
+    def __init__(self, db: Database, retention: RetentionPolicy) -> None:
+        self._db = db
+        self.retention = retention
+        self._ids: dict[str, SeriesIds] = {}
+        self._ids_epoch: int | None = None
+        self._ids_lock = threading.Lock()
+        self._maintain_lock = threading.Lock()
+        self._prepare_statements()
+
+    def _prepare_statements(self) -> None:
+        db = self._db
+        self._insert_head = db.bulk_insert(
+            points_head, ("ts", "series_id", "value"), lambda ins: ins.on_conflict_do_nothing()
+        )
+
+        def newer_wins(ins: Any) -> Any:
+            return ins.on_conflict_do_update(
+                index_elements=[series_latest.c.series_id],
+                set_={"ts": ins.excluded.ts, "value": ins.excluded.value},
+                where=ins.excluded.ts > series_latest.c.ts,
+            )
+
+        self._upsert_latest = db.bulk_insert(
+            series_latest, ("series_id", "ts", "value"), newer_wins
+        )
+        self._select_epoch = db.statement(
+            sa.select(storage_meta.c.value).where(storage_meta.c.key == sa.bindparam("key"))
+        )
+        chunk = db.insert(metric_chunks)
+        self._upsert_chunk = db.statement(
+            chunk.on_conflict_do_update(
+                index_elements=[metric_chunks.c.series_id, metric_chunks.c.chunk_start],
+                set_={
+                    name: chunk.excluded[name]
+                    for name in (
+                        "raw",
+                        "minutes",
+                        "hour_count",
+                        "hour_sum",
+                        "hour_min",
+                        "hour_max",
+                        "hour_last",
+                    )
+                },
+            )
+        )
+        c = metric_chunks.c
+        in_range = (
+            c.series_id == sa.bindparam("sid"),
+            c.chunk_start >= sa.bindparam("lo"),
+            c.chunk_start < sa.bindparam("hi"),
+        )
+        self._select_raw = db.statement(
+            sa.select(c.raw).where(*in_range, c.raw.is_not(None)).order_by(c.chunk_start)
+        )
+        self._select_minutes = db.statement(
+            sa.select(c.minutes).where(*in_range, c.minutes.is_not(None)).order_by(c.chunk_start)
+        )
+        self._select_hours = db.statement(
+            sa.select(c.chunk_start, c.hour_count, c.hour_sum, c.hour_min, c.hour_max, c.hour_last)
+            .where(*in_range, c.hour_count.is_not(None))
+            .order_by(c.chunk_start)
+        )
+        self._select_chunk = db.statement(
+            sa.select(c.raw).where(
+                c.series_id == sa.bindparam("sid"), c.chunk_start == sa.bindparam("chunk")
+            )
+        )
+        for stmt in (self._select_raw, self._select_minutes, self._select_hours):
+            assert stmt.names == ("sid", "lo", "hi")
+        h = points_head.c
+        self._select_head = db.statement(
+            sa.select(h.ts, h.value)
+            .where(
+                h.ts >= sa.bindparam("lo"),
+                h.ts < sa.bindparam("hi"),
+                h.series_id == sa.bindparam("sid"),
+            )
+            .order_by(h.ts)
+        )
+        assert self._select_head.names == ("lo", "hi", "sid")
+
+    # ------------------------------------------------------------------ writing
+
+    def write(self, batch: Sequence[MachineSamples]) -> int:
+        if not any(sample.readings for ms in batch for sample in ms.samples):
+            return 0
+        with self._db.write() as conn:
+            self._check_epoch(conn)
+            ids = self._ids
+            built = _build_columns(batch, ids)
+            fresh: dict[str, SeriesIds] = {}
+            if built is None:
+                fresh = self._resolve_series(conn, batch)
+                built = _build_columns(batch, {**ids, **fresh})
+                assert built is not None, "every series was just resolved"
+            points, latest = built
+            if self._db.is_postgres:
+                # One key order for every writer: concurrent batches that share
+                # keys then wait for each other instead of deadlocking.
+                points = _sorted_columns(points)
+                latest = _sorted_columns(latest)
+            self._insert_head.run(conn, points)
+            self._upsert_latest.run(conn, latest)
+        if fresh:
+            # Only now: ids of series created by a rolled-back batch are invalid.
+            with self._ids_lock:
+                self._ids.update(fresh)
+        return len(points[0])
+
+    def _check_epoch(self, conn: Connection) -> None:
+        epoch = self._select_epoch.one(conn, (SERIES_EPOCH,)).scalar() or 0
+        if epoch != self._ids_epoch:
+            with self._ids_lock:
+                self._ids = {}
+                self._ids_epoch = epoch
+
+    def _resolve_series(
+        self, conn: Connection, batch: Sequence[MachineSamples]
+    ) -> dict[str, SeriesIds]:
+        """Ids of every series in ``batch``, creating the missing ones."""
+        wanted: dict[str, set[tuple[str, Labels]]] = defaultdict(set)
+        for ms in batch:
+            wanted[ms.machine_id].update(
+                (r.metric, r.labels) for sample in ms.samples for r in sample.readings
+            )
+        known = self._load_series(conn, list(wanted))
+        missing = [
+            {"machine_id": machine_id, "metric": metric, "labels": labels_to_json(labels)}
+            for machine_id, keys in wanted.items()
+            for metric, labels in sorted(keys - known.get(machine_id, {}).keys())
+        ]
+        if missing:
+            conn.execute(self._db.insert(series).on_conflict_do_nothing(), missing)
+            known = self._load_series(conn, list(wanted))
+        return known
+
+    def _load_series(self, conn: Connection, machine_ids: Sequence[str]) -> dict[str, SeriesIds]:
+        out: dict[str, SeriesIds] = {machine_id: {} for machine_id in machine_ids}
+        for part in _chunked(machine_ids):
+            rows = conn.execute(
+                sa.select(series.c.id, series.c.machine_id, series.c.metric, series.c.labels).where(
+                    series.c.machine_id.in_(part)
+                )
+            )
+            for sid, machine_id, metric, labels in rows:
+                out[machine_id][(metric, labels_from_json(labels))] = sid
+        return out
+
+    # ------------------------------------------------------------------ reading
+
+    def latest(self, machine_ids: Sequence[str], metric: str | None = None) -> list[SeriesValue]:
+        out: list[SeriesValue] = []
+        if not machine_ids:
+            return out
+        with self._db.read() as conn:
+            for part in _chunked(sorted(set(machine_ids))):
+                query = (
+                    sa.select(
+                        series.c.machine_id,
+                        series.c.metric,
+                        series.c.labels,
+                        series_latest.c.ts,
+                        series_latest.c.value,
+                    )
+                    .join(series_latest, series_latest.c.series_id == series.c.id)
+                    .where(series.c.machine_id.in_(part))
+                    .order_by(series.c.machine_id, series.c.metric, series.c.labels)
+                )
+                if metric is not None:
+                    query = query.where(series.c.metric == metric)
+                for machine_id, name, labels, ts, value in conn.execute(query):
+                    key = SeriesKey(machine_id, name, labels_from_json(labels))
+                    out.append(SeriesValue(key, from_ms(ts), value))
+        return out
+
+    def list_series(self, machine_id: str) -> list[SeriesKey]:
+        with self._db.read() as conn:
+            rows = conn.execute(
+                sa.select(series.c.metric, series.c.labels)
+                .where(series.c.machine_id == machine_id)
+                .order_by(series.c.metric, series.c.labels)
+            ).all()
+        return [SeriesKey(machine_id, metric, labels_from_json(labels)) for metric, labels in rows]
+
+    def history(self, query: HistoryQuery) -> list[SeriesHistory]:
+        start, end = ceil_ms(query.start), ceil_ms(query.end)
+        step = max(1, query.step // _MS)
+        if end <= start:
+            return []
+        with self._db.read() as conn:
+            matched = self._match_series(conn, query)
+            if not matched:
+                return []
+            horizons = _read_horizons(conn)
+            resolution = choose_resolution(start, step, horizons)
+            head = self._head_points(conn, [sid for sid, _ in matched], start, end)
+            results = []
+            for sid, key in matched:
+                if resolution is Resolution.RAW:
+                    ts, values = self._raw_points(conn, sid, start, end, head.get(sid))
+                    steps = downsample_points(ts, values, start, end, step, query.aggregation)
+                else:
+                    rollups = self._rollups(conn, sid, resolution, start, end, head.get(sid))
+                    steps = downsample_rollups(rollups, start, end, step, query.aggregation)
+                if steps:  # a series without points in the range is left out
+                    points = tuple(HistoryPoint(from_ms(start + k * step), v) for k, v in steps)
+                    results.append(SeriesHistory(key, resolution, points))
+        return results
+
+    def _match_series(self, conn: Connection, query: HistoryQuery) -> list[tuple[int, SeriesKey]]:
+        rows = conn.execute(
+            sa.select(series.c.id, series.c.labels)
+            .where(series.c.machine_id == query.machine_id, series.c.metric == query.metric)
+            .order_by(series.c.labels)
+        )
+        wanted = set(query.labels or ())
+        out = []
+        for sid, text in rows:
+            labels = labels_from_json(text)
+            if wanted <= set(labels):
+                out.append((sid, SeriesKey(query.machine_id, query.metric, labels)))
+        return out
+
+    def _head_points(
+        self, conn: Connection, sids: Sequence[int], start: int, end: int
+    ) -> dict[int, tuple[IntArray, FloatArray]]:
+        """Points of the series not compacted yet."""
+        found: dict[int, list[tuple[int, float]]] = defaultdict(list)
+        if len(sids) == 1:
+            found[sids[0]] = [
+                (ts, value) for ts, value in self._select_head.one(conn, (start, end, sids[0]))
+            ]
+        else:
+            h = points_head.c
+            for part in _chunked(sids):
+                rows = conn.execute(
+                    sa.select(h.series_id, h.ts, h.value).where(
+                        h.ts >= start, h.ts < end, h.series_id.in_(part)
+                    )
+                )
+                for sid, ts, value in rows:
+                    found[sid].append((ts, value))
+        return {sid: sort_points(points) for sid, points in found.items() if points}
+
+    def _raw_points(
+        self,
+        conn: Connection,
+        sid: int,
+        start: int,
+        end: int,
+        head: tuple[IntArray, FloatArray] | None,
+    ) -> tuple[IntArray, FloatArray]:
+        ts, values = int_array(), float_array()
+        for (blob,) in self._select_raw.one(conn, (sid, floor_to(start, CHUNK_MS), end)):
+            chunk_ts, chunk_values = blocks.decode_raw(blob)
+            ts += chunk_ts
+            values += chunk_values
+        ts, values = clip(ts, values, start, end)
+        if head is not None:
+            ts, values, _ = merge_points(ts, values, *head)
+        return ts, values
+
+    def _rollups(
+        self,
+        conn: Connection,
+        sid: int,
+        resolution: Resolution,
+        start: int,
+        end: int,
+        head: tuple[IntArray, FloatArray] | None,
+    ) -> Rollups:
+        width = _WIDTH[resolution]
+        lo, hi = floor_to(start, CHUNK_MS), end
+        rollups = Rollups.empty()
+        if resolution is Resolution.MINUTE:
+            for (blob,) in self._select_minutes.one(conn, (sid, lo, hi)):
+                rollups.extend(Rollups(*blocks.decode_minutes(blob)))
+        else:
+            rows = self._select_hours.one(conn, (sid, lo, hi)).all()
+            rollups = Rollups(
+                int_array(r[0] for r in rows),
+                int_array(r[1] for r in rows),
+                *(float_array(r[i] for r in rows) for i in range(2, 6)),
+            )
+        # Buckets the stored rollups cannot answer exactly: those holding points
+        # not compacted yet, and the one cut by the end of the range.
+        redo = set() if head is None else {floor_to(t, width) for t in head[0]}
+        if end % width and floor_to(end, width) >= start:
+            redo.add(floor_to(end, width))
+        if not redo:
+            return rollups
+        stats = rollups.to_stats()
+        for chunk_start in sorted({floor_to(b, CHUNK_MS) for b in redo}):
+            found = self._chunk_points(conn, sid, chunk_start)
+            if found is None:
+                continue  # raw points expired: the stored rollup is the best answer
+            ts, values = found
+            if head is not None:
+                head_ts, head_values = clip(head[0], head[1], chunk_start, chunk_start + CHUNK_MS)
+                ts, values, _ = merge_points(ts, values, head_ts, head_values)
+            for bucket in redo:
+                if floor_to(bucket, CHUNK_MS) != chunk_start:
+                    continue
+                fresh = bucket_stats(
+                    ts, values, width, max(bucket, start), min(bucket + width, end)
+                )
+                if bucket in fresh:
+                    stats[bucket] = fresh[bucket]
+                else:
+                    stats.pop(bucket, None)
+        return Rollups.from_stats(stats)
+
+    def _chunk_points(
+        self, conn: Connection, sid: int, chunk_start: int
+    ) -> tuple[IntArray, FloatArray] | None:
+        """A chunk's raw points; none for a new chunk, ``None`` when they expired."""
+        row = self._select_chunk.one(conn, (sid, chunk_start)).first()
+        if row is None:
+            return int_array(), float_array()
+        if row[0] is None:
+            return None
+        return blocks.decode_raw(row[0])
+
+    # ------------------------------------------------------------------ deleting
+
+    def delete_machine(self, machine_id: str) -> int:
+        with self._db.write(lock=LOCK_MAINTAIN) as conn:
+            return self.delete_machine_series(conn, machine_id)
+
+    def delete_machine_series(self, conn: Connection, machine_id: str) -> int:
+        """Delete a machine's series inside the caller's write transaction."""
+        self.forget(machine_id)
+        sids = list(
+            conn.execute(sa.select(series.c.id).where(series.c.machine_id == machine_id)).scalars()
+        )
+        for part in _chunked(sids):
+            conn.execute(sa.delete(metric_chunks).where(metric_chunks.c.series_id.in_(part)))
+            conn.execute(sa.delete(series_latest).where(series_latest.c.series_id.in_(part)))
+            conn.execute(sa.delete(points_head).where(points_head.c.series_id.in_(part)))
+            conn.execute(sa.delete(series).where(series.c.id.in_(part)))
+        if sids:
+            conn.execute(
+                sa.update(storage_meta)
+                .where(storage_meta.c.key == SERIES_EPOCH)
+                .values(value=storage_meta.c.value + 1)
+            )
+        return len(sids)
+
+    def forget(self, machine_id: str) -> None:
+        """Drop a machine's cached series ids."""
+        with self._ids_lock:
+            self._ids = {k: v for k, v in self._ids.items() if k != machine_id}
+
+    # ------------------------------------------------------------------ maintenance
+
+    def maintain(self, now: datetime) -> MaintenanceReport:
+        now_ms = to_ms(now)
+        with self._maintain_lock:
+            report = self._compact(now_ms)
+            return _add(report, self._expire(now_ms))
+
+    def _compact(self, now_ms: int) -> MaintenanceReport:
+        """Move head points older than ``now`` into chunks, one chunk-window per transaction."""
+        report = MaintenanceReport()
+        h = points_head.c
+        while True:
+            with self._db.write(lock=LOCK_MAINTAIN) as conn:
+                first = conn.execute(sa.select(sa.func.min(h.ts)).where(h.ts < now_ms)).scalar()
+                if first is None:
+                    return report
+                lo = floor_to(first, CHUNK_MS)
+                hi = min(lo + CHUNK_MS, now_ms)
+                # Delete what is read in one statement: a point written meanwhile
+                # (PostgreSQL) stays in the head for the next pass.
+                rows = conn.execute(
+                    sa.delete(points_head)
+                    .where(h.ts >= lo, h.ts < hi)
+                    .returning(h.series_id, h.ts, h.value)
+                ).all()
+                report = _add(report, self._compact_chunk(conn, lo, rows, _read_horizons(conn)))
+
+    def _compact_chunk(
+        self, conn: Connection, chunk_start: int, rows: Sequence[Any], horizons: Horizons
+    ) -> MaintenanceReport:
+        by_series: dict[int, list[tuple[int, float]]] = defaultdict(list)
+        for sid, ts, value in rows:
+            by_series[sid].append((ts, value))
+        sids = sorted(by_series)
+        live: set[int] = set()
+        existing: dict[int, tuple[bytes | None, bytes | None]] = {}
+        c = metric_chunks.c
+        for part in _chunked(sids):
+            live.update(conn.execute(sa.select(series.c.id).where(series.c.id.in_(part))).scalars())
+            for sid, raw, minutes in conn.execute(
+                sa.select(c.series_id, c.raw, c.minutes).where(
+                    c.chunk_start == chunk_start, c.series_id.in_(part)
+                )
+            ):
+                existing[sid] = (raw, minutes)
+        upserts = []
+        compacted = rollup_rows = dropped = 0
+        for sid in sids:
+            new_points = by_series[sid]
+            row = existing.get(sid)
+            if sid not in live or (row is not None and row[0] is None):
+                # The series was deleted while its points were in flight, or the
+                # chunk's raw points expired and there is nothing to merge with.
+                dropped += len(new_points)
+                continue
+            new_ts, new_values = sort_points(new_points)
+            raw, minutes = row if row is not None else (None, None)
+            old_ts, old_values = blocks.decode_raw(raw) if raw else (int_array(), float_array())
+            ts, values, added = merge_points(old_ts, old_values, new_ts, new_values)
+            if not added:
+                continue
+            chunk_row, written = _chunk_row(sid, chunk_start, ts, values, added, minutes, horizons)
+            if chunk_row is None:
+                dropped += len(added)
+                continue
+            compacted += len(added)
+            upserts.append(chunk_row)
+            rollup_rows += written
+        self._upsert_chunk.many(conn, upserts)
+        return MaintenanceReport(
+            compacted_points=compacted, rollup_rows=rollup_rows, expired_rows=dropped
+        )
+
+    def store_chunk(
+        self, conn: Connection, sid: int, chunk_start: int, ts: IntArray, values: FloatArray
+    ) -> int:
+        """Write one chunk exactly as compaction leaves it (bulk loads, benchmarks).
+
+        ``ts`` (sorted, unique) must lie inside the chunk; returns the rollup rows written.
+        """
+        row, written = _chunk_row(sid, chunk_start, ts, values, ts, None, _read_horizons(conn))
+        if row is not None:
+            self._upsert_chunk.many(conn, [row])
+        return written
+
+    def _expire(self, now_ms: int) -> MaintenanceReport:
+        retention = {
+            Resolution.RAW: self.retention.raw,
+            Resolution.MINUTE: self.retention.minute,
+            Resolution.HOUR: self.retention.hour,
+        }
+        clear = {
+            Resolution.RAW: {"raw": None},
+            Resolution.MINUTE: {"minutes": None},
+            Resolution.HOUR: dict.fromkeys(
+                ("hour_count", "hour_sum", "hour_min", "hour_max", "hour_last")
+            ),
+        }
+        marker = {
+            Resolution.RAW: metric_chunks.c.raw,
+            Resolution.MINUTE: metric_chunks.c.minutes,
+            Resolution.HOUR: metric_chunks.c.hour_count,
+        }
+        expired = 0
+        c = metric_chunks.c
+        with self._db.write(lock=LOCK_MAINTAIN) as conn:
+            horizons = _read_horizons(conn)
+            new_horizons = {}
+            for resolution, keep in retention.items():
+                if keep is None:
+                    continue
+                horizon = floor_to(now_ms - keep // _MS, CHUNK_MS)
+                previous = horizons.get(resolution)
+                if previous is not None and horizon <= previous:
+                    new_horizons[resolution] = previous
+                    continue
+                where = [c.chunk_start < horizon, marker[resolution].is_not(None)]
+                if previous is not None:
+                    where.append(c.chunk_start >= previous)
+                expired += conn.execute(
+                    sa.update(metric_chunks).where(*where).values(clear[resolution])
+                ).rowcount
+                self._set_meta(conn, _HORIZON_KEYS[resolution], horizon)
+                new_horizons[resolution] = horizon
+            if len(new_horizons) == len(retention):
+                # Every resolution expires: rows with nothing left can go.
+                expired += conn.execute(
+                    sa.delete(metric_chunks).where(
+                        c.chunk_start < min(new_horizons.values()),
+                        c.raw.is_(None),
+                        c.minutes.is_(None),
+                        c.hour_count.is_(None),
+                    )
+                ).rowcount
+            self._clean_orphans(conn)
+        return MaintenanceReport(expired_rows=expired)
+
+    def _clean_orphans(self, conn: Connection) -> None:
+        """Drop rows of series deleted while another process was writing them."""
+        meta = dict(conn.execute(sa.select(storage_meta.c.key, storage_meta.c.value)).all())
+        epoch = meta.get(SERIES_EPOCH, 0)
+        if meta.get(CLEANED_EPOCH) == epoch:
+            return
+        live = sa.select(series.c.id)
+        conn.execute(sa.delete(series_latest).where(series_latest.c.series_id.not_in(live)))
+        conn.execute(sa.delete(metric_chunks).where(metric_chunks.c.series_id.not_in(live)))
+        self._set_meta(conn, CLEANED_EPOCH, epoch)
+
+    def _set_meta(self, conn: Connection, key: str, value: int) -> None:
+        stmt = self._db.insert(storage_meta).values(key=key, value=value)
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[storage_meta.c.key], set_={"value": stmt.excluded.value}
+            )
+        )
+
+
+def _chunk_row(
+    sid: int,
+    chunk_start: int,
+    ts: IntArray,
+    values: FloatArray,
+    added: IntArray,
+    minutes: bytes | None,
+    horizons: Horizons,
+) -> tuple[tuple[Any, ...] | None, int]:
+    """The ``metric_chunks`` row of a chunk now holding ``ts``/``values``.
+
+    Only the minute buckets around the ``added`` points are recomputed; the
+    others come from the chunk's existing ``minutes`` blob. Resolutions already
+    expired for this chunk stay empty, so a late point still reaches the
+    rollups that are kept; ``None`` when every resolution has expired.
+    """
+    written = 0
+    raw_blob = None
+    if not horizons.expired(Resolution.RAW, chunk_start):
+        raw_blob = blocks.encode_raw(ts, values)
+    minute_blob = None
+    if not horizons.expired(Resolution.MINUTE, chunk_start):
+        if minutes:
+            stats = Rollups(*blocks.decode_minutes(minutes)).to_stats()
+            lo = floor_to(added[0], MINUTE_MS)
+            hi = floor_to(added[-1], MINUTE_MS) + MINUTE_MS
+        else:
+            stats, lo, hi = {}, chunk_start, chunk_start + CHUNK_MS
+        fresh = bucket_stats(ts, values, MINUTE_MS, lo, hi)
+        stats.update(fresh)
+        written += len(fresh)
+        minute_blob = blocks.encode(Rollups.from_stats(stats).columns())
+    hour: Stats | tuple[None, ...] = (None,) * 5
+    if not horizons.expired(Resolution.HOUR, chunk_start):
+        hour = stats_of(values)
+        written += 1
+    if raw_blob is None and minute_blob is None and not written:
+        return None, 0
+    return (sid, chunk_start, raw_blob, minute_blob, *hour), written
+
+
+def _read_horizons(conn: Connection) -> Horizons:
+    rows = dict(
+        conn.execute(
+            sa.select(storage_meta.c.key, storage_meta.c.value).where(
+                storage_meta.c.key.in_(list(_HORIZON_KEYS.values()))
+            )
+        ).all()
+    )
+    return Horizons(
+        raw=rows.get(_HORIZON_KEYS[Resolution.RAW]),
+        minute=rows.get(_HORIZON_KEYS[Resolution.MINUTE]),
+        hour=rows.get(_HORIZON_KEYS[Resolution.HOUR]),
+    )
+
+
+_first = itemgetter(0)
+
+Columns = tuple[list[int], list[int], list[float]]
+
+
+def _build_columns(
+    batch: Sequence[MachineSamples], ids: dict[str, SeriesIds]
+) -> tuple[Columns, Columns] | None:
+    """The points as ``(ts, series_id, value)`` columns, and each series' newest point.
+
+    ``None`` when a series is not in ``ids``. This is the hot path of ingest: one
+    dict lookup per reading; everything else works on whole samples in C.
+    Points come out sorted by time (new keys append at the head's right edge);
+    equal timestamps keep batch order, so the first written value wins.
+    """
+    samples: list[tuple[int, list[int], list[float]]] = []
+    append = samples.append
+    for ms in batch:
+        known = ids.get(ms.machine_id)
+        for sample in ms.samples:
+            readings = sample.readings
+            if not readings:
+                continue
+            if known is None:
+                return None
+            try:
+                sids = [known[(r.metric, r.labels)] for r in readings]
+            except KeyError:
+                return None
+            append(((sample.timestamp - EPOCH) // _MS, sids, [r.value for r in readings]))
+    latest = _latest(samples)
+    samples.sort(key=_first)
+    ts_column: list[int] = []
+    sid_column: list[int] = []
+    value_column: list[float] = []
+    for ts, sids, values in samples:
+        ts_column.extend(repeat(ts, len(sids)))
+        sid_column.extend(sids)
+        value_column.extend(values)
+    return (ts_column, sid_column, value_column), latest
+
+
+def _latest(samples: list[tuple[int, list[int], list[float]]]) -> Columns:
+    """Per series, the newest point; on equal timestamps the first one in the batch."""
+    newest: dict[int, int] = {}
+    value: dict[int, float] = {}
+    # Later updates overwrite earlier ones, so visit from least to most
+    # preferred: oldest first and, among equal timestamps, last written first.
+    order = sorted(range(len(samples)), key=lambda i: (samples[i][0], -i))
+    for i in order:
+        ts, sids, values = samples[i]
+        newest.update(zip(reversed(sids), repeat(ts), strict=False))
+        value.update(zip(reversed(sids), reversed(values), strict=True))
+    sids = list(newest)
+    return sids, [newest[sid] for sid in sids], [value[sid] for sid in sids]
+
+
+def _sorted_columns(columns: Columns) -> Columns:
+    """Rows sorted by their first two columns."""
+    rows = sorted(zip(*columns, strict=True), key=itemgetter(0, 1))
+    if not rows:
+        return columns
+    a, b, c = zip(*rows, strict=True)
+    return list(a), list(b), list(c)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the shared SQL schema (``script_location`` is this package)."""

@@ -1,0 +1,227 @@
+"""The tables, as SQLAlchemy Core objects.
+
+This module describes the schema the *code* expects; the migrations in
+``migrations/versions`` are what create it, and a test checks that the two agree.
+
+Metric timestamps are integer milliseconds since the Unix epoch; state
+timestamps are integer microseconds (exact round trips of the model's datetimes).
+Both avoid every database's own notion of time zones.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+from lunasentri_core.model import Labels, as_utc, to_labels
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+VERSION_TABLE = "lunasentri_alembic_version"
+"""Alembic's bookkeeping table, named so it never collides with an embedding app's own."""
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UtcMicros(sa.types.TypeDecorator[datetime]):
+    """An aware UTC datetime stored as integer microseconds since the epoch."""
+
+    impl = sa.BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> int | None:
+        if value is None:
+            return None
+        return (as_utc(value) - EPOCH) // _MICROSECOND
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return EPOCH + timedelta(microseconds=int(value))
+
+
+def labels_to_json(labels: Labels) -> str:
+    """The canonical text of a label set: equal sets give equal text (series identity)."""
+    return json.dumps([list(pair) for pair in labels], separators=(",", ":"), ensure_ascii=False)
+
+
+def labels_from_json(text: str) -> Labels:
+    return to_labels((str(k), str(v)) for k, v in json.loads(text))
+
+
+Float64 = sa.Float(precision=53)
+
+# --------------------------------------------------------------------------- metrics
+
+storage_meta = sa.Table(
+    "storage_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)
+"""Counters and expiry horizons: ``series_epoch``, ``horizon_raw``, ``horizon_minute``, ..."""
+
+series = sa.Table(
+    "series",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("machine_id", sa.Text, nullable=False),
+    sa.Column("metric", sa.Text, nullable=False),
+    sa.Column("labels", sa.Text, nullable=False),
+    sa.UniqueConstraint("machine_id", "metric", "labels"),
+    # Ids are never reused, so an id cached by another process can at worst
+    # point at a deleted series, never at someone else's.
+    sqlite_autoincrement=True,
+)
+
+series_latest = sa.Table(
+    "series_latest",
+    metadata,
+    sa.Column("series_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.Column("value", Float64, nullable=False),
+)
+
+points_head = sa.Table(
+    "points_head",
+    metadata,
+    sa.Column("ts", sa.BigInteger, primary_key=True),
+    sa.Column("series_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("value", Float64, nullable=False),
+    # Keyed by time first: new points append at the right edge of the B-tree.
+    sqlite_with_rowid=False,
+)
+
+metric_chunks = sa.Table(
+    "metric_chunks",
+    metadata,
+    sa.Column("series_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("chunk_start", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("raw", sa.LargeBinary, nullable=True),
+    sa.Column("minutes", sa.LargeBinary, nullable=True),
+    sa.Column("hour_count", sa.Integer, nullable=True),
+    sa.Column("hour_sum", Float64, nullable=True),
+    sa.Column("hour_min", Float64, nullable=True),
+    sa.Column("hour_max", Float64, nullable=True),
+    sa.Column("hour_last", Float64, nullable=True),
+    sa.Index(None, "chunk_start"),
+)
+
+# --------------------------------------------------------------------------- state
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("username", sa.Text, nullable=False, unique=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("password_hash", sa.Text, nullable=False),
+    sa.Column("created_at", UtcMicros, nullable=False),
+)
+
+machines = sa.Table(
+    "machines",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column(
+        "owner_id",
+        sa.Text,
+        sa.ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=True,
+        index=True,
+    ),
+    sa.Column("hostname", sa.Text, nullable=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("labels", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("last_seen", UtcMicros, nullable=True),
+    sa.Column("created_at", UtcMicros, nullable=False),
+)
+# NULL owners compare distinct in a plain unique constraint; coalesce makes
+# "one name per owner" hold for unowned machines too.
+sa.Index(
+    "uq_machines_owner_name",
+    sa.func.coalesce(machines.c.owner_id, ""),
+    machines.c.name,
+    unique=True,
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column(
+        "machine_id",
+        sa.Text,
+        sa.ForeignKey("machines.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("prefix", sa.Text, nullable=False),
+    sa.Column("key_hash", sa.Text, nullable=False, unique=True),
+    sa.Column("created_at", UtcMicros, nullable=False),
+    sa.Column("expires_at", UtcMicros, nullable=True),
+    sa.Column("revoked_at", UtcMicros, nullable=True),
+)
+
+alert_rules = sa.Table(
+    "alert_rules",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column(
+        "owner_id",
+        sa.Text,
+        sa.ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("metric", sa.Text, nullable=False),
+    sa.Column("comparison", sa.String(2), nullable=False),
+    sa.Column("threshold", Float64, nullable=False),
+    sa.Column("for_duration_us", sa.BigInteger, nullable=False),
+    sa.Column("scope", sa.Text, nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("created_at", UtcMicros, nullable=False),
+)
+
+alert_events = sa.Table(
+    "alert_events",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column(
+        "rule_id",
+        sa.Text,
+        sa.ForeignKey("alert_rules.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column(
+        "machine_id",
+        sa.Text,
+        sa.ForeignKey("machines.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("series_machine_id", sa.Text, nullable=False),
+    sa.Column("metric", sa.Text, nullable=False),
+    sa.Column("labels", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("value", Float64, nullable=False),
+    sa.Column("at", UtcMicros, nullable=False),
+    sa.Column("acknowledged_at", UtcMicros, nullable=True),
+    sa.Index(None, "machine_id", "at"),
+)

@@ -1,0 +1,172 @@
+"""Builders of valid model objects with sensible defaults, for tests.
+
+Every builder takes keyword overrides for any field, so a test states only what
+it cares about. Identifiers and names are fresh on every call, which keeps tests
+independent even when they share a store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from lunasentri_core.components import Credentials, Notification, NotificationKind
+from lunasentri_core.model import (
+    AlertEvent,
+    AlertRule,
+    AlertState,
+    ApiKey,
+    Comparison,
+    Machine,
+    MachineSamples,
+    Reading,
+    Role,
+    Sample,
+    SeriesKey,
+    Target,
+    User,
+    new_id,
+)
+
+BASE_TIME = datetime(2026, 1, 5, tzinfo=UTC)
+"""A fixed instant (midnight UTC, so aligned to every step) that test data starts from."""
+
+
+def make_reading(metric: str = "cpu.percent", value: float = 12.5, **labels: str) -> Reading:
+    return Reading(metric, value, labels)
+
+
+def make_sample(
+    metrics: Mapping[str, float] | Iterable[Reading] | None = None,
+    *,
+    at: datetime | None = None,
+) -> Sample:
+    """A sample at ``at`` (default :data:`BASE_TIME`).
+
+    ``metrics`` is a mapping of unlabelled metric names to values, or readings;
+    the default is one ``cpu.percent`` reading.
+    """
+    if metrics is None:
+        readings: list[Reading] = [make_reading()]
+    elif isinstance(metrics, Mapping):
+        readings = [Reading(name, value) for name, value in metrics.items()]
+    else:
+        readings = list(metrics)
+    return Sample(at or BASE_TIME, readings)
+
+
+def make_samples(
+    machine_id: str,
+    readings: Iterable[Reading],
+    *,
+    start: datetime = BASE_TIME,
+    every: timedelta = timedelta(seconds=10),
+    count: int = 1,
+) -> MachineSamples:
+    """``count`` samples of the same readings, ``every`` apart from ``start``."""
+    fixed = list(readings)
+    return MachineSamples(machine_id, [Sample(start + i * every, fixed) for i in range(count)])
+
+
+def make_series(machine_id: str, metric: str = "cpu.percent", **labels: str) -> SeriesKey:
+    return SeriesKey(machine_id, metric, labels)
+
+
+def make_target(machine_id: str | None = None, **overrides: Any) -> Target:
+    """A target for the local machine (``host=None``) unless overridden."""
+    return Target(machine_id or f"machine-{new_id()[:8]}", **overrides)
+
+
+def make_user(**overrides: Any) -> User:
+    uid = new_id()
+    fields: dict[str, Any] = {
+        "id": uid,
+        "username": f"user-{uid[:10]}",
+        "role": Role.USER,
+        "created_at": BASE_TIME + timedelta(microseconds=123_456),
+    }
+    fields.update(overrides)
+    return User(**fields)
+
+
+def make_machine(**overrides: Any) -> Machine:
+    mid = new_id()
+    fields: dict[str, Any] = {
+        "id": mid,
+        "name": f"host-{mid[:10]}",
+        "hostname": f"host-{mid[:10]}.example.test",
+        "labels": {"env": "test"},
+        "created_at": BASE_TIME + timedelta(microseconds=654_321),
+    }
+    fields.update(overrides)
+    return Machine(**fields)
+
+
+def make_api_key(machine_id: str, **overrides: Any) -> ApiKey:
+    """A stored key for ``machine_id``; the secret itself is thrown away."""
+    secret = secrets.token_urlsafe(32)
+    fields: dict[str, Any] = {
+        "id": new_id(),
+        "machine_id": machine_id,
+        "prefix": f"ls_{secret[:6]}",
+        "key_hash": hash_secret(secret),
+        "created_at": BASE_TIME,
+    }
+    fields.update(overrides)
+    return ApiKey(**fields)
+
+
+def hash_secret(secret: str) -> str:
+    """SHA-256 hex digest, the form in which API keys are stored."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def make_alert_rule(owner_id: str, **overrides: Any) -> AlertRule:
+    fields: dict[str, Any] = {
+        "id": new_id(),
+        "owner_id": owner_id,
+        "name": "cpu high",
+        "metric": "cpu.percent",
+        "comparison": Comparison.GT,
+        "threshold": 90.0,
+        "for_duration": timedelta(minutes=5),
+        "created_at": BASE_TIME,
+    }
+    fields.update(overrides)
+    return AlertRule(**fields)
+
+
+def make_alert_event(rule: AlertRule, machine_id: str, **overrides: Any) -> AlertEvent:
+    fields: dict[str, Any] = {
+        "id": new_id(),
+        "rule_id": rule.id,
+        "machine_id": machine_id,
+        "series": SeriesKey(machine_id, rule.metric),
+        "state": AlertState.FIRING,
+        "value": rule.threshold + 1,
+        "at": BASE_TIME,
+    }
+    fields.update(overrides)
+    return AlertEvent(**fields)
+
+
+def make_notification(**overrides: Any) -> Notification:
+    """A test notification whose title and text exercise non-ASCII and line breaks."""
+    fields: dict[str, Any] = {
+        "id": new_id(),
+        "kind": NotificationKind.TEST,
+        "title": "LunaSentri test — ✓ délivré",
+        "text": "Line one of the test notification.\nLine two: ünïcode & <markup> survives.",
+        "occurred_at": BASE_TIME,
+        "data": {"source": "lunasentri_core.testing"},
+    }
+    fields.update(overrides)
+    return Notification(**fields)
+
+
+def make_credentials(**headers: str) -> Credentials:
+    """Credentials carrying ``headers`` (names are lower-cased, as the server passes them)."""
+    return Credentials(headers={name.lower().replace("_", "-"): v for name, v in headers.items()})

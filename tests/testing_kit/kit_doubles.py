@@ -1,0 +1,631 @@
+"""Small, obviously-correct implementations that prove the contract suites can be passed.
+
+``MemoryStorage`` keeps points in dicts, with optional rollups and retention, and
+can be given named ``flaws`` so tests can show that the storage contract catches
+each of them. The collectors, notifier and authenticator come in a good version
+and in broken ones.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+import anyio
+import attrs
+
+from lunasentri_core import (
+    AlertEvent,
+    AlertRule,
+    ApiKey,
+    ConflictError,
+    Credentials,
+    DeliveryResult,
+    DeliveryStatus,
+    HistoryPoint,
+    HistoryQuery,
+    Machine,
+    MachineSamples,
+    NotFoundError,
+    Notification,
+    Principal,
+    Reading,
+    Resolution,
+    RetentionPolicy,
+    SeriesHistory,
+    SeriesKey,
+    SeriesValue,
+    Target,
+    User,
+)
+from lunasentri_core.storage import Capability, MaintenanceReport, StateStore
+from lunasentri_core.testing import ReceivedMessage, hash_secret
+from lunasentri_core.testing.reference import aggregate
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+GRAINS = {Resolution.MINUTE: timedelta(minutes=1), Resolution.HOUR: timedelta(hours=1)}
+ALL_CAPABILITIES = frozenset({Capability.ROLLUPS, Capability.RETENTION})
+
+# ---------------------------------------------------------------------------- storage
+
+
+@attrs.define
+class _Bucket:
+    total: float
+    count: int
+    low: float
+    high: float
+    last_at: datetime
+    last: float
+
+    def add(self, at: datetime, value: float) -> None:
+        self.total += value
+        self.count += 1
+        self.low = min(self.low, value)
+        self.high = max(self.high, value)
+        if at >= self.last_at:
+            self.last_at, self.last = at, value
+
+
+def _floor(at: datetime, grain: timedelta) -> datetime:
+    return EPOCH + (at - EPOCH) // grain * grain
+
+
+def _aligned(at: datetime, grain: timedelta) -> bool:
+    return (at - EPOCH) % grain == timedelta(0)
+
+
+class MemoryMetrics:
+    def __init__(
+        self, retention: RetentionPolicy, capabilities: frozenset[Capability], flaws: set[str]
+    ) -> None:
+        self._retention = retention
+        self._capabilities = capabilities
+        self._flaws = flaws
+        self._lock = threading.RLock()
+        self._raw: dict[SeriesKey, dict[datetime, float]] = {}
+        self._rollups: dict[Resolution, dict[SeriesKey, dict[datetime, _Bucket]]] = {
+            resolution: {} for resolution in GRAINS
+        }
+        self._latest: dict[SeriesKey, tuple[datetime, float]] = {}
+        self._horizon: dict[Resolution, datetime] = {}
+
+    # ------------------------------------------------------------ write
+
+    def write(self, batch: Sequence[MachineSamples]) -> int:
+        rows: list[tuple[SeriesKey, datetime, float]] = []
+        with self._lock:
+            for machine in batch:
+                for sample in machine.samples:
+                    for reading in sample.readings:
+                        key = SeriesKey(machine.machine_id, reading.metric, reading.labels)
+                        rows.append((key, sample.timestamp, reading.value))
+                        if "partial-writes" in self._flaws:
+                            self._store(key, sample.timestamp, reading.value)
+            if "partial-writes" not in self._flaws:
+                for row in rows:
+                    self._store(*row)
+        return len(rows)
+
+    def _store(self, key: SeriesKey, at: datetime, value: float) -> None:
+        points = self._raw.setdefault(key, {})
+        if at in points and "last-wins" not in self._flaws:
+            return
+        points[at] = value
+        if Capability.ROLLUPS in self._capabilities:
+            for resolution, grain in GRAINS.items():
+                buckets = self._rollups[resolution].setdefault(key, {})
+                start = _floor(at, grain)
+                if start in buckets:
+                    buckets[start].add(at, value)
+                else:
+                    buckets[start] = _Bucket(value, 1, value, value, at, value)
+        newest = self._latest.get(key)
+        if newest is None or at >= newest[0]:
+            self._latest[key] = (at, value)
+
+    # ------------------------------------------------------------ read
+
+    def latest(self, machine_ids: Sequence[str], metric: str | None = None) -> list[SeriesValue]:
+        with self._lock:
+            return [
+                SeriesValue(key, at, value)
+                for key, (at, value) in self._latest.items()
+                if key.machine_id in machine_ids and metric in (None, key.metric)
+            ]
+
+    def list_series(self, machine_id: str) -> list[SeriesKey]:
+        with self._lock:
+            return [key for key in self._raw if key.machine_id == machine_id]
+
+    def delete_machine(self, machine_id: str) -> int:
+        with self._lock:
+            doomed = [key for key in self._raw if key.machine_id == machine_id]
+            for key in doomed:
+                del self._raw[key]
+                self._latest.pop(key, None)
+                for rollup in self._rollups.values():
+                    rollup.pop(key, None)
+            return len(doomed)
+
+    def history(self, query: HistoryQuery) -> list[SeriesHistory]:
+        with self._lock:
+            resolution = self._resolution_for(query)
+            answer = []
+            for key in self._raw:
+                if not self._selected(key, query):
+                    continue
+                if resolution is Resolution.RAW:
+                    points = self._from_raw(key, query)
+                else:
+                    points = self._from_rollup(key, query, resolution)
+                if points:
+                    reported = Resolution.RAW if "hide-resolution" in self._flaws else resolution
+                    answer.append(SeriesHistory(key, reported, tuple(points)))
+            return answer
+
+    def _selected(self, key: SeriesKey, query: HistoryQuery) -> bool:
+        if key.machine_id != query.machine_id or key.metric != query.metric:
+            return False
+        return query.labels is None or set(query.labels) <= set(key.labels)
+
+    def _covers(self, resolution: Resolution, start: datetime) -> bool:
+        horizon = self._horizon.get(resolution)
+        return horizon is None or start >= horizon
+
+    def _resolution_for(self, query: HistoryQuery) -> Resolution:
+        if Capability.ROLLUPS not in self._capabilities:
+            return Resolution.RAW
+        for resolution in (Resolution.HOUR, Resolution.MINUTE):
+            grain = GRAINS[resolution]
+            if (
+                query.step % grain == timedelta(0)
+                and _aligned(query.start, grain)
+                and _aligned(query.end, grain)
+                and self._covers(resolution, query.start)
+            ):
+                return resolution
+        return Resolution.RAW
+
+    def _step_start(self, query: HistoryQuery, at: datetime) -> datetime:
+        if "epoch-steps" in self._flaws:
+            return _floor(at, query.step)
+        return query.start + (at - query.start) // query.step * query.step
+
+    def _in_range(self, query: HistoryQuery, at: datetime) -> bool:
+        if "closed-range" in self._flaws:
+            return query.start <= at <= query.end
+        return query.start <= at < query.end
+
+    def _from_raw(self, key: SeriesKey, query: HistoryQuery) -> list[HistoryPoint]:
+        steps: dict[datetime, list[tuple[datetime, float]]] = {}
+        for at, value in self._raw[key].items():
+            if self._in_range(query, at):
+                steps.setdefault(self._step_start(query, at), []).append((at, value))
+        return [
+            HistoryPoint(step, aggregate(values, query.aggregation))
+            for step, values in sorted(steps.items())
+        ]
+
+    def _from_rollup(
+        self, key: SeriesKey, query: HistoryQuery, resolution: Resolution
+    ) -> list[HistoryPoint]:
+        steps: dict[datetime, list[_Bucket]] = {}
+        for start, bucket in self._rollups[resolution].get(key, {}).items():
+            if query.start <= start < query.end:
+                steps.setdefault(self._step_start(query, start), []).append(bucket)
+        return [
+            HistoryPoint(step, _combine(buckets, query)) for step, buckets in sorted(steps.items())
+        ]
+
+    # ------------------------------------------------------------ maintenance
+
+    def maintain(self, now: datetime) -> MaintenanceReport:
+        if Capability.RETENTION not in self._capabilities:
+            return MaintenanceReport()
+        expired = 0
+        with self._lock:
+            keep = {
+                Resolution.RAW: self._retention.raw,
+                Resolution.MINUTE: self._retention.minute,
+                Resolution.HOUR: self._retention.hour,
+            }
+            for resolution, kept in keep.items():
+                if kept is None:
+                    continue
+                horizon = now - kept
+                self._horizon[resolution] = max(self._horizon.get(resolution, horizon), horizon)
+                expired += self._expire(resolution, horizon)
+        return MaintenanceReport(expired_rows=expired)
+
+    def _expire(self, resolution: Resolution, horizon: datetime) -> int:
+        tables: Mapping[SeriesKey, dict[datetime, Any]]
+        tables = self._raw if resolution is Resolution.RAW else self._rollups[resolution]
+        expired = 0
+        for rows in tables.values():
+            for at in [at for at in rows if at < horizon]:
+                del rows[at]
+                expired += 1
+        return expired
+
+
+def _combine(buckets: list[_Bucket], query: HistoryQuery) -> float:
+    name = query.aggregation.value
+    if name == "avg":
+        return sum(b.total for b in buckets) / sum(b.count for b in buckets)
+    if name == "min":
+        return min(b.low for b in buckets)
+    if name == "max":
+        return max(b.high for b in buckets)
+    return max(buckets, key=lambda b: b.last_at).last
+
+
+class MemoryState:
+    def __init__(self, flaws: set[str]) -> None:
+        self._flaws = flaws
+        self._lock = threading.RLock()
+        self._users: dict[str, User] = {}
+        self._passwords: dict[str, str] = {}
+        self._machines: dict[str, Machine] = {}
+        self._keys: dict[str, ApiKey] = {}
+        self._rules: dict[str, AlertRule] = {}
+        self._events: list[AlertEvent] = []
+
+    def add_user(self, user: User, password_hash: str) -> User:
+        with self._lock:
+            if any(u.username == user.username for u in self._users.values()):
+                raise ConflictError(f"username {user.username!r} is taken")
+            self._users[user.id] = user
+            self._passwords[user.id] = password_hash
+            return user
+
+    def get_user(self, user_id: str) -> User:
+        return _get(self._users, user_id, "user")
+
+    def find_user(self, username: str) -> User | None:
+        return next((u for u in self._users.values() if u.username == username), None)
+
+    def list_users(self) -> list[User]:
+        return list(self._users.values())
+
+    def password_hash(self, user_id: str) -> str:
+        return _get(self._passwords, user_id, "user")
+
+    def set_password_hash(self, user_id: str, password_hash: str) -> None:
+        _get(self._users, user_id, "user")
+        self._passwords[user_id] = password_hash
+
+    def delete_user(self, user_id: str) -> None:
+        _get(self._users, user_id, "user")
+        del self._users[user_id], self._passwords[user_id]
+
+    def add_machine(self, machine: Machine) -> Machine:
+        self._machines[machine.id] = machine
+        return machine
+
+    def get_machine(self, machine_id: str, owner_id: str | None = None) -> Machine:
+        machine = _get(self._machines, machine_id, "machine")
+        if "unscoped" in self._flaws:
+            return machine
+        if owner_id is not None and machine.owner_id != owner_id:
+            raise NotFoundError(f"no machine {machine_id!r}")
+        return machine
+
+    def find_machine(self, name: str, owner_id: str | None = None) -> Machine | None:
+        return next((m for m in self.list_machines(owner_id) if m.name == name), None)
+
+    def list_machines(self, owner_id: str | None = None) -> list[Machine]:
+        return [m for m in self._machines.values() if owner_id in (None, m.owner_id)]
+
+    def update_machine(self, machine: Machine) -> Machine:
+        _get(self._machines, machine.id, "machine")
+        self._machines[machine.id] = machine
+        return machine
+
+    def delete_machine(self, machine_id: str) -> None:
+        _get(self._machines, machine_id, "machine")
+        del self._machines[machine_id]
+
+    def touch_machines(self, seen: Sequence[tuple[str, datetime]]) -> None:
+        with self._lock:
+            for machine_id, at in seen:
+                machine = self._machines.get(machine_id)
+                if machine is None:
+                    continue
+                if (
+                    "touch-backwards" in self._flaws
+                    or machine.last_seen is None
+                    or at > machine.last_seen
+                ):
+                    self._machines[machine_id] = attrs.evolve(machine, last_seen=at)
+
+    def add_api_key(self, key: ApiKey) -> ApiKey:
+        self._keys[key.id] = key
+        return key
+
+    def find_api_key(self, key_hash: str) -> ApiKey | None:
+        return next((k for k in self._keys.values() if k.key_hash == key_hash), None)
+
+    def list_api_keys(self, machine_id: str) -> list[ApiKey]:
+        return [k for k in self._keys.values() if k.machine_id == machine_id]
+
+    def revoke_api_key(self, key_id: str, at: datetime) -> None:
+        key = _get(self._keys, key_id, "API key")
+        self._keys[key_id] = attrs.evolve(key, revoked_at=at)
+
+    def add_alert_rule(self, rule: AlertRule) -> AlertRule:
+        self._rules[rule.id] = rule
+        return rule
+
+    def get_alert_rule(self, rule_id: str, owner_id: str | None = None) -> AlertRule:
+        rule = _get(self._rules, rule_id, "alert rule")
+        if owner_id is not None and rule.owner_id != owner_id:
+            raise NotFoundError(f"no alert rule {rule_id!r}")
+        return rule
+
+    def list_alert_rules(self, owner_id: str | None = None) -> list[AlertRule]:
+        return [r for r in self._rules.values() if owner_id in (None, r.owner_id)]
+
+    def delete_alert_rule(self, rule_id: str) -> None:
+        _get(self._rules, rule_id, "alert rule")
+        del self._rules[rule_id]
+
+    def add_alert_event(self, event: AlertEvent) -> AlertEvent:
+        self._events.append(event)
+        return event
+
+    def list_alert_events(
+        self, owner_id: str | None = None, machine_id: str | None = None, limit: int = 100
+    ) -> list[AlertEvent]:
+        owners = {r.id: r.owner_id for r in self._rules.values()}
+        found = [
+            e
+            for e in self._events
+            if owner_id in (None, owners.get(e.rule_id)) and machine_id in (None, e.machine_id)
+        ]
+        return sorted(found, key=lambda e: e.at, reverse=True)[:limit]
+
+
+def _get(records: Mapping[str, Any], record_id: str, what: str) -> Any:
+    try:
+        return records[record_id]
+    except KeyError:
+        raise NotFoundError(f"no {what} {record_id!r}") from None
+
+
+class MemoryStorage:
+    name = "memory"
+
+    def __init__(
+        self,
+        retention: RetentionPolicy,
+        capabilities: frozenset[Capability] = ALL_CAPABILITIES,
+        flaws: Sequence[str] = (),
+    ) -> None:
+        self.capabilities = capabilities
+        self.metrics = MemoryMetrics(retention, capabilities, set(flaws))
+        self.state = MemoryState(set(flaws))
+
+    def migrate(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------- collectors
+
+
+@attrs.frozen
+class CountingSettings:
+    count: int = 3
+
+
+class CountingCollector:
+    """Emits ``demo.value`` for ``count`` labelled series and ``demo.calls``."""
+
+    name: ClassVar[str] = "counting"
+    settings_class: ClassVar[type[Any] | None] = CountingSettings
+
+    def __init__(self, settings: CountingSettings | None = None) -> None:
+        self.settings = settings or CountingSettings()
+        self._calls = 0
+        self._lock = threading.Lock()
+
+    def collect(self, target: Target) -> list[Reading]:
+        with self._lock:
+            self._calls += 1
+            calls = self._calls
+        readings = [Reading("demo.value", n, {"n": str(n)}) for n in range(self.settings.count)]
+        return [*readings, Reading("demo.calls", calls)]
+
+
+class AsyncCountingCollector(CountingCollector):
+    name: ClassVar[str] = "async-counting"
+
+    async def collect(self, target: Target) -> list[Reading]:  # type: ignore[override]
+        await anyio.sleep(0)
+        return super().collect(target)
+
+
+class NamelessCollector(CountingCollector):
+    name: ClassVar[str] = ""
+
+
+@attrs.frozen
+class StrictSettings:
+    path: str
+
+
+class SettingsWithoutDefaultsCollector(CountingCollector):
+    name: ClassVar[str] = "strict"
+    settings_class: ClassVar[type[Any]] = StrictSettings
+
+    def __init__(self, settings: Any = None) -> None:
+        super().__init__()
+
+
+class DictCollector(CountingCollector):
+    name: ClassVar[str] = "dicts"
+
+    def collect(self, target: Target) -> list[Any]:  # type: ignore[override]
+        return [{"metric": "demo.value", "value": 1.0}]
+
+
+class GeneratorCollector(CountingCollector):
+    name: ClassVar[str] = "generator"
+
+    def collect(self, target: Target) -> Any:  # type: ignore[override]
+        yield Reading("demo.value", 1)
+
+
+class DuplicateSeriesCollector(CountingCollector):
+    name: ClassVar[str] = "duplicates"
+
+    def collect(self, target: Target) -> list[Reading]:
+        return [Reading("demo.value", 1, {"n": "0"}), Reading("demo.value", 2, {"n": "0"})]
+
+
+class OneShotCollector(CountingCollector):
+    name: ClassVar[str] = "one-shot"
+
+    def collect(self, target: Target) -> list[Reading]:
+        readings = super().collect(target)
+        if self._calls > 1:
+            raise RuntimeError("a second collection fails")
+        return readings
+
+
+class NotReentrantCollector(CountingCollector):
+    """Fails when a second call starts while the first one runs (and waits for one)."""
+
+    name: ClassVar[str] = "not-reentrant"
+
+    def __init__(self, settings: CountingSettings | None = None) -> None:
+        super().__init__(settings)
+        self._busy = threading.Event()
+        self._second = threading.Event()
+
+    def collect(self, target: Target) -> list[Reading]:
+        if self._busy.is_set():
+            self._second.set()
+            raise RuntimeError("collect() is already running")
+        self._busy.set()
+        try:
+            # Calls from worker threads wait for each other, so that two calls
+            # started together really overlap.
+            if threading.current_thread() is not threading.main_thread():
+                self._second.wait(5.0)
+            return super().collect(target)
+        finally:
+            self._busy.clear()
+
+
+# ---------------------------------------------------------------------------- notifiers
+
+
+class Inboxes:
+    """The loopback receiver of ``MemoryNotifier``: messages by inbox name."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, list[ReceivedMessage]] = {}
+
+    def deliver(self, inbox: str, message: ReceivedMessage) -> None:
+        self.messages.setdefault(inbox, []).append(message)
+
+
+class MemoryNotifier:
+    name: ClassVar[str] = "memory"
+    settings_class: ClassVar[type[Any] | None] = None
+
+    def __init__(self, inboxes: Inboxes | None = None) -> None:
+        self.inboxes = inboxes or Inboxes()
+
+    def message(self, notification: Notification) -> ReceivedMessage:
+        body = f"{notification.title}\n\n{notification.text}"
+        return ReceivedMessage(body, notification.id, raw=notification)
+
+    def send(self, channel: Mapping[str, Any], notification: Notification) -> DeliveryResult:
+        inbox = channel["inbox"]
+        if inbox == "closed":
+            return DeliveryResult(DeliveryStatus.RETRY, "inbox is closed", retry_after=1.0)
+        self.inboxes.deliver(inbox, self.message(notification))
+        return DeliveryResult(DeliveryStatus.DELIVERED)
+
+
+class AsyncMemoryNotifier(MemoryNotifier):
+    name: ClassVar[str] = "async-memory"
+
+    async def send(  # type: ignore[override]
+        self, channel: Mapping[str, Any], notification: Notification
+    ) -> DeliveryResult:
+        await anyio.sleep(0)
+        return super().send(channel, notification)
+
+
+class KeylessNotifier(MemoryNotifier):
+    name: ClassVar[str] = "keyless"
+
+    def message(self, notification: Notification) -> ReceivedMessage:
+        return attrs.evolve(super().message(notification), idempotency_key=None)
+
+
+class TitleOnlyNotifier(MemoryNotifier):
+    name: ClassVar[str] = "title-only"
+
+    def message(self, notification: Notification) -> ReceivedMessage:
+        return ReceivedMessage(notification.title, notification.id)
+
+
+class OptimisticNotifier(MemoryNotifier):
+    """Reports every delivery as done, even to a closed inbox."""
+
+    name: ClassVar[str] = "optimistic"
+
+    def send(self, channel: Mapping[str, Any], notification: Notification) -> DeliveryResult:
+        if channel["inbox"] != "closed":
+            self.inboxes.deliver(channel["inbox"], self.message(notification))
+        return DeliveryResult(DeliveryStatus.DELIVERED)
+
+
+# ---------------------------------------------------------------------------- authenticators
+
+
+class BearerKeyAuthenticator:
+    """``authorization: Bearer <key>`` checked against the stored key hashes."""
+
+    name: ClassVar[str] = "bearer-key"
+    settings_class: ClassVar[type[Any] | None] = None
+
+    def authenticate(self, credentials: Credentials, state: StateStore) -> Principal | None:
+        scheme, _, secret = credentials.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secret:
+            return None
+        key = state.find_api_key(hash_secret(secret))
+        if key is None or not key.is_active(datetime.fromtimestamp(time.time(), UTC)):
+            return None
+        return Principal("machine", key.machine_id, machine_id=key.machine_id, via=self.name)
+
+
+class AsyncBearerKeyAuthenticator(BearerKeyAuthenticator):
+    name: ClassVar[str] = "async-bearer-key"
+
+    async def authenticate(  # type: ignore[override]
+        self, credentials: Credentials, state: StateStore
+    ) -> Principal | None:
+        await anyio.sleep(0)
+        return super().authenticate(credentials, state)
+
+
+class CarelessAuthenticator(BearerKeyAuthenticator):
+    """Raises on credentials that are not its kind, and forgets to say who it is."""
+
+    name: ClassVar[str] = "careless"
+
+    def authenticate(self, credentials: Credentials, state: StateStore) -> Principal | None:
+        secret = credentials.headers["authorization"].split(" ")[1]
+        key = state.find_api_key(hash_secret(secret))
+        return None if key is None else Principal("machine", key.machine_id)

@@ -1,0 +1,121 @@
+"""StorageContract: satisfiable (an in-memory store passes it) and strict (flaws are caught)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from kit_doubles import MemoryStorage
+from kit_support import KitRun, outcomes
+
+from lunasentri_core.storage import Capability
+from lunasentri_core.testing import StorageContract
+
+pytest_plugins = ["pytester", "lunasentri_core.testing"]
+
+
+class TestMemoryStorage(StorageContract):
+    expected_capabilities = frozenset({Capability.ROLLUPS, Capability.RETENTION})
+
+    @pytest.fixture
+    def storage(self) -> Iterator[MemoryStorage]:
+        backend = MemoryStorage(self.retention)
+        backend.migrate()
+        yield backend
+        backend.close()
+
+
+class TestMemoryStorageWithoutOptions(StorageContract):
+    expected_capabilities = frozenset()
+
+    @pytest.fixture
+    def storage(self) -> MemoryStorage:
+        return MemoryStorage(self.retention, capabilities=frozenset())
+
+
+INNER = """
+import pytest
+from kit_doubles import MemoryStorage
+from lunasentri_core.storage import Capability
+from lunasentri_core.testing import StorageContract
+
+class TestStore(StorageContract):
+    expected_capabilities = {expected}
+
+    @pytest.fixture
+    def storage(self):
+        return MemoryStorage(self.retention, capabilities={capabilities}, flaws={flaws})
+"""
+
+ALL = "frozenset({Capability.ROLLUPS, Capability.RETENTION})"
+
+
+def run_store(
+    kit_run: KitRun, *, flaws: tuple[str, ...] = (), capabilities: str = ALL, expected: str = "None"
+) -> dict[str, set[str]]:
+    source = INNER.format(flaws=flaws, capabilities=capabilities, expected=expected)
+    return outcomes(kit_run.run(source))
+
+
+def test_missing_capabilities_are_skipped_by_name(kit_run: KitRun) -> None:
+    result = kit_run.run(INNER.format(flaws=(), capabilities="frozenset()", expected="None"))
+    found = outcomes(result)
+    assert found["failed"] == set()
+    assert found["skipped"] == {
+        "test_rollups_answer_long_ranges[1h]",
+        "test_rollups_answer_long_ranges[15m]",
+        "test_retention_expires_raw_points",
+        "test_rollups_outlive_expired_resolutions",
+    }
+    result.stdout.fnmatch_lines(
+        [
+            "SKIPPED [[]3[]] *: backend lacks capability 'rollups'",
+            "SKIPPED [[]1[]] *: backend lacks capability 'retention'",
+        ]
+    )
+
+
+def test_a_lost_capability_fails_when_capabilities_are_pinned(kit_run: KitRun) -> None:
+    found = run_store(kit_run, capabilities="frozenset({Capability.RETENTION})", expected=ALL)
+    assert found["failed"] == {"test_declares_the_expected_capabilities"}
+
+
+@pytest.mark.parametrize(
+    ("flaw", "failing"),
+    [
+        (
+            "last-wins",
+            {"test_first_value_wins", "test_duplicates_within_one_batch_are_stored_once"},
+        ),
+        ("partial-writes", {"test_failed_write_stores_nothing"}),
+        (
+            "closed-range",
+            {"test_history_range_is_half_open", "test_history_of_a_range_without_points_is_empty"},
+        ),
+        ("unscoped", {"test_machines_are_scoped_to_their_owner"}),
+        ("touch-backwards", {"test_touch_machines_never_moves_last_seen_backwards"}),
+        (
+            "hide-resolution",
+            {
+                "test_rollups_answer_long_ranges[1h]",
+                "test_rollups_answer_long_ranges[15m]",
+                "test_rollups_outlive_expired_resolutions",
+            },
+        ),
+        (
+            "epoch-steps",
+            {
+                *(
+                    f"test_history_matches_the_reference[{a}]"
+                    for a in ("avg", "min", "max", "last")
+                ),
+                "test_history_range_is_half_open",
+                "test_history_steps_start_at_query_start",
+                "test_maintain_does_not_change_answers",
+            },
+        ),
+    ],
+)
+def test_the_suite_catches_a_flawed_store(kit_run: KitRun, flaw: str, failing: set[str]) -> None:
+    found = run_store(kit_run, flaws=(flaw,))
+    assert found["failed"] == failing
