@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import os
 import re
 from collections import abc
 from collections.abc import Callable, Mapping
@@ -82,6 +83,12 @@ def _structure_bool(value: object, _: type) -> bool:
     if not isinstance(value, bool):
         raise Expected("expected a boolean (true or false)")
     return value
+
+
+def _structure_path(value: object, _: type) -> Path:
+    if isinstance(value, os.PathLike):
+        return Path(value)
+    return Path(_structure_str(value, str))
 
 
 def parse_datetime(value: object) -> datetime:
@@ -275,7 +282,7 @@ def make_converter() -> cattrs.Converter:
         converter.register_unstructure_hook(base, lambda v: v.value)
     converter.register_structure_hook(datetime, lambda v, _: parse_datetime(v))
     converter.register_structure_hook(timedelta, lambda v, _: parse_duration(v))
-    converter.register_structure_hook(Path, lambda v, _: Path(_structure_str(v, str)))
+    converter.register_structure_hook(Path, _structure_path)
     converter.register_structure_hook_func(lambda t: t == Labels, _structure_labels)
     converter.register_structure_hook_factory(
         _homogeneous_sequence, lambda t: _sequence_hook_factory(t, converter)

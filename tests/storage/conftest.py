@@ -2,21 +2,24 @@
 
 Tests that take the ``engine`` (or ``storage``) fixture run once per database.
 PostgreSQL comes from ``LUNASENTRI_TEST_POSTGRES_URL`` (default
-``postgresql+psycopg://postgres@127.0.0.1:5432/test``); each test gets a fresh
-schema per test run (migrated once, emptied before each test) and drops it
-at the end, so parallel and earlier runs never collide. Where no server answers, those tests skip and say which URL they tried.
+``postgresql+psycopg://postgres@127.0.0.1:5432/test``). Each test run works in
+a schema of its own (migrated once, emptied before each test) and drops it at
+the end, so parallel and earlier runs never collide. Where no server answers,
+those tests skip and say which URL they tried.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sql_support import NO_RETENTION, OpenStorage
 from sqlalchemy.engine import Engine, make_url
 
 from lunasentri_core.model import RetentionPolicy
@@ -25,10 +28,6 @@ from lunasentri_core.storage.sql.schema import storage_meta
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 POSTGRES_URL = os.environ.get("LUNASENTRI_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-
-NO_RETENTION = RetentionPolicy(raw=None, minute=None, hour=None)
-
-OpenStorage = Callable[..., SqlStorage]
 
 
 def _shown(url: str) -> str:
@@ -108,9 +107,29 @@ def empty_postgres_engine(postgres_url: str) -> Iterator[Engine]:
         engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file; tests start from copies, which is much faster than migrating."""
+    path = tmp_path_factory.mktemp("template") / "migrated.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    SqlStorage(engine).migrate()
+    engine.dispose()
+    return path
+
+
 @pytest.fixture
-def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = sa.create_engine(f"sqlite:///{tmp_path / 'store.db'}")
+def sqlite_engine(tmp_path: Path, sqlite_template: Path) -> Iterator[Engine]:
+    """An engine on a migrated, empty SQLite file of this test's own."""
+    path = tmp_path / "store.db"
+    shutil.copyfile(sqlite_template, path)
+    engine = sa.create_engine(f"sqlite:///{path}")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def empty_sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
     yield engine
     engine.dispose()
 
@@ -128,7 +147,7 @@ def engine(request: pytest.FixtureRequest) -> Engine:
 @pytest.fixture(params=DATABASES)
 def empty_engine(request: pytest.FixtureRequest) -> Engine:
     """An engine on a database no migration has run on."""
-    name = "sqlite_engine" if request.param == "sqlite" else "empty_postgres_engine"
+    name = f"empty_{request.param}_engine"
     result: Engine = request.getfixturevalue(name)
     return result
 

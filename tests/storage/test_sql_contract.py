@@ -1,4 +1,4 @@
-"""The storage contract of the test kit, run on the shared SQL storage over SQLite and PostgreSQL."""
+"""The test kit's storage contract, run on the shared SQL storage (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 

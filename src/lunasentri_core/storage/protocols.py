@@ -128,8 +128,14 @@ class StorageBackend(Protocol):
 
     name: str
     capabilities: frozenset[Capability]
-    metrics: MetricStore
-    state: StateStore
+
+    # Read-only members, so that a backend may expose its own store types
+    # (a plain attribute satisfies them as well).
+    @property
+    def metrics(self) -> MetricStore: ...
+
+    @property
+    def state(self) -> StateStore: ...
 
     def migrate(self) -> None:
         """Bring the schema up to date (idempotent)."""

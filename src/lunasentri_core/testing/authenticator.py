@@ -51,7 +51,7 @@ class AuthenticatorContract(Contract):
     def authenticate(
         self, authenticator: Authenticator, credentials: Credentials, state: StateStore
     ) -> Principal | None:
-        result = resolve(authenticator.authenticate(credentials, state), backend=self.anyio_backend)
+        result = resolve(authenticator.authenticate(credentials, state), backend=self.async_backend)
         assert result is None or isinstance(result, Principal), (
             f"authenticate() must return a Principal or None, not {type(result).__name__}"
         )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Awaitable, Sequence
+from typing import ClassVar, cast
 
 import anyio
+import attrs
 import pytest
 
 from lunasentri_core.codec import decode_json, encode_json
@@ -81,7 +82,7 @@ class CollectorContract(Contract):
 
     def collect(self, collector: Collector, target: Target) -> list[Reading]:
         """One collection, awaited if ``collect`` is a coroutine function, checked."""
-        result = resolve(collector.collect(target), backend=self.anyio_backend)
+        result = resolve(collector.collect(target), backend=self.async_backend)
         return check_readings(result, type(collector).__name__)
 
     # ------------------------------------------------------------ identity and settings
@@ -122,17 +123,21 @@ class CollectorContract(Contract):
         )
 
     def test_collect_concurrently(self, collector: Collector, target: Target) -> None:
-        """Two collections at once (threads, or tasks for coroutine methods) both succeed."""
+        """Collections of two targets at once (in threads, or tasks for coroutine methods)."""
+        # Another machine id, so that per-target state (rates) does not collide.
+        targets = (target, attrs.evolve(target, machine_id=f"{target.machine_id}-2"))
         if is_async(collector.collect):
             results = anyio.run(
-                self._collect_in_tasks, collector, target, backend=self.anyio_backend
+                self._collect_in_tasks, collector, targets, backend=self.async_backend
             )
         else:
-            results = self._collect_in_threads(collector, target)
+            results = self._collect_in_threads(collector, targets)
         for result in results:
             check_readings(result, type(collector).__name__)
 
-    def _collect_in_threads(self, collector: Collector, target: Target) -> list[object]:
+    def _collect_in_threads(
+        self, collector: Collector, targets: tuple[Target, Target]
+    ) -> list[object]:
         barrier = threading.Barrier(2, timeout=_THREAD_TIMEOUT)
         results: list[object] = [None, None]
         errors: list[BaseException] = []
@@ -140,7 +145,8 @@ class CollectorContract(Contract):
         def run(index: int) -> None:
             try:
                 barrier.wait()
-                results[index] = collector.collect(target)
+                result = collector.collect(targets[index])
+                results[index] = resolve(result, backend=self.async_backend)
             except BaseException as error:
                 errors.append(error)
 
@@ -155,11 +161,13 @@ class CollectorContract(Contract):
         return results
 
     @staticmethod
-    async def _collect_in_tasks(collector: Collector, target: Target) -> list[object]:
+    async def _collect_in_tasks(
+        collector: Collector, targets: tuple[Target, Target]
+    ) -> list[object]:
         results: list[object] = [None, None]
 
         async def run(index: int) -> None:
-            results[index] = await collector.collect(target)  # type: ignore[misc]
+            results[index] = await cast(Awaitable[object], collector.collect(targets[index]))
 
         async with anyio.create_task_group() as group:
             group.start_soon(run, 0)

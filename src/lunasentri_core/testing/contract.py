@@ -22,8 +22,11 @@ class Contract:
 
     __test__: ClassVar[bool] = False
 
-    anyio_backend: ClassVar[str] = DEFAULT_BACKEND
-    """Event loop that runs coroutine methods of the component (``"asyncio"`` or ``"trio"``)."""
+    async_backend: ClassVar[str] = DEFAULT_BACKEND
+    """Event loop that runs coroutine methods of the component (``"asyncio"`` or ``"trio"``).
+
+    Not named ``anyio_backend``: that is the anyio pytest plugin's fixture.
+    """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

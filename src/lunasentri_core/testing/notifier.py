@@ -80,7 +80,7 @@ class NotifierContract(Contract):
     def send(
         self, notifier: Notifier, channel: Mapping[str, Any], notification: Notification
     ) -> DeliveryResult:
-        result = resolve(notifier.send(channel, notification), backend=self.anyio_backend)
+        result = resolve(notifier.send(channel, notification), backend=self.async_backend)
         assert isinstance(result, DeliveryResult), (
             f"send() must return a DeliveryResult, not {type(result).__name__}"
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import timedelta
+from typing import Protocol
 
 import attrs
 import pytest
@@ -38,8 +39,13 @@ from lunasentri_core.testing.builders import (
 from lunasentri_core.testing.contract import Contract
 
 
-def _ids(records: Iterable[object]) -> list[str]:
-    return [str(getattr(record, "id")) for record in records]  # noqa: B009 - any record type
+class _Record(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+def _ids(records: Iterable[_Record]) -> list[str]:
+    return [record.id for record in records]
 
 
 class StateStoreContract(Contract):

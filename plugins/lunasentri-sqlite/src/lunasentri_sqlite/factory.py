@@ -81,7 +81,7 @@ class SQLiteStorageFactory:
         else:
             check_path(path)
             engine = sa.create_engine(
-                parsed.set(database=str(path)),
+                parsed if _is_uri(parsed) else parsed.set(database=str(path)),
                 connect_args={"timeout": settings.busy_timeout.total_seconds()},
             )
             label, serialize = str(path), False
@@ -109,9 +109,17 @@ def _parse(url: str) -> URL:
     return parsed
 
 
+def _is_uri(url: URL) -> bool:
+    return url.query.get("uri") in ("true", "1")
+
+
 def _database_path(url: URL) -> Path | None:
     """The database file's absolute path; ``None`` for an in-memory database."""
     database = url.database or ""
+    if _is_uri(url) and database.startswith("file:"):
+        # sqlite:///file:/path/l.db?mode=ro&uri=true (SQLite's own URI form)
+        database = database.removeprefix("file:")
+        database = "/" + database.lstrip("/") if database.startswith("//") else database
     if database in ("", ":memory:") or url.query.get("mode") == "memory":
         return None
     return Path(database).expanduser().absolute()

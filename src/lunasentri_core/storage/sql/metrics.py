@@ -248,6 +248,19 @@ class SqlMetricStore:
             .order_by(h.ts)
         )
         assert self._select_head.names == ("lo", "hi", "sid")
+        self._select_series = db.statement(
+            sa.select(series.c.id, series.c.labels)
+            .where(series.c.machine_id == sa.bindparam("m"), series.c.metric == sa.bindparam("n"))
+            .order_by(series.c.labels)
+        )
+        assert self._select_series.names == ("m", "n")
+        self._select_horizons = db.statement(
+            sa.select(storage_meta.c.key, storage_meta.c.value).where(
+                storage_meta.c.key.in_(
+                    [sa.literal_column(f"'{k}'") for k in _HORIZON_KEYS.values()]
+                )
+            )
+        )
 
     # ------------------------------------------------------------------ writing
 
@@ -357,11 +370,12 @@ class SqlMetricStore:
         step = max(1, query.step // _MS)
         if end <= start:
             return []
+        first, step_delta = from_ms(start), timedelta(milliseconds=step)
         with self._db.read() as conn:
             matched = self._match_series(conn, query)
             if not matched:
                 return []
-            horizons = _read_horizons(conn)
+            horizons = self._horizons(conn)
             resolution = choose_resolution(start, step, horizons)
             head = self._head_points(conn, [sid for sid, _ in matched], start, end)
             results = []
@@ -373,23 +387,26 @@ class SqlMetricStore:
                     rollups = self._rollups(conn, sid, resolution, start, end, head.get(sid))
                     steps = downsample_rollups(rollups, start, end, step, query.aggregation)
                 if steps:  # a series without points in the range is left out
-                    points = tuple(HistoryPoint(from_ms(start + k * step), v) for k, v in steps)
+                    points = tuple(HistoryPoint(first + k * step_delta, v) for k, v in steps)
                     results.append(SeriesHistory(key, resolution, points))
         return results
 
     def _match_series(self, conn: Connection, query: HistoryQuery) -> list[tuple[int, SeriesKey]]:
-        rows = conn.execute(
-            sa.select(series.c.id, series.c.labels)
-            .where(series.c.machine_id == query.machine_id, series.c.metric == query.metric)
-            .order_by(series.c.labels)
-        )
         wanted = set(query.labels or ())
         out = []
-        for sid, text in rows:
+        for sid, text in self._select_series.one(conn, (query.machine_id, query.metric)):
             labels = labels_from_json(text)
             if wanted <= set(labels):
                 out.append((sid, SeriesKey(query.machine_id, query.metric, labels)))
         return out
+
+    def _horizons(self, conn: Connection) -> Horizons:
+        rows = dict(self._select_horizons.one(conn).fetchall())
+        return Horizons(
+            raw=rows.get(_HORIZON_KEYS[Resolution.RAW]),
+            minute=rows.get(_HORIZON_KEYS[Resolution.MINUTE]),
+            hour=rows.get(_HORIZON_KEYS[Resolution.HOUR]),
+        )
 
     def _head_points(
         self, conn: Connection, sids: Sequence[int], start: int, end: int
@@ -459,7 +476,9 @@ class SqlMetricStore:
             redo.add(floor_to(end, width))
         if not redo:
             return rollups
-        stats = rollups.to_stats()
+        # Usually the recent end of the range: only the buckets from the first
+        # one redone on are turned into a dict and back.
+        head_part, stats = rollups.split(min(redo))
         for chunk_start in sorted({floor_to(b, CHUNK_MS) for b in redo}):
             found = self._chunk_points(conn, sid, chunk_start)
             if found is None:
@@ -478,7 +497,8 @@ class SqlMetricStore:
                     stats[bucket] = fresh[bucket]
                 else:
                     stats.pop(bucket, None)
-        return Rollups.from_stats(stats)
+        head_part.extend(Rollups.from_stats(stats))
+        return head_part
 
     def _chunk_points(
         self, conn: Connection, sid: int, chunk_start: int
@@ -547,7 +567,7 @@ class SqlMetricStore:
                     .where(h.ts >= lo, h.ts < hi)
                     .returning(h.series_id, h.ts, h.value)
                 ).all()
-                report = _add(report, self._compact_chunk(conn, lo, rows, _read_horizons(conn)))
+                report = _add(report, self._compact_chunk(conn, lo, rows, self._horizons(conn)))
 
     def _compact_chunk(
         self, conn: Connection, chunk_start: int, rows: Sequence[Any], horizons: Horizons
@@ -602,7 +622,7 @@ class SqlMetricStore:
 
         ``ts`` (sorted, unique) must lie inside the chunk; returns the rollup rows written.
         """
-        row, written = _chunk_row(sid, chunk_start, ts, values, ts, None, _read_horizons(conn))
+        row, written = _chunk_row(sid, chunk_start, ts, values, ts, None, self._horizons(conn))
         if row is not None:
             self._upsert_chunk.many(conn, [row])
         return written
@@ -628,7 +648,7 @@ class SqlMetricStore:
         expired = 0
         c = metric_chunks.c
         with self._db.write(lock=LOCK_MAINTAIN) as conn:
-            horizons = _read_horizons(conn)
+            horizons = self._horizons(conn)
             new_horizons = {}
             for resolution, keep in retention.items():
                 if keep is None:
@@ -718,21 +738,6 @@ def _chunk_row(
     if raw_blob is None and minute_blob is None and not written:
         return None, 0
     return (sid, chunk_start, raw_blob, minute_blob, *hour), written
-
-
-def _read_horizons(conn: Connection) -> Horizons:
-    rows = dict(
-        conn.execute(
-            sa.select(storage_meta.c.key, storage_meta.c.value).where(
-                storage_meta.c.key.in_(list(_HORIZON_KEYS.values()))
-            )
-        ).all()
-    )
-    return Horizons(
-        raw=rows.get(_HORIZON_KEYS[Resolution.RAW]),
-        minute=rows.get(_HORIZON_KEYS[Resolution.MINUTE]),
-        hour=rows.get(_HORIZON_KEYS[Resolution.HOUR]),
-    )
 
 
 _first = itemgetter(0)

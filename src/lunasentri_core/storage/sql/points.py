@@ -2,8 +2,9 @@
 
 Points travel as two parallel arrays, ``ts`` (int64 ms, strictly increasing) and
 ``values`` (float64). Working on arrays keeps the per-point work in C: slicing,
-``sum``/``min``/``max`` and ``bisect`` never build a Python object per point
-except the floats they add up.
+``fsum``/``min``/``max`` and ``bisect`` never run Python code per point. Sums
+use ``math.fsum`` (exactly rounded), so an average does not depend on the order
+or the grouping in which points were added up.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
+from math import fsum
 from typing import NamedTuple, TypeAlias
 
 from lunasentri_core.model import Aggregation
@@ -51,7 +53,7 @@ class Stats(NamedTuple):
 
 def stats_of(values: FloatArray) -> Stats:
     """The rollup of a non-empty run of values in time order."""
-    return Stats(len(values), sum(values), min(values), max(values), values[-1])
+    return Stats(len(values), fsum(values), min(values), max(values), values[-1])
 
 
 def merge_points(
@@ -159,6 +161,14 @@ class Rollups:
             )
         }
 
+    def split(self, bucket: int) -> tuple[Rollups, dict[int, Stats]]:
+        """The buckets before ``bucket`` as columns, and the others as a dict to edit."""
+        i = bisect_left(self.buckets, bucket)
+        buckets, counts, sums, mins, maxs, lasts = self.columns()
+        before = Rollups(buckets[:i], counts[:i], sums[:i], mins[:i], maxs[:i], lasts[:i])
+        after = Rollups(buckets[i:], counts[i:], sums[i:], mins[i:], maxs[i:], lasts[i:])
+        return before, after.to_stats()
+
     def columns(self) -> tuple[IntArray, IntArray, FloatArray, FloatArray, FloatArray, FloatArray]:
         return (self.buckets, self.counts, self.sums, self.mins, self.maxs, self.lasts)
 
@@ -203,7 +213,7 @@ def downsample_points(
     append = out.append
     if aggregation is Aggregation.AVG:
         for k, i, j in _steps(ts, start, end, step):
-            append((k, sum(values[i:j]) / (j - i)))
+            append((k, fsum(values[i:j]) / (j - i)))
     elif aggregation is Aggregation.MIN:
         for k, i, j in _steps(ts, start, end, step):
             append((k, min(values[i:j])))
@@ -226,7 +236,7 @@ def downsample_rollups(
     if aggregation is Aggregation.AVG:
         sums, counts = rollups.sums, rollups.counts
         for k, i, j in _steps(keys, start, end, step):
-            append((k, sum(sums[i:j]) / sum(counts[i:j])))
+            append((k, fsum(sums[i:j]) / sum(counts[i:j])))
     elif aggregation is Aggregation.MIN:
         for k, i, j in _steps(keys, start, end, step):
             append((k, min(rollups.mins[i:j])))
