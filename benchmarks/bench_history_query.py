@@ -26,6 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import _common as c
+
 from lunasentri_core import HistoryQuery, MachineSamples, Reading, RetentionPolicy, Sample
 from lunasentri_core.storage.sql import CHUNK_MS, SqlStorage
 from lunasentri_core.storage.sql.metrics import Horizons, _chunk_row, to_ms
@@ -54,12 +55,12 @@ def build(path: Path) -> SqlStorage:
     # Every series once, so that all 1,000 exist with their ids.
     store.metrics.write(c.make_batches(1, 1)[0])
     with store.engine.connect() as conn:
-        ids = dict(
-            ((machine, metric, labels), sid)
+        ids = {
+            (machine, metric, labels): sid
             for sid, machine, metric, labels in conn.exec_driver_sql(
                 "SELECT id, machine_id, metric, labels FROM series"
             )
-        )
+        }
     queried_sid = next(
         sid
         for (machine, metric, labels), sid in ids.items()
@@ -77,7 +78,7 @@ def build(path: Path) -> SqlStorage:
             row, _ = _chunk_row(0, chunk_start, ts, values, ts, None, Horizons())
             assert row is not None
             rows = [(sid, *row[1:]) for sid in ids.values() if sid != queried_sid]
-            metrics._upsert_chunk.many(conn, rows)
+            metrics._sql.upsert_chunk.many(conn, rows)
 
     # The queried series goes the way every point goes: write, then maintain.
     total = points_per_series()

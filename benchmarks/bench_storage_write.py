@@ -9,9 +9,12 @@ Writes the same points twice, in the same run:
   ``(series_id, ts, value)`` tuples into an unindexed table, WAL,
   ``synchronous=NORMAL``, one transaction per batch.
 
-Each side runs ``--repeat`` times on a fresh file and keeps its best time.
+The two sides take turns batch by batch, so that whatever else the machine does
+hits both alike; each run starts from fresh files, and each side keeps its best
+of ``--repeat`` runs. A third side (the store without its latest-value upkeep)
+shows what keeping ``latest`` cheap costs.
 
-    python benchmarks/bench_storage_write.py
+    python benchmarks/bench_storage_write.py [--batches 40] [--samples 10] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -23,14 +26,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import _common as c
-from lunasentri_core import RetentionPolicy
+
+from lunasentri_core import MachineSamples, RetentionPolicy
 from lunasentri_core.storage.sql import SqlStorage
 from lunasentri_sqlite import SQLiteStorageFactory
 
 TARGET = 0.5
 
 
-def raw_rows(batches: list[list[c.MachineSamples]]) -> list[list[tuple[int, int, float]]]:
+def raw_rows(batches: list[list[MachineSamples]]) -> list[list[tuple[int, int, float]]]:
     """The same points as ``(series_id, ts, value)`` tuples, built outside the timing."""
     ids: dict[tuple[str, str, tuple[tuple[str, str], ...]], int] = {}
     out = []
@@ -66,15 +70,15 @@ class RawSide:
 class StoreSide:
     """The SQLite backend as the hub opens it, fed model objects."""
 
-    def __init__(self, path: Path, warmup: list[c.MachineSamples], latest: bool = True) -> None:
+    def __init__(self, path: Path, warmup: list[MachineSamples], latest: bool = True) -> None:
         self.store = open_store(path)
         # Series are created once in a real deployment; creating them is not
         # the steady state being measured.
         self.store.metrics.write(warmup)
         if not latest:
-            self.store.metrics._upsert_latest = _Skip()  # type: ignore[assignment]
+            self.store.metrics._sql.upsert_latest = _Skip()  # type: ignore[assignment]
 
-    def write(self, batch: list[c.MachineSamples]) -> None:
+    def write(self, batch: list[MachineSamples]) -> None:
         self.store.metrics.write(batch)
 
     def close(self) -> None:
@@ -96,8 +100,8 @@ def open_store(path: Path) -> SqlStorage:
 
 def measure(
     tmp: Path,
-    warmup: list[c.MachineSamples],
-    batches: list[list[c.MachineSamples]],
+    warmup: list[MachineSamples],
+    batches: list[list[MachineSamples]],
     rows: list[list[tuple[int, int, float]]],
 ) -> tuple[float, float, float]:
     """Seconds spent by each side over all batches, batch by batch in turn.
@@ -132,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "--samples", type=int, default=10, help="samples per machine per batch (default 10)"
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs per side (default 3)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
     args = parser.parse_args(argv)
 
     all_batches = c.make_batches(args.batches + 1, args.samples)
@@ -159,21 +164,24 @@ def main(argv: list[str] | None = None) -> int:
     store_rate = points / store_best
     ratio = store_rate / raw_rate
     print(
-        f"benchmark (a): storage write, {c.SERIES:,} series, {len(batches)} batches of {per_batch:,} points"
+        f"benchmark (a): storage write, {c.SERIES:,} series, "
+        f"{len(batches)} batches of {per_batch:,} points"
     )
     for line in c.environment():
         print(f"  {line}")
+    verdict = c.verdict(ratio >= TARGET)
     print(
         f"write throughput: {store_rate:,.0f} points/s; raw sqlite3 executemany: "
-        f"{raw_rate:,.0f} rows/s; ratio {ratio:.2f} (target >= {TARGET:.2f}) {c.verdict(ratio >= TARGET)}"
+        f"{raw_rate:,.0f} rows/s; ratio {ratio:.2f} (target >= {TARGET:.2f}) {verdict}"
     )
     latest_share = 1 - nolatest_best / store_best
     print(f"  of which keeping latest values: {latest_share:.0%} of write time")
+    rate = report.compacted_points / compaction.elapsed
     print(
-        f"  compaction afterwards (maintain): {report.compacted_points / compaction.elapsed:,.0f} points/s "
+        f"  compaction afterwards (maintain): {rate:,.0f} points/s "
         f"({report.compacted_points:,} points, {report.rollup_rows:,} rollup rows)"
     )
-    return 0 if ratio >= TARGET else 1
+    return 1 if args.strict and ratio < TARGET else 0
 
 
 if __name__ == "__main__":

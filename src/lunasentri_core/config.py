@@ -60,11 +60,59 @@ class StorageSettings:
 
 
 @attrs.frozen
+class ServerSettings:
+    """The reference server (``lunasentri serve``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = None
+    """How agents reach this server (install commands); default ``http(s)://host:port``."""
+    log_format: str = attrs.field(default="text", validator=attrs.validators.in_(("text", "json")))
+    cors_origins: tuple[str, ...] = ()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_body_bytes: int = 8 * 1024 * 1024
+    """Largest request body, after gzip decompression."""
+    max_batch_points: int = 100_000
+    """Most readings in one ingest request."""
+    ingest_rate: float = 20_000.0
+    """Points per second a machine may send on average (a token bucket)..."""
+    ingest_burst: float = 200_000.0
+    """...and at once."""
+    max_clock_skew: timedelta = timedelta(minutes=10)
+    """How far in the future a sample's timestamp may be."""
+    max_sample_age: timedelta = timedelta(days=7)
+    """How far in the past a sample's timestamp may be."""
+    session_ttl: timedelta = timedelta(days=7)
+    reset_token_ttl: timedelta = timedelta(hours=1)
+    claim_ttl: timedelta = timedelta(hours=24)
+    key_rotation_grace: timedelta = timedelta(hours=24)
+    login_max_failures: int = 5
+    login_lockout: timedelta = timedelta(minutes=15)
+    metrics_series: bool = False
+    """Expose the latest stored value of every machine's series on /metrics (opt-in)."""
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        scheme = "https" if self.tls_cert else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+
+@attrs.frozen
 class Settings:
     data_dir: Path = attrs.field(factory=default_data_dir, converter=Path)
     log_level: str = attrs.field(default="info")
     storage: StorageSettings = StorageSettings()
     collect: CollectSettings = CollectSettings()
+    server: ServerSettings = ServerSettings()
+    local_host_metrics: bool = False
+    """Whether the server collects and reports the host it runs on."""
+    admin_username: str = "admin"
+    admin_password: str | None = None
+    """Creates the first admin at server start when no admin exists yet."""
     disabled_plugins: tuple[str, ...] = ()
     enabled_plugins: tuple[str, ...] | None = None
     """When set, only these plugins load (an allowlist for locked-down deployments)."""

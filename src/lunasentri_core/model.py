@@ -371,3 +371,94 @@ class Target:
     host: str | None = None
     labels: Labels = attrs.field(default=(), converter=to_labels)
     options: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+# --------------------------------------------------------------------------- server state
+
+
+@attrs.frozen
+class Session:
+    """A logged-in user's session; only the token's hash is stored."""
+
+    id: str
+    user_id: str
+    token_hash: str
+    created_at: datetime
+    expires_at: datetime
+    client: str | None = None
+    revoked_at: datetime | None = None
+
+    def is_active(self, now: datetime) -> bool:
+        return self.revoked_at is None and self.expires_at > now
+
+
+@attrs.frozen
+class ResetToken:
+    """A one-time password reset token issued by an admin."""
+
+    id: str
+    user_id: str
+    token_hash: str
+    created_at: datetime
+    expires_at: datetime
+    used_at: datetime | None = None
+
+
+class ClaimStatus(enum.StrEnum):
+    PENDING = "pending"
+    """Registered by an agent, waiting for an admin."""
+    CLAIMED = "claimed"
+    """Claimed by an admin; the key waits for the agent's next poll."""
+    DELIVERED = "delivered"
+    """The agent received its key (once); nothing more to deliver."""
+    EXPIRED = "expired"
+
+
+@attrs.frozen
+class AgentClaim:
+    """An agent's self-registration, waiting to be claimed.
+
+    ``sealed_key`` holds the machine's API key between the claim and the agent's
+    next poll, encrypted under a key derived from the claim token (which the
+    server never stores), so the database never holds a usable key.
+    """
+
+    agent_id: str
+    claim_token_hash: str
+    hostname: str
+    version: str
+    created_at: datetime
+    expires_at: datetime
+    status: ClaimStatus = ClaimStatus.PENDING
+    machine_id: str | None = None
+    sealed_key: bytes | None = None
+    client: str | None = None
+
+
+@attrs.frozen
+class AuditEntry:
+    """Who did what, to what, when and from where."""
+
+    id: str
+    at: datetime
+    action: str
+    """Dotted verb, e.g. ``machine.create``, ``key.rotate``, ``claim.approve``, ``user.login``."""
+    actor_kind: str
+    """``user``, ``machine``, ``agent`` or ``system``."""
+    actor_id: str | None = None
+    target_type: str | None = None
+    target_id: str | None = None
+    client: str | None = None
+    detail: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class AgentConfig:
+    """What an agent runs, set centrally; ``version`` changes on every update."""
+
+    machine_id: str
+    interval: timedelta = timedelta(seconds=5)
+    collectors: tuple[str, ...] = ("psutil",)
+    labels: Labels = attrs.field(default=(), converter=to_labels, validator=_check_labels)
+    version: int = 1
+    updated_at: datetime = attrs.field(factory=utcnow)

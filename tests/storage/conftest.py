@@ -91,8 +91,9 @@ def postgres_engine(postgres_url: str, postgres_schema: str) -> Iterator[Engine]
     """An engine on this run's migrated schema, with every table emptied."""
     engine = _schema_engine(postgres_url, postgres_schema)
     with engine.begin() as conn:
-        names = ", ".join(f'"{table.name}"' for table in metadata.sorted_tables)
-        conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        # DELETE beats TRUNCATE on tables this small.
+        for table in reversed(metadata.sorted_tables):
+            conn.execute(table.delete())
         conn.execute(sa.insert(storage_meta).values(key="series_epoch", value=0))
     yield engine
     engine.dispose()

@@ -321,16 +321,16 @@ def test_series_created_by_a_failed_write_are_not_cached(
     storage: SqlStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     machine = new_id()
-    insert = storage.metrics._insert_head
+    insert = storage.metrics._sql.insert_head
 
     class Failing:
         def run(self, *args: object) -> None:
             raise RuntimeError("the database went away")
 
-    monkeypatch.setattr(storage.metrics, "_insert_head", Failing())
+    monkeypatch.setattr(storage.metrics._sql, "insert_head", Failing())
     with pytest.raises(RuntimeError):
         storage.metrics.write(samples(machine, T0, 3))
-    monkeypatch.setattr(storage.metrics, "_insert_head", insert)
+    monkeypatch.setattr(storage.metrics._sql, "insert_head", insert)
     assert storage.metrics.list_series(machine) == []
     batch = samples(machine, T0, 3)
     storage.metrics.write(batch)

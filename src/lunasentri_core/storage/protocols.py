@@ -15,16 +15,22 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import attrs
 
 from lunasentri_core.model import (
+    AgentClaim,
+    AgentConfig,
     AlertEvent,
     AlertRule,
     ApiKey,
+    AuditEntry,
+    ClaimStatus,
     HistoryQuery,
     Machine,
     MachineSamples,
+    ResetToken,
     RetentionPolicy,
     SeriesHistory,
     SeriesKey,
     SeriesValue,
+    Session,
     User,
 )
 
@@ -120,6 +126,60 @@ class StateStore(Protocol):
     def list_alert_events(
         self, owner_id: str | None = None, machine_id: str | None = None, limit: int = 100
     ) -> list[AlertEvent]: ...
+
+    # API key lifetime (rotation grace)
+    def set_api_key_expiry(self, key_id: str, expires_at: datetime | None) -> None: ...
+
+    # sessions and password resets
+    def add_session(self, session: Session) -> Session: ...
+    def find_session(self, token_hash: str) -> Session | None: ...
+    def revoke_session(self, session_id: str, at: datetime) -> None: ...
+    def revoke_user_sessions(self, user_id: str, at: datetime) -> int: ...
+    def add_reset_token(self, token: ResetToken) -> ResetToken: ...
+    def find_reset_token(self, token_hash: str) -> ResetToken | None: ...
+    def use_reset_token(self, token_id: str, at: datetime) -> bool:
+        """Mark a reset token used; ``False`` if it was already used (exactly one caller wins)."""
+        ...
+
+    # login throttling
+    def add_login_failure(self, username: str, at: datetime, client: str | None) -> None: ...
+    def count_login_failures(self, username: str, since: datetime) -> int: ...
+    def clear_login_failures(self, username: str) -> None: ...
+
+    # agent claims
+    def add_claim(self, claim: AgentClaim) -> AgentClaim:
+        """Store a new registration; :class:`ConflictError` if ``agent_id`` is pending or claimed."""
+        ...
+
+    def get_claim(self, agent_id: str) -> AgentClaim: ...
+    def list_claims(self, status: ClaimStatus | None = None) -> list[AgentClaim]: ...
+    def update_claim(self, claim: AgentClaim) -> AgentClaim: ...
+    def take_sealed_key(self, agent_id: str) -> bytes | None:
+        """Atomically clear and return the sealed key of a claimed registration, once."""
+        ...
+
+    def expire_claims(self, now: datetime) -> int:
+        """Mark pending registrations past ``expires_at`` expired; return how many."""
+        ...
+
+    # audit log
+    def add_audit(self, entry: AuditEntry) -> None: ...
+    def list_audit(
+        self,
+        *,
+        action: str | None = None,
+        actor_id: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[AuditEntry]:
+        """Newest first."""
+        ...
+
+    # central agent configuration
+    def get_agent_config(self, machine_id: str) -> AgentConfig | None: ...
+    def set_agent_config(self, config: AgentConfig) -> AgentConfig:
+        """Store ``config`` with ``version`` one above the stored one (1 for the first)."""
+        ...
 
 
 @runtime_checkable

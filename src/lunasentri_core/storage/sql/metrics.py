@@ -19,6 +19,7 @@ Reads union the chunks with the head (a chunk's point wins on equal timestamps).
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -44,7 +45,7 @@ from lunasentri_core.model import (
 )
 from lunasentri_core.storage.protocols import MaintenanceReport
 from lunasentri_core.storage.sql import blocks
-from lunasentri_core.storage.sql.database import LOCK_MAINTAIN, Database
+from lunasentri_core.storage.sql.database import LOCK_MAINTAIN, BulkInsert, Database, Statement
 from lunasentri_core.storage.sql.points import (
     CHUNK_MS,
     HOUR_MS,
@@ -174,93 +175,13 @@ class SqlMetricStore:
         self._ids_epoch: int | None = None
         self._ids_lock = threading.Lock()
         self._maintain_lock = threading.Lock()
-        self._prepare_statements()
-
-    def _prepare_statements(self) -> None:
-        db = self._db
-        self._insert_head = db.bulk_insert(
-            points_head, ("ts", "series_id", "value"), lambda ins: ins.on_conflict_do_nothing()
-        )
-
-        def newer_wins(ins: Any) -> Any:
-            return ins.on_conflict_do_update(
-                index_elements=[series_latest.c.series_id],
-                set_={"ts": ins.excluded.ts, "value": ins.excluded.value},
-                where=ins.excluded.ts > series_latest.c.ts,
-            )
-
-        self._upsert_latest = db.bulk_insert(
-            series_latest, ("series_id", "ts", "value"), newer_wins
-        )
-        self._select_epoch = db.statement(
-            sa.select(storage_meta.c.value).where(storage_meta.c.key == sa.bindparam("key"))
-        )
-        chunk = db.insert(metric_chunks)
-        self._upsert_chunk = db.statement(
-            chunk.on_conflict_do_update(
-                index_elements=[metric_chunks.c.series_id, metric_chunks.c.chunk_start],
-                set_={
-                    name: chunk.excluded[name]
-                    for name in (
-                        "raw",
-                        "minutes",
-                        "hour_count",
-                        "hour_sum",
-                        "hour_min",
-                        "hour_max",
-                        "hour_last",
-                    )
-                },
-            )
-        )
-        c = metric_chunks.c
-        in_range = (
-            c.series_id == sa.bindparam("sid"),
-            c.chunk_start >= sa.bindparam("lo"),
-            c.chunk_start < sa.bindparam("hi"),
-        )
-        self._select_raw = db.statement(
-            sa.select(c.raw).where(*in_range, c.raw.is_not(None)).order_by(c.chunk_start)
-        )
-        self._select_minutes = db.statement(
-            sa.select(c.minutes).where(*in_range, c.minutes.is_not(None)).order_by(c.chunk_start)
-        )
-        self._select_hours = db.statement(
-            sa.select(c.chunk_start, c.hour_count, c.hour_sum, c.hour_min, c.hour_max, c.hour_last)
-            .where(*in_range, c.hour_count.is_not(None))
-            .order_by(c.chunk_start)
-        )
-        self._select_chunk = db.statement(
-            sa.select(c.raw).where(
-                c.series_id == sa.bindparam("sid"), c.chunk_start == sa.bindparam("chunk")
-            )
-        )
-        for stmt in (self._select_raw, self._select_minutes, self._select_hours):
-            assert stmt.names == ("sid", "lo", "hi")
-        h = points_head.c
-        self._select_head = db.statement(
-            sa.select(h.ts, h.value)
-            .where(
-                h.ts >= sa.bindparam("lo"),
-                h.ts < sa.bindparam("hi"),
-                h.series_id == sa.bindparam("sid"),
-            )
-            .order_by(h.ts)
-        )
-        assert self._select_head.names == ("lo", "hi", "sid")
-        self._select_series = db.statement(
-            sa.select(series.c.id, series.c.labels)
-            .where(series.c.machine_id == sa.bindparam("m"), series.c.metric == sa.bindparam("n"))
-            .order_by(series.c.labels)
-        )
-        assert self._select_series.names == ("m", "n")
-        self._select_horizons = db.statement(
-            sa.select(storage_meta.c.key, storage_meta.c.value).where(
-                storage_meta.c.key.in_(
-                    [sa.literal_column(f"'{k}'") for k in _HORIZON_KEYS.values()]
-                )
-            )
-        )
+        # Compiling takes longer than opening a store (the bulk inserts have
+        # hundreds of placeholders): once per kind of database, then copied.
+        key = (db.engine.dialect.name, db.engine.dialect.driver, db.engine.dialect.paramstyle)
+        with _PREPARED_LOCK:
+            if key not in _PREPARED:
+                _PREPARED[key] = _prepare(db)
+            self._sql = copy.copy(_PREPARED[key])
 
     # ------------------------------------------------------------------ writing
 
@@ -282,8 +203,8 @@ class SqlMetricStore:
                 # keys then wait for each other instead of deadlocking.
                 points = _sorted_columns(points)
                 latest = _sorted_columns(latest)
-            self._insert_head.run(conn, points)
-            self._upsert_latest.run(conn, latest)
+            self._sql.insert_head.run(conn, points)
+            self._sql.upsert_latest.run(conn, latest)
         if fresh:
             # Only now: ids of series created by a rolled-back batch are invalid.
             with self._ids_lock:
@@ -291,7 +212,7 @@ class SqlMetricStore:
         return len(points[0])
 
     def _check_epoch(self, conn: Connection) -> None:
-        epoch = self._select_epoch.one(conn, (SERIES_EPOCH,)).scalar() or 0
+        epoch = self._sql.select_epoch.one(conn, (SERIES_EPOCH,)).scalar() or 0
         if epoch != self._ids_epoch:
             with self._ids_lock:
                 self._ids = {}
@@ -394,14 +315,14 @@ class SqlMetricStore:
     def _match_series(self, conn: Connection, query: HistoryQuery) -> list[tuple[int, SeriesKey]]:
         wanted = set(query.labels or ())
         out = []
-        for sid, text in self._select_series.one(conn, (query.machine_id, query.metric)):
+        for sid, text in self._sql.select_series.one(conn, (query.machine_id, query.metric)):
             labels = labels_from_json(text)
             if wanted <= set(labels):
                 out.append((sid, SeriesKey(query.machine_id, query.metric, labels)))
         return out
 
     def _horizons(self, conn: Connection) -> Horizons:
-        rows = dict(self._select_horizons.one(conn).fetchall())
+        rows = dict(self._sql.select_horizons.one(conn).fetchall())
         return Horizons(
             raw=rows.get(_HORIZON_KEYS[Resolution.RAW]),
             minute=rows.get(_HORIZON_KEYS[Resolution.MINUTE]),
@@ -415,7 +336,7 @@ class SqlMetricStore:
         found: dict[int, list[tuple[int, float]]] = defaultdict(list)
         if len(sids) == 1:
             found[sids[0]] = [
-                (ts, value) for ts, value in self._select_head.one(conn, (start, end, sids[0]))
+                (ts, value) for ts, value in self._sql.select_head.one(conn, (start, end, sids[0]))
             ]
         else:
             h = points_head.c
@@ -438,7 +359,7 @@ class SqlMetricStore:
         head: tuple[IntArray, FloatArray] | None,
     ) -> tuple[IntArray, FloatArray]:
         ts, values = int_array(), float_array()
-        for (blob,) in self._select_raw.one(conn, (sid, floor_to(start, CHUNK_MS), end)):
+        for (blob,) in self._sql.select_raw.one(conn, (sid, floor_to(start, CHUNK_MS), end)):
             chunk_ts, chunk_values = blocks.decode_raw(blob)
             ts += chunk_ts
             values += chunk_values
@@ -460,10 +381,10 @@ class SqlMetricStore:
         lo, hi = floor_to(start, CHUNK_MS), end
         rollups = Rollups.empty()
         if resolution is Resolution.MINUTE:
-            for (blob,) in self._select_minutes.one(conn, (sid, lo, hi)):
+            for (blob,) in self._sql.select_minutes.one(conn, (sid, lo, hi)):
                 rollups.extend(Rollups(*blocks.decode_minutes(blob)))
         else:
-            rows = self._select_hours.one(conn, (sid, lo, hi)).all()
+            rows = self._sql.select_hours.one(conn, (sid, lo, hi)).all()
             rollups = Rollups(
                 int_array(r[0] for r in rows),
                 int_array(r[1] for r in rows),
@@ -504,7 +425,7 @@ class SqlMetricStore:
         self, conn: Connection, sid: int, chunk_start: int
     ) -> tuple[IntArray, FloatArray] | None:
         """A chunk's raw points; none for a new chunk, ``None`` when they expired."""
-        row = self._select_chunk.one(conn, (sid, chunk_start)).first()
+        row = self._sql.select_chunk.one(conn, (sid, chunk_start)).first()
         if row is None:
             return int_array(), float_array()
         if row[0] is None:
@@ -610,7 +531,7 @@ class SqlMetricStore:
             compacted += len(added)
             upserts.append(chunk_row)
             rollup_rows += written
-        self._upsert_chunk.many(conn, upserts)
+        self._sql.upsert_chunk.many(conn, upserts)
         return MaintenanceReport(
             compacted_points=compacted, rollup_rows=rollup_rows, expired_rows=dropped
         )
@@ -624,7 +545,7 @@ class SqlMetricStore:
         """
         row, written = _chunk_row(sid, chunk_start, ts, values, ts, None, self._horizons(conn))
         if row is not None:
-            self._upsert_chunk.many(conn, [row])
+            self._sql.upsert_chunk.many(conn, [row])
         return written
 
     def _expire(self, now_ms: int) -> MaintenanceReport:
@@ -738,6 +659,111 @@ def _chunk_row(
     if raw_blob is None and minute_blob is None and not written:
         return None, 0
     return (sid, chunk_start, raw_blob, minute_blob, *hour), written
+
+
+class _Statements:
+    """The compiled statements of one kind of database (attributes set by ``_prepare``)."""
+
+    insert_head: BulkInsert
+    upsert_latest: BulkInsert
+    select_epoch: Statement
+    upsert_chunk: Statement
+    select_raw: Statement
+    select_minutes: Statement
+    select_hours: Statement
+    select_chunk: Statement
+    select_head: Statement
+    select_series: Statement
+    select_horizons: Statement
+
+
+_PREPARED: dict[tuple[str, str, str], _Statements] = {}
+_PREPARED_LOCK = threading.Lock()
+
+
+def _prepare(db: Database) -> _Statements:
+    """Compile every statement the store runs on this kind of database."""
+    sql = _Statements()
+    sql.insert_head = db.bulk_insert(
+        points_head, ("ts", "series_id", "value"), lambda ins: ins.on_conflict_do_nothing()
+    )
+
+    def newer_wins(ins: Any) -> Any:
+        return ins.on_conflict_do_update(
+            index_elements=[series_latest.c.series_id],
+            set_={"ts": ins.excluded.ts, "value": ins.excluded.value},
+            where=ins.excluded.ts > series_latest.c.ts,
+        )
+
+    sql.upsert_latest = db.bulk_insert(series_latest, ("series_id", "ts", "value"), newer_wins)
+    sql.select_epoch = db.statement(
+        sa.select(storage_meta.c.value).where(storage_meta.c.key == sa.bindparam("key"))
+    )
+    chunk = db.insert(metric_chunks)
+    sql.upsert_chunk = db.statement(
+        chunk.on_conflict_do_update(
+            index_elements=[metric_chunks.c.series_id, metric_chunks.c.chunk_start],
+            set_={
+                name: chunk.excluded[name]
+                for name in (
+                    "raw",
+                    "minutes",
+                    "hour_count",
+                    "hour_sum",
+                    "hour_min",
+                    "hour_max",
+                    "hour_last",
+                )
+            },
+        )
+    )
+    c = metric_chunks.c
+    in_range = (
+        c.series_id == sa.bindparam("sid"),
+        c.chunk_start >= sa.bindparam("lo"),
+        c.chunk_start < sa.bindparam("hi"),
+    )
+    sql.select_raw = db.statement(
+        sa.select(c.raw).where(*in_range, c.raw.is_not(None)).order_by(c.chunk_start)
+    )
+    sql.select_minutes = db.statement(
+        sa.select(c.minutes).where(*in_range, c.minutes.is_not(None)).order_by(c.chunk_start)
+    )
+    sql.select_hours = db.statement(
+        sa.select(c.chunk_start, c.hour_count, c.hour_sum, c.hour_min, c.hour_max, c.hour_last)
+        .where(*in_range, c.hour_count.is_not(None))
+        .order_by(c.chunk_start)
+    )
+    sql.select_chunk = db.statement(
+        sa.select(c.raw).where(
+            c.series_id == sa.bindparam("sid"), c.chunk_start == sa.bindparam("chunk")
+        )
+    )
+    for stmt in (sql.select_raw, sql.select_minutes, sql.select_hours):
+        assert stmt.names == ("sid", "lo", "hi")
+    h = points_head.c
+    sql.select_head = db.statement(
+        sa.select(h.ts, h.value)
+        .where(
+            h.ts >= sa.bindparam("lo"),
+            h.ts < sa.bindparam("hi"),
+            h.series_id == sa.bindparam("sid"),
+        )
+        .order_by(h.ts)
+    )
+    assert sql.select_head.names == ("lo", "hi", "sid")
+    sql.select_series = db.statement(
+        sa.select(series.c.id, series.c.labels)
+        .where(series.c.machine_id == sa.bindparam("m"), series.c.metric == sa.bindparam("n"))
+        .order_by(series.c.labels)
+    )
+    assert sql.select_series.names == ("m", "n")
+    sql.select_horizons = db.statement(
+        sa.select(storage_meta.c.key, storage_meta.c.value).where(
+            storage_meta.c.key.in_([sa.literal_column(f"'{k}'") for k in _HORIZON_KEYS.values()])
+        )
+    )
+    return sql
 
 
 _first = itemgetter(0)
