@@ -17,6 +17,7 @@ never blocks the event loop.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,7 +28,7 @@ from urllib.parse import urlsplit
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from lunasentri_core.components import Collector
+from lunasentri_core.components import Authenticator, Collector, Credentials, Principal
 from lunasentri_core.config import Settings
 from lunasentri_core.model import (
     Aggregation,
@@ -85,6 +86,7 @@ class Sentri:
         self.plugins = plugin_manager or create_plugin_manager(settings, plugins=plugins)
         self._storage = storage
         self._collectors: dict[str, Collector] = {}
+        self._authenticators: list[Authenticator] | None = None
         self._machines: dict[str, Machine] = {}
         self._reads = anyio.CapacityLimiter(8)
         self._collect_limiter = anyio.CapacityLimiter(8)
@@ -326,6 +328,28 @@ class Sentri:
 
     async def series(self, machine_id: str) -> list[SeriesKey]:
         return await self._run_read(self.storage.metrics.list_series, machine_id)
+
+    # ------------------------------------------------------------ authentication
+
+    def authenticators(self) -> list[Authenticator]:
+        """The authenticator plugins' instances, in name order."""
+        if self._authenticators is None:
+            components = self.plugins.components(ComponentKind.AUTHENTICATOR)
+            self._authenticators = [components[name].create() for name in sorted(components)]
+        return self._authenticators
+
+    async def authenticate(self, credentials: Credentials) -> Principal | None:
+        """Ask each authenticator in turn; the first principal returned wins."""
+        state = self.storage.state
+        for authenticator in self.authenticators():
+            result: Any
+            if inspect.iscoroutinefunction(authenticator.authenticate):
+                result = await authenticator.authenticate(credentials, state)
+            else:
+                result = await self._run_read(authenticator.authenticate, credentials, state)
+            if isinstance(result, Principal):
+                return result
+        return None
 
     # ------------------------------------------------------------ maintenance
 

@@ -34,8 +34,8 @@ from lunasentri_core.components import Principal
 from lunasentri_core.server.errors import ApiError
 
 if TYPE_CHECKING:
-    from lunasentri_core.hub import Sentri
     from lunasentri_core.config import ServerSettings
+    from lunasentri_core.hub import Sentri
 
 T = TypeVar("T")
 Handler = Callable[["Call"], Awaitable[object]]
@@ -150,6 +150,12 @@ class Api:
     def __init__(self, tag: str | None = None) -> None:
         self.tag = tag
         self.endpoints: list[Endpoint] = []
+        self.schemas: dict[str, Schema] = {}
+
+    def schema(self, name: str, schema: Schema) -> Schema:
+        """Declare a named schema (under ``components/schemas``); returns a ``$ref`` to it."""
+        self.schemas[name] = schema
+        return ref(name)
 
     def route(
         self,

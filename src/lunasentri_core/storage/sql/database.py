@@ -100,12 +100,15 @@ class Statement:
 
 
 class BulkInsert:
-    """An INSERT of many rows per statement (``VALUES (...), (...), ...``), compiled once.
+    """An INSERT of many rows per statement, compiled once, fed with columns.
 
-    One statement per ``rows_per_statement`` rows does far less work per row in
-    the database than ``executemany`` of a one-row statement (one parse and one
-    VM run per few hundred rows), which is what lets a write keep pace with raw
-    ``executemany`` into an unindexed table while maintaining a primary key.
+    * SQLite: ``VALUES (...), (...), ...`` with ``rows_per_statement`` rows. One
+      statement per few hundred rows does far less work per row than
+      ``executemany`` of a one-row statement (one parse and one VM run for all
+      of them), which is what lets a write keep pace with raw ``executemany``
+      into an unindexed table while maintaining a primary key.
+    * PostgreSQL: ``INSERT ... SELECT * FROM unnest(%s::bigint[], ...)``: one
+      statement and one array parameter per column for the whole batch.
     """
 
     ROWS_PER_STATEMENT: Final = 300
@@ -122,26 +125,42 @@ class BulkInsert:
         """``finish`` adds the ``ON CONFLICT`` clause to a dialect INSERT of ``table``."""
         self._width = len(columns)
         self._per = rows_per_statement
+        self._arrays: Statement | None = None
+        if db.is_postgres:
+            arrays = [sa.bindparam(c, type_=postgresql.ARRAY(table.c[c].type)) for c in columns]
+            rows = sa.func.unnest(*arrays).table_valued(*columns)
+            select = sa.select(*(rows.c[c] for c in columns))
+            self._arrays = self._build(db, finish(db.insert(table).from_select(columns, select)))
+            self._check(self._arrays, tuple(columns))
+            return
 
-        def build(rows: int) -> Statement:
-            values: list[dict[str, Any]] = [
-                {c: sa.bindparam(f"{c}_{i}") for c in columns} for i in range(rows)
+        def values(count: int) -> Statement:
+            rows: list[dict[str, Any]] = [
+                {c: sa.bindparam(f"{c}_{i}") for c in columns} for i in range(count)
             ]
-            stmt = db.statement(finish(db.insert(table).values(values)))
-            expected = tuple(f"{c}_{i}" for i in range(rows) for c in columns)
-            if stmt.names != expected:
-                raise StorageError(
-                    f"unexpected parameter order compiling a bulk insert: {stmt.sql}"
-                )
+            stmt = self._build(db, finish(db.insert(table).values(rows)))
+            self._check(stmt, tuple(f"{c}_{i}" for i in range(count) for c in columns))
             return stmt
 
-        self._full = build(rows_per_statement)
-        self._single = build(1)
+        self._full = values(rows_per_statement)
+        self._single = values(1)
+
+    @staticmethod
+    def _build(db: Database, stmt: ClauseElement) -> Statement:
+        return db.statement(stmt)
+
+    @staticmethod
+    def _check(stmt: Statement, expected: tuple[str, ...]) -> None:
+        if stmt.names != expected:
+            raise StorageError(f"unexpected parameter order compiling a bulk insert: {stmt.sql}")
 
     def run(self, conn: Connection, columns: Sequence[Sequence[Any]]) -> None:
         """Insert rows given as columns (equally long sequences, one per column)."""
         count = len(columns[0]) if columns else 0
         if not count:
+            return
+        if self._arrays is not None:
+            conn.exec_driver_sql(self._arrays.sql, tuple(list(column) for column in columns))
             return
         width = self._width
         flat: list[Any] = [None] * (count * width)

@@ -1,0 +1,176 @@
+"""The application factory of the reference server."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import anyio
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.routing import BaseRoute, Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lunasentri_core.components import Credentials, Principal
+from lunasentri_core.config import Settings
+from lunasentri_core.hub import Sentri
+from lunasentri_core.server import routes
+from lunasentri_core.server.api import Api, Endpoint, build_routes
+from lunasentri_core.server.context import REQUEST_ID_HEADER, new_request_id, request_id
+from lunasentri_core.server.errors import EXCEPTION_HANDLERS
+from lunasentri_core.server.metrics import ServerMetrics
+
+log = logging.getLogger("lunasentri.server")
+
+
+def create_app(
+    hub: Sentri | None = None,
+    settings: Settings | None = None,
+    *,
+    extra_apis: Sequence[Api] = (),
+) -> Starlette:
+    """Build the server application.
+
+    :param hub: A hub to serve. If given, the caller opens and closes it; if not,
+        the application creates one from ``settings`` and runs it for its lifespan.
+    :param settings: Defaults to the hub's settings, or :meth:`Settings.load`.
+    :param extra_apis: More endpoint collections (embedding applications' own).
+    """
+    settings = settings or (hub.settings if hub is not None else Settings.load())
+    owns_hub = hub is None
+    hub = hub or Sentri(settings)
+    apis = [*routes.ALL, *extra_apis]
+    endpoints = [endpoint for api in apis for endpoint in api.endpoints]
+    metrics = ServerMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            if owns_hub:
+                await stack.enter_async_context(hub)
+            metrics.track_queue_depth(lambda: hub.writer.queue_depth)
+            async with anyio.create_task_group() as services:
+                await routes.start_services(app, services)
+                yield
+                services.cancel_scope.cancel()
+
+    app = Starlette(
+        routes=[*build_routes(endpoints, _authenticate), *_plugin_routes(hub)],
+        middleware=_middleware(settings, metrics),
+        exception_handlers=dict(EXCEPTION_HANDLERS),
+        lifespan=lifespan,
+    )
+    app.state.hub = hub
+    app.state.settings = settings.server
+    app.state.full_settings = settings
+    app.state.metrics = metrics
+    app.state.endpoints = endpoints
+    return app
+
+
+def _plugin_routes(hub: Sentri) -> list[BaseRoute]:
+    # Mounted under the plugin's name, so a plugin cannot shadow a core route.
+    return [
+        Mount(f"/plugins/{name}", routes=list(plugin_routes))
+        for name, plugin_routes in hub.plugins.server_routes(hub).items()
+        if plugin_routes
+    ]
+
+
+def _middleware(settings: Settings, metrics: ServerMetrics) -> list[Middleware]:
+    stack = [Middleware(RequestContextMiddleware, metrics=metrics)]
+    if settings.server.cors_origins:
+        stack.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.server.cors_origins),
+                allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                allow_headers=["authorization", "content-type", "content-encoding"],
+                expose_headers=[REQUEST_ID_HEADER, "etag", "retry-after"],
+                allow_credentials=True,
+            )
+        )
+    return stack
+
+
+async def _authenticate(request: Request) -> Principal | None:
+    if "principal" not in request.scope.setdefault("state", {}):
+        credentials = Credentials(
+            headers={k.lower(): v for k, v in request.headers.items()},
+            cookies=dict(request.cookies),
+            client=request.client.host if request.client else None,
+        )
+        hub: Sentri = request.app.state.hub
+        request.state.principal = await hub.authenticate(credentials)
+    principal: Principal | None = request.state.principal
+    return principal
+
+
+class RequestContextMiddleware:
+    """Request id in and out, one log line per request, and the request metrics."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        offered = _header(scope, REQUEST_ID_HEADER)
+        rid = new_request_id(offered)
+        token = request_id.set(rid)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *message["headers"],
+                    (REQUEST_ID_HEADER.encode(), rid.encode()),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self._observe(scope, status, time.perf_counter() - started)
+            request_id.reset(token)
+
+    def _observe(self, scope: Scope, status: int, elapsed: float) -> None:
+        endpoint: Endpoint | None = scope.get("lunasentri.endpoint")
+        route = endpoint.path if endpoint is not None else "unmatched"
+        method = scope["method"]
+        self.metrics.requests.labels(route, method, str(status)).inc()
+        self.metrics.latency.labels(route, method).observe(elapsed)
+        client = scope.get("client")
+        log.info(
+            "%s %s %d %.1fms",
+            method,
+            scope["path"],
+            status,
+            elapsed * 1000,
+            extra={
+                "method": method,
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+                "client": client[0] if client else None,
+            },
+        )
+
+
+def _header(scope: Scope, name: str) -> str | None:
+    wanted = name.encode()
+    for key, value in scope.get("headers", []):
+        if key.lower() == wanted:
+            decoded: str = value.decode("latin-1")
+            return decoded
+    return None

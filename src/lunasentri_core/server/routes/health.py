@@ -1,0 +1,69 @@
+"""Liveness, readiness and the Prometheus endpoint."""
+
+from __future__ import annotations
+
+import anyio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from lunasentri_core.server.api import Api, Auth, Call
+from lunasentri_core.server.errors import error_response
+
+api = Api("operations")
+
+HEALTH = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {"status": {"type": "string"}, "checks": {"type": "object"}},
+}
+
+
+@api.get("/healthz", auth=Auth.PUBLIC, summary="Overall health", responses={200: HEALTH})
+async def healthz(call: Call) -> object:
+    return {"status": "ok"}
+
+
+@api.get("/healthz/live", auth=Auth.PUBLIC, summary="The process is alive", responses={200: HEALTH})
+async def healthz_live(call: Call) -> object:
+    return {"status": "ok"}
+
+
+@api.get(
+    "/healthz/ready",
+    auth=Auth.PUBLIC,
+    summary="Storage answers; ready for traffic",
+    responses={200: HEALTH, 503: {"$ref": "#/components/schemas/Error"}},
+)
+async def healthz_ready(call: Call) -> object:
+    try:
+        with anyio.fail_after(5):
+            await call.hub.list_machines(owner_id="readiness-probe")
+    except Exception as error:
+        return error_response(503, "unavailable", f"storage is not ready: {error}")
+    return {"status": "ok", "checks": {"storage": "ok"}}
+
+
+@api.get(
+    "/metrics",
+    auth=Auth.PUBLIC,
+    summary="Prometheus metrics of the server",
+    responses={200: {"type": "string"}},
+)
+async def metrics(call: Call) -> object:
+    registry = call.request.app.state.metrics.registry
+    body = await anyio.to_thread.run_sync(generate_latest, registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+@api.get(
+    "/api/v1/openapi.json",
+    auth=Auth.PUBLIC,
+    summary="This API's OpenAPI 3.1 document",
+    responses={200: {"type": "object"}},
+)
+async def openapi(call: Call) -> object:
+    from lunasentri_core import __version__
+    from lunasentri_core.server.openapi import openapi_document
+    from lunasentri_core.server.routes import ALL
+
+    return openapi_document(ALL, __version__)
