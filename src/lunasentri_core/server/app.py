@@ -68,7 +68,7 @@ def create_app(
     app.state.settings = settings.server
     app.state.full_settings = settings
     app.state.metrics = metrics
-    app.state.endpoints = endpoints
+    app.state.apis = apis
     return app
 
 

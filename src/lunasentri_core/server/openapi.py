@@ -34,7 +34,7 @@ ERROR_SCHEMA: Schema = {
     },
 }
 
-_SECURITY = {
+_SECURITY: dict[Auth, list[dict[str, list[str]]]] = {
     Auth.USER: [{"session": []}, {"sessionCookie": []}],
     Auth.ADMIN: [{"session": []}, {"sessionCookie": []}],
     Auth.MACHINE: [{"apiKey": []}],

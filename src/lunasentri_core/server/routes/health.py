@@ -64,6 +64,5 @@ async def metrics(call: Call) -> object:
 async def openapi(call: Call) -> object:
     from lunasentri_core import __version__
     from lunasentri_core.server.openapi import openapi_document
-    from lunasentri_core.server.routes import ALL
 
-    return openapi_document(ALL, __version__)
+    return openapi_document(call.request.app.state.apis, __version__)

@@ -128,7 +128,7 @@ class BulkInsert:
         self._arrays: Statement | None = None
         if db.is_postgres:
             arrays = [sa.bindparam(c, type_=postgresql.ARRAY(table.c[c].type)) for c in columns]
-            rows = sa.func.unnest(*arrays).table_valued(*columns)
+            rows = sa.func.unnest(*arrays).table_valued(*columns).render_derived()
             select = sa.select(*(rows.c[c] for c in columns))
             self._arrays = self._build(db, finish(db.insert(table).from_select(columns, select)))
             self._check(self._arrays, tuple(columns))
