@@ -55,6 +55,7 @@ def test_environment_values_are_toml_literals_or_strings() -> None:
         "LUNASENTRI_A": "true",
         "LUNASENTRI_B__C": "12",
         "LUNASENTRI_D": "not toml {",
+        "LUNASENTRI_TEST_POSTGRES_URL": "for the tests, not a setting",
         "OTHER": "ignored",
     }
     assert env_overrides(env) == {"a": True, "b": {"c": 12}, "d": "not toml {"}

@@ -40,7 +40,9 @@ class ApiKeyAuthenticator:
         key = state.find_api_key(hash_token(token))
         if key is None or not key.is_active(utcnow()):
             return None
-        return Principal(kind="machine", id=key.machine_id, machine_id=key.machine_id, via=self.name)
+        return Principal(
+            kind="machine", id=key.machine_id, machine_id=key.machine_id, via=self.name
+        )
 
 
 class SessionAuthenticator:

@@ -227,3 +227,16 @@ def _table(
         ).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _register_subcommands() -> None:
+    # Each lives beside what it drives; imported here so `lunasentri --help` lists them.
+    from lunasentri_core.agent.command import agent
+    from lunasentri_core.server.commands import serve, users
+
+    main.add_command(serve)
+    main.add_command(users)
+    main.add_command(agent)
+
+
+_register_subcommands()

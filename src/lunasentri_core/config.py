@@ -26,6 +26,8 @@ from lunasentri_core.model import RetentionPolicy
 
 ENV_PREFIX = "LUNASENTRI_"
 CONFIG_ENV = "LUNASENTRI_CONFIG"
+TEST_ENV_PREFIX = "LUNASENTRI_TEST_"
+"""Variables for the test suite (e.g. which PostgreSQL to use); never settings."""
 DEFAULT_CONFIG_NAME = "lunasentri.toml"
 
 
@@ -182,6 +184,8 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        if name.startswith(TEST_ENV_PREFIX):
             continue
         keys = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         if not all(keys):

@@ -148,7 +148,10 @@ class StateStore(Protocol):
 
     # agent claims
     def add_claim(self, claim: AgentClaim) -> AgentClaim:
-        """Store a new registration; :class:`ConflictError` if ``agent_id`` is pending or claimed."""
+        """Store a new registration.
+
+        Raises :class:`ConflictError` if ``agent_id`` is pending or claimed.
+        """
         ...
 
     def get_claim(self, agent_id: str) -> AgentClaim: ...

@@ -225,3 +225,111 @@ alert_events = sa.Table(
     sa.Column("acknowledged_at", UtcMicros, nullable=True),
     sa.Index(None, "machine_id", "at"),
 )
+
+# --------------------------------------------------------------------------- server state
+
+_Serial = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+"""An ever-growing surrogate key (SQLite only auto-assigns ``INTEGER PRIMARY KEY``)."""
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column(
+        "user_id",
+        sa.Text,
+        sa.ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("token_hash", sa.Text, nullable=False, unique=True),
+    sa.Column("created_at", UtcMicros, nullable=False),
+    sa.Column("expires_at", UtcMicros, nullable=False),
+    sa.Column("client", sa.Text, nullable=True),
+    sa.Column("revoked_at", UtcMicros, nullable=True),
+)
+
+reset_tokens = sa.Table(
+    "reset_tokens",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column(
+        "user_id",
+        sa.Text,
+        sa.ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("token_hash", sa.Text, nullable=False, unique=True),
+    sa.Column("created_at", UtcMicros, nullable=False),
+    sa.Column("expires_at", UtcMicros, nullable=False),
+    sa.Column("used_at", UtcMicros, nullable=True),
+)
+
+login_failures = sa.Table(
+    "login_failures",
+    metadata,
+    sa.Column("id", _Serial, primary_key=True, autoincrement=True),
+    # By name, not by user id: failures for names that do not exist count too.
+    sa.Column("username", sa.Text, nullable=False),
+    sa.Column("at", UtcMicros, nullable=False),
+    sa.Column("client", sa.Text, nullable=True),
+    sa.Index(None, "username", "at"),
+)
+
+agent_claims = sa.Table(
+    "agent_claims",
+    metadata,
+    sa.Column("agent_id", sa.Text, primary_key=True),
+    sa.Column("claim_token_hash", sa.Text, nullable=False),
+    sa.Column("hostname", sa.Text, nullable=False),
+    sa.Column("version", sa.Text, nullable=False),
+    sa.Column("created_at", UtcMicros, nullable=False),
+    sa.Column("expires_at", UtcMicros, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column(
+        "machine_id",
+        sa.Text,
+        sa.ForeignKey("machines.id", ondelete="SET NULL"),
+        nullable=True,
+        index=True,
+    ),
+    sa.Column("sealed_key", sa.LargeBinary, nullable=True),
+    sa.Column("client", sa.Text, nullable=True),
+    sa.Index(None, "status", "expires_at"),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    # Orders entries of the same microsecond by insertion ("newest first" stays exact).
+    sa.Column("seq", _Serial, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.Text, nullable=False, unique=True),
+    sa.Column("at", UtcMicros, nullable=False, index=True),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("actor_kind", sa.String(16), nullable=False),
+    # No foreign key: the log outlives the users and machines it names.
+    sa.Column("actor_id", sa.Text, nullable=True),
+    sa.Column("target_type", sa.Text, nullable=True),
+    sa.Column("target_id", sa.Text, nullable=True),
+    sa.Column("client", sa.Text, nullable=True),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Index(None, "action", "at"),
+    sa.Index(None, "actor_id", "at"),
+)
+
+agent_configs = sa.Table(
+    "agent_configs",
+    metadata,
+    sa.Column(
+        "machine_id",
+        sa.Text,
+        sa.ForeignKey("machines.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("interval_us", sa.BigInteger, nullable=False),
+    sa.Column("collectors", sa.Text, nullable=False),
+    sa.Column("labels", sa.Text, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", UtcMicros, nullable=False),
+)

@@ -1,0 +1,7 @@
+"""Routes: audit."""
+
+from __future__ import annotations
+
+from lunasentri_core.server.api import Api
+
+api = Api("audit")

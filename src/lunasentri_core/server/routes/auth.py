@@ -1,0 +1,7 @@
+"""Routes: auth."""
+
+from __future__ import annotations
+
+from lunasentri_core.server.api import Api
+
+api = Api("auth")

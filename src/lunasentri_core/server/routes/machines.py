@@ -1,0 +1,7 @@
+"""Routes: machines."""
+
+from __future__ import annotations
+
+from lunasentri_core.server.api import Api
+
+api = Api("machines")
