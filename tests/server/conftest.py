@@ -1,0 +1,118 @@
+"""A real server on an ephemeral loopback port, and real HTTP clients for it."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import uvicorn
+
+from lunasentri_core.config import Settings
+from lunasentri_core.server import create_app
+
+ADMIN_PASSWORD = "correct horse battery staple"
+
+
+@attrs.define
+class LiveServer:
+    """A running server: ``url`` for clients, ``stop()``/``start()`` to bounce it."""
+
+    settings: Settings
+    port: int
+    _server: uvicorn.Server | None = None
+    _thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        app = create_app(settings=self.settings)
+        config = uvicorn.Config(
+            app, lifespan="on", log_level="warning", timeout_graceful_shutdown=5
+        )
+        self._server = uvicorn.Server(config)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
+        )
+        self._thread.start()
+        for _ in range(500):
+            if self._server.started or not self._thread.is_alive():
+                break
+            threading.Event().wait(0.01)
+        if not self._server.started:
+            raise RuntimeError("the server did not start (see the log above)")
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=30)
+            self._server = None
+
+    @property
+    def app(self) -> Any:
+        assert self._server is not None
+        return self._server.config.app
+
+    def client(self, token: str | None = None, **kwargs: Any) -> httpx.Client:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
+
+    def login(self, username: str = "admin", password: str = ADMIN_PASSWORD) -> str:
+        """A session token for ``username`` (the admin by default)."""
+        with self.client() as client:
+            response = client.post(
+                "/api/v1/auth/login", json={"username": username, "password": password}
+            )
+        response.raise_for_status()
+        token: str = response.json()["token"]
+        return token
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+MakeServer = Callable[..., LiveServer]
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[MakeServer]:
+    """Start servers with extra settings; every one is stopped at teardown."""
+    started: list[LiveServer] = []
+
+    def make(**overrides: Any) -> LiveServer:
+        server_overrides = {"host": "127.0.0.1", **overrides.pop("server", {})}
+        settings = Settings.load(
+            environ={},
+            data_dir=overrides.pop("data_dir", tmp_path / f"data{len(started)}"),
+            admin_password=ADMIN_PASSWORD,
+            server=server_overrides,
+            **overrides,
+        )
+        live = LiveServer(settings, port=free_port())
+        live.start()
+        started.append(live)
+        return live
+
+    yield make
+    for live in started:
+        live.stop()
+
+
+@pytest.fixture
+def server(make_server: MakeServer) -> LiveServer:
+    """A server with default settings and the first admin (``admin`` / ADMIN_PASSWORD)."""
+    return make_server()
