@@ -145,7 +145,8 @@ class Sentri:
     def _open_storage(self) -> StorageBackend:
         return open_storage(self.settings, self.plugins)
 
-    async def _run_read(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    async def run_sync(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run a blocking call (storage, a driver) in a worker thread behind the hub's limiter."""
         return await anyio.to_thread.run_sync(lambda: func(*args, **kwargs), limiter=self._reads)
 
     # ------------------------------------------------------------ machines
@@ -168,17 +169,17 @@ class Sentri:
             labels=to_labels(labels),
             created_at=self.clock(),
         )
-        stored = await self._run_read(self.storage.state.add_machine, machine)
+        stored = await self.run_sync(self.storage.state.add_machine, machine)
         self._machines[stored.id] = stored
         return stored
 
     async def get_machine(self, machine_id: str, owner_id: str | None = None) -> Machine:
-        machine = await self._run_read(self.storage.state.get_machine, machine_id, owner_id)
+        machine = await self.run_sync(self.storage.state.get_machine, machine_id, owner_id)
         self._machines[machine.id] = machine
         return machine
 
     async def list_machines(self, owner_id: str | None = None) -> list[Machine]:
-        return await self._run_read(self.storage.state.list_machines, owner_id)
+        return await self.run_sync(self.storage.state.list_machines, owner_id)
 
     async def remove_machine(self, machine_id: str) -> None:
         """Delete a machine and every series it had."""
@@ -188,14 +189,14 @@ class Sentri:
             self.storage.metrics.delete_machine(machine_id)
             self.storage.state.delete_machine(machine_id)
 
-        await self._run_read(remove)
+        await self.run_sync(remove)
         self._machines.pop(machine_id, None)
 
     async def local_machine(self, name: str | None = None) -> Machine:
         """The machine record of the host this hub runs on, created on first use."""
         hostname = socket.gethostname()
         name = name or hostname
-        existing = await self._run_read(self.storage.state.find_machine, name, None)
+        existing = await self.run_sync(self.storage.state.find_machine, name, None)
         if existing is not None:
             self._machines[existing.id] = existing
             return existing
@@ -301,7 +302,7 @@ class Sentri:
 
     async def latest(self, machine_id: str, metric: str | None = None) -> list[SeriesValue]:
         """The newest value of every series of a machine (optionally of one metric)."""
-        return await self._run_read(self.storage.metrics.latest, [machine_id], metric)
+        return await self.run_sync(self.storage.metrics.latest, [machine_id], metric)
 
     async def history(
         self,
@@ -324,10 +325,10 @@ class Sentri:
             aggregation=Aggregation(aggregation),
             labels=labels,
         )
-        return await self._run_read(self.storage.metrics.history, query)
+        return await self.run_sync(self.storage.metrics.history, query)
 
     async def series(self, machine_id: str) -> list[SeriesKey]:
-        return await self._run_read(self.storage.metrics.list_series, machine_id)
+        return await self.run_sync(self.storage.metrics.list_series, machine_id)
 
     # ------------------------------------------------------------ authentication
 
@@ -346,7 +347,7 @@ class Sentri:
             if inspect.iscoroutinefunction(authenticator.authenticate):
                 result = await authenticator.authenticate(credentials, state)
             else:
-                result = await self._run_read(authenticator.authenticate, credentials, state)
+                result = await self.run_sync(authenticator.authenticate, credentials, state)
             if isinstance(result, Principal):
                 return result
         return None
@@ -355,7 +356,7 @@ class Sentri:
 
     async def maintain(self) -> MaintenanceReport:
         """Compact, roll up and expire stored points now."""
-        return await self._run_read(self.storage.metrics.maintain, self.clock())
+        return await self.run_sync(self.storage.metrics.maintain, self.clock())
 
     async def _maintain_forever(self) -> None:
         period = self.settings.storage.maintenance_interval.total_seconds()
