@@ -232,7 +232,8 @@ def _table(
 def _register_subcommands() -> None:
     # Each lives beside what it drives; imported here so `lunasentri --help` lists them.
     from lunasentri_core.agent.command import agent
-    from lunasentri_core.server.commands import serve, users
+    from lunasentri_core.server.commands import users
+    from lunasentri_core.server.serve import serve
 
     main.add_command(serve)
     main.add_command(users)

@@ -32,6 +32,7 @@ def create_app(
     settings: Settings | None = None,
     *,
     extra_apis: Sequence[Api] = (),
+    demo: bool = False,
 ) -> Starlette:
     """Build the server application.
 
@@ -39,6 +40,8 @@ def create_app(
         the application creates one from ``settings`` and runs it for its lifespan.
     :param settings: Defaults to the hub's settings, or :meth:`Settings.load`.
     :param extra_apis: More endpoint collections (embedding applications' own).
+    :param demo: Also register this machine and run an in-process agent for it
+        (``lunasentri serve --demo``).
     """
     settings = settings or (hub.settings if hub is not None else Settings.load())
     owns_hub = hub is None
@@ -55,6 +58,13 @@ def create_app(
             metrics.track_queue_depth(lambda: hub.writer.queue_depth)
             async with anyio.create_task_group() as services:
                 await routes.start_services(app, services)
+                if demo:
+                    from lunasentri_core.server.demo import start_demo
+
+                    await start_demo(app, services)
+                if settings.local_host_metrics:
+                    # Off by default: a central server is usually not a monitored host.
+                    services.start_soon(_collect_own_host, hub)
                 yield
                 services.cancel_scope.cancel()
 
@@ -70,6 +80,12 @@ def create_app(
     app.state.metrics = metrics
     app.state.apis = apis
     return app
+
+
+async def _collect_own_host(hub: Sentri) -> None:
+    machine = await hub.local_machine()
+    log.info("collecting this host's metrics as machine %s (%s)", machine.name, machine.id)
+    await hub.run_collecting(machine)
 
 
 def _plugin_routes(hub: Sentri) -> list[BaseRoute]:

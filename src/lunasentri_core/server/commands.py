@@ -1,14 +1,8 @@
-"""``lunasentri serve`` and ``lunasentri users``."""
+"""``lunasentri users``."""
 
 from __future__ import annotations
 
 import click
-
-
-@click.command()
-def serve() -> None:
-    """Run the reference server."""
-    raise click.ClickException("not built yet")
 
 
 @click.group()

@@ -89,7 +89,7 @@ class MetricStore(Protocol):
 
 @runtime_checkable
 class StateStore(Protocol):
-    """Users, machines, API keys, alert rules and events."""
+    """Users, machines, API keys, alerts, and the server's sessions, claims, audit and configs."""
 
     # users
     def add_user(self, user: User, password_hash: str) -> User: ...
@@ -98,7 +98,10 @@ class StateStore(Protocol):
     def list_users(self) -> list[User]: ...
     def password_hash(self, user_id: str) -> str: ...
     def set_password_hash(self, user_id: str, password_hash: str) -> None: ...
-    def delete_user(self, user_id: str) -> None: ...
+    def delete_user(self, user_id: str) -> None:
+        """Delete a user with their machines (as :meth:`delete_machine`), alert rules,
+        sessions and reset tokens; their audit entries and login failures stay."""
+        ...
 
     # machines
     def add_machine(self, machine: Machine) -> Machine: ...
@@ -106,7 +109,15 @@ class StateStore(Protocol):
     def find_machine(self, name: str, owner_id: str | None = None) -> Machine | None: ...
     def list_machines(self, owner_id: str | None = None) -> list[Machine]: ...
     def update_machine(self, machine: Machine) -> Machine: ...
-    def delete_machine(self, machine_id: str) -> None: ...
+    def delete_machine(self, machine_id: str) -> None:
+        """Delete a machine with its API keys, alert events, series and agent config.
+
+        Registrations that named it keep their history without ``machine_id``; a
+        claimed one not yet delivered becomes ``expired`` and loses its sealed
+        key (it sealed a key of the deleted machine), so its agent registers anew.
+        """
+        ...
+
     def touch_machines(self, seen: Sequence[tuple[str, datetime]]) -> None:
         """Advance ``last_seen`` (never backwards) for each ``(machine_id, at)``."""
         ...
@@ -128,44 +139,87 @@ class StateStore(Protocol):
     ) -> list[AlertEvent]: ...
 
     # API key lifetime (rotation grace)
-    def set_api_key_expiry(self, key_id: str, expires_at: datetime | None) -> None: ...
+    def set_api_key_expiry(self, key_id: str, expires_at: datetime | None) -> None:
+        """Set (or with ``None`` clear) when a key stops working; :class:`NotFoundError` if none."""
+        ...
 
     # sessions and password resets
-    def add_session(self, session: Session) -> Session: ...
-    def find_session(self, token_hash: str) -> Session | None: ...
-    def revoke_session(self, session_id: str, at: datetime) -> None: ...
-    def revoke_user_sessions(self, user_id: str, at: datetime) -> int: ...
+    def add_session(self, session: Session) -> Session:
+        """:class:`NotFoundError` for an unknown user; :class:`ConflictError` for a taken hash."""
+        ...
+
+    def find_session(self, token_hash: str) -> Session | None:
+        """The session with this token hash, revoked and expired ones included."""
+        ...
+
+    def revoke_session(self, session_id: str, at: datetime) -> None:
+        """Revoke as of ``at``; a session revoked earlier keeps its earlier time."""
+        ...
+
+    def revoke_user_sessions(self, user_id: str, at: datetime) -> int:
+        """Revoke every session of the user still active at ``at``; return how many."""
+        ...
+
     def add_reset_token(self, token: ResetToken) -> ResetToken: ...
     def find_reset_token(self, token_hash: str) -> ResetToken | None: ...
     def use_reset_token(self, token_id: str, at: datetime) -> bool:
-        """Mark a reset token used; ``False`` if it was already used (exactly one caller wins)."""
+        """Mark a reset token used as of ``at``.
+
+        ``False`` if it was already used or has expired by ``at``: of concurrent
+        callers exactly one gets ``True``. :class:`NotFoundError` for an unknown id.
+        """
         ...
 
-    # login throttling
+    # login throttling (by username, so that unknown names are throttled too)
     def add_login_failure(self, username: str, at: datetime, client: str | None) -> None: ...
-    def count_login_failures(self, username: str, since: datetime) -> int: ...
+    def count_login_failures(self, username: str, since: datetime) -> int:
+        """Failures of ``username`` at or after ``since``."""
+        ...
+
     def clear_login_failures(self, username: str) -> None: ...
 
     # agent claims
     def add_claim(self, claim: AgentClaim) -> AgentClaim:
-        """Store a new registration.
+        """Store a new registration; :class:`ConflictError` if ``agent_id`` is pending or claimed.
 
-        Raises :class:`ConflictError` if ``agent_id`` is pending or claimed.
+        An expired or delivered registration of the same agent is replaced.
         """
         ...
 
-    def get_claim(self, agent_id: str) -> AgentClaim: ...
-    def list_claims(self, status: ClaimStatus | None = None) -> list[AgentClaim]: ...
-    def update_claim(self, claim: AgentClaim) -> AgentClaim: ...
+    def get_claim(self, agent_id: str) -> AgentClaim:
+        """:class:`NotFoundError` for an unknown agent."""
+        ...
+
+    def list_claims(self, status: ClaimStatus | None = None) -> list[AgentClaim]:
+        """Oldest first."""
+        ...
+
+    def update_claim(
+        self, claim: AgentClaim, expected_status: ClaimStatus | None = None
+    ) -> AgentClaim:
+        """Replace a registration's fields.
+
+        With ``expected_status`` the change applies only if the stored status is
+        still that one, else :class:`ConflictError` (two admins claiming the same
+        agent at once: exactly one wins). :class:`NotFoundError` for an unknown
+        agent or machine.
+        """
+        ...
+
     def take_sealed_key(self, agent_id: str) -> bytes | None:
-        """Atomically clear and return the sealed key of a claimed registration, once."""
+        """Atomically clear and return the sealed key of a claimed registration, once.
+
+        The registration becomes ``delivered`` in the same step. ``None`` when there
+        is no key to deliver (of concurrent callers only one gets it);
+        :class:`NotFoundError` for an unknown agent.
+        """
         ...
 
     def expire_claims(self, now: datetime) -> int:
         """Mark pending registrations past ``expires_at`` expired; return how many."""
         ...
 
-    # audit log
+    # audit log (kept when the users and machines it names are deleted)
     def add_audit(self, entry: AuditEntry) -> None: ...
     def list_audit(
         self,
@@ -175,13 +229,17 @@ class StateStore(Protocol):
         since: datetime | None = None,
         limit: int = 100,
     ) -> list[AuditEntry]:
-        """Newest first."""
+        """Newest first; entries at or after ``since`` with exactly this action and actor."""
         ...
 
-    # central agent configuration
+    # central agent configuration (deleted with its machine)
     def get_agent_config(self, machine_id: str) -> AgentConfig | None: ...
     def set_agent_config(self, config: AgentConfig) -> AgentConfig:
-        """Store ``config`` with ``version`` one above the stored one (1 for the first)."""
+        """Store ``config`` with ``version`` one above the stored one (1 for the first).
+
+        Atomic: concurrent updates get distinct versions. Returns what was stored;
+        :class:`NotFoundError` for an unknown machine.
+        """
         ...
 
 

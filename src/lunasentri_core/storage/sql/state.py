@@ -1,12 +1,21 @@
-"""Users, machines, API keys, alert rules and events in SQL.
+"""Users, machines, API keys, alerts and the server's own state in SQL.
 
 Owner scoping: a method taking ``owner_id`` shows only that owner's records
 when it is given, and everything when it is ``None`` (an admin). A record that
 exists but belongs to someone else is reported exactly like a missing one.
 
-Deleting a user deletes their machines, alert rules and events; deleting a
-machine deletes its API keys, alert events and its metric series, all in one
-transaction (the metric store shares the database).
+Deleting a user deletes their machines, alert rules and events, sessions and
+reset tokens; deleting a machine deletes its API keys, alert events, agent
+config and metric series, all in one transaction (the metric store shares the
+database). The audit log and login failures are history and stay. Agent
+registrations outlive their machine without its id: a claimed one whose key was
+not delivered yet is expired and its sealed key dropped (it sealed a key of the
+deleted machine), so the agent registers again instead of receiving a dead key.
+
+Operations that must have exactly one winner (using a reset token, taking a
+sealed key, a claim update with an expected status, the agent config version)
+are conditional updates or row locks, so they hold across processes on
+PostgreSQL as well as on SQLite, whose writers are serialized anyway.
 """
 
 from __future__ import annotations
@@ -17,39 +26,54 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
+import attrs
 import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.engine import Connection, Row
 
 from lunasentri_core.errors import ConflictError, NotFoundError
 from lunasentri_core.model import (
+    AgentClaim,
+    AgentConfig,
     AlertEvent,
     AlertRule,
     AlertState,
     ApiKey,
+    AuditEntry,
+    ClaimStatus,
     Comparison,
     Machine,
     MachineKind,
     MachineStatus,
+    ResetToken,
     Role,
     RuleScope,
     SeriesKey,
+    Session,
     Severity,
     User,
 )
 from lunasentri_core.storage.sql.database import LOCK_MAINTAIN, Database
 from lunasentri_core.storage.sql.metrics import SqlMetricStore
 from lunasentri_core.storage.sql.schema import (
+    agent_claims,
+    agent_configs,
     alert_events,
     alert_rules,
     api_keys,
+    audit_log,
     labels_from_json,
     labels_to_json,
+    login_failures,
     machines,
+    reset_tokens,
+    sessions,
     users,
 )
 
 _MICROSECOND = timedelta(microseconds=1)
+_LIVE_CLAIMS = (ClaimStatus.PENDING.value, ClaimStatus.CLAIMED.value)
+"""Registrations a new one of the same agent must not replace."""
 
 
 @contextmanager
@@ -149,6 +173,95 @@ def _event(row: Row[Any]) -> AlertEvent:
     )
 
 
+def _session(row: Row[Any]) -> Session:
+    return Session(
+        id=row.id,
+        user_id=row.user_id,
+        token_hash=row.token_hash,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        client=row.client,
+        revoked_at=row.revoked_at,
+    )
+
+
+def _reset_token(row: Row[Any]) -> ResetToken:
+    return ResetToken(
+        id=row.id,
+        user_id=row.user_id,
+        token_hash=row.token_hash,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        used_at=row.used_at,
+    )
+
+
+def _claim_values(claim: AgentClaim) -> dict[str, Any]:
+    return {
+        "agent_id": claim.agent_id,
+        "claim_token_hash": claim.claim_token_hash,
+        "hostname": claim.hostname,
+        "version": claim.version,
+        "created_at": claim.created_at,
+        "expires_at": claim.expires_at,
+        "status": claim.status.value,
+        "machine_id": claim.machine_id,
+        "sealed_key": claim.sealed_key,
+        "client": claim.client,
+    }
+
+
+def _claim(row: Row[Any]) -> AgentClaim:
+    return AgentClaim(
+        agent_id=row.agent_id,
+        claim_token_hash=row.claim_token_hash,
+        hostname=row.hostname,
+        version=row.version,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        status=ClaimStatus(row.status),
+        machine_id=row.machine_id,
+        sealed_key=None if row.sealed_key is None else bytes(row.sealed_key),
+        client=row.client,
+    )
+
+
+def _detail_json(entry: AuditEntry) -> str:
+    try:
+        return json.dumps(
+            dict(entry.detail), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"detail of audit entry {entry.action!r} is not a JSON object: {error}"
+        ) from error
+
+
+def _audit(row: Row[Any]) -> AuditEntry:
+    return AuditEntry(
+        id=row.id,
+        at=row.at,
+        action=row.action,
+        actor_kind=row.actor_kind,
+        actor_id=row.actor_id,
+        target_type=row.target_type,
+        target_id=row.target_id,
+        client=row.client,
+        detail=json.loads(row.detail),
+    )
+
+
+def _agent_config(row: Row[Any]) -> AgentConfig:
+    return AgentConfig(
+        machine_id=row.machine_id,
+        interval=timedelta(microseconds=row.interval_us),
+        collectors=tuple(json.loads(row.collectors)),
+        labels=labels_from_json(row.labels),
+        version=int(row.version),
+        updated_at=row.updated_at,
+    )
+
+
 def _owned(table: sa.Table, owner_id: str | None) -> sa.ColumnElement[bool]:
     return sa.true() if owner_id is None else table.c.owner_id == owner_id
 
@@ -229,6 +342,8 @@ class SqlStateStore:
             rule_ids = sa.select(alert_rules.c.id).where(alert_rules.c.owner_id == user_id)
             conn.execute(sa.delete(alert_events).where(alert_events.c.rule_id.in_(rule_ids)))
             conn.execute(sa.delete(alert_rules).where(alert_rules.c.owner_id == user_id))
+            conn.execute(sa.delete(sessions).where(sessions.c.user_id == user_id))
+            conn.execute(sa.delete(reset_tokens).where(reset_tokens.c.user_id == user_id))
             conn.execute(sa.delete(users).where(users.c.id == user_id))
 
     # ------------------------------------------------------------------ machines
@@ -310,6 +425,14 @@ class SqlStateStore:
         self._metrics.delete_machine_series(conn, machine_id)
         conn.execute(sa.delete(alert_events).where(alert_events.c.machine_id == machine_id))
         conn.execute(sa.delete(api_keys).where(api_keys.c.machine_id == machine_id))
+        conn.execute(sa.delete(agent_configs).where(agent_configs.c.machine_id == machine_id))
+        named = agent_claims.c.machine_id == machine_id
+        conn.execute(
+            sa.update(agent_claims)
+            .where(named, agent_claims.c.status == ClaimStatus.CLAIMED.value)
+            .values(status=ClaimStatus.EXPIRED.value, sealed_key=None)
+        )
+        conn.execute(sa.update(agent_claims).where(named).values(machine_id=None))
         conn.execute(sa.delete(machines).where(machines.c.id == machine_id))
 
     def touch_machines(self, seen: Sequence[tuple[str, datetime]]) -> None:
@@ -499,6 +622,335 @@ class SqlStateStore:
         with self._db.read() as conn:
             rows = conn.execute(query).all()
         return [_event(row) for row in rows]
+
+    # ------------------------------------------------------------------ API key lifetime
+
+    def set_api_key_expiry(self, key_id: str, expires_at: datetime | None) -> None:
+        with self._db.write() as conn:
+            updated = conn.execute(
+                sa.update(api_keys).where(api_keys.c.id == key_id).values(expires_at=expires_at)
+            ).rowcount
+        if not updated:
+            raise NotFoundError(f"API key {key_id!r} not found")
+
+    # ------------------------------------------------------------------ sessions
+
+    def add_session(self, session: Session) -> Session:
+        message = "a session with this token hash already exists"
+        with _conflicts(message), self._db.write() as conn:
+            if not self._exists(conn, users, users.c.id == session.user_id):
+                raise NotFoundError(f"user {session.user_id!r} of the session not found")
+            if self._exists(conn, sessions, sessions.c.token_hash == session.token_hash):
+                raise ConflictError(message)
+            if self._exists(conn, sessions, sessions.c.id == session.id):
+                raise ConflictError(f"a session with id {session.id!r} already exists")
+            conn.execute(
+                sa.insert(sessions).values(
+                    id=session.id,
+                    user_id=session.user_id,
+                    token_hash=session.token_hash,
+                    created_at=session.created_at,
+                    expires_at=session.expires_at,
+                    client=session.client,
+                    revoked_at=session.revoked_at,
+                )
+            )
+        return session
+
+    def find_session(self, token_hash: str) -> Session | None:
+        with self._db.read() as conn:
+            row = conn.execute(
+                sa.select(sessions).where(sessions.c.token_hash == token_hash)
+            ).first()
+        return None if row is None else _session(row)
+
+    def revoke_session(self, session_id: str, at: datetime) -> None:
+        """Revoke as of ``at``; a session revoked earlier keeps its earlier time."""
+        with self._db.write() as conn:
+            current = conn.execute(
+                sa.select(sessions.c.revoked_at).where(sessions.c.id == session_id)
+            ).first()
+            if current is None:
+                raise NotFoundError(f"session {session_id!r} not found")
+            if current.revoked_at is None or at < current.revoked_at:
+                conn.execute(
+                    sa.update(sessions).where(sessions.c.id == session_id).values(revoked_at=at)
+                )
+
+    def revoke_user_sessions(self, user_id: str, at: datetime) -> int:
+        """Revoke the user's sessions still active at ``at``; return how many."""
+        with self._db.write() as conn:
+            if not self._exists(conn, users, users.c.id == user_id):
+                raise NotFoundError(f"user {user_id!r} not found")
+            revoked: int = conn.execute(
+                sa.update(sessions)
+                .where(
+                    sessions.c.user_id == user_id,
+                    sessions.c.revoked_at.is_(None),
+                    sessions.c.expires_at > at,
+                )
+                .values(revoked_at=at)
+            ).rowcount
+        return revoked
+
+    # ------------------------------------------------------------------ password resets
+
+    def add_reset_token(self, token: ResetToken) -> ResetToken:
+        message = "a reset token with this hash already exists"
+        with _conflicts(message), self._db.write() as conn:
+            if not self._exists(conn, users, users.c.id == token.user_id):
+                raise NotFoundError(f"user {token.user_id!r} of the reset token not found")
+            if self._exists(conn, reset_tokens, reset_tokens.c.token_hash == token.token_hash):
+                raise ConflictError(message)
+            if self._exists(conn, reset_tokens, reset_tokens.c.id == token.id):
+                raise ConflictError(f"a reset token with id {token.id!r} already exists")
+            conn.execute(
+                sa.insert(reset_tokens).values(
+                    id=token.id,
+                    user_id=token.user_id,
+                    token_hash=token.token_hash,
+                    created_at=token.created_at,
+                    expires_at=token.expires_at,
+                    used_at=token.used_at,
+                )
+            )
+        return token
+
+    def find_reset_token(self, token_hash: str) -> ResetToken | None:
+        with self._db.read() as conn:
+            row = conn.execute(
+                sa.select(reset_tokens).where(reset_tokens.c.token_hash == token_hash)
+            ).first()
+        return None if row is None else _reset_token(row)
+
+    def use_reset_token(self, token_id: str, at: datetime) -> bool:
+        """Mark the token used; ``False`` if it was used already or has expired by ``at``."""
+        with self._db.write() as conn:
+            # Conditional, so that of concurrent callers only the first matches
+            # (PostgreSQL re-checks the condition after waiting for the row lock).
+            used = conn.execute(
+                sa.update(reset_tokens)
+                .where(
+                    reset_tokens.c.id == token_id,
+                    reset_tokens.c.used_at.is_(None),
+                    reset_tokens.c.expires_at > at,
+                )
+                .values(used_at=at)
+            ).rowcount
+            if not used and not self._exists(conn, reset_tokens, reset_tokens.c.id == token_id):
+                raise NotFoundError(f"reset token {token_id!r} not found")
+        return bool(used)
+
+    # ------------------------------------------------------------------ login throttling
+
+    def add_login_failure(self, username: str, at: datetime, client: str | None) -> None:
+        with self._db.write() as conn:
+            conn.execute(sa.insert(login_failures).values(username=username, at=at, client=client))
+
+    def count_login_failures(self, username: str, since: datetime) -> int:
+        with self._db.read() as conn:
+            count = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(login_failures)
+                .where(login_failures.c.username == username, login_failures.c.at >= since)
+            ).scalar_one()
+        return int(count)
+
+    def clear_login_failures(self, username: str) -> None:
+        with self._db.write() as conn:
+            conn.execute(sa.delete(login_failures).where(login_failures.c.username == username))
+
+    # ------------------------------------------------------------------ agent claims
+
+    def add_claim(self, claim: AgentClaim) -> AgentClaim:
+        """Store a registration, replacing an expired or delivered one of the same agent."""
+        message = f"agent {claim.agent_id!r} is already registered"
+        with _conflicts(message), self._db.write() as conn:
+            current = conn.execute(
+                sa.select(agent_claims.c.status).where(agent_claims.c.agent_id == claim.agent_id)
+            ).first()
+            if current is not None and current.status in _LIVE_CLAIMS:
+                raise ConflictError(f"{message} ({current.status})")
+            self._check_claim_machine(conn, claim)
+            # A concurrent registration that replaced the same row first makes
+            # this delete match nothing and the insert below conflict.
+            conn.execute(
+                sa.delete(agent_claims).where(
+                    agent_claims.c.agent_id == claim.agent_id,
+                    agent_claims.c.status.not_in(_LIVE_CLAIMS),
+                )
+            )
+            conn.execute(sa.insert(agent_claims).values(_claim_values(claim)))
+        return claim
+
+    def get_claim(self, agent_id: str) -> AgentClaim:
+        with self._db.read() as conn:
+            row = conn.execute(
+                sa.select(agent_claims).where(agent_claims.c.agent_id == agent_id)
+            ).first()
+        if row is None:
+            raise NotFoundError(f"agent {agent_id!r} has no registration")
+        return _claim(row)
+
+    def list_claims(self, status: ClaimStatus | None = None) -> list[AgentClaim]:
+        query = sa.select(agent_claims)
+        if status is not None:
+            query = query.where(agent_claims.c.status == status.value)
+        query = query.order_by(agent_claims.c.created_at, agent_claims.c.agent_id)
+        with self._db.read() as conn:
+            rows = conn.execute(query).all()
+        return [_claim(row) for row in rows]
+
+    def update_claim(
+        self, claim: AgentClaim, expected_status: ClaimStatus | None = None
+    ) -> AgentClaim:
+        """Replace a registration's fields; with ``expected_status``, only from that status."""
+        condition = agent_claims.c.agent_id == claim.agent_id
+        if expected_status is not None:
+            condition = sa.and_(condition, agent_claims.c.status == expected_status.value)
+        values = _claim_values(claim)
+        del values["agent_id"]
+        with self._db.write() as conn:
+            self._check_claim_machine(conn, claim)
+            # One conditional statement: a concurrent update that changed the
+            # status first makes this one match nothing.
+            updated = conn.execute(sa.update(agent_claims).where(condition).values(values)).rowcount
+            if not updated:
+                current = conn.execute(
+                    sa.select(agent_claims.c.status).where(
+                        agent_claims.c.agent_id == claim.agent_id
+                    )
+                ).first()
+                if current is None:
+                    raise NotFoundError(f"agent {claim.agent_id!r} has no registration")
+                raise ConflictError(
+                    f"the registration of agent {claim.agent_id!r} is {current.status}, "
+                    f"not {expected_status}"
+                )
+        return claim
+
+    def take_sealed_key(self, agent_id: str) -> bytes | None:
+        """Return a claimed registration's sealed key once, and mark it delivered."""
+        with self._db.write() as conn:
+            # The row lock makes concurrent callers wait and then see the key gone.
+            row = conn.execute(
+                sa.select(agent_claims.c.status, agent_claims.c.sealed_key)
+                .where(agent_claims.c.agent_id == agent_id)
+                .with_for_update()
+            ).first()
+            if row is None:
+                raise NotFoundError(f"agent {agent_id!r} has no registration")
+            if row.status != ClaimStatus.CLAIMED.value or row.sealed_key is None:
+                return None
+            conn.execute(
+                sa.update(agent_claims)
+                .where(agent_claims.c.agent_id == agent_id)
+                .values(sealed_key=None, status=ClaimStatus.DELIVERED.value)
+            )
+        return bytes(row.sealed_key)
+
+    def expire_claims(self, now: datetime) -> int:
+        with self._db.write() as conn:
+            expired: int = conn.execute(
+                sa.update(agent_claims)
+                .where(
+                    agent_claims.c.status == ClaimStatus.PENDING.value,
+                    agent_claims.c.expires_at <= now,
+                )
+                .values(status=ClaimStatus.EXPIRED.value)
+            ).rowcount
+        return expired
+
+    def _check_claim_machine(self, conn: Connection, claim: AgentClaim) -> None:
+        if claim.machine_id is not None and not self._exists(
+            conn, machines, machines.c.id == claim.machine_id
+        ):
+            raise NotFoundError(
+                f"machine {claim.machine_id!r} of agent {claim.agent_id!r} not found"
+            )
+
+    # ------------------------------------------------------------------ audit log
+
+    def add_audit(self, entry: AuditEntry) -> None:
+        detail = _detail_json(entry)
+        message = f"an audit entry with id {entry.id!r} already exists"
+        with _conflicts(message), self._db.write() as conn:
+            if self._exists(conn, audit_log, audit_log.c.id == entry.id):
+                raise ConflictError(message)
+            conn.execute(
+                sa.insert(audit_log).values(
+                    id=entry.id,
+                    at=entry.at,
+                    action=entry.action,
+                    actor_kind=entry.actor_kind,
+                    actor_id=entry.actor_id,
+                    target_type=entry.target_type,
+                    target_id=entry.target_id,
+                    client=entry.client,
+                    detail=detail,
+                )
+            )
+
+    def list_audit(
+        self,
+        *,
+        action: str | None = None,
+        actor_id: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[AuditEntry]:
+        """Newest first (entries of the same instant: the later added first)."""
+        query = sa.select(audit_log)
+        if action is not None:
+            query = query.where(audit_log.c.action == action)
+        if actor_id is not None:
+            query = query.where(audit_log.c.actor_id == actor_id)
+        if since is not None:
+            query = query.where(audit_log.c.at >= since)
+        query = query.order_by(audit_log.c.at.desc(), audit_log.c.seq.desc()).limit(max(0, limit))
+        with self._db.read() as conn:
+            rows = conn.execute(query).all()
+        return [_audit(row) for row in rows]
+
+    # ------------------------------------------------------------------ agent configuration
+
+    def get_agent_config(self, machine_id: str) -> AgentConfig | None:
+        with self._db.read() as conn:
+            row = conn.execute(
+                sa.select(agent_configs).where(agent_configs.c.machine_id == machine_id)
+            ).first()
+        return None if row is None else _agent_config(row)
+
+    def set_agent_config(self, config: AgentConfig) -> AgentConfig:
+        """Store ``config``; its ``version`` is ignored and set to the stored one plus 1."""
+        fields = {
+            "interval_us": config.interval // _MICROSECOND,
+            "collectors": json.dumps(list(config.collectors), separators=(",", ":")),
+            "labels": labels_to_json(config.labels),
+            "updated_at": config.updated_at,
+        }
+        insert = self._db.insert(agent_configs).values(
+            machine_id=config.machine_id, version=1, **fields
+        )
+        # One statement, so concurrent updates each get their own version.
+        upsert = insert.on_conflict_do_update(
+            index_elements=[agent_configs.c.machine_id],
+            set_={
+                **{name: insert.excluded[name] for name in fields},
+                "version": agent_configs.c.version + 1,
+            },
+        )
+        message = f"machine {config.machine_id!r} was deleted while its agent config was set"
+        with _conflicts(message), self._db.write() as conn:
+            if not self._exists(conn, machines, machines.c.id == config.machine_id):
+                raise NotFoundError(f"machine {config.machine_id!r} not found")
+            conn.execute(upsert)
+            version = conn.execute(
+                sa.select(agent_configs.c.version).where(
+                    agent_configs.c.machine_id == config.machine_id
+                )
+            ).scalar_one()
+        return attrs.evolve(config, version=int(version))
 
     # ------------------------------------------------------------------ helpers
 

@@ -1,0 +1,80 @@
+"""``lunasentri serve``: run the reference server under uvicorn."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+import attrs
+import click
+import uvicorn
+
+from lunasentri_core.config import Settings
+from lunasentri_core.errors import LunaSentriError
+from lunasentri_core.server.logs import configure_logging
+
+
+@click.command()
+@click.option("--host", help="Interface to listen on (default 127.0.0.1; [server] host).")
+@click.option("--port", type=int, help="TCP port (default 8080; [server] port).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the SQLite database and other state live (data_dir).",
+)
+@click.option("--demo", is_flag=True, help="Add an admin, this machine and an in-process agent.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), help="[server] log_format.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), help="PEM file.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="PEM file.")
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    host: str | None,
+    port: int | None,
+    data_dir: Path | None,
+    demo: bool,
+    log_format: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+) -> None:
+    """Run the reference server (API, agent ingest, health and metrics endpoints)."""
+    flags: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_format": log_format,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+    }
+    try:
+        settings = Settings.load(ctx.obj.config if ctx.obj is not None else None)
+        server = attrs.evolve(settings.server, **{k: v for k, v in flags.items() if v is not None})
+        settings = attrs.evolve(settings, server=server, data_dir=data_dir or settings.data_dir)
+        if demo and settings.admin_password is None:
+            settings = attrs.evolve(settings, admin_password=secrets.token_urlsafe(12))
+        configure_logging(settings.server.log_format, settings.log_level)
+        run(settings, demo=demo)
+    except LunaSentriError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def run(settings: Settings, *, demo: bool = False) -> None:
+    """Serve until interrupted; SIGINT/SIGTERM shut down gracefully (pending writes flushed)."""
+    from lunasentri_core.server.app import create_app
+
+    server = settings.server
+    if (server.tls_cert is None) != (server.tls_key is None):
+        raise click.UsageError("TLS needs both tls_cert and tls_key")
+    app = create_app(settings=settings, demo=demo)
+    options: dict[str, Any] = {}
+    if server.tls_cert is not None and server.tls_key is not None:
+        options = {"ssl_certfile": str(server.tls_cert), "ssl_keyfile": str(server.tls_key)}
+    uvicorn.run(
+        app,
+        host=server.host,
+        port=server.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        **options,
+    )
