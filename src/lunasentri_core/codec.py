@@ -37,7 +37,15 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn
 
 from lunasentri_core.errors import FieldError, ValidationError
-from lunasentri_core.model import Labels, Reading, Sample, to_labels
+from lunasentri_core.model import (
+    LABEL_NAME,
+    MAX_LABEL_VALUE,
+    METRIC_NAME,
+    Labels,
+    Reading,
+    Sample,
+    to_labels,
+)
 
 T = TypeVar("T")
 
@@ -216,8 +224,14 @@ def _readings_of(converter: cattrs.Converter, name: str, raw: object) -> list[Re
     return [Reading(name, _structure_float(raw, float))]
 
 
-def _sample_hook(converter: cattrs.Converter) -> Callable[[object, type], Sample]:
+def _sample_hook(
+    converter: cattrs.Converter, *, fast: bool = True
+) -> Callable[[object, type], Sample]:
     def structure(data: object, _: type) -> Sample:
+        if fast:
+            sample = _fast_sample(data)
+            if sample is not None:
+                return sample
         if not isinstance(data, Mapping):
             raise Expected("expected an object with 'timestamp' and 'metrics'")
         errors: list[Exception] = []
@@ -246,6 +260,128 @@ def _sample_hook(converter: cattrs.Converter) -> Callable[[object, type], Sample
     return structure
 
 
+# Ingest decodes hundreds of thousands of readings per second, and the general
+# path above costs several microseconds per reading (cattrs dispatch, attrs
+# validators). The fast path below handles the common, well-formed sample with
+# plain type checks and caches of names already validated; anything unusual or
+# wrong returns None and goes through the general path, so error messages stay
+# exactly the same.
+
+_CACHE_LIMIT = 10_000
+_valid_metrics: set[str] = set()
+_valid_labels: dict[tuple[tuple[str, str], ...], Labels] = {}
+_new_object = object.__new__
+# Readings from the fast path are built without running Reading's validators
+# again (they were just checked, with cached results).
+_set_metric = Reading.__dict__["metric"].__set__
+_set_value = Reading.__dict__["value"].__set__
+_set_labels = Reading.__dict__["labels"].__set__
+if tuple(a.name for a in attrs.fields(Reading)) != ("metric", "value", "labels"):
+    raise ImportError("codec's fast sample path does not know Reading's fields")
+
+
+def _known_metric(name: object) -> bool:
+    if name in _valid_metrics:
+        return True
+    if type(name) is not str or not METRIC_NAME.match(name):
+        return False
+    if len(_valid_metrics) >= _CACHE_LIMIT:
+        _valid_metrics.clear()
+    _valid_metrics.add(name)
+    return True
+
+
+def _known_labels(raw: dict[Any, Any]) -> Labels | None:
+    key = tuple(raw.items())
+    found = _valid_labels.get(key)
+    if found is not None:
+        return found
+    for name, value in key:
+        if (
+            type(name) is not str
+            or type(value) is not str
+            or not LABEL_NAME.match(name)
+            or len(value) > MAX_LABEL_VALUE
+        ):
+            return None
+    labels = tuple(sorted(key))
+    if len(_valid_labels) >= _CACHE_LIMIT:
+        _valid_labels.clear()
+    _valid_labels[key] = labels
+    return labels
+
+
+def _fast_value(raw: object) -> float | None:
+    kind = type(raw)
+    if kind is float:
+        value: float = raw  # type: ignore[assignment]
+    elif kind is int:
+        try:
+            value = float(raw)  # type: ignore[arg-type]
+        except OverflowError:
+            return None
+    else:
+        return None
+    # Finite without a call: inf - inf and nan - nan are nan, which is not 0.
+    return value if value - value == 0.0 else None
+
+
+def _fast_sample(data: object) -> Sample | None:
+    """A well-formed sample decoded cheaply, or ``None`` for the general path."""
+    if type(data) is not dict or len(data) != 2:
+        return None
+    metrics = data.get("metrics")
+    stamp = data.get("timestamp")
+    if type(metrics) is not dict or stamp is None:
+        return None
+    try:
+        timestamp = parse_datetime(stamp)
+    except (TypeError, ValueError):
+        return None
+    readings: list[Reading] = []
+    append = readings.append
+    new, set_metric, set_value, set_labels = _new_object, _set_metric, _set_value, _set_labels
+    for name, raw in metrics.items():
+        if name not in _valid_metrics and not _known_metric(name):
+            return None
+        if type(raw) is float and raw - raw == 0.0:  # the common case, inline
+            reading = new(Reading)
+            set_metric(reading, name)
+            set_value(reading, raw)
+            set_labels(reading, ())
+            append(reading)
+            continue
+        if type(raw) is not list:
+            value = _fast_value(raw)
+            if value is None:
+                return None
+            raw = [{"value": value}]
+        for item in raw:
+            if type(item) is not dict:
+                return None
+            value = _fast_value(item.get("value"))
+            if value is None:
+                return None
+            size = len(item)
+            if size == 1:
+                labels: Labels | None = ()
+            elif size == 2 and type(labels_raw := item.get("labels")) is dict:
+                labels = _known_labels(labels_raw)
+                if labels is None:
+                    return None
+            else:
+                return None
+            reading = new(Reading)
+            set_metric(reading, name)
+            set_value(reading, value)
+            set_labels(reading, labels)
+            append(reading)
+    try:
+        return Sample(timestamp, readings)
+    except ValueError:  # e.g. a series twice; the general path words it
+        return None
+
+
 def _noted(error: Exception, name: str) -> Exception:
     error.__notes__ = [cattrs.errors.AttributeValidationNote(f"field {name}", name, object)]
     return error
@@ -268,8 +404,12 @@ def _unstructure_sample(sample: Sample) -> dict[str, Any]:
 # --------------------------------------------------------------------------- converter
 
 
-def make_converter() -> cattrs.Converter:
-    """Build the strict converter. Classes know nothing of it; hooks live here."""
+def make_converter(*, fast_samples: bool = True) -> cattrs.Converter:
+    """Build the strict converter. Classes know nothing of it; hooks live here.
+
+    :param fast_samples: Decode well-formed samples on a fast path (the same
+        results and errors; off only to test that it is).
+    """
     converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     converter.register_structure_hook(str, _structure_str)
     converter.register_structure_hook(int, _structure_int)
@@ -287,7 +427,7 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook_factory(
         _homogeneous_sequence, lambda t: _sequence_hook_factory(t, converter)
     )
-    converter.register_structure_hook(Sample, _sample_hook(converter))
+    converter.register_structure_hook(Sample, _sample_hook(converter, fast=fast_samples))
     converter.register_structure_hook(
         _LabelledValue,
         make_dict_structure_fn(_LabelledValue, converter, _cattrs_forbid_extra_keys=True),

@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 
+from lunasentri_core.agent.settings import AgentSettings
 from lunasentri_core.codec import decode
 from lunasentri_core.errors import ConfigError, ValidationError
 from lunasentri_core.model import RetentionPolicy
@@ -110,6 +111,7 @@ class Settings:
     storage: StorageSettings = StorageSettings()
     collect: CollectSettings = CollectSettings()
     server: ServerSettings = ServerSettings()
+    agent: AgentSettings = AgentSettings()
     local_host_metrics: bool = False
     """Whether the server collects and reports the host it runs on."""
     admin_username: str = "admin"

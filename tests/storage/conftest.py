@@ -5,7 +5,8 @@ PostgreSQL comes from ``LUNASENTRI_TEST_POSTGRES_URL`` (default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/test``). Each test run works in
 a schema of its own (migrated once, emptied before each test) and drops it at
 the end, so parallel and earlier runs never collide. Where no server answers,
-those tests skip and say which URL they tried.
+those tests skip and say which URL they tried, or fail when
+``LUNASENTRI_TEST_REQUIRE_POSTGRES=1`` (CI, and anyone who must know they ran).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import sqlalchemy as sa
@@ -28,10 +30,17 @@ from lunasentri_core.storage.sql.schema import storage_meta
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 POSTGRES_URL = os.environ.get("LUNASENTRI_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+REQUIRE_POSTGRES = os.environ.get("LUNASENTRI_TEST_REQUIRE_POSTGRES", "") not in ("", "0")
 
 
 def _shown(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _unavailable(reason: str) -> NoReturn:
+    if REQUIRE_POSTGRES:
+        pytest.fail(f"{reason} (LUNASENTRI_TEST_REQUIRE_POSTGRES is set)", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -40,13 +49,13 @@ def postgres_url() -> str:
     try:
         engine = sa.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
     except Exception as error:  # a bad URL or a missing driver
-        pytest.skip(f"cannot use PostgreSQL at {_shown(POSTGRES_URL)}: {error}")
+        _unavailable(f"cannot use PostgreSQL at {_shown(POSTGRES_URL)}: {error}")
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except Exception as error:
         reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
-        pytest.skip(
+        _unavailable(
             f"PostgreSQL is not reachable at {_shown(POSTGRES_URL)} ({reason}); "
             "set LUNASENTRI_TEST_POSTGRES_URL"
         )

@@ -41,6 +41,14 @@ from lunasentri_core import (
     Target,
     User,
 )
+from lunasentri_core.model import (  # not in the public API yet
+    AgentClaim,
+    AgentConfig,
+    AuditEntry,
+    ClaimStatus,
+    ResetToken,
+    Session,
+)
 from lunasentri_core.storage import Capability, MaintenanceReport, StateStore
 from lunasentri_core.testing import ReceivedMessage, hash_secret
 from lunasentri_core.testing.reference import aggregate
@@ -273,6 +281,12 @@ class MemoryState:
         self._keys: dict[str, ApiKey] = {}
         self._rules: dict[str, AlertRule] = {}
         self._events: list[AlertEvent] = []
+        self._sessions: dict[str, Session] = {}
+        self._resets: dict[str, ResetToken] = {}
+        self._failures: list[tuple[str, datetime]] = []
+        self._claims: dict[str, AgentClaim] = {}
+        self._audit: list[AuditEntry] = []
+        self._configs: dict[str, AgentConfig] = {}
 
     def add_user(self, user: User, password_hash: str) -> User:
         with self._lock:
@@ -301,6 +315,8 @@ class MemoryState:
     def delete_user(self, user_id: str) -> None:
         _get(self._users, user_id, "user")
         del self._users[user_id], self._passwords[user_id]
+        self._sessions = {k: s for k, s in self._sessions.items() if s.user_id != user_id}
+        self._resets = {k: t for k, t in self._resets.items() if t.user_id != user_id}
 
     def add_machine(self, machine: Machine) -> Machine:
         self._machines[machine.id] = machine
@@ -328,6 +344,13 @@ class MemoryState:
     def delete_machine(self, machine_id: str) -> None:
         _get(self._machines, machine_id, "machine")
         del self._machines[machine_id]
+        self._configs.pop(machine_id, None)
+        for claim in list(self._claims.values()):
+            if claim.machine_id == machine_id:
+                unlinked = attrs.evolve(claim, machine_id=None)
+                if claim.status is ClaimStatus.CLAIMED:
+                    unlinked = attrs.evolve(unlinked, status=ClaimStatus.EXPIRED, sealed_key=None)
+                self._claims[claim.agent_id] = unlinked
 
     def touch_machines(self, seen: Sequence[tuple[str, datetime]]) -> None:
         with self._lock:
@@ -387,6 +410,158 @@ class MemoryState:
             if owner_id in (None, owners.get(e.rule_id)) and machine_id in (None, e.machine_id)
         ]
         return sorted(found, key=lambda e: e.at, reverse=True)[:limit]
+
+    def set_api_key_expiry(self, key_id: str, expires_at: datetime | None) -> None:
+        key = _get(self._keys, key_id, "API key")
+        self._keys[key_id] = attrs.evolve(key, expires_at=expires_at)
+
+    def add_session(self, session: Session) -> Session:
+        with self._lock:
+            _get(self._users, session.user_id, "user")
+            if any(s.token_hash == session.token_hash for s in self._sessions.values()):
+                raise ConflictError("token hash taken")
+            self._sessions[session.id] = session
+            return session
+
+    def find_session(self, token_hash: str) -> Session | None:
+        return next((s for s in self._sessions.values() if s.token_hash == token_hash), None)
+
+    def revoke_session(self, session_id: str, at: datetime) -> None:
+        session = _get(self._sessions, session_id, "session")
+        if session.revoked_at is None:
+            self._sessions[session_id] = attrs.evolve(session, revoked_at=at)
+
+    def revoke_user_sessions(self, user_id: str, at: datetime) -> int:
+        with self._lock:
+            _get(self._users, user_id, "user")
+            active = [
+                s for s in self._sessions.values() if s.user_id == user_id and s.is_active(at)
+            ]
+            for session in active:
+                self._sessions[session.id] = attrs.evolve(session, revoked_at=at)
+            return len(active)
+
+    def list_sessions(self, user_id: str) -> list[Session]:
+        found = [s for s in self._sessions.values() if s.user_id == user_id]
+        return sorted(found, key=lambda s: s.created_at, reverse=True)
+
+    def add_reset_token(self, token: ResetToken) -> ResetToken:
+        with self._lock:
+            _get(self._users, token.user_id, "user")
+            if any(t.token_hash == token.token_hash for t in self._resets.values()):
+                raise ConflictError("token hash taken")
+            self._resets[token.id] = token
+            return token
+
+    def find_reset_token(self, token_hash: str) -> ResetToken | None:
+        return next((t for t in self._resets.values() if t.token_hash == token_hash), None)
+
+    def use_reset_token(self, token_id: str, at: datetime) -> bool:
+        with self._lock:
+            token = _get(self._resets, token_id, "reset token")
+            if token.expires_at <= at:
+                return False
+            if token.used_at is not None and "reusable-reset-token" not in self._flaws:
+                return False
+            self._resets[token_id] = attrs.evolve(token, used_at=at)
+            return True
+
+    def add_login_failure(self, username: str, at: datetime, client: str | None) -> None:
+        with self._lock:
+            self._failures.append((username, at))
+
+    def count_login_failures(self, username: str, since: datetime) -> int:
+        return sum(1 for name, at in self._failures if name == username and at >= since)
+
+    def clear_login_failures(self, username: str) -> None:
+        with self._lock:
+            self._failures = [f for f in self._failures if f[0] != username]
+
+    def add_claim(self, claim: AgentClaim) -> AgentClaim:
+        with self._lock:
+            current = self._claims.get(claim.agent_id)
+            if current is not None and current.status in (ClaimStatus.PENDING, ClaimStatus.CLAIMED):
+                raise ConflictError(f"agent {claim.agent_id!r} is registered")
+            self._claims[claim.agent_id] = claim
+            return claim
+
+    def get_claim(self, agent_id: str) -> AgentClaim:
+        return _get(self._claims, agent_id, "registration")
+
+    def list_claims(self, status: ClaimStatus | None = None) -> list[AgentClaim]:
+        found = [c for c in self._claims.values() if status in (None, c.status)]
+        return sorted(found, key=lambda c: c.created_at)
+
+    def update_claim(
+        self, claim: AgentClaim, expected_status: ClaimStatus | None = None
+    ) -> AgentClaim:
+        with self._lock:
+            current = _get(self._claims, claim.agent_id, "registration")
+            if claim.machine_id is not None:
+                _get(self._machines, claim.machine_id, "machine")
+            if expected_status not in (None, current.status):
+                raise ConflictError(f"registration is {current.status}")
+            self._claims[claim.agent_id] = claim
+            return claim
+
+    def take_sealed_key(self, agent_id: str) -> bytes | None:
+        with self._lock:
+            claim = _get(self._claims, agent_id, "registration")
+            if claim.status is not ClaimStatus.CLAIMED or claim.sealed_key is None:
+                return None
+            self._claims[agent_id] = attrs.evolve(
+                claim, status=ClaimStatus.DELIVERED, sealed_key=None
+            )
+            return claim.sealed_key
+
+    def expire_claims(self, now: datetime) -> int:
+        with self._lock:
+            due = [
+                c
+                for c in self._claims.values()
+                if c.status is ClaimStatus.PENDING and c.expires_at <= now
+            ]
+            for claim in due:
+                self._claims[claim.agent_id] = attrs.evolve(claim, status=ClaimStatus.EXPIRED)
+            return len(due)
+
+    def add_audit(self, entry: AuditEntry) -> None:
+        with self._lock:
+            if any(e.id == entry.id for e in self._audit):
+                raise ConflictError(f"audit entry {entry.id!r} exists")
+            self._audit.append(entry)
+
+    def list_audit(
+        self,
+        *,
+        action: str | None = None,
+        actor_id: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[AuditEntry]:
+        found = [
+            e
+            for e in reversed(self._audit)
+            if action in (None, e.action)
+            and actor_id in (None, e.actor_id)
+            and (since is None or e.at >= since)
+        ]
+        # sorted() is stable: entries of one instant stay newest-added first.
+        return sorted(found, key=lambda e: e.at, reverse=True)[: max(0, limit)]
+
+    def get_agent_config(self, machine_id: str) -> AgentConfig | None:
+        return self._configs.get(machine_id)
+
+    def set_agent_config(self, config: AgentConfig) -> AgentConfig:
+        with self._lock:
+            _get(self._machines, config.machine_id, "machine")
+            current = self._configs.get(config.machine_id)
+            version = 1 if current is None else current.version + 1
+            if "given-config-version" in self._flaws:
+                version = config.version
+            stored = attrs.evolve(config, version=version)
+            self._configs[config.machine_id] = stored
+            return stored
 
 
 def _get(records: Mapping[str, Any], record_id: str, what: str) -> Any:

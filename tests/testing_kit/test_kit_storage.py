@@ -95,6 +95,20 @@ def test_a_lost_capability_fails_when_capabilities_are_pinned(kit_run: KitRun) -
         ("unscoped", {"test_machines_are_scoped_to_their_owner"}),
         ("touch-backwards", {"test_touch_machines_never_moves_last_seen_backwards"}),
         (
+            "reusable-reset-token",
+            {
+                "test_a_reset_token_is_used_once",
+                "test_concurrent_uses_of_a_reset_token_have_one_winner",
+            },
+        ),
+        (
+            "given-config-version",
+            {
+                "test_agent_config_versions",
+                "test_concurrent_agent_config_updates_get_distinct_versions",
+            },
+        ),
+        (
             "hide-resolution",
             {
                 "test_rollups_answer_long_ranges[1h]",

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lunasentri_core.storage import Capability, StorageBackend
-from lunasentri_core.storage.sql import SqlStorage
 from lunasentri_core.testing import EntryPointContract, StorageContract
 from lunasentri_sqlite import SQLiteSettings, SQLiteStorageFactory
 
@@ -27,23 +25,6 @@ class TestSQLiteStorage(StorageContract):
             retention=self.retention,
         )
         backend.migrate()  # already at the newest revision: a no-op, as the contract needs
-        yield backend
-        backend.close()
-
-
-class TestSQLiteInMemoryStorage(StorageContract):
-    expected_capabilities = TestSQLiteStorage.expected_capabilities
-
-    @pytest.fixture
-    def storage(self, migrated_template: Path) -> Iterator[StorageBackend]:
-        backend = SQLiteStorageFactory.open("sqlite://", retention=self.retention)
-        assert isinstance(backend, SqlStorage)
-        # Start from a copy of a migrated file: much faster than migrating.
-        source = sqlite3.connect(migrated_template)
-        with backend.engine.connect() as conn:
-            source.backup(conn.connection.driver_connection)
-        source.close()
-        backend.migrate()
         yield backend
         backend.close()
 

@@ -2,10 +2,180 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import attrs
 import click
+
+from lunasentri_core.config import Settings
+from lunasentri_core.errors import LunaSentriError
+
+if TYPE_CHECKING:
+    from lunasentri_core.agent.claim import Announce
+
+log = logging.getLogger(__name__)
 
 
 @click.command()
-def agent() -> None:
-    """Run the push agent."""
-    raise click.ClickException("not built yet")
+@click.option("--server", "server_url", help="Server URL. Default: [agent] server_url.")
+@click.option(
+    "--api-key",
+    help="The machine's API key (visible in the process list: prefer "
+    "LUNASENTRI_AGENT__API_KEY or the settings file). Without one: claim mode.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between samples. Default: [agent] interval (5).",
+)
+@click.option(
+    "--collector",
+    "collectors",
+    multiple=True,
+    help="Collector plugin to run (repeatable). Default: [agent] collectors.",
+)
+@click.option("--once", is_flag=True, help="Collect one sample, send the spool, exit.")
+@click.option(
+    "--claim", "force_claim", is_flag=True, help="Enrol by claim even if an API key is known."
+)
+@click.option(
+    "--print-systemd-unit", is_flag=True, help="Print a systemd unit for this agent and exit."
+)
+@click.pass_context
+def agent(
+    ctx: click.Context,
+    server_url: str | None,
+    api_key: str | None,
+    interval: float | None,
+    collectors: Sequence[str],
+    once: bool,
+    force_claim: bool,
+    print_systemd_unit: bool,
+) -> None:
+    """Collect this machine's metrics and push them to a server.
+
+    Samples are spooled on disk first, so nothing is lost while the server is
+    unreachable; see the agent documentation for settings and service setup.
+    """
+    config = getattr(ctx.obj, "config", None)
+    try:
+        settings = _settings(config, server_url, api_key, interval, collectors)
+    except LunaSentriError as error:
+        raise click.ClickException(str(error)) from None
+    if print_systemd_unit:
+        from lunasentri_core.agent.systemd import agent_command, systemd_unit
+
+        click.echo(systemd_unit(agent_command(), _unit_environment(config, settings, ctx)))
+        return
+    if not settings.agent.server_url:
+        raise click.ClickException(
+            "no server URL: set [agent] server_url, LUNASENTRI_AGENT__SERVER_URL or --server"
+        )
+    if once and force_claim:
+        raise click.UsageError("--once sends with a known key; enrol by claim without --once")
+    try:
+        anyio.run(_run, settings, once, force_claim)
+    except LunaSentriError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _settings(
+    config: Path | None,
+    server_url: str | None,
+    api_key: str | None,
+    interval: float | None,
+    collectors: Sequence[str],
+) -> Settings:
+    settings = Settings.load(config)
+    flags: dict[str, Any] = {}
+    if server_url:
+        flags["server_url"] = server_url
+    if api_key:
+        flags["api_key"] = api_key
+    if interval is not None:
+        flags["interval"] = timedelta(seconds=interval)
+    if collectors:
+        flags["collectors"] = tuple(collectors)
+    return attrs.evolve(settings, agent=attrs.evolve(settings.agent, **flags))
+
+
+def _unit_environment(
+    config: Path | None, settings: Settings, ctx: click.Context
+) -> dict[str, str]:
+    environment: dict[str, str] = {}
+    if config is not None:
+        environment["LUNASENTRI_CONFIG"] = str(config.absolute())
+    if settings.agent.server_url:
+        environment["LUNASENTRI_AGENT__SERVER_URL"] = settings.agent.server_url
+    if ctx.params.get("interval") is not None:
+        environment["LUNASENTRI_AGENT__INTERVAL"] = f"{ctx.params['interval']:g}"
+    if ctx.params.get("collectors"):
+        names = ", ".join(f'"{name}"' for name in ctx.params["collectors"])
+        environment["LUNASENTRI_AGENT__COLLECTORS"] = f"[{names}]"
+    return environment
+
+
+async def _run(settings: Settings, once: bool, force_claim: bool) -> None:
+    # Imported here so that `lunasentri --help` and other commands never load httpx.
+    from lunasentri_core import __version__
+    from lunasentri_core.agent.identity import Identity
+    from lunasentri_core.agent.runner import Agent
+    from lunasentri_core.agent.spool import Spool
+    from lunasentri_core.agent.transport import make_http_client
+
+    options = settings.agent
+    spool_dir = options.resolved_spool_dir(settings.data_dir)
+    identity = Identity(spool_dir, options.agent_id)
+    spool = await anyio.to_thread.run_sync(Spool.open, spool_dir, options.spool_max_bytes)
+    api_key = None if force_claim else (options.api_key or identity.api_key())
+    async with make_http_client(options, __version__) as http:
+        runner = Agent(
+            settings,
+            spool=spool,
+            identity=identity,
+            http=http,
+            version=__version__,
+            api_key=api_key,
+            announce=_announce(options.server_url or ""),
+        )
+        if once:
+            result = await runner.run_once()
+            if not result.ok:
+                reason = result.error or f"{result.dead_lettered} sample(s) refused as invalid"
+                raise click.ClickException(
+                    f"not delivered: {reason}; {result.remaining} sample(s) stay spooled "
+                    f"in {spool.queue_dir}"
+                )
+            click.echo(f"delivered {result.delivered} sample(s) to {options.server_url}")
+            return
+        log.info("agent %s sending to %s", runner.target.machine_id, options.server_url)
+        await runner.run()
+        log.info(
+            "agent stopped: %d collected, %d delivered, %d spooled",
+            runner.stats.collected,
+            runner.stats.delivered,
+            len(spool),
+        )
+
+
+def _announce(server_url: str) -> Announce:
+    def announce(agent_id: str, claim_token: str) -> None:
+        click.echo(
+            "\n".join(
+                [
+                    "This agent waits to be claimed. An administrator claims it on "
+                    f"{server_url} with:",
+                    f"  agent id:    {agent_id}",
+                    f"  claim token: {claim_token}",
+                    f"(POST /api/v1/agents/{agent_id}/claim). "
+                    "The agent starts sending as soon as it is claimed.",
+                ]
+            )
+        )
+
+    return announce

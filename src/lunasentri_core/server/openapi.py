@@ -122,6 +122,8 @@ def _implied_errors(endpoint: Endpoint) -> list[int]:
 def _response(status: int, schema: Schema | None) -> dict[str, Any]:
     response: dict[str, Any] = {"description": HTTPStatus(status).phrase}
     if schema is not None:
-        media = "text/plain" if schema.get("type") == "string" else "application/json"
+        media = schema.get("contentMediaType") or (
+            "text/plain" if schema.get("type") == "string" else "application/json"
+        )
         response["content"] = {media: {"schema": schema}}
     return response

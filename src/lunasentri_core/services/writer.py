@@ -65,6 +65,8 @@ class BatchWriter:
         self._send: MemoryObjectSendStream[_Pending] | None = None
         self._stopped = anyio.Event()
         self.stats = WriterStats()
+        self.transaction_listeners: list[Callable[[int], object]] = []
+        """Called with the points of each committed transaction (e.g. a metrics histogram)."""
 
     @property
     def queue_depth(self) -> int:
@@ -155,6 +157,11 @@ class BatchWriter:
         self.stats.transactions += 1
         self.stats.points += points
         self.stats.last_transaction_points = points
+        for listener in self.transaction_listeners:
+            try:
+                listener(points)
+            except Exception:
+                log.exception("transaction listener failed")
 
     async def _committed(self, batches: list[MachineSamples]) -> None:
         if self._on_committed is None:

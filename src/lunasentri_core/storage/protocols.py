@@ -157,7 +157,14 @@ class StateStore(Protocol):
         ...
 
     def revoke_user_sessions(self, user_id: str, at: datetime) -> int:
-        """Revoke every session of the user still active at ``at``; return how many."""
+        """Revoke the user's sessions still active at ``at``; return how many.
+
+        :class:`NotFoundError` for an unknown user.
+        """
+        ...
+
+    def list_sessions(self, user_id: str) -> list[Session]:
+        """The user's sessions, newest first, revoked and expired ones included."""
         ...
 
     def add_reset_token(self, token: ResetToken) -> ResetToken: ...

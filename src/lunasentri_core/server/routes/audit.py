@@ -1,7 +1,100 @@
-"""Routes: audit."""
+"""Routes: the audit log (admins only)."""
 
 from __future__ import annotations
 
-from lunasentri_core.server.api import Api
+from datetime import datetime
+from typing import Any
+
+from lunasentri_core.codec import parse_datetime
+from lunasentri_core.errors import FieldError, ValidationError
+from lunasentri_core.model import AuditEntry
+from lunasentri_core.server.api import Api, Auth, Call, array_of
+from lunasentri_core.server.routes.users import TIME, object_schema
+from lunasentri_core.services import audit
 
 api = Api("audit")
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+_OPTIONAL_STRING = {"type": ["string", "null"]}
+
+AUDIT_ENTRY = api.schema(
+    "AuditEntry",
+    object_schema(
+        {
+            "id": {"type": "string"},
+            "at": TIME,
+            "action": {"type": "string", "description": "e.g. user.login, machine.create"},
+            "actor_kind": {
+                "type": "string",
+                "description": "user, machine, agent, system or anonymous",
+            },
+            "actor_id": _OPTIONAL_STRING,
+            "target_type": _OPTIONAL_STRING,
+            "target_id": _OPTIONAL_STRING,
+            "client": {"type": ["string", "null"], "description": "IP address of the caller"},
+            "detail": {"type": "object"},
+        }
+    ),
+)
+
+
+def audit_json(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "at": entry.at.isoformat(),
+        "action": entry.action,
+        "actor_kind": entry.actor_kind,
+        "actor_id": entry.actor_id,
+        "target_type": entry.target_type,
+        "target_id": entry.target_id,
+        "client": entry.client,
+        "detail": dict(entry.detail),
+    }
+
+
+@api.get(
+    "/api/v1/audit",
+    auth=Auth.ADMIN,
+    summary="Query the audit log, newest first",
+    query={
+        "action": {"type": "string", "description": "Exactly this action"},
+        "actor_id": {"type": "string", "description": "Exactly this actor"},
+        "since": {**TIME, "description": "Entries at or after this time (ISO 8601)"},
+        "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+    },
+    responses={200: object_schema({"items": array_of(AUDIT_ENTRY)})},
+)
+async def list_audit(call: Call) -> object:
+    since = _since(call.query("since"))
+    limit = _limit(call.query("limit"))
+    entries = await audit.entries(
+        call.hub,
+        action=call.query("action") or None,
+        actor_id=call.query("actor_id") or None,
+        since=since,
+        limit=limit,
+    )
+    return {"items": [audit_json(entry) for entry in entries]}
+
+
+def _since(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return parse_datetime(text)
+    except (TypeError, ValueError) as error:
+        raise _invalid("since", str(error)) from None
+
+
+def _limit(text: str | None) -> int:
+    if not text:
+        return DEFAULT_LIMIT
+    if not (text.isascii() and text.isdigit() and len(text) <= 6 and 1 <= int(text) <= MAX_LIMIT):
+        raise _invalid("limit", f"expected an integer from 1 to {MAX_LIMIT}")
+    return int(text)
+
+
+def _invalid(field: str, message: str) -> ValidationError:
+    return ValidationError([FieldError(field, message)], what="query")

@@ -1,7 +1,524 @@
-"""Routes: machines."""
+"""Routes: machines, their API keys and their agents' central configuration."""
 
 from __future__ import annotations
 
-from lunasentri_core.server.api import Api
+import json
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import attrs
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from lunasentri_core.codec import decode
+from lunasentri_core.errors import FieldError, ValidationError
+from lunasentri_core.model import ApiKey, Labels, Machine, SeriesValue
+from lunasentri_core.server.api import Api, Auth, Call, Schema, array_of, ref
+from lunasentri_core.server.errors import ApiError
+from lunasentri_core.services.machines import (
+    EffectiveConfig,
+    IssuedKey,
+    Machines,
+    MachineSummary,
+)
 
 api = Api("machines")
+
+T = TypeVar("T")
+MAX_BODY = 64 * 1024
+"""These requests are small; a larger body is refused before it is read."""
+
+# --------------------------------------------------------------------------- schemas
+
+LABELS: Schema = {"type": "object", "additionalProperties": {"type": "string", "maxLength": 256}}
+TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
+MAYBE_TIMESTAMP: Schema = {"type": ["string", "null"], "format": "date-time"}
+
+MACHINE = api.schema(
+    "Machine",
+    {
+        "type": "object",
+        "required": [
+            "id",
+            "name",
+            "hostname",
+            "kind",
+            "labels",
+            "status",
+            "last_seen",
+            "created_at",
+            "owner_id",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "hostname": {"type": ["string", "null"]},
+            "kind": {"type": "string", "enum": ["agent", "agentless", "local"]},
+            "labels": LABELS,
+            "status": {"type": "string", "enum": ["unknown", "online", "offline"]},
+            "last_seen": MAYBE_TIMESTAMP,
+            "created_at": TIMESTAMP,
+            "owner_id": {"type": ["string", "null"]},
+        },
+    },
+)
+SERIES_VALUE = api.schema(
+    "MachineSeriesValue",
+    {
+        "type": "object",
+        "required": ["metric", "labels", "value", "timestamp"],
+        "properties": {
+            "metric": {"type": "string"},
+            "labels": LABELS,
+            "value": {"type": "number"},
+            "timestamp": TIMESTAMP,
+        },
+    },
+)
+MACHINE_SUMMARY = api.schema(
+    "MachineSummary",
+    {
+        "allOf": [
+            MACHINE,
+            {
+                "type": "object",
+                "required": ["latest"],
+                "properties": {
+                    "latest": {
+                        "type": "object",
+                        "description": "The newest value of every series, with derived "
+                        "mem.percent and disk.percent (per mount) where not stored.",
+                        "required": ["timestamp", "values"],
+                        "properties": {
+                            "timestamp": MAYBE_TIMESTAMP,
+                            "values": array_of(SERIES_VALUE),
+                        },
+                    }
+                },
+            },
+        ]
+    },
+)
+API_KEY = api.schema(
+    "ApiKey",
+    {
+        "type": "object",
+        "description": "A key's metadata; the key itself is shown only when made.",
+        "required": ["id", "prefix", "created_at", "expires_at", "revoked_at", "active"],
+        "properties": {
+            "id": {"type": "string"},
+            "prefix": {"type": "string"},
+            "created_at": TIMESTAMP,
+            "expires_at": MAYBE_TIMESTAMP,
+            "revoked_at": MAYBE_TIMESTAMP,
+            "active": {"type": "boolean"},
+        },
+    },
+)
+ISSUED_KEY = api.schema(
+    "IssuedApiKey",
+    {
+        "type": "object",
+        "required": ["api_key", "key"],
+        "properties": {
+            "api_key": {"type": "string", "description": "lsk_…, shown this once"},
+            "key": API_KEY,
+        },
+    },
+)
+REGISTERED = api.schema(
+    "MachineRegistered",
+    {
+        "type": "object",
+        "required": ["machine", "api_key", "key", "install_command"],
+        "properties": {
+            "machine": MACHINE,
+            "api_key": {"type": "string", "description": "lsk_…, shown this once"},
+            "key": API_KEY,
+            "install_command": {"type": "string"},
+        },
+    },
+)
+AGENT_CONFIG = api.schema(
+    "AgentConfig",
+    {
+        "type": "object",
+        "description": "What an agent runs. version 0: the server's defaults, nothing stored.",
+        "required": ["machine_id", "interval", "collectors", "labels", "version", "updated_at"],
+        "properties": {
+            "machine_id": {"type": "string"},
+            "interval": {"type": "number", "description": "seconds"},
+            "collectors": array_of({"type": "string"}),
+            "labels": LABELS,
+            "version": {"type": "integer", "minimum": 0},
+            "updated_at": MAYBE_TIMESTAMP,
+        },
+    },
+)
+NAME: Schema = {"type": "string", "minLength": 1, "maxLength": 100}
+HOSTNAME: Schema = {"type": ["string", "null"], "minLength": 1, "maxLength": 253}
+
+
+def _object(required: list[str], properties: dict[str, Schema]) -> Schema:
+    return {
+        "type": "object",
+        "required": required,
+        "properties": properties,
+        "additionalProperties": False,
+    }
+
+
+CREATE_REQUEST = _object(
+    ["name"],
+    {
+        "name": NAME,
+        "hostname": HOSTNAME,
+        "labels": LABELS,
+        "owner_id": {"type": ["string", "null"], "description": "administrators only"},
+    },
+)
+PATCH_REQUEST = _object([], {"name": NAME, "hostname": HOSTNAME, "labels": LABELS})
+ROTATE_REQUEST = _object(
+    [],
+    {
+        "grace_seconds": {
+            "type": "number",
+            "minimum": 0,
+            "description": "How long the previous keys keep working (default: "
+            "server.key_rotation_grace). The body may be empty.",
+        }
+    },
+)
+CONFIG_REQUEST = _object(
+    ["interval", "collectors"],
+    {
+        "interval": {"type": "number", "minimum": 1, "maximum": 86400},
+        "collectors": {**array_of({"type": "string"}), "minItems": 1, "maxItems": 32},
+        "labels": LABELS,
+    },
+)
+
+# --------------------------------------------------------------------------- bodies
+
+
+@attrs.frozen
+class CreateBody:
+    name: str
+    hostname: str | None = None
+    labels: Labels = ()
+    owner_id: str | None = None
+
+
+@attrs.frozen
+class PatchBody:
+    name: str | None = None
+    hostname: str | None = None
+    labels: Labels | None = None
+
+
+@attrs.frozen
+class RotateBody:
+    grace_seconds: float | None = None
+
+
+@attrs.frozen
+class ConfigBody:
+    interval: float
+    collectors: tuple[str, ...]
+    labels: Labels = ()
+
+
+async def json_object(call: Call, *, empty_ok: bool = False) -> dict[str, Any]:
+    """The body as a JSON object (``{}`` for an empty body when ``empty_ok``)."""
+    raw = await call.body(MAX_BODY)
+    if empty_ok and not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ApiError(400, "malformed_json", f"malformed JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ValidationError([FieldError("", "expected a JSON object")], what="request body")
+    return data
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def service(call: Call) -> Machines:
+    return Machines(call.hub, call.request.app.state.full_settings)
+
+
+# --------------------------------------------------------------------------- JSON out
+
+
+def machine_json(machine: Machine) -> dict[str, Any]:
+    return {
+        "id": machine.id,
+        "name": machine.name,
+        "hostname": machine.hostname,
+        "kind": machine.kind.value,
+        "labels": dict(machine.labels),
+        "status": machine.status.value,
+        "last_seen": machine.last_seen.isoformat() if machine.last_seen else None,
+        "created_at": machine.created_at.isoformat(),
+        "owner_id": machine.owner_id,
+    }
+
+
+def series_json(values: Iterable[SeriesValue]) -> list[dict[str, Any]]:
+    return [
+        {
+            "metric": v.series.metric,
+            "labels": dict(v.series.labels),
+            "value": v.value,
+            "timestamp": v.timestamp.isoformat(),
+        }
+        for v in values
+    ]
+
+
+def summary_json(summary: MachineSummary) -> dict[str, Any]:
+    timestamp = summary.timestamp
+    latest = {
+        "timestamp": timestamp.isoformat() if timestamp else None,
+        "values": series_json(summary.latest),
+    }
+    return {**machine_json(summary.machine), "latest": latest}
+
+
+def key_json(key: ApiKey, now: Any) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "prefix": key.prefix,
+        "created_at": key.created_at.isoformat(),
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+        "active": key.is_active(now),
+    }
+
+
+def issued_json(issued: IssuedKey, now: Any) -> dict[str, Any]:
+    return {"api_key": issued.secret, "key": key_json(issued.key, now)}
+
+
+def config_response(
+    effective: EffectiveConfig, request: Request, *, conditional: bool = True
+) -> Response:
+    """The configuration with its ETag; 304 when the caller already has this version."""
+    etag = effective.etag
+    headers = {"etag": etag, "cache-control": "no-cache"}
+    if conditional and _matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    config = effective.config
+    body = {
+        "machine_id": config.machine_id,
+        "interval": config.interval.total_seconds(),
+        "collectors": list(config.collectors),
+        "labels": dict(config.labels),
+        "version": config.version if effective.stored else 0,
+        "updated_at": config.updated_at.isoformat() if effective.stored else None,
+    }
+    return JSONResponse(body, headers=headers)
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    for candidate in if_none_match.split(","):
+        tag = candidate.strip()
+        if tag == "*" or tag.removeprefix("W/") == etag:
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------- machines
+
+
+@api.post(
+    "/api/v1/machines",
+    auth=Auth.USER,
+    summary="Register a machine; its API key is shown once",
+    request=CREATE_REQUEST,
+    responses={201: REGISTERED, 409: ref("Error")},
+    status=201,
+)
+async def create_machine(call: Call) -> object:
+    """The response carries the machine's API key (shown only here) and a one-line
+    command that installs and starts the agent with it. Names are unique per owner
+    (409). An administrator may register a machine for another user (``owner_id``)."""
+    body = await call.json(CreateBody, max_bytes=MAX_BODY)
+    registered = await service(call).create(
+        call.user,
+        body.name,
+        hostname=body.hostname,
+        labels=body.labels,
+        owner_id=body.owner_id,
+        client=call.client,
+    )
+    return {
+        "machine": machine_json(registered.machine),
+        **issued_json(registered.issued, call.hub.clock()),
+        "install_command": registered.install_command,
+    }
+
+
+@api.get(
+    "/api/v1/machines",
+    auth=Auth.USER,
+    summary="The caller's machines with their latest values",
+    responses={
+        200: {
+            "type": "object",
+            "required": ["items"],
+            "properties": {"items": array_of(MACHINE_SUMMARY)},
+        }
+    },
+)
+async def list_machines(call: Call) -> object:
+    """An administrator sees every machine."""
+    summaries = await service(call).summaries(call.user)
+    return {"items": [summary_json(s) for s in summaries]}
+
+
+@api.get(
+    "/api/v1/machines/{machine_id}",
+    auth=Auth.USER,
+    summary="Get a machine",
+    responses={200: MACHINE},
+)
+async def get_machine(call: Call) -> object:
+    return machine_json(await service(call).get(call.user, call.path("machine_id")))
+
+
+@api.patch(
+    "/api/v1/machines/{machine_id}",
+    auth=Auth.USER,
+    summary="Rename a machine, or change its hostname or labels",
+    request=PATCH_REQUEST,
+    responses={200: MACHINE, 409: ref("Error")},
+)
+async def update_machine(call: Call) -> object:
+    """Only the fields given change; ``hostname: null`` clears the hostname."""
+    data = await json_object(call)
+    body = decode(data, PatchBody, what="request body")
+    changes: dict[str, Any] = {}
+    for field in ("name", "labels"):
+        if field in data:
+            if data[field] is None:
+                raise ValidationError([FieldError(field, "must not be null")], "request body")
+            changes[field] = getattr(body, field)
+    if "hostname" in data:
+        changes["hostname"] = body.hostname
+    machine = await service(call).update(
+        call.user, call.path("machine_id"), client=call.client, **changes
+    )
+    return machine_json(machine)
+
+
+@api.delete(
+    "/api/v1/machines/{machine_id}",
+    auth=Auth.USER,
+    summary="Delete a machine with its keys and series",
+    responses={204: None},
+    status=204,
+)
+async def delete_machine(call: Call) -> object:
+    await service(call).delete(call.user, call.path("machine_id"), client=call.client)
+    return Response(status_code=204)
+
+
+# --------------------------------------------------------------------------- API keys
+
+
+@api.get(
+    "/api/v1/machines/{machine_id}/keys",
+    auth=Auth.USER,
+    summary="A machine's API keys (metadata only)",
+    responses={
+        200: {"type": "object", "required": ["items"], "properties": {"items": array_of(API_KEY)}}
+    },
+)
+async def list_keys(call: Call) -> object:
+    keys = await service(call).keys(call.user, call.path("machine_id"))
+    now = call.hub.clock()
+    return {"items": [key_json(key, now) for key in keys]}
+
+
+@api.post(
+    "/api/v1/machines/{machine_id}/keys/rotate",
+    auth=Auth.USER,
+    summary="Issue a new API key; the previous ones work for a grace period",
+    request=ROTATE_REQUEST,
+    responses={201: ISSUED_KEY},
+    status=201,
+)
+async def rotate_key(call: Call) -> object:
+    """The new key is shown once. The machine's previously active keys expire
+    ``grace_seconds`` from now (0: at once), so an agent can switch without a gap."""
+    body = decode(await json_object(call, empty_ok=True), RotateBody, what="request body")
+    grace = None if body.grace_seconds is None else _seconds(body.grace_seconds, "grace_seconds")
+    issued = await service(call).rotate(
+        call.user, call.path("machine_id"), grace=grace, client=call.client
+    )
+    return issued_json(issued, call.hub.clock())
+
+
+@api.post(
+    "/api/v1/machines/{machine_id}/keys/{key_id}/revoke",
+    auth=Auth.USER,
+    summary="Revoke an API key at once",
+    responses={204: None},
+    status=204,
+)
+async def revoke_key(call: Call) -> object:
+    await service(call).revoke(
+        call.user, call.path("machine_id"), call.path("key_id"), client=call.client
+    )
+    return Response(status_code=204)
+
+
+def _seconds(value: float, field: str) -> timedelta:
+    try:
+        return timedelta(seconds=value)
+    except OverflowError:
+        raise ValidationError([FieldError(field, "is out of range")], "request body") from None
+
+
+# --------------------------------------------------------------------------- agent config
+
+
+@api.get(
+    "/api/v1/machines/{machine_id}/agent-config",
+    auth=Auth.USER,
+    summary="A machine's central agent configuration",
+    responses={200: AGENT_CONFIG, 304: None},
+)
+async def get_agent_config(call: Call) -> object:
+    """Version 0 means nothing is stored and the agent runs the server's defaults
+    (``[collect]`` settings). The ETag changes with every version."""
+    effective = await service(call).agent_config(call.path("machine_id"), call.user)
+    return config_response(effective, call.request)
+
+
+@api.put(
+    "/api/v1/machines/{machine_id}/agent-config",
+    auth=Auth.USER,
+    summary="Set a machine's central agent configuration",
+    request=CONFIG_REQUEST,
+    responses={200: AGENT_CONFIG},
+)
+async def set_agent_config(call: Call) -> object:
+    """The agent picks it up at its next configuration poll; the version goes up by one."""
+    body = await call.json(ConfigBody, max_bytes=MAX_BODY)
+    effective = await service(call).set_agent_config(
+        call.user,
+        call.path("machine_id"),
+        interval=_seconds(body.interval, "interval"),
+        collectors=body.collectors,
+        labels=body.labels,
+        client=call.client,
+    )
+    return config_response(effective, call.request, conditional=False)

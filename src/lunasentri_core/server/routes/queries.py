@@ -1,7 +1,379 @@
-"""Routes: queries."""
+"""Routes: a machine's latest values, its history, and its live stream of samples."""
 
 from __future__ import annotations
 
-from lunasentri_core.server.api import Api
+import json
+import re
+from collections.abc import AsyncIterator, Collection
+from datetime import datetime, timedelta
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+from starlette.applications import Starlette
+from starlette.responses import StreamingResponse
+
+from lunasentri_core.codec import encode_json, parse_datetime, parse_duration
+from lunasentri_core.model import (
+    LABEL_NAME,
+    METRIC_NAME,
+    Aggregation,
+    HistoryQuery,
+    Labels,
+    SeriesHistory,
+    SeriesValue,
+)
+from lunasentri_core.server.api import Api, Auth, Call, Schema, array_of
+from lunasentri_core.server.errors import ApiError
+from lunasentri_core.services import queries
+from lunasentri_core.services.live import LiveFeed
 
 api = Api("queries")
+
+KEEPALIVE_SECONDS = 15.0
+_NUMERIC = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+# A "+" in a query string arrives as a space unless the client encoded it.
+_SPACED_OFFSET = re.compile(r" (\d{2}(:?\d{2})?)$")
+
+TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
+LABELS: Schema = {"type": "object", "additionalProperties": {"type": "string"}}
+SERIES_VALUE = api.schema(
+    "SeriesValue",
+    {
+        "type": "object",
+        "required": ["metric", "labels", "timestamp", "value"],
+        "additionalProperties": False,
+        "properties": {
+            "metric": {"type": "string"},
+            "labels": LABELS,
+            "timestamp": TIMESTAMP,
+            "value": {"type": "number"},
+        },
+    },
+)
+LATEST = api.schema(
+    "LatestValues",
+    {
+        "type": "object",
+        "required": ["machine_id", "items", "derived"],
+        "additionalProperties": False,
+        "properties": {
+            "machine_id": {"type": "string"},
+            "items": array_of(SERIES_VALUE),
+            "derived": {
+                **array_of(SERIES_VALUE),
+                "description": "mem.percent, swap.percent and disk.percent (per mount): "
+                "used / total * 100 from the latest points, where both exist, the total is "
+                "above zero and no series of that name is stored. The timestamp is the later "
+                "of the two points'.",
+            },
+        },
+    },
+)
+HISTORY = api.schema(
+    "History",
+    {
+        "type": "object",
+        "required": ["machine_id", "metric", "start", "end", "step", "aggregation", "series"],
+        "additionalProperties": False,
+        "properties": {
+            "machine_id": {"type": "string"},
+            "metric": {"type": "string"},
+            "start": TIMESTAMP,
+            "end": TIMESTAMP,
+            "step": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds."},
+            "aggregation": {"enum": [a.value for a in Aggregation]},
+            "series": array_of(
+                {
+                    "type": "object",
+                    "required": ["labels", "resolution", "points"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "labels": LABELS,
+                        "resolution": {
+                            "enum": ["raw", "1m", "1h"],
+                            "description": "Whether raw points or 1-minute or 1-hour rollups "
+                            "answered.",
+                        },
+                        "points": {
+                            "type": "array",
+                            "description": "One `[timestamp, value]` pair per step that has "
+                            "data, oldest first; the timestamp is the start of the step.",
+                            "items": {
+                                "type": "array",
+                                "prefixItems": [TIMESTAMP, {"type": "number"}],
+                                "minItems": 2,
+                                "maxItems": 2,
+                            },
+                        },
+                    },
+                }
+            ),
+        },
+    },
+)
+EVENT_STREAM: Schema = {
+    "type": "string",
+    "contentMediaType": "text/event-stream",
+    "description": "Server-Sent Events. `event: sample` carries one newly stored sample of "
+    "the machine as `data` (the Sample JSON of the ingest API); `event: dropped` with data "
+    '`{"count": n}` says this client read too slowly and missed its n oldest samples; a '
+    "comment line (`: ...`) arrives first once the subscription is live and then every "
+    f"{KEEPALIVE_SECONDS:g} s as a keepalive. The stream ends when the server shuts down.",
+}
+
+_METRIC_PARAM: Schema = {"type": "string", "pattern": METRIC_NAME.pattern}
+_TIME_PARAM: Schema = {
+    "anyOf": [{"type": "string", "format": "date-time"}, {"type": "number"}],
+    "description": "ISO 8601 with a timezone (encode '+' as %2B), or Unix epoch seconds.",
+}
+
+
+async def start(app: Starlette, services: TaskGroup) -> None:
+    feed = LiveFeed()
+    feed.attach(app.state.hub)
+    app.state.live = feed
+    services.start_soon(_close_at_shutdown, feed)
+
+
+async def _close_at_shutdown(feed: LiveFeed) -> None:
+    try:
+        await anyio.sleep_forever()
+    finally:
+        feed.close()
+        feed.detach()
+
+
+# --------------------------------------------------------------------------- latest
+
+
+@api.get(
+    "/api/v1/machines/{machine_id}/latest",
+    auth=Auth.USER,
+    summary="The newest value of every series of a machine, with derived percentages",
+    query={
+        "metric": {
+            **_METRIC_PARAM,
+            "description": "Only this metric (stored or derived, e.g. disk.percent).",
+        }
+    },
+    responses={200: LATEST},
+)
+async def latest_values(call: Call) -> object:
+    """The newest value of each series of the machine, and derived percentages."""
+    _only(call, {"metric"})
+    metric = call.query("metric")
+    if metric is not None:
+        metric = _metric(metric, "metric")
+    found = await queries.latest(call.hub, call.path("machine_id"), call.owner_scope, metric)
+    return {
+        "machine_id": found.machine_id,
+        "items": [_value_json(v) for v in found.items],
+        "derived": [_value_json(v) for v in found.derived],
+    }
+
+
+def _value_json(value: SeriesValue) -> dict[str, Any]:
+    return {
+        "metric": value.series.metric,
+        "labels": dict(value.series.labels),
+        "timestamp": value.timestamp.isoformat(),
+        "value": value.value,
+    }
+
+
+# --------------------------------------------------------------------------- history
+
+
+@api.get(
+    "/api/v1/machines/{machine_id}/history",
+    auth=Auth.USER,
+    summary="A metric of a machine over a time range, downsampled to a step",
+    query={
+        "metric": {**_METRIC_PARAM, "x-required": True, "description": "Stored or derived."},
+        "start": {**_TIME_PARAM, "description": "Default: an hour before end."},
+        "end": {**_TIME_PARAM, "description": "Default: now."},
+        "step": {
+            "anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string"}],
+            "description": "Seconds, or a duration such as 30s, 5m, 1h. Default: the smallest "
+            f"round step giving at most {queries.TARGET_POINTS} steps; at most "
+            f"{queries.MAX_STEPS} steps.",
+        },
+        "agg": {"enum": [a.value for a in Aggregation], "description": "Default: avg."},
+        "labels": {
+            "type": "string",
+            "description": "Only series with these labels: name:value pairs separated by "
+            "commas, e.g. mount:/,device:sda1.",
+        },
+    },
+    responses={200: HISTORY},
+)
+async def history(call: Call) -> object:
+    """A metric's series over `[start, end)`, one point per step that has data.
+
+    Derived percentages (mem.percent, swap.percent, disk.percent) are answered
+    from their used and total series: each step's aggregated used over the same
+    step's aggregated total, times 100.
+    """
+    _only(call, {"metric", "start", "end", "step", "agg", "labels"})
+    query = _history_query(call)
+    found = await queries.history(call.hub, query, call.owner_scope)
+    return {
+        "machine_id": query.machine_id,
+        "metric": query.metric,
+        "start": query.start.isoformat(),
+        "end": query.end.isoformat(),
+        "step": query.step.total_seconds(),
+        "aggregation": query.aggregation.value,
+        "series": [_series_json(s) for s in found],
+    }
+
+
+def _history_query(call: Call) -> HistoryQuery:
+    metric = _metric(call.require_query("metric"), "metric")
+    given_end, given_start = _time(call, "end"), _time(call, "start")
+    end = given_end or call.hub.clock()
+    try:
+        start = given_start or end - queries.DEFAULT_RANGE
+    except OverflowError:
+        raise _invalid("end", "too early for the default range of an hour") from None
+    if end <= start:
+        raise _invalid("end" if given_end else "start", "end must be after start")
+    step = _step(call) or queries.auto_step(start, end)
+    if given_start is None:
+        start = queries.align(start, step)
+    if (end - start) / step > queries.MAX_STEPS:
+        steps = (end - start) / step
+        raise _invalid("step", f"{steps:.0f} steps; at most {queries.MAX_STEPS}: use a larger one")
+    return HistoryQuery(
+        machine_id=call.path("machine_id"),
+        metric=metric,
+        start=start,
+        end=end,
+        step=step,
+        aggregation=_aggregation(call),
+        labels=_labels(call),
+    )
+
+
+def _series_json(series: SeriesHistory) -> dict[str, Any]:
+    return {
+        "labels": dict(series.series.labels),
+        "resolution": series.resolution.value,
+        "points": [[p.timestamp.isoformat(), p.value] for p in series.points],
+    }
+
+
+# --------------------------------------------------------------------------- live stream
+
+
+@api.get(
+    "/api/v1/machines/{machine_id}/stream",
+    auth=Auth.USER,
+    summary="A machine's new samples as they are stored (Server-Sent Events)",
+    responses={200: EVENT_STREAM},
+)
+async def stream(call: Call) -> object:
+    """Each sample of the machine, pushed as soon as it is stored.
+
+    Wait for the first comment line before relying on the stream: from then on
+    no sample is missed (unless the client falls behind by more than the
+    server's per-client queue, when `event: dropped` says how many).
+    """
+    _only(call, set())
+    machine = await call.hub.get_machine(call.path("machine_id"), call.owner_scope)
+    feed: LiveFeed = call.request.app.state.live
+    return StreamingResponse(
+        _events(feed, machine.id),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
+
+
+async def _events(feed: LiveFeed, machine_id: str) -> AsyncIterator[str]:
+    with feed.subscribe(machine_id) as subscription:
+        yield "retry: 3000\n: subscribed\n\n"
+        while True:
+            delivery = await subscription.receive(KEEPALIVE_SECONDS)
+            if delivery is None:
+                return
+            if not delivery.samples:
+                yield ": keepalive\n\n"
+                continue
+            parts = []
+            if delivery.dropped:
+                parts.append(f"event: dropped\ndata: {json.dumps({'count': delivery.dropped})}\n\n")
+            parts.extend(f"event: sample\ndata: {encode_json(s)}\n\n" for s in delivery.samples)
+            yield "".join(parts)
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def _invalid(field: str, message: str) -> ApiError:
+    return ApiError(422, "invalid", f"query parameter {field!r}: {message}", field)
+
+
+def _only(call: Call, allowed: Collection[str]) -> None:
+    params = call.request.query_params
+    for name in params:
+        if name not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise _invalid(name, f"unknown parameter (known: {known})")
+        if len(params.getlist(name)) > 1:
+            raise _invalid(name, "given more than once")
+
+
+def _metric(value: str, field: str) -> str:
+    if not METRIC_NAME.match(value):
+        raise _invalid(field, f"{value!r} is not a metric name (e.g. cpu.percent)")
+    return value
+
+
+def _time(call: Call, name: str) -> datetime | None:
+    value = call.query(name)
+    if value is None:
+        return None
+    raw: object = float(value) if _NUMERIC.match(value) else _SPACED_OFFSET.sub(r"+\1", value)
+    try:
+        return parse_datetime(raw)
+    except (TypeError, ValueError) as error:
+        raise _invalid(name, str(error)) from None
+
+
+def _step(call: Call) -> timedelta | None:
+    value = call.query("step")
+    if value is None:
+        return None
+    raw: object = float(value) if _NUMERIC.match(value) else value
+    try:
+        step = parse_duration(raw)
+    except (TypeError, ValueError) as error:
+        raise _invalid("step", str(error)) from None
+    if step <= timedelta(0):
+        raise _invalid("step", "must be positive")
+    return step
+
+
+def _aggregation(call: Call) -> Aggregation:
+    value = call.query("agg") or Aggregation.AVG.value
+    try:
+        return Aggregation(value)
+    except ValueError:
+        choices = ", ".join(a.value for a in Aggregation)
+        raise _invalid("agg", f"{value!r} is not one of {choices}") from None
+
+
+def _labels(call: Call) -> Labels | None:
+    value = call.query("labels")
+    if value is None:
+        return None
+    pairs = []
+    for item in value.split(","):
+        name, sep, label_value = item.partition(":")
+        if not sep or not LABEL_NAME.match(name):
+            raise _invalid("labels", f"{item!r} is not name:value (e.g. mount:/)")
+        pairs.append((name, label_value))
+    if len({name for name, _ in pairs}) != len(pairs):
+        raise _invalid("labels", "a label is given twice")
+    return tuple(sorted(pairs))

@@ -232,9 +232,18 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A connection inside a read transaction (a consistent snapshot)."""
-        with self._guard(), self.errors(), self.engine.connect() as conn, conn.begin():
-            yield conn
+        """A connection inside a read transaction: every statement sees one snapshot.
+
+        On PostgreSQL that takes REPEATABLE READ (READ COMMITTED gives each
+        statement its own snapshot, so a compaction committing between reading
+        the chunks and reading the head could hide points). Read-only
+        transactions never fail serialization there.
+        """
+        with self._guard(), self.errors(), self.engine.connect() as conn:
+            if self.is_postgres:
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
 
     @contextmanager
     def write(self, lock: int | None = None) -> Iterator[Connection]:

@@ -693,6 +693,16 @@ class SqlStateStore:
             ).rowcount
         return revoked
 
+    def list_sessions(self, user_id: str) -> list[Session]:
+        """The user's sessions, newest first (none for an unknown user)."""
+        with self._db.read() as conn:
+            rows = conn.execute(
+                sa.select(sessions)
+                .where(sessions.c.user_id == user_id)
+                .order_by(sessions.c.created_at.desc(), sessions.c.id.desc())
+            ).all()
+        return [_session(row) for row in rows]
+
     # ------------------------------------------------------------------ password resets
 
     def add_reset_token(self, token: ResetToken) -> ResetToken:

@@ -1,0 +1,158 @@
+"""Live fan-out: newly stored samples, to whoever watches their machine.
+
+After each commit the hub fires ``lunasentri_samples_ingested``; a small
+internal plugin (registered by :meth:`LiveFeed.attach`) hands those samples to
+every subscription of that machine. Publishing never waits: each subscription
+holds a bounded queue, and one that is read too slowly loses its oldest samples
+(it is told how many), so a slow client neither grows memory nor slows ingest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import attrs
+
+from lunasentri_core.hookspecs import hookimpl
+from lunasentri_core.model import Machine, Sample
+
+if TYPE_CHECKING:
+    from lunasentri_core.hub import Sentri
+
+log = logging.getLogger(__name__)
+
+PLUGIN_NAME = "server-live"
+DEFAULT_QUEUE_SIZE = 500
+"""Samples a subscription holds before it drops its oldest."""
+
+
+@attrs.frozen
+class Delivery:
+    """What a subscriber gets on each wake-up: new samples, and how many it missed."""
+
+    samples: tuple[Sample, ...]
+    dropped: int = 0
+
+
+class Subscription:
+    """One subscriber's view of one machine's new samples."""
+
+    def __init__(self, machine_id: str, size: int) -> None:
+        self.machine_id = machine_id
+        self._queue: deque[Sample] = deque(maxlen=size)
+        self._wake = anyio.Event()
+        self._dropped = 0
+        self.closed = False
+
+    def put(self, samples: Sequence[Sample]) -> None:
+        overflow = len(self._queue) + len(samples) - (self._queue.maxlen or 0)
+        if overflow > 0:
+            self._dropped += overflow
+        self._queue.extend(samples)  # the deque's maxlen drops the oldest
+        self._wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
+    async def receive(self, timeout: float) -> Delivery | None:
+        """The samples queued so far, waiting up to ``timeout`` seconds for some.
+
+        An empty delivery means the time ran out; ``None`` that the feed closed.
+        """
+        if not self._queue and not self.closed:
+            with anyio.move_on_after(timeout):
+                await self._wake.wait()
+        if self._wake.is_set():
+            self._wake = anyio.Event()
+        if self.closed:
+            return None
+        samples, dropped = tuple(self._queue), self._dropped
+        self._queue.clear()
+        self._dropped = 0
+        return Delivery(samples, dropped)
+
+
+class LiveFeed:
+    """Subscriptions by machine, fed from the hub's ingest event."""
+
+    def __init__(self, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+        self.queue_size = queue_size
+        self._subscriptions: dict[str, set[Subscription]] = {}
+        self._closed = False
+        self._token: anyio.lowlevel.EventLoopToken | None = None
+        self._loop_thread: int | None = None
+        self._hub: Sentri | None = None
+
+    @property
+    def subscribers(self) -> int:
+        return sum(len(subs) for subs in self._subscriptions.values())
+
+    def attach(self, hub: Sentri) -> bool:
+        """Listen to ``hub``'s ingest event (call on the event loop, at start)."""
+        self._token = anyio.lowlevel.current_token()
+        self._loop_thread = threading.get_ident()
+        registered = hub.plugins.register(_FeedPlugin(self), PLUGIN_NAME)
+        if registered:
+            self._hub = hub
+        else:
+            log.warning("live streams are off: plugin %r could not be registered", PLUGIN_NAME)
+        return registered
+
+    def detach(self) -> None:
+        if self._hub is not None:
+            self._hub.plugins.unregister(PLUGIN_NAME)
+            self._hub = None
+
+    @contextlib.contextmanager
+    def subscribe(self, machine_id: str) -> Iterator[Subscription]:
+        subscription = Subscription(machine_id, self.queue_size)
+        if self._closed:
+            subscription.close()
+        subscribers = self._subscriptions.setdefault(machine_id, set())
+        subscribers.add(subscription)
+        try:
+            yield subscription
+        finally:
+            subscribers.discard(subscription)
+            if not subscribers and self._subscriptions.get(machine_id) is subscribers:
+                del self._subscriptions[machine_id]
+
+    def publish(self, machine_id: str, samples: Sequence[Sample]) -> None:
+        for subscription in self._subscriptions.get(machine_id, ()):
+            subscription.put(samples)
+
+    def close(self) -> None:
+        """End every subscription, now and to come. Safe to call from any thread."""
+        if self._token is None or threading.get_ident() == self._loop_thread:
+            self._close()
+            return
+        try:
+            anyio.from_thread.run_sync(self._close, token=self._token)
+        except RuntimeError:  # the loop has already stopped: nothing is listening
+            self._close()
+
+    def _close(self) -> None:
+        self._closed = True
+        for subscribers in self._subscriptions.values():
+            for subscription in subscribers:
+                subscription.close()
+
+
+class _FeedPlugin:
+    """The hook implementation that feeds a :class:`LiveFeed`."""
+
+    def __init__(self, feed: LiveFeed) -> None:
+        self._feed = feed
+
+    @hookimpl
+    def lunasentri_samples_ingested(self, machine: Machine, samples: Sequence[Sample]) -> None:
+        self._feed.publish(machine.id, samples)

@@ -1,0 +1,172 @@
+"""Reading a machine's metrics: latest values, history, and derived percentages.
+
+Storage keeps totals and amounts used; percentages are derived at query time,
+for each pair of a ``<base>.used`` and a ``<base>.total`` series with the same
+labels, where the total is above zero:
+
+* ``mem.percent`` = ``mem.used / mem.total * 100``
+* ``swap.percent`` = ``swap.used / swap.total * 100``
+* ``disk.percent`` = ``disk.used / disk.total * 100``, per ``mount`` (any labels)
+
+In a history, each step's value is the step's aggregated ``used`` over the same
+step's aggregated ``total`` (avg over avg, max over max, last over last, ...).
+That is exact for ``last``, and for every aggregation while the total stays the
+same within a step, which is what totals do until hardware changes. A stored
+series of the same name (a collector that reports a percentage itself) wins
+over the derived one.
+
+Every query names the machine and the caller's owner scope: another user's
+machine is "not found".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+import attrs
+
+from lunasentri_core.model import (
+    HistoryPoint,
+    HistoryQuery,
+    Labels,
+    SeriesHistory,
+    SeriesKey,
+    SeriesValue,
+)
+
+if TYPE_CHECKING:
+    from lunasentri_core.hub import Sentri
+
+DERIVED: Mapping[str, tuple[str, str]] = {
+    "mem.percent": ("mem.used", "mem.total"),
+    "swap.percent": ("swap.used", "swap.total"),
+    "disk.percent": ("disk.used", "disk.total"),
+}
+"""Each derived metric and the (used, total) metrics it divides."""
+
+DEFAULT_RANGE = timedelta(hours=1)
+TARGET_POINTS = 500
+"""A history without a step gets the smallest "round" step that keeps it at most this long."""
+MAX_STEPS = 10_000
+_ROUND_STEPS = tuple(
+    timedelta(seconds=s)
+    for s in (
+        *(1, 2, 5, 10, 15, 30),
+        *(60, 120, 300, 600, 900, 1800),
+        *(3600, 7200, 10800, 21600, 43200),
+        *(86400, 2 * 86400, 7 * 86400, 14 * 86400, 30 * 86400),
+    )
+)
+
+
+@attrs.frozen
+class Latest:
+    """The newest value of each series of a machine, and the percentages derived from them."""
+
+    machine_id: str
+    items: tuple[SeriesValue, ...]
+    derived: tuple[SeriesValue, ...]
+
+
+def auto_step(start: datetime, end: datetime, points: int = TARGET_POINTS) -> timedelta:
+    """The smallest round step that covers ``[start, end)`` in at most ``points`` steps."""
+    span = end - start
+    for step in _ROUND_STEPS:
+        if span <= step * points:
+            return step
+    days = math.ceil(span / timedelta(days=1) / points)
+    return timedelta(days=days)
+
+
+def align(at: datetime, step: timedelta) -> datetime:
+    """``at`` rounded down to a multiple of ``step`` since the epoch (as rollups are)."""
+    epoch = datetime(1970, 1, 1, tzinfo=at.tzinfo)
+    return at - (at - epoch) % step
+
+
+def derive_latest(values: Sequence[SeriesValue]) -> list[SeriesValue]:
+    """The derived percentages of ``values`` (see the module docstring)."""
+    by_key = {(v.series.metric, v.series.labels): v for v in values}
+    derived = []
+    for name, (used_metric, total_metric) in DERIVED.items():
+        for (metric, labels), used in by_key.items():
+            if metric != used_metric or (name, labels) in by_key:
+                continue
+            total = by_key.get((total_metric, labels))
+            if total is None or total.value <= 0:
+                continue
+            at = max(used.timestamp, total.timestamp)
+            key = SeriesKey(used.series.machine_id, name, labels)
+            derived.append(SeriesValue(key, at, used.value / total.value * 100))
+    return derived
+
+
+def derive_history(
+    name: str, used: Sequence[SeriesHistory], totals: Sequence[SeriesHistory]
+) -> list[SeriesHistory]:
+    """Step by step ratios of matching ``used`` and ``total`` series."""
+    by_labels: dict[Labels, SeriesHistory] = {t.series.labels: t for t in totals}
+    derived = []
+    for part in used:
+        total = by_labels.get(part.series.labels)
+        if total is None:
+            continue
+        divisors = {p.timestamp: p.value for p in total.points}
+        points = tuple(
+            HistoryPoint(p.timestamp, p.value / divisors[p.timestamp] * 100)
+            for p in part.points
+            if divisors.get(p.timestamp, 0.0) > 0
+        )
+        if points:
+            key = attrs.evolve(part.series, metric=name)
+            derived.append(SeriesHistory(key, part.resolution, points))
+    return derived
+
+
+async def latest(
+    hub: Sentri, machine_id: str, owner_id: str | None, metric: str | None = None
+) -> Latest:
+    """The newest values of a machine's series (optionally one metric, stored or derived)."""
+    wanted: list[str | None] = [metric]
+    if metric is not None and metric in DERIVED:
+        wanted = [metric, *DERIVED[metric]]
+
+    def read() -> list[SeriesValue]:
+        hub.storage.state.get_machine(machine_id, owner_id)
+        found: list[SeriesValue] = []
+        for name in wanted:
+            found.extend(hub.storage.metrics.latest([machine_id], name))
+        return found
+
+    values = await hub.run_sync(read)
+    derived = derive_latest(values)
+    if metric is not None:
+        values = [v for v in values if v.series.metric == metric]
+        derived = [v for v in derived if v.series.metric == metric]
+    return Latest(machine_id, tuple(_ordered(values)), tuple(_ordered(derived)))
+
+
+def _ordered(values: Sequence[SeriesValue]) -> list[SeriesValue]:
+    return sorted(values, key=lambda v: (v.series.metric, v.series.labels))
+
+
+async def history(hub: Sentri, query: HistoryQuery, owner_id: str | None) -> list[SeriesHistory]:
+    """A metric's series over a range; a derived metric's from its used and total series."""
+
+    def read() -> list[SeriesHistory]:
+        hub.storage.state.get_machine(query.machine_id, owner_id)
+        metrics = hub.storage.metrics
+        stored = metrics.history(query)
+        if stored or query.metric not in DERIVED:
+            return stored
+        used_metric, total_metric = DERIVED[query.metric]
+        used = metrics.history(attrs.evolve(query, metric=used_metric))
+        if not used:
+            return []
+        totals = metrics.history(attrs.evolve(query, metric=total_metric))
+        return derive_history(query.metric, used, totals)
+
+    return await hub.run_sync(read)
