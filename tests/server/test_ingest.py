@@ -9,14 +9,16 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 
+from lunasentri_core.config import Settings
 from lunasentri_core.hub import open_storage
 from lunasentri_core.plugins import create_plugin_manager
 from lunasentri_core.storage.protocols import StorageBackend
 
-from .conftest import LiveServer, MakeServer
+from .conftest import ADMIN_PASSWORD, LiveServer, MakeServer, free_port
 
 PASSWORD = "a long enough password 42"
 
@@ -85,6 +87,38 @@ def machine(server: LiveServer, admin: str) -> tuple[str, str]:
     return register(server, admin, "web-1")
 
 
+@attrs.frozen
+class Shared:
+    """One server for the many read-only or refused-request tests of a module."""
+
+    server: LiveServer
+    admin: str
+    machine_id: str
+    key: str
+
+
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    settings = Settings.load(
+        environ={},
+        data_dir=tmp_path_factory.mktemp("shared"),
+        admin_password=ADMIN_PASSWORD,
+        server={"host": "127.0.0.1"},
+    )
+    server = LiveServer(settings, port=free_port())
+    server.start()
+    try:
+        admin = server.login()
+        machine_id, key = register(server, admin, "shared")
+        yield Shared(server, admin, machine_id, key)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    yield from shared_server(tmp_path_factory)
+
+
 def read_storage(server: LiveServer) -> Iterator[StorageBackend]:
     backend = open_storage(server.settings, create_plugin_manager(server.settings))
     try:
@@ -126,10 +160,9 @@ def test_a_batch_is_stored_and_counted(
     assert "lunasentri_write_transaction_points_count" in metrics
 
 
-def test_gzip_bodies_are_accepted_and_the_api_key_header_works(
-    server: LiveServer, admin: str, machine: tuple[str, str]
-) -> None:
-    machine_id, key = machine
+def test_gzip_bodies_are_accepted_and_the_api_key_header_works(shared: Shared) -> None:
+    server, admin = shared.server, shared.admin
+    machine_id, key = register(server, admin, "gzip")
     raw = json.dumps({"samples": [sample(at(1), cpu__percent=3.0)]}).encode()
 
     with server.client() as client:
@@ -143,10 +176,9 @@ def test_gzip_bodies_are_accepted_and_the_api_key_header_works(
     assert latest(server, admin, machine_id) == {("cpu.percent", "{}"): 3.0}
 
 
-def test_a_retried_batch_is_stored_once_and_the_first_value_wins(
-    server: LiveServer, admin: str, machine: tuple[str, str]
-) -> None:
-    machine_id, key = machine
+def test_a_retried_batch_is_stored_once_and_the_first_value_wins(shared: Shared) -> None:
+    server, admin = shared.server, shared.admin
+    machine_id, key = register(server, admin, "retried")
     when = at(1)
     assert post(server, key, {"samples": [sample(when, cpu__percent=1.0)]}).status_code == 200
 
@@ -177,7 +209,8 @@ def test_an_acknowledged_batch_survives_the_server_stopping(
         assert storage.state.get_machine(machine_id).last_seen is not None
 
 
-def test_concurrent_ingests_from_many_machines_all_land(server: LiveServer, admin: str) -> None:
+def test_concurrent_ingests_from_many_machines_all_land(shared: Shared) -> None:
+    server, admin = shared.server, shared.admin
     machines = [register(server, admin, f"node-{i}") for i in range(8)]
     batches, per_batch = 5, 20
     failures: list[str] = []
@@ -285,9 +318,8 @@ def test_a_machine_over_its_rate_gets_429_and_nothing_is_stored(
 # --------------------------------------------------------------------------- bad input
 
 
-def test_callers_without_a_machine_key_are_refused(
-    server: LiveServer, admin: str, machine: tuple[str, str]
-) -> None:
+def test_callers_without_a_machine_key_are_refused(shared: Shared) -> None:
+    server, admin = shared.server, shared.admin
     body = {"samples": [sample(at(1), cpu__percent=1.0)]}
 
     assert post(server, None, body).status_code == 401
@@ -371,15 +403,9 @@ FUTURE = "2999-01-01T00:00:00Z"
     ],
 )
 def test_bad_input_gets_a_clear_4xx_and_stores_nothing(
-    server: LiveServer,
-    admin: str,
-    machine: tuple[str, str],
-    body: object,
-    status: int,
-    code: str | None,
-    field: str | None,
+    shared: Shared, body: object, status: int, code: str | None, field: str | None
 ) -> None:
-    machine_id, key = machine
+    server, admin, machine_id, key = shared.server, shared.admin, shared.machine_id, shared.key
     now = at(1).isoformat()
     if isinstance(body, bytes):
         body = body.replace(b"%NOW%", now.encode())
@@ -399,10 +425,8 @@ def test_bad_input_gets_a_clear_4xx_and_stores_nothing(
     assert latest(server, admin, machine_id) == {}
 
 
-def test_bad_gzip_and_unknown_encodings_are_refused(
-    server: LiveServer, machine: tuple[str, str]
-) -> None:
-    _, key = machine
+def test_bad_gzip_and_unknown_encodings_are_refused(shared: Shared) -> None:
+    server, key = shared.server, shared.key
     raw = json.dumps({"samples": [sample(at(1), cpu__percent=1.0)]}).encode()
 
     not_gzip = post(server, key, raw, headers={"content-encoding": "gzip"})
@@ -414,8 +438,8 @@ def test_bad_gzip_and_unknown_encodings_are_refused(
     assert (brotli.status_code, error_of(brotli)["code"]) == (415, "unsupported_encoding")
 
 
-def test_timestamp_errors_name_each_sample(server: LiveServer, machine: tuple[str, str]) -> None:
-    _, key = machine
+def test_timestamp_errors_name_each_sample(shared: Shared) -> None:
+    server, key = shared.server, shared.key
     samples = [sample(at(1), a__b=1), sample(FUTURE, a__b=1), sample(0, a__b=1)]
 
     response = post(server, key, {"samples": samples})

