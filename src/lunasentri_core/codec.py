@@ -276,8 +276,12 @@ _new_object = object.__new__
 _set_metric = Reading.__dict__["metric"].__set__
 _set_value = Reading.__dict__["value"].__set__
 _set_labels = Reading.__dict__["labels"].__set__
-if tuple(a.name for a in attrs.fields(Reading)) != ("metric", "value", "labels"):
-    raise ImportError("codec's fast sample path does not know Reading's fields")
+_set_timestamp = Sample.__dict__["timestamp"].__set__
+_set_readings = Sample.__dict__["readings"].__set__
+if tuple(a.name for a in attrs.fields(Reading)) != ("metric", "value", "labels") or tuple(
+    a.name for a in attrs.fields(Sample)
+) != ("timestamp", "readings"):
+    raise ImportError("codec's fast sample path does not know Reading's and Sample's fields")
 
 
 def _known_metric(name: object) -> bool:
@@ -335,7 +339,7 @@ def _fast_sample(data: object) -> Sample | None:
     if type(metrics) is not dict or stamp is None:
         return None
     try:
-        timestamp = parse_datetime(stamp)
+        timestamp = parse_datetime(stamp)  # in UTC, as Sample's converter would make it
     except (TypeError, ValueError):
         return None
     readings: list[Reading] = []
@@ -356,6 +360,9 @@ def _fast_sample(data: object) -> Sample | None:
             if value is None:
                 return None
             raw = [{"value": value}]
+        # Metric names are unique (object keys), so a series can only repeat
+        # inside one metric's list: Sample's own check is not needed.
+        seen: set[Labels] = set()
         for item in raw:
             if type(item) is not dict:
                 return None
@@ -371,15 +378,18 @@ def _fast_sample(data: object) -> Sample | None:
                     return None
             else:
                 return None
+            if labels in seen:
+                return None
+            seen.add(labels)
             reading = new(Reading)
             set_metric(reading, name)
             set_value(reading, value)
             set_labels(reading, labels)
             append(reading)
-    try:
-        return Sample(timestamp, readings)
-    except ValueError:  # e.g. a series twice; the general path words it
-        return None
+    sample: Sample = new(Sample)
+    _set_timestamp(sample, timestamp)
+    _set_readings(sample, tuple(readings))
+    return sample
 
 
 def _noted(error: Exception, name: str) -> Exception:

@@ -457,7 +457,7 @@ class AgentConfig:
     """What an agent runs, set centrally; ``version`` changes on every update."""
 
     machine_id: str
-    interval: timedelta = timedelta(seconds=5)
+    interval: timedelta = attrs.field(default=timedelta(seconds=5), validator=_check_positive)
     collectors: tuple[str, ...] = ("psutil",)
     labels: Labels = attrs.field(default=(), converter=to_labels, validator=_check_labels)
     version: int = 1

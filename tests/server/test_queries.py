@@ -210,7 +210,7 @@ def test_derived_history_divides_each_step(shared: Shared, filled: tuple[str, da
 
     (series,) = mem.json()["series"]
     # avg(used) / avg(total): (100+110+120)/3 / 400, then (130+140+150)/3 / 400.
-    assert [p[1] for p in series["points"]] == [27.5, 35.0]
+    assert [p[1] for p in series["points"]] == pytest.approx([27.5, 35.0])
     by_mount = {s["labels"]["mount"]: s["points"] for s in disk.json()["series"]}
     assert by_mount == {"/": [[base.isoformat(), 25.0]], "/home": [[base.isoformat(), 60.0]]}
     assert swap.json()["series"] == []
@@ -219,7 +219,7 @@ def test_derived_history_divides_each_step(shared: Shared, filled: tuple[str, da
 def test_history_defaults_to_the_last_hour_in_round_steps(
     shared: Shared, filled: tuple[str, datetime]
 ) -> None:
-    machine_id, base = filled
+    machine_id, _ = filled
 
     body = get(
         shared.server, shared.admin, f"/api/v1/machines/{machine_id}/history", metric="cpu.percent"

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from lunasentri_core.config import Settings
 from lunasentri_core.errors import NotFoundError
 from lunasentri_core.hub import open_storage
 from lunasentri_core.model import (
@@ -30,15 +32,41 @@ from lunasentri_core.plugins import create_plugin_manager
 from lunasentri_core.security import issue_token
 from lunasentri_core.storage.protocols import StorageBackend
 
-from .conftest import ADMIN_PASSWORD, LiveServer, MakeServer
+from .conftest import ADMIN_PASSWORD, LiveServer, MakeServer, free_port
 
 PASSWORD = "a perfectly fine password"
 
 
-def create_user(server: LiveServer, username: str, role: str = "user") -> tuple[str, str]:
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One server for the tests that only add uniquely named users (logins are slow)."""
+    settings = Settings.load(
+        environ={},
+        data_dir=tmp_path_factory.mktemp("shared"),
+        admin_password=ADMIN_PASSWORD,
+        server={"host": "127.0.0.1"},
+    )
+    live = LiveServer(settings, port=free_port())
+    live.start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_admin(shared: LiveServer) -> str:
+    return shared.login()
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def create_user(
+    server: LiveServer, username: str, role: str = "user", admin: str | None = None
+) -> tuple[str, str]:
     """A new user's id and session token."""
-    with server.client(server.login()) as admin:
-        response = admin.post(
+    with server.client(admin or server.login()) as client:
+        response = client.post(
             "/api/v1/users", json={"username": username, "password": PASSWORD, "role": role}
         )
     assert response.status_code == 201, response.text
@@ -55,7 +83,9 @@ def storage(server: LiveServer) -> Iterator[StorageBackend]:
 
 def add_machine_with_data(storage: StorageBackend, owner_id: str, name: str) -> dict[str, Any]:
     machine = storage.state.add_machine(
-        Machine(id=new_id(), name=name, owner_id=owner_id, hostname=f"{name}.lan", labels={"a": "b"})
+        Machine(
+            id=new_id(), name=name, owner_id=owner_id, hostname=f"{name}.lan", labels={"a": "b"}
+        )
     )
     issued = issue_token()
     key = storage.state.add_api_key(
@@ -107,8 +137,8 @@ def test_an_admin_creates_lists_and_gets_users(server: LiveServer) -> None:
     assert server.login("root2", PASSWORD).startswith("lss_")
 
 
-def test_a_duplicate_username_is_a_conflict(server: LiveServer) -> None:
-    with server.client(server.login()) as admin:
+def test_a_duplicate_username_is_a_conflict(shared: LiveServer, shared_admin: str) -> None:
+    with shared.client(shared_admin) as admin:
         response = admin.post("/api/v1/users", json={"username": "admin", "password": PASSWORD})
 
     assert response.status_code == 409
@@ -133,19 +163,19 @@ def test_a_duplicate_username_is_a_conflict(server: LiveServer) -> None:
     ],
 )
 def test_bad_new_users_are_422_naming_the_field(
-    server: LiveServer, body: dict[str, Any], field: str
+    shared: LiveServer, shared_admin: str, body: dict[str, Any], field: str
 ) -> None:
-    with server.client(server.login()) as admin:
+    with shared.client(shared_admin) as admin:
         response = admin.post("/api/v1/users", json=body)
         users = admin.get("/api/v1/users").json()["items"]
 
     assert response.status_code == 422, response.text
     assert response.json()["error"]["field"] == field
-    assert [u["username"] for u in users] == ["admin"]
+    assert "bob" not in [u["username"] for u in users]
 
 
-def test_malformed_and_huge_bodies(server: LiveServer) -> None:
-    with server.client(server.login()) as admin:
+def test_malformed_and_huge_bodies(shared: LiveServer, shared_admin: str) -> None:
+    with shared.client(shared_admin) as admin:
         malformed = admin.post("/api/v1/users", content=b'{"username": ')
         huge = admin.post("/api/v1/users", content=b"{" + b" " * 200_000 + b"}")
         not_object = admin.post("/api/v1/users", json="bob")
@@ -155,12 +185,12 @@ def test_malformed_and_huge_bodies(server: LiveServer) -> None:
     assert not_object.status_code == 422
 
 
-def test_a_user_sees_only_themselves(server: LiveServer) -> None:
-    alice_id, alice = create_user(server, "alice")
-    bob_id, _ = create_user(server, "bob")
+def test_a_user_sees_only_themselves(shared: LiveServer, shared_admin: str) -> None:
+    alice_id, alice = create_user(shared, unique("alice"), admin=shared_admin)
+    bob_id, _ = create_user(shared, unique("bob"), admin=shared_admin)
 
-    with server.client(alice) as client:
-        assert client.get(f"/api/v1/users/{alice_id}").json()["username"] == "alice"
+    with shared.client(alice) as client:
+        assert client.get(f"/api/v1/users/{alice_id}").json()["id"] == alice_id
         other = client.get(f"/api/v1/users/{bob_id}")
         unknown = client.get("/api/v1/users/does-not-exist")
 
@@ -169,33 +199,37 @@ def test_a_user_sees_only_themselves(server: LiveServer) -> None:
     assert other.json()["error"]["code"] == unknown.json()["error"]["code"] == "not_found"
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [
-        ("POST", "/api/v1/users"),
-        ("GET", "/api/v1/users"),
-        ("DELETE", "/api/v1/users/{other}"),
-        ("POST", "/api/v1/users/{other}/reset-token"),
-    ],
-)
+ADMIN_ENDPOINTS = [
+    ("POST", "/api/v1/users"),
+    ("GET", "/api/v1/users"),
+    ("DELETE", "/api/v1/users/{other}"),
+    ("POST", "/api/v1/users/{other}/reset-token"),
+    ("GET", "/api/v1/audit"),
+]
+
+
 def test_admin_endpoints_refuse_users_and_anonymous_callers(
-    server: LiveServer, method: str, path: str
+    shared: LiveServer, shared_admin: str
 ) -> None:
-    _, alice = create_user(server, "alice")
-    bob_id, _ = create_user(server, "bob")
-    url = path.format(other=bob_id)
+    _, alice = create_user(shared, unique("alice"), admin=shared_admin)
+    bob_id, _ = create_user(shared, unique("bob"), admin=shared_admin)
     body = {"username": "mallory", "password": PASSWORD}
 
-    with server.client(alice) as client:
-        as_user = client.request(method, url, json=body)
-    with server.client() as client:
-        anonymous = client.request(method, url, json=body)
+    for method, path in ADMIN_ENDPOINTS:
+        url = path.format(other=bob_id)
+        with shared.client(alice) as client:
+            as_user = client.request(method, url, json=body)
+        with shared.client() as client:
+            anonymous = client.request(method, url, json=body)
 
-    assert as_user.status_code == 403
-    assert as_user.json()["error"]["code"] == "forbidden"
-    assert anonymous.status_code == 401
-    with server.client(server.login()) as admin:
-        assert len(admin.get("/api/v1/users").json()["items"]) == 3
+        assert as_user.status_code == 403, (method, path)
+        assert as_user.json()["error"]["code"] == "forbidden"
+        assert anonymous.status_code == 401, (method, path)
+        assert anonymous.json()["error"]["code"] == "unauthenticated"
+    with shared.client(shared_admin) as admin:
+        usernames = [u["username"] for u in admin.get("/api/v1/users").json()["items"]]
+        assert "mallory" not in usernames
+        assert admin.get(f"/api/v1/users/{bob_id}").status_code == 200
 
 
 @pytest.mark.parametrize("path", ["/api/v1/users/{id}", "/api/v1/users/{id}/export"])
@@ -249,8 +283,8 @@ def test_deleting_a_user_removes_their_machines_data_and_sessions(
         assert client.get("/api/v1/auth/me").status_code == 200
 
 
-def test_an_admin_cannot_delete_themselves(server: LiveServer) -> None:
-    with server.client(server.login()) as admin:
+def test_an_admin_cannot_delete_themselves(shared: LiveServer, shared_admin: str) -> None:
+    with shared.client(shared_admin) as admin:
         me = admin.get("/api/v1/auth/me").json()["id"]
         response = admin.delete(f"/api/v1/users/{me}")
         still_there = admin.get("/api/v1/auth/me")
@@ -260,8 +294,8 @@ def test_an_admin_cannot_delete_themselves(server: LiveServer) -> None:
     assert still_there.status_code == 200
 
 
-def test_reset_token_for_an_unknown_user_is_404(server: LiveServer) -> None:
-    with server.client(server.login()) as admin:
+def test_reset_token_for_an_unknown_user_is_404(shared: LiveServer, shared_admin: str) -> None:
+    with shared.client(shared_admin) as admin:
         response = admin.post("/api/v1/users/nobody/reset-token")
 
     assert response.status_code == 404
@@ -338,13 +372,15 @@ def test_export_with_since_includes_history(server: LiveServer, storage: Storage
     assert len(series["disk.used"]["history"]) == 3
 
 
-def test_an_admin_exports_anyone_and_a_user_only_themselves(server: LiveServer) -> None:
-    alice_id, alice = create_user(server, "alice")
-    bob_id, _ = create_user(server, "bob")
+def test_an_admin_exports_anyone_and_a_user_only_themselves(
+    shared: LiveServer, shared_admin: str
+) -> None:
+    alice_id, alice = create_user(shared, unique("alice"), admin=shared_admin)
+    bob_id, _ = create_user(shared, unique("bob"), admin=shared_admin)
 
-    with server.client(server.login()) as admin:
+    with shared.client(shared_admin) as admin:
         assert admin.get(f"/api/v1/users/{alice_id}/export").status_code == 200
-    with server.client(alice) as client:
+    with shared.client(alice) as client:
         assert client.get(f"/api/v1/users/{bob_id}/export").status_code == 404
         assert client.get("/api/v1/users/nobody/export").status_code == 404
 
@@ -364,12 +400,11 @@ def test_an_admin_exports_anyone_and_a_user_only_themselves(server: LiveServer) 
     ],
 )
 def test_bad_export_queries_are_422(
-    server: LiveServer, params: dict[str, str], field: str
+    shared: LiveServer, shared_admin: str, params: dict[str, str], field: str
 ) -> None:
-    alice_id, alice = create_user(server, "alice")
-
-    with server.client(alice) as client:
-        response = client.get(f"/api/v1/users/{alice_id}/export", params=params)
+    with shared.client(shared_admin) as admin:
+        me = admin.get("/api/v1/auth/me").json()["id"]
+        response = admin.get(f"/api/v1/users/{me}/export", params=params)
 
     assert response.status_code == 422, response.text
     assert response.json()["error"]["field"] == field
@@ -378,9 +413,7 @@ def test_bad_export_queries_are_422(
 # --------------------------------------------------------------------------- the command
 
 
-def lunasentri(
-    *args: str, data_dir: Path, stdin: str = ""
-) -> subprocess.CompletedProcess[str]:
+def lunasentri(*args: str, data_dir: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
     script = shutil.which("lunasentri", path=os.path.dirname(sys.executable))
     command = [script] if script else [sys.executable, "-m", "lunasentri_core.cli"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("LUNASENTRI_")}
@@ -405,6 +438,7 @@ def test_the_command_manages_users_the_server_then_serves(
         "create", "root", "--admin", "--password-stdin", data_dir=data, stdin="root password 1\n"
     )
     prompted = lunasentri("create", "bob", data_dir=data, stdin="bob password 1\nbob password 1\n")
+    duplicate = lunasentri("create", "bob", "--password-stdin", data_dir=data, stdin="password\n")
     changed = lunasentri(
         "set-password", "root", "--password-stdin", data_dir=data, stdin="root password 2\n"
     )
@@ -413,6 +447,8 @@ def test_the_command_manages_users_the_server_then_serves(
     assert created.returncode == 0, created.stderr
     assert "created admin root" in created.stdout
     assert prompted.returncode == 0, prompted.stderr
+    assert duplicate.returncode == 1
+    assert "'bob' is already taken" in duplicate.stderr
     assert changed.returncode == 0, changed.stderr
     users = json.loads(listed.stdout)["items"]
     assert [(u["username"], u["role"]) for u in users] == [("bob", "user"), ("root", "admin")]
@@ -473,13 +509,3 @@ def test_the_command_reports_bad_input_clearly(
     assert result.returncode == 1
     assert message in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_the_command_refuses_a_duplicate_username(tmp_path: Path) -> None:
-    data = tmp_path / "cli-data"
-    first = lunasentri("create", "bob", "--password-stdin", data_dir=data, stdin="password 1\n")
-    second = lunasentri("create", "bob", "--password-stdin", data_dir=data, stdin="password 2\n")
-
-    assert first.returncode == 0
-    assert second.returncode == 1
-    assert "already taken" in second.stderr
