@@ -326,8 +326,7 @@ def _fast_value(raw: object) -> float | None:
             return None
     else:
         return None
-    # Finite without a call: inf - inf and nan - nan are nan, which is not 0.
-    return value if value - value == 0.0 else None
+    return value if value - value == 0.0 else None  # not nan, not infinite
 
 
 def _fast_sample(data: object) -> Sample | None:
@@ -348,18 +347,17 @@ def _fast_sample(data: object) -> Sample | None:
     for name, raw in metrics.items():
         if name not in _valid_metrics and not _known_metric(name):
             return None
-        if type(raw) is float and raw - raw == 0.0:  # the common case, inline
+        if type(raw) is not list:
+            # A finite float, checked inline as the common case (inf - inf is nan).
+            value = raw if type(raw) is float and raw - raw == 0.0 else _fast_value(raw)
+            if value is None:
+                return None
             reading = new(Reading)
             set_metric(reading, name)
-            set_value(reading, raw)
+            set_value(reading, value)
             set_labels(reading, ())
             append(reading)
             continue
-        if type(raw) is not list:
-            value = _fast_value(raw)
-            if value is None:
-                return None
-            raw = [{"value": value}]
         # Metric names are unique (object keys), so a series can only repeat
         # inside one metric's list: Sample's own check is not needed.
         seen: set[Labels] = set()

@@ -18,17 +18,17 @@ from lunasentri_core.cli import main
 HEAVY = ("sqlalchemy", "starlette", "uvicorn", "prometheus_client", "alembic", "lunasentri_sqlite")
 
 
-def run(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+def run(args: list[str], env: dict[str, str | None]) -> tuple[int, str]:
     result = CliRunner().invoke(main, args, env=env, catch_exceptions=False)
     return result.exit_code, result.output
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return {"LUNASENTRI_DATA_DIR": str(tmp_path / "data"), "LUNASENTRI_CONFIG": ""}
+def env(tmp_path: Path) -> dict[str, str | None]:
+    return {"LUNASENTRI_DATA_DIR": str(tmp_path / "data"), "LUNASENTRI_CONFIG": None}
 
 
-def test_needs_a_server_url(env: dict[str, str], tmp_path: Path) -> None:
+def test_needs_a_server_url(env: dict[str, str | None], tmp_path: Path) -> None:
     config = tmp_path / "empty.toml"
     config.write_text("")
     code, output = run(["--config", str(config), "agent", "--once"], env)
@@ -37,7 +37,7 @@ def test_needs_a_server_url(env: dict[str, str], tmp_path: Path) -> None:
 
 
 def test_once_against_an_unreachable_server_keeps_the_sample(
-    env: dict[str, str], tmp_path: Path
+    env: dict[str, str | None], tmp_path: Path
 ) -> None:
     config = tmp_path / "agent.toml"
     config.write_text("[agent]\nserver_url = 'http://127.0.0.1:9'\napi_key = 'lsk_x'\n")
@@ -48,7 +48,7 @@ def test_once_against_an_unreachable_server_keeps_the_sample(
     assert len(list((tmp_path / "data" / "agent-spool" / "queue").glob("*.json"))) == 1
 
 
-def test_once_and_claim_do_not_mix(env: dict[str, str], tmp_path: Path) -> None:
+def test_once_and_claim_do_not_mix(env: dict[str, str | None], tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text("")
     code, output = run(
@@ -57,7 +57,7 @@ def test_once_and_claim_do_not_mix(env: dict[str, str], tmp_path: Path) -> None:
     assert code == 2 and "--once" in output
 
 
-def test_unknown_collector_is_a_clear_error(env: dict[str, str], tmp_path: Path) -> None:
+def test_unknown_collector_is_a_clear_error(env: dict[str, str | None], tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text("")
     code, output = run(
@@ -69,14 +69,14 @@ def test_unknown_collector_is_a_clear_error(env: dict[str, str], tmp_path: Path)
     assert "no collector named 'nosuch'" in output
 
 
-def test_bad_settings_are_a_clear_error(env: dict[str, str], tmp_path: Path) -> None:
+def test_bad_settings_are_a_clear_error(env: dict[str, str | None], tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text("[agent]\ninterval = -1\n")
     code, output = run(["--config", str(config), "agent", "--once"], env)
-    assert code == 1 and "interval must be positive" in output
+    assert code == 1 and "agent.interval" in output
 
 
-def test_print_systemd_unit(env: dict[str, str], tmp_path: Path) -> None:
+def test_print_systemd_unit(env: dict[str, str | None], tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text("[agent]\nserver_url = 'https://monitor.example.com'\napi_key = 'lsk_x'\n")
     code, unit = run(
@@ -127,8 +127,7 @@ def test_a_stop_signal_stops_gracefully_and_keeps_the_spool(
 ) -> None:
     queue = tmp_path / "agent-spool" / "queue"
     env = {
-        **os.environ,
-        "LUNASENTRI_CONFIG": "",
+        **{k: v for k, v in os.environ.items() if not k.startswith("LUNASENTRI_")},
         "LUNASENTRI_DATA_DIR": str(tmp_path),
         "LUNASENTRI_AGENT__SERVER_URL": "http://127.0.0.1:9",
         "LUNASENTRI_AGENT__API_KEY": "lsk_x",

@@ -1,0 +1,114 @@
+"""``lunasentri serve --demo``: this machine, registered and reporting, within seconds.
+
+At start the demo registers the host as a machine of the first admin and runs
+the push agent in-process against the server's own URL, so the data goes the
+same way as any agent's: HTTP, API key, ingest. The agent's key is kept in its
+spool directory (``<data_dir>/demo-agent``), so a restart reuses the machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup
+from starlette.applications import Starlette
+
+from lunasentri_core.components import Credentials, Principal
+from lunasentri_core.config import Settings
+from lunasentri_core.hub import Sentri
+from lunasentri_core.model import Role
+from lunasentri_core.services.machines import Machines
+
+log = logging.getLogger(__name__)
+
+DEMO_DIR = "demo-agent"
+
+
+async def start_demo(app: Starlette, services: TaskGroup) -> None:
+    hub: Sentri = app.state.hub
+    settings: Settings = app.state.full_settings
+    admin = await hub.run_sync(hub.storage.state.find_user, settings.admin_username)
+    if admin is None:
+        log.warning("demo: no admin %r; set admin_password", settings.admin_username)
+        return
+    actor = Principal(kind="user", id=admin.id, role=Role.ADMIN)
+    agent_settings = _agent_settings(settings)
+    key = await _demo_key(hub, actor, agent_settings)
+    services.start_soon(_run_agent, agent_settings, key)
+    _announce(settings)
+
+
+def _agent_settings(settings: Settings) -> Settings:
+    spool = settings.data_dir / DEMO_DIR
+    agent = attrs.evolve(
+        settings.agent, server_url=settings.server.base_url, spool_dir=spool, api_key=None
+    )
+    return attrs.evolve(settings, agent=agent)
+
+
+async def _demo_key(hub: Sentri, actor: Principal, settings: Settings) -> str:
+    from lunasentri_core.agent.identity import Identity
+
+    identity = Identity(settings.agent.resolved_spool_dir(settings.data_dir))
+    known = identity.api_key()
+    if known is not None:
+        credentials = Credentials(headers={"authorization": f"Bearer {known}"})
+        if await hub.authenticate(credentials) is not None:
+            return known
+    machines = Machines(hub)
+    name = socket.gethostname()
+    existing = await hub.run_sync(hub.storage.state.find_machine, name, actor.id)
+    if existing is None:
+        registered = await machines.create(actor, name, hostname=name, labels=(("demo", "yes"),))
+        secret = registered.issued.secret
+    else:
+        rotated = await machines.rotate(actor, existing.id)
+        secret = rotated.secret
+    identity.save_api_key(secret)
+    return secret
+
+
+async def _run_agent(settings: Settings, api_key: str) -> None:
+    from lunasentri_core import __version__
+    from lunasentri_core.agent.identity import Identity
+    from lunasentri_core.agent.runner import Agent
+    from lunasentri_core.agent.spool import Spool
+    from lunasentri_core.agent.transport import make_http_client
+
+    options = settings.agent
+    spool_dir = options.resolved_spool_dir(settings.data_dir)
+    spool = await anyio.to_thread.run_sync(Spool.open, spool_dir, options.spool_max_bytes)
+    async with make_http_client(options, __version__) as http:
+        agent = Agent(
+            settings,
+            spool=spool,
+            identity=Identity(spool_dir),
+            http=http,
+            version=__version__,
+            api_key=api_key,
+            announce=lambda agent_id, token: None,
+        )
+        await agent.run(handle_signals=False)
+
+
+def _announce(settings: Settings) -> None:
+    url = settings.server.base_url
+    lines = [
+        "",
+        "LunaSentri demo is running.",
+        f"  API:        {url}/api/v1/openapi.json",
+        f"  health:     {url}/healthz   metrics: {url}/metrics",
+        f"  log in:     user {settings.admin_username!r}, password {settings.admin_password!r}",
+        "  try:",
+        f"    TOKEN=$(curl -s {url}/api/v1/auth/login -H 'content-type: application/json' \\",
+        f'      -d \'{{"username": "{settings.admin_username}", '
+        f'"password": "{settings.admin_password}"}}\' | python3 -c '
+        "'import json,sys; print(json.load(sys.stdin)[\"token\"])')",
+        f'    curl -s {url}/api/v1/machines -H "authorization: Bearer $TOKEN"',
+        "  An in-process agent reports this machine every 5 s. Stop with Ctrl-C.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
