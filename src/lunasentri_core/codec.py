@@ -329,6 +329,16 @@ def _fast_value(raw: object) -> float | None:
     return value if value - value == 0.0 else None  # not nan, not infinite
 
 
+def _entry_labels(entry: dict[Any, Any]) -> Labels | None:
+    """The labels of a ``{"value": v, "labels": {...}}`` entry whose value is fine."""
+    if len(entry) == 1:
+        return ()
+    raw = entry.get("labels")
+    if len(entry) != 2 or type(raw) is not dict:
+        return None
+    return _known_labels(raw)
+
+
 def _fast_sample(data: object) -> Sample | None:
     """A well-formed sample decoded cheaply, or ``None`` for the general path."""
     if type(data) is not dict or len(data) != 2:
@@ -367,16 +377,8 @@ def _fast_sample(data: object) -> Sample | None:
             value = _fast_value(item.get("value"))
             if value is None:
                 return None
-            size = len(item)
-            if size == 1:
-                labels: Labels | None = ()
-            elif size == 2 and type(labels_raw := item.get("labels")) is dict:
-                labels = _known_labels(labels_raw)
-                if labels is None:
-                    return None
-            else:
-                return None
-            if labels in seen:
+            labels = _entry_labels(item)
+            if labels is None or labels in seen:
                 return None
             seen.add(labels)
             reading = new(Reading)

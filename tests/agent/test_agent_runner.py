@@ -196,3 +196,19 @@ async def test_stop_lets_the_send_in_flight_finish(kit: AgentKit) -> None:
             release.set()
     assert kit.server.counts() == [1]
     assert len(agent.spool) == 0
+
+
+async def test_server_defaults_leave_local_settings_alone(kit: AgentKit) -> None:
+    kit.server.config = {"interval": 30, "collectors": ["other"], "labels": {}, "version": 0}
+    async with kit.http() as http:
+        agent = kit.agent(http, kit.settings(config_poll_interval=0.05))
+        await run_until(agent, lambda: len(kit.server.requests) >= 3)
+        assert agent.interval == 0.05 and agent.collector_names == ("stub",)
+
+        # A stored configuration applies; removing it brings the local settings back.
+        kit.server.config = {"interval": 30, "collectors": ["other"], "labels": {}, "version": 3}
+        await agent._refresh_config()
+        assert agent.interval == 30 and agent.collector_names == ("other",)
+        kit.server.config = {"interval": 30, "collectors": ["other"], "labels": {}, "version": 0}
+        await agent._refresh_config()
+        assert agent.interval == 0.05 and agent.collector_names == ("stub",)

@@ -94,7 +94,8 @@ def make_server(tmp_path: Path) -> Iterator[MakeServer]:
     started: list[LiveServer] = []
 
     def make(**overrides: Any) -> LiveServer:
-        server_overrides = {"host": "127.0.0.1", **overrides.pop("server", {})}
+        port = free_port()
+        server_overrides = {"host": "127.0.0.1", "port": port, **overrides.pop("server", {})}
         settings = Settings.load(
             environ={},
             data_dir=overrides.pop("data_dir", tmp_path / f"data{len(started)}"),
@@ -102,7 +103,7 @@ def make_server(tmp_path: Path) -> Iterator[MakeServer]:
             server=server_overrides,
             **overrides,
         )
-        live = LiveServer(settings, port=free_port())
+        live = LiveServer(settings, port=port)
         live.start()
         started.append(live)
         return live

@@ -142,24 +142,24 @@ def test_filters_and_limit(server: LiveServer) -> None:
     assert entries(server, admin, action="no.such.action") == []
 
 
-@pytest.mark.parametrize(
-    ("params", "field"),
-    [
-        ({"limit": "0"}, "limit"),
-        ({"limit": "1001"}, "limit"),
-        ({"limit": "-1"}, "limit"),
-        ({"limit": "ten"}, "limit"),
-        ({"limit": "9" * 5000}, "limit"),
-        ({"since": "last week"}, "since"),
-        ({"since": "2024-01-01T00:00:00"}, "since"),
-    ],
-)
-def test_bad_queries_are_422(server: LiveServer, params: dict[str, str], field: str) -> None:
-    with server.client(server.login()) as client:
-        response = client.get("/api/v1/audit", params=params)
+BAD_QUERIES = [
+    ({"limit": "0"}, "limit"),
+    ({"limit": "1001"}, "limit"),
+    ({"limit": "-1"}, "limit"),
+    ({"limit": "ten"}, "limit"),
+    ({"limit": "9" * 5000}, "limit"),
+    ({"since": "last week"}, "since"),
+    ({"since": "2024-01-01T00:00:00"}, "since"),
+]
 
-    assert response.status_code == 422
-    assert response.json()["error"]["field"] == field
+
+def test_bad_queries_are_422(server: LiveServer) -> None:
+    with server.client(server.login()) as client:
+        for params, field in BAD_QUERIES:
+            response = client.get("/api/v1/audit", params=params)
+
+            assert response.status_code == 422, params
+            assert response.json()["error"]["field"] == field, params
 
 
 def test_only_admins_read_the_audit_log(server: LiveServer) -> None:

@@ -18,6 +18,7 @@ import logging
 import signal
 import socket
 from collections.abc import Callable, Mapping
+from datetime import datetime
 
 import anyio
 import anyio.abc
@@ -46,6 +47,9 @@ from lunasentri_core.model import Target, utcnow
 from lunasentri_core.services.collection import CollectionError, collect
 
 log = logging.getLogger(__name__)
+
+UNSET_VERSION = "0"
+"""The version a server reports when it stores no configuration for the machine."""
 
 CollectorLoader = Callable[[Settings, tuple[str, ...]], Mapping[str, Collector]]
 
@@ -83,6 +87,7 @@ class Agent:
         api_key: str | None,
         announce: Announce,
         load: CollectorLoader = load_collectors,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.settings = settings
         self.options: AgentSettings = settings.agent
@@ -98,6 +103,7 @@ class Agent:
         self.target = Target(identity.agent_id(), labels=self.options.labels)
         self.central: CentralConfig | None = None
         self._load = load
+        self._clock = clock
         self._collectors: Mapping[str, Collector] = load(settings, self.collector_names)
         self._batch_limit = self.options.batch_max_samples
         self._backoff = Backoff(cap=self.options.backoff_max.total_seconds())
@@ -120,10 +126,12 @@ class Agent:
         for event in (self._samples_waiting, self._schedule_changed, self._key_ready):
             event.set()
 
-    async def run(self) -> None:
-        """Collect and send until :meth:`stop` or SIGINT/SIGTERM."""
+    async def run(self, *, handle_signals: bool = True) -> None:
+        """Collect and send until :meth:`stop` (or SIGINT/SIGTERM with ``handle_signals``;
+        an application embedding the agent leaves signals to itself)."""
         async with anyio.create_task_group() as outer:
-            outer.start_soon(self._watch_signals, outer.cancel_scope)
+            if handle_signals:
+                outer.start_soon(self._watch_signals, outer.cancel_scope)
             if self.api_key:
                 with anyio.move_on_after(self.options.timeout.total_seconds()):
                     await self._refresh_config()
@@ -195,7 +203,7 @@ class Agent:
                 self._collectors,
                 self.target,
                 timeout=self.settings.collect.timeout,
-                clock=utcnow,
+                clock=self._clock,
             )
         except CollectionError as error:
             self.stats.failed_collections += 1
@@ -313,6 +321,15 @@ class Agent:
         except InvalidCentralConfig as error:
             log.warning("ignoring an invalid central configuration: %s", error)
             return
+        if config.version == UNSET_VERSION:
+            # Nothing stored for this machine: the agent's own settings stand (and
+            # come back if an administrator removes a central configuration).
+            config = attrs.evolve(
+                config,
+                interval=self.options.interval,
+                collectors=tuple(self.options.collectors),
+                labels=self.options.labels,
+            )
         await self._apply(config)
 
     async def _apply(self, config: CentralConfig) -> None:

@@ -1,0 +1,278 @@
+"""The real agent against the real server: push, outage and restart, claim, central config."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from lunasentri_core import __version__
+from lunasentri_core.agent.identity import Identity
+from lunasentri_core.agent.runner import Agent
+from lunasentri_core.agent.spool import Spool
+from lunasentri_core.agent.transport import make_http_client
+from lunasentri_core.config import Settings
+from lunasentri_core.model import utcnow
+
+from .conftest import LiveServer
+
+pytestmark = pytest.mark.anyio
+
+
+def create_machine(server: LiveServer, admin: str, name: str) -> tuple[str, str]:
+    with server.client(admin) as client:
+        response = client.post("/api/v1/machines", json={"name": name})
+    assert response.status_code == 201, response.text
+    return response.json()["machine"]["id"], response.json()["api_key"]
+
+
+def agent_settings(tmp_path: Path, server: LiveServer, **agent: Any) -> Settings:
+    options = {"server_url": server.url, "interval": 0.2, "backoff_max": 0.5, **agent}
+    return Settings.load(environ={}, data_dir=tmp_path / "agent", agent=options)
+
+
+def build_agent(
+    settings: Settings,
+    http: httpx.AsyncClient,
+    api_key: str | None,
+    *,
+    announce: Callable[[str, str], None] = lambda *_: None,
+    clock: Callable[[], datetime] = utcnow,
+) -> Agent:
+    directory = settings.agent.resolved_spool_dir(settings.data_dir)
+    return Agent(
+        settings,
+        spool=Spool.open(directory, settings.agent.spool_max_bytes),
+        identity=Identity(directory),
+        http=http,
+        version=__version__,
+        api_key=api_key,
+        announce=announce,
+        clock=clock,
+    )
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.02)
+
+
+def agent_env(tmp_path: Path, server: LiveServer, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LUNASENTRI_")}
+    env.update(
+        LUNASENTRI_DATA_DIR=str(tmp_path / "cli-agent"),
+        LUNASENTRI_AGENT__SERVER_URL=server.url,
+        LUNASENTRI_LOG_LEVEL="info",
+        **extra,
+    )
+    return env
+
+
+async def history_timestamps(
+    server: LiveServer, admin: str, machine_id: str, start: datetime, end: datetime
+) -> list[str]:
+    async with httpx.AsyncClient(
+        base_url=server.url, headers={"authorization": f"Bearer {admin}"}
+    ) as client:
+        response = await client.get(
+            f"/api/v1/machines/{machine_id}/history",
+            params={
+                "metric": "mem.used",
+                "start": start.isoformat(),
+                "end": end.isoformat(),
+                "step": "0.01",
+                "agg": "last",
+            },
+        )
+    assert response.status_code == 200, response.text
+    (series,) = response.json()["series"]
+    return [point[0] for point in series["points"]]
+
+
+def bucket(at: datetime) -> str:
+    epoch = datetime(1970, 1, 1, tzinfo=at.tzinfo)
+    return (at - (at - epoch) % timedelta(milliseconds=10)).isoformat()
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_once_from_the_command_line_and_the_points_are_queryable(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    admin = server.login()
+    machine_id, key = create_machine(server, admin, "cli")
+    result = subprocess.run(
+        [sys.executable, "-m", "lunasentri_core.agent", "--once"],
+        env=agent_env(tmp_path, server, LUNASENTRI_AGENT__API_KEY=key),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "delivered 1 sample(s)" in result.stdout
+    with server.client(admin) as client:
+        latest = client.get(f"/api/v1/machines/{machine_id}/latest").json()
+    metrics = {item["metric"] for item in latest["items"]}
+    assert {"cpu.percent", "mem.used", "mem.total"} <= metrics
+
+
+def test_once_with_a_wrong_key_fails_and_keeps_the_sample(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "lunasentri_core.agent", "--once"],
+        env=agent_env(tmp_path, server, LUNASENTRI_AGENT__API_KEY="lsk_not_a_key"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "not delivered: HTTP 401" in result.stderr
+    assert "1 sample(s) stay spooled" in result.stderr
+
+
+async def test_no_sample_is_lost_while_the_server_restarts(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    admin = await anyio.to_thread.run_sync(server.login)
+    machine_id, key = await anyio.to_thread.run_sync(create_machine, server, admin, "bounce")
+    collected: list[datetime] = []
+
+    def clock() -> datetime:
+        collected.append(utcnow())
+        return collected[-1]
+
+    # Steps count from the start given: aligned, they match bucket() below.
+    started = datetime.fromisoformat(bucket(utcnow()))
+    settings = agent_settings(tmp_path, server)
+    async with make_http_client(settings.agent, __version__) as http:
+        agent = build_agent(settings, http, key, clock=clock)
+        async with anyio.create_task_group() as group:
+            group.start_soon(agent.run)
+            await wait_for(lambda: agent.stats.delivered >= 3)
+            await anyio.to_thread.run_sync(server.stop)
+            down_at = agent.stats.collected
+            await wait_for(lambda: agent.stats.collected >= down_at + 5)
+            assert agent.stats.send_failures >= 1
+            assert len(agent.spool) >= 4
+            await anyio.to_thread.run_sync(server.start)
+            await wait_for(lambda: len(agent.spool) == 0 and agent.stats.collected > down_at + 6)
+            agent.stop()
+    assert agent.stats.delivered == agent.stats.collected == len(collected)
+    stored = await history_timestamps(server, admin, machine_id, started, utcnow())
+    assert sorted(stored) == sorted(bucket(at) for at in collected)
+
+
+async def test_claim_workflow_with_the_real_agent(server: LiveServer, tmp_path: Path) -> None:
+    lines: queue.Queue[str] = queue.Queue()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lunasentri_core.agent", "--interval", "0.5"],
+        env=agent_env(tmp_path, server),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in process.stdout], daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    output: list[str] = []
+
+    def read_until(prefix: str) -> str:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            output.append(line)
+            if line.strip().startswith(prefix):
+                return line.split(":", 1)[1].strip()
+        raise AssertionError(f"no {prefix!r} line in:\n{''.join(output)}")
+
+    try:
+        agent_id = read_until("agent id")
+        token = read_until("claim token")
+        assert token.startswith("lsc_")
+        admin = await anyio.to_thread.run_sync(server.login)
+        async with httpx.AsyncClient(
+            base_url=server.url, headers={"authorization": f"Bearer {admin}"}
+        ) as client:
+            pending = (await client.get("/api/v1/agents/pending")).json()["items"]
+            assert [p["agent_id"] for p in pending] == [agent_id]
+            claimed = await client.post(
+                f"/api/v1/agents/{agent_id}/claim", json={"claim_token": token, "name": "claimed"}
+            )
+            assert claimed.status_code == 201, claimed.text
+            machine_id = claimed.json()["machine"]["id"]
+
+            async def has_data() -> bool:
+                latest = await client.get(f"/api/v1/machines/{machine_id}/latest")
+                return bool(latest.json()["items"])
+
+            with anyio.fail_after(30):
+                while not await has_data():
+                    await anyio.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        reader.join(timeout=5)
+        while not lines.empty():
+            output.append(lines.get())
+        assert process.returncode == 0, "".join(output)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        reader.join(timeout=5)
+        process.stdout.close()
+
+    spool = tmp_path / "cli-agent" / "agent-spool"
+    assert (spool / "api-key").read_text().startswith("lsk_")
+    assert not (spool / "claim-token").exists()
+    # After a restart the stored key is used: no second claim.
+    again = subprocess.run(
+        [sys.executable, "-m", "lunasentri_core.agent", "--once"],
+        env=agent_env(tmp_path, server),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "claim token" not in again.stdout
+
+
+async def test_a_central_config_change_is_noticed(server: LiveServer, tmp_path: Path) -> None:
+    admin = await anyio.to_thread.run_sync(server.login)
+    machine_id, key = await anyio.to_thread.run_sync(create_machine, server, admin, "config")
+    settings = agent_settings(tmp_path, server, interval=0.5, config_poll_interval=0.2)
+    async with make_http_client(settings.agent, __version__) as http:
+        agent = build_agent(settings, http, key)
+        async with anyio.create_task_group() as group:
+            group.start_soon(agent.run)
+            await wait_for(lambda: agent.stats.delivered >= 1)
+            assert agent.interval == 0.5  # the server's defaults (version 0) leave it alone
+            async with httpx.AsyncClient(
+                base_url=server.url, headers={"authorization": f"Bearer {admin}"}
+            ) as client:
+                response = await client.put(
+                    f"/api/v1/machines/{machine_id}/agent-config",
+                    json={"interval": 2, "collectors": ["psutil"], "labels": {"rack": "r1"}},
+                )
+            assert response.status_code == 200, response.text
+            await wait_for(lambda: agent.interval == 2.0)
+            assert agent.target.labels == (("rack", "r1"),)
+            assert agent.central is not None and agent.central.version == "1"
+            agent.stop()
