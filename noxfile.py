@@ -29,7 +29,14 @@ EXAMPLE = Path("examples/third_party_plugin")
 ENTRY_POINT_GROUP = "lunasentri"
 
 # Tool versions live here and in requirements-dev.txt; keep the two in step.
-TEST_REQUIREMENTS = ["pytest>=8.0", "hypothesis>=6.100", "coverage[toml]>=7.5", "httpx>=0.27"]
+TEST_REQUIREMENTS = [
+    "pytest>=8.0",
+    "hypothesis>=6.100",
+    "coverage[toml]>=7.5",
+    "httpx>=0.27",
+    "jsonschema>=4.22",
+    "openapi-spec-validator>=0.7",
+]
 LINT_REQUIREMENTS = ["ruff>=0.16,<0.18"]
 # pytest: lunasentri_core.testing is a pytest plugin; nox: the noxfile is checked too.
 TYPECHECK_REQUIREMENTS = ["mypy>=2.3,<3", "pytest>=8.0", "nox>=2025.2.9"]

@@ -60,7 +60,10 @@ good_labels = st.dictionaries(
 labels = st.one_of(
     good_labels,
     good_labels,
-    st.dictionaries(st.text(max_size=4), st.one_of(st.text(max_size=3), odd_scalars)),
+    st.dictionaries(
+        st.text(max_size=4),
+        st.one_of(st.text(max_size=3), odd_scalars, st.lists(st.integers(), max_size=1)),
+    ),
     st.just({"mount": "x" * 257}),
     odd_scalars,
     st.lists(st.text(max_size=2), max_size=2),
@@ -78,7 +81,7 @@ good_timestamps = st.sampled_from([0, 1_700_000_000.25, "2026-11-23T16:00:00+02:
 timestamps = st.one_of(
     good_timestamps,
     good_timestamps,
-    st.sampled_from(["2026-11-23T16:00:00", "soon", 1e20]),
+    st.sampled_from(["2026-11-23T16:00:00", "soon", 1e20, "0001-01-01T00:00:00+01:00"]),
     odd_scalars,
 )
 samples = st.one_of(
@@ -118,3 +121,8 @@ def test_typical_batch_decodes_the_same_on_both_paths() -> None:
 def test_the_same_series_twice_is_reported_by_both_paths() -> None:
     twice = {"disk.used": [{"labels": {"mount": "/"}, "value": 1}] * 2}
     assert_same({"samples": [{"timestamp": 0, "metrics": twice}]})
+
+
+def test_unhashable_label_values_are_reported_by_both_paths() -> None:
+    odd = {"disk.used": [{"labels": {"mount": ["/"]}, "value": 1}]}
+    assert_same({"samples": [{"timestamp": 0, "metrics": odd}]})

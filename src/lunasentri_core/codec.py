@@ -229,7 +229,10 @@ def _sample_hook(
 ) -> Callable[[object, type], Sample]:
     def structure(data: object, _: type) -> Sample:
         if fast:
-            sample = _fast_sample(data)
+            try:
+                sample = _fast_sample(data)
+            except Exception:  # whatever it is, the general path names it properly
+                sample = None
             if sample is not None:
                 return sample
         if not isinstance(data, Mapping):
@@ -297,7 +300,10 @@ def _known_metric(name: object) -> bool:
 
 def _known_labels(raw: dict[Any, Any]) -> Labels | None:
     key = tuple(raw.items())
-    found = _valid_labels.get(key)
+    try:
+        found = _valid_labels.get(key)
+    except TypeError:  # an unhashable value, so not a string
+        return None
     if found is not None:
         return found
     for name, value in key:
@@ -347,10 +353,7 @@ def _fast_sample(data: object) -> Sample | None:
     stamp = data.get("timestamp")
     if type(metrics) is not dict or stamp is None:
         return None
-    try:
-        timestamp = parse_datetime(stamp)  # in UTC, as Sample's converter would make it
-    except (TypeError, ValueError):
-        return None
+    timestamp = parse_datetime(stamp)  # in UTC, as Sample's converter would make it
     readings: list[Reading] = []
     append = readings.append
     new, set_metric, set_value, set_labels = _new_object, _set_metric, _set_value, _set_labels

@@ -16,6 +16,7 @@ import pytest
 from lunasentri_core.config import Settings
 from lunasentri_core.hub import open_storage
 from lunasentri_core.plugins import create_plugin_manager
+from lunasentri_core.services.ingest import TokenBucket
 from lunasentri_core.storage.protocols import StorageBackend
 
 from .conftest import ADMIN_PASSWORD, LiveServer, MakeServer, free_port
@@ -454,3 +455,41 @@ def test_timestamp_errors_name_each_sample(shared: Shared) -> None:
     assert [d["field"] for d in details] == ["samples[1].timestamp", "samples[2].timestamp"]
     assert "ahead of the server's clock" in details[0]["message"]
     assert "older than" in details[1]["message"]
+
+
+# --------------------------------------------------------------------------- the token bucket
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(rate=10, burst=100, clock=clock, max_keys=2)
+
+    assert bucket.take("a", 100) == 0
+    assert bucket.take("a", 5) == pytest.approx(0.5)  # 5 tokens at 10/s
+    assert bucket.wait("a") == pytest.approx(0.1)
+    clock.now += 0.5
+    assert bucket.take("a", 5) == 0
+    bucket.give_back("a", 5)  # the write failed: the tokens come back
+    assert bucket.take("a", 5) == 0
+    clock.now += 1_000
+    assert bucket.take("a", 101) == pytest.approx(0.1)  # never more than the burst
+
+
+def test_token_bucket_forgets_refilled_buckets_and_can_be_off() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(rate=1, burst=10, clock=clock, max_keys=2)
+    for key in "abc":
+        bucket.take(key, 10)
+    clock.now += 10
+    bucket.take("d", 1)  # over max_keys: the full ones (a, b, c) are dropped
+
+    assert set(bucket._buckets) == {"d"}
+    assert TokenBucket(rate=0, burst=0).take("a", 10**9) == 0

@@ -15,6 +15,7 @@ import pytest
 
 from lunasentri_core.model import Reading, Sample
 from lunasentri_core.server.routes import queries as query_routes
+from lunasentri_core.services import queries
 from lunasentri_core.services.live import LiveFeed
 
 from .conftest import LiveServer
@@ -455,3 +456,20 @@ def test_the_stream_is_documented_as_server_sent_events(shared: Shared) -> None:
         "agg": False,
         "labels": False,
     }
+
+
+@pytest.mark.parametrize(
+    ("span", "step"),
+    [
+        (timedelta(minutes=1), timedelta(seconds=1)),
+        (timedelta(hours=1), timedelta(seconds=10)),
+        (timedelta(days=1), timedelta(minutes=5)),
+        (timedelta(days=30), timedelta(hours=2)),
+        (timedelta(days=365 * 50), timedelta(days=37)),
+    ],
+)
+def test_default_steps_are_round_and_keep_histories_short(span: timedelta, step: timedelta) -> None:
+    end = datetime(2026, 11, 23, 16, 0, 7, tzinfo=UTC)
+
+    assert queries.auto_step(end - span, end) == step
+    assert queries.align(end, timedelta(seconds=10)) == end.replace(second=0)

@@ -70,6 +70,8 @@ class Endpoint:
     summary: str
     tags: tuple[str, ...]
     request: Schema | None
+    request_required: bool
+    """Whether the body is required; ``False`` where an empty body means the defaults."""
     responses: Mapping[int, Schema | None]
     query: Mapping[str, Schema]
     """Query parameters and their schemas (documented; parsing is the handler's)."""
@@ -165,6 +167,7 @@ class Api:
         auth: Auth,
         summary: str,
         request: Schema | None = None,
+        request_required: bool = True,
         responses: Mapping[int, Schema | None] | None = None,
         query: Mapping[str, Schema] | None = None,
         status: int = 200,
@@ -180,6 +183,7 @@ class Api:
                     summary=summary,
                     tags=tuple(tags) or ((self.tag,) if self.tag else ()),
                     request=request,
+                    request_required=request_required,
                     responses=dict(responses or {status: None}),
                     query=dict(query or {}),
                     status=status,

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lunasentri_core.components import Credentials, Principal
 from lunasentri_core.config import Settings
 from lunasentri_core.hub import Sentri
+from lunasentri_core.model import SeriesValue
 from lunasentri_core.server import routes
 from lunasentri_core.server.api import Api, Endpoint, build_routes
 from lunasentri_core.server.context import REQUEST_ID_HEADER, new_request_id, request_id
@@ -56,6 +57,8 @@ def create_app(
             if owns_hub:
                 await stack.enter_async_context(hub)
             metrics.track_queue_depth(lambda: hub.writer.queue_depth)
+            if settings.server.metrics_series:
+                metrics.expose_series(lambda: _latest_of_every_machine(hub))
             async with anyio.create_task_group() as services:
                 await routes.start_services(app, services)
                 if demo:
@@ -80,6 +83,12 @@ def create_app(
     app.state.metrics = metrics
     app.state.apis = apis
     return app
+
+
+def _latest_of_every_machine(hub: Sentri) -> list[tuple[str, SeriesValue]]:
+    machines = {m.id: m.name for m in hub.storage.state.list_machines(None)}
+    values = hub.storage.metrics.latest(list(machines))
+    return [(machines[v.series.machine_id], v) for v in values]
 
 
 async def _collect_own_host(hub: Sentri) -> None:

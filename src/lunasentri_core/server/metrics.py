@@ -54,23 +54,34 @@ class ServerMetrics:
 
 
 class _SeriesCollector(Collector):
+    """Runs in the thread that renders /metrics, so it may read storage directly."""
+
     def __init__(self, latest: Callable[[], Iterable[tuple[str, SeriesValue]]]) -> None:
         self._latest = latest
 
     def collect(self) -> Iterable[Metric]:
-        families: dict[tuple[str, tuple[str, ...]], GaugeMetricFamily] = {}
+        by_name: dict[str, list[tuple[str, SeriesValue]]] = {}
         for machine_name, value in self._latest():
-            labels = ("machine", *(name for name, _ in value.series.labels))
             name = "lunasentri_" + value.series.metric.replace(".", "_")
-            family = families.get((name, labels))
-            if family is None:
-                family = GaugeMetricFamily(
-                    name, f"Latest stored {value.series.metric}.", labels=list(labels)
-                )
-                families[(name, labels)] = family
-            label_values = [machine_name, *(v for _, v in value.series.labels)]
-            family.add_metric(label_values, value.value, timestamp=value.timestamp.timestamp())
-        return families.values()
+            by_name.setdefault(name, []).append((machine_name, value))
+        return [_family(name, values) for name, values in sorted(by_name.items())]
 
     def describe(self) -> Iterable[Metric]:
         return []
+
+
+def _family(name: str, values: list[tuple[str, SeriesValue]]) -> GaugeMetricFamily:
+    # One family per name: Prometheus needs the same label names on every sample of
+    # a metric, so series lacking a label get it empty.
+    label_names = sorted({label for _, v in values for label, _ in v.series.labels} - {"machine"})
+    family = GaugeMetricFamily(
+        name, f"Latest stored {values[0][1].series.metric}.", labels=["machine", *label_names]
+    )
+    for machine_name, value in values:
+        labels = dict(value.series.labels)
+        family.add_metric(
+            [machine_name, *(labels.get(label, "") for label in label_names)],
+            value.value,
+            timestamp=value.timestamp.timestamp(),
+        )
+    return family

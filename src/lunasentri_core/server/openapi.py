@@ -83,7 +83,7 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
         operation["security"] = _SECURITY[endpoint.auth]
     if endpoint.request is not None:
         operation["requestBody"] = {
-            "required": True,
+            "required": endpoint.request_required,
             "content": {"application/json": {"schema": endpoint.request}},
         }
     return operation
@@ -116,6 +116,9 @@ def _implied_errors(endpoint: Endpoint) -> list[int]:
         statuses += [401, 403]
     if endpoint.request is not None or endpoint.query or "{" in endpoint.path:
         statuses += [400, 404, 413, 422]
+    if endpoint.request is not None:
+        # Call.body refuses a Content-Encoding other than identity or gzip.
+        statuses.append(415)
     return statuses
 
 

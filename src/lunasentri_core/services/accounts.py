@@ -13,6 +13,7 @@ with the right password, until enough failures age out of the window.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -60,6 +61,8 @@ if TYPE_CHECKING:
     from lunasentri_core.config import ServerSettings
     from lunasentri_core.hub import Sentri
 
+log = logging.getLogger(__name__)
+
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
 MAX_USERNAME_LENGTH = 64
 MIN_PASSWORD_LENGTH = 8
@@ -70,7 +73,12 @@ MAX_EXPORT_STEPS = 10_000
 ANONYMOUS = Principal(kind="anonymous", id="")
 """The actor of an unauthenticated attempt (a failed login) in the audit log."""
 
-_DUMMY_PASSWORD = "lunasentri: no such user"
+DUMMY_HASH = (
+    "scrypt$32768$8$1$M0574azQN2LcWibntV2Tvw==$cH3lEaJhnD78ERrCZK09O4nzl0Mc3Xc+MUyjcwCHnVU="
+)
+"""A hash of a random password nobody knows, verified for unknown usernames so that
+they cost what a real verification costs. It has :func:`hash_password`'s parameters
+(a test keeps them in step)."""
 
 
 # --------------------------------------------------------------------------- errors
@@ -203,7 +211,6 @@ class Accounts:
         self.hub = hub
         self.settings = settings
         self._hashing = anyio.CapacityLimiter(hashing_threads)
-        self._dummy_hash: str | None = None
 
     @property
     def _state(self) -> StateStore:
@@ -218,16 +225,10 @@ class Accounts:
     async def _verify(self, password: str, stored: str | None) -> bool:
         # An unknown user costs a full verification too, so timing does not reveal
         # whether the name exists.
-        if stored is None:
-            if self._dummy_hash is None:
-                self._dummy_hash = await self._hash(_DUMMY_PASSWORD)
-            await anyio.to_thread.run_sync(
-                verify_password, password, self._dummy_hash, limiter=self._hashing
-            )
-            return False
-        return await anyio.to_thread.run_sync(
-            verify_password, password, stored, limiter=self._hashing
+        matches = await anyio.to_thread.run_sync(
+            verify_password, password, stored or DUMMY_HASH, limiter=self._hashing
         )
+        return matches and stored is not None
 
     # ------------------------------------------------------------ users
 
@@ -246,7 +247,14 @@ class Accounts:
         try:
             return await self.create_user(username, password, Role.ADMIN, actor=None)
         except ConflictError:
-            # Another server process sharing the database created it first.
+            # Another server process sharing the database may have made it first.
+            if not any(u.is_admin for u in await self.hub.run_sync(self._state.list_users)):
+                log.warning(
+                    "no admin was created: the username %r (admin_username) is taken by a "
+                    "user who is not an admin; make an admin with 'lunasentri users create "
+                    "--admin NAME'",
+                    username,
+                )
             return None
 
     async def create_user(

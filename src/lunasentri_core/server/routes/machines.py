@@ -452,6 +452,7 @@ async def list_keys(call: Call) -> object:
     auth=Auth.USER,
     summary="Issue a new API key; the previous ones work for a grace period",
     request=ROTATE_REQUEST,
+    request_required=False,
     responses={201: ISSUED_KEY},
     status=201,
 )

@@ -1,0 +1,236 @@
+"""A real ``lunasentri serve`` process for the HTTP benchmarks.
+
+The server runs in its own interpreter, as in production (uvicorn, one worker),
+on a free loopback port with a temporary data directory; the benchmark is the
+client. ``ServerProcess`` starts it, waits for ``/healthz/ready``, logs in as
+the admin, registers machines through the API (concurrently), measures the
+server's CPU time, and stops it with SIGTERM, checking that it exits cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import psutil
+
+ADMIN_PASSWORD = "benchmark-admin-password"
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 60.0
+
+# `lunasentri_core.cli` has no `__main__` guard, so `python -m` would do nothing.
+ENTRY = "import sys; from lunasentri_core.cli import main; sys.exit(main())"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServerError(RuntimeError):
+    """The server did not start, answered wrongly, or did not stop cleanly."""
+
+
+class ServerProcess:
+    """``lunasentri serve`` in a subprocess; use as a context manager.
+
+    ``env`` adds ``LUNASENTRI_*`` settings (e.g. a higher ingest rate limit).
+    The server's output goes to a log file whose tail is shown when it fails.
+    """
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._tmp = Path(tempfile.mkdtemp(prefix="lunasentri-bench-server-"))
+        self.data_dir = self._tmp / "data"
+        self.log_path = self._tmp / "server.log"
+        self._env = dict(env or {})
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: object = None
+        self.returncode: int | None = None
+        self.clean = False
+        """Whether the last stop() was graceful (see stopped_cleanly)."""
+
+    # ------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> ServerProcess:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._proc is not None and self._proc.poll() is None:
+                self.stop(check=exc is None)
+        finally:
+            self.close()
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None, "not started"
+        return self._proc.pid
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "LUNASENTRI_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "LUNASENTRI_ADMIN_USERNAME": "admin",
+            **self._env,
+        }
+        env.pop("LUNASENTRI_CONFIG", None)
+        command = [
+            sys.executable,
+            "-c",
+            ENTRY,
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+        ]
+        log = self.log_path.open("wb")
+        self._log = log
+        self._proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self._tmp
+        )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        with httpx.Client(base_url=self.url, timeout=5) as client:
+            while time.monotonic() < deadline:
+                if self._proc is not None and self._proc.poll() is not None:
+                    raise ServerError(f"the server exited at start:\n{self.log_tail()}")
+                try:
+                    if client.get("/healthz/ready").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+        raise ServerError(f"the server was not ready in {READY_TIMEOUT:.0f} s:\n{self.log_tail()}")
+
+    def stop(self, *, check: bool = True) -> int:
+        """SIGTERM, then wait for the graceful shutdown, which must complete.
+
+        uvicorn re-raises the signal it caught once it has shut down, so a clean
+        stop ends with status -SIGTERM (143 in a shell) as well as 0.
+        """
+        assert self._proc is not None, "not started"
+        self._proc.send_signal(signal.SIGTERM)
+        try:
+            self.returncode = self._proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self.returncode = self._proc.wait()
+            raise ServerError(
+                f"the server did not stop within {STOP_TIMEOUT:.0f} s of SIGTERM:\n"
+                f"{self.log_tail()}"
+            ) from None
+        self.clean = self.stopped_cleanly()
+        if check and not self.clean:
+            raise ServerError(
+                f"the server exited with status {self.returncode} after SIGTERM:\n"
+                f"{self.log_tail()}"
+            )
+        return self.returncode
+
+    def stopped_cleanly(self) -> bool:
+        """Stopped by the signal, with no error or traceback in the log."""
+        return self.returncode in (0, -signal.SIGTERM) and not self.errors()
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        if self._log is not None:
+            self._log.close()  # type: ignore[attr-defined]
+            self._log = None
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            with self.log_path.open("rb") as log:
+                tail = collections.deque(log, maxlen=lines)
+        except OSError:
+            return "(no server log)"
+        return b"".join(tail).decode(errors="replace")
+
+    def errors(self) -> list[str]:
+        """Log lines at ERROR or above, and tracebacks (text or JSON log format)."""
+        text = self.log_path.read_text(errors="replace")
+        marks = ("ERROR", "CRITICAL", "Traceback", '"level": "error"', '"level": "critical"')
+        return [line for line in text.splitlines() if any(mark in line for mark in marks)]
+
+    # ------------------------------------------------------------ measuring
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far (all its threads)."""
+        times = psutil.Process(self.pid).cpu_times()
+        return float(times.user + times.system)
+
+    def rss_bytes(self) -> int:
+        return int(psutil.Process(self.pid).memory_info().rss)
+
+    # ------------------------------------------------------------ API
+
+    def login(self) -> str:
+        """A session token of the admin."""
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            response = client.post(
+                "/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
+            )
+        if response.status_code != 200:
+            raise ServerError(f"login: {response.status_code} {response.text}")
+        token: str = response.json()["token"]
+        return token
+
+    def register(self, names: Sequence[str], *, concurrency: int = 16) -> list[str]:
+        """Register machines through the API; returns their API keys, in order."""
+        return asyncio.run(self._register(self.login(), names, concurrency))
+
+    async def _register(self, token: str, names: Sequence[str], concurrency: int) -> list[str]:
+        keys: list[str] = [""] * len(names)
+        queue = iter(enumerate(names))
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        headers = {"authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(
+            base_url=self.url, headers=headers, limits=limits, timeout=60
+        ) as client:
+
+            async def worker() -> None:
+                # One shared iterator: each worker takes the next name until none are left.
+                for index, name in queue:
+                    body = {"name": name, "hostname": f"{name}.bench", "labels": {"bench": "1"}}
+                    response = await client.post("/api/v1/machines", json=body)
+                    if response.status_code != 201:
+                        raise ServerError(
+                            f"registering {name}: {response.status_code} {response.text}"
+                        )
+                    keys[index] = response.json()["api_key"]
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return keys

@@ -1,0 +1,273 @@
+"""Benchmark (b): the push agent's memory and CPU, beside a bare Python floor.
+
+In one run: a real server (``lunasentri serve``, its own process, loopback), a
+machine registered on it, then side by side for ``--duration`` seconds:
+
+* the floor: ``python -c "import psutil, httpx; sleep"``, what any Python agent
+  using those two libraries costs before it does anything;
+* ``lunasentri agent`` at ``--interval`` seconds (the command users run);
+* ``python -m lunasentri_core.agent``, the same agent without the rest of the CLI.
+
+Peak RSS is the kernel's high-water mark (``VmHWM``) where available, else the
+largest sampled RSS. CPU is the agent's user+system time from ``--warmup``
+seconds on (start-up imports excluded; reported separately), as a share of one
+core. The samples the server stored are counted, so an agent that silently
+failed cannot pass.
+
+    python benchmarks/bench_agent_footprint.py [--duration 60] [--interval 5] [--warmup 10]
+
+Targets are reported, not asserted (``--strict`` exits 1 when one is missed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import psutil
+from _common import verdict
+
+TARGET_RSS_RATIO = 1.15
+TARGET_CPU_PERCENT = 0.1
+ADMIN_PASSWORD = "benchmark admin password"
+BIN = Path(sys.executable).parent
+
+
+class Watched:
+    """A child process and its resource figures."""
+
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.popen = subprocess.Popen(
+            list(argv), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.process = psutil.Process(self.popen.pid)
+        self.peak_sampled = 0
+        self.started = time.monotonic()
+        self.cpu_at_warmup: float | None = None
+        self.warmup_at = 0.0
+
+    def sample(self) -> None:
+        try:
+            self.peak_sampled = max(self.peak_sampled, self.process.memory_info().rss)
+        except psutil.NoSuchProcess:
+            pass
+
+    def cpu(self) -> float:
+        times = self.process.cpu_times()
+        return times.user + times.system
+
+    def mark_warmup(self) -> None:
+        self.cpu_at_warmup, self.warmup_at = self.cpu(), time.monotonic()
+
+    def peak_rss(self) -> int:
+        """The kernel's high-water mark, which no sampling interval can miss."""
+        try:
+            with open(f"/proc/{self.popen.pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return self.peak_sampled
+
+    def steady_cpu_percent(self) -> float:
+        assert self.cpu_at_warmup is not None
+        elapsed = time.monotonic() - self.warmup_at
+        return 100.0 * (self.cpu() - self.cpu_at_warmup) / elapsed
+
+    def stop(self) -> str:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+        try:
+            output, _ = self.popen.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            output, _ = self.popen.communicate()
+        return output or ""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LUNASENTRI_")}
+    env.update(extra)
+    return env
+
+
+def start_server(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    env = clean_env(LUNASENTRI_ADMIN_PASSWORD=ADMIN_PASSWORD, LUNASENTRI_LOG_LEVEL="warning")
+    server = subprocess.Popen(
+        [str(BIN / "lunasentri"), "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz/ready", timeout=1).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited with {server.returncode}")
+        time.sleep(0.1)
+    server.kill()
+    raise SystemExit("the server did not become ready")
+
+
+def register_machine(url: str, name: str, token: str | None = None) -> tuple[str, str, str]:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        if token is None:
+            login = client.post(
+                "/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
+            )
+            login.raise_for_status()
+            token = str(login.json()["token"])
+        response = client.post(
+            "/api/v1/machines",
+            json={"name": name},
+            headers={"authorization": f"Bearer {token}"},
+        )
+        response.raise_for_status()
+        body = response.json()
+    return token, body["machine"]["id"], body["api_key"]
+
+
+def stored_samples(url: str, token: str, machine_id: str, since: datetime) -> int:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        response = client.get(
+            f"/api/v1/machines/{machine_id}/history",
+            params={
+                "metric": "mem.used",
+                "start": since.isoformat(),
+                "end": (datetime.now(UTC) + timedelta(seconds=1)).isoformat(),
+                "step": "1",
+            },
+            headers={"authorization": f"Bearer {token}"},
+        )
+        response.raise_for_status()
+        series = response.json()["series"]
+    return sum(len(s["points"]) for s in series)
+
+
+def mib(value: float) -> str:
+    return f"{value / 2**20:.1f} MiB"
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    parser.add_argument("--interval", type=float, default=5.0, help="agent interval, s")
+    parser.add_argument("--warmup", type=float, default=10.0, help="CPU counted after this")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args(argv)
+    if args.warmup >= args.duration:
+        parser.error("--warmup must be shorter than --duration")
+
+    with tempfile.TemporaryDirectory(prefix="lunasentri-bench-agent-") as tmp:
+        root = Path(tmp)
+        server, url = start_server(root / "server")
+        try:
+            return run(args, root, url)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def run(args: argparse.Namespace, root: Path, url: str) -> int:
+    token, cli_machine, cli_key = register_machine(url, "bench-cli")
+    _, module_machine, module_key = register_machine(url, "bench-module", token)
+    since = datetime.now(UTC)
+
+    def agent_env(name: str, key: str) -> dict[str, str]:
+        return clean_env(
+            LUNASENTRI_DATA_DIR=str(root / name),
+            LUNASENTRI_AGENT__SERVER_URL=url,
+            LUNASENTRI_AGENT__API_KEY=key,
+            LUNASENTRI_AGENT__INTERVAL=f"{args.interval:g}",
+        )
+
+    sleep = f"import psutil, httpx, time; time.sleep({args.duration + 30})"
+    watched = [
+        Watched("floor: import psutil, httpx", [sys.executable, "-c", sleep], clean_env()),
+        Watched(
+            "lunasentri agent",
+            [str(BIN / "lunasentri"), "agent"],
+            agent_env("cli", cli_key),
+        ),
+        Watched(
+            "python -m lunasentri_core.agent",
+            [sys.executable, "-m", "lunasentri_core.agent"],
+            agent_env("module", module_key),
+        ),
+    ]
+    started = time.monotonic()
+    warmed = False
+    while (elapsed := time.monotonic() - started) < args.duration:
+        for item in watched:
+            item.sample()
+        if not warmed and elapsed >= args.warmup:
+            for item in watched:
+                item.mark_warmup()
+            warmed = True
+        time.sleep(0.1)
+    for item in watched:
+        item.sample()
+    figures = [
+        (item.name, item.peak_rss(), item.steady_cpu_percent(), item.cpu_at_warmup or 0.0)
+        for item in watched
+    ]
+    outputs = [item.stop() for item in watched]
+    stored = {
+        "lunasentri agent": stored_samples(url, token, cli_machine, since),
+        "python -m lunasentri_core.agent": stored_samples(url, token, module_machine, since),
+    }
+
+    floor = figures[0][1]
+    expected = int(args.duration // args.interval)
+    print(
+        f"agent footprint: {args.duration:g} s at a {args.interval:g} s interval, "
+        f"CPU counted after {args.warmup:g} s"
+    )
+    print(f"{'process':34} {'peak RSS':>10} {'ratio':>6} {'CPU %core':>10} {'start CPU':>10}")
+    ok = True
+    for (name, peak, cpu, start_cpu), output in zip(figures, outputs, strict=True):
+        ratio = peak / floor
+        print(f"{name:34} {mib(peak):>10} {ratio:6.2f} {cpu:10.3f} {start_cpu:9.2f}s")
+        if name in stored:
+            delivered = stored[name]
+            good = (
+                ratio <= TARGET_RSS_RATIO and cpu <= TARGET_CPU_PERCENT and delivered >= expected - 1
+            )
+            ok = ok and good
+            print(
+                f"  {delivered} samples stored (about {expected} expected); "
+                f"RSS <= {TARGET_RSS_RATIO}x floor: {verdict(ratio <= TARGET_RSS_RATIO)}; "
+                f"CPU <= {TARGET_CPU_PERCENT}% of a core: {verdict(cpu <= TARGET_CPU_PERCENT)}"
+            )
+            if "Traceback" in output or "ERROR" in output:
+                print("  agent output:\n    " + "\n    ".join(output.splitlines()[-20:]))
+    return 1 if args.strict and not ok else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

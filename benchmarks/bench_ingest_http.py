@@ -1,0 +1,415 @@
+"""Benchmark: end-to-end ingest over HTTP against the raw SQLite limit.
+
+A real ``lunasentri serve`` (uvicorn, one worker, SQLite in a temporary data
+directory) runs in its own process on a loopback port. This process is the
+load: ``--agents`` simulated agents, each a registered machine with its own
+API key, post batches of ``--points`` readings (50-reading samples shaped like
+the psutil collector's, fresh timestamps in every request) to
+``POST /api/v1/ingest`` back to back for ``--duration`` seconds over keep-alive
+connections (httpx). Only 200 answers count, with the ``accepted`` figure the
+server returns. The server's per-machine rate limit is raised so that it does
+not throttle the run, and storage maintenance is pushed out of the window (the
+raw limit does not compact either).
+
+In the same run, the limit: raw ``sqlite3`` ``executemany`` of ready
+``(series_id, ts, value)`` tuples into an unindexed WAL table, measured exactly
+as ``bench_storage_write.py`` measures it (best of ``--repeat``, before and
+after the HTTP run).
+
+    python benchmarks/bench_ingest_http.py [--agents 8] [--points 500] [--duration 20]
+        [--gzip] [--processes 1] [--profile] [--strict]
+
+Server and load generator share the machine; the CPU each used is printed, so
+a load generator that saturates its core (rather than the server) shows.
+``--profile`` samples the server with py-spy during the run and prints where
+its time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import gzip
+import json
+import multiprocessing
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+
+import _common as c
+import _server
+import attrs
+import bench_storage_write as storage_bench
+import httpx
+
+TARGET_RATIO = 0.3
+TARGET_P99 = 0.050
+READINGS_PER_SAMPLE = len(c.SHAPES)
+VARIANTS = 16
+"""Different value sets per agent (so gzip sees realistic, not identical, samples)."""
+SERVER_ENV = {
+    # One agent here sends far more than a real machine: lift the per-machine limit.
+    "LUNASENTRI_SERVER__INGEST_RATE": "0",
+    "LUNASENTRI_SERVER__INGEST_BURST": "100000000",
+    # Compaction every 30 s would land inside the window at random; keep it out.
+    "LUNASENTRI_STORAGE__MAINTENANCE_INTERVAL": "3600",
+}
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+def metrics_json(rng: random.Random) -> bytes:
+    """One sample's ``metrics`` object on the wire: 50 readings like the psutil collector's."""
+    metrics: dict[str, object] = {}
+    for metric, labels in c.SHAPES:
+        value = round(rng.random() * 100, 3)
+        if labels or isinstance(metrics.get(metric), list):
+            entries = metrics.setdefault(metric, [])
+            assert isinstance(entries, list)
+            entries.append({"labels": labels, "value": value} if labels else {"value": value})
+        else:
+            metrics[metric] = value
+    return json.dumps(metrics, separators=(",", ":")).encode()
+
+
+@attrs.frozen
+class Plan:
+    """What every agent sends: ``samples`` samples a request, 1 s apart, never repeated."""
+
+    url: str
+    samples: int
+    gzip: bool
+    base: float
+    """Epoch seconds of every agent's first sample (far enough back for the whole run)."""
+
+    def bodies(self, agent: int) -> BodyMaker:
+        return BodyMaker(self, agent)
+
+
+class BodyMaker:
+    """Request bodies of one agent, built from pre-encoded samples (cheap for the client)."""
+
+    def __init__(self, plan: Plan, agent: int) -> None:
+        rng = random.Random(agent)
+        self.plan = plan
+        self.variants = [metrics_json(rng) for _ in range(VARIANTS)]
+        self.sent = 0
+
+    def next(self) -> bytes:
+        plan, first = self.plan, self.sent
+        self.sent += plan.samples
+        parts = [
+            b'{"timestamp":%d,"metrics":%s}'
+            % (plan.base + n, self.variants[n % VARIANTS])
+            for n in range(first, first + plan.samples)
+        ]
+        body = b'{"samples":[' + b",".join(parts) + b"]}"
+        return gzip.compress(body, compresslevel=6, mtime=0) if plan.gzip else body
+
+
+# --------------------------------------------------------------------------- load
+
+
+@attrs.define
+class Result:
+    """What a group of agents saw in the measured window."""
+
+    accepted: int = 0
+    ok: int = 0
+    latencies: list[float] = attrs.Factory(list)
+    """Seconds, of 200 answers."""
+    errors: collections.Counter[str] = attrs.Factory(collections.Counter)
+    first_start: float = float("inf")
+    last_end: float = 0.0
+    cpu: float = 0.0
+    """CPU seconds the load generator spent in the window."""
+
+    def merge(self, other: Result) -> None:
+        self.accepted += other.accepted
+        self.ok += other.ok
+        self.latencies += other.latencies
+        self.errors += other.errors
+        self.first_start = min(self.first_start, other.first_start)
+        self.last_end = max(self.last_end, other.last_end)
+        self.cpu += other.cpu
+
+
+async def post(
+    client: httpx.AsyncClient, key: str, body: bytes, plan: Plan, result: Result | None
+) -> None:
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+    if plan.gzip:
+        headers["content-encoding"] = "gzip"
+    started = time.time()
+    try:
+        response = await client.post("/api/v1/ingest", content=body, headers=headers)
+    except httpx.HTTPError as error:
+        if result is None:
+            raise
+        result.errors[type(error).__name__] += 1
+        await asyncio.sleep(0.1)
+        return
+    ended = time.time()
+    if result is None:
+        if response.status_code != 200:
+            raise _server.ServerError(f"warm-up: {response.status_code} {response.text}")
+        return
+    result.first_start = min(result.first_start, started)
+    result.last_end = max(result.last_end, ended)
+    if response.status_code == 200:
+        result.ok += 1
+        result.accepted += response.json()["accepted"]
+        result.latencies.append(ended - started)
+    else:
+        result.errors[str(response.status_code)] += 1
+
+
+async def agents(
+    plan: Plan, keys: Sequence[str], first: int, start_at: float, duration: float
+) -> Result:
+    """Warm up (each machine's series get created), wait for ``start_at``, then load."""
+    makers = [plan.bodies(first + i) for i in range(len(keys))]
+    limits = httpx.Limits(max_connections=len(keys), max_keepalive_connections=len(keys))
+    result = Result()
+    async with httpx.AsyncClient(base_url=plan.url, limits=limits, timeout=60) as client:
+        await asyncio.gather(
+            *(post(client, key, maker.next(), plan, None) for key, maker in zip(keys, makers))
+        )
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        deadline = start_at + duration
+        cpu = time.process_time()
+
+        async def agent(key: str, maker: BodyMaker) -> None:
+            while time.time() < deadline:
+                await post(client, key, maker.next(), plan, result)
+
+        await asyncio.gather(*(agent(key, maker) for key, maker in zip(keys, makers)))
+        result.cpu = time.process_time() - cpu
+    return result
+
+
+def agents_in_process(
+    plan: Plan, keys: Sequence[str], first: int, start_at: float, duration: float
+) -> Result:
+    return asyncio.run(agents(plan, keys, first, start_at, duration))
+
+
+def run_load(
+    plan: Plan, keys: Sequence[str], processes: int, duration: float, warmup: float
+) -> Result:
+    """All agents, split over ``processes`` load-generator processes (1: this one)."""
+    start_at = time.time() + warmup
+    if processes <= 1:
+        return agents_in_process(plan, keys, 0, start_at, duration)
+    # The first agent's number only seeds its values: keep the groups' apart.
+    groups = [
+        (plan, keys[i::processes], i * len(keys), start_at, duration) for i in range(processes)
+    ]
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(processes) as pool:
+        parts = pool.starmap(agents_in_process, groups)
+    total = Result()
+    for part in parts:
+        total.merge(part)
+    return total
+
+
+# --------------------------------------------------------------------------- limit
+
+
+def raw_limit(tmp: Path, batches: int, samples: int, repeat: int) -> float:
+    """Rows/s of raw ``executemany`` (bench_storage_write's RawSide), best of ``repeat``."""
+    data = c.make_batches(batches, samples)
+    rows = storage_bench.raw_rows(data)
+    points = sum(len(batch) for batch in rows)
+    best = float("inf")
+    for _ in range(repeat):
+        side = storage_bench.RawSide(tmp / "raw.db")
+        spent = 0.0
+        try:
+            for batch in rows:
+                with c.Timer() as timer:
+                    side.write(batch)
+                spent += timer.elapsed
+        finally:
+            side.close()
+        best = min(best, spent)
+    c.remove_db(tmp / "raw.db")
+    return points / best
+
+
+# --------------------------------------------------------------------------- profile
+
+
+class Profiler:
+    """py-spy sampling the server process for ``duration`` seconds (all threads)."""
+
+    def __init__(self, pid: int, duration: float, out: Path) -> None:
+        exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if not Path(exe).exists():
+            raise SystemExit("--profile needs py-spy: pip install py-spy")
+        self.out = out
+        command = [exe, "record", "--pid", str(pid), "--duration", str(max(1, round(duration)))]
+        command += ["--rate", "200", "--format", "raw", "--output", str(out), "--nonblocking"]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def report(self, top: int = 15) -> list[str]:
+        _, stderr = self.proc.communicate(timeout=120)
+        if not self.out.exists():
+            return [f"py-spy failed: {stderr.decode(errors='replace').strip()}"]
+        own: collections.Counter[str] = collections.Counter()
+        inclusive: collections.Counter[str] = collections.Counter()
+        modules: collections.Counter[str] = collections.Counter()
+        total = 0
+        for line in self.out.read_text().splitlines():
+            stack, _, count_text = line.rpartition(" ")
+            count = int(count_text)
+            frames = [_function(frame) for frame in stack.split(";") if frame]
+            if not frames:
+                continue
+            total += count
+            own[frames[-1]] += count
+            for name in set(frames):
+                inclusive[name] += count
+            for module in {_module(frame) for frame in frames}:
+                modules[module] += count
+        lines = [f"server profile (py-spy, {total:,} samples of busy threads):"]
+        lines.append("  self time:")
+        lines += [f"    {n / total:6.1%}  {name}" for name, n in own.most_common(top)]
+        lines.append("  inclusive, by module:")
+        lines += [f"    {n / total:6.1%}  {name}" for name, n in modules.most_common(top)]
+        lines.append("  inclusive, by function:")
+        lines += [f"    {n / total:6.1%}  {name}" for name, n in inclusive.most_common(top)]
+        return lines
+
+
+def _function(frame: str) -> str:
+    """``func (path/to/file.py:12)`` -> ``func (file.py)``."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rpartition(":")[0]
+    return f"{name} ({_short(path)})"
+
+
+def _module(frame: str) -> str:
+    return _short(frame.partition(" (")[2].rstrip(")").rpartition(":")[0])
+
+
+def _short(path: str) -> str:
+    for marker in ("site-packages/", "/src/", "/lib/python3.11/"):
+        if marker in path:
+            return path.rpartition(marker)[2]
+    return path
+
+
+# --------------------------------------------------------------------------- report
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--agents", type=int, default=8, help="simulated agents (default 8)")
+    parser.add_argument(
+        "--points",
+        type=int,
+        default=500,
+        help=f"readings per request, a multiple of {READINGS_PER_SAMPLE} (default 500)",
+    )
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds (default 20)")
+    parser.add_argument("--gzip", action="store_true", help="gzip the bodies as agents do")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="load-generator processes (default 1)"
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="raw-limit runs (default 3)")
+    parser.add_argument("--profile", action="store_true", help="sample the server with py-spy")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args(argv)
+    samples = max(1, args.points // READINGS_PER_SAMPLE)
+
+    with tempfile.TemporaryDirectory(prefix="lunasentri-bench-") as tmp:
+        raw_before = raw_limit(Path(tmp), 40, 10, args.repeat)
+        with _server.ServerProcess(SERVER_ENV) as server:
+            setup = time.perf_counter()
+            names = [f"agent-{i:03d}" for i in range(args.agents)]
+            keys = server.register(names)
+            setup = time.perf_counter() - setup
+            # Far enough back that a whole run's samples, 1 s apart, stay in the past.
+            span = timedelta(days=3).total_seconds()
+            plan = Plan(server.url, samples, args.gzip, base=float(int(time.time() - span)))
+            profiler = None
+            warmup = 3.0 + 0.5 * args.processes
+            if args.profile:
+                profiler = Profiler(server.pid, args.duration, Path(tmp, "profile.txt"))
+            cpu_before = server.cpu_seconds()
+            result = run_load(plan, keys, args.processes, args.duration, warmup)
+            server_cpu = server.cpu_seconds() - cpu_before
+            rss = server.rss_bytes()
+            profile = profiler.report() if profiler is not None else []
+            server.stop()
+            clean = server.clean
+        raw_after = raw_limit(Path(tmp), 40, 10, args.repeat)
+
+    raw_rate = max(raw_before, raw_after)
+    elapsed = result.last_end - result.first_start
+    rate = result.accepted / elapsed if elapsed > 0 else 0.0
+    ratio = rate / raw_rate
+    p50, p99 = percentile(result.latencies, 0.50), percentile(result.latencies, 0.99)
+    errors = sum(result.errors.values())
+    encoding = "gzip" if args.gzip else "json"
+
+    print(
+        f"benchmark: ingest over HTTP, {args.agents} agents x {samples * READINGS_PER_SAMPLE:,} "
+        f"points per request ({encoding}), {elapsed:.1f} s, {args.processes} load process(es)"
+    )
+    for line in c.environment():
+        print(f"  {line}")
+    print(f"  httpx {httpx.__version__}; setup (login, {args.agents} machines): {setup:.1f} s")
+    ok = ratio >= TARGET_RATIO
+    print(
+        f"ingest throughput: {rate:,.0f} points/s accepted; raw sqlite3 executemany: "
+        f"{raw_rate:,.0f} rows/s; ratio {ratio:.2f} (target >= {TARGET_RATIO:.2f}) "
+        f"{verdict(ok)}"
+    )
+    fast = p99 < TARGET_P99
+    print(
+        f"request latency: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "
+        f"(target p99 < {TARGET_P99 * 1000:.0f} ms) {verdict(fast)}"
+    )
+    detail = ", ".join(f"{n} x {kind}" for kind, n in result.errors.most_common()) or "none"
+    print(f"  requests: {result.ok:,} ok ({result.ok / elapsed:,.0f}/s); errors: {detail}")
+    print(
+        f"  CPU over the run: server {server_cpu / elapsed:.0%} of a core, "
+        f"load generator {result.cpu / elapsed:.0%}; server RSS {rss / 2**20:.0f} MiB"
+    )
+    print(
+        f"  raw limit before/after the run: {raw_before:,.0f} / {raw_after:,.0f} rows/s; "
+        f"server stopped cleanly on SIGTERM: {'yes' if clean else 'NO'}"
+    )
+    if result.latencies:
+        print(f"  mean latency {statistics.fmean(result.latencies) * 1000:.1f} ms")
+    for line in profile:
+        print(line)
+    missed = not (ok and fast) or errors > 0 or not clean
+    return 1 if args.strict and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Checking real responses against the server's OpenAPI document.
+
+Shared by test_openapi.py (the conformance run), test_bad_input.py (every refusal
+is documented and has the error shape) and test_isolation.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+from jsonschema import Draft202012Validator
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+
+from lunasentri_core.config import Settings
+
+from .conftest import ADMIN_PASSWORD, LiveServer, free_port
+
+DOC_URI = "urn:lunasentri:openapi"
+METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
+NO_BODY_STATUSES = (204, 304)
+
+
+@attrs.frozen(repr=False)
+class Operation:
+    method: str
+    path: str
+    spec: dict[str, Any]
+    pattern: re.Pattern[str]
+
+    @property
+    def id(self) -> str:
+        return str(self.spec["operationId"])
+
+    @property
+    def public(self) -> bool:
+        return "security" not in self.spec
+
+    @property
+    def schemes(self) -> set[str]:
+        return {name for option in self.spec.get("security", []) for name in option}
+
+    @property
+    def for_machines(self) -> bool:
+        return self.schemes == {"apiKey"}
+
+    @property
+    def has_body(self) -> bool:
+        return "requestBody" in self.spec
+
+    @property
+    def path_params(self) -> list[str]:
+        return [p["name"] for p in self.spec.get("parameters", []) if p["in"] == "path"]
+
+    def __repr__(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+def _pointer(*parts: str) -> str:
+    return "".join("/" + part.replace("~", "~0").replace("/", "~1") for part in parts)
+
+
+class ApiDoc:
+    """The OpenAPI document, its operations, and validators for their schemas."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.document = document
+        self.registry: Registry[Any] = Registry().with_resource(
+            DOC_URI, DRAFT202012.create_resource(document)
+        )
+        operations = [
+            Operation(method.upper(), path, spec, _path_pattern(path))
+            for path, item in document["paths"].items()
+            for method, spec in item.items()
+            if method in METHODS
+        ]
+        # Literal segments win over parameters (…/agents/pending before …/agents/{id}).
+        self.operations = sorted(operations, key=lambda op: op.path.count("{"))
+
+    def find(self, method: str, path: str) -> Operation | None:
+        method = "GET" if method == "HEAD" else method
+        for operation in self.operations:
+            if operation.method == method and operation.pattern.fullmatch(path):
+                return operation
+        return None
+
+    def by_id(self, operation_id: str) -> Operation:
+        return next(op for op in self.operations if op.id == operation_id)
+
+    def validator(self, *pointer: str) -> Draft202012Validator:
+        """A validator for the schema at ``pointer`` in the document ($refs resolved)."""
+        return Draft202012Validator(
+            {"$ref": DOC_URI + "#" + _pointer(*pointer)},
+            registry=self.registry,
+            format_checker=Draft202012Validator.FORMAT_CHECKER,
+        )
+
+    def request_schema(self, operation: Operation) -> dict[str, Any]:
+        schema = operation.spec["requestBody"]["content"]["application/json"]["schema"]
+        return self.deref(schema)
+
+    def deref(self, schema: dict[str, Any]) -> dict[str, Any]:
+        while "$ref" in schema:
+            name = schema["$ref"].removeprefix("#/components/schemas/")
+            schema = self.document["components"]["schemas"][name]
+        return schema
+
+    def request_validator(self, operation: Operation) -> Draft202012Validator:
+        return self.validator(
+            "paths",
+            operation.path,
+            operation.method.lower(),
+            "requestBody",
+            "content",
+            "application/json",
+            "schema",
+        )
+
+    def check(self, response: httpx.Response, *, streamed: bool = False) -> list[str]:
+        """What in this response the document does not describe (empty: it conforms)."""
+        request = response.request
+        where = f"{request.method} {request.url.path} -> {response.status_code}"
+        operation = self.find(request.method, request.url.path)
+        if operation is None:
+            return self._check_unrouted(where, response)
+        documented = operation.spec["responses"].get(str(response.status_code))
+        if documented is None:
+            return [f"{where}: status not documented for {operation.id}"]
+        if streamed:
+            return self._check_media(where, operation, documented, response)
+        content = documented.get("content")
+        if content is None:
+            if response.content:
+                return [f"{where}: documented without a body, got {response.content[:80]!r}"]
+            return []
+        problems = self._check_media(where, operation, documented, response)
+        if problems or "application/json" not in content:
+            return problems
+        try:
+            body = json.loads(response.content)
+        except ValueError:
+            return [f"{where}: body is not JSON: {response.content[:80]!r}"]
+        validator = self.validator(
+            "paths",
+            operation.path,
+            operation.method.lower(),
+            "responses",
+            str(response.status_code),
+            "content",
+            "application/json",
+            "schema",
+        )
+        return [
+            f"{where}: {'/'.join(map(str, error.absolute_path)) or '<body>'}: {error.message}"
+            for error in validator.iter_errors(body)
+        ]
+
+    def _check_unrouted(self, where: str, response: httpx.Response) -> list[str]:
+        """No route: still a 404 or 405 with the error shape."""
+        if response.status_code not in (404, 405):
+            return [f"{where}: no documented operation"]
+        validator = self.validator("components", "schemas", "Error")
+        return [f"{where}: {error.message}" for error in validator.iter_errors(response.json())]
+
+    def _check_media(
+        self,
+        where: str,
+        operation: Operation,
+        documented: dict[str, Any],
+        response: httpx.Response,
+    ) -> list[str]:
+        content = documented.get("content") or {}
+        got = response.headers.get("content-type", "").split(";")[0].strip()
+        if got not in content:
+            return [f"{where}: content type {got!r}, documented {sorted(content)}"]
+        return []
+
+
+def _path_pattern(path: str) -> re.Pattern[str]:
+    return re.compile(re.sub(r"\\{[A-Za-z_][A-Za-z0-9_]*\\}", "[^/]+", re.escape(path)))
+
+
+@attrs.define
+class Recorder:
+    """An httpx response hook keeping every response of the clients it is given to."""
+
+    responses: list[tuple[httpx.Response, bool]] = attrs.Factory(list)
+
+    def __call__(self, response: httpx.Response) -> None:
+        streamed = response.headers.get("content-type", "").startswith("text/event-stream")
+        if not streamed:
+            response.read()
+        self.responses.append((response, streamed))
+
+    def client(self, server: LiveServer, token: str | None = None, **kwargs: Any) -> httpx.Client:
+        return server.client(token, event_hooks={"response": [self]}, **kwargs)
+
+
+def start_server(data_dir: Path, **server: Any) -> LiveServer:
+    """A live server outside the function-scoped fixtures (for module-scoped use)."""
+    port = free_port()
+    settings = Settings.load(
+        environ={},
+        data_dir=data_dir,
+        admin_password=ADMIN_PASSWORD,
+        server={"host": "127.0.0.1", "port": port, **server},
+    )
+    live = LiveServer(settings, port=port)
+    live.start()
+    return live
+
+
+def running(data_dir: Path, **server: Any) -> Iterator[LiveServer]:
+    live = start_server(data_dir, **server)
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+def fetch_document(server: LiveServer) -> dict[str, Any]:
+    with server.client() as client:
+        response = client.get("/api/v1/openapi.json")
+    assert response.status_code == 200, response.text
+    document: dict[str, Any] = response.json()
+    return document

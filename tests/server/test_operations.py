@@ -1,0 +1,278 @@
+"""Operations: request ids, health, Prometheus metrics, CORS, TLS, logs, the serve command."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from .conftest import ADMIN_PASSWORD, LiveServer, MakeServer, free_port
+
+
+def register(server: LiveServer, token: str, name: str) -> tuple[str, str]:
+    with server.client(token) as client:
+        response = client.post("/api/v1/machines", json={"name": name})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    return body["machine"]["id"], body["api_key"]
+
+
+def ingest_one(server: LiveServer, key: str, cpu: float) -> None:
+    now = dt.datetime.now(dt.UTC).isoformat()
+    body = {"samples": [{"timestamp": now, "metrics": {"cpu.percent": cpu}}]}
+    with server.client(key) as client:
+        response = client.post("/api/v1/ingest", json=body)
+    assert response.status_code == 200, response.text
+
+
+def test_request_ids_are_returned_and_kept_when_sane(server: LiveServer) -> None:
+    with server.client() as client:
+        generated = client.get("/healthz").headers["x-request-id"]
+        kept = client.get("/healthz", headers={"x-request-id": "trace-42"})
+        replaced = client.get("/healthz", headers={"x-request-id": "bad id with spaces"})
+
+    assert len(generated) == 16
+    assert kept.headers["x-request-id"] == "trace-42"
+    assert replaced.headers["x-request-id"] != "bad id with spaces"
+
+
+def test_health_endpoints(server: LiveServer) -> None:
+    with server.client() as client:
+        answers = {
+            path: client.get(path) for path in ("/healthz", "/healthz/live", "/healthz/ready")
+        }
+
+    assert all(r.status_code == 200 for r in answers.values())
+    assert answers["/healthz/ready"].json()["checks"] == {"storage": "ok"}
+
+
+def test_prometheus_metrics_of_the_server(server: LiveServer) -> None:
+    admin = server.login()
+    _, key = register(server, admin, "prom")
+    ingest_one(server, key, 12.5)
+    with server.client() as client:
+        client.get("/healthz")
+        text = client.get("/metrics").text
+
+    assert 'lunasentri_http_requests_total{method="GET",route="/healthz",status="200"}' in text
+    assert 'lunasentri_http_request_duration_seconds_bucket{le="0.005",method="POST",' in text
+    assert "lunasentri_ingested_points_total 1.0" in text
+    assert "lunasentri_write_queue_depth 0.0" in text
+    assert "lunasentri_write_transaction_points_count" in text
+    # Series values are opt-in.
+    assert "lunasentri_cpu_percent" not in text
+
+
+def test_series_values_on_metrics_when_enabled(make_server: MakeServer) -> None:
+    server = make_server(server={"metrics_series": True})
+    admin = server.login()
+    _, key = register(server, admin, "exposed")
+    ingest_one(server, key, 33.0)
+
+    with server.client() as client:
+        text = client.get("/metrics").text
+
+    (line,) = [line for line in text.splitlines() if line.startswith("lunasentri_cpu_percent{")]
+    assert line.startswith('lunasentri_cpu_percent{machine="exposed"} 33.0')
+
+
+def test_cors_only_for_configured_origins(make_server: MakeServer) -> None:
+    plain = make_server()
+    cors = make_server(server={"cors_origins": ["https://dash.example"]})
+    preflight = {
+        "origin": "https://dash.example",
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization",
+    }
+
+    with cors.client() as client:
+        allowed = client.options("/api/v1/machines", headers=preflight)
+        other = client.options("/api/v1/machines", headers={**preflight, "origin": "https://evil"})
+    with plain.client() as client:
+        simple = client.get("/healthz", headers={"origin": "https://dash.example"})
+
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://dash.example"
+    assert other.status_code == 400
+    assert "access-control-allow-origin" not in simple.headers
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def serve_process(
+    *args: str, data_dir: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LUNASENTRI_")}
+    full_env.update({"LUNASENTRI_ADMIN_PASSWORD": ADMIN_PASSWORD, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "lunasentri_core.cli", "serve", "--data-dir", str(data_dir), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+    )
+
+
+def wait_ready(url: str, process: subprocess.Popen[str], **client_args: object) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"server exited: {process.stderr.read() if process.stderr else ''}"
+            )
+        try:
+            response = httpx.get(f"{url}/healthz/ready", timeout=2, **client_args)  # type: ignore[arg-type]
+            if response.status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError("server did not become ready")
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)  # also closes the pipes
+
+
+def stop(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """SIGTERM, then check the shutdown was graceful (the lifespan's shutdown ran)."""
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=30)
+    # uvicorn re-raises the signal once it has shut down, so -SIGTERM is a clean exit.
+    assert process.returncode in (0, -signal.SIGTERM), err
+    assert "Application shutdown complete" in err
+    return out, err
+
+
+def test_tls_from_certificate_settings(
+    tmp_path: Path, certificate: tuple[Path, Path], processes: list[subprocess.Popen[str]]
+) -> None:
+    cert, key = certificate
+    port = free_port()
+    process = serve_process(
+        "--port", str(port), "--tls-cert", str(cert), "--tls-key", str(key), data_dir=tmp_path
+    )
+    processes.append(process)
+    url = f"https://127.0.0.1:{port}"
+
+    wait_ready(url, process, verify=ssl.create_default_context(cafile=str(cert)))
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/healthz", timeout=5)  # not trusted without the certificate
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)  # plain HTTP is not served
+    stop(process)
+
+
+def test_json_logs_carry_the_request_id_and_shutdown_is_graceful(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    port = free_port()
+    process = serve_process("--port", str(port), "--log-format", "json", data_dir=tmp_path)
+    processes.append(process)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, process)
+
+    rid = httpx.get(f"{url}/healthz", headers={"x-request-id": "log-me-1"}).headers["x-request-id"]
+    _, err = stop(process)
+
+    entries = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    (request_line,) = [e for e in entries if e.get("request_id") == rid]
+    assert request_line["path"] == "/healthz"
+    assert request_line["status"] == 200
+    assert {"time", "level", "logger", "message"} <= set(request_line)
+
+
+def test_the_server_does_not_report_its_own_host_by_default(make_server: MakeServer) -> None:
+    quiet = make_server()
+    local = make_server(local_host_metrics=True, collect={"interval": "0.5s"})
+
+    def machines(server: LiveServer) -> list[dict[str, object]]:
+        with server.client(server.login()) as client:
+            items: list[dict[str, object]] = client.get("/api/v1/machines").json()["items"]
+            return items
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = [m for m in machines(local) if m["kind"] == "local" and m["latest"]]
+        if found:
+            break
+        time.sleep(0.2)
+    assert found, "the local host never reported"
+    assert machines(quiet) == []
+
+
+def test_demo_serves_this_machines_metrics_within_seconds(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    port = free_port()
+    process = serve_process("--port", str(port), "--demo", data_dir=tmp_path)
+    processes.append(process)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, process)
+    login = httpx.post(
+        f"{url}/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
+    )
+    headers = {"authorization": f"Bearer {login.json()['token']}"}
+
+    deadline = time.monotonic() + 30
+    metrics: set[str] = set()
+    while time.monotonic() < deadline and "mem.used" not in metrics:
+        (machine,) = httpx.get(f"{url}/api/v1/machines", headers=headers).json()["items"]
+        latest = httpx.get(f"{url}/api/v1/machines/{machine['id']}/latest", headers=headers)
+        metrics = {item["metric"] for item in latest.json()["items"]}
+        time.sleep(0.5)
+    out, _ = stop(process)
+
+    assert {"cpu.percent", "mem.used", "mem.total", "disk.used"} <= metrics
+    assert "LunaSentri demo is running" in out
+    assert f"{url}/api/v1/openapi.json" in out

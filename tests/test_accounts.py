@@ -1,0 +1,196 @@
+"""The accounts service on a real hub (SQLite), with a controllable clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import pytest
+
+from lunasentri_core.components import Principal
+from lunasentri_core.config import Settings
+from lunasentri_core.errors import ConfigError, ConflictError, NotFoundError, ValidationError
+from lunasentri_core.hub import Sentri
+from lunasentri_core.model import Role
+from lunasentri_core.security import hash_password
+from lunasentri_core.services.accounts import (
+    DUMMY_HASH,
+    Accounts,
+    InvalidCredentials,
+    LoginThrottled,
+    ResetTokenRejected,
+    check_password,
+    check_username,
+)
+
+pytestmark = pytest.mark.anyio
+
+PASSWORD = "a perfectly fine password"
+START = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def accounts(tmp_path: Path, clock: Clock) -> AsyncIterator[Accounts]:
+    settings = Settings.load(
+        environ={},
+        data_dir=tmp_path / "data",
+        server={"login_max_failures": 2, "login_lockout": "10m", "reset_token_ttl": "1h"},
+    )
+    async with Sentri(settings, clock=clock) as hub:
+        yield Accounts(hub, settings.server)
+
+
+def test_the_dummy_hash_costs_what_a_real_one_does() -> None:
+    assert DUMMY_HASH.split("$")[:4] == hash_password("x").split("$")[:4]
+
+
+@pytest.mark.parametrize("name", ["a", "alice", "Bob.Smith", "ops@example.com", "x_1-2", "9" * 64])
+def test_good_usernames(name: str) -> None:
+    check_username(name)
+
+
+@pytest.mark.parametrize("name", ["", " alice", "al ice", ".alice", "-x", "é", "a" * 65, "a/b"])
+def test_bad_usernames(name: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        check_username(name)
+    assert caught.value.first_path == "username"
+
+
+@pytest.mark.parametrize(("password", "ok"), [("1234567", False), ("12345678", True)])
+def test_passwords_need_eight_characters(password: str, ok: bool) -> None:
+    if ok:
+        check_password(password)
+    else:
+        with pytest.raises(ValidationError, match="at least 8"):
+            check_password(password)
+
+
+async def test_the_first_admin_is_made_once(accounts: Accounts) -> None:
+    first = await accounts.ensure_admin("root", PASSWORD)
+    second = await accounts.ensure_admin("other", PASSWORD)
+
+    assert first is not None
+    assert first.role is Role.ADMIN
+    assert second is None
+    assert [u.username for u in await accounts.list_users()] == ["root"]
+    assert await accounts.ensure_admin("root", None) is None
+
+
+async def test_a_weak_admin_password_in_settings_is_a_config_error(accounts: Accounts) -> None:
+    with pytest.raises(ConfigError, match="admin_password"):
+        await accounts.ensure_admin("root", "short")
+
+
+async def test_a_user_named_like_the_admin_blocks_it_with_a_warning(
+    accounts: Accounts, caplog: pytest.LogCaptureFixture
+) -> None:
+    await accounts.create_user("root", PASSWORD, actor=None)
+
+    assert await accounts.ensure_admin("root", PASSWORD) is None
+    assert "users create --admin" in caplog.text
+
+
+async def test_the_lockout_lifts_when_failures_leave_the_window(
+    accounts: Accounts, clock: Clock
+) -> None:
+    await accounts.create_user("alice", PASSWORD, actor=None)
+    for _ in range(2):
+        with pytest.raises(InvalidCredentials):
+            await accounts.login("alice", "wrong password", "10.0.0.1")
+
+    with pytest.raises(LoginThrottled) as caught:
+        await accounts.login("alice", PASSWORD, "10.0.0.1")
+    assert caught.value.retry_after == 600
+
+    clock.now += timedelta(minutes=10, seconds=1)
+    login = await accounts.login("alice", PASSWORD, "10.0.0.1")
+    assert login.user.username == "alice"
+    assert login.session.expires_at == clock.now + timedelta(days=7)
+    assert login.session.client == "10.0.0.1"
+
+
+async def test_sessions_expire_with_their_ttl(accounts: Accounts, clock: Clock) -> None:
+    user = await accounts.create_user("alice", PASSWORD, actor=None)
+    login = await accounts.login("alice", PASSWORD, None)
+
+    assert await accounts.find_session(login.token) is not None
+    clock.now += timedelta(days=7)
+    assert await accounts.find_session(login.token) is None
+    assert await accounts.list_sessions(user.id) == []
+
+
+async def test_a_reset_token_expires(accounts: Accounts, clock: Clock) -> None:
+    user = await accounts.create_user("alice", PASSWORD, actor=None)
+    admin = Principal(kind="user", id="admin", role=Role.ADMIN)
+    issued = await accounts.issue_reset_token(user.id, actor=admin, client=None)
+
+    clock.now += timedelta(hours=1)
+
+    with pytest.raises(ResetTokenRejected) as caught:
+        await accounts.reset_password(issued.token, "new password", client=None)
+    assert caught.value.reason == "expired"
+
+
+async def test_concurrent_redemptions_of_one_reset_token_let_exactly_one_win(
+    accounts: Accounts,
+) -> None:
+    user = await accounts.create_user("alice", PASSWORD, actor=None)
+    admin = Principal(kind="user", id="admin", role=Role.ADMIN)
+    issued = await accounts.issue_reset_token(user.id, actor=admin, client=None)
+    outcomes: list[str] = []
+
+    async def redeem(password: str) -> None:
+        try:
+            await accounts.reset_password(issued.token, password, client=None)
+            outcomes.append(password)
+        except ResetTokenRejected as error:
+            outcomes.append(error.reason)
+
+    async with anyio.create_task_group() as tg:
+        for index in range(4):
+            tg.start_soon(redeem, f"new password {index}")
+
+    winners = [o for o in outcomes if o.startswith("new password")]
+    assert len(winners) == 1
+    assert sorted(o for o in outcomes if o not in winners) == ["used"] * 3
+    assert (await accounts.login("alice", winners[0], None)).user.id == user.id
+
+
+async def test_a_user_is_deleted_by_others_only(accounts: Accounts) -> None:
+    admin = await accounts.create_user("root", PASSWORD, Role.ADMIN, actor=None)
+    me = Principal(kind="user", id=admin.id, role=Role.ADMIN)
+
+    with pytest.raises(ConflictError):
+        await accounts.delete_user(admin.id, actor=me, client=None)
+    with pytest.raises(NotFoundError):
+        await accounts.delete_user("nobody", actor=me, client=None)
+
+
+async def test_export_refuses_a_window_of_too_many_points(accounts: Accounts) -> None:
+    admin = await accounts.create_user("root", PASSWORD, Role.ADMIN, actor=None)
+    me = Principal(kind="user", id=admin.id, role=Role.ADMIN)
+
+    with pytest.raises(ValidationError) as caught:
+        await accounts.export(
+            admin.id, me, since=START - timedelta(days=30), step=timedelta(seconds=1)
+        )
+    export = await accounts.export(admin.id, me, since=START - timedelta(days=1))
+
+    assert caught.value.first_path == "step"
+    assert export.since == START - timedelta(days=1)
+    assert export.machines == []
