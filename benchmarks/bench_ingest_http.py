@@ -259,7 +259,7 @@ class Profiler:
             raise SystemExit("--profile needs py-spy: pip install py-spy")
         self.out = out
         command = [exe, "record", "--pid", str(pid), "--duration", str(max(1, round(duration)))]
-        command += ["--rate", "200", "--format", "raw", "--output", str(out), "--nonblocking"]
+        command += ["--rate", "100", "--format", "raw", "--output", str(out)]
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def report(self, top: int = 15) -> list[str]:
@@ -280,7 +280,7 @@ class Profiler:
             own[frames[-1]] += count
             for name in set(frames):
                 inclusive[name] += count
-            for module in {_module(frame) for frame in frames}:
+            for module in {_module(frame) for frame in stack.split(";") if frame}:
                 modules[module] += count
         lines = [f"server profile (py-spy, {total:,} samples of busy threads):"]
         lines.append("  self time:")
@@ -357,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
             profiler = None
             warmup = 3.0 + 0.5 * args.processes
             if args.profile:
-                profiler = Profiler(server.pid, args.duration, Path(tmp, "profile.txt"))
+                out = Path(tempfile.gettempdir(), "lunasentri-ingest-profile.txt")
+                profiler = Profiler(server.pid, args.duration, out)
             cpu_before = server.cpu_seconds()
             result = run_load(plan, keys, args.processes, args.duration, warmup)
             server_cpu = server.cpu_seconds() - cpu_before

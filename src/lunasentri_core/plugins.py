@@ -152,8 +152,10 @@ class PluginManager:
         """Register a plugin object (module, class or instance) under ``name``.
 
         Returns ``False`` (and records a failure) when its hooks do not validate.
+        Plugins registered this way are explicit choices of the caller, so only
+        ``disabled`` applies to them, not the ``enabled`` allowlist of entry points.
         """
-        if self.is_blocked(name):
+        if name in self._disabled:
             return False
         try:
             self._pm.register(plugin, name=name)

@@ -15,6 +15,7 @@ import uvicorn
 
 from lunasentri_core.config import Settings
 from lunasentri_core.server import create_app
+from lunasentri_core.server.serve import close_streams
 
 ADMIN_PASSWORD = "correct horse battery staple"
 
@@ -54,6 +55,7 @@ class LiveServer:
 
     def stop(self) -> None:
         if self._server is not None and self._thread is not None:
+            close_streams(self.app)
             self._server.should_exit = True
             self._thread.join(timeout=30)
             self._server = None

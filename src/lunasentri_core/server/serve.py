@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ def run(settings: Settings, *, demo: bool = False) -> None:
     options: dict[str, Any] = {}
     if server.tls_cert is not None and server.tls_key is not None:
         options = {"ssl_certfile": str(server.tls_cert), "ssl_keyfile": str(server.tls_key)}
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=server.host,
         port=server.port,
@@ -78,3 +79,19 @@ def run(settings: Settings, *, demo: bool = False) -> None:
         timeout_graceful_shutdown=10,
         **options,
     )
+    _Server(config).run()
+
+
+class _Server(uvicorn.Server):
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn waits for open responses before shutting down; live streams never
+        # end by themselves, so end them first.
+        close_streams(self.config.app)
+        await super().shutdown(sockets)
+
+
+def close_streams(app: Any) -> None:
+    """End every open live stream of ``app`` (callable from any thread)."""
+    live = getattr(getattr(app, "state", None), "live", None)
+    if live is not None:
+        live.close()
