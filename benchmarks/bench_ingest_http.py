@@ -262,52 +262,61 @@ class Profiler:
         command += ["--rate", "100", "--format", "raw", "--output", str(out)]
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    def report(self, top: int = 15) -> list[str]:
+    def report(self, top: int = 12) -> list[str]:
         _, stderr = self.proc.communicate(timeout=120)
         if not self.out.exists():
             return [f"py-spy failed: {stderr.decode(errors='replace').strip()}"]
         own: collections.Counter[str] = collections.Counter()
-        inclusive: collections.Counter[str] = collections.Counter()
-        modules: collections.Counter[str] = collections.Counter()
-        total = 0
+        packages: collections.Counter[str] = collections.Counter()
+        ours: collections.Counter[str] = collections.Counter()
+        total = idle = 0
         for line in self.out.read_text().splitlines():
             stack, _, count_text = line.rpartition(" ")
+            frames = [frame for frame in stack.split(";") if frame]
             count = int(count_text)
-            frames = [_function(frame) for frame in stack.split(";") if frame]
             if not frames:
                 continue
+            if frames[-1].partition(" (")[0] in IDLE:
+                idle += count
+                continue
             total += count
-            own[frames[-1]] += count
-            for name in set(frames):
-                inclusive[name] += count
-            for module in {_module(frame) for frame in stack.split(";") if frame}:
-                modules[module] += count
-        lines = [f"server profile (py-spy, {total:,} samples of busy threads):"]
-        lines.append("  self time:")
-        lines += [f"    {n / total:6.1%}  {name}" for name, n in own.most_common(top)]
-        lines.append("  inclusive, by module:")
-        lines += [f"    {n / total:6.1%}  {name}" for name, n in modules.most_common(top)]
-        lines.append("  inclusive, by function:")
-        lines += [f"    {n / total:6.1%}  {name}" for name, n in inclusive.most_common(top)]
-        return lines
+            own[_function(frames[-1])] += count
+            packages[_package(frames[-1])] += count
+            for name in {_function(f) for f in frames if "lunasentri_core/" in f}:
+                ours[name] += count
+        if not total:
+            return ["server profile: no busy samples"]
+
+        def rows(counter: collections.Counter[str]) -> list[str]:
+            return [f"    {n / total:6.1%}  {name}" for name, n in counter.most_common(top)]
+
+        return [
+            f"server profile (py-spy, all threads; {total:,} busy samples, {idle:,} idle "
+            f"left out; raw stacks in {self.out}):",
+            "  self time by package:",
+            *rows(packages),
+            "  self time by function:",
+            *rows(own),
+            "  inclusive, LunaSentri functions:",
+            *rows(ours),
+        ]
+
+
+IDLE = frozenset({"Condition.wait", "EpollSelector.select", "Event.wait", "Queue.get"})
+"""Leaf frames of threads that wait (py-spy's own idle detection misses them here)."""
 
 
 def _function(frame: str) -> str:
-    """``func (path/to/file.py:12)`` -> ``func (file.py)``."""
+    """``func (path/to/file.py:12)`` -> ``func (path/to/file.py)``."""
     name, _, where = frame.partition(" (")
-    path = where.rstrip(")").rpartition(":")[0]
-    return f"{name} ({_short(path)})"
+    return f"{name} ({where.rstrip(')').rpartition(':')[0]})"
 
 
-def _module(frame: str) -> str:
-    return _short(frame.partition(" (")[2].rstrip(")").rpartition(":")[0])
-
-
-def _short(path: str) -> str:
-    for marker in ("site-packages/", "/src/", "/lib/python3.11/"):
-        if marker in path:
-            return path.rpartition(marker)[2]
-    return path
+def _package(frame: str) -> str:
+    """The top-level package (or stdlib module) of a frame's file."""
+    path = frame.partition(" (")[2].rstrip(")").rpartition(":")[0]
+    first = path.split("/")[0]
+    return first.removesuffix(".py") or "?"
 
 
 # --------------------------------------------------------------------------- report
@@ -400,6 +409,11 @@ def main(argv: list[str] | None = None) -> int:
         f"  CPU over the run: server {server_cpu / elapsed:.0%} of a core, "
         f"load generator {result.cpu / elapsed:.0%}; server RSS {rss / 2**20:.0f} MiB"
     )
+    if result.accepted:
+        print(
+            f"  server CPU per accepted point: {server_cpu / result.accepted * 1e6:.1f} us "
+            f"(raw limit: {1e6 / raw_rate:.1f} us per row, wall clock)"
+        )
     print(
         f"  raw limit before/after the run: {raw_before:,.0f} / {raw_after:,.0f} rows/s; "
         f"server stopped cleanly on SIGTERM: {'yes' if clean else 'NO'}"

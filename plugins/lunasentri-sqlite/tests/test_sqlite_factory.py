@@ -83,7 +83,7 @@ def test_pragmas_are_set_on_every_connection(tmp_path: Path) -> None:
 def test_default_settings_are_wal_normal(tmp_path: Path) -> None:
     storage = open_sqlite(f"sqlite:///{tmp_path / 'd.db'}")
     assert pragma(storage, "synchronous") == 1  # NORMAL
-    assert pragma(storage, "busy_timeout") == 10_000
+    assert pragma(storage, "busy_timeout") == 30_000
     storage.close()
 
 

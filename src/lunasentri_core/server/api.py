@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from lunasentri_core.codec import decode
 from lunasentri_core.components import Principal
+from lunasentri_core.errors import FieldError, ValidationError
 from lunasentri_core.server.errors import ApiError
 
 if TYPE_CHECKING:
@@ -134,6 +135,9 @@ class Call:
             data = json.loads(raw, parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError) as error:
             raise ApiError(400, "malformed_json", f"malformed JSON: {error}") from None
+        if attrs.has(cls) and not isinstance(data, dict):
+            # Otherwise the decoder's message names Python internals ('list' has no 'keys').
+            raise ValidationError([FieldError("", "expected a JSON object")], what="request body")
         return decode(data, cls, what="request body")
 
     def query(self, name: str, default: str | None = None) -> str | None:
