@@ -174,6 +174,18 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python=DEFAULT_PYTHON, default=False)
 def demo(session: nox.Session) -> None:
+    """The reference server on SQLite with an admin, this machine and an in-process agent.
+
+    Arguments after ``--`` go to ``lunasentri serve`` (e.g. ``-- --host 0.0.0.0 --port 9000``).
+    """
+    install_projects(session)
+    session.run(
+        "lunasentri", "serve", "--demo", "--data-dir", ".lunasentri-demo", *session.posargs
+    )
+
+
+@nox.session(python=DEFAULT_PYTHON, default=False)
+def embed(session: nox.Session) -> None:
     """The embedding example: a small anyio app that collects and queries this machine."""
     install_projects(session)
     session.run("python", "examples/embed_in_app.py", *session.posargs)

@@ -41,6 +41,17 @@ def free_port() -> int:
         return port
 
 
+def run_queue_seconds(pid: int | str = "self") -> float:
+    """Sum of the run-queue waits of a process's threads, from /proc/PID/task/*/schedstat."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(stat.read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile, or no schedstat support
+    return total / 1e9
+
+
 class ServerError(RuntimeError):
     """The server did not start, answered wrongly, or did not stop cleanly."""
 
@@ -191,6 +202,14 @@ class ServerProcess:
         """User + system CPU time of the server process so far (all its threads)."""
         times = psutil.Process(self.pid).cpu_times()
         return float(times.user + times.system)
+
+    def run_queue_seconds(self) -> float:
+        """Time the server's threads were runnable but waiting for a CPU (Linux; else 0).
+
+        On a shared machine this shows how much of the server's latency is other
+        processes holding the cores rather than the server's own work.
+        """
+        return run_queue_seconds(self.pid)
 
     def rss_bytes(self) -> int:
         return int(psutil.Process(self.pid).memory_info().rss)

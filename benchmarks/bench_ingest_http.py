@@ -132,6 +132,8 @@ class Result:
     last_end: float = 0.0
     cpu: float = 0.0
     """CPU seconds the load generator spent in the window."""
+    waited: float = 0.0
+    """Seconds its threads waited for a CPU in the window."""
 
     def merge(self, other: Result) -> None:
         self.accepted += other.accepted
@@ -141,6 +143,7 @@ class Result:
         self.first_start = min(self.first_start, other.first_start)
         self.last_end = max(self.last_end, other.last_end)
         self.cpu += other.cpu
+        self.waited += other.waited
 
 
 async def post(
@@ -186,7 +189,7 @@ async def agents(
         )
         await asyncio.sleep(max(0.0, start_at - time.time()))
         deadline = start_at + duration
-        cpu = time.process_time()
+        cpu, waited = time.process_time(), _server.run_queue_seconds()
 
         async def agent(key: str, maker: BodyMaker) -> None:
             while time.time() < deadline:
@@ -194,6 +197,7 @@ async def agents(
 
         await asyncio.gather(*(agent(key, maker) for key, maker in zip(keys, makers)))
         result.cpu = time.process_time() - cpu
+        result.waited = _server.run_queue_seconds() - waited
     return result
 
 
@@ -368,9 +372,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.profile:
                 out = Path(tempfile.gettempdir(), "lunasentri-ingest-profile.txt")
                 profiler = Profiler(server.pid, args.duration, out)
-            cpu_before = server.cpu_seconds()
+            cpu_before, waited_before = server.cpu_seconds(), server.run_queue_seconds()
             result = run_load(plan, keys, args.processes, args.duration, warmup)
             server_cpu = server.cpu_seconds() - cpu_before
+            server_waited = server.run_queue_seconds() - waited_before
             rss = server.rss_bytes()
             profile = profiler.report() if profiler is not None else []
             server.stop()
@@ -408,6 +413,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  CPU over the run: server {server_cpu / elapsed:.0%} of a core, "
         f"load generator {result.cpu / elapsed:.0%}; server RSS {rss / 2**20:.0f} MiB"
+    )
+    print(
+        f"  waiting for a CPU (other processes on the cores): server {server_waited / elapsed:.0%}"
+        f" of the run, load generator {result.waited / elapsed:.0%}"
     )
     if result.accepted:
         print(

@@ -1,0 +1,606 @@
+"""Bad input to every operation of the OpenAPI document: always a documented 4xx.
+
+Table-driven from the document itself, so a new endpoint is swept without being
+listed here (except for a valid example body, which the table below must have):
+missing, wrong and wrong-kind credentials; malformed, mistyped, incomplete,
+over-long, over-large and non-finite bodies; bad content encodings; unknown ids
+and bad query parameters. Every answer is a 4xx with the error shape, documented
+for the operation, never a 500, and no refused request changes anything.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import secrets
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+
+from lunasentri_core import __version__
+from lunasentri_core.security import CLAIM_PREFIX, hash_token, issue_token
+from lunasentri_core.server import routes
+from lunasentri_core.server.openapi import openapi_document
+
+from .conftest import LiveServer
+from .openapi_check import ApiDoc, Operation, fetch_document, running
+
+PASSWORD = "a long enough password 42"
+BODY_LIMIT = 256 * 1024
+BATCH_LIMIT = 50
+
+DOC = ApiDoc(openapi_document(routes.ALL, __version__))
+OPERATIONS = DOC.operations
+PROTECTED = [op for op in OPERATIONS if not op.public]
+WITH_BODY = [op for op in OPERATIONS if op.has_body]
+ids: Callable[[Operation], str] = repr
+
+
+def now(offset: timedelta = timedelta()) -> str:
+    return (datetime.now(UTC) + offset).isoformat()
+
+
+# A valid body per operation with one: the sweep breaks it in every way.
+VALID_BODIES: dict[str, Callable[[], dict[str, Any]]] = {
+    "login": lambda: {"username": "admin", "password": "not the password"},
+    "change_password": lambda: {"current_password": "nope", "new_password": PASSWORD},
+    "reset_password": lambda: {"token": "lsr_unknown", "new_password": PASSWORD},
+    "create_user": lambda: {"username": "zed", "password": PASSWORD, "role": "user"},
+    "create_machine": lambda: {"name": "new", "hostname": "h", "labels": {"a": "b"}},
+    "update_machine": lambda: {"name": "renamed", "hostname": "h2", "labels": {"c": "d"}},
+    "rotate_key": lambda: {"grace_seconds": 0},
+    "set_agent_config": lambda: {"interval": 9, "collectors": ["cpu"], "labels": {"x": "y"}},
+    "register_agent": lambda: {
+        "agent_id": "agent-new",
+        "claim_token_hash": "ab" * 32,
+        "hostname": "h",
+        "version": "1.0",
+    },
+    "claim_status": lambda: {"agent_id": "agent-new", "claim_token": "lsc_unknown"},
+    "claim_agent": lambda: {"claim_token": "lsc_wrong", "name": "claimed", "labels": {}},
+    "ingest": lambda: {"samples": [{"timestamp": now(), "metrics": {"cpu.percent": 1.5}}]},
+}
+
+
+@attrs.frozen
+class Case:
+    what: str
+    request: dict[str, Any]
+    """httpx request arguments (content, headers, params)."""
+    expect: tuple[int, ...]
+    field: str | None = None
+    """The error's ``field`` when it must name one ('' is the body itself)."""
+
+
+@attrs.define
+class World:
+    """A server with a little state, and everything needed to address it."""
+
+    server: LiveServer
+    doc: ApiDoc
+    admin: str
+    user: str
+    key: str
+    params: dict[str, str]
+    baseline: dict[str, Any] = attrs.field(factory=dict)
+
+    def send(self, operation: Operation, token: str | None, **request: Any) -> httpx.Response:
+        path = operation.path.format(**self.params)
+        return self.send_to(operation, path, token, **request)
+
+    def send_to(
+        self, operation: Operation, path: str, token: str | None, **request: Any
+    ) -> httpx.Response:
+        cookies = request.pop("cookies", None)
+        with (
+            self.server.client(token, cookies=cookies) as client,
+            client.stream(operation.method, path, **request) as response,
+        ):
+            # A stream that wrongly opened is not read to its (never coming) end.
+            if not is_stream(response):
+                response.read()
+            return response
+
+    def token_for(self, operation: Operation) -> str:
+        """Credentials that pass the operation's authorization."""
+        return self.key if operation.for_machines else self.admin
+
+    def snapshot(self) -> dict[str, Any]:
+        machine = self.params["machine_id"]
+        get = self._get
+        return {
+            "machines": get("/api/v1/machines"),
+            "users": get("/api/v1/users"),
+            "keys": get(f"/api/v1/machines/{machine}/keys"),
+            "config": get(f"/api/v1/machines/{machine}/agent-config"),
+            "latest": get(f"/api/v1/machines/{machine}/latest"),
+            "pending": get("/api/v1/agents/pending"),
+            "sessions": get("/api/v1/auth/sessions"),
+            "audit": get("/api/v1/audit", limit="1000"),
+        }
+
+    def _get(self, path: str, **params: str) -> Any:
+        with self.server.client(self.admin) as client:
+            response = client.get(path, params=params)
+        assert response.status_code == 200, (path, response.text)
+        return response.json()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    for server in running(
+        tmp_path_factory.mktemp("bad-input"),
+        max_body_bytes=BODY_LIMIT,
+        max_batch_points=BATCH_LIMIT,
+    ):
+        yield _populate(server)
+
+
+def _populate(server: LiveServer) -> World:
+    admin = server.login()
+    with server.client(admin) as client:
+        user_id = client.post(
+            "/api/v1/users", json={"username": "bob", "password": PASSWORD}
+        ).json()["id"]
+        created = client.post("/api/v1/machines", json={"name": "target"}).json()
+        sessions = client.get("/api/v1/auth/sessions").json()["items"]
+    token = issue_token(CLAIM_PREFIX).secret
+    agent_id = str(uuid.uuid4())
+    register = {
+        "agent_id": agent_id,
+        "claim_token_hash": hash_token(token),
+        "hostname": "edge",
+        "version": "1.0",
+    }
+    with server.client() as client:
+        assert client.post("/api/v1/agents/register", json=register).status_code == 202
+    params = {
+        "machine_id": created["machine"]["id"],
+        "key_id": created["key"]["id"],
+        "user_id": user_id,
+        "session_id": sessions[0]["id"],
+        "agent_id": agent_id,
+    }
+    world = World(
+        server=server,
+        doc=ApiDoc(fetch_document(server)),
+        admin=admin,
+        user=server.login("bob", PASSWORD),
+        key=created["api_key"],
+        params=params,
+    )
+    world.baseline = world.snapshot()
+    return world
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def is_stream(response: httpx.Response) -> bool:
+    return response.headers.get("content-type", "").startswith("text/event-stream")
+
+
+def problems_of(world: World, operation: Operation, case: Case, response: httpx.Response) -> list:
+    where = f"{operation} [{case.what}] -> {response.status_code}"
+    found = [f"{where}: {p}" for p in world.doc.check(response, streamed=is_stream(response))]
+    if response.status_code not in case.expect:
+        found.append(f"{where}: expected {case.expect}: {response.text[:300]}")
+        return found
+    error = response.json().get("error", {}) if not is_stream(response) and response.content else {}
+    if case.field is not None and error.get("field") != case.field:
+        found.append(f"{where}: field {error.get('field')!r}, expected {case.field!r}")
+    if response.status_code == 422 and not isinstance(error.get("field"), str):
+        found.append(f"{where}: a 422 must name the field")
+    return found
+
+
+def sweep(world: World, operation: Operation, token: str | None, cases: list[Case]) -> None:
+    """Send every case; then nothing may have changed."""
+    problems = []
+    for case in cases:
+        response = world.send(operation, token, **case.request)
+        problems += problems_of(world, operation, case, response)
+    assert problems == [], "\n".join(problems)
+    assert world.snapshot() == world.baseline, f"{operation}: a refused request changed state"
+
+
+def body_request(body: object) -> dict[str, Any]:
+    return {"content": json.dumps(body).encode(), "headers": {"content-type": "application/json"}}
+
+
+def raw_request(content: bytes, **headers: str) -> dict[str, Any]:
+    return {"content": content, "headers": {"content-type": "application/json", **headers}}
+
+
+def valid_request(operation: Operation) -> dict[str, Any]:
+    return body_request(VALID_BODIES[operation.id]()) if operation.has_body else {}
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def test_the_sweep_covers_the_served_document(world: World) -> None:
+    assert world.doc.document == DOC.document
+    assert sorted(VALID_BODIES) == sorted(op.id for op in WITH_BODY)
+    for operation in WITH_BODY:
+        validator = DOC.request_validator(operation)
+        errors = [e.message for e in validator.iter_errors(VALID_BODIES[operation.id]())]
+        assert errors == [], (operation, errors)
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+def _random_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def wrong_credentials() -> list[Case]:
+    unauthenticated = (401,)
+    return [
+        Case("no credentials", {}, unauthenticated),
+        Case("random lsk_ bearer", {"headers": _bearer("lsk_")}, unauthenticated),
+        Case("random lss_ bearer", {"headers": _bearer("lss_")}, unauthenticated),
+        Case("unprefixed bearer", {"headers": _bearer("")}, unauthenticated),
+        Case("empty bearer", {"headers": {"authorization": "Bearer"}}, unauthenticated),
+        Case("basic auth", {"headers": {"authorization": "Basic YWRtaW46YWRtaW4="}}, (401,)),
+        Case("random X-API-Key", {"headers": {"x-api-key": "lsk_" + _random_secret()}}, (401,)),
+        Case(
+            "random cookie", {"cookies": {"lunasentri_session": "lss_" + _random_secret()}}, (401,)
+        ),
+        Case("lsr_ token", {"headers": _bearer("lsr_")}, unauthenticated),
+        Case("huge bearer", {"headers": {"authorization": "Bearer lss_" + "a" * 6000}}, (401,)),
+    ]
+
+
+def _bearer(prefix: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {prefix}{_random_secret()}"}
+
+
+@pytest.mark.parametrize("operation", PROTECTED, ids=ids)
+def test_missing_or_wrong_credentials_are_401(world: World, operation: Operation) -> None:
+    valid = valid_request(operation)
+    cases = [
+        attrs.evolve(
+            case, request={**valid, **case.request, "headers": _merged(valid, case.request)}
+        )
+        for case in wrong_credentials()
+    ]
+    sweep(world, operation, None, cases)
+
+
+def _merged(*requests: dict[str, Any]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for request in requests:
+        headers.update(request.get("headers", {}))
+    return headers
+
+
+@pytest.mark.parametrize("operation", PROTECTED, ids=ids)
+def test_the_wrong_kind_of_credential_is_403(world: World, operation: Operation) -> None:
+    valid = valid_request(operation)
+    if operation.for_machines:
+        tokens = {"a user session": world.admin}
+    else:
+        tokens = {"a machine API key": world.key}
+        if _admin_only(operation):
+            tokens["a non-admin session"] = world.user
+    problems = []
+    for what, token in tokens.items():
+        response = world.send(operation, token, **valid)
+        problems += problems_of(world, operation, Case(what, valid, (403,)), response)
+    assert problems == [], "\n".join(problems)
+    assert world.snapshot() == world.baseline
+
+
+def _admin_only(operation: Operation) -> bool:
+    """Whether the declaration says administrators only (not in the document's terms)."""
+    return any(
+        endpoint.auth.value == "admin"
+        for api in routes.ALL
+        for endpoint in api.endpoints
+        if endpoint.handler.__name__ == operation.id
+    )
+
+
+# --------------------------------------------------------------------------- bodies
+
+
+def malformed_bodies(operation: Operation) -> list[Case]:
+    cases = [
+        Case("truncated JSON", raw_request(b'{"a": '), (400,)),
+        Case("single quotes", raw_request(b"{'a': 1}"), (400,)),
+        Case("trailing garbage", raw_request(b'{"a": 1}}'), (400,)),
+        Case("not UTF-8", raw_request(b'{"a": "\xff\xfe"}'), (400,)),
+        Case("plain text", raw_request(b"hello"), (400,)),
+    ]
+    if operation.spec["requestBody"]["required"]:
+        cases.append(Case("empty body", raw_request(b""), (400,)))
+    return cases
+
+
+def wrong_shapes() -> list[Case]:
+    return [
+        Case(f"a JSON {name}", body_request(value), (422,), "")
+        for name, value in (("array", []), ("null", None), ("number", 1), ("string", "x"))
+    ] + [Case("a JSON boolean", body_request(True), (422,), "")]
+
+
+def field_cases(operation: Operation) -> list[Case]:
+    schema = DOC.request_schema(operation)
+    valid = VALID_BODIES[operation.id]()
+    cases = [Case("unknown field", body_request({**valid, "zz_unknown": 1}), (422,), "zz_unknown")]
+    for name in schema.get("required", []):
+        missing = {k: v for k, v in valid.items() if k != name}
+        cases.append(Case(f"missing {name}", body_request(missing), (422,), name))
+    for name, prop in schema["properties"].items():
+        for wrong in _wrong_values(DOC.deref(prop)):
+            cases.append(
+                Case(f"{name}={wrong!r}", body_request({**valid, name: wrong}), (422,), name)
+            )
+    return cases
+
+
+def _wrong_values(schema: dict[str, Any]) -> list[object]:
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if "string" in types or "enum" in schema:
+        return [12345, ["a"], {"a": "b"}]
+    if "number" in types or "integer" in types:
+        return ["five", True, [1]]
+    if "object" in types:
+        return ["text", [["a", "b"]], 7]
+    if "array" in types:
+        return ["text", {"a": 1}]
+    return []
+
+
+def non_finite(operation: Operation) -> list[Case]:
+    valid = VALID_BODIES[operation.id]()
+    name = next(iter(valid))
+    cases = []
+    for literal in ("NaN", "Infinity", "-Infinity"):
+        text = json.dumps({**valid, name: "@@"}).replace('"@@"', literal)
+        cases.append(Case(f"{name}={literal}", raw_request(text.encode()), (400, 422)))
+    cases.append(
+        Case(
+            "1e400",
+            raw_request(json.dumps({**valid, name: "@@"}).replace('"@@"', "1e400").encode()),
+            (400, 422),
+        )
+    )
+    return cases
+
+
+def oversized(operation: Operation) -> list[Case]:
+    valid = VALID_BODIES[operation.id]()
+    big = json.dumps({**valid, "padding": "x" * (BODY_LIMIT + 1)}).encode()
+    bomb = gzip.compress(b'{"padding": "' + b"0" * (8 * BODY_LIMIT) + b'"}')
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(BODY_LIMIT // 4096 + 2):
+            yield b" " * 4096
+
+    return [
+        Case("over the body limit", raw_request(big), (413,)),
+        Case("over the limit, chunked", {"content": chunks()}, (413,)),
+        Case("gzip bomb", raw_request(bomb, **{"content-encoding": "gzip"}), (413,)),
+    ]
+
+
+def encodings(operation: Operation) -> list[Case]:
+    valid = json.dumps(VALID_BODIES[operation.id]()).encode()
+    return [
+        Case("gzip garbage", raw_request(b"not gzip", **{"content-encoding": "gzip"}), (400,)),
+        Case(
+            "truncated gzip",
+            raw_request(gzip.compress(valid)[:-12], **{"content-encoding": "gzip"}),
+            (400,),
+        ),
+        Case("brotli", raw_request(valid, **{"content-encoding": "br"}), (415,)),
+    ]
+
+
+@pytest.mark.parametrize("operation", WITH_BODY, ids=ids)
+def test_malformed_bodies_are_400(world: World, operation: Operation) -> None:
+    sweep(world, operation, world.token_for(operation), malformed_bodies(operation))
+
+
+@pytest.mark.parametrize("operation", WITH_BODY, ids=ids)
+def test_wrong_shapes_and_fields_are_422_naming_the_field(
+    world: World, operation: Operation
+) -> None:
+    cases = wrong_shapes() + field_cases(operation)
+    sweep(world, operation, world.token_for(operation), cases)
+
+
+@pytest.mark.parametrize("operation", WITH_BODY, ids=ids)
+def test_non_finite_numbers_are_refused(world: World, operation: Operation) -> None:
+    sweep(world, operation, world.token_for(operation), non_finite(operation))
+
+
+@pytest.mark.parametrize("operation", WITH_BODY, ids=ids)
+def test_oversized_bodies_are_413(world: World, operation: Operation) -> None:
+    sweep(world, operation, world.token_for(operation), oversized(operation))
+
+
+@pytest.mark.parametrize("operation", WITH_BODY, ids=ids)
+def test_bad_content_encodings_are_refused(world: World, operation: Operation) -> None:
+    sweep(world, operation, world.token_for(operation), encodings(operation))
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+def _ingest_case(what: str, samples: list[dict[str, Any]], field: str | None = None) -> Case:
+    expect = (413,) if field == "samples" and what.startswith("too many") else (422,)
+    return Case(what, body_request({"samples": samples}), expect, field)
+
+
+def _at(timestamp: object, **metrics: object) -> dict[str, Any]:
+    return {"timestamp": timestamp, "metrics": metrics or {"cpu.percent": 1.0}}
+
+
+def ingest_cases() -> list[Case]:
+    ts = "samples[0].timestamp"
+    good = _at(now())
+    return [
+        _ingest_case("a year ahead", [_at(now(timedelta(days=365)))], ts),
+        _ingest_case("an hour ahead", [_at(now(timedelta(hours=1)))], ts),
+        _ingest_case("year 9999", [_at("9999-12-31T23:59:59+00:00")], ts),
+        _ingest_case("a year old", [_at(now(timedelta(days=-365)))], ts),
+        _ingest_case("the epoch", [_at(0)], ts),
+        _ingest_case("year 1", [_at("0001-01-01T00:00:00+14:00")], ts),
+        _ingest_case("epoch 1e20", [_at(1e20)], ts),
+        _ingest_case("epoch -1e20", [_at(-1e20)], ts),
+        _ingest_case("no timezone", [_at(now()[:19])], ts),
+        _ingest_case("not a time", [_at("yesterday")], ts),
+        _ingest_case("a boolean time", [_at(True)], ts),
+        _ingest_case("no samples", [], "samples"),
+        _ingest_case(
+            "a bad one after a good one",
+            [good, _at(now(timedelta(days=30)))],
+            "samples[1].timestamp",
+        ),
+        _ingest_case(
+            "bad metric name",
+            [_at(now(), **{"CPU Percent!": 1.0})],
+            "samples[0].metrics.CPU Percent!",
+        ),
+        _ingest_case(
+            "string value",
+            [_at(now(), **{"cpu.percent": "high"})],
+            "samples[0].metrics.cpu.percent",
+        ),
+        _ingest_case(
+            "boolean value", [_at(now(), **{"cpu.percent": True})], "samples[0].metrics.cpu.percent"
+        ),
+        _ingest_case(
+            "overflowing value",
+            [_at(now(), **{"cpu.percent": 1e400})],
+            "samples[0].metrics.cpu.percent",
+        ),
+        _ingest_case(
+            "labelled value missing",
+            [_at(now(), **{"disk.used": [{"labels": {}}]})],
+            "samples[0].metrics.disk.used[0].value",
+        ),
+        _ingest_case(
+            "labelled value not an object",
+            [_at(now(), **{"disk.used": [5]})],
+            "samples[0].metrics.disk.used[0]",
+        ),
+        _ingest_case(
+            "bad label name",
+            [_at(now(), **{"disk.used": [{"labels": {"Bad Label": "/"}, "value": 1}]})],
+            None,
+        ),
+        _ingest_case(
+            "label value not a string",
+            [_at(now(), **{"disk.used": [{"labels": {"mount": 1}, "value": 1}]})],
+            None,
+        ),
+        _ingest_case("unknown sample field", [{**good, "host": "x"}], "samples[0].host"),
+        _ingest_case("sample not an object", ["cpu 1"], "samples[0]"),
+        _ingest_case(
+            "metrics not an object", [{"timestamp": now(), "metrics": [1]}], "samples[0].metrics"
+        ),
+        _ingest_case(
+            "too many points",
+            [_at(now(), **{f"m.n{i}": 1.0 for i in range(BATCH_LIMIT + 1)})],
+            "samples",
+        ),
+    ]
+
+
+def test_bad_ingest_batches_are_refused_whole(world: World) -> None:
+    sweep(world, DOC.by_id("ingest"), world.key, ingest_cases())
+
+
+# --------------------------------------------------------------------------- ids and queries
+
+
+WEIRD_IDS = ["0" * 32, "a" * 3000, "..", "%00", "%C3%BC", "x%2Fy", "' OR 1=1 --"]
+
+
+@pytest.mark.parametrize("operation", [op for op in OPERATIONS if op.path_params], ids=ids)
+def test_unknown_or_odd_ids_are_404(world: World, operation: Operation) -> None:
+    problems = []
+    valid = valid_request(operation)
+    for weird in WEIRD_IDS:
+        for name in operation.path_params:
+            params = {**world.params, name: weird}
+            path = operation.path.format(**params)
+            response = world.send_to(operation, path, world.token_for(operation), **valid)
+            case = Case(f"{name}={weird[:20]}", valid, (404, 422))
+            problems += problems_of(world, operation, case, response)
+    assert problems == [], "\n".join(problems)
+    assert world.snapshot() == world.baseline
+
+
+QUERY_CASES: dict[str, list[tuple[dict[str, str], str]]] = {
+    "latest_values": [
+        ({"metric": "Not A Metric"}, "metric"),
+        ({"metric": ""}, "metric"),
+        ({"bogus": "1"}, "bogus"),
+    ],
+    "history": [
+        ({}, "metric"),
+        ({"metric": "cpu percent"}, "metric"),
+        ({"metric": "cpu.percent", "step": "-1"}, "step"),
+        ({"metric": "cpu.percent", "step": "0"}, "step"),
+        ({"metric": "cpu.percent", "step": "NaN"}, "step"),
+        ({"metric": "cpu.percent", "step": "inf"}, "step"),
+        ({"metric": "cpu.percent", "step": "1e400"}, "step"),
+        ({"metric": "cpu.percent", "step": "soon"}, "step"),
+        ({"metric": "cpu.percent", "step": "0.000001"}, "step"),
+        ({"metric": "cpu.percent", "start": "yesterday"}, "start"),
+        ({"metric": "cpu.percent", "start": "1e400"}, "start"),
+        ({"metric": "cpu.percent", "start": "-1e20"}, "start"),
+        ({"metric": "cpu.percent", "end": "0"}, "end"),
+        ({"metric": "cpu.percent", "start": "100", "end": "50"}, "end"),
+        ({"metric": "cpu.percent", "agg": "median"}, "agg"),
+        ({"metric": "cpu.percent", "labels": "mount"}, "labels"),
+        ({"metric": "cpu.percent", "labels": "a:1,a:2"}, "labels"),
+        ({"metric": "cpu.percent", "bogus": "1"}, "bogus"),
+    ],
+    "stream": [({"bogus": "1"}, "bogus")],
+    "export_user": [
+        ({"since": "yesterday"}, "since"),
+        ({"since": "2024-01-01T00:00:00Z", "step": "0"}, "step"),
+        ({"since": "2024-01-01T00:00:00Z", "step": "-5"}, "step"),
+        ({"since": "2024-01-01T00:00:00Z", "step": "nan"}, "step"),
+        ({"since": "2024-01-01T00:00:00Z", "step": "inf"}, "step"),
+        ({"since": "2024-01-01T00:00:00Z", "step": "x"}, "step"),
+    ],
+    "list_audit": [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "-1"}, "limit"),
+        ({"limit": "abc"}, "limit"),
+        ({"limit": "1000000"}, "limit"),
+        ({"limit": "١٢"}, "limit"),
+        ({"since": "yesterday"}, "since"),
+    ],
+}
+
+
+@pytest.mark.parametrize("operation_id", sorted(QUERY_CASES))
+def test_bad_query_parameters_are_422_naming_them(world: World, operation_id: str) -> None:
+    operation = DOC.by_id(operation_id)
+    cases = [
+        Case(f"{params}", {"params": params}, (422,), field)
+        for params, field in QUERY_CASES[operation_id]
+    ]
+    sweep(world, operation, world.token_for(operation), cases)
+
+
+def test_every_operation_with_query_parameters_has_bad_cases() -> None:
+    with_query = {
+        op.id for op in OPERATIONS if any(p["in"] == "query" for p in op.spec["parameters"])
+    }
+    assert with_query <= set(QUERY_CASES)
