@@ -63,13 +63,15 @@ class ServerProcess:
     The server's output goes to a log file whose tail is shown when it fails.
     """
 
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None, *, prelude: str = "") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._tmp = Path(tempfile.mkdtemp(prefix="lunasentri-bench-server-"))
         self.data_dir = self._tmp / "data"
         self.log_path = self._tmp / "server.log"
         self._env = dict(env or {})
+        self._prelude = prelude
+        """Python run in the server's interpreter before the CLI (for experiments)."""
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: object = None
         self.returncode: int | None = None
@@ -114,7 +116,7 @@ class ServerProcess:
         command = [
             sys.executable,
             "-c",
-            ENTRY,
+            f"{self._prelude}\n{ENTRY}" if self._prelude else ENTRY,
             "serve",
             "--host",
             "127.0.0.1",
@@ -164,8 +166,7 @@ class ServerProcess:
         self.clean = self.stopped_cleanly()
         if check and not self.clean:
             raise ServerError(
-                f"the server exited with status {self.returncode} after SIGTERM:\n"
-                f"{self.log_tail()}"
+                f"the server exited with status {self.returncode} after SIGTERM:\n{self.log_tail()}"
             )
         return self.returncode
 
@@ -215,6 +216,17 @@ class ServerProcess:
         return int(psutil.Process(self.pid).memory_info().rss)
 
     # ------------------------------------------------------------ API
+
+    def scrape(self) -> dict[str, float]:
+        """The server's /metrics: each sample line's series (with labels) -> value."""
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            text = client.get("/metrics").text
+        values: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                series, _, value = line.rpartition(" ")
+                values[series] = float(value)
+        return values
 
     def login(self) -> str:
         """A session token of the admin."""

@@ -15,6 +15,7 @@ core. The samples the server stored are counted, so an agent that silently
 failed cannot pass.
 
     python benchmarks/bench_agent_footprint.py [--duration 60] [--interval 5] [--warmup 10]
+        [--send-interval S]
 
 Targets are reported, not asserted (``--strict`` exits 1 when one is missed).
 """
@@ -178,6 +179,12 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
     parser.add_argument("--interval", type=float, default=5.0, help="agent interval, s")
     parser.add_argument("--warmup", type=float, default=10.0, help="CPU counted after this")
+    parser.add_argument(
+        "--send-interval",
+        type=float,
+        default=None,
+        help="[agent] send_interval, s (default: the agent's, 15; 5 sends every sample)",
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     if args.warmup >= args.duration:
@@ -199,12 +206,15 @@ def run(args: argparse.Namespace, root: Path, url: str) -> int:
     since = datetime.now(UTC)
 
     def agent_env(name: str, key: str) -> dict[str, str]:
-        return clean_env(
+        env = clean_env(
             LUNASENTRI_DATA_DIR=str(root / name),
             LUNASENTRI_AGENT__SERVER_URL=url,
             LUNASENTRI_AGENT__API_KEY=key,
             LUNASENTRI_AGENT__INTERVAL=f"{args.interval:g}",
         )
+        if args.send_interval is not None:
+            env["LUNASENTRI_AGENT__SEND_INTERVAL"] = f"{args.send_interval:g}"
+        return env
 
     sleep = f"import psutil, httpx, time; time.sleep({args.duration + 30})"
     watched = [
@@ -244,9 +254,10 @@ def run(args: argparse.Namespace, root: Path, url: str) -> int:
 
     floor = figures[0][1]
     expected = int(args.duration // args.interval)
+    sending = "default" if args.send_interval is None else f"{args.send_interval:g} s"
     print(
-        f"agent footprint: {args.duration:g} s at a {args.interval:g} s interval, "
-        f"CPU counted after {args.warmup:g} s"
+        f"agent footprint: {args.duration:g} s at a {args.interval:g} s interval "
+        f"(send_interval {sending}), CPU counted after {args.warmup:g} s"
     )
     print(f"{'process':34} {'peak RSS':>10} {'ratio':>6} {'CPU %core':>10} {'start CPU':>10}")
     ok = True

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import gc
 import gzip
 import json
 import multiprocessing
@@ -40,8 +41,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Callable, Sequence
+from typing import Any
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import _common as c
@@ -108,8 +110,7 @@ class BodyMaker:
         plan, first = self.plan, self.sent
         self.sent += plan.samples
         parts = [
-            b'{"timestamp":%d,"metrics":%s}'
-            % (plan.base + n, self.variants[n % VARIANTS])
+            b'{"timestamp":%d,"metrics":%s}' % (plan.base + n, self.variants[n % VARIANTS])
             for n in range(first, first + plan.samples)
         ]
         body = b'{"samples":[' + b",".join(parts) + b"]}"
@@ -251,6 +252,76 @@ def raw_limit(tmp: Path, batches: int, samples: int, repeat: int) -> float:
     return points / best
 
 
+# --------------------------------------------------------------------------- breakdown
+
+
+def breakdown(
+    plan: Plan, agents: int, per_transaction: int, tmp: Path, requests: int = 96
+) -> list[tuple[str, float]]:
+    """CPU seconds per request of the ingest path's stages, each run on its own here.
+
+    The bodies are those the agents send; the stages are what the server does
+    with them: gunzip, JSON parsing, decoding into model objects, the ingest
+    checks, the API-key lookup of authentication, and the writer's storage work
+    (``per_transaction`` requests per transaction, as the server coalesced them,
+    then last_seen). Whatever the server spends beyond their sum is HTTP, ASGI,
+    middleware, logging, metrics and the hand-offs between tasks and threads.
+    """
+    from lunasentri_core import MachineSamples
+    from lunasentri_core.codec import decode
+    from lunasentri_core.security import hash_token
+    from lunasentri_core.services.ingest import IngestBatch, check_window, count_points
+    from lunasentri_core.storage.sql import SqlStorage
+    from lunasentri_sqlite import SQLiteStorageFactory
+
+    makers = [plan.bodies(i) for i in range(agents)]
+    bodies = [makers[i % agents].next() for i in range(agents + requests)]
+    stages: list[tuple[str, float]] = []
+
+    def timed(name: str, run: Callable[[], object]) -> Any:
+        gc.collect()
+        gc.disable()  # the stage's own cost, as in the other benchmarks
+        try:
+            start = time.process_time()
+            out = run()
+            stages.append((name, (time.process_time() - start) / requests))
+        finally:
+            gc.enable()
+        return out
+
+    if plan.gzip:
+        bodies = timed("gunzip", lambda: [gzip.decompress(b) for b in bodies])
+    data = timed("json.loads", lambda: [json.loads(b) for b in bodies])
+    decoded = timed("decode (codec)", lambda: [decode(d, IngestBatch) for d in data])
+    batches = [MachineSamples(f"m{i % agents}", b.samples) for i, b in enumerate(decoded)]
+    warm, batches = batches[:agents], batches[agents:]
+    now, skew, age = datetime.now(UTC), timedelta(minutes=10), timedelta(days=7)
+    timed("ingest checks", lambda: [check_window(b.samples, now, skew, age) for b in batches])
+
+    c.remove_db(tmp / "breakdown.db")
+    store = SQLiteStorageFactory.open(f"sqlite:///{tmp / 'breakdown.db'}")
+    assert isinstance(store, SqlStorage)
+    try:
+        store.migrate()
+        store.metrics.write(warm)  # series are created once, not per request
+        key = hash_token("lsk_" + "x" * 43)
+        timed("API-key lookup", lambda: [store.state.find_api_key(key) for _ in batches])
+        groups = [batches[i : i + per_transaction] for i in range(0, requests, per_transaction)]
+
+        def write() -> None:
+            for group in groups:
+                store.metrics.write(group)
+                store.state.touch_machines([(b.machine_id, now) for b in group])
+
+        timed(f"storage write + last_seen ({per_transaction} requests a transaction)", write)
+    finally:
+        store.close()
+    assert count_points([s for b in batches for s in b.samples]) == requests * plan.samples * (
+        READINGS_PER_SAMPLE
+    )
+    return stages
+
+
 # --------------------------------------------------------------------------- profile
 
 
@@ -333,6 +404,16 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+TRANSACTIONS = "lunasentri_write_transaction_points"
+
+
+def _delta(after: dict[str, float], before: dict[str, float], histogram: str) -> tuple[int, float]:
+    """Observations and their sum added to a histogram between two scrapes."""
+    count = after.get(f"{histogram}_count", 0.0) - before.get(f"{histogram}_count", 0.0)
+    total = after.get(f"{histogram}_sum", 0.0) - before.get(f"{histogram}_sum", 0.0)
+    return int(count), total
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
@@ -353,6 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeat", type=int, default=3, help="raw-limit runs (default 3)")
     parser.add_argument("--profile", action="store_true", help="sample the server with py-spy")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time the ingest path's stages in this process (CPU per point)",
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     samples = max(1, args.points // READINGS_PER_SAMPLE)
@@ -373,14 +459,20 @@ def main(argv: list[str] | None = None) -> int:
                 out = Path(tempfile.gettempdir(), "lunasentri-ingest-profile.txt")
                 profiler = Profiler(server.pid, args.duration, out)
             cpu_before, waited_before = server.cpu_seconds(), server.run_queue_seconds()
+            metrics_before = server.scrape()
             result = run_load(plan, keys, args.processes, args.duration, warmup)
             server_cpu = server.cpu_seconds() - cpu_before
             server_waited = server.run_queue_seconds() - waited_before
+            transactions = _delta(server.scrape(), metrics_before, TRANSACTIONS)
             rss = server.rss_bytes()
             profile = profiler.report() if profiler is not None else []
             server.stop()
             clean = server.clean
         raw_after = raw_limit(Path(tmp), 40, 10, args.repeat)
+        stages = []
+        if args.breakdown:
+            per_transaction = max(1, round(result.ok / max(1, transactions[0])))
+            stages = breakdown(plan, args.agents, per_transaction, Path(tmp))
 
     raw_rate = max(raw_before, raw_after)
     elapsed = result.last_end - result.first_start
@@ -414,6 +506,12 @@ def main(argv: list[str] | None = None) -> int:
         f"  CPU over the run: server {server_cpu / elapsed:.0%} of a core, "
         f"load generator {result.cpu / elapsed:.0%}; server RSS {rss / 2**20:.0f} MiB"
     )
+    count, points = transactions
+    if count:
+        print(
+            f"  storage transactions: {count:,} ({count / elapsed:,.0f}/s), "
+            f"{points / count:,.0f} points each on average ({result.ok / count:.1f} requests)"
+        )
     print(
         f"  waiting for a CPU (other processes on the cores): server {server_waited / elapsed:.0%}"
         f" of the run, load generator {result.waited / elapsed:.0%}"
@@ -429,6 +527,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     if result.latencies:
         print(f"  mean latency {statistics.fmean(result.latencies) * 1000:.1f} ms")
+    if stages and result.ok:
+        points = samples * READINGS_PER_SAMPLE
+        print(
+            f"ingest path stages run alone in this process, CPU per request of {points:,} points:"
+        )
+        for name, seconds in stages:
+            print(f"  {seconds * 1e6:8,.0f} us ({seconds / points * 1e6:5.2f} us a point)  {name}")
+        server_per_request = server_cpu / result.ok
+        rest = server_per_request - sum(seconds for _, seconds in stages)
+        print(
+            f"  {rest * 1e6:8,.0f} us ({rest / points * 1e6:5.2f} us a point)  the rest of the "
+            f"server's {server_per_request * 1e6:,.0f} us: HTTP, ASGI, middleware, logging, "
+            "metrics, task and thread hand-offs"
+        )
     for line in profile:
         print(line)
     missed = not (ok and fast) or errors > 0 or not clean

@@ -108,6 +108,7 @@ class AgentKit:
             "collectors": ["stub"],
             "interval": 0.05,
             "backoff_max": 0.05,
+            "send_interval": 0.05,
             **agent,
         }
         return Settings.load(environ={}, data_dir=self.tmp_path / "data", agent=options)

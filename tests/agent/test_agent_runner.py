@@ -212,3 +212,21 @@ async def test_server_defaults_leave_local_settings_alone(kit: AgentKit) -> None
         kit.server.config = {"interval": 30, "collectors": ["other"], "labels": {}, "version": 0}
         await agent._refresh_config()
         assert agent.interval == 0.05 and agent.collector_names == ("stub",)
+
+
+async def test_the_first_sample_goes_at_once_and_later_ones_together(kit: AgentKit) -> None:
+    async with kit.http() as http:
+        agent = kit.agent(http, kit.settings(interval=0.05, send_interval=0.5))
+        await run_until(agent, lambda: len(kit.server.batches) >= 2)
+    assert kit.server.batches[0] == 1
+    assert kit.server.batches[1] > 1
+    assert_nothing_lost(kit, agent)
+
+
+async def test_a_backlog_goes_out_without_waiting(kit: AgentKit) -> None:
+    async with kit.http() as http:
+        agent = kit.agent(http, kit.settings(interval=3600, send_interval=3600, batch_max_samples=3))
+        for count in range(100, 107):
+            agent.spool.append(json.dumps({"metrics": {"stub.count": count}}).encode())
+        await run_until(agent, lambda: len(agent.spool) < 3)
+    assert kit.server.batches[:2] == [3, 3]

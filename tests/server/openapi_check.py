@@ -6,9 +6,10 @@ is documented and has the error shape) and test_isolation.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -186,20 +187,75 @@ def _path_pattern(path: str) -> re.Pattern[str]:
     return re.compile(re.sub(r"\\{[A-Za-z_][A-Za-z0-9_]*\\}", "[^/]+", re.escape(path)))
 
 
+def is_stream(response: httpx.Response) -> bool:
+    return response.headers.get("content-type", "").startswith("text/event-stream")
+
+
+class Http:
+    """One reused client for many callers (a new httpx client costs ~40 ms: its TLS setup).
+
+    Every request names its own credentials; cookies a response sets are not kept.
+    """
+
+    def __init__(self, server: LiveServer, *hooks: Callable[[httpx.Response], None]) -> None:
+        self.client = httpx.Client(
+            base_url=server.url, timeout=30, event_hooks={"response": list(hooks)}
+        )
+
+    def __enter__(self) -> Http:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        cookies: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """The response, read unless it is an event stream (which would never end)."""
+        with self.stream(method, path, token, headers=headers, cookies=cookies, **kwargs) as r:
+            if not is_stream(r):
+                r.read()
+        return r
+
+    @contextlib.contextmanager
+    def stream(
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        cookies: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[httpx.Response]:
+        sent = dict(headers or {})
+        if token is not None:
+            sent["authorization"] = f"Bearer {token}"
+        if cookies:
+            sent["cookie"] = "; ".join(f"{name}={value}" for name, value in cookies.items())
+        self.client.cookies.clear()
+        with self.client.stream(method, path, headers=sent, **kwargs) as response:
+            yield response
+
+
 @attrs.define
 class Recorder:
-    """An httpx response hook keeping every response of the clients it is given to."""
+    """An httpx response hook keeping every response it sees."""
 
     responses: list[tuple[httpx.Response, bool]] = attrs.Factory(list)
 
     def __call__(self, response: httpx.Response) -> None:
-        streamed = response.headers.get("content-type", "").startswith("text/event-stream")
+        streamed = is_stream(response)
         if not streamed:
             response.read()
         self.responses.append((response, streamed))
-
-    def client(self, server: LiveServer, token: str | None = None, **kwargs: Any) -> httpx.Client:
-        return server.client(token, event_hooks={"response": [self]}, **kwargs)
 
 
 def start_server(data_dir: Path, **server: Any) -> LiveServer:

@@ -39,7 +39,13 @@ def create_machine(server: LiveServer, admin: str, name: str) -> tuple[str, str]
 
 
 def agent_settings(tmp_path: Path, server: LiveServer, **agent: Any) -> Settings:
-    options = {"server_url": server.url, "interval": 0.2, "backoff_max": 0.5, **agent}
+    options = {
+        "server_url": server.url,
+        "interval": 0.2,
+        "send_interval": 0.2,
+        "backoff_max": 0.5,
+        **agent,
+    }
     return Settings.load(environ={}, data_dir=tmp_path / "agent", agent=options)
 
 

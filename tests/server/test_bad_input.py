@@ -28,7 +28,7 @@ from lunasentri_core.server import routes
 from lunasentri_core.server.openapi import openapi_document
 
 from .conftest import LiveServer
-from .openapi_check import ApiDoc, Operation, fetch_document, running
+from .openapi_check import ApiDoc, Http, Operation, fetch_document, is_stream, running
 
 PASSWORD = "a long enough password 42"
 BODY_LIMIT = 256 * 1024
@@ -87,24 +87,12 @@ class World:
     user: str
     key: str
     params: dict[str, str]
+    http: Http
     baseline: dict[str, Any] = attrs.field(factory=dict)
 
     def send(self, operation: Operation, token: str | None, **request: Any) -> httpx.Response:
         path = operation.path.format(**self.params)
-        return self.send_to(operation, path, token, **request)
-
-    def send_to(
-        self, operation: Operation, path: str, token: str | None, **request: Any
-    ) -> httpx.Response:
-        cookies = request.pop("cookies", None)
-        with (
-            self.server.client(token, cookies=cookies) as client,
-            client.stream(operation.method, path, **request) as response,
-        ):
-            # A stream that wrongly opened is not read to its (never coming) end.
-            if not is_stream(response):
-                response.read()
-            return response
+        return self.http.request(operation.method, path, token, **request)
 
     def token_for(self, operation: Operation) -> str:
         """Credentials that pass the operation's authorization."""
@@ -125,8 +113,7 @@ class World:
         }
 
     def _get(self, path: str, **params: str) -> Any:
-        with self.server.client(self.admin) as client:
-            response = client.get(path, params=params)
+        response = self.http.request("GET", path, self.admin, params=params)
         assert response.status_code == 200, (path, response.text)
         return response.json()
 
@@ -138,10 +125,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         max_body_bytes=BODY_LIMIT,
         max_batch_points=BATCH_LIMIT,
     ):
-        yield _populate(server)
+        with Http(server) as http:
+            yield _populate(server, http)
 
 
-def _populate(server: LiveServer) -> World:
+def _populate(server: LiveServer, http: Http) -> World:
     admin = server.login()
     with server.client(admin) as client:
         user_id = client.post(
@@ -173,16 +161,13 @@ def _populate(server: LiveServer) -> World:
         user=server.login("bob", PASSWORD),
         key=created["api_key"],
         params=params,
+        http=http,
     )
     world.baseline = world.snapshot()
     return world
 
 
 # --------------------------------------------------------------------------- checking
-
-
-def is_stream(response: httpx.Response) -> bool:
-    return response.headers.get("content-type", "").startswith("text/event-stream")
 
 
 def problems_of(world: World, operation: Operation, case: Case, response: httpx.Response) -> list:
@@ -480,9 +465,14 @@ def ingest_cases() -> list[Case]:
         _ingest_case(
             "boolean value", [_at(now(), **{"cpu.percent": True})], "samples[0].metrics.cpu.percent"
         ),
-        _ingest_case(
+        Case(
             "overflowing value",
-            [_at(now(), **{"cpu.percent": 1e400})],
+            raw_request(
+                json.dumps({"samples": [_at(now(), **{"cpu.percent": "@@"})]})
+                .replace('"@@"', "1e400")
+                .encode()
+            ),
+            (422,),
             "samples[0].metrics.cpu.percent",
         ),
         _ingest_case(
@@ -536,7 +526,9 @@ def test_unknown_or_odd_ids_are_404(world: World, operation: Operation) -> None:
         for name in operation.path_params:
             params = {**world.params, name: weird}
             path = operation.path.format(**params)
-            response = world.send_to(operation, path, world.token_for(operation), **valid)
+            response = world.http.request(
+                operation.method, path, world.token_for(operation), **valid
+            )
             case = Case(f"{name}={weird[:20]}", valid, (404, 422))
             problems += problems_of(world, operation, case, response)
     assert problems == [], "\n".join(problems)
@@ -562,7 +554,6 @@ QUERY_CASES: dict[str, list[tuple[dict[str, str], str]]] = {
         ({"metric": "cpu.percent", "start": "yesterday"}, "start"),
         ({"metric": "cpu.percent", "start": "1e400"}, "start"),
         ({"metric": "cpu.percent", "start": "-1e20"}, "start"),
-        ({"metric": "cpu.percent", "end": "0"}, "end"),
         ({"metric": "cpu.percent", "start": "100", "end": "50"}, "end"),
         ({"metric": "cpu.percent", "agg": "median"}, "agg"),
         ({"metric": "cpu.percent", "labels": "mount"}, "labels"),

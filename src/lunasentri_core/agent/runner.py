@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import socket
 from collections.abc import Callable, Mapping
@@ -224,11 +225,18 @@ class Agent:
             if not self.api_key:
                 return
             self._key_ready.set()
+        last_send = -math.inf
         while not self.stopping:
             if not len(self.spool):
                 await self._samples_waiting.wait()
                 self._samples_waiting = anyio.Event()
                 continue
+            if len(self.spool) < self._batch_limit:
+                # Let a few samples gather (a backlog goes out without waiting).
+                due = last_send + self.options.send_interval.total_seconds()
+                if await self._wait(due - anyio.current_time()):
+                    return
+            last_send = anyio.current_time()
             result = await self._send_batch()
             if result is not None and result.outcome is Outcome.RETRY:
                 delay = self._retry_delay(result)
