@@ -5,12 +5,14 @@ on a free loopback port with a temporary data directory; the benchmark is the
 client. ``ServerProcess`` starts it, waits for ``/healthz/ready``, logs in as
 the admin, registers machines through the API (concurrently), measures the
 server's CPU time, and stops it with SIGTERM, checking that it exits cleanly.
+The few reporting helpers the HTTP benchmarks share live here too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import importlib.util
 import os
 import shutil
 import signal
@@ -30,8 +32,8 @@ ADMIN_PASSWORD = "benchmark-admin-password"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
 
-# `lunasentri_core.cli` has no `__main__` guard, so `python -m` would do nothing.
-ENTRY = "import sys; from lunasentri_core.cli import main; sys.exit(main())"
+PRELUDE_ENTRY = "import sys; from lunasentri_core.cli import main; sys.exit(main())"
+"""How the CLI starts after a prelude (``python -c``); without one, ``python -m``."""
 
 
 def free_port() -> int:
@@ -39,6 +41,29 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def lighten_httpx() -> None:
+    """Make httpcore's per-request ``import sniffio`` fail fast when it is not installed.
+
+    The agent does the same (agent/transport.py): without it every request of
+    the load generator scans sys.path again, CPU taken from the server it loads.
+    """
+    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+        sys.modules["sniffio"] = None  # type: ignore[assignment]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, nearest rank; NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def verdict(ok: bool) -> str:
+    """Targets are reported, not asserted: a missed one reads MISS."""
+    return "PASS" if ok else "MISS"
 
 
 def run_queue_seconds(pid: int | str = "self") -> float:
@@ -115,8 +140,11 @@ class ServerProcess:
         env.pop("LUNASENTRI_CONFIG", None)
         command = [
             sys.executable,
-            "-c",
-            f"{self._prelude}\n{ENTRY}" if self._prelude else ENTRY,
+            *(
+                ["-c", f"{self._prelude}\n{PRELUDE_ENTRY}"]
+                if self._prelude
+                else ["-m", "lunasentri_core.cli"]
+            ),
             "serve",
             "--host",
             "127.0.0.1",
@@ -241,6 +269,7 @@ class ServerProcess:
 
     def register(self, names: Sequence[str], *, concurrency: int = 16) -> list[str]:
         """Register machines through the API; returns their API keys, in order."""
+        lighten_httpx()
         return asyncio.run(self._register(self.login(), names, concurrency))
 
     async def _register(self, token: str, names: Sequence[str], concurrency: int) -> list[str]:

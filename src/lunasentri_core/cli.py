@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import anyio
 import click
@@ -50,7 +51,31 @@ def _friendly_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group()
+class _LazyGroup(click.Group):
+    """Imports a subcommand's module only when that command runs (or help lists it).
+
+    ``lunasentri agent`` must stay small: importing the server's commands would
+    load Starlette, the routes and prometheus_client into every agent.
+    """
+
+    lazy: ClassVar[dict[str, str]] = {
+        "serve": "lunasentri_core.server.serve:serve",
+        "users": "lunasentri_core.server.commands:users",
+        "agent": "lunasentri_core.agent.command:agent",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        module_name, attribute = self.lazy[cmd_name].split(":")
+        command: click.Command = getattr(importlib.import_module(module_name), attribute)
+        return command
+
+
+@click.group(cls=_LazyGroup)
 @click.option(
     "--config",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -227,20 +252,6 @@ def _table(
         ).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
-
-
-def _register_subcommands() -> None:
-    # Each lives beside what it drives; imported here so `lunasentri --help` lists them.
-    from lunasentri_core.agent.command import agent
-    from lunasentri_core.server.commands import users
-    from lunasentri_core.server.serve import serve
-
-    main.add_command(serve)
-    main.add_command(users)
-    main.add_command(agent)
-
-
-_register_subcommands()
 
 
 if __name__ == "__main__":

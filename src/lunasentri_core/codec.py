@@ -114,7 +114,10 @@ def parse_datetime(value: object) -> datetime:
         raise ValueError(f"{value!r} is not an ISO 8601 timestamp") from None
     if parsed.tzinfo is None:
         raise ValueError(f"timestamp {value!r} has no timezone (add 'Z' or '+00:00')")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. year 1 at +14:00 is before datetime.min in UTC
+        raise ValueError(f"timestamp {value!r} is out of range") from None
 
 
 def parse_duration(value: object) -> timedelta:
@@ -127,7 +130,10 @@ def parse_duration(value: object) -> timedelta:
         raise Expected("expected a duration (seconds, or a string like '30s', '5m', '7d')")
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError("a duration must be a non-negative finite number")
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"duration {value!r} is out of range") from None
 
 
 def format_duration(value: timedelta) -> str | float:

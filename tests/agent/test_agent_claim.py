@@ -58,7 +58,11 @@ class ClaimServer:
         if self.register_status is not None:
             return httpx.Response(self.register_status, json={"error": {"message": "refused"}})
         current = self.registrations.get(body["agent_id"])
-        if current and current.status == "pending" and current.token_hash != body["claim_token_hash"]:
+        if (
+            current
+            and current.status == "pending"
+            and current.token_hash != body["claim_token_hash"]
+        ):
             return httpx.Response(409, json={"error": {"message": "other token"}})
         if not current or current.token_hash != body["claim_token_hash"]:
             self.registrations[body["agent_id"]] = Registration(body["claim_token_hash"])
@@ -103,7 +107,7 @@ async def test_pending_then_claimed_delivers_and_stores_the_key(tmp_path: Path) 
     assert key == "lsk_delivered"
     assert identity.api_key() == "lsk_delivered"
     assert identity.claim_token() is None  # no longer needed
-    (agent_id, token), = announced
+    ((agent_id, token),) = announced
     assert agent_id == identity.agent_id()
     assert token.startswith("lsc_")
     assert server.registers == [
@@ -141,7 +145,8 @@ async def test_expired_registration_gets_a_fresh_token(tmp_path: Path) -> None:
     server.on_poll = expire_first
     key, announced, _ = await enrol(server, Identity(tmp_path))
     assert key == "lsk_delivered"
-    assert len(announced) == 2 and announced[0][1] != announced[1][1]
+    assert len(announced) == 2
+    assert announced[0][1] != announced[1][1]
     assert announced[0][0] == announced[1][0]  # same agent id
 
 
@@ -189,7 +194,8 @@ async def test_forgotten_registration_registers_again(tmp_path: Path) -> None:
 async def test_server_errors_back_off_exponentially(tmp_path: Path) -> None:
     server = ClaimServer(register_status=503)
     key, announced, waits = await enrol(server, Identity(tmp_path), max_waits=5)
-    assert key is None and announced == []
+    assert key is None
+    assert announced == []
     assert waits == [1.0, 2.0, 4.0, 8.0, 8.0]
 
 

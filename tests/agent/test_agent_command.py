@@ -54,15 +54,24 @@ def test_once_and_claim_do_not_mix(env: dict[str, str | None], tmp_path: Path) -
     code, output = run(
         ["--config", str(config), "agent", "--server", "http://x", "--once", "--claim"], env
     )
-    assert code == 2 and "--once" in output
+    assert code == 2
+    assert "--once" in output
 
 
 def test_unknown_collector_is_a_clear_error(env: dict[str, str | None], tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text("")
     code, output = run(
-        ["--config", str(config), "agent", "--server", "http://127.0.0.1:9", "--collector",
-         "nosuch", "--once"],
+        [
+            "--config",
+            str(config),
+            "agent",
+            "--server",
+            "http://127.0.0.1:9",
+            "--collector",
+            "nosuch",
+            "--once",
+        ],
         env,
     )
     assert code == 1
@@ -73,7 +82,8 @@ def test_bad_settings_are_a_clear_error(env: dict[str, str | None], tmp_path: Pa
     config = tmp_path / "c.toml"
     config.write_text("[agent]\ninterval = -1\n")
     code, output = run(["--config", str(config), "agent", "--once"], env)
-    assert code == 1 and "agent.interval" in output
+    assert code == 1
+    assert "agent.interval" in output
 
 
 def test_print_systemd_unit(env: dict[str, str | None], tmp_path: Path) -> None:
@@ -157,3 +167,32 @@ def test_a_stop_signal_stops_gracefully_and_keeps_the_spool(
     assert f"{signum.name}: stopping" in output
     assert "agent stopped:" in output
     assert len(list(queue.glob("*.json"))) >= 2
+
+
+def test_an_unusable_spool_directory_is_a_clear_error(
+    env: dict[str, str | None], tmp_path: Path
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    config = tmp_path / "c.toml"
+    config.write_text(f"[agent]\nserver_url = 'http://127.0.0.1:9'\nspool_dir = '{blocker}'\n")
+    code, output = run(["--config", str(config), "agent", "--once"], env)
+    assert code == 1
+    assert f"cannot use the spool directory {blocker}" in output
+
+
+def test_two_agents_cannot_share_a_spool(env: dict[str, str | None], tmp_path: Path) -> None:
+    from lunasentri_core.agent.spool import lock_directory
+
+    spool = tmp_path / "data" / "agent-spool"
+    fd = lock_directory(spool)
+    try:
+        config = tmp_path / "c.toml"
+        config.write_text("[agent]\nserver_url = 'http://127.0.0.1:9'\napi_key = 'lsk_x'\n")
+        code, output = run(["--config", str(config), "agent", "--once"], env)
+    finally:
+        os.close(fd)
+    assert code == 1
+    assert f"another agent is using the spool directory {spool}" in output
+    code, output = run(["--config", str(config), "agent", "--once"], env)
+    assert "another agent" not in output

@@ -79,7 +79,8 @@ def test_defaults() -> None:
     agent = AgentSettings()
     assert agent.interval == timedelta(seconds=5)
     assert agent.collectors == ("psutil",)
-    assert agent.api_key is None and agent.verify_tls
+    assert agent.api_key is None
+    assert agent.verify_tls
     assert agent.resolved_spool_dir(Path("/d")) == Path("/d/agent-spool")
 
 

@@ -84,7 +84,9 @@ async def test_a_bad_sample_is_isolated_and_dead_lettered(kit: AgentKit) -> None
         kit.collector.count = 6
         result = await agent.run_once()
     assert sorted(kit.server.counts()) == [1, 2, 4, 5, 6, 7]
-    assert result.dead_lettered == 1 and result.remaining == 0 and not result.ok
+    assert result.dead_lettered == 1
+    assert result.remaining == 0
+    assert not result.ok
     (dead,) = agent.spool.dead_dir.glob("*.json")
     record = json.loads(dead.read_text())
     assert record["samples"] == [{"metrics": {"stub.count": 3}}]
@@ -96,7 +98,9 @@ async def test_a_refused_key_keeps_the_spool(kit: AgentKit) -> None:
     async with kit.http() as http:
         agent = kit.agent(http)
         result = await agent.run_once()
-    assert not result.ok and result.remaining == 1 and result.dead_lettered == 0
+    assert not result.ok
+    assert result.remaining == 1
+    assert result.dead_lettered == 0
     assert result.error == "HTTP 401: status 401"
 
 
@@ -104,8 +108,10 @@ async def test_once_without_a_key_keeps_the_sample(kit: AgentKit) -> None:
     async with kit.http() as http:
         agent = kit.agent(http, api_key="")
         result = await agent.run_once()
-    assert result.error is not None and "no API key" in result.error
-    assert result.remaining == 1 and kit.server.requests == []
+    assert result.error is not None
+    assert "no API key" in result.error
+    assert result.remaining == 1
+    assert kit.server.requests == []
 
 
 async def test_spool_resumes_after_a_restart(kit: AgentKit) -> None:
@@ -115,17 +121,26 @@ async def test_spool_resumes_after_a_restart(kit: AgentKit) -> None:
         assert first.remaining == 1
         kit.collector.count = 1
         second = await kit.agent(http).run_once()
-    assert second.ok and second.delivered == 2
+    assert second.ok
+    assert second.delivered == 2
     assert kit.server.counts() == [1, 2]
 
 
-async def test_collection_failures_do_not_stop_the_loop(kit: AgentKit) -> None:
+async def test_collection_failures_do_not_stop_the_loop(
+    kit: AgentKit, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="lunasentri_core.agent")
     kit.collector = kit.make_collector(fail_on=frozenset({2, 3}))
     async with kit.http() as http:
         agent = kit.agent(http)
         await run_until(agent, lambda: len(kit.server.samples) >= 3)
     assert agent.stats.failed_collections == 2
-    assert 2 not in kit.server.counts() and 3 not in kit.server.counts()
+    runner_lines = [r.getMessage() for r in caplog.records if r.name.endswith("runner")]
+    assert runner_lines.count("collector stub failed: RuntimeError: failure 2") == 1
+    assert "collector stub failed: RuntimeError: failure 3" not in runner_lines
+    assert "collector stub works again" in runner_lines
+    assert 2 not in kit.server.counts()
+    assert 3 not in kit.server.counts()
 
 
 async def test_central_config_is_applied_and_then_unchanged(kit: AgentKit) -> None:
@@ -139,10 +154,7 @@ async def test_central_config_is_applied_and_then_unchanged(kit: AgentKit) -> No
         agent = kit.agent(http, kit.settings(config_poll_interval=0.05))
         await run_until(
             agent,
-            lambda: sum(
-                r.headers.get("if-none-match") == '"7"' for r in kit.server.requests
-            )
-            >= 2,
+            lambda: sum(r.headers.get("if-none-match") == '"7"' for r in kit.server.requests) >= 2,
         )
     assert agent.interval == 2.0
     assert kit.loads == [("stub",), ("stub", "other")]
@@ -158,9 +170,14 @@ async def test_unusable_central_collectors_keep_the_old_ones(
     kit.unknown = frozenset({"missing"})
     kit.server.config = {"interval": 5, "collectors": ["missing"], "labels": {}, "version": 1}
     async with kit.http() as http:
-        agent = kit.agent(http)
-        await run_until(agent, lambda: "unusable collectors" in caplog.text)
+        agent = kit.agent(http, kit.settings(config_poll_interval=0.05))
+        await run_until(
+            agent,
+            lambda: sum(r.headers.get("if-none-match") == '"1"' for r in kit.server.requests) >= 2,
+        )
     assert agent.collector_names == ("stub",)
+    assert agent.interval == 5  # the rest of the configuration applies
+    assert caplog.text.count("unusable collectors") == 1
 
 
 async def test_a_faster_central_interval_takes_effect_at_once(kit: AgentKit) -> None:
@@ -203,15 +220,18 @@ async def test_server_defaults_leave_local_settings_alone(kit: AgentKit) -> None
     async with kit.http() as http:
         agent = kit.agent(http, kit.settings(config_poll_interval=0.05))
         await run_until(agent, lambda: len(kit.server.requests) >= 3)
-        assert agent.interval == 0.05 and agent.collector_names == ("stub",)
+        assert agent.interval == 0.05
+        assert agent.collector_names == ("stub",)
 
         # A stored configuration applies; removing it brings the local settings back.
         kit.server.config = {"interval": 30, "collectors": ["other"], "labels": {}, "version": 3}
         await agent._refresh_config()
-        assert agent.interval == 30 and agent.collector_names == ("other",)
+        assert agent.interval == 30
+        assert agent.collector_names == ("other",)
         kit.server.config = {"interval": 30, "collectors": ["other"], "labels": {}, "version": 0}
         await agent._refresh_config()
-        assert agent.interval == 0.05 and agent.collector_names == ("stub",)
+        assert agent.interval == 0.05
+        assert agent.collector_names == ("stub",)
 
 
 async def test_the_first_sample_goes_at_once_and_later_ones_together(kit: AgentKit) -> None:
@@ -225,8 +245,32 @@ async def test_the_first_sample_goes_at_once_and_later_ones_together(kit: AgentK
 
 async def test_a_backlog_goes_out_without_waiting(kit: AgentKit) -> None:
     async with kit.http() as http:
-        agent = kit.agent(http, kit.settings(interval=3600, send_interval=3600, batch_max_samples=3))
+        agent = kit.agent(
+            http, kit.settings(interval=3600, send_interval=3600, batch_max_samples=3)
+        )
         for count in range(100, 107):
             agent.spool.append(json.dumps({"metrics": {"stub.count": count}}).encode())
         await run_until(agent, lambda: len(agent.spool) < 3)
     assert kit.server.batches[:2] == [3, 3]
+
+
+async def test_a_failing_disk_loses_samples_not_the_agent(
+    kit: AgentKit, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with kit.http() as http:
+        agent = kit.agent(http)
+        real_append = agent.spool.append
+        failures = iter([OSError(28, "No space left on device")] * 3)
+
+        def append(data: bytes) -> int:
+            error = next(failures, None)
+            if error is not None:
+                raise error
+            return real_append(data)
+
+        monkeypatch.setattr(agent.spool, "append", append)
+        await run_until(agent, lambda: len(kit.server.samples) >= 2)
+    assert agent.stats.lost == 3
+    assert caplog.text.count("cannot spool a sample") == 1
+    assert "spooling works again; 3 sample(s) were lost" in caplog.text
+    assert kit.server.counts()[0] == 4

@@ -104,7 +104,8 @@ async def test_requests_carry_the_key_and_gzip() -> None:
         client = ServerClient(http)
         result = await client.ingest("lsk_key", ingest_body([b"{}"]))
         reply = await client.agent_config("lsk_key", '"3"')
-    assert result.outcome is Outcome.DELIVERED and result.accepted == 1
+    assert result.outcome is Outcome.DELIVERED
+    assert result.accepted == 1
     assert reply.status == 304
     ingest, config = seen
     assert ingest.headers["authorization"] == "Bearer lsk_key"
@@ -131,4 +132,6 @@ async def test_non_json_answers_are_empty_bodies() -> None:
         transport=httpx.MockTransport(handler), base_url="http://server"
     ) as http:
         reply = await ServerClient(http).register("a", "0" * 64, "host", "1.0")
-    assert reply.status == 502 and reply.body == {} and not reply.ok
+    assert reply.status == 502
+    assert reply.body == {}
+    assert not reply.ok

@@ -280,5 +280,6 @@ async def test_a_central_config_change_is_noticed(server: LiveServer, tmp_path: 
             assert response.status_code == 200, response.text
             await wait_for(lambda: agent.interval == 2.0)
             assert agent.target.labels == (("rack", "r1"),)
-            assert agent.central is not None and agent.central.version == "1"
+            assert agent.central is not None
+            assert agent.central.version == "1"
             agent.stop()

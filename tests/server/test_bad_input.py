@@ -535,6 +535,10 @@ def test_unknown_or_odd_ids_are_404(world: World, operation: Operation) -> None:
     assert world.snapshot() == world.baseline
 
 
+# Valid ISO 8601 whose UTC value is outside the representable years.
+YEAR_1_EAST = "0001-01-01T00:00:00+14:00"
+YEAR_9999_WEST = "9999-12-31T23:59:59-14:00"
+
 QUERY_CASES: dict[str, list[tuple[dict[str, str], str]]] = {
     "latest_values": [
         ({"metric": "Not A Metric"}, "metric"),
@@ -554,6 +558,9 @@ QUERY_CASES: dict[str, list[tuple[dict[str, str], str]]] = {
         ({"metric": "cpu.percent", "start": "yesterday"}, "start"),
         ({"metric": "cpu.percent", "start": "1e400"}, "start"),
         ({"metric": "cpu.percent", "start": "-1e20"}, "start"),
+        ({"metric": "cpu.percent", "start": YEAR_1_EAST}, "start"),
+        ({"metric": "cpu.percent", "end": YEAR_9999_WEST}, "end"),
+        ({"metric": "cpu.percent", "step": "99999999999999999d"}, "step"),
         ({"metric": "cpu.percent", "start": "100", "end": "50"}, "end"),
         ({"metric": "cpu.percent", "agg": "median"}, "agg"),
         ({"metric": "cpu.percent", "labels": "mount"}, "labels"),
@@ -563,6 +570,8 @@ QUERY_CASES: dict[str, list[tuple[dict[str, str], str]]] = {
     "stream": [({"bogus": "1"}, "bogus")],
     "export_user": [
         ({"since": "yesterday"}, "since"),
+        ({"since": YEAR_1_EAST}, "since"),
+        ({"since": YEAR_9999_WEST}, "since"),
         ({"since": "2024-01-01T00:00:00Z", "step": "0"}, "step"),
         ({"since": "2024-01-01T00:00:00Z", "step": "-5"}, "step"),
         ({"since": "2024-01-01T00:00:00Z", "step": "nan"}, "step"),
@@ -576,6 +585,8 @@ QUERY_CASES: dict[str, list[tuple[dict[str, str], str]]] = {
         ({"limit": "1000000"}, "limit"),
         ({"limit": "١٢"}, "limit"),
         ({"since": "yesterday"}, "since"),
+        ({"since": YEAR_1_EAST}, "since"),
+        ({"since": YEAR_9999_WEST}, "since"),
     ],
 }
 

@@ -30,7 +30,7 @@ from lunasentri_core.server.api import Api, Auth, Call
 from lunasentri_core.server.openapi import openapi_document
 
 from .conftest import LiveServer
-from .openapi_check import ApiDoc, Recorder, fetch_document, running
+from .openapi_check import ApiDoc, Http, Recorder, fetch_document, running
 
 PASSWORD = "a long enough password 42"
 NEW_PASSWORD = "another long password 43"
@@ -50,8 +50,8 @@ def document(server: LiveServer) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def session(server: LiveServer, document: dict[str, Any]) -> Scenario:
     """The conformance run, done once for the checks below."""
-    scenario = Scenario(server)
-    run_scenario(scenario)
+    with Scenario(server) as scenario:
+        run_scenario(scenario)
     return scenario
 
 
@@ -182,15 +182,18 @@ class Scenario:
     def __init__(self, server: LiveServer) -> None:
         self.server = server
         self.recorder = Recorder()
+        self.http = Http(server, self.recorder)
 
-    def client(self, token: str | None = None, **kwargs: Any) -> httpx.Client:
-        return self.recorder.client(self.server, token, **kwargs)
+    def __enter__(self) -> Scenario:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.client.close()
 
     def call(
         self, token: str | None, method: str, path: str, expect: int, **kwargs: Any
     ) -> httpx.Response:
-        with self.client(token) as client:
-            response = client.request(method, path, **kwargs)
+        response = self.http.request(method, path, token, **kwargs)
         assert response.status_code == expect, (method, path, response.text)
         return response
 
@@ -313,7 +316,7 @@ def _ingest_and_query(s: Scenario, alice: str, machine_id: str, key: str) -> Non
     s.call(alice, "GET", f"{base}/history", 422, params={"metric": "cpu.percent", "step": "-1"})
     s.call(alice, "GET", f"{base}/history", 422)
     s.call(key, "GET", f"{base}/latest", 403)
-    with s.client(alice) as client, client.stream("GET", f"{base}/stream") as stream:
+    with s.http.stream("GET", f"{base}/stream", alice) as stream:
         assert stream.status_code == 200
         first = next(stream.iter_lines())
         assert first.startswith(("retry:", ":")), first
@@ -471,3 +474,43 @@ def test_requests_of_a_real_session_match_the_request_schemas(
             for e in validator.iter_errors(json.loads(raw))
         ]
     assert problems == [], "\n".join(problems)
+
+
+def test_the_checker_reports_what_the_document_does_not_say(document: dict[str, Any]) -> None:
+    doc = ApiDoc(document)
+
+    def answer(method: str, path: str, status: int, **kwargs: Any) -> list[str]:
+        request = httpx.Request(method, f"http://127.0.0.1{path}")
+        return doc.check(httpx.Response(status, request=request, **kwargs))
+
+    machine = {
+        "id": "m1",
+        "name": "web",
+        "hostname": None,
+        "kind": "agent",
+        "labels": {},
+        "status": "unknown",
+        "last_seen": None,
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "owner_id": "u1",
+    }
+    error = {"error": {"code": "not_found", "message": "no such machine", "field": None}}
+    assert answer("GET", "/api/v1/machines/m1", 200, json=machine) == []
+    assert answer("GET", "/api/v1/machines/m1", 404, json=error) == []
+    assert answer("DELETE", "/api/v1/machines/m1", 204) == []
+
+    def one_problem(problems: list[str], *words: str) -> None:
+        assert len(problems) == 1, problems
+        assert all(word in problems[0] for word in words), problems
+
+    naive = {**machine, "created_at": "2026-01-01T00:00:00"}
+    one_problem(answer("GET", "/api/v1/machines/m1", 200, json=naive), "created_at")
+    incomplete = {k: v for k, v in machine.items() if k != "name"}
+    one_problem(answer("GET", "/api/v1/machines/m1", 200, json=incomplete), "name")
+    one_problem(answer("GET", "/api/v1/machines/m1", 200, json={**machine, "kind": "toaster"}))
+    one_problem(answer("GET", "/api/v1/machines/m1", 418, json=error), "not documented")
+    one_problem(answer("GET", "/api/v1/machines/m1", 404, json={"detail": "x"}), "error")
+    one_problem(answer("GET", "/api/v1/machines/m1", 200, text="<html>"), "content type")
+    one_problem(answer("DELETE", "/api/v1/machines/m1", 204, content=b"{}"), "without a body")
+    one_problem(answer("GET", "/api/v1/nowhere", 200, json={}), "no documented operation")
+    one_problem(answer("GET", "/api/v1/nowhere", 404, json={"detail": "x"}), "error")

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from lunasentri_core.agent.backoff import Backoff
 from lunasentri_core.agent.identity import Identity
 from lunasentri_core.agent.transport import Reply, ServerClient, ServerUnreachable
+from lunasentri_core.errors import LunaSentriError
 from lunasentri_core.security import hash_token
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ Wait = Callable[[float], Awaitable[bool]]
 """Sleeps up to the given seconds; ``True`` if the agent is stopping meanwhile."""
 
 
-class EnrolmentFailed(Exception):
+class EnrolmentFailed(LunaSentriError):
     """The server refused the registration itself (e.g. an invalid host name)."""
 
 
@@ -62,6 +63,8 @@ class Enrolment:
                 if not registered:
                     agent_id, registered = await self._register(agent_id, token)
                     if not registered:
+                        if await self._retry("registering with a new agent id"):
+                            return None
                         continue
                 reply = await self.client.claim_status(agent_id, token)
             except ServerUnreachable as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +18,8 @@ from lunasentri_core.errors import LunaSentriError
 
 if TYPE_CHECKING:
     from lunasentri_core.agent.claim import Announce
+    from lunasentri_core.agent.identity import Identity
+    from lunasentri_core.agent.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,10 @@ def agent(
         anyio.run(_run, settings, once, force_claim)
     except LunaSentriError as error:
         raise click.ClickException(str(error)) from None
+    except KeyboardInterrupt:
+        # Where no signal handler can be installed (Windows), Ctrl+C or a service
+        # manager's console event ends here; the spool is consistent at any point.
+        log.warning("interrupted; spooled samples are kept for the next start")
 
 
 def _settings(
@@ -122,17 +129,40 @@ def _unit_environment(
 
 async def _run(settings: Settings, once: bool, force_claim: bool) -> None:
     # Imported here so that `lunasentri --help` and other commands never load httpx.
-    from lunasentri_core import __version__
     from lunasentri_core.agent.identity import Identity
-    from lunasentri_core.agent.runner import Agent
-    from lunasentri_core.agent.spool import Spool
-    from lunasentri_core.agent.transport import make_http_client
+    from lunasentri_core.agent.spool import Spool, SpoolBusy, lock_directory
 
     options = settings.agent
     spool_dir = options.resolved_spool_dir(settings.data_dir)
     identity = Identity(spool_dir, options.agent_id)
-    spool = await anyio.to_thread.run_sync(Spool.open, spool_dir, options.spool_max_bytes)
-    api_key = None if force_claim else (options.api_key or identity.api_key())
+    try:
+        lock = lock_directory(spool_dir)
+    except SpoolBusy as error:
+        raise click.ClickException(str(error)) from None
+    except OSError as error:
+        raise click.ClickException(f"cannot use the spool directory {spool_dir}: {error}") from None
+    try:
+        try:
+            spool = await anyio.to_thread.run_sync(Spool.open, spool_dir, options.spool_max_bytes)
+            identity.agent_id()
+            api_key = None if force_claim else (options.api_key or identity.api_key())
+        except OSError as error:
+            raise click.ClickException(
+                f"cannot use the spool directory {spool_dir}: {error}"
+            ) from None
+        await _drive(settings, spool, identity, api_key, once)
+    finally:
+        os.close(lock)
+
+
+async def _drive(
+    settings: Settings, spool: Spool, identity: Identity, api_key: str | None, once: bool
+) -> None:
+    from lunasentri_core import __version__
+    from lunasentri_core.agent.runner import Agent
+    from lunasentri_core.agent.transport import make_http_client
+
+    options = settings.agent
     async with make_http_client(options, __version__) as http:
         runner = Agent(
             settings,

@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 
 import anyio
-import anyio.abc
 import attrs
 import httpx
 
@@ -61,6 +60,8 @@ class AgentStats:
     delivered: int = 0
     failed_collections: int = 0
     send_failures: int = 0
+    lost: int = 0
+    """Samples that could not be spooled (a full or failing disk)."""
     last_error: str | None = None
 
 
@@ -107,6 +108,8 @@ class Agent:
         self._clock = clock
         self._collectors: Mapping[str, Collector] = load(settings, self.collector_names)
         self._batch_limit = self.options.batch_max_samples
+        self._failing: set[str] = set()
+        self._spool_failing = False
         self._backoff = Backoff(cap=self.options.backoff_max.total_seconds())
         self._stop = anyio.Event()
         self._samples_waiting = anyio.Event()
@@ -165,17 +168,18 @@ class Agent:
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
         try:
-            receiver = anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
-        except NotImplementedError:  # Windows: Ctrl+C arrives as KeyboardInterrupt
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    if self.stopping:
+                        log.warning("second stop signal: cancelling the send in flight")
+                        scope.cancel()
+                        return
+                    log.info("%s: stopping after the send in flight", signal.Signals(signum).name)
+                    self.stop()
+        except NotImplementedError:
+            # Windows event loops take no signal handlers: Ctrl+C arrives as
+            # KeyboardInterrupt instead, which the command turns into a clean exit.
             return
-        with receiver as signals:
-            async for signum in signals:
-                if self.stopping:
-                    log.warning("second stop signal: cancelling the send in flight")
-                    scope.cancel()
-                    return
-                log.info("%s: stopping after the send in flight", signal.Signals(signum).name)
-                self.stop()
 
     async def _wait(self, seconds: float, event: anyio.Event | None = None) -> bool:
         """Sleep up to ``seconds`` (less if ``event`` fires); ``True`` if stopping."""
@@ -208,14 +212,33 @@ class Agent:
             )
         except CollectionError as error:
             self.stats.failed_collections += 1
-            log.warning("%s", error)
+            self._note_failures(error.failures)
             return
-        for name, reason in result.failures.items():
-            log.warning("collector %s failed: %s", name, reason)
+        self._note_failures(result.failures)
         data = json.dumps(encode(result.sample), separators=(",", ":"), allow_nan=False)
-        await anyio.to_thread.run_sync(self.spool.append, data.encode())
+        try:
+            await anyio.to_thread.run_sync(self.spool.append, data.encode())
+        except OSError as error:
+            # A full disk loses this sample, not the agent: collection goes on.
+            self.stats.lost += 1
+            if not self._spool_failing:
+                log.error("cannot spool a sample (%s); it is lost", error)
+            self._spool_failing = True
+            return
+        if self._spool_failing:
+            log.warning("spooling works again; %d sample(s) were lost", self.stats.lost)
+            self._spool_failing = False
         self.stats.collected += 1
         self._samples_waiting.set()
+
+    def _note_failures(self, failures: Mapping[str, str]) -> None:
+        """Log when a collector starts or stops failing, not at every interval."""
+        for name, reason in failures.items():
+            if name not in self._failing:
+                log.warning("collector %s failed: %s", name, reason)
+        for name in self._failing - failures.keys():
+            log.info("collector %s works again", name)
+        self._failing = set(failures)
 
     # ------------------------------------------------------------ send
 
@@ -305,6 +328,9 @@ class Agent:
 
     async def _config_loop(self) -> None:
         await self._key_ready.wait()
+        if self.central is None and not self.stopping:
+            # Enrolled just now, or the server did not answer at start.
+            await self._refresh_config()
         period = self.options.config_poll_interval.total_seconds()
         while not await self._wait(period):
             await self._refresh_config()
@@ -349,10 +375,16 @@ class Agent:
                     self._load, self.settings, config.collectors
                 )
             except LunaSentriError as error:
-                log.error("central configuration names unusable collectors: %s", error)
-                return
-            self._collectors, self.collector_names = collectors, config.collectors
-            log.info("collectors now %s (central configuration)", ", ".join(config.collectors))
+                # Logged once per configuration version: the next poll gets a 304.
+                log.error(
+                    "central configuration %s names unusable collectors (%s); keeping %s",
+                    config.version,
+                    error,
+                    ", ".join(self.collector_names),
+                )
+            else:
+                self._collectors, self.collector_names = collectors, config.collectors
+                log.info("collectors now %s (central configuration)", ", ".join(config.collectors))
         if config.labels != self.target.labels:
             self.target = attrs.evolve(self.target, labels=config.labels)
         interval = config.interval.total_seconds()

@@ -18,6 +18,8 @@ Sequence numbers are microseconds since the epoch, bumped past the newest queued
 sample, so the order survives restarts. The in-memory index (seq and size per
 queued file) is rebuilt from one directory scan at open, which also bounds the
 spool: samples beyond ``max_bytes`` are dropped oldest first, counted and logged.
+Sizes are counted in file-system blocks, what the files really take on disk (a
+sample of 700 bytes occupies a 4 KiB block).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import collections
 import itertools
 import json
 import logging
+import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -38,6 +42,7 @@ log = logging.getLogger(__name__)
 
 _SUFFIX = ".json"
 _TMP_SUFFIX = ".tmp"
+DROP_LOG_PERIOD = 60.0
 DEAD_LETTER_SHARE = 10
 """Dead letters may take up to 1/DEAD_LETTER_SHARE of ``max_bytes``; older ones go."""
 
@@ -57,6 +62,8 @@ class Spool:
         self.queue_dir = directory / "queue"
         self.dead_dir = directory / "dead"
         self.max_bytes = max_bytes
+        self.block = 4096
+        """File-system block size: the disk space a small file takes."""
         self.dropped = 0
         """Samples dropped to respect ``max_bytes`` since this spool was opened."""
         self.dead_lettered = 0
@@ -64,6 +71,7 @@ class Spool:
         self._bytes = 0
         self._last_seq = 0
         self._lock = threading.Lock()
+        self._drop_logged_at = -math.inf
 
     # ------------------------------------------------------------ opening
 
@@ -76,6 +84,8 @@ class Spool:
     def _load(self) -> None:
         for path in (self.directory, self.queue_dir, self.dead_dir):
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if hasattr(os, "statvfs"):
+            self.block = os.statvfs(self.queue_dir).f_bsize or self.block
         found: list[tuple[int, int]] = []
         with os.scandir(self.queue_dir) as entries:
             for entry in entries:
@@ -85,7 +95,7 @@ class Spool:
                     continue
                 seq = _seq_of(entry.name)
                 if seq is not None:
-                    found.append((seq, entry.stat().st_size))
+                    found.append((seq, self._on_disk(entry.stat().st_size)))
         found.sort()
         self._index.extend(found)
         self._bytes = sum(size for _, size in found)
@@ -101,6 +111,7 @@ class Spool:
 
     @property
     def size_bytes(self) -> int:
+        """Disk space the queued samples take (whole blocks)."""
         return self._bytes
 
     def append(self, data: bytes) -> int:
@@ -110,8 +121,9 @@ class Spool:
             self._last_seq = seq
             final = self.queue_dir / f"{seq:017d}{_SUFFIX}"
             write_durably(self.queue_dir / f".{seq:017d}{_TMP_SUFFIX}", final, data)
-            self._index.append((seq, len(data)))
-            self._bytes += len(data)
+            size = self._on_disk(len(data))
+            self._index.append((seq, size))
+            self._bytes += size
             return self._enforce_bound()
 
     def peek(self, limit: int) -> list[SpooledSample]:
@@ -154,6 +166,9 @@ class Spool:
 
     # ------------------------------------------------------------ internals
 
+    def _on_disk(self, size: int) -> int:
+        return max(1, -(-size // self.block)) * self.block
+
     def _path(self, seq: int) -> Path:
         return self.queue_dir / f"{seq:017d}{_SUFFIX}"
 
@@ -180,23 +195,58 @@ class Spool:
             dropped += 1
         if dropped:
             self.dropped += dropped
-            log.warning(
-                "spool is full (%d bytes max): dropped the %d oldest sample(s), %d so far",
-                self.max_bytes,
-                dropped,
-                self.dropped,
-            )
+            now = time.monotonic()
+            # A full spool drops a sample at every interval: say so once a minute.
+            if now - self._drop_logged_at >= DROP_LOG_PERIOD:
+                self._drop_logged_at = now
+                log.warning(
+                    "spool is full (%d bytes max): dropped the oldest sample(s), %d so far",
+                    self.max_bytes,
+                    self.dropped,
+                )
         return dropped
 
     def _prune_dead_letters(self) -> None:
         files = sorted(p for p in self.dead_dir.iterdir() if p.name.endswith(_SUFFIX))
-        sizes = {p: p.stat().st_size for p in files}
+        sizes = {p: self._on_disk(p.stat().st_size) for p in files}
         total, budget = sum(sizes.values()), self.max_bytes // DEAD_LETTER_SHARE
         for path in files[:-1]:
             if total <= budget:
                 break
             path.unlink(missing_ok=True)
             total -= sizes[path]
+
+
+class SpoolBusy(Exception):
+    """Another process holds the spool directory's lock."""
+
+
+def lock_directory(directory: Path) -> int:
+    """Take the spool directory for this process (released when it exits).
+
+    Two agents sharing one spool would send each other's samples and could
+    overwrite a sample taken in the same microsecond; the second one refuses
+    to start instead.
+    """
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        _lock(fd)
+    except OSError:
+        os.close(fd)
+        raise SpoolBusy(f"another agent is using the spool directory {directory}") from None
+    return fd
+
+
+def _lock(fd: int) -> None:
+    if sys.platform == "win32":
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _seq_of(name: str) -> int | None:

@@ -44,7 +44,12 @@ async def start_demo(app: Starlette, services: TaskGroup) -> None:
 def _agent_settings(settings: Settings) -> Settings:
     spool = settings.data_dir / DEMO_DIR
     agent = attrs.evolve(
-        settings.agent, server_url=settings.server.base_url, spool_dir=spool, api_key=None
+        settings.agent,
+        server_url=settings.server.base_url,
+        spool_dir=spool,
+        api_key=None,
+        # A demo should show each sample as soon as it is taken.
+        send_interval=settings.agent.interval,
     )
     return attrs.evolve(settings, agent=agent)
 

@@ -77,6 +77,8 @@ def run(settings: Settings, *, demo: bool = False) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        # Agents send every 15 s by default; keep their connections across sends.
+        timeout_keep_alive=75,
         **options,
     )
     _Server(config).run()

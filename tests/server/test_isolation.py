@@ -1,0 +1,307 @@
+"""No read or write across users: random sequences of users, machines and requests.
+
+A hypothesis state machine drives one real server: users come and go, register
+machines (also through an administrator), ingest through each machine's key,
+rename, rotate keys, delete; meanwhile random users aim every owner-scoped
+request at machines they do not own. Invariants after every step: each user
+lists exactly their own machines with exactly the values their own keys wrote,
+an administrator lists all, and a foreign request is a 404 that changed nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from .conftest import LiveServer
+from .openapi_check import ApiDoc, Http, fetch_document, is_stream, running
+
+PASSWORD = "a long enough password 42"
+METRIC = "cpu.percent"
+USERS = {"alice": "user", "bob": "user", "carol": "user", "dave": "admin"}
+MAX_MACHINES = 6
+
+
+@attrs.define(eq=False)
+class Account:
+    id: str
+    username: str
+    token: str
+    session_id: str
+    admin: bool = False
+
+
+@attrs.define(eq=False)
+class Box:
+    """A machine as its owner knows it."""
+
+    id: str
+    owner: Account
+    name: str
+    key: str
+    key_id: str
+    value: float | None = None
+    last_written: datetime | None = None
+
+
+@attrs.define
+class World:
+    """The server and what is on it, across all examples of one test."""
+
+    server: LiveServer
+    http: Http
+    doc: ApiDoc
+    admin: Account
+    users: list[Account] = attrs.Factory(list)
+    boxes: list[Box] = attrs.Factory(list)
+    counter: Iterator[int] = attrs.Factory(itertools.count)
+
+    def call(
+        self, token: str | None, method: str, path: str, expect: int, **kwargs: Any
+    ) -> httpx.Response:
+        response = self.http.request(method, path, token, **kwargs)
+        assert response.status_code == expect, (method, path, response.text)
+        problems = self.doc.check(response, streamed=is_stream(response))
+        assert problems == [], problems
+        return response
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    for server in running(tmp_path_factory.mktemp("isolation")):
+        with Http(server) as http:
+            token = server.login()
+            me = http.request("GET", "/api/v1/auth/me", token).json()
+            sessions = http.request("GET", "/api/v1/auth/sessions", token).json()["items"]
+            admin = Account(me["id"], "admin", token, sessions[0]["id"], admin=True)
+            world = World(server, http, ApiDoc(fetch_document(server)), admin)
+            world.users = [add_user(world, name, role) for name, role in USERS.items()]
+            yield world
+
+
+def add_user(w: World, username: str, role: str) -> Account:
+    """A logged-in user (made once per module: password hashing is slow on purpose)."""
+    body = {"username": username, "password": PASSWORD, "role": role}
+    user_id = w.call(w.admin.token, "POST", "/api/v1/users", 201, json=body).json()["id"]
+    token = w.server.login(username, PASSWORD)
+    session = w.call(token, "GET", "/api/v1/auth/sessions", 200).json()["items"][0]
+    return Account(user_id, username, token, session["id"], admin=role == "admin")
+
+
+# Every owner-scoped request, as (method, path, body); {m} a machine, {k} its key, {u}
+# its owner, {s} one of the owner's sessions.
+FOREIGN_REQUESTS = [
+    ("GET", "/api/v1/machines/{m}", None),
+    ("PATCH", "/api/v1/machines/{m}", {"name": "taken-over"}),
+    ("PATCH", "/api/v1/machines/{m}", {"labels": {"owned": "yes"}}),
+    ("DELETE", "/api/v1/machines/{m}", None),
+    ("GET", "/api/v1/machines/{m}/keys", None),
+    ("POST", "/api/v1/machines/{m}/keys/rotate", {"grace_seconds": 0}),
+    ("POST", "/api/v1/machines/{m}/keys/rotate", None),
+    ("POST", "/api/v1/machines/{m}/keys/{k}/revoke", None),
+    ("GET", "/api/v1/machines/{m}/latest", None),
+    ("GET", "/api/v1/machines/{m}/history?metric=cpu.percent", None),
+    ("GET", "/api/v1/machines/{m}/agent-config", None),
+    ("PUT", "/api/v1/machines/{m}/agent-config", {"interval": 1, "collectors": ["cpu"]}),
+    ("GET", "/api/v1/machines/{m}/stream", None),
+    ("GET", "/api/v1/users/{u}", None),
+    ("GET", "/api/v1/users/{u}/export", None),
+    ("DELETE", "/api/v1/auth/sessions/{s}", None),
+]
+# A machine key on any of them is the wrong kind of credential.
+KEY_REQUESTS = [r for r in FOREIGN_REQUESTS if "{m}" in r[1]]
+
+
+class Isolation(RuleBasedStateMachine):
+    def __init__(self, world: World) -> None:
+        super().__init__()
+        self.world = world
+
+    # ------------------------------------------------------------------- helpers
+
+    def fill(self, path: str, box: Box) -> str:
+        return path.format(m=box.id, k=box.key_id, u=box.owner.id, s=box.owner.session_id)
+
+    def victim_state(self, box: Box) -> dict[str, Any]:
+        """Everything about ``box`` a foreign request might change, as its owner sees it."""
+        w, token, base = self.world, box.owner.token, f"/api/v1/machines/{box.id}"
+        paths = (base, f"{base}/keys", f"{base}/agent-config", "/api/v1/auth/sessions")
+        return {path: w.call(token, "GET", path, 200).json() for path in paths}
+
+    def accounts(self) -> list[Account]:
+        return [self.world.admin, *self.world.users]
+
+    # ------------------------------------------------------------------- rules
+
+    @initialize(data=st.data(), count=st.integers(1, 3))
+    def some_machines(self, data: st.DataObject, count: int) -> None:
+        """Every example starts with machines (rules may be switched off in an example)."""
+        for _ in range(count):
+            self.register(data, by_admin=data.draw(st.booleans(), label="by admin"))
+        w = self.world
+        for account in self.accounts():
+            w.call(account.token, "GET", "/api/v1/users", 200 if account.admin else 403)
+
+    @precondition(lambda self: len(self.world.boxes) < MAX_MACHINES)
+    @rule(data=st.data(), by_admin=st.booleans())
+    def register(self, data: st.DataObject, by_admin: bool) -> None:
+        w = self.world
+        owner = data.draw(st.sampled_from(self.accounts()), label="owner")
+        name = f"m{next(w.counter)}"
+        body: dict[str, Any] = {"name": name, "labels": {"owner": owner.username}}
+        caller = owner
+        if by_admin:
+            caller, body["owner_id"] = w.admin, owner.id
+        created = w.call(caller.token, "POST", "/api/v1/machines", 201, json=body).json()
+        assert created["machine"]["owner_id"] == owner.id
+        box = Box(created["machine"]["id"], owner, name, created["api_key"], created["key"]["id"])
+        w.boxes.append(box)
+
+    @precondition(lambda self: self.world.boxes)
+    @rule(data=st.data(), values=st.lists(st.floats(0, 100), min_size=1, max_size=3))
+    def ingest(self, data: st.DataObject, values: list[float]) -> None:
+        for value in values:
+            box = data.draw(st.sampled_from(self.world.boxes), label="machine")
+            when = datetime.now(UTC)
+            if box.last_written is not None and when <= box.last_written:
+                when = box.last_written + timedelta(milliseconds=1)
+            sample = {"timestamp": when.isoformat(), "metrics": {METRIC: value}}
+            response = self.world.call(
+                box.key, "POST", "/api/v1/ingest", 200, json={"samples": [sample]}
+            )
+            assert response.json() == {"accepted": 1}
+            box.value, box.last_written = value, when
+
+    @precondition(lambda self: self.world.boxes and self.world.users)
+    @rule(data=st.data(), request=st.sampled_from(FOREIGN_REQUESTS))
+    def foreign_request(self, data: st.DataObject, request: tuple[str, str, Any]) -> None:
+        w = self.world
+        attacker = data.draw(
+            st.sampled_from([u for u in w.users if not u.admin] or [None]), label="attacker"
+        )
+        victims = [b for b in w.boxes if attacker is not None and b.owner is not attacker]
+        if not victims:
+            return
+        box = data.draw(st.sampled_from(victims), label="victim")
+        method, path, body = request
+        before = self.victim_state(box)
+        kwargs = {} if body is None else {"json": body}
+        response = w.call(attacker.token, method, self.fill(path, box), 404, **kwargs)
+        assert response.json()["error"]["code"] == "not_found"
+        assert self.victim_state(box) == before
+
+    @precondition(lambda self: len(self.world.boxes) >= 1)
+    @rule(data=st.data(), request=st.sampled_from(KEY_REQUESTS))
+    def machine_key_on_user_endpoints(
+        self, data: st.DataObject, request: tuple[str, str, Any]
+    ) -> None:
+        w = self.world
+        holder = data.draw(st.sampled_from(w.boxes), label="key holder")
+        box = data.draw(st.sampled_from(w.boxes), label="target")
+        method, path, body = request
+        before = self.victim_state(box)
+        kwargs = {} if body is None else {"json": body}
+        w.call(holder.key, method, self.fill(path, box), 403, **kwargs)
+        assert self.victim_state(box) == before
+        config = w.call(holder.key, "GET", "/api/v1/agent/config", 200).json()
+        assert config["machine_id"] == holder.id
+
+    @precondition(lambda self: self.world.boxes)
+    @rule(data=st.data())
+    def owner_or_admin_reads(self, data: st.DataObject) -> None:
+        w = self.world
+        box = data.draw(st.sampled_from(w.boxes), label="machine")
+        admins = [a for a in self.accounts() if a.admin]
+        reader = data.draw(st.sampled_from([box.owner, *admins]), label="reader")
+        machine = w.call(reader.token, "GET", f"/api/v1/machines/{box.id}", 200).json()
+        assert (machine["name"], machine["owner_id"]) == (box.name, box.owner.id)
+        latest = w.call(reader.token, "GET", f"/api/v1/machines/{box.id}/latest", 200).json()
+        assert {i["value"] for i in latest["items"] if i["metric"] == METRIC} == (
+            set() if box.value is None else {box.value}
+        )
+        export = w.call(reader.token, "GET", f"/api/v1/users/{box.owner.id}/export", 200).json()
+        assert {m["id"] for m in export["machines"]} == {
+            b.id for b in w.boxes if b.owner is box.owner
+        }
+
+    @precondition(lambda self: self.world.boxes)
+    @rule(data=st.data())
+    def rename(self, data: st.DataObject) -> None:
+        w = self.world
+        box = data.draw(st.sampled_from(w.boxes), label="machine")
+        name = f"m{next(w.counter)}"
+        w.call(box.owner.token, "PATCH", f"/api/v1/machines/{box.id}", 200, json={"name": name})
+        box.name = name
+
+    @precondition(lambda self: self.world.boxes)
+    @rule(data=st.data())
+    def rotate(self, data: st.DataObject) -> None:
+        w = self.world
+        box = data.draw(st.sampled_from(w.boxes), label="machine")
+        path = f"/api/v1/machines/{box.id}/keys/rotate"
+        issued = w.call(box.owner.token, "POST", path, 201, json={"grace_seconds": 0}).json()
+        w.call(box.key, "GET", "/api/v1/agent/config", 401)
+        box.key, box.key_id = issued["api_key"], issued["key"]["id"]
+
+    @precondition(lambda self: self.world.boxes)
+    @rule(data=st.data())
+    def delete_machine(self, data: st.DataObject) -> None:
+        w = self.world
+        box = data.draw(st.sampled_from(w.boxes), label="machine")
+        w.call(box.owner.token, "DELETE", f"/api/v1/machines/{box.id}", 204)
+        w.boxes.remove(box)
+        w.call(box.key, "GET", "/api/v1/agent/config", 401)
+        sample = {"timestamp": datetime.now(UTC).isoformat(), "metrics": {METRIC: 1.0}}
+        w.call(box.key, "POST", "/api/v1/ingest", 401, json={"samples": [sample]})
+        w.call(w.admin.token, "GET", f"/api/v1/machines/{box.id}", 404)
+
+    def teardown(self) -> None:
+        """No machines again, so each example starts from the same server state."""
+        w = self.world
+        for box in w.boxes:
+            w.http.request("DELETE", f"/api/v1/machines/{box.id}", w.admin.token)
+        w.boxes.clear()
+
+    # ------------------------------------------------------------------- invariants
+
+    @invariant()
+    def everyone_lists_exactly_their_own(self) -> None:
+        w = self.world
+        for account in self.accounts():
+            items = w.call(account.token, "GET", "/api/v1/machines", 200).json()["items"]
+            listed = {item["id"]: item for item in items}
+            mine = {b.id: b for b in w.boxes if account.admin or b.owner is account}
+            assert listed.keys() == mine.keys(), account.username
+            for machine_id, box in mine.items():
+                item = listed[machine_id]
+                assert (item["name"], item["owner_id"]) == (box.name, box.owner.id)
+                values = {v["value"] for v in item["latest"]["values"] if v["metric"] == METRIC}
+                assert values == (set() if box.value is None else {box.value}), box.name
+
+
+def test_no_user_reads_or_changes_another_users_machines(world: World) -> None:
+    run_state_machine_as_test(
+        lambda: Isolation(world),
+        settings=settings(
+            max_examples=25,
+            stateful_step_count=12,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
