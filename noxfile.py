@@ -179,9 +179,7 @@ def demo(session: nox.Session) -> None:
     Arguments after ``--`` go to ``lunasentri serve`` (e.g. ``-- --host 0.0.0.0 --port 9000``).
     """
     install_projects(session)
-    session.run(
-        "lunasentri", "serve", "--demo", "--data-dir", ".lunasentri-demo", *session.posargs
-    )
+    session.run("lunasentri", "serve", "--demo", "--data-dir", ".lunasentri-demo", *session.posargs)
 
 
 @nox.session(python=DEFAULT_PYTHON, default=False)

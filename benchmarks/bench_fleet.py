@@ -205,7 +205,8 @@ class Fleet:
                 result.abandoned += slots - pending
                 return
             # Everything due by now goes in this request, as the spool would send it.
-            due = min(slots, int((sent - first) // plan.interval) + 1)
+            # (At least the slot slept for: the clocks may disagree by a hair.)
+            due = min(slots, max(pending + 1, int((sent - first) // plan.interval) + 1))
             stamps = [first + slot * plan.interval for slot in range(pending, due)]
             result.sent_at.append(sent - self.start)
             try:
@@ -281,6 +282,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 on any error or miss")
     args = parser.parse_args(argv)
 
+    measured = measure(args)
+    met = report(args, measured)
+    return 1 if args.strict and not met else 0
+
+
+@attrs.frozen
+class Measured:
+    plan: Plan
+    result: Result
+    setup: float
+    elapsed: float
+    server_cpu: float
+    server_waited: float
+    rss: int
+    clean: bool
+    log_errors: list[str]
+
+
+def measure(args: argparse.Namespace) -> Measured:
     with _server.ServerProcess() as server:
         setup = time.perf_counter()
         names = [f"fleet-{i:05d}" for i in range(args.agents)]
@@ -294,17 +314,21 @@ def main(argv: list[str] | None = None) -> int:
             args.connections,
             args.keepalive_expiry,
         )
-        cpu_before, waited_before = server.cpu_seconds(), server.run_queue_seconds()
+        cpu, waited = server.cpu_seconds(), server.run_queue_seconds()
         result, started = run_fleet(plan, keys, args.processes)
         elapsed = time.time() - started
-        server_cpu = server.cpu_seconds() - cpu_before
-        server_waited = server.run_queue_seconds() - waited_before
+        cpu, waited = server.cpu_seconds() - cpu, server.run_queue_seconds() - waited
         rss = server.rss_bytes()
         server.stop()
-        clean, log_errors = server.clean, server.errors()
+        return Measured(
+            plan, result, setup, elapsed, cpu, waited, rss, server.clean, server.errors()
+        )
 
-    intended = plan.intended()
-    sent = len(result.sent_at)
+
+def report(args: argparse.Namespace, m: Measured) -> bool:
+    """Print the figures; returns whether the run met its target."""
+    result, elapsed = m.result, m.elapsed
+    intended = m.plan.intended()
     errors = sum(result.errors.values())
     # The steady state: once every agent has started, until the last interval begins.
     window = (args.interval, max(args.interval * 2, args.duration - args.interval))
@@ -325,19 +349,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {line}")
     print(
         f"  httpx {httpx.__version__}; setup: {args.agents:,} machines registered through "
-        f"the API in {setup:.1f} s ({args.agents / setup:,.0f}/s, "
+        f"the API in {m.setup:.1f} s ({args.agents / m.setup:,.0f}/s, "
         f"{args.register_concurrency} in flight)"
     )
     complete = result.delivered == intended and errors == 0
     detail = ", ".join(f"{n} x {kind}" for kind, n in result.errors.most_common()) or "none"
+    abandoned = f" ({result.abandoned:,} abandoned)" if result.abandoned else ""
     print(
-        f"samples: {result.delivered:,} delivered of {intended:,} due"
-        f"{f' ({result.abandoned:,} abandoned)' if result.abandoned else ''}; "
+        f"samples: {result.delivered:,} delivered of {intended:,} due{abandoned}; "
         f"errors: {detail} (target: none) {_server.verdict(complete)}"
     )
     print(
         f"request rate: {achieved:,.1f}/s achieved in the steady state, {wanted:,.1f}/s "
-        f"intended ({achieved / wanted:.2f}); {sent:,} requests, {result.ok:,} ok"
+        f"intended ({achieved / wanted:.2f}); {len(result.sent_at):,} requests, "
+        f"{result.ok:,} ok"
     )
     print(f"request latency: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
     print(
@@ -345,19 +370,18 @@ def main(argv: list[str] | None = None) -> int:
         f"p99 {fresh99 * 1000:.0f} ms"
     )
     print(
-        f"  CPU over {elapsed:.0f} s: server {server_cpu / elapsed:.0%} of a core "
-        f"({server_cpu / max(1, result.ok) * 1e6:,.0f} us a request), load generator "
-        f"{result.cpu / elapsed:.0%}; waiting for a CPU: server {server_waited / elapsed:.0%}, "
+        f"  CPU over {elapsed:.0f} s: server {m.server_cpu / elapsed:.0%} of a core "
+        f"({m.server_cpu / max(1, result.ok) * 1e6:,.0f} us a request), load generator "
+        f"{result.cpu / elapsed:.0%}; waiting for a CPU: server {m.server_waited / elapsed:.0%}, "
         f"load generator {result.waited / elapsed:.0%}"
     )
     print(
-        f"  server RSS {rss / 2**20:.0f} MiB; errors in the server log: {len(log_errors)}; "
-        f"stopped cleanly on SIGTERM: {'yes' if clean else 'NO'}"
+        f"  server RSS {m.rss / 2**20:.0f} MiB; errors in the server log: {len(m.log_errors)}; "
+        f"stopped cleanly on SIGTERM: {'yes' if m.clean else 'NO'}"
     )
-    for line in log_errors[:5]:
+    for line in m.log_errors[:5]:
         print(f"    {line}")
-    missed = not complete or bool(log_errors) or not clean
-    return 1 if args.strict and missed else 0
+    return complete and not m.log_errors and m.clean
 
 
 if __name__ == "__main__":
