@@ -66,15 +66,30 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def run_queue_seconds(pid: int | str = "self") -> float:
-    """Sum of the run-queue waits of a process's threads, from /proc/PID/task/*/schedstat."""
-    total = 0
-    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
-        try:
-            total += int(stat.read_text().split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # a thread that ended meanwhile, or no schedstat support
-    return total / 1e9
+class RunQueue:
+    """Seconds the threads of a process waited for a CPU since this was made (Linux).
+
+    Read from /proc/PID/task/*/schedstat: time runnable but not running, which
+    on a shared machine is other processes holding the cores. Threads that end
+    in between take their share with them (an undercount); 0 without schedstat.
+    """
+
+    def __init__(self, pid: int | str = "self") -> None:
+        self.pid = pid
+        self._start = self._read()
+
+    def _read(self) -> dict[str, int]:
+        waits = {}
+        for stat in Path(f"/proc/{self.pid}/task").glob("*/schedstat"):
+            try:
+                waits[stat.parent.name] = int(stat.read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # a thread that ended meanwhile
+        return waits
+
+    def seconds(self) -> float:
+        now = self._read()
+        return sum(max(0, wait - self._start.get(tid, 0)) for tid, wait in now.items()) / 1e9
 
 
 class ServerError(RuntimeError):
@@ -232,13 +247,9 @@ class ServerProcess:
         times = psutil.Process(self.pid).cpu_times()
         return float(times.user + times.system)
 
-    def run_queue_seconds(self) -> float:
-        """Time the server's threads were runnable but waiting for a CPU (Linux; else 0).
-
-        On a shared machine this shows how much of the server's latency is other
-        processes holding the cores rather than the server's own work.
-        """
-        return run_queue_seconds(self.pid)
+    def run_queue(self) -> RunQueue:
+        """From now on, how long the server's threads wait for a CPU."""
+        return RunQueue(self.pid)
 
     def rss_bytes(self) -> int:
         return int(psutil.Process(self.pid).memory_info().rss)

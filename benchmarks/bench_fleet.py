@@ -92,6 +92,9 @@ def body(stamps: Sequence[float], rng: random.Random) -> bytes:
     return gzip.compress(raw, compresslevel=6, mtime=0)
 
 
+PACE = 0.95
+"""Below this share of the intended request rate, agents had to batch: the fleet was not
+served at its pace."""
 GRACE = 30.0
 """Seconds after the run's end that agents still try to deliver what is pending."""
 RETRY_AFTER = 1.0
@@ -171,14 +174,14 @@ class Fleet:
         )
 
     async def run(self) -> Result:
-        cpu, waited = time.process_time(), _server.run_queue_seconds()
+        cpu, waited = time.process_time(), _server.RunQueue()
         if not self.plan.connections:
             await asyncio.gather(*(self._own_client(number, key) for number, key in self.agents))
         else:
             async with self.client(self.plan.connections) as client:
                 await asyncio.gather(*(self.agent(client, n, key) for n, key in self.agents))
         self.result.cpu = time.process_time() - cpu
-        self.result.waited = _server.run_queue_seconds() - waited
+        self.result.waited = waited.seconds()
         return self.result
 
     async def _own_client(self, number: int, key: str) -> None:
@@ -314,14 +317,14 @@ def measure(args: argparse.Namespace) -> Measured:
             args.connections,
             args.keepalive_expiry,
         )
-        cpu, waited = server.cpu_seconds(), server.run_queue_seconds()
+        cpu, waited = server.cpu_seconds(), server.run_queue()
         result, started = run_fleet(plan, keys, args.processes)
         elapsed = time.time() - started
-        cpu, waited = server.cpu_seconds() - cpu, server.run_queue_seconds() - waited
+        cpu, server_waited = server.cpu_seconds() - cpu, waited.seconds()
         rss = server.rss_bytes()
         server.stop()
         return Measured(
-            plan, result, setup, elapsed, cpu, waited, rss, server.clean, server.errors()
+            plan, result, setup, elapsed, cpu, server_waited, rss, server.clean, server.errors()
         )
 
 
@@ -359,10 +362,11 @@ def report(args: argparse.Namespace, m: Measured) -> bool:
         f"samples: {result.delivered:,} delivered of {intended:,} due{abandoned}; "
         f"errors: {detail} (target: none) {_server.verdict(complete)}"
     )
+    paced = achieved >= PACE * wanted
     print(
         f"request rate: {achieved:,.1f}/s achieved in the steady state, {wanted:,.1f}/s "
-        f"intended ({achieved / wanted:.2f}); {len(result.sent_at):,} requests, "
-        f"{result.ok:,} ok"
+        f"intended ({achieved / wanted:.2f}; target >= {PACE:.2f}) {_server.verdict(paced)}; "
+        f"{len(result.sent_at):,} requests, {result.ok:,} ok"
     )
     print(f"request latency: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
     print(
@@ -381,7 +385,7 @@ def report(args: argparse.Namespace, m: Measured) -> bool:
     )
     for line in m.log_errors[:5]:
         print(f"    {line}")
-    return complete and not m.log_errors and m.clean
+    return complete and paced and not m.log_errors and m.clean
 
 
 if __name__ == "__main__":

@@ -195,7 +195,7 @@ async def agents(
         await asyncio.gather(*(post(client, key, maker.next(), plan, None) for key, maker in pairs))
         await asyncio.sleep(max(0.0, start_at - time.time()))
         deadline = start_at + duration
-        cpu, waited = time.process_time(), _server.run_queue_seconds()
+        cpu, waited = time.process_time(), _server.RunQueue()
 
         async def agent(key: str, maker: BodyMaker) -> None:
             while time.time() < deadline:
@@ -203,7 +203,7 @@ async def agents(
 
         await asyncio.gather(*(agent(key, maker) for key, maker in pairs))
         result.cpu = time.process_time() - cpu
-        result.waited = _server.run_queue_seconds() - waited
+        result.waited = waited.seconds()
     return result
 
 
@@ -461,9 +461,9 @@ def measure(args: argparse.Namespace, samples: int, tmp: Path) -> Measured:
         if args.profile:
             out = Path(tempfile.gettempdir(), "lunasentri-ingest-profile.txt")
             profiler = Profiler(server.pid, args.duration, out)
-        cpu, waited, before = server.cpu_seconds(), server.run_queue_seconds(), server.scrape()
+        cpu, waited, before = server.cpu_seconds(), server.run_queue(), server.scrape()
         result = run_load(plan, keys, args.processes, args.duration, 3.0 + 0.5 * args.processes)
-        cpu, waited = server.cpu_seconds() - cpu, server.run_queue_seconds() - waited
+        cpu, server_waited = server.cpu_seconds() - cpu, waited.seconds()
         transactions = _delta(server.scrape(), before, TRANSACTIONS)
         rss = server.rss_bytes()
         profile = profiler.report() if profiler is not None else []
@@ -480,7 +480,7 @@ def measure(args: argparse.Namespace, samples: int, tmp: Path) -> Measured:
         raw_after,
         setup,
         cpu,
-        waited,
+        server_waited,
         transactions,
         rss,
         clean,
