@@ -237,7 +237,8 @@ def _dispatcher(
         method = "GET" if request.method == "HEAD" else request.method
         endpoint = methods[method]
         request.scope["lunasentri.endpoint"] = endpoint
-        principal = await authenticate(request)
+        # Public endpoints skip authentication: it costs a storage read per request.
+        principal = None if endpoint.auth is Auth.PUBLIC else await authenticate(request)
         _authorize(endpoint.auth, principal)
         call = Call(request, request.app.state.hub, request.app.state.settings, principal)
         result = await endpoint.handler(call)
