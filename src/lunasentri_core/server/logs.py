@@ -52,3 +52,6 @@ def configure_logging(log_format: str, level: str) -> None:
         logging.getLogger(name).propagate = True
     # Our middleware logs each request with its id; uvicorn's access log would repeat it.
     logging.getLogger("uvicorn.access").disabled = True
+    # The in-process demo agent's client would log every request it sends at INFO.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
