@@ -636,25 +636,16 @@ class SqlStateStore:
     # ------------------------------------------------------------------ sessions
 
     def add_session(self, session: Session) -> Session:
-        message = "a session with this token hash already exists"
-        with _conflicts(message), self._db.write() as conn:
-            if not self._exists(conn, users, users.c.id == session.user_id):
-                raise NotFoundError(f"user {session.user_id!r} of the session not found")
-            if self._exists(conn, sessions, sessions.c.token_hash == session.token_hash):
-                raise ConflictError(message)
-            if self._exists(conn, sessions, sessions.c.id == session.id):
-                raise ConflictError(f"a session with id {session.id!r} already exists")
-            conn.execute(
-                sa.insert(sessions).values(
-                    id=session.id,
-                    user_id=session.user_id,
-                    token_hash=session.token_hash,
-                    created_at=session.created_at,
-                    expires_at=session.expires_at,
-                    client=session.client,
-                    revoked_at=session.revoked_at,
-                )
-            )
+        values = {
+            "id": session.id,
+            "user_id": session.user_id,
+            "token_hash": session.token_hash,
+            "created_at": session.created_at,
+            "expires_at": session.expires_at,
+            "client": session.client,
+            "revoked_at": session.revoked_at,
+        }
+        self._add_user_token(sessions, values, "session")
         return session
 
     def find_session(self, token_hash: str) -> Session | None:
@@ -706,25 +697,28 @@ class SqlStateStore:
     # ------------------------------------------------------------------ password resets
 
     def add_reset_token(self, token: ResetToken) -> ResetToken:
-        message = "a reset token with this hash already exists"
-        with _conflicts(message), self._db.write() as conn:
-            if not self._exists(conn, users, users.c.id == token.user_id):
-                raise NotFoundError(f"user {token.user_id!r} of the reset token not found")
-            if self._exists(conn, reset_tokens, reset_tokens.c.token_hash == token.token_hash):
-                raise ConflictError(message)
-            if self._exists(conn, reset_tokens, reset_tokens.c.id == token.id):
-                raise ConflictError(f"a reset token with id {token.id!r} already exists")
-            conn.execute(
-                sa.insert(reset_tokens).values(
-                    id=token.id,
-                    user_id=token.user_id,
-                    token_hash=token.token_hash,
-                    created_at=token.created_at,
-                    expires_at=token.expires_at,
-                    used_at=token.used_at,
-                )
-            )
+        values = {
+            "id": token.id,
+            "user_id": token.user_id,
+            "token_hash": token.token_hash,
+            "created_at": token.created_at,
+            "expires_at": token.expires_at,
+            "used_at": token.used_at,
+        }
+        self._add_user_token(reset_tokens, values, "reset token")
         return token
+
+    def _add_user_token(self, table: sa.Table, values: dict[str, Any], what: str) -> None:
+        """Insert a user's token row; its user must exist, its hash and id must be new."""
+        message = f"a {what} with this token hash already exists"
+        with _conflicts(message), self._db.write() as conn:
+            if not self._exists(conn, users, users.c.id == values["user_id"]):
+                raise NotFoundError(f"user {values['user_id']!r} of the {what} not found")
+            if self._exists(conn, table, table.c.token_hash == values["token_hash"]):
+                raise ConflictError(message)
+            if self._exists(conn, table, table.c.id == values["id"]):
+                raise ConflictError(f"a {what} with id {values['id']!r} already exists")
+            conn.execute(sa.insert(table).values(**values))
 
     def find_reset_token(self, token_hash: str) -> ResetToken | None:
         with self._db.read() as conn:
