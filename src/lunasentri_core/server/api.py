@@ -62,6 +62,11 @@ def array_of(schema: Schema) -> Schema:
     return {"type": "array", "items": schema}
 
 
+def items_of(schema: Schema) -> Schema:
+    """The shape every list endpoint answers with: ``{"items": [...]}``."""
+    return {"type": "object", "required": ["items"], "properties": {"items": array_of(schema)}}
+
+
 @attrs.frozen
 class Endpoint:
     method: str

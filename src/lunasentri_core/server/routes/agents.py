@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 
 from lunasentri_core.model import AgentClaim, Labels
-from lunasentri_core.server.api import Api, Auth, Call, Schema, array_of, ref
+from lunasentri_core.server.api import Api, Auth, Call, Schema, items_of, ref
 from lunasentri_core.server.errors import ApiError
 from lunasentri_core.server.routes.machines import (
     AGENT_CONFIG,
@@ -191,13 +191,7 @@ async def claim_status(call: Call) -> object:
     "/api/v1/agents/pending",
     auth=Auth.ADMIN,
     summary="Agent registrations waiting to be claimed",
-    responses={
-        200: {
-            "type": "object",
-            "required": ["items"],
-            "properties": {"items": array_of(REGISTRATION)},
-        }
-    },
+    responses={200: items_of(REGISTRATION)},
 )
 async def pending_agents(call: Call) -> object:
     return {"items": [registration_json(c) for c in await claims(call).pending()]}

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from lunasentri_core.codec import decode
 from lunasentri_core.errors import FieldError, ValidationError
 from lunasentri_core.model import ApiKey, Labels, Machine, SeriesValue
-from lunasentri_core.server.api import Api, Auth, Call, Schema, array_of, ref
+from lunasentri_core.server.api import Api, Auth, Call, Schema, array_of, items_of, ref
 from lunasentri_core.server.errors import ApiError
 from lunasentri_core.services.machines import (
     EffectiveConfig,
@@ -369,13 +369,7 @@ async def create_machine(call: Call) -> object:
     "/api/v1/machines",
     auth=Auth.USER,
     summary="The caller's machines with their latest values",
-    responses={
-        200: {
-            "type": "object",
-            "required": ["items"],
-            "properties": {"items": array_of(MACHINE_SUMMARY)},
-        }
-    },
+    responses={200: items_of(MACHINE_SUMMARY)},
 )
 async def list_machines(call: Call) -> object:
     """An administrator sees every machine."""
@@ -437,9 +431,7 @@ async def delete_machine(call: Call) -> object:
     "/api/v1/machines/{machine_id}/keys",
     auth=Auth.USER,
     summary="A machine's API keys (metadata only)",
-    responses={
-        200: {"type": "object", "required": ["items"], "properties": {"items": array_of(API_KEY)}}
-    },
+    responses={200: items_of(API_KEY)},
 )
 async def list_keys(call: Call) -> object:
     keys = await service(call).keys(call.user, call.path("machine_id"))
