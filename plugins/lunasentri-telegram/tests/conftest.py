@@ -1,0 +1,36 @@
+"""Fixtures of the Telegram plugin's tests: a Bot API stand-in on loopback, a fake clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from botapi_server import BotApiServer, running
+from support import FakeClock, settings_for
+
+from lunasentri_telegram import TelegramNotifier
+
+pytest_plugins = ["lunasentri_core.testing"]
+
+
+@pytest.fixture(scope="session")
+def bot_api_session() -> Iterator[BotApiServer]:
+    yield from running()
+
+
+@pytest.fixture
+def bot_api(bot_api_session: BotApiServer) -> BotApiServer:
+    """The running Bot API stand-in, with its chats and records as new."""
+    bot_api_session.reset()
+    return bot_api_session
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def telegram(bot_api: BotApiServer, clock: FakeClock) -> TelegramNotifier:
+    """A notifier for the stand-in whose rate limits run on ``clock``."""
+    return TelegramNotifier(settings_for(bot_api), clock=clock, sleep=clock.sleep)
