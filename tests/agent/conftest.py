@@ -6,8 +6,10 @@ End-to-end tests against the real server live in tests/server/test_agent_e2e.py.
 from __future__ import annotations
 
 import gzip
+import importlib
 import json
-from collections.abc import Awaitable, Callable, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,10 +19,10 @@ import pytest
 
 from lunasentri_core.agent.identity import Identity
 from lunasentri_core.agent.runner import Agent
+from lunasentri_core.agent.settings import AgentRunSettings, load_agent_settings
 from lunasentri_core.agent.spool import Spool
-from lunasentri_core.config import Settings
 from lunasentri_core.errors import PluginError
-from lunasentri_core.model import Reading, Target
+from lunasentri_core.samples import Reading, Target
 
 
 class StubCollector:
@@ -43,7 +45,7 @@ class StubCollector:
         return [Reading(self.metric, self.count)]
 
 
-Handler = Callable[[httpx.Request], Awaitable[httpx.Response | None] | httpx.Response | None]
+Handler = Callable[[httpx.Request], httpx.Response | None]
 
 
 @attrs.define
@@ -59,16 +61,14 @@ class FakeServer:
     batches: list[int] = attrs.field(factory=list)
     requests: list[httpx.Request] = attrs.field(factory=list)
 
-    async def handle(self, request: httpx.Request) -> httpx.Response:
+    def handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         if request.url.path == "/api/v1/agent/config":
             return self._config(request)
         assert request.url.path == "/api/v1/ingest"
         if self.before_ingest is not None:
             result = self.before_ingest(request)
-            if result is not None and not isinstance(result, httpx.Response):
-                result = await result
-            if isinstance(result, httpx.Response):
+            if result is not None:
                 return result
         samples = json.loads(gzip.decompress(request.content))["samples"]
         self.batches.append(len(samples))
@@ -102,7 +102,7 @@ class AgentKit:
     unknown: frozenset[str] = frozenset()
     """Collector names ``load`` refuses, like a missing plugin."""
 
-    def settings(self, **agent: Any) -> Settings:
+    def settings(self, **agent: Any) -> AgentRunSettings:
         options = {
             "server_url": "http://server",
             "collectors": ["stub"],
@@ -111,17 +111,17 @@ class AgentKit:
             "send_interval": 0.05,
             **agent,
         }
-        return Settings.load(environ={}, data_dir=self.tmp_path / "data", agent=options)
+        return load_agent_settings(environ={}, data_dir=self.tmp_path / "data", agent=options)
 
     def make_collector(self, **options: Any) -> StubCollector:
         return StubCollector(**options)
 
-    def http(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
+    def http(self) -> httpx.Client:
+        return httpx.Client(
             transport=httpx.MockTransport(self.server.handle), base_url="http://server"
         )
 
-    def load(self, settings: Settings, names: tuple[str, ...]) -> dict[str, StubCollector]:
+    def load(self, settings: AgentRunSettings, names: tuple[str, ...]) -> dict[str, StubCollector]:
         if self.unknown & set(names):
             raise PluginError(f"no collector named {sorted(self.unknown & set(names))[0]!r}")
         self.loads.append(tuple(names))
@@ -131,10 +131,10 @@ class AgentKit:
         }
 
     def agent(
-        self, http: httpx.AsyncClient, settings: Settings | None = None, api_key: str = "lsk_t"
+        self, http: httpx.Client, settings: AgentRunSettings | None = None, api_key: str = "lsk_t"
     ) -> Agent:
         settings = settings or self.settings()
-        directory = settings.agent.resolved_spool_dir(settings.data_dir)
+        directory = settings.spool_dir
         return Agent(
             settings,
             spool=Spool.open(directory, settings.agent.spool_max_bytes),
@@ -150,3 +150,36 @@ class AgentKit:
 @pytest.fixture
 def kit(tmp_path: Path) -> AgentKit:
     return AgentKit(tmp_path)
+
+
+class Site:
+    """Two directories put first on sys.path, for distributions made up by a test."""
+
+    def __init__(self, root: Path) -> None:
+        self.first, self.second = root / "first", root / "second"
+        self.first.mkdir()
+        self.second.mkdir()
+
+    def distribution(
+        self, where: Path, directory: str, name: str, version: str, entry_points: str
+    ) -> None:
+        meta = where / directory
+        meta.mkdir()
+        metadata = "PKG-INFO" if directory.endswith(".egg-info") else "METADATA"
+        (meta / metadata).write_text(
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n\nName: not a header\n"
+        )
+        (meta / "entry_points.txt").write_text(entry_points)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    made = Site(tmp_path)
+    sys.path[:0] = [str(made.first), str(made.second)]
+    importlib.invalidate_caches()
+    yield made
+    sys.path.remove(str(made.first))
+    sys.path.remove(str(made.second))
+    importlib.invalidate_caches()
+    for name in [m for m in sys.modules if m.startswith("made_up")]:
+        del sys.modules[name]

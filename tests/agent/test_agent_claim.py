@@ -16,8 +16,6 @@ from lunasentri_core.agent.identity import Identity
 from lunasentri_core.agent.transport import ServerClient
 from lunasentri_core.security import hash_token
 
-pytestmark = pytest.mark.anyio
-
 
 @attrs.define
 class Registration:
@@ -72,17 +70,17 @@ class ClaimServer:
         self.registrations[agent_id].status = "claimed"
 
 
-async def enrol(
+def enrol(
     server: ClaimServer, identity: Identity, *, max_waits: int = 50
 ) -> tuple[str | None, list[tuple[str, str]], list[float]]:
     announced: list[tuple[str, str]] = []
     waits: list[float] = []
 
-    async def wait(seconds: float) -> bool:
+    def wait(seconds: float) -> bool:
         waits.append(seconds)
         return len(waits) >= max_waits
 
-    async with httpx.AsyncClient(
+    with httpx.Client(
         transport=httpx.MockTransport(server.handle), base_url="http://server"
     ) as http:
         enrolment = Enrolment(
@@ -95,15 +93,15 @@ async def enrol(
             announce=lambda agent_id, token: announced.append((agent_id, token)),
             wait=wait,
         )
-        key = await enrolment.api_key()
+        key = enrolment.api_key()
     return key, announced, waits
 
 
-async def test_pending_then_claimed_delivers_and_stores_the_key(tmp_path: Path) -> None:
+def test_pending_then_claimed_delivers_and_stores_the_key(tmp_path: Path) -> None:
     server = ClaimServer()
     server.on_poll = lambda agent_id, n: server.claim(agent_id) if n == 3 else None
     identity = Identity(tmp_path)
-    key, announced, waits = await enrol(server, identity)
+    key, announced, waits = enrol(server, identity)
     assert key == "lsk_delivered"
     assert identity.api_key() == "lsk_delivered"
     assert identity.claim_token() is None  # no longer needed
@@ -121,19 +119,19 @@ async def test_pending_then_claimed_delivers_and_stores_the_key(tmp_path: Path) 
     assert waits == [5.0, 5.0]
 
 
-async def test_a_restart_keeps_polling_with_the_stored_token(tmp_path: Path) -> None:
+def test_a_restart_keeps_polling_with_the_stored_token(tmp_path: Path) -> None:
     server = ClaimServer()
     identity = Identity(tmp_path)
-    key, announced, _ = await enrol(server, identity, max_waits=2)
+    key, announced, _ = enrol(server, identity, max_waits=2)
     assert key is None  # stopped while pending
     server.on_poll = lambda agent_id, n: server.claim(agent_id)
-    key, again, _ = await enrol(server, Identity(tmp_path))
+    key, again, _ = enrol(server, Identity(tmp_path))
     assert key == "lsk_delivered"
     assert again == announced  # the same token, shown again after the restart
     assert len(server.registrations) == 1
 
 
-async def test_expired_registration_gets_a_fresh_token(tmp_path: Path) -> None:
+def test_expired_registration_gets_a_fresh_token(tmp_path: Path) -> None:
     server = ClaimServer()
 
     def expire_first(agent_id: str, n: int) -> None:
@@ -143,39 +141,39 @@ async def test_expired_registration_gets_a_fresh_token(tmp_path: Path) -> None:
             server.claim(agent_id)
 
     server.on_poll = expire_first
-    key, announced, _ = await enrol(server, Identity(tmp_path))
+    key, announced, _ = enrol(server, Identity(tmp_path))
     assert key == "lsk_delivered"
     assert len(announced) == 2
     assert announced[0][1] != announced[1][1]
     assert announced[0][0] == announced[1][0]  # same agent id
 
 
-async def test_a_lost_delivery_re_registers(tmp_path: Path) -> None:
+def test_a_lost_delivery_re_registers(tmp_path: Path) -> None:
     identity = Identity(tmp_path)
     server = ClaimServer()
     server.registrations[identity.agent_id()] = Registration(
         hash_token(identity.new_claim_token().secret), status="claimed", delivered=True
     )
     server.on_poll = lambda agent_id, n: server.claim(agent_id) if n == 2 else None
-    key, announced, _ = await enrol(server, identity)
+    key, announced, _ = enrol(server, identity)
     assert key == "lsk_delivered"
     assert [a[0] for a in announced] == [identity.agent_id()] * 2
     assert announced[0][1] != announced[1][1]
 
 
-async def test_conflicting_registration_takes_a_new_agent_id(tmp_path: Path) -> None:
+def test_conflicting_registration_takes_a_new_agent_id(tmp_path: Path) -> None:
     identity = Identity(tmp_path)
     old_id = identity.agent_id()
     server = ClaimServer()
     server.registrations[old_id] = Registration(hash_token("lsc_someone_else"))
     server.on_poll = lambda agent_id, n: server.claim(agent_id)
-    key, announced, _ = await enrol(server, identity)
+    key, announced, _ = enrol(server, identity)
     assert key == "lsk_delivered"
     assert announced[0][0] != old_id
     assert identity.agent_id() == announced[0][0]
 
 
-async def test_forgotten_registration_registers_again(tmp_path: Path) -> None:
+def test_forgotten_registration_registers_again(tmp_path: Path) -> None:
     server = ClaimServer()
 
     def forget_then_claim(agent_id: str, n: int) -> None:
@@ -185,28 +183,28 @@ async def test_forgotten_registration_registers_again(tmp_path: Path) -> None:
             server.claim(agent_id)
 
     server.on_poll = forget_then_claim
-    key, _, waits = await enrol(server, Identity(tmp_path))
+    key, _, waits = enrol(server, Identity(tmp_path))
     assert key == "lsk_delivered"
     assert len(server.registers) == 2
     assert waits == [1.0]  # backed off before registering again
 
 
-async def test_server_errors_back_off_exponentially(tmp_path: Path) -> None:
+def test_server_errors_back_off_exponentially(tmp_path: Path) -> None:
     server = ClaimServer(register_status=503)
-    key, announced, waits = await enrol(server, Identity(tmp_path), max_waits=5)
+    key, announced, waits = enrol(server, Identity(tmp_path), max_waits=5)
     assert key is None
     assert announced == []
     assert waits == [1.0, 2.0, 4.0, 8.0, 8.0]
 
 
-async def test_unreachable_server_backs_off(tmp_path: Path) -> None:
+def test_unreachable_server_backs_off(tmp_path: Path) -> None:
     waits: list[float] = []
 
-    async def wait(seconds: float) -> bool:
+    def wait(seconds: float) -> bool:
         waits.append(seconds)
         return len(waits) == 3
 
-    async with httpx.AsyncClient(base_url="http://127.0.0.1:9", timeout=2) as http:
+    with httpx.Client(base_url="http://127.0.0.1:9", timeout=2) as http:
         enrolment = Enrolment(
             ServerClient(http),
             Identity(tmp_path),
@@ -217,10 +215,10 @@ async def test_unreachable_server_backs_off(tmp_path: Path) -> None:
             announce=lambda *_: None,
             wait=wait,
         )
-        assert await enrolment.api_key() is None
+        assert enrolment.api_key() is None
     assert waits == [1.0, 2.0, 4.0]
 
 
-async def test_a_refused_registration_is_an_error(tmp_path: Path) -> None:
+def test_a_refused_registration_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(EnrolmentFailed, match="refused"):
-        await enrol(ClaimServer(register_status=422), Identity(tmp_path))
+        enrol(ClaimServer(register_status=422), Identity(tmp_path))

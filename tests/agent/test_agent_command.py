@@ -1,12 +1,17 @@
-"""``lunasentri agent`` as a user runs it: flags, errors, the unit file, signals, imports."""
+"""``lunasentri agent`` as a user runs it: flags, errors, the unit file, signals.
+
+What it imports is pinned in test_agent_imports.py.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
-import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -14,8 +19,6 @@ import pytest
 from click.testing import CliRunner
 
 from lunasentri_core.cli import main
-
-HEAVY = ("sqlalchemy", "starlette", "uvicorn", "prometheus_client", "alembic", "lunasentri_sqlite")
 
 
 def run(args: list[str], env: dict[str, str | None]) -> tuple[int, str]:
@@ -105,31 +108,6 @@ def test_print_systemd_unit(env: dict[str, str | None], tmp_path: Path) -> None:
     assert command[-1] in ("agent", "lunasentri_core.agent")
 
 
-def test_the_agent_imports_no_server_or_storage_code(tmp_path: Path) -> None:
-    """Building a running agent must not load SQLAlchemy, starlette & co (its footprint)."""
-    script = textwrap.dedent(
-        f"""
-        import sys
-        import anyio
-        from lunasentri_core.agent import command
-        from lunasentri_core.agent.collectors import load_collectors
-        from lunasentri_core.agent.runner import Agent
-        from lunasentri_core.agent.transport import make_http_client
-        from lunasentri_core.config import Settings
-
-        settings = Settings.load(environ={{}}, data_dir={str(tmp_path)!r})
-        collectors = load_collectors(settings, ("psutil",))
-        client = make_http_client(settings.agent.__class__(server_url="http://x"), "1")
-        heavy = [m for m in {HEAVY!r} if m in sys.modules]
-        print(",".join(heavy) or "none")
-        """
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == "none", result.stdout
-
-
 @pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_stops_gracefully_and_keeps_the_spool(
@@ -196,3 +174,65 @@ def test_two_agents_cannot_share_a_spool(env: dict[str, str | None], tmp_path: P
     assert f"another agent is using the spool directory {spool}" in output
     code, output = run(["--config", str(config), "agent", "--once"], env)
     assert "another agent" not in output
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_a_second_stop_signal_cancels_the_send_in_flight(tmp_path: Path) -> None:
+    # A server that has no central configuration, and never answers an ingest.
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    ingest_arrived = threading.Event()
+
+    def handle(connection: socket.socket) -> None:
+        buffer = b""
+        with contextlib.suppress(OSError):
+            while data := connection.recv(65536):
+                buffer += data
+                if buffer.startswith(b"POST"):
+                    ingest_arrived.set()
+                elif b"\r\n\r\n" in buffer:
+                    connection.sendall(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                    buffer = buffer.split(b"\r\n\r\n", 1)[1]
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = listener.accept()
+                accepted.append(connection)
+                threading.Thread(target=handle, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    queue = tmp_path / "agent-spool" / "queue"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("LUNASENTRI_")},
+        "LUNASENTRI_DATA_DIR": str(tmp_path),
+        "LUNASENTRI_AGENT__SERVER_URL": f"http://127.0.0.1:{listener.getsockname()[1]}",
+        "LUNASENTRI_AGENT__API_KEY": "lsk_x",
+        "LUNASENTRI_AGENT__TIMEOUT": "120",
+        "LUNASENTRI_LOG_LEVEL": "info",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lunasentri_core.agent"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert ingest_arrived.wait(30), "the agent sent nothing"
+        process.send_signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(timeout=1)  # still waiting for the answer
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        listener.close()
+        for connection in accepted:
+            connection.close()
+    assert process.returncode == 0, output
+    assert "SIGTERM: stopping after the send in flight" in output
+    assert "second stop signal: cancelled the send in flight" in output
+    assert len(list(queue.glob("*.json"))) == 1  # not acknowledged, so still spooled

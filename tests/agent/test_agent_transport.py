@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import http.server
 import json
 import ssl
+import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,9 +26,50 @@ from lunasentri_core.agent.transport import (
     tls_context,
 )
 
-pytestmark = pytest.mark.anyio
-
 ERROR = {"error": {"code": "invalid", "message": "bad value", "field": "samples[0].timestamp"}}
+
+
+class LoopbackServer:
+    """A real HTTP/1.1 server on 127.0.0.1 accepting ingests; it records what came."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, str]] = []
+        self.connections: set[tuple[str, int]] = set()
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["content-length"]))
+                owner.requests.append(("POST", self.path, self.headers["user-agent"]))
+                owner.connections.add(self.client_address)
+                body = b'{"accepted": 1}'
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def loopback() -> Iterator[LoopbackServer]:
+    server = LoopbackServer()
+    yield server
+    server.close()
 
 
 @pytest.mark.parametrize(
@@ -68,11 +112,46 @@ def test_ingest_body_is_gzip_json_of_the_samples() -> None:
     assert json.loads(gzip.decompress(body)) == {"samples": [{"a": 1}, {"b": 2}]}
 
 
-def test_tls_context_for_plain_http_trusts_nothing() -> None:
-    context = tls_context(AgentSettings(server_url="http://127.0.0.1:1"))
-    assert context.verify_mode is ssl.CERT_REQUIRED
-    assert context.check_hostname
-    assert context.cert_store_stats()["x509_ca"] == 0
+def test_the_small_gzip_window_compresses_samples_nearly_as_well() -> None:
+    samples = [
+        json.dumps(
+            {
+                "timestamp": f"2026-11-23T12:00:{second:02d}+00:00",
+                "metrics": {
+                    "cpu.percent": 3.5 + second,
+                    "mem.used": 1_000_000 + 4096 * second,
+                    "disk.used": [
+                        {"labels": {"mount": f"/mnt/{disk}"}, "value": 5e9 + disk * second}
+                        for disk in range(12)
+                    ],
+                },
+            }
+        ).encode()
+        for second in range(60)
+    ]
+    body = ingest_body(samples)
+    default = gzip.compress(b'{"samples":[' + b",".join(samples) + b"]}", 6, mtime=0)
+    assert gzip.decompress(body) == gzip.decompress(default)
+    assert len(body) <= 1.05 * len(default)
+
+
+def test_a_plain_http_client_speaks_http_over_loopback(loopback: LoopbackServer) -> None:
+    settings = AgentSettings(server_url=loopback.url)
+    with make_http_client(settings, "1.0") as http:
+        client = ServerClient(http)
+        results = [client.ingest("lsk_key", ingest_body([b"{}"])) for _ in range(3)]
+    assert [r.accepted for r in results] == [1, 1, 1]
+    assert loopback.requests == [("POST", "/api/v1/ingest", "lunasentri-agent/1.0")] * 3
+    assert len(loopback.connections) == 1  # kept alive between sends
+
+
+def test_a_plain_http_client_refuses_tls() -> None:
+    """It has no TLS context at all, so it fails closed rather than trust anything."""
+    with (
+        make_http_client(AgentSettings(server_url="http://127.0.0.1:1"), "1.0") as http,
+        pytest.raises(httpx.UnsupportedProtocol, match="plain HTTP only"),
+    ):
+        http.get("https://127.0.0.1:1/")
 
 
 def test_tls_context_for_https() -> None:
@@ -89,7 +168,7 @@ def test_tls_context_with_a_missing_ca_file_fails(tmp_path: Path) -> None:
         tls_context(settings)
 
 
-async def test_requests_carry_the_key_and_gzip() -> None:
+def test_requests_carry_the_key_and_gzip() -> None:
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -98,12 +177,10 @@ async def test_requests_carry_the_key_and_gzip() -> None:
             return httpx.Response(304)
         return httpx.Response(200, json={"accepted": 1})
 
-    async with httpx.AsyncClient(
-        transport=httpx.MockTransport(handler), base_url="http://server"
-    ) as http:
+    with httpx.Client(transport=httpx.MockTransport(handler), base_url="http://server") as http:
         client = ServerClient(http)
-        result = await client.ingest("lsk_key", ingest_body([b"{}"]))
-        reply = await client.agent_config("lsk_key", '"3"')
+        result = client.ingest("lsk_key", ingest_body([b"{}"]))
+        reply = client.agent_config("lsk_key", '"3"')
     assert result.outcome is Outcome.DELIVERED
     assert result.accepted == 1
     assert reply.status == 304
@@ -113,25 +190,23 @@ async def test_requests_carry_the_key_and_gzip() -> None:
     assert config.headers["if-none-match"] == '"3"'
 
 
-async def test_unreachable_server() -> None:
+def test_unreachable_server() -> None:
     settings = AgentSettings(server_url="http://127.0.0.1:9", timeout=timedelta(seconds=2))
-    async with make_http_client(settings, "1.0") as http:
+    with make_http_client(settings, "1.0") as http:
         client = ServerClient(http)
-        result = await client.ingest("lsk_key", ingest_body([b"{}"]))
+        result = client.ingest("lsk_key", ingest_body([b"{}"]))
         assert result.outcome is Outcome.RETRY
         assert "ConnectError" in result.detail
         with pytest.raises(ServerUnreachable):
-            await client.claim_status("agent", "lsc_token")
+            client.claim_status("agent", "lsc_token")
 
 
-async def test_non_json_answers_are_empty_bodies() -> None:
+def test_non_json_answers_are_empty_bodies() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(502, text="<html>bad gateway</html>")
 
-    async with httpx.AsyncClient(
-        transport=httpx.MockTransport(handler), base_url="http://server"
-    ) as http:
-        reply = await ServerClient(http).register("a", "0" * 64, "host", "1.0")
+    with httpx.Client(transport=httpx.MockTransport(handler), base_url="http://server") as http:
+        reply = ServerClient(http).register("a", "0" * 64, "host", "1.0")
     assert reply.status == 502
     assert reply.body == {}
     assert not reply.ok

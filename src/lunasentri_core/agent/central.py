@@ -5,11 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-import attrs
-
-from lunasentri_core.model import LABEL_NAME, Labels, to_labels
+from lunasentri_core.samples import LABEL_NAME, Labels, to_labels
 
 _PLUGIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -21,8 +19,7 @@ class InvalidCentralConfig(ValueError):
     pass
 
 
-@attrs.frozen
-class CentralConfig:
+class CentralConfig(NamedTuple):
     interval: timedelta
     collectors: tuple[str, ...]
     labels: Labels

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from lunasentri_core.agent.backoff import Backoff
 from lunasentri_core.agent.identity import Identity
@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 Announce = Callable[[str, str], None]
 """Called with (agent id, claim token) whenever a new token awaits its claim."""
-Wait = Callable[[float], Awaitable[bool]]
-"""Sleeps up to the given seconds; ``True`` if the agent is stopping meanwhile."""
+Wait = Callable[[float], bool]
+"""Waits up to the given seconds (the agent collects meanwhile); ``True`` if it is stopping."""
 
 
 class EnrolmentFailed(LunaSentriError):
@@ -53,7 +53,7 @@ class Enrolment:
         self.wait = wait
         self._announced: set[str] = set()
 
-    async def api_key(self) -> str | None:
+    def api_key(self) -> str | None:
         """Enrol until the key arrives (returned, and stored) or the agent stops (``None``)."""
         agent_id = self.identity.agent_id()
         token = self.identity.claim_token() or self.identity.new_claim_token().secret
@@ -61,14 +61,14 @@ class Enrolment:
         while True:
             try:
                 if not registered:
-                    agent_id, registered = await self._register(agent_id, token)
+                    agent_id, registered = self._register(agent_id, token)
                     if not registered:
-                        if await self._retry("registering with a new agent id"):
+                        if self._retry("registering with a new agent id"):
                             return None
                         continue
-                reply = await self.client.claim_status(agent_id, token)
+                reply = self.client.claim_status(agent_id, token)
             except ServerUnreachable as error:
-                if await self._retry(f"cannot reach the server: {error}"):
+                if self._retry(f"cannot reach the server: {error}"):
                     return None
                 continue
             step = self._on_status(reply, agent_id)
@@ -84,14 +84,14 @@ class Enrolment:
                 reason = f"claim status: {reply.describe()}"
             else:
                 self.backoff.reset()
-                if await self.wait(self.poll_interval):
+                if self.wait(self.poll_interval):
                     return None
                 continue
-            if await self._retry(reason):
+            if self._retry(reason):
                 return None
 
-    async def _register(self, agent_id: str, token: str) -> tuple[str, bool]:
-        reply = await self.client.register(agent_id, hash_token(token), self.hostname, self.version)
+    def _register(self, agent_id: str, token: str) -> tuple[str, bool]:
+        reply = self.client.register(agent_id, hash_token(token), self.hostname, self.version)
         if reply.status == 409:
             # Registered earlier under a token this agent no longer holds (its spool
             # directory was reset): only a fresh id can enrol before that one expires.
@@ -130,10 +130,10 @@ class Enrolment:
             log.warning("unexpected claim status %r; polling on", status)
         return _Step.PENDING
 
-    async def _retry(self, reason: str) -> bool:
+    def _retry(self, reason: str) -> bool:
         delay = self.backoff.next_delay()
         log.warning("enrolment: %s; retrying in %.0f s", reason, delay)
-        return await self.wait(delay)
+        return self.wait(delay)
 
 
 class _Step(enum.Enum):

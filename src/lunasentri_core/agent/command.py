@@ -9,11 +9,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import attrs
 import click
 
-from lunasentri_core.config import Settings
+from lunasentri_core.agent.settings import AgentRunSettings, load_agent_settings
 from lunasentri_core.errors import LunaSentriError
 
 if TYPE_CHECKING:
@@ -82,12 +81,12 @@ def agent(
     if once and force_claim:
         raise click.UsageError("--once sends with a known key; enrol by claim without --once")
     try:
-        anyio.run(_run, settings, once, force_claim)
+        _run(settings, once, force_claim)
     except LunaSentriError as error:
         raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:
-        # Where no signal handler can be installed (Windows), Ctrl+C or a service
-        # manager's console event ends here; the spool is consistent at any point.
+        # Ctrl+C before the agent handles signals itself (while it starts, or in
+        # --once); the spool is consistent at any point.
         log.warning("interrupted; spooled samples are kept for the next start")
 
 
@@ -97,8 +96,8 @@ def _settings(
     api_key: str | None,
     interval: float | None,
     collectors: Sequence[str],
-) -> Settings:
-    settings = Settings.load(config)
+) -> AgentRunSettings:
+    settings = load_agent_settings(config)
     flags: dict[str, Any] = {}
     if server_url:
         flags["server_url"] = server_url
@@ -112,7 +111,7 @@ def _settings(
 
 
 def _unit_environment(
-    config: Path | None, settings: Settings, ctx: click.Context
+    config: Path | None, settings: AgentRunSettings, ctx: click.Context
 ) -> dict[str, str]:
     environment: dict[str, str] = {}
     if config is not None:
@@ -127,13 +126,13 @@ def _unit_environment(
     return environment
 
 
-async def _run(settings: Settings, once: bool, force_claim: bool) -> None:
+def _run(settings: AgentRunSettings, once: bool, force_claim: bool) -> None:
     # Imported here so that `lunasentri --help` and other commands never load httpx.
     from lunasentri_core.agent.identity import Identity
     from lunasentri_core.agent.spool import Spool, SpoolBusy, lock_directory
 
     options = settings.agent
-    spool_dir = options.resolved_spool_dir(settings.data_dir)
+    spool_dir = settings.spool_dir
     identity = Identity(spool_dir, options.agent_id)
     try:
         lock = lock_directory(spool_dir)
@@ -143,38 +142,39 @@ async def _run(settings: Settings, once: bool, force_claim: bool) -> None:
         raise click.ClickException(f"cannot use the spool directory {spool_dir}: {error}") from None
     try:
         try:
-            spool = await anyio.to_thread.run_sync(Spool.open, spool_dir, options.spool_max_bytes)
+            spool = Spool.open(spool_dir, options.spool_max_bytes)
             identity.agent_id()
             api_key = None if force_claim else (options.api_key or identity.api_key())
         except OSError as error:
             raise click.ClickException(
                 f"cannot use the spool directory {spool_dir}: {error}"
             ) from None
-        await _drive(settings, spool, identity, api_key, once)
+        _drive(settings, spool, identity, api_key, once)
     finally:
         os.close(lock)
 
 
-async def _drive(
-    settings: Settings, spool: Spool, identity: Identity, api_key: str | None, once: bool
+def _drive(
+    settings: AgentRunSettings, spool: Spool, identity: Identity, api_key: str | None, once: bool
 ) -> None:
-    from lunasentri_core import __version__
+    from lunasentri_core.agent.entry_points import agent_version
     from lunasentri_core.agent.runner import Agent
     from lunasentri_core.agent.transport import make_http_client
 
     options = settings.agent
-    async with make_http_client(options, __version__) as http:
+    version = agent_version()
+    with make_http_client(options, version) as http:
         runner = Agent(
             settings,
             spool=spool,
             identity=identity,
             http=http,
-            version=__version__,
+            version=version,
             api_key=api_key,
             announce=_announce(options.server_url or ""),
         )
         if once:
-            result = await runner.run_once()
+            result = runner.run_once()
             if not result.ok:
                 reason = result.error or f"{result.dead_lettered} sample(s) refused as invalid"
                 raise click.ClickException(
@@ -184,7 +184,7 @@ async def _drive(
             click.echo(f"delivered {result.delivered} sample(s) to {options.server_url}")
             return
         log.info("agent %s sending to %s", runner.target.machine_id, options.server_url)
-        await runner.run()
+        runner.run()
         log.info(
             "agent stopped: %d collected, %d delivered, %d spooled",
             runner.stats.collected,

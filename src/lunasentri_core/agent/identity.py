@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lunasentri_core.agent.spool import write_durably
-from lunasentri_core.model import new_id
-from lunasentri_core.security import CLAIM_PREFIX, IssuedToken, issue_token
+from lunasentri_core.samples import new_id
+
+if TYPE_CHECKING:
+    from lunasentri_core.security import IssuedToken
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,9 @@ class Identity:
         return self._read(CLAIM_TOKEN_FILE)
 
     def new_claim_token(self) -> IssuedToken:
+        # Claim mode only: an agent with a key never loads the token machinery.
+        from lunasentri_core.security import CLAIM_PREFIX, issue_token
+
         token = issue_token(CLAIM_PREFIX)
         self._write(CLAIM_TOKEN_FILE, token.secret)
         return token

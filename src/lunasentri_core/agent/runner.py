@@ -1,72 +1,90 @@
-"""The running agent: three loops sharing a spool.
+"""The running agent: one thread, one loop, three duties sharing a spool.
 
 * collect: every ``interval``, run the collectors and append the sample to the spool;
 * send: drain the spool oldest first in batches, backing off while the server is
   unreachable (collection goes on meanwhile: the spool absorbs the gap);
 * config: fetch the central configuration at start and every ``config_poll_interval``.
 
-Without an API key, the send loop first enrols by claim (:mod:`.claim`).
-A stop request (SIGINT/SIGTERM) lets the send in flight finish; a second one
-cancels it. Nothing is lost either way: samples leave the spool only once the
-server acknowledged them.
+The loop sleeps until the earliest of the three is due (``time.monotonic``
+deadlines). Nothing runs concurrently, except each collector in a thread of its
+own (:mod:`.collect`) so that a hung one can be abandoned. A request blocks the
+loop until it returns or its ``timeout`` (for connecting, and for each read and
+write) runs out; a collection due meanwhile runs as soon as it returns, and the
+next one an ``interval`` after that.
+
+Without an API key the agent first enrols by claim (:mod:`.claim`), collecting
+while it waits. A stop request (SIGINT/SIGTERM, or :meth:`Agent.stop` from any
+thread) lets the send in flight finish; a second signal cancels it. Nothing is
+lost either way: samples leave the spool only once the server acknowledged them.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import signal
 import socket
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from types import FrameType
+from typing import TYPE_CHECKING, NamedTuple
 
-import anyio
 import attrs
 import httpx
 
 from lunasentri_core.agent.backoff import Backoff
 from lunasentri_core.agent.central import CentralConfig, InvalidCentralConfig, parse_central_config
-from lunasentri_core.agent.claim import Announce, Enrolment
+from lunasentri_core.agent.collect import collect
 from lunasentri_core.agent.collectors import load_collectors
 from lunasentri_core.agent.identity import Identity
-from lunasentri_core.agent.settings import AgentSettings
+from lunasentri_core.agent.settings import AgentRunSettings, AgentSettings
 from lunasentri_core.agent.spool import Spool, SpooledSample
+from lunasentri_core.agent.stop import StopFlag
 from lunasentri_core.agent.transport import (
     Outcome,
     SendResult,
     ServerClient,
     ServerUnreachable,
     ingest_body,
+    sample_json,
 )
-from lunasentri_core.codec import encode
-from lunasentri_core.components import Collector
-from lunasentri_core.config import Settings
 from lunasentri_core.errors import LunaSentriError
-from lunasentri_core.model import Target, utcnow
-from lunasentri_core.services.collection import CollectionError, collect
+from lunasentri_core.samples import Collector, Target, utcnow
+
+if TYPE_CHECKING:
+    from lunasentri_core.agent.claim import Announce
 
 log = logging.getLogger(__name__)
 
 UNSET_VERSION = "0"
 """The version a server reports when it stores no configuration for the machine."""
 
-CollectorLoader = Callable[[Settings, tuple[str, ...]], Mapping[str, Collector]]
+CollectorLoader = Callable[[AgentRunSettings, tuple[str, ...]], Mapping[str, Collector]]
 
 
-@attrs.define
+class Cancelled(BaseException):
+    """A second stop signal: raised wherever the agent is, to end the send in flight.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on
+    the way (a collector's, httpx's) swallows it.
+    """
+
+
 class AgentStats:
-    collected: int = 0
-    delivered: int = 0
-    failed_collections: int = 0
-    send_failures: int = 0
-    lost: int = 0
-    """Samples that could not be spooled (a full or failing disk)."""
-    last_error: str | None = None
+    """What the agent did since it started."""
+
+    def __init__(self) -> None:
+        self.collected = 0
+        self.delivered = 0
+        self.failed_collections = 0
+        self.send_failures = 0
+        self.lost = 0
+        """Samples that could not be spooled (a full or failing disk)."""
+        self.last_error: str | None = None
 
 
-@attrs.frozen
-class OnceResult:
+class OnceResult(NamedTuple):
     delivered: int
     remaining: int
     dead_lettered: int
@@ -80,11 +98,11 @@ class OnceResult:
 class Agent:
     def __init__(
         self,
-        settings: Settings,
+        settings: AgentRunSettings,
         *,
         spool: Spool,
         identity: Identity,
-        http: httpx.AsyncClient,
+        http: httpx.Client,
         version: str,
         api_key: str | None,
         announce: Announce,
@@ -111,51 +129,48 @@ class Agent:
         self._failing: set[str] = set()
         self._spool_failing = False
         self._backoff = Backoff(cap=self.options.backoff_max.total_seconds())
-        self._stop = anyio.Event()
-        self._samples_waiting = anyio.Event()
-        self._schedule_changed = anyio.Event()
-        self._key_ready = anyio.Event()
-        if api_key:
-            self._key_ready.set()
+        self._stop = StopFlag()
+        # Monotonic times: when the collectors may first be asked (CPU shares need a
+        # previous look to measure from, a clock tick or more before), when the last
+        # collection and send started, when a failed send may be retried, when the
+        # central configuration is next fetched.
+        self._ready_at = time.monotonic() + min(1.0, self.interval)
+        self._collected_at = -math.inf
+        self._sent_at = -math.inf
+        self._retry_at = -math.inf
+        self._config_at = math.inf
 
     # ------------------------------------------------------------ control
 
     @property
     def stopping(self) -> bool:
-        return self._stop.is_set()
+        return self._stop.is_set
 
     def stop(self) -> None:
-        """Finish what is in flight, then return from :meth:`run`."""
+        """Finish what is in flight, then return from :meth:`run` (safe from any thread)."""
         self._stop.set()
-        for event in (self._samples_waiting, self._schedule_changed, self._key_ready):
-            event.set()
 
-    async def run(self, *, handle_signals: bool = True) -> None:
-        """Collect and send until :meth:`stop` (or SIGINT/SIGTERM with ``handle_signals``;
-        an application embedding the agent leaves signals to itself)."""
-        async with anyio.create_task_group() as outer:
-            if handle_signals:
-                outer.start_soon(self._watch_signals, outer.cancel_scope)
-            if self.api_key:
-                with anyio.move_on_after(self.options.timeout.total_seconds()):
-                    await self._refresh_config()
-            async with anyio.create_task_group() as loops:
-                loops.start_soon(self._collect_loop)
-                loops.start_soon(self._send_loop)
-                loops.start_soon(self._config_loop)
-            outer.cancel_scope.cancel()
+    def run(self, *, handle_signals: bool = True) -> None:
+        """Collect and send until :meth:`stop` (or SIGINT/SIGTERM with ``handle_signals``,
+        in the main thread; an application embedding the agent leaves signals to itself)."""
+        handler = self._on_signal if handle_signals else None
+        try:
+            with self._stop.armed(handler, signal.SIGINT, signal.SIGTERM):
+                self._run()
+        except Cancelled:
+            log.warning("second stop signal: cancelled the send in flight")
 
-    async def run_once(self) -> OnceResult:
+    def run_once(self) -> OnceResult:
         """Collect one sample, then try once to send everything spooled."""
-        # CPU shares need a previous look: give the collectors a moment to have one.
-        await anyio.sleep(min(1.0, self.interval))
-        await self._collect_once()
+        with self._stop.armed():
+            self._stop.wait(self._collection_due() - time.monotonic())
+        self._collect_once()
         if not self.api_key:
             return OnceResult(0, len(self.spool), 0, "no API key (set one, or enrol by claim)")
         delivered, dead_before = self.stats.delivered, self.spool.dead_lettered
         error = None
         while len(self.spool):
-            result = await self._send_batch()
+            result = self._send_batch()
             if result is not None and result.outcome is Outcome.RETRY:
                 error = result.detail
                 break
@@ -166,58 +181,70 @@ class Agent:
             error,
         )
 
-    async def _watch_signals(self, scope: anyio.CancelScope) -> None:
-        try:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    if self.stopping:
-                        log.warning("second stop signal: cancelling the send in flight")
-                        scope.cancel()
-                        return
-                    log.info("%s: stopping after the send in flight", signal.Signals(signum).name)
-                    self.stop()
-        except NotImplementedError:
-            # Windows event loops take no signal handlers: Ctrl+C arrives as
-            # KeyboardInterrupt instead, which the command turns into a clean exit.
-            return
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:
+            raise Cancelled
+        log.info("%s: stopping after the send in flight", signal.Signals(signum).name)
+        self.stop()
 
-    async def _wait(self, seconds: float, event: anyio.Event | None = None) -> bool:
-        """Sleep up to ``seconds`` (less if ``event`` fires); ``True`` if stopping."""
-        with anyio.move_on_after(max(seconds, 0.0)):
-            await (event or self._stop).wait()
+    def _run(self) -> None:
+        if self.api_key:
+            self._refresh_config()
+        else:
+            self.api_key = self._enrol()  # collecting meanwhile
+            if not self.api_key:
+                return
+            self._refresh_config()
+        self._config_at = time.monotonic() + self.options.config_poll_interval.total_seconds()
+        self._send_loop()
+
+    # ------------------------------------------------------------ waiting
+
+    def _pause(self, seconds: float) -> bool:
+        """Wait ``seconds``, collecting (and fetching the configuration) as they fall due
+        meanwhile; ``True`` if stopping."""
+        until = time.monotonic() + max(seconds, 0.0)
+        while not self.stopping and time.monotonic() < until:
+            self._idle(until)
         return self.stopping
+
+    def _idle(self, until: float) -> None:
+        """Run the duties that are due, or else sleep until ``until`` or the next one."""
+        now = time.monotonic()
+        due = min(self._collection_due(), self._config_at)
+        if due <= now:
+            self._run_due_duties()
+        else:
+            self._stop.wait(min(until, due) - now)
+
+    def _run_due_duties(self) -> None:
+        if time.monotonic() >= self._collection_due():
+            self._collect_once()
+        if self.api_key and time.monotonic() >= self._config_at:
+            self._refresh_config()
+            self._config_at = time.monotonic() + self.options.config_poll_interval.total_seconds()
 
     # ------------------------------------------------------------ collect
 
-    async def _collect_loop(self) -> None:
-        while not self.stopping:
-            started = anyio.current_time()
-            await self._collect_once()
-            while True:
-                changed = self._schedule_changed
-                # Anchored on the start of the last collection, so its duration adds no drift.
-                if await self._wait(started + self.interval - anyio.current_time(), changed):
-                    return
-                if not changed.is_set():
-                    break
-                self._schedule_changed = anyio.Event()
+    def _collection_due(self) -> float:
+        return max(self._ready_at, self._collected_at + self.interval)
 
-    async def _collect_once(self) -> None:
-        try:
-            result = await collect(
-                self._collectors,
-                self.target,
-                timeout=self.settings.collect.timeout,
-                clock=self._clock,
-            )
-        except CollectionError as error:
-            self.stats.failed_collections += 1
-            self._note_failures(error.failures)
-            return
+    def _collect_once(self) -> None:
+        # The next collection is an interval after this one started: its duration
+        # adds no drift.
+        self._collected_at = time.monotonic()
+        result = collect(
+            self._collectors,
+            self.target,
+            timeout=self.settings.collect_timeout.total_seconds(),
+            clock=self._clock,
+        )
         self._note_failures(result.failures)
-        data = json.dumps(encode(result.sample), separators=(",", ":"), allow_nan=False)
+        if result.sample is None:
+            self.stats.failed_collections += 1
+            return
         try:
-            await anyio.to_thread.run_sync(self.spool.append, data.encode())
+            self.spool.append(sample_json(result.sample))
         except OSError as error:
             # A full disk loses this sample, not the agent: collection goes on.
             self.stats.lost += 1
@@ -229,7 +256,6 @@ class Agent:
             log.warning("spooling works again; %d sample(s) were lost", self.stats.lost)
             self._spool_failing = False
         self.stats.collected += 1
-        self._samples_waiting.set()
 
     def _note_failures(self, failures: Mapping[str, str]) -> None:
         """Log when a collector starts or stops failing, not at every interval."""
@@ -242,25 +268,14 @@ class Agent:
 
     # ------------------------------------------------------------ send
 
-    async def _send_loop(self) -> None:
-        if not self.api_key:
-            self.api_key = await self._enrol()
-            if not self.api_key:
-                return
-            self._key_ready.set()
-        last_send = -math.inf
+    def _send_loop(self) -> None:
         while not self.stopping:
-            if not len(self.spool):
-                await self._samples_waiting.wait()
-                self._samples_waiting = anyio.Event()
+            due = self._send_due()
+            if due > time.monotonic():
+                self._idle(due)
                 continue
-            if len(self.spool) < self._batch_limit:
-                # Let a few samples gather (a backlog goes out without waiting).
-                due = last_send + self.options.send_interval.total_seconds()
-                if await self._wait(due - anyio.current_time()):
-                    return
-            last_send = anyio.current_time()
-            result = await self._send_batch()
+            self._sent_at = time.monotonic()
+            result = self._send_batch()
             if result is not None and result.outcome is Outcome.RETRY:
                 delay = self._retry_delay(result)
                 log.warning(
@@ -269,17 +284,24 @@ class Agent:
                     result.detail,
                     delay,
                 )
-                await self._wait(delay)
+                self._retry_at = time.monotonic() + delay
 
-    async def _send_batch(self) -> SendResult | None:
+    def _send_due(self) -> float:
+        """When the next batch goes: never while the spool is empty; a backlog (a full
+        batch) at once; else once samples have gathered for ``send_interval``."""
+        if not len(self.spool):
+            return math.inf
+        if len(self.spool) >= self._batch_limit:
+            return self._retry_at
+        return max(self._retry_at, self._sent_at + self.options.send_interval.total_seconds())
+
+    def _send_batch(self) -> SendResult | None:
         """Send the oldest batch and settle it; ``None`` if the spool was empty."""
         assert self.api_key is not None
-        # Reading and unlinking a few small files is quicker inline than a thread hop;
-        # only appends (two fsyncs) go to a worker thread.
         batch = self.spool.peek(self._batch_limit)
         if not batch:
             return None
-        result = await self.client.ingest(self.api_key, ingest_body(s.data for s in batch))
+        result = self.client.ingest(self.api_key, ingest_body(s.data for s in batch))
         if result.outcome is Outcome.DELIVERED:
             self.spool.remove(s.seq for s in batch)
             self.stats.delivered += len(batch)
@@ -287,13 +309,13 @@ class Agent:
             # Back to full batches after a split isolated a bad sample.
             self._batch_limit = min(self._batch_limit * 2, self.options.batch_max_samples)
         elif result.outcome is Outcome.BAD_BATCH:
-            await self._settle_bad_batch(batch, result)
+            self._settle_bad_batch(batch, result)
         else:
             self.stats.send_failures += 1
             self.stats.last_error = result.detail
         return result
 
-    async def _settle_bad_batch(self, batch: list[SpooledSample], result: SendResult) -> None:
+    def _settle_bad_batch(self, batch: list[SpooledSample], result: SendResult) -> None:
         if len(batch) > 1:
             # One bad sample must not condemn the batch: halve until it stands alone.
             self._batch_limit = max(1, len(batch) // 2)
@@ -303,7 +325,7 @@ class Agent:
                 result.detail,
             )
             return
-        await anyio.to_thread.run_sync(self.spool.dead_letter, batch, result.detail)
+        self.spool.dead_letter(batch, result.detail)
 
     def _retry_delay(self, result: SendResult) -> float:
         if result.retry_after is not None:
@@ -311,7 +333,10 @@ class Agent:
             return result.retry_after
         return self._backoff.next_delay()
 
-    async def _enrol(self) -> str | None:
+    def _enrol(self) -> str | None:
+        # Claim mode only: an agent started with a key never loads it (nor hashlib/hmac).
+        from lunasentri_core.agent.claim import Enrolment
+
         enrolment = Enrolment(
             self.client,
             self.identity,
@@ -320,27 +345,18 @@ class Agent:
             poll_interval=min(self.interval, 10.0),
             backoff=Backoff(cap=self.options.backoff_max.total_seconds()),
             announce=self.announce,
-            wait=self._wait,
+            wait=self._pause,
         )
-        return await enrolment.api_key()
+        return enrolment.api_key()
 
     # ------------------------------------------------------------ central config
 
-    async def _config_loop(self) -> None:
-        await self._key_ready.wait()
-        if self.central is None and not self.stopping:
-            # Enrolled just now, or the server did not answer at start.
-            await self._refresh_config()
-        period = self.options.config_poll_interval.total_seconds()
-        while not await self._wait(period):
-            await self._refresh_config()
-
-    async def _refresh_config(self) -> None:
+    def _refresh_config(self) -> None:
         if not self.api_key:
             return
         etag = self.central.etag if self.central else None
         try:
-            reply = await self.client.agent_config(self.api_key, etag)
+            reply = self.client.agent_config(self.api_key, etag)
         except ServerUnreachable as error:
             log.debug("central configuration: %s", error)
             return
@@ -360,20 +376,17 @@ class Agent:
         if config.version == UNSET_VERSION:
             # Nothing stored for this machine: the agent's own settings stand (and
             # come back if an administrator removes a central configuration).
-            config = attrs.evolve(
-                config,
+            config = config._replace(
                 interval=self.options.interval,
                 collectors=tuple(self.options.collectors),
                 labels=self.options.labels,
             )
-        await self._apply(config)
+        self._apply(config)
 
-    async def _apply(self, config: CentralConfig) -> None:
+    def _apply(self, config: CentralConfig) -> None:
         if config.collectors != self.collector_names:
             try:
-                collectors = await anyio.to_thread.run_sync(
-                    self._load, self.settings, config.collectors
-                )
+                collectors = self._load(self.settings, config.collectors)
             except LunaSentriError as error:
                 # Logged once per configuration version: the next poll gets a 304.
                 log.error(
@@ -389,7 +402,7 @@ class Agent:
             self.target = attrs.evolve(self.target, labels=config.labels)
         interval = config.interval.total_seconds()
         if interval != self.interval:
+            # The loop reads it at its next turn: a shorter interval takes effect at once.
             log.info("interval now %g s (central configuration)", interval)
             self.interval = interval
-            self._schedule_changed.set()
         self.central = config

@@ -35,8 +35,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-
-import attrs
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +46,7 @@ DEAD_LETTER_SHARE = 10
 """Dead letters may take up to 1/DEAD_LETTER_SHARE of ``max_bytes``; older ones go."""
 
 
-@attrs.frozen
-class SpooledSample:
+class SpooledSample(NamedTuple):
     seq: int
     data: bytes
     """The sample's JSON as collected."""
