@@ -282,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         default=16,
         help="machine registrations in flight during setup (default 16)",
     )
+    parser.add_argument(
+        "--prelude", default="", help="Python run in the server before it starts (experiments)"
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 on any error or miss")
     args = parser.parse_args(argv)
 
@@ -304,7 +307,7 @@ class Measured:
 
 
 def measure(args: argparse.Namespace) -> Measured:
-    with _server.ServerProcess() as server:
+    with _server.ServerProcess(prelude=args.prelude) as server:
         setup = time.perf_counter()
         names = [f"fleet-{i:05d}" for i in range(args.agents)]
         keys = server.register(names, concurrency=args.register_concurrency)

@@ -151,6 +151,9 @@ def _structure_labels(value: object, _: type) -> Labels:
     errors: list[Exception] = []
     for key, label_value in value.items():
         if not isinstance(label_value, str):
+            if key == "":  # as a path step it would read "labels.", naming nothing
+                errors.append(Expected("the label with the empty name '': expected a string"))
+                continue
             error = Expected("expected a string")
             error.__notes__ = [IterableValidationNote(f"label {key!r}", key, str)]
             errors.append(error)
@@ -341,18 +344,12 @@ def _fast_value(raw: object) -> float | None:
     return value if value - value == 0.0 else None  # not nan, not infinite
 
 
-def _entry_labels(entry: dict[Any, Any]) -> Labels | None:
-    """The labels of a ``{"value": v, "labels": {...}}`` entry whose value is fine."""
-    if len(entry) == 1:
-        return ()
-    raw = entry.get("labels")
-    if len(entry) != 2 or type(raw) is not dict:
-        return None
-    return _known_labels(raw)
-
-
 def _fast_sample(data: object) -> Sample | None:
-    """A well-formed sample decoded cheaply, or ``None`` for the general path."""
+    """A well-formed sample decoded cheaply, or ``None`` for the general path.
+
+    The per-reading checks are written out inline (no helper call per reading):
+    this loop runs for every reading the server ingests.
+    """
     if type(data) is not dict or len(data) != 2:
         return None
     metrics = data.get("metrics")
@@ -363,8 +360,9 @@ def _fast_sample(data: object) -> Sample | None:
     readings: list[Reading] = []
     append = readings.append
     new, set_metric, set_value, set_labels = _new_object, _set_metric, _set_value, _set_labels
+    valid_metrics, valid_labels = _valid_metrics, _valid_labels
     for name, raw in metrics.items():
-        if name not in _valid_metrics and not _known_metric(name):
+        if name not in valid_metrics and not _known_metric(name):
             return None
         if type(raw) is not list:
             # A finite float, checked inline as the common case (inf - inf is nan).
@@ -377,28 +375,63 @@ def _fast_sample(data: object) -> Sample | None:
             set_labels(reading, ())
             append(reading)
             continue
-        # Metric names are unique (object keys), so a series can only repeat
-        # inside one metric's list: Sample's own check is not needed.
-        seen: set[Labels] = set()
+        seen: list[Labels] = []
         for item in raw:
             if type(item) is not dict:
                 return None
-            value = _fast_value(item.get("value"))
-            if value is None:
-                return None
-            labels = _entry_labels(item)
-            if labels is None or labels in seen:
-                return None
-            seen.add(labels)
+            value = item.get("value")
+            if type(value) is not float or value - value != 0.0:
+                value = _fast_value(value)
+                if value is None:
+                    return None
+            size = len(item)
+            if size == 1:
+                labels: Labels | None = ()
+            else:
+                names = item.get("labels")
+                if size != 2 or type(names) is not dict:
+                    return None
+                # A TypeError here (an unhashable value) sends the sample to the general path.
+                labels = valid_labels.get(tuple(names.items())) or _known_labels(names)
+                if labels is None:
+                    return None
             reading = new(Reading)
             set_metric(reading, name)
             set_value(reading, value)
             set_labels(reading, labels)
             append(reading)
+            seen.append(labels)  # type: ignore[arg-type]
+        # Metric names are unique (object keys), so a series can only repeat
+        # inside one metric's list: Sample's own check is not needed.
+        if len(set(seen)) != len(seen):
+            return None
     sample: Sample = new(Sample)
     _set_timestamp(sample, timestamp)
     _set_readings(sample, tuple(readings))
     return sample
+
+
+def fast_samples(data: object) -> tuple[Sample, ...] | None:
+    """The samples of an ingest body ``{"samples": [...]}`` on the fast path.
+
+    ``None`` when anything about ``data`` is unusual or wrong: the caller then
+    decodes it on the general path, which names the problem.
+    """
+    if type(data) is not dict or len(data) != 1:
+        return None
+    items = data.get("samples")
+    if type(items) is not list:
+        return None
+    samples = []
+    try:
+        for item in items:
+            sample = _fast_sample(item)
+            if sample is None:
+                return None
+            samples.append(sample)
+    except Exception:  # whatever it is, the general path names it properly
+        return None
+    return tuple(samples)
 
 
 def _noted(error: Exception, name: str) -> Exception:

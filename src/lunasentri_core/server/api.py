@@ -135,15 +135,7 @@ class Call:
 
     async def json(self, cls: type[T], *, max_bytes: int | None = None) -> T:
         """Decode the JSON body into ``cls``; any problem is a 422 naming the field."""
-        raw = await self.body(max_bytes)
-        try:
-            data = json.loads(raw, parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise ApiError(400, "malformed_json", f"malformed JSON: {error}") from None
-        if attrs.has(cls) and not isinstance(data, dict):
-            # Otherwise the decoder's message names Python internals ('list' has no 'keys').
-            raise ValidationError([FieldError("", "expected a JSON object")], what="request body")
-        return decode(data, cls, what="request body")
+        return parse_json(await self.body(max_bytes), cls)
 
     def query(self, name: str, default: str | None = None) -> str | None:
         return self.request.query_params.get(name, default)
@@ -296,6 +288,19 @@ def _gunzip(raw: bytes, limit: int) -> bytes:
     except (zlib.error, gzip.BadGzipFile) as error:
         raise ApiError(400, "malformed_gzip", f"body is not valid gzip: {error}") from None
     return body
+
+
+def parse_json(raw: bytes, cls: type[T]) -> T:
+    """Decode a JSON request body into ``cls``: malformed JSON is a 400, a wrong shape
+    or value a 422 naming the field."""
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ApiError(400, "malformed_json", f"malformed JSON: {error}") from None
+    if attrs.has(cls) and not isinstance(data, dict):
+        # Otherwise the decoder's message names Python internals ('list' has no 'keys').
+        raise ValidationError([FieldError("", "expected a JSON object")], what="request body")
+    return decode(data, cls, what="request body")
 
 
 def _reject_constant(name: str) -> float:

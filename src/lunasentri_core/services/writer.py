@@ -144,12 +144,18 @@ class BatchWriter:
             await self._commit([pending])
 
     def _write_sync(self, batches: list[MachineSamples]) -> None:
-        self._storage.metrics.write(batches)
         heard_from = {batch.machine_id for batch in batches if batch.samples}
-        if heard_from:
-            # last_seen is when we heard from the machine, not its (possibly skewed) clock.
-            now = self._clock()
-            self._storage.state.touch_machines([(machine_id, now) for machine_id in heard_from])
+        # last_seen is when we heard from the machine, not its (possibly skewed) clock.
+        now = self._clock()
+        seen = [(machine_id, now) for machine_id in heard_from]
+        metrics = self._storage.metrics
+        if getattr(metrics, "writes_last_seen", False):
+            # One transaction (one commit) for the points and last_seen.
+            metrics.write(batches, seen=seen)  # type: ignore[call-arg]
+            return
+        metrics.write(batches)
+        if seen:
+            self._storage.state.touch_machines(seen)
 
     def _record(self, group: list[_Pending]) -> None:
         points = sum(p.points for p in group)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import anyio
+import orjson
 from anyio.abc import TaskGroup
 from starlette.applications import Starlette
 
+from lunasentri_core.codec import fast_samples
 from lunasentri_core.model import LABEL_NAME, MAX_LABEL_VALUE, METRIC_NAME
-from lunasentri_core.server.api import Api, Auth, Call, Schema, ref
+from lunasentri_core.server.api import Api, Auth, Call, Schema, parse_json, ref
 from lunasentri_core.server.errors import ApiError
 from lunasentri_core.services.ingest import (
     BatchTooLargeError,
@@ -133,7 +135,7 @@ async def ingest(call: Call) -> object:
     machine_id = call.machine_id
     try:
         ingestor.admit(machine_id)
-        batch = await call.json(IngestBatch)
+        batch = read_batch(await call.body())
         points = await ingestor.ingest(machine_id, batch.samples)
     except RateLimitedError as error:
         headers = {"Retry-After": error.retry_after_header}
@@ -145,3 +147,24 @@ async def ingest(call: Call) -> object:
         raise ApiError(503, "unavailable", message, headers={"Retry-After": "1"}) from None
     call.request.app.state.metrics.ingested_points.inc(points)
     return {"accepted": points}
+
+
+def read_batch(raw: bytes) -> IngestBatch:
+    """The body as a batch: a well-formed one on the fast path, anything else on the
+    general path (:func:`parse_json`), which names what is wrong.
+
+    The fast path parses with orjson, which takes about half the time of the
+    standard parser, and decodes with :func:`~lunasentri_core.codec.fast_samples`.
+    Both paths give the same batch: where orjson differs from the standard
+    parser (integers beyond 64 bits become floats, which only ever end up as
+    reading values, converted to the same float, or as out-of-range timestamps,
+    which fail the fast path) or refuses what it accepts (a byte order mark,
+    lone surrogates), the general path decides.
+    """
+    try:
+        samples = fast_samples(orjson.loads(raw))
+    except orjson.JSONDecodeError:
+        samples = None
+    if samples is None:
+        return parse_json(raw, IngestBatch)
+    return IngestBatch(samples)

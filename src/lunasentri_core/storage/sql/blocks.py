@@ -34,13 +34,14 @@ MINUTE_COLUMNS: Final = ("q", "q", "d", "d", "d", "d")
 
 _HEADER = struct.Struct("<BBI")
 _BIG_ENDIAN = sys.byteorder == "big"
-# Level 1: nearly the ratio of level 6 on this data at a fraction of the cost,
-# and compaction rewrites the current chunk of every series on every pass.
+# Level 1: nearly the ratio of level 6 on this data at a fraction of the cost.
+# (Compaction rewrites the current chunk of every series on every pass: it
+# leaves a chunk uncompressed until its hour has ended.)
 _ZLIB_LEVEL = 1
 
 
-def encode(columns: Sequence[IntArray | FloatArray]) -> bytes:
-    """Pack equally long columns into one blob."""
+def encode(columns: Sequence[IntArray | FloatArray], *, compress: bool = True) -> bytes:
+    """Pack equally long columns into one blob (zlib-compressed unless ``compress`` is false)."""
     count = len(columns[0]) if columns else 0
     if any(len(column) != count for column in columns):
         raise ValueError("block columns must have the same length")
@@ -50,6 +51,8 @@ def encode(columns: Sequence[IntArray | FloatArray]) -> bytes:
             column = array(column.typecode, column)
             column.byteswap()
         parts.append(column.tobytes())
+    if not compress:
+        return b"".join([_HEADER.pack(FORMAT_VERSION, 0, count), *parts])
     payload = zlib.compress(b"".join(parts), _ZLIB_LEVEL)
     return _HEADER.pack(FORMAT_VERSION, FLAG_ZLIB, count) + payload
 
@@ -81,8 +84,8 @@ def decode(blob: bytes, typecodes: Sequence[str]) -> list[IntArray | FloatArray]
     return columns
 
 
-def encode_raw(ts: IntArray, values: FloatArray) -> bytes:
-    return encode((ts, values))
+def encode_raw(ts: IntArray, values: FloatArray, *, compress: bool = True) -> bytes:
+    return encode((ts, values), compress=compress)
 
 
 def decode_raw(blob: bytes) -> tuple[IntArray, FloatArray]:

@@ -75,10 +75,16 @@ from lunasentri_core.storage.sql.schema import (
     series_latest,
     storage_meta,
 )
+from lunasentri_core.storage.sql.seen import touch, touch_statement
 
 _MS: Final = timedelta(milliseconds=1)
 _IN_LIMIT: Final = 500
 """Ids per ``IN (...)`` list: far below every driver's parameter limit."""
+
+COMPACT_SERIES: Final = 4096
+"""Series ids compacted per transaction, at least..."""
+COMPACT_PARTS: Final = 16
+"""...and at most this many transactions per chunk-window (each scans the window)."""
 
 SERIES_EPOCH: Final = "series_epoch"
 """Bumped whenever series are deleted, so other processes drop their cached ids."""
@@ -122,11 +128,12 @@ class Horizons:
     hour: int | None = None
 
     def get(self, resolution: Resolution) -> int | None:
-        return {
-            Resolution.RAW: self.raw,
-            Resolution.MINUTE: self.minute,
-            Resolution.HOUR: self.hour,
-        }[resolution]
+        # Called three times per series per compaction pass: no dict built per call.
+        if resolution is Resolution.RAW:
+            return self.raw
+        if resolution is Resolution.MINUTE:
+            return self.minute
+        return self.hour
 
     def covers(self, resolution: Resolution, start: int) -> bool:
         horizon = self.get(resolution)
@@ -185,8 +192,18 @@ class SqlMetricStore:
 
     # ------------------------------------------------------------------ writing
 
-    def write(self, batch: Sequence[MachineSamples]) -> int:
+    writes_last_seen: Final = True
+    """:meth:`write` takes ``seen`` (the ingest writer looks for this)."""
+
+    def write(
+        self, batch: Sequence[MachineSamples], *, seen: Sequence[tuple[str, datetime]] = ()
+    ) -> int:
+        """:meth:`MetricStore.write`; ``seen`` also advances those machines' ``last_seen``
+        (as :meth:`SqlStateStore.touch_machines`) in the same transaction."""
         if not any(sample.readings for ms in batch for sample in ms.samples):
+            if seen:
+                with self._db.write() as conn:
+                    touch(conn, self._sql.touch, seen)
             return 0
         with self._db.write() as conn:
             self._check_epoch(conn)
@@ -205,6 +222,8 @@ class SqlMetricStore:
                 latest = _sorted_columns(latest)
             self._sql.insert_head.run(conn, points)
             self._sql.upsert_latest.run(conn, latest)
+            if seen:
+                touch(conn, self._sql.touch, seen)
         if fresh:
             # Only now: ids of series created by a rolled-back batch are invalid.
             with self._ids_lock:
@@ -471,27 +490,53 @@ class SqlMetricStore:
             return _add(report, self._expire(now_ms))
 
     def _compact(self, now_ms: int) -> MaintenanceReport:
-        """Move head points older than ``now`` into chunks, one chunk-window per transaction."""
+        """Move head points older than ``now`` into chunks.
+
+        One transaction per chunk-window and range of series ids
+        (:data:`COMPACT_SERIES` ids, more when there are many series): each
+        holds the write lock for a fraction of the pass, so ingest commits in
+        between instead of waiting for all of it.
+        """
         report = MaintenanceReport()
         h = points_head.c
+        with self._db.read() as conn:
+            last_id = conn.execute(sa.select(sa.func.max(series.c.id))).scalar() or 0
+        width = max(COMPACT_SERIES, -(-(last_id + 1) // COMPACT_PARTS))
         while True:
-            with self._db.write(lock=LOCK_MAINTAIN) as conn:
+            with self._db.read() as conn:
                 first = conn.execute(sa.select(sa.func.min(h.ts)).where(h.ts < now_ms)).scalar()
-                if first is None:
-                    return report
-                lo = floor_to(first, CHUNK_MS)
-                hi = min(lo + CHUNK_MS, now_ms)
-                # Delete what is read in one statement: a point written meanwhile
-                # (PostgreSQL) stays in the head for the next pass.
-                rows = conn.execute(
-                    sa.delete(points_head)
-                    .where(h.ts >= lo, h.ts < hi)
-                    .returning(h.series_id, h.ts, h.value)
-                ).all()
-                report = _add(report, self._compact_chunk(conn, lo, rows, self._horizons(conn)))
+            if first is None:
+                return report
+            lo = floor_to(first, CHUNK_MS)
+            hi = min(lo + CHUNK_MS, now_ms)
+            # A chunk whose hour has ended is compressed; the current one is
+            # rewritten on every pass, and stays uncompressed until then.
+            closed = lo + CHUNK_MS <= now_ms
+            # Series created during the pass (ids past last_id) go in the last part.
+            for start in range(0, last_id + 1, width):
+                end = start + width if start + width <= last_id else None
+                with self._db.write(lock=LOCK_MAINTAIN) as conn:
+                    # Delete what is read in one statement: a point written meanwhile
+                    # stays in the head for the next pass.
+                    where = [h.ts >= lo, h.ts < hi, h.series_id >= start]
+                    if end is not None:
+                        where.append(h.series_id < end)
+                    rows = conn.execute(
+                        sa.delete(points_head).where(*where).returning(h.series_id, h.ts, h.value)
+                    ).all()
+                    if rows:
+                        compacted = self._compact_chunk(
+                            conn, lo, rows, self._horizons(conn), closed
+                        )
+                        report = _add(report, compacted)
 
     def _compact_chunk(
-        self, conn: Connection, chunk_start: int, rows: Sequence[Any], horizons: Horizons
+        self,
+        conn: Connection,
+        chunk_start: int,
+        rows: Sequence[Any],
+        horizons: Horizons,
+        closed: bool,
     ) -> MaintenanceReport:
         by_series: dict[int, list[tuple[int, float]]] = defaultdict(list)
         for sid, ts, value in rows:
@@ -524,7 +569,9 @@ class SqlMetricStore:
             ts, values, added = merge_points(old_ts, old_values, new_ts, new_values)
             if not added:
                 continue
-            chunk_row, written = _chunk_row(sid, chunk_start, ts, values, added, minutes, horizons)
+            chunk_row, written = _chunk_row(
+                sid, chunk_start, ts, values, added, minutes, horizons, compress=closed
+            )
             if chunk_row is None:
                 dropped += len(added)
                 continue
@@ -628,6 +675,8 @@ def _chunk_row(
     added: IntArray,
     minutes: bytes | None,
     horizons: Horizons,
+    *,
+    compress: bool = True,
 ) -> tuple[tuple[Any, ...] | None, int]:
     """The ``metric_chunks`` row of a chunk now holding ``ts``/``values``.
 
@@ -635,23 +684,27 @@ def _chunk_row(
     others come from the chunk's existing ``minutes`` blob. Resolutions already
     expired for this chunk stay empty, so a late point still reaches the
     rollups that are kept; ``None`` when every resolution has expired.
+    ``compress``: zlib the blobs (not while the chunk's hour is still open).
     """
     written = 0
     raw_blob = None
     if not horizons.expired(Resolution.RAW, chunk_start):
-        raw_blob = blocks.encode_raw(ts, values)
+        raw_blob = blocks.encode_raw(ts, values, compress=compress)
     minute_blob = None
     if not horizons.expired(Resolution.MINUTE, chunk_start):
         if minutes:
-            stats = Rollups(*blocks.decode_minutes(minutes)).to_stats()
             lo = floor_to(added[0], MINUTE_MS)
             hi = floor_to(added[-1], MINUTE_MS) + MINUTE_MS
+            fresh = bucket_stats(ts, values, MINUTE_MS, lo, hi)
+            # Usually the last bucket or two change: only those become a dict.
+            rollups, stats = Rollups(*blocks.decode_minutes(minutes)).split(lo)
+            stats.update(fresh)
+            rollups.extend(Rollups.from_stats(stats))
         else:
-            stats, lo, hi = {}, chunk_start, chunk_start + CHUNK_MS
-        fresh = bucket_stats(ts, values, MINUTE_MS, lo, hi)
-        stats.update(fresh)
+            fresh = bucket_stats(ts, values, MINUTE_MS, chunk_start, chunk_start + CHUNK_MS)
+            rollups = Rollups.from_stats(fresh)
         written += len(fresh)
-        minute_blob = blocks.encode(Rollups.from_stats(stats).columns())
+        minute_blob = blocks.encode(rollups.columns(), compress=compress)
     hour: Stats | tuple[None, ...] = (None,) * 5
     if not horizons.expired(Resolution.HOUR, chunk_start):
         hour = stats_of(values)
@@ -675,6 +728,7 @@ class _Statements:
     select_head: Statement
     select_series: Statement
     select_horizons: Statement
+    touch: Statement
 
 
 _PREPARED: dict[tuple[str, str, str], _Statements] = {}
@@ -763,6 +817,7 @@ def _prepare(db: Database) -> _Statements:
             storage_meta.c.key.in_([sa.literal_column(f"'{k}'") for k in _HORIZON_KEYS.values()])
         )
     )
+    sql.touch = touch_statement(db)
     return sql
 
 

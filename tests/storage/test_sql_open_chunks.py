@@ -1,0 +1,116 @@
+"""Compaction leaves the current hour's chunks uncompressed and compresses ended hours.
+
+Every pass rewrites the chunk of the current hour of every series that
+reported; compressing it each time made a pass cost more the later in the hour
+it ran. Answers must not depend on whether a chunk is compressed.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from lunasentri_core.model import Aggregation, HistoryQuery, MachineSamples, Reading, Sample
+from lunasentri_core.storage.sql import SqlStorage
+from lunasentri_core.storage.sql.blocks import FLAG_ZLIB, decode_minutes, decode_raw
+from lunasentri_core.storage.sql.metrics import to_ms
+from lunasentri_core.storage.sql.schema import metric_chunks
+
+HOUR_START = datetime(2025, 3, 1, 10, tzinfo=UTC)
+SECOND = timedelta(seconds=1)
+
+
+def write(storage: SqlStorage, start: datetime, count: int) -> None:
+    storage.metrics.write(
+        [
+            MachineSamples(
+                "m1",
+                [
+                    Sample(
+                        start + i * 5 * SECOND,
+                        [
+                            Reading("cpu.percent", float(i)),
+                            Reading("disk.used", 100.0 + i, {"mount": "/"}),
+                        ],
+                    )
+                    for i in range(count)
+                ],
+            )
+        ]
+    )
+
+
+def chunk_flags(storage: SqlStorage) -> dict[int, tuple[int, int]]:
+    """Per chunk start: the flags byte of the raw blob and of the minutes blob."""
+    c = metric_chunks.c
+    with storage.db.read() as conn:
+        rows = conn.execute(sa.select(c.chunk_start, c.raw, c.minutes)).all()
+    flags: dict[int, tuple[int, int]] = {}
+    for chunk_start, raw, minutes in rows:
+        assert raw is not None
+        assert minutes is not None
+        both = (raw[1], minutes[1])
+        assert flags.setdefault(chunk_start, both) == both, "series of one hour disagree"
+    return flags
+
+
+def history(storage: SqlStorage, start: datetime, end: datetime) -> list[object]:
+    query = HistoryQuery(
+        machine_id="m1",
+        metric="disk.used",
+        start=start,
+        end=end,
+        step=timedelta(minutes=1),
+        aggregation=Aggregation.AVG,
+    )
+    return [(p.timestamp, p.value) for h in storage.metrics.history(query) for p in h.points]
+
+
+def test_the_open_hour_stays_uncompressed_and_an_ended_hour_is_compressed(
+    storage: SqlStorage,
+) -> None:
+    write(storage, HOUR_START, 6)  # 10:00:00 .. 10:00:25
+    storage.metrics.maintain(HOUR_START + 40 * SECOND)
+    assert chunk_flags(storage) == {to_ms(HOUR_START): (0, 0)}
+    assert history(storage, HOUR_START, HOUR_START + timedelta(hours=2)) == [(HOUR_START, 102.5)]
+
+    write(storage, HOUR_START + 60 * SECOND, 6)  # a later pass appends to the open chunk
+    storage.metrics.maintain(HOUR_START + 90 * SECOND)
+    assert chunk_flags(storage) == {to_ms(HOUR_START): (0, 0)}
+    minute = HOUR_START + timedelta(minutes=1)
+    grown = [(HOUR_START, 102.5), (minute, 102.5)]
+    assert history(storage, HOUR_START, HOUR_START + timedelta(hours=2)) == grown
+
+    # The last points of the hour arrive; the pass after the hour has ended
+    # writes the chunk for the last time, compressed.
+    write(storage, HOUR_START + timedelta(minutes=59, seconds=50), 2)
+    storage.metrics.maintain(HOUR_START + timedelta(hours=1, seconds=5))
+    assert chunk_flags(storage) == {to_ms(HOUR_START): (FLAG_ZLIB, FLAG_ZLIB)}
+    last = (HOUR_START + timedelta(minutes=59), 100.5)
+    assert history(storage, HOUR_START, HOUR_START + timedelta(hours=2)) == [*grown, last]
+
+
+def test_open_and_compressed_chunks_decode_to_the_same_points(storage: SqlStorage) -> None:
+    write(storage, HOUR_START, 12)
+    storage.metrics.maintain(HOUR_START + timedelta(minutes=5))
+    c = metric_chunks.c
+    with storage.db.read() as conn:
+        open_rows = conn.execute(sa.select(c.series_id, c.raw, c.minutes)).all()
+    # Late points of the same (now ended) hour make compaction rewrite it compressed.
+    write(storage, HOUR_START + timedelta(minutes=30), 1)
+    storage.metrics.maintain(HOUR_START + timedelta(hours=1, minutes=1))
+    with storage.db.read() as conn:
+        sealed = {
+            sid: (raw, minutes)
+            for sid, raw, minutes in conn.execute(sa.select(c.series_id, c.raw, c.minutes))
+        }
+    for sid, raw, minutes in open_rows:
+        ts, values = decode_raw(raw)
+        sealed_ts, sealed_values = decode_raw(sealed[sid][0])
+        assert list(sealed_ts[:-1]) == list(ts)
+        assert list(sealed_values[:-1]) == list(values)
+        assert (
+            decode_minutes(sealed[sid][1])[0][: len(decode_minutes(minutes)[0])]
+            == (decode_minutes(minutes)[0])
+        )
