@@ -124,6 +124,29 @@ async def test_the_lockout_lifts_when_failures_leave_the_window(
     assert login.session.client == "10.0.0.1"
 
 
+async def test_retry_after_is_the_time_until_the_limiting_failure_ages_out(
+    accounts: Accounts, clock: Clock
+) -> None:
+    await accounts.create_user("alice", PASSWORD, actor=None)
+    for gap in (timedelta(0), timedelta(minutes=4)):  # failures at +0 and +4 min
+        clock.now += gap
+        with pytest.raises(InvalidCredentials):
+            await accounts.login("alice", "wrong password", None)
+
+    clock.now = START + timedelta(minutes=5, seconds=30)
+    with pytest.raises(LoginThrottled) as caught:
+        await accounts.login("alice", PASSWORD, None)
+    # The failure at +0 leaves the 10-minute window at +10 min: 4.5 min from now.
+    assert caught.value.retry_after == 270
+
+    clock.now += timedelta(seconds=270)
+    with pytest.raises(LoginThrottled) as caught:  # still in, to the microsecond
+        await accounts.login("alice", PASSWORD, None)
+    assert caught.value.retry_after == 1
+    clock.now += timedelta(microseconds=1)
+    assert (await accounts.login("alice", PASSWORD, None)).user.username == "alice"
+
+
 async def test_sessions_expire_with_their_ttl(accounts: Accounts, clock: Clock) -> None:
     user = await accounts.create_user("alice", PASSWORD, actor=None)
     login = await accounts.login("alice", PASSWORD, None)

@@ -98,3 +98,13 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
         Settings.load(tmp_path / "nope.toml", environ={})
     with pytest.raises(ConfigError, match="is not valid TOML"):
         Settings.load(write(tmp_path, "[collect\n"), environ={})
+
+
+def test_heartbeat_settings_come_from_their_environment_variables() -> None:
+    settings = Settings.load(
+        environ={"LUNASENTRI_HEARTBEAT_INTERVAL": "10s", "LUNASENTRI_OFFLINE_THRESHOLD": "5m"}
+    )
+    assert settings.heartbeat_interval == timedelta(seconds=10)
+    assert settings.offline_threshold == timedelta(minutes=5)
+    with pytest.raises(ConfigError, match="offline_threshold"):
+        Settings.load(environ={"LUNASENTRI_OFFLINE_THRESHOLD": "0"})

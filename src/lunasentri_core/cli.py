@@ -9,18 +9,20 @@ import logging
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-import anyio
 import click
 
-from lunasentri_core.codec import encode
-from lunasentri_core.config import Settings
 from lunasentri_core.errors import LunaSentriError
-from lunasentri_core.hub import open_storage
-from lunasentri_core.model import Reading, Target, new_id, utcnow
-from lunasentri_core.plugins import ComponentKind, PluginManager, create_plugin_manager
-from lunasentri_core.services.collection import CollectionResult, collect
+
+if TYPE_CHECKING:
+    from lunasentri_core.config import Settings
+    from lunasentri_core.model import Reading, Target
+    from lunasentri_core.plugins import PluginManager
+    from lunasentri_core.services.collection import CollectionResult
+
+# Each command imports what it uses when it runs, so that `lunasentri agent` never
+# loads the hub and its services (see _LazyGroup and docs/benchmarks.md).
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,9 +34,13 @@ class _Context:
         self.config = config
 
     def settings(self) -> Settings:
+        from lunasentri_core.config import Settings
+
         return Settings.load(self.config)
 
     def plugin_manager(self) -> PluginManager:
+        from lunasentri_core.plugins import create_plugin_manager
+
         return create_plugin_manager(self.settings())
 
 
@@ -100,6 +106,8 @@ def main(ctx: click.Context, config: Path | None, log_level: str) -> None:
 @_friendly_errors
 def plugins(obj: _Context, as_json: bool) -> None:
     """List discovered plugins with versions, hooks and failures."""
+    from lunasentri_core.codec import encode
+
     manager = obj.plugin_manager()
     infos, failures, disabled = manager.infos(), manager.failures, manager.disabled()
     if as_json:
@@ -145,6 +153,11 @@ def plugins(obj: _Context, as_json: bool) -> None:
 @_friendly_errors
 def collect_command(obj: _Context, once: bool, collectors: Sequence[str], as_json: bool) -> None:
     """Print this machine's metrics (every interval, or --once)."""
+    import anyio
+
+    from lunasentri_core.model import Target, new_id
+    from lunasentri_core.plugins import ComponentKind, create_plugin_manager
+
     settings = obj.settings()
     manager = create_plugin_manager(settings)
     names = list(collectors) or list(settings.collect.collectors)
@@ -156,6 +169,8 @@ def collect_command(obj: _Context, once: bool, collectors: Sequence[str], as_jso
 async def _collect_loop(
     settings: Settings, instances: dict[str, Any], target: Target, once: bool, as_json: bool
 ) -> None:
+    import anyio
+
     # Rates and cpu.percent need a previous measurement: take a silent first one.
     if instances:
         await _collect(settings, instances, target)
@@ -171,10 +186,15 @@ async def _collect_loop(
 async def _collect(
     settings: Settings, instances: dict[str, Any], target: Target
 ) -> CollectionResult:
+    from lunasentri_core.model import utcnow
+    from lunasentri_core.services.collection import collect
+
     return await collect(instances, target, timeout=settings.collect.timeout, clock=utcnow)
 
 
 def _print_sample(result: CollectionResult, as_json: bool) -> None:
+    from lunasentri_core.codec import encode
+
     if as_json:
         click.echo(json.dumps(encode(result.sample)))
         return
@@ -221,6 +241,9 @@ def db() -> None:
 @_friendly_errors
 def migrate(obj: _Context) -> None:
     """Create or upgrade the database schema to the current version."""
+    from lunasentri_core.hub import open_storage
+    from lunasentri_core.plugins import create_plugin_manager
+
     settings = obj.settings()
     storage = open_storage(settings, create_plugin_manager(settings))
     storage.close()

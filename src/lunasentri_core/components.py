@@ -12,28 +12,20 @@ block) or coroutine functions (awaited on the event loop, so they must not block
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping
 from datetime import datetime
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 
-from lunasentri_core.model import Reading, Role, Target
-from lunasentri_core.storage.protocols import StateStore
+from lunasentri_core.model import Role
 
+# Defined with the classes collectors use, so a collecting process need not load this module.
+from lunasentri_core.samples import Collector as Collector
 
-@runtime_checkable
-class Collector(Protocol):
-    """Measures a target and returns its readings.
-
-    Must be safe to call again while a previous call for another target runs.
-    Raising marks this one collection as failed; the hub logs it and carries on.
-    """
-
-    name: ClassVar[str]
-    settings_class: ClassVar[type[Any] | None]
-
-    def collect(self, target: Target) -> Sequence[Reading] | Awaitable[Sequence[Reading]]: ...
+if TYPE_CHECKING:
+    # An annotation only: the push agent imports this module but never the storage layer.
+    from lunasentri_core.storage.protocols import StateStore
 
 
 class NotificationKind(enum.StrEnum):
@@ -75,10 +67,17 @@ class DeliveryResult:
 
 @runtime_checkable
 class Notifier(Protocol):
-    """Delivers a notification to one channel; ``channel`` is that channel's own config."""
+    """Delivers a notification to one channel; ``channel`` is that channel's own config.
+
+    ``channel_class`` is an attrs class describing a channel's config: the hub
+    structures a user's config into it (so bad input names the field), stores it
+    unstructured, and passes that mapping to :meth:`send`. Fields marked
+    ``metadata={"secret": True}`` are shown once, when the channel is made.
+    """
 
     name: ClassVar[str]
     settings_class: ClassVar[type[Any] | None]
+    channel_class: ClassVar[type[Any]]
 
     def send(
         self, channel: Mapping[str, Any], notification: Notification

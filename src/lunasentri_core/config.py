@@ -11,30 +11,32 @@ Every error names its exact path: ``collect.interval: expected a duration ...``.
 
 from __future__ import annotations
 
-import os
-import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from lunasentri_core.agent.settings import AgentSettings
 from lunasentri_core.codec import decode
+
+# Reading the file and the environment is shared with the push agent, which
+# structures only its own part of the settings (agent/settings.py).
+from lunasentri_core.config_sources import CONFIG_ENV as CONFIG_ENV
+from lunasentri_core.config_sources import DEFAULT_CONFIG_NAME as DEFAULT_CONFIG_NAME
+from lunasentri_core.config_sources import ENV_PREFIX as ENV_PREFIX
+from lunasentri_core.config_sources import TEST_ENV_PREFIX as TEST_ENV_PREFIX
+from lunasentri_core.config_sources import default_data_dir as default_data_dir
+from lunasentri_core.config_sources import env_overrides as env_overrides
+from lunasentri_core.config_sources import merge as merge
+from lunasentri_core.config_sources import raw_settings
+from lunasentri_core.config_sources import read_toml as read_toml
 from lunasentri_core.errors import ConfigError, ValidationError
 from lunasentri_core.model import RetentionPolicy
 
-ENV_PREFIX = "LUNASENTRI_"
-CONFIG_ENV = "LUNASENTRI_CONFIG"
-TEST_ENV_PREFIX = "LUNASENTRI_TEST_"
-"""Variables for the test suite (e.g. which PostgreSQL to use); never settings."""
-DEFAULT_CONFIG_NAME = "lunasentri.toml"
-
-
-def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "lunasentri"
+if TYPE_CHECKING:
+    from lunasentri_core.storage.protocols import PurgePolicy
 
 
 def _positive(_: object, attribute: attrs.Attribute[timedelta], value: timedelta) -> None:
@@ -52,6 +54,39 @@ class CollectSettings:
 
 
 @attrs.frozen
+class PurgeSettings:
+    """How the hub deletes server state that has served its purpose (``[storage.purge]``).
+
+    The limits are those of :class:`~lunasentri_core.storage.PurgePolicy`; the
+    login lockout window comes from ``server.login_lockout``.
+    """
+
+    enabled: bool = True
+    interval: timedelta = attrs.field(default=timedelta(hours=1), validator=_positive)
+    """How often the maintenance loop purges (at its first pass after start, then this often)."""
+    grace: timedelta = attrs.field(default=timedelta(days=1), validator=_positive)
+    """Ended sessions and reset tokens, and login failures past the lockout, are kept this long."""
+    claims: timedelta = attrs.field(default=timedelta(days=7), validator=_positive)
+    """Delivered and expired agent registrations are kept this long past their expiry."""
+    outbox: timedelta = attrs.field(default=timedelta(days=30), validator=_positive)
+    """Notifications whose deliveries have all finished are kept this long."""
+    history: timedelta = attrs.field(default=timedelta(days=90), validator=_positive)
+    """Machines' status changes and alert events are kept this long."""
+
+    def policy(self, login_window: timedelta) -> PurgePolicy:
+        # Imported here: the push agent loads this module but never the storage layer.
+        from lunasentri_core.storage.protocols import PurgePolicy
+
+        return PurgePolicy(
+            grace=self.grace,
+            login_window=login_window,
+            claims=self.claims,
+            outbox=self.outbox,
+            history=self.history,
+        )
+
+
+@attrs.frozen
 class StorageSettings:
     url: str | None = None
     """SQLAlchemy-style URL; the default is a SQLite file in ``data_dir``."""
@@ -60,6 +95,25 @@ class StorageSettings:
         default=timedelta(seconds=30), validator=_positive
     )
     """How often the hub compacts, rolls up and expires stored points."""
+    purge: PurgeSettings = PurgeSettings()
+
+
+@attrs.frozen
+class NotificationSettings:
+    """How the hub delivers notifications from the outbox to channels."""
+
+    max_attempts: int = attrs.field(default=8, validator=attrs.validators.ge(1))
+    """Attempts per delivery before it is dead-lettered."""
+    backoff: timedelta = attrs.field(default=timedelta(seconds=10), validator=_positive)
+    """Wait before the first retry; it doubles with every attempt (with jitter)."""
+    max_backoff: timedelta = attrs.field(default=timedelta(hours=1), validator=_positive)
+    send_timeout: timedelta = attrs.field(default=timedelta(seconds=30), validator=_positive)
+    """How long one send may take before it counts as a failed attempt."""
+    lease: timedelta = attrs.field(default=timedelta(minutes=2), validator=_positive)
+    """How long a taken delivery is this process's; after a crash another takes it then."""
+    poll_interval: timedelta = attrs.field(default=timedelta(seconds=2), validator=_positive)
+    """How often the outbox is checked for work written by other processes."""
+    concurrency: int = attrs.field(default=8, validator=attrs.validators.ge(1))
 
 
 @attrs.frozen
@@ -90,8 +144,13 @@ class ServerSettings:
     reset_token_ttl: timedelta = timedelta(hours=1)
     claim_ttl: timedelta = timedelta(hours=24)
     key_rotation_grace: timedelta = timedelta(hours=24)
-    login_max_failures: int = 5
+    login_max_failures: int = attrs.field(default=5, validator=attrs.validators.ge(1))
     login_lockout: timedelta = timedelta(minutes=15)
+    register_rate: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
+    """Agent registrations per second one client address may make on average (a token
+    bucket; 0 turns the limit off)..."""
+    register_burst: float = attrs.field(default=20.0, validator=attrs.validators.ge(1))
+    """...and at once."""
     metrics_series: bool = False
     """Expose the latest stored value of every machine's series on /metrics (opt-in)."""
 
@@ -114,6 +173,11 @@ class Settings:
     agent: AgentSettings = AgentSettings()
     local_host_metrics: bool = False
     """Whether the server collects and reports the host it runs on."""
+    heartbeat_interval: timedelta = attrs.field(default=timedelta(seconds=30), validator=_positive)
+    """How often the heartbeat looks for machines gone silent or back."""
+    offline_threshold: timedelta = attrs.field(default=timedelta(minutes=2), validator=_positive)
+    """Silence after which a machine is offline (a machine's own ``offline_after`` wins)."""
+    notifications: NotificationSettings = NotificationSettings()
     admin_username: str = "admin"
     admin_password: str | None = None
     """Creates the first admin at server start when no admin exists yet."""
@@ -142,11 +206,7 @@ class Settings:
     ) -> Settings:
         """Read ``path`` (or ``$LUNASENTRI_CONFIG``, or ``./lunasentri.toml`` if present),
         apply environment overrides, then keyword ``overrides`` (top-level keys)."""
-        environ = os.environ if environ is None else environ
-        data = read_toml(_config_path(path, environ))
-        merge(data, env_overrides(environ))
-        merge(data, overrides)
-        return settings_from_mapping(data)
+        return settings_from_mapping(raw_settings(path, environ, overrides))
 
 
 def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
@@ -156,64 +216,3 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         return decode(dict(data), Settings, what="settings")
     except ValidationError as error:
         raise ConfigError(str(error)) from None
-
-
-def _config_path(path: str | Path | None, environ: Mapping[str, str]) -> Path | None:
-    if path is not None:
-        return Path(path)
-    if CONFIG_ENV in environ:
-        return Path(environ[CONFIG_ENV])
-    local = Path(DEFAULT_CONFIG_NAME)
-    return local if local.is_file() else None
-
-
-def read_toml(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"settings file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"settings file {path} is not valid TOML: {error}") from None
-    except OSError as error:
-        raise ConfigError(f"cannot read settings file {path}: {error.strerror}") from None
-
-
-def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The nested mapping that ``LUNASENTRI_*`` variables describe."""
-    result: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
-            continue
-        if name.startswith(TEST_ENV_PREFIX):
-            continue
-        keys = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
-        if not all(keys):
-            raise ConfigError(f"environment variable {name}: empty key between '__'")
-        merge(result, _nest(keys, _parse_env_value(raw)))
-    return result
-
-
-def _nest(keys: list[str], value: Any) -> dict[str, Any]:
-    for key in reversed(keys):
-        value = {key: value}
-    return value  # type: ignore[no-any-return]
-
-
-def _parse_env_value(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``extra`` into ``base`` (tables merge, anything else replaces)."""
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), Mapping):
-            base[key] = merge(dict(base[key]), value)
-        else:
-            base[key] = value
-    return base

@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from lunasentri_core.components import Authenticator, Collector, Notifier
-from lunasentri_core.model import AlertEvent, Machine, MachineStatus, Sample
-from lunasentri_core.storage.protocols import StorageFactory
-
 if TYPE_CHECKING:
+    # Annotations only: a process that only collects (the push agent) loads
+    # neither the server's model nor the storage protocols with the hook specs.
+    from lunasentri_core.components import Authenticator, Collector, Notifier
     from lunasentri_core.hub import Sentri
+    from lunasentri_core.model import AlertEvent, Machine, MachineStatus, Sample
+    from lunasentri_core.storage.protocols import StorageFactory
 
 PROJECT_NAME = "lunasentri"
 
@@ -167,7 +168,7 @@ def lunasentri_machine_status_changed(
 
 @hookspec
 def lunasentri_alert_changed(hub: Sentri, event: AlertEvent) -> Any:
-    """Called once after an alert changed state (pending, firing, resolved).
+    """Called once after a series started firing, or resolved, under an alert rule.
 
     :param hub: The hub that evaluated the rule.
     :param event: The recorded event.

@@ -26,9 +26,16 @@ from typing import Any, ParamSpec, Self, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
+import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
-from lunasentri_core.components import Authenticator, Collector, Credentials, Principal
+from lunasentri_core.components import (
+    Authenticator,
+    Collector,
+    Credentials,
+    Notifier,
+    Principal,
+)
 from lunasentri_core.config import Settings
 from lunasentri_core.model import (
     Aggregation,
@@ -40,15 +47,19 @@ from lunasentri_core.model import (
     SeriesHistory,
     SeriesKey,
     SeriesValue,
+    StatusChange,
     Target,
     new_id,
     to_labels,
     utcnow,
 )
 from lunasentri_core.plugins import ComponentKind, PluginManager, create_plugin_manager
+from lunasentri_core.services.alerts import AlertEvaluator
 from lunasentri_core.services.collection import CollectionResult, collect
+from lunasentri_core.services.dispatch import Dispatcher
+from lunasentri_core.services.heartbeat import Heartbeat
 from lunasentri_core.services.writer import BatchWriter
-from lunasentri_core.storage.protocols import MaintenanceReport, StorageBackend
+from lunasentri_core.storage.protocols import MaintenanceReport, PurgeReport, StorageBackend
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +97,19 @@ class Sentri:
         self.plugins = plugin_manager or create_plugin_manager(settings, plugins=plugins)
         self._storage = storage
         self._collectors: dict[str, Collector] = {}
+        self._notifiers: dict[str, Notifier] = {}
         self._authenticators: list[Authenticator] | None = None
         self._machines: dict[str, Machine] = {}
         self._reads = anyio.CapacityLimiter(8)
         self._collect_limiter = anyio.CapacityLimiter(8)
         self._writer: BatchWriter | None = None
         self._exit_stack: contextlib.AsyncExitStack | None = None
+        self.heartbeat = Heartbeat(
+            self, interval=settings.heartbeat_interval, threshold=settings.offline_threshold
+        )
+        self.alerts = AlertEvaluator(self)
+        self.dispatcher = Dispatcher(self, settings.notifications)
+        self.heartbeat.listeners.append(self._statuses_changed)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -118,6 +136,9 @@ class Sentri:
             stack.push_async_callback(self._stop_services, writer, services)
             await services.start(writer.run)
             services.start_soon(self._maintain_forever)
+            services.start_soon(self.heartbeat.run)
+            services.start_soon(self.alerts.run)
+            services.start_soon(self.dispatcher.run)
             self._writer = writer
             await self.plugins.startup(self)
             self._exit_stack = stack.pop_all()
@@ -175,7 +196,9 @@ class Sentri:
 
     async def get_machine(self, machine_id: str, owner_id: str | None = None) -> Machine:
         machine = await self.run_sync(self.storage.state.get_machine, machine_id, owner_id)
-        self._machines[machine.id] = machine
+        if self._machines.get(machine.id) != machine:
+            self._machines[machine.id] = machine
+            self.alerts.machine_changed()
         return machine
 
     async def list_machines(self, owner_id: str | None = None) -> list[Machine]:
@@ -211,20 +234,30 @@ class Sentri:
         same samples ingested twice are stored once.
         """
         batch = MachineSamples(machine_id, samples)
-        await self._known_machine(machine_id)
+        await self.cached_machine(machine_id)
         return await self.writer.write(batch)
 
-    async def _known_machine(self, machine_id: str) -> Machine:
+    async def cached_machine(self, machine_id: str) -> Machine:
+        """The hub's copy of a machine (read from storage the first time)."""
         machine = self._machines.get(machine_id)
         return machine if machine is not None else await self.get_machine(machine_id)
 
     async def _committed(self, batches: Sequence[MachineSamples]) -> None:
+        self.heartbeat.seen(batch.machine_id for batch in batches if batch.samples)
+        await self.alerts.submit(batches)
         if not self.plugins.has_samples_ingested_hooks:
             return
         for batch in batches:
             machine = self._machines.get(batch.machine_id)
             if machine is not None:
                 await self.plugins.samples_ingested(self, machine, batch.samples)
+
+    def _statuses_changed(self, changes: Sequence[StatusChange]) -> None:
+        for change in changes:
+            machine = self._machines.get(change.machine_id)
+            if machine is not None:
+                self._machines[change.machine_id] = attrs.evolve(machine, status=change.status)
+        self.dispatcher.wake()
 
     # ------------------------------------------------------------ collection
 
@@ -298,6 +331,13 @@ class Sentri:
             lambda: self.run_collecting(machine, interval=interval, collectors=collectors)
         )
 
+    def notifier(self, name: str) -> Notifier:
+        """The (shared) instance of notifier plugin ``name``."""
+        if name not in self._notifiers:
+            component = self.plugins.component(ComponentKind.NOTIFIER, name)
+            self._notifiers[name] = component.create()
+        return self._notifiers[name]
+
     # ------------------------------------------------------------ queries
 
     async def latest(self, machine_id: str, metric: str | None = None) -> list[SeriesValue]:
@@ -358,14 +398,31 @@ class Sentri:
         """Compact, roll up and expire stored points now."""
         return await self.run_sync(self.storage.metrics.maintain, self.clock())
 
+    async def purge(self) -> PurgeReport:
+        """Delete server state past its retention (``[storage.purge]``) now."""
+        policy = self.settings.storage.purge.policy(self.settings.server.login_lockout)
+        report = await self.run_sync(self.storage.state.purge, self.clock(), policy)
+        if report.total:
+            log.info("purged old server state: %s", report)
+        return report
+
     async def _maintain_forever(self) -> None:
         period = self.settings.storage.maintenance_interval.total_seconds()
+        purge = self.settings.storage.purge
+        purged_at: float | None = None
         while True:
             await anyio.sleep(period)
             try:
                 await self.maintain()
             except Exception:
                 log.exception("storage maintenance failed")
+            since = None if purged_at is None else anyio.current_time() - purged_at
+            if purge.enabled and (since is None or since >= purge.interval.total_seconds()):
+                purged_at = anyio.current_time()
+                try:
+                    await self.purge()
+                except Exception:
+                    log.exception("purging old server state failed")
 
 
 def open_storage(settings: Settings, plugins: PluginManager) -> StorageBackend:

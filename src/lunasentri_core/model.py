@@ -8,38 +8,26 @@ frozen; change a record with :func:`attrs.evolve`. Serialization lives in
 from __future__ import annotations
 
 import enum
-import math
-import re
-import uuid
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeAlias
+from datetime import datetime, timedelta
+from typing import Any
 
 import attrs
 
-Labels: TypeAlias = tuple[tuple[str, str], ...]
-"""A series' labels as sorted ``(name, value)`` pairs, so that equal label sets are equal."""
-
-METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
-LABEL_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
-MAX_LABEL_VALUE = 256
-
-
-def new_id() -> str:
-    """A fresh random identifier for a stored record."""
-    return uuid.uuid4().hex
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def to_labels(value: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> Labels:
-    """Normalise a mapping or pairs into :data:`Labels` (sorted, string-valued)."""
-    if value is None:
-        return ()
-    pairs = value.items() if isinstance(value, Mapping) else value
-    return tuple(sorted((str(k), str(v)) for k, v in pairs))
+# Collectors' classes live in their own module (the push agent loads only them);
+# re-exported here, where the rest of the code looks for every model type.
+from lunasentri_core.samples import LABEL_NAME as LABEL_NAME
+from lunasentri_core.samples import MAX_LABEL_VALUE as MAX_LABEL_VALUE
+from lunasentri_core.samples import METRIC_NAME as METRIC_NAME
+from lunasentri_core.samples import Labels as Labels
+from lunasentri_core.samples import Reading as Reading
+from lunasentri_core.samples import Sample as Sample
+from lunasentri_core.samples import Target as Target
+from lunasentri_core.samples import _check_finite, _check_labels, _check_metric
+from lunasentri_core.samples import as_utc as as_utc
+from lunasentri_core.samples import new_id as new_id
+from lunasentri_core.samples import to_labels as to_labels
+from lunasentri_core.samples import utcnow as utcnow
 
 
 def _to_optional_labels(
@@ -48,72 +36,12 @@ def _to_optional_labels(
     return None if value is None else to_labels(value)
 
 
-def as_utc(value: datetime) -> datetime:
-    """Reject naive datetimes (they are ambiguous) and normalise to UTC."""
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError("timestamp must carry a timezone")
-    return value.astimezone(UTC)
-
-
-def _check_metric(_: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if not METRIC_NAME.match(value):
-        raise ValueError(
-            f"{attribute.name} {value!r} is not a metric name "
-            "(lowercase dotted words, e.g. 'cpu.percent')"
-        )
-
-
-def _check_labels(_: object, attribute: attrs.Attribute[Labels], value: Labels) -> None:
-    for name, label_value in value:
-        if not LABEL_NAME.match(name):
-            raise ValueError(f"label name {name!r} must be lowercase letters, digits or '_'")
-        if len(label_value) > MAX_LABEL_VALUE:
-            raise ValueError(f"label {name!r} is longer than {MAX_LABEL_VALUE} characters")
-
-
-def _check_finite(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not math.isfinite(value):
-        raise ValueError(f"{attribute.name} must be a finite number, not {value!r}")
-
-
 def _check_positive(_: object, attribute: attrs.Attribute[timedelta], value: timedelta) -> None:
     if value <= timedelta(0):
         raise ValueError(f"{attribute.name} must be positive")
 
 
 # --------------------------------------------------------------------------- metrics
-
-
-@attrs.frozen
-class Reading:
-    """One measured value of one series at the sample's timestamp."""
-
-    metric: str = attrs.field(validator=_check_metric)
-    value: float = attrs.field(converter=float, validator=_check_finite)
-    labels: Labels = attrs.field(default=(), converter=to_labels, validator=_check_labels)
-
-
-def _readings(value: Iterable[Reading]) -> tuple[Reading, ...]:
-    return tuple(value)
-
-
-@attrs.frozen
-class Sample:
-    """Everything a collector measured about one target at one instant."""
-
-    timestamp: datetime = attrs.field(converter=as_utc)
-    readings: tuple[Reading, ...] = attrs.field(converter=_readings)
-
-    @readings.validator
-    def _one_reading_per_series(
-        self, attribute: attrs.Attribute[tuple[Reading, ...]], value: tuple[Reading, ...]
-    ) -> None:
-        if len({(r.metric, r.labels) for r in value}) != len(value):
-            seen: set[tuple[str, Labels]] = set()
-            for r in value:
-                if (r.metric, r.labels) in seen:
-                    raise ValueError(f"two readings of the same series {r.metric} {dict(r.labels)}")
-                seen.add((r.metric, r.labels))
 
 
 def _samples(value: Iterable[Sample]) -> tuple[Sample, ...]:
@@ -258,6 +186,20 @@ class Machine:
     status: MachineStatus = MachineStatus.UNKNOWN
     last_seen: datetime | None = None
     created_at: datetime = attrs.field(factory=utcnow)
+    offline_after: timedelta | None = None
+    """This machine's own offline threshold (``None``: the server's ``offline_threshold``)."""
+
+
+@attrs.frozen
+class StatusChange:
+    """A machine's recorded move from one status to another (by the heartbeat)."""
+
+    id: str
+    machine_id: str
+    previous: MachineStatus
+    status: MachineStatus
+    at: datetime
+    last_seen: datetime | None = None
 
 
 @attrs.frozen
@@ -353,24 +295,123 @@ class AlertEvent:
     value: float
     at: datetime
     acknowledged_at: datetime | None = None
-
-
-# --------------------------------------------------------------------------- collection
+    acknowledged_by: str | None = None
 
 
 @attrs.frozen
-class Target:
-    """What a collector is asked to measure.
+class AlertStatus:
+    """Where one (rule, machine, series) stands now; ``since`` is when it got there."""
 
-    ``host`` is ``None`` for the local machine. ``options`` carries collector-specific
-    settings of this one target (e.g. a port); a collector's own settings class holds
-    what applies to every target.
+    rule_id: str
+    series: SeriesKey
+    state: AlertState
+    since: datetime
+    value: float
+    updated_at: datetime
+
+    @property
+    def machine_id(self) -> str:
+        return self.series.machine_id
+
+
+# --------------------------------------------------------------------------- notifications
+
+
+@attrs.frozen
+class Channel:
+    """Where a user's notifications go: a notifier plugin (``type``) and its config."""
+
+    id: str
+    owner_id: str
+    name: str
+    type: str
+    config: Mapping[str, Any] = attrs.field(factory=dict)
+    enabled: bool = True
+    disabled_reason: str | None = None
+    created_at: datetime = attrs.field(factory=utcnow)
+
+
+class EventState(enum.StrEnum):
+    NEW = "new"
+    """Written with its state change; not yet handed to channels."""
+    DISPATCHED = "dispatched"
+    """A delivery was queued for each of the owner's active channels."""
+    SILENCED = "silenced"
+    """Recorded during a silence; not sent."""
+
+
+@attrs.frozen
+class OutboxEvent:
+    """A notifiable event, written in the same transaction as the state change it reports.
+
+    ``owner_id`` is whose channels receive it (``None``: every administrator's).
     """
 
-    machine_id: str
-    host: str | None = None
-    labels: Labels = attrs.field(default=(), converter=to_labels)
-    options: Mapping[str, Any] = attrs.field(factory=dict)
+    id: str
+    kind: str
+    owner_id: str | None
+    title: str
+    text: str
+    occurred_at: datetime
+    data: Mapping[str, Any] = attrs.field(factory=dict)
+    machine_id: str | None = None
+    rule_id: str | None = None
+    state: EventState = EventState.NEW
+    silence_id: str | None = None
+
+
+class DeliveryState(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+    """Given up: attempts exhausted, a permanent failure, or the channel gone."""
+
+
+@attrs.frozen
+class Delivery:
+    """One event to one channel; its ``id`` is the idempotency key receivers see."""
+
+    id: str
+    event_id: str
+    channel_id: str
+    owner_id: str
+    state: DeliveryState = DeliveryState.PENDING
+    attempts: int = 0
+    next_attempt_at: datetime = attrs.field(factory=utcnow)
+    last_error: str | None = None
+    delivered_at: datetime | None = None
+    created_at: datetime = attrs.field(factory=utcnow)
+
+
+@attrs.frozen
+class Silence:
+    """Mutes notifications matching a machine, a label selector and/or a rule for a window.
+
+    Every given condition must hold for an event to be silenced.
+    """
+
+    id: str
+    owner_id: str
+    starts_at: datetime
+    ends_at: datetime
+    machine_id: str | None = None
+    labels: Labels = attrs.field(default=(), converter=to_labels, validator=_check_labels)
+    rule_id: str | None = None
+    comment: str = ""
+    created_by: str | None = None
+    created_at: datetime = attrs.field(factory=utcnow)
+    ended_at: datetime | None = None
+    """When what was still wrong at the end was re-notified (``None``: not yet)."""
+
+    def active(self, at: datetime) -> bool:
+        return self.starts_at <= at < self.ends_at
+
+    def matches(self, machine_id: str | None, machine_labels: Labels, rule_id: str | None) -> bool:
+        if self.machine_id is not None and machine_id != self.machine_id:
+            return False
+        if self.rule_id is not None and rule_id != self.rule_id:
+            return False
+        return set(self.labels) <= set(machine_labels)
 
 
 # --------------------------------------------------------------------------- server state

@@ -12,18 +12,17 @@ never touches pluggy directly.
 
 from __future__ import annotations
 
+import contextlib
 import enum
-import importlib.metadata
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
 import pluggy
 
 from lunasentri_core import hookspecs
-from lunasentri_core.codec import decode
 from lunasentri_core.errors import PluginError, ValidationError
 
 if TYPE_CHECKING:
@@ -35,6 +34,32 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "lunasentri"
 T = TypeVar("T")
+
+
+class Distribution(Protocol):
+    """The installed distribution an entry point comes from (as in importlib.metadata)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+
+class EntryPoint(Protocol):
+    """What the manager uses of an entry point: :class:`importlib.metadata.EntryPoint`,
+    or an equivalent found without it (the push agent's, see agent/entry_points.py)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def value(self) -> str: ...
+
+    @property
+    def dist(self) -> Distribution | None: ...
+
+    def load(self) -> Any: ...
 
 
 class ComponentKind(enum.StrEnum):
@@ -123,11 +148,20 @@ class PluginManager:
             return True
         return self._enabled is not None and name not in self._enabled
 
-    def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
-        for entry_point in sorted(importlib.metadata.entry_points(group=group), key=_ep_key):
+    def load_entry_points(
+        self, group: str = ENTRY_POINT_GROUP, *, found: Iterable[EntryPoint] | None = None
+    ) -> None:
+        """Load the entry points of ``group``; ``found`` gives them instead of
+        :func:`importlib.metadata.entry_points` looking them up."""
+        if found is None:
+            # Imported here: a process given its entry points need not load it.
+            import importlib.metadata
+
+            found = importlib.metadata.entry_points(group=group)
+        for entry_point in sorted(found, key=_ep_key):
             self._load_entry_point(entry_point)
 
-    def _load_entry_point(self, entry_point: importlib.metadata.EntryPoint) -> None:
+    def _load_entry_point(self, entry_point: EntryPoint) -> None:
         dist = entry_point.dist
         origin = _Origin(dist.name if dist else None, dist.version if dist else None)
         if self.is_blocked(entry_point.name) or self._pm.has_plugin(entry_point.name):
@@ -290,6 +324,13 @@ class PluginManager:
             if raw:
                 raise PluginError(f"[plugins.{name}] is set, but {name!r} takes no settings")
             return None
+        if not raw:
+            # Defaults need no converter, so the usual case imports no cattrs;
+            # should they fail, the converter below names the problem.
+            with contextlib.suppress(Exception):
+                return settings_class()
+        from lunasentri_core.codec import decode
+
         try:
             return decode(raw, settings_class, what=f"settings [plugins.{name}]")
         except ValidationError as error:
@@ -326,6 +367,11 @@ class PluginManager:
             except Exception:
                 log.exception("plugin %s failed in lunasentri_server_routes", impl.plugin_name)
         return routes
+
+    def listens(self, hook_name: str) -> bool:
+        """Whether any plugin implements ``hook_name`` (so callers can skip building
+        its arguments when nobody listens)."""
+        return bool(self._impls(hook_name))
 
     @property
     def has_samples_ingested_hooks(self) -> bool:
@@ -377,7 +423,7 @@ def _call(impl: pluggy.HookImpl, kwargs: Mapping[str, Any]) -> Any:
     return function(**{name: kwargs[name] for name in impl.argnames})
 
 
-def _ep_key(entry_point: importlib.metadata.EntryPoint) -> str:
+def _ep_key(entry_point: EntryPoint) -> str:
     return entry_point.name
 
 

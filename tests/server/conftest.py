@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,14 @@ ADMIN_PASSWORD = "correct horse battery staple"
 
 @attrs.define
 class LiveServer:
-    """A running server: ``url`` for clients, ``stop()``/``start()`` to bounce it."""
+    """A running server: ``url`` for clients, ``stop()``/``start()`` to bounce it.
+
+    ``plugins`` are registered on the server's hub next to the installed ones.
+    """
 
     settings: Settings
     port: int
+    plugins: Mapping[str, object] = attrs.field(factory=dict)
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
 
@@ -35,6 +39,8 @@ class LiveServer:
 
     def start(self) -> None:
         app = create_app(settings=self.settings)
+        for name, plugin in self.plugins.items():
+            assert app.state.hub.plugins.register(plugin, name), f"plugin {name} is invalid"
         config = uvicorn.Config(
             app, lifespan="on", log_level="warning", timeout_graceful_shutdown=5
         )
@@ -97,7 +103,7 @@ def make_server(tmp_path: Path) -> Iterator[MakeServer]:
     """Start servers with extra settings; every one is stopped at teardown."""
     started: list[LiveServer] = []
 
-    def make(**overrides: Any) -> LiveServer:
+    def make(*, plugins: Mapping[str, object] | None = None, **overrides: Any) -> LiveServer:
         port = free_port()
         server_overrides = {"host": "127.0.0.1", "port": port, **overrides.pop("server", {})}
         settings = Settings.load(
@@ -107,7 +113,7 @@ def make_server(tmp_path: Path) -> Iterator[MakeServer]:
             server=server_overrides,
             **overrides,
         )
-        live = LiveServer(settings, port=port)
+        live = LiveServer(settings, port=port, plugins=plugins or {})
         live.start()
         started.append(live)
         return live

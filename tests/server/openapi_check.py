@@ -10,7 +10,7 @@ import contextlib
 import json
 import re
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -259,16 +259,26 @@ class Recorder:
         self.responses.append((response, streamed))
 
 
-def start_server(data_dir: Path, **server: Any) -> LiveServer:
-    """A live server outside the function-scoped fixtures (for module-scoped use)."""
+def start_server(
+    data_dir: Path,
+    *,
+    plugins: Mapping[str, object] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    **server: Any,
+) -> LiveServer:
+    """A live server outside the function-scoped fixtures (for module-scoped use).
+
+    ``server`` goes to the ``[server]`` settings, ``overrides`` to the top level.
+    """
     port = free_port()
     settings = Settings.load(
         environ={},
         data_dir=data_dir,
         admin_password=ADMIN_PASSWORD,
         server={"host": "127.0.0.1", "port": port, **server},
+        **(overrides or {}),
     )
-    live = LiveServer(settings, port=port)
+    live = LiveServer(settings, port=port, plugins=plugins or {})
     live.start()
     _no_delay(live)
     return live
@@ -285,8 +295,14 @@ def _no_delay(live: LiveServer) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def running(data_dir: Path, **server: Any) -> Iterator[LiveServer]:
-    live = start_server(data_dir, **server)
+def running(
+    data_dir: Path,
+    *,
+    plugins: Mapping[str, object] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    **server: Any,
+) -> Iterator[LiveServer]:
+    live = start_server(data_dir, plugins=plugins, overrides=overrides, **server)
     try:
         yield live
     finally:

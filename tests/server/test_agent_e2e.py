@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,9 @@ import pytest
 from lunasentri_core import __version__
 from lunasentri_core.agent.identity import Identity
 from lunasentri_core.agent.runner import Agent
+from lunasentri_core.agent.settings import AgentRunSettings, load_agent_settings
 from lunasentri_core.agent.spool import Spool
 from lunasentri_core.agent.transport import make_http_client
-from lunasentri_core.config import Settings
 from lunasentri_core.model import utcnow
 
 from .conftest import LiveServer
@@ -39,7 +40,7 @@ def create_machine(server: LiveServer, admin: str, name: str) -> tuple[str, str]
     return response.json()["machine"]["id"], response.json()["api_key"]
 
 
-def agent_settings(tmp_path: Path, server: LiveServer, **agent: Any) -> Settings:
+def agent_settings(tmp_path: Path, server: LiveServer, **agent: Any) -> AgentRunSettings:
     options = {
         "server_url": server.url,
         "interval": 0.2,
@@ -47,18 +48,18 @@ def agent_settings(tmp_path: Path, server: LiveServer, **agent: Any) -> Settings
         "backoff_max": 0.5,
         **agent,
     }
-    return Settings.load(environ={}, data_dir=tmp_path / "agent", agent=options)
+    return load_agent_settings(environ={}, data_dir=tmp_path / "agent", agent=options)
 
 
 def build_agent(
-    settings: Settings,
-    http: httpx.AsyncClient,
+    settings: AgentRunSettings,
+    http: httpx.Client,
     api_key: str | None,
     *,
     announce: Callable[[str, str], None] = lambda *_: None,
     clock: Callable[[], datetime] = utcnow,
 ) -> Agent:
-    directory = settings.agent.resolved_spool_dir(settings.data_dir)
+    directory = settings.spool_dir
     return Agent(
         settings,
         spool=Spool.open(directory, settings.agent.spool_max_bytes),
@@ -71,10 +72,24 @@ def build_agent(
     )
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
-    with anyio.fail_after(timeout):
-        while not condition():
-            await anyio.sleep(0.02)
+def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def running(agent: Agent) -> Iterator[None]:
+    """The (synchronous) agent runs in a thread meanwhile; then it stops gracefully."""
+    thread = threading.Thread(target=agent.run, kwargs={"handle_signals": False}, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        agent.stop()
+        thread.join(30)
+    assert not thread.is_alive(), "the agent did not stop"
 
 
 def agent_env(tmp_path: Path, server: LiveServer, **extra: str) -> dict[str, str]:
@@ -88,13 +103,11 @@ def agent_env(tmp_path: Path, server: LiveServer, **extra: str) -> dict[str, str
     return env
 
 
-async def history_timestamps(
+def history_timestamps(
     server: LiveServer, admin: str, machine_id: str, start: datetime, end: datetime
 ) -> list[str]:
-    async with httpx.AsyncClient(
-        base_url=server.url, headers={"authorization": f"Bearer {admin}"}
-    ) as client:
-        response = await client.get(
+    with server.client(admin) as client:
+        response = client.get(
             f"/api/v1/machines/{machine_id}/history",
             params={
                 "metric": "mem.used",
@@ -152,11 +165,9 @@ def test_once_with_a_wrong_key_fails_and_keeps_the_sample(
     assert "1 sample(s) stay spooled" in result.stderr
 
 
-async def test_no_sample_is_lost_while_the_server_restarts(
-    server: LiveServer, tmp_path: Path
-) -> None:
-    admin = await anyio.to_thread.run_sync(server.login)
-    machine_id, key = await anyio.to_thread.run_sync(create_machine, server, admin, "bounce")
+def test_no_sample_is_lost_while_the_server_restarts(server: LiveServer, tmp_path: Path) -> None:
+    admin = server.login()
+    machine_id, key = create_machine(server, admin, "bounce")
     collected: list[datetime] = []
 
     def clock() -> datetime:
@@ -166,19 +177,17 @@ async def test_no_sample_is_lost_while_the_server_restarts(
     # Steps count from the start given: aligned, they match bucket() below.
     started = datetime.fromisoformat(bucket(utcnow()))
     settings = agent_settings(tmp_path, server)
-    async with make_http_client(settings.agent, __version__) as http:
+    with make_http_client(settings.agent, __version__) as http:
         agent = build_agent(settings, http, key, clock=clock)
-        async with anyio.create_task_group() as group:
-            group.start_soon(agent.run)
-            await wait_for(lambda: agent.stats.delivered >= 3)
-            await anyio.to_thread.run_sync(server.stop)
+        with running(agent):
+            wait_for(lambda: agent.stats.delivered >= 3)
+            server.stop()
             down_at = agent.stats.collected
-            await wait_for(lambda: agent.stats.collected >= down_at + 5)
+            wait_for(lambda: agent.stats.collected >= down_at + 5)
             assert agent.stats.send_failures >= 1
             assert len(agent.spool) >= 4
-            await anyio.to_thread.run_sync(server.start)
-            await wait_for(lambda: len(agent.spool) == 0 and agent.stats.collected > down_at + 6)
-            agent.stop()
+            server.start()
+            wait_for(lambda: len(agent.spool) == 0 and agent.stats.collected > down_at + 6)
     # A sample collected after the last send waits in the spool for the next run.
     spooled = {
         bucket(datetime.fromisoformat(json.loads(s.data)["timestamp"]))
@@ -186,7 +195,7 @@ async def test_no_sample_is_lost_while_the_server_restarts(
     }
     assert agent.stats.delivered + len(spooled) == agent.stats.collected == len(collected)
     assert len(spooled) <= 1
-    stored = await history_timestamps(server, admin, machine_id, started, utcnow())
+    stored = history_timestamps(server, admin, machine_id, started, utcnow())
     assert sorted([*stored, *spooled]) == sorted(bucket(at) for at in collected)
 
 
@@ -267,26 +276,22 @@ async def test_claim_workflow_with_the_real_agent(server: LiveServer, tmp_path: 
     assert "claim token" not in again.stdout
 
 
-async def test_a_central_config_change_is_noticed(server: LiveServer, tmp_path: Path) -> None:
-    admin = await anyio.to_thread.run_sync(server.login)
-    machine_id, key = await anyio.to_thread.run_sync(create_machine, server, admin, "config")
+def test_a_central_config_change_is_noticed(server: LiveServer, tmp_path: Path) -> None:
+    admin = server.login()
+    machine_id, key = create_machine(server, admin, "config")
     settings = agent_settings(tmp_path, server, interval=0.5, config_poll_interval=0.2)
-    async with make_http_client(settings.agent, __version__) as http:
+    with make_http_client(settings.agent, __version__) as http:
         agent = build_agent(settings, http, key)
-        async with anyio.create_task_group() as group:
-            group.start_soon(agent.run)
-            await wait_for(lambda: agent.stats.delivered >= 1)
+        with running(agent):
+            wait_for(lambda: agent.stats.delivered >= 1)
             assert agent.interval == 0.5  # the server's defaults (version 0) leave it alone
-            async with httpx.AsyncClient(
-                base_url=server.url, headers={"authorization": f"Bearer {admin}"}
-            ) as client:
-                response = await client.put(
+            with server.client(admin) as client:
+                response = client.put(
                     f"/api/v1/machines/{machine_id}/agent-config",
                     json={"interval": 2, "collectors": ["psutil"], "labels": {"rack": "r1"}},
                 )
             assert response.status_code == 200, response.text
-            await wait_for(lambda: agent.interval == 2.0)
+            wait_for(lambda: agent.interval == 2.0)
             assert agent.target.labels == (("rack", "r1"),)
             assert agent.central is not None
             assert agent.central.version == "1"
-            agent.stop()

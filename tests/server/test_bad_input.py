@@ -28,6 +28,7 @@ from lunasentri_core.server import routes
 from lunasentri_core.server.openapi import openapi_document
 
 from .conftest import LiveServer
+from .notifier_double import plugins
 from .openapi_check import ApiDoc, Http, Operation, fetch_document, is_stream, running
 
 PASSWORD = "a long enough password 42"
@@ -52,7 +53,12 @@ VALID_BODIES: dict[str, Callable[[], dict[str, Any]]] = {
     "reset_password": lambda: {"token": "lsr_unknown", "new_password": PASSWORD},
     "create_user": lambda: {"username": "zed", "password": PASSWORD, "role": "user"},
     "create_machine": lambda: {"name": "new", "hostname": "h", "labels": {"a": "b"}},
-    "update_machine": lambda: {"name": "renamed", "hostname": "h2", "labels": {"c": "d"}},
+    "update_machine": lambda: {
+        "name": "renamed",
+        "hostname": "h2",
+        "labels": {"c": "d"},
+        "offline_after": 300,
+    },
     "rotate_key": lambda: {"grace_seconds": 0},
     "set_agent_config": lambda: {"interval": 9, "collectors": ["cpu"], "labels": {"x": "y"}},
     "register_agent": lambda: {
@@ -64,6 +70,45 @@ VALID_BODIES: dict[str, Callable[[], dict[str, Any]]] = {
     "claim_status": lambda: {"agent_id": "agent-new", "claim_token": "lsc_unknown"},
     "claim_agent": lambda: {"claim_token": "lsc_wrong", "name": "claimed", "labels": {}},
     "ingest": lambda: {"samples": [{"timestamp": now(), "metrics": {"cpu.percent": 1.5}}]},
+    "create_alert_rule": lambda: {
+        "name": "hot",
+        "metric": "cpu.percent",
+        "comparison": ">",
+        "threshold": 90,
+        "for_duration": 60,
+        "scope": {"labels": {"env": "prod"}},
+        "severity": "critical",
+        "enabled": True,
+    },
+    "update_alert_rule": lambda: {
+        "name": "hotter",
+        "metric": "mem.percent",
+        "comparison": ">=",
+        "threshold": 95,
+        "for_duration": 0,
+        "scope": {"machine_id": None},
+        "severity": "info",
+        "enabled": False,
+    },
+    "create_channel": lambda: {
+        "name": "pager",
+        "type": "loopback",
+        "config": {"url": "http://127.0.0.1:9/hook"},
+        "enabled": True,
+    },
+    "update_channel": lambda: {
+        "name": "pager-2",
+        "config": {"url": "http://127.0.0.1:9/other"},
+        "enabled": False,
+    },
+    "create_silence": lambda: {
+        "labels": {"env": "prod"},
+        "duration": 600,
+        "starts_at": now(),
+        "machine_id": None,
+        "rule_id": None,
+        "comment": "maintenance",
+    },
 }
 
 
@@ -110,6 +155,12 @@ class World:
             "pending": get("/api/v1/agents/pending"),
             "sessions": get("/api/v1/auth/sessions"),
             "audit": get("/api/v1/audit", limit="1000"),
+            "rules": get("/api/v1/alert-rules"),
+            "channels": get("/api/v1/channels"),
+            "silences": get("/api/v1/silences"),
+            "deliveries": get("/api/v1/notifications"),
+            "events": get("/api/v1/notification-events"),
+            "alert_events": get("/api/v1/alert-events"),
         }
 
     def _get(self, path: str, **params: str) -> Any:
@@ -122,6 +173,7 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     for server in running(
         tmp_path_factory.mktemp("bad-input"),
+        plugins=plugins(),
         max_body_bytes=BODY_LIMIT,
         max_batch_points=BATCH_LIMIT,
     ):
@@ -137,6 +189,7 @@ def _populate(server: LiveServer, http: Http) -> World:
         ).json()["id"]
         created = client.post("/api/v1/machines", json={"name": "target"}).json()
         sessions = client.get("/api/v1/auth/sessions").json()["items"]
+        alerting = _alerting_records(client)
     token = issue_token(CLAIM_PREFIX).secret
     agent_id = str(uuid.uuid4())
     register = {
@@ -153,6 +206,7 @@ def _populate(server: LiveServer, http: Http) -> World:
         "user_id": user_id,
         "session_id": sessions[0]["id"],
         "agent_id": agent_id,
+        **alerting,
     }
     world = World(
         server=server,
@@ -165,6 +219,20 @@ def _populate(server: LiveServer, http: Http) -> World:
     )
     world.baseline = world.snapshot()
     return world
+
+
+def _alerting_records(client: httpx.Client) -> dict[str, str]:
+    """A rule, a channel and a silence to aim at, and ids of an event and a delivery."""
+    rule = {"name": "r", "metric": "cpu.percent", "comparison": ">", "threshold": 1}
+    channel = {"name": "c", "type": "loopback", "config": {"url": "http://127.0.0.1:9/"}}
+    silence = {"labels": {"a": "b"}, "duration": 600}
+    ids = {
+        "rule_id": client.post("/api/v1/alert-rules", json=rule).json()["id"],
+        "channel_id": client.post("/api/v1/channels", json=channel).json()["id"],
+        "silence_id": client.post("/api/v1/silences", json=silence).json()["id"],
+    }
+    # No sample crosses the rule here, so no event or delivery exists: unknown ids do.
+    return {**ids, "event_id": uuid.uuid4().hex, "delivery_id": uuid.uuid4().hex}
 
 
 # --------------------------------------------------------------------------- checking
@@ -577,6 +645,37 @@ QUERY_CASES: dict[str, list[tuple[dict[str, str], str]]] = {
         ({"since": "2024-01-01T00:00:00Z", "step": "nan"}, "step"),
         ({"since": "2024-01-01T00:00:00Z", "step": "inf"}, "step"),
         ({"since": "2024-01-01T00:00:00Z", "step": "x"}, "step"),
+    ],
+    "list_alerts": [
+        ({"state": "burning"}, "state"),
+        ({"machine_id": ""}, "machine_id"),
+        ({"bogus": "1"}, "bogus"),
+    ],
+    "list_alert_events": [
+        ({"state": "ok"}, "state"),
+        ({"acknowledged": "maybe"}, "acknowledged"),
+        ({"since": YEAR_1_EAST}, "since"),
+        ({"limit": "0"}, "limit"),
+        ({"rule_id": "x" * 500}, "rule_id"),
+        ({"bogus": "1"}, "bogus"),
+    ],
+    "list_notifications": [
+        ({"state": "lost"}, "state"),
+        ({"limit": "-1"}, "limit"),
+        ({"channel_id": ""}, "channel_id"),
+        ({"bogus": "1"}, "bogus"),
+    ],
+    "list_notification_events": [
+        ({"state": "sent"}, "state"),
+        ({"limit": "1e3"}, "limit"),
+        ({"bogus": "1"}, "bogus"),
+    ],
+    "list_silences": [({"active": "yes"}, "active"), ({"bogus": "1"}, "bogus")],
+    "list_status_changes": [
+        ({"since": "yesterday"}, "since"),
+        ({"since": YEAR_9999_WEST}, "since"),
+        ({"limit": "0"}, "limit"),
+        ({"bogus": "1"}, "bogus"),
     ],
     "list_audit": [
         ({"limit": "0"}, "limit"),

@@ -297,6 +297,50 @@ def test_unclaimed_registrations_expire(make_server: MakeServer) -> None:
     assert again.json()["status"] == "pending"
 
 
+# --------------------------------------------------------------------------- throttling
+
+
+def test_registrations_are_throttled_per_client_address(make_server: MakeServer) -> None:
+    server = make_server(server={"register_rate": 0.001, "register_burst": 2})
+    for _ in range(5):  # refused registrations are not counted
+        assert Agent(server).register(token_hash="not a hash").status_code == 422
+    admitted = [Agent(server) for _ in range(2)]
+    for agent in admitted:
+        assert agent.register().status_code == 202
+    refused = Agent(server)
+
+    response = refused.register()
+
+    assert response.status_code == 429, response.text
+    # Once the bucket is empty, the request is refused before it is even read.
+    assert Agent(server).register(token_hash="not a hash").status_code == 429
+    assert response.json()["error"]["code"] == "rate_limited"
+    # One token comes back every 1,000 s; the burst was just spent.
+    assert 990 <= int(response.headers["retry-after"]) <= 1000
+    assert refused.poll().status_code == 404, "a refused registration is not stored"
+    admin = server.login()
+    assert sorted(pending_ids(server, admin)) == sorted(a.agent_id for a in admitted)
+    # Polls and an administrator's claim are not registrations.
+    assert admitted[0].poll().json()["status"] == "pending"
+    assert claim(server, admin, admitted[0]).status_code == 201
+
+
+def test_a_zero_register_rate_turns_the_throttle_off(make_server: MakeServer) -> None:
+    server = make_server(server={"register_rate": 0, "register_burst": 1})
+    for _ in range(5):
+        assert Agent(server).register().status_code == 202
+
+
+def test_the_default_throttle_admits_a_burst(server: LiveServer) -> None:
+    statuses = [Agent(server).register().status_code for _ in range(20)]
+    assert statuses == [202] * 20
+    # The bucket refills at one registration every 5 s: however slow this machine
+    # is right now, it runs dry well before ten more.
+    while 429 not in statuses:
+        statuses.append(Agent(server).register().status_code)
+        assert len(statuses) <= 30
+
+
 # --------------------------------------------------------------------------- bad input
 
 

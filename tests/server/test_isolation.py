@@ -2,10 +2,14 @@
 
 A hypothesis state machine drives one real server: users come and go, register
 machines (also through an administrator), ingest through each machine's key,
-rename, rotate keys, delete; meanwhile random users aim every owner-scoped
-request at machines they do not own. Invariants after every step: each user
+rename, rotate keys, delete, and add alert rules, notification channels and
+silences (rules fire on the values ingested, so alert events, outbox events and
+deliveries appear too); meanwhile random users aim every owner-scoped request
+at machines and records they do not own. Invariants after every step: each user
 lists exactly their own machines with exactly the values their own keys wrote,
-an administrator lists all, and a foreign request is a 404 that changed nothing.
+and exactly their own rules, channels and silences, and only alert events,
+events and deliveries of their own; an administrator lists all; and a foreign
+request is a 404 that changed nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from hypothesis.stateful import (
 )
 
 from .conftest import LiveServer
+from .notifier_double import plugins
 from .openapi_check import ApiDoc, Http, fetch_document, is_stream, running
 
 PASSWORD = "a long enough password 42"
@@ -60,6 +65,19 @@ class Box:
     last_written: datetime | None = None
 
 
+@attrs.define(eq=False)
+class Record:
+    """An alert rule, a channel or a silence, as its owner knows it."""
+
+    kind: str
+    id: str
+    owner: Account
+
+    @property
+    def path(self) -> str:
+        return f"{RECORD_PATHS[self.kind]}/{self.id}"
+
+
 @attrs.define
 class World:
     """The server and what is on it, across all examples of one test."""
@@ -70,6 +88,8 @@ class World:
     admin: Account
     users: list[Account] = attrs.Factory(list)
     boxes: list[Box] = attrs.Factory(list)
+    records: list[Record] = attrs.Factory(list)
+    """Silences stay listed once ended, so they are kept across examples."""
     counter: Iterator[int] = attrs.Factory(itertools.count)
 
     def call(
@@ -84,7 +104,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    for server in running(tmp_path_factory.mktemp("isolation")):
+    for server in running(tmp_path_factory.mktemp("isolation"), plugins=plugins()):
         with Http(server) as http:
             token = server.login()
             me = http.request("GET", "/api/v1/auth/me", token).json()
@@ -120,12 +140,36 @@ FOREIGN_REQUESTS = [
     ("GET", "/api/v1/machines/{m}/agent-config", None),
     ("PUT", "/api/v1/machines/{m}/agent-config", {"interval": 1, "collectors": ["cpu"]}),
     ("GET", "/api/v1/machines/{m}/stream", None),
+    ("GET", "/api/v1/machines/{m}/status-changes", None),
+    ("PATCH", "/api/v1/machines/{m}", {"offline_after": 60}),
     ("GET", "/api/v1/users/{u}", None),
     ("GET", "/api/v1/users/{u}/export", None),
     ("DELETE", "/api/v1/auth/sessions/{s}", None),
 ]
 # A machine key on any of them is the wrong kind of credential.
 KEY_REQUESTS = [r for r in FOREIGN_REQUESTS if "{m}" in r[1]]
+
+RECORD_PATHS = {
+    "rule": "/api/v1/alert-rules",
+    "channel": "/api/v1/channels",
+    "silence": "/api/v1/silences",
+}
+# Every request on one record, as (kind, method, suffix, body).
+FOREIGN_RECORD_REQUESTS = [
+    ("rule", "GET", "", None),
+    ("rule", "PATCH", "", {"threshold": 1}),
+    ("rule", "PATCH", "", {"scope": {"labels": {}}}),
+    ("rule", "DELETE", "", None),
+    ("channel", "GET", "", None),
+    ("channel", "PATCH", "", {"enabled": False}),
+    ("channel", "PATCH", "", {"config": {"url": "http://127.0.0.1:9/stolen"}}),
+    ("channel", "DELETE", "", None),
+    ("channel", "POST", "/test", None),
+    ("silence", "GET", "", None),
+    ("silence", "DELETE", "", None),
+]
+UNREACHABLE = "http://127.0.0.1:9/hook"
+"""Where channels point: deliveries to it stay pending, retried."""
 
 
 class Isolation(RuleBasedStateMachine):
@@ -177,16 +221,18 @@ class Isolation(RuleBasedStateMachine):
     @rule(data=st.data(), values=st.lists(st.floats(0, 100), min_size=1, max_size=3))
     def ingest(self, data: st.DataObject, values: list[float]) -> None:
         for value in values:
-            box = data.draw(st.sampled_from(self.world.boxes), label="machine")
-            when = datetime.now(UTC)
-            if box.last_written is not None and when <= box.last_written:
-                when = box.last_written + timedelta(milliseconds=1)
-            sample = {"timestamp": when.isoformat(), "metrics": {METRIC: value}}
-            response = self.world.call(
-                box.key, "POST", "/api/v1/ingest", 200, json={"samples": [sample]}
-            )
-            assert response.json() == {"accepted": 1}
-            box.value, box.last_written = value, when
+            self.write(data.draw(st.sampled_from(self.world.boxes), label="machine"), value)
+
+    def write(self, box: Box, value: float) -> None:
+        when = datetime.now(UTC)
+        if box.last_written is not None and when <= box.last_written:
+            when = box.last_written + timedelta(milliseconds=1)
+        sample = {"timestamp": when.isoformat(), "metrics": {METRIC: value}}
+        response = self.world.call(
+            box.key, "POST", "/api/v1/ingest", 200, json={"samples": [sample]}
+        )
+        assert response.json() == {"accepted": 1}
+        box.value, box.last_written = value, when
 
     @precondition(lambda self: self.world.boxes and self.world.users)
     @rule(data=st.data(), request=st.sampled_from(FOREIGN_REQUESTS))
@@ -271,12 +317,115 @@ class Isolation(RuleBasedStateMachine):
         w.call(box.key, "POST", "/api/v1/ingest", 401, json={"samples": [sample]})
         w.call(w.admin.token, "GET", f"/api/v1/machines/{box.id}", 404)
 
+    # ------------------------------------------------------------------- alerting
+
+    def record_state(self, record: Record) -> Any:
+        return self.world.call(record.owner.token, "GET", record.path, 200).json()
+
+    def add_record(self, kind: str, owner: Account, body: dict[str, Any]) -> None:
+        w = self.world
+        created = w.call(owner.token, "POST", RECORD_PATHS[kind], 201, json=body).json()
+        assert created["owner_id"] == owner.id
+        w.records.append(Record(kind, created["id"], owner))
+
+    @precondition(lambda self: self.world.boxes)
+    @rule(
+        data=st.data(),
+        threshold=st.sampled_from([25.0, 50.0, 75.0]),
+        breach=st.booleans(),
+        notify=st.booleans(),
+    )
+    def add_rule(self, data: st.DataObject, threshold: float, breach: bool, notify: bool) -> None:
+        """A rule on a machine; with ``breach`` the machine then crosses it (an alert event),
+        with ``notify`` its owner gets a channel first (a delivery)."""
+        box = data.draw(st.sampled_from(self.world.boxes), label="watched machine")
+        scope = data.draw(
+            st.sampled_from([{"machine_id": box.id}, {"labels": {"owner": box.owner.username}}]),
+            label="scope",
+        )
+        body = {
+            "name": f"r{next(self.world.counter)}",
+            "metric": METRIC,
+            "comparison": ">",
+            "threshold": threshold,
+            "scope": scope,
+        }
+        if notify:
+            self.add_channel_of(box.owner)
+        self.add_record("rule", box.owner, body)
+        if breach:
+            self.write(box, 99.0)
+
+    @rule(data=st.data())
+    def add_channel(self, data: st.DataObject) -> None:
+        self.add_channel_of(data.draw(st.sampled_from(self.accounts()), label="owner"))
+
+    def add_channel_of(self, owner: Account) -> None:
+        body = {
+            "name": f"c{next(self.world.counter)}",
+            "type": "loopback",
+            "config": {"url": UNREACHABLE, "token": f"secret-of-{owner.username}"},
+        }
+        self.add_record("channel", owner, body)
+
+    @rule(data=st.data())
+    def add_silence(self, data: st.DataObject) -> None:
+        owner = data.draw(st.sampled_from(self.accounts()), label="owner")
+        # A rack no machine is in: it mutes nothing, so deliveries keep appearing.
+        body = {"labels": {"rack": "none"}, "duration": 3600}
+        self.add_record("silence", owner, body)
+
+    @precondition(lambda self: self.world.records and self.world.users)
+    @rule(data=st.data(), request=st.sampled_from(FOREIGN_RECORD_REQUESTS))
+    def foreign_record_request(
+        self, data: st.DataObject, request: tuple[str, str, str, Any]
+    ) -> None:
+        w = self.world
+        kind, method, suffix, body = request
+        attacker = data.draw(st.sampled_from([u for u in w.users if not u.admin]), "attacker")
+        victims = [r for r in w.records if r.kind == kind and r.owner is not attacker]
+        if not victims:
+            return
+        record = data.draw(st.sampled_from(victims), label="victim")
+        before = self.record_state(record)
+        kwargs = {} if body is None else {"json": body}
+        response = w.call(attacker.token, method, record.path + suffix, 404, **kwargs)
+        assert response.json()["error"]["code"] == "not_found"
+        assert self.record_state(record) == before
+        assert "secret-of" not in response.text
+
+    @precondition(lambda self: self.world.boxes and self.world.users)
+    @rule(data=st.data())
+    def foreign_event_and_delivery(self, data: st.DataObject) -> None:
+        w = self.world
+        attacker = data.draw(st.sampled_from([u for u in w.users if not u.admin]), "attacker")
+        victim = data.draw(st.sampled_from([a for a in self.accounts() if a is not attacker]))
+        # An admin victim lists everyone's, the attacker's own included: skip those.
+        own = {box.id for box in w.boxes if box.owner is attacker}
+        events = w.call(victim.token, "GET", "/api/v1/alert-events", 200).json()["items"]
+        events = [e for e in events if e["machine_id"] not in own]
+        for event in events[:1]:
+            path = f"/api/v1/alert-events/{event['id']}/acknowledge"
+            w.call(attacker.token, "POST", path, 404)
+        sent = w.call(victim.token, "GET", "/api/v1/notifications", 200).json()["items"]
+        sent = [d for d in sent if d["owner_id"] != attacker.id]
+        for delivery in sent[:1]:
+            w.call(attacker.token, "POST", f"/api/v1/notifications/{delivery['id']}/retry", 404)
+        after = w.call(victim.token, "GET", "/api/v1/alert-events", 200).json()["items"]
+        unchanged = {e["id"]: e["acknowledged_at"] for e in events}
+        assert all(
+            unchanged.get(e["id"], e["acknowledged_at"]) == e["acknowledged_at"] for e in after
+        )
+
     def teardown(self) -> None:
-        """No machines again, so each example starts from the same server state."""
+        """No machines, rules or channels again, so each example starts from the same state."""
         w = self.world
         for box in w.boxes:
             w.http.request("DELETE", f"/api/v1/machines/{box.id}", w.admin.token)
         w.boxes.clear()
+        for record in [r for r in w.records if r.kind != "silence"]:
+            w.http.request("DELETE", record.path, w.admin.token)
+            w.records.remove(record)
 
     # ------------------------------------------------------------------- invariants
 
@@ -293,6 +442,31 @@ class Isolation(RuleBasedStateMachine):
                 assert (item["name"], item["owner_id"]) == (box.name, box.owner.id)
                 values = {v["value"] for v in item["latest"]["values"] if v["metric"] == METRIC}
                 assert values == (set() if box.value is None else {box.value}), box.name
+
+    @invariant()
+    def everyone_sees_only_their_own_alerting(self) -> None:
+        w = self.world
+        for account in self.accounts():
+            for kind, path in RECORD_PATHS.items():
+                items = w.call(account.token, "GET", path, 200).json()["items"]
+                mine = {
+                    r.id
+                    for r in w.records
+                    if r.kind == kind and (account.admin or r.owner is account)
+                }
+                assert {item["id"] for item in items} == mine, (account.username, kind)
+            if account.admin:
+                continue
+            machines = {b.id for b in w.boxes if b.owner is account}
+            channels = {r.id for r in w.records if r.kind == "channel" and r.owner is account}
+            for path in ("/api/v1/alert-events", "/api/v1/alerts"):
+                items = w.call(account.token, "GET", path, 200).json()["items"]
+                assert {item["machine_id"] for item in items} <= machines, (account.username, path)
+            sent = w.call(account.token, "GET", "/api/v1/notifications", 200).json()["items"]
+            assert {d["owner_id"] for d in sent} <= {account.id}
+            assert {d["channel_id"] for d in sent} <= channels
+            events = w.call(account.token, "GET", "/api/v1/notification-events", 200).json()
+            assert {e["owner_id"] for e in events["items"]} <= {account.id}
 
 
 def test_no_user_reads_or_changes_another_users_machines(world: World) -> None:

@@ -361,6 +361,32 @@ def test_bad_input_to_create(server: LiveServer, admin: str) -> None:
         assert client.get("/api/v1/machines").json() == {"items": []}
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/api/v1/machines", {"name": "ok", "labels": {"": "v"}}, "labels"),
+        ("/api/v1/machines", {"name": "ok", "labels": {"": 1}}, "labels"),
+        ("/api/v1/machines", {"name": "ok", "labels": {"": "v", "Bad": "v"}}, "labels"),
+        ("/api/v1/alert-rules", {"scope": {"labels": {"": "v"}}}, "scope.labels"),
+    ],
+)
+def test_a_label_with_an_empty_name_is_reported_on_its_labels(
+    server: LiveServer, admin: str, path: str, body: dict[str, Any], field: str
+) -> None:
+    rule = {"name": "r", "metric": "cpu.percent", "comparison": ">", "threshold": 90}
+    with server.client(admin) as client:
+        response = client.post(path, json={**rule, **body} if "alert" in path else body)
+        assert client.get("/api/v1/machines").json() == {"items": []}
+
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["field"] == field
+    assert "''" in error["message"], error
+    assert "empty" in error["message"], error
+    fields = [detail["field"] for detail in error.get("details", [error])]
+    assert all(not name.endswith(".") for name in fields), fields
+
+
 def _requests(machine_id: str, key_id: str) -> list[tuple[str, str, Any]]:
     base = f"/api/v1/machines/{machine_id}"
     return [

@@ -29,7 +29,9 @@ from lunasentri_core.server import routes
 from lunasentri_core.server.api import Api, Auth, Call
 from lunasentri_core.server.openapi import openapi_document
 
+from .alerting_support import wait_for
 from .conftest import LiveServer
+from .notifier_double import Receiver, plugins
 from .openapi_check import ApiDoc, Http, Recorder, fetch_document, running
 
 PASSWORD = "a long enough password 42"
@@ -39,7 +41,8 @@ NEW_PASSWORD = "another long password 43"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One server for the module: the document tests only read, the scenario runs once."""
-    yield from running(tmp_path_factory.mktemp("openapi"))
+    overrides = {"notifications": {"max_attempts": 1, "poll_interval": 0.2}}
+    yield from running(tmp_path_factory.mktemp("openapi"), plugins=plugins(), overrides=overrides)
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +211,7 @@ def run_scenario(s: Scenario) -> None:
     alice_id, alice = _users(s, admin)
     machine_id, key, other_id = _machines(s, admin, alice)
     _ingest_and_query(s, alice, machine_id, key)
+    _alerting(s, admin, alice, machine_id, key)
     _agent_config(s, admin, alice, machine_id, key)
     _keys(s, alice, machine_id, key)
     _claim_workflow(s, admin, alice_id)
@@ -321,6 +325,89 @@ def _ingest_and_query(s: Scenario, alice: str, machine_id: str, key: str) -> Non
         first = next(stream.iter_lines())
         assert first.startswith(("retry:", ":")), first
     s.call(alice, "GET", "/api/v1/machines/nope/stream", 404)
+
+
+def _alerting(s: Scenario, admin: str, alice: str, machine_id: str, key: str) -> None:
+    receiver = Receiver()
+    receiver.status = 500
+    try:
+        rule_id = _rules(s, alice, machine_id)
+        channel_id = _channels(s, alice, receiver)
+        _silences(s, alice)
+        sample = {"timestamp": now_iso(), "metrics": {"cpu.percent": 97.5}}
+        s.call(key, "POST", "/api/v1/ingest", 200, json={"samples": [sample]})
+        events = "/api/v1/alert-events"
+        [event] = wait_for(lambda: s.call(alice, "GET", events, 200).json()["items"])
+        s.call(alice, "GET", events, 200, params={"acknowledged": "false", "limit": "5"})
+        s.call(alice, "GET", events, 422, params={"state": "pending"})
+        s.call(alice, "POST", f"{events}/{event['id']}/acknowledge", 200)
+        s.call(alice, "POST", f"{events}/nope/acknowledge", 404)
+        s.call(alice, "GET", "/api/v1/alerts", 200)
+        s.call(alice, "GET", "/api/v1/alerts", 200, params={"rule_id": rule_id, "state": "firing"})
+        deliveries = "/api/v1/notifications"
+        [dead] = wait_for(
+            lambda: s.call(alice, "GET", deliveries, 200, params={"state": "dead"}).json()["items"]
+        )
+        s.call(alice, "POST", f"{deliveries}/{dead['id']}/retry", 200)
+        s.call(alice, "POST", f"{deliveries}/nope/retry", 404)
+        s.call(alice, "GET", deliveries, 422, params={"state": "lost"})
+        s.call(alice, "GET", "/api/v1/notification-events", 200)
+        s.call(admin, "GET", "/api/v1/notification-events", 200, params={"state": "dispatched"})
+        path = f"/api/v1/machines/{machine_id}"
+        s.call(alice, "GET", f"{path}/status-changes", 200)
+        s.call(alice, "GET", f"{path}/status-changes", 422, params={"limit": "0"})
+        s.call(alice, "PATCH", path, 200, json={"offline_after": 600})
+        s.call(alice, "PATCH", path, 200, json={"offline_after": None})
+        s.call(alice, "DELETE", f"/api/v1/channels/{channel_id}", 204)
+        s.call(alice, "DELETE", f"/api/v1/channels/{channel_id}", 404)
+        s.call(alice, "DELETE", f"/api/v1/alert-rules/{rule_id}", 204)
+    finally:
+        receiver.close()
+
+
+def _rules(s: Scenario, alice: str, machine_id: str) -> str:
+    rules = "/api/v1/alert-rules"
+    body = {
+        "name": "cpu high",
+        "metric": "cpu.percent",
+        "comparison": ">",
+        "threshold": 90,
+        "for_duration": 0,
+        "scope": {"machine_id": machine_id, "labels": {}},
+        "severity": "warning",
+    }
+    rule_id: str = s.call(alice, "POST", rules, 201, json=body).json()["id"]
+    s.call(alice, "POST", rules, 422, json={**body, "metric": "CPU!"})
+    s.call(alice, "GET", rules, 200)
+    s.call(alice, "GET", f"{rules}/{rule_id}", 200)
+    s.call(alice, "GET", f"{rules}/nope", 404)
+    s.call(alice, "PATCH", f"{rules}/{rule_id}", 200, json={"severity": "critical"})
+    s.call(alice, "PATCH", f"{rules}/{rule_id}", 422, json={"threshold": None})
+    return rule_id
+
+
+def _channels(s: Scenario, alice: str, receiver: Receiver) -> str:
+    channels = "/api/v1/channels"
+    body = {"name": "ops", "type": "loopback", "config": {"url": receiver.url}}
+    channel_id: str = s.call(alice, "POST", channels, 201, json=body).json()["id"]
+    s.call(alice, "POST", channels, 409, json=body)
+    s.call(alice, "POST", channels, 422, json={**body, "type": "smoke-signals"})
+    s.call(alice, "GET", channels, 200)
+    s.call(alice, "GET", f"{channels}/{channel_id}", 200)
+    s.call(alice, "PATCH", f"{channels}/{channel_id}", 200, json={"name": "ops-1"})
+    s.call(alice, "POST", f"{channels}/{channel_id}/test", 200)
+    return channel_id
+
+
+def _silences(s: Scenario, alice: str) -> None:
+    silences = "/api/v1/silences"
+    body = {"labels": {"env": "staging"}, "duration": 600, "comment": "upgrade"}
+    silence_id = s.call(alice, "POST", silences, 201, json=body).json()["id"]
+    s.call(alice, "POST", silences, 422, json={"duration": 600})
+    s.call(alice, "GET", silences, 200, params={"active": "true"})
+    s.call(alice, "GET", f"{silences}/{silence_id}", 200)
+    s.call(alice, "DELETE", f"{silences}/{silence_id}", 204)
+    s.call(alice, "GET", f"{silences}/nope", 404)
 
 
 def _agent_config(s: Scenario, admin: str, alice: str, machine_id: str, key: str) -> None:

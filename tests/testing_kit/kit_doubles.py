@@ -1,18 +1,19 @@
 """Small, obviously-correct implementations that prove the contract suites can be passed.
 
-``MemoryStorage`` keeps points in dicts, with optional rollups and retention, and
-can be given named ``flaws`` so tests can show that the storage contract catches
-each of them. The collectors, notifier and authenticator come in a good version
+``MemoryStorage`` keeps points and state in dicts, with optional rollups and
+retention, and can be given named ``flaws`` so tests can show that the storage
+contract catches each of them. The collectors, notifier and authenticator come in a good version
 and in broken ones.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import anyio
 import attrs
@@ -44,18 +45,40 @@ from lunasentri_core import (
 from lunasentri_core.model import (  # not in the public API yet
     AgentClaim,
     AgentConfig,
+    AlertState,
+    AlertStatus,
     AuditEntry,
+    Channel,
     ClaimStatus,
+    Delivery,
+    DeliveryState,
+    EventState,
+    MachineStatus,
+    OutboxEvent,
     ResetToken,
+    Role,
     Session,
+    Silence,
+    StatusChange,
+    new_id,
 )
-from lunasentri_core.storage import Capability, MaintenanceReport, StateStore
+from lunasentri_core.storage import (
+    Capability,
+    MaintenanceReport,
+    PurgePolicy,
+    PurgeReport,
+    StateStore,
+)
+from lunasentri_core.storage.protocols import AlertTransition, StatusTransition
 from lunasentri_core.testing import ReceivedMessage, hash_secret
 from lunasentri_core.testing.reference import aggregate
+
+log = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 GRAINS = {Resolution.MINUTE: timedelta(minutes=1), Resolution.HOUR: timedelta(hours=1)}
 ALL_CAPABILITIES = frozenset({Capability.ROLLUPS, Capability.RETENTION})
+_R = TypeVar("_R")
 
 # ---------------------------------------------------------------------------- storage
 
@@ -281,6 +304,13 @@ class MemoryState:
         self._keys: dict[str, ApiKey] = {}
         self._rules: dict[str, AlertRule] = {}
         self._events: list[AlertEvent] = []
+        self._alert_states: dict[tuple[str, SeriesKey], AlertStatus] = {}
+        self._status_changes: list[StatusChange] = []
+        self._channels: dict[str, Channel] = {}
+        self._outbox: dict[str, OutboxEvent] = {}  # in the order written
+        self._deliveries: dict[str, Delivery] = {}
+        self._leases: dict[str, datetime] = {}
+        self._silences: dict[str, Silence] = {}
         self._sessions: dict[str, Session] = {}
         self._resets: dict[str, ResetToken] = {}
         self._failures: list[tuple[str, datetime]] = []
@@ -313,10 +343,19 @@ class MemoryState:
         self._passwords[user_id] = password_hash
 
     def delete_user(self, user_id: str) -> None:
-        _get(self._users, user_id, "user")
-        del self._users[user_id], self._passwords[user_id]
-        self._sessions = {k: s for k, s in self._sessions.items() if s.user_id != user_id}
-        self._resets = {k: t for k, t in self._resets.items() if t.user_id != user_id}
+        with self._lock:
+            _get(self._users, user_id, "user")
+            for machine in self.list_machines(user_id):
+                self.delete_machine(machine.id)
+            for rule in self.list_alert_rules(user_id):
+                self.delete_alert_rule(rule.id)
+            for channel in self.list_channels(user_id):
+                self.delete_channel(channel.id)
+            self._silences = {k: s for k, s in self._silences.items() if s.owner_id != user_id}
+            self._outbox = {k: e for k, e in self._outbox.items() if e.owner_id != user_id}
+            del self._users[user_id], self._passwords[user_id]
+            self._sessions = {k: s for k, s in self._sessions.items() if s.user_id != user_id}
+            self._resets = {k: t for k, t in self._resets.items() if t.user_id != user_id}
 
     def add_machine(self, machine: Machine) -> Machine:
         self._machines[machine.id] = machine
@@ -337,14 +376,20 @@ class MemoryState:
         return [m for m in self._machines.values() if owner_id in (None, m.owner_id)]
 
     def update_machine(self, machine: Machine) -> Machine:
-        _get(self._machines, machine.id, "machine")
-        self._machines[machine.id] = machine
-        return machine
+        current = _get(self._machines, machine.id, "machine")
+        stored = attrs.evolve(machine, status=current.status)
+        self._machines[machine.id] = stored
+        return stored
 
     def delete_machine(self, machine_id: str) -> None:
         _get(self._machines, machine_id, "machine")
         del self._machines[machine_id]
         self._configs.pop(machine_id, None)
+        self._events = [e for e in self._events if e.machine_id != machine_id]
+        self._alert_states = {
+            k: s for k, s in self._alert_states.items() if s.machine_id != machine_id
+        }
+        self._status_changes = [c for c in self._status_changes if c.machine_id != machine_id]
         for claim in list(self._claims.values()):
             if claim.machine_id == machine_id:
                 unlinked = attrs.evolve(claim, machine_id=None)
@@ -393,23 +438,408 @@ class MemoryState:
         return [r for r in self._rules.values() if owner_id in (None, r.owner_id)]
 
     def delete_alert_rule(self, rule_id: str) -> None:
-        _get(self._rules, rule_id, "alert rule")
-        del self._rules[rule_id]
+        with self._lock:
+            _get(self._rules, rule_id, "alert rule")
+            del self._rules[rule_id]
+            self._events = [e for e in self._events if e.rule_id != rule_id]
+            self._forget_states(rule_id)
+
+    def _forget_states(self, rule_id: str) -> None:
+        self._alert_states = {k: s for k, s in self._alert_states.items() if k[0] != rule_id}
+
+    def update_alert_rule(self, rule: AlertRule) -> AlertRule:
+        with self._lock:
+            current = _get(self._rules, rule.id, "alert rule")
+            stored = attrs.evolve(rule, owner_id=current.owner_id, created_at=current.created_at)
+            self._rules[rule.id] = stored
+            condition = ("metric", "comparison", "threshold", "for_duration", "scope", "enabled")
+            if any(getattr(current, name) != getattr(stored, name) for name in condition):
+                self._forget_states(rule.id)
+            return stored
 
     def add_alert_event(self, event: AlertEvent) -> AlertEvent:
-        self._events.append(event)
-        return event
+        with self._lock:
+            _get(self._rules, event.rule_id, "alert rule")
+            _get(self._machines, event.machine_id, "machine")
+            if any(e.id == event.id for e in self._events):
+                raise ConflictError(f"alert event {event.id!r} exists")
+            self._events.append(event)
+            return event
+
+    def _machine_owned(self, machine_id: str, owner_id: str | None) -> bool:
+        """Alert events and states belong to their machine's owner."""
+        machine = self._machines.get(machine_id)
+        return owner_id is None or (machine is not None and machine.owner_id == owner_id)
 
     def list_alert_events(
-        self, owner_id: str | None = None, machine_id: str | None = None, limit: int = 100
+        self,
+        owner_id: str | None = None,
+        machine_id: str | None = None,
+        limit: int = 100,
+        *,
+        rule_id: str | None = None,
+        state: AlertState | None = None,
+        acknowledged: bool | None = None,
+        since: datetime | None = None,
     ) -> list[AlertEvent]:
-        owners = {r.id: r.owner_id for r in self._rules.values()}
         found = [
             e
             for e in self._events
-            if owner_id in (None, owners.get(e.rule_id)) and machine_id in (None, e.machine_id)
+            if self._machine_owned(e.machine_id, owner_id)
+            and machine_id in (None, e.machine_id)
+            and rule_id in (None, e.rule_id)
+            and state in (None, e.state)
+            and acknowledged in (None, e.acknowledged_at is not None)
+            and (since is None or e.at >= since)
         ]
-        return sorted(found, key=lambda e: e.at, reverse=True)[:limit]
+        return sorted(found, key=lambda e: e.at, reverse=True)[: max(0, limit)]
+
+    def acknowledge_alert_event(
+        self, event_id: str, by: str, at: datetime, owner_id: str | None = None
+    ) -> AlertEvent:
+        with self._lock:
+            for index, event in enumerate(self._events):
+                if event.id == event_id and self._machine_owned(event.machine_id, owner_id):
+                    if event.acknowledged_at is None:
+                        event = attrs.evolve(event, acknowledged_at=at, acknowledged_by=by)
+                        self._events[index] = event
+                    return event
+            raise NotFoundError(f"no alert event {event_id!r}")
+
+    def list_alert_states(
+        self,
+        owner_id: str | None = None,
+        *,
+        rule_id: str | None = None,
+        machine_id: str | None = None,
+        states: Sequence[AlertState] | None = None,
+    ) -> list[AlertStatus]:
+        return [
+            s
+            for s in self._alert_states.values()
+            if self._machine_owned(s.machine_id, owner_id)
+            and rule_id in (None, s.rule_id)
+            and machine_id in (None, s.machine_id)
+            and (states is None or s.state in states)
+        ]
+
+    def record_alert_transitions(
+        self, transitions: Sequence[AlertTransition]
+    ) -> list[AlertTransition]:
+        with self._lock:
+            applied = [t for t in transitions if self._move_series(t)]
+            self._events.extend(t.event for t in applied if t.event is not None)
+            self._write_outbox(t.outbox for t in applied if t.outbox is not None)
+            return applied
+
+    def _move_series(self, transition: AlertTransition) -> bool:
+        status, previous = transition.status, transition.previous
+        key = (status.rule_id, status.series)
+        careless = "stale-alert" in self._flaws
+        if previous is None:
+            if key in self._alert_states and not careless:
+                return False
+            if status.rule_id not in self._rules or status.machine_id not in self._machines:
+                return False
+        else:
+            current = self._alert_states.get(key)
+            if current is None:
+                return False
+            if (current.state, current.since) != (previous.state, previous.since) and not careless:
+                return False
+        self._alert_states[key] = status
+        return True
+
+    # heartbeat
+
+    def find_status_changes(
+        self, now: datetime, threshold: timedelta, machine_ids: Sequence[str] | None = None
+    ) -> list[tuple[Machine, MachineStatus]]:
+        due = []
+        for machine in sorted(self._machines.values(), key=lambda m: m.id):
+            if machine.last_seen is None:
+                continue  # never reported: keeps its status
+            if machine_ids is not None and machine.id not in machine_ids:
+                continue
+            limit = machine.offline_after or threshold
+            status = (
+                MachineStatus.OFFLINE if machine.last_seen < now - limit else MachineStatus.ONLINE
+            )
+            if machine.status is not status:
+                due.append((machine, status))
+        return due
+
+    def record_status_changes(self, transitions: Sequence[StatusTransition]) -> list[StatusChange]:
+        with self._lock:
+            applied = []
+            for transition in transitions:
+                change = transition.change
+                machine = self._machines.get(change.machine_id)
+                if machine is None:
+                    continue
+                if machine.status is not change.previous and "reapplied-status" not in self._flaws:
+                    continue
+                self._machines[machine.id] = attrs.evolve(machine, status=change.status)
+                applied.append(transition)
+            self._status_changes.extend(t.change for t in applied)
+            self._write_outbox(t.event for t in applied if t.event is not None)
+            return [t.change for t in applied]
+
+    def list_status_changes(
+        self, machine_id: str, *, since: datetime | None = None, limit: int = 100
+    ) -> list[StatusChange]:
+        found = [
+            c
+            for c in reversed(self._status_changes)
+            if c.machine_id == machine_id and (since is None or c.at >= since)
+        ]
+        return found[: max(0, limit)]
+
+    # notification channels
+
+    def add_channel(self, channel: Channel) -> Channel:
+        with self._lock:
+            _get(self._users, channel.owner_id, "user")
+            if channel.id in self._channels:
+                raise ConflictError(f"channel {channel.id!r} exists")
+            self._check_channel_name(channel)
+            self._channels[channel.id] = channel
+            return channel
+
+    def _check_channel_name(self, channel: Channel) -> None:
+        for other in self._channels.values():
+            if (other.owner_id, other.name) == (channel.owner_id, channel.name) and (
+                other.id != channel.id
+            ):
+                raise ConflictError(f"a channel named {channel.name!r} exists")
+
+    def get_channel(self, channel_id: str, owner_id: str | None = None) -> Channel:
+        channel = _get(self._channels, channel_id, "channel")
+        if owner_id not in (None, channel.owner_id):
+            raise NotFoundError(f"no channel {channel_id!r}")
+        return channel
+
+    def list_channels(self, owner_id: str | None = None) -> list[Channel]:
+        found = [c for c in self._channels.values() if owner_id in (None, c.owner_id)]
+        return sorted(found, key=lambda c: (c.name, c.id))
+
+    def update_channel(self, channel: Channel) -> Channel:
+        with self._lock:
+            current = _get(self._channels, channel.id, "channel")
+            stored = attrs.evolve(channel, owner_id=current.owner_id, created_at=current.created_at)
+            self._check_channel_name(stored)
+            self._channels[channel.id] = stored
+            return stored
+
+    def delete_channel(self, channel_id: str, owner_id: str | None = None) -> None:
+        with self._lock:
+            self.get_channel(channel_id, owner_id)
+            del self._channels[channel_id]
+            self._deliveries = {
+                k: d for k, d in self._deliveries.items() if d.channel_id != channel_id
+            }
+
+    # the outbox
+
+    def add_outbox_events(self, events: Sequence[OutboxEvent]) -> None:
+        with self._lock:
+            self._write_outbox(events)
+
+    def _write_outbox(self, events: Iterable[OutboxEvent]) -> None:
+        batch = list(events)
+        taken = [e.id for e in batch if e.id in self._outbox]
+        if taken or len({e.id for e in batch}) < len(batch):
+            raise ConflictError(f"outbox events exist: {taken}")
+        self._outbox.update((e.id, e) for e in batch)
+
+    def list_outbox_events(
+        self,
+        owner_id: str | None = None,
+        *,
+        state: EventState | None = None,
+        silence_id: str | None = None,
+        ids: Sequence[str] | None = None,
+        limit: int = 100,
+    ) -> list[OutboxEvent]:
+        found = [
+            e
+            for e in reversed(self._outbox.values())
+            if owner_id in (None, e.owner_id)
+            and state in (None, e.state)
+            and silence_id in (None, e.silence_id)
+            and (ids is None or e.id in ids)
+        ]
+        return found[: max(0, limit)]
+
+    def fan_out(self, now: datetime, limit: int = 500) -> int:
+        with self._lock:
+            new = [e for e in self._outbox.values() if e.state is EventState.NEW][:limit]
+            for event in new:
+                silence = self._muting(event)
+                if silence is not None:
+                    self._outbox[event.id] = attrs.evolve(
+                        event, state=EventState.SILENCED, silence_id=silence.id
+                    )
+                    continue
+                for channel in self._receivers(event.owner_id):
+                    delivery = Delivery(
+                        id=new_id(),
+                        event_id=event.id,
+                        channel_id=channel.id,
+                        owner_id=channel.owner_id,
+                        next_attempt_at=now,
+                        created_at=now,
+                    )
+                    self._deliveries[delivery.id] = delivery
+                self._outbox[event.id] = attrs.evolve(event, state=EventState.DISPATCHED)
+            return len(new)
+
+    def _muting(self, event: OutboxEvent) -> Silence | None:
+        if "unsilenced" in self._flaws:
+            return None
+        machine = self._machines.get(event.machine_id or "")
+        labels = () if machine is None else machine.labels
+        for silence in self._silences.values():
+            if (
+                silence.owner_id == event.owner_id
+                and silence.active(event.occurred_at)
+                and silence.matches(event.machine_id, labels, event.rule_id)
+            ):
+                return silence
+        return None
+
+    def _receivers(self, owner_id: str | None) -> list[Channel]:
+        """Enabled channels of the owner; of every administrator for an unowned event."""
+        if owner_id is None:
+            owners = {u.id for u in self._users.values() if u.role is Role.ADMIN}
+        else:
+            owners = {owner_id}
+        return [c for c in self._channels.values() if c.enabled and c.owner_id in owners]
+
+    def claim_deliveries(
+        self, now: datetime, lease: timedelta, limit: int = 50
+    ) -> list[tuple[Delivery, OutboxEvent, Channel]]:
+        with self._lock:
+            due = sorted(
+                (
+                    d
+                    for d in self._deliveries.values()
+                    if d.state is DeliveryState.PENDING
+                    and d.next_attempt_at <= now
+                    and (self._leases.get(d.id, now) <= now or "no-leases" in self._flaws)
+                ),
+                key=lambda d: (d.next_attempt_at, d.created_at, d.id),
+            )[:limit]
+            for delivery in due:
+                self._leases[delivery.id] = now + lease
+            order = {event_id: index for index, event_id in enumerate(self._outbox)}
+            due.sort(key=lambda d: (order[d.event_id], d.id))
+            return [(d, self._outbox[d.event_id], self._channels[d.channel_id]) for d in due]
+
+    def finish_delivery(self, delivery: Delivery, *, disable_channel: str | None = None) -> None:
+        with self._lock:
+            current = self._deliveries.get(delivery.id)
+            if current is None:
+                return
+            self._deliveries[delivery.id] = attrs.evolve(
+                current,
+                state=delivery.state,
+                attempts=delivery.attempts,
+                next_attempt_at=delivery.next_attempt_at,
+                last_error=delivery.last_error,
+                delivered_at=delivery.delivered_at,
+            )
+            self._leases.pop(delivery.id, None)
+            channel = self._channels.get(current.channel_id)
+            if disable_channel is not None and channel is not None:
+                self._channels[channel.id] = attrs.evolve(
+                    channel, enabled=False, disabled_reason=disable_channel
+                )
+
+    def list_deliveries(
+        self,
+        owner_id: str | None = None,
+        *,
+        state: DeliveryState | None = None,
+        event_id: str | None = None,
+        channel_id: str | None = None,
+        limit: int = 100,
+    ) -> list[Delivery]:
+        found = [
+            d
+            for d in reversed(self._deliveries.values())
+            if owner_id in (None, d.owner_id)
+            and state in (None, d.state)
+            and event_id in (None, d.event_id)
+            and channel_id in (None, d.channel_id)
+        ]
+        # sorted() is stable: deliveries of one instant stay newest-added first.
+        return sorted(found, key=lambda d: d.created_at, reverse=True)[: max(0, limit)]
+
+    def retry_delivery(
+        self, delivery_id: str, now: datetime, owner_id: str | None = None
+    ) -> Delivery:
+        with self._lock:
+            delivery = _get(self._deliveries, delivery_id, "delivery")
+            if owner_id not in (None, delivery.owner_id):
+                raise NotFoundError(f"no delivery {delivery_id!r}")
+            if delivery.state is not DeliveryState.DEAD:
+                raise ConflictError(f"delivery {delivery_id!r} is {delivery.state}")
+            retried = attrs.evolve(
+                delivery, state=DeliveryState.PENDING, attempts=0, next_attempt_at=now
+            )
+            self._deliveries[delivery_id] = retried
+            self._leases.pop(delivery_id, None)
+            return retried
+
+    # silences
+
+    def add_silence(self, silence: Silence) -> Silence:
+        with self._lock:
+            _get(self._users, silence.owner_id, "user")
+            if silence.id in self._silences:
+                raise ConflictError(f"silence {silence.id!r} exists")
+            self._silences[silence.id] = silence
+            return silence
+
+    def get_silence(self, silence_id: str, owner_id: str | None = None) -> Silence:
+        silence = _get(self._silences, silence_id, "silence")
+        if owner_id not in (None, silence.owner_id):
+            raise NotFoundError(f"no silence {silence_id!r}")
+        return silence
+
+    def list_silences(
+        self, owner_id: str | None = None, *, active_at: datetime | None = None
+    ) -> list[Silence]:
+        found = [
+            s
+            for s in self._silences.values()
+            if owner_id in (None, s.owner_id) and (active_at is None or s.active(active_at))
+        ]
+        return sorted(found, key=lambda s: (s.starts_at, s.id))
+
+    def end_silence(self, silence_id: str, at: datetime, owner_id: str | None = None) -> Silence:
+        with self._lock:
+            silence = self.get_silence(silence_id, owner_id)
+            if silence.ends_at > at:
+                silence = attrs.evolve(silence, ends_at=at, starts_at=min(silence.starts_at, at))
+                self._silences[silence_id] = silence
+            return silence
+
+    def due_silences(self, now: datetime) -> list[Silence]:
+        found = [s for s in self._silences.values() if s.ended_at is None and s.ends_at <= now]
+        return sorted(found, key=lambda s: (s.ends_at, s.id))
+
+    def close_silence(self, silence_id: str, at: datetime, events: Sequence[OutboxEvent]) -> bool:
+        with self._lock:
+            silence = self._silences.get(silence_id)
+            if silence is None:
+                return False
+            if silence.ended_at is not None and "reopened-silence" not in self._flaws:
+                return False
+            self._write_outbox(events)
+            self._silences[silence_id] = attrs.evolve(silence, ended_at=at)
+            return True
 
     def set_api_key_expiry(self, key_id: str, expires_at: datetime | None) -> None:
         key = _get(self._keys, key_id, "API key")
@@ -472,6 +902,9 @@ class MemoryState:
 
     def count_login_failures(self, username: str, since: datetime) -> int:
         return sum(1 for name, at in self._failures if name == username and at >= since)
+
+    def login_failure_times(self, username: str, since: datetime) -> list[datetime]:
+        return sorted(at for name, at in self._failures if name == username and at >= since)
 
     def clear_login_failures(self, username: str) -> None:
         with self._lock:
@@ -549,6 +982,62 @@ class MemoryState:
         # sorted() is stable: entries of one instant stay newest-added first.
         return sorted(found, key=lambda e: e.at, reverse=True)[: max(0, limit)]
 
+    # housekeeping
+
+    def purge(self, now: datetime, policy: PurgePolicy) -> PurgeReport:
+        ended = now - policy.grace
+        with self._lock:
+            sessions = _drop(self._sessions, lambda s: _before(ended, s.expires_at, s.revoked_at))
+            resets = _drop(self._resets, lambda t: _before(ended, t.expires_at, t.used_at))
+            failures = [f for f in self._failures if f[1] >= ended - policy.login_window]
+            failures_gone, self._failures = len(self._failures) - len(failures), failures
+            claims = _drop(
+                self._claims,
+                lambda c: (
+                    c.status is not ClaimStatus.CLAIMED and c.expires_at < now - policy.claims
+                ),
+            )
+            events = _drop(self._outbox, lambda e: self._handled(e, now - policy.outbox))
+            deliveries = _drop(self._deliveries, lambda d: d.event_id not in self._outbox)
+            changes = [c for c in self._status_changes if c.at >= now - policy.history]
+            changes_gone, self._status_changes = len(self._status_changes) - len(changes), changes
+            alerts = [e for e in self._events if not self._closed(e, now - policy.history)]
+            alerts_gone, self._events = len(self._events) - len(alerts), alerts
+            return PurgeReport(
+                sessions=sessions,
+                reset_tokens=resets,
+                login_failures=failures_gone,
+                claims=claims,
+                outbox_events=events,
+                deliveries=deliveries,
+                status_changes=changes_gone,
+                alert_events=alerts_gone,
+            )
+
+    def _handled(self, event: OutboxEvent, before: datetime) -> bool:
+        if event.occurred_at >= before or event.state is EventState.NEW:
+            return False
+        if "purge-unsent" in self._flaws:
+            return True
+        silence = self._silences.get(event.silence_id or "")
+        if silence is not None and silence.ended_at is None:
+            return False
+        finished = (DeliveryState.DELIVERED, DeliveryState.DEAD)
+        return all(d.state in finished for d in self._deliveries.values() if d.event_id == event.id)
+
+    def _closed(self, event: AlertEvent, before: datetime) -> bool:
+        if event.at >= before:
+            return False
+        current = self._alert_states.get((event.rule_id, event.series))
+        still_open = (
+            event.state is AlertState.FIRING
+            and event.acknowledged_at is None
+            and current is not None
+            and current.state is AlertState.FIRING
+            and current.since <= event.at
+        )
+        return not still_open
+
     def get_agent_config(self, machine_id: str) -> AgentConfig | None:
         return self._configs.get(machine_id)
 
@@ -562,6 +1051,19 @@ class MemoryState:
             stored = attrs.evolve(config, version=version)
             self._configs[config.machine_id] = stored
             return stored
+
+
+def _before(limit: datetime, *times: datetime | None) -> bool:
+    """Whether any of ``times`` (``None``: not happened) is before ``limit``."""
+    return any(at is not None and at < limit for at in times)
+
+
+def _drop(records: dict[str, _R], gone: Callable[[_R], bool]) -> int:
+    """Delete the records ``gone`` says go; returns how many."""
+    keys = [key for key, record in records.items() if gone(record)]
+    for key in keys:
+        del records[key]
+    return len(keys)
 
 
 def _get(records: Mapping[str, Any], record_id: str, what: str) -> Any:
@@ -712,9 +1214,18 @@ class Inboxes:
         self.messages.setdefault(inbox, []).append(message)
 
 
+@attrs.frozen
+class MemoryChannel:
+    """A ``MemoryNotifier`` channel: an inbox, and a token the inbox would need."""
+
+    inbox: str
+    token: str = attrs.field(default="", metadata={"secret": True})
+
+
 class MemoryNotifier:
     name: ClassVar[str] = "memory"
     settings_class: ClassVar[type[Any] | None] = None
+    channel_class: ClassVar[type[Any] | None] = MemoryChannel
 
     def __init__(self, inboxes: Inboxes | None = None) -> None:
         self.inboxes = inboxes or Inboxes()
@@ -764,6 +1275,49 @@ class OptimisticNotifier(MemoryNotifier):
         if channel["inbox"] != "closed":
             self.inboxes.deliver(channel["inbox"], self.message(notification))
         return DeliveryResult(DeliveryStatus.DELIVERED)
+
+
+class ChannelUnawareNotifier(MemoryNotifier):
+    """Declares no channel class, so the core cannot validate channel configs."""
+
+    name: ClassVar[str] = "channel-unaware"
+    channel_class: ClassVar[type[Any] | None] = None
+
+
+@attrs.frozen
+class CarelessChannel:
+    inbox: str
+    api_token: str = ""
+
+
+class UnmarkedSecretNotifier(MemoryNotifier):
+    """Its channel's ``api_token`` is not marked secret, so the API would show it."""
+
+    name: ClassVar[str] = "unmarked-secret"
+    channel_class: ClassVar[type[Any] | None] = CarelessChannel
+
+
+class LeakyNotifier(MemoryNotifier):
+    """Puts the channel's token in the detail and the log when an inbox is closed."""
+
+    name: ClassVar[str] = "leaky"
+
+    def send(self, channel: Mapping[str, Any], notification: Notification) -> DeliveryResult:
+        if channel["inbox"] == "closed":
+            detail = f"inbox closed for token {channel.get('token')}"
+            log.warning("delivery failed: %s", detail)
+            return DeliveryResult(DeliveryStatus.RETRY, detail)
+        return super().send(channel, notification)
+
+
+class MutatingNotifier(MemoryNotifier):
+    """Writes what it learnt into the channel mapping it was given."""
+
+    name: ClassVar[str] = "mutating"
+
+    def send(self, channel: Mapping[str, Any], notification: Notification) -> DeliveryResult:
+        channel["last_id"] = notification.id  # type: ignore[index]
+        return super().send(channel, notification)
 
 
 # ---------------------------------------------------------------------------- authenticators

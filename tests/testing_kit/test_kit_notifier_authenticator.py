@@ -53,7 +53,7 @@ class TestMemoryNotifier(NotifierContract):
 
     @pytest.fixture
     def failing_channel(self) -> Mapping[str, Any]:
-        return {"inbox": "closed"}
+        return {"inbox": "closed", "token": "tok-3f9a-inbox-secret"}
 
 
 class TestAsyncMemoryNotifier(TestMemoryNotifier):
@@ -144,6 +144,30 @@ class TestWithoutFailingChannel(TestOptimistic):
     @pytest.fixture
     def failing_channel(self):
         return None
+
+class TestChannelUnaware(Base):
+    @pytest.fixture
+    def notifier(self, inboxes):
+        return kit_doubles.ChannelUnawareNotifier(inboxes)
+
+class TestUnmarkedSecret(Base):
+    @pytest.fixture
+    def notifier(self, inboxes):
+        return kit_doubles.UnmarkedSecretNotifier(inboxes)
+
+class TestLeaky(Base):
+    @pytest.fixture
+    def notifier(self, inboxes):
+        return kit_doubles.LeakyNotifier(inboxes)
+
+    @pytest.fixture
+    def failing_channel(self):
+        return {"inbox": "closed", "token": "tok-3f9a-inbox-secret"}
+
+class TestMutating(Base):
+    @pytest.fixture
+    def notifier(self, inboxes):
+        return kit_doubles.MutatingNotifier(inboxes)
 """
 
 
@@ -159,12 +183,29 @@ def test_the_notifier_suite_catches_broken_notifiers(kit_run: KitRun) -> None:
     assert outcomes(result, "TestWithoutFailingChannel")["skipped"] == {
         "test_undeliverable_channel_is_reported"
     }
+    assert outcomes(result, "TestChannelUnaware")["failed"] == {
+        "test_channel_class_decodes_the_channel",
+        "test_secret_fields_are_marked",
+        "test_secrets_stay_out_of_details_and_logs",
+    }
+    assert outcomes(result, "TestUnmarkedSecret")["failed"] == {"test_secret_fields_are_marked"}
+    assert outcomes(result, "TestLeaky")["failed"] == {"test_secrets_stay_out_of_details_and_logs"}
+    assert outcomes(result, "TestMutating")["failed"] == {"test_send_leaves_the_channel_unchanged"}
     result.stdout.fnmatch_lines(
         [
             "*each delivery must carry its Notification.id*",
             "*the message lacks the text line 'Line one of the test notification.'*",
             "*channel lacks capability 'idempotency-key'",
         ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*the notifier class ChannelUnawareNotifier needs a 'channel_class'*",
+            "*channel field 'api_token' looks like a secret*",
+            "*the detail of a send to 'failing_channel' shows a secret field's value*",
+            "*send() changed the channel mapping it was given*",
+        ],
+        consecutive=False,
     )
 
 

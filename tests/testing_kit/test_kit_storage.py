@@ -109,6 +109,39 @@ def test_a_lost_capability_fails_when_capabilities_are_pinned(kit_run: KitRun) -
             },
         ),
         (
+            "reapplied-status",
+            {
+                "test_a_status_change_is_applied_once",
+                "test_concurrent_status_changes_have_one_winner",
+            },
+        ),
+        (
+            "stale-alert",
+            {
+                "test_a_stale_alert_transition_is_not_applied",
+                "test_concurrent_first_transitions_have_one_winner",
+            },
+        ),
+        (
+            "unsilenced",
+            {"test_fan_out_silences_matching_events", "test_outbox_events_go_once_handled"},
+        ),
+        ("purge-unsent", {"test_outbox_events_go_once_handled"}),
+        (
+            "no-leases",
+            {
+                "test_a_claimed_delivery_is_leased",
+                "test_concurrent_claims_take_each_delivery_once",
+            },
+        ),
+        (
+            "reopened-silence",
+            {
+                "test_a_due_silence_is_closed_once",
+                "test_concurrent_closes_of_a_silence_have_one_winner",
+            },
+        ),
+        (
             "hide-resolution",
             {
                 "test_rollups_answer_long_ranges[1h]",

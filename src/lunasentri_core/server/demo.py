@@ -2,12 +2,15 @@
 
 At start the demo registers the host as a machine of the first admin and runs
 the push agent in-process against the server's own URL, so the data goes the
-same way as any agent's: HTTP, API key, ingest. The agent's key is kept in its
-spool directory (``<data_dir>/demo-agent``), so a restart reuses the machine.
+same way as any agent's: HTTP, API key, ingest. The agent is synchronous; it
+runs in a worker thread and stops when the server's services do. Its key is
+kept in its spool directory (``<data_dir>/demo-agent``), so a restart reuses
+the machine.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 
@@ -80,23 +83,41 @@ async def _run_agent(settings: Settings, api_key: str) -> None:
     from lunasentri_core import __version__
     from lunasentri_core.agent.identity import Identity
     from lunasentri_core.agent.runner import Agent
+    from lunasentri_core.agent.settings import AgentRunSettings
     from lunasentri_core.agent.spool import Spool
     from lunasentri_core.agent.transport import make_http_client
 
-    options = settings.agent
-    spool_dir = options.resolved_spool_dir(settings.data_dir)
-    spool = await anyio.to_thread.run_sync(Spool.open, spool_dir, options.spool_max_bytes)
-    async with make_http_client(options, __version__) as http:
-        agent = Agent(
-            settings,
-            spool=spool,
-            identity=Identity(spool_dir),
-            http=http,
-            version=__version__,
-            api_key=api_key,
-            announce=lambda agent_id, token: None,
-        )
-        await agent.run(handle_signals=False)
+    options = AgentRunSettings.from_settings(settings)
+    spool = await anyio.to_thread.run_sync(
+        Spool.open, options.spool_dir, options.agent.spool_max_bytes
+    )
+    with make_http_client(options.agent, __version__) as http:
+
+        def build() -> Agent:  # loads the collector plugins: imports, file reads
+            return Agent(
+                options,
+                spool=spool,
+                identity=Identity(options.spool_dir),
+                http=http,
+                version=__version__,
+                api_key=api_key,
+                announce=lambda agent_id, token: None,
+            )
+
+        agent = await anyio.to_thread.run_sync(build)
+
+        async def stop_when_cancelled() -> None:
+            try:
+                await anyio.sleep_forever()
+            finally:
+                agent.stop()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(stop_when_cancelled)
+            # Not abandoned on cancellation: the server's shutdown waits for the
+            # agent to finish its send in flight (stop_when_cancelled asks it to).
+            await anyio.to_thread.run_sync(functools.partial(agent.run, handle_signals=False))
+            group.cancel_scope.cancel()
 
 
 def _announce(settings: Settings) -> None:

@@ -318,9 +318,9 @@ class Accounts:
         now = self._now()
         since = now - self.settings.login_lockout
         user, stored, failures = await self.hub.run_sync(self._login_lookup, username, since)
-        if failures >= self.settings.login_max_failures:
+        if len(failures) >= self.settings.login_max_failures:
             await self._audit_failed_login(username, user, client, "throttled")
-            raise LoginThrottled(self._retry_after())
+            raise LoginThrottled(self._retry_after(failures, now))
         if not await self._verify(password, stored) or user is None:
             await self.hub.run_sync(self._state.add_login_failure, username, now, client)
             await self._audit_failed_login(username, user, client, "bad_credentials")
@@ -346,8 +346,11 @@ class Accounts:
         )
         return Login(user, session, issued.secret)
 
-    def _login_lookup(self, username: str, since: datetime) -> tuple[User | None, str | None, int]:
-        failures = self._state.count_login_failures(username, since)
+    def _login_lookup(
+        self, username: str, since: datetime
+    ) -> tuple[User | None, str | None, list[datetime]]:
+        """The user (if any), their password hash, and the times of their counted failures."""
+        failures = self._state.login_failure_times(username, since)
         user = self._state.find_user(username)
         stored = self._state.password_hash(user.id) if user is not None else None
         return user, stored, failures
@@ -356,10 +359,16 @@ class Accounts:
         self._state.add_session(session)
         self._state.clear_login_failures(username)
 
-    def _retry_after(self) -> int:
-        # The store counts failures but does not date the oldest, so this is the
-        # longest the caller may have to wait.
-        return max(1, math.ceil(self.settings.login_lockout.total_seconds()))
+    def _retry_after(self, failures: Sequence[datetime], now: datetime) -> int:
+        """Whole seconds until enough of ``failures`` (oldest first) leave the window.
+
+        Attempts are refused while ``login_max_failures`` failures are in the window,
+        so they are let in again once the failure that many places from the newest
+        has aged out of it.
+        """
+        limiting = failures[len(failures) - self.settings.login_max_failures]
+        left = limiting + self.settings.login_lockout - now
+        return max(1, math.ceil(left.total_seconds()))
 
     async def _audit_failed_login(
         self, username: str, user: User | None, client: str | None, reason: str
@@ -438,8 +447,8 @@ class Accounts:
         user = await self.hub.run_sync(self._state.get_user, actor.id)
         since = now - self.settings.login_lockout
         _, stored, failures = await self.hub.run_sync(self._login_lookup, user.username, since)
-        if failures >= self.settings.login_max_failures:
-            raise LoginThrottled(self._retry_after())
+        if len(failures) >= self.settings.login_max_failures:
+            raise LoginThrottled(self._retry_after(failures, now))
         if not await self._verify(current, stored):
             await self.hub.run_sync(self._state.add_login_failure, user.username, now, client)
             raise WrongPassword()

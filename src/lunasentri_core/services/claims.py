@@ -18,9 +18,12 @@ that does not hold the token.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
+import math
 import os
 import re
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -32,7 +35,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from lunasentri_core.components import Principal
-from lunasentri_core.errors import ConflictError, FieldError, NotFoundError, ValidationError
+from lunasentri_core.errors import (
+    ConflictError,
+    FieldError,
+    LunaSentriError,
+    NotFoundError,
+    ValidationError,
+)
 from lunasentri_core.model import (
     AgentClaim,
     ApiKey,
@@ -44,6 +53,7 @@ from lunasentri_core.model import (
 )
 from lunasentri_core.security import tokens_match
 from lunasentri_core.services import audit
+from lunasentri_core.services.ingest import TokenBucket
 from lunasentri_core.services.machines import (
     Machines,
     check_hostname,
@@ -54,7 +64,7 @@ from lunasentri_core.services.machines import (
 )
 
 if TYPE_CHECKING:
-    from lunasentri_core.config import Settings
+    from lunasentri_core.config import ServerSettings, Settings
     from lunasentri_core.hub import Sentri
 
 log = logging.getLogger(__name__)
@@ -69,6 +79,59 @@ _NONCE_BYTES = 12
 
 class ClaimTokenMismatch(Exception):
     """The claim token an administrator gave is not the one the agent registered."""
+
+
+class RegistrationThrottled(LunaSentriError):
+    """A client address registers agents faster than ``server.register_rate``."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("too many agent registrations from this address; try again later")
+        self.retry_after = retry_after
+
+    @property
+    def retry_after_header(self) -> str:
+        return str(max(1, math.ceil(self.retry_after)))
+
+
+class RegistrationThrottle:
+    """A token bucket per client address for registrations, which anyone may send.
+
+    Each registration that passes validation (and so reaches storage) takes a
+    token; an address whose bucket is empty is refused before its request is
+    even read. An IPv6 client is counted by its /64, which one host usually has
+    whole. Not thread-safe: call it from the event loop.
+    """
+
+    def __init__(
+        self, settings: ServerSettings, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._buckets = TokenBucket(settings.register_rate, settings.register_burst, clock=clock)
+
+    def admit(self, client: str | None) -> None:
+        """Refuse ``client`` with :class:`RegistrationThrottled` if its bucket is empty."""
+        wait = self._buckets.wait(_client_key(client))
+        if wait > 0:
+            raise RegistrationThrottled(wait)
+
+    def take(self, client: str | None) -> None:
+        """Count one registration of ``client``, or raise :class:`RegistrationThrottled`."""
+        wait = self._buckets.take(_client_key(client), 1)
+        if wait > 0:
+            raise RegistrationThrottled(wait)
+
+
+def _client_key(client: str | None) -> str:
+    if client is None:
+        return ""
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:  # not an IP address (a test client, a Unix socket)
+        return client
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:  # an IPv4 client of a dual-stack socket
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 @attrs.frozen
@@ -144,9 +207,16 @@ def effective_status(claim: AgentClaim, now: datetime) -> ClaimStatus:
 
 
 class Claims:
-    def __init__(self, hub: Sentri, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        hub: Sentri,
+        settings: Settings | None = None,
+        *,
+        throttle: RegistrationThrottle | None = None,
+    ) -> None:
         self.hub = hub
         self.settings = settings or hub.settings
+        self.throttle = throttle
 
     async def register(
         self,
@@ -159,9 +229,12 @@ class Claims:
     ) -> AgentClaim:
         """Record an agent's registration; the same registration again changes nothing.
 
-        :class:`ConflictError` if the agent is pending or claimed under another token.
+        :class:`ConflictError` if the agent is pending or claimed under another token;
+        :class:`RegistrationThrottled` if ``client`` registers too often.
         """
         token_hash = _check_registration(agent_id, claim_token_hash, hostname, version)
+        if self.throttle is not None:
+            self.throttle.take(client)
         now = self.hub.clock()
         claim = AgentClaim(
             agent_id=agent_id,

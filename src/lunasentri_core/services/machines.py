@@ -30,6 +30,7 @@ from lunasentri_core.model import (
     MachineKind,
     MachineStatus,
     SeriesValue,
+    StatusChange,
     new_id,
     to_labels,
 )
@@ -49,6 +50,9 @@ MIN_INTERVAL = timedelta(seconds=1)
 MAX_INTERVAL = timedelta(days=1)
 MAX_COLLECTORS = 32
 MAX_GRACE = timedelta(days=30)
+MIN_OFFLINE_AFTER = timedelta(seconds=1)
+MAX_OFFLINE_AFTER = timedelta(days=30)
+MAX_STATUS_CHANGES = 1000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _COLLECTOR_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _UNCHANGED: Any = object()
@@ -139,7 +143,8 @@ def check_hostname(hostname: str | None, field: str = "hostname") -> str | None:
 
 def check_labels(labels: Labels, field: str = "labels") -> Labels:
     errors = [
-        FieldError(f"{field}.{name}", problem)
+        # An empty name would make the path "labels.", which names nothing.
+        FieldError(f"{field}.{name}" if name else field, problem)
         for name, value in labels
         if (problem := _label_problem(name, value))
     ]
@@ -151,11 +156,32 @@ def check_labels(labels: Labels, field: str = "labels") -> Labels:
 
 
 def _label_problem(name: str, value: str) -> str | None:
+    if not name:
+        return (
+            "the label name '' is empty: a label name is lowercase letters, digits and '_', "
+            "not starting with a digit"
+        )
     if not LABEL_NAME.match(name):
         return "a label name is lowercase letters, digits and '_', not starting with a digit"
     if len(value) > MAX_LABEL_VALUE:
         return f"a label value is at most {MAX_LABEL_VALUE} characters"
     return None
+
+
+def check_offline_after(value: timedelta | None, field: str = "offline_after") -> timedelta | None:
+    if value is not None and not MIN_OFFLINE_AFTER <= value <= MAX_OFFLINE_AFTER:
+        raise ValidationError(
+            [
+                FieldError(
+                    field,
+                    f"must be {MIN_OFFLINE_AFTER.total_seconds():g} to "
+                    f"{MAX_OFFLINE_AFTER.total_seconds():g} seconds, or null for the "
+                    "server's offline_threshold",
+                )
+            ],
+            what="request body",
+        )
+    return value
 
 
 def _check_owner_choice(actor: Principal, owner_id: str | None) -> str:
@@ -286,9 +312,11 @@ class Machines:
         name: str = _UNCHANGED,
         hostname: str | None = _UNCHANGED,
         labels: Labels = _UNCHANGED,
+        offline_after: timedelta | None = _UNCHANGED,
         client: str | None = None,
     ) -> Machine:
-        """Rename a machine or change its hostname (``None`` clears it) or labels."""
+        """Rename a machine or change its hostname (``None`` clears it), labels or own
+        offline threshold (``None``: the server's)."""
         changes: dict[str, Any] = {}
         if name is not _UNCHANGED:
             changes["name"] = check_name(name)
@@ -296,6 +324,8 @@ class Machines:
             changes["hostname"] = check_hostname(hostname)
         if labels is not _UNCHANGED:
             changes["labels"] = check_labels(to_labels(labels))
+        if offline_after is not _UNCHANGED:
+            changes["offline_after"] = check_offline_after(offline_after)
         scope = owner_scope(actor)
 
         def change() -> tuple[Machine, Machine]:
@@ -344,6 +374,24 @@ class Machines:
         online = self.hub.clock() - machine.last_seen <= silence
         status = MachineStatus.ONLINE if online else MachineStatus.OFFLINE
         return attrs.evolve(machine, status=status)
+
+    async def status_changes(
+        self,
+        actor: Principal,
+        machine_id: str,
+        *,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[StatusChange]:
+        """The machine's recorded online/offline transitions, newest first."""
+        scope = owner_scope(actor)
+
+        def read() -> list[StatusChange]:
+            self._state.get_machine(machine_id, scope)
+            bounded = max(0, min(limit, MAX_STATUS_CHANGES))
+            return self._state.list_status_changes(machine_id, since=since, limit=bounded)
+
+        return await self.hub.run_sync(read)
 
     # ------------------------------------------------------------ API keys
 
@@ -524,6 +572,8 @@ def _with_derived(values: Sequence[SeriesValue]) -> tuple[SeriesValue, ...]:
 
 
 def _jsonable(value: object) -> object:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
     if isinstance(value, tuple):
         return dict(value) if all(isinstance(v, tuple) for v in value) else list(value)
     return value

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
@@ -19,18 +19,28 @@ from lunasentri_core.model import (
     AgentConfig,
     AlertEvent,
     AlertRule,
+    AlertState,
+    AlertStatus,
     ApiKey,
     AuditEntry,
+    Channel,
     ClaimStatus,
+    Delivery,
+    DeliveryState,
+    EventState,
     HistoryQuery,
     Machine,
     MachineSamples,
+    MachineStatus,
+    OutboxEvent,
     ResetToken,
     RetentionPolicy,
     SeriesHistory,
     SeriesKey,
     SeriesValue,
     Session,
+    Silence,
+    StatusChange,
     User,
 )
 
@@ -53,6 +63,59 @@ class MaintenanceReport:
     compacted_points: int = 0
     rollup_rows: int = 0
     expired_rows: int = 0
+
+
+def _positive(_: object, attribute: attrs.Attribute[timedelta], value: timedelta) -> None:
+    if value <= timedelta(0):
+        raise ValueError(f"{attribute.name} must be positive")
+
+
+@attrs.frozen
+class PurgePolicy:
+    """How long :meth:`StateStore.purge` keeps server state that has served its purpose.
+
+    Every age is counted back from the ``now`` given to ``purge``; a record
+    exactly at its limit is kept.
+    """
+
+    grace: timedelta = attrs.field(default=timedelta(days=1), validator=_positive)
+    """Sessions and reset tokens are kept this long after they expired, were revoked
+    or were used; login failures this long past ``login_window``."""
+    login_window: timedelta = attrs.field(default=timedelta(minutes=15), validator=_positive)
+    """The login lockout window (failures in it count): failures are kept for it plus ``grace``."""
+    claims: timedelta = attrs.field(default=timedelta(days=7), validator=_positive)
+    """Agent registrations that ended (delivered, or expired: a pending one past its
+    ``expires_at`` included) are kept this long past their ``expires_at``. A claimed
+    one whose key was not delivered yet is kept."""
+    outbox: timedelta = attrs.field(default=timedelta(days=30), validator=_positive)
+    """Outbox events are kept this long after they occurred, and then only deleted
+    (with their deliveries) once handled: dispatched with every delivery delivered or
+    dead (or with none), or silenced by a silence that has been closed."""
+    history: timedelta = attrs.field(default=timedelta(days=90), validator=_positive)
+    """Machines' status changes and alert events are kept this long. An alert event
+    still open (firing, not acknowledged, its series still firing since that event)
+    is kept until it is acknowledged or its series resolves."""
+    batch_size: int = attrs.field(default=500, validator=attrs.validators.ge(1))
+    """Records deleted per transaction (a backend may take fewer), so a large backlog
+    never holds a write lock for long."""
+
+
+@attrs.frozen
+class PurgeReport:
+    """How many records of each kind one :meth:`StateStore.purge` deleted."""
+
+    sessions: int = 0
+    reset_tokens: int = 0
+    login_failures: int = 0
+    claims: int = 0
+    outbox_events: int = 0
+    deliveries: int = 0
+    status_changes: int = 0
+    alert_events: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(attrs.astuple(self))
 
 
 @runtime_checkable
@@ -108,7 +171,10 @@ class StateStore(Protocol):
     def get_machine(self, machine_id: str, owner_id: str | None = None) -> Machine: ...
     def find_machine(self, name: str, owner_id: str | None = None) -> Machine | None: ...
     def list_machines(self, owner_id: str | None = None) -> list[Machine]: ...
-    def update_machine(self, machine: Machine) -> Machine: ...
+    def update_machine(self, machine: Machine) -> Machine:
+        """Replace a machine's fields except its status (the heartbeat's); returns it stored."""
+        ...
+
     def delete_machine(self, machine_id: str) -> None:
         """Delete a machine with its API keys, alert events, series and agent config.
 
@@ -133,10 +199,152 @@ class StateStore(Protocol):
     def get_alert_rule(self, rule_id: str, owner_id: str | None = None) -> AlertRule: ...
     def list_alert_rules(self, owner_id: str | None = None) -> list[AlertRule]: ...
     def delete_alert_rule(self, rule_id: str) -> None: ...
+    def update_alert_rule(self, rule: AlertRule) -> AlertRule:
+        """Replace a rule (not its owner); its series states start over if the rule changed."""
+        ...
+
     def add_alert_event(self, event: AlertEvent) -> AlertEvent: ...
     def list_alert_events(
-        self, owner_id: str | None = None, machine_id: str | None = None, limit: int = 100
-    ) -> list[AlertEvent]: ...
+        self,
+        owner_id: str | None = None,
+        machine_id: str | None = None,
+        limit: int = 100,
+        *,
+        rule_id: str | None = None,
+        state: AlertState | None = None,
+        acknowledged: bool | None = None,
+        since: datetime | None = None,
+    ) -> list[AlertEvent]:
+        """Newest first; an owner sees the events of their own machines."""
+        ...
+
+    def acknowledge_alert_event(
+        self, event_id: str, by: str, at: datetime, owner_id: str | None = None
+    ) -> AlertEvent:
+        """Mark an event acknowledged (the first acknowledgement stays)."""
+        ...
+
+    def list_alert_states(
+        self,
+        owner_id: str | None = None,
+        *,
+        rule_id: str | None = None,
+        machine_id: str | None = None,
+        states: Sequence[AlertState] | None = None,
+    ) -> list[AlertStatus]: ...
+
+    def record_alert_transitions(
+        self, transitions: Sequence[AlertTransition]
+    ) -> list[AlertTransition]:
+        """Apply each transition whose series is still where it expects, in one transaction.
+
+        A transition's event and outbox entry are written with it or not at all;
+        returns those applied (another process may have won the others).
+        """
+        ...
+
+    # heartbeat
+    def find_status_changes(
+        self,
+        now: datetime,
+        threshold: timedelta,
+        machine_ids: Sequence[str] | None = None,
+    ) -> list[tuple[Machine, MachineStatus]]:
+        """Machines whose status is due to change, and the status each should get.
+
+        A machine is offline once silent past its own ``offline_after`` (or
+        ``threshold``), online when it reported within it; one that never
+        reported keeps its status.
+        """
+        ...
+
+    def record_status_changes(self, transitions: Sequence[StatusTransition]) -> list[StatusChange]:
+        """Apply each change whose machine still has the previous status, in one transaction.
+
+        The change is recorded and its outbox entry written with it; returns those applied.
+        """
+        ...
+
+    def list_status_changes(
+        self, machine_id: str, *, since: datetime | None = None, limit: int = 100
+    ) -> list[StatusChange]:
+        """Newest first."""
+        ...
+
+    # notification channels (a channel's ``config`` may hold secrets: never log it)
+    def add_channel(self, channel: Channel) -> Channel: ...
+    def get_channel(self, channel_id: str, owner_id: str | None = None) -> Channel: ...
+    def list_channels(self, owner_id: str | None = None) -> list[Channel]: ...
+    def update_channel(self, channel: Channel) -> Channel: ...
+    def delete_channel(self, channel_id: str, owner_id: str | None = None) -> None: ...
+
+    # the outbox
+    def add_outbox_events(self, events: Sequence[OutboxEvent]) -> None: ...
+    def fan_out(self, now: datetime, limit: int = 500) -> int:
+        """Hand new events to channels: silenced ones are marked so, the rest get one
+        pending delivery per active channel of their owner (``None``: every admin).
+        Returns how many events were handled."""
+        ...
+
+    def claim_deliveries(
+        self, now: datetime, lease: timedelta, limit: int = 50
+    ) -> list[tuple[Delivery, OutboxEvent, Channel]]:
+        """Take due pending deliveries until ``now + lease``; others skip them meanwhile."""
+        ...
+
+    def finish_delivery(self, delivery: Delivery, *, disable_channel: str | None = None) -> None:
+        """Store a delivery's outcome and release it; ``disable_channel`` gives the reason
+        to disable its channel (in the same transaction)."""
+        ...
+
+    def list_deliveries(
+        self,
+        owner_id: str | None = None,
+        *,
+        state: DeliveryState | None = None,
+        event_id: str | None = None,
+        channel_id: str | None = None,
+        limit: int = 100,
+    ) -> list[Delivery]:
+        """Newest first."""
+        ...
+
+    def retry_delivery(
+        self, delivery_id: str, now: datetime, owner_id: str | None = None
+    ) -> Delivery:
+        """Queue a dead delivery again, with its attempts reset."""
+        ...
+
+    def list_outbox_events(
+        self,
+        owner_id: str | None = None,
+        *,
+        state: EventState | None = None,
+        silence_id: str | None = None,
+        ids: Sequence[str] | None = None,
+        limit: int = 100,
+    ) -> list[OutboxEvent]:
+        """Newest first; ``ids`` keeps only those events."""
+        ...
+
+    # silences
+    def add_silence(self, silence: Silence) -> Silence: ...
+    def get_silence(self, silence_id: str, owner_id: str | None = None) -> Silence: ...
+    def list_silences(
+        self, owner_id: str | None = None, *, active_at: datetime | None = None
+    ) -> list[Silence]: ...
+    def end_silence(self, silence_id: str, at: datetime, owner_id: str | None = None) -> Silence:
+        """Make the silence end at ``at`` (if it ends later); it is then due for re-notification."""
+        ...
+
+    def due_silences(self, now: datetime) -> list[Silence]:
+        """Silences that have ended and whose leftovers were not re-notified yet."""
+        ...
+
+    def close_silence(self, silence_id: str, at: datetime, events: Sequence[OutboxEvent]) -> bool:
+        """Mark a due silence handled and write its re-notifications, in one transaction;
+        ``False`` if another process did it first."""
+        ...
 
     # API key lifetime (rotation grace)
     def set_api_key_expiry(self, key_id: str, expires_at: datetime | None) -> None:
@@ -181,6 +389,10 @@ class StateStore(Protocol):
     def add_login_failure(self, username: str, at: datetime, client: str | None) -> None: ...
     def count_login_failures(self, username: str, since: datetime) -> int:
         """Failures of ``username`` at or after ``since``."""
+        ...
+
+    def login_failure_times(self, username: str, since: datetime) -> list[datetime]:
+        """When the failures of ``username`` at or after ``since`` happened, oldest first."""
         ...
 
     def clear_login_failures(self, username: str) -> None: ...
@@ -239,6 +451,17 @@ class StateStore(Protocol):
         """Newest first; entries at or after ``since`` with exactly this action and actor."""
         ...
 
+    # housekeeping
+    def purge(self, now: datetime, policy: PurgePolicy) -> PurgeReport:
+        """Delete the server state that ``policy`` no longer keeps as of ``now``.
+
+        Safe to call at any time and from several processes at once (each record is
+        counted by the call that deleted it). Runs in several short transactions, so
+        a large backlog does not block writers; if it fails half-way, what it
+        deleted stays deleted and the next call carries on.
+        """
+        ...
+
     # central agent configuration (deleted with its machine)
     def get_agent_config(self, machine_id: str) -> AgentConfig | None: ...
     def set_agent_config(self, config: AgentConfig) -> AgentConfig:
@@ -248,6 +471,24 @@ class StateStore(Protocol):
         :class:`NotFoundError` for an unknown machine.
         """
         ...
+
+
+@attrs.frozen
+class StatusTransition:
+    """A machine's status change, with the notification it causes (if any)."""
+
+    change: StatusChange
+    event: OutboxEvent | None = None
+
+
+@attrs.frozen
+class AlertTransition:
+    """A series' move from ``previous`` (``None``: never evaluated) to ``status``."""
+
+    previous: AlertStatus | None
+    status: AlertStatus
+    event: AlertEvent | None = None
+    outbox: OutboxEvent | None = None
 
 
 @runtime_checkable

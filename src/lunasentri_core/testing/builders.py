@@ -18,14 +18,20 @@ from lunasentri_core.model import (
     AlertEvent,
     AlertRule,
     AlertState,
+    AlertStatus,
     ApiKey,
+    Channel,
     Comparison,
     Machine,
     MachineSamples,
+    MachineStatus,
+    OutboxEvent,
     Reading,
     Role,
     Sample,
     SeriesKey,
+    Silence,
+    StatusChange,
     Target,
     User,
     new_id,
@@ -151,6 +157,84 @@ def make_alert_event(rule: AlertRule, machine_id: str, **overrides: Any) -> Aler
     }
     fields.update(overrides)
     return AlertEvent(**fields)
+
+
+def make_alert_status(rule: AlertRule, machine_id: str, **overrides: Any) -> AlertStatus:
+    """Where ``rule`` stands for ``machine_id``'s series of its metric: pending."""
+    fields: dict[str, Any] = {
+        "rule_id": rule.id,
+        "series": SeriesKey(machine_id, rule.metric),
+        "state": AlertState.PENDING,
+        "since": BASE_TIME + timedelta(microseconds=31),
+        "value": rule.threshold + 1,
+        "updated_at": BASE_TIME + timedelta(microseconds=31),
+    }
+    fields.update(overrides)
+    return AlertStatus(**fields)
+
+
+def make_status_change(
+    machine_id: str,
+    previous: MachineStatus = MachineStatus.ONLINE,
+    status: MachineStatus = MachineStatus.OFFLINE,
+    **overrides: Any,
+) -> StatusChange:
+    """A heartbeat's change of ``machine_id`` (online to offline unless told otherwise)."""
+    fields: dict[str, Any] = {
+        "id": new_id(),
+        "machine_id": machine_id,
+        "previous": previous,
+        "status": status,
+        "at": BASE_TIME + timedelta(minutes=10, microseconds=41),
+        "last_seen": BASE_TIME + timedelta(microseconds=41),
+    }
+    fields.update(overrides)
+    return StatusChange(**fields)
+
+
+def make_channel(owner_id: str, **overrides: Any) -> Channel:
+    """An enabled ``webhook`` channel of ``owner_id`` with a fresh name."""
+    cid = new_id()
+    fields: dict[str, Any] = {
+        "id": cid,
+        "owner_id": owner_id,
+        "name": f"channel-{cid[:10]}",
+        "type": "webhook",
+        "config": {"url": "https://hooks.example.test/lunasentri", "secret": "s3crêt"},
+        "created_at": BASE_TIME + timedelta(microseconds=51),
+    }
+    fields.update(overrides)
+    return Channel(**fields)
+
+
+def make_outbox_event(owner_id: str | None, **overrides: Any) -> OutboxEvent:
+    """A new outbox event for ``owner_id``'s channels (``None``: every administrator's)."""
+    fields: dict[str, Any] = {
+        "id": new_id(),
+        "kind": NotificationKind.TEST.value,
+        "owner_id": owner_id,
+        "title": "LunaSentri test — ✓",
+        "text": "An outbox event.\nIts second line: ünïcode.",
+        "occurred_at": BASE_TIME + timedelta(microseconds=61),
+        "data": {"source": "lunasentri_core.testing", "count": 2, "labels": {"env": "test"}},
+    }
+    fields.update(overrides)
+    return OutboxEvent(**fields)
+
+
+def make_silence(owner_id: str, **overrides: Any) -> Silence:
+    """A silence of everything of ``owner_id``'s, for the hour from :data:`BASE_TIME`."""
+    fields: dict[str, Any] = {
+        "id": new_id(),
+        "owner_id": owner_id,
+        "starts_at": BASE_TIME,
+        "ends_at": BASE_TIME + timedelta(hours=1, microseconds=71),
+        "comment": "maintenance window",
+        "created_by": owner_id,
+        "created_at": BASE_TIME,
+    }
+    fields.update(overrides)
+    return Silence(**fields)
 
 
 def make_notification(**overrides: Any) -> Notification:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import copy
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import attrs
 import pytest
 
+from lunasentri_core.codec import decode, encode
 from lunasentri_core.components import (
     DeliveryResult,
     DeliveryStatus,
@@ -36,6 +39,37 @@ class ReceivedMessage:
 
 Received = Callable[[], Sequence[ReceivedMessage]]
 
+SECRET_NAME_HINTS = ("secret", "token", "password", "passwd", "apikey", "api_key", "credential")
+"""Channel fields whose name contains one of these must be marked secret."""
+MIN_SECRET_CHARS = 6
+"""Shorter secret values are not searched for in details and logs (too many false hits)."""
+
+
+def _secret_fields(channel_class: type[Any]) -> list[str]:
+    """Names of the fields of ``channel_class`` marked ``metadata={"secret": True}``."""
+    return [field.name for field in attrs.fields(channel_class) if field.metadata.get("secret")]
+
+
+def _secret_values(channel_class: type[Any], channel: Mapping[str, Any]) -> list[str]:
+    """The strings held by the secret fields of ``channel`` (inside mappings and lists too)."""
+    return [
+        text
+        for name in _secret_fields(channel_class)
+        for text in _strings(channel.get(name))
+        if len(text) >= MIN_SECRET_CHARS
+    ]
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+
 
 class NotifierContract(Contract):
     """Tests every notifier must pass.
@@ -45,6 +79,14 @@ class NotifierContract(Contract):
     returning the :class:`ReceivedMessage` list that receiver got so far).
     Optionally override ``failing_channel`` with a channel that cannot deliver
     (a closed port, a receiver answering 500).
+
+    Besides delivering, the suite checks the channel configuration: the notifier
+    class has a ``channel_class`` (an attrs class) that the ``channel`` fixture
+    decodes into and encodes back from; fields whose name suggests a secret
+    (token, password, ...) are marked ``metadata={"secret": True}``; the values
+    of secret fields appear neither in a result's ``detail`` nor in any log
+    record, on success or failure; and ``send`` leaves the channel mapping as it
+    was.
     """
 
     __test__ = False
@@ -86,10 +128,71 @@ class NotifierContract(Contract):
         )
         return result
 
+    def channel_class_of(self, notifier: Notifier) -> type[Any]:
+        cls = getattr(type(notifier), "channel_class", None)
+        assert cls is not None, (
+            f"the notifier class {type(notifier).__name__} needs a 'channel_class': the "
+            "attrs class a channel's config is decoded into"
+        )
+        assert attrs.has(cls), f"channel_class {cls!r} is not an attrs class"
+        return cls
+
     def test_has_a_name_and_settings(self, notifier: Notifier) -> None:
         check_name(type(notifier), "notifier")
         check_settings_class(type(notifier), "notifier")
         assert isinstance(notifier, Notifier), "it does not implement the protocol"
+
+    def test_channel_class_decodes_the_channel(
+        self, notifier: Notifier, channel: Mapping[str, Any]
+    ) -> None:
+        cls = self.channel_class_of(notifier)
+        # As the core does: decode the user's config, store the encoded instance.
+        config = decode(dict(channel), cls, what="the 'channel' fixture")
+        stored = encode(config)
+        assert decode(stored, cls, what="the stored channel") == config, (
+            "a decoded channel config does not survive encode() and decode() unchanged"
+        )
+
+    def test_secret_fields_are_marked(self, notifier: Notifier) -> None:
+        for field in attrs.fields(self.channel_class_of(notifier)):
+            marked = field.metadata.get("secret", False)
+            assert isinstance(marked, bool), (
+                f"channel field {field.name!r}: metadata 'secret' must be True or False"
+            )
+            if any(hint in field.name.lower() for hint in SECRET_NAME_HINTS):
+                assert marked, (
+                    f"channel field {field.name!r} looks like a secret: declare it with "
+                    "attrs.field(metadata={'secret': True}) so the API masks it"
+                )
+
+    def test_secrets_stay_out_of_details_and_logs(
+        self,
+        notifier: Notifier,
+        channel: Mapping[str, Any],
+        failing_channel: Mapping[str, Any] | None,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        cls = self.channel_class_of(notifier)
+        channels = {"channel": channel, "failing_channel": failing_channel}
+        for fixture, tried in channels.items():
+            if tried is None:
+                continue
+            caplog.clear()
+            with caplog.at_level(logging.DEBUG):
+                result = self.send(notifier, tried, make_notification())
+            logged = caplog.text
+            for value in _secret_values(cls, tried):
+                assert value not in result.detail, (
+                    f"the detail of a send to {fixture!r} shows a secret field's value"
+                )
+                assert value not in logged, f"a send to {fixture!r} logged a secret field's value"
+
+    def test_send_leaves_the_channel_unchanged(
+        self, notifier: Notifier, channel: Mapping[str, Any]
+    ) -> None:
+        before = copy.deepcopy(dict(channel))
+        self.send(notifier, channel, make_notification())
+        assert dict(channel) == before, "send() changed the channel mapping it was given"
 
     def test_delivers_one_message(
         self, notifier: Notifier, channel: Mapping[str, Any], received: Received

@@ -15,11 +15,9 @@ reverse order of addition.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import attrs
 import pytest
@@ -53,6 +51,10 @@ from lunasentri_core.testing.builders import (
     make_user,
 )
 from lunasentri_core.testing.contract import Contract
+from lunasentri_core.testing.races import CALLERS, race
+from lunasentri_core.testing.storage_alerting import AlertingStateContract
+from lunasentri_core.testing.storage_outbox import OutboxStateContract
+from lunasentri_core.testing.storage_purge import PurgeStateContract
 
 
 class _Record(Protocol):
@@ -62,23 +64,6 @@ class _Record(Protocol):
 
 def _ids(records: Iterable[_Record]) -> list[str]:
     return [record.id for record in records]
-
-
-_T = TypeVar("_T")
-_CALLERS = 8
-
-
-def _race(action: Callable[[int], _T], callers: int = _CALLERS) -> list[_T]:
-    """Run ``action(0..callers-1)`` in as many threads, released together."""
-    barrier = threading.Barrier(callers)
-
-    def run(index: int) -> _T:
-        barrier.wait(timeout=60)
-        return action(index)
-
-    with ThreadPoolExecutor(callers) as pool:
-        futures = [pool.submit(run, index) for index in range(callers)]
-        return [future.result(timeout=120) for future in futures]
 
 
 def _session(user_id: str, **overrides: Any) -> Session:
@@ -130,8 +115,14 @@ def _audit(action: str, **overrides: Any) -> AuditEntry:
     return AuditEntry(**fields)
 
 
-class StateStoreContract(Contract):
-    """Tests of ``storage.state``; part of :class:`~lunasentri_core.testing.StorageContract`."""
+class StateStoreContract(AlertingStateContract, OutboxStateContract, PurgeStateContract, Contract):
+    """Tests of ``storage.state``; part of :class:`~lunasentri_core.testing.StorageContract`.
+
+    The heartbeat, alerting, notification and purge tests come from
+    :mod:`~lunasentri_core.testing.storage_alerting`,
+    :mod:`~lunasentri_core.testing.storage_outbox` and
+    :mod:`~lunasentri_core.testing.storage_purge`.
+    """
 
     __test__ = False
 
@@ -233,9 +224,11 @@ class StateStoreContract(Contract):
             status=MachineStatus.OFFLINE,
             last_seen=BASE_TIME + timedelta(hours=1),
         )
-        assert state.update_machine(changed) == changed
-        assert state.get_machine(machine.id) == changed
-        assert state.find_machine(changed.name) == changed
+        # The status is the heartbeat's (record_status_changes): an edit keeps it.
+        stored = attrs.evolve(changed, status=machine.status)
+        assert state.update_machine(changed) == stored
+        assert state.get_machine(machine.id) == stored
+        assert state.find_machine(changed.name) == stored
 
     def test_delete_machine(self, state: StateStore) -> None:
         machine, other = state.add_machine(make_machine()), state.add_machine(make_machine())
@@ -453,8 +446,8 @@ class StateStoreContract(Contract):
     def test_concurrent_uses_of_a_reset_token_have_one_winner(self, state: StateStore) -> None:
         token = state.add_reset_token(_reset_token(self.add_user(state).id))
         at = BASE_TIME + timedelta(minutes=1)
-        results = _race(lambda _: state.use_reset_token(token.id, at))
-        assert sorted(results) == [False] * (_CALLERS - 1) + [True]
+        results = race(lambda _: state.use_reset_token(token.id, at))
+        assert sorted(results) == [False] * (CALLERS - 1) + [True]
 
     # ------------------------------------------------------------ login throttling
 
@@ -468,6 +461,9 @@ class StateStoreContract(Contract):
         assert state.count_login_failures(name, BASE_TIME) == 3
         assert state.count_login_failures(name, times[1]) == 2, "since is inclusive"
         assert state.count_login_failures(name, times[2] + timedelta(microseconds=1)) == 0
+        assert state.login_failure_times(name, BASE_TIME) == times, "oldest first"
+        assert state.login_failure_times(name, times[1]) == times[1:]
+        assert state.login_failure_times(f"never-failed-{new_id()[:8]}", BASE_TIME) == []
         state.clear_login_failures(name)
         assert state.count_login_failures(name, BASE_TIME) == 0
         assert state.count_login_failures(other, BASE_TIME) == 1
@@ -542,7 +538,7 @@ class StateStoreContract(Contract):
 
     def test_concurrent_claims_of_a_registration_have_one_winner(self, state: StateStore) -> None:
         claim = state.add_claim(_claim())
-        machines = [state.add_machine(make_machine()) for _ in range(_CALLERS)]
+        machines = [state.add_machine(make_machine()) for _ in range(CALLERS)]
 
         def claim_for(index: int) -> bool:
             change = attrs.evolve(
@@ -557,7 +553,7 @@ class StateStoreContract(Contract):
                 return False
             return True
 
-        won = _race(claim_for)
+        won = race(claim_for)
         assert won.count(True) == 1
         winner = won.index(True)
         stored = state.get_claim(claim.agent_id)
@@ -589,9 +585,9 @@ class StateStoreContract(Contract):
         claim = state.add_claim(
             _claim(status=ClaimStatus.CLAIMED, machine_id=machine.id, sealed_key=sealed)
         )
-        taken = _race(lambda _: state.take_sealed_key(claim.agent_id))
+        taken = race(lambda _: state.take_sealed_key(claim.agent_id))
         assert taken.count(sealed) == 1
-        assert taken.count(None) == _CALLERS - 1
+        assert taken.count(None) == CALLERS - 1
 
     def test_expire_claims(self, state: StateStore) -> None:
         now = BASE_TIME + timedelta(hours=1)
@@ -692,12 +688,12 @@ class StateStoreContract(Contract):
             config = AgentConfig(machine.id, interval=timedelta(seconds=index + 1))
             return state.set_agent_config(config).version
 
-        versions = _race(update)
-        assert sorted(versions) == list(range(1, _CALLERS + 1))
+        versions = race(update)
+        assert sorted(versions) == list(range(1, CALLERS + 1))
         stored = state.get_agent_config(machine.id)
         assert stored is not None
-        assert stored.version == _CALLERS
-        assert stored.interval == timedelta(seconds=versions.index(_CALLERS) + 1)
+        assert stored.version == CALLERS
+        assert stored.interval == timedelta(seconds=versions.index(CALLERS) + 1)
 
     # ------------------------------------------------------------ what deletion keeps
 

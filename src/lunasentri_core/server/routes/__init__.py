@@ -16,16 +16,31 @@ from starlette.applications import Starlette
 from lunasentri_core.server.api import Api
 from lunasentri_core.server.routes import (
     agents,
+    alerts,
     audit,
     auth,
+    channels,
     health,
     ingest,
     machines,
     queries,
+    silences,
     users,
 )
 
-MODULES: list[ModuleType] = [health, auth, users, machines, agents, ingest, queries, audit]
+MODULES: list[ModuleType] = [
+    health,
+    auth,
+    users,
+    machines,
+    agents,
+    ingest,
+    queries,
+    audit,
+    alerts,
+    channels,
+    silences,
+]
 ALL: list[Api] = [module.api for module in MODULES]
 
 

@@ -23,7 +23,13 @@ from lunasentri_core.server.routes.machines import (
     machine_json,
     service,
 )
-from lunasentri_core.services.claims import Claims, ClaimTokenMismatch, check_agent_id
+from lunasentri_core.services.claims import (
+    Claims,
+    ClaimTokenMismatch,
+    RegistrationThrottle,
+    RegistrationThrottled,
+    check_agent_id,
+)
 
 api = Api("agents")
 
@@ -89,7 +95,8 @@ class ClaimBody:
 
 
 def claims(call: Call) -> Claims:
-    return Claims(call.hub, call.request.app.state.full_settings)
+    state = call.request.app.state
+    return Claims(call.hub, state.full_settings, throttle=state.registrations)
 
 
 def registration_json(claim: AgentClaim, status: str | None = None) -> dict[str, Any]:
@@ -132,6 +139,7 @@ def registration_json(claim: AgentClaim, status: str | None = None) -> dict[str,
             },
         },
         409: ref("Error"),
+        429: ref("Error"),
     },
     status=202,
 )
@@ -140,11 +148,20 @@ async def register_agent(call: Call) -> object:
     which the agent keeps and shows to whoever installs it. Registering again with
     the same agent id and hash changes nothing; another hash while the registration
     is pending or claimed is a conflict (409). An unclaimed registration expires
-    after ``server.claim_ttl``; the agent may then register again."""
-    body = await call.json(RegisterBody, max_bytes=PUBLIC_MAX_BODY)
-    claim = await claims(call).register(
-        body.agent_id, body.claim_token_hash, body.hostname, body.version, client=call.client
-    )
+    after ``server.claim_ttl``; the agent may then register again. Each client
+    address may register ``server.register_rate`` times per second on average, up
+    to ``server.register_burst`` at once (refused requests do not count): beyond
+    that, 429 with ``Retry-After``."""
+    throttle: RegistrationThrottle = call.request.app.state.registrations
+    try:
+        throttle.admit(call.client)
+        body = await call.json(RegisterBody, max_bytes=PUBLIC_MAX_BODY)
+        claim = await claims(call).register(
+            body.agent_id, body.claim_token_hash, body.hostname, body.version, client=call.client
+        )
+    except RegistrationThrottled as error:
+        headers = {"Retry-After": error.retry_after_header}
+        raise ApiError(429, "rate_limited", str(error), headers=headers) from None
     return {
         "agent_id": claim.agent_id,
         "status": claim.status.value,
@@ -256,5 +273,6 @@ async def agent_config(call: Call) -> object:
 
 
 def start(app: Starlette, services: TaskGroup) -> None:
-    """Expire unclaimed registrations at start and then periodically."""
+    """Throttle registrations; expire unclaimed ones at start and then periodically."""
+    app.state.registrations = RegistrationThrottle(app.state.settings)
     services.start_soon(Claims(app.state.hub, app.state.full_settings).expire_forever)

@@ -93,7 +93,8 @@ class Credentials:
 async def login(call: Call) -> object:
     """Wrong username and wrong password get the same 401. After
     ``server.login_max_failures`` failures of a username within ``server.login_lockout``,
-    every attempt gets 429 with Retry-After until the window has passed."""
+    every attempt gets 429 until enough of them have left the window; Retry-After
+    says in how many seconds."""
     body = await call.json(Credentials, max_bytes=BODY_LIMIT)
     if len(body.username) > MAX_USERNAME_LENGTH or len(body.password) > MAX_PASSWORD_LENGTH:
         raise ApiError(401, "unauthenticated", str(InvalidCredentials()))

@@ -13,10 +13,13 @@ from starlette.responses import JSONResponse, Response
 
 from lunasentri_core.codec import decode
 from lunasentri_core.errors import FieldError, ValidationError
-from lunasentri_core.model import ApiKey, Labels, Machine, SeriesValue
+from lunasentri_core.model import ApiKey, Labels, Machine, SeriesValue, StatusChange
+from lunasentri_core.server import params
 from lunasentri_core.server.api import Api, Auth, Call, Schema, array_of, items_of, ref
 from lunasentri_core.server.errors import ApiError
 from lunasentri_core.services.machines import (
+    MAX_OFFLINE_AFTER,
+    MIN_OFFLINE_AFTER,
     EffectiveConfig,
     IssuedKey,
     Machines,
@@ -60,6 +63,11 @@ MACHINE = api.schema(
             "last_seen": MAYBE_TIMESTAMP,
             "created_at": TIMESTAMP,
             "owner_id": {"type": ["string", "null"]},
+            "offline_after": {
+                "type": ["number", "null"],
+                "description": "Seconds of silence after which this machine is offline "
+                "(null: the server's offline_threshold).",
+            },
         },
     },
 )
@@ -178,7 +186,20 @@ CREATE_REQUEST = _object(
         "owner_id": {"type": ["string", "null"], "description": "administrators only"},
     },
 )
-PATCH_REQUEST = _object([], {"name": NAME, "hostname": HOSTNAME, "labels": LABELS})
+PATCH_REQUEST = _object(
+    [],
+    {
+        "name": NAME,
+        "hostname": HOSTNAME,
+        "labels": LABELS,
+        "offline_after": {
+            "type": ["number", "null"],
+            "minimum": MIN_OFFLINE_AFTER.total_seconds(),
+            "maximum": MAX_OFFLINE_AFTER.total_seconds(),
+            "description": "Seconds; null: the server's offline_threshold.",
+        },
+    },
+)
 ROTATE_REQUEST = _object(
     [],
     {
@@ -215,6 +236,7 @@ class PatchBody:
     name: str | None = None
     hostname: str | None = None
     labels: Labels | None = None
+    offline_after: float | None = None
 
 
 @attrs.frozen
@@ -265,6 +287,9 @@ def machine_json(machine: Machine) -> dict[str, Any]:
         "last_seen": machine.last_seen.isoformat() if machine.last_seen else None,
         "created_at": machine.created_at.isoformat(),
         "owner_id": machine.owner_id,
+        "offline_after": (
+            None if machine.offline_after is None else machine.offline_after.total_seconds()
+        ),
     }
 
 
@@ -390,12 +415,13 @@ async def get_machine(call: Call) -> object:
 @api.patch(
     "/api/v1/machines/{machine_id}",
     auth=Auth.USER,
-    summary="Rename a machine, or change its hostname or labels",
+    summary="Rename a machine, or change its hostname, labels or offline threshold",
     request=PATCH_REQUEST,
     responses={200: MACHINE, 409: ref("Error")},
 )
 async def update_machine(call: Call) -> object:
-    """Only the fields given change; ``hostname: null`` clears the hostname."""
+    """Only the fields given change; ``hostname: null`` clears the hostname and
+    ``offline_after: null`` brings back the server's offline threshold."""
     data = await json_object(call)
     body = decode(data, PatchBody, what="request body")
     changes: dict[str, Any] = {}
@@ -406,6 +432,9 @@ async def update_machine(call: Call) -> object:
             changes[field] = getattr(body, field)
     if "hostname" in data:
         changes["hostname"] = body.hostname
+    if "offline_after" in data:
+        seconds = body.offline_after
+        changes["offline_after"] = None if seconds is None else _seconds(seconds, "offline_after")
     machine = await service(call).update(
         call.user, call.path("machine_id"), client=call.client, **changes
     )
@@ -422,6 +451,58 @@ async def update_machine(call: Call) -> object:
 async def delete_machine(call: Call) -> object:
     await service(call).delete(call.user, call.path("machine_id"), client=call.client)
     return Response(status_code=204)
+
+
+# --------------------------------------------------------------------------- heartbeat
+
+STATUS_CHANGE = api.schema(
+    "StatusChange",
+    {
+        "type": "object",
+        "required": ["id", "machine_id", "previous", "status", "at", "last_seen"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string"},
+            "machine_id": {"type": "string"},
+            "previous": {"type": "string", "enum": ["unknown", "online", "offline"]},
+            "status": {"type": "string", "enum": ["unknown", "online", "offline"]},
+            "at": TIMESTAMP,
+            "last_seen": {**MAYBE_TIMESTAMP, "description": "The last report before the change."},
+        },
+    },
+)
+
+
+def status_change_json(change: StatusChange) -> dict[str, Any]:
+    return {
+        "id": change.id,
+        "machine_id": change.machine_id,
+        "previous": change.previous.value,
+        "status": change.status.value,
+        "at": change.at.isoformat(),
+        "last_seen": change.last_seen.isoformat() if change.last_seen else None,
+    }
+
+
+@api.get(
+    "/api/v1/machines/{machine_id}/status-changes",
+    auth=Auth.USER,
+    summary="A machine's recorded online and offline transitions, newest first",
+    query={"since": params.SINCE, "limit": params.LIMIT},
+    responses={200: items_of(STATUS_CHANGE)},
+)
+async def list_status_changes(call: Call) -> object:
+    """The heartbeat records a change when a machine stays silent past its offline
+    threshold (`offline_after`, or the server's `offline_threshold`) and when it
+    reports again."""
+    params.only(call, {"since", "limit"})
+    changes = await service(call).status_changes(
+        call.user,
+        call.path("machine_id"),
+        since=params.since(call),
+        limit=params.limit(call),
+    )
+    return {"items": [status_change_json(change) for change in changes]}
 
 
 # --------------------------------------------------------------------------- API keys

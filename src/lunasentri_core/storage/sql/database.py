@@ -203,6 +203,10 @@ class Database:
         # A single shared connection (SQLite ":memory:") must never see two
         # transactions at once.
         self._serial: threading.RLock | None = threading.RLock() if serialize else None
+        # SQLite takes one writer at a time; threads of this process that wait for
+        # the file lock sleep in SQLite's busy handler (1, 2, 5, ... 100 ms steps),
+        # so they queue on a lock here instead and get the file lock at once.
+        self._writers: threading.Lock | None = threading.Lock() if self.is_sqlite else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -252,7 +256,8 @@ class Database:
         ``lock`` names an advisory lock held until commit (PostgreSQL; SQLite
         serializes writers anyway).
         """
-        with self._guard(), self.errors(), self.engine.connect() as conn:
+        writers = self._writers if self._writers is not None else nullcontext()
+        with self._guard(), writers, self.errors(), self.engine.connect() as conn:
             conn.execution_options(**{WRITE_OPTION: True})
             with conn.begin():
                 if lock is not None and self.is_postgres:

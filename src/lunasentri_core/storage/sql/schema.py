@@ -149,6 +149,7 @@ machines = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("last_seen", UtcMicros, nullable=True),
     sa.Column("created_at", UtcMicros, nullable=False),
+    sa.Column("offline_after_us", sa.BigInteger, nullable=True),
 )
 # NULL owners compare distinct in a plain unique constraint; coalesce makes
 # "one name per owner" hold for unowned machines too.
@@ -223,6 +224,7 @@ alert_events = sa.Table(
     sa.Column("value", Float64, nullable=False),
     sa.Column("at", UtcMicros, nullable=False),
     sa.Column("acknowledged_at", UtcMicros, nullable=True),
+    sa.Column("acknowledged_by", sa.Text, nullable=True),
     sa.Index(None, "machine_id", "at"),
 )
 
@@ -332,4 +334,141 @@ agent_configs = sa.Table(
     sa.Column("labels", sa.Text, nullable=False),
     sa.Column("version", sa.BigInteger, nullable=False),
     sa.Column("updated_at", UtcMicros, nullable=False),
+)
+
+
+# --------------------------------------------------------------------------- notifications
+
+status_changes = sa.Table(
+    "status_changes",
+    metadata,
+    sa.Column("seq", _Serial, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.Text, nullable=False, unique=True),
+    sa.Column(
+        "machine_id",
+        sa.Text,
+        sa.ForeignKey("machines.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("previous", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("at", UtcMicros, nullable=False),
+    sa.Column("last_seen", UtcMicros, nullable=True),
+    sa.Index(None, "machine_id", "at"),
+)
+
+alert_states = sa.Table(
+    "alert_states",
+    metadata,
+    sa.Column(
+        "rule_id",
+        sa.Text,
+        sa.ForeignKey("alert_rules.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column(
+        "machine_id",
+        sa.Text,
+        sa.ForeignKey("machines.id", ondelete="CASCADE"),
+        primary_key=True,
+        index=True,
+    ),
+    sa.Column("metric", sa.Text, primary_key=True),
+    sa.Column("labels", sa.Text, primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("since", UtcMicros, nullable=False),
+    sa.Column("value", Float64, nullable=False),
+    sa.Column("updated_at", UtcMicros, nullable=False),
+)
+
+channels = sa.Table(
+    "channels",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column(
+        "owner_id",
+        sa.Text,
+        sa.ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("config", sa.Text, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("disabled_reason", sa.Text, nullable=True),
+    sa.Column("created_at", UtcMicros, nullable=False),
+    sa.UniqueConstraint("owner_id", "name"),
+)
+
+outbox_events = sa.Table(
+    "outbox_events",
+    metadata,
+    # Dispatch order is insertion order, even within one microsecond.
+    sa.Column("seq", _Serial, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.Text, nullable=False, unique=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    # No foreign keys: what was notified stays on record after its subject is gone.
+    sa.Column("owner_id", sa.Text, nullable=True, index=True),
+    sa.Column("machine_id", sa.Text, nullable=True),
+    sa.Column("rule_id", sa.Text, nullable=True),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+    sa.Column("occurred_at", UtcMicros, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("silence_id", sa.Text, nullable=True),
+    sa.Index(None, "state", "seq"),
+)
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column(
+        "event_id",
+        sa.Text,
+        sa.ForeignKey("outbox_events.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column(
+        "channel_id",
+        sa.Text,
+        sa.ForeignKey("channels.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("owner_id", sa.Text, nullable=False, index=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", UtcMicros, nullable=False),
+    # A dispatcher owns a delivery it took until then; after a crash it is taken again.
+    sa.Column("lease_until", UtcMicros, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("delivered_at", UtcMicros, nullable=True),
+    sa.Column("created_at", UtcMicros, nullable=False),
+    sa.Index(None, "state", "next_attempt_at"),
+)
+
+silences = sa.Table(
+    "silences",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column(
+        "owner_id",
+        sa.Text,
+        sa.ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("starts_at", UtcMicros, nullable=False),
+    sa.Column("ends_at", UtcMicros, nullable=False),
+    sa.Column("machine_id", sa.Text, nullable=True),
+    sa.Column("labels", sa.Text, nullable=False),
+    sa.Column("rule_id", sa.Text, nullable=True),
+    sa.Column("comment", sa.Text, nullable=False),
+    sa.Column("created_by", sa.Text, nullable=True),
+    sa.Column("created_at", UtcMicros, nullable=False),
+    sa.Column("ended_at", UtcMicros, nullable=True),
+    sa.Index(None, "ended_at", "ends_at"),
 )

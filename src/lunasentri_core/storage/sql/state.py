@@ -20,11 +20,13 @@ PostgreSQL as well as on SQLite, whose writers are serialized anyway.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import attrs
 import sqlalchemy as sa
@@ -35,26 +37,22 @@ from lunasentri_core.errors import ConflictError, NotFoundError
 from lunasentri_core.model import (
     AgentClaim,
     AgentConfig,
-    AlertEvent,
-    AlertRule,
-    AlertState,
     ApiKey,
     AuditEntry,
     ClaimStatus,
-    Comparison,
     Machine,
-    MachineKind,
-    MachineStatus,
     ResetToken,
     Role,
-    RuleScope,
-    SeriesKey,
     Session,
-    Severity,
     User,
 )
+from lunasentri_core.storage.sql.alerting import SqlAlertStore
 from lunasentri_core.storage.sql.database import LOCK_MAINTAIN, Database
 from lunasentri_core.storage.sql.metrics import SqlMetricStore
+from lunasentri_core.storage.sql.outbox import SqlOutboxStore
+from lunasentri_core.storage.sql.purge import SqlPurgeStore
+from lunasentri_core.storage.sql.rows import machine_from_row as _machine
+from lunasentri_core.storage.sql.rows import machine_values as _machine_values
 from lunasentri_core.storage.sql.schema import (
     agent_claims,
     agent_configs,
@@ -66,10 +64,12 @@ from lunasentri_core.storage.sql.schema import (
     labels_to_json,
     login_failures,
     machines,
+    outbox_events,
     reset_tokens,
     sessions,
     users,
 )
+from lunasentri_core.storage.sql.seen import touch, touch_statement
 
 _MICROSECOND = timedelta(microseconds=1)
 _LIVE_CLAIMS = (ClaimStatus.PENDING.value, ClaimStatus.CLAIMED.value)
@@ -92,34 +92,6 @@ def _user(row: Row[Any]) -> User:
     return User(id=row.id, username=row.username, role=Role(row.role), created_at=row.created_at)
 
 
-def _machine_values(machine: Machine) -> dict[str, Any]:
-    return {
-        "id": machine.id,
-        "name": machine.name,
-        "owner_id": machine.owner_id,
-        "hostname": machine.hostname,
-        "kind": machine.kind.value,
-        "labels": labels_to_json(machine.labels),
-        "status": machine.status.value,
-        "last_seen": machine.last_seen,
-        "created_at": machine.created_at,
-    }
-
-
-def _machine(row: Row[Any]) -> Machine:
-    return Machine(
-        id=row.id,
-        name=row.name,
-        owner_id=row.owner_id,
-        hostname=row.hostname,
-        kind=MachineKind(row.kind),
-        labels=labels_from_json(row.labels),
-        status=MachineStatus(row.status),
-        last_seen=row.last_seen,
-        created_at=row.created_at,
-    )
-
-
 def _api_key(row: Row[Any]) -> ApiKey:
     return ApiKey(
         id=row.id,
@@ -129,47 +101,6 @@ def _api_key(row: Row[Any]) -> ApiKey:
         created_at=row.created_at,
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
-    )
-
-
-def _scope_json(scope: RuleScope) -> str:
-    return json.dumps(
-        {"machine_id": scope.machine_id, "labels": [list(p) for p in scope.labels]},
-        separators=(",", ":"),
-    )
-
-
-def _scope(text: str) -> RuleScope:
-    data = json.loads(text)
-    return RuleScope(machine_id=data.get("machine_id"), labels=[tuple(p) for p in data["labels"]])
-
-
-def _rule(row: Row[Any]) -> AlertRule:
-    return AlertRule(
-        id=row.id,
-        owner_id=row.owner_id,
-        name=row.name,
-        metric=row.metric,
-        comparison=Comparison(row.comparison),
-        threshold=row.threshold,
-        for_duration=timedelta(microseconds=row.for_duration_us),
-        scope=_scope(row.scope),
-        severity=Severity(row.severity),
-        enabled=bool(row.enabled),
-        created_at=row.created_at,
-    )
-
-
-def _event(row: Row[Any]) -> AlertEvent:
-    return AlertEvent(
-        id=row.id,
-        rule_id=row.rule_id,
-        machine_id=row.machine_id,
-        series=SeriesKey(row.series_machine_id, row.metric, labels_from_json(row.labels)),
-        state=AlertState(row.state),
-        value=row.value,
-        at=row.at,
-        acknowledged_at=row.acknowledged_at,
     )
 
 
@@ -268,13 +199,40 @@ def _owned(table: sa.Table, owner_id: str | None) -> sa.ColumnElement[bool]:
 
 # --------------------------------------------------------------------------- store
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
-class SqlStateStore:
+
+def _may_end_keys(
+    method: Callable[Concatenate[SqlStateStore, P], R],
+) -> Callable[Concatenate[SqlStateStore, P], R]:
+    """The method may end API keys: move ``api_key_generation`` once it has finished."""
+
+    @functools.wraps(method)
+    def wrapper(store: SqlStateStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(store, *args, **kwargs)
+        finally:
+            store._api_key_generation = next(store._key_changes)
+
+    return wrapper
+
+
+class SqlStateStore(SqlAlertStore, SqlOutboxStore, SqlPurgeStore):
     """:class:`~lunasentri_core.storage.StateStore` on SQLite or PostgreSQL."""
 
     def __init__(self, db: Database, metrics: SqlMetricStore) -> None:
         self._db = db
         self._metrics = metrics
+        self._key_changes = itertools.count(1)
+        self._api_key_generation = 0
+        self._touch = touch_statement(db)
+
+    @property
+    def api_key_generation(self) -> int:
+        """Moves after every call through this store that may end API keys (revoking,
+        expiring, deleting them): authenticators that remember keys drop them then."""
+        return self._api_key_generation
 
     # ------------------------------------------------------------------ users
 
@@ -330,6 +288,7 @@ class SqlStateStore:
         if not updated:
             raise NotFoundError(f"user {user_id!r} not found")
 
+    @_may_end_keys
     def delete_user(self, user_id: str) -> None:
         with self._db.write(lock=LOCK_MAINTAIN) as conn:
             if not self._exists(conn, users, users.c.id == user_id):
@@ -342,6 +301,8 @@ class SqlStateStore:
             rule_ids = sa.select(alert_rules.c.id).where(alert_rules.c.owner_id == user_id)
             conn.execute(sa.delete(alert_events).where(alert_events.c.rule_id.in_(rule_ids)))
             conn.execute(sa.delete(alert_rules).where(alert_rules.c.owner_id == user_id))
+            # Channels, deliveries and silences go by foreign key; the outbox keeps none.
+            conn.execute(sa.delete(outbox_events).where(outbox_events.c.owner_id == user_id))
             conn.execute(sa.delete(sessions).where(sessions.c.user_id == user_id))
             conn.execute(sa.delete(reset_tokens).where(reset_tokens.c.user_id == user_id))
             conn.execute(sa.delete(users).where(users.c.id == user_id))
@@ -409,12 +370,14 @@ class SqlStateStore:
             if self._same_name(conn, machine, exclude=machine.id):
                 raise ConflictError(message)
             values = _machine_values(machine)
-            del values["id"]
+            # The heartbeat owns the status: an edit made from a stale copy must not undo it.
+            del values["id"], values["status"]
             values["last_seen"] = _later(current.last_seen, machine.last_seen)
             conn.execute(sa.update(machines).where(machines.c.id == machine.id).values(values))
             row = conn.execute(sa.select(machines).where(machines.c.id == machine.id)).one()
         return _machine(row)
 
+    @_may_end_keys
     def delete_machine(self, machine_id: str) -> None:
         with self._db.write(lock=LOCK_MAINTAIN) as conn:
             if not self._exists(conn, machines, machines.c.id == machine_id):
@@ -438,23 +401,8 @@ class SqlStateStore:
     def touch_machines(self, seen: Sequence[tuple[str, datetime]]) -> None:
         if not seen:
             return
-        latest: dict[str, datetime] = {}
-        for machine_id, at in seen:
-            if machine_id not in latest or at > latest[machine_id]:
-                latest[machine_id] = at
-        stmt = (
-            sa.update(machines)
-            .where(
-                machines.c.id == sa.bindparam("mid"),
-                sa.or_(
-                    machines.c.last_seen.is_(None),
-                    machines.c.last_seen < sa.bindparam("at", type_=machines.c.last_seen.type),
-                ),
-            )
-            .values(last_seen=sa.bindparam("at", type_=machines.c.last_seen.type))
-        )
         with self._db.write() as conn:
-            conn.execute(stmt, [{"mid": m, "at": at} for m, at in sorted(latest.items())])
+            touch(conn, self._touch, seen)
 
     def _same_name(self, conn: Connection, machine: Machine, exclude: str | None = None) -> bool:
         condition = sa.and_(
@@ -510,6 +458,7 @@ class SqlStateStore:
             ).all()
         return [_api_key(row) for row in rows]
 
+    @_may_end_keys
     def revoke_api_key(self, key_id: str, at: datetime) -> None:
         """Revoke a key as of ``at``; a key revoked earlier keeps its earlier time."""
         with self._db.write() as conn:
@@ -523,108 +472,9 @@ class SqlStateStore:
                     sa.update(api_keys).where(api_keys.c.id == key_id).values(revoked_at=at)
                 )
 
-    # ------------------------------------------------------------------ alerts
-
-    def add_alert_rule(self, rule: AlertRule) -> AlertRule:
-        message = f"an alert rule with id {rule.id!r} already exists"
-        with _conflicts(message), self._db.write() as conn:
-            if not self._exists(conn, users, users.c.id == rule.owner_id):
-                raise NotFoundError(
-                    f"owner {rule.owner_id!r} of alert rule {rule.name!r} not found"
-                )
-            if self._exists(conn, alert_rules, alert_rules.c.id == rule.id):
-                raise ConflictError(message)
-            conn.execute(
-                sa.insert(alert_rules).values(
-                    id=rule.id,
-                    owner_id=rule.owner_id,
-                    name=rule.name,
-                    metric=rule.metric,
-                    comparison=rule.comparison.value,
-                    threshold=rule.threshold,
-                    for_duration_us=rule.for_duration // _MICROSECOND,
-                    scope=_scope_json(rule.scope),
-                    severity=rule.severity.value,
-                    enabled=rule.enabled,
-                    created_at=rule.created_at,
-                )
-            )
-        return rule
-
-    def get_alert_rule(self, rule_id: str, owner_id: str | None = None) -> AlertRule:
-        with self._db.read() as conn:
-            row = conn.execute(
-                sa.select(alert_rules).where(
-                    alert_rules.c.id == rule_id, _owned(alert_rules, owner_id)
-                )
-            ).first()
-        if row is None:
-            raise NotFoundError(f"alert rule {rule_id!r} not found")
-        return _rule(row)
-
-    def list_alert_rules(self, owner_id: str | None = None) -> list[AlertRule]:
-        with self._db.read() as conn:
-            rows = conn.execute(
-                sa.select(alert_rules)
-                .where(_owned(alert_rules, owner_id))
-                .order_by(alert_rules.c.name, alert_rules.c.id)
-            ).all()
-        return [_rule(row) for row in rows]
-
-    def delete_alert_rule(self, rule_id: str) -> None:
-        with self._db.write() as conn:
-            conn.execute(sa.delete(alert_events).where(alert_events.c.rule_id == rule_id))
-            deleted = conn.execute(
-                sa.delete(alert_rules).where(alert_rules.c.id == rule_id)
-            ).rowcount
-            if not deleted:
-                raise NotFoundError(f"alert rule {rule_id!r} not found")
-
-    def add_alert_event(self, event: AlertEvent) -> AlertEvent:
-        message = f"an alert event with id {event.id!r} already exists"
-        with _conflicts(message), self._db.write() as conn:
-            if not self._exists(conn, alert_rules, alert_rules.c.id == event.rule_id):
-                raise NotFoundError(f"alert rule {event.rule_id!r} not found")
-            if not self._exists(conn, machines, machines.c.id == event.machine_id):
-                raise NotFoundError(f"machine {event.machine_id!r} not found")
-            if self._exists(conn, alert_events, alert_events.c.id == event.id):
-                raise ConflictError(message)
-            conn.execute(
-                sa.insert(alert_events).values(
-                    id=event.id,
-                    rule_id=event.rule_id,
-                    machine_id=event.machine_id,
-                    series_machine_id=event.series.machine_id,
-                    metric=event.series.metric,
-                    labels=labels_to_json(event.series.labels),
-                    state=event.state.value,
-                    value=event.value,
-                    at=event.at,
-                    acknowledged_at=event.acknowledged_at,
-                )
-            )
-        return event
-
-    def list_alert_events(
-        self, owner_id: str | None = None, machine_id: str | None = None, limit: int = 100
-    ) -> list[AlertEvent]:
-        """Newest first; an owner sees the events of their own machines."""
-        query = sa.select(alert_events)
-        if owner_id is not None:
-            query = query.join(machines, machines.c.id == alert_events.c.machine_id).where(
-                machines.c.owner_id == owner_id
-            )
-        if machine_id is not None:
-            query = query.where(alert_events.c.machine_id == machine_id)
-        query = query.order_by(alert_events.c.at.desc(), alert_events.c.id.desc()).limit(
-            max(0, limit)
-        )
-        with self._db.read() as conn:
-            rows = conn.execute(query).all()
-        return [_event(row) for row in rows]
-
     # ------------------------------------------------------------------ API key lifetime
 
+    @_may_end_keys
     def set_api_key_expiry(self, key_id: str, expires_at: datetime | None) -> None:
         with self._db.write() as conn:
             updated = conn.execute(
@@ -759,6 +609,15 @@ class SqlStateStore:
                 .where(login_failures.c.username == username, login_failures.c.at >= since)
             ).scalar_one()
         return int(count)
+
+    def login_failure_times(self, username: str, since: datetime) -> list[datetime]:
+        with self._db.read() as conn:
+            times = conn.execute(
+                sa.select(login_failures.c.at)
+                .where(login_failures.c.username == username, login_failures.c.at >= since)
+                .order_by(login_failures.c.at)
+            ).scalars()
+            return list(times)
 
     def clear_login_failures(self, username: str) -> None:
         with self._db.write() as conn:

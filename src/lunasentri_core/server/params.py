@@ -1,0 +1,98 @@
+"""Query parameters of list endpoints: parsed strictly, each problem a 422 naming it."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection
+from datetime import datetime
+from typing import TypeVar
+
+from lunasentri_core.codec import parse_datetime
+from lunasentri_core.errors import FieldError, ValidationError
+from lunasentri_core.server.api import Call, Schema
+
+E = TypeVar("E", bound=enum.Enum)
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+MAX_ID = 200
+
+LIMIT: Schema = {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}
+SINCE: Schema = {
+    "type": "string",
+    "format": "date-time",
+    "description": "Only what happened at or after this time (ISO 8601 with an offset).",
+}
+BOOLEAN: Schema = {"type": "boolean"}
+
+
+def invalid(name: str, message: str) -> ValidationError:
+    return ValidationError([FieldError(name, message)], what="query")
+
+
+def only(call: Call, allowed: Collection[str]) -> None:
+    """Refuse unknown and repeated parameters (a typo would otherwise filter nothing)."""
+    params = call.request.query_params
+    for name in params:
+        if name not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise invalid(name, f"unknown parameter (known: {known})")
+        if len(params.getlist(name)) > 1:
+            raise invalid(name, "given more than once")
+
+
+def limit(call: Call, default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> int:
+    text = call.query("limit")
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit() and len(text) <= 6 and 1 <= int(text) <= maximum):
+        raise invalid("limit", f"expected an integer from 1 to {maximum}")
+    return int(text)
+
+
+def since(call: Call, name: str = "since") -> datetime | None:
+    text = call.query(name)
+    if text is None:
+        return None
+    try:
+        return parse_datetime(text)
+    except (TypeError, ValueError) as error:
+        raise invalid(name, str(error)) from None
+
+
+def boolean(call: Call, name: str) -> bool | None:
+    text = call.query(name)
+    if text is None:
+        return None
+    if text not in ("true", "false"):
+        raise invalid(name, "expected true or false")
+    return text == "true"
+
+
+def choice(call: Call, name: str, cls: type[E], allowed: Collection[E] | None = None) -> E | None:
+    text = call.query(name)
+    if text is None:
+        return None
+    members = list(allowed) if allowed is not None else list(cls)
+    for member in members:
+        if member.value == text:
+            return member
+    choices = ", ".join(str(m.value) for m in members)
+    raise invalid(name, f"{text!r} is not one of {choices}")
+
+
+def identifier(call: Call, name: str) -> str | None:
+    """An id to filter by; an unknown one simply matches nothing."""
+    text = call.query(name)
+    if text is None:
+        return None
+    if not text or len(text) > MAX_ID or not text.isprintable():
+        raise invalid(name, f"expected an id (1 to {MAX_ID} printable characters)")
+    return text
+
+
+def enum_schema(values: Collection[enum.Enum], description: str = "") -> Schema:
+    schema: Schema = {"type": "string", "enum": [m.value for m in values]}
+    if description:
+        schema["description"] = description
+    return schema
