@@ -55,6 +55,8 @@ from lunasentri_core.model import (
 
 TARGET = 0.8
 SPIKES = float(os.environ.get("SPIKES", "0.0001"))
+HEALTHY_VARIANTS = 256
+"""Value sets per agent over HTTP: 8 agents x 256 x 50 readings hold about ten spikes."""
 
 RULE_METRICS = [
     ("cpu.percent", 99.0),
@@ -195,7 +197,7 @@ class HealthyBodies(http_bench.BodyMaker):
     def __init__(self, plan: http_bench.Plan, agent: int) -> None:
         rng = random.Random(agent)
         self.plan = plan
-        self.variants = [metrics_json(rng) for _ in range(http_bench.VARIANTS)]
+        self.variants = [metrics_json(rng) for _ in range(HEALTHY_VARIANTS)]
         self.sent = 0
 
 

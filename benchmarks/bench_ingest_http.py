@@ -116,7 +116,7 @@ class BodyMaker:
         plan, first = self.plan, self.sent
         self.sent += plan.samples
         parts = [
-            b'{"timestamp":%d,"metrics":%s}' % (plan.base + n, self.variants[n % VARIANTS])
+            b'{"timestamp":%d,"metrics":%s}' % (plan.base + n, self.variants[n % len(self.variants)])
             for n in range(first, first + plan.samples)
         ]
         body = b'{"samples":[' + b",".join(parts) + b"]}"
