@@ -19,7 +19,7 @@ with rare spikes past the thresholds (``SPIKES``, a share of readings: 1 in
 10,000 by default), so most evaluations change nothing and some do: pending,
 firing and resolved are written with their outbox entries.
 
-    python benchmarks/bench_alert_ingest.py [--duration 8] [--rounds 2] [--agents 8]
+    python benchmarks/bench_alert_ingest.py [--duration 8] [--rounds 4] [--agents 8]
     python benchmarks/bench_alert_ingest.py --in-process [--rounds 6] [--batches 10]
 """
 
@@ -292,7 +292,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             anyio.run(measure_in_process, Path(tmp), args)
     else:
-        args.rounds = args.rounds or 2
+        args.rounds = args.rounds or 4
         measure_http(args)
     return 0
 

@@ -113,10 +113,10 @@ class BodyMaker:
         self.sent = 0
 
     def next(self) -> bytes:
-        plan, first = self.plan, self.sent
+        plan, first, variants = self.plan, self.sent, self.variants
         self.sent += plan.samples
         parts = [
-            b'{"timestamp":%d,"metrics":%s}' % (plan.base + n, self.variants[n % len(self.variants)])
+            b'{"timestamp":%d,"metrics":%s}' % (plan.base + n, variants[n % len(variants)])
             for n in range(first, first + plan.samples)
         ]
         body = b'{"samples":[' + b",".join(parts) + b"]}"

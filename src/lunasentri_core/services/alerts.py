@@ -201,6 +201,10 @@ class AlertEvaluator:
         if parts:
             for metric, labels, value in _derived(parts, plan):
                 metric_plan = watched[metric]
+                if metric_plan.low < value < metric_plan.high and (
+                    not active or (metric, labels) not in active
+                ):
+                    continue
                 self._check(machine, metric_plan, metric, labels, value, at, transitions)
 
     def _check(
@@ -350,10 +354,9 @@ def _derived(
     parts: dict[tuple[str, Labels], float], plan: MachinePlan
 ) -> Iterator[tuple[str, Labels, float]]:
     """The derived percentages a plan watches, from a sample's used and total readings."""
-    for name, used_metric, total_metric in plan.derived:
-        for (metric, labels), used in parts.items():
-            if metric != used_metric:
-                continue
+    used_of = plan.used_of
+    for (metric, labels), used in parts.items():
+        for name, total_metric in used_of.get(metric, ()):
             total = parts.get((total_metric, labels))
             if total and (name, labels) not in parts:  # a collector's own percentage wins
                 yield name, labels, used / total * 100

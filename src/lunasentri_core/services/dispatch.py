@@ -75,6 +75,10 @@ async def send(
     return result
 
 
+GATHER = 0.1
+"""Seconds a woken dispatcher waits for more events before its round."""
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -106,6 +110,11 @@ class Dispatcher:
                 continue  # more may be due right away
             with anyio.move_on_after(poll):
                 await self._wake.wait()
+            if self._wake.is_set():
+                # Every write to the outbox wakes the dispatcher: in an alert storm that
+                # is hundreds a second, each round several write transactions that
+                # ingest's commits wait for. A short pause lets a burst gather.
+                await anyio.sleep(GATHER)
             self._wake = anyio.Event()
 
     async def cycle(self) -> int:

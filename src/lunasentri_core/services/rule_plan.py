@@ -87,6 +87,14 @@ class MachinePlan:
     parts: frozenset[str]
     """The derived metrics and their used and total metrics: what a sample must show to
     derive a percentage (or, when it reports the percentage itself, not to)."""
+    used_of: Mapping[str, tuple[tuple[str, str], ...]] = attrs.field(init=False)
+    """(derived metric, total metric) for each used metric a watched percentage divides."""
+
+    def __attrs_post_init__(self) -> None:
+        used_of: dict[str, list[tuple[str, str]]] = {}
+        for name, used, total in self.derived:
+            used_of.setdefault(used, []).append((name, total))
+        object.__setattr__(self, "used_of", {k: tuple(v) for k, v in used_of.items()})
 
     @classmethod
     def of(

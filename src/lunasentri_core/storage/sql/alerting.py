@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 import sqlalchemy as sa
 from sqlalchemy import exc
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
 from lunasentri_core.errors import ConflictError, NotFoundError
@@ -138,13 +139,54 @@ def _status(row: Row[Any]) -> AlertStatus:
     )
 
 
-def _status_key(status: AlertStatus) -> sa.ColumnElement[bool]:
-    return sa.and_(
-        alert_states.c.rule_id == status.rule_id,
-        alert_states.c.machine_id == status.series.machine_id,
-        alert_states.c.metric == status.series.metric,
-        alert_states.c.labels == labels_to_json(status.series.labels),
+_SERIES_KEY = sa.and_(
+    alert_states.c.rule_id == sa.bindparam("k_rule"),
+    alert_states.c.machine_id == sa.bindparam("k_machine"),
+    alert_states.c.metric == sa.bindparam("k_metric"),
+    alert_states.c.labels == sa.bindparam("k_labels"),
+)
+_SERIES_VALUES: dict[str, sa.BindParameter[Any]] = {
+    "state": sa.bindparam("new_state"),
+    "since": sa.bindparam("new_since"),
+    "value": sa.bindparam("new_value"),
+    "updated_at": sa.bindparam("new_updated_at"),
+}
+_MOVE_SERIES = (
+    sa.update(alert_states)
+    .where(
+        _SERIES_KEY,
+        alert_states.c.state == sa.bindparam("was_state"),
+        alert_states.c.since == sa.bindparam("was_since"),
     )
+    .values(_SERIES_VALUES)
+)
+"""A series' transition, applied only while its row holds the state the caller saw."""
+_SERIES_LIVE = sa.select(
+    sa.and_(
+        sa.exists().where(alert_rules.c.id == sa.bindparam("k_rule")),
+        sa.exists().where(machines.c.id == sa.bindparam("k_machine")),
+    )
+)
+_NEW_SERIES: dict[str, sa.BindParameter[Any]] = {
+    "rule_id": sa.bindparam("k_rule"),
+    "machine_id": sa.bindparam("k_machine"),
+    "metric": sa.bindparam("k_metric"),
+    "labels": sa.bindparam("k_labels"),
+    **_SERIES_VALUES,
+}
+# Drivers report an INSERT's row count only when asked (psycopg: -1).
+_CREATE_SERIES_SQLITE = (
+    sqlite.insert(alert_states)
+    .values(_NEW_SERIES)
+    .on_conflict_do_nothing()
+    .execution_options(preserve_rowcount=True)
+)
+_CREATE_SERIES_POSTGRES = (
+    postgresql.insert(alert_states)
+    .values(_NEW_SERIES)
+    .on_conflict_do_nothing()
+    .execution_options(preserve_rowcount=True)
+)
 
 
 def _status_change(row: Row[Any]) -> StatusChange:
@@ -363,47 +405,29 @@ class SqlAlertStore:
         return applied
 
     def _move_series(self, conn: Connection, transition: AlertTransition) -> bool:
+        # The statements are built once: building them per transition (cache key
+        # included) cost several times their execution in an alert storm.
         status, previous = transition.status, transition.previous
-        values = {
-            "state": status.state.value,
-            "since": status.since,
-            "value": status.value,
-            "updated_at": status.updated_at,
+        params = {
+            "k_rule": status.rule_id,
+            "k_machine": status.series.machine_id,
+            "k_metric": status.series.metric,
+            "k_labels": labels_to_json(status.series.labels),
+            "new_state": status.state.value,
+            "new_since": status.since,
+            "new_value": status.value,
+            "new_updated_at": status.updated_at,
         }
         if previous is None:
-            live = sa.and_(
-                _exists_clause(alert_rules, alert_rules.c.id == status.rule_id),
-                _exists_clause(machines, machines.c.id == status.machine_id),
-            )
-            if not conn.execute(sa.select(live)).scalar():
+            if not conn.execute(_SERIES_LIVE, params).scalar():
                 return False  # the rule or machine was deleted meanwhile
             # A series already there, or created by a concurrent evaluator (which the
             # insert waits for on PostgreSQL), is not this transition's to create:
             # a plain INSERT would fail the whole batch with a duplicate key instead.
-            inserted = conn.execute(
-                self._db.insert(alert_states)
-                .values(
-                    rule_id=status.rule_id,
-                    machine_id=status.machine_id,
-                    metric=status.series.metric,
-                    labels=labels_to_json(status.series.labels),
-                    **values,
-                )
-                .on_conflict_do_nothing(),
-                # Drivers report an INSERT's row count only when asked (psycopg: -1).
-                execution_options={"preserve_rowcount": True},
-            ).rowcount
-            return inserted == 1
-        moved = conn.execute(
-            sa.update(alert_states)
-            .where(
-                _status_key(previous),
-                alert_states.c.state == previous.state.value,
-                alert_states.c.since == previous.since,
-            )
-            .values(values)
-        ).rowcount
-        return bool(moved)
+            create = _CREATE_SERIES_SQLITE if self._db.is_sqlite else _CREATE_SERIES_POSTGRES
+            return conn.execute(create, params).rowcount == 1
+        params["was_state"], params["was_since"] = previous.state.value, previous.since
+        return bool(conn.execute(_MOVE_SERIES, params).rowcount)
 
     # ------------------------------------------------------------------ heartbeat
 
@@ -492,10 +516,6 @@ class SqlAlertStore:
         with self._db.read() as conn:
             rows = conn.execute(query).all()
         return [_status_change(row) for row in rows]
-
-
-def _exists_clause(table: sa.Table, condition: sa.ColumnElement[bool]) -> sa.Exists:
-    return sa.exists(sa.select(sa.literal(1)).select_from(table).where(condition))
 
 
 def _evaluation_changed(old: AlertRule, new: AlertRule) -> bool:

@@ -505,6 +505,18 @@ def _claimed(row: Row[Any]) -> tuple[Delivery, OutboxEvent, Channel]:
     return delivery, event, channel
 
 
+_MARK_EVENT = (
+    sa.update(outbox_events)
+    .where(outbox_events.c.id == sa.bindparam("event_id"))
+    .values(state=sa.bindparam("new_state"), silence_id=sa.bindparam("new_silence_id"))
+)
+"""An event handed on (or muted): one statement, built once, for a whole batch."""
+
+
+def _mark(event: OutboxEvent, state: EventState, silence_id: str | None) -> dict[str, Any]:
+    return {"event_id": event.id, "new_state": state.value, "new_silence_id": silence_id}
+
+
 class _Fanout:
     """Hands one batch of new events to channels inside the caller's transaction."""
 
@@ -518,6 +530,7 @@ class _Fanout:
         active = self._silences()
         targets = self._channels()
         queued: list[dict[str, Any]] = []
+        marks: list[dict[str, Any]] = []
         for event in self.events:
             machine_labels = labels.get(event.machine_id or "", ())
             silence = next(
@@ -529,11 +542,12 @@ class _Fanout:
                 None,
             )
             if silence is not None:
-                self._mark(event, EventState.SILENCED, silence.id)
+                marks.append(_mark(event, EventState.SILENCED, silence.id))
                 continue
             for channel_id, owner_id in targets.get(event.owner_id, ()):
                 queued.append(self._delivery(event, channel_id, owner_id))
-            self._mark(event, EventState.DISPATCHED, None)
+            marks.append(_mark(event, EventState.DISPATCHED, None))
+        self.conn.execute(_MARK_EVENT, marks)
         if queued:
             self.conn.execute(sa.insert(deliveries), queued)
 
@@ -557,13 +571,6 @@ class _Fanout:
             "delivered_at": None,
             "created_at": self.now,
         }
-
-    def _mark(self, event: OutboxEvent, state: EventState, silence_id: str | None) -> None:
-        self.conn.execute(
-            sa.update(outbox_events)
-            .where(outbox_events.c.id == event.id)
-            .values(state=state.value, silence_id=silence_id)
-        )
 
     def _machine_labels(self) -> dict[str, Labels]:
         ids = {e.machine_id for e in self.events if e.machine_id is not None}
