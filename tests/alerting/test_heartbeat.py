@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import anyio
 import attrs
 import pytest
 
@@ -96,6 +97,33 @@ async def test_no_second_offline_notice_after_a_restart(
         await settle(hub)
         assert await status(hub, machine) is MachineStatus.OFFLINE
     assert notifier.kinds("ops") == ["machine.offline"]
+
+
+async def test_after_an_outage_of_the_server_machines_get_their_threshold_again(
+    open_hub: OpenHub, clock: Clock, notifier: RecordingNotifier
+) -> None:
+    async with open_hub() as hub:
+        user = await add_user(hub)
+        await add_channel(hub, user.id, "ops")
+        back = await hub.add_machine("back", owner_id=user.id)
+        gone = await hub.add_machine("gone", owner_id=user.id)
+        for machine in (back, gone):
+            await report(hub, machine, clock)
+        await settle(hub)
+
+    clock.advance(minutes=10)  # the server was down: nobody could report
+    async with open_hub() as hub:
+        await anyio.wait_all_tasks_blocked()  # the heartbeat has started listening
+        await settle(hub)
+        assert await status(hub, gone) is MachineStatus.ONLINE
+        clock.advance(seconds=20)
+        await report(hub, back, clock)
+        clock.advance(minutes=1, seconds=41)  # 2 min and 1 s since the start
+        await settle(hub)
+        assert await status(hub, back) is MachineStatus.ONLINE
+        assert await status(hub, gone) is MachineStatus.OFFLINE
+    assert notifier.kinds("ops") == ["machine.offline"]
+    assert "gone" in notifier.sent["ops"][0].title
 
 
 async def test_an_event_written_before_a_crash_is_delivered_after_restart(

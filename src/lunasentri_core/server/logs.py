@@ -53,5 +53,6 @@ def configure_logging(log_format: str, level: str) -> None:
     # Our middleware logs each request with its id; uvicorn's access log would repeat it.
     logging.getLogger("uvicorn.access").disabled = True
     # The in-process demo agent's client would log every request it sends at INFO.
-    for name in ("httpx", "httpcore"):
+    # Alembic announces each of its internal plugins at INFO on every start.
+    for name in ("httpx", "httpcore", "alembic.runtime.plugins"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

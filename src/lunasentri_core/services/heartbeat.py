@@ -48,6 +48,8 @@ class Heartbeat:
         self._reported: set[str] = set()
         self._woken = anyio.Event()
         self._sweeping = anyio.Lock()
+        self._listening_since: datetime | None = None
+        """When :meth:`run` started: no machine could report to this hub before."""
 
     async def sweep(self, machine_ids: Sequence[str] | None = None) -> list[StatusChange]:
         """Record every due status change now (of ``machine_ids`` only, when given)."""
@@ -73,7 +75,8 @@ class Heartbeat:
         recorded: list[tuple[StatusChange, Machine]] = []
         for _ in range(_ATTEMPTS):
             now = self._hub.clock()  # a retry decides on the present, not the past
-            due = state.find_status_changes(now, self.threshold, machine_ids)
+            due = [d for d in state.find_status_changes(now, self.threshold, machine_ids)
+                   if not self._in_grace(d, now)]  # fmt: skip
             if not due:
                 break
             transitions = [self._transition(state, m, status, now) for m, status in due]
@@ -87,6 +90,19 @@ class Heartbeat:
             if not machine_ids:
                 break
         return recorded
+
+    def _in_grace(self, due: tuple[Machine, MachineStatus], now: datetime) -> bool:
+        """Whether a machine is silent only because this hub was not listening.
+
+        After a server restart (or a longer outage) every machine's last report
+        predates the start: it goes offline only once it has been silent for
+        its threshold since, rather than all at once, to come back seconds later.
+        """
+        machine, status = due
+        if status is not MachineStatus.OFFLINE or self._listening_since is None:
+            return False
+        threshold = machine.offline_after or self.threshold
+        return now - self._listening_since < threshold
 
     @staticmethod
     def _transition(
@@ -132,6 +148,7 @@ class Heartbeat:
         """
         period = self.interval.total_seconds()
         next_sweep = anyio.current_time()
+        self._listening_since = self._hub.clock()
         while True:
             with anyio.move_on_after(max(0.0, next_sweep - anyio.current_time())):
                 await self._woken.wait()
