@@ -195,3 +195,29 @@ async def test_a_collectors_own_percentage_wins_over_the_derived_one(open_hub: O
         await feed(hub, machine, 10, *parts)  # derived: 95 %
         events = await hub.run_sync(hub.storage.state.list_alert_events, None)
         assert [(e.series.metric, e.value) for e in events] == [("mem.percent", 95.0)]
+
+
+async def test_a_rule_changed_while_the_rules_are_read_is_read_again(
+    open_hub: OpenHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with open_hub() as hub:
+        user = await add_user(hub)
+        machine = await hub.add_machine("web-1", owner_id=user.id)
+        rule = await add_rule(hub, user.id, threshold=90.0)
+        state = hub.storage.state
+        read_rules = state.list_alert_rules
+
+        def read_then_change(owner_id: str | None) -> list[AlertRule]:
+            # What was read is the old rule; the change lands right after it.
+            found = read_rules(owner_id)
+            monkeypatch.setattr(state, "list_alert_rules", read_rules)
+            state.update_alert_rule(attrs.evolve(rule, threshold=50.0))
+            hub.alerts.invalidate()
+            return found
+
+        monkeypatch.setattr(state, "list_alert_rules", read_then_change)
+        await feed(hub, machine, 0, cpu(70))  # evaluated with the old rule: fine
+        await feed(hub, machine, 5, cpu(70))  # the change applies from here
+
+        [status] = await hub.run_sync(state.list_alert_states, None)
+        assert (status.state, status.rule_id) == (AlertState.FIRING, rule.id)

@@ -103,10 +103,17 @@ class AlertEvaluator:
         self._stale = True
 
     async def load(self) -> None:
+        # Cleared first: a rule changed while this reads sets it again, so the
+        # next evaluation reads once more instead of keeping what was read before.
+        self._stale = False
         state = self._hub.storage.state
-        rules = await self._hub.run_sync(state.list_alert_rules, None)
-        states = await self._hub.run_sync(state.list_alert_states, None)
-        users = await self._hub.run_sync(state.list_users)
+        try:
+            rules = await self._hub.run_sync(state.list_alert_rules, None)
+            states = await self._hub.run_sync(state.list_alert_states, None)
+            users = await self._hub.run_sync(state.list_users)
+        except BaseException:
+            self._stale = True
+            raise
         self._admins = frozenset(user.id for user in users if user.role is Role.ADMIN)
         self._set_rules([rule for rule in rules if rule.enabled])
         self._states = {_key(s): s for s in states}
@@ -117,7 +124,6 @@ class AlertEvaluator:
                 self._active.setdefault(series.machine_id, set()).add(
                     (series.metric, series.labels)
                 )
-        self._stale = False
 
     def _set_rules(self, rules: Iterable[AlertRule]) -> None:
         by_metric: dict[str, list[AlertRule]] = {}
