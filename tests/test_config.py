@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import tomllib
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lunasentri_core.config import Settings, env_overrides
 from lunasentri_core.errors import ConfigError
@@ -108,3 +111,25 @@ def test_heartbeat_settings_come_from_their_environment_variables() -> None:
     assert settings.offline_threshold == timedelta(minutes=5)
     with pytest.raises(ConfigError, match="offline_threshold"):
         Settings.load(environ={"LUNASENTRI_OFFLINE_THRESHOLD": "0"})
+
+
+def _as_toml_literal(raw: str) -> object:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+@given(
+    st.one_of(
+        st.text(),
+        st.from_regex(r"\A[ \t0-9+_.-]{1,24}\Z"),
+        st.integers().map(str),
+        st.sampled_from(["true", "false", "inf", "nan", "0x1f", "007", "0", "http://h:1/"]),
+    )
+)
+def test_an_environment_value_reads_as_the_toml_literal_it_is_or_else_as_text(raw: str) -> None:
+    # The shortcuts for plain text and whole numbers agree with tomllib
+    # (compared by repr, where nan is nan).
+    read = env_overrides({"LUNASENTRI_X": raw})
+    assert repr(read) == repr({"x": _as_toml_literal(raw)})
