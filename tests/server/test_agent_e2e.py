@@ -248,6 +248,9 @@ async def test_claim_workflow_with_the_real_agent(server: LiveServer, tmp_path: 
             with anyio.fail_after(30):
                 while not await has_data():
                     await anyio.sleep(0.1)
+        # The agent says so where it showed the token (read_until fails if not).
+        await anyio.to_thread.run_sync(read_until, f"Agent {agent_id} is claimed")
+        assert server.url in output[-1]
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
         reader.join(timeout=5)

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 Announce = Callable[[str, str], None]
 """Called with (agent id, claim token) whenever a new token awaits its claim."""
+Claimed = Callable[[str], None]
+"""Called with the agent id once the claim has delivered the API key."""
 Wait = Callable[[float], bool]
 """Waits up to the given seconds (the agent collects meanwhile); ``True`` if it is stopping."""
 

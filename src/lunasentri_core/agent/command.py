@@ -16,7 +16,7 @@ from lunasentri_core.agent.settings import AgentRunSettings, load_agent_settings
 from lunasentri_core.errors import LunaSentriError
 
 if TYPE_CHECKING:
-    from lunasentri_core.agent.claim import Announce
+    from lunasentri_core.agent.claim import Announce, Claimed
     from lunasentri_core.agent.identity import Identity
     from lunasentri_core.agent.spool import Spool
 
@@ -172,6 +172,7 @@ def _drive(
             version=version,
             api_key=api_key,
             announce=_announce(options.server_url or ""),
+            claimed=_claimed(options.server_url or "", options.interval.total_seconds()),
         )
         if once:
             result = runner.run_once()
@@ -209,3 +210,14 @@ def _announce(server_url: str) -> Announce:
         )
 
     return announce
+
+
+def _claimed(server_url: str, interval: float) -> Claimed:
+    def claimed(agent_id: str) -> None:
+        # The announcement above was printed, not logged: so is its outcome.
+        click.echo(
+            f"Agent {agent_id} is claimed; its API key is stored. "
+            f"It collects every {interval:g} s and sends to {server_url}."
+        )
+
+    return claimed

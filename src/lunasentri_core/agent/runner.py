@@ -53,7 +53,7 @@ from lunasentri_core.errors import LunaSentriError
 from lunasentri_core.samples import Collector, Target, utcnow
 
 if TYPE_CHECKING:
-    from lunasentri_core.agent.claim import Announce
+    from lunasentri_core.agent.claim import Announce, Claimed
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ class Agent:
         version: str,
         api_key: str | None,
         announce: Announce,
+        claimed: Claimed | None = None,
         load: CollectorLoader = load_collectors,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -117,6 +118,7 @@ class Agent:
         self.version = version
         self.api_key = api_key
         self.announce = announce
+        self.claimed = claimed
         self.stats = AgentStats()
         self.interval = self.options.interval.total_seconds()
         self.collector_names = tuple(self.options.collectors)
@@ -194,6 +196,8 @@ class Agent:
             self.api_key = self._enrol()  # collecting meanwhile
             if not self.api_key:
                 return
+            if self.claimed is not None:
+                self.claimed(self.identity.agent_id())
             self._refresh_config()
         self._config_at = time.monotonic() + self.options.config_poll_interval.total_seconds()
         self._send_loop()
