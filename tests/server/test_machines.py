@@ -86,7 +86,8 @@ def test_registration_returns_the_key_once_and_an_install_command(
         base = server.settings.server.base_url
         command = body["install_command"]
         assert "\n" not in command
-        assert f"lunasentri agent --server {base} --api-key {key}" in command
+        assert f"LUNASENTRI_AGENT__API_KEY={key} lunasentri agent --server {base}" in command
+        assert "--api-key" not in command  # arguments are visible to every user
         assert command.startswith("pip install lunasentri-core lunasentri-psutil && ")
 
         keys = client.get(f"/api/v1/machines/{machine['id']}/keys").json()["items"]

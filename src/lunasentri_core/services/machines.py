@@ -218,9 +218,12 @@ def new_key(machine_id: str, at: datetime) -> IssuedKey:
 
 
 def install_command(base_url: str, api_key: str) -> str:
+    # The key goes in the environment, not in the arguments: every user of the
+    # machine can read a process's arguments, only its owner its environment.
     return (
         "pip install lunasentri-core lunasentri-psutil && "
-        f"lunasentri agent --server {shlex.quote(base_url)} --api-key {shlex.quote(api_key)}"
+        f"LUNASENTRI_AGENT__API_KEY={shlex.quote(api_key)} "
+        f"lunasentri agent --server {shlex.quote(base_url)}"
     )
 
 
