@@ -236,10 +236,33 @@ def test_history_defaults_to_the_last_hour_in_round_steps(
     assert [p[1] for p in series["points"]] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
 
 
+def test_history_takes_times_relative_to_now(shared: Shared, filled: tuple[str, datetime]) -> None:
+    machine_id, base = filled
+    path = f"/api/v1/machines/{machine_id}/history"
+
+    before = datetime.now(UTC)
+    relative = get(
+        shared.server, shared.admin, path, metric="cpu.percent", start="-30m", end="-90s", step=60
+    ).json()
+    after = datetime.now(UTC)
+
+    start, end = datetime.fromisoformat(relative["start"]), datetime.fromisoformat(relative["end"])
+    assert start.timestamp() % 60 == 0  # rounded down to a whole step, like the default range
+    assert before - timedelta(minutes=31) < start <= after - timedelta(minutes=30)
+    assert before - timedelta(seconds=90) <= end <= after - timedelta(seconds=90)
+    window = {"start": relative["start"], "end": relative["end"]}
+    explicit = get(shared.server, shared.admin, path, metric="cpu.percent", step=60, **window)
+    assert relative["series"] == explicit.json()["series"]
+    assert [base.isoformat(), 3.5] in relative["series"][0]["points"]  # avg of 1..6
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [
         ({}, "metric"),
+        ({"metric": "cpu.percent", "start": "-5x"}, "start"),
+        ({"metric": "cpu.percent", "start": "-99999999w"}, "start"),
+        ({"metric": "cpu.percent", "start": "-5m", "end": "-10m"}, "end"),
         ({"metric": "Not A Metric"}, "metric"),
         ({"metric": "cpu.percent", "start": "yesterday"}, "start"),
         ({"metric": "cpu.percent", "start": "2026-01-01T00:00:00"}, "start"),

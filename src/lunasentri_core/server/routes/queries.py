@@ -32,6 +32,8 @@ api = Api("queries")
 
 KEEPALIVE_SECONDS = 15.0
 _NUMERIC = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+_RELATIVE = re.compile(r"^-\d+(\.\d+)?(ms|s|m|h|d|w)$")
+"""A time before now (``-15m``); a bare ``-15`` stays Unix epoch seconds."""
 # A "+" in a query string arrives as a space unless the client encoded it.
 _SPACED_OFFSET = re.compile(r" (\d{2}(:?\d{2})?)$")
 
@@ -124,8 +126,14 @@ EVENT_STREAM: Schema = {
 
 _METRIC_PARAM: Schema = {"type": "string", "pattern": METRIC_NAME.pattern}
 _TIME_PARAM: Schema = {
-    "anyOf": [{"type": "string", "format": "date-time"}, {"type": "number"}],
-    "description": "ISO 8601 with a timezone (encode '+' as %2B), or Unix epoch seconds.",
+    "anyOf": [
+        {"type": "string", "format": "date-time"},
+        {"type": "number"},
+        {"type": "string", "pattern": r"^-\d+(\.\d+)?(ms|s|m|h|d|w)$"},
+    ],
+    "description": "ISO 8601 with a timezone (encode '+' as %2B), Unix epoch seconds, or "
+    "a time before the server's now: -30s, -15m, -6h, -7d (a relative start is rounded "
+    "down to a whole step).",
 }
 
 
@@ -240,7 +248,9 @@ def _history_query(call: Call) -> HistoryQuery:
     if end <= start:
         raise _invalid("end" if given_end else "start", "end must be after start")
     step = _step(call) or queries.auto_step(start, end)
-    if given_start is None:
+    if given_start is None or _RELATIVE.match(call.query("start") or ""):
+        # Round steps for "the last ..." (as for the default range): the same
+        # query repeated a moment later gives the same buckets.
         start = queries.align(start, step)
     if (end - start) / step > queries.MAX_STEPS:
         steps = (end - start) / step
@@ -334,6 +344,11 @@ def _time(call: Call, name: str) -> datetime | None:
     value = call.query(name)
     if value is None:
         return None
+    if _RELATIVE.match(value):
+        try:
+            return call.hub.clock() - parse_duration(value[1:])
+        except (TypeError, ValueError, OverflowError):
+            raise _invalid(name, f"{value!r} reaches back too far") from None
     raw: object = float(value) if _NUMERIC.match(value) else _SPACED_OFFSET.sub(r"+\1", value)
     try:
         return parse_datetime(raw)
