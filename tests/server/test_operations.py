@@ -273,8 +273,15 @@ def test_demo_serves_this_machines_metrics_within_seconds(
         latest = httpx.get(f"{url}/api/v1/machines/{machine['id']}/latest", headers=headers)
         metrics = {item["metric"] for item in latest.json()["items"]}
         time.sleep(0.5)
+    # The dashboard shows the same machine to the same login.
+    with httpx.Client(base_url=url) as browser:
+        form = {"username": "admin", "password": ADMIN_PASSWORD, "next": "/"}
+        assert browser.post("/login", data=form).status_code == 303
+        page = browser.get("/").text
     out, _ = stop(process)
 
     assert wanted <= metrics
+    assert f'href="/machines/{machine["id"]}"' in page
     assert "LunaSentri demo is running" in out
+    assert f"dashboard:  {url}/" in out
     assert f"{url}/api/v1/openapi.json" in out

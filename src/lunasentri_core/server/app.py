@@ -23,6 +23,7 @@ from lunasentri_core.model import SeriesValue
 from lunasentri_core.server import routes
 from lunasentri_core.server.api import Api, Endpoint, build_routes
 from lunasentri_core.server.context import REQUEST_ID_HEADER, new_request_id, request_id
+from lunasentri_core.server.dashboard import dashboard_routes
 from lunasentri_core.server.errors import EXCEPTION_HANDLERS
 from lunasentri_core.server.metrics import ServerMetrics
 
@@ -73,7 +74,11 @@ def create_app(
                 services.cancel_scope.cancel()
 
     app = Starlette(
-        routes=[*build_routes(endpoints, _authenticate), *_plugin_routes(hub)],
+        routes=[
+            *build_routes(endpoints, _authenticate),
+            *_plugin_routes(hub),
+            *dashboard_routes(_authenticate),
+        ],
         middleware=_middleware(settings, metrics),
         exception_handlers=dict(EXCEPTION_HANDLERS),
         lifespan=lifespan,

@@ -125,6 +125,7 @@ def _announce(settings: Settings) -> None:
     lines = [
         "",
         "LunaSentri demo is running.",
+        f"  dashboard:  {url}/",
         f"  API:        {url}/api/v1/openapi.json",
         f"  health:     {url}/healthz   metrics: {url}/metrics",
         f"  log in:     user {settings.admin_username!r}, password {settings.admin_password!r}",

@@ -111,7 +111,7 @@ async def login(call: Call) -> object:
             "user": user_json(result.user),
         }
     )
-    _set_cookie(response, call.settings, result.token)
+    set_session_cookie(response, call.settings, result.token)
     return response
 
 
@@ -126,7 +126,7 @@ async def logout(call: Call) -> object:
     """Always 204, so a dashboard holding an expired cookie can still clear it."""
     await accounts_of(call).logout(session_token(call.request), call.client)
     response = Response(status_code=204)
-    _clear_cookie(response, call.settings)
+    clear_session_cookie(response, call.settings)
     return response
 
 
@@ -142,7 +142,7 @@ def _cookie_secure(settings: ServerSettings) -> bool:
     return settings.tls_cert is not None or (settings.public_url or "").startswith("https://")
 
 
-def _set_cookie(response: Response, settings: ServerSettings, token: str) -> None:
+def set_session_cookie(response: Response, settings: ServerSettings, token: str) -> None:
     response.set_cookie(
         SESSION_COOKIE,
         token,
@@ -154,7 +154,7 @@ def _set_cookie(response: Response, settings: ServerSettings, token: str) -> Non
     )
 
 
-def _clear_cookie(response: Response, settings: ServerSettings) -> None:
+def clear_session_cookie(response: Response, settings: ServerSettings) -> None:
     response.delete_cookie(
         SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=_cookie_secure(settings)
     )

@@ -169,16 +169,18 @@ EXPORT = api.schema(
 async def start(app: Starlette, services: TaskGroup) -> None:
     """Create the first admin from ``admin_password`` when there is no admin yet."""
     settings = app.state.full_settings
-    created = await _accounts(app).ensure_admin(settings.admin_username, settings.admin_password)
+    created = await accounts_of_app(app).ensure_admin(
+        settings.admin_username, settings.admin_password
+    )
     if created is not None:
         log.info("created admin user %r", created.username)
 
 
 def accounts_of(call: Call) -> Accounts:
-    return _accounts(call.request.app)
+    return accounts_of_app(call.request.app)
 
 
-def _accounts(app: Starlette) -> Accounts:
+def accounts_of_app(app: Starlette) -> Accounts:
     accounts: Accounts | None = getattr(app.state, "accounts", None)
     if accounts is None:
         accounts = app.state.accounts = Accounts(app.state.hub, app.state.settings)
