@@ -73,6 +73,8 @@ def test_logging_in_shows_the_machines_with_their_latest_values(shared: Shared) 
     assert "mem.percent" in detail.text
     assert "75" in detail.text
     assert re.search(r"<polyline points=\"[0-9., ]+\"", detail.text)  # the cpu chart
+    counted = httpx.get(f"{shared.server.url}/metrics").text
+    assert 'route="/machines/{machine_id}",status="200"' in counted
 
 
 def test_a_user_sees_only_their_own_machines(shared: Shared) -> None:

@@ -22,7 +22,12 @@ from lunasentri_core.hub import Sentri
 from lunasentri_core.model import SeriesValue
 from lunasentri_core.server import routes
 from lunasentri_core.server.api import Api, Endpoint, build_routes
-from lunasentri_core.server.context import REQUEST_ID_HEADER, new_request_id, request_id
+from lunasentri_core.server.context import (
+    REQUEST_ID_HEADER,
+    ROUTE_KEY,
+    new_request_id,
+    request_id,
+)
 from lunasentri_core.server.dashboard import dashboard_routes
 from lunasentri_core.server.errors import EXCEPTION_HANDLERS
 from lunasentri_core.server.metrics import ServerMetrics
@@ -180,7 +185,7 @@ class RequestContextMiddleware:
 
     def _observe(self, scope: Scope, status: int, elapsed: float) -> None:
         endpoint: Endpoint | None = scope.get("lunasentri.endpoint")
-        route = endpoint.path if endpoint is not None else "unmatched"
+        route = endpoint.path if endpoint is not None else scope.get(ROUTE_KEY, "unmatched")
         method = scope["method"]
         counted = self._counted.get((route, method, status))
         if counted is None:

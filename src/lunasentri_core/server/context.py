@@ -19,3 +19,7 @@ def new_request_id(offered: str | None) -> str:
     if offered and _VALID_ID.match(offered):
         return offered
     return uuid.uuid4().hex[:16]
+
+
+ROUTE_KEY = "lunasentri.route"
+"""Where a route that is not an API endpoint puts its path template in the ASGI scope."""

@@ -24,6 +24,7 @@ from lunasentri_core.components import Principal
 from lunasentri_core.errors import NotFoundError
 from lunasentri_core.hub import Sentri
 from lunasentri_core.model import HistoryQuery, MachineStatus, SeriesHistory, SeriesValue
+from lunasentri_core.server.context import ROUTE_KEY
 from lunasentri_core.server.dashboard.charts import HEIGHT, WIDTH, sparkline
 from lunasentri_core.server.routes.auth import (
     clear_session_cookie,
@@ -36,6 +37,7 @@ from lunasentri_core.services.accounts import InvalidCredentials, LoginThrottled
 from lunasentri_core.services.machines import Machines, owner_scope
 
 Authenticate = Callable[[Request], Awaitable[Principal | None]]
+Page = Callable[[Request], Awaitable[Response]]
 
 PAGE = "dashboard."
 """Prefix of the pages' route names (they are HTML, not part of the API document)."""
@@ -60,12 +62,21 @@ def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
     """The pages, which find the caller with ``authenticate`` (the API's auth hook)."""
     pages = _Pages(authenticate)
     return [
-        Route("/", pages.machines, methods=["GET"], name=f"{PAGE}machines"),
-        Route("/machines/{machine_id}", pages.machine, methods=["GET"], name=f"{PAGE}machine"),
-        Route("/login", pages.login_form, methods=["GET"], name=f"{PAGE}login_form"),
-        Route("/login", pages.login, methods=["POST"], name=f"{PAGE}login"),
-        Route("/logout", pages.logout, methods=["POST"], name=f"{PAGE}logout"),
+        _route("/", pages.machines, "GET", "machines"),
+        _route("/machines/{machine_id}", pages.machine, "GET", "machine"),
+        _route("/login", pages.login_form, "GET", "login_form"),
+        _route("/login", pages.login, "POST", "login"),
+        _route("/logout", pages.logout, "POST", "logout"),
     ]
+
+
+def _route(path: str, page: Page, method: str, name: str) -> Route:
+    async def endpoint(request: Request) -> Response:
+        # The request metrics count pages by their path template, as API routes.
+        request.scope[ROUTE_KEY] = path
+        return await page(request)
+
+    return Route(path, endpoint, methods=[method], name=f"{PAGE}{name}")
 
 
 class _Pages:
