@@ -43,6 +43,8 @@ PAGE = "dashboard."
 """Prefix of the pages' route names (they are HTML, not part of the API document)."""
 REFRESH_SECONDS = 15
 CHART_RANGE = timedelta(hours=1)
+CHART_POINTS = 120
+"""Points at most in a sparkline (30 s steps over the hour)."""
 CHARTS = ("cpu.percent", "mem.percent", "swap.percent", "disk.percent", "load.1", "net.rx_rate")
 """Drawn on a machine's page where it has them, in this order."""
 SUMMARY_METRICS = ("cpu.percent", "mem.percent", "disk.percent")
@@ -167,8 +169,8 @@ def _hub(request: Request) -> Sentri:
 
 async def _charts(hub: Sentri, machine_id: str, scope: str | None) -> list[dict[str, Any]]:
     end = hub.clock()
-    start = queries.align(end - CHART_RANGE, queries.auto_step(end - CHART_RANGE, end, 120))
-    step = queries.auto_step(start, end, 120)
+    step = queries.auto_step(end - CHART_RANGE, end, CHART_POINTS)
+    start = queries.align(end - CHART_RANGE, step)
     charts = []
     for metric in CHARTS:
         query = HistoryQuery(machine_id, metric, start, end, step)
