@@ -11,6 +11,7 @@ import pytest
 
 from lunasentri_core.model import HistoryPoint
 from lunasentri_core.server.dashboard.charts import HEIGHT, WIDTH, sparkline
+from lunasentri_core.server.dashboard.pages import number
 
 from .conftest import ADMIN_PASSWORD, LiveServer
 from .test_ingest import PASSWORD, Shared, add_user, at, post, register, sample, shared_server
@@ -155,3 +156,13 @@ def test_a_sparkline_spans_its_box_and_scales_percentages_to_0_100() -> None:
     flat = sparkline([HistoryPoint(base, 7.0)], start, start + 600)
     assert flat is not None
     assert flat.points == f"0.0,{HEIGHT / 2:.1f}"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(270_553_174_016.0, "270,553,174,016"), (3.72244, "3.722"), (0.0, "0"), (-1500.4, "-1,500")],
+)
+def test_readings_are_shown_exactly_when_large_and_to_four_digits_when_small(
+    value: float, shown: str
+) -> None:
+    assert number(value) == shown

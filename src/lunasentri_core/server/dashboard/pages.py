@@ -60,6 +60,17 @@ SECURITY_HEADERS = {
 templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
 
 
+def number(value: float) -> str:
+    """A reading for people: whole numbers with separators from 1,000 up (byte counts
+    stay exact), four significant digits below."""
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
+
+
+templates.env.filters["number"] = number
+
+
 def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
     """The pages, which find the caller with ``authenticate`` (the API's auth hook)."""
     pages = _Pages(authenticate)
