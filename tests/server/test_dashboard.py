@@ -13,6 +13,7 @@ from lunasentri_core.model import HistoryPoint
 from lunasentri_core.server.dashboard.charts import HEIGHT, WIDTH, sparkline
 from lunasentri_core.server.dashboard.pages import number
 
+from .alerting_support import wait_for
 from .conftest import ADMIN_PASSWORD, LiveServer
 from .test_ingest import PASSWORD, Shared, add_user, at, post, register, sample, shared_server
 
@@ -76,6 +77,32 @@ def test_logging_in_shows_the_machines_with_their_latest_values(shared: Shared) 
     assert re.search(r"<polyline points=\"[0-9., ]+\"", detail.text)  # the cpu chart
     counted = httpx.get(f"{shared.server.url}/metrics").text
     assert 'route="/machines/{machine_id}",status="200"' in counted
+
+
+def test_firing_alerts_show_on_the_list_and_on_the_machine(shared: Shared) -> None:
+    token = add_user(shared.server, shared.admin, "erin")
+    machine_id, key = register(shared.server, token, "hot-box")
+    with shared.server.client(token) as api:
+        rule = {"name": "cpu <hot>", "metric": "cpu.percent", "comparison": ">", "threshold": 80}
+        assert api.post("/api/v1/alert-rules", json=rule).status_code == 201
+    assert (
+        post(shared.server, key, {"samples": [sample(at(0.1), cpu__percent=97.0)]}).status_code
+        == 200
+    )
+    with browser(shared.server) as client:
+        log_in(client, "erin", PASSWORD)
+
+        def listed() -> str:
+            page = client.get("/").text
+            return page if "1 firing" in page else ""
+
+        page = wait_for(listed, what="the firing alert on the list")
+        detail = client.get(f"/machines/{machine_id}").text
+    assert page.count("1 firing") == 1
+    alerts = detail[detail.index("<h2>Alerts</h2>") : detail.index("Last hour")]
+    assert html.escape("cpu <hot>") in alerts
+    assert "firing" in alerts
+    assert "97" in alerts
 
 
 def test_a_user_sees_only_their_own_machines(shared: Shared) -> None:

@@ -10,7 +10,8 @@ same services and owner scoping as the API routes.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,14 @@ from starlette.templating import Jinja2Templates
 from lunasentri_core.components import Principal
 from lunasentri_core.errors import NotFoundError
 from lunasentri_core.hub import Sentri
-from lunasentri_core.model import HistoryQuery, MachineStatus, SeriesHistory, SeriesValue
+from lunasentri_core.model import (
+    AlertState,
+    AlertStatus,
+    HistoryQuery,
+    MachineStatus,
+    SeriesHistory,
+    SeriesValue,
+)
 from lunasentri_core.server.context import ROUTE_KEY
 from lunasentri_core.server.dashboard.charts import HEIGHT, WIDTH, sparkline
 from lunasentri_core.server.routes.auth import (
@@ -35,6 +43,7 @@ from lunasentri_core.server.routes.users import accounts_of_app
 from lunasentri_core.services import queries
 from lunasentri_core.services.accounts import InvalidCredentials, LoginThrottled
 from lunasentri_core.services.machines import Machines, owner_scope
+from lunasentri_core.services.rules import Rules
 
 Authenticate = Callable[[Request], Awaitable[Principal | None]]
 Page = Callable[[Request], Awaitable[Response]]
@@ -48,6 +57,8 @@ CHART_POINTS = 120
 CHARTS = ("cpu.percent", "mem.percent", "swap.percent", "disk.percent", "load.1", "net.rx_rate")
 """Drawn on a machine's page where it has them, in this order."""
 SUMMARY_METRICS = ("cpu.percent", "mem.percent", "disk.percent")
+ALERT_STATES = (AlertState.FIRING, AlertState.PENDING)
+"""Shown, in this order: what a rule has decided and what it is about to."""
 FORM_LIMIT = 4096
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; "
@@ -102,12 +113,14 @@ class _Pages:
             return _to_login(request)
         hub = _hub(request)
         summaries = await Machines(hub, request.app.state.full_settings).summaries(user)
+        alerts = await Rules(hub).states(user)
         now = hub.clock()
         rows = [
             {
                 "machine": s.machine,
                 "seen": _ago(s.machine.last_seen, now),
                 "values": _summary_values(s.latest),
+                "alerts": _alert_counts(alerts, s.machine.id),
             }
             for s in summaries
         ]
@@ -124,6 +137,7 @@ class _Pages:
             machine = await Machines(hub, request.app.state.full_settings).get(user, machine_id)
             latest = await queries.latest(hub, machine_id, owner_scope(user))
             charts = await _charts(hub, machine_id, owner_scope(user))
+            alerts = await _alerts(hub, user, machine_id)
         except NotFoundError:
             context = {"user": user, "what": "machine"}
             return _render(request, "not_found.html", context, status=404)
@@ -133,6 +147,7 @@ class _Pages:
             "seen": _ago(machine.last_seen, hub.clock()),
             "values": [*latest.derived, *latest.items],
             "charts": charts,
+            "alerts": alerts,
             "width": WIDTH,
             "height": HEIGHT,
         }
@@ -204,6 +219,23 @@ def _chart(series: SeriesHistory, start: datetime, end: datetime) -> dict[str, A
     if line is None:
         return None
     return {"metric": series.series.metric, "labels": dict(series.series.labels), "line": line}
+
+
+def _alert_counts(alerts: Sequence[AlertStatus], machine_id: str) -> dict[str, int]:
+    counts = Counter(a.state.value for a in alerts if a.machine_id == machine_id)
+    return {state.value: counts[state.value] for state in ALERT_STATES if counts[state.value]}
+
+
+async def _alerts(hub: Sentri, user: Principal, machine_id: str) -> list[dict[str, Any]]:
+    """The machine's pending and firing series, firing first, with their rules' names."""
+    rules = Rules(hub)
+    states = await rules.states(user, machine_id=machine_id)
+    names = {rule.id: rule.name for rule in await rules.all(user)}
+    order = {state: rank for rank, state in enumerate(ALERT_STATES)}
+    return [
+        {"status": status, "rule": names.get(status.rule_id, status.rule_id)}
+        for status in sorted(states, key=lambda a: (order.get(a.state, 9), a.since))
+    ]
 
 
 def _summary_values(latest: tuple[SeriesValue, ...]) -> dict[str, float]:
