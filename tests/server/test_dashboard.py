@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -169,7 +170,7 @@ def test_a_sparkline_spans_its_box_and_scales_percentages_to_0_100() -> None:
     base = at(10)
     points = [
         HistoryPoint(base, 0.0),
-        HistoryPoint(base.replace(minute=(base.minute + 5) % 60), 50.0),
+        HistoryPoint(base + timedelta(minutes=5), 50.0),
     ]
     start = base.timestamp()
     line = sparkline(points, start, start + 600, floor=0.0, ceiling=100.0)
