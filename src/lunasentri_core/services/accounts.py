@@ -315,6 +315,9 @@ class Accounts:
     # ------------------------------------------------------------ sessions
 
     async def login(self, username: str, password: str, client: str | None) -> Login:
+        if len(username) > MAX_USERNAME_LENGTH or len(password) > MAX_PASSWORD_LENGTH:
+            # No account has such credentials: refused before any lookup or hashing.
+            raise InvalidCredentials()
         now = self._now()
         since = now - self.settings.login_lockout
         user, stored, failures = await self.hub.run_sync(self._login_lookup, username, since)

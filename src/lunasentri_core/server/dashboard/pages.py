@@ -28,7 +28,6 @@ from lunasentri_core.model import (
     AlertState,
     AlertStatus,
     HistoryQuery,
-    MachineStatus,
     SeriesHistory,
     SeriesValue,
 )
@@ -113,14 +112,14 @@ class _Pages:
             return _to_login(request)
         hub = _hub(request)
         summaries = await Machines(hub, request.app.state.full_settings).summaries(user)
-        alerts = await Rules(hub).states(user)
+        alerts = _alert_counts(await Rules(hub).states(user))
         now = hub.clock()
         rows = [
             {
                 "machine": s.machine,
                 "seen": _ago(s.machine.last_seen, now),
                 "values": _summary_values(s.latest),
-                "alerts": _alert_counts(alerts, s.machine.id),
+                "alerts": alerts.get(s.machine.id, {}),
             }
             for s in summaries
         ]
@@ -221,9 +220,15 @@ def _chart(series: SeriesHistory, start: datetime, end: datetime) -> dict[str, A
     return {"metric": series.series.metric, "labels": dict(series.series.labels), "line": line}
 
 
-def _alert_counts(alerts: Sequence[AlertStatus], machine_id: str) -> dict[str, int]:
-    counts = Counter(a.state.value for a in alerts if a.machine_id == machine_id)
-    return {state.value: counts[state.value] for state in ALERT_STATES if counts[state.value]}
+def _alert_counts(alerts: Sequence[AlertStatus]) -> dict[str, dict[str, int]]:
+    """Per machine, how many series are in each shown state, in ``ALERT_STATES`` order."""
+    counts = Counter((a.machine_id, a.state) for a in alerts)
+    per_machine: dict[str, dict[str, int]] = {}
+    for state in ALERT_STATES:
+        for (machine_id, counted), count in counts.items():
+            if counted is state:
+                per_machine.setdefault(machine_id, {})[state.value] = count
+    return per_machine
 
 
 async def _alerts(hub: Sentri, user: Principal, machine_id: str) -> list[dict[str, Any]]:
@@ -302,7 +307,6 @@ def _render(
     refresh: bool = False,
 ) -> Response:
     context = {**context, "refresh": REFRESH_SECONDS if refresh else None}
-    context["online"] = MachineStatus.ONLINE
     response = templates.TemplateResponse(request, name, context, status_code=status)
     response.headers.update(SECURITY_HEADERS)
     return response

@@ -96,8 +96,6 @@ async def login(call: Call) -> object:
     every attempt gets 429 until enough of them have left the window; Retry-After
     says in how many seconds."""
     body = await call.json(Credentials, max_bytes=BODY_LIMIT)
-    if len(body.username) > MAX_USERNAME_LENGTH or len(body.password) > MAX_PASSWORD_LENGTH:
-        raise ApiError(401, "unauthenticated", str(InvalidCredentials()))
     try:
         result = await accounts_of(call).login(body.username, body.password, call.client)
     except InvalidCredentials as error:

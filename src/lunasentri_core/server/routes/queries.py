@@ -129,7 +129,7 @@ _TIME_PARAM: Schema = {
     "anyOf": [
         {"type": "string", "format": "date-time"},
         {"type": "number"},
-        {"type": "string", "pattern": r"^-\d+(\.\d+)?(ms|s|m|h|d|w)$"},
+        {"type": "string", "pattern": _RELATIVE.pattern},
     ],
     "description": "ISO 8601 with a timezone (encode '+' as %2B), Unix epoch seconds, or "
     "a time before the server's now: -30s, -15m, -6h, -7d (a relative start is rounded "
