@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 
 from lunasentri_core import (
@@ -292,3 +293,23 @@ async def test_storage_runs_off_the_event_loop(tmp_path: Path) -> None:
 async def test_settings_and_overrides_are_exclusive(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="either settings or keyword overrides"):
         Sentri(settings(tmp_path), data_dir=tmp_path)
+
+
+async def test_a_hub_follows_changes_made_by_another_hub_on_its_storage(tmp_path: Path) -> None:
+    # b checks only when told to here (its own task would every hour).
+    slow = settings(tmp_path, sync_interval="1h")
+    async with Sentri(settings(tmp_path)) as a, Sentri(slow) as b:
+        web = await a.add_machine("web")
+        await b.ingest(web.id, [sample(T0, 10.0)])  # b now holds a copy of web
+        assert await b.changes.check() is False, "nothing changed since b started"
+
+        await a.run_sync(a.storage.state.update_machine, attrs.evolve(web, name="web-2"))
+        assert (await b.cached_machine(web.id)).name == "web", "b has not looked yet"
+        assert await b.changes.check() is True
+        assert (await b.cached_machine(web.id)).name == "web-2"
+        assert await b.changes.check() is False, "a change is followed once"
+
+        await a.remove_machine(web.id)
+        assert await b.changes.check() is True
+        with pytest.raises(NotFoundError):
+            await b.cached_machine(web.id)

@@ -177,6 +177,9 @@ class Settings:
     """How often the heartbeat looks for machines gone silent or back."""
     offline_threshold: timedelta = attrs.field(default=timedelta(minutes=2), validator=_positive)
     """Silence after which a machine is offline (a machine's own ``offline_after`` wins)."""
+    sync_interval: timedelta = attrs.field(default=timedelta(seconds=2), validator=_positive)
+    """How often the hub looks for alert rules and machines changed by other processes
+    sharing its storage."""
     notifications: NotificationSettings = NotificationSettings()
     admin_username: str = "admin"
     admin_password: str | None = None

@@ -55,6 +55,7 @@ from lunasentri_core.model import (
 )
 from lunasentri_core.plugins import ComponentKind, PluginManager, create_plugin_manager
 from lunasentri_core.services.alerts import AlertEvaluator
+from lunasentri_core.services.changes import ChangeFollower
 from lunasentri_core.services.collection import CollectionResult, collect
 from lunasentri_core.services.dispatch import Dispatcher
 from lunasentri_core.services.heartbeat import Heartbeat
@@ -109,6 +110,7 @@ class Sentri:
         )
         self.alerts = AlertEvaluator(self)
         self.dispatcher = Dispatcher(self, settings.notifications)
+        self.changes = ChangeFollower(self, interval=settings.sync_interval)
         self.heartbeat.listeners.append(self._statuses_changed)
 
     # ------------------------------------------------------------ lifecycle
@@ -139,6 +141,7 @@ class Sentri:
             services.start_soon(self.heartbeat.run)
             services.start_soon(self.alerts.run)
             services.start_soon(self.dispatcher.run)
+            services.start_soon(self.changes.run)
             self._writer = writer
             await self.plugins.startup(self)
             self._exit_stack = stack.pop_all()
@@ -200,6 +203,16 @@ class Sentri:
             self._machines[machine.id] = machine
             self.alerts.machine_changed()
         return machine
+
+    async def reload_machines(self) -> None:
+        """Read the hub's copies of machines afresh (another process changed some)."""
+        stored = {m.id: m for m in await self.list_machines()}
+        for machine_id in list(self._machines):
+            if machine_id in stored:
+                self._machines[machine_id] = stored[machine_id]
+            else:
+                self._machines.pop(machine_id, None)
+        self.alerts.machine_changed()
 
     async def list_machines(self, owner_id: str | None = None) -> list[Machine]:
         return await self.run_sync(self.storage.state.list_machines, owner_id)

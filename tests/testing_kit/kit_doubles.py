@@ -317,6 +317,13 @@ class MemoryState:
         self._claims: dict[str, AgentClaim] = {}
         self._audit: list[AuditEntry] = []
         self._configs: dict[str, AgentConfig] = {}
+        self._epoch = 0
+
+    def config_epoch(self) -> int:
+        return self._epoch
+
+    def _changed(self) -> None:
+        self._epoch += 1
 
     def add_user(self, user: User, password_hash: str) -> User:
         with self._lock:
@@ -356,6 +363,7 @@ class MemoryState:
             del self._users[user_id], self._passwords[user_id]
             self._sessions = {k: s for k, s in self._sessions.items() if s.user_id != user_id}
             self._resets = {k: t for k, t in self._resets.items() if t.user_id != user_id}
+            self._changed()
 
     def add_machine(self, machine: Machine) -> Machine:
         self._machines[machine.id] = machine
@@ -379,11 +387,14 @@ class MemoryState:
         current = _get(self._machines, machine.id, "machine")
         stored = attrs.evolve(machine, status=current.status)
         self._machines[machine.id] = stored
+        if "unnoticed-edit" not in self._flaws:
+            self._changed()
         return stored
 
     def delete_machine(self, machine_id: str) -> None:
         _get(self._machines, machine_id, "machine")
         del self._machines[machine_id]
+        self._changed()
         self._configs.pop(machine_id, None)
         self._events = [e for e in self._events if e.machine_id != machine_id]
         self._alert_states = {
@@ -426,6 +437,7 @@ class MemoryState:
 
     def add_alert_rule(self, rule: AlertRule) -> AlertRule:
         self._rules[rule.id] = rule
+        self._changed()
         return rule
 
     def get_alert_rule(self, rule_id: str, owner_id: str | None = None) -> AlertRule:
@@ -441,6 +453,7 @@ class MemoryState:
         with self._lock:
             _get(self._rules, rule_id, "alert rule")
             del self._rules[rule_id]
+            self._changed()
             self._events = [e for e in self._events if e.rule_id != rule_id]
             self._forget_states(rule_id)
 
@@ -452,6 +465,7 @@ class MemoryState:
             current = _get(self._rules, rule.id, "alert rule")
             stored = attrs.evolve(rule, owner_id=current.owner_id, created_at=current.created_at)
             self._rules[rule.id] = stored
+            self._changed()
             condition = ("metric", "comparison", "threshold", "for_duration", "scope", "enabled")
             if any(getattr(current, name) != getattr(stored, name) for name in condition):
                 self._forget_states(rule.id)

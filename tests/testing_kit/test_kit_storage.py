@@ -127,6 +127,7 @@ def test_a_lost_capability_fails_when_capabilities_are_pinned(kit_run: KitRun) -
             {"test_fan_out_silences_matching_events", "test_outbox_events_go_once_handled"},
         ),
         ("purge-unsent", {"test_outbox_events_go_once_handled"}),
+        ("unnoticed-edit", {"test_config_epoch_moves_with_rules_machines_and_deleted_users"}),
         (
             "no-leases",
             {

@@ -10,7 +10,9 @@ For the server's state it pins down: operations with a single winner (using a
 reset token, taking a sealed key, a claim update from an expected status, the
 agent config version) have exactly one winner among concurrent callers in
 threads; audit entries are listed newest first, entries of the same instant in
-reverse order of addition.
+reverse order of addition; ``config_epoch`` moves with every change to rules,
+machines' fields and with deleted users and machines, and not with reads or
+``last_seen``.
 """
 
 from __future__ import annotations
@@ -250,6 +252,31 @@ class StateStoreContract(AlertingStateContract, OutboxStateContract, PurgeStateC
         assert state.get_machine(a.id).last_seen == t3
         assert state.get_machine(b.id).last_seen == t2
         state.touch_machines([])
+
+    def test_config_epoch_moves_with_rules_machines_and_deleted_users(
+        self, state: StateStore
+    ) -> None:
+        def moved(change: Any) -> bool:
+            before = state.config_epoch()
+            change()
+            return state.config_epoch() != before
+
+        alice = self.add_user(state)
+        machine = state.add_machine(make_machine(owner_id=alice.id))
+        rule = make_alert_rule(alice.id)
+        assert moved(lambda: state.add_alert_rule(rule))
+        assert moved(lambda: state.update_alert_rule(attrs.evolve(rule, threshold=99.0)))
+        assert moved(lambda: state.update_machine(attrs.evolve(machine, labels={"env": "prod"})))
+        # Reads, last_seen and sessions are no configuration.
+        assert not moved(lambda: state.list_alert_rules())
+        assert not moved(lambda: state.get_machine(machine.id))
+        assert not moved(lambda: state.touch_machines([(machine.id, BASE_TIME)]))
+        assert moved(lambda: state.delete_alert_rule(rule.id))
+        assert moved(lambda: state.delete_machine(machine.id))
+        assert moved(lambda: state.delete_user(alice.id))
+        with pytest.raises(NotFoundError):
+            state.delete_machine(machine.id)
+        assert not moved(lambda: None)
 
     # ------------------------------------------------------------ API keys
 

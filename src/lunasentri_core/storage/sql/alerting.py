@@ -34,6 +34,7 @@ from lunasentri_core.model import (
     StatusChange,
 )
 from lunasentri_core.storage.protocols import AlertTransition, StatusTransition
+from lunasentri_core.storage.sql.changes import bump_config_epoch
 from lunasentri_core.storage.sql.database import Database
 from lunasentri_core.storage.sql.outbox import insert_outbox_events
 from lunasentri_core.storage.sql.rows import machine_from_row
@@ -238,6 +239,7 @@ class SqlAlertStore:
                 if _exists(conn, alert_rules, alert_rules.c.id == rule.id):
                     raise ConflictError(message)
                 conn.execute(sa.insert(alert_rules).values(_rule_values(rule)))
+                bump_config_epoch(self._db, conn)
         except exc.IntegrityError as error:
             raise ConflictError(message) from error
         return rule
@@ -270,6 +272,7 @@ class SqlAlertStore:
             values = _rule_values(stored)
             del values["id"]
             conn.execute(sa.update(alert_rules).where(alert_rules.c.id == rule.id).values(values))
+            bump_config_epoch(self._db, conn)
             if _evaluation_changed(current, stored):
                 # What was pending or firing under the old condition says nothing now.
                 conn.execute(sa.delete(alert_states).where(alert_states.c.rule_id == rule.id))
@@ -284,6 +287,7 @@ class SqlAlertStore:
             ).rowcount
             if not deleted:
                 raise NotFoundError(f"alert rule {rule_id!r} not found")
+            bump_config_epoch(self._db, conn)
 
     # ------------------------------------------------------------------ events
 

@@ -47,6 +47,7 @@ from lunasentri_core.model import (
     User,
 )
 from lunasentri_core.storage.sql.alerting import SqlAlertStore
+from lunasentri_core.storage.sql.changes import bump_config_epoch, read_config_epoch
 from lunasentri_core.storage.sql.database import LOCK_MAINTAIN, Database
 from lunasentri_core.storage.sql.metrics import SqlMetricStore
 from lunasentri_core.storage.sql.outbox import SqlOutboxStore
@@ -306,6 +307,7 @@ class SqlStateStore(SqlAlertStore, SqlOutboxStore, SqlPurgeStore):
             conn.execute(sa.delete(sessions).where(sessions.c.user_id == user_id))
             conn.execute(sa.delete(reset_tokens).where(reset_tokens.c.user_id == user_id))
             conn.execute(sa.delete(users).where(users.c.id == user_id))
+            bump_config_epoch(self._db, conn)
 
     # ------------------------------------------------------------------ machines
 
@@ -374,6 +376,7 @@ class SqlStateStore(SqlAlertStore, SqlOutboxStore, SqlPurgeStore):
             del values["id"], values["status"]
             values["last_seen"] = _later(current.last_seen, machine.last_seen)
             conn.execute(sa.update(machines).where(machines.c.id == machine.id).values(values))
+            bump_config_epoch(self._db, conn)
             row = conn.execute(sa.select(machines).where(machines.c.id == machine.id)).one()
         return _machine(row)
 
@@ -383,6 +386,7 @@ class SqlStateStore(SqlAlertStore, SqlOutboxStore, SqlPurgeStore):
             if not self._exists(conn, machines, machines.c.id == machine_id):
                 raise NotFoundError(f"machine {machine_id!r} not found")
             self._delete_machine(conn, machine_id)
+            bump_config_epoch(self._db, conn)
 
     def _delete_machine(self, conn: Connection, machine_id: str) -> None:
         self._metrics.delete_machine_series(conn, machine_id)
@@ -397,6 +401,10 @@ class SqlStateStore(SqlAlertStore, SqlOutboxStore, SqlPurgeStore):
         )
         conn.execute(sa.update(agent_claims).where(named).values(machine_id=None))
         conn.execute(sa.delete(machines).where(machines.c.id == machine_id))
+
+    def config_epoch(self) -> int:
+        with self._db.read() as conn:
+            return read_config_epoch(conn)
 
     def touch_machines(self, seen: Sequence[tuple[str, datetime]]) -> None:
         if not seen:
