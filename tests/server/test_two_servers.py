@@ -42,13 +42,18 @@ def _two(make_server: MakeServer, tmp_path: Path) -> tuple[LiveServer, LiveServe
     return make_server(data_dir=shared), make_server(data_dir=shared)
 
 
+def _machine(client: httpx.Client, name: str) -> tuple[str, str]:
+    """A new machine registered through ``client``: (id, API key)."""
+    created = _json(client.post("/api/v1/machines", json={"name": name}), 201)
+    return created["machine"]["id"], created["api_key"]
+
+
 def test_a_rule_made_through_one_server_fires_on_samples_sent_to_the_other(
     make_server: MakeServer, tmp_path: Path
 ) -> None:
     a, b = _two(make_server, tmp_path)
     with a.client(a.login()) as on_a, b.client() as on_b:
-        created = _json(on_a.post("/api/v1/machines", json={"name": "web-1"}), 201)
-        machine_id, key = created["machine"]["id"], created["api_key"]
+        machine_id, key = _machine(on_a, "web-1")
         _send(on_b, key, 10.0)  # b evaluates this machine's samples from now on
         rule = {"name": "hot", "metric": "cpu.percent", "comparison": ">", "threshold": 80}
         rule_id = _json(on_a.post(RULES, json=rule), 201)["id"]
@@ -66,8 +71,7 @@ def test_labels_changed_through_one_server_bring_a_machine_into_a_rule_on_the_ot
 ) -> None:
     a, b = _two(make_server, tmp_path)
     with a.client(a.login()) as on_a, b.client() as on_b:
-        created = _json(on_a.post("/api/v1/machines", json={"name": "db-1"}), 201)
-        machine_id, key = created["machine"]["id"], created["api_key"]
+        machine_id, key = _machine(on_a, "db-1")
         rule = {
             "name": "hot databases",
             "metric": "cpu.percent",
