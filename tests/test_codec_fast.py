@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from lunasentri_core.codec import decode, make_converter
 from lunasentri_core.errors import ValidationError
-from lunasentri_core.model import Sample
+from lunasentri_core.model import ReadingColumns, Sample
 
 GENERAL = make_converter(fast_samples=False)
 
@@ -116,6 +116,13 @@ def test_typical_batch_decodes_the_same_on_both_paths() -> None:
         },
     }
     assert_same({"samples": [sample, {**sample, "timestamp": 1_700_000_000}]})
+    fast = outcome({"samples": [sample]})
+    assert isinstance(fast, Batch)
+    readings = fast.samples[0].readings
+    # No Reading object per value on the fast path: the readings stay in columns.
+    assert isinstance(readings, ReadingColumns)
+    assert readings.keys[2] == ("disk.used", (("device", "sda1"), ("mount", "/")))
+    assert readings.values == (12.5, 301.0, 3.0, 4.5, 1.0)
 
 
 def test_the_same_series_twice_is_reported_by_both_paths() -> None:

@@ -76,7 +76,7 @@ if TYPE_CHECKING:
         StatusChange,
         User,
     )
-    from lunasentri_core.samples import Collector, Labels, Reading, Sample, Target
+    from lunasentri_core.samples import Collector, Labels, Reading, ReadingColumns, Sample, Target
 
     __version__: str
 
@@ -125,6 +125,7 @@ _EXPORTS: dict[str, str] = {
     "PluginError": "lunasentri_core.errors",
     "Principal": "lunasentri_core.components",
     "Reading": "lunasentri_core.samples",
+    "ReadingColumns": "lunasentri_core.samples",
     "ResetToken": "lunasentri_core.model",
     "Resolution": "lunasentri_core.model",
     "RetentionPolicy": "lunasentri_core.model",
@@ -185,6 +186,7 @@ __all__ = [
     "PluginError",
     "Principal",
     "Reading",
+    "ReadingColumns",
     "ResetToken",
     "Resolution",
     "RetentionPolicy",

@@ -46,6 +46,7 @@ from lunasentri_core.model import (
     Sample,
     to_labels,
 )
+from lunasentri_core.samples import ReadingColumns, ReadingKey
 
 T = TypeVar("T")
 
@@ -283,11 +284,9 @@ _CACHE_LIMIT = 10_000
 _valid_metrics: set[str] = set()
 _valid_labels: dict[tuple[tuple[str, str], ...], Labels] = {}
 _new_object = object.__new__
-# Readings from the fast path are built without running Reading's validators
-# again (they were just checked, with cached results).
-_set_metric = Reading.__dict__["metric"].__set__
-_set_value = Reading.__dict__["value"].__set__
-_set_labels = Reading.__dict__["labels"].__set__
+# Samples from the fast path are built without running Sample's converter and
+# validator again: their readings were just checked (with cached results), and
+# they stay in columns (ReadingColumns), with no Reading object per value.
 _set_timestamp = Sample.__dict__["timestamp"].__set__
 _set_readings = Sample.__dict__["readings"].__set__
 if tuple(a.name for a in attrs.fields(Reading)) != ("metric", "value", "labels") or tuple(
@@ -357,9 +356,9 @@ def _fast_sample(data: object) -> Sample | None:
     if type(metrics) is not dict or stamp is None:
         return None
     timestamp = parse_datetime(stamp)  # in UTC, as Sample's converter would make it
-    readings: list[Reading] = []
-    append = readings.append
-    new, set_metric, set_value, set_labels = _new_object, _set_metric, _set_value, _set_labels
+    keys: list[ReadingKey] = []
+    values: list[float] = []
+    add_key, add_value = keys.append, values.append
     valid_metrics, valid_labels = _valid_metrics, _valid_labels
     for name, raw in metrics.items():
         if name not in valid_metrics and not _known_metric(name):
@@ -369,13 +368,10 @@ def _fast_sample(data: object) -> Sample | None:
             value = raw if type(raw) is float and raw - raw == 0.0 else _fast_value(raw)
             if value is None:
                 return None
-            reading = new(Reading)
-            set_metric(reading, name)
-            set_value(reading, value)
-            set_labels(reading, ())
-            append(reading)
+            add_key((name, ()))
+            add_value(value)
             continue
-        seen: list[Labels] = []
+        first = len(keys)
         for item in raw:
             if type(item) is not dict:
                 return None
@@ -395,19 +391,15 @@ def _fast_sample(data: object) -> Sample | None:
                 labels = valid_labels.get(tuple(names.items())) or _known_labels(names)
                 if labels is None:
                     return None
-            reading = new(Reading)
-            set_metric(reading, name)
-            set_value(reading, value)
-            set_labels(reading, labels)
-            append(reading)
-            seen.append(labels)  # type: ignore[arg-type]
+            add_key((name, labels))  # type: ignore[arg-type]
+            add_value(value)
         # Metric names are unique (object keys), so a series can only repeat
         # inside one metric's list: Sample's own check is not needed.
-        if len(set(seen)) != len(seen):
+        if len(set(keys[first:])) != len(keys) - first:
             return None
-    sample: Sample = new(Sample)
+    sample: Sample = _new_object(Sample)
     _set_timestamp(sample, timestamp)
-    _set_readings(sample, tuple(readings))
+    _set_readings(sample, ReadingColumns(tuple(keys), tuple(values)))
     return sample
 
 

@@ -138,7 +138,9 @@ def lunasentri_samples_ingested(hub: Sentri, machine: Machine, samples: Sequence
 
     :param hub: The hub that stored them.
     :param machine: The machine the samples belong to.
-    :param samples: The samples, as stored.
+    :param samples: The samples, as stored. Those that came through the ingest
+        API keep their readings in a :class:`~lunasentri_core.ReadingColumns`,
+        whose ``keys`` and ``values`` are the cheap way to look at every value.
     :returns: Nothing, or an awaitable the hub awaits.
 
     .. versionadded:: 0.1

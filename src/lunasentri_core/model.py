@@ -21,11 +21,13 @@ from lunasentri_core.samples import MAX_LABEL_VALUE as MAX_LABEL_VALUE
 from lunasentri_core.samples import METRIC_NAME as METRIC_NAME
 from lunasentri_core.samples import Labels as Labels
 from lunasentri_core.samples import Reading as Reading
+from lunasentri_core.samples import ReadingColumns as ReadingColumns
 from lunasentri_core.samples import Sample as Sample
 from lunasentri_core.samples import Target as Target
 from lunasentri_core.samples import _check_finite, _check_labels, _check_metric
 from lunasentri_core.samples import as_utc as as_utc
 from lunasentri_core.samples import new_id as new_id
+from lunasentri_core.samples import reading_columns as reading_columns
 from lunasentri_core.samples import to_labels as to_labels
 from lunasentri_core.samples import utcnow as utcnow
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Protocol, TypeAlias, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeAlias, overload, runtime_checkable
 
 import attrs
 
@@ -81,20 +81,107 @@ class Reading:
     labels: Labels = attrs.field(default=(), converter=to_labels, validator=_check_labels)
 
 
+ReadingKey: TypeAlias = tuple[str, Labels]
+"""A reading's series within its machine: ``(metric, labels)``."""
+
+_new_object = object.__new__
+_set_metric = Reading.__dict__["metric"].__set__
+_set_value = Reading.__dict__["value"].__set__
+_set_labels = Reading.__dict__["labels"].__set__
+
+
+class ReadingColumns(Sequence[Reading]):
+    """A sample's readings kept as two columns: series keys and values.
+
+    What the server's ingest decoder builds. Storage and alert evaluation read
+    the columns; a :class:`Reading` is built only when someone asks for one
+    (iterating, indexing), so ingest creates no object per value. It is
+    equal to, and hashes like, the tuple of those readings.
+
+    Nothing is checked here: the decoder has checked names, labels, finiteness
+    and that no series repeats. Anything else builds samples with
+    ``Sample(timestamp, readings)``, which checks.
+    """
+
+    __slots__ = {
+        "keys": "Each reading's series, ``(metric, labels)``.",
+        "values": "Each reading's value, in the same order.",
+    }
+    keys: tuple[ReadingKey, ...]
+    values: tuple[float, ...]
+
+    def __init__(self, keys: tuple[ReadingKey, ...], values: tuple[float, ...]) -> None:
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} series keys but {len(values)} values")
+        self.keys = keys
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __iter__(self) -> Iterator[Reading]:
+        return map(_reading, self.keys, self.values)
+
+    @overload
+    def __getitem__(self, index: int) -> Reading: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Reading, ...]: ...
+    def __getitem__(self, index: int | slice) -> Reading | tuple[Reading, ...]:
+        if isinstance(index, slice):
+            return tuple(map(_reading, self.keys[index], self.values[index]))
+        return _reading(self.keys[index], self.values[index])
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ReadingColumns):
+            return self.keys == other.keys and self.values == other.values
+        if isinstance(other, tuple | list):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
+def _reading(key: ReadingKey, value: float) -> Reading:
+    reading: Reading = _new_object(Reading)
+    _set_metric(reading, key[0])
+    _set_value(reading, value)
+    _set_labels(reading, key[1])
+    return reading
+
+
+def reading_columns(readings: Sequence[Reading]) -> tuple[Sequence[ReadingKey], Sequence[float]]:
+    """``readings`` as series keys and values, without building objects where it can."""
+    if type(readings) is ReadingColumns:
+        return readings.keys, readings.values
+    return [(r.metric, r.labels) for r in readings], [r.value for r in readings]
+
+
 def _readings(value: Iterable[Reading]) -> tuple[Reading, ...]:
+    if type(value) is ReadingColumns:  # checked, as every reading given to a Sample is
+        pairs = zip(value.keys, value.values, strict=True)
+        return tuple(Reading(metric, v, labels) for (metric, labels), v in pairs)
     return tuple(value)
 
 
 @attrs.frozen
 class Sample:
-    """Everything a collector measured about one target at one instant."""
+    """Everything a collector measured about one target at one instant.
+
+    ``readings`` is a tuple when a sample is built by hand; samples the server
+    decoded from an ingest body carry a :class:`ReadingColumns`, an equal
+    read-only sequence.
+    """
 
     timestamp: datetime = attrs.field(converter=as_utc)
-    readings: tuple[Reading, ...] = attrs.field(converter=_readings)
+    readings: Sequence[Reading] = attrs.field(converter=_readings)
 
     @readings.validator
     def _one_reading_per_series(
-        self, attribute: attrs.Attribute[tuple[Reading, ...]], value: tuple[Reading, ...]
+        self, attribute: attrs.Attribute[Sequence[Reading]], value: Sequence[Reading]
     ) -> None:
         if len({(r.metric, r.labels) for r in value}) != len(value):
             seen: set[tuple[str, Labels]] = set()

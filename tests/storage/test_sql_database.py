@@ -140,6 +140,38 @@ def test_bulk_insert_keeps_the_column_order(engine: Engine) -> None:
     table.drop(engine)
 
 
+def test_bulk_insert_on_sqlite_takes_few_statements_whatever_the_row_count(
+    sqlite_engine: Engine,
+) -> None:
+    # Each statement lets go of the GIL once, and a writer thread waits to get it
+    # back: rows go in power-of-two statements, never one statement per row.
+    table = sa.Table(
+        "bulk_count",
+        sa.MetaData(),
+        sa.Column("a", sa.Integer, primary_key=True),
+        sa.Column("b", sa.Float),
+    )
+    table.create(sqlite_engine)
+    db = Database(sqlite_engine)
+    bulk = db.bulk_insert(table, ("a", "b"), lambda ins: ins.on_conflict_do_nothing())
+    per = bulk.ROWS_PER_STATEMENT
+    statements: list[int] = []
+
+    def count(conn: object, cursor: object, sql: str, params: object, *_: object) -> None:
+        if sql.startswith("INSERT INTO bulk_count"):
+            statements.append(sql.count("?") // 2)
+
+    sa.event.listen(sqlite_engine, "before_cursor_execute", count)
+    rows = 2 * per + 300 + 7  # 300 + 7 = 256 + 32 + 16 + 2 + 1
+    with db.write() as conn:
+        bulk.run(conn, (list(range(rows)), [float(i) for i in range(rows)]))
+    sa.event.remove(sqlite_engine, "before_cursor_execute", count)
+    assert statements == [per, per, 256, 32, 16, 2, 1]
+    with sqlite_engine.connect() as conn:
+        stored = conn.execute(sa.select(table.c.a, table.c.b).order_by(table.c.a)).all()
+    assert [tuple(row) for row in stored] == [(i, float(i)) for i in range(rows)]
+
+
 @pytest.mark.parametrize(
     ("driver_message", "error_class", "expected"),
     [

@@ -30,6 +30,7 @@ from lunasentri_core.model import (
     Sample,
     SeriesKey,
     new_id,
+    reading_columns,
 )
 from lunasentri_core.services.notices import alert_event
 from lunasentri_core.services.queries import DERIVED
@@ -191,19 +192,17 @@ class AlertEvaluator:
         # bounds check per watched one, before anything else is looked at.
         watched, parts_of, at = plan.metrics, plan.parts, sample.timestamp
         parts: dict[tuple[str, Labels], float] = {}
-        for reading in sample.readings:
-            metric = reading.metric
+        for (metric, labels), value in zip(*reading_columns(sample.readings), strict=True):
             if metric in parts_of:
-                parts[metric, reading.labels] = reading.value
+                parts[metric, labels] = value
             metric_plan = watched.get(metric)
             if metric_plan is None:
                 continue
-            value = reading.value
             if metric_plan.low < value < metric_plan.high and (
-                not active or (metric, reading.labels) not in active
+                not active or (metric, labels) not in active
             ):
                 continue
-            self._check(machine, metric_plan, metric, reading.labels, value, at, transitions)
+            self._check(machine, metric_plan, metric, labels, value, at, transitions)
         if parts:
             for metric, labels, value in _derived(parts, plan):
                 metric_plan = watched[metric]
@@ -373,4 +372,6 @@ def _key(status: AlertStatus) -> StateKey:
 
 
 def _watches(batch: MachineSamples, inputs: frozenset[str]) -> bool:
-    return any(r.metric in inputs for s in batch.samples for r in s.readings)
+    return any(
+        metric in inputs for s in batch.samples for metric, _ in reading_columns(s.readings)[0]
+    )

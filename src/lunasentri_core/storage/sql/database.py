@@ -15,6 +15,7 @@ stores to turn into ``ConflictError``/``NotFoundError``.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -102,17 +103,22 @@ class Statement:
 class BulkInsert:
     """An INSERT of many rows per statement, compiled once, fed with columns.
 
-    * SQLite: ``VALUES (...), (...), ...`` with ``rows_per_statement`` rows. One
-      statement per few hundred rows does far less work per row than
-      ``executemany`` of a one-row statement (one parse and one VM run for all
-      of them), which is what lets a write keep pace with raw ``executemany``
-      into an unindexed table while maintaining a primary key.
+    * SQLite: ``VALUES (...), (...), ...``. One statement for many rows does far
+      less work per row than ``executemany`` of a one-row statement (one parse
+      and one VM run for all of them), which is what lets a write keep pace with
+      raw ``executemany`` into an unindexed table while maintaining a primary
+      key. Rows go in statements of power-of-two sizes (the largest that fit,
+      up to ``rows_per_statement``): a few statements per batch, whatever its
+      size, and a few distinct statements for the driver's cache. Few
+      statements matter beyond parsing: the driver lets go of the GIL for each,
+      and a writer thread then waits for the event loop's thread to hand it
+      back (up to ``sys.getswitchinterval()``, 5 ms), every time.
     * PostgreSQL: ``INSERT ... SELECT * FROM unnest(%s::bigint[], ...)``: one
       statement and one array parameter per column for the whole batch.
     """
 
-    ROWS_PER_STATEMENT: Final = 300
-    """Times the columns stays below 999, the oldest SQLite's limit on parameters."""
+    ROWS_PER_STATEMENT: Final = 1024
+    """At most, and less where SQLite's limit on parameters is lower."""
 
     def __init__(
         self,
@@ -124,7 +130,6 @@ class BulkInsert:
     ) -> None:
         """``finish`` adds the ``ON CONFLICT`` clause to a dialect INSERT of ``table``."""
         self._width = len(columns)
-        self._per = rows_per_statement
         self._arrays: Statement | None = None
         if db.is_postgres:
             arrays = [sa.bindparam(c, type_=postgresql.ARRAY(table.c[c].type)) for c in columns]
@@ -142,8 +147,11 @@ class BulkInsert:
             self._check(stmt, tuple(f"{c}_{i}" for i in range(count) for c in columns))
             return stmt
 
-        self._full = values(rows_per_statement)
-        self._single = values(1)
+        per = min(rows_per_statement, _sqlite_max_parameters() // self._width)
+        self._per = 1 << (per.bit_length() - 1)  # a power of two
+        self._sql = _RowsSql(values(1).sql, values(2).sql)
+        if self._sql(3) != values(3).sql:
+            raise StorageError(f"cannot extend a bulk insert by rows: {values(1).sql}")
 
     @staticmethod
     def _build(db: Database, stmt: ClauseElement) -> Statement:
@@ -166,15 +174,35 @@ class BulkInsert:
         flat: list[Any] = [None] * (count * width)
         for j, column in enumerate(columns):
             flat[j::width] = column
-        size = self._per * width
-        full = count - count % self._per
-        sql = self._full.sql
-        for start in range(0, full * width, size):
-            conn.exec_driver_sql(sql, tuple(flat[start : start + size]))
-        if full < count:
-            rest = flat[full * width :]
-            rows = [tuple(rest[i : i + width]) for i in range(0, len(rest), width)]
-            self._single.many(conn, rows)
+        done = 0
+        while done < count:
+            rows = min(self._per, 1 << ((count - done).bit_length() - 1))
+            conn.exec_driver_sql(self._sql(rows), tuple(flat[done * width : (done + rows) * width]))
+            done += rows
+
+
+class _RowsSql:
+    """The SQL of a multi-row INSERT for any number of rows, from its one- and two-row forms."""
+
+    def __init__(self, one: str, two: str) -> None:
+        # Where the two-row form first differs: the second row starts there.
+        at = next((i for i, (a, b) in enumerate(zip(one, two, strict=False)) if a != b), len(one))
+        extra = two[at : at + len(two) - len(one)]
+        if one[:at] + extra + one[at:] != two:
+            raise StorageError(f"cannot extend a bulk insert by rows: {one}")
+        self._head, self._row, self._tail = one[:at], extra, one[at:]
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, rows: int) -> str:
+        sql = self._cache.get(rows)
+        if sql is None:
+            sql = self._cache[rows] = self._head + self._row * (rows - 1) + self._tail
+        return sql
+
+
+def _sqlite_max_parameters() -> int:
+    """SQLite's default limit on a statement's parameters (raised in 3.32)."""
+    return 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 
 
 def _positional(dialect: Dialect) -> Dialect:

@@ -42,6 +42,7 @@ from lunasentri_core.model import (
     SeriesHistory,
     SeriesKey,
     SeriesValue,
+    reading_columns,
 )
 from lunasentri_core.storage.protocols import MaintenanceReport
 from lunasentri_core.storage.sql import blocks
@@ -243,9 +244,8 @@ class SqlMetricStore:
         """Ids of every series in ``batch``, creating the missing ones."""
         wanted: dict[str, set[tuple[str, Labels]]] = defaultdict(set)
         for ms in batch:
-            wanted[ms.machine_id].update(
-                (r.metric, r.labels) for sample in ms.samples for r in sample.readings
-            )
+            for sample in ms.samples:
+                wanted[ms.machine_id].update(reading_columns(sample.readings)[0])
         known = self._load_series(conn, list(wanted))
         missing = [
             {"machine_id": machine_id, "metric": metric, "labels": labels_to_json(labels)}
@@ -836,7 +836,7 @@ def _build_columns(
     Points come out sorted by time (new keys append at the head's right edge);
     equal timestamps keep batch order, so the first written value wins.
     """
-    samples: list[tuple[int, list[int], list[float]]] = []
+    samples: list[tuple[int, list[int], Sequence[float]]] = []
     append = samples.append
     for ms in batch:
         known = ids.get(ms.machine_id)
@@ -846,11 +846,12 @@ def _build_columns(
                 continue
             if known is None:
                 return None
+            keys, values = reading_columns(readings)
             try:
-                sids = [known[(r.metric, r.labels)] for r in readings]
+                sids = [known[key] for key in keys]
             except KeyError:
                 return None
-            append(((sample.timestamp - EPOCH) // _MS, sids, [r.value for r in readings]))
+            append(((sample.timestamp - EPOCH) // _MS, sids, values))
     latest = _latest(samples)
     samples.sort(key=_first)
     ts_column: list[int] = []
@@ -863,7 +864,7 @@ def _build_columns(
     return (ts_column, sid_column, value_column), latest
 
 
-def _latest(samples: list[tuple[int, list[int], list[float]]]) -> Columns:
+def _latest(samples: list[tuple[int, list[int], Sequence[float]]]) -> Columns:
     """Per series, the newest point; on equal timestamps the first one in the batch."""
     newest: dict[int, int] = {}
     value: dict[int, float] = {}
