@@ -11,7 +11,7 @@ import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lunasentri_core.codec import decode, make_converter
+from lunasentri_core.codec import decode, encode, make_converter
 from lunasentri_core.errors import ValidationError
 from lunasentri_core.model import ReadingColumns, Sample
 
@@ -123,6 +123,12 @@ def test_typical_batch_decodes_the_same_on_both_paths() -> None:
     assert isinstance(readings, ReadingColumns)
     assert readings.keys[2] == ("disk.used", (("device", "sda1"), ("mount", "/")))
     assert readings.values == (12.5, 301.0, 3.0, 4.5, 1.0)
+    # Encoded from the columns exactly as from Reading objects.
+    general = outcome({"samples": [sample]}, conv=GENERAL)
+    assert isinstance(general, Batch)
+    assert type(general.samples[0].readings) is tuple
+    assert encode(fast.samples[0]) == encode(general.samples[0])
+    assert encode(fast.samples[0])["metrics"]["disk.used"][2] == {"labels": {}, "value": 1.0}
 
 
 def test_the_same_series_twice_is_reported_by_both_paths() -> None:

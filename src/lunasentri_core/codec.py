@@ -44,6 +44,7 @@ from lunasentri_core.model import (
     Labels,
     Reading,
     Sample,
+    reading_columns,
     to_labels,
 )
 from lunasentri_core.samples import ReadingColumns, ReadingKey
@@ -433,15 +434,15 @@ def _noted(error: Exception, name: str) -> Exception:
 
 def _unstructure_sample(sample: Sample) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
-    for reading in sample.readings:
-        if not reading.labels and reading.metric not in metrics:
-            metrics[reading.metric] = reading.value
+    for (metric, labels), value in zip(*reading_columns(sample.readings), strict=True):
+        if not labels and metric not in metrics:
+            metrics[metric] = value
             continue
         # A metric with labelled series (or several series) is a list of entries.
-        entries = metrics.setdefault(reading.metric, [])
+        entries = metrics.setdefault(metric, [])
         if not isinstance(entries, list):
-            entries = metrics[reading.metric] = [{"labels": {}, "value": entries}]
-        entries.append({"labels": dict(reading.labels), "value": reading.value})
+            entries = metrics[metric] = [{"labels": {}, "value": entries}]
+        entries.append({"labels": dict(labels), "value": value})
     return {"timestamp": sample.timestamp.isoformat(), "metrics": metrics}
 
 
