@@ -96,6 +96,37 @@ def test_writes_land_in_the_head_and_maintain_packs_them(storage: SqlStorage) ->
     )
 
 
+def test_latest_of_one_batch_is_its_newest_point_and_the_first_among_equals(
+    storage: SqlStorage,
+) -> None:
+    # Runs of samples with the same series (as a machine sends them), broken by
+    # a sample with other series, out of time order, with equal timestamps.
+    a, b = new_id(), new_id()
+
+    def sample(seconds: int, value: float, *, disk: bool = True) -> Sample:
+        readings = [Reading("cpu.percent", value)]
+        if disk:
+            readings.append(Reading("disk.used", value + 1000, {"mount": "/"}))
+        return Sample(T0 + seconds * SECOND, readings)
+
+    batch = [
+        MachineSamples(a, [sample(5, 1), sample(9, 2), sample(9, 3), sample(3, 4)]),
+        MachineSamples(a, [sample(9, 5, disk=False), sample(12, 6, disk=False)]),
+        MachineSamples(b, [sample(7, 7), sample(7, 8)]),
+        MachineSamples(a, [sample(9, 9), sample(1, 10)]),
+    ]
+    storage.metrics.write(batch)
+    found = storage.metrics.latest([a, b])
+    assert_latest_equal(found, reference_latest(points_of([batch]), [a, b]))
+    values = {(v.series.machine_id, v.series.metric): v.value for v in found}
+    assert values == {
+        (a, "cpu.percent"): 6,
+        (a, "disk.used"): 1002,
+        (b, "cpu.percent"): 7,
+        (b, "disk.used"): 1007,
+    }
+
+
 def test_maintain_leaves_points_newer_than_now_in_the_head(storage: SqlStorage) -> None:
     machine = new_id()
     storage.metrics.write(samples(machine, T0, 60))

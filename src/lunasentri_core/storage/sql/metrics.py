@@ -870,13 +870,32 @@ def _latest(samples: list[tuple[int, list[int], Sequence[float]]]) -> Columns:
     value: dict[int, float] = {}
     # Later updates overwrite earlier ones, so visit from least to most
     # preferred: oldest first and, among equal timestamps, last written first.
-    order = sorted(range(len(samples)), key=lambda i: (samples[i][0], -i))
+    order = sorted(_run_heads(samples), key=lambda i: (samples[i][0], -i))
     for i in order:
         ts, sids, values = samples[i]
         newest.update(zip(reversed(sids), repeat(ts), strict=False))
         value.update(zip(reversed(sids), reversed(values), strict=True))
     sids = list(newest)
     return sids, [newest[sid] for sid in sids], [value[sid] for sid in sids]
+
+
+def _run_heads(samples: list[tuple[int, list[int], Sequence[float]]]) -> list[int]:
+    """Of each run of consecutive samples with the same series, the one preferred.
+
+    A machine's samples usually have the same series in the same order, and
+    then only the newest of them (the first among equal timestamps) can hold a
+    series' newest point: one list comparison per sample instead of two
+    dictionary updates per point.
+    """
+    heads: list[int] = []
+    previous: list[int] | None = None
+    for i, (ts, sids, _) in enumerate(samples):
+        if sids != previous:
+            heads.append(i)
+            previous = sids
+        elif ts > samples[heads[-1]][0]:
+            heads[-1] = i
+    return heads
 
 
 def _sorted_columns(columns: Columns) -> Columns:
