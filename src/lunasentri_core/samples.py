@@ -85,9 +85,12 @@ ReadingKey: TypeAlias = tuple[str, Labels]
 """A reading's series within its machine: ``(metric, labels)``."""
 
 _new_object = object.__new__
+# ReadingColumns builds Readings without running their validators again.
 _set_metric = Reading.__dict__["metric"].__set__
 _set_value = Reading.__dict__["value"].__set__
 _set_labels = Reading.__dict__["labels"].__set__
+if tuple(a.name for a in attrs.fields(Reading)) != ("metric", "value", "labels"):
+    raise ImportError("ReadingColumns does not know Reading's fields")
 
 
 class ReadingColumns(Sequence[Reading]):
