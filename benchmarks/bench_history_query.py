@@ -157,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         with c.Timer() as setup:
             store = build(Path(tmp, "store.db"))
         with store.engine.connect() as conn:
-            head = conn.exec_driver_sql("SELECT count(*) FROM points_head").scalar()
+            head = conn.exec_driver_sql(
+                "SELECT sum(length(series_ids)) / 8 FROM samples_head"
+            ).scalar()
             chunks = conn.exec_driver_sql("SELECT count(*) FROM metric_chunks").scalar()
         step = DAY / STEPS
         median_ms, resolution, steps = time_query(store, query(step), args.repeat)

@@ -21,8 +21,9 @@ from lunasentri_core.model import (
     new_id,
 )
 from lunasentri_core.storage.sql import SqlStorage, choose_resolution
+from lunasentri_core.storage.sql.head import pack_series_ids, pack_values
 from lunasentri_core.storage.sql.metrics import Horizons, to_ms
-from lunasentri_core.storage.sql.schema import metric_chunks, points_head, series_latest
+from lunasentri_core.storage.sql.schema import metric_chunks, samples_head, series_latest
 from lunasentri_core.testing import (
     assert_history_equal,
     assert_latest_equal,
@@ -63,6 +64,13 @@ def count_rows(storage: SqlStorage, table: sa.Table) -> int:
         return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
 
+def head_points(storage: SqlStorage) -> int:
+    """Points in the head (its rows are samples)."""
+    with storage.engine.connect() as conn:
+        blobs = conn.execute(sa.select(samples_head.c.series_ids)).scalars()
+        return sum(len(blob) // 8 for blob in blobs)
+
+
 def cpu(
     machine: str,
     start: datetime,
@@ -80,14 +88,15 @@ def test_writes_land_in_the_head_and_maintain_packs_them(storage: SqlStorage) ->
     machine = new_id()
     batch = samples(machine, T0, 400)
     storage.metrics.write(batch)
-    assert count_rows(storage, points_head) == 800
+    assert head_points(storage) == 800
+    assert count_rows(storage, samples_head) == 400, "a row per sample"
     assert count_rows(storage, metric_chunks) == 0
 
     report = storage.metrics.maintain(T0 + DAY)
 
     assert report.compacted_points == 800
     assert report.rollup_rows > 0
-    assert count_rows(storage, points_head) == 0
+    assert head_points(storage) == 0
     # 400 samples at 10 s span two hours: two chunks per series.
     assert count_rows(storage, metric_chunks) == 4
     query = cpu(machine, T0, T0 + DAY, 10 * SECOND)
@@ -132,7 +141,7 @@ def test_maintain_leaves_points_newer_than_now_in_the_head(storage: SqlStorage) 
     storage.metrics.write(samples(machine, T0, 60))
     storage.metrics.maintain(T0 + 5 * MINUTE)
     # 5 minutes of 10 s samples, two series.
-    assert count_rows(storage, points_head) == 2 * (60 - 30)
+    assert head_points(storage) == 2 * (60 - 30)
     assert storage.metrics.maintain(T0 + 5 * MINUTE).compacted_points == 0
 
 
@@ -152,7 +161,57 @@ def test_a_retry_after_compaction_keeps_the_first_values(storage: SqlStorage) ->
         )
         report = storage.metrics.maintain(T0 + HOUR)
     assert report.compacted_points == 0
-    assert count_rows(storage, points_head) == 0
+    assert head_points(storage) == 0
+
+
+def test_a_retry_while_in_the_head_keeps_the_first_values(storage: SqlStorage) -> None:
+    # Both writes are still in the head: it holds the retried points twice.
+    machine = new_id()
+    first = samples(machine, T0, 30)
+    retry = samples(machine, T0 + 100 * SECOND, 40, base=500)  # 20 timestamps overlap
+    storage.metrics.write(first)
+    storage.metrics.write(retry)
+    assert head_points(storage) == 2 * (30 + 40)
+    expected = points_of([first, retry])
+    query = cpu(machine, T0, T0 + HOUR, 10 * SECOND)
+    assert_history_equal(storage.metrics.history(query), reference_history(expected, query))
+    (history,) = storage.metrics.history(query)
+    assert [p.value for p in history.points][10:12] == [10.0, 11.0], "the first write's values"
+    report = storage.metrics.maintain(T0 + HOUR)
+    assert report.compacted_points == 2 * 50
+    assert head_points(storage) == 0
+    assert_history_equal(storage.metrics.history(query), reference_history(expected, query))
+
+
+def test_compaction_takes_machines_in_groups(
+    storage: SqlStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("lunasentri_core.storage.sql.metrics.COMPACT_MACHINES", 2)
+    machines = [new_id() for _ in range(5)]
+    batches = [samples(m, T0, 400, base=i * 1000) for i, m in enumerate(machines)]
+    for batch in batches:
+        storage.metrics.write(batch)
+    report = storage.metrics.maintain(T0 + DAY)
+    assert report.compacted_points == 5 * 800
+    assert head_points(storage) == 0
+    assert count_rows(storage, metric_chunks) == 5 * 4
+    for machine, batch in zip(machines, batches, strict=True):
+        query = cpu(machine, T0, T0 + DAY, 10 * SECOND)
+        assert_history_equal(
+            storage.metrics.history(query), reference_history(points_of([batch]), query)
+        )
+
+
+def test_deleting_a_machine_empties_only_its_head(storage: SqlStorage) -> None:
+    gone, kept = new_id(), new_id()
+    storage.metrics.write(samples(gone, T0, 10))
+    storage.metrics.write(samples(kept, T0, 10))
+    assert storage.metrics.delete_machine(gone) == 2
+    assert head_points(storage) == 20
+    with storage.engine.connect() as conn:
+        owners = conn.execute(sa.select(samples_head.c.machine_id).distinct()).scalars().all()
+    assert owners == [kept]
+    assert storage.metrics.history(cpu(gone, T0, T0 + HOUR, MINUTE)) == []
 
 
 def test_late_points_merge_into_existing_chunks(storage: SqlStorage) -> None:
@@ -188,7 +247,7 @@ def test_batches_larger_than_one_statement(storage: SqlStorage) -> None:
     readings = [Reading("disk.used", float(i), {"mount": f"/m{i}"}) for i in range(1001)]
     batch = [MachineSamples(machine, [Sample(T0, readings), Sample(T0 + SECOND, readings[:7])])]
     assert storage.metrics.write(batch) == 1008
-    assert count_rows(storage, points_head) == 1008
+    assert head_points(storage) == 1008
     assert count_rows(storage, series_latest) == 1001
     latest = {v.series: (v.timestamp, v.value) for v in storage.metrics.latest([machine])}
     assert latest[SeriesKey(machine, "disk.used", {"mount": "/m3"})] == (T0 + SECOND, 3.0)
@@ -376,11 +435,18 @@ def test_points_of_a_series_deleted_in_flight_are_dropped(storage: SqlStorage) -
     storage.metrics.delete_machine(machine)
     # What a writer holding stale ids in another process leaves behind.
     with storage.engine.begin() as conn:
-        conn.execute(sa.insert(points_head).values(ts=to_ms(T0), series_id=1, value=1.0))
+        conn.execute(
+            sa.insert(samples_head).values(
+                machine_id=machine,
+                ts=to_ms(T0),
+                series_ids=pack_series_ids([1]),
+                series_values=pack_values([1.0]),
+            )
+        )
         conn.execute(sa.insert(series_latest).values(series_id=1, ts=to_ms(T0), value=1.0))
     report = storage.metrics.maintain(T0 + DAY)
     assert report.expired_rows == 1
-    assert count_rows(storage, points_head) == 0
+    assert head_points(storage) == 0
     assert count_rows(storage, series_latest) == 0
     assert count_rows(storage, metric_chunks) == 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -13,7 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SAWarning
 
 from lunasentri_core.errors import StorageError
-from lunasentri_core.model import MachineSamples, Reading, Sample
+from lunasentri_core.model import HistoryQuery, MachineSamples, Reading, Sample
 from lunasentri_core.storage.sql import (
     VERSION_TABLE,
     SqlStorage,
@@ -102,4 +103,46 @@ def test_downgrade_and_upgrade_again(empty_engine: Engine) -> None:
     assert tables(empty_engine) == {VERSION_TABLE}
     storage.migrate()
     assert storage.schema_revision() == head_revision()
+    storage.close()
+
+
+def test_points_not_compacted_yet_survive_the_change_of_head_and_back(
+    empty_engine: Engine,
+) -> None:
+    # 0004 packs points_head's points into samples; its downgrade unpacks them.
+    storage = SqlStorage(empty_engine)
+    storage.migrate()
+    first = [
+        Sample(BASE_TIME + timedelta(seconds=i), [Reading("cpu.percent", i), Reading("load", -i)])
+        for i in range(5)
+    ]
+    retry = [Sample(BASE_TIME + timedelta(seconds=4), [Reading("cpu.percent", 99)])]
+    storage.metrics.write([MachineSamples("m", first), MachineSamples("m", retry)])
+    storage.metrics.write([MachineSamples("other", first[:1])])
+    with empty_engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0003")
+    with empty_engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT s.machine_id, s.metric, p.ts, p.value FROM points_head p "
+                "JOIN series s ON s.id = p.series_id"
+            )
+        ).all()
+    base = int(BASE_TIME.timestamp() * 1000)
+    expected = {("m", "cpu.percent", base + i * 1000, float(i)) for i in range(5)}
+    expected |= {("m", "load", base + i * 1000, float(-i)) for i in range(5)}
+    expected |= {("other", "cpu.percent", base, 0.0), ("other", "load", base, 0.0)}
+    assert sorted(rows) == sorted(expected), "one row per point; the retry's value is not kept"
+
+    storage.migrate()
+    assert storage.schema_revision() == head_revision()
+    query = HistoryQuery(
+        "m", "cpu.percent", BASE_TIME, BASE_TIME + timedelta(minutes=1), timedelta(seconds=1)
+    )
+    (history,) = storage.metrics.history(query)
+    assert [p.value for p in history.points] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    with empty_engine.connect() as conn:
+        samples = conn.execute(sa.text("SELECT count(*) FROM samples_head")).scalar()
+    assert samples == 5 + 1, "a machine's points of one timestamp become one sample"
+    assert storage.metrics.maintain(BASE_TIME + timedelta(days=1)).compacted_points == 12
     storage.close()

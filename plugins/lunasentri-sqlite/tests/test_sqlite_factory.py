@@ -347,7 +347,7 @@ def test_several_processes_write_one_file(tmp_path: Path) -> None:
     assert latest == dict.fromkeys(machines, 59.0)
     storage.metrics.maintain(T0 + timedelta(days=1))
     with storage.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM points_head")).scalar() == 0
+        assert conn.execute(sa.text("SELECT count(*) FROM samples_head")).scalar() == 0
     for machine in machines:
         (history,) = storage.metrics.history(
             HistoryQuery(machine, "proc.count", T0, T0 + timedelta(hours=1), timedelta(seconds=1))

@@ -2,9 +2,9 @@
 
 Layout (docs/storage.md explains the why):
 
-* ``points_head (ts, series_id) -> value``, keyed by time first, receives every
-  write with ``ON CONFLICT DO NOTHING``: a write appends at the B-tree's right edge
-  and a retried point is ignored, so the first value wins.
+* ``samples_head`` receives every write, one row per sample holding its series
+  ids and values packed (:mod:`.head`); a retried point is stored again and
+  the first value written wins wherever the head is read.
 * :meth:`SqlMetricStore.maintain` moves the head into ``metric_chunks``: one row
   per series per hour holding the raw points as a packed blob, the minute
   rollups as a packed blob and the hour rollup as columns. Existing points win
@@ -24,7 +24,6 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from itertools import repeat
 from operator import itemgetter
 from typing import Any, Final
 
@@ -47,6 +46,12 @@ from lunasentri_core.model import (
 from lunasentri_core.storage.protocols import MaintenanceReport
 from lunasentri_core.storage.sql import blocks
 from lunasentri_core.storage.sql.database import LOCK_MAINTAIN, BulkInsert, Database, Statement
+from lunasentri_core.storage.sql.head import (
+    Columns,
+    SeriesIds,
+    build_rows,
+    series_points,
+)
 from lunasentri_core.storage.sql.points import (
     CHUNK_MS,
     HOUR_MS,
@@ -63,7 +68,6 @@ from lunasentri_core.storage.sql.points import (
     floor_to,
     int_array,
     merge_points,
-    sort_points,
     stats_of,
 )
 from lunasentri_core.storage.sql.schema import (
@@ -71,7 +75,7 @@ from lunasentri_core.storage.sql.schema import (
     labels_from_json,
     labels_to_json,
     metric_chunks,
-    points_head,
+    samples_head,
     series,
     series_latest,
     storage_meta,
@@ -82,8 +86,8 @@ _MS: Final = timedelta(milliseconds=1)
 _IN_LIMIT: Final = 500
 """Ids per ``IN (...)`` list: far below every driver's parameter limit."""
 
-COMPACT_SERIES: Final = 4096
-"""Series ids compacted per transaction, at least..."""
+COMPACT_MACHINES: Final = 64
+"""Machines whose head samples are compacted per transaction, at least..."""
 COMPACT_PARTS: Final = 16
 """...and at most this many transactions per chunk-window (each scans the window)."""
 
@@ -97,9 +101,6 @@ _HORIZON_KEYS = {
     Resolution.MINUTE: "horizon_minute",
     Resolution.HOUR: "horizon_hour",
 }
-
-SeriesIds = dict[tuple[str, Labels], int]
-"""One machine's series ids by ``(metric, labels)``."""
 
 
 def to_ms(value: datetime) -> int:
@@ -209,19 +210,18 @@ class SqlMetricStore:
         with self._db.write() as conn:
             self._check_epoch(conn)
             ids = self._ids
-            built = _build_columns(batch, ids)
+            built = build_rows(batch, ids)
             fresh: dict[str, SeriesIds] = {}
             if built is None:
                 fresh = self._resolve_series(conn, batch)
-                built = _build_columns(batch, {**ids, **fresh})
+                built = build_rows(batch, {**ids, **fresh})
                 assert built is not None, "every series was just resolved"
-            points, latest = built
+            rows, latest, points = built
             if self._db.is_postgres:
                 # One key order for every writer: concurrent batches that share
                 # keys then wait for each other instead of deadlocking.
-                points = _sorted_columns(points)
                 latest = _sorted_columns(latest)
-            self._sql.insert_head.run(conn, points)
+            self._sql.insert_head.run(conn, list(zip(*rows, strict=True)))
             self._sql.upsert_latest.run(conn, latest)
             if seen:
                 touch(conn, self._sql.touch, seen)
@@ -229,7 +229,7 @@ class SqlMetricStore:
             # Only now: ids of series created by a rolled-back batch are invalid.
             with self._ids_lock:
                 self._ids.update(fresh)
-        return len(points[0])
+        return points
 
     def _check_epoch(self, conn: Connection) -> None:
         epoch = self._sql.select_epoch.one(conn, (SERIES_EPOCH,)).scalar() or 0
@@ -317,7 +317,8 @@ class SqlMetricStore:
                 return []
             horizons = self._horizons(conn)
             resolution = choose_resolution(start, step, horizons)
-            head = self._head_points(conn, [sid for sid, _ in matched], start, end)
+            sids = [sid for sid, _ in matched]
+            head = self._head_points(conn, query.machine_id, sids, start, end)
             results = []
             for sid, key in matched:
                 if resolution is Resolution.RAW:
@@ -349,25 +350,11 @@ class SqlMetricStore:
         )
 
     def _head_points(
-        self, conn: Connection, sids: Sequence[int], start: int, end: int
+        self, conn: Connection, machine_id: str, sids: Sequence[int], start: int, end: int
     ) -> dict[int, tuple[IntArray, FloatArray]]:
-        """Points of the series not compacted yet."""
-        found: dict[int, list[tuple[int, float]]] = defaultdict(list)
-        if len(sids) == 1:
-            found[sids[0]] = [
-                (ts, value) for ts, value in self._sql.select_head.one(conn, (start, end, sids[0]))
-            ]
-        else:
-            h = points_head.c
-            for part in _chunked(sids):
-                rows = conn.execute(
-                    sa.select(h.series_id, h.ts, h.value).where(
-                        h.ts >= start, h.ts < end, h.series_id.in_(part)
-                    )
-                )
-                for sid, ts, value in rows:
-                    found[sid].append((ts, value))
-        return {sid: sort_points(points) for sid, points in found.items() if points}
+        """Points of the machine's series ``sids`` not compacted yet."""
+        rows = self._sql.select_head.one(conn, (machine_id, start, end))
+        return series_points(rows, sids)
 
     def _raw_points(
         self,
@@ -466,8 +453,8 @@ class SqlMetricStore:
         for part in _chunked(sids):
             conn.execute(sa.delete(metric_chunks).where(metric_chunks.c.series_id.in_(part)))
             conn.execute(sa.delete(series_latest).where(series_latest.c.series_id.in_(part)))
-            conn.execute(sa.delete(points_head).where(points_head.c.series_id.in_(part)))
             conn.execute(sa.delete(series).where(series.c.id.in_(part)))
+        conn.execute(sa.delete(samples_head).where(samples_head.c.machine_id == machine_id))
         if sids:
             conn.execute(
                 sa.update(storage_meta)
@@ -490,43 +477,46 @@ class SqlMetricStore:
             return _add(report, self._expire(now_ms))
 
     def _compact(self, now_ms: int) -> MaintenanceReport:
-        """Move head points older than ``now`` into chunks.
+        """Move head samples older than ``now`` into chunks.
 
-        One transaction per chunk-window and range of series ids
-        (:data:`COMPACT_SERIES` ids, more when there are many series): each
+        One transaction per chunk-window and group of machines
+        (:data:`COMPACT_MACHINES`, more when there are many machines): each
         holds the write lock for a fraction of the pass, so ingest commits in
         between instead of waiting for all of it.
         """
         report = MaintenanceReport()
-        h = points_head.c
-        with self._db.read() as conn:
-            last_id = conn.execute(sa.select(sa.func.max(series.c.id))).scalar() or 0
-        width = max(COMPACT_SERIES, -(-(last_id + 1) // COMPACT_PARTS))
+        h = samples_head.c
         while True:
             with self._db.read() as conn:
                 first = conn.execute(sa.select(sa.func.min(h.ts)).where(h.ts < now_ms)).scalar()
-            if first is None:
-                return report
-            lo = floor_to(first, CHUNK_MS)
-            hi = min(lo + CHUNK_MS, now_ms)
+                if first is None:
+                    return report
+                lo = floor_to(first, CHUNK_MS)
+                hi = min(lo + CHUNK_MS, now_ms)
+                machine_ids = list(
+                    conn.execute(
+                        sa.select(h.machine_id).where(h.ts >= lo, h.ts < hi).distinct()
+                    ).scalars()
+                )
             # A chunk whose hour has ended is compressed; the current one is
             # rewritten on every pass, and stays uncompressed until then.
             closed = lo + CHUNK_MS <= now_ms
-            # Series created during the pass (ids past last_id) go in the last part.
-            for start in range(0, last_id + 1, width):
-                end = start + width if start + width <= last_id else None
+            width = min(_IN_LIMIT, max(COMPACT_MACHINES, -(-len(machine_ids) // COMPACT_PARTS)))
+            for part in _chunked(sorted(machine_ids), width):
                 with self._db.write(lock=LOCK_MAINTAIN) as conn:
-                    # Delete what is read in one statement: a point written meanwhile
-                    # stays in the head for the next pass.
-                    where = [h.ts >= lo, h.ts < hi, h.series_id >= start]
-                    if end is not None:
-                        where.append(h.series_id < end)
+                    # Delete what is read in one statement: a sample written
+                    # meanwhile stays in the head for the next pass.
                     rows = conn.execute(
-                        sa.delete(points_head).where(*where).returning(h.series_id, h.ts, h.value)
+                        sa.delete(samples_head)
+                        .where(h.ts >= lo, h.ts < hi, h.machine_id.in_(part))
+                        .returning(h.seq, h.ts, h.series_ids, h.series_values)
                     ).all()
                     if rows:
+                        # RETURNING's order is unspecified; the first value
+                        # written of a point wins, so sort into write order.
+                        head = series_points(row[1:] for row in sorted(rows, key=itemgetter(0)))
                         compacted = self._compact_chunk(
-                            conn, lo, rows, self._horizons(conn), closed
+                            conn, lo, head, self._horizons(conn), closed
                         )
                         report = _add(report, compacted)
 
@@ -534,14 +524,11 @@ class SqlMetricStore:
         self,
         conn: Connection,
         chunk_start: int,
-        rows: Sequence[Any],
+        head: dict[int, tuple[IntArray, FloatArray]],
         horizons: Horizons,
         closed: bool,
     ) -> MaintenanceReport:
-        by_series: dict[int, list[tuple[int, float]]] = defaultdict(list)
-        for sid, ts, value in rows:
-            by_series[sid].append((ts, value))
-        sids = sorted(by_series)
+        sids = sorted(head)
         live: set[int] = set()
         existing: dict[int, tuple[bytes | None, bytes | None]] = {}
         c = metric_chunks.c
@@ -556,14 +543,13 @@ class SqlMetricStore:
         upserts = []
         compacted = rollup_rows = dropped = 0
         for sid in sids:
-            new_points = by_series[sid]
+            new_ts, new_values = head[sid]
             row = existing.get(sid)
             if sid not in live or (row is not None and row[0] is None):
                 # The series was deleted while its points were in flight, or the
                 # chunk's raw points expired and there is nothing to merge with.
-                dropped += len(new_points)
+                dropped += len(new_ts)
                 continue
-            new_ts, new_values = sort_points(new_points)
             raw, minutes = row if row is not None else (None, None)
             old_ts, old_values = blocks.decode_raw(raw) if raw else (int_array(), float_array())
             ts, values, added = merge_points(old_ts, old_values, new_ts, new_values)
@@ -739,7 +725,7 @@ def _prepare(db: Database) -> _Statements:
     """Compile every statement the store runs on this kind of database."""
     sql = _Statements()
     sql.insert_head = db.bulk_insert(
-        points_head, ("ts", "series_id", "value"), lambda ins: ins.on_conflict_do_nothing()
+        samples_head, ("machine_id", "ts", "series_ids", "series_values"), lambda ins: ins
     )
 
     def newer_wins(ins: Any) -> Any:
@@ -795,17 +781,17 @@ def _prepare(db: Database) -> _Statements:
     )
     for stmt in (sql.select_raw, sql.select_minutes, sql.select_hours):
         assert stmt.names == ("sid", "lo", "hi")
-    h = points_head.c
+    h = samples_head.c
     sql.select_head = db.statement(
-        sa.select(h.ts, h.value)
+        sa.select(h.ts, h.series_ids, h.series_values)
         .where(
+            h.machine_id == sa.bindparam("m"),
             h.ts >= sa.bindparam("lo"),
             h.ts < sa.bindparam("hi"),
-            h.series_id == sa.bindparam("sid"),
         )
-        .order_by(h.ts)
+        .order_by(h.seq)
     )
-    assert sql.select_head.names == ("lo", "hi", "sid")
+    assert sql.select_head.names == ("m", "lo", "hi")
     sql.select_series = db.statement(
         sa.select(series.c.id, series.c.labels)
         .where(series.c.machine_id == sa.bindparam("m"), series.c.metric == sa.bindparam("n"))
@@ -819,83 +805,6 @@ def _prepare(db: Database) -> _Statements:
     )
     sql.touch = touch_statement(db)
     return sql
-
-
-_first = itemgetter(0)
-
-Columns = tuple[list[int], list[int], list[float]]
-
-
-def _build_columns(
-    batch: Sequence[MachineSamples], ids: dict[str, SeriesIds]
-) -> tuple[Columns, Columns] | None:
-    """The points as ``(ts, series_id, value)`` columns, and each series' newest point.
-
-    ``None`` when a series is not in ``ids``. This is the hot path of ingest: one
-    dict lookup per reading; everything else works on whole samples in C.
-    Points come out sorted by time (new keys append at the head's right edge);
-    equal timestamps keep batch order, so the first written value wins.
-    """
-    samples: list[tuple[int, list[int], Sequence[float]]] = []
-    append = samples.append
-    for ms in batch:
-        known = ids.get(ms.machine_id)
-        for sample in ms.samples:
-            readings = sample.readings
-            if not readings:
-                continue
-            if known is None:
-                return None
-            keys, values = reading_columns(readings)
-            try:
-                sids = [known[key] for key in keys]
-            except KeyError:
-                return None
-            append(((sample.timestamp - EPOCH) // _MS, sids, values))
-    latest = _latest(samples)
-    samples.sort(key=_first)
-    ts_column: list[int] = []
-    sid_column: list[int] = []
-    value_column: list[float] = []
-    for ts, sids, values in samples:
-        ts_column.extend(repeat(ts, len(sids)))
-        sid_column.extend(sids)
-        value_column.extend(values)
-    return (ts_column, sid_column, value_column), latest
-
-
-def _latest(samples: list[tuple[int, list[int], Sequence[float]]]) -> Columns:
-    """Per series, the newest point; on equal timestamps the first one in the batch."""
-    newest: dict[int, int] = {}
-    value: dict[int, float] = {}
-    # Later updates overwrite earlier ones, so visit from least to most
-    # preferred: oldest first and, among equal timestamps, last written first.
-    order = sorted(_run_heads(samples), key=lambda i: (samples[i][0], -i))
-    for i in order:
-        ts, sids, values = samples[i]
-        newest.update(zip(reversed(sids), repeat(ts), strict=False))
-        value.update(zip(reversed(sids), reversed(values), strict=True))
-    sids = list(newest)
-    return sids, [newest[sid] for sid in sids], [value[sid] for sid in sids]
-
-
-def _run_heads(samples: list[tuple[int, list[int], Sequence[float]]]) -> list[int]:
-    """Of each run of consecutive samples with the same series, the one preferred.
-
-    A machine's samples usually have the same series in the same order, and
-    then only the newest of them (the first among equal timestamps) can hold a
-    series' newest point: one list comparison per sample instead of two
-    dictionary updates per point.
-    """
-    heads: list[int] = []
-    previous: list[int] | None = None
-    for i, (ts, sids, _) in enumerate(samples):
-        if sids != previous:
-            heads.append(i)
-            previous = sids
-        elif ts > samples[heads[-1]][0]:
-            heads[-1] = i
-    return heads
 
 
 def _sorted_columns(columns: Columns) -> Columns:

@@ -94,15 +94,20 @@ series_latest = sa.Table(
     sa.Column("value", Float64, nullable=False),
 )
 
-points_head = sa.Table(
-    "points_head",
+samples_head = sa.Table(
+    "samples_head",
     metadata,
-    sa.Column("ts", sa.BigInteger, primary_key=True),
-    sa.Column("series_id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("value", Float64, nullable=False),
-    # Keyed by time first: new points append at the right edge of the B-tree.
-    sqlite_with_rowid=False,
+    # Write order: on equal timestamps of a series, the earlier row's value wins.
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("machine_id", sa.Text, nullable=False),
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    # The sample's series ids and their values, packed (``blocks.pack_sample``).
+    sa.Column("series_ids", sa.LargeBinary, nullable=False),
+    sa.Column("series_values", sa.LargeBinary, nullable=False),
+    sa.Index(None, "machine_id", "ts"),
+    sa.Index(None, "ts"),
 )
+"""Samples not compacted yet: one row per written sample, not per point."""
 
 metric_chunks = sa.Table(
     "metric_chunks",
