@@ -88,7 +88,10 @@ def build_rows(
     points = 0
     for ms in batch:
         known = ids.get(ms.machine_id)
-        previous: list[int] | None = None
+        # A machine's samples usually repeat their series, often with the very
+        # same keys (decoded bodies share them): look up and pack ids once.
+        last_keys: object = None
+        sids: list[int] = []
         packed = b""
         for sample in ms.samples:
             readings = sample.readings
@@ -97,12 +100,14 @@ def build_rows(
             if known is None:
                 return None
             keys, values = reading_columns(readings)
-            try:
-                sids = [known[key] for key in keys]
-            except KeyError:
-                return None
-            if sids != previous:  # a machine's samples usually repeat their series
-                previous, packed = sids, pack_series_ids(sids)
+            if keys is not last_keys:
+                try:
+                    found = [known[key] for key in keys]
+                except KeyError:
+                    return None
+                if found != sids:
+                    sids, packed = found, pack_series_ids(found)
+                last_keys = keys
             ts = (sample.timestamp - EPOCH) // _MS
             samples.append((ts, sids, values))
             rows.append((ms.machine_id, ts, packed, pack_values(values)))
