@@ -188,24 +188,23 @@ class AlertEvaluator:
         sample: Sample,
         transitions: list[AlertTransition],
     ) -> None:
-        # The hot loop of ingest with rules: one dict lookup per reading and a
-        # bounds check per watched one, before anything else is looked at.
-        watched, parts_of, at = plan.metrics, plan.parts, sample.timestamp
+        # The hot loop of ingest with rules: a bounds check per watched reading
+        # (the plan knows which those are) before anything else is looked at.
+        at = sample.timestamp
+        keys, values = reading_columns(sample.readings)
         parts: dict[tuple[str, Labels], float] = {}
-        for (metric, labels), value in zip(*reading_columns(sample.readings), strict=True):
-            if metric in parts_of:
-                parts[metric, labels] = value
-            metric_plan = watched.get(metric)
+        for index, key, metric_plan, part in plan.picks(keys):
+            value = values[index]
+            if part:
+                parts[key] = value
             if metric_plan is None:
                 continue
-            if metric_plan.low < value < metric_plan.high and (
-                not active or (metric, labels) not in active
-            ):
+            if metric_plan.low < value < metric_plan.high and (not active or key not in active):
                 continue
-            self._check(machine, metric_plan, metric, labels, value, at, transitions)
+            self._check(machine, metric_plan, key[0], key[1], value, at, transitions)
         if parts:
             for metric, labels, value in _derived(parts, plan):
-                metric_plan = watched[metric]
+                metric_plan = plan.metrics[metric]
                 if metric_plan.low < value < metric_plan.high and (
                     not active or (metric, labels) not in active
                 ):

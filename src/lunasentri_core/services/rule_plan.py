@@ -9,11 +9,13 @@ a series that no rule holds pending or firing needs no further look.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import attrs
 
 from lunasentri_core.model import AlertRule, Comparison, Machine
+from lunasentri_core.samples import ReadingKey
 from lunasentri_core.services.queries import DERIVED
 
 
@@ -77,6 +79,17 @@ class MetricPlan:
         )
 
 
+class Pick(NamedTuple):
+    """A reading evaluation looks at: its position in the sample, its series key, the
+    plan of its metric (``None`` when only a derived metric needs it), and whether a
+    derived metric needs it."""
+
+    position: int
+    key: ReadingKey
+    plan: MetricPlan | None
+    part: bool
+
+
 @attrs.frozen
 class MachinePlan:
     """A machine's :class:`MetricPlan` per metric, and the derived metrics among them."""
@@ -89,12 +102,33 @@ class MachinePlan:
     derive a percentage (or, when it reports the percentage itself, not to)."""
     used_of: Mapping[str, tuple[tuple[str, str], ...]] = attrs.field(init=False)
     """(derived metric, total metric) for each used metric a watched percentage divides."""
+    _last: list[Any] = attrs.field(init=False, eq=False, repr=False, factory=lambda: [None, ()])
+    """The series keys :meth:`picks` saw last, and what it answered."""
 
     def __attrs_post_init__(self) -> None:
         used_of: dict[str, list[tuple[str, str]]] = {}
         for name, used, total in self.derived:
             used_of.setdefault(used, []).append((name, total))
         object.__setattr__(self, "used_of", {k: tuple(v) for k, v in used_of.items()})
+
+    def picks(self, keys: Sequence[ReadingKey]) -> tuple[Pick, ...]:
+        """The readings of a sample with these series keys that evaluation looks at.
+
+        A machine's samples usually repeat their series (ingest's decoded
+        samples share the very same keys), so the answer for the last keys seen
+        is kept: the hot loop then visits only the watched readings.
+        """
+        last_keys, last = self._last
+        if keys is last_keys or keys == last_keys:
+            return last  # type: ignore[no-any-return]
+        watched, parts = self.metrics, self.parts
+        found = tuple(
+            Pick(i, key, watched.get(key[0]), key[0] in parts)
+            for i, key in enumerate(keys)
+            if key[0] in watched or key[0] in parts
+        )
+        self._last[:] = [keys, found]
+        return found
 
     @classmethod
     def of(
