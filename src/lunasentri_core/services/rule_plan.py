@@ -9,12 +9,13 @@ a series that no rule holds pending or firing needs no further look.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from operator import itemgetter, lt
 from typing import Any, NamedTuple
 
 import attrs
 
-from lunasentri_core.model import AlertRule, Comparison, Machine
+from lunasentri_core.model import AlertRule, Comparison, Labels, Machine
 from lunasentri_core.samples import ReadingKey
 from lunasentri_core.services.queries import DERIVED
 
@@ -80,14 +81,76 @@ class MetricPlan:
 
 
 class Pick(NamedTuple):
-    """A reading evaluation looks at: its position in the sample, its series key, the
-    plan of its metric (``None`` when only a derived metric needs it), and whether a
-    derived metric needs it."""
+    """A reading a rule watches: its position in the sample, its series key and the
+    plan of its metric."""
 
     position: int
     key: ReadingKey
-    plan: MetricPlan | None
-    part: bool
+    plan: MetricPlan
+
+
+class Derivation(NamedTuple):
+    """A percentage a rule watches, derived from two readings of the sample."""
+
+    metric: str
+    labels: Labels
+    used: int
+    """The position of the used reading in the sample, ..."""
+    total: int
+    """... and of the total one."""
+    plan: MetricPlan
+
+
+def _values_at(positions: Sequence[int]) -> Callable[[Sequence[float]], tuple[float, ...]]:
+    """A function giving the values at ``positions`` (in C, as ``itemgetter`` does)."""
+    if not positions:
+        return lambda values: ()
+    if len(positions) == 1:
+        (at,) = positions
+        return lambda values: (values[at],)
+    return itemgetter(*positions)
+
+
+@attrs.frozen
+class Layout:
+    """What evaluation looks at in samples with one sequence of series keys."""
+
+    picks: tuple[Pick, ...]
+    """The readings a rule watches, in sample order."""
+    derivations: tuple[Derivation, ...]
+    """The percentages a rule watches that the sample lets derive (and does not
+    report itself: a collector's own percentage wins)."""
+    watched: Callable[[Sequence[float]], tuple[float, ...]] = attrs.field(init=False)
+    """The values of the picked readings, ..."""
+    lows: tuple[float, ...] = attrs.field(init=False)
+    highs: tuple[float, ...] = attrs.field(init=False)
+    """... and the bounds inside which each breaches no rule (:attr:`MetricPlan.low`)."""
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "watched", _values_at([p.position for p in self.picks]))
+        object.__setattr__(self, "lows", tuple(p.plan.low for p in self.picks))
+        object.__setattr__(self, "highs", tuple(p.plan.high for p in self.picks))
+
+    @classmethod
+    def of(cls, plan: MachinePlan, keys: Sequence[ReadingKey]) -> Layout:
+        position = {key: i for i, key in enumerate(keys)}
+        picks = tuple(
+            Pick(i, key, plan.metrics[key[0]])
+            for i, key in enumerate(keys)
+            if key[0] in plan.metrics
+        )
+        derivations = []
+        for i, (metric, labels) in enumerate(keys):
+            for name, total_metric in plan.used_of.get(metric, ()):
+                total = position.get((total_metric, labels))
+                if total is not None and (name, labels) not in position:
+                    derivations.append(Derivation(name, labels, i, total, plan.metrics[name]))
+        return cls(picks, tuple(derivations))
+
+    def quiet(self, values: Sequence[float]) -> bool:
+        """True when no picked value of the sample can breach a rule (all in C)."""
+        watched = self.watched(values)
+        return all(map(lt, self.lows, watched)) and all(map(lt, watched, self.highs))
 
 
 @attrs.frozen
@@ -97,13 +160,10 @@ class MachinePlan:
     metrics: Mapping[str, MetricPlan]
     derived: tuple[tuple[str, str, str], ...]
     """(derived metric, used metric, total metric) for each derived metric watched."""
-    parts: frozenset[str]
-    """The derived metrics and their used and total metrics: what a sample must show to
-    derive a percentage (or, when it reports the percentage itself, not to)."""
     used_of: Mapping[str, tuple[tuple[str, str], ...]] = attrs.field(init=False)
     """(derived metric, total metric) for each used metric a watched percentage divides."""
     _last: list[Any] = attrs.field(init=False, eq=False, repr=False, factory=lambda: [None, ()])
-    """The series keys :meth:`picks` saw last, and what it answered."""
+    """The series keys :meth:`layout` saw last, and what it answered."""
 
     def __attrs_post_init__(self) -> None:
         used_of: dict[str, list[tuple[str, str]]] = {}
@@ -111,22 +171,17 @@ class MachinePlan:
             used_of.setdefault(used, []).append((name, total))
         object.__setattr__(self, "used_of", {k: tuple(v) for k, v in used_of.items()})
 
-    def picks(self, keys: Sequence[ReadingKey]) -> tuple[Pick, ...]:
-        """The readings of a sample with these series keys that evaluation looks at.
+    def layout(self, keys: Sequence[ReadingKey]) -> Layout:
+        """What evaluation looks at in a sample with these series keys.
 
         A machine's samples usually repeat their series (ingest's decoded
         samples share the very same keys), so the answer for the last keys seen
-        is kept: the hot loop then visits only the watched readings.
+        is kept.
         """
         last_keys, last = self._last
         if keys is last_keys or keys == last_keys:
             return last  # type: ignore[no-any-return]
-        watched, parts = self.metrics, self.parts
-        found = tuple(
-            Pick(i, key, watched.get(key[0]), key[0] in parts)
-            for i, key in enumerate(keys)
-            if key[0] in watched or key[0] in parts
-        )
+        found = Layout.of(self, keys)
         self._last[:] = [keys, found]
         return found
 
@@ -139,9 +194,4 @@ class MachinePlan:
             if applies(rule, machine, admins):
                 by_metric.setdefault(rule.metric, []).append(rule)
         derived = tuple((name, *DERIVED[name]) for name in sorted(by_metric.keys() & DERIVED))
-        parts = {metric for triple in derived for metric in triple}
-        return cls(
-            {metric: MetricPlan.of(group) for metric, group in by_metric.items()},
-            derived,
-            frozenset(parts),
-        )
+        return cls({metric: MetricPlan.of(group) for metric, group in by_metric.items()}, derived)
