@@ -165,20 +165,18 @@ def series_points(
     """
     want = None if wanted is None else set(wanted)
     found: dict[int, list[tuple[int, float]]] = defaultdict(list)
-    # Rows of one machine share their packed ids: unpack them once per layout,
-    # keeping the positions of the wanted series.
+    # Rows of one machine share their packed ids: find the wanted positions
+    # once per layout.
     layouts: dict[bytes, list[tuple[int, int]]] = {}
     for ts, sids_blob, values_blob in rows:
+        sids, values = unpack_sample(sids_blob, values_blob)
         layout = layouts.get(sids_blob)
         if layout is None:
-            sids, _ = unpack_sample(sids_blob, values_blob)
             layout = layouts[sids_blob] = [
                 (i, sid) for i, sid in enumerate(sids) if want is None or sid in want
             ]
-        if layout:
-            _, values = unpack_sample(sids_blob, values_blob)
-            for i, sid in layout:
-                found[sid].append((ts, values[i]))
+        for i, sid in layout:
+            found[sid].append((ts, values[i]))
     return {sid: first_points(points) for sid, points in found.items()}
 
 

@@ -63,6 +63,9 @@ def labels_from_json(text: str) -> Labels:
 
 Float64 = sa.Float(precision=53)
 
+_Serial = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+"""An ever-growing surrogate key (SQLite only auto-assigns ``INTEGER PRIMARY KEY``)."""
+
 # --------------------------------------------------------------------------- metrics
 
 storage_meta = sa.Table(
@@ -98,10 +101,10 @@ samples_head = sa.Table(
     "samples_head",
     metadata,
     # Write order: on equal timestamps of a series, the earlier row's value wins.
-    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("seq", _Serial, primary_key=True, autoincrement=True),
     sa.Column("machine_id", sa.Text, nullable=False),
     sa.Column("ts", sa.BigInteger, nullable=False),
-    # The sample's series ids and their values, packed (``blocks.pack_sample``).
+    # The sample's series ids and their values, packed (see ``head.py``).
     sa.Column("series_ids", sa.LargeBinary, nullable=False),
     sa.Column("series_values", sa.LargeBinary, nullable=False),
     sa.Index(None, "machine_id", "ts"),
@@ -234,9 +237,6 @@ alert_events = sa.Table(
 )
 
 # --------------------------------------------------------------------------- server state
-
-_Serial = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-"""An ever-growing surrogate key (SQLite only auto-assigns ``INTEGER PRIMARY KEY``)."""
 
 sessions = sa.Table(
     "sessions",
