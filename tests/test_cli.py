@@ -125,6 +125,24 @@ def test_a_wrong_setting_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (("--port", "99999"), {}, "'--port': 99999 is not in the range 0<=x<=65535"),
+        ((), {"LUNASENTRI_SERVER__PORT": "70000"}, "server.port: expected a TCP port"),
+        ((), {"LUNASENTRI_LOG_LEVEL": "verbose"}, "log_level: expected one of debug"),
+    ],
+)
+def test_serve_refuses_a_wrong_port_or_level_by_name(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str], message: str
+) -> None:
+    result = lunasentri("serve", "--data-dir", str(tmp_path), *args, env=env)
+
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_an_unknown_collector_is_a_clear_error() -> None:
     result = lunasentri("collect", "--once", "--collector", "nosuch")
 

@@ -74,8 +74,9 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
     [
         ("[collect]\nintervall = 5\n", "collect.intervall: unknown field"),
         ("[collect]\ninterval = true\n", "collect.interval: expected a duration"),
-        ("[collect]\ninterval = 0\n", "interval must be positive"),
-        ("log_level = 'loud'\n", "expected one of debug, info"),
+        ("[collect]\ninterval = 0\n", "collect.interval: must be positive"),
+        ("log_level = 'loud'\n", "log_level: expected one of debug, info"),
+        ("[server]\nport = 99999\n", "server.port: expected a TCP port from 0 to 65535"),
         (
             "[storage.retention]\nraw = 'forever-ish'\n",
             "storage.retention.raw: expected a duration",

@@ -141,7 +141,7 @@ def test_the_policy_follows_the_settings(tmp_path: Path) -> None:
     ("purge", "message"),
     [
         ({"histroy": "30d"}, "storage.purge.histroy: unknown field"),
-        ({"grace": "0s"}, "storage.purge: grace must be positive"),
+        ({"grace": "0s"}, "storage.purge.grace: must be positive"),
         ({"interval": "soon"}, "storage.purge.interval: expected a duration"),
     ],
 )

@@ -589,6 +589,9 @@ def field_errors(error: BaseException, path: str = "") -> list[FieldError]:
         for inner in without_notes:
             found.extend(field_errors(inner, path))
         return found
+    if isinstance(error, ValueError) and isinstance(_arg(error, 1), attrs.Attribute):
+        # An attrs validator's convention: (message, attribute, ...).
+        return [FieldError(_join(path, error.args[1].name), str(error.args[0]))]
     if isinstance(error, ForbiddenExtraKeysError):
         return [FieldError(_join(path, key), "unknown field") for key in sorted(error.extra_fields)]
     return [FieldError(path, _message(error))]
@@ -598,6 +601,10 @@ def _join(path: str, key: object) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
     return f"{path}.{key}" if path else str(key)
+
+
+def _arg(error: BaseException, index: int) -> object:
+    return error.args[index] if len(error.args) > index else None
 
 
 def _message(error: BaseException) -> str:

@@ -11,7 +11,7 @@ Every error names its exact path: ``collect.interval: expected a duration ...``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +32,7 @@ from lunasentri_core.config_sources import env_overrides as env_overrides
 from lunasentri_core.config_sources import merge as merge
 from lunasentri_core.config_sources import raw_settings
 from lunasentri_core.config_sources import read_toml as read_toml
-from lunasentri_core.errors import ConfigError, ValidationError
+from lunasentri_core.errors import ConfigError, InvalidValue, ValidationError
 from lunasentri_core.model import RetentionPolicy
 
 if TYPE_CHECKING:
@@ -41,7 +41,20 @@ if TYPE_CHECKING:
 
 def _positive(_: object, attribute: attrs.Attribute[timedelta], value: timedelta) -> None:
     if value <= timedelta(0):
-        raise ValueError(f"{attribute.name} must be positive")
+        raise InvalidValue("must be positive", attribute)
+
+
+def _port(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise InvalidValue(f"expected a TCP port from 0 to 65535, got {value}", attribute)
+
+
+def _at_least(bound: float) -> Callable[[object, attrs.Attribute[float], float], None]:
+    def check(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+        if value < bound:
+            raise InvalidValue(f"must be at least {bound:g}, got {value:g}", attribute)
+
+    return check
 
 
 @attrs.frozen
@@ -102,7 +115,7 @@ class StorageSettings:
 class NotificationSettings:
     """How the hub delivers notifications from the outbox to channels."""
 
-    max_attempts: int = attrs.field(default=8, validator=attrs.validators.ge(1))
+    max_attempts: int = attrs.field(default=8, validator=_at_least(1))
     """Attempts per delivery before it is dead-lettered."""
     backoff: timedelta = attrs.field(default=timedelta(seconds=10), validator=_positive)
     """Wait before the first retry; it doubles with every attempt (with jitter)."""
@@ -113,7 +126,7 @@ class NotificationSettings:
     """How long a taken delivery is this process's; after a crash another takes it then."""
     poll_interval: timedelta = attrs.field(default=timedelta(seconds=2), validator=_positive)
     """How often the outbox is checked for work written by other processes."""
-    concurrency: int = attrs.field(default=8, validator=attrs.validators.ge(1))
+    concurrency: int = attrs.field(default=8, validator=_at_least(1))
 
 
 @attrs.frozen
@@ -121,7 +134,8 @@ class ServerSettings:
     """The reference server (``lunasentri serve``)."""
 
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = attrs.field(default=8080, validator=_port)
+    """0 asks the system for any free port."""
     public_url: str | None = None
     """How agents reach this server (install commands); default ``http(s)://host:port``."""
     log_format: str = attrs.field(default="text", validator=attrs.validators.in_(("text", "json")))
@@ -144,12 +158,12 @@ class ServerSettings:
     reset_token_ttl: timedelta = timedelta(hours=1)
     claim_ttl: timedelta = timedelta(hours=24)
     key_rotation_grace: timedelta = timedelta(hours=24)
-    login_max_failures: int = attrs.field(default=5, validator=attrs.validators.ge(1))
+    login_max_failures: int = attrs.field(default=5, validator=_at_least(1))
     login_lockout: timedelta = timedelta(minutes=15)
-    register_rate: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
+    register_rate: float = attrs.field(default=0.2, validator=_at_least(0))
     """Agent registrations per second one client address may make on average (a token
     bucket; 0 turns the limit off)..."""
-    register_burst: float = attrs.field(default=20.0, validator=attrs.validators.ge(1))
+    register_burst: float = attrs.field(default=20.0, validator=_at_least(1))
     """...and at once."""
     metrics_series: bool = False
     """Expose the latest stored value of every machine's series on /metrics (opt-in)."""
@@ -193,7 +207,7 @@ class Settings:
     @log_level.validator
     def _check_level(self, attribute: attrs.Attribute[str], value: str) -> None:
         if value.lower() not in {"debug", "info", "warning", "error", "critical"}:
-            raise ValueError("expected one of debug, info, warning, error, critical")
+            raise InvalidValue("expected one of debug, info, warning, error, critical", attribute)
 
     @property
     def storage_url(self) -> str:

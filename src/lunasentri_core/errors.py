@@ -7,6 +7,7 @@ where; none of them should need a traceback to be understood.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 
@@ -27,6 +28,23 @@ class FieldError:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class InvalidValue(ValueError):
+    """A validator's refusal of one attribute's value, naming the attribute.
+
+    Raised as ``InvalidValue("must be positive", attribute)`` in an attrs validator;
+    decoding reports it at the attribute's full path (``collect.interval: must be
+    positive``), as attrs' own validators are (they pass the attribute second too).
+    """
+
+    def __init__(self, message: str, attribute: attrs.Attribute[Any]) -> None:
+        super().__init__(message, attribute)
+        self.message = message
+        self.field = attribute.name
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
 
 
 class ValidationError(LunaSentriError, ValueError):

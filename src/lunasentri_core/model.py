@@ -16,6 +16,7 @@ import attrs
 
 # Collectors' classes live in their own module (the push agent loads only them);
 # re-exported here, where the rest of the code looks for every model type.
+from lunasentri_core.errors import InvalidValue
 from lunasentri_core.samples import LABEL_NAME as LABEL_NAME
 from lunasentri_core.samples import MAX_LABEL_VALUE as MAX_LABEL_VALUE
 from lunasentri_core.samples import METRIC_NAME as METRIC_NAME
@@ -40,7 +41,7 @@ def _to_optional_labels(
 
 def _check_positive(_: object, attribute: attrs.Attribute[timedelta], value: timedelta) -> None:
     if value <= timedelta(0):
-        raise ValueError(f"{attribute.name} must be positive")
+        raise InvalidValue("must be positive", attribute)
 
 
 # --------------------------------------------------------------------------- metrics

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from lunasentri_core.errors import InvalidValue
 from lunasentri_core.samples import Labels, to_labels
 
 if TYPE_CHECKING:
@@ -22,12 +23,12 @@ if TYPE_CHECKING:
 
 def _positive(_: object, attribute: attrs.Attribute[timedelta], value: timedelta) -> None:
     if value <= timedelta(0):
-        raise ValueError(f"{attribute.name} must be positive")
+        raise InvalidValue("must be positive", attribute)
 
 
 def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
     if value < 1:
-        raise ValueError(f"{attribute.name} must be at least 1")
+        raise InvalidValue("must be at least 1", attribute)
 
 
 def _optional_path(value: str | Path | None) -> Path | None:

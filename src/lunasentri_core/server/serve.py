@@ -27,7 +27,11 @@ work; bench_ingest_http.py measured a third more throughput at 1 ms."""
 
 @click.command()
 @click.option("--host", help="Interface to listen on (default 127.0.0.1; [server] host).")
-@click.option("--port", type=int, help="TCP port (default 8080; [server] port).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    help="TCP port (default 8080; 0 for any free port; [server] port).",
+)
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
