@@ -30,8 +30,10 @@ _BYTES_METRICS = ("bytes", ".total", ".used", ".available", ".size")
 
 
 class _Context:
-    def __init__(self, config: Path | None) -> None:
+    def __init__(self, config: Path | None, log_level: str | None = None) -> None:
         self.config = config
+        self.log_level = log_level
+        """``--log-level`` when given: it wins over the settings' ``log_level``."""
 
     def settings(self) -> Settings:
         from lunasentri_core.config import Settings
@@ -88,13 +90,17 @@ class _LazyGroup(click.Group):
     envvar="LUNASENTRI_CONFIG",
     help="Settings file (TOML). Default: ./lunasentri.toml if present.",
 )
-@click.option("--log-level", default="warning", show_default=True, help="Logging level.")
+@click.option(
+    "--log-level",
+    help="Logging level (default warning; the server and the agent use log_level, default info).",
+)
 @click.version_option(package_name="lunasentri-core")
 @click.pass_context
-def main(ctx: click.Context, config: Path | None, log_level: str) -> None:
+def main(ctx: click.Context, config: Path | None, log_level: str | None) -> None:
     """LunaSentri: monitor machines with plugins."""
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    ctx.obj = _Context(config)
+    level = (log_level or "warning").upper()
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = _Context(config, log_level)
 
 
 # --------------------------------------------------------------------------- plugins

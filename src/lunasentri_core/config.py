@@ -49,8 +49,8 @@ def _port(_: object, attribute: attrs.Attribute[int], value: int) -> None:
         raise InvalidValue(f"expected a TCP port from 0 to 65535, got {value}", attribute)
 
 
-def _at_least(bound: float) -> Callable[[object, attrs.Attribute[float], float], None]:
-    def check(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+def _at_least(bound: float) -> Callable[[object, attrs.Attribute[Any], float], None]:
+    def check(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
         if value < bound:
             raise InvalidValue(f"must be at least {bound:g}, got {value:g}", attribute)
 

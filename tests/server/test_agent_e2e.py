@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -162,7 +163,38 @@ def test_once_with_a_wrong_key_fails_and_keeps_the_sample(
     )
     assert result.returncode == 1
     assert "not delivered: HTTP 401" in result.stderr
+    assert "the API key was refused" in result.stderr
     assert "1 sample(s) stay spooled" in result.stderr
+
+
+def test_a_healthy_agent_says_so_at_start_and_now_and_then(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    _, key = create_machine(server, server.login(), "chatty")
+    env = agent_env(tmp_path, server, LUNASENTRI_AGENT__API_KEY=key)
+    del env["LUNASENTRI_LOG_LEVEL"]  # the default level
+    env.update(LUNASENTRI_AGENT__SUMMARY_INTERVAL="1", LUNASENTRI_AGENT__SEND_INTERVAL="0.5")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lunasentri_core.agent", "--interval", "0.5"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 30
+        summary = re.compile(r"(\d+) sample\(s\) collected, (\d+) delivered")
+        while not any((m := summary.search(x)) and int(m.group(2)) > 0 for x in lines):
+            assert time.monotonic() < deadline, "".join(lines)
+            lines.append(process.stderr.readline())
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+    start = next(line for line in lines if "sends to" in line)
+    assert server.url in start
+    assert "collects every 0.5 s with psutil" in start
+    assert not any("HTTP Request" in line for line in lines), "httpx's request lines"
 
 
 def test_no_sample_is_lost_while_the_server_restarts(server: LiveServer, tmp_path: Path) -> None:

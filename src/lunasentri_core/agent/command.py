@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -69,6 +70,7 @@ def agent(
         settings = _settings(config, server_url, api_key, interval, collectors)
     except LunaSentriError as error:
         raise click.ClickException(str(error)) from None
+    _set_log_level(getattr(ctx.obj, "log_level", None) or settings.log_level)
     if print_systemd_unit:
         from lunasentri_core.agent.systemd import agent_command, systemd_unit
 
@@ -88,6 +90,13 @@ def agent(
         # Ctrl+C before the agent handles signals itself (while it starts, or in
         # --once); the spool is consistent at any point.
         log.warning("interrupted; spooled samples are kept for the next start")
+
+
+def _set_log_level(level: str) -> None:
+    logging.getLogger().setLevel(level.upper())
+    # httpx logs every request at info: a line per send is noise unless debugging.
+    quiet = logging.DEBUG if logging.getLogger().level <= logging.DEBUG else logging.WARNING
+    logging.getLogger("httpx").setLevel(quiet)
 
 
 def _settings(
@@ -184,7 +193,14 @@ def _drive(
                 )
             click.echo(f"delivered {result.delivered} sample(s) to {options.server_url}")
             return
-        log.info("agent %s sending to %s", runner.target.machine_id, options.server_url)
+        log.info(
+            "agent %s on %s sends to %s; collects every %g s with %s",
+            runner.target.machine_id,
+            options.hostname or socket.gethostname(),
+            options.server_url,
+            runner.interval,
+            ", ".join(runner.collector_names),
+        )
         runner.run()
         log.info(
             "agent stopped: %d collected, %d delivered, %d spooled",

@@ -83,6 +83,11 @@ class AgentStats:
         """Samples that could not be spooled (a full or failing disk)."""
         self.last_error: str | None = None
 
+    def snapshot(self) -> AgentStats:
+        copy = AgentStats()
+        copy.__dict__.update(self.__dict__)
+        return copy
+
 
 class OnceResult(NamedTuple):
     delivered: int
@@ -141,6 +146,8 @@ class Agent:
         self._sent_at = -math.inf
         self._retry_at = -math.inf
         self._config_at = math.inf
+        self._summary_at = time.monotonic() + self.options.summary_interval.total_seconds()
+        self._summarised = AgentStats()
 
     # ------------------------------------------------------------ control
 
@@ -227,6 +234,22 @@ class Agent:
         if self.api_key and time.monotonic() >= self._config_at:
             self._refresh_config()
             self._config_at = time.monotonic() + self.options.config_poll_interval.total_seconds()
+        if time.monotonic() >= self._summary_at:
+            self._summarise()
+
+    def _summarise(self) -> None:
+        """Log what was done since the last summary (checked with each collection)."""
+        now, before = self.stats, self._summarised
+        log.info(
+            "last %g min: %d sample(s) collected, %d delivered, %d failed send(s); %d spooled",
+            self.options.summary_interval.total_seconds() / 60,
+            now.collected - before.collected,
+            now.delivered - before.delivered,
+            now.send_failures - before.send_failures,
+            len(self.spool),
+        )
+        self._summarised = now.snapshot()
+        self._summary_at = time.monotonic() + self.options.summary_interval.total_seconds()
 
     # ------------------------------------------------------------ collect
 

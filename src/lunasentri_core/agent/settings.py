@@ -74,6 +74,8 @@ class AgentSettings:
         default=timedelta(seconds=60), validator=_positive
     )
     """How often the agent asks the server for its central configuration."""
+    summary_interval: timedelta = attrs.field(default=timedelta(minutes=15), validator=_positive)
+    """How often the agent logs what it did (at ``info``), so a healthy agent is seen working."""
 
     def resolved_spool_dir(self, data_dir: Path) -> Path:
         return self.spool_dir if self.spool_dir is not None else data_dir / "agent-spool"
@@ -102,6 +104,7 @@ class AgentRunSettings:
     """``[plugins.<name>]`` tables, structured by each plugin's settings class."""
     disabled_plugins: tuple[str, ...] = ()
     enabled_plugins: tuple[str, ...] | None = None
+    log_level: str = "info"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AgentRunSettings:
@@ -112,6 +115,7 @@ class AgentRunSettings:
             plugins=settings.plugins,
             disabled_plugins=settings.disabled_plugins,
             enabled_plugins=settings.enabled_plugins,
+            log_level=settings.log_level.lower(),
         )
 
     @property
@@ -166,7 +170,7 @@ def _read(data: Mapping[str, Any]) -> AgentRunSettings:
             raise read.Unsupported
     if "collectors" in collect:
         read.names(collect["collectors"])
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"log_level": level.lower()}
     if "data_dir" in data:
         options["data_dir"] = read.path(data["data_dir"])
     if "timeout" in collect:

@@ -236,7 +236,7 @@ def _dispatcher(
         request.scope["lunasentri.endpoint"] = endpoint
         # Public endpoints skip authentication: it costs a storage read per request.
         principal = None if endpoint.auth is Auth.PUBLIC else await authenticate(request)
-        _authorize(endpoint.auth, principal)
+        _authorize(endpoint.auth, principal, _presented(request))
         call = Call(request, request.app.state.hub, request.app.state.settings, principal)
         result = await endpoint.handler(call)
         if isinstance(result, Response):
@@ -246,12 +246,17 @@ def _dispatcher(
     return dispatch
 
 
-def _authorize(auth: Auth, principal: Principal | None) -> None:
+def _presented(request: Request) -> bool:
+    """Whether the request carries a credential (the authenticators found it wanting)."""
+    headers = request.headers
+    return "authorization" in headers or "x-api-key" in headers
+
+
+def _authorize(auth: Auth, principal: Principal | None, presented: bool) -> None:
     if auth is Auth.PUBLIC:
         return
     if principal is None:
-        message = "a machine API key is required" if auth is Auth.MACHINE else "log in first"
-        raise ApiError(401, "unauthenticated", message)
+        raise ApiError(401, "unauthenticated", _unauthenticated(auth, presented))
     if auth is Auth.MACHINE:
         if principal.machine_id is None:
             raise ApiError(403, "forbidden", "this endpoint takes a machine API key")
@@ -260,6 +265,16 @@ def _authorize(auth: Auth, principal: Principal | None) -> None:
         raise ApiError(403, "forbidden", "this endpoint is for users, not machine keys")
     if auth is Auth.ADMIN and not principal.is_admin:
         raise ApiError(403, "forbidden", "administrators only")
+
+
+def _unauthenticated(auth: Auth, presented: bool) -> str:
+    if auth is Auth.MACHINE:
+        if presented:
+            return "the API key was refused: it is unknown, revoked or expired"
+        return "a machine API key is required"
+    if presented:
+        return "the credentials were refused: the token is unknown, revoked or expired"
+    return "log in first"
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
