@@ -166,6 +166,9 @@ class ServerSettings:
     register_burst: float = attrs.field(default=20.0, validator=_at_least(1))
     """...and at once."""
     metrics_series: bool = False
+    shared_database: bool = False
+    """Let several ``lunasentri serve`` processes use one SQLite database (each must set
+    it); otherwise a second server on the same file refuses to start."""
     """Expose the latest stored value of every machine's series on /metrics (opt-in)."""
 
     @property

@@ -15,6 +15,7 @@ import uvicorn
 
 from lunasentri_core.config import Settings
 from lunasentri_core.errors import LunaSentriError
+from lunasentri_core.server.instance_lock import server_lock
 from lunasentri_core.server.logs import configure_logging
 
 SWITCH_INTERVAL = 0.001
@@ -67,7 +68,8 @@ def serve(
         if demo and settings.admin_password is None:
             settings = attrs.evolve(settings, admin_password=secrets.token_urlsafe(12))
         configure_logging(settings.server.log_format, settings.log_level)
-        run(settings, demo=demo)
+        with server_lock(settings):
+            run(settings, demo=demo)
     except LunaSentriError as error:
         raise click.ClickException(str(error)) from None
 
