@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         NotFoundError,
         PluginError,
         StorageError,
+        StorageUnavailable,
         ValidationError,
     )
     from lunasentri_core.hookspecs import hookimpl
@@ -140,6 +141,7 @@ _EXPORTS: dict[str, str] = {
     "Settings": "lunasentri_core.config",
     "Severity": "lunasentri_core.model",
     "StorageError": "lunasentri_core.errors",
+    "StorageUnavailable": "lunasentri_core.errors",
     "Target": "lunasentri_core.samples",
     "User": "lunasentri_core.model",
     "ValidationError": "lunasentri_core.errors",
@@ -203,6 +205,7 @@ __all__ = [
     "Silence",
     "StatusChange",
     "StorageError",
+    "StorageUnavailable",
     "Target",
     "User",
     "ValidationError",

@@ -78,6 +78,12 @@ class StorageError(LunaSentriError):
     """The storage backend cannot be opened or used (path, permissions, server)."""
 
 
+class StorageUnavailable(StorageError):
+    """The storage is there but cannot serve now: locked past its busy timeout, full,
+    or unreachable. Nothing about the request is wrong; the same request may succeed
+    later (the server answers 503 with ``Retry-After``)."""
+
+
 class NotFoundError(LunaSentriError, LookupError):
     """A record asked for by id does not exist (or is not visible to the caller)."""
 

@@ -40,6 +40,12 @@ class ApiError(Exception):
         self.headers = headers
 
 
+UNAVAILABLE_RETRY_AFTER = 5
+"""Seconds a 503 asks clients to wait when its cause names no better time (a storage
+fault: a full disk, a database locked past its busy timeout). Short, because agents
+hold samples meanwhile and a fault that clears should drain them within seconds."""
+
+
 def error_response(
     status: int,
     code: str,
@@ -52,6 +58,8 @@ def error_response(
     body: dict[str, object] = {"code": code, "message": message, "field": field}
     if details is not None:
         body["details"] = details
+    if status == 503 and "retry-after" not in {name.lower() for name in headers or ()}:
+        headers = {**(headers or {}), "Retry-After": str(UNAVAILABLE_RETRY_AFTER)}
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 

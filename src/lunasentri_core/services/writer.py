@@ -5,6 +5,12 @@ takes everything queued (up to ``max_points``), stores it in one transaction in 
 worker thread, and then wakes every caller with its own point count or error.
 The queue is bounded, so a slow disk turns into backpressure on callers instead
 of memory growth.
+
+When the storage is unavailable (:class:`StorageUnavailable`: locked past its
+busy timeout, full, unreachable), the whole transaction fails at once, and so
+does every write that queued up while it was tried: each caller hears back
+within about one attempt (the busy timeout), not after one attempt per write
+queued before it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import attrs
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from lunasentri_core.errors import LunaSentriError
+from lunasentri_core.errors import LunaSentriError, StorageUnavailable
 from lunasentri_core.model import MachineSamples
 from lunasentri_core.storage.protocols import StorageBackend
 
@@ -119,17 +125,36 @@ class BatchWriter:
                 points += item.points
             # Shielded: a cancelled hub must still finish (and report) a commit in flight.
             with anyio.CancelScope(shield=True):
-                await self._commit(group)
+                unavailable = await self._commit(group)
+            if unavailable is not None:
+                self._fail_queued(receive, unavailable)
 
-    async def _commit(self, group: list[_Pending]) -> None:
+    @staticmethod
+    def _fail_queued(receive: MemoryObjectReceiveStream[_Pending], error: BaseException) -> None:
+        """Fail the writes that queued while the storage was found unavailable."""
+        while True:
+            try:
+                pending = receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                return
+            pending.error = error
+            pending.done.set()
+
+    async def _commit(self, group: list[_Pending]) -> StorageUnavailable | None:
+        """Store ``group`` in one transaction; the error if the storage was unavailable."""
         batches = [p.batch for p in group]
         try:
             await anyio.to_thread.run_sync(self._write_sync, batches)
+        except StorageUnavailable as error:
+            # The storage, not a batch, is at fault: retrying each would wait again.
+            for pending in group:
+                pending.error = error
+                pending.done.set()
+            return error
         except Exception as error:
             if len(group) > 1:
                 # One bad batch must not fail the others: retry them one by one.
-                await self._commit_each(group)
-                return
+                return await self._commit_each(group)
             group[0].error = error
         else:
             for pending in group:
@@ -138,10 +163,16 @@ class BatchWriter:
             await self._committed(batches)
         for pending in group:
             pending.done.set()
+        return None
 
-    async def _commit_each(self, group: list[_Pending]) -> None:
-        for pending in group:
-            await self._commit([pending])
+    async def _commit_each(self, group: list[_Pending]) -> StorageUnavailable | None:
+        for index, pending in enumerate(group):
+            if (unavailable := await self._commit([pending])) is not None:
+                for rest in group[index + 1 :]:
+                    rest.error = unavailable
+                    rest.done.set()
+                return unavailable
+        return None
 
     def _write_sync(self, batches: list[MachineSamples]) -> None:
         heard_from = {batch.machine_id for batch in batches if batch.samples}

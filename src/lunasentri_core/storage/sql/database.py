@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from lunasentri_core.errors import StorageError
+from lunasentri_core.errors import StorageError, StorageUnavailable
 
 WRITE_OPTION: Final = "lunasentri_write"
 SUPPORTED_DIALECTS: Final = ("sqlite", "postgresql")
@@ -299,6 +299,8 @@ class Database:
             yield
         except exc.IntegrityError:
             raise
+        except exc.OperationalError as error:
+            raise StorageUnavailable(describe_error(self.label, error)) from error
         except exc.DBAPIError as error:
             raise StorageError(describe_error(self.label, error)) from error
         except exc.SQLAlchemyError as error:
