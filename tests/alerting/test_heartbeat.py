@@ -120,6 +120,11 @@ async def test_after_an_outage_of_the_server_machines_get_their_threshold_again(
         await report(hub, back, clock)
         clock.advance(minutes=1, seconds=41)  # 2 min and 1 s since the start
         await settle(hub)
+        # Within the grace still: the threshold, plus an agent's longest backoff.
+        assert await status(hub, gone) is MachineStatus.ONLINE
+        await report(hub, back, clock)
+        clock.advance(seconds=30)
+        await settle(hub)
         assert await status(hub, back) is MachineStatus.ONLINE
         assert await status(hub, gone) is MachineStatus.OFFLINE
     assert notifier.kinds("ops") == ["machine.offline"]
@@ -213,3 +218,44 @@ async def test_two_hubs_sweeping_one_store_notify_once(
         events = await first.run_sync(first.storage.state.list_outbox_events, None)
         assert [(e.kind, e.state) for e in events] == [("machine.offline", EventState.DISPATCHED)]
     assert notifier.kinds("ops") == ["machine.offline"]
+
+
+async def test_a_five_minute_outage_sends_no_notice_for_agents_that_kept_running(
+    open_hub: OpenHub, clock: Clock, notifier: RecordingNotifier
+) -> None:
+    """With the defaults: after the server's restart an agent sends within its
+    backoff ceiling (30 s), also for a machine whose own threshold is shorter."""
+    async with open_hub() as hub:
+        user = await add_user(hub)
+        await add_channel(hub, user.id, "ops")
+        usual = await hub.add_machine("usual", owner_id=user.id)
+        strict = await hub.add_machine("strict", owner_id=user.id)
+        strict = attrs.evolve(strict, offline_after=timedelta(seconds=20))
+        await hub.run_sync(hub.storage.state.update_machine, strict)
+        for machine in (usual, strict):
+            await report(hub, machine, clock)
+        await settle(hub)
+
+    clock.advance(minutes=5)  # the server is down; the agents keep collecting
+    async with open_hub() as hub:
+        await anyio.wait_all_tasks_blocked()  # the heartbeat has started listening
+        for _ in range(6):  # the agents' backoff runs out 30 s after the restart
+            clock.advance(seconds=5)
+            await settle(hub)
+        for machine in (usual, strict):
+            await report(hub, machine, clock)
+        for _ in range(3):
+            clock.advance(seconds=5)
+            for machine in (usual, strict):
+                await report(hub, machine, clock)
+            await settle(hub)
+        assert await status(hub, usual) is MachineStatus.ONLINE
+        assert await status(hub, strict) is MachineStatus.ONLINE
+    assert notifier.kinds("ops") == []
+
+
+def test_the_grace_covers_the_agents_default_backoff() -> None:
+    from lunasentri_core.agent.settings import AgentSettings
+    from lunasentri_core.services.heartbeat import AGENT_BACKOFF_MAX
+
+    assert AgentSettings().backoff_max == AGENT_BACKOFF_MAX

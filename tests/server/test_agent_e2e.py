@@ -26,8 +26,8 @@ from lunasentri_core.agent.identity import Identity
 from lunasentri_core.agent.runner import Agent
 from lunasentri_core.agent.settings import AgentRunSettings, load_agent_settings
 from lunasentri_core.agent.spool import Spool
-from lunasentri_core.agent.transport import make_http_client
-from lunasentri_core.model import utcnow
+from lunasentri_core.agent.transport import make_http_client, sample_json
+from lunasentri_core.model import Reading, Sample, utcnow
 
 from .conftest import LiveServer
 
@@ -195,6 +195,40 @@ def test_a_healthy_agent_says_so_at_start_and_now_and_then(
     assert server.url in start
     assert "collects every 0.5 s with psutil" in start
     assert not any("HTTP Request" in line for line in lines), "httpx's request lines"
+
+
+def test_a_ten_minute_backlog_drains_within_30_s_of_the_server_returning(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    admin = server.login()
+    machine_id, key = create_machine(server, admin, "backlog")
+    # The default interval, send interval and backoff.
+    settings = load_agent_settings(
+        environ={}, data_dir=tmp_path / "agent", agent={"server_url": server.url}
+    )
+    start = utcnow() - timedelta(minutes=10)
+    with make_http_client(settings.agent, __version__) as http:
+        agent = build_agent(settings, http, key)
+        for n in range(120):  # ten minutes at 5 s, spooled while the server was down
+            at = start + timedelta(seconds=5 * n)
+            agent.spool.append(sample_json(Sample(at, [Reading("backlog.n", n)])))
+        server.stop()
+        # A long outage: the backoff has reached its ceiling, and draws it.
+        agent._backoff.attempts = 30
+        agent._backoff._rng = lambda: 1.0
+        with running(agent):
+            wait_for(lambda: agent.stats.send_failures >= 1)
+            server.start()
+            wait_for(lambda: agent.stats.delivered >= 120, timeout=30)
+    with server.client(admin) as client:
+        latest = client.get(f"/api/v1/machines/{machine_id}/latest").json()["items"]
+        history = client.get(
+            f"/api/v1/machines/{machine_id}/history",
+            params={"metric": "backlog.n", "start": "-11m", "step": "5s", "agg": "last"},
+        ).json()
+    assert {item["metric"]: item["value"] for item in latest}["backlog.n"] == 119
+    (series,) = history["series"]
+    assert [value for _, value in series["points"]] == [float(n) for n in range(120)]
 
 
 def test_no_sample_is_lost_while_the_server_restarts(server: LiveServer, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import signal
 import socket
 import time
@@ -56,6 +57,10 @@ if TYPE_CHECKING:
     from lunasentri_core.agent.claim import Announce, Claimed
 
 log = logging.getLogger(__name__)
+
+PROBE_INTERVAL = 5.0
+"""Seconds between cheap looks at an unreachable server while a send backs off, so
+the agent is back within seconds of the server, whatever its backoff had grown to."""
 
 UNSET_VERSION = "0"
 """The version a server reports when it stores no configuration for the machine."""
@@ -146,6 +151,8 @@ class Agent:
         self._sent_at = -math.inf
         self._retry_at = -math.inf
         self._config_at = math.inf
+        self._probe_at = math.inf
+        self._draining = False
         self._summary_at = time.monotonic() + self.options.summary_interval.total_seconds()
         self._summarised = AgentStats()
 
@@ -222,7 +229,7 @@ class Agent:
     def _idle(self, until: float) -> None:
         """Run the duties that are due, or else sleep until ``until`` or the next one."""
         now = time.monotonic()
-        due = min(self._collection_due(), self._config_at)
+        due = min(self._collection_due(), self._config_at, self._probe_at)
         if due <= now:
             self._run_due_duties()
         else:
@@ -234,6 +241,8 @@ class Agent:
         if self.api_key and time.monotonic() >= self._config_at:
             self._refresh_config()
             self._config_at = time.monotonic() + self.options.config_poll_interval.total_seconds()
+        if time.monotonic() >= self._probe_at:
+            self._probe()
         if time.monotonic() >= self._summary_at:
             self._summarise()
 
@@ -312,13 +321,32 @@ class Agent:
                     delay,
                 )
                 self._retry_at = time.monotonic() + delay
+                self._probe_at = self._first_probe(result, delay)
+            elif result is not None:
+                self._probe_at = math.inf
+
+    def _first_probe(self, result: SendResult, delay: float) -> float:
+        """When to look whether the server is back: only when it did not answer (an
+        answering server's 5xx or Retry-After is heeded), and only if it saves time."""
+        if result.status is not None or delay <= PROBE_INTERVAL:
+            return math.inf
+        return time.monotonic() + PROBE_INTERVAL * random.uniform(0.5, 1.0)
+
+    def _probe(self) -> None:
+        if self.client.probe():
+            log.info("the server answers again: sending %d spooled sample(s)", len(self.spool))
+            self._retry_at = time.monotonic()
+            self._probe_at = math.inf
+        else:
+            self._probe_at = time.monotonic() + PROBE_INTERVAL
 
     def _send_due(self) -> float:
         """When the next batch goes: never while the spool is empty; a backlog (a full
-        batch) at once; else once samples have gathered for ``send_interval``."""
+        batch, or what is left of one after a full batch went) at once; else once
+        samples have gathered for ``send_interval``."""
         if not len(self.spool):
             return math.inf
-        if len(self.spool) >= self._batch_limit:
+        if len(self.spool) >= self._batch_limit or self._draining:
             return self._retry_at
         return max(self._retry_at, self._sent_at + self.options.send_interval.total_seconds())
 
@@ -331,6 +359,7 @@ class Agent:
         result = self.client.ingest(self.api_key, ingest_body(s.data for s in batch))
         if result.outcome is Outcome.DELIVERED:
             self.spool.remove(s.seq for s in batch)
+            self._draining = len(batch) >= self._batch_limit
             self.stats.delivered += len(batch)
             self._backoff.reset()
             # Back to full batches after a split isolated a bad sample.

@@ -68,8 +68,13 @@ class AgentSettings:
     verify_tls: bool = True
     ca_file: Path | None = attrs.field(default=None, converter=_optional_path)
     """A CA bundle (PEM) to trust instead of the system's, e.g. for a private CA."""
-    backoff_max: timedelta = attrs.field(default=timedelta(minutes=5), validator=_positive)
-    """Longest wait between failed sends (delays grow exponentially with full jitter)."""
+    backoff_max: timedelta = attrs.field(default=timedelta(seconds=30), validator=_positive)
+    """Longest wait between failed sends (delays grow exponentially with full jitter).
+
+    Well under the server's default offline threshold (2 minutes), so an agent that
+    kept running through a server outage reports again before the server's grace
+    after its restart runs out. While the server does not answer at all, the agent
+    also probes it every few seconds and sends as soon as it answers."""
     config_poll_interval: timedelta = attrs.field(
         default=timedelta(seconds=60), validator=_positive
     )

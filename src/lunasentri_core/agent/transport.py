@@ -26,6 +26,9 @@ INGEST_PATH = "/api/v1/ingest"
 REGISTER_PATH = "/api/v1/agents/register"
 CLAIM_STATUS_PATH = "/api/v1/agents/claim-status"
 CONFIG_PATH = "/api/v1/agent/config"
+LIVE_PATH = "/healthz/live"
+PROBE_TIMEOUT = 5.0
+"""Seconds a probe waits: a live server answers it at once."""
 
 RETRY_LATER = frozenset({401, 403, 404, 405, 408, 429})
 """4xx answers to an ingest that say nothing about the batch itself.
@@ -219,6 +222,15 @@ class ServerClient:
         except httpx.HTTPError as error:
             return SendResult(Outcome.RETRY, _describe_failure(error))
         return classify_ingest(response.status_code, response.headers, _json(response))
+
+    def probe(self) -> bool:
+        """Whether the server answers at all (``/healthz/live``: no storage, no key)."""
+        timeout = min(PROBE_TIMEOUT, self.http.timeout.read or PROBE_TIMEOUT)
+        try:
+            response = self.http.get(LIVE_PATH, timeout=timeout)
+        except httpx.HTTPError:
+            return False
+        return response.status_code < 500
 
     def register(self, agent_id: str, claim_token_hash: str, hostname: str, version: str) -> Reply:
         body = {

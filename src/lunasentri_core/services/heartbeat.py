@@ -31,6 +31,11 @@ _ATTEMPTS = 3
 """Rounds of a sweep when another writer changes the same machines meanwhile."""
 
 
+AGENT_BACKOFF_MAX = timedelta(seconds=30)
+"""The push agent's default ``backoff_max``: after a restart, an agent that kept running
+may wait this long before its next send (it usually returns sooner: it probes)."""
+
+
 class Heartbeat:
     def __init__(
         self,
@@ -96,13 +101,17 @@ class Heartbeat:
 
         After a server restart (or a longer outage) every machine's last report
         predates the start: it goes offline only once it has been silent for
-        its threshold since, rather than all at once, to come back seconds later.
+        its threshold since, plus the longest an agent backs off between sends,
+        rather than all at once, to come back seconds later.
         """
         machine, status = due
-        if status is not MachineStatus.OFFLINE or self._listening_since is None:
+        since = self._listening_since
+        if status is not MachineStatus.OFFLINE or since is None:
             return False
+        if machine.last_seen is not None and machine.last_seen >= since:
+            return False  # it reported to this hub: its own silence counts
         threshold = machine.offline_after or self.threshold
-        return now - self._listening_since < threshold
+        return now - since < threshold + AGENT_BACKOFF_MAX
 
     @staticmethod
     def _transition(
