@@ -563,6 +563,16 @@ def ingest_cases() -> list[Case]:
             [_at(now(), **{"disk.used": [{"labels": {"mount": 1}, "value": 1}]})],
             None,
         ),
+        _ingest_case(
+            "lone surrogate in a label value",
+            [_at(now(), **{"disk.used": [{"labels": {"mount": "/\ud800"}, "value": 1}]})],
+            "samples[0].metrics.disk.used[0].labels.mount",
+        ),
+        _ingest_case(
+            "lone surrogate in a label name, after a good sample",
+            [good, _at(now(), **{"disk.used": [{"labels": {"m\udfff": "/"}, "value": 1}]})],
+            "samples[1].metrics.disk.used[0].labels.m\\udfff",
+        ),
         _ingest_case("unknown sample field", [{**good, "host": "x"}], "samples[0].host"),
         _ingest_case("sample not an object", ["cpu 1"], "samples[0]"),
         _ingest_case(
