@@ -73,6 +73,9 @@ class Notifier(Protocol):
     structures a user's config into it (so bad input names the field), stores it
     unstructured, and passes that mapping to :meth:`send`. Fields marked
     ``metadata={"secret": True}`` are shown once, when the channel is made.
+    Fields marked ``metadata={"destination": True}`` say where notifications go
+    (any other field holding a URL counts too): when one changes, an update
+    must give every stored secret again, since a masked one is not kept.
     """
 
     name: ClassVar[str]

@@ -563,6 +563,16 @@ def ingest_cases() -> list[Case]:
             [_at(now(), **{"disk.used": [{"labels": {"mount": 1}, "value": 1}]})],
             None,
         ),
+        _ingest_case(
+            "lone surrogate in a label value",
+            [_at(now(), **{"disk.used": [{"labels": {"mount": "/\ud800"}, "value": 1}]})],
+            "samples[0].metrics.disk.used[0].labels.mount",
+        ),
+        _ingest_case(
+            "lone surrogate in a label name, after a good sample",
+            [good, _at(now(), **{"disk.used": [{"labels": {"m\udfff": "/"}, "value": 1}]})],
+            "samples[1].metrics.disk.used[0].labels.m\\udfff",
+        ),
         _ingest_case("unknown sample field", [{**good, "host": "x"}], "samples[0].host"),
         _ingest_case("sample not an object", ["cpu 1"], "samples[0]"),
         _ingest_case(
@@ -705,3 +715,72 @@ def test_every_operation_with_query_parameters_has_bad_cases() -> None:
         op.id for op in OPERATIONS if any(p["in"] == "query" for p in op.spec["parameters"])
     }
     assert with_query <= set(QUERY_CASES)
+
+
+# --------------------------------------------------------------------------- hostile JSON
+
+LONE_SURROGATE = "\ud800"
+MAX_DEPTH = 64
+"""How deeply a body may nest (System.Text.Json's default, see docs/api.md)."""
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def with_lone_surrogate(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Copies of ``value`` with a lone surrogate in one string (value or key) each,
+    with the path of the field that must be named."""
+    if isinstance(value, str):
+        yield path, value + LONE_SURROGATE
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            for field, changed in with_lone_surrogate(item, _join(path, index)):
+                yield field, [*value[:index], changed, *value[index + 1 :]]
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            for field, changed in with_lone_surrogate(item, _join(path, key)):
+                yield field, {**value, key: changed}
+            renamed = {(k + LONE_SURROGATE if k == key else k): v for k, v in value.items()}
+            # The field names the key with the surrogate escaped: a JSON answer cannot hold it.
+            yield _join(path, key + "\\ud800"), renamed
+
+
+def lone_surrogates(operation: Operation) -> list[Case]:
+    return [
+        Case(f"lone surrogate in {field}", body_request(body), (422,), field)
+        for field, body in with_lone_surrogate(VALID_BODIES[operation.id]())
+    ]
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def deep_nesting(operation: Operation) -> list[Case]:
+    valid = VALID_BODIES[operation.id]()
+    name = next(iter(valid))
+    # The body is depth 1 and `name`'s value depth 2: the first refused array is depth 65.
+    field = name + "[0]" * (MAX_DEPTH - 1)
+    cases = []
+    # 1,800 levels is past the standard parser's recursion limit and within the
+    # smallest body limit (4 KiB, agent registration).
+    for depth in (MAX_DEPTH, MAX_DEPTH + 5, 1_800):
+        text = json.dumps({**valid, name: "@@"}).replace('"@@"', nested(depth))
+        cases.append(Case(f"{name} nested {depth} deep", raw_request(text.encode()), (400,), field))
+    cases.append(Case("the body nested 1800 deep", raw_request(nested(1_800).encode()), (400,)))
+    return cases
+
+
+@pytest.mark.parametrize("operation", WITH_BODY, ids=ids)
+def test_lone_surrogates_in_any_string_are_422_naming_the_field(
+    world: World, operation: Operation
+) -> None:
+    sweep(world, operation, world.token_for(operation), lone_surrogates(operation))
+
+
+@pytest.mark.parametrize("operation", WITH_BODY, ids=ids)
+def test_deep_nesting_is_400_naming_the_field(world: World, operation: Operation) -> None:
+    sweep(world, operation, world.token_for(operation), deep_nesting(operation))

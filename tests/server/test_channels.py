@@ -6,9 +6,10 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+import attrs
 import pytest
 
-from lunasentri_core.services.channels import MASK
+from lunasentri_core.services.channels import MASK, destination_fields, kept_secrets
 
 from .alerting_support import Team, make_team, unique
 from .notifier_double import Receiver, plugins
@@ -83,6 +84,49 @@ def test_an_update_keeps_masked_or_omitted_secrets(team: Team, receiver: Receive
     team.json(team.alice, "PATCH", path, 200, json={"config": {**shown, "token": "second"}})
     team.json(team.alice, "POST", f"{path}/test", 200)
     assert receiver.messages()[-1].headers["x-token"] == "second"
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[Receiver]:
+    found = Receiver()
+    yield found
+    found.close()
+
+
+def test_a_new_url_needs_the_secrets_given_again(
+    team: Team, receiver: Receiver, elsewhere: Receiver
+) -> None:
+    config = {"url": receiver.url, "token": "first-token", "headers": {"x-api": "k3y"}}
+    created = create(team, team.alice, config)
+    path = f"{CHANNELS}/{created['id']}"
+    shown = team.json(team.alice, "GET", path, 200)["config"]
+    before = team.json(team.alice, "GET", path, 200)
+    moved = {**shown, "url": elsewhere.url}
+    for sent, field in (
+        (moved, "config.token"),  # everything sent back as shown
+        ({**moved, "token": "new-token"}, "config.headers.x-api"),
+        ({"url": elsewhere.url, "headers": {"x-api": "new-k3y"}}, "config.token"),
+        ({"url": elsewhere.url, "token": "new-token"}, "config.headers"),
+    ):
+        error = team.error(team.alice, "PATCH", path, 422, json={"config": sent})
+        assert error["field"] == field, (sent, error)
+        assert "config.url" in error["message"], error
+    assert team.json(team.alice, "GET", path, 200) == before
+
+    team.json(team.alice, "POST", f"{path}/test", 200)
+    assert elsewhere.messages() == [], "a stored secret went to the new URL"
+    assert receiver.messages()[-1].headers["x-token"] == "first-token"
+
+    given = {"url": elsewhere.url, "token": "new-token", "headers": {}}
+    assert team.json(team.alice, "PATCH", path, 200, json={"config": given})["config"] == {
+        **given,
+        "token": MASK,
+        "room": "general",
+    }
+    assert team.json(team.alice, "POST", f"{path}/test", 200)["status"] == "delivered"
+    [message] = elsewhere.messages()
+    assert message.headers["x-token"] == "new-token"
+    assert "x-api" not in message.headers
 
 
 def test_the_test_endpoint_sends_now_and_reports_the_outcome(
@@ -197,3 +241,33 @@ def test_other_users_channels_are_not_found(team: Team, receiver: Receiver) -> N
     team.call(team.alice, "DELETE", path, 204)
     team.call(team.alice, "GET", path, 404)
     team.call(team.alice, "POST", f"{path}/test", 404)
+
+
+@attrs.frozen
+class MailChannel:
+    host: str = attrs.field(metadata={"destination": True})
+    password: str = attrs.field(default="", metadata={"secret": True})
+    api: str = "https://mail.example.com/v1"
+    subject: str = "alert"
+
+
+def test_destinations_are_the_marked_fields_and_those_holding_urls() -> None:
+    secrets = frozenset({"password"})
+    stored = {"host": "smtp.example.com", "password": "pw", "api": "https://a/", "subject": "s"}
+    assert destination_fields(MailChannel, secrets, stored) == ["host", "api"]
+    # A URL where there was none moves the secrets as well.
+    assert destination_fields(MailChannel, secrets, {"subject": "x"}, {"subject": "http://x/"}) == [
+        "host",
+        "subject",
+    ]
+
+
+def test_kept_secrets_are_the_masked_or_left_out_ones_with_a_stored_value() -> None:
+    stored = {"token": "t", "headers": {"a": "1", "b": "2"}, "empty": ""}
+    names = ["token", "headers", "empty"]
+    assert kept_secrets({}, stored, names) == ["token", "headers"]
+    assert kept_secrets({"token": MASK, "headers": {"a": MASK, "b": "new"}}, stored, names) == [
+        "token",
+        "headers.a",
+    ]
+    assert kept_secrets({"token": "new", "headers": {}, "empty": MASK}, stored, names) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import logging
 import os
 import signal
 import ssl
@@ -13,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import httpx
 import pytest
@@ -20,6 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from lunasentri_core.server.logs import TextFormatter
 
 from .conftest import ADMIN_PASSWORD, LiveServer, MakeServer, free_port
 
@@ -232,6 +236,56 @@ def test_json_logs_carry_the_request_id_and_shutdown_is_graceful(
     assert {"time", "level", "logger", "message"} <= set(request_line)
 
 
+FORGED = "1999-01-01 00:00:00,000 INFO    lunasentri.server [-] admin logged in"
+# Each path would end one log line and begin another (or repaint the terminal)
+# if written raw: newlines, a carriage return, ESC, and the separators that
+# str.splitlines() and some log viewers take for line ends.
+HOSTILE_PATHS = {
+    # as the text log must show it: the path, escaped
+    r"\n": "/nowhere%0a" + quote(FORGED),
+    r"\r\n": "/nowhere%0d%0a" + quote(FORGED),
+    r"\x1b": "/esc%1b[2J%1b[31mred",
+    r"\u2028": "/sep%e2%80%a8" + quote(FORGED),
+    r"\x85": "/nel%c2%85" + quote(FORGED),
+}
+
+
+def _log_hostile_paths(
+    tmp_path: Path, processes: list[subprocess.Popen[str]], log_format: str
+) -> str:
+    port = free_port()
+    process = serve_process("--port", str(port), "--log-format", log_format, data_dir=tmp_path)
+    processes.append(process)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, process)
+    for path in HOSTILE_PATHS.values():
+        assert httpx.get(url + path).status_code == 404
+    _, err = stop(process)
+    return err
+
+
+def test_text_logs_escape_client_controlled_values(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    err = _log_hostile_paths(tmp_path, processes, "text")
+
+    assert [line for line in err.splitlines() if line.startswith(FORGED)] == []
+    assert not any(c in err for c in "\r\x1b\x85\u2028"), "a raw control character was logged"
+    for escaped in HOSTILE_PATHS:
+        assert f"{escaped}{FORGED}" in err or escaped == r"\x1b", escaped
+    assert "GET /esc\\x1b[2J\\x1b[31mred 404" in err
+
+
+def test_json_logs_stay_one_valid_entry_per_line(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    err = _log_hostile_paths(tmp_path, processes, "json")
+
+    entries = [json.loads(line) for line in err.split("\n") if line]
+    logged = {e["path"] for e in entries if e.get("status") == 404}
+    assert logged == {unquote(path) for path in HOSTILE_PATHS.values()}
+
+
 def test_the_server_does_not_report_its_own_host_by_default(make_server: MakeServer) -> None:
     quiet = make_server()
     local = make_server(local_host_metrics=True, collect={"interval": "0.5s"})
@@ -285,3 +339,20 @@ def test_demo_serves_this_machines_metrics_within_seconds(
     assert "LunaSentri demo is running" in out
     assert f"dashboard:  {url}/" in out
     assert f"{url}/api/v1/openapi.json" in out
+
+
+def test_a_traceback_in_text_logs_cannot_pass_for_a_record() -> None:
+    formatter = TextFormatter()
+    try:
+        raise ValueError(f"bad name\n{FORGED}\x1b[2J")
+    except ValueError:
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "got %r", ("a\nb",), None)
+        record.exc_info = sys.exc_info()
+    record.request_id = "-"
+
+    first, *rest = formatter.format(record).split("\n")
+
+    assert first.endswith("got 'a\\nb'")
+    assert len(rest) > 2
+    assert all(line.startswith("| ") for line in rest)
+    assert f"| {FORGED}\\x1b[2J" in rest

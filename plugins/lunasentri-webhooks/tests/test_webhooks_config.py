@@ -45,6 +45,12 @@ def test_the_secret_fields_are_marked() -> None:
     assert marked == {"secret", "headers"}
 
 
+def test_the_url_is_marked_as_where_the_secrets_go() -> None:
+    # The core then refuses to keep a masked secret or headers for a new URL.
+    marked = {f.name for f in attrs.fields(WebhookChannel) if f.metadata.get("destination")}
+    assert marked == {"url"}
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [

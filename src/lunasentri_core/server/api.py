@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import enum
 import gzip
-import json
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -33,6 +32,7 @@ from lunasentri_core.codec import decode
 from lunasentri_core.components import Principal
 from lunasentri_core.errors import FieldError, ValidationError
 from lunasentri_core.server.errors import ApiError
+from lunasentri_core.server.jsonbody import load_json
 
 if TYPE_CHECKING:
     from lunasentri_core.config import ServerSettings
@@ -306,17 +306,10 @@ def _gunzip(raw: bytes, limit: int) -> bytes:
 
 
 def parse_json(raw: bytes, cls: type[T]) -> T:
-    """Decode a JSON request body into ``cls``: malformed JSON is a 400, a wrong shape
-    or value a 422 naming the field."""
-    try:
-        data = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ApiError(400, "malformed_json", f"malformed JSON: {error}") from None
+    """Decode a JSON request body into ``cls``: malformed or too deeply nested JSON is
+    a 400, a wrong shape or value (a lone surrogate too) a 422 naming the field."""
+    data = load_json(raw)
     if attrs.has(cls) and not isinstance(data, dict):
         # Otherwise the decoder's message names Python internals ('list' has no 'keys').
         raise ValidationError([FieldError("", "expected a JSON object")], what="request body")
     return decode(data, cls, what="request body")
-
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a valid JSON number")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 from lunasentri_core.server.context import request_id
 
@@ -36,14 +38,53 @@ class JsonFormatter(logging.Formatter):
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"
 
+# Control characters (C0, DEL, C1) and the separators that str.splitlines() and
+# some log viewers take for line ends: written raw, a client could end a line and
+# forge the next, or send terminal escapes to whoever reads the log. Lone
+# surrogates too, which stderr cannot encode.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape(text: str) -> str:
+    """``text`` on one line, with control characters escaped as Python writes them."""
+    return _UNSAFE.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    return _ESCAPES.get(char) or (
+        f"\\x{ord(char):02x}" if char <= "\xff" else f"\\u{ord(char):04x}"
+    )
+
+
+class TextFormatter(logging.Formatter):
+    """One line per record: the message escaped, since it carries client-controlled
+    values (request paths, names); a traceback follows on lines indented with
+    ``| ``, so that no line of it can pass for a record of its own."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return self._indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return self._indented(super().formatStack(stack_info))
+
+    @staticmethod
+    def _indented(text: str) -> str:
+        return "\n".join("| " + escape(line) for line in text.split("\n"))
+
 
 def configure_logging(log_format: str, level: str) -> None:
     """Send every log record (ours, uvicorn's) to stderr in one format."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RequestIdFilter())
-    handler.setFormatter(
-        JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
-    )
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

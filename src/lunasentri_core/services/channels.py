@@ -4,13 +4,16 @@ A channel names a notifier plugin (``type``) and holds that notifier's
 configuration, validated by the notifier's ``channel_class`` and stored in its
 encoded form. Fields the channel class marks ``metadata={"secret": True}`` are
 shown once, in the answer to the creation, and masked afterwards; an update
-that sends the mask back (or leaves the field out) keeps the stored secret.
+that sends the mask back (or leaves the field out) keeps the stored secret,
+unless it changes where notifications go (a field marked
+``metadata={"destination": True}``, or any other field holding a URL): then
+every stored secret must be given again, so that none follows a new URL.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -59,9 +62,13 @@ def mask(config: Mapping[str, Any], secrets: frozenset[str] | None) -> dict[str,
 def _masked(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {key: _masked(item) for key, item in value.items()}
-    if value is None or value == "" or value == [] or value == {}:
+    if _empty(value):
         return value  # nothing to hide, and "not set" is worth showing
     return MASK
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == "" or value == [] or value == {}
 
 
 def unmask(
@@ -77,6 +84,40 @@ def unmask(
         else:
             merged[name] = _restored(merged[name], stored[name])
     return merged
+
+
+def destination_fields(
+    channel_class: type[Any], secrets: frozenset[str], *configs: Mapping[str, Any]
+) -> list[str]:
+    """The fields that say where notifications (and so the secrets) go: those marked
+    ``metadata={"destination": True}``, and, since a plugin may not mark them, any
+    other field that holds a URL in one of ``configs``."""
+    marked = [f.name for f in attrs.fields(channel_class) if f.metadata.get("destination")]
+    holding_urls = [
+        name
+        for name in dict.fromkeys(key for config in configs for key in config)
+        if name not in secrets
+        and name not in marked
+        and any(isinstance(c.get(name), str) and "://" in c[name] for c in configs)
+    ]
+    return marked + holding_urls
+
+
+def kept_secrets(
+    sent: Mapping[str, Any], stored: Mapping[str, Any], secrets: Iterable[str]
+) -> list[str]:
+    """Paths (``token``, ``headers.Authorization``) of the stored secrets that ``sent``
+    would keep: masked or left out, and not empty."""
+    kept = []
+    for name in secrets:
+        value = stored.get(name)
+        if _empty(value):
+            continue  # nothing stored, so nothing to keep
+        if name not in sent or sent[name] == MASK:
+            kept.append(name)
+        elif isinstance(sent[name], Mapping) and isinstance(value, Mapping):
+            kept += [f"{name}.{key}" for key, item in sent[name].items() if item == MASK]
+    return kept
 
 
 def _restored(sent: Any, stored: Any) -> Any:
@@ -212,10 +253,14 @@ class Channels:
     def _reconfigured(self, channel: Channel, config: object) -> dict[str, Any]:
         if not isinstance(config, Mapping):
             raise _invalid("config", "expected a JSON object")
-        secrets = secret_fields(self._channel_class(channel.type))
-        if secrets is None:
+        cls = self._channel_class(channel.type)
+        secrets = secret_fields(cls)
+        if cls is None or secrets is None:
             return self._check_config(channel.type, config)
-        return self._check_config(channel.type, unmask(config, channel.config, secrets))
+        checked = self._check_config(channel.type, unmask(config, channel.config, secrets))
+        # After the config's own checks, so that a bad new URL is named as such.
+        _check_secrets_follow(cls, secrets, config, channel.config)
+        return checked
 
     async def delete(self, actor: Principal, channel_id: str, *, client: str | None = None) -> None:
         """Delete a channel with its deliveries."""
@@ -278,6 +323,26 @@ class Channels:
         detail = {"status": result.status.value, "notification_id": notification.id}
         await self._audit("channel.test", actor, channel, client, detail)
         return result
+
+
+def _check_secrets_follow(
+    cls: type[Any], secrets: frozenset[str], sent: Mapping[str, Any], stored: Mapping[str, Any]
+) -> None:
+    """Refuse to keep a stored secret for a new destination: it was given for the old
+    one, and a client that sends back what it was shown may not mean to move it."""
+    moved = [
+        name
+        for name in destination_fields(cls, secrets, sent, stored)
+        if sent.get(name) != stored.get(name)
+    ]
+    in_order = [f.name for f in attrs.fields(cls) if f.name in secrets]
+    kept = kept_secrets(sent, stored, in_order) if moved else []
+    if kept:
+        because = ", ".join(f"config.{name}" for name in moved)
+        message = f"give it again: {because} changes, and a stored secret does not follow it"
+        raise ValidationError(
+            [FieldError(f"config.{path}", message) for path in kept], what="request body"
+        )
 
 
 def _path_of(error: FieldError, names: set[str]) -> str:

@@ -92,7 +92,11 @@ def _readable_file(_: object, attribute: attrs.Attribute[Any], value: Path | Non
 class WebhookChannel:
     """One webhook endpoint: the ``config`` of a channel of kind ``webhook``."""
 
-    url: str = attrs.field(validator=[attrs.validators.instance_of(str), _url])
+    url: str = attrs.field(
+        validator=[attrs.validators.instance_of(str), _url],
+        # A new URL needs the secret and headers given again (not kept masked).
+        metadata={"destination": True},
+    )
     """Where events are POSTed: an ``http://`` or ``https://`` URL."""
     secret: str = attrs.field(
         factory=generate_secret,

@@ -290,7 +290,10 @@ async def get_channel(call: Call) -> object:
 )
 async def update_channel(call: Call) -> object:
     """Only the fields given change; a new `config` replaces the old one, except for
-    secrets sent back masked or left out, which keep their stored values."""
+    secrets sent back masked or left out, which keep their stored values. When the
+    config changes where notifications go (a webhook's `url`), every stored secret
+    must be given again: a masked or left-out one is a 422 naming it
+    (`config.secret`, `config.headers.Authorization`), and nothing changes."""
     data = await json_object(call)
     body = decode(data, ChannelPatch, what="request body")
     changes: dict[str, Any] = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -16,7 +15,7 @@ from lunasentri_core.errors import FieldError, ValidationError
 from lunasentri_core.model import ApiKey, Labels, Machine, SeriesValue, StatusChange
 from lunasentri_core.server import params
 from lunasentri_core.server.api import Api, Auth, Call, Schema, array_of, items_of, ref
-from lunasentri_core.server.errors import ApiError
+from lunasentri_core.server.jsonbody import load_json
 from lunasentri_core.services.machines import (
     MAX_OFFLINE_AFTER,
     MIN_OFFLINE_AFTER,
@@ -256,17 +255,10 @@ async def json_object(call: Call, *, empty_ok: bool = False) -> dict[str, Any]:
     raw = await call.body(MAX_BODY)
     if empty_ok and not raw.strip():
         return {}
-    try:
-        data = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ApiError(400, "malformed_json", f"malformed JSON: {error}") from None
+    data = load_json(raw)
     if not isinstance(data, dict):
         raise ValidationError([FieldError("", "expected a JSON object")], what="request body")
     return data
-
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a valid JSON number")
 
 
 def service(call: Call) -> Machines:
