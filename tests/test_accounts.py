@@ -13,8 +13,8 @@ from lunasentri_core.components import Principal
 from lunasentri_core.config import Settings
 from lunasentri_core.errors import ConfigError, ConflictError, NotFoundError, ValidationError
 from lunasentri_core.hub import Sentri
-from lunasentri_core.model import Role
-from lunasentri_core.security import hash_password
+from lunasentri_core.model import ResetToken, Role, new_id
+from lunasentri_core.security import RESET_PREFIX, hash_password, issue_token
 from lunasentri_core.services.accounts import (
     DUMMY_HASH,
     Accounts,
@@ -192,6 +192,63 @@ async def test_concurrent_redemptions_of_one_reset_token_let_exactly_one_win(
     assert len(winners) == 1
     assert sorted(o for o in outcomes if o not in winners) == ["used"] * 3
     assert (await accounts.login("alice", winners[0], None)).user.id == user.id
+
+
+async def test_a_new_reset_token_ends_the_earlier_ones(accounts: Accounts) -> None:
+    user = await accounts.create_user("alice", PASSWORD, actor=None)
+    admin = Principal(kind="user", id="admin", role=Role.ADMIN)
+    first = await accounts.issue_reset_token(user.id, actor=admin, client=None)
+    second = await accounts.issue_reset_token(user.id, actor=admin, client=None)
+
+    with pytest.raises(ResetTokenRejected) as caught:
+        await accounts.reset_password(first.token, "new password", client=None)
+    assert caught.value.reason == "expired"
+    await accounts.reset_password(second.token, "new password", client=None)
+
+
+async def test_using_a_reset_token_ends_the_users_other_ones(accounts: Accounts) -> None:
+    user = await accounts.create_user("alice", PASSWORD, actor=None)
+    other = await accounts.create_user("bob", PASSWORD, actor=None)
+    admin = Principal(kind="user", id="admin", role=Role.ADMIN)
+    issued = await accounts.issue_reset_token(user.id, actor=admin, client=None)
+    kept = await accounts.issue_reset_token(other.id, actor=admin, client=None)
+    older = await _stored_reset_token(accounts, user.id)
+
+    await accounts.reset_password(issued.token, "new password", client=None)
+
+    with pytest.raises(ResetTokenRejected) as caught:
+        await accounts.reset_password(older, "another password", client=None)
+    assert caught.value.reason == "expired"
+    await accounts.reset_password(kept.token, "bob's new password", client=None)
+
+
+async def test_changing_the_password_ends_the_users_reset_tokens(accounts: Accounts) -> None:
+    user = await accounts.create_user("alice", PASSWORD, actor=None)
+    admin = Principal(kind="user", id="admin", role=Role.ADMIN)
+    issued = await accounts.issue_reset_token(user.id, actor=admin, client=None)
+    me = Principal(kind="user", id=user.id, role=Role.USER)
+
+    await accounts.change_password(me, PASSWORD, "new password", token=None, client=None)
+
+    with pytest.raises(ResetTokenRejected) as caught:
+        await accounts.reset_password(issued.token, "another password", client=None)
+    assert caught.value.reason == "expired"
+
+
+async def _stored_reset_token(accounts: Accounts, user_id: str) -> str:
+    """A live reset token put straight into the store, beside one issued before it
+    (only the store can make two live tokens of a user now)."""
+    issued = issue_token(RESET_PREFIX)
+    now = accounts.hub.clock()
+    reset = ResetToken(
+        id=new_id(),
+        user_id=user_id,
+        token_hash=issued.hash,
+        created_at=now,
+        expires_at=now + timedelta(hours=1),
+    )
+    await accounts.hub.run_sync(accounts.hub.storage.state.add_reset_token, reset)
+    return issued.secret
 
 
 async def test_a_user_is_deleted_by_others_only(accounts: Accounts) -> None:

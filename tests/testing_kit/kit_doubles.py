@@ -910,6 +910,17 @@ class MemoryState:
             self._resets[token_id] = attrs.evolve(token, used_at=at)
             return True
 
+    def end_reset_tokens(self, user_id: str, at: datetime) -> int:
+        with self._lock:
+            live = [
+                t
+                for t in self._resets.values()
+                if t.user_id == user_id and t.used_at is None and t.expires_at > at
+            ]
+            for token in live:
+                self._resets[token.id] = attrs.evolve(token, expires_at=at)
+            return len(live)
+
     def add_login_failure(self, username: str, at: datetime, client: str | None) -> None:
         with self._lock:
             self._failures.append((username, at))

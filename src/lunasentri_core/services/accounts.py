@@ -103,12 +103,14 @@ class WrongPassword(LunaSentriError):
 
 
 class ResetTokenRejected(LunaSentriError):
-    """``reason`` is ``invalid`` (unknown token), ``used`` or ``expired``."""
+    """``reason`` is ``invalid`` (unknown token), ``used`` or ``expired`` (also when
+    a newer token, a redeemed one or a password change ended it)."""
 
     MESSAGES: Mapping[str, str] = {
         "invalid": "the reset token is not valid",
         "used": "the reset token has already been used; ask an administrator for a new one",
-        "expired": "the reset token has expired; ask an administrator for a new one",
+        "expired": "the reset token has expired or a newer one replaced it; "
+        "ask an administrator for a new one",
     }
 
     def __init__(self, reason: str) -> None:
@@ -157,8 +159,10 @@ def add_user(state: StateStore, user: User, password: str) -> User:
 
 
 def set_password(state: StateStore, user_id: str, password_hash: str, now: datetime) -> int:
-    """Replace a password and revoke every session of the user; return how many."""
+    """Replace a password, revoke every session of the user (returning how many) and
+    end their reset tokens."""
     state.set_password_hash(user_id, password_hash)
+    state.end_reset_tokens(user_id, now)
     return state.revoke_user_sessions(user_id, now)
 
 
@@ -475,6 +479,7 @@ class Accounts:
         self, user: User, password_hash: str, keep: str | None, now: datetime
     ) -> int:
         self._state.set_password_hash(user.id, password_hash)
+        self._state.end_reset_tokens(user.id, now)
         self._state.clear_login_failures(user.username)
         revoked = 0
         for session in self._state.list_sessions(user.id):
@@ -495,7 +500,7 @@ class Accounts:
             created_at=now,
             expires_at=now + self.settings.reset_token_ttl,
         )
-        stored = await self.hub.run_sync(self._state.add_reset_token, reset)
+        stored = await self.hub.run_sync(self._replace_reset_tokens, reset)
         await audit.record(
             self.hub,
             action="reset_token.create",
@@ -506,6 +511,11 @@ class Accounts:
             detail={"reset_token_id": reset.id, "expires_at": reset.expires_at.isoformat()},
         )
         return IssuedReset(stored, issued.secret)
+
+    def _replace_reset_tokens(self, reset: ResetToken) -> ResetToken:
+        """Store ``reset`` as the user's only usable reset token."""
+        self._state.end_reset_tokens(reset.user_id, reset.created_at)
+        return self._state.add_reset_token(reset)
 
     async def reset_password(self, token: str, new: str, *, client: str | None) -> User:
         """Set a new password with a one-time reset token; revokes every session."""

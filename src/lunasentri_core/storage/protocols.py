@@ -395,6 +395,14 @@ class StateStore(Protocol):
         """
         ...
 
+    def end_reset_tokens(self, user_id: str, at: datetime) -> int:
+        """End the user's reset tokens still usable at ``at`` (their ``expires_at``
+        becomes ``at``); return how many. Used and ended tokens keep their times.
+
+        A new reset token, a redeemed one and a changed password end the earlier ones.
+        """
+        ...
+
     # login throttling (by username, so that unknown names are throttled too)
     def add_login_failure(self, username: str, at: datetime, client: str | None) -> None: ...
     def count_login_failures(self, username: str, since: datetime) -> int:

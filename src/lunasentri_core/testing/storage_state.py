@@ -462,6 +462,28 @@ class StateStoreContract(AlertingStateContract, OutboxStateContract, PurgeStateC
         assert state.use_reset_token(token.id, token.expires_at) is False
         assert state.find_reset_token(token.token_hash) == token
 
+    def test_ending_a_users_reset_tokens_leaves_used_ended_and_others_alone(
+        self, state: StateStore
+    ) -> None:
+        alice, bob = self.add_user(state), self.add_user(state)
+        live = state.add_reset_token(_reset_token(alice.id))
+        used = state.add_reset_token(_reset_token(alice.id))
+        state.use_reset_token(used.id, BASE_TIME + timedelta(seconds=1))
+        ended = state.add_reset_token(_reset_token(alice.id, expires_at=BASE_TIME))
+        his = state.add_reset_token(_reset_token(bob.id))
+        at = BASE_TIME + timedelta(minutes=1, microseconds=3)
+
+        assert state.end_reset_tokens(alice.id, at) == 1
+        assert state.find_reset_token(live.token_hash) == attrs.evolve(live, expires_at=at)
+        assert state.use_reset_token(live.id, at) is False
+        assert state.find_reset_token(used.token_hash) == attrs.evolve(
+            used, used_at=BASE_TIME + timedelta(seconds=1)
+        )
+        assert state.find_reset_token(ended.token_hash) == ended
+        assert state.find_reset_token(his.token_hash) == his
+        assert state.end_reset_tokens(alice.id, at) == 0
+        assert state.end_reset_tokens("no-such-user", at) == 0
+
     def test_reset_token_of_an_unknown_user_or_a_taken_hash(self, state: StateStore) -> None:
         user = self.add_user(state)
         token = state.add_reset_token(_reset_token(user.id))

@@ -603,6 +603,19 @@ class SqlStateStore(SqlAlertStore, SqlOutboxStore, SqlPurgeStore):
                 raise NotFoundError(f"reset token {token_id!r} not found")
         return bool(used)
 
+    def end_reset_tokens(self, user_id: str, at: datetime) -> int:
+        with self._db.write() as conn:
+            ended = conn.execute(
+                sa.update(reset_tokens)
+                .where(
+                    reset_tokens.c.user_id == user_id,
+                    reset_tokens.c.used_at.is_(None),
+                    reset_tokens.c.expires_at > at,
+                )
+                .values(expires_at=at)
+            ).rowcount
+        return int(ended)
+
     # ------------------------------------------------------------------ login throttling
 
     def add_login_failure(self, username: str, at: datetime, client: str | None) -> None:
