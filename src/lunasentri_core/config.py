@@ -144,6 +144,10 @@ class ServerSettings:
     reset_token_ttl: timedelta = timedelta(hours=1)
     claim_ttl: timedelta = timedelta(hours=24)
     key_rotation_grace: timedelta = timedelta(hours=24)
+    stream_recheck: timedelta = attrs.field(default=timedelta(seconds=2), validator=_positive)
+    """How often an open live stream checks that its credential (session, token) still
+    holds and its machine is still visible; it ends within this long of a logout, an
+    expiry, a password change or a deleted user, by whichever server process."""
     login_max_failures: int = attrs.field(default=5, validator=attrs.validators.ge(1))
     login_lockout: timedelta = timedelta(minutes=15)
     register_rate: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
