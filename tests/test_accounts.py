@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
+import attrs
 import pytest
 
 from lunasentri_core.components import Principal
@@ -145,6 +146,76 @@ async def test_retry_after_is_the_time_until_the_limiting_failure_ages_out(
     assert caught.value.retry_after == 1
     clock.now += timedelta(microseconds=1)
     assert (await accounts.login("alice", PASSWORD, None)).user.username == "alice"
+
+
+@pytest.fixture
+def limits(accounts: Accounts) -> Accounts:
+    """``accounts`` with small limits per address (4) and per name (3) across the other."""
+    accounts.settings = attrs.evolve(
+        accounts.settings, login_max_client_failures=4, login_max_account_failures=3
+    )
+    return accounts
+
+
+async def test_failures_from_one_address_do_not_lock_the_name_elsewhere(
+    limits: Accounts,
+) -> None:
+    await limits.create_user("admin", PASSWORD, Role.ADMIN, actor=None)
+    for _ in range(2):
+        with pytest.raises(InvalidCredentials):
+            await limits.login("admin", "a guess", "203.0.113.9")
+
+    with pytest.raises(LoginThrottled):
+        await limits.login("admin", PASSWORD, "203.0.113.9")
+    assert (await limits.login("admin", PASSWORD, "10.0.0.1")).user.username == "admin"
+
+
+async def test_an_address_guessing_many_names_is_refused_before_hashing(
+    limits: Accounts, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await limits.create_user("alice", PASSWORD, actor=None)
+    for n in range(4):
+        clock.now += timedelta(minutes=1)
+        with pytest.raises(InvalidCredentials):
+            await limits.login(f"name{n}", "a guess", "203.0.113.9")
+    verified: list[str] = []
+    verify = limits._verify
+
+    async def counting(password: str, stored: str | None) -> bool:
+        verified.append(password)
+        return await verify(password, stored)
+
+    monkeypatch.setattr(limits, "_verify", counting)
+
+    with pytest.raises(LoginThrottled) as caught:
+        await limits.login("another-name", "a guess", "203.0.113.9")
+    assert verified == []  # refused before the costly hash
+    # The address's first failure (+1 min) leaves the 10-minute window at +11: 7 min on.
+    assert caught.value.retry_after == 7 * 60
+    assert (await limits.login("alice", PASSWORD, "10.0.0.1")).user.username == "alice"
+
+
+async def test_an_ipv6_address_counts_with_its_64(limits: Accounts) -> None:
+    for n in range(4):
+        with pytest.raises(InvalidCredentials):
+            await limits.login(f"name{n}", "a guess", f"2001:db8:1:2::{n + 1}")
+
+    with pytest.raises(LoginThrottled):
+        await limits.login("name9", "a guess", "2001:db8:1:2:ffff::9")
+    with pytest.raises(InvalidCredentials):
+        await limits.login("name9", "a guess", "2001:db8:1:3::1")
+
+
+async def test_one_name_guessed_from_many_addresses_is_refused_at_a_higher_limit(
+    limits: Accounts,
+) -> None:
+    await limits.create_user("alice", PASSWORD, actor=None)
+    for n in range(3):  # one failure from each address: below the per-address limit
+        with pytest.raises(InvalidCredentials):
+            await limits.login("alice", "a guess", f"198.51.100.{n}")
+
+    with pytest.raises(LoginThrottled):
+        await limits.login("alice", PASSWORD, "10.0.0.1")
 
 
 async def test_sessions_expire_with_their_ttl(accounts: Accounts, clock: Clock) -> None:

@@ -149,7 +149,14 @@ class ServerSettings:
     holds and its machine is still visible; it ends within this long of a logout, an
     expiry, a password change or a deleted user, by whichever server process."""
     login_max_failures: int = attrs.field(default=5, validator=attrs.validators.ge(1))
+    """Failed logins within ``login_lockout`` of one username from one client address
+    before its logins from there are refused (Grafana's figure)..."""
+    login_max_client_failures: int = attrs.field(default=100, validator=attrs.validators.ge(1))
+    """...of any usernames from one client address, refused before hashing (Auth0's)..."""
+    login_max_account_failures: int = attrs.field(default=100, validator=attrs.validators.ge(1))
+    """...and of one username from every address."""
     login_lockout: timedelta = timedelta(minutes=15)
+    """The window failed logins are counted over."""
     register_rate: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
     """Agent registrations per second one client address may make on average (a token
     bucket; 0 turns the limit off)..."""

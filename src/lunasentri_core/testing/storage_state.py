@@ -42,7 +42,7 @@ from lunasentri_core.model import (
     User,
     new_id,
 )
-from lunasentri_core.storage.protocols import StateStore, StorageBackend
+from lunasentri_core.storage.protocols import LoginFailure, StateStore, StorageBackend
 from lunasentri_core.testing.builders import (
     BASE_TIME,
     hash_secret,
@@ -483,6 +483,33 @@ class StateStoreContract(AlertingStateContract, OutboxStateContract, PurgeStateC
         assert state.find_reset_token(his.token_hash) == his
         assert state.end_reset_tokens(alice.id, at) == 0
         assert state.end_reset_tokens("no-such-user", at) == 0
+
+    # ------------------------------------------------------------ login throttling
+
+    def test_recent_login_failures_by_name_and_by_client(self, state: StateStore) -> None:
+        name, other = f"n-{new_id()}", f"o-{new_id()}"
+        here, there = f"192.0.2.{new_id()[:6]}", f"198.51.100.{new_id()[:6]}"
+        since = BASE_TIME + timedelta(minutes=1)
+        state.add_login_failure(name, BASE_TIME, here)  # before the window
+        tried = [
+            LoginFailure(name, since + timedelta(seconds=3), here),
+            LoginFailure(other, since + timedelta(seconds=1), here),
+            LoginFailure(name, since + timedelta(seconds=2), there),
+            LoginFailure(other, since + timedelta(seconds=4), there),
+            LoginFailure(name, since + timedelta(seconds=5), None),
+        ]
+        for failure in tried:
+            state.add_login_failure(failure.username, failure.at, failure.client)
+
+        by_both = state.recent_login_failures(name, here, since)
+        assert by_both == sorted(tried[:3] + tried[4:], key=lambda f: f.at)
+        assert state.recent_login_failures(name, None, since) == [tried[2], tried[0], tried[4]]
+        assert state.recent_login_failures(other, "203.0.113.1", since) == [tried[1], tried[3]]
+
+        state.clear_login_failures_from(name, here)
+        assert state.recent_login_failures(name, here, since) == [tried[1], tried[2], tried[4]]
+        state.clear_login_failures_from(name, None)
+        assert state.recent_login_failures(name, None, since) == [tried[2]]
 
     def test_reset_token_of_an_unknown_user_or_a_taken_hash(self, state: StateStore) -> None:
         user = self.add_user(state)
