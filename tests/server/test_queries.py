@@ -512,7 +512,7 @@ def test_the_stream_ends_with_its_session_or_machine(
 def test_the_stream_ends_when_its_session_expires(
     make_server: MakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = make_server(server={"stream_recheck": "0.1s", "session_ttl": "5s"})
+    server = make_server(server={"stream_recheck": "0.1s", "session_ttl": "8s"})
     machine_id, _ = register(server, server.login(), "watched")
     reader = _open_checked_stream(server, server.login(), machine_id, monkeypatch)
 
