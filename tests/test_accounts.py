@@ -7,14 +7,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
+import attrs
 import pytest
 
 from lunasentri_core.components import Principal
 from lunasentri_core.config import Settings
 from lunasentri_core.errors import ConfigError, ConflictError, NotFoundError, ValidationError
 from lunasentri_core.hub import Sentri
-from lunasentri_core.model import Role
-from lunasentri_core.security import hash_password
+from lunasentri_core.model import ResetToken, Role, new_id
+from lunasentri_core.security import RESET_PREFIX, hash_password, issue_token
 from lunasentri_core.services.accounts import (
     DUMMY_HASH,
     Accounts,
@@ -147,6 +148,76 @@ async def test_retry_after_is_the_time_until_the_limiting_failure_ages_out(
     assert (await accounts.login("alice", PASSWORD, None)).user.username == "alice"
 
 
+@pytest.fixture
+def limits(accounts: Accounts) -> Accounts:
+    """``accounts`` with small limits per address (4) and per name (3) across the other."""
+    accounts.settings = attrs.evolve(
+        accounts.settings, login_max_client_failures=4, login_max_account_failures=3
+    )
+    return accounts
+
+
+async def test_failures_from_one_address_do_not_lock_the_name_elsewhere(
+    limits: Accounts,
+) -> None:
+    await limits.create_user("admin", PASSWORD, Role.ADMIN, actor=None)
+    for _ in range(2):
+        with pytest.raises(InvalidCredentials):
+            await limits.login("admin", "a guess", "203.0.113.9")
+
+    with pytest.raises(LoginThrottled):
+        await limits.login("admin", PASSWORD, "203.0.113.9")
+    assert (await limits.login("admin", PASSWORD, "10.0.0.1")).user.username == "admin"
+
+
+async def test_an_address_guessing_many_names_is_refused_before_hashing(
+    limits: Accounts, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await limits.create_user("alice", PASSWORD, actor=None)
+    for n in range(4):
+        clock.now += timedelta(minutes=1)
+        with pytest.raises(InvalidCredentials):
+            await limits.login(f"name{n}", "a guess", "203.0.113.9")
+    verified: list[str] = []
+    verify = limits._verify
+
+    async def counting(password: str, stored: str | None) -> bool:
+        verified.append(password)
+        return await verify(password, stored)
+
+    monkeypatch.setattr(limits, "_verify", counting)
+
+    with pytest.raises(LoginThrottled) as caught:
+        await limits.login("another-name", "a guess", "203.0.113.9")
+    assert verified == []  # refused before the costly hash
+    # The address's first failure (+1 min) leaves the 10-minute window at +11: 7 min on.
+    assert caught.value.retry_after == 7 * 60
+    assert (await limits.login("alice", PASSWORD, "10.0.0.1")).user.username == "alice"
+
+
+async def test_an_ipv6_address_counts_with_its_64(limits: Accounts) -> None:
+    for n in range(4):
+        with pytest.raises(InvalidCredentials):
+            await limits.login(f"name{n}", "a guess", f"2001:db8:1:2::{n + 1}")
+
+    with pytest.raises(LoginThrottled):
+        await limits.login("name9", "a guess", "2001:db8:1:2:ffff::9")
+    with pytest.raises(InvalidCredentials):
+        await limits.login("name9", "a guess", "2001:db8:1:3::1")
+
+
+async def test_one_name_guessed_from_many_addresses_is_refused_at_a_higher_limit(
+    limits: Accounts,
+) -> None:
+    await limits.create_user("alice", PASSWORD, actor=None)
+    for n in range(3):  # one failure from each address: below the per-address limit
+        with pytest.raises(InvalidCredentials):
+            await limits.login("alice", "a guess", f"198.51.100.{n}")
+
+    with pytest.raises(LoginThrottled):
+        await limits.login("alice", PASSWORD, "10.0.0.1")
+
+
 async def test_sessions_expire_with_their_ttl(accounts: Accounts, clock: Clock) -> None:
     user = await accounts.create_user("alice", PASSWORD, actor=None)
     login = await accounts.login("alice", PASSWORD, None)
@@ -192,6 +263,63 @@ async def test_concurrent_redemptions_of_one_reset_token_let_exactly_one_win(
     assert len(winners) == 1
     assert sorted(o for o in outcomes if o not in winners) == ["used"] * 3
     assert (await accounts.login("alice", winners[0], None)).user.id == user.id
+
+
+async def test_a_new_reset_token_ends_the_earlier_ones(accounts: Accounts) -> None:
+    user = await accounts.create_user("alice", PASSWORD, actor=None)
+    admin = Principal(kind="user", id="admin", role=Role.ADMIN)
+    first = await accounts.issue_reset_token(user.id, actor=admin, client=None)
+    second = await accounts.issue_reset_token(user.id, actor=admin, client=None)
+
+    with pytest.raises(ResetTokenRejected) as caught:
+        await accounts.reset_password(first.token, "new password", client=None)
+    assert caught.value.reason == "expired"
+    await accounts.reset_password(second.token, "new password", client=None)
+
+
+async def test_using_a_reset_token_ends_the_users_other_ones(accounts: Accounts) -> None:
+    user = await accounts.create_user("alice", PASSWORD, actor=None)
+    other = await accounts.create_user("bob", PASSWORD, actor=None)
+    admin = Principal(kind="user", id="admin", role=Role.ADMIN)
+    issued = await accounts.issue_reset_token(user.id, actor=admin, client=None)
+    kept = await accounts.issue_reset_token(other.id, actor=admin, client=None)
+    older = await _stored_reset_token(accounts, user.id)
+
+    await accounts.reset_password(issued.token, "new password", client=None)
+
+    with pytest.raises(ResetTokenRejected) as caught:
+        await accounts.reset_password(older, "another password", client=None)
+    assert caught.value.reason == "expired"
+    await accounts.reset_password(kept.token, "bob's new password", client=None)
+
+
+async def test_changing_the_password_ends_the_users_reset_tokens(accounts: Accounts) -> None:
+    user = await accounts.create_user("alice", PASSWORD, actor=None)
+    admin = Principal(kind="user", id="admin", role=Role.ADMIN)
+    issued = await accounts.issue_reset_token(user.id, actor=admin, client=None)
+    me = Principal(kind="user", id=user.id, role=Role.USER)
+
+    await accounts.change_password(me, PASSWORD, "new password", token=None, client=None)
+
+    with pytest.raises(ResetTokenRejected) as caught:
+        await accounts.reset_password(issued.token, "another password", client=None)
+    assert caught.value.reason == "expired"
+
+
+async def _stored_reset_token(accounts: Accounts, user_id: str) -> str:
+    """A live reset token put straight into the store, beside one issued before it
+    (only the store can make two live tokens of a user now)."""
+    issued = issue_token(RESET_PREFIX)
+    now = accounts.hub.clock()
+    reset = ResetToken(
+        id=new_id(),
+        user_id=user_id,
+        token_hash=issued.hash,
+        created_at=now,
+        expires_at=now + timedelta(hours=1),
+    )
+    await accounts.hub.run_sync(accounts.hub.storage.state.add_reset_token, reset)
+    return issued.secret
 
 
 async def test_a_user_is_deleted_by_others_only(accounts: Accounts) -> None:

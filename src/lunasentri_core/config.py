@@ -158,18 +158,29 @@ class ServerSettings:
     reset_token_ttl: timedelta = timedelta(hours=1)
     claim_ttl: timedelta = timedelta(hours=24)
     key_rotation_grace: timedelta = timedelta(hours=24)
+    stream_recheck: timedelta = attrs.field(default=timedelta(seconds=2), validator=_positive)
+    """How often an open live stream checks that its credential (session, token) still
+    holds and its machine is still visible; it ends within this long of a logout, an
+    expiry, a password change or a deleted user, by whichever server process."""
     login_max_failures: int = attrs.field(default=5, validator=_at_least(1))
+    """Failed logins within ``login_lockout`` of one username from one client address
+    before its logins from there are refused (Grafana's figure)..."""
+    login_max_client_failures: int = attrs.field(default=100, validator=_at_least(1))
+    """...of any usernames from one client address, refused before hashing (Auth0's)..."""
+    login_max_account_failures: int = attrs.field(default=100, validator=_at_least(1))
+    """...and of one username from every address."""
     login_lockout: timedelta = timedelta(minutes=15)
+    """The window failed logins are counted over."""
     register_rate: float = attrs.field(default=0.2, validator=_at_least(0))
     """Agent registrations per second one client address may make on average (a token
     bucket; 0 turns the limit off)..."""
     register_burst: float = attrs.field(default=20.0, validator=_at_least(1))
     """...and at once."""
     metrics_series: bool = False
+    """Expose the latest stored value of every machine's series on /metrics (opt-in)."""
     shared_database: bool = False
     """Let several ``lunasentri serve`` processes use one SQLite database (each must set
     it); otherwise a second server on the same file refuses to start."""
-    """Expose the latest stored value of every machine's series on /metrics (opt-in)."""
 
     @property
     def base_url(self) -> str:

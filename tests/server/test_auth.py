@@ -305,6 +305,24 @@ def test_unknown_usernames_are_throttled_too(make_server: MakeServer) -> None:
     assert login(server, "admin", ADMIN_PASSWORD).status_code == 200  # per username
 
 
+def test_guesses_from_another_address_do_not_lock_the_admin_out(
+    make_server: MakeServer,
+) -> None:
+    server = make_server(server={"login_lockout": "1h", "login_max_failures": 3})
+    # The address the server sees is the proxy's X-Forwarded-For: uvicorn trusts
+    # a proxy on loopback, as it would a reverse proxy on the same host.
+    attacker = {"x-forwarded-for": "203.0.113.9"}
+
+    def remote(password: str) -> int:
+        with server.client() as client:
+            body = {"username": "admin", "password": password}
+            return client.post("/api/v1/auth/login", json=body, headers=attacker).status_code
+
+    assert [remote("guess") for _ in range(4)] == [401, 401, 401, 429]
+    assert login(server, "admin", ADMIN_PASSWORD).status_code == 200
+    assert remote(ADMIN_PASSWORD) == 429  # a success elsewhere does not unlock the guesser
+
+
 def test_wrong_current_passwords_count_towards_the_lockout(make_server: MakeServer) -> None:
     server = make_server(server={"login_lockout": "1h", "login_max_failures": 2})
     token = server.login()

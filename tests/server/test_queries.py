@@ -5,21 +5,33 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 
+from lunasentri_core.builtin import SESSION_COOKIE
 from lunasentri_core.model import Reading, Sample
 from lunasentri_core.server.routes import queries as query_routes
 from lunasentri_core.services import queries
 from lunasentri_core.services.live import LiveFeed
 
-from .conftest import LiveServer
-from .test_ingest import Shared, add_user, at, post, register, sample, shared_server
+from .conftest import LiveServer, MakeServer
+from .test_ingest import (
+    PASSWORD,
+    Shared,
+    add_user,
+    at,
+    post,
+    register,
+    sample,
+    shared_server,
+)
 
 
 @pytest.fixture(scope="module")
@@ -347,20 +359,22 @@ def test_other_users_machines_are_not_found_on_every_query(
 class StreamReader:
     """Reads an event stream in a thread; lines arrive on ``lines`` (None at the end)."""
 
-    def __init__(self, server: LiveServer, token: str, machine_id: str) -> None:
+    def __init__(
+        self, server: LiveServer, token: str, machine_id: str, *, cookie: bool = False
+    ) -> None:
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.status: int | None = None
         self.content_type = ""
         self.error: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._read, args=(server, token, machine_id), daemon=True
-        )
+        # The dashboard's way: the session in its cookie rather than a bearer token.
+        client = server.client(cookies={SESSION_COOKIE: token}) if cookie else server.client(token)
+        self._thread = threading.Thread(target=self._read, args=(client, machine_id), daemon=True)
         self._thread.start()
 
-    def _read(self, server: LiveServer, token: str, machine_id: str) -> None:
+    def _read(self, client: httpx.Client, machine_id: str) -> None:
         try:
             with (
-                server.client(token) as client,
+                client,
                 client.stream("GET", f"/api/v1/machines/{machine_id}/stream") as response,
             ):
                 self.status = response.status_code
@@ -395,6 +409,14 @@ class StreamReader:
     def join(self, timeout: float = 10.0) -> None:
         self._thread.join(timeout)
         assert not self._thread.is_alive()
+
+    def wait_end(self, deadline: float = 15.0) -> list[str]:
+        """The lines that came before the stream ended, which it must do within ``deadline`` s."""
+        ends_by = time.monotonic() + deadline
+        lines = []
+        while (line := self.lines.get(timeout=max(0.0, ends_by - time.monotonic()))) is not None:
+            lines.append(line)
+        return lines
 
 
 def test_the_stream_pushes_each_new_sample(shared: Shared) -> None:
@@ -441,6 +463,79 @@ def test_the_stream_sends_keepalives_and_ends_cleanly_at_shutdown(
     server.stop()
 
     assert reader.error is None  # the response ended properly, not cut off
+
+
+def _open_checked_stream(
+    server: LiveServer, token: str, machine_id: str, monkeypatch: pytest.MonkeyPatch, **kw: Any
+) -> StreamReader:
+    """A stream that has been quiet long enough to be re-checked several times (recheck
+    0.1 s, keepalive 0.5 s), so that ending it later is the credential's doing."""
+    monkeypatch.setattr(query_routes, "KEEPALIVE_SECONDS", 0.5)
+    reader = StreamReader(server, token, machine_id, **kw)
+    reader.wait_subscribed()
+    assert reader.status == 200
+    while (line := reader.next_line()) != ": keepalive":
+        assert line is not None, f"the stream ended early ({reader.error!r})"
+    return reader
+
+
+@pytest.mark.parametrize("cookie", [False, True], ids=["bearer", "cookie"])
+@pytest.mark.parametrize(
+    "ending", ["logout", "password change", "user deletion", "machine deletion"]
+)
+def test_the_stream_ends_with_its_session_or_machine(
+    make_server: MakeServer, monkeypatch: pytest.MonkeyPatch, ending: str, cookie: bool
+) -> None:
+    server = make_server(server={"stream_recheck": "0.1s"})
+    admin = server.login()
+    user = add_user(server, admin, "watcher")
+    machine_id, _ = register(server, user, "watched")
+    reader = _open_checked_stream(server, user, machine_id, monkeypatch, cookie=cookie)
+
+    with server.client(admin) as as_admin, server.client(user) as as_user:
+        if ending == "logout":
+            assert as_user.post("/api/v1/auth/logout").status_code == 204
+        elif ending == "password change":
+            other = server.login("watcher", PASSWORD)  # the change keeps only this session
+            change = {"current_password": PASSWORD, "new_password": "a new password!"}
+            with server.client(other) as as_other:
+                assert as_other.post("/api/v1/auth/password", json=change).status_code == 204
+        elif ending == "machine deletion":
+            assert as_admin.delete(f"/api/v1/machines/{machine_id}").status_code == 204
+        else:
+            user_id = as_user.get("/api/v1/auth/me").json()["id"]
+            assert as_admin.delete(f"/api/v1/users/{user_id}").status_code == 204
+    reader.wait_end()
+    assert reader.error is None
+
+
+def test_the_stream_ends_when_its_session_expires(
+    make_server: MakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = make_server(server={"stream_recheck": "0.1s", "session_ttl": "8s"})
+    machine_id, _ = register(server, server.login(), "watched")
+    reader = _open_checked_stream(server, server.login(), machine_id, monkeypatch)
+
+    reader.wait_end(deadline=15.0)
+
+    assert reader.error is None
+
+
+def test_the_stream_ends_with_a_logout_through_another_server(
+    make_server: MakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = tmp_path / "shared"
+    a = make_server(data_dir=shared, server={"stream_recheck": "0.1s"})
+    b = make_server(data_dir=shared)
+    token = a.login()
+    machine_id, _ = register(a, token, "watched")
+    reader = _open_checked_stream(a, token, machine_id, monkeypatch)
+
+    with b.client(token) as on_b:
+        assert on_b.post("/api/v1/auth/logout").status_code == 204
+
+    reader.wait_end()
+    assert reader.error is None
 
 
 def test_a_slow_subscriber_loses_its_oldest_samples_not_memory() -> None:

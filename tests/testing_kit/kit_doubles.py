@@ -64,6 +64,7 @@ from lunasentri_core.model import (  # not in the public API yet
 )
 from lunasentri_core.storage import (
     Capability,
+    LoginFailure,
     MaintenanceReport,
     PurgePolicy,
     PurgeReport,
@@ -313,7 +314,7 @@ class MemoryState:
         self._silences: dict[str, Silence] = {}
         self._sessions: dict[str, Session] = {}
         self._resets: dict[str, ResetToken] = {}
-        self._failures: list[tuple[str, datetime]] = []
+        self._failures: list[LoginFailure] = []
         self._claims: dict[str, AgentClaim] = {}
         self._audit: list[AuditEntry] = []
         self._configs: dict[str, AgentConfig] = {}
@@ -910,19 +911,46 @@ class MemoryState:
             self._resets[token_id] = attrs.evolve(token, used_at=at)
             return True
 
+    def end_reset_tokens(self, user_id: str, at: datetime) -> int:
+        with self._lock:
+            live = [
+                t
+                for t in self._resets.values()
+                if t.user_id == user_id and t.used_at is None and t.expires_at > at
+            ]
+            for token in live:
+                self._resets[token.id] = attrs.evolve(token, expires_at=at)
+            return len(live)
+
     def add_login_failure(self, username: str, at: datetime, client: str | None) -> None:
         with self._lock:
-            self._failures.append((username, at))
+            self._failures.append(LoginFailure(username, at, client))
 
     def count_login_failures(self, username: str, since: datetime) -> int:
-        return sum(1 for name, at in self._failures if name == username and at >= since)
+        return sum(1 for f in self._failures if f.username == username and f.at >= since)
 
     def login_failure_times(self, username: str, since: datetime) -> list[datetime]:
-        return sorted(at for name, at in self._failures if name == username and at >= since)
+        return sorted(f.at for f in self._failures if f.username == username and f.at >= since)
+
+    def recent_login_failures(
+        self, username: str, client: str | None, since: datetime
+    ) -> list[LoginFailure]:
+        found = [
+            f
+            for f in self._failures
+            if f.at >= since and (f.username == username or (client and f.client == client))
+        ]
+        return sorted(found, key=lambda f: f.at)
 
     def clear_login_failures(self, username: str) -> None:
         with self._lock:
-            self._failures = [f for f in self._failures if f[0] != username]
+            self._failures = [f for f in self._failures if f.username != username]
+
+    def clear_login_failures_from(self, username: str, client: str | None) -> None:
+        with self._lock:
+            self._failures = [
+                f for f in self._failures if (f.username, f.client) != (username, client)
+            ]
 
     def add_claim(self, claim: AgentClaim) -> AgentClaim:
         with self._lock:
@@ -1003,7 +1031,7 @@ class MemoryState:
         with self._lock:
             sessions = _drop(self._sessions, lambda s: _before(ended, s.expires_at, s.revoked_at))
             resets = _drop(self._resets, lambda t: _before(ended, t.expires_at, t.used_at))
-            failures = [f for f in self._failures if f[1] >= ended - policy.login_window]
+            failures = [f for f in self._failures if f.at >= ended - policy.login_window]
             failures_gone, self._failures = len(self._failures) - len(failures), failures
             claims = _drop(
                 self._claims,

@@ -5,9 +5,18 @@ behind a small limiter of its own, so a burst of logins cannot starve storage
 calls or exhaust memory. Storage calls run through the hub, several grouped in
 one worker-thread hop where they belong together.
 
-Throttling counts failed logins per username (known or not) in the last
-``login_lockout``; at ``login_max_failures`` every attempt is refused, even
-with the right password, until enough failures age out of the window.
+Throttling counts failed logins in the last ``login_lockout`` three ways, and
+refuses every attempt (even with the right password, and before any hashing)
+while one count is at its limit, until enough failures age out of the window:
+
+- a username (known or not) from one client address: ``login_max_failures``,
+  so guesses from elsewhere never lock the real user out where they log in;
+- one address, across usernames: ``login_max_client_failures``, so a flood of
+  made-up names from one address costs the server no hashing;
+- a username from every address: ``login_max_account_failures``, higher, so
+  one account guessed from many addresses is still slowed down.
+
+An address is counted as the claim throttle counts it (an IPv6 client by its /64).
 """
 
 from __future__ import annotations
@@ -55,7 +64,8 @@ from lunasentri_core.security import (
     verify_password,
 )
 from lunasentri_core.services import audit
-from lunasentri_core.storage.protocols import StateStore, StorageBackend
+from lunasentri_core.services.claims import client_key
+from lunasentri_core.storage.protocols import LoginFailure, StateStore, StorageBackend
 
 if TYPE_CHECKING:
     from lunasentri_core.config import ServerSettings
@@ -103,12 +113,14 @@ class WrongPassword(LunaSentriError):
 
 
 class ResetTokenRejected(LunaSentriError):
-    """``reason`` is ``invalid`` (unknown token), ``used`` or ``expired``."""
+    """``reason`` is ``invalid`` (unknown token), ``used`` or ``expired`` (also when
+    a newer token, a redeemed one or a password change ended it)."""
 
     MESSAGES: Mapping[str, str] = {
         "invalid": "the reset token is not valid",
         "used": "the reset token has already been used; ask an administrator for a new one",
-        "expired": "the reset token has expired; ask an administrator for a new one",
+        "expired": "the reset token has expired or a newer one replaced it; "
+        "ask an administrator for a new one",
     }
 
     def __init__(self, reason: str) -> None:
@@ -157,8 +169,10 @@ def add_user(state: StateStore, user: User, password: str) -> User:
 
 
 def set_password(state: StateStore, user_id: str, password_hash: str, now: datetime) -> int:
-    """Replace a password and revoke every session of the user; return how many."""
+    """Replace a password, revoke every session of the user (returning how many) and
+    end their reset tokens."""
     state.set_password_hash(user_id, password_hash)
+    state.end_reset_tokens(user_id, now)
     return state.revoke_user_sessions(user_id, now)
 
 
@@ -319,13 +333,16 @@ class Accounts:
             # No account has such credentials: refused before any lookup or hashing.
             raise InvalidCredentials()
         now = self._now()
-        since = now - self.settings.login_lockout
-        user, stored, failures = await self.hub.run_sync(self._login_lookup, username, since)
-        if len(failures) >= self.settings.login_max_failures:
+        address = _address(client)
+        user, stored, failures = await self.hub.run_sync(
+            self._login_lookup, username, address, now - self.settings.login_lockout
+        )
+        retry_after = self._throttled(failures, username, address, now)
+        if retry_after is not None:
             await self._audit_failed_login(username, user, client, "throttled")
-            raise LoginThrottled(self._retry_after(failures, now))
+            raise LoginThrottled(retry_after)
         if not await self._verify(password, stored) or user is None:
-            await self.hub.run_sync(self._state.add_login_failure, username, now, client)
+            await self.hub.run_sync(self._state.add_login_failure, username, now, address)
             await self._audit_failed_login(username, user, client, "bad_credentials")
             raise InvalidCredentials()
         issued = issue_token(SESSION_PREFIX)
@@ -337,7 +354,7 @@ class Accounts:
             expires_at=now + self.settings.session_ttl,
             client=client,
         )
-        await self.hub.run_sync(self._start_session, session, username)
+        await self.hub.run_sync(self._start_session, session, username, address)
         await audit.record(
             self.hub,
             action="user.login",
@@ -350,26 +367,46 @@ class Accounts:
         return Login(user, session, issued.secret)
 
     def _login_lookup(
-        self, username: str, since: datetime
-    ) -> tuple[User | None, str | None, list[datetime]]:
-        """The user (if any), their password hash, and the times of their counted failures."""
-        failures = self._state.login_failure_times(username, since)
+        self, username: str, address: str | None, since: datetime
+    ) -> tuple[User | None, str | None, list[LoginFailure]]:
+        """The user (if any), their password hash, and the failures that count."""
+        failures = self._state.recent_login_failures(username, address, since)
         user = self._state.find_user(username)
         stored = self._state.password_hash(user.id) if user is not None else None
         return user, stored, failures
 
-    def _start_session(self, session: Session, username: str) -> None:
+    def _start_session(self, session: Session, username: str, address: str | None) -> None:
         self._state.add_session(session)
-        self._state.clear_login_failures(username)
+        # Only this address's failures: a success here does not unlock a guesser elsewhere.
+        self._state.clear_login_failures_from(username, address)
 
-    def _retry_after(self, failures: Sequence[datetime], now: datetime) -> int:
-        """Whole seconds until enough of ``failures`` (oldest first) leave the window.
+    def _throttled(
+        self, failures: Sequence[LoginFailure], username: str, address: str | None, now: datetime
+    ) -> int | None:
+        """Seconds until an attempt of ``username`` from ``address`` is let in again,
+        or ``None`` if it is let in now."""
+        of_name = [f for f in failures if f.username == username]
+        # An unknown client (address None) has no address to count by.
+        from_address = [f for f in failures if address is not None and f.client == address]
+        counts = (
+            ([f for f in of_name if f.client == address], self.settings.login_max_failures),
+            (of_name, self.settings.login_max_account_failures),
+            (from_address, self.settings.login_max_client_failures),
+        )
+        waits = [
+            self._retry_after([f.at for f in counted], limit, now)
+            for counted, limit in counts
+            if len(counted) >= limit
+        ]
+        return max(waits, default=None)
 
-        Attempts are refused while ``login_max_failures`` failures are in the window,
-        so they are let in again once the failure that many places from the newest
-        has aged out of it.
+    def _retry_after(self, times: Sequence[datetime], limit: int, now: datetime) -> int:
+        """Whole seconds until enough of ``times`` (oldest first) leave the window.
+
+        Attempts are refused while ``limit`` failures are in the window, so they are
+        let in again once the failure that many places from the newest has aged out.
         """
-        limiting = failures[len(failures) - self.settings.login_max_failures]
+        limiting = times[len(times) - limit]
         left = limiting + self.settings.login_lockout - now
         return max(1, math.ceil(left.total_seconds()))
 
@@ -448,12 +485,15 @@ class Accounts:
         check_password(new, "new_password")
         now = self._now()
         user = await self.hub.run_sync(self._state.get_user, actor.id)
-        since = now - self.settings.login_lockout
-        _, stored, failures = await self.hub.run_sync(self._login_lookup, user.username, since)
-        if len(failures) >= self.settings.login_max_failures:
-            raise LoginThrottled(self._retry_after(failures, now))
+        address = _address(client)
+        _, stored, failures = await self.hub.run_sync(
+            self._login_lookup, user.username, address, now - self.settings.login_lockout
+        )
+        retry_after = self._throttled(failures, user.username, address, now)
+        if retry_after is not None:
+            raise LoginThrottled(retry_after)
         if not await self._verify(current, stored):
-            await self.hub.run_sync(self._state.add_login_failure, user.username, now, client)
+            await self.hub.run_sync(self._state.add_login_failure, user.username, now, address)
             raise WrongPassword()
         password_hash = await self._hash(new)
         keep = await self.find_session(token)
@@ -475,6 +515,7 @@ class Accounts:
         self, user: User, password_hash: str, keep: str | None, now: datetime
     ) -> int:
         self._state.set_password_hash(user.id, password_hash)
+        self._state.end_reset_tokens(user.id, now)
         self._state.clear_login_failures(user.username)
         revoked = 0
         for session in self._state.list_sessions(user.id):
@@ -495,7 +536,7 @@ class Accounts:
             created_at=now,
             expires_at=now + self.settings.reset_token_ttl,
         )
-        stored = await self.hub.run_sync(self._state.add_reset_token, reset)
+        stored = await self.hub.run_sync(self._replace_reset_tokens, reset)
         await audit.record(
             self.hub,
             action="reset_token.create",
@@ -506,6 +547,11 @@ class Accounts:
             detail={"reset_token_id": reset.id, "expires_at": reset.expires_at.isoformat()},
         )
         return IssuedReset(stored, issued.secret)
+
+    def _replace_reset_tokens(self, reset: ResetToken) -> ResetToken:
+        """Store ``reset`` as the user's only usable reset token."""
+        self._state.end_reset_tokens(reset.user_id, reset.created_at)
+        return self._state.add_reset_token(reset)
 
     async def reset_password(self, token: str, new: str, *, client: str | None) -> User:
         """Set a new password with a one-time reset token; revokes every session."""
@@ -627,6 +673,11 @@ def _history(
         for history in storage.metrics.history(query):
             found[history.series] = history
     return found
+
+
+def _address(client: str | None) -> str | None:
+    """The address failed logins are counted by (``None`` when the client is unknown)."""
+    return None if client is None else client_key(client)
 
 
 def _as_principal(user: User) -> Principal:

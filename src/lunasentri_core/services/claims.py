@@ -109,18 +109,19 @@ class RegistrationThrottle:
 
     def admit(self, client: str | None) -> None:
         """Refuse ``client`` with :class:`RegistrationThrottled` if its bucket is empty."""
-        wait = self._buckets.wait(_client_key(client))
+        wait = self._buckets.wait(client_key(client))
         if wait > 0:
             raise RegistrationThrottled(wait)
 
     def take(self, client: str | None) -> None:
         """Count one registration of ``client``, or raise :class:`RegistrationThrottled`."""
-        wait = self._buckets.take(_client_key(client), 1)
+        wait = self._buckets.take(client_key(client), 1)
         if wait > 0:
             raise RegistrationThrottled(wait)
 
 
-def _client_key(client: str | None) -> str:
+def client_key(client: str | None) -> str:
+    """The address a client is counted by: its own, an IPv6 one's /64 (``""`` for none)."""
     if client is None:
         return ""
     try:

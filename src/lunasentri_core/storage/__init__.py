@@ -6,6 +6,7 @@ backends (SQLite, PostgreSQL/TimescaleDB) share :mod:`lunasentri_core.storage.sq
 
 from lunasentri_core.storage.protocols import (
     Capability,
+    LoginFailure,
     MaintenanceReport,
     MetricStore,
     PurgePolicy,
@@ -17,6 +18,7 @@ from lunasentri_core.storage.protocols import (
 
 __all__ = [
     "Capability",
+    "LoginFailure",
     "MaintenanceReport",
     "MetricStore",
     "PurgePolicy",

@@ -118,6 +118,15 @@ class PurgeReport:
         return sum(attrs.astuple(self))
 
 
+@attrs.frozen
+class LoginFailure:
+    """A failed login: the name tried, when, and from which client address."""
+
+    username: str
+    at: datetime
+    client: str | None = None
+
+
 @runtime_checkable
 class MetricStore(Protocol):
     """Series and their points."""
@@ -395,7 +404,16 @@ class StateStore(Protocol):
         """
         ...
 
-    # login throttling (by username, so that unknown names are throttled too)
+    def end_reset_tokens(self, user_id: str, at: datetime) -> int:
+        """End the user's reset tokens still usable at ``at`` (their ``expires_at``
+        becomes ``at``); return how many. Used and ended tokens keep their times.
+
+        A new reset token, a redeemed one and a changed password end the earlier ones.
+        """
+        ...
+
+    # login throttling (by username, so that unknown names are throttled too, and by
+    # client address)
     def add_login_failure(self, username: str, at: datetime, client: str | None) -> None: ...
     def count_login_failures(self, username: str, since: datetime) -> int:
         """Failures of ``username`` at or after ``since``."""
@@ -405,7 +423,19 @@ class StateStore(Protocol):
         """When the failures of ``username`` at or after ``since`` happened, oldest first."""
         ...
 
+    def recent_login_failures(
+        self, username: str, client: str | None, since: datetime
+    ) -> list[LoginFailure]:
+        """The failures at or after ``since`` of ``username`` (from any client) and,
+        unless ``client`` is ``None``, those from ``client`` (for any name): each once,
+        oldest first. The login throttle counts them by name, by client and by both."""
+        ...
+
     def clear_login_failures(self, username: str) -> None: ...
+    def clear_login_failures_from(self, username: str, client: str | None) -> None:
+        """Delete the failures of ``username`` from ``client`` (``None``: those without one),
+        as a successful login there does; the name's failures from elsewhere stay."""
+        ...
 
     # agent claims
     def add_claim(self, claim: AgentClaim) -> AgentClaim:

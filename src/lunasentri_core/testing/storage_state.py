@@ -42,7 +42,7 @@ from lunasentri_core.model import (
     User,
     new_id,
 )
-from lunasentri_core.storage.protocols import StateStore, StorageBackend
+from lunasentri_core.storage.protocols import LoginFailure, StateStore, StorageBackend
 from lunasentri_core.testing.builders import (
     BASE_TIME,
     hash_secret,
@@ -461,6 +461,55 @@ class StateStoreContract(AlertingStateContract, OutboxStateContract, PurgeStateC
         token = state.add_reset_token(_reset_token(self.add_user(state).id))
         assert state.use_reset_token(token.id, token.expires_at) is False
         assert state.find_reset_token(token.token_hash) == token
+
+    def test_ending_a_users_reset_tokens_leaves_used_ended_and_others_alone(
+        self, state: StateStore
+    ) -> None:
+        alice, bob = self.add_user(state), self.add_user(state)
+        live = state.add_reset_token(_reset_token(alice.id))
+        used = state.add_reset_token(_reset_token(alice.id))
+        state.use_reset_token(used.id, BASE_TIME + timedelta(seconds=1))
+        ended = state.add_reset_token(_reset_token(alice.id, expires_at=BASE_TIME))
+        his = state.add_reset_token(_reset_token(bob.id))
+        at = BASE_TIME + timedelta(minutes=1, microseconds=3)
+
+        assert state.end_reset_tokens(alice.id, at) == 1
+        assert state.find_reset_token(live.token_hash) == attrs.evolve(live, expires_at=at)
+        assert state.use_reset_token(live.id, at) is False
+        assert state.find_reset_token(used.token_hash) == attrs.evolve(
+            used, used_at=BASE_TIME + timedelta(seconds=1)
+        )
+        assert state.find_reset_token(ended.token_hash) == ended
+        assert state.find_reset_token(his.token_hash) == his
+        assert state.end_reset_tokens(alice.id, at) == 0
+        assert state.end_reset_tokens("no-such-user", at) == 0
+
+    # ------------------------------------------------------------ login throttling
+
+    def test_recent_login_failures_by_name_and_by_client(self, state: StateStore) -> None:
+        name, other = f"n-{new_id()}", f"o-{new_id()}"
+        here, there = f"192.0.2.{new_id()[:6]}", f"198.51.100.{new_id()[:6]}"
+        since = BASE_TIME + timedelta(minutes=1)
+        state.add_login_failure(name, BASE_TIME, here)  # before the window
+        tried = [
+            LoginFailure(name, since + timedelta(seconds=3), here),
+            LoginFailure(other, since + timedelta(seconds=1), here),
+            LoginFailure(name, since + timedelta(seconds=2), there),
+            LoginFailure(other, since + timedelta(seconds=4), there),
+            LoginFailure(name, since + timedelta(seconds=5), None),
+        ]
+        for failure in tried:
+            state.add_login_failure(failure.username, failure.at, failure.client)
+
+        by_both = state.recent_login_failures(name, here, since)
+        assert by_both == sorted(tried[:3] + tried[4:], key=lambda f: f.at)
+        assert state.recent_login_failures(name, None, since) == [tried[2], tried[0], tried[4]]
+        assert state.recent_login_failures(other, "203.0.113.1", since) == [tried[1], tried[3]]
+
+        state.clear_login_failures_from(name, here)
+        assert state.recent_login_failures(name, here, since) == [tried[1], tried[2], tried[4]]
+        state.clear_login_failures_from(name, None)
+        assert state.recent_login_failures(name, None, since) == [tried[2]]
 
     def test_reset_token_of_an_unknown_user_or_a_taken_hash(self, state: StateStore) -> None:
         user = self.add_user(state)

@@ -92,9 +92,11 @@ class Credentials:
 )
 async def login(call: Call) -> object:
     """Wrong username and wrong password get the same 401. After
-    ``server.login_max_failures`` failures of a username within ``server.login_lockout``,
-    every attempt gets 429 until enough of them have left the window; Retry-After
-    says in how many seconds."""
+    ``server.login_max_failures`` failures of a username from one client address,
+    ``server.login_max_client_failures`` from one address or
+    ``server.login_max_account_failures`` of one username within
+    ``server.login_lockout``, every attempt so counted gets 429 until enough of them
+    have left the window; Retry-After says in how many seconds."""
     body = await call.json(Credentials, max_bytes=BODY_LIMIT)
     try:
         result = await accounts_of(call).login(body.username, body.password, call.client)

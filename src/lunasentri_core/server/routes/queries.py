@@ -14,6 +14,8 @@ from starlette.applications import Starlette
 from starlette.responses import StreamingResponse
 
 from lunasentri_core.codec import encode_json, parse_datetime, parse_duration
+from lunasentri_core.components import Credentials
+from lunasentri_core.errors import NotFoundError
 from lunasentri_core.model import (
     LABEL_NAME,
     METRIC_NAME,
@@ -26,7 +28,7 @@ from lunasentri_core.model import (
 from lunasentri_core.server.api import Api, Auth, Call, Schema, array_of
 from lunasentri_core.server.errors import ApiError
 from lunasentri_core.services import queries
-from lunasentri_core.services.live import LiveFeed
+from lunasentri_core.services.live import Delivery, LiveFeed
 
 api = Api("queries")
 
@@ -121,7 +123,10 @@ EVENT_STREAM: Schema = {
     "the machine as `data` (the Sample JSON of the ingest API); `event: dropped` with data "
     '`{"count": n}` says this client read too slowly and missed its n oldest samples; a '
     "comment line (`: ...`) arrives first once the subscription is live and then every "
-    f"{KEEPALIVE_SECONDS:g} s as a keepalive. The stream ends when the server shuts down.",
+    f"{KEEPALIVE_SECONDS:g} s as a keepalive. The stream ends when the server shuts down, "
+    "and within `server.stream_recheck` (2 s by default) of its credential ending (logout, "
+    "expiry, password change, deleted user: the credential is checked again against "
+    "storage) or of the machine no longer being visible to the caller.",
 }
 
 _METRIC_PARAM: Schema = {"type": "string", "pattern": METRIC_NAME.pattern}
@@ -293,28 +298,77 @@ async def stream(call: Call) -> object:
     _only(call, set())
     machine = await call.hub.get_machine(call.path("machine_id"), call.owner_scope)
     feed: LiveFeed = call.request.app.state.live
+    recheck = call.settings.stream_recheck.total_seconds()
     return StreamingResponse(
-        _events(feed, machine.id),
+        _events(feed, machine.id, _Watch(call), recheck),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
     )
 
 
-async def _events(feed: LiveFeed, machine_id: str) -> AsyncIterator[str]:
+class _Watch:
+    """Whether a stream's caller may still watch its machine.
+
+    The request's credentials are authenticated again, against storage, so a
+    logout, expiry, password change or user deletion made by any server process
+    sharing it is seen; the machine is looked up again in the principal's scope.
+    """
+
+    def __init__(self, call: Call) -> None:
+        request = call.request
+        self._hub = call.hub
+        self._user_id = call.user.id
+        self._machine_id = call.path("machine_id")
+        self._credentials = Credentials(
+            headers={k.lower(): v for k, v in request.headers.items()},
+            cookies=dict(request.cookies),
+            client=call.client,
+        )
+
+    async def allowed(self) -> bool:
+        principal = await self._hub.authenticate(self._credentials)
+        if principal is None or principal.kind != "user" or principal.id != self._user_id:
+            return False
+        scope = None if principal.is_admin else principal.id
+        try:
+            await self._hub.get_machine(self._machine_id, scope)
+        except NotFoundError:
+            return False
+        return True
+
+
+async def _events(
+    feed: LiveFeed, machine_id: str, watch: _Watch, recheck: float
+) -> AsyncIterator[str]:
     with feed.subscribe(machine_id) as subscription:
         yield "retry: 3000\n: subscribed\n\n"
+        next_check = next_keepalive = anyio.current_time()
+        next_check += recheck
+        next_keepalive += KEEPALIVE_SECONDS
         while True:
-            delivery = await subscription.receive(KEEPALIVE_SECONDS)
+            wait = min(next_check, next_keepalive) - anyio.current_time()
+            delivery = await subscription.receive(max(0.0, wait))
             if delivery is None:
                 return
-            if not delivery.samples:
+            now = anyio.current_time()
+            if now >= next_check:
+                if not await watch.allowed():
+                    return  # the credential ended: nothing more for this caller
+                next_check = anyio.current_time() + recheck
+            if delivery.samples:
+                next_keepalive = now + KEEPALIVE_SECONDS
+                yield _samples_event(delivery)
+            elif now >= next_keepalive:
+                next_keepalive = now + KEEPALIVE_SECONDS
                 yield ": keepalive\n\n"
-                continue
-            parts = []
-            if delivery.dropped:
-                parts.append(f"event: dropped\ndata: {json.dumps({'count': delivery.dropped})}\n\n")
-            parts.extend(f"event: sample\ndata: {encode_json(s)}\n\n" for s in delivery.samples)
-            yield "".join(parts)
+
+
+def _samples_event(delivery: Delivery) -> str:
+    parts = []
+    if delivery.dropped:
+        parts.append(f"event: dropped\ndata: {json.dumps({'count': delivery.dropped})}\n\n")
+    parts.extend(f"event: sample\ndata: {encode_json(s)}\n\n" for s in delivery.samples)
+    return "".join(parts)
 
 
 # --------------------------------------------------------------------------- parameters

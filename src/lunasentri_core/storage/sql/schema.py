@@ -282,6 +282,7 @@ login_failures = sa.Table(
     sa.Column("at", UtcMicros, nullable=False),
     sa.Column("client", sa.Text, nullable=True),
     sa.Index(None, "username", "at"),
+    sa.Index(None, "client", "at"),
 )
 
 agent_claims = sa.Table(

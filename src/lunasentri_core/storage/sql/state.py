@@ -46,6 +46,7 @@ from lunasentri_core.model import (
     Session,
     User,
 )
+from lunasentri_core.storage.protocols import LoginFailure
 from lunasentri_core.storage.sql.alerting import SqlAlertStore
 from lunasentri_core.storage.sql.changes import bump_config_epoch, read_config_epoch
 from lunasentri_core.storage.sql.database import LOCK_MAINTAIN, Database
@@ -603,6 +604,19 @@ class SqlStateStore(SqlAlertStore, SqlOutboxStore, SqlPurgeStore):
                 raise NotFoundError(f"reset token {token_id!r} not found")
         return bool(used)
 
+    def end_reset_tokens(self, user_id: str, at: datetime) -> int:
+        with self._db.write() as conn:
+            ended = conn.execute(
+                sa.update(reset_tokens)
+                .where(
+                    reset_tokens.c.user_id == user_id,
+                    reset_tokens.c.used_at.is_(None),
+                    reset_tokens.c.expires_at > at,
+                )
+                .values(expires_at=at)
+            ).rowcount
+        return int(ended)
+
     # ------------------------------------------------------------------ login throttling
 
     def add_login_failure(self, username: str, at: datetime, client: str | None) -> None:
@@ -627,9 +641,34 @@ class SqlStateStore(SqlAlertStore, SqlOutboxStore, SqlPurgeStore):
             ).scalars()
             return list(times)
 
+    def recent_login_failures(
+        self, username: str, client: str | None, since: datetime
+    ) -> list[LoginFailure]:
+        of_name = login_failures.c.username == username
+        # Each side of the OR has its index: (username, at) and (client, at).
+        matches = of_name if client is None else sa.or_(of_name, login_failures.c.client == client)
+        with self._db.read() as conn:
+            rows = conn.execute(
+                sa.select(login_failures.c.username, login_failures.c.at, login_failures.c.client)
+                .where(matches, login_failures.c.at >= since)
+                .order_by(login_failures.c.at, login_failures.c.id)
+            ).all()
+        return [LoginFailure(row.username, row.at, row.client) for row in rows]
+
     def clear_login_failures(self, username: str) -> None:
         with self._db.write() as conn:
             conn.execute(sa.delete(login_failures).where(login_failures.c.username == username))
+
+    def clear_login_failures_from(self, username: str, client: str | None) -> None:
+        from_client = (
+            login_failures.c.client.is_(None)
+            if client is None
+            else login_failures.c.client == client
+        )
+        with self._db.write() as conn:
+            conn.execute(
+                sa.delete(login_failures).where(login_failures.c.username == username, from_client)
+            )
 
     # ------------------------------------------------------------------ agent claims
 
