@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         LunaSentriError,
         NotFoundError,
         PluginError,
+        SeriesLimitError,
         StorageError,
         ValidationError,
     )
@@ -135,6 +136,7 @@ _EXPORTS: dict[str, str] = {
     "Sentri": "lunasentri_core.hub",
     "SeriesHistory": "lunasentri_core.model",
     "SeriesKey": "lunasentri_core.model",
+    "SeriesLimitError": "lunasentri_core.errors",
     "SeriesValue": "lunasentri_core.model",
     "Session": "lunasentri_core.model",
     "Settings": "lunasentri_core.config",
@@ -196,6 +198,7 @@ __all__ = [
     "Sentri",
     "SeriesHistory",
     "SeriesKey",
+    "SeriesLimitError",
     "SeriesValue",
     "Session",
     "Settings",
