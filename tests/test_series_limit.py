@@ -1,16 +1,19 @@
-"""The per-machine series limit through the hub (``Sentri``) and over HTTP."""
+"""The per-machine series limit through the hub (``Sentri``) and its ingest writer."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
 
-from lunasentri_core import Reading, Sample, Sentri, SeriesLimitError, Settings
+from lunasentri_core import MachineSamples, Reading, Sample, Sentri, SeriesLimitError, Settings
 from lunasentri_core.config import StorageSettings
+from lunasentri_core.services.writer import BatchWriter
+from lunasentri_core.storage.protocols import Capability
 
 NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
 
@@ -60,3 +63,39 @@ async def test_concurrent_batches_of_one_machine_never_pass_the_limit(tmp_path: 
                 tasks.start_soon(add, mount)
         assert sum(isinstance(o, SeriesLimitError) for o in outcomes) == 2, outcomes
         assert len(hub.storage.metrics.list_series(machine.id)) == 3
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def write(self, batch: object, **kwargs: Any) -> int:
+        self.calls.append(kwargs)
+        return 0
+
+
+class _Storage:
+    def __init__(self, capabilities: frozenset[Capability]) -> None:
+        self.name = "fake"
+        self.capabilities = capabilities
+        self.metrics = _Metrics()
+        self.state = self
+
+    def touch_machines(self, seen: object) -> None:
+        return None
+
+
+def test_the_writer_passes_the_limit_only_to_stores_that_enforce_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    able = _Storage(frozenset({Capability.SERIES_LIMIT}))
+    unable = _Storage(frozenset())
+    batch = [MachineSamples("m", [disks(NOW, 1)])]
+    with caplog.at_level(logging.WARNING):
+        for storage in (able, unable):
+            writer = BatchWriter(cast(Any, storage), clock=lambda: NOW, max_series=7)
+            writer._write_sync(batch)
+    assert able.metrics.calls == [{"max_series": 7}]
+    assert unable.metrics.calls == [{}]
+    assert "storage 'fake' cannot limit series per machine" in caplog.text
+    assert "storage.max_series_per_machine is not enforced" in caplog.text

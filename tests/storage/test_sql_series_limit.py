@@ -142,13 +142,13 @@ def test_adding_a_series_reads_only_the_new_ones(
     one.metrics.write(disks(machine, *range(2_000)))
     calls = _count_label_decodes(monkeypatch)
 
-    one.metrics.write(disks(machine, 1, 5_000, at=T0 + SECOND), max_series=10_000)
+    one.metrics.write(disks(machine, 1, 5_000, at=T0 + SECOND))
     assert calls[0] <= 2, f"{calls[0]} stored series read to add one"
 
     # A process that has cached nothing (a restart) looks up only the batch's series.
     calls[0] = 0
     two = open_storage()
-    two.metrics.write(disks(machine, 1, 5_001, at=T0 + 2 * SECOND), max_series=10_000)
+    two.metrics.write(disks(machine, 1, 5_001, at=T0 + 2 * SECOND))
     assert calls[0] <= 4, f"{calls[0]} stored series read for a batch of four"
     assert len(one.metrics.list_series(machine)) == 2_003
 
