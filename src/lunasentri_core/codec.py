@@ -39,7 +39,10 @@ from cattrs.gen import make_dict_structure_fn
 from lunasentri_core.errors import FieldError, ValidationError
 from lunasentri_core.model import (
     LABEL_NAME,
+    MAX_LABEL_NAME,
     MAX_LABEL_VALUE,
+    MAX_LABELS,
+    MAX_METRIC_NAME,
     METRIC_NAME,
     Labels,
     Reading,
@@ -297,7 +300,7 @@ if tuple(a.name for a in attrs.fields(Sample)) != ("timestamp", "readings"):
 def _known_metric(name: object) -> bool:
     if name in _valid_metrics:
         return True
-    if type(name) is not str or not METRIC_NAME.match(name):
+    if type(name) is not str or len(name) > MAX_METRIC_NAME or not METRIC_NAME.match(name):
         return False
     if len(_valid_metrics) >= _CACHE_LIMIT:
         _valid_metrics.clear()
@@ -313,10 +316,13 @@ def _known_labels(raw: dict[Any, Any]) -> Labels | None:
         return None
     if found is not None:
         return found
+    if len(key) > MAX_LABELS:
+        return None
     for name, value in key:
         if (
             type(name) is not str
             or type(value) is not str
+            or len(name) > MAX_LABEL_NAME
             or not LABEL_NAME.match(name)
             or len(value) > MAX_LABEL_VALUE
         ):

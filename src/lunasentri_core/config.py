@@ -109,6 +109,9 @@ class StorageSettings:
     )
     """How often the hub compacts, rolls up and expires stored points."""
     purge: PurgeSettings = PurgeSettings()
+    max_series_per_machine: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
+    """Most series one machine may have; a batch that would add more is refused whole
+    (one machine's cardinality must not slow everyone's ingest)."""
 
 
 @attrs.frozen

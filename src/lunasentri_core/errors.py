@@ -90,3 +90,21 @@ class NotFoundError(LunaSentriError, LookupError):
 
 class ConflictError(LunaSentriError):
     """A change conflicts with existing state (a duplicate name, a record in use)."""
+
+
+class SeriesLimitError(LunaSentriError):
+    """A batch would give a machine more series than the storage limit allows.
+
+    Raised by a store with the ``series-limit`` capability; nothing of the batch
+    is stored. ``new`` series were wanted on top of those the machine has.
+    """
+
+    def __init__(self, machine_id: str, limit: int, new: int) -> None:
+        super().__init__(
+            f"this batch would add {new} new series to machine {machine_id}, taking it past "
+            f"its limit of {limit} series (storage.max_series_per_machine); "
+            "nothing of the batch was stored"
+        )
+        self.machine_id = machine_id
+        self.limit = limit
+        self.new = new

@@ -132,7 +132,12 @@ class Sentri:
             if self._storage is None:
                 self._storage = await anyio.to_thread.run_sync(self._open_storage)
                 stack.push_async_callback(self._close_storage)
-            writer = BatchWriter(self._storage, clock=self.clock, on_committed=self._committed)
+            writer = BatchWriter(
+                self._storage,
+                clock=self.clock,
+                on_committed=self._committed,
+                max_series=self.settings.storage.max_series_per_machine,
+            )
             services = await stack.enter_async_context(anyio.create_task_group())
             # Runs before the task group exits: flush pending writes, then stop the rest.
             stack.push_async_callback(self._stop_services, writer, services)
@@ -244,7 +249,9 @@ class Sentri:
         """Store samples of a machine; returns the number of points once committed.
 
         Concurrent calls are coalesced into shared transactions. Idempotent: the
-        same samples ingested twice are stored once.
+        same samples ingested twice are stored once. A batch that would give the
+        machine more than ``storage.max_series_per_machine`` series raises
+        :class:`~lunasentri_core.SeriesLimitError` and stores nothing.
         """
         batch = MachineSamples(machine_id, samples)
         await self.cached_machine(machine_id)

@@ -18,7 +18,10 @@ import attrs
 # re-exported here, where the rest of the code looks for every model type.
 from lunasentri_core.errors import InvalidValue
 from lunasentri_core.samples import LABEL_NAME as LABEL_NAME
+from lunasentri_core.samples import MAX_LABEL_NAME as MAX_LABEL_NAME
 from lunasentri_core.samples import MAX_LABEL_VALUE as MAX_LABEL_VALUE
+from lunasentri_core.samples import MAX_LABELS as MAX_LABELS
+from lunasentri_core.samples import MAX_METRIC_NAME as MAX_METRIC_NAME
 from lunasentri_core.samples import METRIC_NAME as METRIC_NAME
 from lunasentri_core.samples import Labels as Labels
 from lunasentri_core.samples import Reading as Reading

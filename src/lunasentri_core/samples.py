@@ -25,6 +25,13 @@ Labels: TypeAlias = tuple[tuple[str, str], ...]
 METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
 LABEL_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 MAX_LABEL_VALUE = 256
+"""Characters in a label value (stricter than Mimir's 2,048: values name mounts, NICs)."""
+MAX_METRIC_NAME = MAX_LABEL_VALUE
+"""Characters in a metric name: as in Mimir, where the name is the value of ``__name__``."""
+MAX_LABEL_NAME = 1024
+"""Characters in a label name (Mimir's and Cortex's ``max_label_name_length``)."""
+MAX_LABELS = 30
+"""Labels of one series (Mimir's and Cortex's ``max_label_names_per_series``)."""
 
 
 def new_id() -> str:
@@ -52,6 +59,10 @@ def as_utc(value: datetime) -> datetime:
 
 
 def _check_metric(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if len(value) > MAX_METRIC_NAME:
+        raise ValueError(
+            f"{attribute.name} {value[:40]!r}... is longer than {MAX_METRIC_NAME} characters"
+        )
     if not METRIC_NAME.match(value):
         raise ValueError(
             f"{attribute.name} {value!r} is not a metric name "
@@ -60,7 +71,13 @@ def _check_metric(_: object, attribute: attrs.Attribute[str], value: str) -> Non
 
 
 def _check_labels(_: object, attribute: attrs.Attribute[Labels], value: Labels) -> None:
+    if len(value) > MAX_LABELS:
+        raise ValueError(f"{len(value)} labels; a series has at most {MAX_LABELS}")
     for name, label_value in value:
+        if len(name) > MAX_LABEL_NAME:
+            raise ValueError(
+                f"label name {name[:40]!r}... is longer than {MAX_LABEL_NAME} characters"
+            )
         if not LABEL_NAME.match(name):
             raise ValueError(f"label name {name!r} must be lowercase letters, digits or '_'")
         if len(label_value) > MAX_LABEL_VALUE:

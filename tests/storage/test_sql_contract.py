@@ -14,7 +14,12 @@ from lunasentri_core.testing import StorageContract
 
 class TestSqlStorage(StorageContract):
     expected_capabilities = frozenset(
-        {Capability.ROLLUPS, Capability.RETENTION, Capability.CONCURRENT_WRITERS}
+        {
+            Capability.ROLLUPS,
+            Capability.RETENTION,
+            Capability.CONCURRENT_WRITERS,
+            Capability.SERIES_LIMIT,
+        }
     )
 
     @pytest.fixture

@@ -66,9 +66,11 @@ def test_missing_capabilities_are_skipped_by_name(kit_run: KitRun) -> None:
         "test_rollups_answer_long_ranges[15m]",
         "test_retention_expires_raw_points",
         "test_rollups_outlive_expired_resolutions",
+        "test_series_limit_refuses_a_batch_whole",
     }
     result.stdout.fnmatch_lines(
         [
+            "SKIPPED [[]1[]] *: backend lacks capability 'series-limit'",
             "SKIPPED [[]3[]] *: backend lacks capability 'rollups'",
             "SKIPPED [[]1[]] *: backend lacks capability 'retention'",
         ]

@@ -14,7 +14,12 @@ from lunasentri_sqlite import SQLiteSettings, SQLiteStorageFactory
 
 class TestSQLiteStorage(StorageContract):
     expected_capabilities = frozenset(
-        {Capability.ROLLUPS, Capability.RETENTION, Capability.CONCURRENT_WRITERS}
+        {
+            Capability.ROLLUPS,
+            Capability.RETENTION,
+            Capability.CONCURRENT_WRITERS,
+            Capability.SERIES_LIMIT,
+        }
     )
 
     @pytest.fixture

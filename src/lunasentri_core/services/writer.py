@@ -27,7 +27,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from lunasentri_core.errors import LunaSentriError, StorageUnavailable
 from lunasentri_core.model import MachineSamples
-from lunasentri_core.storage.protocols import StorageBackend
+from lunasentri_core.storage.protocols import Capability, StorageBackend
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,24 @@ class BatchWriter:
         max_points: int = 50_000,
         queue_size: int = 1_000,
         on_committed: Callable[[Sequence[MachineSamples]], Any] | None = None,
+        max_series: int | None = None,
     ) -> None:
         self._storage = storage
         self._clock = clock
         self._max_points = max_points
         self._queue_size = queue_size
         self._on_committed = on_committed
+        # Only a store with the capability takes the limit (and enforces it atomically).
+        self._limit: dict[str, int] = {}
+        if max_series is not None and Capability.SERIES_LIMIT in storage.capabilities:
+            self._limit = {"max_series": max_series}
+        elif max_series is not None:
+            log.warning(
+                "storage %r cannot limit series per machine (no %r capability): "
+                "storage.max_series_per_machine is not enforced",
+                getattr(storage, "name", type(storage).__name__),
+                Capability.SERIES_LIMIT.value,
+            )
         self._send: MemoryObjectSendStream[_Pending] | None = None
         self._stopped = anyio.Event()
         self.stats = WriterStats()
@@ -182,9 +194,9 @@ class BatchWriter:
         metrics = self._storage.metrics
         if getattr(metrics, "writes_last_seen", False):
             # One transaction (one commit) for the points and last_seen.
-            metrics.write(batches, seen=seen)  # type: ignore[call-arg]
+            metrics.write(batches, seen=seen, **self._limit)  # type: ignore[call-arg]
             return
-        metrics.write(batches)
+        metrics.write(batches, **self._limit)
         if seen:
             self._storage.state.touch_machines(seen)
 

@@ -54,6 +54,14 @@ class Capability(enum.StrEnum):
     """:meth:`MetricStore.maintain` drops data older than the retention policy."""
     CONCURRENT_WRITERS = "concurrent-writers"
     """Several processes may write to the same store at once."""
+    SERIES_LIMIT = "series-limit"
+    """:meth:`MetricStore.write` takes ``max_series``: a batch that would give a machine
+    more series than that raises :class:`~lunasentri_core.errors.SeriesLimitError` and
+    stores nothing. The store checks it atomically (concurrent batches and processes
+    together never pass it), at a cost that grows with the batch's new series, not
+    with the machine's. Without the capability the hub cannot enforce
+    ``storage.max_series_per_machine``.
+    """
 
 
 @attrs.frozen
@@ -137,6 +145,9 @@ class MetricStore(Protocol):
         Idempotent: a (series, timestamp) already stored keeps its first value, so
         a retried batch changes nothing. All or nothing: if it raises, nothing of
         the batch is stored.
+
+        A store with :attr:`Capability.SERIES_LIMIT` also takes a keyword
+        ``max_series: int | None`` (the hub passes it only to such stores).
         """
         ...
 

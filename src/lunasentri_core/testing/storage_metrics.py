@@ -6,11 +6,11 @@ import random
 import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import ClassVar, cast
+from typing import Any, ClassVar, cast
 
 import pytest
 
-from lunasentri_core.errors import LunaSentriError
+from lunasentri_core.errors import LunaSentriError, SeriesLimitError
 from lunasentri_core.model import (
     Aggregation,
     HistoryQuery,
@@ -211,6 +211,24 @@ class MetricStoreContract(Contract):
         assert metrics.list_series(second) == []
         # The store is still usable after the failure.
         assert metrics.write(good) == 6 * 3
+
+    def test_series_limit_refuses_a_batch_whole(self, storage: StorageBackend) -> None:
+        require(storage, Capability.SERIES_LIMIT)
+        write = cast(Any, storage.metrics).write
+        machine = new_id()
+
+        def disks(at: datetime, *mounts: int) -> list[MachineSamples]:
+            readings = [Reading("disk.used", float(i), {"mount": f"/m{i}"}) for i in mounts]
+            return [MachineSamples(machine, [Sample(at, readings)])]
+
+        assert write(disks(BASE_TIME, 1, 2), max_series=3) == 2
+        with pytest.raises(SeriesLimitError):
+            write(disks(BASE_TIME + SECOND, 1, 3, 4), max_series=3)
+        assert len(storage.metrics.list_series(machine)) == 2, "a refused batch added series"
+        assert [v.timestamp for v in storage.metrics.latest([machine])] == [BASE_TIME] * 2
+        assert write(disks(BASE_TIME + SECOND, 1, 3), max_series=3) == 2
+        # At the limit, a batch of existing series is taken.
+        assert write(disks(BASE_TIME + 2 * SECOND, 3, 2, 1), max_series=3) == 3
 
     def test_many_series_in_one_batch(self, metrics: MetricStore) -> None:
         machine = new_id()

@@ -59,7 +59,12 @@ class SQLiteStorageFactory:
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         # Several processes may write: SQLite's file lock serializes them and
         # the shared store re-reads series ids another process deleted.
-        {Capability.ROLLUPS, Capability.RETENTION, Capability.CONCURRENT_WRITERS}
+        {
+            Capability.ROLLUPS,
+            Capability.RETENTION,
+            Capability.CONCURRENT_WRITERS,
+            Capability.SERIES_LIMIT,
+        }
     )
 
     @classmethod

@@ -10,6 +10,7 @@ from anyio.abc import TaskGroup
 from starlette.applications import Starlette
 
 from lunasentri_core.codec import fast_samples
+from lunasentri_core.errors import SeriesLimitError
 from lunasentri_core.model import LABEL_NAME, MAX_LABEL_VALUE, METRIC_NAME
 from lunasentri_core.server.api import Api, Auth, Call, Schema, parse_json, ref
 from lunasentri_core.server.errors import ApiError
@@ -112,6 +113,7 @@ async def _stop_observing(writer: BatchWriter, observe: Callable[[int], object])
         200: INGEST_RESULT,
         413: ref("Error"),
         415: ref("Error"),
+        422: ref("Error"),
         429: ref("Error"),
         503: ref("Error"),
     },
@@ -129,7 +131,10 @@ async def ingest(call: Call) -> object:
     the server's clock (422, naming `samples[i].timestamp`); more readings than
     `server.max_batch_points` (413, code `too_many_points`); a machine over its
     rate (`server.ingest_rate` points per second, bursts up to
-    `server.ingest_burst`): 429 with `Retry-After` in seconds.
+    `server.ingest_burst`): 429 with `Retry-After` in seconds; a batch that would
+    give the machine more than `storage.max_series_per_machine` series (422, code
+    `too_many_series`); metric names, label names and values, or label counts past
+    their limits (422, naming the field).
     """
     ingestor: Ingestor = call.request.app.state.ingestor
     machine_id = call.machine_id
@@ -142,6 +147,8 @@ async def ingest(call: Call) -> object:
         raise ApiError(429, "rate_limited", str(error), headers=headers) from None
     except BatchTooLargeError as error:
         raise ApiError(413, "too_many_points", str(error), "samples") from None
+    except SeriesLimitError as error:
+        raise ApiError(422, "too_many_series", str(error), "samples") from None
     except WriterClosedError:
         message = "the server is shutting down; retry shortly"
         raise ApiError(503, "unavailable", message, headers={"Retry-After": "1"}) from None

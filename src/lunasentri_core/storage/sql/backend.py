@@ -58,7 +58,12 @@ class SqlStorage:
     """
 
     DEFAULT_CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset(
-        {Capability.ROLLUPS, Capability.RETENTION, Capability.CONCURRENT_WRITERS}
+        {
+            Capability.ROLLUPS,
+            Capability.RETENTION,
+            Capability.CONCURRENT_WRITERS,
+            Capability.SERIES_LIMIT,
+        }
     )
 
     def __init__(

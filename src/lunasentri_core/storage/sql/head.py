@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from itertools import repeat
 from typing import Final
@@ -76,7 +76,7 @@ def unpack_sample(sids_blob: bytes, values_blob: bytes) -> tuple[IntArray, Float
 
 
 def build_rows(
-    batch: Sequence[MachineSamples], ids: dict[str, SeriesIds]
+    batch: Sequence[MachineSamples], ids: Mapping[str, Mapping[tuple[str, Labels], int]]
 ) -> tuple[list[HeadRow], Columns, int] | None:
     """The head rows of a batch, each series' newest point, and the number of points.
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections import ChainMap, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from operator import itemgetter
 from typing import Any, Final
@@ -31,6 +31,7 @@ import attrs
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from lunasentri_core.errors import SeriesLimitError
 from lunasentri_core.model import (
     HistoryPoint,
     HistoryQuery,
@@ -74,6 +75,7 @@ from lunasentri_core.storage.sql.schema import (
     EPOCH,
     labels_from_json,
     labels_to_json,
+    machine_series,
     metric_chunks,
     samples_head,
     series,
@@ -198,10 +200,18 @@ class SqlMetricStore:
     """:meth:`write` takes ``seen`` (the ingest writer looks for this)."""
 
     def write(
-        self, batch: Sequence[MachineSamples], *, seen: Sequence[tuple[str, datetime]] = ()
+        self,
+        batch: Sequence[MachineSamples],
+        *,
+        seen: Sequence[tuple[str, datetime]] = (),
+        max_series: int | None = None,
     ) -> int:
         """:meth:`MetricStore.write`; ``seen`` also advances those machines' ``last_seen``
-        (as :meth:`SqlStateStore.touch_machines`) in the same transaction."""
+        (as :meth:`SqlStateStore.touch_machines`) in the same transaction.
+
+        ``max_series``: a batch that would give a machine more series raises
+        :class:`SeriesLimitError` and stores nothing (:attr:`Capability.SERIES_LIMIT`).
+        """
         if not any(sample.readings for ms in batch for sample in ms.samples):
             if seen:
                 with self._db.write() as conn:
@@ -213,8 +223,10 @@ class SqlMetricStore:
             built = build_rows(batch, ids)
             fresh: dict[str, SeriesIds] = {}
             if built is None:
-                fresh = self._resolve_series(conn, batch)
-                built = build_rows(batch, {**ids, **fresh})
+                fresh = self._resolve_series(conn, batch, max_series)
+                # The cached ids stay as they are until the commit: look in both.
+                both = {m: ChainMap(new, ids.get(m, {})) for m, new in fresh.items()}
+                built = build_rows(batch, {**ids, **both})
                 assert built is not None, "every series was just resolved"
             rows, latest, points = built
             if self._db.is_postgres:
@@ -228,7 +240,8 @@ class SqlMetricStore:
         if fresh:
             # Only now: ids of series created by a rolled-back batch are invalid.
             with self._ids_lock:
-                self._ids.update(fresh)
+                for machine_id, new in fresh.items():
+                    self._ids.setdefault(machine_id, {}).update(new)
         return points
 
     def _check_epoch(self, conn: Connection) -> None:
@@ -239,35 +252,107 @@ class SqlMetricStore:
                 self._ids_epoch = epoch
 
     def _resolve_series(
-        self, conn: Connection, batch: Sequence[MachineSamples]
+        self, conn: Connection, batch: Sequence[MachineSamples], max_series: int | None
     ) -> dict[str, SeriesIds]:
-        """Ids of every series in ``batch``, creating the missing ones."""
+        """Ids of the series in ``batch`` not cached yet, creating the missing ones.
+
+        Costs what the batch's uncached series cost, never what the machine's
+        other series do: a machine with many series must not slow everyone's ingest.
+        """
+        wanted = self._uncached(batch)
+        fresh: dict[str, SeriesIds] = {}
+        # Machines in one order for every writer, so that PostgreSQL writers
+        # creating series of the same machines wait for each other, never deadlock.
+        for machine_id in sorted(wanted):
+            by_text = {labels_to_json(labels): labels for _, labels in wanted[machine_id]}
+            found = self._find_series(conn, machine_id, wanted[machine_id], by_text)
+            missing = wanted[machine_id] - found.keys()
+            if missing:
+                found.update(self._create_series(conn, machine_id, missing, by_text, max_series))
+            fresh[machine_id] = found
+        return fresh
+
+    def _uncached(self, batch: Sequence[MachineSamples]) -> dict[str, set[tuple[str, Labels]]]:
         wanted: dict[str, set[tuple[str, Labels]]] = defaultdict(set)
         for ms in batch:
+            known = self._ids.get(ms.machine_id, {})
+            last_keys: object = None
             for sample in ms.samples:
-                wanted[ms.machine_id].update(reading_columns(sample.readings)[0])
-        known = self._load_series(conn, list(wanted))
-        missing = [
-            {"machine_id": machine_id, "metric": metric, "labels": labels_to_json(labels)}
-            for machine_id, keys in wanted.items()
-            for metric, labels in sorted(keys - known.get(machine_id, {}).keys())
-        ]
-        if missing:
-            conn.execute(self._db.insert(series).on_conflict_do_nothing(), missing)
-            known = self._load_series(conn, list(wanted))
-        return known
+                keys = reading_columns(sample.readings)[0]
+                if keys is not last_keys:  # decoded samples share their keys
+                    wanted[ms.machine_id].update(key for key in keys if key not in known)
+                    last_keys = keys
+        return {machine_id: keys for machine_id, keys in wanted.items() if keys}
 
-    def _load_series(self, conn: Connection, machine_ids: Sequence[str]) -> dict[str, SeriesIds]:
-        out: dict[str, SeriesIds] = {machine_id: {} for machine_id in machine_ids}
-        for part in _chunked(machine_ids):
+    def _find_series(
+        self,
+        conn: Connection,
+        machine_id: str,
+        keys: set[tuple[str, Labels]],
+        by_text: Mapping[str, Labels],
+    ) -> SeriesIds:
+        """The stored ones of a machine's series ``keys``, looked up one by one in the index."""
+        out: SeriesIds = {}
+        wanted = sorted((metric, labels_to_json(labels)) for metric, labels in keys)
+        for part in _chunked(wanted, _IN_LIMIT // 2):
             rows = conn.execute(
-                sa.select(series.c.id, series.c.machine_id, series.c.metric, series.c.labels).where(
-                    series.c.machine_id.in_(part)
+                sa.select(series.c.id, series.c.metric, series.c.labels).where(
+                    series.c.machine_id == machine_id,
+                    sa.tuple_(series.c.metric, series.c.labels).in_(part),
                 )
             )
-            for sid, machine_id, metric, labels in rows:
-                out[machine_id][(metric, labels_from_json(labels))] = sid
+            for sid, metric, text in rows:
+                out[(metric, by_text[text])] = sid
         return out
+
+    def _create_series(
+        self,
+        conn: Connection,
+        machine_id: str,
+        keys: set[tuple[str, Labels]],
+        by_text: Mapping[str, Labels],
+        max_series: int | None,
+    ) -> SeriesIds:
+        """Insert a machine's series ``keys``, counting them against ``max_series``."""
+        if max_series is not None and len(keys) > max_series:
+            raise SeriesLimitError(machine_id, max_series, len(keys))
+        rows = [
+            {"machine_id": machine_id, "metric": metric, "labels": labels_to_json(labels)}
+            for metric, labels in sorted(keys)
+        ]
+        insert = self._db.insert(series).on_conflict_do_nothing()
+        out: SeriesIds = {}
+        for part in _chunked(rows):
+            created = conn.execute(
+                insert.returning(series.c.id, series.c.metric, series.c.labels), list(part)
+            )
+            for sid, metric, text in created:
+                out[(metric, by_text[text])] = sid
+        if out:
+            self._count_series(conn, machine_id, len(out), max_series)
+        if len(out) < len(keys):
+            # Created meanwhile by another process (its insert won the conflict).
+            out.update(self._find_series(conn, machine_id, keys - out.keys(), by_text))
+        return out
+
+    def _count_series(
+        self, conn: Connection, machine_id: str, added: int, max_series: int | None
+    ) -> None:
+        """Add ``added`` to the machine's count of series, or refuse past ``max_series``.
+
+        One conditional upsert: PostgreSQL locks the machine's row, so writers
+        adding series to the same machine at once are counted one after the other.
+        """
+        stmt = self._db.insert(machine_series).values(machine_id=machine_id, series=added)
+        total = machine_series.c.series + stmt.excluded.series
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[machine_series.c.machine_id],
+            set_={"series": total},
+            where=None if max_series is None else total <= max_series,
+        )
+        if conn.execute(stmt.returning(machine_series.c.series)).first() is None:
+            assert max_series is not None
+            raise SeriesLimitError(machine_id, max_series, added)
 
     # ------------------------------------------------------------------ reading
 
@@ -454,6 +539,7 @@ class SqlMetricStore:
             conn.execute(sa.delete(metric_chunks).where(metric_chunks.c.series_id.in_(part)))
             conn.execute(sa.delete(series_latest).where(series_latest.c.series_id.in_(part)))
             conn.execute(sa.delete(series).where(series.c.id.in_(part)))
+        conn.execute(sa.delete(machine_series).where(machine_series.c.machine_id == machine_id))
         conn.execute(sa.delete(samples_head).where(samples_head.c.machine_id == machine_id))
         if sids:
             conn.execute(

@@ -89,6 +89,15 @@ series = sa.Table(
     sqlite_autoincrement=True,
 )
 
+machine_series = sa.Table(
+    "machine_series",
+    metadata,
+    sa.Column("machine_id", sa.Text, primary_key=True),
+    sa.Column("series", sa.Integer, nullable=False),
+)
+"""How many series each machine has, kept with ``series`` in the same transactions:
+the per-machine series limit is checked against it (one row, not a count)."""
+
 series_latest = sa.Table(
     "series_latest",
     metadata,
