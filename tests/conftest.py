@@ -9,6 +9,12 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Test timings are no assertions here: on a loaded 2-core CI machine an example may
+# take longer than Hypothesis's 200 ms deadline, which would fail a correct test.
+settings.register_profile("lunasentri", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("lunasentri")
 
 MakeDistribution = Callable[..., Path]
 

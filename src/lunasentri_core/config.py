@@ -44,6 +44,11 @@ def _positive(_: object, attribute: attrs.Attribute[timedelta], value: timedelta
         raise InvalidValue("must be positive", attribute)
 
 
+def _not_negative(_: object, attribute: attrs.Attribute[timedelta], value: timedelta) -> None:
+    if value < timedelta(0):
+        raise InvalidValue("must not be negative", attribute)
+
+
 def _port(_: object, attribute: attrs.Attribute[int], value: int) -> None:
     if not 0 <= value <= 65535:
         raise InvalidValue(f"expected a TCP port from 0 to 65535, got {value}", attribute)
@@ -208,6 +213,10 @@ class Settings:
     """How often the heartbeat looks for machines gone silent or back."""
     offline_threshold: timedelta = attrs.field(default=timedelta(minutes=2), validator=_positive)
     """Silence after which a machine is offline (a machine's own ``offline_after`` wins)."""
+    restart_grace: timedelta = attrs.field(default=timedelta(seconds=30), validator=_not_negative)
+    """After a start, a machine not heard from since goes offline only once silent for its
+    threshold plus this long: the agents' default ``backoff_max``, so agents that kept
+    running through a server outage report again first."""
     sync_interval: timedelta = attrs.field(default=timedelta(seconds=2), validator=_positive)
     """How often the hub looks for alert rules and machines changed by other processes
     sharing its storage."""

@@ -106,7 +106,10 @@ class Sentri:
         self._writer: BatchWriter | None = None
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self.heartbeat = Heartbeat(
-            self, interval=settings.heartbeat_interval, threshold=settings.offline_threshold
+            self,
+            interval=settings.heartbeat_interval,
+            threshold=settings.offline_threshold,
+            restart_grace=settings.restart_grace,
         )
         self.alerts = AlertEvaluator(self)
         self.dispatcher = Dispatcher(self, settings.notifications)

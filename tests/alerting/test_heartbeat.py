@@ -256,6 +256,7 @@ async def test_a_five_minute_outage_sends_no_notice_for_agents_that_kept_running
 
 def test_the_grace_covers_the_agents_default_backoff() -> None:
     from lunasentri_core.agent.settings import AgentSettings
+    from lunasentri_core.config import Settings
     from lunasentri_core.services.heartbeat import AGENT_BACKOFF_MAX
 
-    assert AgentSettings().backoff_max == AGENT_BACKOFF_MAX
+    assert AgentSettings().backoff_max == AGENT_BACKOFF_MAX == Settings().restart_grace

@@ -165,10 +165,11 @@ def test_every_event_arrives_once_per_id_across_a_kill(tmp_path: Path, receiver:
     seed(data_dir, receiver.url)
     config = tmp_path / "lunasentri.toml"
     # Machines silent since before the start go offline once the start is a
-    # threshold behind (the heartbeat's grace), so keep the threshold short.
+    # threshold behind (the heartbeat's grace), so keep the threshold and the grace short.
     config.write_text(
         'heartbeat_interval = "1s"\n'
         'offline_threshold = "2s"\n'
+        'restart_grace = "0s"\n'
         "[notifications]\n"
         'lease = "2s"\n'
         'backoff = "1s"\n'

@@ -32,8 +32,9 @@ _ATTEMPTS = 3
 
 
 AGENT_BACKOFF_MAX = timedelta(seconds=30)
-"""The push agent's default ``backoff_max``: after a restart, an agent that kept running
-may wait this long before its next send (it usually returns sooner: it probes)."""
+"""The push agent's default ``backoff_max``, the default ``restart_grace``: after a
+restart, an agent that kept running may wait this long before its next send (it
+usually returns sooner: it probes)."""
 
 
 class Heartbeat:
@@ -43,10 +44,12 @@ class Heartbeat:
         *,
         interval: timedelta,
         threshold: timedelta,
+        restart_grace: timedelta = AGENT_BACKOFF_MAX,
     ) -> None:
         self._hub = hub
         self.interval = interval
         self.threshold = threshold
+        self.restart_grace = restart_grace
         self.listeners: list[Callable[[Sequence[StatusChange]], object]] = []
         """Called with the changes each sweep recorded (from the event loop)."""
         self._online: set[str] = set()
@@ -111,7 +114,7 @@ class Heartbeat:
         if machine.last_seen is not None and machine.last_seen >= since:
             return False  # it reported to this hub: its own silence counts
         threshold = machine.offline_after or self.threshold
-        return now - since < threshold + AGENT_BACKOFF_MAX
+        return now - since < threshold + self.restart_grace
 
     @staticmethod
     def _transition(
