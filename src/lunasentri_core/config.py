@@ -126,8 +126,14 @@ class ServerSettings:
     """How agents reach this server (install commands); default ``http(s)://host:port``."""
     log_format: str = attrs.field(default="text", validator=attrs.validators.in_(("text", "json")))
     cors_origins: tuple[str, ...] = ()
+    """Origins whose pages may call the API with the user's credentials (CORS), and may
+    also send state-changing requests authenticated by the session cookie."""
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    hsts_max_age: int = attrs.field(default=31_536_000, validator=attrs.validators.ge(0))
+    """Seconds browsers keep to HTTPS (``Strict-Transport-Security``), sent only on
+    responses to HTTPS requests; one year, as OWASP's HTTP headers cheat sheet
+    advises; 0 sends no header."""
     max_body_bytes: int = 8 * 1024 * 1024
     """Largest request body, after gzip decompression."""
     max_batch_points: int = 100_000

@@ -30,6 +30,7 @@ from lunasentri_core.server.context import (
 )
 from lunasentri_core.server.dashboard import dashboard_routes
 from lunasentri_core.server.errors import EXCEPTION_HANDLERS
+from lunasentri_core.server.guards import CrossSiteGuard, SecurityHeaders
 from lunasentri_core.server.metrics import ServerMetrics
 
 log = logging.getLogger("lunasentri.server")
@@ -118,7 +119,11 @@ def _plugin_routes(hub: Sentri) -> list[BaseRoute]:
 
 
 def _middleware(settings: Settings, metrics: ServerMetrics) -> list[Middleware]:
-    stack = [Middleware(RequestContextMiddleware, metrics=metrics)]
+    server = settings.server
+    stack = [
+        Middleware(RequestContextMiddleware, metrics=metrics),
+        Middleware(SecurityHeaders, hsts_max_age=server.hsts_max_age),
+    ]
     if settings.server.cors_origins:
         stack.append(
             Middleware(
@@ -130,6 +135,9 @@ def _middleware(settings: Settings, metrics: ServerMetrics) -> list[Middleware]:
                 allow_credentials=True,
             )
         )
+    # Inside CORS, so that a refusal carries the CORS headers a page needs to read it.
+    trusted = [*server.cors_origins, *([server.public_url] if server.public_url else [])]
+    stack.append(Middleware(CrossSiteGuard, trusted_origins=trusted))
     return stack
 
 
