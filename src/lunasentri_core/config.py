@@ -157,6 +157,11 @@ class ServerSettings:
     bucket; 0 turns the limit off)..."""
     register_burst: float = attrs.field(default=20.0, validator=attrs.validators.ge(1))
     """...and at once."""
+    channel_test_rate: float = attrs.field(default=1 / 3, validator=attrs.validators.ge(0))
+    """Channel test sends per second one user may make on average (a token bucket;
+    0 turns the limit off): 20 a minute, Telegram's limit for messages to one group..."""
+    channel_test_burst: float = attrs.field(default=20.0, validator=attrs.validators.ge(1))
+    """...and at once."""
     metrics_series: bool = False
     """Expose the latest stored value of every machine's series on /metrics (opt-in)."""
 
