@@ -42,6 +42,7 @@ def create_app(
     *,
     extra_apis: Sequence[Api] = (),
     demo: bool = False,
+    demo_password: str | None = None,
 ) -> Starlette:
     """Build the server application.
 
@@ -51,6 +52,8 @@ def create_app(
     :param extra_apis: More endpoint collections (embedding applications' own).
     :param demo: Also register this machine and run an in-process agent for it
         (``lunasentri serve --demo``).
+    :param demo_password: A password generated for the demo's admin, which the demo's
+        banner shows; one from the settings is never printed.
     """
     settings = settings or (hub.settings if hub is not None else Settings.load())
     owns_hub = hub is None
@@ -72,7 +75,7 @@ def create_app(
                 if demo:
                     from lunasentri_core.server.demo import start_demo
 
-                    await start_demo(app, services)
+                    await start_demo(app, services, demo_password)
                 if settings.local_host_metrics:
                     # Off by default: a central server is usually not a monitored host.
                     services.start_soon(_collect_own_host, hub)
