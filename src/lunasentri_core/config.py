@@ -114,7 +114,7 @@ class StorageSettings:
     )
     """How often the hub compacts, rolls up and expires stored points."""
     purge: PurgeSettings = PurgeSettings()
-    max_series_per_machine: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
+    max_series_per_machine: int = attrs.field(default=10_000, validator=_at_least(1))
     """Most series one machine may have; a batch that would add more is refused whole
     (one machine's cardinality must not slow everyone's ingest)."""
 
@@ -148,8 +148,14 @@ class ServerSettings:
     """How agents reach this server (install commands); default ``http(s)://host:port``."""
     log_format: str = attrs.field(default="text", validator=attrs.validators.in_(("text", "json")))
     cors_origins: tuple[str, ...] = ()
+    """Origins whose pages may call the API with the user's credentials (CORS), and may
+    also send state-changing requests authenticated by the session cookie."""
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    hsts_max_age: int = attrs.field(default=31_536_000, validator=_at_least(0))
+    """Seconds browsers keep to HTTPS (``Strict-Transport-Security``), sent only on
+    responses to HTTPS requests; one year, as OWASP's HTTP headers cheat sheet
+    advises; 0 sends no header."""
     max_body_bytes: int = 8 * 1024 * 1024
     """Largest request body, after gzip decompression."""
     max_batch_points: int = 100_000
@@ -183,6 +189,11 @@ class ServerSettings:
     """Agent registrations per second one client address may make on average (a token
     bucket; 0 turns the limit off)..."""
     register_burst: float = attrs.field(default=20.0, validator=_at_least(1))
+    """...and at once."""
+    channel_test_rate: float = attrs.field(default=1 / 3, validator=_at_least(0))
+    """Channel test sends per second one user may make on average (a token bucket;
+    0 turns the limit off): 20 a minute, Telegram's limit for messages to one group..."""
+    channel_test_burst: float = attrs.field(default=20.0, validator=_at_least(1))
     """...and at once."""
     metrics_series: bool = False
     """Expose the latest stored value of every machine's series on /metrics (opt-in)."""

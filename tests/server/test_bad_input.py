@@ -304,7 +304,13 @@ def wrong_credentials() -> list[Case]:
         Case("basic auth", {"headers": {"authorization": "Basic YWRtaW46YWRtaW4="}}, (401,)),
         Case("random X-API-Key", {"headers": {"x-api-key": "lsk_" + _random_secret()}}, (401,)),
         Case(
-            "random cookie", {"cookies": {"lunasentri_session": "lss_" + _random_secret()}}, (401,)
+            "random cookie",
+            # As a browser sends it: saying the request is from this server's own page.
+            {
+                "cookies": {"lunasentri_session": "lss_" + _random_secret()},
+                "headers": {"sec-fetch-site": "same-origin"},
+            },
+            (401,),
         ),
         Case("lsr_ token", {"headers": _bearer("lsr_")}, unauthenticated),
         Case("huge bearer", {"headers": {"authorization": "Bearer lss_" + "a" * 6000}}, (401,)),

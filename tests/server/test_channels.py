@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -153,6 +154,26 @@ def test_the_test_endpoint_sends_now_and_reports_the_outcome(
     assert team.json(team.admin, "GET", "/api/v1/notifications", 200)["items"] == [], (
         "a test send does not go through the outbox"
     )
+
+
+def test_test_sends_are_rate_limited_per_user(tmp_path: Path, receiver: Receiver) -> None:
+    limits = {"channel_test_rate": 0.001, "channel_test_burst": 2}
+    for server in running(tmp_path, plugins=plugins(), **limits):
+        with Http(server) as http:
+            team = make_team(server, http)
+            alices = f"{CHANNELS}/{create(team, team.alice, {'url': receiver.url})['id']}/test"
+            bobs = f"{CHANNELS}/{create(team, team.bob, {'url': receiver.url})['id']}/test"
+            for _ in range(2):
+                assert team.json(team.alice, "POST", alices, 200)["status"] == "delivered"
+            refused = team.call(team.alice, "POST", alices, 429)
+            # Another user has a bucket of their own, and a channel not found costs nothing.
+            for _ in range(3):
+                team.call(team.bob, "POST", alices, 404)
+            assert team.json(team.bob, "POST", bobs, 200)["status"] == "delivered"
+
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert len(receiver.messages()) == 3, "the refused test was not sent"
 
 
 def test_an_unreachable_receiver_is_reported(team: Team) -> None:

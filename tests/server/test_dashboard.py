@@ -24,9 +24,11 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
     yield from shared_server(tmp_path_factory)
 
 
-def browser(server: LiveServer) -> httpx.Client:
-    """A client that keeps cookies and does not follow redirects, like a careful browser."""
-    return httpx.Client(base_url=server.url, timeout=30)
+def browser(server: LiveServer, origin: str | None = None) -> httpx.Client:
+    """A client that keeps cookies and does not follow redirects, like a careful browser,
+    and says which site's page it is on (this server's unless told)."""
+    headers = {"origin": origin or server.url}
+    return httpx.Client(base_url=server.url, timeout=30, headers=headers)
 
 
 def log_in(client: httpx.Client, username: str, password: str, next_page: str = "/") -> None:
@@ -156,6 +158,27 @@ def test_logging_out_ends_the_session(shared: Shared) -> None:
     # The session is revoked on the server, not only forgotten by the browser.
     with shared.server.client(token) as api:
         assert api.get("/api/v1/auth/me").status_code == 401
+
+
+def test_the_forms_refuse_posts_from_another_site(shared: Shared) -> None:
+    form = {"username": "admin", "password": ADMIN_PASSWORD, "next": "/"}
+    with browser(shared.server, "https://evil.example") as forged:
+        login = forged.post("/login", data=form)
+    assert login.status_code == 403
+    assert login.json()["error"]["code"] == "cross_site"
+    assert "lunasentri_session" not in login.headers.get("set-cookie", "")
+
+    with browser(shared.server) as client:
+        log_in(client, "admin", ADMIN_PASSWORD)
+        token = client.cookies["lunasentri_session"]
+    for headers in ({"origin": "https://evil.example"}, {"referer": "https://evil.example/"}, {}):
+        with httpx.Client(base_url=shared.server.url, headers=headers) as other:
+            other.cookies.set("lunasentri_session", token)
+            logout = other.post("/logout")
+        assert logout.status_code == 403, headers
+    # Still logged in: the forged logouts changed nothing.
+    with shared.server.client(token) as api:
+        assert api.get("/api/v1/auth/me").status_code == 200
 
 
 def test_an_unknown_machine_is_a_not_found_page(shared: Shared) -> None:

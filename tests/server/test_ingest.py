@@ -59,7 +59,9 @@ def sample(when: datetime | float | str, **metrics: Any) -> dict[str, Any]:
 def post(server: LiveServer, key: str | None, body: object, **kwargs: Any) -> httpx.Response:
     with server.client(key) as client:
         if isinstance(body, bytes):
-            return client.post("/api/v1/ingest", content=body, **kwargs)
+            # As the agent sends it (gzip or not); test_cross_site checks other types.
+            headers = {"content-type": "application/json", **kwargs.pop("headers", {})}
+            return client.post("/api/v1/ingest", content=body, headers=headers, **kwargs)
         return client.post("/api/v1/ingest", json=body, **kwargs)
 
 
@@ -175,7 +177,11 @@ def test_gzip_bodies_are_accepted_and_the_api_key_header_works(shared: Shared) -
         response = client.post(
             "/api/v1/ingest",
             content=gzip.compress(raw),
-            headers={"content-encoding": "gzip", "x-api-key": key},
+            headers={
+                "content-type": "application/json",
+                "content-encoding": "gzip",
+                "x-api-key": key,
+            },
         )
 
     assert response.status_code == 200, response.text

@@ -113,6 +113,8 @@ def test_every_operation_is_described(document: dict[str, Any]) -> None:
         if not operation.public:
             assert spec["security"], operation
             assert {"401", "403"} <= set(spec["responses"]), operation
+        if operation.method.upper() not in ("GET", "HEAD"):
+            assert "403" in spec["responses"], operation  # refused as cross-site
         for name in re.findall(r"{(\w+)}", operation.path):
             assert name in operation.path_params, (operation, name)
         if operation.has_body:
@@ -233,6 +235,8 @@ def _operations(s: Scenario) -> None:
 def _login(s: Scenario) -> str:
     s.call(None, "POST", "/api/v1/auth/login", 401, json={"username": "admin", "password": "no"})
     body = {"username": "admin", "password": s.server.settings.admin_password}
+    forged = {"origin": "https://evil.example"}
+    s.call(None, "POST", "/api/v1/auth/login", 403, json=body, headers=forged)
     admin: str = s.call(None, "POST", "/api/v1/auth/login", 200, json=body).json()["token"]
     s.call(admin, "GET", "/api/v1/auth/me", 200)
     s.call(None, "GET", "/api/v1/auth/me", 401)
@@ -304,6 +308,8 @@ def _ingest_and_query(s: Scenario, alice: str, machine_id: str, key: str) -> Non
     future = {"samples": [{"timestamp": now_iso(timedelta(days=30)), "metrics": {"x": 1}}]}
     s.call(key, "POST", "/api/v1/ingest", 422, json=future)
     s.call(key, "POST", "/api/v1/ingest", 400, content=b"{", headers=headers)
+    text = {"content-type": "text/plain"}
+    s.call(key, "POST", "/api/v1/ingest", 415, json={"samples": samples}, headers=text)
     s.call(alice, "POST", "/api/v1/ingest", 403, json={"samples": samples})
     s.call(None, "POST", "/api/v1/ingest", 401, json={"samples": samples})
     base = f"/api/v1/machines/{machine_id}"

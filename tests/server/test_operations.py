@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from lunasentri_core.config import Settings
+from lunasentri_core.server.demo import banner
 from lunasentri_core.server.logs import TextFormatter
 
 from .conftest import ADMIN_PASSWORD, LiveServer, MakeServer, free_port
@@ -209,7 +211,11 @@ def test_tls_from_certificate_settings(
     processes.append(process)
     url = f"https://127.0.0.1:{port}"
 
-    wait_ready(url, process, verify=ssl.create_default_context(cafile=str(cert)))
+    trusted = ssl.create_default_context(cafile=str(cert))
+    wait_ready(url, process, verify=trusted)
+    served = httpx.get(f"{url}/api/v1/openapi.json", verify=trusted, timeout=5)
+    assert served.headers["strict-transport-security"] == "max-age=31536000"
+    assert served.headers["x-content-type-options"] == "nosniff"
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/healthz", timeout=5)  # not trusted without the certificate
     with pytest.raises(httpx.RemoteProtocolError):
@@ -305,6 +311,18 @@ def test_the_server_does_not_report_its_own_host_by_default(make_server: MakeSer
     assert machines(quiet) == []
 
 
+def test_the_demo_banner_shows_a_generated_password_only(tmp_path: Path) -> None:
+    settings = Settings.load(environ={}, data_dir=tmp_path, admin_password="from the env 1")
+
+    configured = banner(settings, None)
+    generated = banner(settings, "made-up-2")
+
+    assert "from the env 1" not in configured
+    assert "LUNASENTRI_ADMIN_PASSWORD" in configured
+    assert "'made-up-2' (generated)" in generated
+    assert '"password": "made-up-2"' in generated
+
+
 def test_demo_serves_this_machines_metrics_within_seconds(
     tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
@@ -332,11 +350,14 @@ def test_demo_serves_this_machines_metrics_within_seconds(
         form = {"username": "admin", "password": ADMIN_PASSWORD, "next": "/"}
         assert browser.post("/login", data=form).status_code == 303
         page = browser.get("/").text
-    out, _ = stop(process)
+    out, err = stop(process)
 
     assert wanted <= metrics
     assert f'href="/machines/{machine["id"]}"' in page
     assert "LunaSentri demo is running" in out
+    # The password came from LUNASENTRI_ADMIN_PASSWORD: its owner knows it, logs must not.
+    assert ADMIN_PASSWORD not in out + err
+    assert "LUNASENTRI_ADMIN_PASSWORD" in out
     assert f"dashboard:  {url}/" in out
     assert f"{url}/api/v1/openapi.json" in out
 

@@ -176,8 +176,9 @@ def test_bad_new_users_are_422_naming_the_field(
 
 def test_malformed_and_huge_bodies(shared: LiveServer, shared_admin: str) -> None:
     with shared.client(shared_admin) as admin:
-        malformed = admin.post("/api/v1/users", content=b'{"username": ')
-        huge = admin.post("/api/v1/users", content=b"{" + b" " * 200_000 + b"}")
+        json_type = {"content-type": "application/json"}
+        malformed = admin.post("/api/v1/users", content=b'{"username": ', headers=json_type)
+        huge = admin.post("/api/v1/users", content=b"{" + b" " * 200_000 + b"}", headers=json_type)
         not_object = admin.post("/api/v1/users", json="bob")
 
     assert malformed.status_code == 400

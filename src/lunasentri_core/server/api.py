@@ -123,9 +123,16 @@ class Call:
         return self.request.client.host if self.request.client else None
 
     async def body(self, max_bytes: int | None = None) -> bytes:
-        """The request body, gunzipped when sent with ``Content-Encoding: gzip``."""
+        """The JSON request body, gunzipped when sent with ``Content-Encoding: gzip``.
+
+        A body that does not say it is JSON is refused (415): the content types an
+        HTML form can send (``text/plain`` among them) are how another site's page
+        would post to this API without a CORS preflight.
+        """
         limit = max_bytes or self.settings.max_body_bytes
         raw = await _read_limited(self.request, limit)
+        if raw:
+            _require_json(self.request.headers.get("content-type"))
         encoding = self.request.headers.get("content-encoding", "identity").lower()
         if encoding == "gzip":
             return _gunzip(raw, limit)
@@ -275,6 +282,21 @@ def _unauthenticated(auth: Auth, presented: bool) -> str:
     if presented:
         return "the credentials were refused: the token is unknown, revoked or expired"
     return "log in first"
+
+
+def _require_json(content_type: str | None) -> None:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    # application/json, or a JSON-based type such as application/merge-patch+json.
+    if media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        return
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        f"the body must be application/json, not {media or 'of no content type'}",
+        "content-type",
+    )
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:

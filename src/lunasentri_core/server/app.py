@@ -30,6 +30,7 @@ from lunasentri_core.server.context import (
 )
 from lunasentri_core.server.dashboard import dashboard_routes
 from lunasentri_core.server.errors import EXCEPTION_HANDLERS
+from lunasentri_core.server.guards import CrossSiteGuard, SecurityHeaders
 from lunasentri_core.server.metrics import ServerMetrics
 
 log = logging.getLogger("lunasentri.server")
@@ -41,6 +42,7 @@ def create_app(
     *,
     extra_apis: Sequence[Api] = (),
     demo: bool = False,
+    demo_password: str | None = None,
 ) -> Starlette:
     """Build the server application.
 
@@ -50,6 +52,8 @@ def create_app(
     :param extra_apis: More endpoint collections (embedding applications' own).
     :param demo: Also register this machine and run an in-process agent for it
         (``lunasentri serve --demo``).
+    :param demo_password: A password generated for the demo's admin, which the demo's
+        banner shows; one from the settings is never printed.
     """
     settings = settings or (hub.settings if hub is not None else Settings.load())
     owns_hub = hub is None
@@ -71,7 +75,7 @@ def create_app(
                 if demo:
                     from lunasentri_core.server.demo import start_demo
 
-                    await start_demo(app, services)
+                    await start_demo(app, services, demo_password)
                 if settings.local_host_metrics:
                     # Off by default: a central server is usually not a monitored host.
                     services.start_soon(_collect_own_host, hub)
@@ -118,7 +122,11 @@ def _plugin_routes(hub: Sentri) -> list[BaseRoute]:
 
 
 def _middleware(settings: Settings, metrics: ServerMetrics) -> list[Middleware]:
-    stack = [Middleware(RequestContextMiddleware, metrics=metrics)]
+    server = settings.server
+    stack = [
+        Middleware(RequestContextMiddleware, metrics=metrics),
+        Middleware(SecurityHeaders, hsts_max_age=server.hsts_max_age),
+    ]
     if settings.server.cors_origins:
         stack.append(
             Middleware(
@@ -130,6 +138,9 @@ def _middleware(settings: Settings, metrics: ServerMetrics) -> list[Middleware]:
                 allow_credentials=True,
             )
         )
+    # Inside CORS, so that a refusal carries the CORS headers a page needs to read it.
+    trusted = [*server.cors_origins, *([server.public_url] if server.public_url else [])]
+    stack.append(Middleware(CrossSiteGuard, trusted_origins=trusted))
     return stack
 
 

@@ -30,7 +30,13 @@ log = logging.getLogger(__name__)
 DEMO_DIR = "demo-agent"
 
 
-async def start_demo(app: Starlette, services: TaskGroup) -> None:
+async def start_demo(app: Starlette, services: TaskGroup, password: str | None = None) -> None:
+    """Register this machine, run the agent for it, print how to look.
+
+    :param password: The admin's password when it was generated for the demo: the
+        banner shows it. A password from the settings is never printed (it would
+        end up in terminals' scrollback and service logs).
+    """
     hub: Sentri = app.state.hub
     settings: Settings = app.state.full_settings
     admin = await hub.run_sync(hub.storage.state.find_user, settings.admin_username)
@@ -41,7 +47,7 @@ async def start_demo(app: Starlette, services: TaskGroup) -> None:
     agent_settings = _agent_settings(settings)
     key = await _demo_key(hub, actor, agent_settings)
     services.start_soon(_run_agent, agent_settings, key)
-    _announce(settings)
+    print(banner(settings, password), flush=True)
 
 
 def _agent_settings(settings: Settings) -> Settings:
@@ -120,22 +126,29 @@ async def _run_agent(settings: Settings, api_key: str) -> None:
             group.cancel_scope.cancel()
 
 
-def _announce(settings: Settings) -> None:
+def banner(settings: Settings, password: str | None) -> str:
+    """What the demo prints at start; ``password`` is shown only if it was generated."""
     url = settings.server.base_url
+    if password is None:
+        where = "the one in LUNASENTRI_ADMIN_PASSWORD (admin_password)"
+        login = f"user {settings.admin_username!r}, password: {where}"
+    else:
+        login = f"user {settings.admin_username!r}, password {password!r} (generated)"
+    shown = password if password is not None else "PASSWORD"
     lines = [
         "",
         "LunaSentri demo is running.",
         f"  dashboard:  {url}/",
         f"  API:        {url}/api/v1/openapi.json",
         f"  health:     {url}/healthz   metrics: {url}/metrics",
-        f"  log in:     user {settings.admin_username!r}, password {settings.admin_password!r}",
+        f"  log in:     {login}",
         "  try:",
         f"    TOKEN=$(curl -s {url}/api/v1/auth/login -H 'content-type: application/json' \\",
         f'      -d \'{{"username": "{settings.admin_username}", '
-        f'"password": "{settings.admin_password}"}}\' | python3 -c '
+        f'"password": "{shown}"}}\' | python3 -c '
         "'import json,sys; print(json.load(sys.stdin)[\"token\"])')",
         f'    curl -s {url}/api/v1/machines -H "authorization: Bearer $TOKEN"',
         "  An in-process agent reports this machine every 5 s. Stop with Ctrl-C.",
         "",
     ]
-    print("\n".join(lines), flush=True)
+    return "\n".join(lines)

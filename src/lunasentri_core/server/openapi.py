@@ -114,10 +114,14 @@ def _implied_errors(endpoint: Endpoint) -> list[int]:
     statuses = []
     if endpoint.auth is not Auth.PUBLIC:
         statuses += [401, 403]
+    elif endpoint.method not in ("GET", "HEAD"):
+        # CrossSiteGuard refuses a state-changing request from another site's page.
+        statuses.append(403)
     if endpoint.request is not None or endpoint.query or "{" in endpoint.path:
         statuses += [400, 404, 413, 422]
     if endpoint.request is not None:
-        # Call.body refuses a Content-Encoding other than identity or gzip.
+        # Call.body refuses a body that is not JSON, or a Content-Encoding other than
+        # identity or gzip.
         statuses.append(415)
     return statuses
 

@@ -65,23 +65,25 @@ def serve(
         settings = Settings.load(ctx.obj.config if ctx.obj is not None else None)
         server = attrs.evolve(settings.server, **{k: v for k, v in flags.items() if v is not None})
         settings = attrs.evolve(settings, server=server, data_dir=data_dir or settings.data_dir)
+        generated = None
         if demo and settings.admin_password is None:
-            settings = attrs.evolve(settings, admin_password=secrets.token_urlsafe(12))
+            generated = secrets.token_urlsafe(12)
+            settings = attrs.evolve(settings, admin_password=generated)
         configure_logging(settings.server.log_format, settings.log_level)
         with server_lock(settings):
-            run(settings, demo=demo)
+            run(settings, demo=demo, demo_password=generated)
     except LunaSentriError as error:
         raise click.ClickException(str(error)) from None
 
 
-def run(settings: Settings, *, demo: bool = False) -> None:
+def run(settings: Settings, *, demo: bool = False, demo_password: str | None = None) -> None:
     """Serve until interrupted; SIGINT/SIGTERM shut down gracefully (pending writes flushed)."""
     from lunasentri_core.server.app import create_app
 
     server = settings.server
     if (server.tls_cert is None) != (server.tls_key is None):
         raise click.UsageError("TLS needs both tls_cert and tls_key")
-    app = create_app(settings=settings, demo=demo)
+    app = create_app(settings=settings, demo=demo, demo_password=demo_password)
     options: dict[str, Any] = {}
     if server.tls_cert is not None and server.tls_key is not None:
         options = {"ssl_certfile": str(server.tls_cert), "ssl_keyfile": str(server.tls_key)}

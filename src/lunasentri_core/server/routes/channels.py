@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
+from anyio.abc import TaskGroup
+from starlette.applications import Starlette
 from starlette.responses import Response
 
 from lunasentri_core.codec import decode
 from lunasentri_core.components import DeliveryResult, DeliveryStatus
+from lunasentri_core.config import ServerSettings
 from lunasentri_core.errors import FieldError, ValidationError
 from lunasentri_core.model import Channel, Delivery, DeliveryState, EventState, OutboxEvent
 from lunasentri_core.server import params
 from lunasentri_core.server.api import Api, Auth, Call, Schema, items_of, ref
+from lunasentri_core.server.errors import ApiError
 from lunasentri_core.server.routes.machines import json_object
 from lunasentri_core.server.routes.users import object_schema
 from lunasentri_core.services.channels import MASK, Channels
+from lunasentri_core.services.ingest import TokenBucket
 from lunasentri_core.services.notifications import DeliveryView, Notifications
 
 api = Api("channels")
@@ -324,14 +330,36 @@ async def delete_channel(call: Call) -> object:
     "/api/v1/channels/{channel_id}/test",
     auth=Auth.USER,
     summary="Send a test notification through a channel now",
-    responses={200: TEST_RESULT},
+    responses={200: TEST_RESULT, 429: ref("Error")},
 )
 async def test_channel(call: Call) -> object:
     """The notification goes straight to the notifier (not through the outbox, no
     retries) and the answer is its outcome: `delivered`, or `retry`/`failed`/
-    `disable-channel` with the notifier's `detail` (e.g. what the receiver answered)."""
-    result = await Channels(call.hub).test(call.user, call.path("channel_id"), client=call.client)
+    `disable-channel` with the notifier's `detail` (e.g. what the receiver answered).
+    Each user may send `server.channel_test_rate` tests per second on average, up to
+    `server.channel_test_burst` at once: beyond that, 429 with `Retry-After` (a
+    refused test is not sent and does not count, nor does one of a channel not found)."""
+    channels, channel_id = Channels(call.hub), call.path("channel_id")
+    await channels.get(call.user, channel_id)  # a 404 sends nothing, so it is not counted
+    _count_test(call)
+    result = await channels.test(call.user, channel_id, client=call.client)
     return result_json(result)
+
+
+def _count_test(call: Call) -> None:
+    # Per user: a test send reaches an outside service at once, with no outbox between.
+    tests: TokenBucket = call.request.app.state.channel_tests
+    wait = tests.take(call.user.id, 1)
+    if wait > 0:
+        seconds = str(max(1, math.ceil(wait)))
+        message = f"too many test sends; try again in {seconds} s"
+        raise ApiError(429, "rate_limited", message, headers={"Retry-After": seconds})
+
+
+def start(app: Starlette, services: TaskGroup) -> None:
+    """A token bucket per user for channel test sends."""
+    settings: ServerSettings = app.state.settings
+    app.state.channel_tests = TokenBucket(settings.channel_test_rate, settings.channel_test_burst)
 
 
 # --------------------------------------------------------------------------- deliveries
