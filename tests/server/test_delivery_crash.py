@@ -131,6 +131,7 @@ def start(data_dir: Path, config: Path, port: int, log: Path) -> subprocess.Pope
         **os.environ,
         "LUNASENTRI_CONFIG": str(config),
         "LUNASENTRI_DATA_DIR": str(data_dir),
+        "LUNASENTRI_ADMIN_PASSWORD": "an admin nobody uses here",
     }
     command = [sys.executable, "-m", "lunasentri_core", "serve", "--port", str(port)]
     with log.open("ab") as output:

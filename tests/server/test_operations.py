@@ -311,15 +311,15 @@ def test_the_server_does_not_report_its_own_host_by_default(make_server: MakeSer
     assert machines(quiet) == []
 
 
-def test_the_demo_banner_shows_a_generated_password_only(tmp_path: Path) -> None:
+def test_the_demo_banner_shows_the_password_it_is_given_only(tmp_path: Path) -> None:
     settings = Settings.load(environ={}, data_dir=tmp_path, admin_password="from the env 1")
 
-    configured = banner(settings, None)
-    generated = banner(settings, "made-up-2")
+    configured = banner(settings, "user 'admin', password: the one in ...", "PASSWORD")
+    generated = banner(settings, "user 'admin', password 'made-up-2'", "made-up-2")
 
     assert "from the env 1" not in configured
-    assert "LUNASENTRI_ADMIN_PASSWORD" in configured
-    assert "'made-up-2' (generated)" in generated
+    assert '"password": "PASSWORD"' in configured
+    assert "'made-up-2'" in generated
     assert '"password": "made-up-2"' in generated
 
 
