@@ -17,7 +17,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import parse_qsl
@@ -216,6 +216,8 @@ class Sent:
     """The text as the bot sent it."""
     parameters: Mapping[str, Any]
     content_type: str
+    at: float
+    """When it arrived, on the server's ``clock``."""
 
 
 @attrs.frozen
@@ -278,6 +280,8 @@ class BotApiServer:
         """``(token, method)`` of every request, answered or not."""
         self._script: list[Scripted] = []
         self._message_ids: dict[int, int] = {}
+        self.clock: Callable[[], float] = time.monotonic
+        """Stamps each accepted message; a test sets its fake clock here."""
         self.app = Starlette(
             routes=[Route("/bot{token}/{method}", self._handle, methods=["GET", "POST"])]
         )
@@ -299,6 +303,7 @@ class BotApiServer:
             self.requests.clear()
             self._script.clear()
             self._message_ids.clear()
+            self.clock = time.monotonic
 
     def script(self, *answers: Scripted) -> None:
         """Answer the next requests with these, in order, whatever they ask."""
@@ -308,6 +313,10 @@ class BotApiServer:
     def messages(self, chat_id: int) -> list[Sent]:
         with self._lock:
             return [sent for sent in self.sent if sent.chat_id == chat_id]
+
+    def send_times(self, chat_id: int) -> list[float]:
+        """When each message to ``chat_id`` arrived, in order."""
+        return [sent.at for sent in self.messages(chat_id)]
 
     def request_count(self) -> int:
         with self._lock:
@@ -402,6 +411,7 @@ class BotApiServer:
                     source,
                     dict(parameters),
                     content_type.split(";")[0],
+                    self.clock(),
                 )
             )
         return _message(self.bots[token], chat, message_id, parsed, thread, preview)

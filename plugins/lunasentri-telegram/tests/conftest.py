@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from botapi_server import BotApiServer, running
 from hypothesis import HealthCheck, settings
-from support import FakeClock, settings_for
+from support import FakeClock, settled_notifier
 
 from lunasentri_telegram import TelegramNotifier
 
@@ -38,5 +38,5 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def telegram(bot_api: BotApiServer, clock: FakeClock) -> TelegramNotifier:
-    """A notifier for the stand-in whose rate limits run on ``clock``."""
-    return TelegramNotifier(settings_for(bot_api), clock=clock, sleep=clock.sleep)
+    """A notifier for the stand-in whose rate limits run on ``clock``, up for a while."""
+    return settled_notifier(bot_api, clock)

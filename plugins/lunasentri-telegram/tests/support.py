@@ -9,7 +9,10 @@ from typing import Any
 import attrs
 from botapi_server import TOKEN, BotApiServer
 
-from lunasentri_telegram import TelegramSettings
+from lunasentri_telegram import TelegramNotifier, TelegramSettings
+
+SETTLED = 1.0
+"""Seconds a new limiter holds every chat back (its window counted full at its start)."""
 
 
 @attrs.define
@@ -33,6 +36,13 @@ def settings_for(bot_api: BotApiServer, **overrides: Any) -> TelegramSettings:
     fields: dict[str, Any] = {"api_url": bot_api.url, "timeout": timedelta(seconds=5)}
     fields.update(overrides)
     return TelegramSettings(**fields)
+
+
+def settled_notifier(bot_api: BotApiServer, clock: FakeClock, **overrides: Any) -> TelegramNotifier:
+    """A notifier on ``clock`` whose process has been up past its first second."""
+    notifier = TelegramNotifier(settings_for(bot_api, **overrides), clock=clock, sleep=clock.sleep)
+    clock.now += SETTLED
+    return notifier
 
 
 def channel_config(chat_id: int | str, **extra: Any) -> dict[str, Any]:

@@ -94,3 +94,10 @@ def test_too_long_and_empty_texts_are_refused(bot_api: BotApiServer) -> None:
     empty = post(bot_api, f"/bot{TOKEN}/sendMessage", json={"chat_id": PRIVATE, "text": " "})
     assert too_long.json()["description"] == "Bad Request: message is too long"
     assert empty.json()["description"] == "Bad Request: message text is empty"
+
+
+def test_messages_are_stamped_on_the_servers_clock(bot_api: BotApiServer) -> None:
+    bot_api.clock = lambda: 1234.5
+    response = post(bot_api, f"/bot{TOKEN}/sendMessage", json={"chat_id": PRIVATE, "text": "x"})
+    assert response.status_code == 200
+    assert bot_api.send_times(PRIVATE) == [1234.5]

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from botapi_server import BLOCKED, CHANNEL, CHANNEL_USERNAME, PRIVATE, BotApiServer
-from support import channel_config, settings_for
+from support import FakeClock, channel_config, settled_notifier
 
 from lunasentri_core.testing import EntryPointContract, NotifierContract, ReceivedMessage
 from lunasentri_telegram import TelegramNotifier
@@ -25,8 +25,8 @@ class TestTelegramNotifier(NotifierContract):
     supports_idempotency_key = False
 
     @pytest.fixture
-    def notifier(self, bot_api: BotApiServer) -> TelegramNotifier:
-        return TelegramNotifier(settings_for(bot_api))
+    def notifier(self, bot_api: BotApiServer, clock: FakeClock) -> TelegramNotifier:
+        return settled_notifier(bot_api, clock)
 
     @pytest.fixture
     def channel(self) -> Mapping[str, Any]:

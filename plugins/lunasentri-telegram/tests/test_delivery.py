@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
+import subprocess
+import sys
 import threading
 from datetime import timedelta
+from subprocess import PIPE
 from typing import Any
 
 import anyio
@@ -19,15 +24,16 @@ from botapi_server import (
     OTHER_BOT_TOKEN,
     PRIVATE,
     SUPERGROUP,
+    TOKEN,
     UNKNOWN,
     BotApiServer,
     Scripted,
 )
-from support import FakeClock, channel_config, closed_port, settings_for
+from support import FakeClock, channel_config, closed_port, settings_for, settled_notifier
 
 from lunasentri_core import DeliveryResult, DeliveryStatus, Notification
 from lunasentri_core.testing import make_notification
-from lunasentri_telegram import TelegramNotifier, TelegramSettings
+from lunasentri_telegram import TelegramNotifier
 
 
 def send(notifier: TelegramNotifier, config: dict[str, Any]) -> DeliveryResult:
@@ -109,15 +115,15 @@ def test_server_errors_are_retried(
     assert send(telegram, channel_config(PRIVATE)).status is DeliveryStatus.DELIVERED
 
 
-def test_an_unreachable_api_is_retried(bot_api: BotApiServer) -> None:
-    notifier = TelegramNotifier(TelegramSettings(api_url=f"http://127.0.0.1:{closed_port()}"))
+def test_an_unreachable_api_is_retried(bot_api: BotApiServer, clock: FakeClock) -> None:
+    notifier = settled_notifier(bot_api, clock, api_url=f"http://127.0.0.1:{closed_port()}")
     result = send(notifier, channel_config(PRIVATE))
     assert result.status is DeliveryStatus.RETRY
     assert result.detail.startswith("Bot API unreachable: ConnectError")
 
 
-def test_a_slow_api_times_out_and_is_retried(bot_api: BotApiServer) -> None:
-    notifier = TelegramNotifier(settings_for(bot_api, timeout=timedelta(seconds=0.2)))
+def test_a_slow_api_times_out_and_is_retried(bot_api: BotApiServer, clock: FakeClock) -> None:
+    notifier = settled_notifier(bot_api, clock, timeout=timedelta(seconds=0.2))
     bot_api.script(Scripted(delay=2.0))
     result = send(notifier, channel_config(PRIVATE))
     assert result.status is DeliveryStatus.RETRY
@@ -161,8 +167,8 @@ def test_other_bad_requests_fail_with_telegrams_description(
     assert result == DeliveryResult(DeliveryStatus.FAILED, f"Telegram: {description}")
 
 
-def test_a_wrong_api_url_fails_and_says_so(bot_api: BotApiServer) -> None:
-    notifier = TelegramNotifier(settings_for(bot_api, api_url=f"{bot_api.url}/wrong/prefix"))
+def test_a_wrong_api_url_fails_and_says_so(bot_api: BotApiServer, clock: FakeClock) -> None:
+    notifier = settled_notifier(bot_api, clock, api_url=f"{bot_api.url}/wrong/prefix")
     result = send(notifier, channel_config(PRIVATE))
     assert result.status is DeliveryStatus.FAILED
     assert "api_url" in result.detail
@@ -217,9 +223,7 @@ def test_a_burst_to_one_chat_is_spaced(
 def test_sends_beyond_max_wait_are_retried_later_not_waited_for(
     bot_api: BotApiServer, clock: FakeClock
 ) -> None:
-    notifier = TelegramNotifier(
-        settings_for(bot_api, max_wait=timedelta(seconds=2)), clock=clock, sleep=clock.sleep
-    )
+    notifier = settled_notifier(bot_api, clock, max_wait=timedelta(seconds=2))
     clock.advance_on_sleep = False
     results = [send(notifier, channel_config(PRIVATE)) for _ in range(4)]
     assert [r.status for r in results[:3]] == [DeliveryStatus.DELIVERED] * 3
@@ -231,9 +235,7 @@ def test_sends_beyond_max_wait_are_retried_later_not_waited_for(
 def test_a_storm_to_one_chat_is_spread_over_the_retries(
     bot_api: BotApiServer, clock: FakeClock
 ) -> None:
-    notifier = TelegramNotifier(
-        settings_for(bot_api, max_wait=timedelta(seconds=2)), clock=clock, sleep=clock.sleep
-    )
+    notifier = settled_notifier(bot_api, clock, max_wait=timedelta(seconds=2))
     clock.advance_on_sleep = False
     storm = [make_notification() for _ in range(8)]
 
@@ -256,9 +258,7 @@ def test_a_storm_to_one_chat_is_spread_over_the_retries(
 
 
 def test_a_group_gets_twenty_messages_a_minute(bot_api: BotApiServer, clock: FakeClock) -> None:
-    notifier = TelegramNotifier(
-        settings_for(bot_api, max_wait=timedelta(minutes=2)), clock=clock, sleep=clock.sleep
-    )
+    notifier = settled_notifier(bot_api, clock, max_wait=timedelta(minutes=2))
     start = clock.now
     sent_at = []
     for _ in range(21):
@@ -267,6 +267,79 @@ def test_a_group_gets_twenty_messages_a_minute(bot_api: BotApiServer, clock: Fak
     assert sent_at[:20] == [float(n) for n in range(20)]
     assert sent_at[20] == 60.0
     assert len(bot_api.messages(GROUP)) == 21
+
+
+def test_a_restarted_process_keeps_a_second_after_the_last_ones_send(
+    bot_api: BotApiServer, clock: FakeClock
+) -> None:
+    # Each notifier is a process of its own: the limits of the one before are
+    # gone, and the next starts a fraction of a second after its last send.
+    bot_api.clock = clock
+    for chat in (PRIVATE, GROUP):
+        for _ in range(3):
+            notifier = TelegramNotifier(settings_for(bot_api), clock=clock, sleep=clock.sleep)
+            assert send(notifier, channel_config(chat)).status is DeliveryStatus.DELIVERED
+            clock.now += 0.1
+        times = bot_api.send_times(chat)
+        assert len(times) == 3
+        assert min(later - earlier for earlier, later in itertools.pairwise(times)) >= 1.0, times
+
+
+def test_only_the_first_second_of_a_process_is_held_back(
+    bot_api: BotApiServer, clock: FakeClock
+) -> None:
+    bot_api.clock = clock
+    notifier = TelegramNotifier(settings_for(bot_api), clock=clock, sleep=clock.sleep)
+    started = clock.now
+    assert send(notifier, channel_config(PRIVATE)).status is DeliveryStatus.DELIVERED
+    clock.now += 30
+    assert send(notifier, channel_config(GROUP)).status is DeliveryStatus.DELIVERED
+    assert bot_api.send_times(PRIVATE) == [started + 1.0]
+    assert bot_api.send_times(GROUP) == [started + 31.0]
+    assert clock.sleeps == [1.0]
+
+
+# The notifier of a process of its own: imported, then made and sent with on "go"
+# (the hub too makes its notifier at the first delivery, not at start).
+ONE_PROCESS = """
+import sys
+from datetime import timedelta
+
+import anyio
+
+from lunasentri_core.testing import make_notification
+from lunasentri_telegram import TelegramNotifier, TelegramSettings
+
+print("ready", flush=True)
+sys.stdin.readline()
+settings = TelegramSettings(api_url=sys.argv[1], timeout=timedelta(seconds=10))
+config = {"bot_token": sys.argv[2], "chat_id": int(sys.argv[3])}
+result = anyio.run(TelegramNotifier(settings).send, config, make_notification())
+print(result.status.name, flush=True)
+"""
+
+
+def test_a_second_process_keeps_a_second_after_the_firsts_send(bot_api: BotApiServer) -> None:
+    # Real processes on the real clock: the stand-in stamps arrivals with the
+    # same system-wide monotonic clock the notifiers sleep on.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-c", ONE_PROCESS, bot_api.url, TOKEN, str(PRIVATE)]
+    processes = [
+        subprocess.Popen(command, stdin=PIPE, stdout=PIPE, text=True, env=env) for _ in range(2)
+    ]
+    try:
+        for process in processes:
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "ready"
+        for process in processes:  # one after the other, as a restart does
+            out, _ = process.communicate("go\n", timeout=60)
+            assert out.strip() == "DELIVERED"
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+    first, second = bot_api.send_times(PRIVATE)
+    assert second - first >= 1.0
 
 
 # ------------------------------------------------------------------ event loops

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from support import FakeClock
+from support import SETTLED, FakeClock
 
 from lunasentri_telegram.limits import BOOKING_GRACE, RateLimiter, Window, is_group
 
@@ -15,9 +15,12 @@ USER, OTHER_USER, GROUP = 111, 222, -100111
 
 @pytest.fixture
 def limiter(clock: FakeClock) -> RateLimiter:
-    return RateLimiter(
+    """A limiter that has been up past the first second it holds every chat back."""
+    made = RateLimiter(
         per_chat=Window(1, 1.0), per_group=Window(20, 60.0), per_bot=Window(30, 1.0), clock=clock
     )
+    clock.now += SETTLED
+    return made
 
 
 def delays(limiter: RateLimiter, chat: int | str, count: int, max_wait: float = 1e9) -> list[float]:
@@ -162,6 +165,36 @@ def test_idle_chats_are_forgotten(clock: FakeClock) -> None:
     # The first 5000 went idle and were dropped; the bot's own log stays.
     assert len(limiter._logs) <= 5001
     assert limiter.acquire(BOT, 0, max_wait=0).granted
+
+
+def test_a_new_limiter_counts_each_chat_as_sent_to_when_it_started(clock: FakeClock) -> None:
+    # The process before a restart may have sent to any chat just before this
+    # one began; its sends are unseen here.
+    started = clock.now
+    limiter = RateLimiter(
+        per_chat=Window(1, 1.0), per_group=Window(20, 60.0), per_bot=Window(30, 1.0), clock=clock
+    )
+    assert delays(limiter, USER, 3) == [1.0, 2.0, 3.0]
+    assert delays(limiter, GROUP, 1) == [1.0]
+    clock.now = started + 0.5
+    assert delays(limiter, OTHER_USER, 1) == [0.5]
+    clock.now = started + 10
+    assert delays(limiter, 333, 1) == [0.0]
+
+
+def test_a_new_limiter_holds_every_slot_of_a_chats_first_second(clock: FakeClock) -> None:
+    limiter = RateLimiter(
+        per_chat=Window(3, 1.0), per_group=Window(20, 60.0), per_bot=Window(30, 1.0), clock=clock
+    )
+    assert delays(limiter, USER, 4) == [1.0, 1.0, 1.0, 2.0]
+
+
+def test_a_429_right_after_the_start_blocks_for_retry_after(clock: FakeClock) -> None:
+    limiter = RateLimiter(
+        per_chat=Window(1, 1.0), per_group=Window(20, 60.0), per_bot=Window(30, 1.0), clock=clock
+    )
+    limiter.block(BOT, USER, 5)
+    assert delays(limiter, USER, 2) == [5.0, 6.0]
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,10 @@ import anyio
 from botapi_server import MAX_TEXT, PRIVATE, BotApiServer, parse_html, utf16_length
 from hypothesis import given
 from hypothesis import strategies as st
-from support import channel_config, settings_for
+from support import FakeClock, channel_config, settled_notifier
 
 from lunasentri_core import DeliveryStatus, NotificationKind
 from lunasentri_core.testing import make_notification
-from lunasentri_telegram import TelegramNotifier
 from lunasentri_telegram.message import ELLIPSIS, MAX_TITLE, compose, length, truncate
 
 HOSTILE_NAME = "<db&1>"
@@ -97,8 +96,8 @@ def test_any_title_and_text_parse_back_as_sent(title: str, text: str) -> None:
         assert body == (f"\n{full}" if full else "")
 
 
-def test_hostile_names_arrive_as_plain_text(bot_api: BotApiServer) -> None:
-    notifier = TelegramNotifier(settings_for(bot_api))
+def test_hostile_names_arrive_as_plain_text(bot_api: BotApiServer, clock: FakeClock) -> None:
+    notifier = settled_notifier(bot_api, clock)
     notification = make_notification(title=f"{HOSTILE_NAME} is offline", text=HOSTILE_TEXT)
     result = anyio.run(notifier.send, channel_config(PRIVATE), notification)
     assert result.status is DeliveryStatus.DELIVERED, result
@@ -108,8 +107,8 @@ def test_hostile_names_arrive_as_plain_text(bot_api: BotApiServer) -> None:
     assert sent.parameters["parse_mode"] == "HTML"
 
 
-def test_a_message_at_the_limit_is_accepted(bot_api: BotApiServer) -> None:
-    notifier = TelegramNotifier(settings_for(bot_api))
+def test_a_message_at_the_limit_is_accepted(bot_api: BotApiServer, clock: FakeClock) -> None:
+    notifier = settled_notifier(bot_api, clock)
     notification = make_notification(title="Big", text="<&>😀" * 3000)
     result = anyio.run(notifier.send, channel_config(PRIVATE), notification)
     assert result.status is DeliveryStatus.DELIVERED, result

@@ -18,11 +18,10 @@ from botapi_server import (
     BotApiServer,
     Scripted,
 )
-from support import FakeClock, channel_config, closed_port, settings_for
+from support import FakeClock, channel_config, closed_port, settings_for, settled_notifier
 
 from lunasentri_core import DeliveryResult
 from lunasentri_core.testing import make_notification
-from lunasentri_telegram import TelegramNotifier
 from lunasentri_telegram.api import BotApi, Unreachable, masked, redact
 
 SECRETS = [TOKEN, TOKEN.partition(":")[2], OTHER_BOT_TOKEN, OTHER_BOT_TOKEN.partition(":")[2]]
@@ -71,7 +70,7 @@ def test_no_answer_puts_the_token_in_logs_or_details(
     scripted: Scripted | None,
     config: dict[str, Any],
 ) -> None:
-    notifier = TelegramNotifier(settings_for(bot_api), clock=clock, sleep=clock.sleep)
+    notifier = settled_notifier(bot_api, clock)
     if scripted is not None:
         bot_api.script(scripted)
     caplog.set_level(logging.DEBUG)
@@ -87,17 +86,15 @@ def test_no_answer_puts_the_token_in_logs_or_details(
 
 @pytest.mark.parametrize("failure", ["closed port", "timeout"])
 def test_network_failures_keep_the_token_out_too(
-    bot_api: BotApiServer, caplog: pytest.LogCaptureFixture, failure: str
+    bot_api: BotApiServer, clock: FakeClock, caplog: pytest.LogCaptureFixture, failure: str
 ) -> None:
     if failure == "timeout":
-        settings = settings_for(bot_api, timeout=timedelta(seconds=0.2))
+        notifier = settled_notifier(bot_api, clock, timeout=timedelta(seconds=0.2))
         bot_api.script(Scripted(delay=2.0))
     else:
-        settings = settings_for(bot_api, api_url=f"http://127.0.0.1:{closed_port()}")
+        notifier = settled_notifier(bot_api, clock, api_url=f"http://127.0.0.1:{closed_port()}")
     caplog.set_level(logging.DEBUG)
-    result: DeliveryResult = anyio.run(
-        TelegramNotifier(settings).send, channel_config(PRIVATE), make_notification()
-    )
+    result: DeliveryResult = anyio.run(notifier.send, channel_config(PRIVATE), make_notification())
     assert result.detail
     assert_no_secret(result.detail, "the result's detail")
     assert_no_secret(everything_logged(caplog), "the log")

@@ -6,6 +6,12 @@ sliding window ("at most N in any W seconds") over the times of the sends,
 including sends that were granted a slot in the future and are waiting for it.
 A 429 answer blocks its chat for the ``retry_after`` Telegram gave.
 
+A limiter cannot see the sends of the process before a restart (or of another
+process), so it counts every chat's window as full at the moment it was made:
+its first send to any chat waits out that first second. Every send of the
+process then comes at least a second after the start, which keeps the bot's
+one-second window too; a group's minute is left to Telegram's 429.
+
 A send whose slot is further away than it may wait is refused, to be retried
 later. With a ``booking`` key (the notification's id) the refused send still
 books that slot, and its retry gets it: a storm of alerts to one chat is spread
@@ -77,6 +83,7 @@ class RateLimiter:
         self.per_group = per_group
         self.per_bot = per_bot
         self._clock = clock
+        self._started = clock()
         self._lock = threading.Lock()
         self._logs: dict[Hashable, tuple[_Log, Window]] = {}
         self._bookings: dict[Hashable, tuple[str, int | str, float]] = {}
@@ -118,7 +125,7 @@ class RateLimiter:
         with self._lock:
             now = self._clock()
             self._sweep(now)
-            log, _ = self._log(("chat", bot, chat), self.per_chat, now)
+            log, _ = self._chat_log(bot, chat, now)
             log.blocked_until = max(log.blocked_until, now + seconds)
             # Slots booked before Telegram said to stop are void; retries book anew.
             for key, (booked_bot, booked_chat, _) in list(self._bookings.items()):
@@ -128,16 +135,25 @@ class RateLimiter:
     def _logs_for(self, bot: str, chat: int | str, now: float) -> list[tuple[_Log, Window]]:
         logs = [
             self._log(("bot", bot), self.per_bot, now),
-            self._log(("chat", bot, chat), self.per_chat, now),
+            self._chat_log(bot, chat, now),
         ]
         if is_group(chat):
             logs.append(self._log(("group", bot, chat), self.per_group, now))
         return logs
 
-    def _log(self, key: Hashable, window: Window, now: float) -> tuple[_Log, Window]:
+    def _chat_log(self, bot: str, chat: int | str, now: float) -> tuple[_Log, Window]:
+        # Sends from before this limiter began are unseen: count the window as
+        # full at the start. A log swept as idle is past that, so its new seed
+        # is dropped at once.
+        seed = [self._started] * self.per_chat.limit
+        return self._log(("chat", bot, chat), self.per_chat, now, seed=seed)
+
+    def _log(
+        self, key: Hashable, window: Window, now: float, *, seed: list[float] | None = None
+    ) -> tuple[_Log, Window]:
         entry = self._logs.get(key)
         if entry is None:
-            entry = self._logs[key] = (_Log(), window)
+            entry = self._logs[key] = (_Log(times=seed or []), window)
         entry[0].forget_before(now - window.seconds)
         return entry
 
