@@ -30,6 +30,7 @@ from lunasentri_core.server.context import (
 )
 from lunasentri_core.server.dashboard import dashboard_routes
 from lunasentri_core.server.errors import EXCEPTION_HANDLERS
+from lunasentri_core.server.first_admin import DemoPassword
 from lunasentri_core.server.guards import CrossSiteGuard, SecurityHeaders
 from lunasentri_core.server.metrics import ServerMetrics
 
@@ -42,7 +43,7 @@ def create_app(
     *,
     extra_apis: Sequence[Api] = (),
     demo: bool = False,
-    demo_password: str | None = None,
+    demo_password: DemoPassword | None = None,
 ) -> Starlette:
     """Build the server application.
 
@@ -52,8 +53,8 @@ def create_app(
     :param extra_apis: More endpoint collections (embedding applications' own).
     :param demo: Also register this machine and run an in-process agent for it
         (``lunasentri serve --demo``).
-    :param demo_password: A password generated for the demo's admin, which the demo's
-        banner shows; one from the settings is never printed.
+    :param demo_password: The password the demo made for its admin, which the demo's
+        banner shows while it works; one from the settings is never printed.
     """
     settings = settings or (hub.settings if hub is not None else Settings.load())
     owns_hub = hub is None

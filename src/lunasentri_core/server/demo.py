@@ -23,6 +23,7 @@ from lunasentri_core.components import Credentials, Principal
 from lunasentri_core.config import Settings
 from lunasentri_core.hub import Sentri
 from lunasentri_core.model import Role
+from lunasentri_core.server.first_admin import DemoPassword, password_works
 from lunasentri_core.services.machines import Machines
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,15 @@ log = logging.getLogger(__name__)
 DEMO_DIR = "demo-agent"
 
 
-async def start_demo(app: Starlette, services: TaskGroup, password: str | None = None) -> None:
+async def start_demo(
+    app: Starlette, services: TaskGroup, password: DemoPassword | None = None
+) -> None:
     """Register this machine, run the agent for it, print how to look.
 
-    :param password: The admin's password when it was generated for the demo: the
-        banner shows it. A password from the settings is never printed (it would
-        end up in terminals' scrollback and service logs).
+    :param password: The password the demo made for its admin (kept in its data
+        directory): the banner shows it while it works. A password from the
+        settings is never printed (it would end up in terminals' scrollback and
+        service logs).
     """
     hub: Sentri = app.state.hub
     settings: Settings = app.state.full_settings
@@ -47,7 +51,31 @@ async def start_demo(app: Starlette, services: TaskGroup, password: str | None =
     agent_settings = _agent_settings(settings)
     key = await _demo_key(hub, actor, agent_settings)
     services.start_soon(_run_agent, agent_settings, key)
-    print(banner(settings, password), flush=True)
+    login, shown = await _login_line(hub, settings, password)
+    print(banner(settings, login, shown), flush=True)
+
+
+async def _login_line(
+    hub: Sentri, settings: Settings, password: DemoPassword | None
+) -> tuple[str, str]:
+    """How to log in, and the password to show in the example (never a configured one)."""
+    user = f"user {settings.admin_username!r}"
+    if password is None:
+        return (
+            f"{user}, password: the one in LUNASENTRI_ADMIN_PASSWORD (admin_password)",
+            "PASSWORD",
+        )
+    works = await hub.run_sync(
+        password_works, hub.storage.state, settings.admin_username, password.value
+    )
+    if not works:
+        return (
+            f"{user}, password: the one set for it since the demo made it "
+            f"('lunasentri users set-password {settings.admin_username}' sets another)",
+            "PASSWORD",
+        )
+    made = "generated now" if password.new else "as before"
+    return f"{user}, password {password.value!r} ({made}; kept in {password.path})", password.value
 
 
 def _agent_settings(settings: Settings) -> Settings:
@@ -126,15 +154,9 @@ async def _run_agent(settings: Settings, api_key: str) -> None:
             group.cancel_scope.cancel()
 
 
-def banner(settings: Settings, password: str | None) -> str:
-    """What the demo prints at start; ``password`` is shown only if it was generated."""
+def banner(settings: Settings, login: str, shown: str) -> str:
+    """What the demo prints at start: how to log in, and an example with ``shown``."""
     url = settings.server.base_url
-    if password is None:
-        where = "the one in LUNASENTRI_ADMIN_PASSWORD (admin_password)"
-        login = f"user {settings.admin_username!r}, password: {where}"
-    else:
-        login = f"user {settings.admin_username!r}, password {password!r} (generated)"
-    shown = password if password is not None else "PASSWORD"
     lines = [
         "",
         "LunaSentri demo is running.",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import secrets
 import socket
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import uvicorn
 
 from lunasentri_core.config import Settings
 from lunasentri_core.errors import LunaSentriError
+from lunasentri_core.server.first_admin import DemoPassword, demo_password, require_admin
 from lunasentri_core.server.instance_lock import server_lock
 from lunasentri_core.server.logs import configure_logging
 
@@ -65,18 +65,22 @@ def serve(
         settings = Settings.load(ctx.obj.config if ctx.obj is not None else None)
         server = attrs.evolve(settings.server, **{k: v for k, v in flags.items() if v is not None})
         settings = attrs.evolve(settings, server=server, data_dir=data_dir or settings.data_dir)
-        generated = None
+        kept = None
         if demo and settings.admin_password is None:
-            generated = secrets.token_urlsafe(12)
-            settings = attrs.evolve(settings, admin_password=generated)
+            kept = demo_password(settings.data_dir)
+            settings = attrs.evolve(settings, admin_password=kept.value)
         configure_logging(settings.server.log_format, settings.log_level)
         with server_lock(settings):
-            run(settings, demo=demo, demo_password=generated)
+            if not demo:
+                require_admin(settings)
+            run(settings, demo=demo, demo_password=kept)
     except LunaSentriError as error:
         raise click.ClickException(str(error)) from None
 
 
-def run(settings: Settings, *, demo: bool = False, demo_password: str | None = None) -> None:
+def run(
+    settings: Settings, *, demo: bool = False, demo_password: DemoPassword | None = None
+) -> None:
     """Serve until interrupted; SIGINT/SIGTERM shut down gracefully (pending writes flushed)."""
     from lunasentri_core.server.app import create_app
 
