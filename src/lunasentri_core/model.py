@@ -371,6 +371,14 @@ class DeliveryState(enum.StrEnum):
     DELIVERED = "delivered"
     DEAD = "dead"
     """Given up: attempts exhausted, a permanent failure, or the channel gone."""
+    SKIPPED = "skipped"
+    """Not sent because its channel was disabled (``last_error`` says why); resent
+    by hand once the channel is enabled again."""
+
+
+def skipped_because(disabled_reason: str | None) -> str:
+    """The ``last_error`` of a delivery skipped for a channel disabled for ``disabled_reason``."""
+    return "channel disabled" if not disabled_reason else f"channel disabled: {disabled_reason}"
 
 
 @attrs.frozen

@@ -4,11 +4,13 @@ and silences."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
+import attrs
 import pytest
 
 from lunasentri_core import DeliveryResult, DeliveryStatus, Reading, Role, Sample, Sentri
-from lunasentri_core.components import NotificationKind
+from lunasentri_core.components import Notification, NotificationKind
 from lunasentri_core.config import NotificationSettings
 from lunasentri_core.model import (
     Delivery,
@@ -151,9 +153,11 @@ async def test_a_permanent_failure_is_dead_at_once_and_a_gone_channel_is_disable
         stored = await hub.run_sync(hub.storage.state.get_channel, channel.id)
         assert not stored.enabled
         assert stored.disabled_reason == "the channel refused delivery for good: 410 gone"
-        await put(hub, event(user.id))  # a disabled channel gets nothing new
+        await put(hub, event(user.id))  # a disabled channel gets nothing new sent
         await hub.dispatcher.cycle()
-        assert len(await deliveries(hub)) == 2
+        [held] = [d for d in await deliveries(hub) if d.state is DeliveryState.SKIPPED]
+        assert held.last_error == f"channel disabled: {stored.disabled_reason}"
+        assert len(notifier.attempts) == 2
 
 
 async def test_each_active_channel_of_the_owner_gets_the_event_and_nobody_else(
@@ -251,3 +255,62 @@ async def test_what_recovered_within_a_silence_is_not_sent_at_its_end(
         closed = await hub.run_sync(state.get_silence, silence.id)
         assert closed.ended_at == clock()
     assert "ops" not in notifier.sent
+
+
+async def skipped(hub: Sentri) -> list[Delivery]:
+    state = hub.storage.state
+    return await hub.run_sync(lambda: state.list_deliveries(state=DeliveryState.SKIPPED))
+
+
+async def test_a_gone_channel_gets_nothing_more_of_a_burst_and_later_events_are_skipped(
+    open_hub: OpenHub, clock: Clock, notifier: RecordingNotifier
+) -> None:
+    async with open_hub() as hub:
+        user = await add_user(hub)
+        channel = await add_channel(hub, user.id, "ops")
+        notifier.script = [DeliveryResult(DeliveryStatus.DISABLE_CHANNEL, "410 gone")]
+        await put(hub, *(event(user.id, title=f"event {n}") for n in range(3)))
+        assert await hub.dispatcher.cycle() == 3  # all three taken in one burst
+        assert [n.title for n in notifier.attempts] == ["event 0"], "sent after the 410"
+        [gone] = [d for d in await deliveries(hub) if d.state is DeliveryState.DEAD]
+        assert gone.last_error == "410 gone"
+        held = await skipped(hub)
+        assert len(held) == 2
+        reason = "channel disabled: the channel refused delivery for good: 410 gone"
+        assert {(d.attempts, d.last_error) for d in held} == {(0, reason)}
+
+        await put(hub, event(user.id, title="while disabled"))
+        await hub.dispatcher.cycle()
+        assert len(await skipped(hub)) == 3, "an event for a disabled channel is recorded"
+        assert len(notifier.attempts) == 1
+
+        state = hub.storage.state
+        stored = await hub.run_sync(state.get_channel, channel.id)
+        await hub.run_sync(state.update_channel, attrs.evolve(stored, enabled=True))
+        assert await hub.run_sync(state.resend_skipped, channel.id, clock(), user.id) == 3
+        await hub.dispatcher.cycle()
+    assert notifier.kinds("ops") == ["machine.offline"] * 3
+    assert [n.title for n in notifier.attempts[1:]] == ["event 1", "event 2", "while disabled"]
+
+
+async def test_a_channel_disabled_elsewhere_mid_burst_is_not_sent_to(
+    open_hub: OpenHub, notifier: RecordingNotifier
+) -> None:
+    async with open_hub() as hub:
+        user = await add_user(hub)
+        channel = await add_channel(hub, user.id, "ops")
+        state = hub.storage.state
+        sent = notifier.send
+
+        def send_then_disable(config: Any, notification: Notification) -> DeliveryResult:
+            # Another server process learns of a 410 for this channel meanwhile.
+            stored = state.get_channel(channel.id)
+            state.update_channel(attrs.evolve(stored, enabled=False, disabled_reason="gone"))
+            return sent(config, notification)
+
+        notifier.send = send_then_disable  # type: ignore[method-assign]
+        await put(hub, event(user.id, title="first"), event(user.id, title="second"))
+        await hub.dispatcher.cycle()
+        assert [n.title for n in notifier.attempts] == ["first"]
+        [held] = await skipped(hub)
+        assert held.last_error == "channel disabled: gone"

@@ -2,7 +2,9 @@
 
 Alerts and status changes become events; the dispatcher delivers them to the
 owner's channels through a loopback notifier and a real receiver. Dead
-deliveries are listed and retried; a receiver that says 410 disables its channel.
+deliveries are listed and retried; a receiver that says 410 disables its channel,
+whose events are then recorded as skipped and sent once it is enabled and they
+are resent.
 """
 
 from __future__ import annotations
@@ -150,8 +152,35 @@ def test_a_channel_gone_for_good_is_disabled_until_enabled_again(
     assert "410" in disabled["disabled_reason"]
     [dead] = deliveries(team, team.bob, channel_id=gone["id"])
     assert (dead["state"], dead["attempts"]) == ("dead", 1)
+    assert len(receiver.messages()) == 1
+
+    # An event while the channel is disabled is recorded for it, visibly, and not sent.
+    _, later_key, _ = firing_machine(team, team.bob)
+    team.ingest(later_key, {"cpu.percent": 97.0})
+    [held] = wait_for(
+        lambda: deliveries(team, team.bob, state="skipped", channel_id=gone["id"]),
+        what="a skipped delivery",
+    )
+    assert held["last_error"] == f"channel disabled: {disabled['disabled_reason']}"
+    assert (held["attempts"], held["event"]["kind"]) == (0, "alert.firing")
+    resend = f"{path}/resend-skipped"
+    refused = team.error(team.bob, "POST", resend, 409)
+    assert (refused["code"], refused["field"]) == ("channel_disabled", "enabled")
+    assert team.error(team.alice, "POST", resend, 404)["code"] == "not_found"
+
     enabled = team.json(team.bob, "PATCH", path, 200, json={"enabled": True})
     assert (enabled["enabled"], enabled["disabled_reason"]) == (True, None)
+    receiver.status = 200
+    assert team.json(team.bob, "POST", resend, 200) == {"resent": 1}
+    [done] = wait_for(
+        lambda: deliveries(team, team.bob, state="delivered", channel_id=gone["id"]),
+        what="the skipped delivery sent",
+    )
+    assert done["id"] == held["id"]
+    assert [m.body["id"] for m in receiver.messages()] == [dead["id"], held["id"]]
+    assert team.json(team.bob, "POST", resend, 200) == {"resent": 0}
+    audit = team.json(team.admin, "GET", "/api/v1/audit", 200, params={"action": "channel.resend"})
+    assert gone["id"] in {e["target_id"] for e in audit["items"]}
 
 
 @pytest.mark.parametrize(

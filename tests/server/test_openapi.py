@@ -367,6 +367,12 @@ def _alerting(s: Scenario, admin: str, alice: str, machine_id: str, key: str) ->
         s.call(alice, "GET", f"{path}/status-changes", 422, params={"limit": "0"})
         s.call(alice, "PATCH", path, 200, json={"offline_after": 600})
         s.call(alice, "PATCH", path, 200, json={"offline_after": None})
+        resend = f"/api/v1/channels/{channel_id}/resend-skipped"
+        s.call(alice, "PATCH", f"/api/v1/channels/{channel_id}", 200, json={"enabled": False})
+        s.call(alice, "POST", resend, 409)
+        s.call(alice, "PATCH", f"/api/v1/channels/{channel_id}", 200, json={"enabled": True})
+        s.call(alice, "POST", resend, 200)
+        s.call(alice, "POST", "/api/v1/channels/nope/resend-skipped", 404)
         s.call(alice, "DELETE", f"/api/v1/channels/{channel_id}", 204)
         s.call(alice, "DELETE", f"/api/v1/channels/{channel_id}", 404)
         s.call(alice, "DELETE", f"/api/v1/alert-rules/{rule_id}", 204)

@@ -61,6 +61,7 @@ from lunasentri_core.model import (  # not in the public API yet
     Silence,
     StatusChange,
     new_id,
+    skipped_because,
 )
 from lunasentri_core.storage import (
     Capability,
@@ -697,12 +698,15 @@ class MemoryState:
                     )
                     continue
                 for channel in self._receivers(event.owner_id):
+                    skipped = not channel.enabled
                     delivery = Delivery(
                         id=new_id(),
                         event_id=event.id,
                         channel_id=channel.id,
                         owner_id=channel.owner_id,
+                        state=DeliveryState.SKIPPED if skipped else DeliveryState.PENDING,
                         next_attempt_at=now,
+                        last_error=skipped_because(channel.disabled_reason) if skipped else None,
                         created_at=now,
                     )
                     self._deliveries[delivery.id] = delivery
@@ -724,12 +728,12 @@ class MemoryState:
         return None
 
     def _receivers(self, owner_id: str | None) -> list[Channel]:
-        """Enabled channels of the owner; of every administrator for an unowned event."""
+        """Channels of the owner; of every administrator for an unowned event."""
         if owner_id is None:
             owners = {u.id for u in self._users.values() if u.role is Role.ADMIN}
         else:
             owners = {owner_id}
-        return [c for c in self._channels.values() if c.enabled and c.owner_id in owners]
+        return [c for c in self._channels.values() if c.owner_id in owners]
 
     def claim_deliveries(
         self, now: datetime, lease: timedelta, limit: int = 50
@@ -770,6 +774,15 @@ class MemoryState:
                 self._channels[channel.id] = attrs.evolve(
                     channel, enabled=False, disabled_reason=disable_channel
                 )
+                self._skip_pending(channel.id, skipped_because(disable_channel))
+
+    def _skip_pending(self, channel_id: str, reason: str) -> None:
+        for other in list(self._deliveries.values()):
+            if other.channel_id == channel_id and other.state is DeliveryState.PENDING:
+                self._deliveries[other.id] = attrs.evolve(
+                    other, state=DeliveryState.SKIPPED, last_error=reason
+                )
+                self._leases.pop(other.id, None)
 
     def list_deliveries(
         self,
@@ -798,7 +811,7 @@ class MemoryState:
             delivery = _get(self._deliveries, delivery_id, "delivery")
             if owner_id not in (None, delivery.owner_id):
                 raise NotFoundError(f"no delivery {delivery_id!r}")
-            if delivery.state is not DeliveryState.DEAD:
+            if delivery.state not in (DeliveryState.DEAD, DeliveryState.SKIPPED):
                 raise ConflictError(f"delivery {delivery_id!r} is {delivery.state}")
             retried = attrs.evolve(
                 delivery, state=DeliveryState.PENDING, attempts=0, next_attempt_at=now
@@ -806,6 +819,24 @@ class MemoryState:
             self._deliveries[delivery_id] = retried
             self._leases.pop(delivery_id, None)
             return retried
+
+    def resend_skipped(self, channel_id: str, now: datetime, owner_id: str | None = None) -> int:
+        with self._lock:
+            channel = _get(self._channels, channel_id, "channel")
+            if owner_id not in (None, channel.owner_id):
+                raise NotFoundError(f"no channel {channel_id!r}")
+            if not channel.enabled:
+                raise ConflictError(f"channel {channel_id!r} is disabled")
+            held = [
+                d
+                for d in self._deliveries.values()
+                if d.channel_id == channel_id and d.state is DeliveryState.SKIPPED
+            ]
+            for delivery in held:
+                self._deliveries[delivery.id] = attrs.evolve(
+                    delivery, state=DeliveryState.PENDING, attempts=0, next_attempt_at=now
+                )
+            return len(held)
 
     # silences
 
@@ -1064,7 +1095,7 @@ class MemoryState:
         silence = self._silences.get(event.silence_id or "")
         if silence is not None and silence.ended_at is None:
             return False
-        finished = (DeliveryState.DELIVERED, DeliveryState.DEAD)
+        finished = (DeliveryState.DELIVERED, DeliveryState.DEAD, DeliveryState.SKIPPED)
         return all(d.state in finished for d in self._deliveries.values() if d.event_id == event.id)
 
     def _closed(self, event: AlertEvent, before: datetime) -> bool:

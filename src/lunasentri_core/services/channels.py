@@ -268,6 +268,22 @@ class Channels:
         await self.hub.run_sync(self._state.delete_channel, channel.id, owner_scope(actor))
         await self._audit("channel.delete", actor, channel, client, {})
 
+    async def resend_skipped(
+        self, actor: Principal, channel_id: str, *, client: str | None = None
+    ) -> int:
+        """Queue the deliveries skipped while the channel was disabled; returns how many.
+
+        Not done by enabling it: its owner may not want hours-old alerts, or only some
+        (each can also be retried alone)."""
+        channel = await self._get(actor, channel_id)
+        now = self.hub.clock()
+        resent = await self.hub.run_sync(
+            self._state.resend_skipped, channel.id, now, owner_scope(actor)
+        )
+        self.hub.dispatcher.wake()
+        await self._audit("channel.resend", actor, channel, client, {"resent": resent})
+        return resent
+
     async def _audit(
         self,
         action: str,

@@ -7,6 +7,12 @@ receiver can drop the duplicate a crash between sending and recording causes.
 Failures are retried with exponential backoff and jitter, honouring a channel's
 Retry-After, up to ``max_attempts``; then the delivery is dead, visible through
 the API, and can be queued again by hand.
+
+A channel that answers "gone" (HTTP 410) is disabled with that answer. Its
+channel is read again before each send, so a delivery already taken, by this
+round or by another server process, is not sent once that is known: it is
+recorded ``skipped``, as are the events that arrive while the channel is
+disabled, and its owner resends them after enabling it again.
 """
 
 from __future__ import annotations
@@ -29,8 +35,14 @@ from lunasentri_core.components import (
     Notifier,
 )
 from lunasentri_core.config import NotificationSettings
-from lunasentri_core.errors import PluginError
-from lunasentri_core.model import Channel, Delivery, DeliveryState, OutboxEvent
+from lunasentri_core.errors import NotFoundError, PluginError
+from lunasentri_core.model import (
+    Channel,
+    Delivery,
+    DeliveryState,
+    OutboxEvent,
+    skipped_because,
+)
 from lunasentri_core.services import silences
 
 if TYPE_CHECKING:
@@ -152,9 +164,11 @@ class Dispatcher:
                 await self._deliver(delivery, event, channel)
 
     async def _deliver(self, delivery: Delivery, event: OutboxEvent, channel: Channel) -> None:
-        if not channel.enabled:
-            reason = channel.disabled_reason or "disabled"
-            await self._finish(delivery, DeliveryResult(DeliveryStatus.FAILED, reason))
+        current = await self._current(channel)
+        if current is None:
+            return  # deleted with its deliveries
+        if not current.enabled:
+            await self._skip(delivery, current)
             return
         try:
             notifier = self._hub.notifier(channel.type)
@@ -171,6 +185,23 @@ class Dispatcher:
         # A send that happened is recorded even while the hub shuts down.
         with anyio.CancelScope(shield=True):
             await self._finish(delivery, result)
+
+    async def _current(self, channel: Channel) -> Channel | None:
+        """The channel as stored now: the one taken with the delivery may be stale, as
+        a 410 to an earlier delivery of this round or of another process disables it."""
+        state = self._hub.storage.state
+        try:
+            return await self._hub.run_sync(state.get_channel, channel.id)
+        except NotFoundError:
+            return None
+
+    async def _skip(self, delivery: Delivery, channel: Channel) -> None:
+        held = attrs.evolve(
+            delivery,
+            state=DeliveryState.SKIPPED,
+            last_error=skipped_because(channel.disabled_reason),
+        )
+        await self._hub.run_sync(self._hub.storage.state.finish_delivery, held)
 
     async def _finish(self, delivery: Delivery, result: DeliveryResult) -> None:
         now = self._hub.clock()

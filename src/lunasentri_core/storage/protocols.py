@@ -97,8 +97,8 @@ class PurgePolicy:
     one whose key was not delivered yet is kept."""
     outbox: timedelta = attrs.field(default=timedelta(days=30), validator=_positive)
     """Outbox events are kept this long after they occurred, and then only deleted
-    (with their deliveries) once handled: dispatched with every delivery delivered or
-    dead (or with none), or silenced by a silence that has been closed."""
+    (with their deliveries) once handled: dispatched with every delivery delivered,
+    dead or skipped (or with none), or silenced by a silence that has been closed."""
     history: timedelta = attrs.field(default=timedelta(days=90), validator=_positive)
     """Machines' status changes and alert events are kept this long. An alert event
     still open (firing, not acknowledged, its series still firing since that event)
@@ -312,7 +312,9 @@ class StateStore(Protocol):
     def add_outbox_events(self, events: Sequence[OutboxEvent]) -> None: ...
     def fan_out(self, now: datetime, limit: int = 500) -> int:
         """Hand new events to channels: silenced ones are marked so, the rest get one
-        pending delivery per active channel of their owner (``None``: every admin).
+        delivery per channel of their owner (``None``: every admin): pending for an
+        enabled channel; for a disabled one ``skipped``, its ``last_error`` being
+        :func:`~lunasentri_core.model.skipped_because` of the channel's reason.
         Returns how many events were handled."""
         ...
 
@@ -324,7 +326,8 @@ class StateStore(Protocol):
 
     def finish_delivery(self, delivery: Delivery, *, disable_channel: str | None = None) -> None:
         """Store a delivery's outcome and release it; ``disable_channel`` gives the reason
-        to disable its channel (in the same transaction)."""
+        to disable its channel, whose other pending deliveries become ``skipped`` (all
+        in the same transaction)."""
         ...
 
     def list_deliveries(
@@ -342,7 +345,13 @@ class StateStore(Protocol):
     def retry_delivery(
         self, delivery_id: str, now: datetime, owner_id: str | None = None
     ) -> Delivery:
-        """Queue a dead delivery again, with its attempts reset."""
+        """Queue a dead or skipped delivery again, with its attempts reset."""
+        ...
+
+    def resend_skipped(self, channel_id: str, now: datetime, owner_id: str | None = None) -> int:
+        """Queue every skipped delivery of an enabled channel again, due at ``now``, with
+        attempts reset; returns how many. :class:`~lunasentri_core.errors.NotFoundError`
+        for a channel not found (or not ``owner_id``'s), ``ConflictError`` if disabled."""
         ...
 
     def list_outbox_events(

@@ -6,8 +6,11 @@ event is seen only unscoped). Outbox events are listed newest first. ``fan_out``
 handles each new event once, oldest first: one matching the owner's silence
 active when it occurred is marked silenced, any other is dispatched with one
 pending delivery per enabled channel of its owner (of every administrator when
-it has none), due at once. A claimed delivery is not claimed again until its
-lease runs out or it is finished; only a dead delivery can be retried; a
+it has none), due at once, and one skipped delivery per disabled channel, saying
+why. A claimed delivery is not claimed again until its lease runs out or it is
+finished; disabling a channel with a delivery's outcome skips its other pending
+deliveries; only a dead or skipped delivery can be retried, and a channel's
+skipped deliveries are resent together once it is enabled again; a
 silence is closed once, its re-notifications written with the close. Of
 concurrent callers, each event is fanned out and each delivery claimed once.
 """
@@ -178,7 +181,7 @@ class OutboxStateContract(Contract):
         assert state.list_outbox_events(ids=[event.id]) == [
             attrs.evolve(event, state=EventState.DISPATCHED)
         ]
-        queued = state.list_deliveries(event_id=event.id)
+        queued = state.list_deliveries(event_id=event.id, state=DeliveryState.PENDING)
         assert sorted(d.channel_id for d in queued) == sorted(c.id for c in channels)
         for delivery in queued:
             expected = Delivery(delivery.id, event.id, delivery.channel_id, owner.id)
@@ -228,12 +231,13 @@ class OutboxStateContract(Contract):
         state.add_channel(make_channel(user.id))
         [event] = _events(state, None, 1)
         assert state.fan_out(NOW) == 1
-        queued = state.list_deliveries(event_id=event.id)
+        queued = state.list_deliveries(event_id=event.id, state=DeliveryState.PENDING)
         assert {(d.channel_id, d.owner_id) for d in queued} == {
             (mine.id, admin.id),
             (theirs.id, deputy.id),
         }
         assert [d.channel_id for d in state.list_deliveries(admin.id)] == [mine.id]
+        assert len(state.list_deliveries(deputy.id, state=DeliveryState.SKIPPED)) == 1
         assert state.list_deliveries(user.id) == []
 
     # ------------------------------------------------------------ deliveries
@@ -291,7 +295,78 @@ class OutboxStateContract(Contract):
         assert state.get_channel(kept.id) == kept
         [event] = _events(state, owner, 1)
         state.fan_out(NOW)
-        assert [d.channel_id for d in state.list_deliveries(event_id=event.id)] == [kept.id]
+        found = state.list_deliveries(event_id=event.id, state=DeliveryState.PENDING)
+        assert [d.channel_id for d in found] == [kept.id]
+
+    def test_a_disabled_channel_gets_a_skipped_delivery(self, state: StateStore) -> None:
+        owner = _user(state)
+        paused = state.add_channel(make_channel(owner.id, enabled=False, disabled_reason="410"))
+        muted = state.add_channel(make_channel(owner.id, enabled=False))
+        [event] = _events(state, owner, 1)
+        assert state.fan_out(NOW) == 1
+        found = {d.channel_id: d for d in state.list_deliveries(event_id=event.id)}
+        assert set(found) == {paused.id, muted.id}
+        for channel, why in ((paused, "channel disabled: 410"), (muted, "channel disabled")):
+            expected = Delivery(found[channel.id].id, event.id, channel.id, owner.id)
+            assert found[channel.id] == attrs.evolve(
+                expected,
+                state=DeliveryState.SKIPPED,
+                last_error=why,
+                next_attempt_at=NOW,
+                created_at=NOW,
+            )
+        assert _claimed(state, NOW + timedelta(days=1)) == [], "a skipped one is not sent"
+
+    def test_disabling_a_channel_skips_its_other_pending_deliveries(
+        self, state: StateStore
+    ) -> None:
+        owner, channel, first = _queued(state)
+        other = state.add_channel(make_channel(owner.id))
+        _events(state, owner, 2)
+        assert state.fan_out(NOW) == 2
+        assert first in _claimed(state, NOW)  # the others are taken too: leases don't matter
+        dead = attrs.evolve(first, state=DeliveryState.DEAD, attempts=1, last_error="410")
+        state.finish_delivery(dead, disable_channel="gone")
+        assert state.list_deliveries(channel_id=channel.id, state=DeliveryState.PENDING) == []
+        held = state.list_deliveries(channel_id=channel.id, state=DeliveryState.SKIPPED)
+        assert len(held) == 2
+        assert {(d.attempts, d.last_error) for d in held} == {(0, "channel disabled: gone")}
+        assert len(state.list_deliveries(channel_id=other.id, state=DeliveryState.PENDING)) == 2
+        assert state.list_deliveries(channel_id=channel.id, state=DeliveryState.DEAD) == [dead]
+
+    def test_resend_skipped_queues_an_enabled_channels_skipped_deliveries(
+        self, state: StateStore
+    ) -> None:
+        owner = _user(state)
+        channel = state.add_channel(make_channel(owner.id, enabled=False, disabled_reason="x"))
+        elsewhere = state.add_channel(make_channel(owner.id, enabled=False))
+        _events(state, owner, 2)
+        state.fan_out(NOW)
+        later = NOW + timedelta(hours=1)
+        with pytest.raises(ConflictError):
+            state.resend_skipped(channel.id, later, owner.id)  # still disabled
+        enabled = state.update_channel(attrs.evolve(channel, enabled=True, disabled_reason=None))
+        with pytest.raises(NotFoundError):
+            state.resend_skipped(channel.id, later, _user(state).id)
+        with pytest.raises(NotFoundError):
+            state.resend_skipped("no-such-channel", later)
+        assert state.resend_skipped(enabled.id, later, owner.id) == 2
+        queued = state.list_deliveries(channel_id=channel.id)
+        assert {(d.state, d.attempts, d.next_attempt_at) for d in queued} == {
+            (DeliveryState.PENDING, 0, later)
+        }
+        assert sorted(d.id for d in _claimed(state, later)) == sorted(d.id for d in queued)
+        assert state.resend_skipped(channel.id, later) == 0
+        assert len(state.list_deliveries(channel_id=elsewhere.id)) == 2, "only that channel's"
+
+    def test_a_skipped_delivery_can_be_retried(self, state: StateStore) -> None:
+        owner = _user(state)
+        state.add_channel(make_channel(owner.id, enabled=False))
+        [event] = _events(state, owner, 1)
+        state.fan_out(NOW)
+        [held] = state.list_deliveries(event_id=event.id)
+        retried = state.retry_delivery(held.id, NOW, owner.id)
+        assert (retried.state, retried.attempts) == (DeliveryState.PENDING, 0)
 
     def test_only_a_dead_delivery_is_retried(self, state: StateStore) -> None:
         owner, _, delivery = _queued(state)

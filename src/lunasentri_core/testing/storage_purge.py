@@ -262,6 +262,15 @@ class PurgeStateContract(Contract):
         assert state.purge(NOW, POLICY) == PurgeReport(outbox_events=1, deliveries=1)
         assert _outbox_left(state) == {recent.id, muted.id, fresh.id}
 
+    def test_skipped_deliveries_go_with_their_old_events(self, state: StateStore) -> None:
+        owner = _user(state)
+        state.add_channel(make_channel(owner.id, enabled=False, disabled_reason="gone"))
+        held = _event(owner, NOW - POLICY.outbox - MICROSECOND)
+        state.add_outbox_events([held])
+        assert state.fan_out(NOW) == 1
+        assert state.purge(NOW, POLICY) == PurgeReport(outbox_events=1, deliveries=1)
+        assert state.list_deliveries(event_id=held.id) == []
+
     def test_status_changes_go_after_the_history_period(self, state: StateStore) -> None:
         limit = NOW - POLICY.history
         machine = state.add_machine(make_machine(status=MachineStatus.ONLINE))

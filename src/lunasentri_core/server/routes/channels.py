@@ -13,7 +13,7 @@ from starlette.responses import Response
 from lunasentri_core.codec import decode
 from lunasentri_core.components import DeliveryResult, DeliveryStatus
 from lunasentri_core.config import ServerSettings
-from lunasentri_core.errors import FieldError, ValidationError
+from lunasentri_core.errors import ConflictError, FieldError, ValidationError
 from lunasentri_core.model import Channel, Delivery, DeliveryState, EventState, OutboxEvent
 from lunasentri_core.server import params
 from lunasentri_core.server.api import Api, Auth, Call, Schema, items_of, ref
@@ -103,7 +103,8 @@ DELIVERY = api.schema(
             "state": params.enum_schema(
                 list(DeliveryState),
                 "dead: given up (attempts exhausted, a permanent failure, or the channel "
-                "gone); it can be retried.",
+                "gone); skipped: not sent because the channel was disabled (last_error "
+                "says why). Both can be retried.",
             ),
             "attempts": {"type": "integer", "minimum": 0},
             "next_attempt_at": TIMESTAMP,
@@ -123,6 +124,14 @@ DELIVERY = api.schema(
                 ]
             },
         }
+    ),
+)
+
+
+RESENT = api.schema(
+    "ResentDeliveries",
+    object_schema(
+        {"resent": {"type": "integer", "minimum": 0, "description": "Deliveries queued."}}
     ),
 )
 
@@ -346,6 +355,27 @@ async def test_channel(call: Call) -> object:
     return result_json(result)
 
 
+@api.post(
+    "/api/v1/channels/{channel_id}/resend-skipped",
+    auth=Auth.USER,
+    summary="Send the deliveries skipped while a channel was disabled",
+    responses={200: RESENT, 409: ref("Error")},
+)
+async def resend_skipped(call: Call) -> object:
+    """While a channel is disabled (by its owner, or by the server when the receiver
+    said it is gone), each event for it is recorded as a `skipped` delivery. Once the
+    channel is enabled again (`PATCH` with `enabled: true`), this queues them all, each
+    with its attempts started over; enabling alone sends nothing. A channel still
+    disabled is a 409 (`channel_disabled`, field `enabled`)."""
+    try:
+        resent = await Channels(call.hub).resend_skipped(
+            call.user, call.path("channel_id"), client=call.client
+        )
+    except ConflictError as error:
+        raise ApiError(409, "channel_disabled", str(error), "enabled") from None
+    return {"resent": resent}
+
+
 def _count_test(call: Call) -> None:
     # Per user: a test send reaches an outside service at once, with no outbox between.
     tests: TokenBucket = call.request.app.state.channel_tests
@@ -382,7 +412,8 @@ _ID_FILTER: Schema = {"type": "string", "maxLength": params.MAX_ID}
 )
 async def list_notifications(call: Call) -> object:
     """Each delivery carries its event's kind and title. A failed attempt is retried
-    with exponential backoff; after the last attempt the delivery is `dead`."""
+    with exponential backoff; after the last attempt the delivery is `dead`. An event
+    for a disabled channel gets a `skipped` delivery (`state=skipped` lists them)."""
     params.only(call, {"state", "channel_id", "event_id", "limit"})
     found = await Notifications(call.hub).deliveries(
         call.user,
@@ -398,12 +429,12 @@ async def list_notifications(call: Call) -> object:
     "/api/v1/notifications/{delivery_id}/retry",
     auth=Auth.USER,
     tags=NOTIFICATIONS,
-    summary="Queue a dead delivery again",
+    summary="Queue a dead or skipped delivery again",
     responses={200: DELIVERY, 409: ref("Error")},
 )
 async def retry_notification(call: Call) -> object:
-    """Its attempts start over and it is sent at once. Only a dead delivery can be
-    retried (409 otherwise)."""
+    """Its attempts start over and it is sent at once. Only a dead or skipped delivery
+    can be retried (409 otherwise); one to a channel still disabled is skipped again."""
     view = await Notifications(call.hub).retry(
         call.user, call.path("delivery_id"), client=call.client
     )

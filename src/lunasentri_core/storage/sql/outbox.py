@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import exc
@@ -30,6 +30,7 @@ from lunasentri_core.model import (
     Role,
     Silence,
     new_id,
+    skipped_because,
 )
 from lunasentri_core.storage.sql.database import Database
 from lunasentri_core.storage.sql.schema import (
@@ -343,6 +344,21 @@ class SqlOutboxStore:
                     .where(channels.c.id == delivery.channel_id)
                     .values(enabled=False, disabled_reason=disable_channel)
                 )
+                # The channel's other queued deliveries show at once that they wait for
+                # it; one another process holds is re-checked by it before sending.
+                conn.execute(
+                    sa.update(deliveries)
+                    .where(
+                        deliveries.c.channel_id == delivery.channel_id,
+                        deliveries.c.state == DeliveryState.PENDING.value,
+                        deliveries.c.id != delivery.id,
+                    )
+                    .values(
+                        state=DeliveryState.SKIPPED.value,
+                        last_error=skipped_because(disable_channel),
+                        lease_until=None,
+                    )
+                )
 
     def list_deliveries(
         self,
@@ -373,9 +389,10 @@ class SqlOutboxStore:
             row = conn.execute(sa.select(deliveries).where(condition)).first()
             if row is None:
                 raise NotFoundError(f"delivery {delivery_id!r} not found")
-            if row.state != DeliveryState.DEAD.value:
+            if row.state not in _RETRIABLE:
                 raise ConflictError(
-                    f"delivery {delivery_id!r} is {row.state}; only a dead one can be retried"
+                    f"delivery {delivery_id!r} is {row.state}; "
+                    "only a dead or skipped one can be retried"
                 )
             conn.execute(
                 sa.update(deliveries)
@@ -389,6 +406,35 @@ class SqlOutboxStore:
             )
             row = conn.execute(sa.select(deliveries).where(condition)).one()
         return _delivery(row)
+
+    def resend_skipped(self, channel_id: str, now: datetime, owner_id: str | None = None) -> int:
+        with self._db.write() as conn:
+            query = sa.select(channels.c.enabled).where(
+                channels.c.id == channel_id, _owned(channels, owner_id)
+            )
+            if self._db.is_postgres:
+                # Waits for a disabling 410 being recorded, rather than resending into it.
+                query = query.with_for_update()
+            enabled = conn.execute(query).scalar()
+            if enabled is None:
+                raise NotFoundError(f"channel {channel_id!r} not found")
+            if not enabled:
+                raise ConflictError(
+                    f"channel {channel_id!r} is disabled; enable it before resending"
+                )
+            return conn.execute(
+                sa.update(deliveries)
+                .where(
+                    deliveries.c.channel_id == channel_id,
+                    deliveries.c.state == DeliveryState.SKIPPED.value,
+                )
+                .values(
+                    state=DeliveryState.PENDING.value,
+                    attempts=0,
+                    next_attempt_at=now,
+                    lease_until=None,
+                )
+            ).rowcount
 
     # ------------------------------------------------------------------ silences
 
@@ -465,6 +511,9 @@ class SqlOutboxStore:
         return bool(closed)
 
 
+_RETRIABLE = (DeliveryState.DEAD.value, DeliveryState.SKIPPED.value)
+
+
 def _claimed(row: Row[Any]) -> tuple[Delivery, OutboxEvent, Channel]:
     mapping = row._mapping
     delivery = Delivery(
@@ -517,6 +566,15 @@ def _mark(event: OutboxEvent, state: EventState, silence_id: str | None) -> dict
     return {"event_id": event.id, "new_state": state.value, "new_silence_id": silence_id}
 
 
+class _Target(NamedTuple):
+    """A channel an event goes to."""
+
+    id: str
+    owner_id: str
+    enabled: bool
+    disabled_reason: str | None
+
+
 class _Fanout:
     """Hands one batch of new events to channels inside the caller's transaction."""
 
@@ -544,8 +602,8 @@ class _Fanout:
             if silence is not None:
                 marks.append(_mark(event, EventState.SILENCED, silence.id))
                 continue
-            for channel_id, owner_id in targets.get(event.owner_id, ()):
-                queued.append(self._delivery(event, channel_id, owner_id))
+            for target in targets.get(event.owner_id, ()):
+                queued.append(self._delivery(event, target))
             marks.append(_mark(event, EventState.DISPATCHED, None))
         self.conn.execute(_MARK_EVENT, marks)
         if queued:
@@ -557,17 +615,20 @@ class _Fanout:
             event.machine_id, machine_labels, event.rule_id
         )
 
-    def _delivery(self, event: OutboxEvent, channel_id: str, owner_id: str) -> dict[str, Any]:
+    def _delivery(self, event: OutboxEvent, target: _Target) -> dict[str, Any]:
+        # A disabled channel's delivery is recorded too, skipped: the owner sees what it
+        # missed and can resend it once the channel is back.
+        skipped = not target.enabled
         return {
             "id": new_id(),
             "event_id": event.id,
-            "channel_id": channel_id,
-            "owner_id": owner_id,
-            "state": DeliveryState.PENDING.value,
+            "channel_id": target.id,
+            "owner_id": target.owner_id,
+            "state": (DeliveryState.SKIPPED if skipped else DeliveryState.PENDING).value,
             "attempts": 0,
             "next_attempt_at": self.now,
             "lease_until": None,
-            "last_error": None,
+            "last_error": skipped_because(target.disabled_reason) if skipped else None,
             "delivered_at": None,
             "created_at": self.now,
         }
@@ -599,26 +660,30 @@ class _Fanout:
                 found.setdefault(row.owner_id, []).append(_silence(row))
         return found
 
-    def _channels(self) -> dict[str | None, list[tuple[str, str]]]:
-        """Active channels (id, owner) by the owner whose events they receive."""
+    def _channels(self) -> dict[str | None, list[_Target]]:
+        """Channels, enabled or not, by the owner whose events they receive."""
         owners = {e.owner_id for e in self.events}
-        found: dict[str | None, list[tuple[str, str]]] = {}
+        found: dict[str | None, list[_Target]] = {}
+        columns = (
+            channels.c.id,
+            channels.c.owner_id,
+            channels.c.enabled,
+            channels.c.disabled_reason,
+        )
         named = [o for o in owners if o is not None]
         if named:
             rows = self.conn.execute(
-                sa.select(channels.c.id, channels.c.owner_id)
-                .where(channels.c.owner_id.in_(named), channels.c.enabled.is_(True))
-                .order_by(channels.c.id)
+                sa.select(*columns).where(channels.c.owner_id.in_(named)).order_by(channels.c.id)
             ).all()
             for row in rows:
-                found.setdefault(row.owner_id, []).append((row.id, row.owner_id))
+                found.setdefault(row.owner_id, []).append(_Target(*row))
         if None in owners:
             # An unowned machine's events go to every administrator's channels.
             rows = self.conn.execute(
-                sa.select(channels.c.id, channels.c.owner_id)
+                sa.select(*columns)
                 .join(users, users.c.id == channels.c.owner_id)
-                .where(users.c.role == Role.ADMIN.value, channels.c.enabled.is_(True))
+                .where(users.c.role == Role.ADMIN.value)
                 .order_by(channels.c.id)
             ).all()
-            found[None] = [(row.id, row.owner_id) for row in rows]
+            found[None] = [_Target(*row) for row in rows]
         return found

@@ -39,7 +39,11 @@ MAX_CHUNK = 500
 """Keys per chunk at most: they go into one ``IN (...)`` list, and the oldest
 SQLite builds take 999 parameters per statement."""
 
-_FINISHED = (DeliveryState.DELIVERED.value, DeliveryState.DEAD.value)
+_FINISHED = (
+    DeliveryState.DELIVERED.value,
+    DeliveryState.DEAD.value,
+    DeliveryState.SKIPPED.value,
+)
 
 Delete = Callable[[Connection, sa.ColumnElement[bool]], int]
 """Deletes the rows of one chunk (given as a condition on its keys); returns how many."""
