@@ -9,12 +9,14 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import venv
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
@@ -25,6 +27,7 @@ from lunasentri_core.server.agent_dist import AgentDist, DistError, agent_projec
 from .conftest import LiveServer, MakeServer
 
 INSTALL_DEADLINE = 240.0  # seconds: pip resolves every dependency from the index
+BUILD_DEADLINE = 240.0  # seconds: each build fetches hatchling from the index
 
 
 def register(server: LiveServer, admin: str, name: str) -> dict[str, object]:
@@ -38,6 +41,18 @@ def register(server: LiveServer, admin: str, name: str) -> dict[str, object]:
 def wheel_urls(command: str, base: str) -> list[str]:
     words = shlex.split(command.split(" && ")[0])
     return [word for word in words if word.startswith(f"{base}/agent/dist/")]
+
+
+def download(client: httpx.Client, url: str) -> httpx.Response:
+    """GET a wheel as pip does: a 503 "building" is retried (pip honours its
+    Retry-After; here a short poll) until the build is done, within a deadline."""
+    deadline = time.monotonic() + BUILD_DEADLINE
+    while True:
+        response = client.get(url)
+        if response.status_code != 503 or response.json()["error"]["code"] != "building":
+            return response
+        assert time.monotonic() < deadline, "the wheels were not built in time"
+        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -56,7 +71,7 @@ def test_the_install_command_installs_the_servers_own_wheels(
     assert body.get("install_error") is None
     with httpx.Client(timeout=30) as client:  # public: a new machine has no credential yet
         for url in urls:
-            response = client.get(url)
+            response = download(client, url)
             assert response.status_code == 200
             assert response.headers["content-type"] == "application/octet-stream"
             with zipfile.ZipFile(io.BytesIO(response.content)) as wheel:
@@ -109,6 +124,86 @@ def test_wheels_from_the_configured_directory_are_served(
         response = client.get(sorted(urls)[0])
     assert response.status_code == 200
     assert response.content == (wheels / "lunasentri_core-0.1.0-py3-none-any.whl").read_bytes()
+
+
+def fake_build(
+    builds: list[str], release: threading.Event | None = None, error: str | None = None
+) -> object:
+    """A stand-in for ``build_wheel`` that records each build, waits for ``release``,
+    then fails with ``error`` or writes a wheel of the name the sources give."""
+
+    def build(project: str, source: object, cache: Path) -> Path:
+        builds.append(project)
+        if release is not None:
+            release.wait(timeout=60)
+        if error is not None:
+            raise DistError(f"building the wheel of {project} from {source} failed: {error}")
+        assert isinstance(source, Path)
+        cache.mkdir(parents=True, exist_ok=True)
+        path = cache / agent_dist.wheel_name(project, source)
+        with zipfile.ZipFile(path, "w") as wheel:
+            wheel.writestr("marker.txt", project)
+        return path
+
+    return build
+
+
+def test_a_registration_names_the_wheels_without_building(
+    make_server: MakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    builds: list[str] = []
+    reason = "ERROR: Could not find a version that satisfies the requirement hatchling"
+    monkeypatch.setattr(agent_dist, "build_wheel", fake_build(builds, error=reason))
+    server = make_server(data_dir=tmp_path / "data")
+    admin = server.login()
+    body = register(server, admin, "web-1")
+    assert body.get("install_error") is None
+    urls = wheel_urls(str(body["install_command"]), server.url)
+    assert sorted(url.rsplit("/", 1)[1] for url in urls) == [
+        "lunasentri_core-0.1.0-py3-none-any.whl",
+        "lunasentri_psutil-0.1.0-py3-none-any.whl",
+    ]
+    assert builds == []  # nothing built, nothing fetched from the index
+    with httpx.Client(timeout=30) as client:
+        for _ in range(2):
+            response = client.get(sorted(urls)[0])
+            assert response.status_code == 503
+            assert response.json()["error"]["code"] == "unavailable"
+            assert reason in response.json()["error"]["message"]
+    assert builds == ["lunasentri-core"]  # built on the first download, not retried
+    later = register(server, admin, "web-2")
+    assert reason in str(later["install_error"])
+    assert not wheel_urls(str(later["install_command"]), server.url)
+
+
+def test_a_download_waits_for_the_build_then_retries_after(
+    make_server: MakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    builds: list[str] = []
+    release = threading.Event()
+    monkeypatch.setattr(agent_dist, "build_wheel", fake_build(builds, release))
+    monkeypatch.setattr(agent_dist, "DOWNLOAD_WAIT", 0.2)
+    server = make_server(data_dir=tmp_path / "data")
+    urls = sorted(
+        wheel_urls(str(register(server, server.login(), "web-1")["install_command"]), server.url)
+    )
+    try:
+        with httpx.Client(timeout=30) as client:
+            for url in urls:  # both wait on the one build
+                response = client.get(url)
+                assert response.status_code == 503
+                assert response.json()["error"]["code"] == "building"
+                assert int(response.headers["retry-after"]) > 0
+            release.set()
+            deadline = time.monotonic() + 60
+            while (response := client.get(urls[1])).status_code == 503:
+                assert time.monotonic() < deadline, response.text
+                time.sleep(0.05)
+    finally:
+        release.set()
+    assert response.status_code == 200
+    assert zipfile.ZipFile(io.BytesIO(response.content)).read("marker.txt") == b"lunasentri-psutil"
+    assert builds == ["lunasentri-core", "lunasentri-psutil"]  # one build of each
 
 
 # --------------------------------------------------------------------------- end to end
@@ -230,22 +325,32 @@ async def test_a_failure_is_kept_not_retried_per_request(
         calls.append(args)
         raise DistError("no wheel")
 
-    monkeypatch.setattr(agent_dist, "obtain", failing)
-    dist = AgentDist(Settings.load(environ={}, data_dir=tmp_path), ["psutil"])
-    for _ in range(3):
-        with pytest.raises(DistError, match="no wheel"):
-            await dist.wheels()
+    monkeypatch.setattr(agent_dist, "plan", failing)
+    async with anyio.create_task_group() as services:
+        dist = AgentDist(Settings.load(environ={}, data_dir=tmp_path), ["psutil"], services)
+        for _ in range(3):
+            with pytest.raises(DistError, match="no wheel"):
+                await dist.wheels()
     assert len(calls) == 1
+
+
+def download_all(server: LiveServer) -> list[str]:
+    """Register a machine and download every wheel its command names: the file names."""
+    urls = wheel_urls(str(register(server, server.login(), "web-1")["install_command"]), server.url)
+    with httpx.Client(timeout=120) as client:
+        for url in urls:
+            assert download(client, url).status_code == 200
+    return sorted(url.rsplit("/", 1)[1] for url in urls)
 
 
 def test_wheels_are_kept_under_the_data_directory_and_reused(
     make_server: MakeServer, tmp_path: Path
 ) -> None:
     first = make_server(data_dir=tmp_path / "one")
-    command = str(register(first, first.login(), "web-1")["install_command"])
+    named = download_all(first)
     cached = sorted(p.name for p in (tmp_path / "one" / "agent-dist").glob("*/*.whl"))
-    assert cached == sorted(url.rsplit("/", 1)[1] for url in wheel_urls(command, first.url))
+    assert cached == named
     second = make_server(data_dir=tmp_path / "two")  # its own copy, not the first's files
-    register(second, second.login(), "web-1")
+    assert download_all(second) == named
     assert sorted(p.name for p in (tmp_path / "two" / "agent-dist").glob("*/*.whl")) == cached
     assert not list((tmp_path / "two" / "agent-dist").glob(".build-*"))

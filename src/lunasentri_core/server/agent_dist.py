@@ -4,8 +4,10 @@ A registration's install command installs the agent from these wheels by URL: th
 core and the plugins of the collectors the agent runs are not on a package index,
 and a URL cannot be confused with a same-named project someone else publishes there.
 Wheels come from ``[server] agent_wheels_dir`` when it is set, otherwise they are
-built (``pip wheel --no-deps``) from the sources the server itself runs, once, in a
-worker thread, and kept under ``<data_dir>/agent-dist/`` by version and content hash.
+built (``pip wheel --no-deps``) from the sources the server itself runs, once, on the
+first download, in a worker thread, and kept under ``<data_dir>/agent-dist/`` by
+version and content hash. A registration never builds: the file names of pure-Python
+wheels are known from the project's name and version alone.
 """
 
 from __future__ import annotations
@@ -26,12 +28,16 @@ from pathlib import Path
 
 import anyio
 import attrs
+from anyio.abc import TaskGroup
 
 from lunasentri_core.config import Settings
 
 CORE = ("lunasentri-core", "lunasentri_core")
 BUILD_TIMEOUT = 600.0
 """Seconds one ``pip wheel`` may take (it fetches the build backend from the index)."""
+DOWNLOAD_WAIT = 10.0
+"""Seconds a download waits for a running build before a 503 with Retry-After: under
+pip's 15 s read timeout, and pip retries a 503 after the time Retry-After gives."""
 
 # Built wheels by (project directory, content hash), so that servers started one after
 # another in one process (tests, embedding) build each source tree once; each server
@@ -44,10 +50,19 @@ class DistError(Exception):
     """The agent's wheels cannot be had; the message says which and why."""
 
 
+class StillBuilding(Exception):
+    """The wheels are being built; a download should come back shortly."""
+
+
 @attrs.frozen
 class Wheel:
+    """One wheel the install command names: the file ``path`` when it needs no build
+    (``agent_wheels_dir``), else the project directory ``source`` to build it from."""
+
     project: str
-    path: Path
+    name: str
+    path: Path | None = None
+    source: Path | None = None
 
 
 def normalize(name: str) -> str:
@@ -69,17 +84,51 @@ def agent_projects(collectors: Iterable[str]) -> list[tuple[str, str]]:
     return found
 
 
-def obtain(settings: Settings, collectors: Sequence[str]) -> list[Wheel]:
-    """Every wheel the agent needs (blocking: call it in a worker thread)."""
+def plan(settings: Settings, collectors: Sequence[str]) -> list[Wheel]:
+    """The wheels the agent needs, by file name, without building any (cheap: reads a
+    few files and lists ``agent_wheels_dir``; blocking, so called in a worker thread)."""
     directory = settings.server.agent_wheels_dir
-    cache = settings.data_dir / "agent-dist"
     wheels = []
     for project, package in agent_projects(collectors):
         if directory is not None:
-            wheels.append(Wheel(project, find_wheel(directory, project)))
+            path = find_wheel(directory, project)
+            wheels.append(Wheel(project, path.name, path=path))
         else:
-            wheels.append(Wheel(project, build_wheel(project, package, cache)))
+            source = project_dir(project, package)
+            wheels.append(Wheel(project, wheel_name(project, source), source=source))
     return wheels
+
+
+def wheel_name(project: str, source: Path) -> str:
+    """The file name ``pip wheel`` gives the project's pure-Python hatchling wheel
+    (PEP 427); :func:`build_all` checks that the build gave that name."""
+    return f"{normalize(project)}-{source_version(project, source)}-py3-none-any.whl"
+
+
+def source_version(project: str, source: Path) -> str:
+    """The version the sources declare, which the build gets; the installed metadata's
+    when it is dynamic (it may be older than the sources if they changed since)."""
+    version = _project_table(source / "pyproject.toml").get("version")
+    return version if isinstance(version, str) else importlib.metadata.version(project)
+
+
+def build_all(wheels: Sequence[Wheel], cache: Path) -> dict[str, Path]:
+    """Build (or find in ``cache``) every wheel: file name -> path. Blocking."""
+    files = {}
+    for wheel in wheels:
+        if wheel.path is not None:
+            files[wheel.name] = wheel.path
+            continue
+        assert wheel.source is not None
+        built = build_wheel(wheel.project, wheel.source, cache)
+        if built.name != wheel.name:
+            raise DistError(
+                f"the wheel of {wheel.project} built from {wheel.source} is {built.name}, "
+                f"not {wheel.name} as the install command names it (not a pure-Python "
+                "wheel, or a version not in its normal form); set [server] agent_wheels_dir"
+            )
+        files[wheel.name] = built
+    return files
 
 
 def find_wheel(directory: Path, project: str) -> Path:
@@ -91,8 +140,7 @@ def find_wheel(directory: Path, project: str) -> Path:
     return found[-1]
 
 
-def build_wheel(project: str, package: str, cache: Path) -> Path:
-    source = project_dir(project, package)
+def build_wheel(project: str, source: Path, cache: Path) -> Path:
     digest = content_hash(source)
     with _built_lock:
         earlier = _built.get((source, digest))
@@ -118,11 +166,16 @@ def project_dir(project: str, package: str) -> Path:
 
 
 def _names(pyproject: Path, project: str) -> bool:
-    try:
-        name = tomllib.loads(pyproject.read_text("utf-8")).get("project", {}).get("name", "")
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
-        return False
+    name = _project_table(pyproject).get("name")
     return isinstance(name, str) and normalize(name) == normalize(project)
+
+
+def _project_table(pyproject: Path) -> dict[str, object]:
+    try:
+        table = tomllib.loads(pyproject.read_text("utf-8")).get("project", {})
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return {}
+    return table if isinstance(table, dict) else {}
 
 
 def content_hash(source: Path) -> str:
@@ -172,32 +225,68 @@ def _pip_wheel(project: str, source: Path, into: Path) -> None:
 
 
 class AgentDist:
-    """The server's agent wheels, obtained on first use and then kept."""
+    """The server's agent wheels: named at once, built on the first download, then kept.
 
-    def __init__(self, settings: Settings, collectors: Sequence[str]) -> None:
+    ``services`` is the server's task group: a build runs there, not in the request
+    that started it, so a download that stops waiting leaves it running."""
+
+    def __init__(self, settings: Settings, collectors: Sequence[str], services: TaskGroup) -> None:
         self.settings = settings
         self.collectors = tuple(collectors)
+        self.services = services
         self._lock = anyio.Lock()
-        self._result: list[Wheel] | DistError | None = None
+        self._planned: list[Wheel] | DistError | None = None
+        self._started = False
+        self._done = anyio.Event()
+        self._files: dict[str, Path] | DistError | None = None
 
     async def wheels(self) -> list[Wheel]:
-        """The wheels, or :class:`DistError`; a failure is kept until a restart, so a
-        broken build is not retried on every registration."""
+        """The wheels the install command names, without building; :class:`DistError`
+        when they cannot be had. A failed build is kept until a restart, so it is not
+        retried per download and registrations say how to install by hand."""
+        if isinstance(self._files, DistError):
+            raise self._files
         async with self._lock:
-            if self._result is None:
+            if self._planned is None:
                 try:
-                    self._result = await anyio.to_thread.run_sync(
-                        obtain, self.settings, self.collectors
+                    self._planned = await anyio.to_thread.run_sync(
+                        plan, self.settings, self.collectors
                     )
                 except DistError as error:
-                    self._result = error
-        if isinstance(self._result, DistError):
-            raise self._result
-        return self._result
+                    self._planned = error
+        if isinstance(self._planned, DistError):
+            raise self._planned
+        return self._planned
 
     async def file(self, name: str) -> Path | None:
-        """The served wheel called ``name``; None for any other name."""
-        return next((w.path for w in await self.wheels() if w.path.name == name), None)
+        """The served wheel called ``name`` (None for any other name), built first if
+        need be; :class:`StillBuilding` if the build takes longer than DOWNLOAD_WAIT."""
+        wheel = next((w for w in await self.wheels() if w.name == name), None)
+        if wheel is None or wheel.path is not None:
+            return None if wheel is None else wheel.path
+        if not self._started:
+            self._started = True
+            self.services.start_soon(self._build)
+        with anyio.move_on_after(DOWNLOAD_WAIT):
+            await self._done.wait()
+        if self._files is None:
+            raise StillBuilding("the agent's wheels are being built; try again shortly")
+        if isinstance(self._files, DistError):
+            raise self._files
+        return self._files[name]
+
+    async def _build(self) -> None:
+        cache = self.settings.data_dir / "agent-dist"
+        try:
+            planned = await self.wheels()
+            # Abandoned at shutdown rather than holding the server up for a slow pip.
+            self._files = await anyio.to_thread.run_sync(
+                build_all, planned, cache, abandon_on_cancel=True
+            )
+        except (DistError, OSError) as error:  # never let a build end the server
+            self._files = error if isinstance(error, DistError) else DistError(str(error))
+        finally:
+            self._done.set()
 
 
 def manual_install(error: DistError) -> str:

@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.responses import FileResponse, JSONResponse
 
 from lunasentri_core.model import AgentClaim, Labels
-from lunasentri_core.server.agent_dist import AgentDist, DistError
+from lunasentri_core.server.agent_dist import AgentDist, DistError, StillBuilding
 from lunasentri_core.server.api import Api, Auth, Call, Schema, items_of, ref
 from lunasentri_core.server.errors import ApiError, error_response
 from lunasentri_core.server.routes.machines import (
@@ -278,8 +278,9 @@ def start(app: Starlette, services: TaskGroup) -> None:
     serve the agent's wheels."""
     app.state.registrations = RegistrationThrottle(app.state.settings)
     settings = app.state.full_settings
-    # Built on first use, not here: most servers never register a machine after setup.
-    app.state.agent_dist = AgentDist(settings, settings.collect.collectors)
+    # Built on the first download, not here: most servers never register a machine
+    # after setup, and a build fetches its backend from the package index.
+    app.state.agent_dist = AgentDist(settings, settings.collect.collectors, services)
     services.start_soon(Claims(app.state.hub, app.state.full_settings).expire_forever)
 
 
@@ -297,9 +298,13 @@ def start(app: Starlette, services: TaskGroup) -> None:
 )
 async def agent_wheel(call: Call) -> object:
     """Public: a new machine has no credential yet, and the wheels hold no secret. Only
-    the wheels the install command names are served, never another file."""
+    the wheels the install command names are served, never another file. The first
+    download builds them; a download waits for a running build, then answers 503 with
+    Retry-After, which pip honours and retries."""
     try:
         path = await call.request.app.state.agent_dist.file(call.path("filename"))
+    except StillBuilding as error:
+        return error_response(503, "building", str(error))
     except DistError as error:
         return error_response(503, "unavailable", str(error))
     if path is None:

@@ -396,13 +396,14 @@ async def create_machine(call: Call) -> object:
 
 
 async def _agent_wheels(call: Call) -> tuple[Sequence[str], str | None]:
-    """The URLs of the served wheels, or the package names and how to get them by hand."""
+    """The URLs of the served wheels (named without building them: the first download
+    builds), or the package names and how to get them by hand."""
     base = call.request.app.state.settings.base_url
     try:
         wheels = await call.request.app.state.agent_dist.wheels()
     except DistError as error:
         return AGENT_PACKAGES, manual_install(error)
-    return [f"{base}/agent/dist/{wheel.path.name}" for wheel in wheels], None
+    return [f"{base}/agent/dist/{wheel.name}" for wheel in wheels], None
 
 
 @api.get(
