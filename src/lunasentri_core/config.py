@@ -146,6 +146,10 @@ class ServerSettings:
     """0 asks the system for any free port."""
     public_url: str | None = None
     """How agents reach this server (install commands); default ``http(s)://host:port``."""
+    agent_wheels_dir: Path | None = None
+    """Wheels of the agent (lunasentri-core and its collector plugins, at the server's
+    versions) that new machines install from ``/agent/dist/``; by default the server
+    builds them from its own sources."""
     log_format: str = attrs.field(default="text", validator=attrs.validators.in_(("text", "json")))
     cors_origins: tuple[str, ...] = ()
     """Origins whose pages may call the API with the user's credentials (CORS), and may

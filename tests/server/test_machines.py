@@ -88,7 +88,10 @@ def test_registration_returns_the_key_once_and_an_install_command(
         assert "\n" not in command
         assert f"LUNASENTRI_AGENT__API_KEY={key} lunasentri agent --server {base}" in command
         assert "--api-key" not in command  # arguments are visible to every user
-        assert command.startswith("pip install lunasentri-core lunasentri-psutil && ")
+        # The agent's wheels, from this server (they are on no package index).
+        assert command.startswith(f"pip install {server.url}/agent/dist/lunasentri_core-")
+        assert f" {server.url}/agent/dist/lunasentri_psutil-" in command
+        assert body["install_error"] is None
 
         keys = client.get(f"/api/v1/machines/{machine['id']}/keys").json()["items"]
         assert [k["id"] for k in keys] == [body["key"]["id"]]

@@ -134,6 +134,7 @@ def test_public_operations_are_exactly_the_intended_ones(document: dict[str, Any
         "POST /api/v1/auth/reset",
         "POST /api/v1/agents/register",
         "POST /api/v1/agents/claim-status",
+        "GET /agent/dist/{filename}",
     }
 
 
@@ -265,6 +266,9 @@ def _machines(s: Scenario, admin: str, alice: str) -> tuple[str, str, str]:
     machine_id, key = created["machine"]["id"], created["api_key"]
     s.call(alice, "POST", "/api/v1/machines", 409, json=body)
     s.call(alice, "POST", "/api/v1/machines", 422, json={"name": ""})
+    wheel = created["install_command"].split()[2].split("/")[-1]  # served to new machines
+    s.call(None, "GET", f"/agent/dist/{wheel}", 200)
+    s.call(None, "GET", "/agent/dist/lunasentri.db", 404)
     me = s.call(alice, "GET", "/api/v1/auth/me", 200).json()
     other = {"name": "db-1", "owner_id": me["id"]}
     other_id = s.call(admin, "POST", "/api/v1/machines", 201, json=other).json()["machine"]["id"]

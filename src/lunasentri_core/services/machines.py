@@ -217,11 +217,15 @@ def new_key(machine_id: str, at: datetime) -> IssuedKey:
     return IssuedKey(token.secret, key)
 
 
-def install_command(base_url: str, api_key: str) -> str:
+AGENT_PACKAGES = ("lunasentri-core", "lunasentri-psutil")
+
+
+def install_command(base_url: str, api_key: str, packages: Sequence[str] = AGENT_PACKAGES) -> str:
+    """``packages`` are what pip installs: names, or the URLs of the server's wheels."""
     # The key goes in the environment, not in the arguments: every user of the
     # machine can read a process's arguments, only its owner its environment.
     return (
-        "pip install lunasentri-core lunasentri-psutil && "
+        f"pip install {shlex.join(packages)} && "
         f"LUNASENTRI_AGENT__API_KEY={shlex.quote(api_key)} "
         f"lunasentri agent --server {shlex.quote(base_url)}"
     )
@@ -258,8 +262,10 @@ class Machines:
         labels: Labels = (),
         owner_id: str | None = None,
         client: str | None = None,
+        install_from: Sequence[str] = AGENT_PACKAGES,
     ) -> Registered:
-        """Register a machine owned by ``actor`` (or, for an admin, by ``owner_id``)."""
+        """Register a machine owned by ``actor`` (or, for an admin, by ``owner_id``);
+        the install command installs the agent from ``install_from``."""
         now = self.hub.clock()
         machine = Machine(
             id=new_id(),
@@ -284,7 +290,7 @@ class Machines:
             client=client,
             detail={"name": stored.name, "owner_id": stored.owner_id, "key_id": issued.key.id},
         )
-        command = install_command(self.settings.server.base_url, issued.secret)
+        command = install_command(self.settings.server.base_url, issued.secret, install_from)
         return Registered(self.present(stored), issued, command)
 
     async def summaries(self, actor: Principal) -> list[MachineSummary]:

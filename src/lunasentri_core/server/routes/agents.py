@@ -7,11 +7,12 @@ from typing import Any
 import attrs
 from anyio.abc import TaskGroup
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse
+from starlette.responses import FileResponse, JSONResponse
 
 from lunasentri_core.model import AgentClaim, Labels
+from lunasentri_core.server.agent_dist import AgentDist, DistError, StillBuilding
 from lunasentri_core.server.api import Api, Auth, Call, Schema, items_of, ref
-from lunasentri_core.server.errors import ApiError
+from lunasentri_core.server.errors import ApiError, error_response
 from lunasentri_core.server.routes.machines import (
     AGENT_CONFIG,
     LABELS,
@@ -273,6 +274,39 @@ async def agent_config(call: Call) -> object:
 
 
 def start(app: Starlette, services: TaskGroup) -> None:
-    """Throttle registrations; expire unclaimed ones at start and then periodically."""
+    """Throttle registrations; expire unclaimed ones at start and then periodically;
+    serve the agent's wheels."""
     app.state.registrations = RegistrationThrottle(app.state.settings)
+    settings = app.state.full_settings
+    # Built on the first download, not here: most servers never register a machine
+    # after setup, and a build fetches its backend from the package index.
+    app.state.agent_dist = AgentDist(settings, settings.collect.collectors, services)
     services.start_soon(Claims(app.state.hub, app.state.full_settings).expire_forever)
+
+
+# --------------------------------------------------------------------------- distributions
+
+
+@api.get(
+    "/agent/dist/{filename}",
+    auth=Auth.PUBLIC,
+    summary="A wheel of the agent, for a registration's install command",
+    responses={
+        200: {"type": "string", "contentMediaType": "application/octet-stream"},
+        503: ref("Error"),
+    },
+)
+async def agent_wheel(call: Call) -> object:
+    """Public: a new machine has no credential yet, and the wheels hold no secret. Only
+    the wheels the install command names are served, never another file. The first
+    download builds them; a download waits for a running build, then answers 503 with
+    Retry-After, which pip honours and retries."""
+    try:
+        path = await call.request.app.state.agent_dist.file(call.path("filename"))
+    except StillBuilding as error:
+        return error_response(503, "building", str(error))
+    except DistError as error:
+        return error_response(503, "unavailable", str(error))
+    if path is None:
+        return error_response(404, "not_found", "no such agent wheel", "filename")
+    return FileResponse(path, media_type="application/octet-stream")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -14,9 +14,11 @@ from lunasentri_core.codec import decode
 from lunasentri_core.errors import FieldError, ValidationError
 from lunasentri_core.model import ApiKey, Labels, Machine, SeriesValue, StatusChange
 from lunasentri_core.server import params
+from lunasentri_core.server.agent_dist import DistError, manual_install
 from lunasentri_core.server.api import Api, Auth, Call, Schema, array_of, items_of, ref
 from lunasentri_core.server.jsonbody import load_json
 from lunasentri_core.services.machines import (
+    AGENT_PACKAGES,
     MAX_OFFLINE_AFTER,
     MIN_OFFLINE_AFTER,
     EffectiveConfig,
@@ -143,7 +145,15 @@ REGISTERED = api.schema(
             "machine": MACHINE,
             "api_key": {"type": "string", "description": "lsk_…, shown this once"},
             "key": API_KEY,
-            "install_command": {"type": "string"},
+            "install_command": {
+                "type": "string",
+                "description": "installs the agent from this server's wheels and starts it",
+            },
+            "install_error": {
+                "type": ["string", "null"],
+                "description": "why the server cannot serve the agent's wheels, and how to "
+                "install it by hand (the command then names the packages)",
+            },
         },
     },
 )
@@ -367,6 +377,7 @@ async def create_machine(call: Call) -> object:
     command that installs and starts the agent with it. Names are unique per owner
     (409). An administrator may register a machine for another user (``owner_id``)."""
     body = await call.json(CreateBody, max_bytes=MAX_BODY)
+    install_from, install_error = await _agent_wheels(call)
     registered = await service(call).create(
         call.user,
         body.name,
@@ -374,12 +385,25 @@ async def create_machine(call: Call) -> object:
         labels=body.labels,
         owner_id=body.owner_id,
         client=call.client,
+        install_from=install_from,
     )
     return {
         "machine": machine_json(registered.machine),
         **issued_json(registered.issued, call.hub.clock()),
         "install_command": registered.install_command,
+        "install_error": install_error,
     }
+
+
+async def _agent_wheels(call: Call) -> tuple[Sequence[str], str | None]:
+    """The URLs of the served wheels (named without building them: the first download
+    builds), or the package names and how to get them by hand."""
+    base = call.request.app.state.settings.base_url
+    try:
+        wheels = await call.request.app.state.agent_dist.wheels()
+    except DistError as error:
+        return AGENT_PACKAGES, manual_install(error)
+    return [f"{base}/agent/dist/{wheel.name}" for wheel in wheels], None
 
 
 @api.get(
