@@ -18,7 +18,15 @@ from pathlib import Path
 import nox
 
 nox.needs_version = ">=2025.2.9"
-nox.options.sessions = ["tests", "plugins", "example", "lint", "typecheck", "docs"]
+nox.options.sessions = [
+    "tests",
+    "plugins",
+    "example",
+    "lint",
+    "typecheck",
+    "docs",
+    "schemathesis",
+]
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = False
 
@@ -41,6 +49,8 @@ LINT_REQUIREMENTS = ["ruff>=0.16,<0.18"]
 # pytest: lunasentri_core.testing is a pytest plugin; nox: the noxfile is checked too.
 TYPECHECK_REQUIREMENTS = ["mypy>=2.3,<3", "pytest>=8.0", "nox>=2025.2.9"]
 # pytest: the test kit's reference imports lunasentri_core.testing.
+# Pinned exactly: a new release may generate other cases, and CI must not change by itself.
+SCHEMATHESIS_REQUIREMENTS = ["schemathesis==4.32.5", "httpx>=0.27"]
 DOCS_REQUIREMENTS = ["sphinx>=8.1", "myst-parser>=4.0", "sphinx-click>=6.0", "pytest>=8.0"]
 
 LINT_PATHS = ["src", "plugins", "tests", "examples", "benchmarks", "docs/conf.py", "noxfile.py"]
@@ -163,6 +173,16 @@ def docs(session: nox.Session) -> None:
     # A fresh environment re-reads every page, so warnings of unchanged pages count too.
     build = ["sphinx-build", "-W", "--keep-going", "-E", "-b", "html"]
     session.run(*build, *session.posargs, "docs", "docs/_build/html")
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def schemathesis(session: nox.Session) -> None:
+    """Fuzz a real server against its OpenAPI document: both modes, all checks, 2 users.
+
+    Arguments after ``--`` go to every ``schemathesis run`` (e.g. ``-- --max-examples 5``).
+    """
+    install_projects(session, *SCHEMATHESIS_REQUIREMENTS)
+    session.run("python", "tests/fuzz/run_schemathesis.py", *session.posargs)
 
 
 @nox.session(python=DEFAULT_PYTHON, default=False)

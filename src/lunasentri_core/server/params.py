@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Collection
 from datetime import datetime
 from typing import TypeVar
 
 from lunasentri_core.codec import parse_datetime
 from lunasentri_core.errors import FieldError, ValidationError
+from lunasentri_core.model import LABEL_NAME, MAX_LABEL_VALUE
 from lunasentri_core.server.api import Call, Schema
 
 E = TypeVar("E", bound=enum.Enum)
@@ -16,6 +18,10 @@ E = TypeVar("E", bound=enum.Enum)
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_ID = 200
+ID_PATTERN = "^[!-~]+$"
+"""Ids are visible ASCII: what the server makes (hex), agent ids, and nothing a
+schema cannot state exactly (Python's ``isprintable`` has no JSON Schema pattern)."""
+_ID = re.compile(ID_PATTERN)
 
 LIMIT: Schema = {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}
 SINCE: Schema = {
@@ -24,6 +30,18 @@ SINCE: Schema = {
     "description": "Only what happened at or after this time (ISO 8601 with an offset).",
 }
 BOOLEAN: Schema = {"type": "boolean"}
+MAX_LABELS = 32
+LABELS: Schema = {
+    "type": "object",
+    "maxProperties": MAX_LABELS,
+    "propertyNames": {"pattern": LABEL_NAME.pattern},
+    "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE},
+    "description": "Label names are lowercase letters, digits and '_', not starting with "
+    "a digit (as in Prometheus, lowercase only).",
+}
+"""Labels of machines, rule scopes and silences, as services.machines.check_labels
+checks them."""
+ID_FILTER: Schema = {"type": "string", "minLength": 1, "maxLength": MAX_ID, "pattern": ID_PATTERN}
 
 
 def invalid(name: str, message: str) -> ValidationError:
@@ -86,8 +104,8 @@ def identifier(call: Call, name: str) -> str | None:
     text = call.query(name)
     if text is None:
         return None
-    if not text or len(text) > MAX_ID or not text.isprintable():
-        raise invalid(name, f"expected an id (1 to {MAX_ID} printable characters)")
+    if len(text) > MAX_ID or not _ID.match(text):
+        raise invalid(name, f"expected an id (1 to {MAX_ID} visible ASCII characters)")
     return text
 
 

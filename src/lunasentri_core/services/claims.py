@@ -72,6 +72,9 @@ log = logging.getLogger(__name__)
 AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 TOKEN_HASH = re.compile(r"^[0-9a-f]{64}$")
 MAX_VERSION = 64
+VERSION = re.compile(r"^[ -~]{1,64}$")
+"""Printable ASCII, as version strings are (PEP 440, semver); a pattern the OpenAPI
+document can state, unlike ``str.isprintable``."""
 EXPIRY_PERIOD = timedelta(minutes=1)
 _SEAL_INFO = b"lunasentri claim: sealed machine API key v1"
 _NONCE_BYTES = 12
@@ -190,8 +193,10 @@ def _check_registration(agent_id: str, token_hash: str, hostname: str, version: 
             errors.extend(error.errors)
     if not TOKEN_HASH.match(token_hash.lower()):
         errors.append(FieldError("claim_token_hash", "must be the hex SHA-256 of the claim token"))
-    if not version or len(version) > MAX_VERSION or not version.isprintable():
-        errors.append(FieldError("version", f"must be 1 to {MAX_VERSION} printable characters"))
+    if not VERSION.match(version):
+        errors.append(
+            FieldError("version", f"must be 1 to {MAX_VERSION} printable ASCII characters")
+        )
     if errors:
         raise ValidationError(errors, what="request body")
     return token_hash.lower()

@@ -15,6 +15,7 @@ from lunasentri_core.server.api import Api, Auth, Call, Schema, items_of, ref
 from lunasentri_core.server.errors import ApiError, error_response
 from lunasentri_core.server.routes.machines import (
     AGENT_CONFIG,
+    HOSTNAME,
     LABELS,
     MACHINE,
     MAX_BODY,
@@ -25,6 +26,7 @@ from lunasentri_core.server.routes.machines import (
     service,
 )
 from lunasentri_core.services.claims import (
+    VERSION,
     Claims,
     ClaimTokenMismatch,
     RegistrationThrottle,
@@ -125,8 +127,8 @@ def registration_json(claim: AgentClaim, status: str | None = None) -> dict[str,
         {
             "agent_id": AGENT_ID,
             "claim_token_hash": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
-            "hostname": {"type": "string", "minLength": 1, "maxLength": 253},
-            "version": {"type": "string", "minLength": 1, "maxLength": 64},
+            "hostname": {**HOSTNAME, "type": "string"},
+            "version": {"type": "string", "pattern": VERSION.pattern},
         },
     ),
     responses={

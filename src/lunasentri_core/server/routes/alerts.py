@@ -11,6 +11,7 @@ from starlette.responses import Response
 from lunasentri_core.codec import decode
 from lunasentri_core.errors import FieldError, ValidationError
 from lunasentri_core.model import (
+    METRIC_NAME,
     AlertEvent,
     AlertRule,
     AlertState,
@@ -23,7 +24,7 @@ from lunasentri_core.model import (
 )
 from lunasentri_core.server import params
 from lunasentri_core.server.api import Api, Auth, Call, Schema, items_of
-from lunasentri_core.server.routes.machines import json_object
+from lunasentri_core.server.routes.machines import NAME, json_object
 from lunasentri_core.server.routes.users import object_schema
 from lunasentri_core.services.machines import check_labels
 from lunasentri_core.services.rules import DEFAULT_STATES, MAX_FOR_DURATION, Rules
@@ -32,10 +33,10 @@ api = Api("alerts")
 
 TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
 MAYBE_TIMESTAMP: Schema = {"type": ["string", "null"], "format": "date-time"}
-LABELS: Schema = {"type": "object", "additionalProperties": {"type": "string", "maxLength": 256}}
+LABELS = params.LABELS
 COMPARISON: Schema = params.enum_schema(list(Comparison))
 SEVERITY: Schema = params.enum_schema(list(Severity))
-_NAME: Schema = {"type": "string", "minLength": 1, "maxLength": 100}
+_NAME: Schema = NAME
 _FOR_DURATION: Schema = {
     "type": "number",
     "minimum": 0,
@@ -44,6 +45,7 @@ _FOR_DURATION: Schema = {
 }
 _METRIC: Schema = {
     "type": "string",
+    "pattern": METRIC_NAME.pattern,
     "description": "A metric name, stored (cpu.percent) or derived (mem.percent, "
     "swap.percent, disk.percent).",
 }
@@ -337,7 +339,7 @@ async def delete_alert_rule(call: Call) -> object:
 # --------------------------------------------------------------------------- alerts
 
 
-_ID_FILTER: Schema = {"type": "string", "maxLength": params.MAX_ID}
+_ID_FILTER = params.ID_FILTER
 
 
 @api.get(

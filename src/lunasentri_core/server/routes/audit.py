@@ -80,7 +80,8 @@ async def list_audit(call: Call) -> object:
 
 
 def _since(text: str | None) -> datetime | None:
-    if not text:
+    # An empty value is refused like any other that is not a time (the schema says so).
+    if text is None:
         return None
     try:
         return parse_datetime(text)
@@ -89,7 +90,7 @@ def _since(text: str | None) -> datetime | None:
 
 
 def _limit(text: str | None) -> int:
-    if not text:
+    if text is None:
         return DEFAULT_LIMIT
     if not (text.isascii() and text.isdigit() and len(text) <= 6 and 1 <= int(text) <= MAX_LIMIT):
         raise _invalid("limit", f"expected an integer from 1 to {MAX_LIMIT}")

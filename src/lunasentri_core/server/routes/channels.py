@@ -18,7 +18,7 @@ from lunasentri_core.model import Channel, Delivery, DeliveryState, EventState, 
 from lunasentri_core.server import params
 from lunasentri_core.server.api import Api, Auth, Call, Schema, items_of, ref
 from lunasentri_core.server.errors import ApiError
-from lunasentri_core.server.routes.machines import json_object
+from lunasentri_core.server.routes.machines import NAME, json_object
 from lunasentri_core.server.routes.users import object_schema
 from lunasentri_core.services.channels import MASK, Channels
 from lunasentri_core.services.ingest import TokenBucket
@@ -30,7 +30,7 @@ NOTIFICATIONS = ("notifications",)
 TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
 MAYBE_TIMESTAMP: Schema = {"type": ["string", "null"], "format": "date-time"}
 MAYBE_STRING: Schema = {"type": ["string", "null"]}
-_NAME: Schema = {"type": "string", "minLength": 1, "maxLength": 100}
+_NAME: Schema = NAME
 _CONFIG: Schema = {
     "type": "object",
     "description": "The notifier's channel settings (e.g. a webhook's url). Secret fields "
@@ -149,7 +149,11 @@ CREATE_REQUEST = _request(
     ["name", "type", "config"],
     {
         "name": _NAME,
-        "type": {"type": "string", "description": "An installed notifier plugin's name."},
+        "type": {
+            "type": "string",
+            "minLength": 1,
+            "description": "An installed notifier plugin's name.",
+        },
         "config": _CONFIG,
         "enabled": {"type": "boolean", "description": "Default: true."},
     },
@@ -394,7 +398,7 @@ def start(app: Starlette, services: TaskGroup) -> None:
 
 # --------------------------------------------------------------------------- deliveries
 
-_ID_FILTER: Schema = {"type": "string", "maxLength": params.MAX_ID}
+_ID_FILTER = params.ID_FILTER
 
 
 @api.get(

@@ -19,6 +19,8 @@ from lunasentri_core.server.api import Api, Auth, Call, Schema, array_of, items_
 from lunasentri_core.server.jsonbody import load_json
 from lunasentri_core.services.machines import (
     AGENT_PACKAGES,
+    MAX_COLLECTORS,
+    MAX_GRACE,
     MAX_OFFLINE_AFTER,
     MIN_OFFLINE_AFTER,
     EffectiveConfig,
@@ -35,7 +37,7 @@ MAX_BODY = 64 * 1024
 
 # --------------------------------------------------------------------------- schemas
 
-LABELS: Schema = {"type": "object", "additionalProperties": {"type": "string", "maxLength": 256}}
+LABELS = params.LABELS
 TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
 MAYBE_TIMESTAMP: Schema = {"type": ["string", "null"], "format": "date-time"}
 
@@ -173,8 +175,21 @@ AGENT_CONFIG = api.schema(
         },
     },
 )
-NAME: Schema = {"type": "string", "minLength": 1, "maxLength": 100}
-HOSTNAME: Schema = {"type": ["string", "null"], "minLength": 1, "maxLength": 253}
+# As check_name and check_hostname: no control characters; a name has no surrounding
+# spaces, a hostname none at all.
+NAME: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 100,
+    "pattern": r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$",
+}
+HOSTNAME: Schema = {
+    "type": ["string", "null"],
+    "minLength": 1,
+    "maxLength": 253,
+    "pattern": r"^[^\s\x00-\x1f\x7f]+$",
+}
+COLLECTOR_NAME: Schema = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,63}$"}
 
 
 def _object(required: list[str], properties: dict[str, Schema]) -> Schema:
@@ -192,7 +207,13 @@ CREATE_REQUEST = _object(
         "name": NAME,
         "hostname": HOSTNAME,
         "labels": LABELS,
-        "owner_id": {"type": ["string", "null"], "description": "administrators only"},
+        "owner_id": {
+            "type": ["string", "null"],
+            "minLength": 1,
+            "maxLength": params.MAX_ID,
+            "pattern": params.ID_PATTERN,
+            "description": "administrators only",
+        },
     },
 )
 PATCH_REQUEST = _object(
@@ -215,6 +236,7 @@ ROTATE_REQUEST = _object(
         "grace_seconds": {
             "type": "number",
             "minimum": 0,
+            "maximum": MAX_GRACE.total_seconds(),
             "description": "How long the previous keys keep working (default: "
             "server.key_rotation_grace). The body may be empty.",
         }
@@ -224,7 +246,12 @@ CONFIG_REQUEST = _object(
     ["interval", "collectors"],
     {
         "interval": {"type": "number", "minimum": 1, "maximum": 86400},
-        "collectors": {**array_of({"type": "string"}), "minItems": 1, "maxItems": 32},
+        "collectors": {
+            **array_of(COLLECTOR_NAME),
+            "minItems": 1,
+            "maxItems": MAX_COLLECTORS,
+            "uniqueItems": True,
+        },
         "labels": LABELS,
     },
 )
@@ -549,7 +576,7 @@ async def rotate_key(call: Call) -> object:
     """The new key is shown once. The machine's previously active keys expire
     ``grace_seconds`` from now (0: at once), so an agent can switch without a gap."""
     body = decode(await json_object(call, empty_ok=True), RotateBody, what="request body")
-    grace = None if body.grace_seconds is None else _seconds(body.grace_seconds, "grace_seconds")
+    grace = None if body.grace_seconds is None else _grace(body.grace_seconds)
     issued = await service(call).rotate(
         call.user, call.path("machine_id"), grace=grace, client=call.client
     )
@@ -568,6 +595,16 @@ async def revoke_key(call: Call) -> object:
         call.user, call.path("machine_id"), call.path("key_id"), client=call.client
     )
     return Response(status_code=204)
+
+
+def _grace(seconds: float) -> timedelta:
+    # Checked before the conversion: timedelta rounds a tiny negative number to 0.
+    if seconds < 0:
+        raise ValidationError(
+            [FieldError("grace_seconds", f"must be 0 to {int(MAX_GRACE.total_seconds())}")],
+            "request body",
+        )
+    return _seconds(seconds, "grace_seconds")
 
 
 def _seconds(value: float, field: str) -> timedelta:

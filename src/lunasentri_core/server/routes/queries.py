@@ -105,7 +105,9 @@ HISTORY = api.schema(
                             "data, oldest first; the timestamp is the start of the step.",
                             "items": {
                                 "type": "array",
-                                "prefixItems": [TIMESTAMP, {"type": "number"}],
+                                # Not prefixItems: schemathesis 4 rewrites it to the
+                                # tuple form of "items", which OpenAPI 3.1 refuses.
+                                "items": {"anyOf": [TIMESTAMP, {"type": "number"}]},
                                 "minItems": 2,
                                 "maxItems": 2,
                             },

@@ -21,7 +21,7 @@ api = Api("silences")
 TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
 MAYBE_TIMESTAMP: Schema = {"type": ["string", "null"], "format": "date-time"}
 MAYBE_STRING: Schema = {"type": ["string", "null"]}
-LABELS: Schema = {"type": "object", "additionalProperties": {"type": "string", "maxLength": 256}}
+LABELS = params.LABELS
 
 SILENCE = api.schema(
     "Silence",
@@ -62,6 +62,11 @@ CREATE_REQUEST: Schema = {
         "labels": {**LABELS, "description": "Mute events of machines with every label."},
         "rule_id": {**MAYBE_STRING, "description": "Mute this alert rule's events."},
         "comment": {"type": "string", "maxLength": MAX_COMMENT},
+    },
+    # A window has one end: ends_at, or duration from starts_at, not both (null is absent).
+    "not": {
+        "required": ["ends_at", "duration"],
+        "properties": {"ends_at": {"type": "string"}, "duration": {"type": "number"}},
     },
 }
 

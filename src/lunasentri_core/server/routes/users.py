@@ -418,7 +418,7 @@ async def export_user(call: Call) -> object:
     latest value (and history with ``since``) and their alert rules. Yourself, or
     anyone for an admin."""
     since_text = call.query("since")
-    since = _parse_since(since_text) if since_text else None
+    since = _parse_since(since_text) if since_text is not None else None
     step = _parse_step(call.query("step"))
     export = await accounts_of(call).export(call.path("user_id"), call.user, since=since, step=step)
     return export_json(export)
@@ -432,7 +432,7 @@ def _parse_since(text: str) -> Any:
 
 
 def _parse_step(text: str | None) -> timedelta:
-    if text is None or text == "":
+    if text is None:
         return timedelta(minutes=1)
     try:
         seconds = float(text)
