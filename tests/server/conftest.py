@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -127,3 +128,14 @@ def make_server(tmp_path: Path) -> Iterator[MakeServer]:
 def server(make_server: MakeServer) -> LiveServer:
     """A server with default settings and the first admin (``admin`` / ADMIN_PASSWORD)."""
     return make_server()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    """Subprocesses a test starts (servers, agents): killed if still running at the end."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)  # also closes the pipes

@@ -7,26 +7,14 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from .conftest import free_port
 from .test_operations import stop, wait_ready
 
 LOGIN = re.compile(r"log in:\s+user 'admin', password(?: '(?P<password>[^']+)'|: (?P<other>.*))")
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=10)
 
 
 def _env() -> dict[str, str]:

@@ -12,7 +12,6 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -178,16 +177,6 @@ def wait_ready(url: str, process: subprocess.Popen[str], **client_args: object) 
         except httpx.TransportError:
             time.sleep(0.2)
     raise AssertionError("server did not become ready")
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=10)  # also closes the pipes
 
 
 def stop(process: subprocess.Popen[str]) -> tuple[str, str]:
