@@ -74,15 +74,25 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(data_dir: Path) -> Iterator[str]:
-    """``lunasentri serve`` on a free loopback port; yields its base URL."""
+def running_server(data_dir: Path, log: Path) -> Iterator[str]:
+    """``lunasentri serve`` on a free loopback port, logging to ``log``; yields its URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "LUNASENTRI_ADMIN_PASSWORD": ADMIN_PASSWORD}
     command = ["lunasentri", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen([*command, "--data-dir", str(data_dir)], env=env)
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [*command, "--data-dir", str(data_dir)],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        wait_ready(url, process)
+        try:
+            wait_ready(url, process)
+        except SystemExit:
+            print(log.read_text(errors="replace")[-4000:])
+            raise
         yield url
     finally:
         process.terminate()
@@ -160,12 +170,14 @@ def main(argv: Sequence[str]) -> int:
         for mode in MODES:
             # A fresh server each time: the admin's run deletes users and revokes
             # sessions, which would leave the user's run testing nothing but 401s.
-            with (
-                tempfile.TemporaryDirectory(prefix="lunasentri-fuzz-") as data_dir,
-                running_server(Path(data_dir)) as url,
-            ):
-                token = tokens(url)[who]
-                results[(who, mode)] = run(url, who, token, mode, argv, Path(data_dir))
+            with tempfile.TemporaryDirectory(prefix="lunasentri-fuzz-") as data_dir:
+                log = Path(data_dir) / "server.log"
+                with running_server(Path(data_dir), log) as url:
+                    token = tokens(url)[who]
+                    results[(who, mode)] = run(url, who, token, mode, argv, Path(data_dir))
+                if results[(who, mode)] != 0:
+                    # The server's side of what failed (a request per line).
+                    print("".join(log.read_text(errors="replace").splitlines(True)[-200:]))
     print("\n=== schemathesis summary ===")
     for (who, mode), code in results.items():
         print(f"{who:5} {mode:8} {'ok' if code == 0 else f'FAILED (exit {code})'}")
