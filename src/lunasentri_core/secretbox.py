@@ -260,8 +260,10 @@ def load_key_file(path: Path, *, create: bool) -> Keyring:
     _check_permissions(path)
     try:
         text = path.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as error:
-        raise KeyFileError(f"cannot read the key file {path}: {error}") from None
+    except OSError as error:
+        raise KeyFileError(f"cannot read the key file {path}: {error.strerror}") from None
+    except UnicodeDecodeError:  # not its text: the file holds keys
+        raise KeyFileError(f"the key file {path} is not ASCII text") from None
     keys = _parse_key_file(path, text)
     return Keyring(keys, next(reversed(keys)), source=path)
 
@@ -350,7 +352,7 @@ def _temporary(path: Path) -> Path:
 def _create_key_file(path: Path, keys: Mapping[str, bytes]) -> None:
     temporary = _temporary(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         _write_private(temporary, _key_file_text(keys))
         # link() fails if the name exists: when two processes start at once,
         # one file wins and both use it.
@@ -359,20 +361,30 @@ def _create_key_file(path: Path, keys: Mapping[str, bytes]) -> None:
     except OSError as error:
         raise KeyFileError(f"cannot create the key file {path}: {error.strerror}") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # never written, or already gone
             temporary.unlink()
 
 
 def _replace_key_file(path: Path, keys: Mapping[str, bytes]) -> None:
     temporary = _temporary(path)
-    _write_private(temporary, _key_file_text(keys))
-    os.replace(temporary, path)
+    try:
+        _write_private(temporary, _key_file_text(keys))
+        os.replace(temporary, path)
+    except OSError as error:
+        raise KeyFileError(f"cannot write the key file {path}: {error.strerror}") from None
+    finally:
+        with contextlib.suppress(OSError):  # gone once it took the key file's name
+            temporary.unlink()
 
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    lock = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as error:
+        raise KeyFileError(f"cannot open the lock file {lock}: {error.strerror}") from None
     try:
         if os.name == "posix":
             import fcntl
