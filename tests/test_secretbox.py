@@ -239,6 +239,14 @@ def test_a_box_reads_a_key_added_by_another_process(tmp_path: Path) -> None:
     assert stale.decrypt_text(fresh, CONTEXT) == "hunter2"
 
 
+def test_a_box_encrypts_under_a_key_added_by_another_process(tmp_path: Path) -> None:
+    path = tmp_path / KEY_FILE_NAME
+    box = SecretBox(load_key_file(path, create=True))
+    first = key_id_of(box.encrypt("hunter2", CONTEXT))
+    new_id = rotate_key_file(path)
+    assert key_id_of(box.encrypt("hunter2", CONTEXT)) == new_id != first
+
+
 def test_rotate_uses_the_key_file_when_no_keys_are_set(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     new_id = rotate(settings.secrets, tmp_path)

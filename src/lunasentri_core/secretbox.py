@@ -157,6 +157,8 @@ class SecretBox:
 
     def __init__(self, keyring: Keyring) -> None:
         self._keyring = keyring
+        self._stamp: tuple[int, int] | None = None
+        """The key file's (inode, mtime) when last read; ``None``: read it at first use."""
 
     def __repr__(self) -> str:
         return f"SecretBox(keyring={self._keyring!r})"
@@ -169,6 +171,7 @@ class SecretBox:
         """The envelope of ``plaintext`` (text is UTF-8) under the current key, bound
         to ``context`` (e.g. ``"credential_profiles/42/password"``)."""
         data = plaintext.encode() if isinstance(plaintext, str) else plaintext
+        self._follow_key_file()  # a key added by a rotation encrypts from then on
         key_id = self._keyring.current
         nonce = secrets.token_bytes(NONCE_BYTES)
         sealed = AESGCM(self._keyring.keys[key_id]).encrypt(
@@ -210,13 +213,28 @@ class SecretBox:
         return self.encrypt(plaintext, context)
 
     def _key(self, key_id: str) -> bytes:
-        if key_id not in self._keyring.keys and self._keyring.source is not None:
-            # Another process may have rotated the key file since it was read.
-            self._keyring = load_key_file(self._keyring.source, create=False)
+        if key_id not in self._keyring.keys:
+            self._follow_key_file()
         try:
             return self._keyring.keys[key_id]
         except KeyError:
             raise UnknownKeyError(key_id, tuple(self._keyring.keys)) from None
+
+    def _follow_key_file(self) -> None:
+        """Read the key file again if it changed since it was read (another process
+        rotated): a rotation replaces it, giving it a new inode."""
+        source = self._keyring.source
+        if source is None:
+            return
+        try:
+            info = source.stat()
+        except OSError as error:
+            raise KeyFileError(f"cannot read the key file {source}: {error.strerror}") from None
+        stamp = (info.st_ino, info.st_mtime_ns)
+        if stamp != self._stamp:
+            # Stamped before reading: a change in between is read at the next use.
+            self._keyring = load_key_file(source, create=False)
+            self._stamp = stamp
 
 
 def key_id_of(envelope: str) -> str:
