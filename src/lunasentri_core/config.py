@@ -214,6 +214,48 @@ class ServerSettings:
         return f"{scheme}://{host}:{self.port}"
 
 
+def _masked(keys: Mapping[str, str]) -> str:
+    return "{" + ", ".join(f"{key_id!r}: '***'" for key_id in keys) + "}"
+
+
+def _secret_keys(_: object, attribute: attrs.Attribute[Any], keys: Mapping[str, str]) -> None:
+    from lunasentri_core.secretbox import check_key_id, decode_key
+
+    for key_id, text in keys.items():
+        try:
+            check_key_id(key_id)
+            decode_key(text)
+        except ValueError as error:  # the message names the id, never the key
+            raise InvalidValue(f"key {key_id!r}: {error}", attribute) from None
+
+
+@attrs.frozen
+class SecretsSettings:
+    """Keys of the secret box that encrypts stored credentials (``[secrets]``)."""
+
+    keys: Mapping[str, str] = attrs.field(factory=dict, repr=_masked, validator=_secret_keys)
+    """Base64 AES-256 keys by id; every one decrypts. None set: the key file is used."""
+    current: str | None = attrs.field(default=None)
+    """The id of the key that encrypts; needed when ``keys`` holds more than one."""
+    key_file: Path | None = None
+    """Where the keys are kept when ``keys`` is empty; default ``<data_dir>/secret.keys``."""
+
+    @current.validator
+    def _check_current(self, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+        if value is not None and value not in self.keys:
+            raise InvalidValue(f"{value!r} is not one of the ids in secrets.keys", attribute)
+        if value is None and len(self.keys) > 1:
+            raise InvalidValue("name the key that encrypts: several keys are set", attribute)
+
+    def current_key_id(self) -> str:
+        return self.current if self.current is not None else next(iter(self.keys))
+
+    def key_file_path(self, data_dir: Path) -> Path:
+        from lunasentri_core.secretbox import KEY_FILE_NAME
+
+        return self.key_file if self.key_file is not None else data_dir / KEY_FILE_NAME
+
+
 @attrs.frozen
 class Settings:
     data_dir: Path = attrs.field(factory=default_data_dir, converter=Path)
@@ -236,6 +278,7 @@ class Settings:
     """How often the hub looks for alert rules and machines changed by other processes
     sharing its storage."""
     notifications: NotificationSettings = NotificationSettings()
+    secrets: SecretsSettings = SecretsSettings()
     admin_username: str = "admin"
     admin_password: str | None = None
     """Creates the first admin at server start when no admin exists yet."""

@@ -5,6 +5,9 @@
   key); only their SHA-256 hash is stored, and lookups compare hashes, so a
   stolen database does not yield usable keys.
 * Passwords are hashed with scrypt (memory-hard, in the standard library).
+
+Secrets that must be used again in clear (stored credentials) are encrypted by
+the secret box, :mod:`lunasentri_core.secretbox`.
 """
 
 from __future__ import annotations
