@@ -12,7 +12,7 @@ import pytest
 import requests
 import winrm
 import xmltodict
-from winrm.exceptions import InvalidCredentialsError, WSManFaultError
+from winrm.exceptions import InvalidCredentialsError, WinRMOperationTimeoutError, WSManFaultError
 
 from lunasentri_core.testing import (
     CommandResult,
@@ -494,3 +494,60 @@ def test_a_dropped_connection_is_a_connection_error(wsman_server: WsmanServer) -
         _protocol(wsman_server).open_shell()
     wsman_server.drop_connections(False)
     assert _protocol(wsman_server).open_shell()
+
+
+def test_the_operation_timeout_fault_on_receive_is_retried_by_pywinrm(
+    wsman_server: WsmanServer,
+) -> None:
+    # Windows answers a Receive with w:TimedOut when the command runs past
+    # OperationTimeout; pywinrm receives again.
+    wsman_server.inject_fault(WsmanFault.operation_timeout(), action="Receive", times=2)
+    wsman_server.on_command(lambda command: CommandResult(stdout="late"))
+    result = winrm.Session(wsman_server.url, auth=("vagrant", "vagrant")).run_cmd("slow")
+    assert (result.std_out, result.status_code) == (b"late", 0)
+
+
+def test_the_operation_timeout_fault_is_pywinrms_operation_timeout(
+    wsman_server: WsmanServer,
+) -> None:
+    wsman_server.inject_fault(WsmanFault.operation_timeout(), action="Receive")
+    protocol = _protocol(wsman_server)
+    shell_id = protocol.open_shell()
+    command_id = protocol.run_command(shell_id, "slow")
+    with pytest.raises(WinRMOperationTimeoutError):
+        protocol.get_command_output_raw(shell_id, command_id)
+
+
+def test_identify_without_credentials_when_asked_for(wsman_server: WsmanServer) -> None:
+    envelope = (
+        f'<s:Envelope xmlns:s="{NS["s"]}" xmlns:wsmid="{NS["wsmid"]}">'
+        "<s:Header/><s:Body><wsmid:Identify/></s:Body></s:Envelope>"
+    )
+    headers = {"Content-Type": "application/soap+xml;charset=UTF-8"}
+    refused = httpx.post(wsman_server.url, content=envelope, headers=headers)
+    assert refused.status_code == 401
+    headers["WSMANIDENTIFY"] = "unauthenticated"
+    response = httpx.post(wsman_server.url, content=envelope, headers=headers)
+    assert response.status_code == 200
+    version = ET.fromstring(response.content).findtext(".//wsmid:ProductVersion", namespaces=NS)
+    assert version == "OS: 0.0.0 SP: 0.0 Stack: 2.0"  # Windows hides the OS from strangers
+
+
+def test_a_where_clause_on_an_unknown_property_is_an_invalid_query(
+    wsman_server: WsmanServer,
+) -> None:
+    with pytest.raises(WSManFaultError) as caught:
+        _query(_protocol(wsman_server), "SELECT * FROM Win32_LogicalDisk WHERE Colour = 3")
+    assert caught.value.fault_subcode == "n:CannotProcessFilter"
+    assert "Invalid query" in caught.value.response
+
+
+def test_a_command_handler_that_raises_is_a_receiver_fault(wsman_server: WsmanServer) -> None:
+    def broken(command: ShellCommand) -> CommandResult:
+        raise KeyError("no answer registered")
+
+    wsman_server.on_command(broken)
+    with pytest.raises(WSManFaultError) as caught:
+        winrm.Session(wsman_server.url, auth=("vagrant", "vagrant")).run_cmd("ipconfig")
+    assert caught.value.fault_code == "s:Receiver"
+    assert "no answer registered" in caught.value.reason

@@ -86,6 +86,25 @@ class WsmanFault:
             provider_message="The specified class does not exist in the given namespace. ",
         )
 
+    @classmethod
+    def operation_timeout(cls) -> WsmanFault:
+        """Windows' answer to a Receive when the command runs past ``OperationTimeout``.
+
+        pywinrm turns it into ``WinRMOperationTimeoutError`` and receives again.
+        """
+        return cls(
+            code=2150858793,
+            subcode="w:TimedOut",
+            reason="The WS-Management service cannot complete the operation within the "
+            "time specified in OperationTimeout.  ",
+            value="s:Receiver",
+        )
+
+    @classmethod
+    def invalid_query(cls) -> WsmanFault:
+        """The fault for a WQL query that does not parse or names an unknown property."""
+        return attrs.evolve(cls.invalid_class(), provider_message="Invalid query ")
+
 
 @attrs.frozen
 class ShellCommand:
@@ -285,6 +304,16 @@ class WsmanServer:
                 fault, request.message_id, self.url
             )
 
+    def _answer_unauthenticated(self, raw: bytes) -> str | None:
+        """An Identify sent with ``WSMANIDENTIFY: unauthenticated``; None for anything else."""
+        try:
+            request = _parse(raw)
+        except ValueError:
+            return None
+        return (
+            self._identify(request, authenticated=False) if request.action == "Identify" else None
+        )
+
     def _check_rules(self, action: str, wmi_class: str | None) -> None:
         with self._lock:
             for rule in self._rules:
@@ -324,12 +353,14 @@ class WsmanServer:
             )
         return answer(request)
 
-    def _identify(self, request: _Request) -> str:
+    def _identify(self, request: _Request, authenticated: bool = True) -> str:
+        # Without credentials Windows hides the OS version.
+        version = "OS: 6.1.7601 SP: 1.0" if authenticated else "OS: 0.0.0 SP: 0.0"
         body = (
             f'<wsmid:IdentifyResponse xmlns:wsmid="{WSMID}">'
             f"<wsmid:ProtocolVersion>{W}</wsmid:ProtocolVersion>"
             "<wsmid:ProductVendor>Microsoft Corporation</wsmid:ProductVendor>"
-            "<wsmid:ProductVersion>OS: 6.1.7601 SP: 1.0 Stack: 2.0</wsmid:ProductVersion>"
+            f"<wsmid:ProductVersion>{version} Stack: 2.0</wsmid:ProductVersion>"
             "</wsmid:IdentifyResponse>"
         )
         return (
@@ -369,7 +400,15 @@ class WsmanServer:
         with self._lock:
             commands = self._commands_of(request)
         command = _shell_command(request.body)
-        result = self._handler(command)
+        try:
+            result = self._handler(command)
+        except Exception as error:  # the test's handler is broken: say so to the client
+            reason = f"The test server's command handler raised {error!r}."
+            raise _Fault(
+                WsmanFault(
+                    code=2147500037, subcode="w:InternalError", reason=reason, value="s:Receiver"
+                )
+            ) from error
         command_id = str(uuid.uuid4()).upper()
         with self._lock:
             commands[command_id] = result
@@ -481,6 +520,8 @@ class WsmanServer:
             self._check_rules("Enumerate", name)
             raise _Fault(WsmanFault.invalid_class(), ENUMERATION_FAULT_ACTION)
         registered, instances = found
+        if where is not None and instances and not _has(instances[0], where[0]):
+            raise _Fault(WsmanFault.invalid_query(), ENUMERATION_FAULT_ACTION)
         selected = [i for i in instances if where is None or _matches(i, *where)]
         if properties is None:
             return registered, [_typed_item(registered, i) for i in selected], True
@@ -512,7 +553,13 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?", 1)[0].lower() != "/wsman":
             self._reply(HTTPStatus.NOT_FOUND, "")
         elif not self._authorized(wsman.users):
-            self._reply(HTTPStatus.UNAUTHORIZED, "", challenge=True)
+            identify = None
+            if (self.headers.get("WSMANIDENTIFY") or "").lower() == "unauthenticated":
+                identify = wsman._answer_unauthenticated(raw)
+            if identify is None:
+                self._reply(HTTPStatus.UNAUTHORIZED, "", challenge=True)
+            else:
+                self._reply(HTTPStatus.OK, identify)
         elif (
             not (self.headers.get("Content-Type") or "").lower().startswith("application/soap+xml")
         ):
@@ -587,13 +634,17 @@ def _parse_wql(query: str) -> tuple[str, list[str] | None, tuple[str, str] | Non
     match = WQL.match(query)
     if match is None:
         raise _Fault(
-            attrs.evolve(WsmanFault.invalid_class(), provider_message="Invalid query "),
+            WsmanFault.invalid_query(),
             ENUMERATION_FAULT_ACTION,
         )
     properties = match["properties"]
     listed = None if properties == "*" else [p.strip() for p in properties.split(",")]
     where = None if match["prop"] is None else (match["prop"], match["value"].strip("'\""))
     return match["cls"], listed, where
+
+
+def _has(instance: WmiInstance, name: str) -> bool:
+    return any(key.lower() == name.lower() for key in instance)
 
 
 def _matches(instance: WmiInstance, name: str, wanted: str) -> bool:
@@ -670,7 +721,7 @@ def _fragment_item(instance: WmiInstance, listed: list[str]) -> str:
     unknown = wanted - {name.lower() for name in instance}
     if unknown:
         raise _Fault(
-            attrs.evolve(WsmanFault.invalid_class(), provider_message="Invalid query "),
+            WsmanFault.invalid_query(),
             ENUMERATION_FAULT_ACTION,
         )
     # Windows sends the properties in the class's order, not the query's.
