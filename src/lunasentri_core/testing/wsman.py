@@ -150,8 +150,7 @@ class _FaultRule:
 
 @attrs.define
 class _Enumeration:
-    items: list[str]
-    namespaced: bool  # False: the w:XmlFragment shape
+    items: list[str]  # rendered, not sent yet
 
 
 class _Fault(Exception):
@@ -283,7 +282,7 @@ class WsmanServer:
         """Apply the delay and the hang; False when the server stopped meanwhile."""
         if self._delay and self._released.wait(self._delay):
             return False
-        while self._hang:
+        while self._hang:  # re-checked often, so turning the hang off answers soon
             if self._released.wait(0.05):
                 return False
         return True
@@ -295,14 +294,12 @@ class WsmanServer:
             fault = WsmanFault(
                 code=2150858817, subcode="w:SchemaValidationError", reason=str(error)
             )
-            return HTTPStatus.BAD_REQUEST, _fault_envelope(_Fault(fault), "", self.url)
+            return HTTPStatus.BAD_REQUEST, _fault_envelope(_Fault(fault), "")
         try:
             self._check_rules(request.action, None)
             return HTTPStatus.OK, self._dispatch(request)
         except _Fault as fault:
-            return HTTPStatus.INTERNAL_SERVER_ERROR, _fault_envelope(
-                fault, request.message_id, self.url
-            )
+            return HTTPStatus.INTERNAL_SERVER_ERROR, _fault_envelope(fault, request.message_id)
 
     def _answer_unauthenticated(self, raw: bytes) -> str | None:
         """An Identify sent with ``WSMANIDENTIFY: unauthenticated``; None for anything else."""
@@ -454,9 +451,9 @@ class WsmanServer:
         enumerate_ = request.body.find(f"{{{N}}}Enumerate")
         if enumerate_ is None:
             raise _Fault(_bad_request("Enumerate has no n:Enumerate body."))
-        wmi_class, items, namespaced = self._query(request.resource_uri, enumerate_)
+        wmi_class, items = self._query(request.resource_uri, enumerate_)
         self._check_rules("Enumerate", wmi_class)
-        enumeration = _Enumeration(items, namespaced)
+        enumeration = _Enumeration(items)
         optimized = enumerate_.find(f"{{{W}}}OptimizeEnumeration") is not None
         # Without OptimizeEnumeration the first items come only with the first Pull.
         limit = _max_elements(enumerate_, f"{{{W}}}MaxElements") if optimized else 0
@@ -507,8 +504,8 @@ class WsmanServer:
             self._enumerations[context] = enumeration
         return "".join(page), context
 
-    def _query(self, resource_uri: str, enumerate_: ET.Element) -> tuple[str, list[str], bool]:
-        """The class, the rendered items and their shape for an Enumerate request."""
+    def _query(self, resource_uri: str, enumerate_: ET.Element) -> tuple[str, list[str]]:
+        """The class and the rendered items (typed for ``*``, else fragments) of a query."""
         filter_ = enumerate_.find(f"{{{W}}}Filter")
         if filter_ is None:
             # No filter: every instance of the class the resource URI names.
@@ -524,8 +521,8 @@ class WsmanServer:
             raise _Fault(WsmanFault.invalid_query(), ENUMERATION_FAULT_ACTION)
         selected = [i for i in instances if where is None or _matches(i, *where)]
         if properties is None:
-            return registered, [_typed_item(registered, i) for i in selected], True
-        return registered, [_fragment_item(i, properties) for i in selected], False
+            return registered, [_typed_item(registered, i) for i in selected]
+        return registered, [_fragment_item(i, properties) for i in selected]
 
 
 class _HttpServer(ThreadingHTTPServer):
@@ -689,7 +686,7 @@ def _envelope(action: str, relates_to: str, body: str) -> str:
     )
 
 
-def _fault_envelope(error: _Fault, relates_to: str, url: str) -> str:
+def _fault_envelope(error: _Fault, relates_to: str) -> str:
     fault = error.fault
     inner = escape(fault.reason)
     if fault.provider_message is not None:
