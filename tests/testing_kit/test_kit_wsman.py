@@ -551,3 +551,38 @@ def test_a_command_handler_that_raises_is_a_receiver_fault(wsman_server: WsmanSe
         winrm.Session(wsman_server.url, auth=("vagrant", "vagrant")).run_cmd("ipconfig")
     assert caught.value.fault_code == "s:Receiver"
     assert "no answer registered" in caught.value.reason
+
+
+def test_later_windows_sends_one_item_first_whatever_max_elements() -> None:
+    with WsmanServer(first_page_size=1) as server:
+        protocol = _protocol(server)
+        first = _enumerate(protocol, "SELECT * FROM Win32_LogicalDisk", max_elements=32000)
+        context = first.findtext(".//n:EnumerationContext", namespaces=NS)
+        assert context
+        rest = _pull(protocol, context)
+    assert len(_items(first)) == 1
+    assert first.find(".//w:EndOfSequence", NS) is None
+    assert len(_items(rest)) == 1
+    assert rest.find(".//n:EndOfSequence", NS) is not None
+
+
+def test_release_ends_an_enumeration(wsman_server: WsmanServer) -> None:
+    protocol = _protocol(wsman_server)
+    context = _enumerate(protocol, "SELECT * FROM Win32_Process", max_elements=2).findtext(
+        ".//n:EnumerationContext", namespaces=NS
+    )
+    assert context
+    release = "http://schemas.xmlsoap.org/ws/2004/09/enumeration/Release"
+    response = _send(protocol, release, {"n:Release": {"n:EnumerationContext": context}})
+    assert response.findtext(".//a:Action", namespaces=NS) == f"{release}Response"
+    with pytest.raises(WSManFaultError):
+        _pull(protocol, context)
+
+
+def test_a_request_over_the_size_limit_is_413(wsman_server: WsmanServer) -> None:
+    headers = {"Content-Type": "application/soap+xml;charset=UTF-8"}
+    with httpx.Client(auth=("vagrant", "vagrant"), headers=headers) as client:
+        too_big = client.post(wsman_server.url, content=b" " * (600 * 1024))
+        assert too_big.status_code == 413
+        # The connection is not confused by the unread rest: the next request works.
+        assert client.post(wsman_server.url, content=b"<x/>").status_code == 400

@@ -168,7 +168,9 @@ class WsmanServer:
     password is 401 with ``WWW-Authenticate: Negotiate`` and ``Basic
     realm="WSMAN"``). WQL queries are answered from ``wmi``
     (:meth:`WmiRepository.windows_host` by default), at most ``page_size`` items
-    a response; commands from the handler given to :meth:`on_command`.
+    a response, and at most ``first_page_size`` in an optimized Enumerate
+    response (Windows Server 2012 and later send one item there whatever
+    ``MaxElements`` says); commands from the handler given to :meth:`on_command`.
     """
 
     def __init__(
@@ -177,10 +179,12 @@ class WsmanServer:
         *,
         wmi: WmiRepository | None = None,
         page_size: int = 20,
+        first_page_size: int | None = None,
     ) -> None:
         self.users = dict(users if users is not None else {"vagrant": "vagrant"})
         self.wmi = wmi if wmi is not None else WmiRepository.windows_host()
         self.page_size = page_size
+        self.first_page_size = first_page_size
         self._handler: CommandHandler = _not_recognized
         self._shells: dict[str, dict[str, CommandResult]] = {}
         self._enumerations: dict[str, _Enumeration] = {}
@@ -457,6 +461,8 @@ class WsmanServer:
         optimized = enumerate_.find(f"{{{W}}}OptimizeEnumeration") is not None
         # Without OptimizeEnumeration the first items come only with the first Pull.
         limit = _max_elements(enumerate_, f"{{{W}}}MaxElements") if optimized else 0
+        if self.first_page_size is not None:
+            limit = min(limit, self.first_page_size)
         page, context = self._page(enumeration, limit)
         ended = optimized and context is None
         body = (
@@ -546,7 +552,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         wsman = self.server.wsman
-        raw = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), MAX_REQUEST_BYTES))
+        length = self.headers.get("Content-Length") or "0"
+        if not length.isdigit():
+            self.close_connection = True  # the body's end is unknown
+            self._reply(HTTPStatus.BAD_REQUEST, "")
+            return
+        if int(length) > MAX_REQUEST_BYTES:
+            # Read and drop the body: closing with it unread would reset the connection
+            # before the client reads the answer.
+            self._discard(int(length))
+            self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "")
+            return
+        raw = self.rfile.read(int(length))
         if self.path.split("?", 1)[0].lower() != "/wsman":
             self._reply(HTTPStatus.NOT_FOUND, "")
         elif not self._authorized(wsman.users):
@@ -568,6 +585,13 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.close_connection = True
 
+    def _discard(self, length: int) -> None:
+        while length > 0:
+            chunk = self.rfile.read(min(length, 65536))
+            if not chunk:
+                break
+            length -= len(chunk)
+
     def _authorized(self, users: Mapping[str, str]) -> bool:
         scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
         if scheme.lower() != "basic":
@@ -586,6 +610,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("WWW-Authenticate", 'Basic realm="WSMAN"')
         if data:
             self.send_header("Content-Type", "application/soap+xml;charset=UTF-8")
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
