@@ -586,3 +586,15 @@ def test_a_request_over_the_size_limit_is_413(wsman_server: WsmanServer) -> None
         assert too_big.status_code == 413
         # The connection is not confused by the unread rest: the next request works.
         assert client.post(wsman_server.url, content=b"<x/>").status_code == 400
+
+
+def test_another_loopback_address_for_discovery_tests() -> None:
+    with WsmanServer(host="127.0.0.7") as server:
+        assert server.url.startswith("http://127.0.0.7:")
+        assert len(_query(_protocol(server), "SELECT Name FROM Win32_ComputerSystem")) == 1
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "localhost"])
+def test_only_loopback_addresses(host: str) -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        WsmanServer(host=host)

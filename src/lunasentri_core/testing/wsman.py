@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import ipaddress
 import itertools
 import re
 import threading
@@ -163,6 +164,10 @@ class _Fault(Exception):
 class WsmanServer:
     """A WS-Management endpoint at ``url`` (``http://127.0.0.1:PORT/wsman``).
 
+    ``host`` may be any IPv4 loopback address (127.0.0.0/8, so discovery tests can
+    run many hosts) and ``port`` a fixed one such as 5985; other addresses are
+    refused. The port is ephemeral by default.
+
     Use it as a context manager (or :meth:`start`/:meth:`stop`), or through the
     ``wsman_server`` fixture. Basic authentication against ``users`` (a wrong
     password is 401 with ``WWW-Authenticate: Negotiate`` and ``Basic
@@ -180,7 +185,14 @@ class WsmanServer:
         wmi: WmiRepository | None = None,
         page_size: int = 20,
         first_page_size: int | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
+        if not _is_loopback(host):
+            raise ValueError(
+                f"the WS-Management test server listens on loopback only, not {host!r}"
+            )
+        self.host, self.port = host, port
         self.users = dict(users if users is not None else {"vagrant": "vagrant"})
         self.wmi = wmi if wmi is not None else WmiRepository.windows_host()
         self.page_size = page_size
@@ -208,9 +220,9 @@ class WsmanServer:
         return f"http://{host!s}:{port}/wsman"
 
     def start(self) -> WsmanServer:
-        """Listen on an ephemeral loopback port and serve in a background thread."""
+        """Listen on ``host``:``port`` and serve in a background thread."""
         self._released.clear()
-        self._httpd = _HttpServer(("127.0.0.1", 0), _Handler, self)
+        self._httpd = _HttpServer((self.host, self.port), _Handler, self)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="wsman-test-server")
         self._thread.start()
         return self
@@ -664,6 +676,13 @@ def _parse_wql(query: str) -> tuple[str, list[str] | None, tuple[str, str] | Non
     listed = None if properties == "*" else [p.strip() for p in properties.split(",")]
     where = None if match["prop"] is None else (match["prop"], match["value"].strip("'\""))
     return match["cls"], listed, where
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.IPv4Address(host).is_loopback
+    except ValueError:  # a name, or IPv6: tests need an address they can reach as is
+        return False
 
 
 def _has(instance: WmiInstance, name: str) -> bool:
