@@ -598,3 +598,17 @@ def test_another_loopback_address_for_discovery_tests() -> None:
 def test_only_loopback_addresses(host: str) -> None:
     with pytest.raises(ValueError, match="loopback"):
         WsmanServer(host=host)
+
+
+def test_an_empty_result_has_no_items_element(wsman_server: WsmanServer) -> None:
+    protocol = _protocol(wsman_server)
+    wql = "SELECT * FROM Win32_LogicalDisk WHERE DriveType = 4"
+    optimized = _enumerate(protocol, wql)
+    assert optimized.find(".//n:EnumerateResponse/w:EndOfSequence", NS) is not None
+    assert optimized.find(".//w:Items", NS) is None
+    body = {"n:Enumerate": {"w:Filter": {"@Dialect": WQL, "#text": wql}}}
+    context = _send(protocol, ENUMERATE, body).findtext(".//n:EnumerationContext", namespaces=NS)
+    assert context
+    pulled = _pull(protocol, context)
+    assert pulled.find(".//n:PullResponse/n:EndOfSequence", NS) is not None
+    assert pulled.find(".//n:Items", NS) is None

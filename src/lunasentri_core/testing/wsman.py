@@ -479,7 +479,7 @@ class WsmanServer:
         ended = optimized and context is None
         body = (
             f"<n:EnumerateResponse><n:EnumerationContext>{context or ''}</n:EnumerationContext>"
-            + (f"<w:Items>{page}</w:Items>" if optimized else "")
+            + (f"<w:Items>{page}</w:Items>" if page else "")
             + ("<w:EndOfSequence/>" if ended else "")
             + "</n:EnumerateResponse>"
         )
@@ -498,7 +498,7 @@ class WsmanServer:
         body = (
             "<n:PullResponse>"
             + (f"<n:EnumerationContext>{new_context}</n:EnumerationContext>" if new_context else "")
-            + f"<n:Items>{page}</n:Items>"
+            + (f"<n:Items>{page}</n:Items>" if page else "")  # none when empty, as Windows
             + ("" if new_context else "<n:EndOfSequence/>")
             + "</n:PullResponse>"
         )
