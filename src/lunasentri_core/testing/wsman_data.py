@@ -19,6 +19,9 @@ Sources (public captures of real Windows traffic):
   Win32_PerfRawData_PerfOS_Processor's counters start from the captured host's uptime
   (LastBootUpTime to LocalDateTime, 11,225 s) and its ``Timestamp_Sys100NS``.
 
+Each class carries the properties a collector reads and a few more, not all of
+them; the values are the captured ones unless listed above.
+
 The perf classes advance on every query, one simulated second each: processor ``0``
 is 30% busy, ``1`` 20%, ``_Total`` 25%, so ``(1 - ΔPercentProcessorTime /
 ΔTimestamp_Sys100NS) * 100`` gives exactly those; each interface receives 125,000
