@@ -44,6 +44,8 @@ TEST_REQUIREMENTS = [
     "httpx>=0.27",
     "jsonschema>=4.22",
     "openapi-spec-validator>=0.7",
+    # The WS-Management test server's tests drive it with the real client.
+    "pywinrm>=0.5",
 ]
 LINT_REQUIREMENTS = ["ruff>=0.16,<0.18"]
 # pytest: lunasentri_core.testing is a pytest plugin; nox: the noxfile is checked too.

@@ -84,12 +84,23 @@ from lunasentri_core.testing.reference import (
 from lunasentri_core.testing.storage import StorageContract
 from lunasentri_core.testing.storage_metrics import MetricStoreContract, history_batch, require
 from lunasentri_core.testing.storage_state import StateStoreContract
+from lunasentri_core.testing.wsman import (
+    CommandHandler,
+    CommandResult,
+    ShellCommand,
+    WsmanFault,
+    WsmanServer,
+    wsman_server,
+)
+from lunasentri_core.testing.wsman_data import WmiRepository
 
 __all__ = [
     "BASE_TIME",
     "EVENT_HOOKS",
     "AuthenticatorContract",
     "CollectorContract",
+    "CommandHandler",
+    "CommandResult",
     "Contract",
     "EntryPointContract",
     "HookRecorder",
@@ -99,9 +110,13 @@ __all__ = [
     "ReceivedMessage",
     "RecordedCall",
     "RegisterPlugin",
+    "ShellCommand",
     "StateStoreContract",
     "StorageContract",
     "StoredPoint",
+    "WmiRepository",
+    "WsmanFault",
+    "WsmanServer",
     "assert_history_equal",
     "assert_latest_equal",
     "check_readings",
@@ -134,4 +149,5 @@ __all__ = [
     "register_plugin",
     "require",
     "resolve",
+    "wsman_server",
 ]
