@@ -134,3 +134,18 @@ def test_an_environment_value_reads_as_the_toml_literal_it_is_or_else_as_text(ra
     # (compared by repr, where nan is nan).
     read = env_overrides({"LUNASENTRI_X": raw})
     assert repr(read) == repr({"x": _as_toml_literal(raw)})
+
+
+def test_secret_settings_never_show_in_a_repr(tmp_path: Path) -> None:
+    settings = Settings.load(
+        environ={},
+        data_dir=tmp_path,
+        admin_password="hunter2-hunter2",
+        agent={"api_key": "lsk_very_secret"},
+    )
+    shown = repr(settings)
+    assert "hunter2" not in shown
+    assert "lsk_very_secret" not in shown
+    assert "admin_password='***'" in shown
+    assert "api_key='***'" in shown
+    assert "api_key=None" in repr(Settings.load(environ={}, data_dir=tmp_path).agent)

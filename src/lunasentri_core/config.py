@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from lunasentri_core.agent.settings import AgentSettings
+from lunasentri_core.agent.settings import AgentSettings, mask_secret
 from lunasentri_core.codec import decode
 
 # Reading the file and the environment is shared with the push agent, which
@@ -280,7 +280,7 @@ class Settings:
     notifications: NotificationSettings = NotificationSettings()
     secrets: SecretsSettings = SecretsSettings()
     admin_username: str = "admin"
-    admin_password: str | None = None
+    admin_password: str | None = attrs.field(default=None, repr=mask_secret)
     """Creates the first admin at server start when no admin exists yet."""
     disabled_plugins: tuple[str, ...] = ()
     enabled_plugins: tuple[str, ...] | None = None

@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from lunasentri_core.config import Settings
 
 
+def mask_secret(value: str | None) -> str:
+    """How a secret setting shows in a repr: whether it is set, never its value."""
+    return "None" if value is None else "'***'"
+
+
 def _positive(_: object, attribute: attrs.Attribute[timedelta], value: timedelta) -> None:
     if value <= timedelta(0):
         raise InvalidValue("must be positive", attribute)
@@ -42,7 +47,7 @@ class AgentSettings:
 
     server_url: str | None = None
     """Where the server listens, e.g. ``https://monitor.example.com``."""
-    api_key: str | None = None
+    api_key: str | None = attrs.field(default=None, repr=mask_secret)
     """The machine's API key (``lsk_...``); without one the agent enrols by claim."""
     interval: timedelta = attrs.field(default=timedelta(seconds=5), validator=_positive)
     collectors: tuple[str, ...] = ("psutil",)
