@@ -215,7 +215,10 @@ class ServerSettings:
 
 
 def _masked(keys: Mapping[str, str]) -> str:
-    return "{" + ", ".join(f"{key_id!r}: '***'" for key_id in keys) + "}"
+    # Imported here: the settings load without cryptography until a key is used.
+    from lunasentri_core.secretbox import masked_keys
+
+    return masked_keys(keys)
 
 
 def _secret_keys(_: object, attribute: attrs.Attribute[Any], keys: Mapping[str, str]) -> None:

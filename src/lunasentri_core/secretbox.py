@@ -117,7 +117,8 @@ def check_key_id(key_id: str) -> None:
         raise ValueError(f"key id {key_id!r}: expected {_KEY_ID_TEXT}")
 
 
-def _masked_keys(keys: Mapping[str, bytes]) -> str:
+def masked_keys(keys: Mapping[str, object]) -> str:
+    """How a table of keys shows in a repr: their ids, never their material."""
     return "{" + ", ".join(f"{key_id!r}: '***'" for key_id in keys) + "}"
 
 
@@ -128,7 +129,7 @@ class Keyring:
     The key material never appears in the repr (nor in any message).
     """
 
-    keys: Mapping[str, bytes] = attrs.field(repr=_masked_keys)
+    keys: Mapping[str, bytes] = attrs.field(repr=masked_keys)
     current: str
     source: Path | None = None
     """The key file the keys came from, re-read when an unknown key id turns up

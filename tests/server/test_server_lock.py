@@ -48,8 +48,11 @@ def test_servers_that_all_say_so_share_a_database(
 ) -> None:
     shared = {"LUNASENTRI_SERVER__SHARED_DATABASE": "true"}
     first, first_url = _serve(processes, tmp_path, **shared)
-    second, second_url = _serve(processes, tmp_path, **shared)
+    # One after the other: a free port is picked before the server binds it, so two
+    # picked at once may be the same; and two servers creating a fresh database at
+    # the same moment would race in its migrations, which is not what this tests.
     wait_ready(first_url, first)
+    second, second_url = _serve(processes, tmp_path, **shared)
     wait_ready(second_url, second)
 
     # One that wants the database alone is refused while they run.

@@ -30,12 +30,13 @@ import json
 import logging
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
+
+from lunasentri_core.filelock import try_lock
 
 log = logging.getLogger(__name__)
 
@@ -228,23 +229,10 @@ def lock_directory(directory: Path) -> int:
     """
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        _lock(fd)
-    except OSError:
+    if not try_lock(fd):
         os.close(fd)
-        raise SpoolBusy(f"another agent is using the spool directory {directory}") from None
+        raise SpoolBusy(f"another agent is using the spool directory {directory}")
     return fd
-
-
-def _lock(fd: int) -> None:
-    if sys.platform == "win32":
-        import msvcrt
-
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-    else:
-        import fcntl
-
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _seq_of(name: str) -> int | None:

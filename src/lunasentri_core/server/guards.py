@@ -40,11 +40,12 @@ def origin_of(url: str) -> str | None:
 
 
 def cross_site_refusal(
-    method: str, headers: Mapping[str, str], cookies: Mapping[str, str], trusted: frozenset[str]
+    method: str, headers: Mapping[str, str], trusted: frozenset[str]
 ) -> str | None:
     """Why a request is refused as possibly forged by another site, or ``None`` to let it pass.
 
-    :param headers: The request's headers, by lower-case name.
+    :param headers: The request's headers, by lower-case name (cookies are read from
+        them only when nothing else decides: agents' requests never parse them).
     :param trusted: Origins (``scheme://host[:port]``) besides the request's own host.
     """
     if method in SAFE_METHODS or any(name in headers for name in SCRIPT_ONLY_CREDENTIALS):
@@ -59,7 +60,7 @@ def cross_site_refusal(
         if origin is not None and (origin in trusted or origin.split("://", 1)[1] == own):
             return None
         return f"a request from {claimed!r} may not change anything here"
-    if SESSION_COOKIE in cookies:
+    if SESSION_COOKIE in cookie_parser(headers.get("cookie", "")):
         return "a request authenticated by the session cookie must come with an Origin header"
     if "sec-fetch-site" in headers:
         return f"a {headers['sec-fetch-site']} request may not change anything here"
@@ -78,9 +79,7 @@ class CrossSiteGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
-            headers = Headers(scope=scope)
-            cookies = cookie_parser(headers.get("cookie", ""))
-            why = cross_site_refusal(scope["method"], headers, cookies, self.trusted)
+            why = cross_site_refusal(scope["method"], Headers(scope=scope), self.trusted)
             if why is not None:
                 response = error_response(403, "cross_site", why, "origin")
                 await response(scope, receive, send)

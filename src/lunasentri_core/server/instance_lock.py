@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from sqlalchemy.exc import ArgumentError
 
 from lunasentri_core.config import Settings
 from lunasentri_core.errors import LunaSentriError
+from lunasentri_core.filelock import try_lock
 
 LOCK_SUFFIX = ".server-lock"
 
@@ -56,7 +56,7 @@ def server_lock(settings: Settings) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         shared = settings.server.shared_database
-        if not _try_lock(fd, shared=shared):
+        if not try_lock(fd, shared=shared):
             raise DatabaseInUse(_refusal(database, _holder(fd), shared))
         os.ftruncate(fd, 0)  # a pid left by an earlier exclusive server is stale now
         if not shared:
@@ -64,26 +64,6 @@ def server_lock(settings: Settings) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
-
-
-def _try_lock(fd: int, *, shared: bool) -> bool:
-    if sys.platform == "win32":
-        if shared:  # msvcrt has no shared locks: a shared database is not guarded there
-            return True
-        import msvcrt
-
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    import fcntl
-
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
 
 
 def _holder(fd: int) -> str:
