@@ -6,7 +6,7 @@ where; none of them should need a traceback to be understood.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -108,3 +108,20 @@ class SeriesLimitError(LunaSentriError):
         self.machine_id = machine_id
         self.limit = limit
         self.new = new
+
+
+class InUseError(ConflictError):
+    """A record cannot be deleted because others use it; ``users`` lists them.
+
+    ``users`` maps a kind of record (``"monitors"``, ``"discovery_profiles"``) to
+    the ids of those that use it, so the caller can see what to change first.
+    """
+
+    def __init__(self, what: str, users: Mapping[str, Sequence[str]]) -> None:
+        self.what = what
+        self.users = {kind: list(ids) for kind, ids in users.items() if ids}
+        listed = "; ".join(
+            f"{len(ids)} {kind.replace('_', ' ')} ({', '.join(ids)})"
+            for kind, ids in self.users.items()
+        )
+        super().__init__(f"{what} is in use and cannot be deleted: used by {listed}")

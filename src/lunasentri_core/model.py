@@ -17,6 +17,7 @@ import attrs
 # Collectors' classes live in their own module (the push agent loads only them);
 # re-exported here, where the rest of the code looks for every model type.
 from lunasentri_core.errors import InvalidValue
+from lunasentri_core.remote import RemoteCredential, Transport
 from lunasentri_core.samples import LABEL_NAME as LABEL_NAME
 from lunasentri_core.samples import MAX_LABEL_NAME as MAX_LABEL_NAME
 from lunasentri_core.samples import MAX_LABEL_VALUE as MAX_LABEL_VALUE
@@ -517,3 +518,174 @@ class AgentConfig:
     labels: Labels = attrs.field(default=(), converter=to_labels, validator=_check_labels)
     version: int = 1
     updated_at: datetime = attrs.field(factory=utcnow)
+
+
+# --------------------------------------------------------------------------- agentless
+
+DEFAULT_DISCOVERY_PORTS = (135, 5985, 5986)
+"""RPC endpoint mapper (DCOM/WMI), WS-Management over HTTP and over HTTPS."""
+
+
+@attrs.frozen
+class CredentialProfile:
+    """How the server logs in to Windows hosts; the password is kept sealed.
+
+    ``secret`` is the password's secret-box envelope (see
+    :mod:`lunasentri_core.secretbox`), sealed for the context
+    :meth:`secret_context`; it never leaves the server. ``version`` grows with
+    every change, so a decrypted copy cached anywhere can tell it is stale.
+    """
+
+    id: str
+    owner_id: str
+    name: str
+    transport: Transport = attrs.field(default=Transport.NTLM, converter=Transport)
+    username: str | None = None
+    domain: str | None = None
+    https: bool = True
+    port: int | None = None
+    verify_tls: bool = True
+    ca_path: str | None = None
+    cert_path: str | None = None
+    key_path: str | None = None
+    secret: str | None = attrs.field(default=None, repr=False)
+    version: int = 1
+    created_at: datetime = attrs.field(factory=utcnow)
+    updated_at: datetime = attrs.field(factory=utcnow)
+
+    @property
+    def has_password(self) -> bool:
+        return self.secret is not None
+
+    def secret_context(self) -> str:
+        return f"credential_profiles/{self.id}/password"
+
+    def credential(self, password: str | None) -> RemoteCredential:
+        """The profile as a collector receives it, with the decrypted password."""
+        return RemoteCredential(
+            transport=self.transport,
+            username=self.username,
+            password=password,
+            domain=self.domain,
+            https=self.https,
+            port=self.port,
+            verify_tls=self.verify_tls,
+            ca_path=self.ca_path,
+            cert_path=self.cert_path,
+            key_path=self.key_path,
+        )
+
+
+@attrs.frozen
+class DiscoveryProfile:
+    """Where to look for Windows hosts and which credential to try on them."""
+
+    id: str
+    owner_id: str
+    name: str
+    targets: tuple[str, ...]
+    """CIDR blocks (``10.0.0.0/24``), ranges (``10.0.0.5-10.0.0.40``) and host names."""
+    credential_profile_id: str | None = None
+    ports: tuple[int, ...] = DEFAULT_DISCOVERY_PORTS
+    concurrency: int = 256
+    """Connections tried at once."""
+    timeout: timedelta = attrs.field(default=timedelta(seconds=1), validator=_check_positive)
+    """Per host and port: how long a connection attempt may take."""
+    collector: str = "wmi"
+    """The collector plugin that identifies hosts (hostname, OS) with the credential."""
+    created_at: datetime = attrs.field(factory=utcnow)
+
+
+class RunState(enum.StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    """Stopped early: ``error`` says why (e.g. the server stopped)."""
+
+
+@attrs.frozen
+class DiscoveryRun:
+    """One run of a discovery profile, with its progress."""
+
+    id: str
+    profile_id: str
+    owner_id: str
+    started_at: datetime
+    state: RunState = RunState.RUNNING
+    total: int = 0
+    """Hosts to scan."""
+    scanned: int = 0
+    found: int = 0
+    """Hosts with any of the profile's ports open."""
+    errors: int = 0
+    """Hosts found whose identification failed (bad credential, timeout, ...)."""
+    finished_at: datetime | None = None
+    error: str | None = None
+
+
+@attrs.frozen
+class Device:
+    """A host found by discovery (or added by address), unique per owner by address."""
+
+    id: str
+    owner_id: str
+    address: str
+    hostname: str | None = None
+    os: str | None = None
+    os_version: str | None = None
+    open_ports: tuple[int, ...] = ()
+    credential_ok: bool | None = None
+    """Whether the last credential tried on it worked (``None``: not tried)."""
+    credential_error: str | None = None
+    credential_profile_id: str | None = None
+    """The credential profile last tried on it."""
+    discovery_profile_id: str | None = None
+    """The discovery profile that last found it (kept ``None`` once that is deleted)."""
+    machine_id: str | None = None
+    """The machine its monitors' samples go to, made by its first monitor."""
+    first_seen: datetime = attrs.field(factory=utcnow)
+    last_seen: datetime | None = None
+    """When a scan last found a port of it open."""
+    created_at: datetime = attrs.field(factory=utcnow)
+
+
+@attrs.frozen
+class Monitor:
+    """Poll a device with a collector plugin every ``interval``.
+
+    The scheduler runs it when ``due_at`` has come and no poll of it is under
+    way (``lease_until`` unset or past); a finished poll moves ``due_at`` one
+    interval on.
+    """
+
+    id: str
+    owner_id: str
+    device_id: str
+    credential_profile_id: str
+    collector: str
+    machine_id: str
+    interval: timedelta = attrs.field(default=timedelta(seconds=60), validator=_check_positive)
+    enabled: bool = True
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+    """Collector options of this monitor (``Target.options``)."""
+    due_at: datetime = attrs.field(factory=utcnow)
+    lease_until: datetime | None = None
+    last_attempted: datetime | None = None
+    last_polled: datetime | None = None
+    """When a poll last succeeded."""
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    failures: int = 0
+    """Polls failed in a row since the last success."""
+    created_at: datetime = attrs.field(factory=utcnow)
+
+
+@attrs.frozen
+class PollOutcome:
+    """How one poll of a monitor ended, as the poller records it."""
+
+    monitor_id: str
+    at: datetime
+    due_at: datetime
+    """When the monitor is due next."""
+    error: str | None = None

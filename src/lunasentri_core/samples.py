@@ -15,9 +15,13 @@ import os
 import re
 from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Protocol, TypeAlias, overload, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeAlias, overload, runtime_checkable
 
 import attrs
+
+if TYPE_CHECKING:
+    # An annotation only: a push agent never loads the remote-host classes.
+    from lunasentri_core.remote import RemoteCredential
 
 Labels: TypeAlias = tuple[tuple[str, str], ...]
 """A series' labels as sorted ``(name, value)`` pairs, so that equal label sets are equal."""
@@ -217,13 +221,15 @@ class Target:
 
     ``host`` is ``None`` for the local machine. ``options`` carries collector-specific
     settings of this one target (e.g. a port); a collector's own settings class holds
-    what applies to every target.
+    what applies to every target. ``credential`` is how to log in to a remote
+    ``host`` (the agentless poller decrypts it for the call), ``None`` otherwise.
     """
 
     machine_id: str
     host: str | None = None
     labels: Labels = attrs.field(default=(), converter=to_labels)
     options: Mapping[str, Any] = attrs.field(factory=dict)
+    credential: RemoteCredential | None = None
 
 
 @runtime_checkable

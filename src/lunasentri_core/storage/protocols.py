@@ -43,6 +43,7 @@ from lunasentri_core.model import (
     StatusChange,
     User,
 )
+from lunasentri_core.storage.agentless import AgentlessStore
 
 
 class Capability(enum.StrEnum):
@@ -171,7 +172,7 @@ class MetricStore(Protocol):
 
 
 @runtime_checkable
-class StateStore(Protocol):
+class StateStore(AgentlessStore, Protocol):
     """Users, machines, API keys, alerts, and the server's sessions, claims, audit and configs."""
 
     # users
