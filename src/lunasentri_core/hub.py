@@ -57,6 +57,7 @@ from lunasentri_core.plugins import ComponentKind, PluginManager, create_plugin_
 from lunasentri_core.services.alerts import AlertEvaluator
 from lunasentri_core.services.changes import ChangeFollower
 from lunasentri_core.services.collection import CollectionResult, collect
+from lunasentri_core.services.credentials import CredentialVault
 from lunasentri_core.services.dispatch import Dispatcher
 from lunasentri_core.services.heartbeat import Heartbeat
 from lunasentri_core.services.writer import BatchWriter
@@ -114,6 +115,7 @@ class Sentri:
         self.alerts = AlertEvaluator(self)
         self.dispatcher = Dispatcher(self, settings.notifications)
         self.changes = ChangeFollower(self, interval=settings.sync_interval)
+        self.credentials = CredentialVault(self, ttl=settings.secrets.cache_ttl)
         self.heartbeat.listeners.append(self._statuses_changed)
 
     # ------------------------------------------------------------ lifecycle
