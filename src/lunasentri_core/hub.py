@@ -238,6 +238,12 @@ class Sentri:
         await self.run_sync(remove)
         self._machines.pop(machine_id, None)
 
+    def forget_machine(self, machine_id: str) -> None:
+        """Drop the hub's copy of a machine (deleted, or changed, elsewhere); the
+        next use reads it from storage again."""
+        if self._machines.pop(machine_id, None) is not None:
+            self.alerts.machine_changed()
+
     async def local_machine(self, name: str | None = None) -> Machine:
         """The machine record of the host this hub runs on, created on first use."""
         hostname = socket.gethostname()

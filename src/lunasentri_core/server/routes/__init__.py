@@ -24,6 +24,7 @@ from lunasentri_core.server.routes import (
     health,
     ingest,
     machines,
+    monitors,
     queries,
     silences,
     users,
@@ -42,6 +43,7 @@ MODULES: list[ModuleType] = [
     channels,
     silences,
     credentials,
+    monitors,
 ]
 ALL: list[Api] = [module.api for module in MODULES]
 
