@@ -21,6 +21,9 @@ from typing import Any
 import attrs
 import httpx
 import pytest
+from agentless.door import PASSWORD as DOOR_PASSWORD
+from agentless.door import USERNAME as DOOR_USERNAME
+from agentless.door import door_plugins
 
 from lunasentri_core import __version__
 from lunasentri_core.security import CLAIM_PREFIX, hash_token, issue_token
@@ -109,6 +112,31 @@ VALID_BODIES: dict[str, Callable[[], dict[str, Any]]] = {
         "rule_id": None,
         "comment": "maintenance",
     },
+    "create_credential_profile": lambda: {
+        "name": "corp",
+        "transport": "ntlm",
+        "username": "svc",
+        "domain": "CORP",
+        "password": "a password",
+        "https": True,
+        "port": 5986,
+        "verify_tls": True,
+        "ca_path": None,
+        "cert_path": None,
+        "key_path": None,
+    },
+    "update_credential_profile": lambda: {"name": "corp-2", "password": "another", "port": 5985},
+    "test_credential_profile": lambda: {"host": "127.0.0.1", "collector": "door", "timeout": 5},
+    "create_device": lambda: {"address": "127.0.0.8"},
+    "create_monitor": lambda: {
+        "device_id": "not-a-device",
+        "credential_profile_id": "not-a-profile",
+        "collector": "door",
+        "interval": 60,
+        "enabled": True,
+        "options": {},
+    },
+    "update_monitor": lambda: {"interval": 30, "enabled": False, "options": {"a": 1}},
 }
 
 
@@ -161,6 +189,9 @@ class World:
             "deliveries": get("/api/v1/notifications"),
             "events": get("/api/v1/notification-events"),
             "alert_events": get("/api/v1/alert-events"),
+            "credential_profiles": get("/api/v1/credential-profiles"),
+            "devices": get("/api/v1/devices"),
+            "monitors": get("/api/v1/monitors"),
         }
 
     def _get(self, path: str, **params: str) -> Any:
@@ -173,7 +204,7 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     for server in running(
         tmp_path_factory.mktemp("bad-input"),
-        plugins=plugins(),
+        plugins={**plugins(), **door_plugins()},
         max_body_bytes=BODY_LIMIT,
         max_batch_points=BATCH_LIMIT,
     ):
@@ -190,6 +221,7 @@ def _populate(server: LiveServer, http: Http) -> World:
         created = client.post("/api/v1/machines", json={"name": "target"}).json()
         sessions = client.get("/api/v1/auth/sessions").json()["items"]
         alerting = _alerting_records(client)
+        agentless = _agentless_records(client)
     token = issue_token(CLAIM_PREFIX).secret
     agent_id = str(uuid.uuid4())
     register = {
@@ -207,6 +239,7 @@ def _populate(server: LiveServer, http: Http) -> World:
         "session_id": sessions[0]["id"],
         "agent_id": agent_id,
         **alerting,
+        **agentless,
     }
     world = World(
         server=server,
@@ -233,6 +266,16 @@ def _alerting_records(client: httpx.Client) -> dict[str, str]:
     }
     # No sample crosses the rule here, so no event or delivery exists: unknown ids do.
     return {**ids, "event_id": uuid.uuid4().hex, "delivery_id": uuid.uuid4().hex}
+
+
+def _agentless_records(client: httpx.Client) -> dict[str, str]:
+    """A credential profile, a device and a monitor of it to aim at."""
+    body = {"name": "p", "username": DOOR_USERNAME, "password": DOOR_PASSWORD}
+    profile = client.post("/api/v1/credential-profiles", json=body).json()["id"]
+    device = client.post("/api/v1/devices", json={"address": "127.0.0.7"}).json()["id"]
+    body = {"device_id": device, "credential_profile_id": profile, "collector": "door"}
+    monitor = client.post("/api/v1/monitors", json=body).json()["id"]
+    return {"profile_id": profile, "device_id": device, "monitor_id": monitor}
 
 
 # --------------------------------------------------------------------------- checking
@@ -652,6 +695,7 @@ QUERY_CASES: dict[str, list[tuple[dict[str, str], str]]] = {
         ({"metric": "cpu.percent", "bogus": "1"}, "bogus"),
     ],
     "stream": [({"bogus": "1"}, "bogus")],
+    "list_monitors": [({"bogus": "1"}, "bogus"), ({"device_id": ["a", "b"]}, "device_id")],
     "export_user": [
         ({"since": "yesterday"}, "since"),
         ({"since": YEAR_1_EAST}, "since"),
