@@ -313,3 +313,15 @@ async def test_a_hub_follows_changes_made_by_another_hub_on_its_storage(tmp_path
         assert await b.changes.check() is True
         with pytest.raises(NotFoundError):
             await b.cached_machine(web.id)
+
+
+async def test_samples_ingested_unheard_leave_last_seen(tmp_path: Path) -> None:
+    """A poll that found its host down stores poll.up = 0 without the host seeming alive."""
+    async with Sentri(settings(tmp_path)) as hub:
+        machine = await hub.add_machine("polled")
+        down = Sample(T0, [Reading("poll.up", 0)])
+        assert await hub.ingest(machine.id, [down], heard=False) == 1
+        assert (await hub.get_machine(machine.id)).last_seen is None
+        assert [v.value for v in await hub.latest(machine.id, "poll.up")] == [0.0]
+        await hub.ingest(machine.id, [Sample(T0 + timedelta(seconds=1), [Reading("poll.up", 1)])])
+        assert (await hub.get_machine(machine.id)).last_seen is not None

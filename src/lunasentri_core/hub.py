@@ -256,15 +256,19 @@ class Sentri:
 
     # ------------------------------------------------------------ ingest
 
-    async def ingest(self, machine_id: str, samples: Iterable[Sample]) -> int:
+    async def ingest(
+        self, machine_id: str, samples: Iterable[Sample], *, heard: bool = True
+    ) -> int:
         """Store samples of a machine; returns the number of points once committed.
 
         Concurrent calls are coalesced into shared transactions. Idempotent: the
         same samples ingested twice are stored once. A batch that would give the
         machine more than ``storage.max_series_per_machine`` series raises
-        :class:`~lunasentri_core.SeriesLimitError` and stores nothing.
+        :class:`~lunasentri_core.SeriesLimitError` and stores nothing. With
+        ``heard=False`` the samples do not count as hearing from the machine
+        (its ``last_seen`` stays, so the heartbeat may still find it offline).
         """
-        batch = MachineSamples(machine_id, samples)
+        batch = MachineSamples(machine_id, samples, heard)
         await self.cached_machine(machine_id)
         return await self.writer.write(batch)
 
@@ -274,7 +278,7 @@ class Sentri:
         return machine if machine is not None else await self.get_machine(machine_id)
 
     async def _committed(self, batches: Sequence[MachineSamples]) -> None:
-        self.heartbeat.seen(batch.machine_id for batch in batches if batch.samples)
+        self.heartbeat.seen(b.machine_id for b in batches if b.samples and b.heard)
         await self.alerts.submit(batches)
         if not self.plugins.has_samples_ingested_hooks:
             return
