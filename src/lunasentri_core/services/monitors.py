@@ -48,6 +48,14 @@ def first_due(now: datetime, interval: timedelta) -> datetime:
     return now + interval * random.random()
 
 
+def switched(monitor: Monitor, enabled: bool, now: datetime) -> Monitor:
+    """``monitor`` enabled or disabled; one enabled again polls within ten seconds."""
+    if enabled == monitor.enabled:
+        return monitor
+    due = first_due(now, min(monitor.interval, timedelta(seconds=10)))
+    return attrs.evolve(monitor, enabled=enabled, due_at=due)
+
+
 def check_interval(interval: timedelta) -> timedelta:
     if not MIN_INTERVAL <= interval <= MAX_INTERVAL:
         raise _invalid(
@@ -259,9 +267,8 @@ class Monitors:
             monitor = attrs.evolve(monitor, interval=interval, due_at=due)
         if changes.options is not None:
             monitor = attrs.evolve(monitor, options=check_options(changes.options))
-        if changes.enabled is not None and changes.enabled != monitor.enabled:
-            due = first_due(now, min(monitor.interval, timedelta(seconds=10)))
-            monitor = attrs.evolve(monitor, enabled=changes.enabled, due_at=due)
+        if changes.enabled is not None:
+            monitor = switched(monitor, changes.enabled, now)
         return monitor
 
     async def delete(self, actor: Principal, monitor_id: str, *, client: str | None = None) -> None:
