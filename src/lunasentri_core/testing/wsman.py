@@ -545,6 +545,9 @@ class WsmanServer:
 
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 resets connections when many clients
+    # connect at once (concurrent polls, the poller benchmark): listen like a server.
+    request_queue_size = 1024
 
     def __init__(
         self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], wsman: WsmanServer
