@@ -259,3 +259,24 @@ def test_settings_refuse_an_operation_timeout_not_below_the_read_timeout() -> No
     with pytest.raises(TypeError):
         WinrmSettings(skip_nics="isatap*")  # type: ignore[arg-type]
     assert attrs.evolve(WinrmSettings(), per_cpu=True).per_cpu
+
+
+def test_identify_reports_a_failing_or_strange_answer(
+    wsman_server: WsmanServer, target: Target
+) -> None:
+    wsman_server.on_command(lambda _: CommandResult(stderr=CLIXML_ERROR, exit_code=1))
+    with pytest.raises(ScriptError, match="exit code 1"):
+        WinrmCollector().identify(target)
+    wsman_server.on_command(lambda _: CommandResult(stdout="[1, 2]"))
+    with pytest.raises(ReportError, match=r"\[1, 2\]"):
+        WinrmCollector().identify(target)
+    assert wsman_server.open_shells() == 0
+
+
+def test_identify_fails_on_a_fault_before_running_anything(
+    powershell: PowerShellHost, wsman_server: WsmanServer, target: Target
+) -> None:
+    wsman_server.inject_fault(WsmanFault.invalid_class(), action="Identify")
+    with pytest.raises(RemoteFaultError):
+        WinrmCollector().identify(target)
+    assert powershell.scripts == []

@@ -11,13 +11,13 @@ from typing import Any, ClassVar
 
 import attrs
 
-from lunasentri_core import HostIdentity, Reading, RemoteError, Target
+from lunasentri_core import HostIdentity, Reading, Target
 from lunasentri_core.samples import MAX_LABEL_VALUE
 from lunasentri_winrm.deltas import TICKS_PER_SECOND, busy_percent, counter_rate
-from lunasentri_winrm.report import CpuCounter, NicCounter, Report, parse_report
+from lunasentri_winrm.report import CpuCounter, NicCounter, Report, ReportError, parse_report
 from lunasentri_winrm.settings import WinrmSettings
 from lunasentri_winrm.shell import checked_stdout, load_script, run_script
-from lunasentri_winrm.transport import connection, remote_errors, wsman_identify
+from lunasentri_winrm.transport import connection, wsman_identify
 
 KIB = 1024
 TOTAL = "_Total"
@@ -76,15 +76,14 @@ class WinrmCollector:
         """Who the host is: an Identify (proves WS-Management and the credential), then
         a short PowerShell command for its name and operating system."""
         text = self._run(target, IDENTIFY_SCRIPT, identify_first=True)
-        with remote_errors(target):
-            try:
-                data = json.loads(text)
-            except ValueError as error:
-                raise RemoteError(
-                    f"{_host(target)} answered the identify script with {text[:200]!r}"
-                ) from error
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
         if not isinstance(data, dict):
-            raise RemoteError(f"{_host(target)} answered the identify script with {text[:200]!r}")
+            raise ReportError(
+                f"{_host(target)} answered the identify script with {text.strip()[:200]!r}"
+            )
         return HostIdentity(
             hostname=_clean(data.get("hostname")),
             os=_clean(data.get("os")),
