@@ -258,7 +258,7 @@ def test_settings_refuse_an_operation_timeout_not_below_the_read_timeout() -> No
     with pytest.raises(ValueError, match="operation_timeout_sec"):
         WinrmSettings(read_timeout_sec=10, operation_timeout_sec=10)
     with pytest.raises(TypeError):
-        WinrmSettings(skip_nics="isatap*")  # type: ignore[arg-type]
+        WinrmSettings(skip_nics="isatap*")
     assert attrs.evolve(WinrmSettings(), per_cpu=True).per_cpu
 
 
