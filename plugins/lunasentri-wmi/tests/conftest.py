@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import HealthCheck, settings
+from wmi_support import target_of
 
 from lunasentri_core import Target
 from lunasentri_core.testing import WsmanServer
-from wmi_support import target_of
 
 pytest_plugins = ["lunasentri_core.testing"]
 

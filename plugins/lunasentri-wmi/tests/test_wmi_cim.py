@@ -92,7 +92,10 @@ def test_a_bad_datetime_is_a_cim_value_error(text: str) -> None:
     [
         ("PT30S", dt.timedelta(seconds=30)),
         ("-PT1M", dt.timedelta(minutes=-1)),
-        ("00000001020304.000005:000", dt.timedelta(days=1, hours=2, minutes=3, seconds=4, microseconds=5)),
+        (
+            "00000001020304.000005:000",
+            dt.timedelta(days=1, hours=2, minutes=3, seconds=4, microseconds=5),
+        ),
     ],
 )
 def test_cim_intervals(text: str, expected: dt.timedelta) -> None:
@@ -109,7 +112,9 @@ def test_a_bad_interval_is_a_cim_value_error(text: str) -> None:
     st.datetimes(
         min_value=dt.datetime(1970, 1, 2),
         max_value=dt.datetime(9998, 12, 30),
-        timezones=st.builds(dt.timezone, st.integers(-720, 840).map(lambda m: dt.timedelta(minutes=m))),
+        timezones=st.builds(
+            dt.timezone, st.integers(-720, 840).map(lambda m: dt.timedelta(minutes=m))
+        ),
     )
 )
 def test_dmtf_and_iso_forms_of_one_instant_agree(moment: dt.datetime) -> None:

@@ -10,8 +10,8 @@ import winrm
 
 from lunasentri_core import RemoteError, RemoteFaultError
 from lunasentri_core.testing import WmiRepository, WsmanFault, WsmanServer
-from lunasentri_wmi import query
 from lunasentri_winrm.transport import remote_errors
+from lunasentri_wmi import query
 
 
 class CountingProtocol(winrm.Protocol):
@@ -38,9 +38,7 @@ def test_select_star_gives_typed_instances(protocol: CountingProtocol) -> None:
     assert system.class_name == "Win32_OperatingSystem"
     assert system.integer("TotalVisibleMemorySize") == 629368
     assert system["LargeSystemCache"] is None
-    assert system.datetime("LastBootUpTime") == dt.datetime(
-        2013, 4, 10, 16, 17, 23, 500000, dt.UTC
-    )
+    assert system.datetime("LastBootUpTime") == dt.datetime(2013, 4, 10, 16, 17, 23, 500000, dt.UTC)
     # Everything came in the optimized Enumerate response (w:EndOfSequence).
     assert protocol.actions == ["Enumerate"]
 
@@ -81,7 +79,9 @@ def test_paging_over_several_pulls_until_end_of_sequence() -> None:
 def test_later_windows_sends_one_item_first() -> None:
     with WsmanServer(first_page_size=1) as server:
         client = CountingProtocol(server)
-        disks = [d.text("DeviceID") for d in query(client, "SELECT DeviceID FROM Win32_LogicalDisk")]
+        disks = [
+            d.text("DeviceID") for d in query(client, "SELECT DeviceID FROM Win32_LogicalDisk")
+        ]
     assert disks == ["C:", "D:"]
     assert client.actions == ["Enumerate", "Pull"]
 
@@ -112,10 +112,14 @@ def test_stopping_early_releases_the_context() -> None:
 def test_an_error_while_paging_releases_the_context() -> None:
     with WsmanServer(page_size=4) as server:
         client = CountingProtocol(server)
-        with pytest.raises(ZeroDivisionError):
+
+        def fail_in_the_second_page() -> None:
             for index, _ in enumerate(query(client, "SELECT Handle FROM Win32_Process")):
-                if index == 5:  # in the second page
-                    _ = 1 / 0
+                if index == 5:
+                    raise ZeroDivisionError
+
+        with pytest.raises(ZeroDivisionError):
+            fail_in_the_second_page()
         assert server.open_enumerations() == 0
     assert client.actions == ["Enumerate", "Pull", "Release"]
 
@@ -183,12 +187,16 @@ def _envelope(body: str) -> bytes:
 
 
 def test_end_of_sequence_in_the_wsman_namespace_of_a_pull() -> None:
-    fragment = f'<w:XmlFragment><Name>{{}}</Name></w:XmlFragment>'
+    fragment = "<w:XmlFragment><Name>{}</Name></w:XmlFragment>"
     answers = _Answers(
-        _envelope("<n:EnumerateResponse><n:EnumerationContext>c1</n:EnumerationContext>"
-                  "</n:EnumerateResponse>"),
-        _envelope(f"<n:PullResponse><w:Items>{fragment.format('a')}</w:Items>"
-                  "<w:EndOfSequence/></n:PullResponse>"),
+        _envelope(
+            "<n:EnumerateResponse><n:EnumerationContext>c1</n:EnumerationContext>"
+            "</n:EnumerateResponse>"
+        ),
+        _envelope(
+            f"<n:PullResponse><w:Items>{fragment.format('a')}</w:Items>"
+            "<w:EndOfSequence/></n:PullResponse>"
+        ),
     )
     assert [i.text("Name") for i in query(answers, "SELECT Name FROM X")] == ["a"]
     assert len(answers.sent) == 2
@@ -196,8 +204,10 @@ def test_end_of_sequence_in_the_wsman_namespace_of_a_pull() -> None:
 
 def test_end_of_sequence_in_the_enumeration_namespace_of_an_enumerate() -> None:
     answers = _Answers(
-        _envelope("<n:EnumerateResponse><n:Items><w:XmlFragment><Name>b</Name></w:XmlFragment>"
-                  "</n:Items><n:EndOfSequence/></n:EnumerateResponse>"),
+        _envelope(
+            "<n:EnumerateResponse><n:Items><w:XmlFragment><Name>b</Name></w:XmlFragment>"
+            "</n:Items><n:EndOfSequence/></n:EnumerateResponse>"
+        ),
     )
     assert [i.text("Name") for i in query(answers, "SELECT Name FROM X")] == ["b"]
 
@@ -209,9 +219,11 @@ def test_end_of_sequence_in_the_enumeration_namespace_of_an_enumerate() -> None:
         (_envelope("<n:Other/>"), "without an EnumerateResponse"),
         (_envelope("<n:EnumerateResponse/>"), "without EndOfSequence"),
         (
-            _envelope("<n:EnumerateResponse><w:Items><w:XmlFragment><When><Datetime>soon"
-                      "</Datetime></When></w:XmlFragment></w:Items><w:EndOfSequence/>"
-                      "</n:EnumerateResponse>"),
+            _envelope(
+                "<n:EnumerateResponse><w:Items><w:XmlFragment><When><Datetime>soon"
+                "</Datetime></When></w:XmlFragment></w:Items><w:EndOfSequence/>"
+                "</n:EnumerateResponse>"
+            ),
             "does not parse",
         ),
     ],

@@ -11,9 +11,11 @@ from typing import Any, ClassVar
 import attrs
 
 from lunasentri_core import HostIdentity, Reading, Target
+from lunasentri_winrm.transport import connection, wsman_identify
 from lunasentri_wmi import local
+from lunasentri_wmi.cim import WmiObject
 from lunasentri_wmi.counters import RawSample, bulk_count_rate, inverse_timer_percent
-from lunasentri_wmi.enumeration import query
+from lunasentri_wmi.enumeration import MessageSender, query
 from lunasentri_wmi.settings import WmiSettings
 from lunasentri_wmi.snapshot import (
     IDENTITY_NAME_QUERY,
@@ -24,7 +26,6 @@ from lunasentri_wmi.snapshot import (
     compile_patterns,
     read,
 )
-from lunasentri_winrm.transport import connection, wsman_identify
 
 _FORGET_AFTER = 24 * 3600.0
 """Seconds after which the counters of a target no longer polled are dropped."""
@@ -40,10 +41,10 @@ class _Remembered:
 class WsmanSource:
     """WQL queries to a remote host through a pywinrm protocol."""
 
-    protocol: Any
+    protocol: MessageSender
     max_elements: int
 
-    def query(self, wql: str) -> Iterator[Any]:
+    def query(self, wql: str) -> Iterator[WmiObject]:
         return query(self.protocol, wql, max_elements=self.max_elements)
 
 

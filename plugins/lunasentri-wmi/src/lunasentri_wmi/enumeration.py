@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-import xmltodict
+import xmltodict  # type: ignore[import-untyped,unused-ignore]
 
 from lunasentri_core.remote import RemoteError
 from lunasentri_wmi.cim import CimValueError, WmiObject, parse_item
@@ -70,9 +70,7 @@ def query(
                 return
             if not context:
                 raise RemoteError("the host's enumeration ended without EndOfSequence")
-            body = {
-                "n:Pull": {"n:EnumerationContext": context, "n:MaxElements": str(max_elements)}
-            }
+            body = {"n:Pull": {"n:EnumerationContext": context, "n:MaxElements": str(max_elements)}}
             response = _send(protocol, PULL, uri, body)
             context, items, ended = _page(response, "PullResponse")
     finally:

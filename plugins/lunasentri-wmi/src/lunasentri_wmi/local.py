@@ -20,7 +20,7 @@ from lunasentri_wmi.cim import WmiObject, WmiScalar, WmiValue, parse_datetime
 def available() -> bool:
     """Whether the ``wmi`` package (and so Windows' COM) can be used here."""
     try:
-        import wmi  # noqa: F401
+        import wmi  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
     except ImportError:
         return False
     return True
@@ -46,8 +46,8 @@ def local_source() -> Iterator[LocalWmiSource]:
     in worker threads: initialised here, released on the way out.
     """
     try:
-        import pythoncom
-        import wmi
+        import pythoncom  # type: ignore[import-untyped,import-not-found,unused-ignore]
+        import wmi  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         raise ConfigError(
             "the wmi collector needs a target with a host, or Windows with the "
