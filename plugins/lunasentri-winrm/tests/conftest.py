@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import HealthCheck, settings
-from winrm_support import target_of
+from winrm_support import PowerShellHost, target_of
 
 from lunasentri_core import Target
 from lunasentri_core.testing import WsmanServer
@@ -28,3 +28,9 @@ def _no_ca_bundle_or_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch)
 @pytest.fixture
 def target(wsman_server: WsmanServer) -> Target:
     return target_of(wsman_server)
+
+
+@pytest.fixture
+def powershell(wsman_server: WsmanServer) -> PowerShellHost:
+    """The test server's host answering the collector's scripts from its WMI classes."""
+    return PowerShellHost(wsman_server)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import socket
 import ssl
 import threading
@@ -17,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from lunasentri_core import RemoteCredential, Target, Transport
-from lunasentri_core.testing import WsmanServer
+from lunasentri_core.testing import CommandResult, ShellCommand, WsmanServer
+from lunasentri_core.testing.wsman_data import WmiInstance
 
 
 def basic_credential(port: int, password: str = "vagrant") -> RemoteCredential:
@@ -116,3 +118,88 @@ def tls_listener(directory: Path) -> Iterator[int]:
         stopped.set()
         thread.join()
         listener.close()
+
+
+# -- what powershell.exe would print on the test server's host ------------------------------
+
+CLIXML_ERROR = (
+    "#< CLIXML\r\n"
+    '<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
+    '<S S="Error">Get-CimInstance : Invalid class &quot;Win32_Nope&quot;_x000D__x000A_</S>'
+    '<S S="Error">At line:5 char:7_x000D__x000A_</S></Objs>'
+)
+
+
+class PowerShellHost:
+    """Answers the collector's scripts as PowerShell on ``server``'s host would.
+
+    The values come from the server's WMI repository, queried the way the
+    scripts query it, so its perf counters tick between polls. ``scripts`` keeps
+    every script received.
+    """
+
+    def __init__(self, server: WsmanServer) -> None:
+        self.server = server
+        self.scripts: list[str] = []
+        self._lock = threading.Lock()
+        server.on_command(self)
+
+    def __call__(self, command: ShellCommand) -> CommandResult:
+        assert command.command.lower().startswith("powershell")
+        assert command.script is not None, "the script must travel in -EncodedCommand"
+        with self._lock:
+            self.scripts.append(command.script)
+        if "Win32_PerfRawData_PerfOS_Processor" in command.script:
+            return CommandResult(stdout=json.dumps(self.poll()) + "\r\n")
+        if "identify" in command.script:
+            return CommandResult(stdout=json.dumps(self.identity()) + "\r\n")
+        return CommandResult(stderr=CLIXML_ERROR, exit_code=1)
+
+    def _instances(self, name: str) -> list[WmiInstance]:
+        found = self.server.wmi.instances(name)
+        assert found is not None, name
+        return found[1]
+
+    def identity(self) -> dict[str, object]:
+        (os,) = self._instances("Win32_OperatingSystem")
+        return {"hostname": os["CSName"], "os": os["Caption"], "version": os["Version"]}
+
+    def poll(self) -> dict[str, object]:
+        (os,) = self._instances("Win32_OperatingSystem")
+        local, boot = os["LocalDateTime"], os["LastBootUpTime"]
+        assert isinstance(local, dt.datetime)
+        assert isinstance(boot, dt.datetime)
+        return {
+            "hostname": os["CSName"],
+            "memory": {
+                "total_kib": os["TotalVisibleMemorySize"],
+                "free_kib": os["FreePhysicalMemory"],
+                "paging_kib": os["SizeStoredInPagingFiles"],
+                "paging_free_kib": os["FreeSpaceInPagingFiles"],
+            },
+            "processes": os["NumberOfProcesses"],
+            "uptime_s": (local - boot).total_seconds(),
+            "cpu": [
+                {
+                    "name": c["Name"],
+                    "idle": c["PercentProcessorTime"],
+                    "timestamp": c["Timestamp_Sys100NS"],
+                }
+                for c in self._instances("Win32_PerfRawData_PerfOS_Processor")
+            ],
+            "disks": [
+                {"mount": d["DeviceID"], "size": d["Size"], "free": d["FreeSpace"]}
+                for d in self._instances("Win32_LogicalDisk")
+                if d["DriveType"] == 3
+            ],
+            "nics": [
+                {
+                    "name": n["Name"],
+                    "rx": n["BytesReceivedPersec"],
+                    "tx": n["BytesSentPersec"],
+                    "timestamp": n["Timestamp_Sys100NS"],
+                    "frequency": n["Frequency_Sys100NS"],
+                }
+                for n in self._instances("Win32_PerfRawData_Tcpip_NetworkInterface")
+            ],
+        }
