@@ -42,12 +42,6 @@ PROCESS_QUERY = "SELECT Handle FROM Win32_Process"
 IDENTITY_OS_QUERY = "SELECT Caption, Version FROM Win32_OperatingSystem"
 IDENTITY_NAME_QUERY = "SELECT Name, DNSHostName FROM Win32_ComputerSystem"
 
-# Performance-counter instance names cannot hold ( ) # / \: Windows writes
-# [ ] _ _ _ instead. Only the brackets can be told back unambiguously, and they
-# are what makes "Intel[R] Ethernet Connection [7] I219-LM" differ from the
-# adapter's name everywhere else in Windows.
-_INSTANCE_BRACKETS = str.maketrans("[]", "()")
-
 
 class WmiSource(Protocol):
     """Where WQL queries are answered: a remote host over WS-Management, or local WMI."""
@@ -62,9 +56,9 @@ class Counters:
     cpu: Mapping[str, RawSample]
     """Idle time (``PercentProcessorTime``) by processor (``0``, ``1`` ..., ``_Total``)."""
     rx: Mapping[str, RawSample]
-    """Bytes received by interface label."""
+    """Bytes received by interface (the counter's instance name)."""
     tx: Mapping[str, RawSample]
-    """Bytes sent by interface label."""
+    """Bytes sent by interface."""
 
 
 @attrs.frozen
@@ -125,7 +119,7 @@ def system_readings(system: WmiObject) -> list[Reading]:
 
 
 def disk_readings(disks: Iterable[WmiObject]) -> list[Reading]:
-    """``disk.total`` and ``disk.used`` per fixed disk, labelled as psutil labels it (``C:\\``).
+    """``disk.total`` and ``disk.used`` per fixed disk, labelled ``mount`` with its ``C:``.
 
     A volume without a size (not formatted, or locked by BitLocker) is left out.
     """
@@ -135,40 +129,38 @@ def disk_readings(disks: Iterable[WmiObject]) -> list[Reading]:
         device, size, free = disk.text("DeviceID"), disk.integer("Size"), disk.integer("FreeSpace")
         if not device or size is None or free is None:
             continue
-        mount = device if device.endswith("\\") else f"{device}\\"
-        if mount in seen or len(mount) > MAX_LABEL_VALUE:
+        if device in seen or len(device) > MAX_LABEL_VALUE:
             continue
-        seen.add(mount)
-        labels = (("mount", mount),)
+        seen.add(device)
+        labels = (("mount", device),)
         readings.append(Reading("disk.total", size, labels))
         readings.append(Reading("disk.used", max(0, size - free), labels))
     return readings
 
 
-def nic_label(instance: str) -> str:
-    """The interface's name as Windows shows it elsewhere: ``[R]`` back to ``(R)``."""
-    return instance.translate(_INSTANCE_BRACKETS)
-
-
 def nic_counters(
     interfaces: Iterable[WmiObject], skip: re.Pattern[str] | None
 ) -> tuple[dict[str, RawSample], dict[str, RawSample]]:
-    """Bytes received and sent by interface label, skipped interfaces left out."""
+    """Bytes received and sent by interface, skipped interfaces left out.
+
+    The label is the counter's instance name as Performance Monitor shows it:
+    Windows writes ``[`` ``]`` there for the ``(`` ``)`` of the adapter's name
+    (``Intel[R] Ethernet Connection [7] I219-LM``).
+    """
     rx: dict[str, RawSample] = {}
     tx: dict[str, RawSample] = {}
     for interface in interfaces:
         instance = interface.text("Name")
         if not instance:
             continue
-        label = nic_label(instance)
-        if label in rx or len(label) > MAX_LABEL_VALUE:
+        if instance in rx or len(instance) > MAX_LABEL_VALUE:
             continue
-        if skip is not None and (skip.match(instance) or skip.match(label)):
+        if skip is not None and skip.match(instance):
             continue
         received = _sample(interface, "BytesReceivedPersec")
         sent = _sample(interface, "BytesSentPersec")
         if received is not None and sent is not None:
-            rx[label], tx[label] = received, sent
+            rx[instance], tx[instance] = received, sent
     return rx, tx
 
 
