@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import winrm
 
-from lunasentri_core import RemoteError, RemoteFaultError
+from lunasentri_core import RemoteError, RemoteFaultError, RemoteTimeoutError
 from lunasentri_core.testing import WmiRepository, WsmanFault, WsmanServer
 from lunasentri_winrm.transport import remote_errors
 from lunasentri_wmi import query
@@ -17,8 +17,15 @@ from lunasentri_wmi import query
 class CountingProtocol(winrm.Protocol):
     """pywinrm's Protocol, counting the actions it sends."""
 
-    def __init__(self, server: WsmanServer) -> None:
-        super().__init__(server.url, transport="basic", username="vagrant", password="vagrant")
+    def __init__(self, server: WsmanServer, read_timeout: int = 30) -> None:
+        super().__init__(
+            server.url,
+            transport="basic",
+            username="vagrant",
+            password="vagrant",
+            read_timeout_sec=read_timeout,
+            operation_timeout_sec=read_timeout - 1,
+        )
         self.actions: list[str] = []
 
     def send_message(self, message: str) -> bytes:
@@ -122,6 +129,22 @@ def test_an_error_while_paging_releases_the_context() -> None:
             fail_in_the_second_page()
         assert server.open_enumerations() == 0
     assert client.actions == ["Enumerate", "Pull", "Release"]
+
+
+def test_a_request_that_fails_is_not_followed_by_a_release() -> None:
+    with WsmanServer(page_size=4) as server:
+        client = CountingProtocol(server, read_timeout=2)
+
+        def hang_after_the_first_page() -> None:
+            for index, _ in enumerate(query(client, "SELECT Handle FROM Win32_Process")):
+                if index == 3:
+                    server.hang_requests()
+
+        with pytest.raises(RemoteTimeoutError), remote_errors("test host"):
+            hang_after_the_first_page()
+        server.hang_requests(False)
+    # Waiting out another read timeout for a Release would only delay the failure.
+    assert client.actions == ["Enumerate", "Pull"]
 
 
 def test_an_unknown_class_is_a_remote_fault_with_code_and_reason(

@@ -56,9 +56,13 @@ def query(
 ) -> Iterator[WmiObject]:
     """The instances a WQL query selects, fetched page by page as the caller iterates.
 
-    Stopping early (``break``, an exception, closing the iterator) releases the
-    enumeration context on the host, which otherwise keeps it until it times out.
-    A response that is not WS-Enumeration raises :class:`RemoteError`.
+    A caller that stops early (``break``, an exception in its loop, closing the
+    iterator) makes it release the enumeration context on the host, which would
+    otherwise keep it until it times out; iterate inside the ``with`` block of
+    the connection, so the release can still be sent. A request that fails is
+    not followed by a Release: a host that did not answer one request would
+    only keep the caller waiting for another. A response that is not
+    WS-Enumeration raises :class:`RemoteError`.
     """
     uri = resource_uri(namespace)
     response = _send(protocol, ENUMERATE, uri, _enumerate_body(wql, max_elements))
@@ -73,9 +77,10 @@ def query(
             body = {"n:Pull": {"n:EnumerationContext": context, "n:MaxElements": str(max_elements)}}
             response = _send(protocol, PULL, uri, body)
             context, items, ended = _page(response, "PullResponse")
-    finally:
+    except GeneratorExit:  # the caller stopped while items remained
         if not ended and context:
             _release(protocol, uri, context)
+        raise
 
 
 def _enumerate_body(wql: str, max_elements: int) -> dict[str, Any]:

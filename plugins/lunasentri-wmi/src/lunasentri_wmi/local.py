@@ -2,8 +2,8 @@
 
 When the collector runs on Windows itself and a target has no ``host``, it asks
 WMI directly over COM instead of going through WS-Management. Neither the
-``wmi`` package nor Windows is available where LunaSentri's tests run, so this
-path is not tested there.
+``wmi`` package nor Windows is available where LunaSentri's tests run: they
+check this path with stand-ins for ``wmi`` and ``pythoncom`` only.
 """
 
 from __future__ import annotations
