@@ -10,6 +10,7 @@ import pytest
 from wmi_support import by_series, target_of, values
 
 import lunasentri_wmi
+import lunasentri_wmi.collector
 from lunasentri_core import (
     ConfigError,
     HostIdentity,
@@ -281,3 +282,19 @@ def test_registered_by_the_plugin_module() -> None:
     manager = create_plugin_manager(entry_points=False, plugins={"wmi": lunasentri_wmi})
     assert not manager.failures
     assert manager.collectors() == {"wmi": lunasentri_wmi.WmiCollector}
+
+
+def test_targets_no_longer_polled_are_forgotten(
+    wsman_server: WsmanServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [1_000.0]
+    monkeypatch.setattr(lunasentri_wmi.collector.time, "monotonic", lambda: now[0])
+    collector = WmiCollector()
+    gone, kept = target_of(wsman_server, machine_id="gone"), target_of(wsman_server)
+    collector.collect(gone)
+    now[0] += 23 * 3600
+    collector.collect(kept)
+    now[0] += 2 * 3600  # "gone" was last polled 25 hours ago, "kept" 2
+    collector.collect(kept)
+    assert values(collector.collect(gone), "cpu.percent") == {}  # its counters were dropped
+    assert values(collector.collect(kept), "cpu.percent") == pytest.approx({"": 25.0})
