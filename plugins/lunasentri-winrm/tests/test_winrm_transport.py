@@ -150,6 +150,12 @@ def test_a_missing_certificate_file_is_an_authentication_error(tmp_path: Path) -
         build_protocol(_target(credential))
 
 
+def test_a_credential_without_password_cannot_be_used() -> None:
+    credential = RemoteCredential(transport="basic", username="admin")
+    with pytest.raises(RemoteAuthError, match=r"cannot be used: .*requires a password"):
+        build_protocol(_target(credential))
+
+
 @pytest.mark.parametrize(("read", "operation"), [(20, 20), (10, 30), (5, 0)])
 def test_the_read_timeout_must_exceed_the_operation_timeout(read: int, operation: int) -> None:
     credential = RemoteCredential(transport="basic", username="u", password="p")

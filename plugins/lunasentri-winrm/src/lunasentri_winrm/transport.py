@@ -24,6 +24,7 @@ import winrm.transport
 from urllib3.exceptions import MaxRetryError, NameResolutionError
 from winrm.exceptions import (
     AuthenticationError,
+    InvalidCredentialsError,
     WinRMError,
     WinRMOperationTimeoutError,
     WinRMTransportError,
@@ -116,7 +117,7 @@ def build_protocol(
     _check_timeouts(read_timeout_sec, operation_timeout_sec)
     _check_transport(credential)
     certificate = credential.transport is Transport.CERTIFICATE
-    with remote_errors(target):
+    try:
         return Protocol(
             credential.endpoint(target.host),
             transport=pywinrm_auth(credential.transport),
@@ -131,6 +132,13 @@ def build_protocol(
             message_encryption="auto",
             proxy=None,
         )
+    except InvalidCredentialsError as error:
+        # Raised before any request: the credential lacks what its transport needs.
+        raise RemoteAuthError(f"the credential cannot be used: {error}") from error
+    except WinRMError as error:
+        raise ConfigError(
+            f"pywinrm refused the settings for {_describe(target)}: {error}"
+        ) from error
 
 
 def _credential_of(target: Target) -> RemoteCredential:
