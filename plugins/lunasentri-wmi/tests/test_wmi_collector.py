@@ -10,7 +10,6 @@ import pytest
 from wmi_support import by_series, target_of, values
 
 import lunasentri_wmi
-import lunasentri_wmi.collector
 from lunasentri_core import (
     ConfigError,
     HostIdentity,
@@ -49,7 +48,7 @@ def test_values_match_the_repositorys_instances(target: Target) -> None:
     size, free_space = int(fixed["Size"]), int(fixed["FreeSpace"])  # type: ignore[arg-type]
     interfaces = repository_instances("Win32_PerfRawData_Tcpip_NetworkInterface")
     by_name = {str(i["Name"]): i for i in interfaces}
-    assert readings == {
+    expected: dict[tuple[str, tuple[tuple[str, str], ...]], object] = {
         ("mem.total", ()): total,
         ("mem.used", ()): total - free,
         ("mem.available", ()): free,
@@ -70,6 +69,7 @@ def test_values_match_the_repositorys_instances(target: Target) -> None:
         },
         ("proc.count", ()): len(repository_instances("Win32_Process")),
     }
+    assert readings == expected
 
 
 def test_two_polls_give_cpu_percent_and_net_rates(target: Target) -> None:
@@ -284,12 +284,9 @@ def test_registered_by_the_plugin_module() -> None:
     assert manager.collectors() == {"wmi": lunasentri_wmi.WmiCollector}
 
 
-def test_targets_no_longer_polled_are_forgotten(
-    wsman_server: WsmanServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_targets_no_longer_polled_are_forgotten(wsman_server: WsmanServer) -> None:
     now = [1_000.0]
-    monkeypatch.setattr(lunasentri_wmi.collector.time, "monotonic", lambda: now[0])
-    collector = WmiCollector()
+    collector = WmiCollector(clock=lambda: now[0])
     gone, kept = target_of(wsman_server, machine_id="gone"), target_of(wsman_server)
     collector.collect(gone)
     now[0] += 23 * 3600

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Iterator
 
 import pytest
-import winrm
+from winrm.protocol import Protocol
 
 from lunasentri_core import RemoteError, RemoteFaultError, RemoteTimeoutError
 from lunasentri_core.testing import WmiRepository, WsmanFault, WsmanServer
@@ -14,7 +14,7 @@ from lunasentri_winrm.transport import remote_errors
 from lunasentri_wmi import query
 
 
-class CountingProtocol(winrm.Protocol):
+class CountingProtocol(Protocol):
     """pywinrm's Protocol, counting the actions it sends."""
 
     def __init__(self, server: WsmanServer, read_timeout: int = 30) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -60,8 +60,12 @@ class WmiCollector:
     name: ClassVar[str] = "wmi"
     settings_class: ClassVar[type[Any] | None] = WmiSettings
 
-    def __init__(self, settings: WmiSettings | None = None) -> None:
+    def __init__(
+        self, settings: WmiSettings | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """``clock`` (seconds, monotonic) decides when a target no longer polled is forgotten."""
         self.settings = settings if settings is not None else WmiSettings()
+        self._clock = clock
         self._skip_nics = compile_patterns(self.settings.skip_nics)
         self._lock = threading.Lock()
         self._remembered: dict[str, _Remembered] = {}
@@ -128,7 +132,7 @@ class WmiCollector:
         Per instance the newer sample is kept, so two polls of one target that
         finish out of order never make time run backwards.
         """
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             remembered = self._remembered.get(key)
             previous = remembered.counters if remembered is not None else None
