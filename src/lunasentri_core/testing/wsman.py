@@ -292,6 +292,11 @@ class WsmanServer:
         with self._lock:
             return len(self._shells)
 
+    def open_enumerations(self) -> int:
+        """How many enumeration contexts are open (neither pulled to the end nor released)."""
+        with self._lock:
+            return len(self._enumerations)
+
     # -- request handling ------------------------------------------------------------------
 
     def _wait_before_answering(self) -> bool:
