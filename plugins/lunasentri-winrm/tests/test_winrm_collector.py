@@ -51,12 +51,14 @@ def test_the_first_poll_measures_memory_disks_counters_processes_and_uptime(
     assert _value(readings, "mem.available") == 273776 * KIB
     assert _value(readings, "swap.total") == 8388608 * KIB
     assert _value(readings, "swap.used") == 0
-    assert _value(readings, "disk.total", mount="C:") == 32210153472
-    assert _value(readings, "disk.used", mount="C:") == 32210153472 - 9779560448
+    assert _value(readings, "disk.total", mount="C:\\") == 32210153472
+    assert _value(readings, "disk.used", mount="C:\\") == 32210153472 - 9779560448
     assert _value(readings, "proc.count") == 29
     assert _value(readings, "system.uptime") == pytest.approx(11224.585)
     # The empty CD-ROM drive D: is no fixed disk.
-    assert {dict(r.labels).get("mount") for r in readings if r.metric.startswith("disk.")} == {"C:"}
+    assert {dict(r.labels).get("mount") for r in readings if r.metric.startswith("disk.")} == {
+        "C:\\"
+    }
     # Counters now; no rate and no CPU share before a second poll.
     assert _value(readings, "net.rx_bytes", nic=NICS[0]) == 1064527
     assert _value(readings, "net.tx_bytes", nic=NICS[0]) == 6710782

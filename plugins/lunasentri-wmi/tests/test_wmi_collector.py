@@ -57,8 +57,8 @@ def test_values_match_the_repositorys_instances(target: Target) -> None:
         # LocalDateTime - LastBootUpTime: 16:17:23.5 to 19:24:28.085.
         ("system.uptime", ()): 11224.585,
         # Only the fixed disk: the empty CD-ROM (DriveType 5, nil size) is not asked for.
-        ("disk.total", (("mount", "C:"),)): size,
-        ("disk.used", (("mount", "C:"),)): size - free_space,
+        ("disk.total", (("mount", "C:\\"),)): size,
+        ("disk.used", (("mount", "C:\\"),)): size - free_space,
         **{
             (metric, (("nic", nic),)): by_name[nic][counter]
             for nic in (INTEL, REDHAT)
@@ -178,8 +178,8 @@ def test_a_nil_counter_or_size_leaves_that_series_out() -> None:
     ]
     with _server_with("Win32_LogicalDisk", lambda: disks) as server:
         readings = WmiCollector().collect(target_of(server))
-    assert values(readings, "disk.total", "mount") == {"C:": 100}
-    assert values(readings, "disk.used", "mount") == {"C:": 90}
+    assert values(readings, "disk.total", "mount") == {"C:\\": 100}
+    assert values(readings, "disk.used", "mount") == {"C:\\": 90}
 
 
 def test_identify(target: Target) -> None:

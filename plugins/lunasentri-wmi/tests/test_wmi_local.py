@@ -89,7 +89,7 @@ def test_collects_the_local_host_through_com(fake_wmi: list[str]) -> None:
     assert readings[("mem.total", ())] == 629368 * 1024
     assert readings[("swap.total", ())] == 8388608 * 1024
     assert readings[("system.uptime", ())] == pytest.approx(11224.585)
-    assert readings[("disk.used", (("mount", "C:"),))] == 600
+    assert readings[("disk.used", (("mount", "C:\\"),))] == 600
     assert readings[("net.rx_bytes", (("nic", "Ethernet"),))] == 5
     assert readings[("proc.count", ())] == 3
     assert fake_wmi == ["CoInitialize", "CoUninitialize"]

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from lunasentri_core import Collector, hookimpl
 from lunasentri_winrm.collector import WinrmCollector
-from lunasentri_winrm.settings import DEFAULT_SKIP_NICS, WinrmSettings
+from lunasentri_winrm.settings import DEFAULT_SKIP_NICS, WinrmSettings, mount_point
 from lunasentri_winrm.shell import ScriptError
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "WinrmCollector",
     "WinrmSettings",
     "lunasentri_register_collectors",
+    "mount_point",
 ]
 
 

@@ -15,7 +15,7 @@ from lunasentri_core import HostIdentity, Reading, Target
 from lunasentri_core.samples import MAX_LABEL_VALUE
 from lunasentri_winrm.deltas import TICKS_PER_SECOND, busy_percent, counter_rate
 from lunasentri_winrm.report import CpuCounter, NicCounter, Report, ReportError, parse_report
-from lunasentri_winrm.settings import WinrmSettings
+from lunasentri_winrm.settings import WinrmSettings, mount_point
 from lunasentri_winrm.shell import checked_stdout, load_script, run_script
 from lunasentri_winrm.transport import connection, wsman_identify
 
@@ -155,7 +155,7 @@ def _add_disks(readings: list[Reading], report: Report) -> None:
     for disk in report.disks:
         if disk.size is None or disk.free is None or len(disk.mount) > MAX_LABEL_VALUE:
             continue  # no medium, or a name the model refuses
-        labels = (("mount", disk.mount),)
+        labels = (("mount", mount_point(disk.mount)),)
         readings.append(Reading("disk.total", disk.size, labels))
         readings.append(Reading("disk.used", max(0, disk.size - disk.free), labels))
 

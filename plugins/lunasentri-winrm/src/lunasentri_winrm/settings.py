@@ -63,3 +63,10 @@ class WinrmSettings:
         default=DEFAULT_SKIP_NICS, converter=_names, validator=_check_names
     )
     """Interfaces not measured (``fnmatch`` patterns, case-insensitive as Windows names are)."""
+
+
+def mount_point(device_id: str) -> str:
+    """The ``mount`` label of a volume: ``C:`` becomes ``C:\\``, the mount point the
+    psutil collector reports for it on Windows, so one host's disk series keep
+    their labels whether an agent or the server measures them."""
+    return device_id if device_id.endswith("\\") else device_id + "\\"

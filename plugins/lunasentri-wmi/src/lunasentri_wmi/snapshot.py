@@ -17,6 +17,7 @@ import attrs
 
 from lunasentri_core import Reading
 from lunasentri_core.remote import RemoteError
+from lunasentri_winrm import mount_point
 from lunasentri_wmi.cim import CimValueError, WmiObject
 from lunasentri_wmi.counters import RawSample
 
@@ -119,7 +120,7 @@ def system_readings(system: WmiObject) -> list[Reading]:
 
 
 def disk_readings(disks: Iterable[WmiObject]) -> list[Reading]:
-    """``disk.total`` and ``disk.used`` per fixed disk, labelled ``mount`` with its ``C:``.
+    """``disk.total`` and ``disk.used`` per fixed disk, ``mount`` as psutil names it (``C:\\``).
 
     A volume without a size (not formatted, or locked by BitLocker) is left out.
     """
@@ -132,7 +133,7 @@ def disk_readings(disks: Iterable[WmiObject]) -> list[Reading]:
         if device in seen or len(device) > MAX_LABEL_VALUE:
             continue
         seen.add(device)
-        labels = (("mount", device),)
+        labels = (("mount", mount_point(device)),)
         readings.append(Reading("disk.total", size, labels))
         readings.append(Reading("disk.used", max(0, size - free), labels))
     return readings
