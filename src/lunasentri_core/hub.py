@@ -228,12 +228,15 @@ class Sentri:
         return await self.run_sync(self.storage.state.list_machines, owner_id)
 
     async def remove_machine(self, machine_id: str) -> None:
-        """Delete a machine and every series it had."""
+        """Delete a machine and every series it had; one that agentless monitors
+        write to is refused with :class:`~lunasentri_core.InUseError`."""
 
         def remove() -> None:
             self.storage.state.get_machine(machine_id)
-            self.storage.metrics.delete_machine(machine_id)
+            # The record first: a machine monitors write to is refused (InUseError)
+            # before any of its series goes.
             self.storage.state.delete_machine(machine_id)
+            self.storage.metrics.delete_machine(machine_id)
 
         await self.run_sync(remove)
         self._machines.pop(machine_id, None)

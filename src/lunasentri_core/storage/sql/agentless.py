@@ -598,7 +598,8 @@ class SqlAgentlessStore:
         # Rows are written in key order, so concurrent scans wait instead of deadlocking.
         order = sorted(range(len(devices)), key=lambda i: (devices[i].owner_id, devices[i].address))
         stored: dict[int, Device] = {}
-        with _conflicts("a device id is taken by another address"), self._db.write() as conn:
+        message = "devices not stored: an id is taken by another address, or a profile just went"
+        with _conflicts(message), self._db.write() as conn:
             for owner_id in sorted({device.owner_id for device in devices}):
                 _require_owner(conn, owner_id, "devices")
             for index in order:
