@@ -7,7 +7,7 @@ import selectors
 import socket
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
@@ -91,10 +91,8 @@ def black_hole(address: str) -> Iterator[int]:
     for _ in range(3):
         filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         filler.setblocking(False)
-        try:
+        with suppress(BlockingIOError):
             filler.connect((address, port))
-        except BlockingIOError:
-            pass
         fillers.append(filler)
     try:
         yield port

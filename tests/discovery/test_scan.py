@@ -27,7 +27,8 @@ def hosts(*targets: str) -> list[str]:
 def test_an_ipv4_block_skips_its_network_and_broadcast_addresses() -> None:
     found = hosts("10.1.2.0/24")
     assert len(found) == 254 == scan.count_hosts(["10.1.2.0/24"])
-    assert found[0] == "10.1.2.1" and found[-1] == "10.1.2.254"
+    assert found[0] == "10.1.2.1"
+    assert found[-1] == "10.1.2.254"
 
 
 @pytest.mark.parametrize(
