@@ -20,6 +20,7 @@ from lunasentri_core.server.routes import (
     audit,
     auth,
     channels,
+    discovery,
     health,
     ingest,
     machines,
@@ -40,6 +41,7 @@ MODULES: list[ModuleType] = [
     alerts,
     channels,
     silences,
+    discovery,
 ]
 ALL: list[Api] = [module.api for module in MODULES]
 
