@@ -20,10 +20,12 @@ from lunasentri_core.server.routes import (
     audit,
     auth,
     channels,
+    credentials,
     discovery,
     health,
     ingest,
     machines,
+    monitors,
     queries,
     silences,
     users,
@@ -41,6 +43,8 @@ MODULES: list[ModuleType] = [
     alerts,
     channels,
     silences,
+    credentials,
+    monitors,
     discovery,
 ]
 ALL: list[Api] = [module.api for module in MODULES]
