@@ -129,7 +129,9 @@ def _host_name(text: str) -> HostName:
     else:
         return HostName(str(address))
     name = text.removesuffix(".")
-    if len(name) > 253 or not all(_HOST_LABEL.match(label) for label in name.split(".")):
+    labels = name.split(".")
+    # An all-numeric last label is a mistyped address (10.0.0.300), not a name.
+    if len(name) > 253 or labels[-1].isdigit() or not all(map(_HOST_LABEL.match, labels)):
         raise ValueError(f"{text!r} is not an address, a CIDR block, a range or a host name")
     return HostName(name)
 
