@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import json
 import secrets
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -101,6 +102,25 @@ VALID_BODIES: dict[str, Callable[[], dict[str, Any]]] = {
         "config": {"url": "http://127.0.0.1:9/other"},
         "enabled": False,
     },
+    "create_discovery_profile": lambda: {
+        "name": "lan-2",
+        "targets": ["127.71.40.1", "127.71.40.2-3"],
+        "credential_profile_id": None,
+        "ports": [9],
+        "concurrency": 4,
+        "timeout": 1.5,
+        "collector": "wmi",
+    },
+    "update_discovery_profile": lambda: {
+        "name": "lan-3",
+        "targets": ["127.71.40.0/30"],
+        "credential_profile_id": None,
+        "ports": [9, 10],
+        "concurrency": 2,
+        "timeout": 0.5,
+        "collector": "winrm",
+    },
+    "run_discovery_profile": lambda: {"confirm_large": False},
     "create_silence": lambda: {
         "labels": {"env": "prod"},
         "duration": 600,
@@ -161,6 +181,8 @@ class World:
             "deliveries": get("/api/v1/notifications"),
             "events": get("/api/v1/notification-events"),
             "alert_events": get("/api/v1/alert-events"),
+            "discovery": get("/api/v1/discovery-profiles"),
+            "discovery_runs": get(f"/api/v1/discovery-profiles/{self.params['profile_id']}/runs"),
         }
 
     def _get(self, path: str, **params: str) -> Any:
@@ -190,6 +212,7 @@ def _populate(server: LiveServer, http: Http) -> World:
         created = client.post("/api/v1/machines", json={"name": "target"}).json()
         sessions = client.get("/api/v1/auth/sessions").json()["items"]
         alerting = _alerting_records(client)
+        discovery = _discovery_records(client)
     token = issue_token(CLAIM_PREFIX).secret
     agent_id = str(uuid.uuid4())
     register = {
@@ -207,6 +230,7 @@ def _populate(server: LiveServer, http: Http) -> World:
         "session_id": sessions[0]["id"],
         "agent_id": agent_id,
         **alerting,
+        **discovery,
     }
     world = World(
         server=server,
@@ -233,6 +257,18 @@ def _alerting_records(client: httpx.Client) -> dict[str, str]:
     }
     # No sample crosses the rule here, so no event or delivery exists: unknown ids do.
     return {**ids, "event_id": uuid.uuid4().hex, "delivery_id": uuid.uuid4().hex}
+
+
+def _discovery_records(client: httpx.Client) -> dict[str, str]:
+    """A discovery profile and a finished run of it (nothing listens there: it is quick)."""
+    body = {"name": "lan", "targets": ["127.71.40.1"], "ports": [9]}
+    profile_id = client.post("/api/v1/discovery-profiles", json=body).json()["id"]
+    run = client.post(f"/api/v1/discovery-profiles/{profile_id}/run").json()
+    for _ in range(1200):
+        if client.get(f"/api/v1/discovery-runs/{run['id']}").json()["state"] != "running":
+            break
+        time.sleep(0.05)
+    return {"profile_id": profile_id, "run_id": run["id"]}
 
 
 # --------------------------------------------------------------------------- checking
@@ -684,6 +720,11 @@ QUERY_CASES: dict[str, list[tuple[dict[str, str], str]]] = {
     "list_notification_events": [
         ({"state": "sent"}, "state"),
         ({"limit": "1e3"}, "limit"),
+        ({"bogus": "1"}, "bogus"),
+    ],
+    "list_discovery_runs": [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "201"}, "limit"),
         ({"bogus": "1"}, "bogus"),
     ],
     "list_silences": [({"active": "yes"}, "active"), ({"bogus": "1"}, "bogus")],
