@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -336,3 +337,34 @@ async def test_another_users_profiles_and_runs_are_not_found(hub: Sentri, live: 
     admin = attrs.evolve(bob, role=Role.ADMIN)
     assert [p.id for p in await service.all(admin)] == [profile.id]
     assert await service.get(alice, profile.id) == profile
+
+
+async def test_deleting_a_profile_during_its_run_stops_the_run(
+    hub: Sentri, live: Listeners, gate: threading.Event, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = await user(hub)
+    creds = await credential(hub, alice)
+    live.listen(f"{NET}.2", 5985)
+    service = Discovery(hub)
+    profile = await service.create(
+        alice,
+        name="lan",
+        targets=[f"{NET}.1-3"],
+        ports=[5985],
+        credential_profile_id=creds,
+        collector="sesame",
+    )
+    run = await service.start(alice, profile.id)
+    await service.delete(alice, profile.id)
+    gate.set()
+    with anyio.fail_after(60):  # the run's task ends, having recorded nothing more
+        while any(t.name and run.id in t.name for t in _tasks()):
+            await anyio.sleep(0.05)
+    with pytest.raises(NotFoundError):
+        await service.get_run(alice, run.id)
+    assert await hub.run_sync(hub.storage.state.list_discovery_profiles, alice.id) == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def _tasks() -> list[anyio.TaskInfo]:
+    return list(anyio.get_running_tasks())

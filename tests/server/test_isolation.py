@@ -22,6 +22,9 @@ from typing import Any
 import attrs
 import httpx
 import pytest
+from agentless.door import PASSWORD as DOOR_PASSWORD
+from agentless.door import USERNAME as DOOR_USERNAME
+from agentless.door import door_plugins
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -90,6 +93,8 @@ class World:
     boxes: list[Box] = attrs.Factory(list)
     records: list[Record] = attrs.Factory(list)
     """Silences stay listed once ended, so they are kept across examples."""
+    polled: dict[str, tuple[Account, str]] = attrs.Factory(dict)
+    """Agentless machines (made by monitors): id -> (owner, name)."""
     counter: Iterator[int] = attrs.Factory(itertools.count)
 
     def call(
@@ -104,7 +109,8 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    for server in running(tmp_path_factory.mktemp("isolation"), plugins=plugins()):
+    isolation = tmp_path_factory.mktemp("isolation")
+    for server in running(isolation, plugins={**plugins(), **door_plugins()}):
         with Http(server) as http:
             token = server.login()
             me = http.request("GET", "/api/v1/auth/me", token).json()
@@ -153,6 +159,9 @@ RECORD_PATHS = {
     "rule": "/api/v1/alert-rules",
     "channel": "/api/v1/channels",
     "silence": "/api/v1/silences",
+    "profile": "/api/v1/credential-profiles",
+    "device": "/api/v1/devices",
+    "monitor": "/api/v1/monitors",
     "discovery": "/api/v1/discovery-profiles",
 }
 # Every request on one record, as (kind, method, suffix, body).
@@ -168,6 +177,18 @@ FOREIGN_RECORD_REQUESTS = [
     ("channel", "POST", "/test", None),
     ("silence", "GET", "", None),
     ("silence", "DELETE", "", None),
+    ("profile", "GET", "", None),
+    ("profile", "PATCH", "", {"name": "stolen"}),
+    ("profile", "PATCH", "", {"password": "stolen", "username": "thief"}),
+    ("profile", "DELETE", "", None),
+    ("profile", "POST", "/test", {"host": "127.0.0.1", "collector": "door"}),
+    ("device", "GET", "", None),
+    ("device", "DELETE", "", None),
+    ("monitor", "GET", "", None),
+    ("monitor", "PATCH", "", {"enabled": False}),
+    ("monitor", "PATCH", "", {"interval": 5, "options": {"stolen": True}}),
+    ("monitor", "POST", "/disable", None),
+    ("monitor", "DELETE", "", None),
     ("discovery", "GET", "", None),
     ("discovery", "PATCH", "", {"name": "taken-over"}),
     ("discovery", "PATCH", "", {"targets": ["127.71.50.9"], "ports": [10]}),
@@ -338,13 +359,14 @@ class Isolation(RuleBasedStateMachine):
     def record_state(self, record: Record) -> Any:
         return self.world.call(record.owner.token, "GET", record.path, 200).json()
 
-    def add_record(self, kind: str, owner: Account, body: dict[str, Any]) -> None:
+    def add_record(self, kind: str, owner: Account, body: dict[str, Any]) -> str:
         w = self.world
         created = w.call(owner.token, "POST", RECORD_PATHS[kind], 201, json=body).json()
         assert created["owner_id"] == owner.id
         record = Record(kind, created["id"], owner)
         w.records.append(record)
         self.records.append(record)
+        return str(created["id"])
 
     @precondition(lambda self: self.world.boxes)
     @rule(
@@ -394,6 +416,22 @@ class Isolation(RuleBasedStateMachine):
         self.add_record("silence", owner, body)
 
     @rule(data=st.data())
+    def add_monitor(self, data: st.DataObject) -> None:
+        """A credential profile, a device and a monitor of it (which makes a machine)."""
+        w = self.world
+        owner = data.draw(st.sampled_from(self.accounts()), label="owner")
+        number = next(w.counter)
+        body = {"name": f"p{number}", "username": DOOR_USERNAME, "password": DOOR_PASSWORD}
+        profile = self.add_record("profile", owner, body)
+        device = self.add_record("device", owner, {"address": f"host{number}.example.test"})
+        body = {"device_id": device, "credential_profile_id": profile, "collector": "plain"}
+        monitor = w.call(owner.token, "POST", RECORD_PATHS["monitor"], 201, json=body).json()
+        record = Record("monitor", monitor["id"], owner)
+        w.records.append(record)
+        self.records.append(record)
+        machine = w.call(owner.token, "GET", f"/api/v1/machines/{monitor['machine_id']}", 200)
+        w.polled[monitor["machine_id"]] = (owner, machine.json()["name"])
+
     def add_discovery(self, data: st.DataObject) -> None:
         """A discovery profile and one run of it (nothing listens there: it ends fast)."""
         owner = data.draw(st.sampled_from(self.accounts()), label="owner")
@@ -474,9 +512,12 @@ class Isolation(RuleBasedStateMachine):
         for box in w.boxes:
             w.http.request("DELETE", f"/api/v1/machines/{box.id}", w.admin.token)
         w.boxes.clear()
-        for record in [r for r in w.records if r.kind != "silence"]:
-            w.http.request("DELETE", record.path, w.admin.token)
+        # Newest first: a monitor goes before the device and profile it uses.
+        for record in [r for r in reversed(w.records) if r.kind != "silence"]:
+            response = w.http.request("DELETE", record.path, w.admin.token)
+            assert response.status_code == 204, (record, response.text)
             w.records.remove(record)
+        w.polled.clear()
 
     # ------------------------------------------------------------------- invariants
 
@@ -487,7 +528,17 @@ class Isolation(RuleBasedStateMachine):
             items = w.call(account.token, "GET", "/api/v1/machines", 200).json()["items"]
             listed = {item["id"]: item for item in items}
             mine = {b.id: b for b in w.boxes if account.admin or b.owner is account}
-            assert listed.keys() == mine.keys(), account.username
+            polled = {
+                machine_id: name
+                for machine_id, (owner, name) in w.polled.items()
+                if account.admin or owner is account
+            }
+            assert listed.keys() == mine.keys() | polled.keys(), account.username
+            for machine_id, name in polled.items():
+                assert (listed[machine_id]["name"], listed[machine_id]["kind"]) == (
+                    name,
+                    "agentless",
+                )
             for machine_id, box in mine.items():
                 item = listed[machine_id]
                 assert (item["name"], item["owner_id"]) == (box.name, box.owner.id)

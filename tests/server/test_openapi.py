@@ -512,8 +512,30 @@ def _agentless(s: Scenario, admin: str, alice: str) -> None:
     test = {"host": "127.0.0.1", "collector": "door"}
     s.call(alice, "POST", f"{one}/test", 200, json=test)
     s.call(alice, "POST", f"{one}/test", 422, json={**test, "host": "http://x/"})
+    _devices_and_monitors(s, alice, profile["id"])
     s.call(alice, "DELETE", one, 204)
     s.call(alice, "DELETE", one, 404)
+
+
+def _devices_and_monitors(s: Scenario, alice: str, profile_id: str) -> None:
+    device = s.call(alice, "POST", "/api/v1/devices", 201, json={"address": "127.0.0.9"}).json()
+    s.call(alice, "POST", "/api/v1/devices", 409, json={"address": "127.0.0.9"})
+    s.call(alice, "GET", "/api/v1/devices", 200)
+    s.call(alice, "GET", f"/api/v1/devices/{device['id']}", 200)
+    body = {"device_id": device["id"], "credential_profile_id": profile_id, "collector": "door"}
+    made = s.call(alice, "POST", "/api/v1/monitors", 201, json=body).json()
+    s.call(alice, "POST", "/api/v1/monitors", 422, json={**body, "interval": 0})
+    s.call(alice, "GET", "/api/v1/monitors", 200, params={"device_id": device["id"]})
+    one = f"/api/v1/monitors/{made['id']}"
+    s.call(alice, "GET", one, 200)
+    s.call(alice, "PATCH", one, 200, json={"interval": 30})
+    s.call(alice, "POST", f"{one}/disable", 200)
+    s.call(alice, "POST", f"{one}/enable", 200)
+    s.call(alice, "DELETE", f"/api/v1/devices/{device['id']}", 409)
+    s.call(alice, "DELETE", f"/api/v1/credential-profiles/{profile_id}", 409)
+    s.call(alice, "DELETE", f"/api/v1/machines/{made['machine_id']}", 409)
+    s.call(alice, "DELETE", one, 204)
+    s.call(alice, "DELETE", f"/api/v1/devices/{device['id']}", 204)
 
 
 def _discovery(s: Scenario, admin: str, alice: str) -> None:

@@ -374,9 +374,14 @@ class RunJob:
                 await self._finish(RunState.FAILED, STOPPED)
             raise
         except Exception as error:
+            causes = _leaves(error)
+            if any(isinstance(cause, NotFoundError) for cause in causes):
+                # Its profile was deleted meanwhile, and the run with it: nothing to record.
+                log.info("discovery run %s stopped: its profile was deleted", self.record.id)
+                return
             log.exception("discovery run %s failed", self.record.id)
             with anyio.CancelScope(shield=True):
-                await self._finish(RunState.FAILED, describe_failure(error))
+                await self._finish(RunState.FAILED, describe_failure(causes[0]))
         else:
             await self._finish(RunState.DONE, None)
 
@@ -524,8 +529,17 @@ class RunJob:
     async def _finish(self, state: RunState, error: str | None) -> None:
         try:
             await self._write(state=state, finished_at=self.hub.clock(), error=error)
+        except NotFoundError:
+            log.info("discovery run %s ended after its profile was deleted", self.record.id)
         except Exception:
             log.exception("discovery run %s: its end could not be recorded", self.record.id)
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    """The errors inside (nested) exception groups, or the error itself."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
 
 
 async def fail_stale_runs(hub: Sentri) -> int:

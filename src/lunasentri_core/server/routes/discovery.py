@@ -346,18 +346,18 @@ async def list_discovery_profiles(call: Call) -> object:
 
 
 @api.get(
-    "/api/v1/discovery-profiles/{profile_id}",
+    "/api/v1/discovery-profiles/{discovery_profile_id}",
     auth=Auth.USER,
     summary="Get a discovery profile",
     responses={200: PROFILE},
 )
 async def get_discovery_profile(call: Call) -> object:
-    profile = await Discovery(call.hub).get(call.user, call.path("profile_id"))
+    profile = await Discovery(call.hub).get(call.user, call.path("discovery_profile_id"))
     return profile_json(profile)
 
 
 @api.patch(
-    "/api/v1/discovery-profiles/{profile_id}",
+    "/api/v1/discovery-profiles/{discovery_profile_id}",
     auth=Auth.USER,
     summary="Change a discovery profile",
     request=PATCH_REQUEST,
@@ -381,20 +381,22 @@ async def update_discovery_profile(call: Call) -> object:
     if "credential_profile_id" in data:
         changes["credential_profile_id"] = body.credential_profile_id
     profile = await Discovery(call.hub).update(
-        call.user, call.path("profile_id"), client=call.client, **changes
+        call.user, call.path("discovery_profile_id"), client=call.client, **changes
     )
     return profile_json(profile)
 
 
 @api.delete(
-    "/api/v1/discovery-profiles/{profile_id}",
+    "/api/v1/discovery-profiles/{discovery_profile_id}",
     auth=Auth.USER,
     summary="Delete a discovery profile and its runs (the devices it found stay)",
     responses={204: None},
     status=204,
 )
 async def delete_discovery_profile(call: Call) -> object:
-    await Discovery(call.hub).delete(call.user, call.path("profile_id"), client=call.client)
+    await Discovery(call.hub).delete(
+        call.user, call.path("discovery_profile_id"), client=call.client
+    )
     return Response(status_code=204)
 
 
@@ -402,7 +404,7 @@ async def delete_discovery_profile(call: Call) -> object:
 
 
 @api.post(
-    "/api/v1/discovery-profiles/{profile_id}/run",
+    "/api/v1/discovery-profiles/{discovery_profile_id}/run",
     auth=Auth.USER,
     summary="Start a discovery run; it goes on in the background",
     request=RUN_REQUEST,
@@ -418,13 +420,16 @@ async def run_discovery_profile(call: Call) -> object:
     data = await json_object(call, empty_ok=True)
     body = decode(data, RunBody, what="request body")
     run = await Discovery(call.hub).start(
-        call.user, call.path("profile_id"), confirm_large=body.confirm_large, client=call.client
+        call.user,
+        call.path("discovery_profile_id"),
+        confirm_large=body.confirm_large,
+        client=call.client,
     )
     return run_json(run)
 
 
 @api.get(
-    "/api/v1/discovery-profiles/{profile_id}/runs",
+    "/api/v1/discovery-profiles/{discovery_profile_id}/runs",
     auth=Auth.USER,
     summary="A discovery profile's runs, newest first",
     query={"limit": {**params.LIMIT, "maximum": MAX_RUNS, "default": 50}},
@@ -434,7 +439,7 @@ async def list_discovery_runs(call: Call) -> object:
     params.only(call, {"limit"})
     limit = params.limit(call, default=50, maximum=MAX_RUNS)
     service = Discovery(call.hub)
-    profile = await service.get(call.user, call.path("profile_id"))
+    profile = await service.get(call.user, call.path("discovery_profile_id"))
     found = await service.runs(call.user, profile.id, limit=limit)
     return {"items": [run_json(run) for run in found]}
 
