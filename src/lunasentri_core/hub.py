@@ -253,12 +253,15 @@ class Sentri:
         return await self.run_sync(self.storage.state.list_machines, owner_id)
 
     async def remove_machine(self, machine_id: str) -> None:
-        """Delete a machine and every series it had."""
+        """Delete a machine and every series it had; one that agentless monitors
+        write to is refused with :class:`~lunasentri_core.InUseError`."""
 
         def remove() -> None:
             self.storage.state.get_machine(machine_id)
-            self.storage.metrics.delete_machine(machine_id)
+            # The record first: a machine monitors write to is refused (InUseError)
+            # before any of its series goes.
             self.storage.state.delete_machine(machine_id)
+            self.storage.metrics.delete_machine(machine_id)
 
         await self.run_sync(remove)
         self._machines.pop(machine_id, None)
@@ -281,15 +284,19 @@ class Sentri:
 
     # ------------------------------------------------------------ ingest
 
-    async def ingest(self, machine_id: str, samples: Iterable[Sample]) -> int:
+    async def ingest(
+        self, machine_id: str, samples: Iterable[Sample], *, heard: bool = True
+    ) -> int:
         """Store samples of a machine; returns the number of points once committed.
 
         Concurrent calls are coalesced into shared transactions. Idempotent: the
         same samples ingested twice are stored once. A batch that would give the
         machine more than ``storage.max_series_per_machine`` series raises
-        :class:`~lunasentri_core.SeriesLimitError` and stores nothing.
+        :class:`~lunasentri_core.SeriesLimitError` and stores nothing. With
+        ``heard=False`` the samples do not count as hearing from the machine
+        (its ``last_seen`` stays, so the heartbeat may still find it offline).
         """
-        batch = MachineSamples(machine_id, samples)
+        batch = MachineSamples(machine_id, samples, heard)
         await self.cached_machine(machine_id)
         return await self.writer.write(batch)
 
@@ -299,7 +306,7 @@ class Sentri:
         return machine if machine is not None else await self.get_machine(machine_id)
 
     async def _committed(self, batches: Sequence[MachineSamples]) -> None:
-        self.heartbeat.seen(batch.machine_id for batch in batches if batch.samples)
+        self.heartbeat.seen(b.machine_id for b in batches if b.samples and b.heard)
         await self.alerts.submit(batches)
         if not self.plugins.has_samples_ingested_hooks:
             return
