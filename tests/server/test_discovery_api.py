@@ -12,6 +12,7 @@ import pytest
 from discovery.wsman_identifier import wsman_plugins
 
 from lunasentri_core.testing import WsmanServer
+from lunasentri_core.testing.wsman_data import HOST
 
 from .conftest import LiveServer, MakeServer
 
@@ -50,10 +51,14 @@ def events(server: LiveServer, token: str, run_id: str) -> list[tuple[str, Any]]
     return seen
 
 
+@pytest.mark.parametrize("collector", ["wsid", "wmi"])
 def test_a_run_through_the_api_finds_and_identifies_windows_hosts(
-    make_server: MakeServer,
-    hosts: dict[str, WsmanServer],
+    make_server: MakeServer, hosts: dict[str, WsmanServer], collector: str
 ) -> None:
+    """With a stand-in that sends one Identify, and with the real wmi plugin (when
+    installed: the server loads it from its entry point) that also asks WQL."""
+    if collector == "wmi":
+        pytest.importorskip("lunasentri_wmi")
     server = make_server(plugins=wsman_plugins())
     token = server.login()
     with server.client(token) as client:
@@ -71,7 +76,7 @@ def test_a_run_through_the_api_finds_and_identifies_windows_hosts(
             "targets": [f"{NET}.1-6"],
             "ports": [5985, 5986],
             "credential_profile_id": made.json()["id"],
-            "collector": "wsid",
+            "collector": collector,
             "timeout": 2,
         }
         profile = client.post("/api/v1/discovery-profiles", json=body).json()
@@ -102,6 +107,9 @@ def test_a_run_through_the_api_finds_and_identifies_windows_hosts(
     found = {d["address"]: d for d in result["devices"]}
     assert found[f"{NET}.2"]["credential_ok"] is True
     assert found[f"{NET}.2"]["os_version"] == "6.1.7601"
+    if collector == "wmi":
+        assert found[f"{NET}.2"]["hostname"] == HOST
+        assert found[f"{NET}.2"]["os"] == "Microsoft Windows Server 2008 R2 Datacenter"
     assert found[f"{NET}.2"]["open_ports"] == [5985]
     assert found[f"{NET}.5"]["credential_ok"] is False
     assert found[f"{NET}.5"]["credential_error"].startswith("authentication: ")
