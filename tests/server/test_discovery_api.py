@@ -4,11 +4,14 @@ loopback addresses, the real pywinrm client identifying them."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from discovery.identifiers import PASSWORD, USERNAME, Sesame, identifier_plugins
+from discovery.listeners import listeners
 from discovery.wsman_identifier import wsman_plugins
 
 from lunasentri_core.testing import WsmanServer
@@ -33,6 +36,16 @@ def hosts() -> Iterator[dict[str, WsmanServer]]:
     finally:
         for server in made.values():
             server.stop()
+
+
+@pytest.fixture
+def gate() -> Iterator[threading.Event]:
+    Sesame.gate = threading.Event()
+    try:
+        yield Sesame.gate
+    finally:
+        Sesame.gate.set()
+        Sesame.gate = None
 
 
 def events(server: LiveServer, token: str, run_id: str) -> list[tuple[str, Any]]:
@@ -115,3 +128,49 @@ def test_a_run_through_the_api_finds_and_identifies_windows_hosts(
     assert found[f"{NET}.5"]["credential_error"].startswith("authentication: ")
     assert sorted(d["address"] for d in devices) == [f"{NET}.2", f"{NET}.5"]  # no duplicates
     assert [r["id"] for r in runs] == [again["id"], run["id"]]
+
+
+def test_the_event_stream_shows_progress_while_the_run_goes_on(
+    make_server: MakeServer, gate: threading.Event
+) -> None:
+    """Identification is held by the stand-in's gate: the run stays under way while
+    the stream already tells what the scan found."""
+    server = make_server(plugins=identifier_plugins())
+    token = server.login()
+    with listeners() as live, server.client(token) as client:
+        for n in (2, 3):
+            live.listen(f"{NET}.{n + 20}", 5985)
+        creds = {"name": "lab", "username": USERNAME, "password": PASSWORD, "https": False}
+        creds_id = client.post("/api/v1/credential-profiles", json=creds).json()["id"]
+        body = {
+            "name": "held",
+            "targets": [f"{NET}.21-24"],
+            "ports": [5985],
+            "credential_profile_id": creds_id,
+            "collector": "sesame",
+        }
+        profile = client.post("/api/v1/discovery-profiles", json=body).json()
+        run = client.post(f"/api/v1/discovery-profiles/{profile['id']}/run").json()
+        path = f"/api/v1/discovery-runs/{run['id']}/events"
+        progress: list[dict[str, Any]] = []
+        ended = None
+        with client.stream("GET", path) as stream:
+            kind = None
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    kind = line.removeprefix("event: ")
+                    continue
+                if not line.startswith("data: "):
+                    continue
+                data = json.loads(line.removeprefix("data: "))
+                if kind == "progress":
+                    progress.append(data)
+                    if data["scanned"] == 4:
+                        gate.set()  # the scan is over; now let identification finish
+                elif kind == "end":
+                    ended = data
+    held = [p for p in progress if p["scanned"] == 4]
+    assert held, progress
+    assert (held[0]["state"], held[0]["found"]) == ("running", 2)
+    assert ended is not None
+    assert (ended["state"], ended["found"], ended["errors"]) == ("done", 2, 0)
