@@ -263,6 +263,7 @@ class Discovery:
         profile = await self.get(actor, profile_id)
         scan.check_size(scan.count_hosts(profile.targets), confirm_large)
         identifier = self._identifier(profile)
+        background = self.hub.background  # before the run is recorded: the hub must be open
         run = DiscoveryRun(
             id=new_id(),
             profile_id=profile.id,
@@ -272,7 +273,7 @@ class Discovery:
         )
         stored = await self.hub.run_sync(self._state.add_discovery_run, run)
         job = RunJob(self.hub, profile, stored, identifier)
-        self.hub.background.start_soon(job.run, name=f"discovery run {stored.id}")
+        background.start_soon(job.run, name=f"discovery run {stored.id}")
         await audit.record(
             self.hub,
             action="discovery.run",
