@@ -70,6 +70,7 @@ class _LazyGroup(click.Group):
         "serve": "lunasentri_core.server.serve:serve",
         "users": "lunasentri_core.server.commands:users",
         "keys": "lunasentri_core.server.commands:keys",
+        "discover": "lunasentri_core.server.discover:discover",
         "monitors": "lunasentri_core.server.monitor_commands:monitors",
         "agent": "lunasentri_core.agent.command:agent",
     }

@@ -58,6 +58,7 @@ from lunasentri_core.services.alerts import AlertEvaluator
 from lunasentri_core.services.changes import ChangeFollower
 from lunasentri_core.services.collection import CollectionResult, collect
 from lunasentri_core.services.credentials import CredentialVault
+from lunasentri_core.services.discovery import fail_stale_runs_forever
 from lunasentri_core.services.dispatch import Dispatcher
 from lunasentri_core.services.heartbeat import Heartbeat
 from lunasentri_core.services.writer import BatchWriter
@@ -105,6 +106,7 @@ class Sentri:
         self._reads = anyio.CapacityLimiter(8)
         self._collect_limiter = anyio.CapacityLimiter(8)
         self._writer: BatchWriter | None = None
+        self._background: TaskGroup | None = None
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self.heartbeat = Heartbeat(
             self,
@@ -153,6 +155,7 @@ class Sentri:
             services.start_soon(self.dispatcher.run)
             services.start_soon(self.changes.run)
             self._writer = writer
+            await self._start_background(stack)
             await self.plugins.startup(self)
             self._exit_stack = stack.pop_all()
         return self
@@ -165,6 +168,28 @@ class Sentri:
             await self.plugins.shutdown(self)
         finally:
             await stack.aclose()
+
+    @property
+    def background(self) -> TaskGroup:
+        """Where work that outlives the request starting it runs (discovery runs).
+
+        Cancelled first when the hub closes, while storage is still open, so such
+        work can record that it was stopped.
+        """
+        if self._background is None:
+            raise RuntimeError("the hub is not open: use 'async with Sentri(...)'")
+        return self._background
+
+    async def _start_background(self, stack: contextlib.AsyncExitStack) -> None:
+        background = await stack.enter_async_context(anyio.create_task_group())
+
+        def stop() -> None:
+            self._background = None
+            background.cancel_scope.cancel()
+
+        stack.callback(stop)  # exits before the task group does: cancel, then wait
+        self._background = background
+        background.start_soon(fail_stale_runs_forever, self)
 
     async def _stop_services(self, writer: BatchWriter, services: TaskGroup) -> None:
         self._writer = None

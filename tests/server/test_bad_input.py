@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import json
 import secrets
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -104,6 +105,25 @@ VALID_BODIES: dict[str, Callable[[], dict[str, Any]]] = {
         "config": {"url": "http://127.0.0.1:9/other"},
         "enabled": False,
     },
+    "create_discovery_profile": lambda: {
+        "name": "lan-2",
+        "targets": ["127.71.40.1", "127.71.40.2-3"],
+        "credential_profile_id": None,
+        "ports": [9],
+        "concurrency": 4,
+        "timeout": 1.5,
+        "collector": "wmi",
+    },
+    "update_discovery_profile": lambda: {
+        "name": "lan-3",
+        "targets": ["127.71.40.0/30"],
+        "credential_profile_id": None,
+        "ports": [9, 10],
+        "concurrency": 2,
+        "timeout": 0.5,
+        "collector": "winrm",
+    },
+    "run_discovery_profile": lambda: {"confirm_large": False},
     "create_silence": lambda: {
         "labels": {"env": "prod"},
         "duration": 600,
@@ -192,6 +212,10 @@ class World:
             "credential_profiles": get("/api/v1/credential-profiles"),
             "devices": get("/api/v1/devices"),
             "monitors": get("/api/v1/monitors"),
+            "discovery": get("/api/v1/discovery-profiles"),
+            "discovery_runs": get(
+                f"/api/v1/discovery-profiles/{self.params['discovery_profile_id']}/runs"
+            ),
         }
 
     def _get(self, path: str, **params: str) -> Any:
@@ -222,6 +246,7 @@ def _populate(server: LiveServer, http: Http) -> World:
         sessions = client.get("/api/v1/auth/sessions").json()["items"]
         alerting = _alerting_records(client)
         agentless = _agentless_records(client)
+        discovery = _discovery_records(client)
     token = issue_token(CLAIM_PREFIX).secret
     agent_id = str(uuid.uuid4())
     register = {
@@ -240,6 +265,7 @@ def _populate(server: LiveServer, http: Http) -> World:
         "agent_id": agent_id,
         **alerting,
         **agentless,
+        **discovery,
     }
     world = World(
         server=server,
@@ -276,6 +302,18 @@ def _agentless_records(client: httpx.Client) -> dict[str, str]:
     body = {"device_id": device, "credential_profile_id": profile, "collector": "door"}
     monitor = client.post("/api/v1/monitors", json=body).json()["id"]
     return {"profile_id": profile, "device_id": device, "monitor_id": monitor}
+
+
+def _discovery_records(client: httpx.Client) -> dict[str, str]:
+    """A discovery profile and a finished run of it (nothing listens there: it is quick)."""
+    body = {"name": "lan", "targets": ["127.71.40.1"], "ports": [9]}
+    profile_id = client.post("/api/v1/discovery-profiles", json=body).json()["id"]
+    run = client.post(f"/api/v1/discovery-profiles/{profile_id}/run").json()
+    for _ in range(1200):
+        if client.get(f"/api/v1/discovery-runs/{run['id']}").json()["state"] != "running":
+            break
+        time.sleep(0.05)
+    return {"discovery_profile_id": profile_id, "run_id": run["id"]}
 
 
 # --------------------------------------------------------------------------- checking
@@ -728,6 +766,11 @@ QUERY_CASES: dict[str, list[tuple[dict[str, str], str]]] = {
     "list_notification_events": [
         ({"state": "sent"}, "state"),
         ({"limit": "1e3"}, "limit"),
+        ({"bogus": "1"}, "bogus"),
+    ],
+    "list_discovery_runs": [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "201"}, "limit"),
         ({"bogus": "1"}, "bogus"),
     ],
     "list_silences": [({"active": "yes"}, "active"), ({"bogus": "1"}, "bogus")],

@@ -162,6 +162,7 @@ RECORD_PATHS = {
     "profile": "/api/v1/credential-profiles",
     "device": "/api/v1/devices",
     "monitor": "/api/v1/monitors",
+    "discovery": "/api/v1/discovery-profiles",
 }
 # Every request on one record, as (kind, method, suffix, body).
 FOREIGN_RECORD_REQUESTS = [
@@ -188,7 +189,16 @@ FOREIGN_RECORD_REQUESTS = [
     ("monitor", "PATCH", "", {"interval": 5, "options": {"stolen": True}}),
     ("monitor", "POST", "/disable", None),
     ("monitor", "DELETE", "", None),
+    ("discovery", "GET", "", None),
+    ("discovery", "PATCH", "", {"name": "taken-over"}),
+    ("discovery", "PATCH", "", {"targets": ["127.71.50.9"], "ports": [10]}),
+    ("discovery", "DELETE", "", None),
+    ("discovery", "POST", "/run", None),
+    ("discovery", "POST", "/run", {"confirm_large": True}),
+    ("discovery", "GET", "/runs", None),
 ]
+# Every request on one discovery run, as (method, suffix).
+FOREIGN_RUN_REQUESTS = [("GET", ""), ("GET", "/events")]
 UNREACHABLE = "http://127.0.0.1:9/hook"
 """Where channels point: deliveries to it stay pending, retried."""
 
@@ -198,6 +208,8 @@ class Isolation(RuleBasedStateMachine):
         super().__init__()
         self.world = world
         self.records: list[Record] = []
+        self.runs: list[tuple[str, Account]] = []
+        """Discovery runs made in this example, with their owners."""
         """Records made in this example: the only ones drawn from, since ended silences
         outlive examples, and draws that depend on earlier examples make Hypothesis's
         data generation inconsistent (FlakyStrategyDefinition)."""
@@ -419,6 +431,38 @@ class Isolation(RuleBasedStateMachine):
         self.records.append(record)
         machine = w.call(owner.token, "GET", f"/api/v1/machines/{monitor['machine_id']}", 200)
         w.polled[monitor["machine_id"]] = (owner, machine.json()["name"])
+
+    def add_discovery(self, data: st.DataObject) -> None:
+        """A discovery profile and one run of it (nothing listens there: it ends fast)."""
+        owner = data.draw(st.sampled_from(self.accounts()), label="owner")
+        body = {
+            "name": f"d{next(self.world.counter)}",
+            "targets": ["127.71.50.1"],
+            "ports": [9],
+            "timeout": 0.5,
+        }
+        self.add_record("discovery", owner, body)
+        record = self.records[-1]
+        run = self.world.call(owner.token, "POST", f"{record.path}/run", 202).json()
+        assert (run["owner_id"], run["profile_id"]) == (owner.id, record.id)
+        self.runs.append((run["id"], owner))
+
+    @precondition(lambda self: self.runs and self.world.users)
+    @rule(data=st.data(), request=st.sampled_from(FOREIGN_RUN_REQUESTS))
+    def foreign_run_request(self, data: st.DataObject, request: tuple[str, str]) -> None:
+        w = self.world
+        attacker = data.draw(st.sampled_from([u for u in w.users if not u.admin]), "attacker")
+        victims = [(run, owner) for run, owner in self.runs if owner is not attacker]
+        if not victims:
+            return
+        run_id, owner = data.draw(st.sampled_from(victims), label="victim")
+        method, suffix = request
+        path = f"/api/v1/discovery-runs/{run_id}"
+        before = w.call(owner.token, "GET", path, 200).json()
+        response = w.call(attacker.token, method, path + suffix, 404)
+        assert response.json()["error"]["code"] == "not_found"
+        after = w.call(owner.token, "GET", path, 200).json()
+        assert (after["id"], after["owner_id"]) == (before["id"], before["owner_id"])
 
     @precondition(lambda self: self.records and self.world.users)
     @rule(data=st.data(), request=st.sampled_from(FOREIGN_RECORD_REQUESTS))

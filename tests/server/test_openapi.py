@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -228,6 +229,7 @@ def run_scenario(s: Scenario) -> None:
     _keys(s, alice, machine_id, key)
     _claim_workflow(s, admin, alice_id)
     _agentless(s, admin, alice)
+    _discovery(s, admin, alice)
     alice = _passwords(s, admin, alice_id, alice)
     _export_and_audit(s, admin, alice, alice_id)
     _cleanup(s, admin, alice, alice_id, other_id)
@@ -534,6 +536,48 @@ def _devices_and_monitors(s: Scenario, alice: str, profile_id: str) -> None:
     s.call(alice, "DELETE", f"/api/v1/machines/{made['machine_id']}", 409)
     s.call(alice, "DELETE", one, 204)
     s.call(alice, "DELETE", f"/api/v1/devices/{device['id']}", 204)
+
+
+def _discovery(s: Scenario, admin: str, alice: str) -> None:
+    creds = {"name": "scan", "username": USERNAME, "password": DOOR_PASSWORD, "https": False}
+    creds_id = s.call(alice, "POST", "/api/v1/credential-profiles", 201, json=creds).json()["id"]
+    path = "/api/v1/discovery-profiles"
+    # A loopback address nothing listens on, port 9: the run ends at once, found nothing.
+    body = {
+        "name": "lan",
+        "targets": ["127.71.30.1"],
+        "ports": [9],
+        "credential_profile_id": creds_id,
+        "collector": "door",
+        "timeout": 2,
+    }
+    profile = s.call(alice, "POST", path, 201, json=body).json()
+    s.call(alice, "POST", path, 409, json=body)
+    s.call(alice, "POST", path, 422, json={**body, "targets": ["10.0.0.9-1"]})
+    s.call(alice, "GET", path, 200)
+    one = f"{path}/{profile['id']}"
+    s.call(alice, "GET", one, 200)
+    s.call(admin, "GET", one, 200)
+    s.call(alice, "PATCH", one, 200, json={"concurrency": 8})
+    s.call(alice, "PATCH", one, 422, json={"ports": []})
+    run = s.call(alice, "POST", f"{one}/run", 202).json()
+    for _ in range(600):
+        run = s.call(alice, "GET", f"/api/v1/discovery-runs/{run['id']}", 200).json()
+        if run["state"] != "running":
+            break
+        time.sleep(0.05)
+    assert (run["state"], run["scanned"], run["found"]) == ("done", 1, 0), run
+    with s.http.stream("GET", f"/api/v1/discovery-runs/{run['id']}/events", alice) as stream:
+        assert stream.status_code == 200
+        assert "event: end" in stream.read().decode()
+    s.call(alice, "GET", f"{one}/runs", 200)
+    s.call(alice, "GET", f"{one}/runs", 422, params={"limit": "0"})
+    s.call(alice, "GET", "/api/v1/discovery-runs/nope", 404)
+    s.call(alice, "PATCH", one, 200, json={"targets": ["127.72.0.0/19"]})
+    s.call(alice, "POST", f"{one}/run", 422, json={"confirm_large": False})
+    s.call(alice, "DELETE", one, 204)
+    s.call(alice, "DELETE", one, 404)
+    s.call(alice, "DELETE", f"/api/v1/credential-profiles/{creds_id}", 204)
 
 
 def _passwords(s: Scenario, admin: str, alice_id: str, alice: str) -> str:
