@@ -319,9 +319,10 @@ class Isolation(RuleBasedStateMachine):
             set() if box.value is None else {box.value}
         )
         export = w.call(reader.token, "GET", f"/api/v1/users/{box.owner.id}/export", 200).json()
+        polled = {m for m, (owner, _) in w.polled.items() if owner is box.owner}
         assert {m["id"] for m in export["machines"]} == {
             b.id for b in w.boxes if b.owner is box.owner
-        }
+        } | polled
 
     @precondition(lambda self: self.world.boxes)
     @rule(data=st.data())

@@ -10,12 +10,11 @@ notifications, heartbeat) starts here.
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 import anyio
 import click
@@ -23,10 +22,11 @@ from anyio.abc import TaskGroup
 
 from lunasentri_core.components import Collector, Principal
 from lunasentri_core.config import Settings
-from lunasentri_core.errors import LunaSentriError, NotFoundError
+from lunasentri_core.errors import NotFoundError
 from lunasentri_core.hub import open_storage
 from lunasentri_core.model import Device, DiscoveryProfile, DiscoveryRun, Role, RunState, utcnow
 from lunasentri_core.plugins import ComponentKind, PluginManager, create_plugin_manager
+from lunasentri_core.server.commands import _friendly_errors, _Settings
 from lunasentri_core.services.credentials import CredentialVault
 from lunasentri_core.services.discovery import Discovery
 from lunasentri_core.storage.protocols import StorageBackend
@@ -41,21 +41,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 CONSOLE = Principal(kind="system", id="", role=Role.ADMIN, via="cli")
 """The operator at the console: sees every profile; audited as the system."""
 POLL_SECONDS = 0.25
-
-
-class _Settings(Protocol):
-    def settings(self) -> Settings: ...
-
-
-def _friendly_errors(func: F) -> F:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except LunaSentriError as error:
-            raise click.ClickException(str(error)) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 class ConsoleHub:
