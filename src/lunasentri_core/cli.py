@@ -259,6 +259,47 @@ def migrate(obj: _Context) -> None:
     click.echo(f"database {_redact(settings.storage_url)} is up to date")
 
 
+@db.command(name="copy")
+@click.argument("source_url")
+@click.argument("target_url")
+@_friendly_errors
+def copy_command(source_url: str, target_url: str) -> None:
+    """Copy a whole deployment (state and history) into a new, empty database.
+
+    SOURCE_URL and TARGET_URL are sqlite: or postgresql: URLs, e.g.
+    sqlite:////var/lib/lunasentri/lunasentri.db and
+    postgresql://lunasentri@db.example/lunasentri. Stop the servers that use the
+    source first. The target is migrated, then filled in one transaction; a
+    target that already holds data is refused.
+    """
+    from lunasentri_core.storage.sql.copy import Progress, copy_database, open_engine
+
+    def show(step: Progress) -> None:
+        if step.finished:
+            click.echo(f"  {step.table}: {step.done} rows copied")
+        elif step.done:
+            click.echo(f"  {step.table}: {step.done} of {step.total} rows")
+
+    click.echo(f"copying {_redact(source_url)} to {_redact(target_url)}")
+    source = open_engine(source_url, must_exist=True)
+    try:
+        target = open_engine(target_url)
+        try:
+            report = copy_database(source, target, progress=show)
+        finally:
+            target.dispose()
+    finally:
+        source.dispose()
+    rows = [
+        (t.table, str(t.source), str(t.target), "ok" if t.ok else "MISMATCH") for t in report.tables
+    ]
+    click.echo(_table(("table", "source", "target", "check"), rows, align_right={1, 2}))
+    if not report.ok:
+        names = ", ".join(t.table for t in report.mismatches)
+        raise click.ClickException(f"row counts differ for {names}: the copy is not complete")
+    click.echo(f"copied {sum(t.source for t in report.tables)} rows; counts verified")
+
+
 def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
