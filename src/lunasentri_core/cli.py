@@ -296,7 +296,10 @@ def copy_command(source_url: str, target_url: str) -> None:
     click.echo(_table(("table", "source", "target", "check"), rows, align_right={1, 2}))
     if not report.ok:
         names = ", ".join(t.table for t in report.mismatches)
-        raise click.ClickException(f"row counts differ for {names}: the copy is not complete")
+        raise click.ClickException(
+            f"row counts differ for {names}: the copy is not complete; "
+            "empty or recreate the target and copy again"
+        )
     click.echo(f"copied {sum(t.source for t in report.tables)} rows; counts verified")
 
 

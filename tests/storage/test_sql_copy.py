@@ -29,14 +29,27 @@ from lunasentri_core import HostIdentity, Sentri, Settings
 from lunasentri_core.components import Credentials, Principal
 from lunasentri_core.errors import StorageError
 from lunasentri_core.model import (
+    AgentClaim,
+    AgentConfig,
+    Channel,
     Comparison,
+    DiscoveryRun,
+    ResetToken,
     Role,
+    Session,
     Silence,
     User,
     new_id,
 )
 from lunasentri_core.samples import Reading, Sample
-from lunasentri_core.security import hash_password, verify_password
+from lunasentri_core.security import (
+    CLAIM_PREFIX,
+    RESET_PREFIX,
+    SESSION_PREFIX,
+    hash_password,
+    issue_token,
+    verify_password,
+)
 from lunasentri_core.services.credentials import CredentialProfiles, ProfileFields
 from lunasentri_core.services.discovery import Discovery
 from lunasentri_core.services.machines import Machines
@@ -92,6 +105,7 @@ class Deployment:
     data_dir: Path
     machine_id: str
     api_key: str
+    session: str
     profile_id: str
     clock: Clock
 
@@ -122,10 +136,7 @@ async def populate(data_dir: Path) -> Deployment:
         rule = await Rules(hub).create(
             actor, name="hot", metric="cpu.percent", comparison=Comparison.GT, threshold=80
         )
-        await hub.run_sync(
-            state.add_channel,
-            _channel(alice.id),
-        )
+        await hub.run_sync(state.add_channel, _channel(alice.id))
         for minute in range(0, HOURS * 60, 2):
             clock.now = T0 + timedelta(minutes=minute)
             cpu = 90.0 if minute % 60 < 10 else 10.0 + minute % 7
@@ -162,15 +173,37 @@ async def populate(data_dir: Path) -> Deployment:
             collector="stub",
             interval=timedelta(minutes=1),
         )
-        await Discovery(hub).create(
+        discovery = await Discovery(hub).create(
             actor, name="lan", targets=["127.0.0.1"], ports=[1], collector="stub"
         )
-    return Deployment(data_dir, machine.id, registered.issued.secret, profile.id, clock)
+        run = DiscoveryRun(id=new_id(), profile_id=discovery.id, owner_id=alice.id, started_at=T0)
+        await hub.run_sync(state.add_discovery_run, run)
+        session = await add_server_state(hub, alice.id, machine.id)
+    return Deployment(data_dir, machine.id, registered.issued.secret, session, profile.id, clock)
 
 
-def _channel(owner_id: str) -> Any:
-    from lunasentri_core.model import Channel
+async def add_server_state(hub: Sentri, user_id: str, machine_id: str) -> str:
+    """A session (its token returned), a reset token, an agent claim and an agent config."""
+    state = hub.storage.state
+    session = issue_token(SESSION_PREFIX)
+    until = datetime(2099, 1, 1, tzinfo=UTC)
+    await hub.run_sync(
+        state.add_session, Session(new_id(), user_id, session.hash, T0, until, "127.0.0.1")
+    )
+    reset = issue_token(RESET_PREFIX)
+    await hub.run_sync(state.add_reset_token, ResetToken(new_id(), user_id, reset.hash, T0, until))
+    claim = issue_token(CLAIM_PREFIX)
+    await hub.run_sync(
+        state.add_claim, AgentClaim(new_id(), claim.hash, "laptop", "0.1.0", T0, until)
+    )
+    await hub.run_sync(
+        state.set_agent_config,
+        AgentConfig(machine_id, timedelta(seconds=15), ("psutil",), updated_at=T0),
+    )
+    return session.secret
 
+
+def _channel(owner_id: str) -> Channel:
     return Channel(
         id=new_id(),
         owner_id=owner_id,
@@ -244,6 +277,12 @@ EXPECTED_FILLED = {
     "devices",
     "monitors",
     "discovery_profiles",
+    "discovery_runs",
+    "sessions",
+    "reset_tokens",
+    "agent_claims",
+    "agent_configs",
+    "status_changes",
 }
 
 
@@ -298,6 +337,11 @@ async def test_a_sqlite_deployment_moves_to_postgres_and_answers_the_same(
         )
         assert principal is not None
         assert principal.id == deployment.machine_id
+        user = await hub.authenticate(
+            Credentials(headers={"authorization": f"Bearer {deployment.session}"})
+        )
+        assert user is not None
+        assert user.id == "alice"
         stored_hash = await hub.run_sync(hub.storage.state.password_hash, "alice")
         assert verify_password(ALICE_PASSWORD, stored_hash)
         # The sealed secret still opens: same profile id, same key file.
@@ -451,3 +495,54 @@ def test_the_command_fails_cleanly_on_a_missing_source(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "does not exist" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.postgres
+async def test_postgres_copies_back_to_sqlite(
+    deployment: Deployment, source: Engine, pg_target: tuple[str, Engine], tmp_path: Path
+) -> None:
+    _, on_postgres = pg_target
+    assert copy_database(source, on_postgres).ok
+    back = open_engine(f"sqlite:///{tmp_path / 'back.db'}")
+    try:
+        # Small batches: the PostgreSQL side is read through a server-side cursor.
+        assert copy_database(on_postgres, back, batch_rows=5).ok
+        assert counts(back) == counts(source)
+        async with Sentri(
+            settings(deployment.data_dir),
+            plugins=stub_plugins(),
+            clock=deployment.clock,
+            storage=SqlStorage(back),
+        ) as hub:
+            assert (await hub.credentials.remote_credential(deployment.profile_id)).password == (
+                SECRET_PASSWORD
+            )
+            principal = await hub.authenticate(
+                Credentials(headers={"authorization": f"Bearer {deployment.api_key}"})
+            )
+            assert principal is not None
+    finally:
+        back.dispose()
+
+
+def test_the_command_fails_when_the_counts_differ(deployment: Deployment, tmp_path: Path) -> None:
+    """A target that loses rows (here: a trigger) is reported table by table, exit 1."""
+    path = tmp_path / "lossy.db"
+    engine = open_engine(f"sqlite:///{path}")
+    try:
+        SqlStorage(engine).migrate()
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "CREATE TRIGGER lose_audit AFTER INSERT ON audit_log "
+                    "BEGIN DELETE FROM audit_log WHERE seq = NEW.seq; END"
+                )
+            )
+    finally:
+        engine.dispose()
+    done = lunasentri(sqlite_url(deployment.data_dir), f"sqlite:///{path}")
+    assert done.returncode == 1
+    (line,) = [row for row in done.stdout.splitlines() if row.startswith("audit_log ")]
+    assert line.split()[-2:] == ["0", "MISMATCH"]
+    assert "row counts differ for audit_log" in done.stderr
+    assert "copy again" in done.stderr
