@@ -63,6 +63,7 @@ from lunasentri_core.storage.sql.copy import (
     open_engine,
     redact,
 )
+from lunasentri_core.storage.sql.schema import series
 from lunasentri_core.testing import make_plugin
 
 pytestmark = pytest.mark.anyio
@@ -148,6 +149,10 @@ async def populate(data_dir: Path) -> Deployment:
             await hub.ingest(machine.id, [Sample(clock.now, readings)])
             if minute % 60 == 58:
                 await hub.maintain()
+        # The newest series ids belong to a machine removed since: never reused.
+        gone = await hub.add_machine("gone", owner_id=alice.id)
+        await hub.ingest(gone.id, [Sample(clock.now, [Reading("proc.count", 3)])])
+        await hub.remove_machine(gone.id)
         await hub.run_sync(state.fan_out, clock.now)
         await hub.run_sync(
             state.add_silence,
@@ -252,6 +257,21 @@ def counts(engine: Engine) -> dict[str, int]:
             t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
             for t in metadata.sorted_tables
         }
+
+
+def series_ids(engine: Engine, metric: str | None = None) -> list[int]:
+    select = sa.select(series.c.id)
+    if metric is not None:
+        select = select.where(series.c.metric == metric)
+    with engine.connect() as conn:
+        return list(conn.execute(select).scalars())
+
+
+def series_counter(sqlite: Engine) -> int:
+    """The last series id a SQLite database handed out (deleted ones included)."""
+    with sqlite.connect() as conn:
+        query = sa.text("SELECT seq FROM sqlite_sequence WHERE name = 'series'")
+        return int(conn.execute(query).scalar_one())
 
 
 EXPECTED_FILLED = {
@@ -360,6 +380,8 @@ async def test_a_sqlite_deployment_moves_to_postgres_and_answers_the_same(
         await hub.maintain()
         latest = await hub.latest(deployment.machine_id, "net.rx_rate")
         assert [v.value for v in latest] == [5.0]
+    (new_id_,) = series_ids(target, "net.rx_rate")
+    assert new_id_ > series_counter(source) > max(series_ids(source))
     after = counts(target)
     assert after["series"] == copied["series"] + 1
     assert after["login_failures"] == copied["login_failures"] + 1
@@ -382,6 +404,7 @@ async def test_sqlite_to_sqlite_copies_everything(
         ) as hub:
             credential = await hub.credentials.remote_credential(deployment.profile_id)
             assert credential.password == SECRET_PASSWORD
+            assert series_counter(target) == series_counter(source)
             before = await hub.run_sync(hub.storage.state.list_audit)
             await Machines(hub).create(
                 Principal(kind="user", id="root", role=Role.ADMIN), "new-2", owner_id="alice"

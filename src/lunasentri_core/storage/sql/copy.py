@@ -18,8 +18,10 @@ sealed secret stays bound to its profile's id, and series keep theirs.
 * The source is read in one snapshot (PostgreSQL: REPEATABLE READ), so the
   rows of every table agree with each other; rows are streamed and written
   in batches, so memory stays bounded whatever the size of the history.
-* Serial columns (``series.id``, ``audit_log.seq``, the outbox's ``seq``, ...)
-  are set past the copied values on PostgreSQL, so new rows do not collide.
+* The counters of serial columns (``series.id``, ``audit_log.seq``, the
+  outbox's ``seq``, ...: PostgreSQL sequences, SQLite's ``sqlite_sequence``)
+  are set past the copied values and the source's own counters, so new rows
+  do not collide and ids of deleted series are not handed out again.
 * Afterwards every table is counted on both ends; :class:`CopyReport` says
   whether the counts agree.
 """
@@ -154,8 +156,7 @@ def copy_database(
     with source_store.db.read() as reader, target_store.db.write() as writer:
         check_target_empty(writer, target_store.db.label)
         counts = [_copy_table(table, reader, writer, report, batch_rows) for table in _tables()]
-        if target_store.db.is_postgres:
-            reset_sequences(reader, writer)
+        reset_sequences(reader, writer)
     with target_store.db.read() as conn:
         return CopyReport(
             tuple(
@@ -255,11 +256,23 @@ def _serial_columns() -> Iterator[sa.Column[Any]]:
 
 
 def reset_sequences(source: Connection, target: Connection) -> None:
-    """Move each serial column's PostgreSQL sequence past every value already used.
+    """Move the target's counters of serial columns past every value already used.
 
     Past the largest copied value, and past the source's own counter where it
-    has one (ids of deleted series are never handed out again).
+    has one: ids of deleted series are never handed out again (another process
+    may still hold one in its cache).
+
+    * PostgreSQL: each serial column's sequence (``setval``).
+    * SQLite: ``sqlite_sequence`` of the ``AUTOINCREMENT`` tables (``series``);
+      the other integer keys follow the largest value present by themselves.
     """
+    if target.dialect.name == "postgresql":
+        _reset_postgres_sequences(source, target)
+    else:
+        _reset_sqlite_sequences(source, target)
+
+
+def _reset_postgres_sequences(source: Connection, target: Connection) -> None:
     for column in _serial_columns():
         table = column.table.name
         sequence = target.execute(
@@ -273,16 +286,39 @@ def reset_sequences(source: Connection, target: Connection) -> None:
             target.execute(sa.select(sa.func.setval(sequence, last, True)))
 
 
+def _reset_sqlite_sequences(source: Connection, target: Connection) -> None:
+    for column in _serial_columns():
+        table = column.table
+        if not table.dialect_options["sqlite"].get("autoincrement"):
+            continue
+        counter = _source_counter(source, table.name, column.name)
+        current = _sqlite_counter(target, table.name)
+        if counter <= current:
+            continue
+        params = {"name": table.name, "seq": counter}
+        if target.execute(
+            sa.text("UPDATE sqlite_sequence SET seq = :seq WHERE name = :name"), params
+        ).rowcount:
+            continue
+        target.execute(
+            sa.text("INSERT INTO sqlite_sequence (name, seq) VALUES (:name, :seq)"), params
+        )
+
+
+def _sqlite_counter(conn: Connection, table: str) -> int:
+    try:
+        value = conn.execute(
+            sa.text("SELECT seq FROM sqlite_sequence WHERE name = :name"), {"name": table}
+        ).scalar_one_or_none()
+    except exc.OperationalError:  # no AUTOINCREMENT table yet: no sqlite_sequence
+        return 0
+    return int(value or 0)
+
+
 def _source_counter(source: Connection, table: str, column: str) -> int:
     """The last value the source handed out for ``table.column`` (0 when it keeps none)."""
     if source.dialect.name == "sqlite":
-        try:
-            value = source.execute(
-                sa.text("SELECT seq FROM sqlite_sequence WHERE name = :name"), {"name": table}
-            ).scalar_one_or_none()
-        except exc.OperationalError:  # no AUTOINCREMENT table: no sqlite_sequence
-            return 0
-        return int(value or 0)
+        return _sqlite_counter(source, table)
     sequence = source.execute(
         sa.select(sa.func.pg_get_serial_sequence(table, column))
     ).scalar_one_or_none()
