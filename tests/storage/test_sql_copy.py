@@ -569,3 +569,24 @@ def test_the_command_fails_when_the_counts_differ(deployment: Deployment, tmp_pa
     assert line.split()[-2:] == ["0", "MISMATCH"]
     assert "row counts differ for audit_log" in done.stderr
     assert "copy again" in done.stderr
+
+
+@pytest.mark.postgres
+def test_a_copy_that_fails_half_way_leaves_the_target_empty(
+    source: Engine, pg_target: tuple[str, Engine]
+) -> None:
+    """One transaction: tables copied before the failing one are rolled back too."""
+    _, target = pg_target
+    SqlStorage(target).migrate()
+    with target.begin() as conn:
+        conn.execute(
+            sa.text("ALTER TABLE users ADD CONSTRAINT no_alice CHECK (username <> 'alice')")
+        )
+    order = [t.name for t in metadata.sorted_tables]
+    assert order.index("audit_log") < order.index("users")
+    with pytest.raises(StorageError, match=r"copying users: .*no_alice"):
+        copy_database(source, target)
+    assert not any(rows for name, rows in counts(target).items() if name != "storage_meta")
+    with target.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE users DROP CONSTRAINT no_alice"))
+    assert copy_database(source, target).ok  # the same command simply runs again
