@@ -426,6 +426,18 @@ async def test_a_target_with_data_is_refused_and_left_alone(source: Engine, tmp_
         target.dispose()
 
 
+def test_copying_a_database_onto_itself_is_refused(deployment: Deployment) -> None:
+    data = deployment.data_dir
+    source = open_engine(f"sqlite:///{data / 'lunasentri.db'}")
+    same = open_engine(f"sqlite:///{data / '..' / data.name / 'lunasentri.db'}")
+    try:
+        with pytest.raises(StorageError, match="source and target are the same database"):
+            copy_database(source, same)
+    finally:
+        source.dispose()
+        same.dispose()
+
+
 def test_a_freshly_migrated_target_counts_as_empty(tmp_path: Path) -> None:
     engine = open_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
     try:

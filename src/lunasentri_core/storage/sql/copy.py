@@ -149,6 +149,8 @@ def copy_database(
         (apart from its migration).
     """
     report = progress or (lambda _: None)
+    if _same_database(source.url, target.url):
+        raise StorageError(f"source and target are the same database: {redact(source.url)}")
     source_store = SqlStorage(source, label=redact(source.url))
     target_store = SqlStorage(target, label=redact(target.url))
     check_source_revision(source_store)
@@ -167,6 +169,15 @@ def copy_database(
                 for table, source_count in zip(_tables(), counts, strict=True)
             )
         )
+
+
+def _same_database(a: URL, b: URL) -> bool:
+    if a.get_backend_name() == "sqlite" and b.get_backend_name() == "sqlite":
+        return (
+            bool(a.database)
+            and Path(a.database or "").resolve() == Path(b.database or "").resolve()
+        )
+    return a.render_as_string(hide_password=False) == b.render_as_string(hide_password=False)
 
 
 def _tables() -> Sequence[sa.Table]:
