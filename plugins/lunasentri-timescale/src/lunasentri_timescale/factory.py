@@ -62,7 +62,7 @@ class TimescaleSettings:
     """PostgreSQL cancels a statement running longer than this; 0 (the default): no limit."""
     application_name: str = "lunasentri"
     """Shown in ``pg_stat_activity``; an ``application_name`` in the URL wins."""
-    mode: Mode = Mode.AUTO
+    mode: Mode = attrs.field(default=Mode.AUTO, converter=Mode)
     """``auto``, ``postgres`` or ``timescale`` (refused when the extension is missing)."""
 
 
@@ -277,6 +277,6 @@ def _connect_error(label: str, error: exc.DBAPIError) -> StorageError:
         return StorageError(f"{label}: the server refused the login: {first}")
     if "does not exist" in text and "database" in text:
         return StorageError(f"{label}: {first} (create it: createdb, or CREATE DATABASE)")
-    if isinstance(error, exc.OperationalError):
+    if isinstance(error, exc.OperationalError) and "statement timeout" not in text:
         return StorageUnavailable(f"cannot reach {label}: {first}")
     return StorageError(f"{label}: {first}")
