@@ -9,10 +9,13 @@ tried, or fail when ``LUNASENTRI_TEST_REQUIRE_POSTGRES=1``.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import NoReturn
 from urllib.parse import quote
 
@@ -110,3 +113,33 @@ def emptied_url(migrated_url: str) -> str:
     finally:
         engine.dispose()
     return migrated_url
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A directory with a throwaway dist-info that declares the plugin's entry point.
+
+    CI installs the plugin (editable), so its own entry point is found there;
+    the throwaway one stands in where it is not installed.
+    """
+    directory = tmp_path / "site"
+    directory.mkdir()
+    if importlib.metadata.entry_points(group="lunasentri", name="timescale"):
+        return directory
+    dist_info = directory / "lunasentri_timescale-0.1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: lunasentri-timescale\nVersion: 0.1.0\n"
+    )
+    (dist_info / "entry_points.txt").write_text("[lunasentri]\ntimescale = lunasentri_timescale\n")
+    return directory
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=10)

@@ -5,19 +5,18 @@ The processes here are real ones (subprocesses) on a schema of their own.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
-import os
 import subprocess
 import sys
 import textwrap
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from timescale_support import child_env
 
 from lunasentri_core.storage.sql import VERSION_TABLE, head_revision
 from lunasentri_core.storage.sql.database import LOCK_MIGRATE
@@ -44,34 +43,6 @@ MIGRATOR = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Path:
-    """A directory with a throwaway dist-info that declares the plugin's entry point.
-
-    CI installs the plugin (editable), so its own entry point is found there;
-    the throwaway one stands in where it is not installed.
-    """
-    directory = tmp_path / "site"
-    directory.mkdir()
-    if importlib.metadata.entry_points(group="lunasentri", name="timescale"):
-        return directory
-    dist_info = directory / "lunasentri_timescale-0.1.0.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: lunasentri-timescale\nVersion: 0.1.0\n"
-    )
-    (dist_info / "entry_points.txt").write_text("[lunasentri]\ntimescale = lunasentri_timescale\n")
-    return directory
-
-
-def child_env(site: Path, **extra: str) -> dict[str, str]:
-    """This interpreter's import path (the code under test first), no LUNASENTRI_* settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LUNASENTRI_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(site), *sys.path])
-    env.update(extra)
-    return env
-
-
 def start_migrator(url: str, name: str, site: Path) -> subprocess.Popen[str]:
     process = subprocess.Popen(
         [sys.executable, "-c", MIGRATOR, url, name],
@@ -93,16 +64,6 @@ def finish(process: subprocess.Popen[str]) -> str:
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     return out.strip()
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.communicate(timeout=10)
 
 
 def versions(url: str) -> list[str]:
