@@ -9,8 +9,8 @@ import attrs
 import pytest
 import sqlalchemy as sa
 
-from lunasentri_core import RetentionPolicy, StorageError, StorageUnavailable
-from lunasentri_core.plugins import PluginError, PluginManager
+from lunasentri_core import PluginError, RetentionPolicy, StorageError, StorageUnavailable
+from lunasentri_core.plugins import PluginManager
 from lunasentri_core.storage import Capability, storage_mode
 from lunasentri_timescale import (
     Mode,
@@ -115,7 +115,7 @@ def test_settings_out_of_range_name_the_field(field: str, value: object) -> None
 
 def test_an_unknown_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="hypertable"):
-        TimescaleSettings(mode="hypertable")  # type: ignore[arg-type]
+        TimescaleSettings(mode="hypertable")
 
 
 def test_other_settings_objects_are_refused() -> None:
@@ -191,9 +191,7 @@ def test_mode_timescale_is_refused_where_the_extension_is_missing(postgres_url: 
     if _has_timescaledb(postgres_url):
         pytest.skip("this server has TimescaleDB: the refusal cannot happen here")
     with pytest.raises(StorageError, match="timescaledb extension"):
-        TimescaleStorageFactory.open(
-            postgres_url, settings=TimescaleSettings(mode=Mode.TIMESCALE)
-        )
+        TimescaleStorageFactory.open(postgres_url, settings=TimescaleSettings(mode=Mode.TIMESCALE))
 
 
 # --------------------------------------------------------------------------- connections

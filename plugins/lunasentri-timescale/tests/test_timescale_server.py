@@ -30,9 +30,7 @@ def free_port() -> int:
 
 
 def serve(url: str, site: Path, data_dir: Path, port: int) -> subprocess.Popen[str]:
-    env = child_env(
-        site, LUNASENTRI_STORAGE__URL=url, LUNASENTRI_ADMIN_PASSWORD=ADMIN_PASSWORD
-    )
+    env = child_env(site, LUNASENTRI_STORAGE__URL=url, LUNASENTRI_ADMIN_PASSWORD=ADMIN_PASSWORD)
     command = [sys.executable, "-m", "lunasentri_core.cli", "--log-level", "info", "serve"]
     return subprocess.Popen(
         [*command, "--port", str(port), "--data-dir", str(data_dir)],

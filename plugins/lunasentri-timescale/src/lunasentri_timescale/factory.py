@@ -27,7 +27,8 @@ class Mode(enum.StrEnum):
     """How the backend uses the database; ``[plugins.timescale] mode``."""
 
     AUTO = "auto"
-    """Setting only: ``timescale`` when the extension is installed or available, else ``postgres``."""
+    """Setting only: ``timescale`` when the extension is installed or available,
+    else ``postgres``."""
     POSTGRES = "postgres"
     """Plain PostgreSQL, whatever extensions the server has."""
     TIMESCALE = "timescale"
@@ -111,9 +112,7 @@ def choose_mode(probe: Probe, requested: Mode = Mode.AUTO) -> Mode:
 class TimescaleStorage(SqlStorage):
     """The shared SQL storage on PostgreSQL, knowing which mode it runs in."""
 
-    def __init__(
-        self, engine: Engine, *, mode: Mode, probe: Probe, **kwargs: Any
-    ) -> None:
+    def __init__(self, engine: Engine, *, mode: Mode, probe: Probe, **kwargs: Any) -> None:
         super().__init__(engine, **kwargs)
         self.mode: str = mode.value
         """``timescale`` or ``postgres`` (see :func:`lunasentri_core.storage.storage_mode`)."""
