@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+import tomllib
 from datetime import timedelta
+from pathlib import Path
 
 import attrs
 import pytest
@@ -284,3 +286,15 @@ def test_an_unknown_role_is_a_refused_login(postgres_url: str) -> None:
 def test_settings_are_frozen() -> None:
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         TimescaleSettings().pool_size = 9  # type: ignore[misc]
+
+
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "plugins" / "timescale.md"
+
+
+def test_the_docs_show_the_default_settings() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    block = text.split("```toml\n[plugins.timescale]\n", 1)[1].split("\n```", 1)[0]
+    manager = PluginManager(plugin_settings={"timescale": tomllib.loads(block)})
+    manager.register(sys.modules["lunasentri_timescale"], "timescale")
+    assert manager.storage_for_scheme("postgresql").settings == TimescaleSettings()
+    assert {f.name for f in attrs.fields(TimescaleSettings)} == set(tomllib.loads(block))
