@@ -298,3 +298,19 @@ def test_the_docs_show_the_default_settings() -> None:
     manager.register(sys.modules["lunasentri_timescale"], "timescale")
     assert manager.storage_for_scheme("postgresql").settings == TimescaleSettings()
     assert {f.name for f in attrs.fields(TimescaleSettings)} == set(tomllib.loads(block))
+
+
+@pytest.mark.postgres
+def test_an_exhausted_pool_is_unavailable_not_broken(migrated_url: str) -> None:
+    settings = TimescaleSettings(
+        pool_size=1, max_overflow=0, pool_timeout=timedelta(milliseconds=200)
+    )
+    storage = TimescaleStorageFactory.open(migrated_url, settings=settings)
+    assert isinstance(storage, TimescaleStorage)
+    try:
+        # The first block holds the only connection while the call waits for one.
+        with storage.db.read(), pytest.raises(StorageUnavailable, match="no free connection"):
+            storage.state.list_machines(None)
+        assert isinstance(storage.state.list_machines(None), list)  # free again: works
+    finally:
+        storage.close()
