@@ -355,3 +355,18 @@ async def test_samples_ingested_unheard_leave_last_seen(tmp_path: Path) -> None:
         assert [v.value for v in await hub.latest(machine.id, "poll.up")] == [0.0]
         await hub.ingest(machine.id, [Sample(T0 + timedelta(seconds=1), [Reading("poll.up", 1)])])
         assert (await hub.get_machine(machine.id)).last_seen is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://ls:pw-x9@db:5432/ls", "postgresql://ls:***@db:5432/ls"),
+        ("postgresql://:pw-x9@db/ls?sslmode=require", "postgresql://:***@db/ls?sslmode=require"),
+        ("postgresql://ls@db/ls", "postgresql://ls@db/ls"),
+        ("sqlite:////var/lib/ls.db", "sqlite:////var/lib/ls.db"),
+    ],
+)
+def test_the_storage_log_line_never_shows_a_password(url: str, shown: str) -> None:
+    from lunasentri_core.hub import _redact_url
+
+    assert _redact_url(url) == shown

@@ -62,7 +62,12 @@ from lunasentri_core.services.discovery import fail_stale_runs_forever
 from lunasentri_core.services.dispatch import Dispatcher
 from lunasentri_core.services.heartbeat import Heartbeat
 from lunasentri_core.services.writer import BatchWriter
-from lunasentri_core.storage.protocols import MaintenanceReport, PurgeReport, StorageBackend
+from lunasentri_core.storage.protocols import (
+    MaintenanceReport,
+    PurgeReport,
+    StorageBackend,
+    storage_mode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -504,4 +509,21 @@ def open_storage(settings: Settings, plugins: PluginManager) -> StorageBackend:
     except BaseException:
         backend.close()
         raise
+    mode = storage_mode(backend)
+    log.info(
+        "storage %s opened%s: %s",
+        backend.name,
+        f" in {mode} mode" if mode else "",
+        _redact_url(url),
+    )
     return backend
+
+
+def _redact_url(url: str) -> str:
+    """``url`` without its password, for the logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return parts._replace(netloc=user + netloc).geturl()
