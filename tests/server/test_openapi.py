@@ -276,7 +276,7 @@ def _machines(s: Scenario, admin: str, alice: str) -> tuple[str, str, str]:
     s.call(alice, "POST", "/api/v1/machines", 409, json=body)
     s.call(alice, "POST", "/api/v1/machines", 422, json={"name": ""})
     wheel = created["install_command"].split()[2].split("/")[-1]  # served to new machines
-    s.call(None, "GET", f"/agent/dist/{wheel}", 200)
+    _download(s, f"/agent/dist/{wheel}")
     s.call(None, "GET", "/agent/dist/lunasentri.db", 404)
     me = s.call(alice, "GET", "/api/v1/auth/me", 200).json()
     other = {"name": "db-1", "owner_id": me["id"]}
@@ -290,6 +290,17 @@ def _machines(s: Scenario, admin: str, alice: str) -> tuple[str, str, str]:
     s.call(alice, "PATCH", f"/api/v1/machines/{other_id}", 409, json={"name": "web-01"})
     s.call(alice, "GET", f"/api/v1/machines/{machine_id}/keys", 200)
     return machine_id, key, other_id
+
+
+def _download(s: Scenario, path: str) -> None:
+    """Fetch an agent wheel as pip does: a 503 (still building, which on a busy machine
+    outlasts the server's wait) is retried after its Retry-After, until the build ends."""
+    deadline = time.monotonic() + 600
+    while (response := s.http.request("GET", path)).status_code == 503:
+        assert response.headers["Retry-After"], response.headers
+        assert time.monotonic() < deadline, "the agent's wheels were never built"
+        time.sleep(1)
+    assert response.status_code == 200, (path, response.status_code, response.text)
 
 
 def _ingest_and_query(s: Scenario, alice: str, machine_id: str, key: str) -> None:
