@@ -61,11 +61,13 @@ from lunasentri_core.services.credentials import CredentialVault
 from lunasentri_core.services.discovery import fail_stale_runs_forever
 from lunasentri_core.services.dispatch import Dispatcher
 from lunasentri_core.services.heartbeat import Heartbeat
+from lunasentri_core.services.jobs import JOB_MAINTENANCE
 from lunasentri_core.services.writer import BatchWriter
 from lunasentri_core.storage.protocols import (
     MaintenanceReport,
     PurgeReport,
     StorageBackend,
+    hold_singleton,
     storage_mode,
 )
 
@@ -474,6 +476,16 @@ class Sentri:
             log.info("purged old server state: %s", report)
         return report
 
+    async def singleton(self, name: str) -> bool:
+        """Whether this process runs the once-only periodic job ``name`` now.
+
+        Processes sharing one database run such a job (heartbeat sweep,
+        maintenance, ...) one at a time: the holder keeps it from pass to pass,
+        another process takes it over at its next pass once the holder is gone
+        (:func:`~lunasentri_core.storage.hold_singleton`).
+        """
+        return await self.run_sync(hold_singleton, self.storage, name)
+
     async def _maintain_forever(self) -> None:
         period = self.settings.storage.maintenance_interval.total_seconds()
         purge = self.settings.storage.purge
@@ -481,6 +493,8 @@ class Sentri:
         while True:
             await anyio.sleep(period)
             try:
+                if not await self.singleton(JOB_MAINTENANCE):
+                    continue  # another process maintains the shared database
                 await self.maintain()
             except Exception:
                 log.exception("storage maintenance failed")

@@ -44,6 +44,7 @@ from lunasentri_core.model import (
     skipped_because,
 )
 from lunasentri_core.services import silences
+from lunasentri_core.services.jobs import JOB_SILENCES
 
 if TYPE_CHECKING:
     from lunasentri_core.hub import Sentri
@@ -139,7 +140,8 @@ class Dispatcher:
 
     async def _cycle(self) -> int:
         state, clock = self._hub.storage.state, self._hub.clock
-        await silences.close_due(self._hub)
+        if await self._hub.singleton(JOB_SILENCES):  # one process closes them
+            await silences.close_due(self._hub)
         # "now" is read in the worker thread, when the transaction runs.
         while await self._hub.run_sync(lambda: state.fan_out(clock())):
             pass

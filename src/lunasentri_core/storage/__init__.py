@@ -14,6 +14,7 @@ from lunasentri_core.storage.protocols import (
     StateStore,
     StorageBackend,
     StorageFactory,
+    hold_singleton,
     storage_mode,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "StateStore",
     "StorageBackend",
     "StorageFactory",
+    "hold_singleton",
     "storage_mode",
 ]
