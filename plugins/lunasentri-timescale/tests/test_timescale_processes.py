@@ -307,7 +307,8 @@ def test_three_processes_notify_once_deliver_once_and_store_once(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
         " AND classid = :c AND objid = :o AND objsubid = 2"
     )
-    classid, objid = lock_key(JOB_HEARTBEAT)
+    schema = scalar(url, "SELECT current_schema()")
+    classid, objid = lock_key(JOB_HEARTBEAT, schema)
     assert scalar(url, holders, c=classid, o=objid & 0xFFFFFFFF) == 1
     runs = [s for s in servers if "now runs the 'heartbeat' job" in s.output()]
     assert len(runs) == 1

@@ -36,15 +36,16 @@ log = logging.getLogger(__name__)
 
 LOCK_CLASS: Final = 0x4C53
 """First key of the two-key advisory locks of named jobs ("LS"); the second is
-the CRC-32 of the name. Two-key locks never collide with the one-key
-``LOCK_MAINTAIN``/``LOCK_MIGRATE``."""
+the CRC-32 of the schema and the name (advisory locks are per database, and
+deployments in two schemas of one database each run their jobs). Two-key locks
+never collide with the one-key ``LOCK_MAINTAIN``/``LOCK_MIGRATE``."""
 
 FILE_SUFFIX: Final = ".singleton-"
 
 
-def lock_key(name: str) -> tuple[int, int]:
-    """The advisory lock keys of job ``name`` (the second as a signed 32-bit int)."""
-    crc = zlib.crc32(name.encode())
+def lock_key(name: str, schema: str) -> tuple[int, int]:
+    """The advisory lock keys of job ``name`` in ``schema`` (the second a signed int4)."""
+    crc = zlib.crc32(f"{schema}:{name}".encode())
     return LOCK_CLASS, crc - (1 << 32) if crc >= 1 << 31 else crc
 
 
@@ -56,6 +57,7 @@ class Singletons:
         self._mutex = threading.Lock()
         self._held: set[str] = set()
         self._conn: Connection | None = None
+        self._schema = ""
         self._files: dict[str, int] = {}
         database = engine.url.database if engine.dialect.name == "sqlite" else None
         self._path = Path(database) if database not in (None, "", ":memory:") else None
@@ -87,7 +89,8 @@ class Singletons:
             self._held.discard(name)
             if self._conn is not None:
                 try:
-                    self._conn.execute(sa.select(sa.func.pg_advisory_unlock(*lock_key(name))))
+                    key = lock_key(name, self._schema)
+                    self._conn.execute(sa.select(sa.func.pg_advisory_unlock(*key)))
                 except exc.SQLAlchemyError:
                     self._drop_connection()  # the session is gone, and its locks with it
                     return
@@ -112,7 +115,8 @@ class Singletons:
         conn = self._session()
         if name in self._held:
             return True
-        taken = conn.execute(sa.select(sa.func.pg_try_advisory_lock(*lock_key(name)))).scalar()
+        key = lock_key(name, self._schema)
+        taken = conn.execute(sa.select(sa.func.pg_try_advisory_lock(*key))).scalar()
         if taken:
             self._held.add(name)
             log.info("this process now runs the %r job", name)
@@ -130,6 +134,7 @@ class Singletons:
                 self._drop_connection()
         conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         self._conn = conn
+        self._schema = str(conn.execute(sa.select(sa.func.current_schema())).scalar() or "")
         return conn
 
     def _drop_connection(self) -> None:
