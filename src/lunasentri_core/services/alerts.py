@@ -5,6 +5,9 @@ Per (rule, machine, series) the state goes ok -> pending -> firing -> resolved
 outbox entry in the transaction that moves the state. Evaluation runs after a
 batch is committed, in its own task, so an agent's acknowledgement never waits
 for it; rules and states are held in memory and only transitions touch storage.
+When several processes share the storage (``[server] shared_database``), a
+machine's stored states are read before its samples are evaluated, since
+another process may have moved them.
 """
 
 from __future__ import annotations

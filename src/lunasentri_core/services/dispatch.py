@@ -1,6 +1,7 @@
 """The dispatcher: delivers outbox events to channels through notifier plugins.
 
-Each cycle closes silences that ended (re-notifying what is still wrong), hands
+Each cycle closes silences that ended (re-notifying what is still wrong; one
+process of those sharing the storage does that, see :mod:`.jobs`), hands
 new events to channels, then takes the deliveries that are due and sends them,
 a bounded number at a time. A delivery's id is the notification's id, so a
 receiver can drop the duplicate a crash between sending and recording causes.
