@@ -493,8 +493,13 @@ class Sentri:
         while True:
             await anyio.sleep(period)
             try:
-                if not await self.singleton(JOB_MAINTENANCE):
-                    continue  # another process maintains the shared database
+                held = await self.singleton(JOB_MAINTENANCE)
+            except Exception:
+                log.exception("storage maintenance failed")
+                continue
+            if not held:
+                continue  # another process maintains the shared database, and purges it
+            try:
                 await self.maintain()
             except Exception:
                 log.exception("storage maintenance failed")
