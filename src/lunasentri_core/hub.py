@@ -59,6 +59,7 @@ from lunasentri_core.services.changes import ChangeFollower
 from lunasentri_core.services.collection import CollectionResult, collect
 from lunasentri_core.services.dispatch import Dispatcher
 from lunasentri_core.services.heartbeat import Heartbeat
+from lunasentri_core.services.poller import Poller
 from lunasentri_core.services.writer import BatchWriter
 from lunasentri_core.storage.protocols import MaintenanceReport, PurgeReport, StorageBackend
 
@@ -104,6 +105,7 @@ class Sentri:
         self._reads = anyio.CapacityLimiter(8)
         self._collect_limiter = anyio.CapacityLimiter(8)
         self._writer: BatchWriter | None = None
+        self._poller: Poller | None = None
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self.heartbeat = Heartbeat(
             self,
@@ -115,6 +117,7 @@ class Sentri:
         self.dispatcher = Dispatcher(self, settings.notifications)
         self.changes = ChangeFollower(self, interval=settings.sync_interval)
         self.heartbeat.listeners.append(self._statuses_changed)
+        self.credentials = _StandInCredentials(self)  # TODO(i13): CredentialVault from main
 
     # ------------------------------------------------------------ lifecycle
 
@@ -151,6 +154,7 @@ class Sentri:
             services.start_soon(self.dispatcher.run)
             services.start_soon(self.changes.run)
             self._writer = writer
+            self._start_poller(services)
             await self.plugins.startup(self)
             self._exit_stack = stack.pop_all()
         return self
@@ -166,6 +170,7 @@ class Sentri:
 
     async def _stop_services(self, writer: BatchWriter, services: TaskGroup) -> None:
         self._writer = None
+        self._poller = None
         await writer.aclose()
         services.cancel_scope.cancel()
 
@@ -173,6 +178,36 @@ class Sentri:
         storage, self._storage = self._storage, None
         if storage is not None:
             await anyio.to_thread.run_sync(storage.close)
+
+    # ------------------------------------------------------------ agentless polling
+
+    @property
+    def poller(self) -> Poller:
+        """The agentless poller (``poller.poll_now(monitor_id)``); it schedules polls
+        only with ``[agentless] enabled``."""
+        if self._poller is None:
+            raise RuntimeError("the hub is not open: use 'async with Sentri(...)'")
+        return self._poller
+
+    def _start_poller(self, services: TaskGroup) -> None:
+        self._poller = Poller(
+            self.storage.state,
+            settings=self.settings.agentless,
+            credentials=self.credentials,
+            collector=self.collector,
+            ingest=self.ingest,
+            run_sync=self.run_sync,
+            clock=self.clock,
+            release_leases_at_start=self._sole_user_of_storage(),
+        )
+        if self.settings.agentless.enabled:
+            services.start_soon(self._poller.run)
+
+    def _sole_user_of_storage(self) -> bool:
+        """Whether no other process may use the store: a SQLite database not shared
+        (``[server] shared_database``; ``lunasentri serve`` holds a lock on it)."""
+        scheme = urlsplit(self.settings.storage_url).scheme
+        return scheme.split("+")[0] == "sqlite" and not self.settings.server.shared_database
 
     def _open_storage(self) -> StorageBackend:
         return open_storage(self.settings, self.plugins)
@@ -465,3 +500,15 @@ def open_storage(settings: Settings, plugins: PluginManager) -> StorageBackend:
         backend.close()
         raise
     return backend
+
+
+class _StandInCredentials:
+    """Until main's CredentialVault is merged: the profile, without its password."""
+
+    def __init__(self, hub: Sentri) -> None:
+        self._hub = hub
+
+    async def remote_credential(self, profile_id: str, owner_id: str | None = None) -> Any:
+        state = self._hub.storage.state
+        profile = await self._hub.run_sync(state.get_credential_profile, profile_id, owner_id)
+        return profile.credential(None)
