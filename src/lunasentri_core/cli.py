@@ -69,6 +69,7 @@ class _LazyGroup(click.Group):
     lazy: ClassVar[dict[str, str]] = {
         "serve": "lunasentri_core.server.serve:serve",
         "users": "lunasentri_core.server.commands:users",
+        "keys": "lunasentri_core.server.commands:keys",
         "agent": "lunasentri_core.agent.command:agent",
     }
 

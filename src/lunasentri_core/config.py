@@ -286,6 +286,8 @@ class SecretsSettings:
     """The id of the key that encrypts; needed when ``keys`` holds more than one."""
     key_file: Path | None = None
     """Where the keys are kept when ``keys`` is empty; default ``<data_dir>/secret.keys``."""
+    cache_ttl: timedelta = attrs.field(default=timedelta(minutes=5), validator=_not_negative)
+    """How long a decrypted credential stays in memory after use (0: decrypt at every use)."""
 
     @current.validator
     def _check_current(self, attribute: attrs.Attribute[str | None], value: str | None) -> None:

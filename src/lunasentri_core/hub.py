@@ -57,6 +57,7 @@ from lunasentri_core.plugins import ComponentKind, PluginManager, create_plugin_
 from lunasentri_core.services.alerts import AlertEvaluator
 from lunasentri_core.services.changes import ChangeFollower
 from lunasentri_core.services.collection import CollectionResult, collect
+from lunasentri_core.services.credentials import CredentialVault
 from lunasentri_core.services.dispatch import Dispatcher
 from lunasentri_core.services.heartbeat import Heartbeat
 from lunasentri_core.services.poller import Poller
@@ -116,6 +117,7 @@ class Sentri:
         self.alerts = AlertEvaluator(self)
         self.dispatcher = Dispatcher(self, settings.notifications)
         self.changes = ChangeFollower(self, interval=settings.sync_interval)
+        self.credentials = CredentialVault(self, ttl=settings.secrets.cache_ttl)
         self.heartbeat.listeners.append(self._statuses_changed)
         self.credentials = _StandInCredentials(self)  # TODO(i13): CredentialVault from main
 
@@ -270,6 +272,12 @@ class Sentri:
 
         await self.run_sync(remove)
         self._machines.pop(machine_id, None)
+
+    def forget_machine(self, machine_id: str) -> None:
+        """Drop the hub's copy of a machine (deleted, or changed, elsewhere); the
+        next use reads it from storage again."""
+        if self._machines.pop(machine_id, None) is not None:
+            self.alerts.machine_changed()
 
     async def local_machine(self, name: str | None = None) -> Machine:
         """The machine record of the host this hub runs on, created on first use."""

@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
+from agentless.door import PASSWORD as DOOR_PASSWORD
+from agentless.door import USERNAME, door_plugins
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from starlette.routing import Mount, Route
@@ -43,7 +45,11 @@ NEW_PASSWORD = "another long password 43"
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One server for the module: the document tests only read, the scenario runs once."""
     overrides = {"notifications": {"max_attempts": 1, "poll_interval": 0.2}}
-    yield from running(tmp_path_factory.mktemp("openapi"), plugins=plugins(), overrides=overrides)
+    yield from running(
+        tmp_path_factory.mktemp("openapi"),
+        plugins={**plugins(), **door_plugins()},
+        overrides=overrides,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -221,6 +227,7 @@ def run_scenario(s: Scenario) -> None:
     _agent_config(s, admin, alice, machine_id, key)
     _keys(s, alice, machine_id, key)
     _claim_workflow(s, admin, alice_id)
+    _agentless(s, admin, alice)
     alice = _passwords(s, admin, alice_id, alice)
     _export_and_audit(s, admin, alice, alice_id)
     _cleanup(s, admin, alice, alice_id, other_id)
@@ -485,6 +492,26 @@ def _claim_workflow(s: Scenario, admin: str, alice_id: str) -> None:
     assert delivered["api_key"]
     s.call(None, "POST", "/api/v1/agents/claim-status", 200, json=poll)
     s.call(delivered["api_key"], "GET", "/api/v1/agent/config", 200)
+
+
+def _agentless(s: Scenario, admin: str, alice: str) -> None:
+    s.call(alice, "GET", "/api/v1/collectors", 200)
+    path = "/api/v1/credential-profiles"
+    body = {"name": "corp", "username": USERNAME, "domain": "CORP", "password": DOOR_PASSWORD}
+    profile = s.call(alice, "POST", path, 201, json=body).json()
+    s.call(alice, "POST", path, 409, json=body)
+    s.call(alice, "POST", path, 422, json={**body, "password": None})
+    s.call(alice, "GET", path, 200)
+    one = f"{path}/{profile['id']}"
+    s.call(alice, "GET", one, 200)
+    s.call(admin, "GET", one, 200)
+    s.call(alice, "PATCH", one, 200, json={"https": False, "port": 5985})
+    s.call(alice, "PATCH", one, 422, json={"port": 0})
+    test = {"host": "127.0.0.1", "collector": "door"}
+    s.call(alice, "POST", f"{one}/test", 200, json=test)
+    s.call(alice, "POST", f"{one}/test", 422, json={**test, "host": "http://x/"})
+    s.call(alice, "DELETE", one, 204)
+    s.call(alice, "DELETE", one, 404)
 
 
 def _passwords(s: Scenario, admin: str, alice_id: str, alice: str) -> str:

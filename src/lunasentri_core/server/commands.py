@@ -1,4 +1,5 @@
-"""``lunasentri users``: manage users in the configured storage directly.
+"""``lunasentri users`` and ``lunasentri keys``: manage users and the keys of
+stored secrets in the configured storage directly.
 
 These work without a running server (a server may run at the same time: the
 storage handles concurrent access), which is how the first admin is made on a
@@ -30,6 +31,7 @@ from lunasentri_core.services.accounts import (
     new_user,
     set_password,
 )
+from lunasentri_core.services.credentials import rotate_keys
 from lunasentri_core.storage.protocols import StateStore
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -184,3 +186,44 @@ def delete(obj: _Settings, username: str, yes: bool) -> None:
         state.delete_user(user.id)
         _record(state, "user.delete", user, machines=len(machines))
     click.echo(f"deleted {user.username} and {len(machines)} machine(s)")
+
+
+@click.group()
+def keys() -> None:
+    """Manage the keys that encrypt stored credentials (see the docs' "Stored secrets")."""
+
+
+@keys.command("rotate")
+@click.option(
+    "--reencrypt-only",
+    is_flag=True,
+    help="Add no key: re-encrypt under the current one (after changing [secrets] current).",
+)
+@click.pass_obj
+@_friendly_errors
+def rotate_command(obj: _Settings, reencrypt_only: bool) -> None:
+    """Add a new current key to the key file and re-encrypt every stored secret under it.
+
+    The old keys stay in the key file, so secrets a running server has not seen
+    re-encrypted yet still decrypt. With keys from [secrets] keys in the
+    settings, add the new key there, set [secrets] current, and run this with
+    --reencrypt-only. Safe to run again after an interruption.
+    """
+    settings = obj.settings()
+    with _state(obj) as state:
+        report = rotate_keys(settings, state, new_key=not reencrypt_only)
+        state.add_audit(
+            audit.entry(
+                action="keys.rotate",
+                actor=None,
+                at=utcnow(),
+                target_type="secret_key",
+                target_id=report.key_id,
+                detail={"via": "cli", "reencrypted": report.reencrypted},
+            )
+        )
+    click.echo(
+        f"current key: {report.key_id}; re-encrypted {report.reencrypted} secret(s), "
+        f"{report.unchanged} already under it"
+        + (f", {report.skipped} changed meanwhile (already sealed anew)" if report.skipped else "")
+    )

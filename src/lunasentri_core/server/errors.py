@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 
 from lunasentri_core.errors import (
     ConflictError,
+    InUseError,
     LunaSentriError,
     NotFoundError,
     StorageError,
@@ -54,10 +55,13 @@ def error_response(
     *,
     headers: dict[str, str] | None = None,
     details: list[dict[str, str]] | None = None,
+    in_use_by: dict[str, list[str]] | None = None,
 ) -> JSONResponse:
     body: dict[str, object] = {"code": code, "message": message, "field": field}
     if details is not None:
         body["details"] = details
+    if in_use_by is not None:
+        body["in_use_by"] = in_use_by
     if status == 503 and "retry-after" not in {name.lower() for name in headers or ()}:
         headers = {**(headers or {}), "Retry-After": str(UNAVAILABLE_RETRY_AFTER)}
     return JSONResponse({"error": body}, status_code=status, headers=headers)
@@ -82,6 +86,8 @@ async def handle_validation_error(request: Request, error: Exception) -> Respons
 async def handle_domain_error(request: Request, error: Exception) -> Response:
     if isinstance(error, NotFoundError):
         return error_response(404, "not_found", str(error))
+    if isinstance(error, InUseError):
+        return error_response(409, "in_use", str(error), in_use_by=error.users)
     if isinstance(error, ConflictError):
         return error_response(409, "conflict", str(error))
     if isinstance(error, StorageError):

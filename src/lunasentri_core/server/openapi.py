@@ -29,6 +29,11 @@ ERROR_SCHEMA: Schema = {
                         "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
                     },
                 },
+                "in_use_by": {
+                    "type": "object",
+                    "description": "With code in_use: the ids of what uses the record, by kind.",
+                    "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                },
             },
         }
     },

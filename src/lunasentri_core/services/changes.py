@@ -1,6 +1,6 @@
 """Following what other processes sharing the storage change.
 
-A hub keeps alert rules and machines in memory. Changes made through this hub
+A hub keeps alert rules, machines and decrypted credentials in memory. Changes made through this hub
 update that at once; changes made through another hub on the same database
 (another server process) are noticed by polling the store's
 :meth:`~lunasentri_core.storage.StateStore.config_epoch` every
@@ -35,6 +35,7 @@ class ChangeFollower:
             return False
         await self._hub.reload_machines()
         self._hub.alerts.invalidate()
+        self._hub.credentials.forget()
         log.debug("rules or machines changed in storage (epoch %d): reloading", epoch)
         return True
 

@@ -20,9 +20,11 @@ from lunasentri_core.server.routes import (
     audit,
     auth,
     channels,
+    credentials,
     health,
     ingest,
     machines,
+    monitors,
     queries,
     silences,
     users,
@@ -40,6 +42,8 @@ MODULES: list[ModuleType] = [
     alerts,
     channels,
     silences,
+    credentials,
+    monitors,
 ]
 ALL: list[Api] = [module.api for module in MODULES]
 

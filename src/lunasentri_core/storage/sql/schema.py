@@ -487,3 +487,191 @@ silences = sa.Table(
     sa.Column("ended_at", UtcMicros, nullable=True),
     sa.Index(None, "ended_at", "ends_at"),
 )
+
+
+# --------------------------------------------------------------------------- agentless
+# Who uses what is held by foreign keys without cascade (RESTRICT): the store
+# refuses those deletions itself and names the users (InUseError); the keys make
+# sure no other path deletes a credential profile or device still in use.
+
+credential_profiles = sa.Table(
+    "credential_profiles",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column(
+        "owner_id",
+        sa.Text,
+        sa.ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("transport", sa.String(16), nullable=False),
+    sa.Column("username", sa.Text, nullable=True),
+    sa.Column("domain", sa.Text, nullable=True),
+    sa.Column("https", sa.Boolean, nullable=False),
+    sa.Column("port", sa.Integer, nullable=True),
+    sa.Column("verify_tls", sa.Boolean, nullable=False),
+    sa.Column("ca_path", sa.Text, nullable=True),
+    sa.Column("cert_path", sa.Text, nullable=True),
+    sa.Column("key_path", sa.Text, nullable=True),
+    # The password's secret-box envelope, never the password.
+    sa.Column("secret", sa.Text, nullable=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("created_at", UtcMicros, nullable=False),
+    sa.Column("updated_at", UtcMicros, nullable=False),
+    sa.UniqueConstraint("owner_id", "name"),
+)
+
+discovery_profiles = sa.Table(
+    "discovery_profiles",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column(
+        "owner_id",
+        sa.Text,
+        sa.ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("targets", sa.Text, nullable=False),
+    sa.Column(
+        "credential_profile_id",
+        sa.Text,
+        sa.ForeignKey("credential_profiles.id", ondelete="RESTRICT"),
+        nullable=True,
+        index=True,
+    ),
+    sa.Column("ports", sa.Text, nullable=False),
+    sa.Column("concurrency", sa.Integer, nullable=False),
+    sa.Column("timeout_us", sa.BigInteger, nullable=False),
+    sa.Column("collector", sa.Text, nullable=False),
+    sa.Column("created_at", UtcMicros, nullable=False),
+    sa.UniqueConstraint("owner_id", "name"),
+)
+
+discovery_runs = sa.Table(
+    "discovery_runs",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column(
+        "profile_id",
+        sa.Text,
+        sa.ForeignKey("discovery_profiles.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column(
+        "owner_id",
+        sa.Text,
+        sa.ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("started_at", UtcMicros, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("total", sa.Integer, nullable=False),
+    sa.Column("scanned", sa.Integer, nullable=False),
+    sa.Column("found", sa.Integer, nullable=False),
+    sa.Column("errors", sa.Integer, nullable=False),
+    sa.Column("finished_at", UtcMicros, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    # When the store last recorded the run's progress (its own clock): a running
+    # run silent for long has lost its process (fail_discovery_runs).
+    sa.Column("updated_at", UtcMicros, nullable=False),
+    sa.Index(None, "profile_id", "started_at"),
+    sa.Index(None, "state", "updated_at"),
+)
+
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column(
+        "owner_id",
+        sa.Text,
+        sa.ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("address", sa.Text, nullable=False),
+    sa.Column("hostname", sa.Text, nullable=True),
+    sa.Column("os", sa.Text, nullable=True),
+    sa.Column("os_version", sa.Text, nullable=True),
+    sa.Column("open_ports", sa.Text, nullable=False),
+    sa.Column("credential_ok", sa.Boolean, nullable=True),
+    sa.Column("credential_error", sa.Text, nullable=True),
+    # What was last tried on or found it: history, so deleting it clears the link.
+    sa.Column(
+        "credential_profile_id",
+        sa.Text,
+        sa.ForeignKey("credential_profiles.id", ondelete="SET NULL"),
+        nullable=True,
+        index=True,
+    ),
+    sa.Column(
+        "discovery_profile_id",
+        sa.Text,
+        sa.ForeignKey("discovery_profiles.id", ondelete="SET NULL"),
+        nullable=True,
+        index=True,
+    ),
+    sa.Column(
+        "machine_id",
+        sa.Text,
+        sa.ForeignKey("machines.id", ondelete="SET NULL"),
+        nullable=True,
+        index=True,
+    ),
+    sa.Column("first_seen", UtcMicros, nullable=False),
+    sa.Column("last_seen", UtcMicros, nullable=True),
+    sa.Column("created_at", UtcMicros, nullable=False),
+    sa.UniqueConstraint("owner_id", "address"),
+)
+
+monitors = sa.Table(
+    "monitors",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column(
+        "owner_id",
+        sa.Text,
+        sa.ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column(
+        "device_id",
+        sa.Text,
+        sa.ForeignKey("devices.id", ondelete="RESTRICT"),
+        nullable=False,
+    ),
+    sa.Column(
+        "credential_profile_id",
+        sa.Text,
+        sa.ForeignKey("credential_profiles.id", ondelete="RESTRICT"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("collector", sa.Text, nullable=False),
+    sa.Column(
+        "machine_id",
+        sa.Text,
+        sa.ForeignKey("machines.id", ondelete="RESTRICT"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("interval_us", sa.BigInteger, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("options", sa.Text, nullable=False),
+    sa.Column("due_at", UtcMicros, nullable=False),
+    # A poller owns a monitor it took until then; after a crash it is taken again.
+    sa.Column("lease_until", UtcMicros, nullable=True),
+    sa.Column("last_attempted", UtcMicros, nullable=True),
+    sa.Column("last_polled", UtcMicros, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("last_error_at", UtcMicros, nullable=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("created_at", UtcMicros, nullable=False),
+    # The unique key (device_id, collector) also indexes a device's monitors.
+    sa.UniqueConstraint("device_id", "collector"),
+    # The scheduler's query: enabled monitors by due time.
+    sa.Index(None, "enabled", "due_at"),
+)

@@ -4,10 +4,11 @@ Owner scoping: a method taking ``owner_id`` shows only that owner's records
 when it is given, and everything when it is ``None`` (an admin). A record that
 exists but belongs to someone else is reported exactly like a missing one.
 
-Deleting a user deletes their machines, alert rules and events, sessions and
-reset tokens; deleting a machine deletes its API keys, alert events, agent
-config and metric series, all in one transaction (the metric store shares the
-database). The audit log and login failures are history and stay. Agent
+Deleting a user deletes their agentless records (monitors first), machines,
+alert rules and events, sessions and reset tokens; deleting a machine deletes
+its API keys, alert events, agent config and metric series, all in one
+transaction (the metric store shares the database), and is refused while
+monitors write to it. The audit log and login failures are history and stay. Agent
 registrations outlive their machine without its id: a claimed one whose key was
 not delivered yet is expired and its sealed key dropped (it sealed a key of the
 deleted machine), so the agent registers again instead of receiving a dead key.
@@ -33,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.engine import Connection, Row
 
-from lunasentri_core.errors import ConflictError, NotFoundError
+from lunasentri_core.errors import ConflictError, InUseError, NotFoundError
 from lunasentri_core.model import (
     AgentClaim,
     AgentConfig,
@@ -47,6 +48,7 @@ from lunasentri_core.model import (
     User,
 )
 from lunasentri_core.storage.protocols import LoginFailure
+from lunasentri_core.storage.sql.agentless import SqlAgentlessStore
 from lunasentri_core.storage.sql.alerting import SqlAlertStore
 from lunasentri_core.storage.sql.changes import bump_config_epoch, read_config_epoch
 from lunasentri_core.storage.sql.database import LOCK_MAINTAIN, Database
@@ -62,6 +64,7 @@ from lunasentri_core.storage.sql.schema import (
     alert_rules,
     api_keys,
     audit_log,
+    devices,
     labels_from_json,
     labels_to_json,
     login_failures,
@@ -220,7 +223,7 @@ def _may_end_keys(
     return wrapper
 
 
-class SqlStateStore(SqlAlertStore, SqlOutboxStore, SqlPurgeStore):
+class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeStore):
     """:class:`~lunasentri_core.storage.StateStore` on SQLite or PostgreSQL."""
 
     def __init__(self, db: Database, metrics: SqlMetricStore) -> None:
@@ -295,6 +298,8 @@ class SqlStateStore(SqlAlertStore, SqlOutboxStore, SqlPurgeStore):
         with self._db.write(lock=LOCK_MAINTAIN) as conn:
             if not self._exists(conn, users, users.c.id == user_id):
                 raise NotFoundError(f"user {user_id!r} not found")
+            # Monitors first: they keep their machines, devices and profiles in use.
+            self._delete_agentless_of(conn, user_id)
             owned = conn.execute(
                 sa.select(machines.c.id).where(machines.c.owner_id == user_id)
             ).scalars()
@@ -386,6 +391,9 @@ class SqlStateStore(SqlAlertStore, SqlOutboxStore, SqlPurgeStore):
         with self._db.write(lock=LOCK_MAINTAIN) as conn:
             if not self._exists(conn, machines, machines.c.id == machine_id):
                 raise NotFoundError(f"machine {machine_id!r} not found")
+            in_use = self._machine_monitors(conn, machine_id)
+            if in_use:
+                raise InUseError(f"machine {machine_id!r}", {"monitors": in_use})
             self._delete_machine(conn, machine_id)
             bump_config_epoch(self._db, conn)
 
@@ -401,6 +409,9 @@ class SqlStateStore(SqlAlertStore, SqlOutboxStore, SqlPurgeStore):
             .values(status=ClaimStatus.EXPIRED.value, sealed_key=None)
         )
         conn.execute(sa.update(agent_claims).where(named).values(machine_id=None))
+        conn.execute(
+            sa.update(devices).where(devices.c.machine_id == machine_id).values(machine_id=None)
+        )
         conn.execute(sa.delete(machines).where(machines.c.id == machine_id))
 
     def config_epoch(self) -> int:
