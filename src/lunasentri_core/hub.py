@@ -119,7 +119,6 @@ class Sentri:
         self.changes = ChangeFollower(self, interval=settings.sync_interval)
         self.credentials = CredentialVault(self, ttl=settings.secrets.cache_ttl)
         self.heartbeat.listeners.append(self._statuses_changed)
-        self.credentials = _StandInCredentials(self)  # TODO(i13): CredentialVault from main
 
     # ------------------------------------------------------------ lifecycle
 
@@ -509,14 +508,3 @@ def open_storage(settings: Settings, plugins: PluginManager) -> StorageBackend:
         raise
     return backend
 
-
-class _StandInCredentials:
-    """Until main's CredentialVault is merged: the profile, without its password."""
-
-    def __init__(self, hub: Sentri) -> None:
-        self._hub = hub
-
-    async def remote_credential(self, profile_id: str, owner_id: str | None = None) -> Any:
-        state = self._hub.storage.state
-        profile = await self._hub.run_sync(state.get_credential_profile, profile_id, owner_id)
-        return profile.credential(None)
