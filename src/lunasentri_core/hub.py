@@ -170,6 +170,8 @@ class Sentri:
             await stack.aclose()
 
     async def _stop_services(self, writer: BatchWriter, services: TaskGroup) -> None:
+        if self._poller is not None:  # first: its polls write through the writer
+            await self._poller.stop()
         self._writer = None
         self._poller = None
         await writer.aclose()
@@ -507,4 +509,3 @@ def open_storage(settings: Settings, plugins: PluginManager) -> StorageBackend:
         backend.close()
         raise
     return backend
-

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
@@ -11,6 +11,7 @@ import anyio
 import attrs
 import pytest
 
+from lunasentri_core.model import Sample
 from lunasentri_core.remote import RemoteAuthError, RemoteTimeoutError
 from lunasentri_core.services.poller import DURATION, UP, Poller
 
@@ -354,3 +355,31 @@ async def test_outcomes_are_recorded_in_shared_transactions(collector: StubColle
         collector.gate.set()
         await wait_until(lambda: len(store.finished) == 30, "every outcome")
     assert store.finish_calls < 30
+
+
+async def test_a_slow_write_frees_the_worker_but_stays_bounded(collector: StubCollector) -> None:
+    store, clock = FakeStore(), Clock(T0)
+    for i in range(6):
+        store.add(f"127.0.6.{i}")
+    committed = anyio.Event()
+
+    class SlowRecorder(Recorder):
+        async def ingest(self, machine_id: str, samples: Sequence[Sample]) -> int:
+            await committed.wait()
+            return await super().ingest(machine_id, samples)
+
+    recorder = SlowRecorder()
+    poller = make_poller(store, collector, clock=clock, recorder=recorder, workers=2)
+    async with running(poller):
+        # Two polls wait for their commit without a worker; two more have collected
+        # and hold their workers until the write stage has room; no more is claimed.
+        await wait_until(lambda: sum(collector.calls.values()) == 4, "four hosts polled")
+        await wait_until(lambda: poller.stats.collecting == 2, "two holding workers")
+        for _ in range(3):
+            await poller.schedule()
+        assert sum(store.claims.values()) == 4
+        assert poller.stats.running == 4
+        committed.set()
+        await wait_until(lambda: len(store.finished) == 6, "every poll recorded")
+    assert sum(collector.calls.values()) == 6
+    assert all(recorder.values(m.machine_id, UP) == [1.0] for m in store.monitors.values())

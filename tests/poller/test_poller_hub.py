@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -112,8 +113,8 @@ async def test_disabled_monitors_and_a_disabled_poller_poll_nothing(tmp_path: Pa
 async def test_a_monitor_deleted_during_its_poll_goes_harmlessly(tmp_path: Path) -> None:
     clock = Clock(T0)
     async with Sentri(hub_settings(tmp_path / "data"), plugins=host_plugins(), clock=clock) as hub:
-        doomed, kept = await hub.run_sync(add_monitors, hub, ["10.0.0.5", "10.0.0.6"], due_at=T0)
         Hosts.gate.clear()
+        doomed, kept = await hub.run_sync(add_monitors, hub, ["10.0.0.5", "10.0.0.6"], due_at=T0)
         await wait_until(lambda: hub.poller.stats.running == 2, "both polls under way")
         await hub.run_sync(hub.storage.state.delete_monitor, doomed.id)
         hub.forget_machine(doomed.machine_id)
@@ -130,3 +131,21 @@ async def test_a_monitor_deleted_during_its_poll_goes_harmlessly(tmp_path: Path)
         await wait_until(lambda: Hosts.calls["10.0.0.6"] == 2, "the other monitor again")
         assert (await stored(hub, kept.id)).last_polled is not None
     assert Hosts.calls["10.0.0.5"] == 1
+
+
+async def test_closing_the_hub_stops_polls_under_way(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock(T0)
+    Hosts.gate.clear()
+    async with Sentri(hub_settings(tmp_path / "data"), plugins=host_plugins(), clock=clock) as hub:
+        (monitor,) = await hub.run_sync(add_monitors, hub, ["10.0.0.7"], due_at=T0)
+        await wait_until(lambda: hub.poller.stats.collecting == 1, "the poll under way")
+    # Stopped before the writer closed: nothing tried to write into a closed hub.
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    async with Sentri(
+        hub_settings(tmp_path / "data", enabled=False), plugins=host_plugins(), clock=clock
+    ) as hub:
+        left = await stored(hub, monitor.id)
+    assert left.lease_until is not None  # freed by the next start of a sole server
+    assert left.last_polled is None

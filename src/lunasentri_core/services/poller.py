@@ -43,6 +43,8 @@ R = TypeVar("R")
 
 LATE = timedelta(seconds=1)
 """A poll started later than this after its due time counts as late (``PollerStats``)."""
+MAX_ADDRESSES = 100_000
+"""Device addresses kept (device id -> address); past this many the cache starts over."""
 UP = "poll.up"
 DURATION = "poll.duration"
 
@@ -78,7 +80,10 @@ class PollerStats:
     failed: int = 0
     retries: int = 0
     running: int = 0
-    """Polls under way now."""
+    """Polls under way now: collecting, writing or recording."""
+    collecting: int = 0
+    """Polls holding a worker now (at most ``workers``): polling their host, or
+    waiting to hand their sample to the write stage."""
 
 
 @attrs.define
@@ -129,11 +134,17 @@ class Poller:
         self._rng = rng or random.Random()
         self.stats = PollerStats()
         self._slots = anyio.CapacityLimiter(settings.workers)
+        # Polls writing their sample and outcome; bounded too, so a stalled store
+        # holds the workers (and stops the claims) instead of piling up samples.
+        self._writing = anyio.Semaphore(settings.workers)
         # Blocking collectors get threads of their own, so polls never wait for the
         # hub's storage threads (nor these for a poll).
         self._threads = anyio.CapacityLimiter(settings.workers)
         self._polls: dict[str, _Poll] = {}
+        self._addresses: dict[str, str] = {}
         self._group: TaskGroup | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._stopped = anyio.Event()
         self._wake = anyio.Event()
         self._more_due = False
         self._finishing = _OutcomeBatcher(store, run_sync)
@@ -144,15 +155,28 @@ class Poller:
         """Schedule and poll until cancelled."""
         if self._release_at_start:
             await self._release_leases()
-        async with anyio.create_task_group() as group:
-            self._group = group
-            task_status.started()
-            try:
-                while True:
-                    await self.schedule()
-                    await self._sleep(self._settings.tick.total_seconds())
-            finally:
-                self._group = None
+        stopped = self._stopped = anyio.Event()
+        try:
+            with anyio.CancelScope() as self._scope:
+                async with anyio.create_task_group() as group:
+                    self._group = group
+                    task_status.started()
+                    while True:
+                        await self.schedule()
+                        await self._sleep(self._settings.tick.total_seconds())
+        finally:
+            self._group = self._scope = None
+            stopped.set()
+
+    async def stop(self) -> None:
+        """Stop scheduling and cancel the polls under way; returns once they ended.
+
+        Their monitors stay leased: a server alone on its database frees the
+        leases when it starts again, others wait for them to expire.
+        """
+        if self._scope is not None:
+            self._scope.cancel()
+            await self._stopped.wait()
 
     async def _release_leases(self) -> None:
         try:
@@ -194,16 +218,7 @@ class Poller:
             self._wake.set()
 
     async def _scheduled_poll(self, monitor: Monitor) -> None:
-        try:
-            async with self._slots:
-                lateness = (self._clock() - monitor.due_at).total_seconds()
-                self.stats.started += 1
-                self.stats.max_lateness = max(self.stats.max_lateness, lateness)
-                if lateness > LATE.total_seconds():
-                    self.stats.late += 1
-                await self._poll_once(monitor, manual=False)
-        finally:
-            self._slot_freed()
+        await self._poll_once(monitor, manual=False)
 
     # ------------------------------------------------------------ polling
 
@@ -218,26 +233,20 @@ class Poller:
         monitor = await self._run_sync(self._store.get_monitor, monitor_id, owner_id)
         under_way = self._polls.get(monitor.id)
         if under_way is not None:
-            await under_way.done.wait()
-            assert under_way.outcome is not None
-            return under_way.outcome
+            return await _outcome_of(under_way, monitor.id)
         if self._group is None:  # not running: poll in the caller's task
-            async with self._slots:
-                return await self._poll_once(monitor, manual=True)
+            return await self._poll_once(monitor, manual=True)
+        # In the poller's task group, so a caller that stops waiting (a closed
+        # request) does not stop the poll half-way.
         poll = self._polls[monitor.id] = _Poll()
         self._group.start_soon(self._manual_poll, monitor, poll)
-        await poll.done.wait()
-        if poll.outcome is None:
-            raise PollError(f"the poll of monitor {monitor.id} was stopped")
-        return poll.outcome
+        return await _outcome_of(poll, monitor.id)
 
     async def _manual_poll(self, monitor: Monitor, poll: _Poll) -> None:
         try:
-            async with self._slots:
-                await self._poll_once(monitor, manual=True, poll=poll)
+            await self._poll_once(monitor, manual=True, poll=poll)
         finally:
             self._done(monitor.id, poll)  # also when stopped before it began
-            self._slot_freed()
 
     def _done(self, monitor_id: str, poll: _Poll) -> None:
         if self._polls.get(monitor_id) is poll:
@@ -247,43 +256,67 @@ class Poller:
     async def _poll_once(
         self, monitor: Monitor, *, manual: bool, poll: _Poll | None = None
     ) -> PollOutcome:
-        """Poll ``monitor`` (once, with its retries), write the sample, record the outcome."""
+        """Poll ``monitor`` (once, with its retries), write the sample, record the outcome.
+
+        A worker is held while the host is polled, and handed on to the write
+        stage (bounded too) once the sample is in hand: waiting for a commit
+        must not keep hosts from being polled.
+        """
         under_way = self._polls.get(monitor.id)
         if under_way is not None and under_way is not poll:
             # Claimed while a "poll now" of it runs: that poll's outcome frees the lease.
-            await under_way.done.wait()
-            assert under_way.outcome is not None
-            return under_way.outcome
+            return await _outcome_of(under_way, monitor.id)
         poll = self._polls[monitor.id] = poll or _Poll()
         self.stats.running += 1
         try:
-            error = await self._collect_and_write(monitor)
-            now = self._clock()
-            if manual and monitor.due_at > now:
-                due = monitor.due_at  # a poll on request keeps the schedule
-            else:
-                due = next_due(monitor.due_at, monitor.interval, now, self._rng)
-            outcome = PollOutcome(monitor_id=monitor.id, at=now, due_at=due, error=error)
-            await self._finishing.record(outcome)
+            async with self._slots:
+                self.stats.collecting += 1
+                try:
+                    if not manual:
+                        self._count_start(monitor)
+                    sample, error = await self._sample(monitor)
+                    await self._writing.acquire()
+                finally:
+                    self.stats.collecting -= 1
+            self._slot_freed()
+            try:
+                await self._write(monitor, sample)
+                outcome = self._outcome(monitor, error, manual)
+                await self._finishing.record(outcome)
+            finally:
+                self._writing.release()
             poll.outcome = outcome
             return outcome
         finally:
             self.stats.running -= 1
             self._done(monitor.id, poll)
 
-    async def _collect_and_write(self, monitor: Monitor) -> str | None:
-        """Poll and write the sample; ``None`` on success, else what went wrong."""
+    def _count_start(self, monitor: Monitor) -> None:
+        lateness = (self._clock() - monitor.due_at).total_seconds()
+        self.stats.started += 1
+        self.stats.max_lateness = max(self.stats.max_lateness, lateness)
+        if lateness > LATE.total_seconds():
+            self.stats.late += 1
+
+    def _outcome(self, monitor: Monitor, error: str | None, manual: bool) -> PollOutcome:
+        now = self._clock()
+        if manual and monitor.due_at > now:
+            due = monitor.due_at  # a poll on request keeps the schedule
+        else:
+            due = next_due(monitor.due_at, monitor.interval, now, self._rng)
+        return PollOutcome(monitor_id=monitor.id, at=now, due_at=due, error=error)
+
+    async def _sample(self, monitor: Monitor) -> tuple[Sample, str | None]:
+        """The poll's sample, and ``None`` on success or else what went wrong."""
         try:
             sample = await self._collect(monitor)
         except Exception as failure:
             error = describe_failure(failure)
             self.stats.failed += 1
             log.info("poll of monitor %s failed: %s", monitor.id, error)
-            await self._write(monitor, Sample(self._clock(), [Reading(UP, 0.0)]))
-            return error
+            return Sample(self._clock(), [Reading(UP, 0.0)]), error
         self.stats.succeeded += 1
-        await self._write(monitor, sample)
-        return None
+        return sample, None
 
     async def _collect(self, monitor: Monitor) -> Sample:
         target = await self._target(monitor)
@@ -309,16 +342,29 @@ class Poller:
             await anyio.sleep(delay.total_seconds())
 
     async def _target(self, monitor: Monitor) -> Target:
-        device = await self._run_sync(self._store.get_device, monitor.device_id, monitor.owner_id)
+        address = await self._address(monitor)
         credential = await self._credentials.remote_credential(
             monitor.credential_profile_id, monitor.owner_id
         )
         return Target(
             machine_id=monitor.machine_id,
-            host=device.address,
+            host=address,
             options=monitor.options,
             credential=credential,
         )
+
+    async def _address(self, monitor: Monitor) -> str:
+        # A device's address is what identifies it (devices are upserted by address,
+        # never re-addressed), so it can be kept: one read fewer per poll.
+        address = self._addresses.get(monitor.device_id)
+        if address is None:
+            device = await self._run_sync(
+                self._store.get_device, monitor.device_id, monitor.owner_id
+            )
+            if len(self._addresses) >= MAX_ADDRESSES:
+                self._addresses.clear()
+            address = self._addresses[device.id] = device.address
+        return address
 
     async def _write(self, monitor: Monitor, sample: Sample) -> None:
         try:
@@ -332,6 +378,13 @@ class Poller:
 
 class PollError(LunaSentriError):
     """A requested poll did not finish (the poller stopped)."""
+
+
+async def _outcome_of(poll: _Poll, monitor_id: str) -> PollOutcome:
+    await poll.done.wait()
+    if poll.outcome is None:
+        raise PollError(f"the poll of monitor {monitor_id} was stopped")
+    return poll.outcome
 
 
 class _OutcomeBatcher:
