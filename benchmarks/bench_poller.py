@@ -213,7 +213,19 @@ async def measure(data_dir: Path, url: str, args: argparse.Namespace) -> None:
         clock.offset = datetime.now(UTC) - start  # polling starts at the fleet's start
         rss_before = rss_mb()
         cpu_before = time.process_time()
-        await anyio.sleep(args.window)
+        busy: list[int] = []
+        lateness: list[float] = []
+        count_start = hub.poller._count_start
+
+        def noting_start(monitor: Monitor) -> None:  # every start's lateness, for percentiles
+            lateness.append((clock() - monitor.due_at).total_seconds())
+            count_start(monitor)
+
+        hub.poller._count_start = noting_start  # type: ignore[method-assign]
+        with anyio.move_on_after(args.window):
+            while True:  # how many workers are busy, ten times a second
+                await anyio.sleep(0.1)
+                busy.append(hub.poller.stats.collecting)
         cpu = time.process_time() - cpu_before
         stats = hub.poller.stats
         started, late, failed = stats.started, stats.late, stats.failed
@@ -230,6 +242,14 @@ async def measure(data_dir: Path, url: str, args: argparse.Namespace) -> None:
         f"started within 1 s of due: {on_time:.1%}; target >= {TARGET_ON_TIME:.0%}: "
         f"{c.verdict(on_time >= TARGET_ON_TIME and started >= 0.95 * due)}"
     )
+    lateness.sort()
+    if lateness:
+        p50, p95, p99 = (lateness[int(len(lateness) * q)] for q in (0.5, 0.95, 0.99))
+        average_busy = sum(busy) / max(1, len(busy))
+        print(
+            f"lateness of starts: p50 {p50:.2f} s, p95 {p95:.2f} s, p99 {p99:.2f} s; "
+            f"workers busy on average {average_busy:.1f} of {WORKERS}"
+        )
     bare = args.bare
     per_poll = cpu / started if started else float("inf")
     print(

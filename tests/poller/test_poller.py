@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import anyio
 import attrs
@@ -190,7 +191,9 @@ async def test_never_more_polls_at_once_than_workers(collector: StubCollector) -
         await wait_until(lambda: collector.running == 3, "three polls waiting at the gate")
         for _ in range(5):  # the scheduler keeps ticking; it claims nothing more
             await poller.schedule()
-        assert sum(store.claims.values()) == 3
+        # Three polling, three more claimed and waiting for a worker (the bounded queue).
+        assert sum(store.claims.values()) == 6
+        assert poller.stats.collecting == 3
         collector.gate.set()
         await wait_until(lambda: len(store.finished) == 20, "every poll")
     assert collector.most_running == 3
@@ -359,7 +362,7 @@ async def test_outcomes_are_recorded_in_shared_transactions(collector: StubColle
 
 async def test_a_slow_write_frees_the_worker_but_stays_bounded(collector: StubCollector) -> None:
     store, clock = FakeStore(), Clock(T0)
-    for i in range(6):
+    for i in range(10):
         store.add(f"127.0.6.{i}")
     committed = anyio.Event()
 
@@ -372,14 +375,35 @@ async def test_a_slow_write_frees_the_worker_but_stays_bounded(collector: StubCo
     poller = make_poller(store, collector, clock=clock, recorder=recorder, workers=2)
     async with running(poller):
         # Two polls wait for their commit without a worker; two more have collected
-        # and hold their workers until the write stage has room; no more is claimed.
+        # and hold their workers until the write stage has room; two are claimed
+        # and wait for a worker; no more is claimed.
         await wait_until(lambda: sum(collector.calls.values()) == 4, "four hosts polled")
         await wait_until(lambda: poller.stats.collecting == 2, "two holding workers")
         for _ in range(3):
             await poller.schedule()
-        assert sum(store.claims.values()) == 4
-        assert poller.stats.running == 4
+        assert sum(store.claims.values()) == 6
+        assert sum(collector.calls.values()) == 4
         committed.set()
-        await wait_until(lambda: len(store.finished) == 6, "every poll recorded")
-    assert sum(collector.calls.values()) == 6
+        await wait_until(lambda: len(store.finished) == 10, "every poll recorded")
+    assert sum(collector.calls.values()) == 10
     assert all(recorder.values(m.machine_id, UP) == [1.0] for m in store.monitors.values())
+
+
+async def test_a_monitor_due_before_the_next_tick_is_claimed_now_and_polled_when_due(
+    collector: StubCollector,
+) -> None:
+    began = time.monotonic()
+
+    def clock() -> datetime:  # real time, starting at T0
+        return T0 + timedelta(seconds=time.monotonic() - began)
+
+    store = FakeStore()
+    monitor = store.add("127.0.0.20", due_at=T0 + timedelta(seconds=2))
+    poller = make_poller(store, collector, clock=clock, tick=timedelta(seconds=10))
+    async with running(poller):
+        await wait_until(lambda: store.claims[monitor.id] == 1, "the claim, a tick ahead")
+        assert collector.calls["127.0.0.20"] == 0  # claimed, but not due yet
+        await wait_until(lambda: collector.calls["127.0.0.20"] == 1, "the poll when due")
+    (called,) = collector.call_times
+    assert T0 + timedelta(seconds=called - began) >= monitor.due_at
+    assert poller.stats.started == 1

@@ -48,7 +48,8 @@ async def test_a_down_host_is_recorded_then_its_recovery(tmp_path: Path) -> None
         assert failed.last_error_at == T0
         assert failed.failures == 1
         assert failed.last_polled is None
-        assert failed.last_attempted == T0
+        # Claimed one tick (20 ms here) ahead, to start at its due time.
+        assert failed.last_attempted == T0 + timedelta(milliseconds=20)
         assert failed.due_at == T0 + MINUTE
         assert failed.lease_until is None
         # Only poll.up = 0 was written: an alert rule on poll.up < 1 fires.

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
+CLAIM_BATCH_WAIT = 0.02
+"""Seconds the scheduler waits after a worker came free (with monitors left due)
+before claiming again, so that it claims for several workers in one transaction."""
 LATE = timedelta(seconds=1)
 """A poll started later than this after its due time counts as late (``PollerStats``)."""
 MAX_ADDRESSES = 100_000
@@ -147,6 +150,8 @@ class Poller:
         self._stopped = anyio.Event()
         self._wake = anyio.Event()
         self._more_due = False
+        self._reserved = 0
+        """Workers taken: polls claimed or started and not yet holding their sample."""
         self._finishing = _OutcomeBatcher(store, run_sync)
 
     # ------------------------------------------------------------ scheduling
@@ -188,37 +193,58 @@ class Poller:
             log.info("freed %d monitor leases left by a previous run", released)
 
     async def schedule(self) -> int:
-        """Claim the due monitors there are free workers for and start their polls."""
+        """Claim the monitors due by the next tick that there is room for, and start
+        their polls, each at its due time.
+
+        Claiming one tick ahead lets a poll start when it is due rather than at
+        the tick after. Room: ``workers`` polls at once, and as many claimed
+        polls waiting for a worker or their due time.
+        """
         assert self._group is not None, "the poller is not running"
-        free = int(self._slots.available_tokens)
+        free = 2 * self._settings.workers - self._reserved
         if free <= 0:
             self._more_due = True
             return 0
-        now = self._clock()
-        lease_until = now + self._settings.effective_lease
+        horizon = self._clock() + self._settings.tick
+        lease_until = horizon + self._settings.effective_lease
         try:
-            claimed = await self._run_sync(self._store.claim_due_monitors, now, lease_until, free)
+            claimed = await self._run_sync(
+                self._store.claim_due_monitors, horizon, lease_until, free
+            )
         except Exception:
             log.exception("claiming due monitors failed")
             return 0
-        # All free workers taken: more may be due, so look again as soon as one is free.
+        # No room for all that is due: look again as soon as a worker comes free.
         self._more_due = len(claimed) >= free
+        self._reserved += len(claimed)  # before the polls start: the next claim counts them
         for monitor in claimed:
             self._group.start_soon(self._scheduled_poll, monitor)
         return len(claimed)
 
     async def _sleep(self, seconds: float) -> None:
+        woken = False
         with anyio.move_on_after(seconds):
             await self._wake.wait()
+            woken = True
+        if woken:
+            # Woken by a freed worker: let a few more come free, to claim them in one
+            # transaction rather than one each.
+            await anyio.sleep(min(CLAIM_BATCH_WAIT, seconds))
         self._wake = anyio.Event()
 
-    def _slot_freed(self) -> None:
-        if self._more_due:
-            self._more_due = False
-            self._wake.set()
-
     async def _scheduled_poll(self, monitor: Monitor) -> None:
-        await self._poll_once(monitor, manual=False)
+        poll = _Poll()
+        # Under way from now: a "poll now" meanwhile waits for this poll.
+        self._polls.setdefault(monitor.id, poll)
+        try:
+            wait = (monitor.due_at - self._clock()).total_seconds()
+            if wait > 0:
+                await anyio.sleep(wait)
+        except BaseException:
+            self._done(monitor.id, poll)
+            self._worker_freed()
+            raise
+        await self._poll_once(monitor, manual=False, poll=poll, reserved=True)
 
     # ------------------------------------------------------------ polling
 
@@ -254,42 +280,55 @@ class Poller:
         poll.done.set()
 
     async def _poll_once(
-        self, monitor: Monitor, *, manual: bool, poll: _Poll | None = None
+        self, monitor: Monitor, *, manual: bool, poll: _Poll | None = None, reserved: bool = False
     ) -> PollOutcome:
         """Poll ``monitor`` (once, with its retries), write the sample, record the outcome.
 
-        A worker is held while the host is polled, and handed on to the write
-        stage (bounded too) once the sample is in hand: waiting for a commit
-        must not keep hosts from being polled.
+        A poll holds one of the ``workers`` from its claim (``reserved``: the
+        scheduler counted it then) until its sample is in hand, then hands it to
+        the write stage (bounded too): waiting for a commit must not keep hosts
+        from being polled.
         """
-        under_way = self._polls.get(monitor.id)
-        if under_way is not None and under_way is not poll:
-            # Claimed while a "poll now" of it runs: that poll's outcome frees the lease.
-            return await _outcome_of(under_way, monitor.id)
-        poll = self._polls[monitor.id] = poll or _Poll()
-        self.stats.running += 1
+        if not reserved:
+            self._reserved += 1
+        reservation = _Reservation(self)
         try:
-            async with self._slots:
-                self.stats.collecting += 1
-                try:
-                    if not manual:
-                        self._count_start(monitor)
-                    sample, error = await self._sample(monitor)
-                    await self._writing.acquire()
-                finally:
-                    self.stats.collecting -= 1
-            self._slot_freed()
+            under_way = self._polls.get(monitor.id)
+            if under_way is not None and under_way is not poll:
+                # Claimed while a "poll now" of it runs: that poll's outcome frees the lease.
+                return await _outcome_of(under_way, monitor.id)
+            poll = self._polls[monitor.id] = poll or _Poll()
+            self.stats.running += 1
             try:
-                await self._write(monitor, sample)
-                outcome = self._outcome(monitor, error, manual)
-                await self._finishing.record(outcome)
+                async with self._slots:
+                    self.stats.collecting += 1
+                    try:
+                        if not manual:
+                            self._count_start(monitor)
+                        sample, error = await self._sample(monitor)
+                        await self._writing.acquire()
+                    finally:
+                        self.stats.collecting -= 1
+                reservation.release()
+                try:
+                    await self._write(monitor, sample)
+                    outcome = self._outcome(monitor, error, manual)
+                    await self._finishing.record(outcome)
+                finally:
+                    self._writing.release()
+                poll.outcome = outcome
+                return outcome
             finally:
-                self._writing.release()
-            poll.outcome = outcome
-            return outcome
+                self.stats.running -= 1
+                self._done(monitor.id, poll)
         finally:
-            self.stats.running -= 1
-            self._done(monitor.id, poll)
+            reservation.release()
+
+    def _worker_freed(self) -> None:
+        self._reserved -= 1
+        if self._more_due:
+            self._more_due = False
+            self._wake.set()
 
     def _count_start(self, monitor: Monitor) -> None:
         lateness = (self._clock() - monitor.due_at).total_seconds()
@@ -374,6 +413,18 @@ class Poller:
             log.info("sample of monitor %s not stored: %s", monitor.id, error)
         except Exception:
             log.exception("sample of monitor %s not stored", monitor.id)
+
+
+class _Reservation:
+    """One of the poller's workers, given back once (by whichever path ends first)."""
+
+    def __init__(self, poller: Poller) -> None:
+        self._poller: Poller | None = poller
+
+    def release(self) -> None:
+        if self._poller is not None:
+            self._poller._worker_freed()
+            self._poller = None
 
 
 class PollError(LunaSentriError):
