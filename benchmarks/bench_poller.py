@@ -209,57 +209,74 @@ async def measure(data_dir: Path, url: str, args: argparse.Namespace) -> None:
 
     clock = ShiftedClock()
     settings = Settings.load(environ={}, **base)
+    rounds = max(1, round(args.window / args.interval))
     async with Sentri(settings, plugins={"bench": BenchPlugin()}, clock=clock) as hub:
         clock.offset = datetime.now(UTC) - start  # polling starts at the fleet's start
-        rss_before = rss_mb()
-        cpu_before = time.process_time()
-        busy: list[int] = []
-        lateness: list[float] = []
+        rss = [rss_mb()]
+        cpu = [time.process_time()]
+        busy: list[list[int]] = [[] for _ in range(rounds)]
+        late: list[list[float]] = [[] for _ in range(rounds)]
         count_start = hub.poller._count_start
 
-        def noting_start(monitor: Monitor) -> None:  # every start's lateness, for percentiles
-            lateness.append((clock() - monitor.due_at).total_seconds())
+        def noting_start(monitor: Monitor) -> None:  # every start's lateness, by round
+            index = int((monitor.due_at - start) / interval)
+            if index < rounds:
+                late[index].append((clock() - monitor.due_at).total_seconds())
             count_start(monitor)
 
         hub.poller._count_start = noting_start  # type: ignore[method-assign]
-        with anyio.move_on_after(args.window):
-            while True:  # how many workers are busy, ten times a second
-                await anyio.sleep(0.1)
-                busy.append(hub.poller.stats.collecting)
-        cpu = time.process_time() - cpu_before
+        for index in range(rounds):
+            with anyio.move_on_after((start + interval * (index + 1) - clock()).total_seconds()):
+                while True:  # how many workers are busy, ten times a second
+                    await anyio.sleep(0.1)
+                    busy[index].append(hub.poller.stats.collecting)
+            cpu.append(time.process_time())
+            rss.append(rss_mb())
+        # Polls due in the last round but started after it are not waited for.
         stats = hub.poller.stats
-        started, late, failed = stats.started, stats.late, stats.failed
-        max_lateness = stats.max_lateness
-        rss_after = rss_mb()
 
-    due = args.monitors * args.window / args.interval
-    on_time = (started - late) / started if started else 0.0
+    print(f"polls started {stats.started:,}, failed {stats.failed:,}")
+    for index in range(rounds):
+        report_round(index, late[index], busy[index], cpu[index + 1] - cpu[index], args)
+    steady = [value for values in late[1:] for value in values] or late[0]
+    on_time = sum(1 for value in steady if value <= 1.0) / max(1, len(steady))
+    what = "after the first round" if rounds > 1 else "in the window"
     print(
-        f"polls started {started:,} (about {due:,.0f} due in the window), "
-        f"failed {failed:,}; latest start {max_lateness:.2f} s after due"
+        f"started within 1 s of due {what}: {on_time:.1%} of {len(steady):,}; "
+        f"target >= {TARGET_ON_TIME:.0%}: "
+        f"{c.verdict(on_time >= TARGET_ON_TIME and len(steady) >= 0.95 * args.monitors)}"
     )
+    polls = sum(len(values) for values in late[1:]) or len(late[0])
+    per_poll = (cpu[-1] - cpu[1 if rounds > 1 else 0]) / max(1, polls)
     print(
-        f"started within 1 s of due: {on_time:.1%}; target >= {TARGET_ON_TIME:.0%}: "
-        f"{c.verdict(on_time >= TARGET_ON_TIME and started >= 0.95 * due)}"
-    )
-    lateness.sort()
-    if lateness:
-        p50, p95, p99 = (lateness[int(len(lateness) * q)] for q in (0.5, 0.95, 0.99))
-        average_busy = sum(busy) / max(1, len(busy))
-        print(
-            f"lateness of starts: p50 {p50:.2f} s, p95 {p95:.2f} s, p99 {p99:.2f} s; "
-            f"workers busy on average {average_busy:.1f} of {WORKERS}"
-        )
-    bare = args.bare
-    per_poll = cpu / started if started else float("inf")
-    print(
-        f"CPU per poll {per_poll * 1000:.2f} ms; the Identify call alone "
-        f"{bare * 1000:.2f} ms; ratio {per_poll / bare:.1f}"
+        f"CPU per poll {what} {per_poll * 1000:.2f} ms; the Identify call alone "
+        f"{args.bare * 1000:.2f} ms; ratio {per_poll / args.bare:.1f}"
     )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
-        f"memory: peak RSS {peak:.0f} MiB; RSS {rss_before:.0f} MiB at start, "
-        f"{rss_after:.0f} MiB at the end"
+        f"memory: peak RSS {peak:.0f} MiB; RSS at the start of each round and the end: "
+        + ", ".join(f"{value:.0f}" for value in rss)
+        + " MiB"
+    )
+
+
+def report_round(
+    index: int, lateness: list[float], busy: list[int], cpu: float, args: argparse.Namespace
+) -> None:
+    lateness = sorted(lateness)
+    if not lateness:
+        print(f"round {index + 1}: no polls")
+        return
+    p50, p95, p99 = (
+        lateness[min(len(lateness) - 1, int(len(lateness) * q))] for q in (0.5, 0.95, 0.99)
+    )
+    on_time = sum(1 for value in lateness if value <= 1.0) / len(lateness)
+    print(
+        f"round {index + 1} ({'new series' if index == 0 else 'steady'}): "
+        f"{len(lateness):,} polls of {args.monitors:,}, {on_time:.1%} within 1 s of due; "
+        f"lateness p50 {p50:.2f} s, p95 {p95:.2f} s, p99 {p99:.2f} s, max {lateness[-1]:.2f} s; "
+        f"workers busy {sum(busy) / max(1, len(busy)):.1f} of {WORKERS} on average; "
+        f"CPU {cpu / len(lateness) * 1000:.2f} ms a poll"
     )
 
 

@@ -152,7 +152,8 @@ class AgentlessSettings:
     retry_backoff: timedelta = attrs.field(default=timedelta(seconds=1), validator=_positive)
     """Wait before the first retry; it doubles with every retry (with jitter)."""
     tick: timedelta = attrs.field(default=timedelta(seconds=1), validator=_positive)
-    """How often the scheduler looks for due monitors."""
+    """How often the scheduler claims the monitors due by the next tick (each poll
+    then starts at its due time)."""
     lease: timedelta | None = attrs.field(default=None)
     """How long a claimed poll holds its monitor; when a process dies, another (sharing
     the database) polls the monitor once this has passed. Default: the longest a poll

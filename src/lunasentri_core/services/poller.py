@@ -1,12 +1,13 @@
 """The agentless poller: claims due monitors and polls their hosts with collector plugins.
 
-Each tick the scheduler claims the monitors that are due, as many as there are
-free workers (:meth:`~lunasentri_core.storage.AgentlessStore.claim_due_monitors`
+Each tick the scheduler claims the monitors due by the next tick, as many as
+there is room for (:meth:`~lunasentri_core.storage.AgentlessStore.claim_due_monitors`
 leases them, so two processes sharing a database never poll one monitor at once),
-and starts one poll for each. The store is the queue: a monitor not claimed
-stays there, so a backlog costs no memory, and ``workers`` bounds the polls
-under way however slow the hosts are. A hung host holds one worker until its
-timeout, never the others or the scheduler.
+and starts each poll at its due time. The store is the queue: a monitor not
+claimed stays there, so a backlog costs no memory; ``workers`` bounds the polls
+under way however slow the hosts are, and as many claimed polls may wait for a
+worker or their due time. A hung host holds one worker until its timeout, never
+the others or the scheduler.
 
 A poll resolves its target (the device's address, the credential decrypted for
 this call), runs the collector with a timeout, retries with exponential backoff
