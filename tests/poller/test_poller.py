@@ -407,3 +407,14 @@ async def test_a_monitor_due_before_the_next_tick_is_claimed_now_and_polled_when
     (called,) = collector.call_times
     assert T0 + timedelta(seconds=called - began) >= monitor.due_at
     assert poller.stats.started == 1
+
+
+async def test_a_target_that_cannot_be_resolved_fails_the_poll(collector: StubCollector) -> None:
+    store, clock, recorder = FakeStore(), Clock(T0), Recorder()
+    monitor = store.add("127.0.0.21")
+    del store.devices[monitor.device_id]
+    async with running(make_poller(store, collector, clock=clock, recorder=recorder)):
+        await wait_until(lambda: store.finished, "the failed poll")
+    assert collector.calls["127.0.0.21"] == 0
+    assert store.monitors[monitor.id].last_error == f"NotFoundError: no device {monitor.device_id}"
+    assert recorder.values(monitor.machine_id, UP) == [0.0]

@@ -238,6 +238,9 @@ class Poller:
         # Under way from now: a "poll now" meanwhile waits for this poll.
         self._polls.setdefault(monitor.id, poll)
         try:
+            # The address and the credential are read while the poll waits for its
+            # due time (local work: it needs no worker, and then delays no start).
+            target = await self._resolve(monitor)
             wait = (monitor.due_at - self._clock()).total_seconds()
             if wait > 0:
                 await anyio.sleep(wait)
@@ -245,7 +248,13 @@ class Poller:
             self._done(monitor.id, poll)
             self._worker_freed()
             raise
-        await self._poll_once(monitor, manual=False, poll=poll, reserved=True)
+        await self._poll_once(monitor, manual=False, poll=poll, reserved=True, target=target)
+
+    async def _resolve(self, monitor: Monitor) -> Target | Exception:
+        try:
+            return await self._target(monitor)
+        except Exception as error:  # the poll fails with it, as if the host had
+            return error
 
     # ------------------------------------------------------------ polling
 
@@ -281,7 +290,13 @@ class Poller:
         poll.done.set()
 
     async def _poll_once(
-        self, monitor: Monitor, *, manual: bool, poll: _Poll | None = None, reserved: bool = False
+        self,
+        monitor: Monitor,
+        *,
+        manual: bool,
+        poll: _Poll | None = None,
+        reserved: bool = False,
+        target: Target | Exception | None = None,
     ) -> PollOutcome:
         """Poll ``monitor`` (once, with its retries), write the sample, record the outcome.
 
@@ -306,7 +321,7 @@ class Poller:
                     try:
                         if not manual:
                             self._count_start(monitor)
-                        sample, error = await self._sample(monitor)
+                        sample, error = await self._sample(monitor, target)
                         await self._writing.acquire()
                     finally:
                         self.stats.collecting -= 1
@@ -346,10 +361,12 @@ class Poller:
             due = next_due(monitor.due_at, monitor.interval, now, self._rng)
         return PollOutcome(monitor_id=monitor.id, at=now, due_at=due, error=error)
 
-    async def _sample(self, monitor: Monitor) -> tuple[Sample, str | None]:
+    async def _sample(
+        self, monitor: Monitor, target: Target | Exception | None
+    ) -> tuple[Sample, str | None]:
         """The poll's sample, and ``None`` on success or else what went wrong."""
         try:
-            sample = await self._collect(monitor)
+            sample = await self._collect(monitor, target)
         except Exception as failure:
             error = describe_failure(failure)
             self.stats.failed += 1
@@ -358,8 +375,11 @@ class Poller:
         self.stats.succeeded += 1
         return sample, None
 
-    async def _collect(self, monitor: Monitor) -> Sample:
-        target = await self._target(monitor)
+    async def _collect(self, monitor: Monitor, target: Target | Exception | None) -> Sample:
+        if isinstance(target, Exception):
+            raise target
+        if target is None:
+            target = await self._target(monitor)
         collector = self._collector(monitor.collector)
         timeout = self._settings.poll_timeout.total_seconds()
         retry = 0
