@@ -14,7 +14,7 @@ from lunasentri_core.components import Principal
 from lunasentri_core.config import Settings
 from lunasentri_core.errors import ConfigError, ConflictError, NotFoundError, ValidationError
 from lunasentri_core.hub import Sentri
-from lunasentri_core.model import ResetToken, Role, new_id
+from lunasentri_core.model import MachineKind, ResetToken, Role, new_id
 from lunasentri_core.security import RESET_PREFIX, hash_password, issue_token
 from lunasentri_core.services.accounts import (
     DUMMY_HASH,
@@ -24,6 +24,12 @@ from lunasentri_core.services.accounts import (
     ResetTokenRejected,
     check_password,
     check_username,
+)
+from lunasentri_core.testing import (
+    make_credential_profile,
+    make_device,
+    make_machine,
+    make_monitor,
 )
 
 pytestmark = pytest.mark.anyio
@@ -330,6 +336,30 @@ async def test_a_user_is_deleted_by_others_only(accounts: Accounts) -> None:
         await accounts.delete_user(admin.id, actor=me, client=None)
     with pytest.raises(NotFoundError):
         await accounts.delete_user("nobody", actor=me, client=None)
+
+
+async def test_deleting_a_user_deletes_their_monitored_devices(accounts: Accounts) -> None:
+    hub, state = accounts.hub, accounts.hub.storage.state
+    admin = await accounts.create_user("root", PASSWORD, Role.ADMIN, actor=None)
+    user = await accounts.create_user("ops", PASSWORD, Role.USER, actor=None)
+    credential = await hub.run_sync(state.add_credential_profile, make_credential_profile(user.id))
+    device = await hub.run_sync(state.add_device, make_device(user.id))
+    machine = make_machine(owner_id=user.id, kind=MachineKind.AGENTLESS)
+    monitor = await hub.run_sync(state.add_monitor, make_monitor(device, credential.id), machine)
+    pushed = await hub.add_machine("pushed", owner_id=user.id)
+    me = Principal(kind="user", id=admin.id, role=Role.ADMIN)
+
+    await accounts.delete_user(user.id, actor=me, client=None)
+
+    for get, record_id in (
+        (state.get_monitor, monitor.id),
+        (state.get_device, device.id),
+        (state.get_machine, machine.id),
+        (state.get_machine, pushed.id),
+        (state.get_user, user.id),
+    ):
+        with pytest.raises(NotFoundError):
+            await hub.run_sync(get, record_id)
 
 
 async def test_export_refuses_a_window_of_too_many_points(accounts: Accounts) -> None:

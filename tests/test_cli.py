@@ -38,6 +38,33 @@ def test_plugins_lists_first_party_plugins() -> None:
     assert "lunasentri-psutil" in result.stdout
 
 
+def test_plugins_with_storage_shows_the_configured_backend(tmp_path: Path) -> None:
+    env = {"LUNASENTRI_DATA_DIR": str(tmp_path)}
+    assert lunasentri("db", "migrate", env=env).returncode == 0
+
+    table = lunasentri("plugins", "--storage", env=env)
+    as_json = lunasentri("plugins", "--storage", "--json", env=env)
+
+    assert table.returncode == 0, table.stderr
+    assert f"storage: sqlite:///{tmp_path}/lunasentri.db" in table.stdout
+    assert "  backend sqlite\n" in table.stdout  # one way of working: no mode
+    assert "capabilities: concurrent-writers, retention, rollups, series-limit" in table.stdout
+    storage = json.loads(as_json.stdout)["storage"]
+    assert storage["backend"] == "sqlite"
+    assert storage["mode"] is None
+
+
+def test_plugins_with_storage_says_why_it_cannot_open_it(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/missing/x.db"
+
+    result = lunasentri("plugins", "--storage", env={"LUNASENTRI_STORAGE__URL": url})
+
+    assert result.returncode == 1
+    assert "cannot open it:" in result.stdout
+    assert "does not exist" in result.stdout
+    assert "storage:sqlite" in result.stdout  # the plugins are listed all the same
+
+
 def test_plugins_reports_a_plugin_that_raises_at_import(
     make_distribution: MakeDistribution,
 ) -> None:

@@ -14,6 +14,7 @@ import attrs
 import pytest
 
 from lunasentri_core import (
+    InUseError,
     Machine,
     MachineKind,
     NotFoundError,
@@ -25,6 +26,13 @@ from lunasentri_core import (
     hookimpl,
 )
 from lunasentri_core.services.collection import CollectionError
+from lunasentri_core.testing import (
+    make_credential_profile,
+    make_device,
+    make_machine,
+    make_monitor,
+    make_user,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -267,6 +275,28 @@ async def test_removing_a_machine_removes_its_series(tmp_path: Path) -> None:
             await hub.get_machine(gone.id)
 
 
+async def test_a_machine_monitors_write_to_is_not_removed(tmp_path: Path) -> None:
+    async with Sentri(settings(tmp_path)) as hub:
+        state = hub.storage.state
+        owner = await hub.run_sync(state.add_user, make_user(), "h")
+        credential = await hub.run_sync(
+            state.add_credential_profile, make_credential_profile(owner.id)
+        )
+        device = await hub.run_sync(state.add_device, make_device(owner.id))
+        machine = make_machine(owner_id=owner.id, kind=MachineKind.AGENTLESS)
+        monitor = await hub.run_sync(
+            state.add_monitor, make_monitor(device, credential.id), machine
+        )
+        await hub.ingest(machine.id, [sample(T0, 1.0)])
+
+        with pytest.raises(InUseError) as raised:
+            await hub.remove_machine(machine.id)
+
+        assert raised.value.users == {"monitors": [monitor.id]}
+        assert len(await hub.series(machine.id)) == 2, "the series went before the refusal"
+        assert (await hub.get_machine(machine.id)).id == machine.id
+
+
 async def test_storage_runs_off_the_event_loop(tmp_path: Path) -> None:
     loop_thread = threading.get_ident()
     seen: list[int] = []
@@ -313,3 +343,30 @@ async def test_a_hub_follows_changes_made_by_another_hub_on_its_storage(tmp_path
         assert await b.changes.check() is True
         with pytest.raises(NotFoundError):
             await b.cached_machine(web.id)
+
+
+async def test_samples_ingested_unheard_leave_last_seen(tmp_path: Path) -> None:
+    """A poll that found its host down stores poll.up = 0 without the host seeming alive."""
+    async with Sentri(settings(tmp_path)) as hub:
+        machine = await hub.add_machine("polled")
+        down = Sample(T0, [Reading("poll.up", 0)])
+        assert await hub.ingest(machine.id, [down], heard=False) == 1
+        assert (await hub.get_machine(machine.id)).last_seen is None
+        assert [v.value for v in await hub.latest(machine.id, "poll.up")] == [0.0]
+        await hub.ingest(machine.id, [Sample(T0 + timedelta(seconds=1), [Reading("poll.up", 1)])])
+        assert (await hub.get_machine(machine.id)).last_seen is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://ls:pw-x9@db:5432/ls", "postgresql://ls:***@db:5432/ls"),
+        ("postgresql://:pw-x9@db/ls?sslmode=require", "postgresql://:***@db/ls?sslmode=require"),
+        ("postgresql://ls@db/ls", "postgresql://ls@db/ls"),
+        ("sqlite:////var/lib/ls.db", "sqlite:////var/lib/ls.db"),
+    ],
+)
+def test_the_storage_log_line_never_shows_a_password(url: str, shown: str) -> None:
+    from lunasentri_core.hub import _redact_url
+
+    assert _redact_url(url) == shown

@@ -70,6 +70,8 @@ class _LazyGroup(click.Group):
         "serve": "lunasentri_core.server.serve:serve",
         "users": "lunasentri_core.server.commands:users",
         "keys": "lunasentri_core.server.commands:keys",
+        "discover": "lunasentri_core.server.discover:discover",
+        "monitors": "lunasentri_core.server.monitor_commands:monitors",
         "agent": "lunasentri_core.agent.command:agent",
     }
 
@@ -109,25 +111,31 @@ def main(ctx: click.Context, config: Path | None, log_level: str | None) -> None
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--storage",
+    "show_storage",
+    is_flag=True,
+    help="Also open the configured storage (no migration) and show its backend and mode.",
+)
 @click.pass_obj
 @_friendly_errors
-def plugins(obj: _Context, as_json: bool) -> None:
+def plugins(obj: _Context, as_json: bool, show_storage: bool) -> None:
     """List discovered plugins with versions, hooks and failures."""
     from lunasentri_core.codec import encode
 
     manager = obj.plugin_manager()
     infos, failures, disabled = manager.infos(), manager.failures, manager.disabled()
+    storage = _describe_storage(obj, manager) if show_storage else None
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "plugins": encode(infos),
-                    "failures": encode(list(failures)),
-                    "disabled": disabled,
-                },
-                indent=2,
-            )
-        )
+        report: dict[str, object] = {
+            "plugins": encode(infos),
+            "failures": encode(list(failures)),
+            "disabled": disabled,
+        }
+        if storage is not None:
+            report["storage"] = storage
+        click.echo(json.dumps(report, indent=2))
+        _exit_if_storage_failed(storage)
         return
     rows = [
         (i.name, i.distribution or "-", i.version or "-", ", ".join(i.components) or "-")
@@ -142,6 +150,52 @@ def plugins(obj: _Context, as_json: bool) -> None:
         click.echo("\nfailed to load:")
         for failure in failures:
             click.secho(f"  {failure.name} [{failure.stage}]: {failure.reason}", fg="red")
+    if storage is not None:
+        _echo_storage(storage)
+        _exit_if_storage_failed(storage)
+
+
+def _describe_storage(obj: _Context, manager: PluginManager) -> dict[str, object]:
+    """The configured storage's backend, mode and capabilities (it is opened, not migrated)."""
+    from urllib.parse import urlsplit
+
+    from lunasentri_core.storage import storage_mode
+
+    settings = obj.settings()
+    url = settings.storage_url
+    about: dict[str, object] = {"url": _redact(url)}
+    try:
+        component = manager.storage_for_scheme(urlsplit(url).scheme or "sqlite")
+        backend = component.cls.open(
+            url, settings=component.settings, retention=settings.storage.retention
+        )
+    except LunaSentriError as error:
+        about["error"] = str(error)
+        return about
+    try:
+        about["backend"] = backend.name
+        about["mode"] = storage_mode(backend)
+        about["capabilities"] = sorted(c.value for c in backend.capabilities)
+    finally:
+        backend.close()
+    return about
+
+
+def _echo_storage(storage: dict[str, object]) -> None:
+    click.echo(f"\nstorage: {storage['url']}")
+    if "error" in storage:
+        click.secho(f"  cannot open it: {storage['error']}", fg="red")
+        return
+    mode = storage.get("mode")
+    click.echo(f"  backend {storage['backend']}" + (f", {mode} mode" if mode else ""))
+    capabilities = storage.get("capabilities") or []
+    assert isinstance(capabilities, list)
+    click.echo(f"  capabilities: {', '.join(capabilities) or 'none'}")
+
+
+def _exit_if_storage_failed(storage: dict[str, object] | None) -> None:
+    if storage is not None and "error" in storage:
+        raise SystemExit(1)
 
 
 # --------------------------------------------------------------------------- collect
@@ -255,6 +309,50 @@ def migrate(obj: _Context) -> None:
     storage = open_storage(settings, create_plugin_manager(settings))
     storage.close()
     click.echo(f"database {_redact(settings.storage_url)} is up to date")
+
+
+@db.command(name="copy")
+@click.argument("source_url")
+@click.argument("target_url")
+@_friendly_errors
+def copy_command(source_url: str, target_url: str) -> None:
+    """Copy a whole deployment (state and history) into a new, empty database.
+
+    SOURCE_URL and TARGET_URL are sqlite: or postgresql: URLs, e.g.
+    sqlite:////var/lib/lunasentri/lunasentri.db and
+    postgresql://lunasentri@db.example/lunasentri. Stop the servers that use the
+    source first. The target is migrated, then filled in one transaction; a
+    target that already holds data is refused.
+    """
+    from lunasentri_core.storage.sql.copy import Progress, copy_database, open_engine
+
+    def show(step: Progress) -> None:
+        if step.finished:
+            click.echo(f"  {step.table}: {step.done} rows copied")
+        elif step.done:
+            click.echo(f"  {step.table}: {step.done} of {step.total} rows")
+
+    click.echo(f"copying {_redact(source_url)} to {_redact(target_url)}")
+    source = open_engine(source_url, must_exist=True)
+    try:
+        target = open_engine(target_url)
+        try:
+            report = copy_database(source, target, progress=show)
+        finally:
+            target.dispose()
+    finally:
+        source.dispose()
+    rows = [
+        (t.table, str(t.source), str(t.target), "ok" if t.ok else "MISMATCH") for t in report.tables
+    ]
+    click.echo(_table(("table", "source", "target", "check"), rows, align_right={1, 2}))
+    if not report.ok:
+        names = ", ".join(t.table for t in report.mismatches)
+        raise click.ClickException(
+            f"row counts differ for {names}: the copy is not complete; "
+            "empty or recreate the target and copy again"
+        )
+    click.echo(f"copied {sum(t.source for t in report.tables)} rows; counts verified")
 
 
 def _redact(url: str) -> str:

@@ -58,11 +58,17 @@ from lunasentri_core.services.alerts import AlertEvaluator
 from lunasentri_core.services.changes import ChangeFollower
 from lunasentri_core.services.collection import CollectionResult, collect
 from lunasentri_core.services.credentials import CredentialVault
+from lunasentri_core.services.discovery import fail_stale_runs_forever
 from lunasentri_core.services.dispatch import Dispatcher
 from lunasentri_core.services.heartbeat import Heartbeat
 from lunasentri_core.services.poller import Poller
 from lunasentri_core.services.writer import BatchWriter
-from lunasentri_core.storage.protocols import MaintenanceReport, PurgeReport, StorageBackend
+from lunasentri_core.storage.protocols import (
+    MaintenanceReport,
+    PurgeReport,
+    StorageBackend,
+    storage_mode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +113,7 @@ class Sentri:
         self._collect_limiter = anyio.CapacityLimiter(8)
         self._writer: BatchWriter | None = None
         self._poller: Poller | None = None
+        self._background: TaskGroup | None = None
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self.heartbeat = Heartbeat(
             self,
@@ -156,6 +163,7 @@ class Sentri:
             services.start_soon(self.changes.run)
             self._writer = writer
             self._start_poller(services)
+            await self._start_background(stack)
             await self.plugins.startup(self)
             self._exit_stack = stack.pop_all()
         return self
@@ -168,6 +176,28 @@ class Sentri:
             await self.plugins.shutdown(self)
         finally:
             await stack.aclose()
+
+    @property
+    def background(self) -> TaskGroup:
+        """Where work that outlives the request starting it runs (discovery runs).
+
+        Cancelled first when the hub closes, while storage is still open, so such
+        work can record that it was stopped.
+        """
+        if self._background is None:
+            raise RuntimeError("the hub is not open: use 'async with Sentri(...)'")
+        return self._background
+
+    async def _start_background(self, stack: contextlib.AsyncExitStack) -> None:
+        background = await stack.enter_async_context(anyio.create_task_group())
+
+        def stop() -> None:
+            self._background = None
+            background.cancel_scope.cancel()
+
+        stack.callback(stop)  # exits before the task group does: cancel, then wait
+        self._background = background
+        background.start_soon(fail_stale_runs_forever, self)
 
     async def _stop_services(self, writer: BatchWriter, services: TaskGroup) -> None:
         if self._poller is not None:  # first: its polls write through the writer
@@ -264,12 +294,15 @@ class Sentri:
         return await self.run_sync(self.storage.state.list_machines, owner_id)
 
     async def remove_machine(self, machine_id: str) -> None:
-        """Delete a machine and every series it had."""
+        """Delete a machine and every series it had; one that agentless monitors
+        write to is refused with :class:`~lunasentri_core.InUseError`."""
 
         def remove() -> None:
             self.storage.state.get_machine(machine_id)
-            self.storage.metrics.delete_machine(machine_id)
+            # The record first: a machine monitors write to is refused (InUseError)
+            # before any of its series goes.
             self.storage.state.delete_machine(machine_id)
+            self.storage.metrics.delete_machine(machine_id)
 
         await self.run_sync(remove)
         self._machines.pop(machine_id, None)
@@ -292,15 +325,19 @@ class Sentri:
 
     # ------------------------------------------------------------ ingest
 
-    async def ingest(self, machine_id: str, samples: Iterable[Sample]) -> int:
+    async def ingest(
+        self, machine_id: str, samples: Iterable[Sample], *, heard: bool = True
+    ) -> int:
         """Store samples of a machine; returns the number of points once committed.
 
         Concurrent calls are coalesced into shared transactions. Idempotent: the
         same samples ingested twice are stored once. A batch that would give the
         machine more than ``storage.max_series_per_machine`` series raises
-        :class:`~lunasentri_core.SeriesLimitError` and stores nothing.
+        :class:`~lunasentri_core.SeriesLimitError` and stores nothing. With
+        ``heard=False`` the samples do not count as hearing from the machine
+        (its ``last_seen`` stays, so the heartbeat may still find it offline).
         """
-        batch = MachineSamples(machine_id, samples)
+        batch = MachineSamples(machine_id, samples, heard)
         await self.cached_machine(machine_id)
         return await self.writer.write(batch)
 
@@ -310,7 +347,7 @@ class Sentri:
         return machine if machine is not None else await self.get_machine(machine_id)
 
     async def _committed(self, batches: Sequence[MachineSamples]) -> None:
-        self.heartbeat.seen(batch.machine_id for batch in batches if batch.samples)
+        self.heartbeat.seen(b.machine_id for b in batches if b.samples and b.heard)
         await self.alerts.submit(batches)
         if not self.plugins.has_samples_ingested_hooks:
             return
@@ -508,4 +545,21 @@ def open_storage(settings: Settings, plugins: PluginManager) -> StorageBackend:
     except BaseException:
         backend.close()
         raise
+    mode = storage_mode(backend)
+    log.info(
+        "storage %s opened%s: %s",
+        backend.name,
+        f" in {mode} mode" if mode else "",
+        _redact_url(url),
+    )
     return backend
+
+
+def _redact_url(url: str) -> str:
+    """``url`` without its password, for the logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return parts._replace(netloc=user + netloc).geturl()

@@ -61,6 +61,9 @@ class MachineSamples:
 
     machine_id: str
     samples: tuple[Sample, ...] = attrs.field(converter=_samples)
+    heard: bool = True
+    """Whether the samples show the machine answered: then its ``last_seen``
+    advances. A poll that found its host down writes ``poll.up = 0`` unheard."""
 
 
 @attrs.frozen

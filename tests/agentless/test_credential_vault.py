@@ -131,7 +131,8 @@ async def test_a_change_made_by_another_process_is_seen(tmp_path: Path) -> None:
         assert (await first.credentials.remote_credential(profile.id)).password == "old password"
         await CredentialProfiles(second).update(alice, profile.id, {}, "new password")
         assert (await first.credentials.remote_credential(profile.id)).password == "new password"
-        await first.changes.check()
+        await first.changes.check()  # takes in the change above
+        assert (await first.credentials.remote_credential(profile.id)).password == "new password"
         assert len(first.credentials) == 1
         await CredentialProfiles(second).update(alice, profile.id, {"domain": "LAB"}, None)
         # The change counter moved: the follower drops every decrypted copy.

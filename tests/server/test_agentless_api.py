@@ -132,8 +132,12 @@ def test_a_monitor_makes_its_device_a_machine(team: Team) -> None:
     machine = team.json(team.alice, "GET", f"/api/v1/machines/{first['machine_id']}", 200)
     assert machine["kind"] == "agentless"
     assert machine["hostname"] == host["address"]
+    # Offline after two of its longest intervals without a successful poll, plus retries.
+    assert machine["offline_after"] == 2 * 30 + 120
     second = monitor(team, team.alice, host["id"], made["id"], collector="plain")
     assert second["machine_id"] == first["machine_id"]
+    machine = team.json(team.alice, "GET", f"/api/v1/machines/{first['machine_id']}", 200)
+    assert machine["offline_after"] == 2 * 60 + 120
     again = team.error(
         team.alice,
         "POST",

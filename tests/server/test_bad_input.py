@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import json
 import secrets
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,9 @@ from typing import Any
 import attrs
 import httpx
 import pytest
+from agentless.door import PASSWORD as DOOR_PASSWORD
+from agentless.door import USERNAME as DOOR_USERNAME
+from agentless.door import door_plugins
 
 from lunasentri_core import __version__
 from lunasentri_core.security import CLAIM_PREFIX, hash_token, issue_token
@@ -101,6 +105,25 @@ VALID_BODIES: dict[str, Callable[[], dict[str, Any]]] = {
         "config": {"url": "http://127.0.0.1:9/other"},
         "enabled": False,
     },
+    "create_discovery_profile": lambda: {
+        "name": "lan-2",
+        "targets": ["127.71.40.1", "127.71.40.2-3"],
+        "credential_profile_id": None,
+        "ports": [9],
+        "concurrency": 4,
+        "timeout": 1.5,
+        "collector": "wmi",
+    },
+    "update_discovery_profile": lambda: {
+        "name": "lan-3",
+        "targets": ["127.71.40.0/30"],
+        "credential_profile_id": None,
+        "ports": [9, 10],
+        "concurrency": 2,
+        "timeout": 0.5,
+        "collector": "winrm",
+    },
+    "run_discovery_profile": lambda: {"confirm_large": False},
     "create_silence": lambda: {
         "labels": {"env": "prod"},
         "duration": 600,
@@ -109,6 +132,31 @@ VALID_BODIES: dict[str, Callable[[], dict[str, Any]]] = {
         "rule_id": None,
         "comment": "maintenance",
     },
+    "create_credential_profile": lambda: {
+        "name": "corp",
+        "transport": "ntlm",
+        "username": "svc",
+        "domain": "CORP",
+        "password": "a password",
+        "https": True,
+        "port": 5986,
+        "verify_tls": True,
+        "ca_path": None,
+        "cert_path": None,
+        "key_path": None,
+    },
+    "update_credential_profile": lambda: {"name": "corp-2", "password": "another", "port": 5985},
+    "test_credential_profile": lambda: {"host": "127.0.0.1", "collector": "door", "timeout": 5},
+    "create_device": lambda: {"address": "127.0.0.8"},
+    "create_monitor": lambda: {
+        "device_id": "not-a-device",
+        "credential_profile_id": "not-a-profile",
+        "collector": "door",
+        "interval": 60,
+        "enabled": True,
+        "options": {},
+    },
+    "update_monitor": lambda: {"interval": 30, "enabled": False, "options": {"a": 1}},
 }
 
 
@@ -161,6 +209,13 @@ class World:
             "deliveries": get("/api/v1/notifications"),
             "events": get("/api/v1/notification-events"),
             "alert_events": get("/api/v1/alert-events"),
+            "credential_profiles": get("/api/v1/credential-profiles"),
+            "devices": get("/api/v1/devices"),
+            "monitors": get("/api/v1/monitors"),
+            "discovery": get("/api/v1/discovery-profiles"),
+            "discovery_runs": get(
+                f"/api/v1/discovery-profiles/{self.params['discovery_profile_id']}/runs"
+            ),
         }
 
     def _get(self, path: str, **params: str) -> Any:
@@ -173,7 +228,7 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     for server in running(
         tmp_path_factory.mktemp("bad-input"),
-        plugins=plugins(),
+        plugins={**plugins(), **door_plugins()},
         max_body_bytes=BODY_LIMIT,
         max_batch_points=BATCH_LIMIT,
     ):
@@ -190,6 +245,8 @@ def _populate(server: LiveServer, http: Http) -> World:
         created = client.post("/api/v1/machines", json={"name": "target"}).json()
         sessions = client.get("/api/v1/auth/sessions").json()["items"]
         alerting = _alerting_records(client)
+        agentless = _agentless_records(client)
+        discovery = _discovery_records(client)
     token = issue_token(CLAIM_PREFIX).secret
     agent_id = str(uuid.uuid4())
     register = {
@@ -207,6 +264,8 @@ def _populate(server: LiveServer, http: Http) -> World:
         "session_id": sessions[0]["id"],
         "agent_id": agent_id,
         **alerting,
+        **agentless,
+        **discovery,
     }
     world = World(
         server=server,
@@ -233,6 +292,28 @@ def _alerting_records(client: httpx.Client) -> dict[str, str]:
     }
     # No sample crosses the rule here, so no event or delivery exists: unknown ids do.
     return {**ids, "event_id": uuid.uuid4().hex, "delivery_id": uuid.uuid4().hex}
+
+
+def _agentless_records(client: httpx.Client) -> dict[str, str]:
+    """A credential profile, a device and a monitor of it to aim at."""
+    body = {"name": "p", "username": DOOR_USERNAME, "password": DOOR_PASSWORD}
+    profile = client.post("/api/v1/credential-profiles", json=body).json()["id"]
+    device = client.post("/api/v1/devices", json={"address": "127.0.0.7"}).json()["id"]
+    body = {"device_id": device, "credential_profile_id": profile, "collector": "door"}
+    monitor = client.post("/api/v1/monitors", json=body).json()["id"]
+    return {"profile_id": profile, "device_id": device, "monitor_id": monitor}
+
+
+def _discovery_records(client: httpx.Client) -> dict[str, str]:
+    """A discovery profile and a finished run of it (nothing listens there: it is quick)."""
+    body = {"name": "lan", "targets": ["127.71.40.1"], "ports": [9]}
+    profile_id = client.post("/api/v1/discovery-profiles", json=body).json()["id"]
+    run = client.post(f"/api/v1/discovery-profiles/{profile_id}/run").json()
+    for _ in range(1200):
+        if client.get(f"/api/v1/discovery-runs/{run['id']}").json()["state"] != "running":
+            break
+        time.sleep(0.05)
+    return {"discovery_profile_id": profile_id, "run_id": run["id"]}
 
 
 # --------------------------------------------------------------------------- checking
@@ -652,6 +733,7 @@ QUERY_CASES: dict[str, list[tuple[dict[str, str], str]]] = {
         ({"metric": "cpu.percent", "bogus": "1"}, "bogus"),
     ],
     "stream": [({"bogus": "1"}, "bogus")],
+    "list_monitors": [({"bogus": "1"}, "bogus"), ({"device_id": ["a", "b"]}, "device_id")],
     "export_user": [
         ({"since": "yesterday"}, "since"),
         ({"since": YEAR_1_EAST}, "since"),
@@ -684,6 +766,11 @@ QUERY_CASES: dict[str, list[tuple[dict[str, str], str]]] = {
     "list_notification_events": [
         ({"state": "sent"}, "state"),
         ({"limit": "1e3"}, "limit"),
+        ({"bogus": "1"}, "bogus"),
+    ],
+    "list_discovery_runs": [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "201"}, "limit"),
         ({"bogus": "1"}, "bogus"),
     ],
     "list_silences": [({"active": "yes"}, "active"), ({"bogus": "1"}, "bogus")],

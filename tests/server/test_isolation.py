@@ -22,6 +22,9 @@ from typing import Any
 import attrs
 import httpx
 import pytest
+from agentless.door import PASSWORD as DOOR_PASSWORD
+from agentless.door import USERNAME as DOOR_USERNAME
+from agentless.door import door_plugins
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -90,6 +93,8 @@ class World:
     boxes: list[Box] = attrs.Factory(list)
     records: list[Record] = attrs.Factory(list)
     """Silences stay listed once ended, so they are kept across examples."""
+    polled: dict[str, tuple[Account, str]] = attrs.Factory(dict)
+    """Agentless machines (made by monitors): id -> (owner, name)."""
     counter: Iterator[int] = attrs.Factory(itertools.count)
 
     def call(
@@ -104,7 +109,8 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    for server in running(tmp_path_factory.mktemp("isolation"), plugins=plugins()):
+    isolation = tmp_path_factory.mktemp("isolation")
+    for server in running(isolation, plugins={**plugins(), **door_plugins()}):
         with Http(server) as http:
             token = server.login()
             me = http.request("GET", "/api/v1/auth/me", token).json()
@@ -153,6 +159,10 @@ RECORD_PATHS = {
     "rule": "/api/v1/alert-rules",
     "channel": "/api/v1/channels",
     "silence": "/api/v1/silences",
+    "profile": "/api/v1/credential-profiles",
+    "device": "/api/v1/devices",
+    "monitor": "/api/v1/monitors",
+    "discovery": "/api/v1/discovery-profiles",
 }
 # Every request on one record, as (kind, method, suffix, body).
 FOREIGN_RECORD_REQUESTS = [
@@ -167,7 +177,28 @@ FOREIGN_RECORD_REQUESTS = [
     ("channel", "POST", "/test", None),
     ("silence", "GET", "", None),
     ("silence", "DELETE", "", None),
+    ("profile", "GET", "", None),
+    ("profile", "PATCH", "", {"name": "stolen"}),
+    ("profile", "PATCH", "", {"password": "stolen", "username": "thief"}),
+    ("profile", "DELETE", "", None),
+    ("profile", "POST", "/test", {"host": "127.0.0.1", "collector": "door"}),
+    ("device", "GET", "", None),
+    ("device", "DELETE", "", None),
+    ("monitor", "GET", "", None),
+    ("monitor", "PATCH", "", {"enabled": False}),
+    ("monitor", "PATCH", "", {"interval": 5, "options": {"stolen": True}}),
+    ("monitor", "POST", "/disable", None),
+    ("monitor", "DELETE", "", None),
+    ("discovery", "GET", "", None),
+    ("discovery", "PATCH", "", {"name": "taken-over"}),
+    ("discovery", "PATCH", "", {"targets": ["127.71.50.9"], "ports": [10]}),
+    ("discovery", "DELETE", "", None),
+    ("discovery", "POST", "/run", None),
+    ("discovery", "POST", "/run", {"confirm_large": True}),
+    ("discovery", "GET", "/runs", None),
 ]
+# Every request on one discovery run, as (method, suffix).
+FOREIGN_RUN_REQUESTS = [("GET", ""), ("GET", "/events")]
 UNREACHABLE = "http://127.0.0.1:9/hook"
 """Where channels point: deliveries to it stay pending, retried."""
 
@@ -177,6 +208,8 @@ class Isolation(RuleBasedStateMachine):
         super().__init__()
         self.world = world
         self.records: list[Record] = []
+        self.runs: list[tuple[str, Account]] = []
+        """Discovery runs made in this example, with their owners."""
         """Records made in this example: the only ones drawn from, since ended silences
         outlive examples, and draws that depend on earlier examples make Hypothesis's
         data generation inconsistent (FlakyStrategyDefinition)."""
@@ -286,9 +319,10 @@ class Isolation(RuleBasedStateMachine):
             set() if box.value is None else {box.value}
         )
         export = w.call(reader.token, "GET", f"/api/v1/users/{box.owner.id}/export", 200).json()
+        polled = {m for m, (owner, _) in w.polled.items() if owner is box.owner}
         assert {m["id"] for m in export["machines"]} == {
             b.id for b in w.boxes if b.owner is box.owner
-        }
+        } | polled
 
     @precondition(lambda self: self.world.boxes)
     @rule(data=st.data())
@@ -326,13 +360,14 @@ class Isolation(RuleBasedStateMachine):
     def record_state(self, record: Record) -> Any:
         return self.world.call(record.owner.token, "GET", record.path, 200).json()
 
-    def add_record(self, kind: str, owner: Account, body: dict[str, Any]) -> None:
+    def add_record(self, kind: str, owner: Account, body: dict[str, Any]) -> str:
         w = self.world
         created = w.call(owner.token, "POST", RECORD_PATHS[kind], 201, json=body).json()
         assert created["owner_id"] == owner.id
         record = Record(kind, created["id"], owner)
         w.records.append(record)
         self.records.append(record)
+        return str(created["id"])
 
     @precondition(lambda self: self.world.boxes)
     @rule(
@@ -380,6 +415,55 @@ class Isolation(RuleBasedStateMachine):
         # A rack no machine is in: it mutes nothing, so deliveries keep appearing.
         body = {"labels": {"rack": "none"}, "duration": 3600}
         self.add_record("silence", owner, body)
+
+    @rule(data=st.data())
+    def add_monitor(self, data: st.DataObject) -> None:
+        """A credential profile, a device and a monitor of it (which makes a machine)."""
+        w = self.world
+        owner = data.draw(st.sampled_from(self.accounts()), label="owner")
+        number = next(w.counter)
+        body = {"name": f"p{number}", "username": DOOR_USERNAME, "password": DOOR_PASSWORD}
+        profile = self.add_record("profile", owner, body)
+        device = self.add_record("device", owner, {"address": f"host{number}.example.test"})
+        body = {"device_id": device, "credential_profile_id": profile, "collector": "plain"}
+        monitor = w.call(owner.token, "POST", RECORD_PATHS["monitor"], 201, json=body).json()
+        record = Record("monitor", monitor["id"], owner)
+        w.records.append(record)
+        self.records.append(record)
+        machine = w.call(owner.token, "GET", f"/api/v1/machines/{monitor['machine_id']}", 200)
+        w.polled[monitor["machine_id"]] = (owner, machine.json()["name"])
+
+    def add_discovery(self, data: st.DataObject) -> None:
+        """A discovery profile and one run of it (nothing listens there: it ends fast)."""
+        owner = data.draw(st.sampled_from(self.accounts()), label="owner")
+        body = {
+            "name": f"d{next(self.world.counter)}",
+            "targets": ["127.71.50.1"],
+            "ports": [9],
+            "timeout": 0.5,
+        }
+        self.add_record("discovery", owner, body)
+        record = self.records[-1]
+        run = self.world.call(owner.token, "POST", f"{record.path}/run", 202).json()
+        assert (run["owner_id"], run["profile_id"]) == (owner.id, record.id)
+        self.runs.append((run["id"], owner))
+
+    @precondition(lambda self: self.runs and self.world.users)
+    @rule(data=st.data(), request=st.sampled_from(FOREIGN_RUN_REQUESTS))
+    def foreign_run_request(self, data: st.DataObject, request: tuple[str, str]) -> None:
+        w = self.world
+        attacker = data.draw(st.sampled_from([u for u in w.users if not u.admin]), "attacker")
+        victims = [(run, owner) for run, owner in self.runs if owner is not attacker]
+        if not victims:
+            return
+        run_id, owner = data.draw(st.sampled_from(victims), label="victim")
+        method, suffix = request
+        path = f"/api/v1/discovery-runs/{run_id}"
+        before = w.call(owner.token, "GET", path, 200).json()
+        response = w.call(attacker.token, method, path + suffix, 404)
+        assert response.json()["error"]["code"] == "not_found"
+        after = w.call(owner.token, "GET", path, 200).json()
+        assert (after["id"], after["owner_id"]) == (before["id"], before["owner_id"])
 
     @precondition(lambda self: self.records and self.world.users)
     @rule(data=st.data(), request=st.sampled_from(FOREIGN_RECORD_REQUESTS))
@@ -429,9 +513,12 @@ class Isolation(RuleBasedStateMachine):
         for box in w.boxes:
             w.http.request("DELETE", f"/api/v1/machines/{box.id}", w.admin.token)
         w.boxes.clear()
-        for record in [r for r in w.records if r.kind != "silence"]:
-            w.http.request("DELETE", record.path, w.admin.token)
+        # Newest first: a monitor goes before the device and profile it uses.
+        for record in [r for r in reversed(w.records) if r.kind != "silence"]:
+            response = w.http.request("DELETE", record.path, w.admin.token)
+            assert response.status_code == 204, (record, response.text)
             w.records.remove(record)
+        w.polled.clear()
 
     # ------------------------------------------------------------------- invariants
 
@@ -442,7 +529,17 @@ class Isolation(RuleBasedStateMachine):
             items = w.call(account.token, "GET", "/api/v1/machines", 200).json()["items"]
             listed = {item["id"]: item for item in items}
             mine = {b.id: b for b in w.boxes if account.admin or b.owner is account}
-            assert listed.keys() == mine.keys(), account.username
+            polled = {
+                machine_id: name
+                for machine_id, (owner, name) in w.polled.items()
+                if account.admin or owner is account
+            }
+            assert listed.keys() == mine.keys() | polled.keys(), account.username
+            for machine_id, name in polled.items():
+                assert (listed[machine_id]["name"], listed[machine_id]["kind"]) == (
+                    name,
+                    "agentless",
+                )
             for machine_id, box in mine.items():
                 item = listed[machine_id]
                 assert (item["name"], item["owner_id"]) == (box.name, box.owner.id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -228,6 +229,7 @@ def run_scenario(s: Scenario) -> None:
     _keys(s, alice, machine_id, key)
     _claim_workflow(s, admin, alice_id)
     _agentless(s, admin, alice)
+    _discovery(s, admin, alice)
     alice = _passwords(s, admin, alice_id, alice)
     _export_and_audit(s, admin, alice, alice_id)
     _cleanup(s, admin, alice, alice_id, other_id)
@@ -274,7 +276,7 @@ def _machines(s: Scenario, admin: str, alice: str) -> tuple[str, str, str]:
     s.call(alice, "POST", "/api/v1/machines", 409, json=body)
     s.call(alice, "POST", "/api/v1/machines", 422, json={"name": ""})
     wheel = created["install_command"].split()[2].split("/")[-1]  # served to new machines
-    s.call(None, "GET", f"/agent/dist/{wheel}", 200)
+    _download(s, f"/agent/dist/{wheel}")
     s.call(None, "GET", "/agent/dist/lunasentri.db", 404)
     me = s.call(alice, "GET", "/api/v1/auth/me", 200).json()
     other = {"name": "db-1", "owner_id": me["id"]}
@@ -288,6 +290,17 @@ def _machines(s: Scenario, admin: str, alice: str) -> tuple[str, str, str]:
     s.call(alice, "PATCH", f"/api/v1/machines/{other_id}", 409, json={"name": "web-01"})
     s.call(alice, "GET", f"/api/v1/machines/{machine_id}/keys", 200)
     return machine_id, key, other_id
+
+
+def _download(s: Scenario, path: str) -> None:
+    """Fetch an agent wheel as pip does: a 503 (still building, which on a busy machine
+    outlasts the server's wait) is retried after its Retry-After, until the build ends."""
+    deadline = time.monotonic() + 600
+    while (response := s.http.request("GET", path)).status_code == 503:
+        assert response.headers["Retry-After"], response.headers
+        assert time.monotonic() < deadline, "the agent's wheels were never built"
+        time.sleep(1)
+    assert response.status_code == 200, (path, response.status_code, response.text)
 
 
 def _ingest_and_query(s: Scenario, alice: str, machine_id: str, key: str) -> None:
@@ -510,8 +523,72 @@ def _agentless(s: Scenario, admin: str, alice: str) -> None:
     test = {"host": "127.0.0.1", "collector": "door"}
     s.call(alice, "POST", f"{one}/test", 200, json=test)
     s.call(alice, "POST", f"{one}/test", 422, json={**test, "host": "http://x/"})
+    _devices_and_monitors(s, alice, profile["id"])
     s.call(alice, "DELETE", one, 204)
     s.call(alice, "DELETE", one, 404)
+
+
+def _devices_and_monitors(s: Scenario, alice: str, profile_id: str) -> None:
+    device = s.call(alice, "POST", "/api/v1/devices", 201, json={"address": "127.0.0.9"}).json()
+    s.call(alice, "POST", "/api/v1/devices", 409, json={"address": "127.0.0.9"})
+    s.call(alice, "GET", "/api/v1/devices", 200)
+    s.call(alice, "GET", f"/api/v1/devices/{device['id']}", 200)
+    body = {"device_id": device["id"], "credential_profile_id": profile_id, "collector": "door"}
+    made = s.call(alice, "POST", "/api/v1/monitors", 201, json=body).json()
+    s.call(alice, "POST", "/api/v1/monitors", 422, json={**body, "interval": 0})
+    s.call(alice, "GET", "/api/v1/monitors", 200, params={"device_id": device["id"]})
+    one = f"/api/v1/monitors/{made['id']}"
+    s.call(alice, "GET", one, 200)
+    s.call(alice, "PATCH", one, 200, json={"interval": 30})
+    s.call(alice, "POST", f"{one}/disable", 200)
+    s.call(alice, "POST", f"{one}/enable", 200)
+    s.call(alice, "DELETE", f"/api/v1/devices/{device['id']}", 409)
+    s.call(alice, "DELETE", f"/api/v1/credential-profiles/{profile_id}", 409)
+    s.call(alice, "DELETE", f"/api/v1/machines/{made['machine_id']}", 409)
+    s.call(alice, "DELETE", one, 204)
+    s.call(alice, "DELETE", f"/api/v1/devices/{device['id']}", 204)
+
+
+def _discovery(s: Scenario, admin: str, alice: str) -> None:
+    creds = {"name": "scan", "username": USERNAME, "password": DOOR_PASSWORD, "https": False}
+    creds_id = s.call(alice, "POST", "/api/v1/credential-profiles", 201, json=creds).json()["id"]
+    path = "/api/v1/discovery-profiles"
+    # A loopback address nothing listens on, port 9: the run ends at once, found nothing.
+    body = {
+        "name": "lan",
+        "targets": ["127.71.30.1"],
+        "ports": [9],
+        "credential_profile_id": creds_id,
+        "collector": "door",
+        "timeout": 2,
+    }
+    profile = s.call(alice, "POST", path, 201, json=body).json()
+    s.call(alice, "POST", path, 409, json=body)
+    s.call(alice, "POST", path, 422, json={**body, "targets": ["10.0.0.9-1"]})
+    s.call(alice, "GET", path, 200)
+    one = f"{path}/{profile['id']}"
+    s.call(alice, "GET", one, 200)
+    s.call(admin, "GET", one, 200)
+    s.call(alice, "PATCH", one, 200, json={"concurrency": 8})
+    s.call(alice, "PATCH", one, 422, json={"ports": []})
+    run = s.call(alice, "POST", f"{one}/run", 202).json()
+    for _ in range(600):
+        run = s.call(alice, "GET", f"/api/v1/discovery-runs/{run['id']}", 200).json()
+        if run["state"] != "running":
+            break
+        time.sleep(0.05)
+    assert (run["state"], run["scanned"], run["found"]) == ("done", 1, 0), run
+    with s.http.stream("GET", f"/api/v1/discovery-runs/{run['id']}/events", alice) as stream:
+        assert stream.status_code == 200
+        assert "event: end" in stream.read().decode()
+    s.call(alice, "GET", f"{one}/runs", 200)
+    s.call(alice, "GET", f"{one}/runs", 422, params={"limit": "0"})
+    s.call(alice, "GET", "/api/v1/discovery-runs/nope", 404)
+    s.call(alice, "PATCH", one, 200, json={"targets": ["127.72.0.0/19"]})
+    s.call(alice, "POST", f"{one}/run", 422, json={"confirm_large": False})
+    s.call(alice, "DELETE", one, 204)
+    s.call(alice, "DELETE", one, 404)
+    s.call(alice, "DELETE", f"/api/v1/credential-profiles/{creds_id}", 204)
 
 
 def _passwords(s: Scenario, admin: str, alice_id: str, alice: str) -> str:

@@ -17,14 +17,18 @@ from urllib.parse import quote, unquote
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from lunasentri_core import RetentionPolicy, hookimpl
 from lunasentri_core.config import Settings
 from lunasentri_core.server.demo import banner
 from lunasentri_core.server.logs import TextFormatter
+from lunasentri_core.storage import storage_mode
+from lunasentri_core.storage.sql import SqlStorage
 
 from .conftest import ADMIN_PASSWORD, LiveServer, MakeServer, free_port
 
@@ -64,6 +68,47 @@ def test_health_endpoints(server: LiveServer) -> None:
 
     assert all(r.status_code == 200 for r in answers.values())
     assert answers["/healthz/ready"].json()["checks"] == {"storage": "ok"}
+    # SQLite has one way of working: no mode to report.
+    assert answers["/healthz/ready"].json()["storage"] == {"backend": "sqlite"}
+
+
+class _ModedStorage:
+    """SQLite under another scheme, with a mode, as a plugin with several modes reports it."""
+
+    name = "moded"
+    schemes = ("moded",)
+    settings_class = None
+
+    @classmethod
+    def open(cls, url: str, *, settings: object, retention: RetentionPolicy) -> SqlStorage:
+        engine = sa.create_engine(url.replace("moded:", "sqlite:", 1))
+        storage = SqlStorage(engine, retention=retention, name=cls.name)
+        storage.mode = "fast"  # type: ignore[attr-defined]
+        return storage
+
+
+class _ModedPlugin:
+    @hookimpl
+    def lunasentri_register_storage(self) -> list[type[_ModedStorage]]:
+        return [_ModedStorage]
+
+
+def test_the_storage_s_mode_is_logged_and_ready_reports_it(
+    make_server: MakeServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="lunasentri_core.hub")
+    live = make_server(
+        plugins={"moded": _ModedPlugin()}, storage={"url": f"moded:///{tmp_path}/m.db"}
+    )
+
+    with live.client() as client:
+        ready = client.get("/healthz/ready")
+
+    assert ready.status_code == 200
+    assert ready.json()["storage"] == {"backend": "moded", "mode": "fast"}
+    assert f"storage moded opened in fast mode: moded:///{tmp_path}/m.db" in caplog.text
+    assert storage_mode(live.app.state.hub.storage) == "fast"
+    assert storage_mode(object()) is None
 
 
 def test_prometheus_metrics_of_the_server(server: LiveServer) -> None:

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, TypeVar
 
 import anyio
 import attrs
+from kit_agentless import MemoryAgentless
 
 from lunasentri_core import (
     AlertEvent,
@@ -296,8 +297,12 @@ def _combine(buckets: list[_Bucket], query: HistoryQuery) -> float:
     return max(buckets, key=lambda b: b.last_at).last
 
 
-class MemoryState:
-    def __init__(self, flaws: set[str]) -> None:
+def _no_series(machine_id: str) -> None:
+    """A state store on its own has no series to delete."""
+
+
+class MemoryState(MemoryAgentless):
+    def __init__(self, flaws: set[str], drop_series: Callable[[str], object] = _no_series) -> None:
         self._flaws = flaws
         self._lock = threading.RLock()
         self._users: dict[str, User] = {}
@@ -320,6 +325,7 @@ class MemoryState:
         self._audit: list[AuditEntry] = []
         self._configs: dict[str, AgentConfig] = {}
         self._epoch = 0
+        self._init_agentless(drop_series)
 
     def config_epoch(self) -> int:
         return self._epoch
@@ -354,6 +360,7 @@ class MemoryState:
     def delete_user(self, user_id: str) -> None:
         with self._lock:
             _get(self._users, user_id, "user")
+            self._delete_agentless_of(user_id)
             for machine in self.list_machines(user_id):
                 self.delete_machine(machine.id)
             for rule in self.list_alert_rules(user_id):
@@ -394,7 +401,14 @@ class MemoryState:
         return stored
 
     def delete_machine(self, machine_id: str) -> None:
-        _get(self._machines, machine_id, "machine")
+        with self._lock:
+            _get(self._machines, machine_id, "machine")
+            self._refuse_monitored_machine(machine_id)
+            self._remove_machine(machine_id)
+
+    def _remove_machine(self, machine_id: str) -> None:
+        self._unlink_machine(machine_id)
+        self._drop_series(machine_id)
         del self._machines[machine_id]
         self._changed()
         self._configs.pop(machine_id, None)
@@ -1157,7 +1171,7 @@ class MemoryStorage:
     ) -> None:
         self.capabilities = capabilities
         self.metrics = MemoryMetrics(retention, capabilities, set(flaws))
-        self.state = MemoryState(set(flaws))
+        self.state = MemoryState(set(flaws), drop_series=self.metrics.delete_machine)
 
     def migrate(self) -> None:
         pass

@@ -153,6 +153,42 @@ def test_a_lost_capability_fails_when_capabilities_are_pinned(kit_run: KitRun) -
             },
         ),
         (
+            "agentless-unscoped",
+            {
+                "test_credential_profiles_are_scoped_to_their_owner",
+                "test_discovery_profiles_are_scoped_to_their_owner",
+                "test_discovery_runs_are_scoped_to_their_owner",
+                "test_devices_are_scoped_and_unique_by_address",
+                "test_monitors_are_scoped_to_their_owner",
+                # Another owner's credential profile is used as if it were missing.
+                "test_add_monitor_checks_what_it_uses",
+                "test_update_monitor_replaces_settings_and_keeps_the_poll_record",
+            },
+        ),
+        (
+            "deletes-in-use",
+            {
+                "test_delete_credential_profile_in_use",
+                "test_delete_device_in_use",
+                "test_a_machine_monitors_write_to_cannot_be_deleted",
+            },
+        ),
+        (
+            "duplicate-devices",
+            {
+                "test_upsert_devices_never_duplicates_an_address",
+                "test_concurrent_upserts_of_one_address_make_one_device",
+            },
+        ),
+        (
+            "monitor-leases-ignored",
+            {
+                "test_claim_due_monitors",
+                "test_concurrent_claims_never_take_a_monitor_twice",
+                "test_release_monitor_leases",
+            },
+        ),
+        (
             "epoch-steps",
             {
                 *(

@@ -572,9 +572,11 @@ def test_release_ends_an_enumeration(wsman_server: WsmanServer) -> None:
         ".//n:EnumerationContext", namespaces=NS
     )
     assert context
+    assert wsman_server.open_enumerations() == 1
     release = "http://schemas.xmlsoap.org/ws/2004/09/enumeration/Release"
     response = _send(protocol, release, {"n:Release": {"n:EnumerationContext": context}})
     assert response.findtext(".//a:Action", namespaces=NS) == f"{release}Response"
+    assert wsman_server.open_enumerations() == 0
     with pytest.raises(WSManFaultError):
         _pull(protocol, context)
 

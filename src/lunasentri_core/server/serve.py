@@ -120,6 +120,10 @@ class _Server(uvicorn.Server):
 
 def close_streams(app: Any) -> None:
     """End every open live stream of ``app`` (callable from any thread)."""
-    live = getattr(getattr(app, "state", None), "live", None)
+    state = getattr(app, "state", None)
+    live = getattr(state, "live", None)
     if live is not None:
         live.close()
+    discovery_streams = getattr(state, "discovery_streams", None)
+    if discovery_streams is not None:
+        discovery_streams.set()

@@ -37,6 +37,7 @@ from lunasentri_core.errors import (
     ConfigError,
     ConflictError,
     FieldError,
+    InUseError,
     LunaSentriError,
     NotFoundError,
     ValidationError,
@@ -312,7 +313,9 @@ class Accounts:
         user = await self.hub.run_sync(self._state.get_user, user_id)
         machines = await self.hub.list_machines(owner_id=user_id)
         for machine in machines:
-            with contextlib.suppress(NotFoundError):  # deleted meanwhile
+            # NotFoundError: deleted meanwhile; InUseError: agentless monitors write
+            # to it, and delete_user below deletes it after them.
+            with contextlib.suppress(NotFoundError, InUseError):
                 await self.hub.remove_machine(machine.id)
         # The store's cascade takes whatever was added meanwhile, and the sessions.
         await self.hub.run_sync(self._state.delete_user, user_id)

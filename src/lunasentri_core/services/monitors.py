@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from lunasentri_core.hub import Sentri
 
 MIN_INTERVAL = timedelta(seconds=5)
+RETRY_ALLOWANCE = timedelta(minutes=2)
+"""Added to twice the longest interval for an agentless machine's offline threshold:
+a poll's retries may take that long before it records a failure."""
 MAX_INTERVAL = timedelta(days=1)
 MAX_OPTIONS_BYTES = 16 * 1024
 """A monitor's collector options, as JSON."""
@@ -43,6 +46,14 @@ def first_due(now: datetime, interval: timedelta) -> datetime:
     """When a new (or re-enabled) monitor polls first: somewhere in its first
     interval, so monitors made together do not all poll at the same instant."""
     return now + interval * random.random()
+
+
+def switched(monitor: Monitor, enabled: bool, now: datetime) -> Monitor:
+    """``monitor`` enabled or disabled; one enabled again polls within ten seconds."""
+    if enabled == monitor.enabled:
+        return monitor
+    due = first_due(now, min(monitor.interval, timedelta(seconds=10)))
+    return attrs.evolve(monitor, enabled=enabled, due_at=due)
 
 
 def check_interval(interval: timedelta) -> timedelta:
@@ -170,8 +181,26 @@ class Monitors:
             created_at=now,
         )
         stored = await self._hub.run_sync(self._state.add_monitor, monitor, machine)
+        await self._fit_offline_threshold(stored)
         await self._audit("monitor.create", actor, stored, client, {"collector": collector})
         return stored
+
+    async def _fit_offline_threshold(self, monitor: Monitor) -> None:
+        """An agentless machine is offline after two of its longest poll intervals
+        without a successful poll (plus time for retries), not after the server's
+        default threshold, which a slow schedule would cross between two polls."""
+
+        def fit() -> None:
+            monitors = self._state.list_monitors(None, device_id=monitor.device_id)
+            if not monitors:
+                return
+            machine = self._state.get_machine(monitor.machine_id)
+            threshold = 2 * max(m.interval for m in monitors) + RETRY_ALLOWANCE
+            if machine.kind is MachineKind.AGENTLESS and machine.offline_after != threshold:
+                self._state.update_machine(attrs.evolve(machine, offline_after=threshold))
+
+        await self._hub.run_sync(fit)
+        self._hub.forget_machine(monitor.machine_id)
 
     async def _machine_for(self, device: Device, now: datetime) -> Machine:
         """The machine a device's first monitor makes (the store keeps an existing one)."""
@@ -212,6 +241,8 @@ class Monitors:
         current = await self.get(actor, monitor_id)
         monitor = await self._changed(actor, current, changes, self._hub.clock())
         stored = await self._hub.run_sync(self._state.update_monitor, monitor)
+        if changes.interval is not None:
+            await self._fit_offline_threshold(stored)
         given = [
             f.name for f in attrs.fields(MonitorChanges) if getattr(changes, f.name) is not None
         ]
@@ -236,9 +267,8 @@ class Monitors:
             monitor = attrs.evolve(monitor, interval=interval, due_at=due)
         if changes.options is not None:
             monitor = attrs.evolve(monitor, options=check_options(changes.options))
-        if changes.enabled is not None and changes.enabled != monitor.enabled:
-            due = first_due(now, min(monitor.interval, timedelta(seconds=10)))
-            monitor = attrs.evolve(monitor, enabled=changes.enabled, due_at=due)
+        if changes.enabled is not None:
+            monitor = switched(monitor, changes.enabled, now)
         return monitor
 
     async def delete(self, actor: Principal, monitor_id: str, *, client: str | None = None) -> None:
@@ -246,6 +276,7 @@ class Monitors:
         monitor = await self.get(actor, monitor_id)
         await self._hub.run_sync(self._state.delete_monitor, monitor_id, owner_scope(actor))
         self._hub.forget_machine(monitor.machine_id)
+        await self._fit_offline_threshold(monitor)
         await self._audit("monitor.delete", actor, monitor, client)
 
     def _check_collector(self, name: str) -> None:

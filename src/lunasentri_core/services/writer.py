@@ -187,7 +187,7 @@ class BatchWriter:
         return None
 
     def _write_sync(self, batches: list[MachineSamples]) -> None:
-        heard_from = {batch.machine_id for batch in batches if batch.samples}
+        heard_from = {batch.machine_id for batch in batches if batch.samples and batch.heard}
         # last_seen is when we heard from the machine, not its (possibly skewed) clock.
         now = self._clock()
         seen = [(machine_id, now) for machine_id in heard_from]

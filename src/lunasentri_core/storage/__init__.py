@@ -14,6 +14,7 @@ from lunasentri_core.storage.protocols import (
     StateStore,
     StorageBackend,
     StorageFactory,
+    storage_mode,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "StateStore",
     "StorageBackend",
     "StorageFactory",
+    "storage_mode",
 ]

@@ -63,6 +63,11 @@ class Capability(enum.StrEnum):
     with the machine's. Without the capability the hub cannot enforce
     ``storage.max_series_per_machine``.
     """
+    TIMESCALEDB = "timescaledb"
+    """The store runs in TimescaleDB mode: the ``timescaledb`` extension is installed
+    in (or available to) its PostgreSQL database. Informational for now: both
+    modes store data the same way, and no contract test depends on it.
+    """
 
 
 @attrs.frozen
@@ -572,6 +577,19 @@ class StorageBackend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def storage_mode(backend: object) -> str | None:
+    """The mode a backend says it runs in, or ``None`` when it does not say.
+
+    A backend may have a ``mode`` attribute: a short lower-case word naming how it
+    stores data (the timescale plugin: ``"timescale"`` or ``"postgres"``). The
+    server logs it when the storage opens, ``/healthz/ready`` reports it and
+    ``lunasentri plugins --storage`` prints it. Backends without one (SQLite) have
+    a single way of working and need not say anything.
+    """
+    mode = getattr(backend, "mode", None)
+    return mode if isinstance(mode, str) and mode else None
 
 
 class StorageFactory(Protocol):

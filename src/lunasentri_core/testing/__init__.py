@@ -31,6 +31,7 @@ pytest.register_assert_rewrite(
     "lunasentri_core.testing.entry_point",
     "lunasentri_core.testing.notifier",
     "lunasentri_core.testing.storage",
+    "lunasentri_core.testing.storage_agentless",
     "lunasentri_core.testing.storage_alerting",
     "lunasentri_core.testing.storage_metrics",
     "lunasentri_core.testing.storage_outbox",
@@ -51,8 +52,12 @@ from lunasentri_core.testing.builders import (
     make_alert_status,
     make_api_key,
     make_channel,
+    make_credential_profile,
     make_credentials,
+    make_device,
+    make_discovery_profile,
     make_machine,
+    make_monitor,
     make_notification,
     make_outbox_event,
     make_reading,
@@ -82,6 +87,7 @@ from lunasentri_core.testing.reference import (
     reference_latest,
 )
 from lunasentri_core.testing.storage import StorageContract
+from lunasentri_core.testing.storage_agentless import AgentlessStoreContract
 from lunasentri_core.testing.storage_metrics import MetricStoreContract, history_batch, require
 from lunasentri_core.testing.storage_state import StateStoreContract
 from lunasentri_core.testing.wsman import (
@@ -97,6 +103,7 @@ from lunasentri_core.testing.wsman_data import WmiRepository
 __all__ = [
     "BASE_TIME",
     "EVENT_HOOKS",
+    "AgentlessStoreContract",
     "AuthenticatorContract",
     "CollectorContract",
     "CommandHandler",
@@ -130,8 +137,12 @@ __all__ = [
     "make_alert_status",
     "make_api_key",
     "make_channel",
+    "make_credential_profile",
     "make_credentials",
+    "make_device",
+    "make_discovery_profile",
     "make_machine",
+    "make_monitor",
     "make_notification",
     "make_outbox_event",
     "make_plugin",

@@ -22,9 +22,13 @@ from lunasentri_core.model import (
     ApiKey,
     Channel,
     Comparison,
+    CredentialProfile,
+    Device,
+    DiscoveryProfile,
     Machine,
     MachineSamples,
     MachineStatus,
+    Monitor,
     OutboxEvent,
     Reading,
     Role,
@@ -36,6 +40,7 @@ from lunasentri_core.model import (
     User,
     new_id,
 )
+from lunasentri_core.remote import Transport
 
 BASE_TIME = datetime(2026, 1, 5, tzinfo=UTC)
 """A fixed instant (midnight UTC, so aligned to every step) that test data starts from."""
@@ -254,3 +259,87 @@ def make_notification(**overrides: Any) -> Notification:
 def make_credentials(**headers: str) -> Credentials:
     """Credentials carrying ``headers`` (names are lower-cased, as the server passes them)."""
     return Credentials(headers={name.lower().replace("_", "-"): v for name, v in headers.items()})
+
+
+# --------------------------------------------------------------------------- agentless
+
+
+def make_credential_profile(owner_id: str, **overrides: Any) -> CredentialProfile:
+    """An NTLM profile of ``owner_id`` with a fresh name and a stand-in sealed password.
+
+    ``secret`` is an opaque string here, not a real secret-box envelope: stores
+    keep it as it is.
+    """
+    pid = new_id()
+    fields: dict[str, Any] = {
+        "id": pid,
+        "owner_id": owner_id,
+        "name": f"credentials-{pid[:10]}",
+        "transport": Transport.NTLM,
+        "username": "monitor",
+        "domain": "EXAMPLE",
+        "secret": f"sealed:{pid}:pässword",
+        "created_at": BASE_TIME + timedelta(microseconds=81),
+        "updated_at": BASE_TIME + timedelta(microseconds=82),
+    }
+    fields.update(overrides)
+    return CredentialProfile(**fields)
+
+
+def make_discovery_profile(owner_id: str, **overrides: Any) -> DiscoveryProfile:
+    """A profile of ``owner_id`` scanning a loopback /29, with no credential profile."""
+    pid = new_id()
+    fields: dict[str, Any] = {
+        "id": pid,
+        "owner_id": owner_id,
+        "name": f"discovery-{pid[:10]}",
+        "targets": ("127.0.0.0/29", "127.1.0.5-127.1.0.9"),
+        "created_at": BASE_TIME + timedelta(microseconds=83),
+    }
+    fields.update(overrides)
+    return DiscoveryProfile(**fields)
+
+
+def _loopback_address() -> str:
+    """A random address in 127.0.0.0/8 (never the network's first or last)."""
+    return f"127.{secrets.randbelow(256)}.{secrets.randbelow(256)}.{secrets.randbelow(254) + 1}"
+
+
+def make_device(owner_id: str, **overrides: Any) -> Device:
+    """A Windows host of ``owner_id`` at a fresh loopback address, without a machine."""
+    did = new_id()
+    fields: dict[str, Any] = {
+        "id": did,
+        "owner_id": owner_id,
+        "address": _loopback_address(),
+        "hostname": f"WIN-{did[:8].upper()}",
+        "os": "Microsoft Windows Server 2019 Datacenter",
+        "os_version": "10.0.17763",
+        "open_ports": (135, 5985),
+        "first_seen": BASE_TIME + timedelta(microseconds=84),
+        "last_seen": BASE_TIME + timedelta(microseconds=85),
+        "created_at": BASE_TIME + timedelta(microseconds=84),
+    }
+    fields.update(overrides)
+    return Device(**fields)
+
+
+def make_monitor(device: Device, credential_profile_id: str, **overrides: Any) -> Monitor:
+    """A ``winrm`` monitor of ``device`` polling every minute, due at :data:`BASE_TIME`.
+
+    Its ``machine_id`` is the device's (empty while it has none): storing the
+    monitor sets it.
+    """
+    fields: dict[str, Any] = {
+        "id": new_id(),
+        "owner_id": device.owner_id,
+        "device_id": device.id,
+        "credential_profile_id": credential_profile_id,
+        "collector": "winrm",
+        "machine_id": device.machine_id or "",
+        "options": {"shell": "powershell", "disks": ["C:", "D:"]},
+        "due_at": BASE_TIME,
+        "created_at": BASE_TIME + timedelta(microseconds=86),
+    }
+    fields.update(overrides)
+    return Monitor(**fields)

@@ -12,12 +12,13 @@ from lunasentri_core.storage.protocols import (
     StorageBackend,
 )
 from lunasentri_core.testing.builders import BASE_TIME, make_user
+from lunasentri_core.testing.storage_agentless import AgentlessStoreContract
 from lunasentri_core.testing.storage_metrics import MetricStoreContract
 from lunasentri_core.testing.storage_state import StateStoreContract
 
 
-class StorageContract(MetricStoreContract, StateStoreContract):
-    """Tests every storage backend must pass.
+class StorageContract(MetricStoreContract, StateStoreContract, AgentlessStoreContract):
+    """Tests every storage backend must pass: metrics, state, agentless records.
 
     Subclass it and provide a ``storage`` fixture that yields a migrated, empty
     backend opened with ``retention=self.retention`` and closes it afterwards::

@@ -292,6 +292,11 @@ class WsmanServer:
         with self._lock:
             return len(self._shells)
 
+    def open_enumerations(self) -> int:
+        """How many enumeration contexts are open (neither pulled to the end nor released)."""
+        with self._lock:
+            return len(self._enumerations)
+
     # -- request handling ------------------------------------------------------------------
 
     def _wait_before_answering(self) -> bool:
@@ -545,6 +550,9 @@ class WsmanServer:
 
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 resets connections when many clients
+    # connect at once (concurrent polls, the poller benchmark): listen like a server.
+    request_queue_size = 1024
 
     def __init__(
         self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], wsman: WsmanServer

@@ -21,6 +21,7 @@ from lunasentri_core.server.routes import (
     auth,
     channels,
     credentials,
+    discovery,
     health,
     ingest,
     machines,
@@ -44,6 +45,7 @@ MODULES: list[ModuleType] = [
     silences,
     credentials,
     monitors,
+    discovery,
 ]
 ALL: list[Api] = [module.api for module in MODULES]
 

@@ -8,13 +8,22 @@ from starlette.responses import Response
 
 from lunasentri_core.server.api import Api, Auth, Call
 from lunasentri_core.server.errors import error_response
+from lunasentri_core.storage import storage_mode
 
 api = Api("operations")
 
 HEALTH = {
     "type": "object",
     "required": ["status"],
-    "properties": {"status": {"type": "string"}, "checks": {"type": "object"}},
+    "properties": {
+        "status": {"type": "string"},
+        "checks": {"type": "object"},
+        "storage": {
+            "type": "object",
+            "description": "The storage backend's name and, when it reports one, its mode.",
+            "properties": {"backend": {"type": "string"}, "mode": {"type": "string"}},
+        },
+    },
 }
 
 
@@ -40,7 +49,12 @@ async def healthz_ready(call: Call) -> object:
             await call.hub.list_machines(owner_id="readiness-probe")
     except Exception as error:
         return error_response(503, "unavailable", f"storage is not ready: {error}")
-    return {"status": "ok", "checks": {"storage": "ok"}}
+    storage = call.hub.storage
+    about = {"backend": storage.name}
+    mode = storage_mode(storage)
+    if mode is not None:
+        about["mode"] = mode
+    return {"status": "ok", "checks": {"storage": "ok"}, "storage": about}
 
 
 @api.get(

@@ -488,10 +488,12 @@ async def update_machine(call: Call) -> object:
     "/api/v1/machines/{machine_id}",
     auth=Auth.USER,
     summary="Delete a machine with its keys and series",
-    responses={204: None},
+    responses={204: None, 409: ref("Error")},
     status=204,
 )
 async def delete_machine(call: Call) -> object:
+    """An agentless machine that monitors poll cannot be deleted: the answer is 409
+    with code `in_use`, and `in_use_by` lists the monitors (delete them instead)."""
     await service(call).delete(call.user, call.path("machine_id"), client=call.client)
     return Response(status_code=204)
 

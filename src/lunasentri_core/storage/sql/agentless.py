@@ -369,7 +369,8 @@ class SqlAgentlessStore:
 
     def delete_credential_profile(self, profile_id: str, owner_id: str | None = None) -> None:
         table = credential_profiles
-        with self._db.write() as conn:
+        # A user added meanwhile by another process trips the foreign key instead.
+        with _conflicts(f"credential profile {profile_id!r} is in use"), self._db.write() as conn:
             if not _exists(conn, table, sa.and_(table.c.id == profile_id, _owned(table, owner_id))):
                 raise NotFoundError(f"credential profile {profile_id!r} not found")
             in_use = {
@@ -589,13 +590,21 @@ class SqlAgentlessStore:
 
     def upsert_devices(self, devices: Sequence[Device]) -> list[Device]:
         """A reference to a discovery or credential profile that is gone (or is not
-        the owner's) is stored as ``None``: the profile was deleted during the run."""
+        the owner's) is stored as ``None``: the profile was deleted during the run.
+        A new device gets no machine (its first monitor makes one), whatever
+        ``machine_id`` says."""
         if not devices:
             return []
-        with _conflicts("a device id is taken by another address"), self._db.write() as conn:
+        # Rows are written in key order, so concurrent scans wait instead of deadlocking.
+        order = sorted(range(len(devices)), key=lambda i: (devices[i].owner_id, devices[i].address))
+        stored: dict[int, Device] = {}
+        message = "devices not stored: an id is taken by another address, or a profile just went"
+        with _conflicts(message), self._db.write() as conn:
             for owner_id in sorted({device.owner_id for device in devices}):
                 _require_owner(conn, owner_id, "devices")
-            return [self._upsert_device(conn, device) for device in devices]
+            for index in order:
+                stored[index] = self._upsert_device(conn, devices[index])
+        return [stored[index] for index in range(len(devices))]
 
     def _upsert_device(self, conn: Connection, device: Device) -> Device:
         values = _device_values(device)
@@ -625,6 +634,7 @@ class SqlAgentlessStore:
         return _device(row)
 
     def add_device(self, device: Device) -> Device:
+        """A new device has no machine yet (``ValueError``): its first monitor makes one."""
         message = f"a device with address {device.address!r} already exists"
         with _conflicts(message), self._db.write() as conn:
             _require_owner(conn, device.owner_id, f"device {device.address!r}")
@@ -671,7 +681,7 @@ class SqlAgentlessStore:
         return [_device(row) for row in rows]
 
     def delete_device(self, device_id: str, owner_id: str | None = None) -> None:
-        with self._db.write() as conn:
+        with _conflicts(f"device {device_id!r} is in use"), self._db.write() as conn:
             condition = sa.and_(device_rows.c.id == device_id, _owned(device_rows, owner_id))
             if not _exists(conn, device_rows, condition):
                 raise NotFoundError(f"device {device_id!r} not found")
@@ -777,6 +787,13 @@ class SqlAgentlessStore:
             ).first()
             if row is None:
                 raise NotFoundError(f"monitor {monitor_id!r} not found")
+            # The device's row lock first (as add_monitor takes it): a monitor added
+            # meanwhile either is seen below or finds the device without a machine.
+            conn.execute(
+                sa.select(device_rows.c.id)
+                .where(device_rows.c.id == row.device_id)
+                .with_for_update()
+            )
             conn.execute(sa.delete(monitors).where(monitors.c.id == monitor_id))
             if _exists(conn, monitors, monitors.c.device_id == row.device_id):
                 return
@@ -795,7 +812,8 @@ class SqlAgentlessStore:
         with self._db.write() as conn:
             candidates = (
                 sa.select(monitors.c.id)
-                .where(monitors.c.enabled.is_(True), monitors.c.due_at <= now, _lease_free(now))
+                # "= true", not "IS true": PostgreSQL uses the (enabled, due_at) index for it.
+                .where(monitors.c.enabled == sa.true(), monitors.c.due_at <= now, _lease_free(now))
                 .order_by(monitors.c.due_at, monitors.c.id)
                 .limit(limit)
             )
@@ -826,7 +844,8 @@ class SqlAgentlessStore:
         if not outcomes:
             return
         with self._db.write() as conn:
-            for outcome in outcomes:
+            # In key order, like every multi-row write here (no deadlocks on PostgreSQL).
+            for outcome in sorted(outcomes, key=lambda o: o.monitor_id):
                 values: dict[str, Any] = {"lease_until": None, "due_at": outcome.due_at}
                 if outcome.error is None:
                     values.update(last_polled=outcome.at, failures=0)

@@ -303,6 +303,11 @@ class Database:
             raise StorageUnavailable(describe_error(self.label, error)) from error
         except exc.DBAPIError as error:
             raise StorageError(describe_error(self.label, error)) from error
+        except exc.TimeoutError as error:
+            # Every pooled connection stayed busy for the pool's timeout: load,
+            # not a fault, so callers may retry (the writer does).
+            reason = str(error).split(" (Background", 1)[0]
+            raise StorageUnavailable(f"{self.label}: no free connection: {reason}") from error
         except exc.SQLAlchemyError as error:
             raise StorageError(f"{self.label}: {error}") from error
 
