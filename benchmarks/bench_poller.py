@@ -29,6 +29,7 @@ Reported:
 from __future__ import annotations
 
 import argparse
+import gc
 import multiprocessing
 import resource
 import sys
@@ -56,6 +57,7 @@ from lunasentri_core.model import (
     new_id,
 )
 from lunasentri_core.remote import Transport as Auth
+from lunasentri_core.server.serve import SWITCH_INTERVAL
 from lunasentri_core.services.scheduling import first_due
 
 TARGET_ON_TIME = 0.95
@@ -293,6 +295,10 @@ def main() -> int:
         f"{args.monitors:,} monitors every {args.interval:g} s, {args.delay * 1000:g} ms "
         f"per answer, for {args.window:g} s"
     )
+    # The interpreter as `lunasentri serve` sets it up for the hub it runs.
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+    sys.setswitchinterval(SWITCH_INTERVAL)
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     stop = context.Event()
