@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -147,12 +147,17 @@ class Recorder:
 
     def __init__(self) -> None:
         self.samples: dict[str, list[Sample]] = {}
+        self.heard: dict[str, list[bool]] = {}
         self.refuse: set[str] = set()
 
-    async def ingest(self, machine_id: str, samples: Sequence[Sample]) -> int:
+    async def ingest(
+        self, machine_id: str, samples: Iterable[Sample], *, heard: bool = True
+    ) -> int:
         if machine_id in self.refuse:
             raise NotFoundError(f"no machine {machine_id}")
+        samples = list(samples)
         self.samples.setdefault(machine_id, []).extend(samples)
+        self.heard.setdefault(machine_id, []).append(heard)
         return sum(len(s.readings) for s in samples)
 
     def values(self, machine_id: str, metric: str) -> list[float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 
@@ -125,6 +125,7 @@ async def test_a_failing_host_is_retried_with_backoff_then_recorded_as_down(
     # Only poll.up = 0 is written, so a rule on poll.up < 1 fires.
     (sample,) = recorder.samples[monitor.machine_id]
     assert [(r.metric, r.value) for r in sample.readings] == [(UP, 0.0)]
+    assert recorder.heard[monitor.machine_id] == [False]  # the host did not answer
     assert poller.stats.failed == 1
     assert poller.stats.retries == 2
 
@@ -145,6 +146,7 @@ async def test_a_retry_that_succeeds_is_a_success(collector: StubCollector) -> N
     assert (stored.failures, stored.last_error, stored.last_polled) == (0, None, T0)
     assert recorder.values(monitor.machine_id, "cpu.percent") == [2.0]
     assert recorder.values(monitor.machine_id, UP) == [1.0]
+    assert recorder.heard[monitor.machine_id] == [True]
 
 
 async def test_a_hung_host_does_not_delay_the_others(collector: StubCollector) -> None:
@@ -367,9 +369,11 @@ async def test_a_slow_write_frees_the_worker_but_stays_bounded(collector: StubCo
     committed = anyio.Event()
 
     class SlowRecorder(Recorder):
-        async def ingest(self, machine_id: str, samples: Sequence[Sample]) -> int:
+        async def ingest(
+            self, machine_id: str, samples: Iterable[Sample], *, heard: bool = True
+        ) -> int:
             await committed.wait()
-            return await super().ingest(machine_id, samples)
+            return await super().ingest(machine_id, samples, heard=heard)
 
     recorder = SlowRecorder()
     poller = make_poller(store, collector, clock=clock, recorder=recorder, workers=2)

@@ -54,6 +54,8 @@ async def test_a_down_host_is_recorded_then_its_recovery(tmp_path: Path) -> None
         assert failed.lease_until is None
         # Only poll.up = 0 was written: an alert rule on poll.up < 1 fires.
         assert await latest(hub, monitor.machine_id) == {"poll.up": 0.0}
+        # ...without counting as hearing from the host.
+        assert (await hub.get_machine(monitor.machine_id)).last_seen is None
 
         Hosts.down.clear()
         clock.advance(MINUTE)
@@ -68,6 +70,7 @@ async def test_a_down_host_is_recorded_then_its_recovery(tmp_path: Path) -> None
         assert values["cpu.percent"] == 12.5
         assert values["proc.count"] == 99
         assert values["poll.duration"] >= 0
+        assert (await hub.get_machine(monitor.machine_id)).last_seen is not None
     # The credential reached the collector decrypted.
     assert set(Hosts.passwords) == {PASSWORD}
 

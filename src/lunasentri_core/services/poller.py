@@ -13,15 +13,15 @@ A poll resolves its target (the device's address, the credential decrypted for
 this call), runs the collector with a timeout, retries with exponential backoff
 and jitter, then writes the sample through the hub's writer with ``poll.up`` = 1
 and ``poll.duration``; when every attempt failed it writes ``poll.up`` = 0 alone,
-which an alert rule can watch. Outcomes (``last_error``, the next due time) are
-recorded in shared transactions.
+which an alert rule can watch, without counting as hearing from the host.
+Outcomes (``last_error``, the next due time) are recorded in shared transactions.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -67,7 +67,16 @@ class RunSync(Protocol):
     async def __call__(self, func: Callable[..., R], /, *args: Any) -> R: ...
 
 
-Ingest = Callable[[str, Sequence[Sample]], Awaitable[int]]
+class Ingest(Protocol):
+    """Writes a machine's samples through the shared writer: ``Sentri.ingest``.
+
+    ``heard=False``: the samples do not show the machine answered (its
+    ``last_seen`` stays), as for a poll that found its host down.
+    """
+
+    def __call__(
+        self, machine_id: str, samples: Iterable[Sample], *, heard: bool = True
+    ) -> Awaitable[int]: ...
 
 
 @attrs.define
@@ -327,7 +336,7 @@ class Poller:
                         self.stats.collecting -= 1
                 reservation.release()
                 try:
-                    await self._write(monitor, sample)
+                    await self._write(monitor, sample, heard=error is None)
                     outcome = self._outcome(monitor, error, manual)
                     await self._finishing.record(outcome)
                 finally:
@@ -426,9 +435,9 @@ class Poller:
             address = self._addresses[device.id] = device.address
         return address
 
-    async def _write(self, monitor: Monitor, sample: Sample) -> None:
+    async def _write(self, monitor: Monitor, sample: Sample, *, heard: bool) -> None:
         try:
-            await self._ingest(monitor.machine_id, [sample])
+            await self._ingest(monitor.machine_id, [sample], heard=heard)
         except LunaSentriError as error:
             # E.g. the monitor (and its machine) was deleted while it was polled.
             log.info("sample of monitor %s not stored: %s", monitor.id, error)
