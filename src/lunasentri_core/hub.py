@@ -62,6 +62,7 @@ from lunasentri_core.services.discovery import fail_stale_runs_forever
 from lunasentri_core.services.dispatch import Dispatcher
 from lunasentri_core.services.heartbeat import Heartbeat
 from lunasentri_core.services.jobs import JOB_MAINTENANCE
+from lunasentri_core.services.poller import Poller
 from lunasentri_core.services.writer import BatchWriter
 from lunasentri_core.storage.protocols import (
     MaintenanceReport,
@@ -113,6 +114,7 @@ class Sentri:
         self._reads = anyio.CapacityLimiter(8)
         self._collect_limiter = anyio.CapacityLimiter(8)
         self._writer: BatchWriter | None = None
+        self._poller: Poller | None = None
         self._background: TaskGroup | None = None
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self.heartbeat = Heartbeat(
@@ -162,6 +164,7 @@ class Sentri:
             services.start_soon(self.dispatcher.run)
             services.start_soon(self.changes.run)
             self._writer = writer
+            self._start_poller(services)
             await self._start_background(stack)
             await self.plugins.startup(self)
             self._exit_stack = stack.pop_all()
@@ -199,7 +202,10 @@ class Sentri:
         background.start_soon(fail_stale_runs_forever, self)
 
     async def _stop_services(self, writer: BatchWriter, services: TaskGroup) -> None:
+        if self._poller is not None:  # first: its polls write through the writer
+            await self._poller.stop()
         self._writer = None
+        self._poller = None
         await writer.aclose()
         services.cancel_scope.cancel()
 
@@ -207,6 +213,36 @@ class Sentri:
         storage, self._storage = self._storage, None
         if storage is not None:
             await anyio.to_thread.run_sync(storage.close)
+
+    # ------------------------------------------------------------ agentless polling
+
+    @property
+    def poller(self) -> Poller:
+        """The agentless poller (``poller.poll_now(monitor_id)``); it schedules polls
+        only with ``[agentless] enabled``."""
+        if self._poller is None:
+            raise RuntimeError("the hub is not open: use 'async with Sentri(...)'")
+        return self._poller
+
+    def _start_poller(self, services: TaskGroup) -> None:
+        self._poller = Poller(
+            self.storage.state,
+            settings=self.settings.agentless,
+            credentials=self.credentials,
+            collector=self.collector,
+            ingest=self.ingest,
+            run_sync=self.run_sync,
+            clock=self.clock,
+            release_leases_at_start=self._sole_user_of_storage(),
+        )
+        if self.settings.agentless.enabled:
+            services.start_soon(self._poller.run)
+
+    def _sole_user_of_storage(self) -> bool:
+        """Whether no other process may use the store: a SQLite database not shared
+        (``[server] shared_database``; ``lunasentri serve`` holds a lock on it)."""
+        scheme = urlsplit(self.settings.storage_url).scheme
+        return scheme.split("+")[0] == "sqlite" and not self.settings.server.shared_database
 
     def _open_storage(self) -> StorageBackend:
         return open_storage(self.settings, self.plugins)
