@@ -10,7 +10,6 @@ treat it as any other machine.
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from lunasentri_core.services import audit
 from lunasentri_core.services.credentials import collector_names
 from lunasentri_core.services.hosts import check_host
 from lunasentri_core.services.machines import MAX_NAME, owner_scope
+from lunasentri_core.services.scheduling import first_due
 from lunasentri_core.storage.protocols import StateStore
 
 if TYPE_CHECKING:
@@ -40,12 +40,6 @@ MAX_OPTIONS_BYTES = 16 * 1024
 
 def _invalid(field: str, message: str) -> ValidationError:
     return ValidationError([FieldError(field, message)], what="request body")
-
-
-def first_due(now: datetime, interval: timedelta) -> datetime:
-    """When a new (or re-enabled) monitor polls first: somewhere in its first
-    interval, so monitors made together do not all poll at the same instant."""
-    return now + interval * random.random()
 
 
 def switched(monitor: Monitor, enabled: bool, now: datetime) -> Monitor:
