@@ -18,7 +18,7 @@ import attrs
 
 from lunasentri_core.components import Principal
 from lunasentri_core.errors import FieldError, ValidationError
-from lunasentri_core.model import Device, Machine, MachineKind, Monitor, new_id
+from lunasentri_core.model import Device, Machine, MachineKind, Monitor, PollOutcome, new_id
 from lunasentri_core.services import audit
 from lunasentri_core.services.credentials import collector_names
 from lunasentri_core.services.hosts import check_host
@@ -264,6 +264,15 @@ class Monitors:
         if changes.enabled is not None:
             monitor = switched(monitor, changes.enabled, now)
         return monitor
+
+    async def poll_now(
+        self, actor: Principal, monitor_id: str, *, client: str | None = None
+    ) -> tuple[Monitor, PollOutcome]:
+        """Poll it now (disabled too), wait for the outcome; its schedule stays."""
+        outcome = await self._hub.poller.poll_now(monitor_id, owner_scope(actor))
+        monitor = await self.get(actor, monitor_id)
+        await self._audit("monitor.poll", actor, monitor, client, {"ok": outcome.error is None})
+        return monitor, outcome
 
     async def delete(self, actor: Principal, monitor_id: str, *, client: str | None = None) -> None:
         """Delete it; the device's last monitor takes the device's machine and metrics."""
