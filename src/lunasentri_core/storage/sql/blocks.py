@@ -230,24 +230,32 @@ def _scaled(values: FloatArray) -> tuple[int, list[int]] | None:
     for scale in range(_MAX_SCALE + 1):
         factor = 10**scale
         try:
-            if _unscale(scale, [round(v * factor) for v in sample]).tobytes() != sample.tobytes():
+            guess = [round(v * factor) for v in sample]
+            if _unscale(scale, guess, len(guess)).tobytes() != sample.tobytes():
                 continue
             ints = [round(v * factor) for v in values]
-        except (OverflowError, ValueError):  # inf or NaN: the model refuses them anyway
+        except (OverflowError, ValueError, struct.error):  # inf or NaN: the model refuses them
             return None
         if max(ints) >= _EXACT or min(ints) <= -_EXACT:
             return None  # larger scales only make larger integers
-        if _unscale(scale, ints).tobytes() == raw:
+        if _unscale(scale, ints, len(ints)).tobytes() == raw:
             return scale, ints
     return None
 
 
-def _unscale(scale: int, ints: Iterable[int]) -> FloatArray:
-    """The floats ``n / 10**scale``: exactly rounded, since ``|n| < 2**53``."""
+def _unscale(scale: int, ints: Iterable[int], count: int) -> FloatArray:
+    """The ``count`` floats ``n / 10**scale``: exactly rounded, since ``|n| < 2**53``."""
     if scale == 0:
-        return array("d", list(ints))
+        return cast("FloatArray", _packed_array("d", count, ints))
     divide: Callable[[int], float] = float(10**scale).__rtruediv__
-    return array("d", list(map(divide, ints)))
+    return cast("FloatArray", _packed_array("d", count, map(divide, ints)))
+
+
+def _packed_array(typecode: str, count: int, numbers: Iterable[float]) -> IntArray | FloatArray:
+    """An array of exactly ``count`` numbers (struct packs a third faster than ``array(list)``)."""
+    column: IntArray | FloatArray = array(typecode)
+    column.frombytes(struct.pack(f"={count}{typecode}", *numbers))
+    return column
 
 
 def _shuffle(column: IntArray) -> bytes:
@@ -307,8 +315,8 @@ def _decode_column(
     else:
         raise ValueError(f"bad column mode {mode}")
     if typecode == "q":
-        return array("q", list(ints)), offset
-    return _unscale(scale, ints), offset
+        return _packed_array("q", count, ints), offset
+    return _unscale(scale, ints, count), offset
 
 
 def _packed(data: bytes, offset: int, typecode: str, count: int) -> tuple[IntArray, int]:
