@@ -18,7 +18,7 @@ encoded twice in the same run, with the block format compaction writes now
 
 The target is 2.0 bytes per point of file (issue 15).
 
-    python benchmarks/bench_block_density.py [--machines 20] [--repeat 20]
+    python benchmarks/bench_block_density.py [--machines 20] [--repeat 20] [--jitter-ms 0]
 """
 
 from __future__ import annotations
@@ -192,11 +192,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--machines", type=int, default=c.MACHINES, help="machines (default 20)")
     parser.add_argument("--repeat", type=int, default=20, help="decodes timed (default 20)")
+    parser.add_argument(
+        "--jitter-ms", type=int, default=0, help="random delay of each sample (default 0)"
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
     args = parser.parse_args(argv)
+    if not 0 <= args.jitter_ms < d.STEP_MS:
+        parser.error(
+            f"--jitter-ms must be below the step ({d.STEP_MS} ms): timestamps must increase"
+        )
 
     with c.Timer() as generating:
-        series = list(d.day(machines=args.machines))
+        series = list(d.day(machines=args.machines, jitter_ms=args.jitter_ms))
     points = sum(len(s.ts) for s in series)
     formats = {version: Encoded(version) for version in (blocks.FORMAT_V1, blocks.FORMAT_VERSION)}
     for s in series:
@@ -232,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     v1, v2 = blocks.FORMAT_V1, blocks.FORMAT_VERSION
     print(
         f"benchmark (d): block density, {len(series):,} series x {d.POINTS_PER_DAY:,} points "
-        f"at 5 s = {points:,} points (generated in {generating.elapsed:.0f} s)"
+        f"at 5 s = {points:,} points, jitter up to {args.jitter_ms} ms "
+        f"(generated in {generating.elapsed:.0f} s)"
     )
     for line in c.environment():
         print(f"  {line}")
