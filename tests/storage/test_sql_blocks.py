@@ -149,8 +149,8 @@ def test_random_series_round_trip_in_raw_blocks(data: tuple[IntArray, FloatArray
 
 @given(raw_series())
 def test_random_series_round_trip_in_minute_blocks(data: tuple[IntArray, FloatArray]) -> None:
-    # Sums of values near the float64 limit overflow in the rollups themselves
-    # (math.fsum raises): a limit of the rollups, not of the block format.
+    # A minute whose sum is past the float64 range keeps the largest float as its sum
+    # (points.total): a limit of the rollups, not of the block format.
     assume(all(abs(v) < 1e306 for v in data[1]))
     round_trip_minutes(*data)
 
