@@ -69,6 +69,7 @@ from lunasentri_core.storage.protocols import (
     PurgeReport,
     StorageBackend,
     hold_singleton,
+    release_singleton,
     storage_mode,
 )
 
@@ -116,6 +117,8 @@ class Sentri:
         self._writer: BatchWriter | None = None
         self._poller: Poller | None = None
         self._background: TaskGroup | None = None
+        self._jobs: set[str] = set()
+        """Once-only jobs this hub holds (see :meth:`singleton`)."""
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self.heartbeat = Heartbeat(
             self,
@@ -148,6 +151,8 @@ class Sentri:
             if self._storage is None:
                 self._storage = await anyio.to_thread.run_sync(self._open_storage)
                 stack.push_async_callback(self._close_storage)
+            # Runs once the services below have stopped: none takes a job again.
+            stack.push_async_callback(self._release_jobs)
             writer = BatchWriter(
                 self._storage,
                 clock=self.clock,
@@ -520,7 +525,22 @@ class Sentri:
         another process takes it over at its next pass once the holder is gone
         (:func:`~lunasentri_core.storage.hold_singleton`).
         """
-        return await self.run_sync(hold_singleton, self.storage, name)
+        held = await self.run_sync(hold_singleton, self.storage, name)
+        if held:
+            self._jobs.add(name)
+        return held
+
+    async def _release_jobs(self) -> None:
+        """Hand every once-only job over (the storage may stay open after the hub)."""
+        storage, jobs = self._storage, sorted(self._jobs)
+        self._jobs.clear()
+        if storage is None:
+            return
+        for name in jobs:
+            try:
+                await anyio.to_thread.run_sync(release_singleton, storage, name)
+            except Exception:
+                log.warning("could not hand the %r job over; it goes when the storage closes", name)
 
     async def _maintain_forever(self) -> None:
         period = self.settings.storage.maintenance_interval.total_seconds()

@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from lunasentri_core import RetentionPolicy
+from lunasentri_core import RetentionPolicy, Sentri, Settings
 from lunasentri_core.storage import hold_singleton
 from lunasentri_core.storage.sql import SqlStorage
 from lunasentri_core.storage.sql.singleton import Singletons, lock_key
@@ -68,7 +69,8 @@ def test_one_holder_per_job_and_a_dead_holder_is_taken_over(
         assert len(pids) == 1
 
         with first_engine.connect() as conn:  # the holder's process "dies"
-            conn.execute(sa.select(sa.func.pg_terminate_backend(pids[0])))
+            # With a timeout it returns once the backend has ended (its locks gone with it).
+            conn.execute(sa.select(sa.func.pg_terminate_backend(pids[0], 10_000)))
         assert second.hold("heartbeat")  # at its next pass
         assert not first.hold("heartbeat")  # and the old holder knows it lost it
         assert first.held() == frozenset()
@@ -133,3 +135,27 @@ def test_in_memory_and_backends_without_locks_always_hold() -> None:
     finally:
         storage.close()
     assert hold_singleton(object(), "heartbeat")  # a backend one process uses
+
+
+@pytest.mark.postgres
+def test_a_hub_hands_its_jobs_over_when_it_stops_on_storage_it_leaves_open(
+    two_engines: tuple[Engine, Engine, str], tmp_path: Path
+) -> None:
+    """An embedding application's storage outlives its hub: the jobs (and the lock's
+    connection) must not, or no other process takes them over until it closes."""
+    first_engine, _, schema = two_engines
+    storage = SqlStorage(first_engine)
+    storage.migrate()
+
+    async def run_a_hub() -> None:
+        settings = Settings.load(environ={}, data_dir=tmp_path / "data")
+        async with Sentri(settings, storage=storage) as hub:
+            assert await hub.singleton("heartbeat")
+            assert holder_pids(first_engine, "heartbeat", schema) != []
+
+    try:
+        anyio.run(run_a_hub)
+        assert holder_pids(first_engine, "heartbeat", schema) == []
+        assert storage.singletons.held() == frozenset()
+    finally:
+        storage.close()

@@ -609,6 +609,15 @@ def hold_singleton(backend: object, name: str) -> bool:
     return True if hold is None else bool(hold(name))
 
 
+def release_singleton(backend: object, name: str) -> None:
+    """Hand job ``name`` over now (blocking): a hub that stops but leaves its storage
+    open (an embedding application's) must not keep its jobs, nor their lock's
+    connection, until the storage closes."""
+    release = getattr(backend, "release_singleton", None)
+    if release is not None:
+        release(name)
+
+
 class StorageFactory(Protocol):
     """What ``lunasentri_register_storage`` returns: a class keyed by URL scheme."""
 

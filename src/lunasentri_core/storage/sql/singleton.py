@@ -19,6 +19,7 @@ interval).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -104,7 +105,12 @@ class Singletons:
         """Release every lock (before the engine is disposed of)."""
         with self._mutex:
             self._held.clear()
-            self._drop_connection()  # ending the session releases its locks
+            if self._conn is not None:
+                # Unlocked here, not when the server notices the session ended:
+                # another process may take the jobs over at once.
+                with contextlib.suppress(exc.SQLAlchemyError):  # gone, and its locks too
+                    self._conn.execute(sa.select(sa.func.pg_advisory_unlock_all()))
+            self._drop_connection()
             for fd in self._files.values():
                 os.close(fd)
             self._files.clear()
