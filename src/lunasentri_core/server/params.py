@@ -159,13 +159,16 @@ def cursor(call: Call, name: str = "cursor") -> tuple[str, str] | None:
     text = call.query(name)
     if text is None:
         return None
-    key = _read_cursor(text) if len(text) <= MAX_CURSOR and _CURSOR.match(text) else None
+    key = parse_cursor(text)
     if key is None:
         raise invalid(name, "not a cursor this list gave (start again without one)")
     return key
 
 
-def _read_cursor(text: str) -> tuple[str, str] | None:
+def parse_cursor(text: str) -> tuple[str, str] | None:
+    """The position of a :func:`make_cursor` cursor, or ``None`` for anything else."""
+    if len(text) > MAX_CURSOR or not _CURSOR.match(text):
+        return None
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         value = json.loads(raw.decode("utf-8"))
