@@ -32,8 +32,8 @@ from lunasentri_core.model import (
     SeriesValue,
 )
 from lunasentri_core.server.context import ROUTE_KEY
-from lunasentri_core.server.params import make_cursor, parse_cursor
 from lunasentri_core.server.dashboard.charts import HEIGHT, WIDTH, sparkline
+from lunasentri_core.server.params import make_cursor, parse_cursor
 from lunasentri_core.server.routes.auth import (
     clear_session_cookie,
     session_token,
