@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import attrs
@@ -336,12 +336,16 @@ def machine_json(machine: Machine) -> dict[str, Any]:
 
 
 def series_json(values: Iterable[SeriesValue]) -> list[dict[str, Any]]:
+    # A machine's values mostly share the timestamp of its last sample: each
+    # distinct one is formatted once.
+    stamps: dict[datetime, str] = {}
     return [
         {
             "metric": v.series.metric,
             "labels": dict(v.series.labels),
             "value": v.value,
-            "timestamp": v.timestamp.isoformat(),
+            "timestamp": stamps.get(v.timestamp)
+            or stamps.setdefault(v.timestamp, v.timestamp.isoformat()),
         }
         for v in values
     ]
