@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -370,3 +371,35 @@ def test_the_storage_log_line_never_shows_a_password(url: str, shown: str) -> No
     from lunasentri_core.hub import _redact_url
 
     assert _redact_url(url) == shown
+
+
+async def test_sums_past_the_float_range_do_not_stop_compaction(tmp_path: Path) -> None:
+    """Two points near the largest float in one minute: their sum is not a float."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    start = now - timedelta(hours=3)
+    async with Sentri(settings(tmp_path)) as hub:
+        machine = await hub.add_machine("extreme")
+        for offset, value in ((0, 1.7e308), (10, 1.7e308), (20, -1.0)):
+            at = start + timedelta(seconds=offset)
+            await hub.ingest(machine.id, [Sample(at, [Reading("disk.used", value)])])
+        await hub.maintain()
+        await hub.maintain()  # a second pass must not fail on what the first left
+        [raw] = await hub.history(
+            machine.id, "disk.used", start=start, end=now, step=timedelta(seconds=10)
+        )
+        assert [p.value for p in raw.points] == [1.7e308, 1.7e308, -1.0]
+        [minutes] = await hub.history(
+            machine.id, "disk.used", start=start, end=now, step=timedelta(minutes=1)
+        )
+        # The minute's sum is held at the largest float: its average is finite, if low.
+        [point] = minutes.points
+        assert 0 < point.value <= sys.float_info.max
+        [hourly] = await hub.history(
+            machine.id,
+            "disk.used",
+            start=start,
+            end=now,
+            step=timedelta(hours=1),
+            aggregation="max",
+        )
+        assert [p.value for p in hourly.points] == [1.7e308]

@@ -138,6 +138,51 @@ class NotificationSettings:
 
 
 @attrs.frozen
+class AgentlessSettings:
+    """The agentless poller (``[agentless]``): how monitors of remote hosts are polled."""
+
+    enabled: bool = True
+    """Whether the hub polls monitors (another process sharing the database may do it)."""
+    workers: int = attrs.field(default=64, validator=_at_least(1))
+    """Polls under way at once, at most; a hung host holds one of them until its timeout."""
+    poll_timeout: timedelta = attrs.field(default=timedelta(seconds=30), validator=_positive)
+    """How long one attempt of a poll may take."""
+    retries: int = attrs.field(default=2, validator=_at_least(0))
+    """Attempts after the first before a poll counts as failed."""
+    retry_backoff: timedelta = attrs.field(default=timedelta(seconds=1), validator=_positive)
+    """Wait before the first retry; it doubles with every retry (with jitter)."""
+    tick: timedelta = attrs.field(default=timedelta(seconds=1), validator=_positive)
+    """How often the scheduler claims the monitors due by the next tick (each poll
+    then starts at its due time)."""
+    lease: timedelta | None = attrs.field(default=None)
+    """How long a claimed poll holds its monitor; when a process dies, another (sharing
+    the database) polls the monitor once this has passed. Default: the longest a poll
+    can take (every attempt timing out, every backoff at its longest) plus a margin."""
+
+    @lease.validator
+    def _check_lease(self, attribute: attrs.Attribute[timedelta | None], value: Any) -> None:
+        if value is not None and value <= self.longest_poll:
+            raise InvalidValue(
+                f"must be longer than a poll can take ({self.longest_poll.total_seconds():g}s: "
+                "poll_timeout x (retries + 1) + the retries' backoff)",
+                attribute,
+            )
+
+    @property
+    def longest_poll(self) -> timedelta:
+        """Every attempt timing out, and every backoff at its longest (1.5 x its base)."""
+        backoff = self.retry_backoff * ((1 << self.retries) - 1) * 1.5
+        return self.poll_timeout * (self.retries + 1) + backoff
+
+    @property
+    def effective_lease(self) -> timedelta:
+        if self.lease is not None:
+            return self.lease
+        # The margin covers resolving the target and writing the result.
+        return self.longest_poll + max(self.poll_timeout, timedelta(seconds=10))
+
+
+@attrs.frozen
 class ServerSettings:
     """The reference server (``lunasentri serve``)."""
 
@@ -283,6 +328,7 @@ class Settings:
     """How often the hub looks for alert rules and machines changed by other processes
     sharing its storage."""
     notifications: NotificationSettings = NotificationSettings()
+    agentless: AgentlessSettings = AgentlessSettings()
     secrets: SecretsSettings = SecretsSettings()
     admin_username: str = "admin"
     admin_password: str | None = attrs.field(default=None, repr=mask_secret)

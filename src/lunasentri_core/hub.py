@@ -61,11 +61,14 @@ from lunasentri_core.services.credentials import CredentialVault
 from lunasentri_core.services.discovery import fail_stale_runs_forever
 from lunasentri_core.services.dispatch import Dispatcher
 from lunasentri_core.services.heartbeat import Heartbeat
+from lunasentri_core.services.jobs import JOB_MAINTENANCE
+from lunasentri_core.services.poller import Poller
 from lunasentri_core.services.writer import BatchWriter
 from lunasentri_core.storage.protocols import (
     MaintenanceReport,
     PurgeReport,
     StorageBackend,
+    hold_singleton,
     storage_mode,
 )
 
@@ -111,6 +114,7 @@ class Sentri:
         self._reads = anyio.CapacityLimiter(8)
         self._collect_limiter = anyio.CapacityLimiter(8)
         self._writer: BatchWriter | None = None
+        self._poller: Poller | None = None
         self._background: TaskGroup | None = None
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self.heartbeat = Heartbeat(
@@ -160,6 +164,7 @@ class Sentri:
             services.start_soon(self.dispatcher.run)
             services.start_soon(self.changes.run)
             self._writer = writer
+            self._start_poller(services)
             await self._start_background(stack)
             await self.plugins.startup(self)
             self._exit_stack = stack.pop_all()
@@ -197,7 +202,10 @@ class Sentri:
         background.start_soon(fail_stale_runs_forever, self)
 
     async def _stop_services(self, writer: BatchWriter, services: TaskGroup) -> None:
+        if self._poller is not None:  # first: its polls write through the writer
+            await self._poller.stop()
         self._writer = None
+        self._poller = None
         await writer.aclose()
         services.cancel_scope.cancel()
 
@@ -205,6 +213,36 @@ class Sentri:
         storage, self._storage = self._storage, None
         if storage is not None:
             await anyio.to_thread.run_sync(storage.close)
+
+    # ------------------------------------------------------------ agentless polling
+
+    @property
+    def poller(self) -> Poller:
+        """The agentless poller (``poller.poll_now(monitor_id)``); it schedules polls
+        only with ``[agentless] enabled``."""
+        if self._poller is None:
+            raise RuntimeError("the hub is not open: use 'async with Sentri(...)'")
+        return self._poller
+
+    def _start_poller(self, services: TaskGroup) -> None:
+        self._poller = Poller(
+            self.storage.state,
+            settings=self.settings.agentless,
+            credentials=self.credentials,
+            collector=self.collector,
+            ingest=self.ingest,
+            run_sync=self.run_sync,
+            clock=self.clock,
+            release_leases_at_start=self._sole_user_of_storage(),
+        )
+        if self.settings.agentless.enabled:
+            services.start_soon(self._poller.run)
+
+    def _sole_user_of_storage(self) -> bool:
+        """Whether no other process may use the store: a SQLite database not shared
+        (``[server] shared_database``; ``lunasentri serve`` holds a lock on it)."""
+        scheme = urlsplit(self.settings.storage_url).scheme
+        return scheme.split("+")[0] == "sqlite" and not self.settings.server.shared_database
 
     def _open_storage(self) -> StorageBackend:
         return open_storage(self.settings, self.plugins)
@@ -474,12 +512,29 @@ class Sentri:
             log.info("purged old server state: %s", report)
         return report
 
+    async def singleton(self, name: str) -> bool:
+        """Whether this process runs the once-only periodic job ``name`` now.
+
+        Processes sharing one database run such a job (heartbeat sweep,
+        maintenance, ...) one at a time: the holder keeps it from pass to pass,
+        another process takes it over at its next pass once the holder is gone
+        (:func:`~lunasentri_core.storage.hold_singleton`).
+        """
+        return await self.run_sync(hold_singleton, self.storage, name)
+
     async def _maintain_forever(self) -> None:
         period = self.settings.storage.maintenance_interval.total_seconds()
         purge = self.settings.storage.purge
         purged_at: float | None = None
         while True:
             await anyio.sleep(period)
+            try:
+                held = await self.singleton(JOB_MAINTENANCE)
+            except Exception:
+                log.exception("storage maintenance failed")
+                continue
+            if not held:
+                continue  # another process maintains the shared database, and purges it
             try:
                 await self.maintain()
             except Exception:

@@ -33,18 +33,19 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
             yield make_team(server, http)
 
 
-def profile(team: Team, windows: WsmanServer, password: str = PASSWORD) -> dict[str, Any]:
+def profile(
+    team: Team, windows: WsmanServer, user: str = USER, password: str = PASSWORD
+) -> dict[str, Any]:
     body = {
-        "name": f"basic-{password[:6]}",
+        "name": f"{user} {password}",
         "transport": "basic",
-        "username": USER,
+        "username": user,
         "password": password,
         "https": False,
         "port": windows.port,
     }
-    made: dict[str, Any] = team.json(
-        team.alice, "POST", "/api/v1/credential-profiles", 201, json=body
-    )
+    path = "/api/v1/credential-profiles"
+    made: dict[str, Any] = team.json(team.alice, "POST", path, 201, json=body)
     return made
 
 
@@ -62,15 +63,8 @@ def test_a_credential_test_logs_in_and_names_the_host(team: Team, windows: Wsman
 
 
 def test_a_monitor_polls_the_host_and_its_machine_reports(team: Team, windows: WsmanServer) -> None:
-    made = profile(team, windows, password=PASSWORD + " ")
-    windows.users[USER + "2"] = PASSWORD + " "
-    team.call(
-        team.alice,
-        "PATCH",
-        f"/api/v1/credential-profiles/{made['id']}",
-        200,
-        json={"username": USER + "2"},
-    )
+    windows.users["poller"] = PASSWORD
+    made = profile(team, windows, user="poller")
     device = team.json(team.alice, "POST", "/api/v1/devices", 201, json={"address": ADDRESS})
     body = {
         "device_id": device["id"],

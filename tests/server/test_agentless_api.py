@@ -239,3 +239,25 @@ def test_devices_are_unique_per_owner_by_address(team: Team) -> None:
     )
     device(team, team.bob, address)  # another owner's device may share the address
     team.call(team.alice, "POST", DEVICES, 422, json={"address": "not a host!"})
+
+
+def test_poll_now_polls_and_says_how_it_went(team: Team) -> None:
+    made = profile(team, team.alice)
+    host = device(team, team.alice)
+    watching = monitor(team, team.alice, host["id"], made["id"], enabled=False)
+    path = f"{MONITORS}/{watching['id']}"
+    polled = team.json(team.alice, "POST", f"{path}/poll", 200)
+    assert (polled["ok"], polled["error"]) == (True, None)
+    assert polled["monitor"]["last_polled"] is not None
+    assert polled["monitor"]["due_at"] == watching["due_at"]  # the schedule stays
+    latest = team.json(team.alice, "GET", f"/api/v1/machines/{watching['machine_id']}/latest", 200)
+    values = {item["metric"]: item["value"] for item in latest["items"]}
+    assert (values["proc.count"], values["poll.up"]) == (42, 1)
+
+    team.call(team.alice, "PATCH", f"{PROFILES}/{made['id']}", 200, json={"password": "wrong"})
+    failed = team.json(team.alice, "POST", f"{path}/poll", 200)
+    assert failed["ok"] is False
+    assert failed["error"].startswith("authentication:")
+    assert (failed["monitor"]["state"], failed["monitor"]["failures"]) == ("disabled", 1)
+    assert failed["monitor"]["last_error"] == failed["error"]
+    team.call(team.bob, "POST", f"{path}/poll", 404)

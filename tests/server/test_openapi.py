@@ -549,6 +549,7 @@ def _devices_and_monitors(s: Scenario, alice: str, profile_id: str) -> None:
     s.call(alice, "PATCH", one, 200, json={"interval": 30})
     s.call(alice, "POST", f"{one}/disable", 200)
     s.call(alice, "POST", f"{one}/enable", 200)
+    s.call(alice, "POST", f"{one}/poll", 200)
     s.call(alice, "DELETE", f"/api/v1/devices/{device['id']}", 409)
     s.call(alice, "DELETE", f"/api/v1/credential-profiles/{profile_id}", 409)
     s.call(alice, "DELETE", f"/api/v1/machines/{made['machine_id']}", 409)

@@ -13,7 +13,13 @@ import sqlalchemy as sa
 
 from lunasentri_core.model import Aggregation, HistoryQuery, MachineSamples, Reading, Sample
 from lunasentri_core.storage.sql import SqlStorage
-from lunasentri_core.storage.sql.blocks import FLAG_ZLIB, decode_minutes, decode_raw
+from lunasentri_core.storage.sql.blocks import (
+    FLAG_ZLIB,
+    FORMAT_V1,
+    FORMAT_VERSION,
+    decode_minutes,
+    decode_raw,
+)
 from lunasentri_core.storage.sql.metrics import to_ms
 from lunasentri_core.storage.sql.schema import metric_chunks
 
@@ -42,7 +48,10 @@ def write(storage: SqlStorage, start: datetime, count: int) -> None:
 
 
 def chunk_flags(storage: SqlStorage) -> dict[int, tuple[int, int]]:
-    """Per chunk start: the flags byte of the raw blob and of the minutes blob."""
+    """Per chunk start: the flags byte of the raw blob and of the minutes blob.
+
+    Open chunks are plain version 1 blocks; ended ones version 2, compressed.
+    """
     c = metric_chunks.c
     with storage.db.read() as conn:
         rows = conn.execute(sa.select(c.chunk_start, c.raw, c.minutes)).all()
@@ -51,6 +60,8 @@ def chunk_flags(storage: SqlStorage) -> dict[int, tuple[int, int]]:
         assert raw is not None
         assert minutes is not None
         both = (raw[1], minutes[1])
+        version = FORMAT_VERSION if raw[1] & FLAG_ZLIB else FORMAT_V1
+        assert (raw[0], minutes[0]) == (version, version)
         assert flags.setdefault(chunk_start, both) == both, "series of one hour disagree"
     return flags
 

@@ -5,6 +5,9 @@ Per (rule, machine, series) the state goes ok -> pending -> firing -> resolved
 outbox entry in the transaction that moves the state. Evaluation runs after a
 batch is committed, in its own task, so an agent's acknowledgement never waits
 for it; rules and states are held in memory and only transitions touch storage.
+When several processes share the storage (``[server] shared_database``), a
+machine's stored states are read before its samples are evaluated, since
+another process may have moved them.
 """
 
 from __future__ import annotations
@@ -86,6 +89,10 @@ class AlertEvaluator:
         self._watched: frozenset[str] = frozenset()
         self._inputs: frozenset[str] = frozenset()
         self._states: dict[StateKey, AlertStatus] = {}
+        self._keys: dict[str, set[StateKey]] = {}
+        """Per machine, its keys in ``_states``."""
+        self._shared = hub.settings.server.shared_database
+        """Other processes may move states: read a machine's before evaluating it."""
         self._plans: dict[str, MachinePlan] = {}
         self._admins: frozenset[str] = frozenset()
         self._active: dict[str, set[tuple[str, Labels]]] = {}
@@ -118,6 +125,9 @@ class AlertEvaluator:
         self._admins = frozenset(user.id for user in users if user.role is Role.ADMIN)
         self._set_rules([rule for rule in rules if rule.enabled])
         self._states = {_key(s): s for s in states}
+        self._keys = {}
+        for key in self._states:
+            self._keys.setdefault(key[1], set()).add(key)
         self._active = {}
         for status in states:
             if status.state in _HELD:
@@ -159,10 +169,40 @@ class AlertEvaluator:
         for batch in batches:
             machine = await self._machine(batch.machine_id)
             if machine is not None:
+                if self._shared:
+                    await self._refresh(machine.id)
                 transitions.extend(self._evaluate_batch(machine, batch))
         if not transitions:
             return []
         return await self._record(transitions)
+
+    async def _refresh(self, machine_id: str) -> None:
+        """Replace a machine's series states with the stored ones.
+
+        With several processes sharing the database, a machine's samples may
+        reach any of them, and each moves the states it evaluates: what this
+        process remembers may be behind (a series another process moved to
+        pending, or back to ok). Evaluating from the stored states, one read per
+        machine and batch, keeps the rules' for-durations and resolutions right
+        wherever the samples arrive; a state moved meanwhile is still caught by
+        the conditional write (:meth:`_record`).
+        """
+        state = self._hub.storage.state
+        stored = await self._hub.run_sync(
+            lambda: state.list_alert_states(None, machine_id=machine_id)
+        )
+        for key in self._keys.pop(machine_id, set()):
+            self._states.pop(key, None)
+        keys: set[StateKey] = set()
+        active: set[tuple[str, Labels]] = set()
+        for status in stored:
+            key = _key(status)
+            self._states[key] = status
+            keys.add(key)
+            if status.state in _HELD:
+                active.add((status.series.metric, status.series.labels))
+        self._keys[machine_id] = keys
+        self._active[machine_id] = active
 
     async def _machine(self, machine_id: str) -> Machine | None:
         try:
@@ -270,6 +310,7 @@ class AlertEvaluator:
         if new is None:
             return None
         self._states[key] = new  # later samples of this batch continue from here
+        self._keys.setdefault(machine.id, set()).add(key)
         if new.state not in (AlertState.FIRING, AlertState.RESOLVED):
             return AlertTransition(current, new)
         event = AlertEvent(

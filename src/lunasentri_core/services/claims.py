@@ -54,6 +54,7 @@ from lunasentri_core.model import (
 from lunasentri_core.security import tokens_match
 from lunasentri_core.services import audit
 from lunasentri_core.services.ingest import TokenBucket
+from lunasentri_core.services.jobs import JOB_CLAIM_EXPIRY
 from lunasentri_core.services.machines import (
     Machines,
     check_hostname,
@@ -413,7 +414,7 @@ class Claims:
         period = min(EXPIRY_PERIOD, self.settings.server.claim_ttl).total_seconds()
         while True:
             try:
-                expired = await self.expire()
+                expired = await self.expire() if await self.hub.singleton(JOB_CLAIM_EXPIRY) else 0
                 if expired:
                     log.info("%d unclaimed agent registrations expired", expired)
             except Exception:

@@ -48,6 +48,7 @@ from lunasentri_core.remote import (
 )
 from lunasentri_core.samples import Target
 from lunasentri_core.services import audit, scan
+from lunasentri_core.services.jobs import JOB_DISCOVERY_STALE
 from lunasentri_core.services.machines import check_name, owner_scope
 from lunasentri_core.storage.protocols import StateStore
 
@@ -553,7 +554,8 @@ async def fail_stale_runs_forever(hub: Sentri) -> None:
     """:func:`fail_stale_runs` now and every :data:`STALE_CHECK` seconds."""
     while True:
         try:
-            failed = await fail_stale_runs(hub)
+            # Another process sharing the database may run it: one at a time.
+            failed = await fail_stale_runs(hub) if await hub.singleton(JOB_DISCOVERY_STALE) else 0
         except Exception:
             log.exception("failing stale discovery runs failed")
         else:

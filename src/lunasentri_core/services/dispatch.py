@@ -1,6 +1,7 @@
 """The dispatcher: delivers outbox events to channels through notifier plugins.
 
-Each cycle closes silences that ended (re-notifying what is still wrong), hands
+Each cycle closes silences that ended (re-notifying what is still wrong; one
+process of those sharing the storage does that, see :mod:`.jobs`), hands
 new events to channels, then takes the deliveries that are due and sends them,
 a bounded number at a time. A delivery's id is the notification's id, so a
 receiver can drop the duplicate a crash between sending and recording causes.
@@ -44,6 +45,7 @@ from lunasentri_core.model import (
     skipped_because,
 )
 from lunasentri_core.services import silences
+from lunasentri_core.services.jobs import JOB_SILENCES
 
 if TYPE_CHECKING:
     from lunasentri_core.hub import Sentri
@@ -139,7 +141,8 @@ class Dispatcher:
 
     async def _cycle(self) -> int:
         state, clock = self._hub.storage.state, self._hub.clock
-        await silences.close_due(self._hub)
+        if await self._hub.singleton(JOB_SILENCES):  # one process closes them
+            await silences.close_due(self._hub)
         # "now" is read in the worker thread, when the transaction runs.
         while await self._hub.run_sync(lambda: state.fan_out(clock())):
             pass

@@ -19,6 +19,7 @@ import anyio
 import attrs
 
 from lunasentri_core.model import Machine, MachineStatus, StatusChange, new_id
+from lunasentri_core.services.jobs import JOB_HEARTBEAT
 from lunasentri_core.services.notices import status_event
 from lunasentri_core.storage.protocols import StateStore, StatusTransition
 
@@ -169,7 +170,18 @@ class Heartbeat:
             full = anyio.current_time() >= next_sweep
             if full:
                 next_sweep = anyio.current_time() + period
-            await self._sweep_logged(None if full else reported)
+                if not await self._runs_sweeps():
+                    full = False  # another process sweeps: only bring reporters online
+            if full or reported:
+                await self._sweep_logged(None if full else reported)
+
+    async def _runs_sweeps(self) -> bool:
+        """Whether this process runs the full sweep (one process of those sharing storage)."""
+        try:
+            return await self._hub.singleton(JOB_HEARTBEAT)
+        except Exception:
+            log.exception("heartbeat sweep failed")
+            return False
 
     async def _sweep_logged(self, machine_ids: Sequence[str] | None) -> None:
         try:

@@ -10,7 +10,6 @@ treat it as any other machine.
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -19,11 +18,12 @@ import attrs
 
 from lunasentri_core.components import Principal
 from lunasentri_core.errors import FieldError, ValidationError
-from lunasentri_core.model import Device, Machine, MachineKind, Monitor, new_id
+from lunasentri_core.model import Device, Machine, MachineKind, Monitor, PollOutcome, new_id
 from lunasentri_core.services import audit
 from lunasentri_core.services.credentials import collector_names
 from lunasentri_core.services.hosts import check_host
 from lunasentri_core.services.machines import MAX_NAME, owner_scope
+from lunasentri_core.services.scheduling import first_due
 from lunasentri_core.storage.protocols import StateStore
 
 if TYPE_CHECKING:
@@ -40,12 +40,6 @@ MAX_OPTIONS_BYTES = 16 * 1024
 
 def _invalid(field: str, message: str) -> ValidationError:
     return ValidationError([FieldError(field, message)], what="request body")
-
-
-def first_due(now: datetime, interval: timedelta) -> datetime:
-    """When a new (or re-enabled) monitor polls first: somewhere in its first
-    interval, so monitors made together do not all poll at the same instant."""
-    return now + interval * random.random()
 
 
 def switched(monitor: Monitor, enabled: bool, now: datetime) -> Monitor:
@@ -270,6 +264,15 @@ class Monitors:
         if changes.enabled is not None:
             monitor = switched(monitor, changes.enabled, now)
         return monitor
+
+    async def poll_now(
+        self, actor: Principal, monitor_id: str, *, client: str | None = None
+    ) -> tuple[Monitor, PollOutcome]:
+        """Poll it now (disabled too), wait for the outcome; its schedule stays."""
+        outcome = await self._hub.poller.poll_now(monitor_id, owner_scope(actor))
+        monitor = await self.get(actor, monitor_id)
+        await self._audit("monitor.poll", actor, monitor, client, {"ok": outcome.error is None})
+        return monitor, outcome
 
     async def delete(self, actor: Principal, monitor_id: str, *, client: str | None = None) -> None:
         """Delete it; the device's last monitor takes the device's machine and metrics."""

@@ -15,6 +15,7 @@ from lunasentri_core.storage.protocols import (
     StateStore,
     StorageBackend,
     StorageFactory,
+    hold_singleton,
     storage_mode,
 )
 
@@ -29,5 +30,6 @@ __all__ = [
     "StateStore",
     "StorageBackend",
     "StorageFactory",
+    "hold_singleton",
     "storage_mode",
 ]

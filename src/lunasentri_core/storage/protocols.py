@@ -664,6 +664,23 @@ def storage_mode(backend: object) -> str | None:
     return mode if isinstance(mode, str) and mode else None
 
 
+def hold_singleton(backend: object, name: str) -> bool:
+    """Whether this process may run the once-only job ``name`` now (blocking).
+
+    Several server processes may share one database. Periodic work that must not
+    run twice at once (the heartbeat sweep, maintenance and purges, ...) asks
+    before each pass and skips the pass on ``False``. A backend that several
+    processes can share has ``hold_singleton(name) -> bool``: it takes a lock
+    for ``name`` or confirms this process still holds it, refuses while another
+    process holds it, and lets the lock go when its holder dies, so another
+    process takes the job over at its next pass. The shared SQL store uses a
+    PostgreSQL advisory lock (a file lock beside a SQLite file). A backend
+    without the method is used by one process: the answer is always ``True``.
+    """
+    hold = getattr(backend, "hold_singleton", None)
+    return True if hold is None else bool(hold(name))
+
+
 class StorageFactory(Protocol):
     """What ``lunasentri_register_storage`` returns: a class keyed by URL scheme."""
 

@@ -220,9 +220,11 @@ class WsmanServer:
         return f"http://{host!s}:{port}/wsman"
 
     def start(self) -> WsmanServer:
-        """Listen on ``host``:``port`` and serve in a background thread."""
+        """Listen on ``host``:``port`` and serve in a background thread; ``port`` is
+        then the one listened on (an ephemeral one stays for a restart)."""
         self._released.clear()
         self._httpd = _HttpServer((self.host, self.port), _Handler, self)
+        self.port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="wsman-test-server")
         self._thread.start()
         return self

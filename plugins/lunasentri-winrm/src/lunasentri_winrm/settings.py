@@ -15,14 +15,15 @@ DEFAULT_SKIP_NICS: tuple[str, ...] = ("isatap*", "Teredo*", "6TO4*")
 bytes are also counted on the physical interface beneath them."""
 
 
-def _names(value: Iterable[str]) -> tuple[str, ...]:
+def pattern_list(value: Iterable[str]) -> tuple[str, ...]:
+    """Converter of a list of name patterns (the WMI collector's settings use it too)."""
     # A bare string would otherwise be split into one-letter patterns.
     if isinstance(value, str):
         raise TypeError(f"expected a list of strings, not the string {value!r}")
     return tuple(value)
 
 
-def _check_names(_: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+def check_patterns(_: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
     for index, name in enumerate(value):
         if not isinstance(name, str) or not name:
             raise InvalidValue(f"[{index}]: expected a non-empty string, got {name!r}", attribute)
@@ -33,9 +34,8 @@ def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
         raise InvalidValue(f"must be a positive number, got {value!r}", attribute)
 
 
-def _below_read_timeout(
-    instance: WinrmSettings, attribute: attrs.Attribute[Any], value: int
-) -> None:
+def below_read_timeout(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    """Validator of ``operation_timeout_sec`` next to a ``read_timeout_sec``."""
     # pywinrm's rule: the host may block for the whole operation timeout, so the
     # HTTP read timeout must outlast it.
     if value >= instance.read_timeout_sec:
@@ -52,7 +52,7 @@ class WinrmSettings:
     read_timeout_sec: int = attrs.field(default=DEFAULT_READ_TIMEOUT_SEC, validator=_positive)
     """Seconds to wait for any one HTTP answer of the host."""
     operation_timeout_sec: int = attrs.field(
-        default=DEFAULT_OPERATION_TIMEOUT_SEC, validator=[_positive, _below_read_timeout]
+        default=DEFAULT_OPERATION_TIMEOUT_SEC, validator=[_positive, below_read_timeout]
     )
     """The WS-Management ``OperationTimeout``: how long the host may hold one request."""
     script_timeout_sec: float = attrs.field(default=60.0, validator=_positive)
@@ -60,7 +60,7 @@ class WinrmSettings:
     per_cpu: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     """Also emit ``cpu.percent`` per logical CPU, labelled ``cpu``."""
     skip_nics: tuple[str, ...] = attrs.field(
-        default=DEFAULT_SKIP_NICS, converter=_names, validator=_check_names
+        default=DEFAULT_SKIP_NICS, converter=pattern_list, validator=check_patterns
     )
     """Interfaces not measured (``fnmatch`` patterns, case-insensitive as Windows names are)."""
 

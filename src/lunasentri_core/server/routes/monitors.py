@@ -371,6 +371,41 @@ async def _set_enabled(call: Call, enabled: bool) -> object:
     return monitor_json(monitor)
 
 
+POLL_RESULT = api.schema(
+    "PollResult",
+    object_schema(
+        {
+            "ok": {"type": "boolean"},
+            "error": {**MAYBE_STRING, "description": "Why the poll failed: `<kind>: <message>`."},
+            "at": TIMESTAMP,
+            "monitor": MONITOR,
+        }
+    ),
+)
+
+
+@api.post(
+    "/api/v1/monitors/{monitor_id}/poll",
+    auth=Auth.USER,
+    summary="Poll a monitor now and answer how the poll went",
+    responses={200: POLL_RESULT},
+)
+async def poll_monitor(call: Call) -> object:
+    """Runs one poll at once (with its retries), a disabled monitor's too, and answers
+    when it has ended; the sample is stored as a scheduled poll's is. The schedule
+    stays as it was. A poll of the monitor already under way is waited for rather
+    than doubled."""
+    monitor, outcome = await Monitors(call.hub).poll_now(
+        call.user, call.path("monitor_id"), client=call.client
+    )
+    return {
+        "ok": outcome.error is None,
+        "error": outcome.error,
+        "at": outcome.at.isoformat(),
+        "monitor": monitor_json(monitor),
+    }
+
+
 @api.delete(
     "/api/v1/monitors/{monitor_id}",
     auth=Auth.USER,

@@ -18,10 +18,10 @@ other.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc
@@ -52,6 +52,8 @@ from lunasentri_core.storage.sql.schema import (
     users,
 )
 from lunasentri_core.storage.sql.schema import devices as device_rows
+
+T = TypeVar("T")
 
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -296,6 +298,16 @@ def _lease_free(now: datetime) -> sa.ColumnElement[bool]:
 # --------------------------------------------------------------------------- store
 
 
+_RECORD_NAMES = {
+    "credential_profiles": "credential profile",
+    "discovery_profiles": "discovery profile",
+    "discovery_runs": "discovery run",
+    "devices": "device",
+    "monitors": "monitor",
+}
+"""How a record of each table is named in a "not found" message."""
+
+
 class SqlAgentlessStore:
     """The agentless part of :class:`SqlStateStore` (a mixin sharing ``_db``)."""
 
@@ -304,6 +316,36 @@ class SqlAgentlessStore:
     def _delete_machine(self, conn: Connection, machine_id: str) -> None:
         """Delete a machine with everything of it (:class:`SqlStateStore` provides it)."""
         raise NotImplementedError
+
+    def _get_owned(
+        self,
+        table: sa.Table,
+        record_id: str,
+        owner_id: str | None,
+        from_row: Callable[[Row[Any]], T],
+    ) -> T:
+        """One record by id, if ``owner_id`` (or an admin's ``None``) may see it."""
+        with self._db.read() as conn:
+            row = conn.execute(
+                sa.select(table).where(table.c.id == record_id, _owned(table, owner_id))
+            ).first()
+        if row is None:
+            raise NotFoundError(f"{_RECORD_NAMES[table.name]} {record_id!r} not found")
+        return from_row(row)
+
+    def _list_owned(
+        self,
+        table: sa.Table,
+        owner_id: str | None,
+        from_row: Callable[[Row[Any]], T],
+        order: str,
+    ) -> list[T]:
+        """The records ``owner_id`` (or an admin's ``None``) may see, by ``order`` then id."""
+        with self._db.read() as conn:
+            rows = conn.execute(
+                sa.select(table).where(_owned(table, owner_id)).order_by(table.c[order], table.c.id)
+            ).all()
+        return [from_row(row) for row in rows]
 
     # ------------------------------------------------------------------ credential profiles
 
@@ -322,24 +364,10 @@ class SqlAgentlessStore:
     def get_credential_profile(
         self, profile_id: str, owner_id: str | None = None
     ) -> CredentialProfile:
-        with self._db.read() as conn:
-            row = conn.execute(
-                sa.select(credential_profiles).where(
-                    credential_profiles.c.id == profile_id, _owned(credential_profiles, owner_id)
-                )
-            ).first()
-        if row is None:
-            raise NotFoundError(f"credential profile {profile_id!r} not found")
-        return _credential(row)
+        return self._get_owned(credential_profiles, profile_id, owner_id, _credential)
 
     def list_credential_profiles(self, owner_id: str | None = None) -> list[CredentialProfile]:
-        with self._db.read() as conn:
-            rows = conn.execute(
-                sa.select(credential_profiles)
-                .where(_owned(credential_profiles, owner_id))
-                .order_by(credential_profiles.c.name, credential_profiles.c.id)
-            ).all()
-        return [_credential(row) for row in rows]
+        return self._list_owned(credential_profiles, owner_id, _credential, "name")
 
     def update_credential_profile(self, profile: CredentialProfile) -> CredentialProfile:
         message = f"a credential profile named {profile.name!r} already exists"
@@ -436,24 +464,10 @@ class SqlAgentlessStore:
     def get_discovery_profile(
         self, profile_id: str, owner_id: str | None = None
     ) -> DiscoveryProfile:
-        with self._db.read() as conn:
-            row = conn.execute(
-                sa.select(discovery_profiles).where(
-                    discovery_profiles.c.id == profile_id, _owned(discovery_profiles, owner_id)
-                )
-            ).first()
-        if row is None:
-            raise NotFoundError(f"discovery profile {profile_id!r} not found")
-        return _discovery(row)
+        return self._get_owned(discovery_profiles, profile_id, owner_id, _discovery)
 
     def list_discovery_profiles(self, owner_id: str | None = None) -> list[DiscoveryProfile]:
-        with self._db.read() as conn:
-            rows = conn.execute(
-                sa.select(discovery_profiles)
-                .where(_owned(discovery_profiles, owner_id))
-                .order_by(discovery_profiles.c.name, discovery_profiles.c.id)
-            ).all()
-        return [_discovery(row) for row in rows]
+        return self._list_owned(discovery_profiles, owner_id, _discovery, "name")
 
     def update_discovery_profile(self, profile: DiscoveryProfile) -> DiscoveryProfile:
         """Replace its fields but owner and ``created_at``; returns it stored."""
@@ -544,15 +558,7 @@ class SqlAgentlessStore:
         return _run(row)
 
     def get_discovery_run(self, run_id: str, owner_id: str | None = None) -> DiscoveryRun:
-        with self._db.read() as conn:
-            row = conn.execute(
-                sa.select(discovery_runs).where(
-                    discovery_runs.c.id == run_id, _owned(discovery_runs, owner_id)
-                )
-            ).first()
-        if row is None:
-            raise NotFoundError(f"discovery run {run_id!r} not found")
-        return _run(row)
+        return self._get_owned(discovery_runs, run_id, owner_id, _run)
 
     def list_discovery_runs(
         self, profile_id: str, owner_id: str | None = None, limit: int = 50
@@ -661,24 +667,10 @@ class SqlAgentlessStore:
         return device
 
     def get_device(self, device_id: str, owner_id: str | None = None) -> Device:
-        with self._db.read() as conn:
-            row = conn.execute(
-                sa.select(device_rows).where(
-                    device_rows.c.id == device_id, _owned(device_rows, owner_id)
-                )
-            ).first()
-        if row is None:
-            raise NotFoundError(f"device {device_id!r} not found")
-        return _device(row)
+        return self._get_owned(device_rows, device_id, owner_id, _device)
 
     def list_devices(self, owner_id: str | None = None) -> list[Device]:
-        with self._db.read() as conn:
-            rows = conn.execute(
-                sa.select(device_rows)
-                .where(_owned(device_rows, owner_id))
-                .order_by(device_rows.c.address, device_rows.c.id)
-            ).all()
-        return [_device(row) for row in rows]
+        return self._list_owned(device_rows, owner_id, _device, "address")
 
     def delete_device(self, device_id: str, owner_id: str | None = None) -> None:
         with _conflicts(f"device {device_id!r} is in use"), self._db.write() as conn:
@@ -743,13 +735,7 @@ class SqlAgentlessStore:
         return machine.id
 
     def get_monitor(self, monitor_id: str, owner_id: str | None = None) -> Monitor:
-        with self._db.read() as conn:
-            row = conn.execute(
-                sa.select(monitors).where(monitors.c.id == monitor_id, _owned(monitors, owner_id))
-            ).first()
-        if row is None:
-            raise NotFoundError(f"monitor {monitor_id!r} not found")
-        return _monitor(row)
+        return self._get_owned(monitors, monitor_id, owner_id, _monitor)
 
     def list_monitors(
         self, owner_id: str | None = None, device_id: str | None = None

@@ -18,6 +18,7 @@ from lunasentri_core.storage.protocols import Capability
 from lunasentri_core.storage.sql.database import LOCK_MIGRATE, Database
 from lunasentri_core.storage.sql.metrics import SqlMetricStore
 from lunasentri_core.storage.sql.schema import VERSION_TABLE
+from lunasentri_core.storage.sql.singleton import Singletons
 from lunasentri_core.storage.sql.state import SqlStateStore
 
 SCRIPT_LOCATION = "lunasentri_core.storage.sql:migrations"
@@ -83,6 +84,7 @@ class SqlStorage:
         self.db = Database(engine, label=label, serialize=serialize)
         self.metrics = SqlMetricStore(self.db, retention or RetentionPolicy())
         self.state = SqlStateStore(self.db, self.metrics)
+        self.singletons = Singletons(engine)
 
     @property
     def engine(self) -> Engine:
@@ -113,7 +115,18 @@ class SqlStorage:
         context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         return context.get_current_revision()
 
+    def hold_singleton(self, name: str) -> bool:
+        """Whether this process runs the once-only job ``name`` (see :func:`hold_singleton`)."""
+        with self.db.errors():
+            return self.singletons.hold(name)
+
+    def release_singleton(self, name: str) -> None:
+        """Let another process take job ``name`` over at its next pass."""
+        with self.db.errors():
+            self.singletons.release(name)
+
     def close(self) -> None:
+        self.singletons.close()
         self.db.dispose()
 
     def __repr__(self) -> str:

@@ -9,10 +9,11 @@ or the grouping in which points were added up.
 
 from __future__ import annotations
 
+import sys
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
-from math import fsum
+from math import copysign, fsum
 from typing import NamedTuple, TypeAlias
 
 from lunasentri_core.model import Aggregation
@@ -51,9 +52,27 @@ class Stats(NamedTuple):
     last: float
 
 
+def total(values: FloatArray) -> float:
+    """``fsum`` of finite values, held at the largest float when the exact sum is past
+    it (two points near 1.7e308): a rollup must be storable, and compaction must not
+    fail on such data pass after pass."""
+    try:
+        return fsum(values)
+    except OverflowError:
+        return copysign(sys.float_info.max, fsum(v / 2.0 for v in values))
+
+
+def mean(values: FloatArray) -> float:
+    """The average of a non-empty run, exact also where the sum overflows."""
+    try:
+        return fsum(values) / len(values)
+    except OverflowError:
+        return fsum(v / len(values) for v in values)
+
+
 def stats_of(values: FloatArray) -> Stats:
     """The rollup of a non-empty run of values in time order."""
-    return Stats(len(values), fsum(values), min(values), max(values), values[-1])
+    return Stats(len(values), total(values), min(values), max(values), values[-1])
 
 
 def merge_points(
@@ -213,7 +232,7 @@ def downsample_points(
     append = out.append
     if aggregation is Aggregation.AVG:
         for k, i, j in _steps(ts, start, end, step):
-            append((k, fsum(values[i:j]) / (j - i)))
+            append((k, mean(values[i:j])))
     elif aggregation is Aggregation.MIN:
         for k, i, j in _steps(ts, start, end, step):
             append((k, min(values[i:j])))
@@ -236,7 +255,7 @@ def downsample_rollups(
     if aggregation is Aggregation.AVG:
         sums, counts = rollups.sums, rollups.counts
         for k, i, j in _steps(keys, start, end, step):
-            append((k, fsum(sums[i:j]) / sum(counts[i:j])))
+            append((k, total(sums[i:j]) / sum(counts[i:j])))
     elif aggregation is Aggregation.MIN:
         for k, i, j in _steps(keys, start, end, step):
             append((k, min(rollups.mins[i:j])))

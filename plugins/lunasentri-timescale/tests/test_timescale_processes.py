@@ -1,0 +1,428 @@
+"""Several real `lunasentri serve` processes on one PostgreSQL schema behave as one server.
+
+Each test starts two or three servers (``[server] shared_database = true``) on a
+schema of its own, with short intervals, and a webhook receiver on loopback that
+records every request's ``webhook-id``. Machines stored as online but silent for
+ten minutes make the heartbeat raise one ``machine.offline`` notice each, which
+the dispatchers deliver. What must happen once happens once: one offline notice
+per machine, one delivery per id, each sample stored once; a killed process's
+jobs and leases are taken over by the others (the receiver holds requests until
+the kill, so the delivery the dead process had in flight is the one, and only
+one, sent again); a key revoked through one process is refused by the others.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import sqlalchemy as sa
+from timescale_support import child_env
+
+from lunasentri_core import Machine, MachineStatus, RetentionPolicy, User
+from lunasentri_core.codec import encode
+from lunasentri_core.model import Channel, Role, new_id, utcnow
+from lunasentri_core.services.jobs import JOB_HEARTBEAT
+from lunasentri_core.storage.sql.singleton import lock_key
+from lunasentri_timescale import TimescaleStorageFactory
+from lunasentri_webhooks import WebhookChannel, generate_secret, verify
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+ADMIN_PASSWORD = "correct horse battery staple"
+SECRET = generate_secret()
+WAIT = 60.0
+"""Seconds to wait for a condition before the test fails (not a timing assertion)."""
+
+CONFIG = """\
+heartbeat_interval = "1s"
+offline_threshold = "2s"
+restart_grace = "0s"
+sync_interval = "1s"
+[server]
+shared_database = true
+[notifications]
+lease = "3s"
+backoff = "1s"
+poll_interval = "1s"
+[plugins.webhook]
+allow_private_addresses = true
+"""
+
+
+class Receiver(ThreadingHTTPServer):
+    """Verifies each request's signature and records its webhook-id.
+
+    ``arrived`` records each request as it comes in; it is answered (and
+    recorded in ``requests``) once ``gate`` is open.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, gate_open: bool) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.gate = threading.Event()
+        if gate_open:
+            self.gate.set()
+        self.lock = threading.Lock()
+        self.arrived: list[str] = []
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.rejected = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hooks"
+
+    def ids(self) -> list[str]:
+        with self.lock:
+            return [webhook_id for webhook_id, _ in self.requests]
+
+    def offline_machines(self) -> list[str]:
+        """The machine of every machine.offline request, duplicates included."""
+        with self.lock:
+            bodies = [body for _, body in self.requests]
+        return [b["data"]["machine"]["id"] for b in bodies if b["type"] == "machine.offline"]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        try:
+            verify(SECRET, dict(self.headers), body)
+        except ValueError:
+            with self.server.lock:
+                self.server.rejected += 1
+            self.send_response(400)
+            self.end_headers()
+            return
+        with self.server.lock:
+            self.server.arrived.append(self.headers["webhook-id"])
+        self.server.gate.wait(WAIT)
+        with self.server.lock:
+            self.server.requests.append((self.headers["webhook-id"], json.loads(body)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+MakeReceiver = Callable[[bool], Receiver]
+
+
+@pytest.fixture
+def make_receiver() -> Iterator[MakeReceiver]:
+    started: list[Receiver] = []
+
+    def make(gate_open: bool) -> Receiver:
+        server = Receiver(gate_open)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.gate.set()
+        server.shutdown()
+        server.server_close()
+
+
+@attrs.define
+class Server:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"gave up waiting: {what}")
+
+
+StartServers = Callable[..., list[Server]]
+
+
+@pytest.fixture
+def start_servers(
+    fresh_schema_url: Callable[[], str], site: Path, tmp_path: Path
+) -> Iterator[tuple[str, StartServers]]:
+    """A fresh schema's URL and a function starting that many servers on it (all at once)."""
+    url = fresh_schema_url()
+    config = tmp_path / "lunasentri.toml"
+    config.write_text(CONFIG)
+    running: list[Server] = []
+
+    def start(count: int, **environment: str) -> list[Server]:
+        """``count`` servers, with ``environment`` added to theirs (LUNASENTRI_* settings)."""
+        new = []
+        for _ in range(count):
+            index, port = len(running), free_port()
+            log = tmp_path / f"server{index}.log"
+            env = child_env(
+                site,
+                LUNASENTRI_CONFIG=str(config),
+                LUNASENTRI_STORAGE__URL=url,
+                LUNASENTRI_ADMIN_PASSWORD=ADMIN_PASSWORD,
+                **environment,
+            )
+            command = [sys.executable, "-m", "lunasentri_core.cli", "--log-level", "info"]
+            data_dir = tmp_path / f"data{index}"
+            with log.open("ab") as output:
+                process = subprocess.Popen(
+                    [*command, "serve", "--port", str(port), "--data-dir", str(data_dir)],
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
+            server = Server(process, port, log)
+            running.append(server)
+            new.append(server)
+        for server in new:
+            wait_for(lambda s=server: _ready(s), f"server {server.port} ready")
+        return new
+
+    yield url, start
+    for server in running:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait(10)
+
+
+def _ready(server: Server) -> bool:
+    if server.process.poll() is not None:
+        pytest.fail(f"a server exited: {server.output()[-3000:]}")
+    try:
+        return httpx.get(f"{server.base}/healthz/ready", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def seed(url: str, receiver: Receiver, machines: int) -> list[str]:
+    """A user with a webhook channel and ``machines`` machines silent for ten minutes."""
+    storage = TimescaleStorageFactory.open(url, retention=RetentionPolicy())
+    try:
+        storage.migrate()
+        state = storage.state
+        owner = state.add_user(User(id=new_id(), username="ops", role=Role.USER), "x")
+        config = encode(WebhookChannel(url=receiver.url, secret=SECRET))
+        state.add_channel(
+            Channel(id=new_id(), owner_id=owner.id, name="hooks", type="webhook", config=config)
+        )
+        return add_silent_machines(storage.state, owner.id, machines, "m")
+    finally:
+        storage.close()
+
+
+def add_silent_machines(state: Any, owner_id: str, count: int, prefix: str) -> list[str]:
+    silent_since = utcnow() - timedelta(minutes=10)
+    ids = []
+    for i in range(count):
+        machine = Machine(
+            id=new_id(),
+            name=f"{prefix}{i:02}",
+            owner_id=owner_id,
+            status=MachineStatus.ONLINE,
+            last_seen=silent_since,
+        )
+        ids.append(state.add_machine(machine).id)
+    return ids
+
+
+def scalar(url: str, sql: str, **params: Any) -> Any:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text(sql), params).scalar()
+    finally:
+        engine.dispose()
+
+
+def stop(server: Server) -> None:
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(60)
+    assert server.process.returncode in (0, -signal.SIGTERM), server.output()[-3000:]
+
+
+def login(base: str) -> httpx.Client:
+    """A client of ``base`` signed in as the admin (not opened yet: use it in ``with``)."""
+    body = {"username": "admin", "password": ADMIN_PASSWORD}
+    answer = httpx.post(f"{base}/api/v1/auth/login", json=body, timeout=30)
+    assert answer.status_code == 200, answer.text
+    token = answer.json()["token"]
+    return httpx.Client(base_url=base, timeout=30, headers={"authorization": f"Bearer {token}"})
+
+
+def ingest(base: str, key: str, samples: list[dict[str, Any]]) -> httpx.Response:
+    return httpx.post(
+        f"{base}/api/v1/ingest",
+        json={"samples": samples},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+
+
+def test_three_processes_notify_once_deliver_once_and_store_once(
+    start_servers: tuple[str, StartServers], make_receiver: MakeReceiver
+) -> None:
+    url, start = start_servers
+    receiver = make_receiver(True)
+    silent = seed(url, receiver, machines=12)
+    servers = start(3)
+
+    wait_for(lambda: set(receiver.offline_machines()) >= set(silent), "every offline notice")
+    # Every outbox row is delivered (state 'delivered') before looking for extras.
+    wait_for(
+        lambda: scalar(url, "SELECT count(*) FROM deliveries WHERE state <> 'delivered'") == 0,
+        "every delivery recorded",
+    )
+    offline = receiver.offline_machines()
+    ids = receiver.ids()
+    assert sorted(offline) == sorted(silent)  # one notice per silent machine
+    assert len(ids) == len(set(ids))  # and no webhook-id twice
+    assert receiver.rejected == 0
+    changes = "SELECT count(*) FROM status_changes WHERE status = 'offline'"
+    assert scalar(url, changes) == len(silent)
+    # One heartbeat holder among the three (a session advisory lock of one backend).
+    holders = (
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND classid = :c AND objid = :o AND objsubid = 2"
+    )
+    schema = scalar(url, "SELECT current_schema()")
+    classid, objid = lock_key(JOB_HEARTBEAT, schema)
+    assert scalar(url, holders, c=classid, o=objid & 0xFFFFFFFF) == 1
+    runs = [s for s in servers if "now runs the 'heartbeat' job" in s.output()]
+    assert len(runs) == 1
+
+    # Ingest through all three: every sample stored once, retries included.
+    with login(servers[0].base) as admin:
+        created = admin.post("/api/v1/machines", json={"name": "web-1"})
+        assert created.status_code == 201, created.text
+        machine_id, key = created.json()["machine"]["id"], created.json()["api_key"]
+        start_at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+        samples = [
+            {
+                "timestamp": (start_at + timedelta(seconds=i)).isoformat(),
+                "metrics": {"cpu.percent": float(i)},
+            }
+            for i in range(30)
+        ]
+        for i, server in enumerate(servers):
+            answer = ingest(server.base, key, samples[i::3])
+            assert answer.status_code == 200, answer.text
+        for server in servers:  # every batch again, through every process: retries
+            for i in range(3):
+                assert ingest(server.base, key, samples[i::3]).status_code == 200
+        history = admin.get(
+            f"/api/v1/machines/{machine_id}/history",
+            params={"metric": "cpu.percent", "step": "1s", "start": start_at.timestamp() - 1},
+        )
+        assert history.status_code == 200, history.text
+    points = [p for series in history.json()["series"] for p in series["points"]]
+    assert [value for _, value in points] == [float(i) for i in range(30)]
+
+    for server in servers:
+        stop(server)
+
+
+def test_a_key_revoked_through_one_process_is_refused_by_the_others(
+    start_servers: tuple[str, StartServers], make_receiver: MakeReceiver
+) -> None:
+    url, start = start_servers
+    seed(url, make_receiver(True), machines=0)
+    servers = start(3)
+    now = datetime.now(UTC).isoformat()
+    sample = [{"timestamp": now, "metrics": {"cpu.percent": 1.0}}]
+    with login(servers[0].base) as admin:
+        created = admin.post("/api/v1/machines", json={"name": "db-1"}).json()
+        machine_id, key = created["machine"]["id"], created["api_key"]
+        for server in servers:  # each process has seen (and may cache) the key
+            assert ingest(server.base, key, sample).status_code == 200
+        keys = admin.get(f"/api/v1/machines/{machine_id}/keys").json()["items"]
+        revoked = admin.post(f"/api/v1/machines/{machine_id}/keys/{keys[0]['id']}/revoke")
+        assert revoked.status_code == 204, revoked.text
+    assert ingest(servers[0].base, key, sample).status_code == 401
+    for server in servers[1:]:
+        wait_for(
+            lambda s=server: ingest(s.base, key, sample).status_code == 401,
+            f"the revoked key refused by {server.base}",
+        )
+
+
+def test_a_killed_process_jobs_and_leases_are_taken_over(
+    start_servers: tuple[str, StartServers], make_receiver: MakeReceiver
+) -> None:
+    url, start = start_servers
+    receiver = make_receiver(False)  # holds every request until the gate opens
+    silent = seed(url, receiver, machines=16)
+    # One delivery at a time per process, and few taken per round: each process
+    # holds a share of the deliveries, one of them in flight at the receiver.
+    servers = start(2, LUNASENTRI_NOTIFICATIONS__CONCURRENCY="1")
+    wait_for(lambda: len(receiver.arrived) == 2, "a delivery in flight from each process")
+    holder = next(s for s in servers if "now runs the 'heartbeat' job" in s.output())
+    survivor = next(s for s in servers if s is not holder)
+    holder.process.send_signal(signal.SIGKILL)
+    holder.process.wait(10)
+    in_flight = list(receiver.arrived)
+    receiver.gate.set()
+
+    # The survivor takes the heartbeat sweep over: machines silent from now on go offline.
+    storage = TimescaleStorageFactory.open(url, retention=RetentionPolicy())
+    try:
+        owner = storage.state.find_user("ops")
+        assert owner is not None
+        later = add_silent_machines(storage.state, owner.id, 3, "late")
+    finally:
+        storage.close()
+    # Deliveries the dead process had taken are sent again when their lease ends.
+    wait_for(
+        lambda: set(receiver.offline_machines()) >= set(silent) | set(later),
+        "every offline notice, those after the takeover included",
+    )
+    wait_for(
+        lambda: scalar(url, "SELECT count(*) FROM deliveries WHERE state <> 'delivered'") == 0,
+        "every delivery recorded",
+    )
+    assert "now runs the 'heartbeat' job" in survivor.output()
+    ids = receiver.ids()
+    assert len(set(ids)) == len(silent) + len(later)
+    # Only the one the dead process had in flight arrives twice, under its one id.
+    twice = [webhook_id for webhook_id in set(ids) if ids.count(webhook_id) > 1]
+    assert len(twice) == 1
+    assert ids.count(twice[0]) == 2
+    assert twice[0] in in_flight
+    changes = "SELECT count(*) FROM status_changes WHERE status = 'offline'"
+    assert scalar(url, changes) == len(silent) + len(later)
+    stop(survivor)

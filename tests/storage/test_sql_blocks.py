@@ -1,0 +1,292 @@
+"""Block format version 2 (scaled, delta, shuffled columns) is lossless; version 1 still reads.
+
+Round trips compare bit patterns (``array.tobytes``), not values: ``-0.0 == 0.0``
+would hide a lost sign.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import sys
+import zlib
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from lunasentri_core.errors import StorageError
+from lunasentri_core.model import Aggregation, HistoryQuery, MachineSamples, Reading, Sample
+from lunasentri_core.storage.sql import CHUNK_MS, SqlStorage, blocks
+from lunasentri_core.storage.sql.metrics import to_ms
+from lunasentri_core.storage.sql.points import (
+    MINUTE_MS,
+    FloatArray,
+    IntArray,
+    Rollups,
+    bucket_stats,
+    float_array,
+    int_array,
+)
+from lunasentri_core.storage.sql.schema import metric_chunks, series
+
+TINY = sys.float_info.min  # the smallest normal float
+SUBNORMAL = 5e-324
+FLOAT_CLASSES = {
+    "zeros": [0.0, -0.0, 0.0, -0.0],
+    "negative-zero-alone": [-0.0] * 5,
+    "subnormals": [SUBNORMAL, -SUBNORMAL, TINY / 2, -TINY / 3, 2.2250738585072009e-308],
+    "huge": [sys.float_info.max, -sys.float_info.max, 1e308, -1.7e308, 2.0**1000],
+    "tiny": [TINY, -TINY, 1e-300, -1e-307, 2.0**-1000],
+    "integers": [0.0, 1.0, -1.0, 2.0**53, 2.0**53 + 2, -(2.0**63), 2.0**63, 1e15, 123456789.0],
+    "many-decimals": [0.1 + 0.2, 1 / 3, math.pi, -math.e, 1.000000000000001, 0.1234567890123],
+    "decimals": [12.5, 0.01, -3.75, 99.9, 100.0, 0.3, 1e-15, 123.456],
+    "constant": [42.5] * 10,
+}
+FLOAT_CLASSES["all-mixed"] = [v for values in FLOAT_CLASSES.values() for v in values]
+
+
+def bits(column: IntArray | FloatArray) -> bytes:
+    return column.tobytes()
+
+
+def regular_ts(count: int, start: int = 1_700_000_000_000, step: int = 5_000) -> IntArray:
+    return int_array(range(start, start + count * step, step))
+
+
+def round_trip_raw(ts: IntArray, values: FloatArray) -> None:
+    blob = blocks.encode_raw(ts, values)
+    assert blob[0] == blocks.FORMAT_VERSION
+    got_ts, got_values = blocks.decode_raw(blob)
+    assert (got_ts.typecode, got_values.typecode) == ("q", "d")
+    assert bits(got_ts) == bits(ts)
+    assert bits(got_values) == bits(values)
+
+
+def round_trip_minutes(ts: IntArray, values: FloatArray) -> None:
+    columns = Rollups.from_stats(bucket_stats(ts, values, MINUTE_MS)).columns()
+    blob = blocks.encode(columns)
+    assert blob[0] == blocks.FORMAT_VERSION
+    got = blocks.decode_minutes(blob)
+    assert [c.typecode for c in got] == list(blocks.MINUTE_COLUMNS)
+    assert [bits(c) for c in got] == [bits(c) for c in columns]
+
+
+# --------------------------------------------------------------------------- lossless
+
+
+@pytest.mark.parametrize("name", sorted(FLOAT_CLASSES))
+def test_every_float_class_round_trips_in_raw_and_minute_blocks(name: str) -> None:
+    values = float_array(FLOAT_CLASSES[name])
+    ts = regular_ts(len(values), step=20_000)  # 3 points a minute: minute sums of them too
+    round_trip_raw(ts, values)
+    round_trip_minutes(ts, values)
+    # Each value alone in a column, and after a decimal-looking run of 20:
+    # a column is scaled only when every value comes back bit for bit.
+    for value in FLOAT_CLASSES[name]:
+        round_trip_raw(regular_ts(1), float_array([value]))
+        prefix = [round(0.1 * i, 1) for i in range(20)]
+        round_trip_raw(regular_ts(21), float_array([*prefix, value]))
+
+
+def test_empty_blocks_round_trip() -> None:
+    round_trip_raw(int_array(), float_array())
+    assert [len(c) for c in blocks.decode_minutes(blocks.encode(Rollups.empty().columns()))] == [
+        0
+    ] * 6
+
+
+def test_timestamps_at_the_ends_of_int64_round_trip() -> None:
+    """Gaps wider than int64 cannot be stored as differences: stored as they are."""
+    ts = int_array([-(2**63), -1, 0, 2**62, 2**63 - 1])
+    round_trip_raw(ts, float_array([1.5, 2.5, 3.5, 4.5, 5.5]))
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+decimal_values = st.builds(
+    lambda n, k: n / 10**k,
+    st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1),
+    st.integers(min_value=0, max_value=18),
+)
+walks = st.builds(
+    lambda start, steps, k: [round(start + sum(steps[:i]), k) for i in range(len(steps))],
+    st.floats(min_value=-1e6, max_value=1e6),
+    st.lists(st.floats(min_value=-100, max_value=100), min_size=1, max_size=200),
+    st.integers(min_value=0, max_value=4),
+)
+
+
+@st.composite
+def raw_series(draw: st.DrawFn) -> tuple[IntArray, FloatArray]:
+    """Increasing timestamps with irregular gaps (no duplicates, as the store keeps them)."""
+    values = draw(
+        st.one_of(
+            st.lists(finite, max_size=200),
+            st.lists(decimal_values, max_size=200),
+            walks,
+            st.lists(st.sampled_from([v for vs in FLOAT_CLASSES.values() for v in vs])),
+        )
+    )
+    gaps = draw(
+        st.one_of(
+            st.lists(st.integers(min_value=1, max_value=10**9), min_size=len(values)),
+            st.lists(st.sampled_from([4_999, 5_000, 5_001, 10_000]), min_size=len(values)),
+        )
+    )
+    start = draw(st.integers(min_value=-(10**13), max_value=10**13))
+    ts = [start]
+    for gap in gaps[: max(len(values) - 1, 0)]:
+        ts.append(ts[-1] + gap)
+    return int_array(ts[: len(values)]), float_array(values)
+
+
+@given(raw_series())
+def test_random_series_round_trip_in_raw_blocks(data: tuple[IntArray, FloatArray]) -> None:
+    round_trip_raw(*data)
+
+
+@given(raw_series())
+def test_random_series_round_trip_in_minute_blocks(data: tuple[IntArray, FloatArray]) -> None:
+    # A minute whose sum is past the float64 range keeps the largest float as its sum
+    # (points.total): a limit of the rollups, not of the block format.
+    assume(all(abs(v) < 1e306 for v in data[1]))
+    round_trip_minutes(*data)
+
+
+# --------------------------------------------------------------------------- what is stored
+
+
+def test_compressed_blocks_are_version_2_and_uncompressed_ones_version_1() -> None:
+    ts, values = regular_ts(3), float_array([1.0, 2.0, 3.0])
+    assert blocks.encode_raw(ts, values)[:2] == bytes([2, blocks.FLAG_ZLIB])
+    assert blocks.encode_raw(ts, values, compress=False)[:2] == bytes([1, 0])
+    assert blocks.encode((ts, values), version=1)[:2] == bytes([1, blocks.FLAG_ZLIB])
+    with pytest.raises(ValueError, match="unknown block format 3"):
+        blocks.encode((ts, values), version=3)
+
+
+def test_version_1_blocks_as_older_releases_wrote_them_still_decode() -> None:
+    ts, values = regular_ts(720), float_array(round(i * 0.37, 2) for i in range(720))
+    payload = ts.tobytes() + values.tobytes()  # little-endian machines: as written before
+    for blob in (
+        struct.pack("<BBI", 1, 1, 720) + zlib.compress(payload, 1),
+        struct.pack("<BBI", 1, 0, 720) + payload,
+    ):
+        got_ts, got_values = blocks.decode_raw(blob)
+        assert (bits(got_ts), bits(got_values)) == (bits(ts), bits(values))
+
+
+def test_an_hour_of_collector_data_is_several_times_smaller_than_version_1() -> None:
+    """Regular timestamps cost a few bytes; one-decimal percentages about a byte each."""
+    ts = regular_ts(720)
+    percent = float_array(
+        round(50 + 30 * math.sin(i / 40) + (i * 7919 % 13) / 10, 1) for i in range(720)
+    )
+    v1 = blocks.encode((ts, percent), version=1)
+    v2 = blocks.encode_raw(ts, percent)
+    assert len(v2) * 3 < len(v1)
+    only_ts = blocks.encode_raw(ts, float_array([0.0] * 720))
+    assert len(only_ts) < 64
+
+
+# --------------------------------------------------------------------------- corrupt blocks
+
+
+def v2_blob(count: int, payload: bytes) -> bytes:
+    return struct.pack("<BBI", 2, blocks.FLAG_ZLIB, count) + zlib.compress(payload)
+
+
+def column(scale: int, mode: int, code: bytes, rest: bytes = b"") -> bytes:
+    return struct.pack("<BBc", scale, mode, code) + rest
+
+
+REGULAR_TS = column(0, 0, b"q", struct.pack("<qq", 0, 5_000))
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        v2_blob(2, REGULAR_TS),  # the value column is missing
+        v2_blob(2, REGULAR_TS + column(0, 2, b"b", b"\x01")),  # one value short
+        v2_blob(2, REGULAR_TS + column(0, 2, b"b", b"\x01\x02\x03")),  # one too many
+        v2_blob(2, REGULAR_TS + column(0, 7, b"b", b"\x01\x02")),  # unknown mode
+        v2_blob(2, REGULAR_TS + column(0, 2, b"x", b"\x01\x02")),  # unknown typecode
+        v2_blob(2, REGULAR_TS + column(16, 2, b"b", b"\x01\x02")),  # scale out of range
+        v2_blob(2, column(3, 0, b"q", struct.pack("<qq", 0, 1)) + column(0, 2, b"b", b"\x01\x02")),
+        v2_blob(2, column(255, 2, b"q", bytes(16)) + column(0, 2, b"b", b"\x01\x02")),
+        v2_blob(2, column(0, 1, b"q", struct.pack("<q", 2**63 - 1) + struct.pack("<q", 1))),
+        struct.pack("<BBI", 2, 1, 2) + b"not zlib",
+    ],
+    ids=[
+        "missing-column",
+        "short",
+        "long",
+        "bad-mode",
+        "bad-typecode",
+        "bad-scale",
+        "scaled-int-column",
+        "raw-bits-int-column",
+        "int64-overflow",
+        "not-compressed",
+    ],
+)
+def test_corrupt_version_2_blocks_are_reported(blob: bytes) -> None:
+    with pytest.raises(StorageError, match="corrupt"):
+        blocks.decode_raw(blob)
+
+
+# --------------------------------------------------------------------------- in a store
+
+HOUR = datetime(2025, 3, 1, 10, tzinfo=UTC)
+
+
+def test_chunks_stored_in_version_1_keep_working_and_are_rewritten_in_version_2(
+    storage: SqlStorage,
+) -> None:
+    """An existing database needs no migration: reads and compaction dispatch on the version."""
+    write = storage.metrics.write
+    write([MachineSamples("m1", [Sample(HOUR, [Reading("cpu.percent", 1.5)])])])
+    storage.metrics.maintain(HOUR + timedelta(hours=2))
+    with storage.db.read() as conn:
+        (sid,) = conn.execute(sa.select(series.c.id)).scalars()
+    # The chunk as an older release left it: a whole hour, version 1 blocks.
+    ts = int_array(range(to_ms(HOUR), to_ms(HOUR) + CHUNK_MS, 5_000))
+    values = float_array(round(i * 0.1, 1) for i in range(len(ts)))
+    minutes = Rollups.from_stats(bucket_stats(ts, values, MINUTE_MS)).columns()
+    c = metric_chunks.c
+    with storage.db.write() as conn:
+        conn.execute(
+            sa.update(metric_chunks)
+            .where(c.series_id == sid)
+            .values(
+                raw=blocks.encode((ts, values), version=1),
+                minutes=blocks.encode(minutes, version=1),
+            )
+        )
+
+    def day(step: timedelta) -> list[tuple[datetime, float]]:
+        end = HOUR + timedelta(hours=1)
+        query = HistoryQuery("m1", "cpu.percent", HOUR, end, step, Aggregation.MAX)
+        (answer,) = storage.metrics.history(query)
+        return [(p.timestamp, p.value) for p in answer.points]
+
+    # 450 s steps are answered from the raw points, 5 min ones from the minute rollups.
+    before_raw, before_minutes = day(timedelta(seconds=450)), day(timedelta(minutes=5))
+    assert before_raw[-1] == (HOUR + timedelta(minutes=52, seconds=30), 71.9)
+    assert before_minutes[0] == (HOUR, 5.9)
+
+    # A late point in the gap between two stored ones is merged into the chunk.
+    late = HOUR + timedelta(minutes=30, seconds=2)
+    write([MachineSamples("m1", [Sample(late, [Reading("cpu.percent", 1000.0)])])])
+    storage.metrics.maintain(HOUR + timedelta(hours=2))
+    with storage.db.read() as conn:
+        raw, minute_blob = conn.execute(sa.select(c.raw, c.minutes)).one()
+    assert (raw[0], minute_blob[0]) == (blocks.FORMAT_VERSION, blocks.FORMAT_VERSION)
+    merged_ts, merged_values = blocks.decode_raw(raw)
+    assert len(merged_ts) == len(ts) + 1
+    assert merged_values[list(merged_ts).index(to_ms(late))] == 1000.0
+    assert day(timedelta(minutes=5))[6] == (HOUR + timedelta(minutes=30), 1000.0)
+    assert day(timedelta(minutes=5))[:6] == before_minutes[:6]
+    assert day(timedelta(seconds=450))[4] == (HOUR + timedelta(minutes=30), 1000.0)
