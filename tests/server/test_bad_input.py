@@ -707,6 +707,25 @@ YEAR_1_EAST = "0001-01-01T00:00:00+14:00"
 YEAR_9999_WEST = "9999-12-31T23:59:59-14:00"
 
 QUERY_CASES: dict[str, list[tuple[dict[str, str], str]]] = {
+    "list_machines": [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "1001"}, "limit"),
+        ({"limit": "-5"}, "limit"),
+        ({"cursor": "not a cursor"}, "cursor"),
+        ({"cursor": "bm90IGpzb24"}, "cursor"),  # base64url of "not json"
+        ({"cursor": "WzEsMl0"}, "cursor"),  # [1,2]
+        ({"cursor": "WyJhXHUwMDAwYiIsIngiXQ"}, "cursor"),  # ["a\u0000b","x"]
+        ({"cursor": "x" * 5000}, "cursor"),
+        ({"status": "asleep"}, "status"),
+        ({"labels": "env"}, "labels"),
+        ({"labels": "env:a,env:b"}, "labels"),
+        ({"labels": "Env:prod"}, "labels"),
+        ({"name": ""}, "name"),
+        ({"name": "x" * 101}, "name"),
+        ({"latest": "1"}, "latest"),
+        ({"limit": ["1", "2"]}, "limit"),
+        ({"bogus": "1"}, "bogus"),
+    ],
     "latest_values": [
         ({"metric": "Not A Metric"}, "metric"),
         ({"metric": ""}, "metric"),

@@ -217,3 +217,29 @@ def test_readings_are_shown_exactly_when_large_and_to_four_digits_when_small(
     value: float, shown: str
 ) -> None:
     assert number(value) == shown
+
+
+def test_the_machine_list_shows_100_machines_a_page_with_a_link_to_the_next(
+    shared: Shared,
+) -> None:
+    token = add_user(shared.server, shared.admin, "paged-erin")
+    with shared.server.client(token) as api:
+        for n in range(103):
+            created = api.post("/api/v1/machines", json={"name": f"erin-{n:03d}"})
+            assert created.status_code == 201, created.text
+    with browser(shared.server) as client:
+        log_in(client, "paged-erin", PASSWORD)
+        first = client.get("/").text
+        (link,) = re.findall(r'href="(/\?cursor=[^"]+)"', first)
+        second = client.get(html.unescape(link)).text
+        mangled = client.get("/?cursor=not-a-cursor")
+    shown = re.compile(r">(erin-\d{3})</a>")
+    assert shown.findall(first) == [f"erin-{n:03d}" for n in range(100)]
+    assert shown.findall(second) == ["erin-100", "erin-101", "erin-102"]
+    assert "Next page" in first
+    assert "First page" not in first
+    assert "Next page" not in second
+    assert 'href="/">First page' in second
+    # An old bookmark's cursor starts again from the first page.
+    assert mangled.status_code == 200
+    assert shown.findall(mangled.text) == shown.findall(first)

@@ -529,8 +529,9 @@ class Isolation(RuleBasedStateMachine):
     def everyone_lists_exactly_their_own(self) -> None:
         w = self.world
         for account in self.accounts():
-            items = w.call(account.token, "GET", "/api/v1/machines", 200).json()["items"]
+            items = self._all_machines(account.token)
             listed = {item["id"]: item for item in items}
+            assert len(listed) == len(items), "a machine came on two pages"
             mine = {b.id: b for b in w.boxes if account.admin or b.owner is account}
             polled = {
                 machine_id: name
@@ -548,6 +549,19 @@ class Isolation(RuleBasedStateMachine):
                 assert (item["name"], item["owner_id"]) == (box.name, box.owner.id)
                 values = {v["value"] for v in item["latest"]["values"] if v["metric"] == METRIC}
                 assert values == (set() if box.value is None else {box.value}), box.name
+
+    def _all_machines(self, token: str) -> list[dict[str, Any]]:
+        """Every page of the list, two machines a page, following the cursors:
+        a cursor must carry nobody else's machines into the caller's pages."""
+        items: list[dict[str, Any]] = []
+        query: dict[str, str] = {"limit": "2"}
+        while True:
+            body = self.world.call(token, "GET", "/api/v1/machines", 200, params=query).json()
+            assert len(body["items"]) <= 2
+            items.extend(body["items"])
+            if body["next_cursor"] is None:
+                return items
+            query["cursor"] = body["next_cursor"]
 
     @invariant()
     def everyone_sees_only_their_own_alerting(self) -> None:

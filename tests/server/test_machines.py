@@ -209,7 +209,7 @@ def test_delete_removes_the_machine_its_keys_and_series(
         assert deleted.content == b""
         assert client.get(f"/api/v1/machines/{machine_id}").status_code == 404
         assert client.delete(f"/api/v1/machines/{machine_id}").status_code == 404
-        assert client.get("/api/v1/machines").json() == {"items": []}
+        assert client.get("/api/v1/machines").json() == {"items": [], "next_cursor": None}
     assert storage.metrics.list_series(machine_id) == []
     assert not key_works(server, body["api_key"])
 
@@ -362,7 +362,7 @@ def test_bad_input_to_create(server: LiveServer, admin: str) -> None:
             assert response.status_code == status, (body, response.text)
             if field is not None:
                 assert response.json()["error"]["field"] == field, (body, response.text)
-        assert client.get("/api/v1/machines").json() == {"items": []}
+        assert client.get("/api/v1/machines").json() == {"items": [], "next_cursor": None}
 
 
 @pytest.mark.parametrize(
@@ -380,7 +380,7 @@ def test_a_label_with_an_empty_name_is_reported_on_its_labels(
     rule = {"name": "r", "metric": "cpu.percent", "comparison": ">", "threshold": 90}
     with server.client(admin) as client:
         response = client.post(path, json={**rule, **body} if "alert" in path else body)
-        assert client.get("/api/v1/machines").json() == {"items": []}
+        assert client.get("/api/v1/machines").json() == {"items": [], "next_cursor": None}
 
     assert response.status_code == 422, response.text
     error = response.json()["error"]

@@ -282,7 +282,14 @@ def _machines(s: Scenario, admin: str, alice: str) -> tuple[str, str, str]:
     other = {"name": "db-1", "owner_id": me["id"]}
     other_id = s.call(admin, "POST", "/api/v1/machines", 201, json=other).json()["machine"]["id"]
     s.call(alice, "GET", "/api/v1/machines", 200)
-    s.call(admin, "GET", "/api/v1/machines", 200)
+    first = s.call(admin, "GET", "/api/v1/machines", 200, params={"limit": "1"}).json()
+    assert first["next_cursor"] is not None
+    after = {"limit": "1", "cursor": first["next_cursor"], "latest": "false"}
+    s.call(admin, "GET", "/api/v1/machines", 200, params=after)
+    query = {"status": "unknown", "labels": "env:prod", "name": "WEB", "latest": "true"}
+    (found,) = s.call(alice, "GET", "/api/v1/machines", 200, params=query).json()["items"]
+    assert found["id"] == machine_id
+    s.call(alice, "GET", "/api/v1/machines", 422, params={"cursor": "!"})
     s.call(alice, "GET", f"/api/v1/machines/{machine_id}", 200)
     s.call(alice, "GET", "/api/v1/machines/nope", 404)
     s.call(alice, "PATCH", f"/api/v1/machines/{machine_id}", 200, json={"name": "web-01"})

@@ -67,6 +67,7 @@ from lunasentri_core.model import (  # not in the public API yet
 from lunasentri_core.storage import (
     Capability,
     LoginFailure,
+    MachineQuery,
     MaintenanceReport,
     PurgePolicy,
     PurgeReport,
@@ -391,6 +392,22 @@ class MemoryState(MemoryAgentless):
 
     def list_machines(self, owner_id: str | None = None) -> list[Machine]:
         return [m for m in self._machines.values() if owner_id in (None, m.owner_id)]
+
+    def page_machines(self, query: MachineQuery) -> list[Machine]:
+        if "unscoped" in self._flaws:
+            query = attrs.evolve(query, owner_id=None)
+        found = sorted(
+            (m for m in self._machines.values() if query.matches(m)), key=lambda m: (m.name, m.id)
+        )
+        if query.after is not None:
+            # The flaw of an off-by-one keyset: the last machine comes again.
+            inclusive = "inclusive-after" in self._flaws
+            found = [
+                m
+                for m in found
+                if (m.name, m.id) > query.after or (inclusive and (m.name, m.id) == query.after)
+            ]
+        return found[: query.limit]
 
     def update_machine(self, machine: Machine) -> Machine:
         current = _get(self._machines, machine.id, "machine")

@@ -94,7 +94,22 @@ def test_a_lost_capability_fails_when_capabilities_are_pinned(kit_run: KitRun) -
             "closed-range",
             {"test_history_range_is_half_open", "test_history_of_a_range_without_points_is_empty"},
         ),
-        ("unscoped", {"test_machines_are_scoped_to_their_owner"}),
+        (
+            "unscoped",
+            {
+                "test_machines_are_scoped_to_their_owner",
+                "test_a_machine_page_holds_only_the_owners_machines",
+            },
+        ),
+        (
+            "inclusive-after",
+            {
+                "test_machine_pages_come_in_name_order",
+                "test_machine_pages_see_each_machine_once_while_machines_come_and_go",
+                "test_a_machine_page_holds_only_the_owners_machines",
+                "test_machine_page_filters_combine_with_the_position",
+            },
+        ),
         ("touch-backwards", {"test_touch_machines_never_moves_last_seen_backwards"}),
         (
             "reusable-reset-token",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
+import json
 import re
 from collections.abc import Collection
 from datetime import datetime
@@ -10,7 +13,7 @@ from typing import TypeVar
 
 from lunasentri_core.codec import parse_datetime
 from lunasentri_core.errors import FieldError, ValidationError
-from lunasentri_core.model import LABEL_NAME, MAX_LABEL_VALUE
+from lunasentri_core.model import LABEL_NAME, MAX_LABEL_VALUE, Labels
 from lunasentri_core.server.api import Call, Schema
 
 E = TypeVar("E", bound=enum.Enum)
@@ -41,6 +44,15 @@ LABELS: Schema = {
 }
 """Labels of machines, rule scopes and silences, as services.machines.check_labels
 checks them."""
+LABEL_SELECTOR: Schema = {
+    "type": "string",
+    "maxLength": 4096,
+    "description": "Only those with every one of these labels: name:value pairs separated "
+    "by commas, e.g. env:prod,role:db (a value cannot hold a comma).",
+}
+MAX_CURSOR = 1024
+_CURSOR = re.compile(r"^[A-Za-z0-9_-]+$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 ID_FILTER: Schema = {"type": "string", "minLength": 1, "maxLength": MAX_ID, "pattern": ID_PATTERN}
 
 
@@ -114,3 +126,69 @@ def enum_schema(values: Collection[enum.Enum], description: str = "") -> Schema:
     if description:
         schema["description"] = description
     return schema
+
+
+def label_selector(call: Call, name: str = "labels") -> Labels | None:
+    """``name:value,name2:value2``: every label must be there with that value."""
+    text = call.query(name)
+    if text is None:
+        return None
+    pairs: dict[str, str] = {}
+    for item in text.split(","):
+        label, sep, value = item.partition(":")
+        if not sep or not LABEL_NAME.match(label):
+            raise invalid(name, f"{item[:50]!r} is not name:value (e.g. env:prod)")
+        if label in pairs:
+            raise invalid(name, f"label {label!r} is given twice")
+        if len(value) > MAX_LABEL_VALUE:
+            raise invalid(name, f"the value of {label!r} is longer than {MAX_LABEL_VALUE}")
+        pairs[label] = value
+    if len(pairs) > MAX_LABELS:
+        raise invalid(name, f"at most {MAX_LABELS} labels")
+    return tuple(sorted(pairs.items()))
+
+
+def make_cursor(key: tuple[str, str]) -> str:
+    """An opaque cursor for a keyset position: unpadded base64url of a JSON pair."""
+    raw = json.dumps(list(key), separators=(",", ":"), ensure_ascii=False).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def cursor(call: Call, name: str = "cursor") -> tuple[str, str] | None:
+    """The position a :func:`make_cursor` cursor holds; anything else is a 422."""
+    text = call.query(name)
+    if text is None:
+        return None
+    key = parse_cursor(text)
+    if key is None:
+        raise invalid(name, "not a cursor this list gave (start again without one)")
+    return key
+
+
+def parse_cursor(text: str) -> tuple[str, str] | None:
+    """The position of a :func:`make_cursor` cursor, or ``None`` for anything else."""
+    if len(text) > MAX_CURSOR or not _CURSOR.match(text):
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        value = json.loads(raw.decode("utf-8"))
+    except (binascii.Error, ValueError):
+        return None
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(part, str) for part in value)
+        and 0 < len(value[1]) <= MAX_ID
+        and all(_storable(part) for part in value)
+    ):
+        return value[0], value[1]
+    return None
+
+
+def _storable(text: str) -> bool:
+    """No control character (PostgreSQL refuses NUL) and no lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return _CONTROL.search(text) is None

@@ -37,7 +37,7 @@ from lunasentri_core.model import (
 from lunasentri_core.security import API_KEY_PREFIX, issue_token
 from lunasentri_core.services import audit
 from lunasentri_core.services.queries import derive_latest
-from lunasentri_core.storage.protocols import StateStore
+from lunasentri_core.storage.protocols import MAX_MACHINE_PAGE, MachineQuery, StateStore
 
 if TYPE_CHECKING:
     from lunasentri_core.config import Settings
@@ -53,6 +53,8 @@ MAX_GRACE = timedelta(days=30)
 MIN_OFFLINE_AFTER = timedelta(seconds=1)
 MAX_OFFLINE_AFTER = timedelta(days=30)
 MAX_STATUS_CHANGES = 1000
+DEFAULT_PAGE = 100
+MAX_PAGE = MAX_MACHINE_PAGE
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _COLLECTOR_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _UNCHANGED: Any = object()
@@ -80,14 +82,34 @@ class Registered:
 
 @attrs.frozen
 class MachineSummary:
-    """A machine and the newest value of each of its series (derived percentages included)."""
+    """A machine and the newest value of each of its series (derived percentages
+    included); ``latest`` is ``None`` when the values were not asked for."""
 
     machine: Machine
-    latest: tuple[SeriesValue, ...]
+    latest: tuple[SeriesValue, ...] | None
 
     @property
     def timestamp(self) -> datetime | None:
-        return max((value.timestamp for value in self.latest), default=None)
+        return max((value.timestamp for value in self.latest or ()), default=None)
+
+
+@attrs.frozen
+class MachineFilter:
+    """Which machines a list shows: with this status (as reported), every one of
+    these labels, and a name containing ``name`` (ASCII letters without case)."""
+
+    status: MachineStatus | None = None
+    labels: Labels = attrs.field(default=(), converter=to_labels)
+    name: str | None = None
+
+
+@attrs.frozen
+class MachinePage:
+    """One page of a machine list; ``next_after`` is the (name, id) the next page
+    starts after (``None``: this is the last page)."""
+
+    items: tuple[MachineSummary, ...]
+    next_after: tuple[str, str] | None
 
 
 @attrs.frozen
@@ -293,21 +315,55 @@ class Machines:
         command = install_command(self.settings.server.base_url, issued.secret, install_from)
         return Registered(self.present(stored), issued, command)
 
-    async def summaries(self, actor: Principal) -> list[MachineSummary]:
-        scope = owner_scope(actor)
+    async def page(
+        self,
+        actor: Principal,
+        *,
+        filters: MachineFilter = MachineFilter(),
+        after: tuple[str, str] | None = None,
+        limit: int = DEFAULT_PAGE,
+        latest: bool = True,
+    ) -> MachinePage:
+        """One page of the machines ``actor`` sees, in (name, id) order after
+        ``after``; with ``latest``, each with its newest values, read for the
+        whole page in one query of the latest-values table."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValidationError([FieldError("limit", f"must be 1 to {MAX_PAGE}")], what="query")
+        query = MachineQuery(
+            owner_id=owner_scope(actor),
+            status=filters.status,
+            seen_since=self.hub.clock() - self._silence,
+            labels=filters.labels,
+            name=filters.name,
+            after=after,
+            limit=limit + 1,  # one more tells whether a next page exists
+        )
 
         def read() -> tuple[list[Machine], list[SeriesValue]]:
-            found = self._state.list_machines(scope)
-            values = self.hub.storage.metrics.latest([m.id for m in found]) if found else []
-            return found, values
+            found = self._state.page_machines(query)
+            shown = found[:limit]
+            wanted = [m.id for m in shown] if latest else []
+            return found, self.hub.storage.metrics.latest(wanted) if wanted else []
 
         found, values = await self.hub.run_sync(read)
+        shown = found[:limit]
+        more = len(found) > limit
+        return MachinePage(
+            tuple(self._summaries(shown, values if latest else None)),
+            (shown[-1].name, shown[-1].id) if more else None,
+        )
+
+    def _summaries(
+        self, found: Sequence[Machine], values: Sequence[SeriesValue] | None
+    ) -> Iterable[MachineSummary]:
+        if values is None:
+            return (MachineSummary(self.present(m), None) for m in found)
         by_machine: dict[str, list[SeriesValue]] = {}
         for value in values:
             by_machine.setdefault(value.series.machine_id, []).append(value)
-        return [
+        return (
             MachineSummary(self.present(m), _with_derived(by_machine.get(m.id, []))) for m in found
-        ]
+        )
 
     async def get(self, actor: Principal, machine_id: str) -> Machine:
         machine = await self.hub.run_sync(self._state.get_machine, machine_id, owner_scope(actor))
@@ -374,13 +430,18 @@ class Machines:
             detail={"name": machine.name, "owner_id": machine.owner_id},
         )
 
+    @property
+    def _silence(self) -> timedelta:
+        """How long a machine nobody recorded a status for may be silent and still
+        count as online: three missed reports at the default interval, but never
+        under a minute."""
+        return max(3 * self.settings.collect.interval, timedelta(minutes=1))
+
     def present(self, machine: Machine) -> Machine:
         """The machine as reported: a status nobody recorded follows from ``last_seen``."""
         if machine.status is not MachineStatus.UNKNOWN or machine.last_seen is None:
             return machine
-        # Three missed reports at the default interval, but never under a minute.
-        silence = max(3 * self.settings.collect.interval, timedelta(minutes=1))
-        online = self.hub.clock() - machine.last_seen <= silence
+        online = self.hub.clock() - machine.last_seen <= self._silence
         status = MachineStatus.ONLINE if online else MachineStatus.OFFLINE
         return attrs.evolve(machine, status=status)
 

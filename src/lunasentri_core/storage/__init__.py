@@ -7,6 +7,7 @@ backends (SQLite, PostgreSQL/TimescaleDB) share :mod:`lunasentri_core.storage.sq
 from lunasentri_core.storage.protocols import (
     Capability,
     LoginFailure,
+    MachineQuery,
     MaintenanceReport,
     MetricStore,
     PurgePolicy,
@@ -21,6 +22,7 @@ from lunasentri_core.storage.protocols import (
 __all__ = [
     "Capability",
     "LoginFailure",
+    "MachineQuery",
     "MaintenanceReport",
     "MetricStore",
     "PurgePolicy",

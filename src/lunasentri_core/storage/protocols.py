@@ -29,6 +29,7 @@ from lunasentri_core.model import (
     DeliveryState,
     EventState,
     HistoryQuery,
+    Labels,
     Machine,
     MachineSamples,
     MachineStatus,
@@ -42,6 +43,7 @@ from lunasentri_core.model import (
     Silence,
     StatusChange,
     User,
+    to_labels,
 )
 from lunasentri_core.storage.agentless import AgentlessStore
 
@@ -141,6 +143,70 @@ class LoginFailure:
     client: str | None = None
 
 
+MAX_MACHINE_PAGE = 1000
+"""The largest page :meth:`StateStore.page_machines` must answer in one call."""
+
+
+@attrs.frozen
+class MachineQuery:
+    """One page of machines in (name, id) order: who asks, the filters and the position.
+
+    Pages are keyset pages: ``after`` is the (name, id) of the last machine of the
+    previous page, so a machine added or deleted between pages moves no other
+    machine to another page (each is seen once, or never if deleted first).
+    """
+
+    owner_id: str | None = None
+    """Only this owner's machines (``None``: everyone's, for an admin)."""
+    status: MachineStatus | None = None
+    """Only machines with this status, as reported (see ``seen_since``)."""
+    seen_since: datetime | None = None
+    """How a machine whose recorded status is ``unknown`` but that has reported
+    counts for ``status``: online if last seen at or after this time, offline if
+    before (``None``: by its recorded status alone). ``unknown`` then means never seen."""
+    labels: Labels = attrs.field(default=(), converter=to_labels)
+    """Only machines having every one of these labels with exactly this value."""
+    name: str | None = None
+    """Only machines whose name contains this text, ASCII letters compared without case."""
+    after: tuple[str, str] | None = None
+    """The (name, id) after which the page starts (``None``: from the first)."""
+    limit: int = attrs.field(default=100)
+
+    @limit.validator
+    def _check_limit(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if not 1 <= value <= MAX_MACHINE_PAGE + 1:
+            raise ValueError(f"limit must be 1 to {MAX_MACHINE_PAGE + 1}, not {value}")
+
+    def matches(self, machine: Machine) -> bool:
+        """Whether ``machine`` passes the filters (not the position): the reference
+        semantics a store implements in its query."""
+        if self.owner_id is not None and machine.owner_id != self.owner_id:
+            return False
+        if self.status is not None and reported_status(machine, self.seen_since) != self.status:
+            return False
+        if self.name is not None and fold_ascii(self.name) not in fold_ascii(machine.name):
+            return False
+        return set(self.labels) <= set(machine.labels)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def fold_ascii(text: str) -> str:
+    """``text`` with ASCII capitals in lowercase and every other character kept (the
+    name filter folds exactly this on every backend, whatever its locale)."""
+    return text.translate(_ASCII_LOWER)
+
+
+def reported_status(machine: Machine, seen_since: datetime | None) -> MachineStatus:
+    """The status :attr:`MachineQuery.status` compares against."""
+    if machine.status is not MachineStatus.UNKNOWN or machine.last_seen is None:
+        return machine.status
+    if seen_since is None:
+        return machine.status
+    return MachineStatus.ONLINE if machine.last_seen >= seen_since else MachineStatus.OFFLINE
+
+
 @runtime_checkable
 class MetricStore(Protocol):
     """Series and their points."""
@@ -197,6 +263,12 @@ class StateStore(AgentlessStore, Protocol):
     def get_machine(self, machine_id: str, owner_id: str | None = None) -> Machine: ...
     def find_machine(self, name: str, owner_id: str | None = None) -> Machine | None: ...
     def list_machines(self, owner_id: str | None = None) -> list[Machine]: ...
+    def page_machines(self, query: MachineQuery) -> list[Machine]:
+        """At most ``query.limit`` machines passing its filters (as
+        :meth:`MachineQuery.matches`), in (name, id) order, after ``query.after``.
+        One query, not a read of every machine: the list scales with the page."""
+        ...
+
     def update_machine(self, machine: Machine) -> Machine:
         """Replace a machine's fields except its status (the heartbeat's); returns it stored."""
         ...

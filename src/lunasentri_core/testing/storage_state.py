@@ -55,6 +55,7 @@ from lunasentri_core.testing.builders import (
 from lunasentri_core.testing.contract import Contract
 from lunasentri_core.testing.races import CALLERS, race
 from lunasentri_core.testing.storage_alerting import AlertingStateContract
+from lunasentri_core.testing.storage_machines import MachineListContract
 from lunasentri_core.testing.storage_outbox import OutboxStateContract
 from lunasentri_core.testing.storage_purge import PurgeStateContract
 
@@ -117,7 +118,9 @@ def _audit(action: str, **overrides: Any) -> AuditEntry:
     return AuditEntry(**fields)
 
 
-class StateStoreContract(AlertingStateContract, OutboxStateContract, PurgeStateContract, Contract):
+class StateStoreContract(
+    AlertingStateContract, MachineListContract, OutboxStateContract, PurgeStateContract, Contract
+):
     """Tests of ``storage.state``; part of :class:`~lunasentri_core.testing.StorageContract`.
 
     The heartbeat, alerting, notification and purge tests come from

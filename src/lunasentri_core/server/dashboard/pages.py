@@ -33,6 +33,7 @@ from lunasentri_core.model import (
 )
 from lunasentri_core.server.context import ROUTE_KEY
 from lunasentri_core.server.dashboard.charts import HEIGHT, WIDTH, sparkline
+from lunasentri_core.server.params import make_cursor, parse_cursor
 from lunasentri_core.server.routes.auth import (
     clear_session_cookie,
     session_token,
@@ -111,19 +112,29 @@ class _Pages:
         if user is None:
             return _to_login(request)
         hub = _hub(request)
-        summaries = await Machines(hub, request.app.state.full_settings).summaries(user)
+        text = request.query_params.get("cursor")
+        # A stale or mangled cursor (an old bookmark) starts again from the first page.
+        after = parse_cursor(text) if text else None
+        found = await Machines(hub, request.app.state.full_settings).page(user, after=after)
+        summaries = found.items
         alerts = _alert_counts(await Rules(hub).states(user))
         now = hub.clock()
         rows = [
             {
                 "machine": s.machine,
                 "seen": _ago(s.machine.last_seen, now),
-                "values": _summary_values(s.latest),
+                "values": _summary_values(s.latest or ()),
                 "alerts": alerts.get(s.machine.id, {}),
             }
             for s in summaries
         ]
-        context = {"user": user, "rows": rows, "metrics": SUMMARY_METRICS}
+        context = {
+            "user": user,
+            "rows": rows,
+            "metrics": SUMMARY_METRICS,
+            "next_cursor": None if found.next_after is None else make_cursor(found.next_after),
+            "paged": after is not None,
+        }
         return _render(request, "machines.html", context, refresh=True)
 
     async def machine(self, request: Request) -> Response:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import attrs
@@ -12,19 +13,30 @@ from starlette.responses import JSONResponse, Response
 
 from lunasentri_core.codec import decode
 from lunasentri_core.errors import FieldError, ValidationError
-from lunasentri_core.model import ApiKey, Labels, Machine, SeriesValue, StatusChange
+from lunasentri_core.model import (
+    ApiKey,
+    Labels,
+    Machine,
+    MachineStatus,
+    SeriesValue,
+    StatusChange,
+)
 from lunasentri_core.server import params
 from lunasentri_core.server.agent_dist import DistError, manual_install
 from lunasentri_core.server.api import Api, Auth, Call, Schema, array_of, items_of, ref
 from lunasentri_core.server.jsonbody import load_json
 from lunasentri_core.services.machines import (
     AGENT_PACKAGES,
+    DEFAULT_PAGE,
     MAX_COLLECTORS,
     MAX_GRACE,
+    MAX_NAME,
     MAX_OFFLINE_AFTER,
+    MAX_PAGE,
     MIN_OFFLINE_AFTER,
     EffectiveConfig,
     IssuedKey,
+    MachineFilter,
     Machines,
     MachineSummary,
 )
@@ -32,6 +44,7 @@ from lunasentri_core.services.machines import (
 api = Api("machines")
 
 T = TypeVar("T")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_BODY = 64 * 1024
 """These requests are small; a larger body is refused before it is read."""
 
@@ -94,12 +107,12 @@ MACHINE_SUMMARY = api.schema(
             MACHINE,
             {
                 "type": "object",
-                "required": ["latest"],
                 "properties": {
                     "latest": {
                         "type": "object",
                         "description": "The newest value of every series, with derived "
-                        "mem.percent, swap.percent and disk.percent (per mount) where not stored.",
+                        "mem.percent, swap.percent and disk.percent (per mount) where not "
+                        "stored. Left out when the list is asked with latest=false.",
                         "required": ["timestamp", "values"],
                         "properties": {
                             "timestamp": MAYBE_TIMESTAMP,
@@ -323,18 +336,25 @@ def machine_json(machine: Machine) -> dict[str, Any]:
 
 
 def series_json(values: Iterable[SeriesValue]) -> list[dict[str, Any]]:
+    # A machine's values mostly share the timestamp of its last sample: each
+    # distinct one is formatted once.
+    stamps: dict[datetime, str] = {}
     return [
         {
             "metric": v.series.metric,
             "labels": dict(v.series.labels),
             "value": v.value,
-            "timestamp": v.timestamp.isoformat(),
+            "timestamp": stamps.get(v.timestamp)
+            or stamps.setdefault(v.timestamp, v.timestamp.isoformat()),
         }
         for v in values
     ]
 
 
 def summary_json(summary: MachineSummary) -> dict[str, Any]:
+    """The machine, and its latest values when they were asked for."""
+    if summary.latest is None:
+        return machine_json(summary.machine)
     timestamp = summary.timestamp
     latest = {
         "timestamp": timestamp.isoformat() if timestamp else None,
@@ -433,16 +453,80 @@ async def _agent_wheels(call: Call) -> tuple[Sequence[str], str | None]:
     return [f"{base}/agent/dist/{wheel.name}" for wheel in wheels], None
 
 
+MACHINE_PAGE: Schema = {
+    "type": "object",
+    "required": ["items", "next_cursor"],
+    "properties": {
+        "items": array_of(MACHINE_SUMMARY),
+        "next_cursor": {
+            "type": ["string", "null"],
+            "description": "Pass as `cursor` for the next page; null on the last page.",
+        },
+    },
+}
+LIST_QUERY: dict[str, Schema] = {
+    "limit": {**params.LIMIT, "default": DEFAULT_PAGE, "maximum": MAX_PAGE},
+    "cursor": {
+        "type": "string",
+        "maxLength": params.MAX_CURSOR,
+        "description": "The `next_cursor` of the previous page (opaque).",
+    },
+    "status": params.enum_schema(list(MachineStatus), "Only machines with this status."),
+    "labels": params.LABEL_SELECTOR,
+    "name": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_NAME,
+        "description": "Only machines whose name contains this text (ASCII letters "
+        "match either case).",
+    },
+    "latest": {
+        **params.BOOLEAN,
+        "default": True,
+        "description": "Whether each machine comes with its latest values.",
+    },
+}
+
+
 @api.get(
     "/api/v1/machines",
     auth=Auth.USER,
-    summary="The caller's machines with their latest values",
-    responses={200: items_of(MACHINE_SUMMARY)},
+    summary="The caller's machines, a page at a time, with their latest values",
+    query=LIST_QUERY,
+    responses={200: MACHINE_PAGE},
 )
 async def list_machines(call: Call) -> object:
-    """An administrator sees every machine."""
-    summaries = await service(call).summaries(call.user)
-    return {"items": [summary_json(s) for s in summaries]}
+    """Machines in name order, `limit` at a time (default 100): follow `next_cursor`
+    until it is null. A machine added or deleted meanwhile moves no other machine
+    to another page. An administrator sees every machine. With `latest=false` the
+    items have no `latest` member, which makes a full list much cheaper."""
+    params.only(call, set(LIST_QUERY))
+    filters = MachineFilter(
+        status=params.choice(call, "status", MachineStatus),
+        labels=params.label_selector(call, "labels") or (),
+        name=_name_filter(call),
+    )
+    page = await service(call).page(
+        call.user,
+        filters=filters,
+        after=params.cursor(call),
+        limit=params.limit(call, DEFAULT_PAGE, MAX_PAGE),
+        latest=params.boolean(call, "latest") is not False,
+    )
+    after = page.next_after
+    return {
+        "items": [summary_json(s) for s in page.items],
+        "next_cursor": None if after is None else params.make_cursor(after),
+    }
+
+
+def _name_filter(call: Call) -> str | None:
+    text = call.query("name")
+    if text is None:
+        return None
+    if not 1 <= len(text) <= MAX_NAME or _CONTROL.search(text):
+        raise params.invalid("name", f"expected 1 to {MAX_NAME} characters, none a control")
+    return text
 
 
 @api.get(

@@ -176,6 +176,9 @@ sa.Index(
     machines.c.name,
     unique=True,
 )
+# Keyset pages of the machine list (page_machines): an owner's, and everyone's.
+sa.Index("ix_machines_owner_page", machines.c.owner_id, machines.c.name, machines.c.id)
+sa.Index("ix_machines_page", machines.c.name, machines.c.id)
 
 api_keys = sa.Table(
     "api_keys",

@@ -42,12 +42,13 @@ from lunasentri_core.model import (
     AuditEntry,
     ClaimStatus,
     Machine,
+    MachineStatus,
     ResetToken,
     Role,
     Session,
     User,
 )
-from lunasentri_core.storage.protocols import LoginFailure
+from lunasentri_core.storage.protocols import LoginFailure, MachineQuery, fold_ascii
 from lunasentri_core.storage.sql.agentless import SqlAgentlessStore
 from lunasentri_core.storage.sql.alerting import SqlAlertStore
 from lunasentri_core.storage.sql.changes import bump_config_epoch, read_config_epoch
@@ -200,6 +201,29 @@ def _agent_config(row: Row[Any]) -> AgentConfig:
 
 def _owned(table: sa.Table, owner_id: str | None) -> sa.ColumnElement[bool]:
     return sa.true() if owner_id is None else table.c.owner_id == owner_id
+
+
+_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _label_pair(pair: tuple[str, str]) -> str:
+    """One pair as labels_to_json writes it inside the stored array."""
+    return json.dumps(list(pair), separators=(",", ":"), ensure_ascii=False)
+
+
+def _status_filter(status: MachineStatus, seen_since: datetime | None) -> sa.ColumnElement[bool]:
+    """As protocols.reported_status: an unknown machine that has reported counts
+    as online or offline by its ``last_seen``."""
+    recorded = machines.c.status == status.value
+    if seen_since is None:
+        return recorded
+    unknown = machines.c.status == MachineStatus.UNKNOWN.value
+    if status is MachineStatus.UNKNOWN:
+        return sa.and_(unknown, machines.c.last_seen.is_(None))
+    seen = machines.c.last_seen >= seen_since
+    if status is MachineStatus.OFFLINE:
+        seen = machines.c.last_seen < seen_since
+    return sa.or_(recorded, sa.and_(unknown, seen))
 
 
 # --------------------------------------------------------------------------- store
@@ -361,6 +385,43 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
                 .order_by(machines.c.name, machines.c.id)
             ).all()
         return [_machine(row) for row in rows]
+
+    def page_machines(self, query: MachineQuery) -> list[Machine]:
+        stmt = (
+            sa.select(machines)
+            .where(_owned(machines, query.owner_id), *self._machine_filters(query))
+            .order_by(machines.c.name, machines.c.id)
+            .limit(query.limit)
+        )
+        if query.after is not None:
+            stmt = stmt.where(sa.tuple_(machines.c.name, machines.c.id) > sa.tuple_(*query.after))
+        with self._db.read() as conn:
+            return [_machine(row) for row in conn.execute(stmt)]
+
+    def _machine_filters(self, query: MachineQuery) -> list[sa.ColumnElement[bool]]:
+        found: list[sa.ColumnElement[bool]] = []
+        if query.status is not None:
+            found.append(_status_filter(query.status, query.seen_since))
+        # The stored labels are canonical JSON pairs (labels_to_json): a pair's
+        # text can only occur in the column as that very pair, never inside a value.
+        for pair in query.labels:
+            found.append(self._contains(machines.c.labels, _label_pair(pair)))
+        if query.name is not None:
+            found.append(self._contains(self._folded(machines.c.name), fold_ascii(query.name)))
+        return found
+
+    def _contains(self, text: sa.ColumnElement[str], part: str) -> sa.ColumnElement[bool]:
+        """``part`` occurs in ``text``, byte for byte (LIKE would fold case in SQLite
+        and needs its wildcards escaped)."""
+        find = sa.func.strpos if self._db.is_postgres else sa.func.instr
+        return find(text, sa.literal(part, sa.Text)) > 0
+
+    def _folded(self, text: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
+        """ASCII capitals lowercased, nothing else (``fold_ascii``): SQLite's
+        ``lower`` does exactly that, PostgreSQL's follows the locale."""
+        if self._db.is_postgres:
+            return sa.func.translate(text, _UPPER, _UPPER.lower())
+        return sa.func.lower(text)
 
     def update_machine(self, machine: Machine) -> Machine:
         """Replace a machine's fields; ``last_seen`` only ever moves forward."""
