@@ -76,8 +76,9 @@ def test_a_walk_matches_the_reference_while_machines_come_and_go(
     other = storage.state.add_user(make_user(), "hash")
     taken: set[str] = set()
     stored = [m for spec in machines if (m := _add(storage, owner, spec, taken))]
+    others_taken: set[str] = set()
     for spec in machines[:3]:  # another owner's machines with the same names
-        _add(storage, other, spec, set())
+        _add(storage, other, spec, others_taken)
     query = MachineQuery(owner_id=owner.id, **{k: v for k, v in fields.items() if v is not None})
     seen: list[Machine] = []
     deleted: set[str] = set()
