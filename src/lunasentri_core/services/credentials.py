@@ -22,7 +22,7 @@ import anyio
 import attrs
 
 from lunasentri_core.components import Principal
-from lunasentri_core.errors import FieldError, PluginError, ValidationError
+from lunasentri_core.errors import ConfigError, FieldError, PluginError, ValidationError
 from lunasentri_core.model import CredentialProfile, Target, new_id
 from lunasentri_core.plugins import ComponentKind
 from lunasentri_core.remote import (
@@ -271,7 +271,7 @@ class CredentialProfiles:
         try:
             with anyio.fail_after(timeout.total_seconds()):
                 identity = await _identify(identifier, target)
-        except (RemoteError, TimeoutError, OSError) as error:
+        except (RemoteError, ConfigError, TimeoutError, OSError) as error:
             outcome = TestOutcome(ok=False, elapsed=time.monotonic() - started, error=error)
         else:
             outcome = TestOutcome(ok=True, elapsed=time.monotonic() - started, identity=identity)
@@ -325,6 +325,8 @@ class TestOutcome:
             return None
         if isinstance(self.error, RemoteError):
             return self.error.kind.value
+        if isinstance(self.error, ConfigError):
+            return "configuration"  # e.g. the transport's library is not installed
         return "timeout" if isinstance(self.error, TimeoutError) else "unreachable"
 
     @property

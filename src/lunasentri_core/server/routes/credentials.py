@@ -132,7 +132,8 @@ TEST_RESULT = api.schema(
                     "kind": {
                         "type": "string",
                         "description": "authentication, refused, timeout, tls, fault, "
-                        "unreachable or protocol.",
+                        "unreachable, protocol or configuration (e.g. a transport's "
+                        "library is not installed).",
                     },
                     "message": {"type": "string"},
                 },
