@@ -312,10 +312,8 @@ class SqlAgentlessStore:
     """The agentless part of :class:`SqlStateStore` (a mixin sharing ``_db``)."""
 
     _db: Database
-
-    def _delete_machine(self, conn: Connection, machine_id: str) -> None:
-        """Delete a machine with everything of it (:class:`SqlStateStore` provides it)."""
-        raise NotImplementedError
+    _delete_machine: Callable[[Connection, str], None]
+    """Deletes a machine with everything of it; :class:`SqlStateStore` provides it."""
 
     def _get_owned(
         self,
