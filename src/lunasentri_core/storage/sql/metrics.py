@@ -49,10 +49,12 @@ from lunasentri_core.storage.sql import blocks
 from lunasentri_core.storage.sql.database import LOCK_MAINTAIN, BulkInsert, Database, Statement
 from lunasentri_core.storage.sql.head import (
     Columns,
+    HeadRow,
     SeriesIds,
     build_rows,
     series_points,
 )
+from lunasentri_core.storage.sql.pgcopy import CopyInsert, can_copy
 from lunasentri_core.storage.sql.points import (
     CHUNK_MS,
     HOUR_MS,
@@ -268,7 +270,7 @@ class SqlMetricStore:
                 # One key order for every writer: concurrent batches that share
                 # keys then wait for each other instead of deadlocking.
                 latest = _sorted_columns(latest)
-            self._sql.insert_head.run(conn, list(zip(*rows, strict=True)))
+            self._insert_head(conn, rows)
             self._sql.upsert_latest.run(conn, latest)
             if seen:
                 touch(conn, self._sql.touch, seen)
@@ -278,6 +280,13 @@ class SqlMetricStore:
                 for machine_id, new in fresh.items():
                     self._ids.setdefault(machine_id, {}).update(new)
         return points
+
+    def _insert_head(self, conn: Connection, rows: list[HeadRow]) -> None:
+        copy_head = self._sql.copy_head
+        if copy_head is not None and copy_head.wanted(len(rows)):
+            copy_head.run(conn, rows)
+        else:
+            self._sql.insert_head.run(conn, list(zip(*rows, strict=True)))
 
     def _check_epoch(self, conn: Connection) -> None:
         epoch = self._sql.select_epoch.one(conn, (SERIES_EPOCH,)).scalar() or 0
@@ -846,6 +855,8 @@ class _Statements:
     """The compiled statements of one kind of database (attributes set by ``_prepare``)."""
 
     insert_head: BulkInsert
+    copy_head: CopyInsert | None
+    """Large batches of head rows on PostgreSQL with psycopg 3 (``None`` elsewhere)."""
     upsert_latest: BulkInsert
     select_epoch: Statement
     upsert_chunk: Statement
@@ -869,6 +880,14 @@ def _prepare(db: Database) -> _Statements:
     sql.insert_head = db.bulk_insert(
         samples_head, ("machine_id", "ts", "series_ids", "series_values"), lambda ins: ins
     )
+    sql.copy_head = None
+    if can_copy(db.engine.dialect):
+        sql.copy_head = CopyInsert(
+            db.engine.dialect,
+            samples_head,
+            ("machine_id", "ts", "series_ids", "series_values"),
+            ("text", "int8", "bytea", "bytea"),
+        )
 
     def newer_wins(ins: Any) -> Any:
         return ins.on_conflict_do_update(
