@@ -176,8 +176,11 @@ def store_schema(store: SqlStorage) -> str:
         return str(conn.exec_driver_sql("SELECT current_schema()").scalar_one())
 
 
-def measure_http(url: str, args: argparse.Namespace) -> tuple[http_bench.Result, float, float]:
-    """The HTTP ingest result over ``--duration``; server CPU and its backends' CPU (s)."""
+def measure_http(
+    url: str, args: argparse.Namespace
+) -> tuple[http_bench.Result, float, float, float]:
+    """The HTTP ingest result over ``--duration``; the server's CPU, the time it waited
+    for a core, and its backends' CPU (s)."""
     store = open_store(url)
     app = str(sa.engine.make_url(url).query["application_name"])
     store.close()
@@ -188,15 +191,17 @@ def measure_http(url: str, args: argparse.Namespace) -> tuple[http_bench.Result,
         base = float(int(time.time() - timedelta(days=3).total_seconds()))
         plan = http_bench.Plan(server.url, samples, False, base)
         cpu, backends = server.cpu_seconds(), pg.BackendCpu(url, app)
+        waits = server.run_queue()
         try:
             result = http_bench.run_load(plan, keys, 1, args.duration, 3.0)
             cpu, backend_cpu = server.cpu_seconds() - cpu, backends.seconds()
+            waited = waits.seconds()
         finally:
             backends.close()
         server.stop()
         if server.errors():
             print(f"  errors in the server log: {server.errors()[:3]}")
-    return result, cpu, backend_cpu
+    return result, cpu, waited, backend_cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         with pg.scratch_schema(base, "lsbench_copy") as (_, url, _app):
             rates = measure_store(url, args, Path(tmp))
         with pg.scratch_schema(base, "lsbench_http") as (_, url, _app):
-            result, server_cpu, backend_cpu = measure_http(url, args)
+            result, server_cpu, server_waited, backend_cpu = measure_http(url, args)
 
     per_batch = rates.points // args.batches
     print(
@@ -255,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     if elapsed > 0:
         print(
             f"  CPU over the run: server {server_cpu / elapsed:.0%} of a core, its PostgreSQL "
-            f"backends {backend_cpu / elapsed:.0%}, load generator {result.cpu / elapsed:.0%}"
+            f"backends {backend_cpu / elapsed:.0%}, load generator {result.cpu / elapsed:.0%}; "
+            f"waiting for a core other processes held: server {server_waited / elapsed:.0%}, "
+            f"load generator {result.waited / elapsed:.0%}"
         )
     met = ratio >= TARGET_STORE and http_ratio >= TARGET_HTTP and errors == 0
     return 1 if args.strict and not met else 0

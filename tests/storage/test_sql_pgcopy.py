@@ -189,8 +189,8 @@ def failing_row(postgres_engine: Engine) -> Iterator[int]:
         yield bad_ts
     finally:
         with postgres_engine.begin() as conn:
-            conn.exec_driver_sql("DROP TRIGGER i14_fail_row ON samples_head")
-            conn.exec_driver_sql("DROP FUNCTION i14_fail_row()")
+            conn.exec_driver_sql("DROP TRIGGER IF EXISTS i14_fail_row ON samples_head")
+            conn.exec_driver_sql("DROP FUNCTION IF EXISTS i14_fail_row()")
 
 
 def test_an_error_mid_copy_rolls_back_the_whole_batch(
@@ -214,7 +214,7 @@ def test_an_error_mid_copy_rolls_back_the_whole_batch(
         for ms in batch
     ]
     with storage.engine.begin() as conn:
-        conn.exec_driver_sql("ALTER TABLE samples_head DISABLE TRIGGER i14_fail_row")
+        conn.exec_driver_sql("DROP TRIGGER i14_fail_row ON samples_head")
     storage.metrics.write(good)
     assert count(storage, samples_head) == sum(len(ms.samples) for ms in good)
     assert_reads_back(storage, good)
