@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import itertools
 import re
 from collections.abc import Iterator
 from datetime import timedelta
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from lunasentri_core.model import HistoryPoint
+from lunasentri_core.server.dashboard.assets import ASSETS
 from lunasentri_core.server.dashboard.charts import HEIGHT, WIDTH, sparkline
 from lunasentri_core.server.dashboard.overview import PAGE_SIZE
 from lunasentri_core.server.dashboard.pages import number
@@ -247,3 +249,162 @@ def test_the_machine_list_shows_a_page_of_machines_with_a_link_to_the_next(
     # An old bookmark's cursor starts again from the first page.
     assert mangled.status_code == 200
     assert shown.findall(mangled.text) == shown.findall(first)
+
+
+def test_static_files_are_served_under_their_digest_for_a_year(shared: Shared) -> None:
+    with browser(shared.server) as client:
+        log_in(client, "admin", ADMIN_PASSWORD)
+        page = client.get("/").text
+    (htmx_url,) = re.findall(r'src="(/static/[0-9a-f]{12}/vendor/htmx-[^"]+)"', page)
+    (css_url,) = re.findall(r'href="(/static/[0-9a-f]{12}/dashboard\.css)"', page)
+    # Served without a session: they are the same for everyone.
+    with httpx.Client(base_url=shared.server.url) as anonymous:
+        plain = anonymous.get(htmx_url, headers={"accept-encoding": "identity"})
+        zipped = anonymous.get(css_url, headers={"accept-encoding": "gzip, br"})
+        refused_gzip = anonymous.get(css_url, headers={"accept-encoding": "gzip;q=0"})
+        wrong_digest = anonymous.get(
+            re.sub(r"/static/[0-9a-f]{12}/", "/static/0123456789ab/", css_url)
+        )
+        unknown = anonymous.get(re.sub(r"dashboard\.css$", "nothing.css", css_url))
+    assert plain.status_code == 200
+    assert plain.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert plain.headers["content-type"].startswith("text/javascript")
+    assert "content-encoding" not in plain.headers
+    assert plain.content == ASSETS["vendor/htmx-2.0.11/htmx.min.js"].body
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert zipped.headers["vary"] == "accept-encoding"
+    assert zipped.content == ASSETS["dashboard.css"].body  # httpx unzipped it
+    assert "content-encoding" not in refused_gzip.headers
+    for missing in (wrong_digest, unknown):
+        assert missing.status_code == 404
+        assert "immutable" not in missing.headers["cache-control"]
+
+
+def test_behind_a_proxy_every_link_and_redirect_carries_its_prefix(shared: Shared) -> None:
+    prefixed = {"x-forwarded-prefix": "/watch/"}
+    with browser(shared.server) as client:
+        to_login = client.get("/", headers=prefixed)
+        login = client.post(
+            "/login",
+            data={"username": "admin", "password": ADMIN_PASSWORD, "next": "/"},
+            headers=prefixed,
+        )
+        page = client.get("/", headers=prefixed).text
+        machine = client.get(f"/machines/{shared.machine_id}", headers=prefixed).text
+        forged = client.get("/", headers={"x-forwarded-prefix": '/a"><script>'}).text
+        logout = client.post("/logout", headers=prefixed)
+    assert to_login.headers["location"] == "/watch/login?next=%2F"
+    assert login.headers["location"] == "/watch/"
+    assert logout.headers["location"] == "/watch/login"
+    for text in (page, machine):
+        links = re.findall(r'(?:href|src|action|hx-get)="([^"?#]*)', text)
+        absolute = [link for link in links if link.startswith("/")]
+        assert absolute, text
+        assert all(link.startswith("/watch/") for link in absolute), absolute
+        assert 'data-base="/watch"' in text
+    # Anything but a plain path is ignored, not written into the page.
+    assert "<script>" not in forged
+    assert 'data-base=""' in forged
+
+
+def test_the_list_filters_by_name_status_and_labels_and_sorts(shared: Shared) -> None:
+    token = add_user(shared.server, shared.admin, "fiona")
+    with shared.server.client(token) as api:
+        for name, labels in (
+            ("f-db", {"env": "prod", "role": "db"}),
+            ("f-web", {"env": "prod"}),
+            ("f-dev", {"env": "dev"}),
+        ):
+            created = api.post("/api/v1/machines", json={"name": name, "labels": labels})
+            assert created.status_code == 201, created.text
+            if name != "f-dev":
+                key = created.json()["api_key"]
+                cpu = 90.0 if name == "f-web" else 10.0
+                assert (
+                    post(
+                        shared.server, key, {"samples": [sample(at(0.2), cpu__percent=cpu)]}
+                    ).status_code
+                    == 200
+                )
+    shown = re.compile(r">(f-\w+)</a>")
+    with browser(shared.server) as client:
+        log_in(client, "fiona", PASSWORD)
+
+        def names(query: str) -> list[str]:
+            response = client.get(f"/?{query}")
+            assert response.status_code == 200
+            return shown.findall(response.text)
+
+        assert names("") == ["f-db", "f-dev", "f-web"]
+        assert names("name=WE") == ["f-web"]
+        assert names("labels=env:prod") == ["f-db", "f-web"]
+        assert names("labels=env:prod,role:db") == ["f-db"]
+        assert names("status=online") == ["f-db", "f-web"]
+        assert names("status=unknown") == ["f-dev"]
+        assert names("sort=cpu") == ["f-web", "f-db", "f-dev"]
+        assert names("sort=status") == ["f-dev", "f-db", "f-web"]
+        bad = client.get("/?labels=not a label")
+        none = client.get("/?name=nothing-like-this")
+        # htmx asks for the list alone when the filters change.
+        partial = client.get(
+            "/?name=f-d", headers={"hx-request": "true", "hx-target": "machine-list"}
+        )
+    assert "is not a label as name:value" in bad.text
+    assert "No machine matches these filters." in none.text
+    assert partial.text.lstrip().startswith('<section id="machine-list"')
+    assert "<html" not in partial.text
+    assert shown.findall(partial.text) == ["f-db", "f-dev"]
+
+
+def test_a_card_alone_is_drawn_for_its_owner_only(shared: Shared) -> None:
+    token = add_user(shared.server, shared.admin, "gina")
+    own_id, key = register(shared.server, token, "ginas-box")
+    assert (
+        post(shared.server, key, {"samples": [sample(at(0.1), cpu__percent=12.25)]}).status_code
+        == 200
+    )
+    with browser(shared.server) as client:
+        log_in(client, "gina", PASSWORD)
+        own = client.get(f"/machines/{own_id}/card")
+        foreign = client.get(f"/machines/{shared.machine_id}/card")
+    with browser(shared.server) as anonymous:
+        out = anonymous.get(f"/machines/{own_id}/card")
+    assert own.status_code == 200
+    assert own.text.lstrip().startswith(f'<li class="card" id="card-{own_id}"')
+    assert "12.2 %" in own.text or "12.3 %" in own.text
+    assert foreign.status_code == 404
+    assert "shared" not in foreign.text
+    assert out.status_code == 303
+
+
+def test_the_live_stream_names_own_machines_with_new_samples(shared: Shared) -> None:
+    token = add_user(shared.server, shared.admin, "hana")
+    own_id, key = register(shared.server, token, "hanas-box")
+    with browser(shared.server) as client:
+        log_in(client, "hana", PASSWORD)
+        watched = f"{own_id},{shared.machine_id},no-such-machine"
+        with client.stream("GET", f"/live?machines={watched}") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            lines = stream.iter_lines()
+            assert next(lines) == "retry: 3000"
+            assert next(lines) == ": subscribed"
+            # Another owner's machine is not watched: its samples say nothing here.
+            assert (
+                post(
+                    shared.server, shared.key, {"samples": [sample(at(0.1), cpu__percent=1.0)]}
+                ).status_code
+                == 200
+            )
+            assert (
+                post(
+                    shared.server, key, {"samples": [sample(at(0.1), cpu__percent=2.0)]}
+                ).status_code
+                == 200
+            )
+            event = [line for line in itertools.islice(lines, 4) if line]
+        logged_out = client.post("/logout")
+    assert logged_out.status_code == 303
+    assert event == ["event: changed", f'data: ["{own_id}"]']
+    with browser(shared.server) as anonymous:
+        refused = anonymous.get(f"/live?machines={own_id}")
+    assert refused.status_code == 401

@@ -181,7 +181,8 @@ def test_samples_show_on_the_overview_and_grow_the_chart_without_a_reload(
     assert "37.5 %" in table  # mem.percent, derived
     assert "1.43 MiB/s" in table  # net.rx_rate
     legend = page.inner_text("#chart-net")
-    assert "received eth0" in legend and "sent eth0" in legend
+    assert "received eth0" in legend
+    assert "sent eth0" in legend
     page.evaluate("window.notReloaded = true")
     page.wait_for_selector("body[data-live=open]", state="attached")
     reading = now_sample(cpu__percent=55.5, mem__used=2.0 * 2**30, mem__total=4.0 * 2**30)

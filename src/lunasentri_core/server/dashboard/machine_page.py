@@ -91,7 +91,9 @@ def _row(value: SeriesValue) -> dict[str, Any]:
         "metric": value.series.metric,
         "labels": dict(value.series.labels),
         # As machine.js writes a series key: JSON.stringify of the labels in name order.
-        "labels_json": json.dumps(dict(value.series.labels), sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+        "labels_json": json.dumps(
+            dict(value.series.labels), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ),
         "value": value.value,
         "value_json": json.dumps(value.value),
         "timestamp": value.timestamp,

@@ -75,8 +75,9 @@ class Overview:
         if user is None:
             return to_login(request)
         params = request.query_params
-        filters, problem = _filters(params.get("name", ""), params.get("status", ""),
-                                    params.get("labels", ""))
+        filters, problem = _filters(
+            params.get("name", ""), params.get("status", ""), params.get("labels", "")
+        )
         sort = params.get("sort", "name") if params.get("sort") in SORTS else "name"
         text = params.get("cursor")
         # A stale or mangled cursor (an old bookmark) starts again from the first page.
@@ -207,8 +208,9 @@ def _filters(name: str, status: str, labels: str) -> tuple[MachineFilter, str | 
             continue
         pairs[label] = value.strip()
     chosen = MachineStatus(status) if status in MachineStatus.__members__.values() else None
-    name = name.strip()[:200] or None
-    return MachineFilter(status=chosen, labels=tuple(sorted(pairs.items())), name=name), problem
+    contains = name.strip()[:200] or None
+    filters = MachineFilter(status=chosen, labels=tuple(sorted(pairs.items())), name=contains)
+    return filters, problem
 
 
 async def _card(
@@ -279,7 +281,9 @@ def _sorted(cards: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:
     if sort == "status":
         return sorted(cards, key=lambda c: STATUS_ORDER[c["machine"].status])
     if sort == "seen":
-        return sorted(cards, key=lambda c: c["machine"].last_seen or datetime.min.replace(tzinfo=UTC))
+        return sorted(
+            cards, key=lambda c: c["machine"].last_seen or datetime.min.replace(tzinfo=UTC)
+        )
     metric = {"cpu": "cpu.percent", "mem": "mem.percent", "disk": "disk.percent"}.get(sort)
     if metric is not None:
         return sorted(cards, key=lambda c: -c["values"].get(metric, -1.0))

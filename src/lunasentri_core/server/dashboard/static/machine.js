@@ -122,12 +122,12 @@
         { stroke: "#55607a", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e3e6eb" } },
         {
           stroke: "#55607a", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e3e6eb" }, size: 76,
-          incrs: unit === "bytes" || unit === "bytes/s" ? BINARY_STEPS : undefined,
           values: function (u, splits) { return splits.map(tick); }
         }
       ],
       cursor: { drag: { x: true, y: false } }
     };
+    if (unit === "bytes" || unit === "bytes/s") opts.axes[1].incrs = BINARY_STEPS;
     chart.plot = new uPlot(opts, chart.data, chart.plotEl);
     chart.el.dataset.points = String(chart.data[0].length);
   }
