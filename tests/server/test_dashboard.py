@@ -66,6 +66,7 @@ def test_logging_in_shows_the_machines_with_their_latest_values(shared: Shared) 
         log_in(client, "admin", ADMIN_PASSWORD)
         page = client.get("/")
         detail = client.get(f"/machines/{machine_id}")
+        sparks = client.get(f"/machines/{machine_id}/sparklines")
 
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
@@ -79,7 +80,13 @@ def test_logging_in_shows_the_machines_with_their_latest_values(shared: Shared) 
     assert "db-<1>" not in card
     assert "42.5 %" in card
     assert "75.0 %" in card
-    assert re.search(r"<polyline points=\"[0-9., ]+\"", card)  # the cpu sparkline
+    # The card fetches its sparklines once shown: they take a query each.
+    assert f'hx-get="/machines/{machine_id}/sparklines" hx-trigger="load"' in card
+    cpu_line = re.search(
+        r'data-metric="cpu.percent"[^>]*><polyline points="[0-9., ]+"', sparks.text
+    )
+    assert cpu_line is not None
+    assert 'data-metric="disk.percent"' not in sparks.text  # none stored
     assert detail.status_code == 200
     assert 'data-metric="mem.percent" data-value="75.0"' in detail.text
     assert 'data-metrics="cpu.percent"' in detail.text  # the cpu chart, drawn by machine.js
@@ -367,13 +374,15 @@ def test_a_card_alone_is_drawn_for_its_owner_only(shared: Shared) -> None:
         log_in(client, "gina", PASSWORD)
         own = client.get(f"/machines/{own_id}/card")
         foreign = client.get(f"/machines/{shared.machine_id}/card")
+        foreign_lines = client.get(f"/machines/{shared.machine_id}/sparklines")
     with browser(shared.server) as anonymous:
         out = anonymous.get(f"/machines/{own_id}/card")
     assert own.status_code == 200
     assert own.text.lstrip().startswith(f'<li class="card" id="card-{own_id}"')
     assert "12.2 %" in own.text or "12.3 %" in own.text
-    assert foreign.status_code == 404
-    assert "shared" not in foreign.text
+    for refused in (foreign, foreign_lines):
+        assert refused.status_code == 404
+        assert "shared" not in refused.text
     assert out.status_code == 303
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -88,8 +88,7 @@ class Overview:
         )
         alerts = _alert_counts(await Rules(hub).states(user))
         cards = [
-            await _card(hub, s.machine, s.latest or (), alerts.get(s.machine.id, {}), user)
-            for s in found.items
+            _card(hub, s.machine, s.latest or (), alerts.get(s.machine.id, {})) for s in found.items
         ]
         shown = {k: v for k, v in params.items() if k in ("name", "status", "labels", "sort")}
         context = {
@@ -103,6 +102,7 @@ class Overview:
             if found.next_after is None
             else {**shown, "cursor": make_cursor(found.next_after)},
             "first_query": shown if after is not None else None,
+            "here": {**shown, "cursor": text} if after is not None and text else shown,
             "filtered": bool(shown.get("name") or shown.get("status") or shown.get("labels")),
         }
         partial = request.headers.get("hx-target") == "machine-list"
@@ -122,8 +122,30 @@ class Overview:
             return PlainTextResponse("no such machine", 404, headers={"cache-control": "no-store"})
         states = await Rules(hub).states(user, machine_id=machine_id)
         alerts = _alert_counts(states).get(machine_id, {})
-        card = await _card(hub, machine, (*latest.derived, *latest.items), alerts, user)
+        card = _card(hub, machine, (*latest.derived, *latest.items), alerts)
         return render(request, "machine_card.html", {"card": card, "user": user})
+
+    async def sparklines(self, request: Request) -> Response:
+        """``GET /machines/{id}/sparklines``: a card's last hour of CPU, memory and disk.
+
+        Fetched by each card after it is shown: each line is a history query
+        (about 10 ms, two for a derived percentage), too many to wait for in
+        the list itself.
+        """
+        user = await self._pages.user(request)
+        if user is None:
+            return to_login(request)
+        hub = hub_of(request)
+        machine_id = request.path_params["machine_id"]
+        try:
+            lines = {
+                metric: await _spark(hub, machine_id, metric, owner_scope(user))
+                for metric in SUMMARY_METRICS
+            }
+        except NotFoundError:
+            return PlainTextResponse("no such machine", 404, headers={"cache-control": "no-store"})
+        context = {"lines": lines, "width": WIDTH, "height": HEIGHT, "user": user}
+        return render(request, "machine_sparklines.html", context)
 
     async def live(self, request: Request) -> Response:
         """``GET /live?machines=id,id``: an event stream naming machines with new samples.
@@ -168,7 +190,7 @@ async def _sees(hub: Sentri, user: Principal, machine_id: str) -> bool:
 async def _changes(
     feed: LiveFeed,
     machine_ids: Sequence[str],
-    still_allowed: Any,
+    still_allowed: Callable[[], Awaitable[bool]],
     recheck: float,
 ) -> AsyncIterator[str]:
     with feed.watch(machine_ids) as changes:
@@ -213,27 +235,14 @@ def _filters(name: str, status: str, labels: str) -> tuple[MachineFilter, str | 
     return filters, problem
 
 
-async def _card(
-    hub: Sentri,
-    machine: Machine,
-    latest: Sequence[SeriesValue],
-    alerts: dict[str, int],
-    user: Principal,
+def _card(
+    hub: Sentri, machine: Machine, latest: Sequence[SeriesValue], alerts: dict[str, int]
 ) -> dict[str, Any]:
-    values = _summary_values(latest)
-    lines = {
-        metric: await _spark(hub, machine.id, metric, owner_scope(user))
-        for metric in SUMMARY_METRICS
-        if metric in values
-    }
     return {
         "machine": machine,
         "seen": ago(machine.last_seen, hub.clock()),
-        "values": values,
-        "lines": lines,
+        "values": _summary_values(latest),
         "alerts": alerts,
-        "width": WIDTH,
-        "height": HEIGHT,
     }
 
 

@@ -107,6 +107,9 @@ def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
         page_route("/", overview.page, "GET", "machines"),
         page_route("/machines/{machine_id}", machine_page(pages), "GET", "machine"),
         page_route("/machines/{machine_id}/card", overview.card, "GET", "machine_card"),
+        page_route(
+            "/machines/{machine_id}/sparklines", overview.sparklines, "GET", "machine_sparklines"
+        ),
         page_route("/live", overview.live, "GET", "live"),
         page_route("/login", pages.login_form, "GET", "login_form"),
         page_route("/login", pages.login, "POST", "login"),
