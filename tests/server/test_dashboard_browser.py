@@ -183,6 +183,24 @@ def test_samples_show_on_the_overview_and_grow_the_chart_without_a_reload(
     assert "1.50 GiB" in table  # mem.used, humanised with binary prefixes
     assert "37.5 %" in table  # mem.percent, derived
     assert "1.43 MiB/s" in table  # net.rx_rate
+    formatted = page.evaluate(
+        """() => [
+            ["mem.used", 0], ["mem.used", 1023], ["mem.used", 1024], ["disk.total", 5e12],
+            ["net.rx_rate", 1536], ["cpu.percent", 99.95], ["load.1", 0.123456],
+            ["proc.count", 12345], ["cpu.percent", null]
+        ].map(([metric, value]) => LunaFormat.format(metric, value))"""
+    )
+    assert formatted == [
+        "0 B",
+        "1023 B",
+        "1.00 KiB",
+        "4.55 TiB",
+        "1.50 KiB/s",
+        "100.0 %",
+        "0.123",
+        "12,345",
+        "\u2013",  # no value
+    ]
     legend = page.inner_text("#chart-net")
     assert "received eth0" in legend
     assert "sent eth0" in legend
