@@ -14,7 +14,7 @@
   var HEIGHT = 200;
   var COLORS = ["#3a66d6", "#d9822b", "#2e9d5b", "#b03a8c", "#7a5af5", "#c23b3b", "#1a9bb0", "#8a6d1f"];
   var NAMES = {
-    "mem.percent": "memory", "swap.percent": "swap", "net.rx_rate": "received",
+    "cpu.percent": "all CPUs", "proc.count": "processes", "mem.percent": "memory", "swap.percent": "swap", "net.rx_rate": "received",
     "net.tx_rate": "sent", "load.1": "1 min", "load.5": "5 min", "load.15": "15 min"
   };
   var BINARY_STEPS = [];
@@ -42,7 +42,7 @@
     var parts = [];
     if (chart.metrics.length > 1) parts.push(NAMES[metric] || metric);
     Object.keys(labels).sort().forEach(function (k) { parts.push(labels[k]); });
-    return parts.length ? parts.join(" ") : metric;
+    return parts.length ? parts.join(" ") : NAMES[metric] || metric;
   }
 
   function fetchSeries(metric) {
