@@ -377,6 +377,11 @@ def test_a_card_alone_is_drawn_for_its_owner_only(shared: Shared) -> None:
         foreign_lines = client.get(f"/machines/{shared.machine_id}/sparklines")
     with browser(shared.server) as anonymous:
         out = anonymous.get(f"/machines/{own_id}/card")
+        # htmx asking after the session ended: the whole page goes to the login form.
+        ended = anonymous.get(f"/machines/{own_id}/card", headers={"hx-request": "true"})
+    assert ended.status_code == 200
+    assert ended.headers["hx-redirect"] == "/login?next=%2F"
+    assert ended.content == b""
     assert own.status_code == 200
     assert own.text.lstrip().startswith(f'<li class="card" id="card-{own_id}"')
     assert "12.2 %" in own.text or "12.3 %" in own.text

@@ -207,6 +207,12 @@ def redirect(request: Request, path: str) -> Response:
 
 
 def to_login(request: Request) -> Response:
+    if request.headers.get("hx-request") == "true":
+        # A part of a page (a card, the list) asked after the session ended: htmx
+        # would put the login page in its place, so send the whole page there.
+        query = urllib.parse.urlencode({"next": "/"})
+        target = f"{prefix_of(request)}/login?{query}"
+        return Response(status_code=200, headers={**SECURITY_HEADERS, "hx-redirect": target})
     query = urllib.parse.urlencode({"next": app_path(request)})
     return redirect(request, f"/login?{query}")
 
