@@ -69,10 +69,12 @@
   }
 
   function load(chart) {
+    // A range chosen while another is loading: only the last one is drawn.
+    var generation = ++chart.generation;
     return Promise.all(chart.metrics.map(fetchSeries)).then(function (found) {
-      draw(chart, wanted([].concat.apply([], found)));
+      if (generation === chart.generation) draw(chart, wanted([].concat.apply([], found)));
     }).catch(function (error) {
-      chart.plotEl.textContent = "Could not load: " + error.message;
+      if (generation === chart.generation) chart.plotEl.textContent = "Could not load: " + error.message;
     });
   }
 
@@ -226,7 +228,7 @@
   section.querySelectorAll(".chart").forEach(function (el) {
     charts.push({
       el: el, plotEl: el.querySelector(".plot"), metrics: el.dataset.metrics.split(" "),
-      keys: [], data: [[]], plot: null
+      keys: [], data: [[]], plot: null, generation: 0
     });
   });
   window.addEventListener("resize", function () {
