@@ -9,9 +9,12 @@ answer with the security headers. Screenshots go to ``test-artifacts/browser/``
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import json
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -253,3 +256,97 @@ def test_filters_swap_the_list_in_place(shared: Shared, watched: Watched) -> Non
     assert page.evaluate("window.notReloaded") is True
     assert "name=filter-al" in page.url  # the filter is in the address, to share or reload
     assert json.loads(page.evaluate("JSON.stringify(location.search)")).startswith("?")
+
+
+class PrefixProxy(http.server.ThreadingHTTPServer):
+    """A reverse proxy serving the server under ``prefix``: it strips the prefix,
+    says so in X-Forwarded-Prefix, streams answers through as they come, and
+    answers 404 for anything outside the prefix."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream_port: int, prefix: str) -> None:
+        self.upstream_port = upstream_port
+        self.prefix = prefix
+        self.outside: list[str] = []
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{self.prefix}"
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    server: PrefixProxy
+
+    def do_GET(self) -> None:
+        self._forward()
+
+    def do_POST(self) -> None:
+        self._forward()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _forward(self) -> None:
+        prefix = self.server.prefix
+        if not self.path.startswith(prefix + "/"):
+            self.server.outside.append(self.path)
+            self.send_error(404)
+            return
+        length = int(self.headers.get("content-length", 0))
+        body = self.rfile.read(length) if length else None
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+        headers["x-forwarded-prefix"] = prefix
+        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=60)
+        try:
+            upstream.request(self.command, self.path[len(prefix) :], body, headers)
+            answer = upstream.getresponse()
+            self.send_response(answer.status, answer.reason)
+            for name, value in answer.getheaders():
+                if name.lower() not in ("transfer-encoding", "connection", "date", "server"):
+                    self.send_header(name, value)
+            self.end_headers()  # HTTP/1.0: the body ends when the connection closes
+            while chunk := answer.read1(65536):
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the browser left (a page's stream closed)
+        finally:
+            upstream.close()
+
+
+@pytest.fixture
+def proxy(shared: Shared) -> Iterator[PrefixProxy]:
+    server = PrefixProxy(shared.server.port, "/watch")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_behind_a_proxy_under_a_prefix_everything_stays_under_it(
+    shared: Shared, proxy: PrefixProxy, watched: Watched
+) -> None:
+    machine_id, key = machine_with_history(shared, "proxied")
+    page = watched.page
+    page.goto(f"{proxy.url}/")
+    page.wait_for_url(f"{proxy.url}/login?next=%2F")
+    page.fill("#username", "admin")
+    page.fill("#password", ADMIN_PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{proxy.url}/")
+    page.wait_for_selector(f"#card-{machine_id} svg.spark")
+    page.wait_for_selector("body[data-live=open]", state="attached")
+    assert post(shared.server, key, {"samples": [now_sample(cpu__percent=66.5)]}).status_code == 200
+    page.wait_for_function(
+        "id => document.getElementById('card-' + id).innerText.includes('66.5 %')", arg=machine_id
+    )
+    page.click(f"#card-{machine_id} a.card-name")
+    page.wait_for_url(f"{proxy.url}/machines/{machine_id}")
+    page.wait_for_selector("#chart-cpu .uplot")
+    assert proxy.outside == []
