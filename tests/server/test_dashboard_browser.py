@@ -70,7 +70,8 @@ def chromium() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+def shared(tmp_path_factory: pytest.TempPathFactory, chromium: Browser) -> Iterator[Shared]:
+    # After the browser: without one, no server is started only to be skipped.
     yield from shared_server(tmp_path_factory)
 
 
