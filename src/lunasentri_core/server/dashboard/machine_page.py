@@ -26,7 +26,7 @@ from lunasentri_core.services.machines import Machines, owner_scope
 from lunasentri_core.services.rules import Rules
 
 if TYPE_CHECKING:
-    from lunasentri_core.server.dashboard.pages import _Pages
+    from lunasentri_core.server.dashboard.pages import Pages
 
 RANGES = ("15m", "1h", "6h", "24h", "7d", "30d")
 DEFAULT_RANGE = "1h"
@@ -51,7 +51,7 @@ CHARTS = (
 )
 
 
-def machine_page(pages: _Pages) -> Page:
+def machine_page(pages: Pages) -> Page:
     async def page(request: Request) -> Response:
         user = await pages.user(request)
         if user is None:

@@ -40,7 +40,7 @@ from lunasentri_core.services.machines import MachineFilter, Machines, owner_sco
 from lunasentri_core.services.rules import Rules
 
 if TYPE_CHECKING:
-    from lunasentri_core.server.dashboard.pages import _Pages
+    from lunasentri_core.server.dashboard.pages import Pages
 
 PAGE_SIZE = 24
 """Cards a page shows: each draws three sparklines."""
@@ -66,7 +66,7 @@ KEEPALIVE_SECONDS = 15.0
 
 
 class Overview:
-    def __init__(self, pages: _Pages) -> None:
+    def __init__(self, pages: Pages) -> None:
         self._pages = pages
 
     async def page(self, request: Request) -> Response:

@@ -98,10 +98,11 @@ def app_path(request: Request) -> str:
 
 def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
     """The pages, which find the caller with ``authenticate`` (the API's auth hook)."""
+    # Imported here: those modules build on this one's helpers.
     from lunasentri_core.server.dashboard.machine_page import machine_page
     from lunasentri_core.server.dashboard.overview import Overview
 
-    pages = _Pages(authenticate)
+    pages = Pages(authenticate)
     overview = Overview(pages)
     return [
         page_route("/", overview.page, "GET", "machines"),
@@ -127,7 +128,7 @@ def page_route(path: str, page: Page, method: str, name: str) -> Route:
     return Route(path, endpoint, methods=[method], name=f"{PAGE}{name}")
 
 
-class _Pages:
+class Pages:
     """What every page needs: who is asking, and the log-in pages themselves."""
 
     def __init__(self, authenticate: Authenticate) -> None:
