@@ -130,8 +130,16 @@
       cursor: { drag: { x: true, y: false } }
     };
     if (unit === "bytes" || unit === "bytes/s") opts.axes[1].incrs = BINARY_STEPS;
-    chart.plot = new uPlot(opts, chart.data, chart.plotEl);
+    chart.plot = new uPlot(opts, padded(chart.data, Date.now() / 1000), chart.plotEl);
     chart.el.dataset.points = String(chart.data[0].length);
+  }
+
+  // The data with an empty first point where the range starts, so that the time
+  // axis spans the whole range however late the data begins.
+  function padded(data, now) {
+    var start = now - SECONDS[range];
+    if (!data[0].length || data[0][0] <= start) return data;
+    return data.map(function (col, i) { return [i === 0 ? start : null].concat(col); });
   }
 
   // A sample's readings by series key, with the percentages the server derives
@@ -169,7 +177,7 @@
     var oldest = t - SECONDS[range];
     while (data[0].length > 1 && data[0][0] < oldest) data.forEach(function (col) { col.shift(); });
     chart.data = data;
-    chart.plot.setData(data);
+    chart.plot.setData(padded(data, t));
     chart.el.dataset.points = String(data[0].length);
   }
 
