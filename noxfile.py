@@ -46,6 +46,9 @@ TEST_REQUIREMENTS = [
     "openapi-spec-validator>=0.7",
     # The WS-Management test server's tests drive it with the real client.
     "pywinrm>=0.5",
+    # The dashboard's browser tests drive the system's Chromium (never Playwright's own
+    # browser download): .ci/run installs it with apt.
+    "playwright>=1.49",
 ]
 LINT_REQUIREMENTS = ["ruff>=0.16,<0.18"]
 # pytest: lunasentri_core.testing is a pytest plugin; nox: the noxfile is checked too.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import itertools
 import re
 from collections.abc import Iterator
 from datetime import timedelta
@@ -11,7 +12,9 @@ import httpx
 import pytest
 
 from lunasentri_core.model import HistoryPoint
+from lunasentri_core.server.dashboard.assets import ASSETS
 from lunasentri_core.server.dashboard.charts import HEIGHT, WIDTH, sparkline
+from lunasentri_core.server.dashboard.overview import PAGE_SIZE
 from lunasentri_core.server.dashboard.pages import number
 
 from .alerting_support import wait_for
@@ -63,21 +66,30 @@ def test_logging_in_shows_the_machines_with_their_latest_values(shared: Shared) 
         log_in(client, "admin", ADMIN_PASSWORD)
         page = client.get("/")
         detail = client.get(f"/machines/{machine_id}")
+        sparks = client.get(f"/machines/{machine_id}/sparklines")
 
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
-    assert "script-src" not in page.headers["content-security-policy"]  # none allowed
-    assert "default-src 'none'" in page.headers["content-security-policy"]
-    row = page.text[page.text.index(f'href="/machines/{machine_id}"') :]
-    row = row[: row.index("</tr>")]
-    assert html.escape("db-<1>") in row
-    assert "db-<1>" not in row
-    assert "42.5 %" in row
-    assert "75.0 %" in row
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self';" in policy  # this server's files: no inline script, no eval
+    assert "unsafe" not in policy
+    assert "default-src 'none'" in policy
+    card = page.text[page.text.index(f'href="/machines/{machine_id}"') :]
+    card = card[: card.index("</li>")]
+    assert html.escape("db-<1>") in card
+    assert "db-<1>" not in card
+    assert "42.5 %" in card
+    assert "75.0 %" in card
+    # The card fetches its sparklines once shown: they take a query each.
+    assert f'hx-get="/machines/{machine_id}/sparklines" hx-trigger="load"' in card
+    cpu_line = re.search(
+        r'data-metric="cpu.percent"[^>]*><polyline points="[0-9., ]+"', sparks.text
+    )
+    assert cpu_line is not None
+    assert 'data-metric="disk.percent"' not in sparks.text  # none stored
     assert detail.status_code == 200
-    assert "mem.percent" in detail.text
-    assert "75" in detail.text
-    assert re.search(r"<polyline points=\"[0-9., ]+\"", detail.text)  # the cpu chart
+    assert 'data-metric="mem.percent" data-value="75.0"' in detail.text
+    assert 'data-metrics="cpu.percent"' in detail.text  # the cpu chart, drawn by machine.js
     counted = httpx.get(f"{shared.server.url}/metrics").text
     assert 'route="/machines/{machine_id}",status="200"' in counted
 
@@ -102,7 +114,7 @@ def test_firing_alerts_show_on_the_list_and_on_the_machine(shared: Shared) -> No
         page = wait_for(listed, what="the firing alert on the list")
         detail = client.get(f"/machines/{machine_id}").text
     assert page.count("1 firing") == 1
-    alerts = detail[detail.index("<h2>Alerts</h2>") : detail.index("Last hour")]
+    alerts = detail[detail.index("<h2>Alerts</h2>") : detail.index("<h2>History</h2>")]
     assert html.escape("cpu <hot>") in alerts
     assert "firing" in alerts
     assert "97" in alerts
@@ -219,12 +231,13 @@ def test_readings_are_shown_exactly_when_large_and_to_four_digits_when_small(
     assert number(value) == shown
 
 
-def test_the_machine_list_shows_100_machines_a_page_with_a_link_to_the_next(
+def test_the_machine_list_shows_a_page_of_machines_with_a_link_to_the_next(
     shared: Shared,
 ) -> None:
     token = add_user(shared.server, shared.admin, "paged-erin")
+    count = PAGE_SIZE + 2
     with shared.server.client(token) as api:
-        for n in range(103):
+        for n in range(count):
             created = api.post("/api/v1/machines", json={"name": f"erin-{n:03d}"})
             assert created.status_code == 201, created.text
     with browser(shared.server) as client:
@@ -234,12 +247,178 @@ def test_the_machine_list_shows_100_machines_a_page_with_a_link_to_the_next(
         second = client.get(html.unescape(link)).text
         mangled = client.get("/?cursor=not-a-cursor")
     shown = re.compile(r">(erin-\d{3})</a>")
-    assert shown.findall(first) == [f"erin-{n:03d}" for n in range(100)]
-    assert shown.findall(second) == ["erin-100", "erin-101", "erin-102"]
+    assert shown.findall(first) == [f"erin-{n:03d}" for n in range(PAGE_SIZE)]
+    assert shown.findall(second) == [f"erin-{n:03d}" for n in range(PAGE_SIZE, count)]
     assert "Next page" in first
     assert "First page" not in first
     assert "Next page" not in second
-    assert 'href="/">First page' in second
+    assert 'href="/?">First page' in second
     # An old bookmark's cursor starts again from the first page.
     assert mangled.status_code == 200
     assert shown.findall(mangled.text) == shown.findall(first)
+
+
+def test_static_files_are_served_under_their_digest_for_a_year(shared: Shared) -> None:
+    with browser(shared.server) as client:
+        log_in(client, "admin", ADMIN_PASSWORD)
+        page = client.get("/").text
+    (htmx_url,) = re.findall(r'src="(/static/[0-9a-f]{12}/vendor/htmx-[^"]+)"', page)
+    (css_url,) = re.findall(r'href="(/static/[0-9a-f]{12}/dashboard\.css)"', page)
+    # Served without a session: they are the same for everyone.
+    with httpx.Client(base_url=shared.server.url) as anonymous:
+        plain = anonymous.get(htmx_url, headers={"accept-encoding": "identity"})
+        zipped = anonymous.get(css_url, headers={"accept-encoding": "gzip, br"})
+        refused_gzip = anonymous.get(css_url, headers={"accept-encoding": "gzip;q=0"})
+        wrong_digest = anonymous.get(
+            re.sub(r"/static/[0-9a-f]{12}/", "/static/0123456789ab/", css_url)
+        )
+        unknown = anonymous.get(re.sub(r"dashboard\.css$", "nothing.css", css_url))
+    assert plain.status_code == 200
+    assert plain.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert plain.headers["content-type"].startswith("text/javascript")
+    assert "content-encoding" not in plain.headers
+    assert plain.content == ASSETS["vendor/htmx-2.0.11/htmx.min.js"].body
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert zipped.headers["vary"] == "accept-encoding"
+    assert zipped.content == ASSETS["dashboard.css"].body  # httpx unzipped it
+    assert "content-encoding" not in refused_gzip.headers
+    for missing in (wrong_digest, unknown):
+        assert missing.status_code == 404
+        assert "immutable" not in missing.headers["cache-control"]
+
+
+def test_behind_a_proxy_every_link_and_redirect_carries_its_prefix(shared: Shared) -> None:
+    prefixed = {"x-forwarded-prefix": "/watch/"}
+    with browser(shared.server) as client:
+        to_login = client.get("/", headers=prefixed)
+        login = client.post(
+            "/login",
+            data={"username": "admin", "password": ADMIN_PASSWORD, "next": "/"},
+            headers=prefixed,
+        )
+        page = client.get("/", headers=prefixed).text
+        machine = client.get(f"/machines/{shared.machine_id}", headers=prefixed).text
+        forged = client.get("/", headers={"x-forwarded-prefix": '/a"><script>'}).text
+        logout = client.post("/logout", headers=prefixed)
+    assert to_login.headers["location"] == "/watch/login?next=%2F"
+    assert login.headers["location"] == "/watch/"
+    assert logout.headers["location"] == "/watch/login"
+    for text in (page, machine):
+        links = re.findall(r'(?:href|src|action|hx-get)="([^"?#]*)', text)
+        absolute = [link for link in links if link.startswith("/")]
+        assert absolute, text
+        assert all(link.startswith("/watch/") for link in absolute), absolute
+        assert 'data-base="/watch"' in text
+    # Anything but a plain path is ignored, not written into the page.
+    assert "<script>" not in forged
+    assert 'data-base=""' in forged
+
+
+def test_the_list_filters_by_name_status_and_labels_and_sorts(shared: Shared) -> None:
+    token = add_user(shared.server, shared.admin, "fiona")
+    with shared.server.client(token) as api:
+        for name, labels in (
+            ("f-db", {"env": "prod", "role": "db"}),
+            ("f-web", {"env": "prod"}),
+            ("f-dev", {"env": "dev"}),
+        ):
+            created = api.post("/api/v1/machines", json={"name": name, "labels": labels})
+            assert created.status_code == 201, created.text
+            if name != "f-dev":
+                key = created.json()["api_key"]
+                cpu = 90.0 if name == "f-web" else 10.0
+                assert (
+                    post(
+                        shared.server, key, {"samples": [sample(at(0.2), cpu__percent=cpu)]}
+                    ).status_code
+                    == 200
+                )
+    shown = re.compile(r">(f-\w+)</a>")
+    with browser(shared.server) as client:
+        log_in(client, "fiona", PASSWORD)
+
+        def names(query: str) -> list[str]:
+            response = client.get(f"/?{query}")
+            assert response.status_code == 200
+            return shown.findall(response.text)
+
+        assert names("") == ["f-db", "f-dev", "f-web"]
+        assert names("name=WE") == ["f-web"]
+        assert names("labels=env:prod") == ["f-db", "f-web"]
+        assert names("labels=env:prod,role:db") == ["f-db"]
+        assert names("status=online") == ["f-db", "f-web"]
+        assert names("status=unknown") == ["f-dev"]
+        assert names("sort=cpu") == ["f-web", "f-db", "f-dev"]
+        assert names("sort=status") == ["f-dev", "f-db", "f-web"]
+        bad = client.get("/?labels=not a label")
+        none = client.get("/?name=nothing-like-this")
+        # htmx asks for the list alone when the filters change.
+        partial = client.get(
+            "/?name=f-d", headers={"hx-request": "true", "hx-target": "machine-list"}
+        )
+    assert "is not a label as name:value" in bad.text
+    assert "No machine matches these filters." in none.text
+    assert partial.text.lstrip().startswith('<section id="machine-list"')
+    assert "<html" not in partial.text
+    assert shown.findall(partial.text) == ["f-db", "f-dev"]
+
+
+def test_a_card_alone_is_drawn_for_its_owner_only(shared: Shared) -> None:
+    token = add_user(shared.server, shared.admin, "gina")
+    own_id, key = register(shared.server, token, "ginas-box")
+    assert (
+        post(shared.server, key, {"samples": [sample(at(0.1), cpu__percent=12.25)]}).status_code
+        == 200
+    )
+    with browser(shared.server) as client:
+        log_in(client, "gina", PASSWORD)
+        own = client.get(f"/machines/{own_id}/card")
+        foreign = client.get(f"/machines/{shared.machine_id}/card")
+        foreign_lines = client.get(f"/machines/{shared.machine_id}/sparklines")
+    with browser(shared.server) as anonymous:
+        out = anonymous.get(f"/machines/{own_id}/card")
+        # htmx asking after the session ended: the whole page goes to the login form.
+        ended = anonymous.get(f"/machines/{own_id}/card", headers={"hx-request": "true"})
+    assert ended.status_code == 200
+    assert ended.headers["hx-redirect"] == "/login?next=%2F"
+    assert ended.content == b""
+    assert own.status_code == 200
+    assert own.text.lstrip().startswith(f'<li class="card" id="card-{own_id}"')
+    assert "12.2 %" in own.text or "12.3 %" in own.text
+    for refused in (foreign, foreign_lines):
+        assert refused.status_code == 404
+        assert "shared" not in refused.text
+    assert out.status_code == 303
+
+
+def test_the_live_stream_names_own_machines_with_new_samples(shared: Shared) -> None:
+    token = add_user(shared.server, shared.admin, "hana")
+    own_id, key = register(shared.server, token, "hanas-box")
+    with browser(shared.server) as client:
+        log_in(client, "hana", PASSWORD)
+        watched = f"{own_id},{shared.machine_id},no-such-machine"
+        with client.stream("GET", f"/live?machines={watched}") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            lines = stream.iter_lines()
+            assert next(lines) == "retry: 3000"
+            assert next(lines) == ": subscribed"
+            # Another owner's machine is not watched: its samples say nothing here.
+            assert (
+                post(
+                    shared.server, shared.key, {"samples": [sample(at(0.1), cpu__percent=1.0)]}
+                ).status_code
+                == 200
+            )
+            assert (
+                post(
+                    shared.server, key, {"samples": [sample(at(0.1), cpu__percent=2.0)]}
+                ).status_code
+                == 200
+            )
+            event = [line for line in itertools.islice(lines, 4) if line]
+        logged_out = client.post("/logout")
+    assert logged_out.status_code == 303
+    assert event == ["event: changed", f'data: ["{own_id}"]']
+    with browser(shared.server) as anonymous:
+        refused = anonymous.get(f"/live?machines={own_id}")
+    assert refused.status_code == 401

@@ -13,8 +13,8 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import anyio.from_thread
@@ -81,12 +81,65 @@ class Subscription:
         return Delivery(samples, dropped)
 
 
+class Changes:
+    """Which of several machines have had new samples since last asked (the
+    dashboard's overview redraws those machines, whatever the samples were)."""
+
+    def __init__(self) -> None:
+        self._changed: set[str] = set()
+        self._wake = anyio.Event()
+        self.closed = False
+
+    def mark(self, machine_id: str) -> None:
+        self._changed.add(machine_id)
+        self._wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
+    async def receive(self, timeout: float) -> set[str] | None:
+        """The machines changed so far, waiting up to ``timeout`` seconds for one.
+
+        An empty set means the time ran out; ``None`` that the feed closed.
+        """
+        if not self._changed and not self.closed:
+            with anyio.move_on_after(timeout):
+                await self._wake.wait()
+        if self._wake.is_set():
+            self._wake = anyio.Event()
+        if self.closed:
+            return None
+        changed, self._changed = self._changed, set()
+        return changed
+
+
+class _Subscriber(Protocol):
+    def put(self, samples: Sequence[Sample]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _ChangeTap:
+    """Stands in a machine's subscriber set for a :class:`Changes` of many machines."""
+
+    def __init__(self, machine_id: str, changes: Changes) -> None:
+        self._machine_id = machine_id
+        self._changes = changes
+
+    def put(self, samples: Sequence[Sample]) -> None:
+        self._changes.mark(self._machine_id)
+
+    def close(self) -> None:
+        self._changes.close()
+
+
 class LiveFeed:
     """Subscriptions by machine, fed from the hub's ingest event."""
 
     def __init__(self, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
         self.queue_size = queue_size
-        self._subscriptions: dict[str, set[Subscription]] = {}
+        self._subscriptions: dict[str, set[_Subscriber]] = {}
         self._closed = False
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._loop_thread: int | None = None
@@ -115,14 +168,28 @@ class LiveFeed:
     @contextlib.contextmanager
     def subscribe(self, machine_id: str) -> Iterator[Subscription]:
         subscription = Subscription(machine_id, self.queue_size)
-        if self._closed:
-            subscription.close()
-        subscribers = self._subscriptions.setdefault(machine_id, set())
-        subscribers.add(subscription)
-        try:
+        with self._subscribed(machine_id, subscription):
             yield subscription
+
+    @contextlib.contextmanager
+    def watch(self, machine_ids: Collection[str]) -> Iterator[Changes]:
+        """Which of ``machine_ids`` get new samples, as one :class:`Changes`."""
+        changes = Changes()
+        with contextlib.ExitStack() as stack:
+            for machine_id in machine_ids:
+                stack.enter_context(self._subscribed(machine_id, _ChangeTap(machine_id, changes)))
+            yield changes
+
+    @contextlib.contextmanager
+    def _subscribed(self, machine_id: str, subscriber: _Subscriber) -> Iterator[None]:
+        if self._closed:
+            subscriber.close()
+        subscribers = self._subscriptions.setdefault(machine_id, set())
+        subscribers.add(subscriber)
+        try:
+            yield
         finally:
-            subscribers.discard(subscription)
+            subscribers.discard(subscriber)
             if not subscribers and self._subscriptions.get(machine_id) is subscribers:
                 del self._subscriptions[machine_id]
 

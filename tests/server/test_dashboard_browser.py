@@ -1,0 +1,353 @@
+"""The dashboard in a real browser (Chromium driven by Playwright) against a real server.
+
+Skipped when Playwright or Chromium is missing, unless
+``LUNASENTRI_TEST_REQUIRE_BROWSER=1`` (CI), where that is a failure. Every page
+visited must load without console errors, script errors or failed requests, and
+answer with the security headers. Screenshots go to ``test-artifacts/browser/``
+(gitignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .conftest import ADMIN_PASSWORD
+from .test_ingest import Shared, at, post, register, sample, shared_server
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+CHROMIUM = os.environ.get("LUNASENTRI_TEST_CHROMIUM", "/usr/bin/chromium")
+REQUIRED = os.environ.get("LUNASENTRI_TEST_REQUIRE_BROWSER") == "1"
+SCREENSHOTS = Path(__file__).parents[2] / "test-artifacts" / "browser"
+PHONE = {"width": 390, "height": 844}
+WAIT_MS = 20_000
+"""How long a live update may take to show (samples arrive within a second or two)."""
+PAGE_HEADERS = {
+    "content-security-policy": "script-src 'self'",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "same-origin",
+}
+
+
+def _missing() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (pip install playwright)"
+    if not (os.access(CHROMIUM, os.X_OK) or shutil.which(CHROMIUM)):
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    why = _missing()
+    if why is not None:
+        if REQUIRED:
+            pytest.fail(f"LUNASENTRI_TEST_REQUIRE_BROWSER=1 but {why}")
+        pytest.skip(why)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, chromium: Browser) -> Iterator[Shared]:
+    # After the browser: without one, no server is started only to be skipped.
+    yield from shared_server(tmp_path_factory)
+
+
+class Watched:
+    """A page, and everything wrong it did: console errors, script errors, failed
+    requests, error answers, pages without the security headers."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.problems: list[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self.problems.append(f"script error: {error}"))
+        page.on("requestfailed", self._failed)
+        page.on("response", self._response)
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error":
+            self.problems.append(f"console: {message.text}")
+
+    def _failed(self, request: Any) -> None:
+        # Leaving a page aborts its streams and the requests still under way: the
+        # browser's doing, not a failure (their answers are checked when they come).
+        aborted = "ERR_ABORTED" in str(request.failure)
+        if not (aborted and request.resource_type in ("eventsource", "xhr", "fetch")):
+            self.problems.append(f"failed: {request.url} {request.failure}")
+
+    def _response(self, response: Any) -> None:
+        if response.status >= 400:
+            self.problems.append(f"HTTP {response.status}: {response.url}")
+        if response.request.resource_type == "document":
+            headers = response.headers
+            for name, wanted in PAGE_HEADERS.items():
+                if wanted not in headers.get(name, ""):
+                    self.problems.append(f"{response.url}: {name} is {headers.get(name)!r}")
+
+    def shot(self, name: str) -> None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+@pytest.fixture
+def watched(chromium: Browser, request: pytest.FixtureRequest) -> Iterator[Watched]:
+    viewport = getattr(request, "param", None) or {"width": 1280, "height": 900}
+    context = chromium.new_context(viewport=viewport)
+    context.set_default_timeout(WAIT_MS)
+    try:
+        page = Watched(context.new_page())
+        yield page
+        page.page.close()  # ends its streams before the check
+        assert page.problems == []
+    finally:
+        context.close()
+
+
+def log_in(watched: Watched, url: str, password: str = ADMIN_PASSWORD) -> None:
+    page = watched.page
+    page.goto(f"{url}/login")
+    page.fill("#username", "admin")
+    page.fill("#password", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{url}/")
+
+
+def machine_with_history(shared: Shared, name: str) -> tuple[str, str]:
+    machine_id, key = register(shared.server, shared.admin, name)
+    readings = [
+        sample(
+            at(minutes),
+            cpu__percent=20.0 + minutes,
+            mem__used=1.5 * 2**30,
+            mem__total=4.0 * 2**30,
+            load__1=0.5,
+            disk__used=[{"labels": {"mount": "/"}, "value": 30.0 * 2**30}],
+            disk__total=[{"labels": {"mount": "/"}, "value": 100.0 * 2**30}],
+            net__rx_rate=[{"labels": {"nic": "eth0"}, "value": 1_500_000.0}],
+            net__tx_rate=[{"labels": {"nic": "eth0"}, "value": 250_000.0}],
+        )
+        for minutes in (30, 20, 10, 5, 1)
+    ]
+    assert post(shared.server, key, {"samples": readings}).status_code == 200
+    return machine_id, key
+
+
+def now_sample(**metrics: Any) -> dict[str, Any]:
+    return sample(datetime.now(UTC), **metrics)
+
+
+def test_samples_show_on_the_overview_and_grow_the_chart_without_a_reload(
+    shared: Shared, watched: Watched
+) -> None:
+    machine_id, key = machine_with_history(shared, "web-1")
+    page = watched.page
+    log_in(watched, shared.server.url)
+    card = page.locator(f"#card-{machine_id}")
+    assert "web-1" in card.inner_text()
+    assert "21.0 %" in card.inner_text()  # the newest cpu.percent
+    page.evaluate("window.notReloaded = true")
+    # Once the page's live stream is open, a new sample redraws the card.
+    page.wait_for_selector("body[data-live=open]", state="attached")
+    assert post(shared.server, key, {"samples": [now_sample(cpu__percent=87.5)]}).status_code == 200
+    page.wait_for_function(
+        "id => document.getElementById('card-' + id).innerText.includes('87.5 %')", arg=machine_id
+    )
+    assert page.evaluate("window.notReloaded") is True
+    page.wait_for_selector(f"#card-{machine_id} svg.spark")
+    watched.shot("overview")
+
+    page.click(f"#card-{machine_id} a.card-name")
+    page.wait_for_function("() => Number(document.getElementById('chart-cpu').dataset.points) > 0")
+    before = int(page.get_attribute("#chart-cpu", "data-points") or 0)
+    assert page.locator("#chart-cpu .uplot").count() == 1
+    table = page.inner_text("#latest")
+    assert "1.50 GiB" in table  # mem.used, humanised with binary prefixes
+    assert "37.5 %" in table  # mem.percent, derived
+    assert "1.43 MiB/s" in table  # net.rx_rate
+    formatted = page.evaluate(
+        """() => [
+            ["mem.used", 0], ["mem.used", 1023], ["mem.used", 1024], ["disk.total", 5e12],
+            ["net.rx_rate", 1536], ["cpu.percent", 99.95], ["load.1", 0.123456],
+            ["proc.count", 12345], ["cpu.percent", null]
+        ].map(([metric, value]) => LunaFormat.format(metric, value))"""
+    )
+    assert formatted == [
+        "0 B",
+        "1023 B",
+        "1.00 KiB",
+        "4.55 TiB",
+        "1.50 KiB/s",
+        "100.0 %",
+        "0.123",
+        "12,345",
+        "\u2013",  # no value
+    ]
+    legend = page.inner_text("#chart-net")
+    assert "received eth0" in legend
+    assert "sent eth0" in legend
+    page.evaluate("window.notReloaded = true")
+    page.wait_for_selector("body[data-live=open]", state="attached")
+    reading = now_sample(cpu__percent=55.5, mem__used=2.0 * 2**30, mem__total=4.0 * 2**30)
+    assert post(shared.server, key, {"samples": [reading]}).status_code == 200
+    page.wait_for_function(
+        "n => Number(document.getElementById('chart-cpu').dataset.points) > n", arg=before
+    )
+    page.wait_for_function("() => document.getElementById('latest').innerText.includes('2.00 GiB')")
+    assert page.evaluate("window.notReloaded") is True
+    watched.shot("machine")
+
+    page.click(".ranges a[data-range='7d']")
+    page.wait_for_url("**/machines/*?range=7d")
+    page.wait_for_function("() => document.querySelector('#chart-cpu .uplot') !== null")
+    watched.shot("machine-7d")
+
+
+@pytest.mark.parametrize("watched", [PHONE], indirect=True)
+def test_a_phone_sees_every_page_without_scrolling_sideways(
+    shared: Shared, watched: Watched
+) -> None:
+    machine_id, _ = machine_with_history(shared, "a-machine-with-a-rather-long-name-01")
+    page = watched.page
+    log_in(watched, shared.server.url)
+    pages = {"overview-phone": "/", "machine-phone": f"/machines/{machine_id}"}
+    for name, path in pages.items():
+        page.goto(shared.server.url + path)
+        ready = ".card" if path == "/" else "#chart-cpu .uplot"
+        page.wait_for_selector(ready)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], f"{path} is {width} px wide"
+        watched.shot(name)
+
+
+def test_filters_swap_the_list_in_place(shared: Shared, watched: Watched) -> None:
+    register(shared.server, shared.admin, "filter-alpha")
+    register(shared.server, shared.admin, "filter-beta")
+    page = watched.page
+    log_in(watched, shared.server.url)
+    page.evaluate("window.notReloaded = true")
+    page.fill("input[name=name]", "filter-al")
+    page.wait_for_function(
+        "() => !document.getElementById('machine-list').innerText.includes('filter-beta')"
+    )
+    listed = page.inner_text("#machine-list")
+    assert "filter-alpha" in listed
+    assert page.evaluate("window.notReloaded") is True
+    assert "name=filter-al" in page.url  # the filter is in the address, to share or reload
+    assert json.loads(page.evaluate("JSON.stringify(location.search)")).startswith("?")
+
+
+class PrefixProxy(http.server.ThreadingHTTPServer):
+    """A reverse proxy serving the server under ``prefix``: it strips the prefix,
+    says so in X-Forwarded-Prefix, streams answers through as they come, and
+    answers 404 for anything outside the prefix."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream_port: int, prefix: str) -> None:
+        self.upstream_port = upstream_port
+        self.prefix = prefix
+        self.outside: list[str] = []
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{self.prefix}"
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    server: PrefixProxy
+
+    def do_GET(self) -> None:
+        self._forward()
+
+    def do_POST(self) -> None:
+        self._forward()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _forward(self) -> None:
+        prefix = self.server.prefix
+        if not self.path.startswith(prefix + "/"):
+            self.server.outside.append(self.path)
+            self.send_error(404)
+            return
+        length = int(self.headers.get("content-length", 0))
+        body = self.rfile.read(length) if length else None
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+        headers["x-forwarded-prefix"] = prefix
+        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=60)
+        try:
+            upstream.request(self.command, self.path[len(prefix) :], body, headers)
+            answer = upstream.getresponse()
+            self.send_response(answer.status, answer.reason)
+            for name, value in answer.getheaders():
+                if name.lower() not in ("transfer-encoding", "connection", "date", "server"):
+                    self.send_header(name, value)
+            self.end_headers()  # HTTP/1.0: the body ends when the connection closes
+            while chunk := answer.read1(65536):
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the browser left (a page's stream closed)
+        finally:
+            upstream.close()
+
+
+@pytest.fixture
+def proxy(shared: Shared) -> Iterator[PrefixProxy]:
+    server = PrefixProxy(shared.server.port, "/watch")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_behind_a_proxy_under_a_prefix_everything_stays_under_it(
+    shared: Shared, proxy: PrefixProxy, watched: Watched
+) -> None:
+    machine_id, key = machine_with_history(shared, "proxied")
+    page = watched.page
+    page.goto(f"{proxy.url}/")
+    page.wait_for_url(f"{proxy.url}/login?next=%2F")
+    page.fill("#username", "admin")
+    page.fill("#password", ADMIN_PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{proxy.url}/")
+    page.wait_for_selector(f"#card-{machine_id} svg.spark")
+    page.wait_for_selector("body[data-live=open]", state="attached")
+    assert post(shared.server, key, {"samples": [now_sample(cpu__percent=66.5)]}).status_code == 200
+    page.wait_for_function(
+        "id => document.getElementById('card-' + id).innerText.includes('66.5 %')", arg=machine_id
+    )
+    page.click(f"#card-{machine_id} a.card-name")
+    page.wait_for_url(f"{proxy.url}/machines/{machine_id}")
+    page.wait_for_selector("#chart-cpu .uplot")
+    assert proxy.outside == []
