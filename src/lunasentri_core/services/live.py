@@ -5,6 +5,12 @@ internal plugin (registered by :meth:`LiveFeed.attach`) hands those samples to
 every subscription of that machine. Publishing never waits: each subscription
 holds a bounded queue, and one that is read too slowly loses its oldest samples
 (it is told how many), so a slow client neither grows memory nor slows ingest.
+
+Samples stored through another process sharing the storage arrive through the
+hub's :class:`~lunasentri_core.services.changes.ChangeFollower` (PostgreSQL's
+``NOTIFY``), so a subscriber sees every machine's new samples whichever server
+process received them; the storing process's own samples come only through
+the ingest event, never twice.
 """
 
 from __future__ import annotations
@@ -103,6 +109,7 @@ class LiveFeed:
         registered = hub.plugins.register(_FeedPlugin(self), PLUGIN_NAME)
         if registered:
             self._hub = hub
+            hub.changes.sample_listeners.append(self.publish)
         else:
             log.warning("live streams are off: plugin %r could not be registered", PLUGIN_NAME)
         return registered
@@ -110,6 +117,8 @@ class LiveFeed:
     def detach(self) -> None:
         if self._hub is not None:
             self._hub.plugins.unregister(PLUGIN_NAME)
+            with contextlib.suppress(ValueError):
+                self._hub.changes.sample_listeners.remove(self.publish)
             self._hub = None
 
     @contextlib.contextmanager

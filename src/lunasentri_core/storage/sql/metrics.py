@@ -272,6 +272,7 @@ class SqlMetricStore:
             self._sql.upsert_latest.run(conn, latest)
             if seen:
                 touch(conn, self._sql.touch, seen)
+            self._db.notices.samples(conn, batch)
         if fresh:
             # Only now: ids of series created by a rolled-back batch are invalid.
             with self._ids_lock:
