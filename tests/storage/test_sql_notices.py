@@ -26,7 +26,13 @@ from lunasentri_core.model import MachineSamples
 from lunasentri_core.samples import Sample
 from lunasentri_core.storage import Change, ChangeKind, ChangeListener, listen_for_changes
 from lunasentri_core.storage.sql import SqlStorage
-from lunasentri_core.storage.sql.notices import PAYLOAD_LIMIT, Notices, PgChangeListener, parse
+from lunasentri_core.storage.sql.notices import (
+    PAYLOAD_LIMIT,
+    SAMPLE_BUDGET,
+    Notices,
+    PgChangeListener,
+    parse,
+)
 from lunasentri_core.testing.builders import (
     make_alert_rule,
     make_api_key,
@@ -165,7 +171,7 @@ def test_ended_keys_move_the_other_process_key_generation(
 
 
 @pytest.mark.postgres
-def test_stored_samples_reach_the_other_process_in_notices_under_the_limit(
+def test_stored_samples_reach_the_other_process_the_newest_of_a_large_batch(
     two_stores: tuple[SqlStorage, SqlStorage], listeners: list[ChangeListener]
 ) -> None:
     writer, other = two_stores
@@ -178,18 +184,34 @@ def test_stored_samples_reach_the_other_process_in_notices_under_the_limit(
         [MachineSamples(machines[0].id, big), MachineSamples(machines[1].id, small)]
     )
 
-    changes: list[Change] = []
-    deadline = time.monotonic() + WAIT
-    while sum(len(c.samples) for c in changes) < len(big) + len(small):
-        assert time.monotonic() < deadline, f"heard only {changes}"
-        changes += theirs.receive(0.2)
+    changes = heard(theirs, want=3)
+    changes += settle(theirs)
     assert all(c.kind is ChangeKind.SAMPLES for c in changes)
-    first = [s for c in changes if c.machine_id == machines[0].id for s in c.samples]
-    second = [s for c in changes if c.machine_id == machines[1].id for s in c.samples]
-    assert first == big  # split over several notices, in order, nothing lost
-    assert second == small
-    assert len([c for c in changes if c.machine_id == machines[0].id]) > 1
+    first = [c for c in changes if c.machine_id == machines[0].id]
+    second = [c for c in changes if c.machine_id == machines[1].id]
+    assert second == [Change(ChangeKind.SAMPLES, machines[1].id, tuple(small))]
+    # The newest of the big batch, over several notices, in order; the rest counted.
+    got = [s for c in first for s in c.samples]
+    missed = sum(c.missed for c in first)
+    assert len(first) > 1
+    assert 0 < len(got) < len(big)
+    assert got == big[missed:]
+    assert len(got) + missed == len(big)
     assert own.receive(QUIET) == []
+
+
+@pytest.mark.postgres
+def test_a_sample_too_large_for_a_notice_is_counted_not_sent(
+    two_stores: tuple[SqlStorage, SqlStorage], listeners: list[ChangeListener]
+) -> None:
+    writer, other = two_stores
+    theirs = listen(other, listeners)
+    user = writer.state.add_user(make_user(), "x")
+    machine = writer.state.add_machine(make_machine(owner_id=user.id))
+    settle(theirs)
+    huge, fine = samples(1, readings=400), samples(1)
+    writer.metrics.write([MachineSamples(machine.id, [*huge, *fine])], max_series=1000)
+    assert heard(theirs) == [Change(ChangeKind.SAMPLES, machine.id, tuple(fine), missed=1)]
 
 
 @pytest.mark.postgres
@@ -281,12 +303,15 @@ def test_a_listener_that_cannot_connect_backs_off(
 
 def test_notices_carry_no_more_than_the_payload_limit_and_parse_back() -> None:
     notices = Notices(enabled=True)
-    batch = samples(50, readings=20)
+    batch = samples(30, readings=20)
     chunks = list(notices._sample_chunks("m1", batch))
     assert len(chunks) > 1
     assert all(len(chunk.encode()) <= PAYLOAD_LIMIT for chunk in chunks)
+    assert sum(len(chunk) for chunk in chunks) <= SAMPLE_BUDGET + len(chunks) * 100
     parsed = [parse(chunk, "another origin") for chunk in chunks]
-    assert [s for c in parsed if c is not None for s in c.samples] == batch
+    got = [s for c in parsed if c is not None for s in c.samples]
+    missed = sum(c.missed for c in parsed if c is not None)
+    assert got == batch[missed:]
     assert parse(chunks[0], notices.origin) is None  # one's own
 
 

@@ -121,3 +121,17 @@ async def test_on_sqlite_a_hub_has_nothing_to_listen_to(tmp_path: Path) -> None:
             assert not hub.changes.listening
     finally:
         storage.close()
+
+
+async def test_samples_left_out_of_a_notice_reach_subscribers_as_dropped() -> None:
+    feed = LiveFeed()
+    sample = Sample(datetime(2026, 1, 1, tzinfo=UTC), [make_reading()])
+    with feed.subscribe("m1") as subscription:
+        feed.publish("m1", [], missed=7)
+        delivery = await subscription.receive(1.0)
+        assert delivery is not None
+        assert (delivery.samples, delivery.dropped) == ((), 7)
+        feed.publish("m1", [sample], missed=2)
+        delivery = await subscription.receive(1.0)
+        assert delivery is not None
+        assert (delivery.samples, delivery.dropped) == ((sample,), 2)

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 LISTEN_WAIT: Final = 0.5
 """Seconds one wait for notices lasts: how long stopping the hub may wait for it."""
 
-SampleListener = Callable[[str, Sequence[Sample]], None]
+SampleListener = Callable[[str, Sequence[Sample], int], None]
+"""``(machine_id, samples, missed)``: ``missed`` older samples were left out."""
 
 
 class ChangeFollower:
@@ -96,7 +97,7 @@ class ChangeFollower:
         for change in changes:
             if change.kind is ChangeKind.SAMPLES and change.machine_id is not None:
                 for deliver in self.sample_listeners:
-                    deliver(change.machine_id, change.samples)
+                    deliver(change.machine_id, change.samples, change.missed)
         if any(change.kind is ChangeKind.CONFIG for change in changes):
             try:
                 await self.check()

@@ -58,10 +58,10 @@ class Subscription:
         self._dropped = 0
         self.closed = False
 
-    def put(self, samples: Sequence[Sample]) -> None:
+    def put(self, samples: Sequence[Sample], missed: int = 0) -> None:
+        """Queue ``samples``; ``missed`` earlier ones never reached this process."""
         overflow = len(self._queue) + len(samples) - (self._queue.maxlen or 0)
-        if overflow > 0:
-            self._dropped += overflow
+        self._dropped += max(overflow, 0) + missed
         self._queue.extend(samples)  # the deque's maxlen drops the oldest
         self._wake.set()
 
@@ -135,9 +135,9 @@ class LiveFeed:
             if not subscribers and self._subscriptions.get(machine_id) is subscribers:
                 del self._subscriptions[machine_id]
 
-    def publish(self, machine_id: str, samples: Sequence[Sample]) -> None:
+    def publish(self, machine_id: str, samples: Sequence[Sample], missed: int = 0) -> None:
         for subscription in self._subscriptions.get(machine_id, ()):
-            subscription.put(samples)
+            subscription.put(samples, missed)
 
     def close(self) -> None:
         """End every subscription, now and to come. Safe to call from any thread."""

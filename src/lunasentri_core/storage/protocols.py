@@ -709,6 +709,9 @@ class Change:
     kind: ChangeKind
     machine_id: str | None = None
     samples: tuple[Sample, ...] = ()
+    missed: int = 0
+    """Samples of the machine stored before these that the notice left out (a
+    backend may send only the newest of a large batch)."""
 
 
 class ChangeListener(Protocol):

@@ -357,7 +357,7 @@ async def _events(
                 if not await watch.allowed():
                     return  # the credential ended: nothing more for this caller
                 next_check = anyio.current_time() + recheck
-            if delivery.samples:
+            if delivery.samples or delivery.dropped:
                 next_keepalive = now + KEEPALIVE_SECONDS
                 yield _samples_event(delivery)
             elif now >= next_keepalive:

@@ -8,9 +8,10 @@ seen by the others within milliseconds instead of at their next
 ``sync_interval`` poll, which stays as the fallback.
 
 Notices carry ids and kinds, never secrets: ``{"o": origin, "k": kind}``, and
-for stored samples the machine id and the samples themselves, split over as
-many notices as PostgreSQL's payload limit (8000 bytes) needs. ``origin`` names
-the :class:`Notices` of the process that wrote, so a listener skips its own.
+for stored samples the machine id, the newest samples (up to
+:data:`SAMPLE_BUDGET` bytes, in notices under PostgreSQL's payload limit) and
+how many older ones were left out (``n``). ``origin`` names the
+:class:`Notices` of the process that wrote, so a listener skips its own.
 
 The channel is named after the schema (``lunasentri_`` and the MD5 of
 ``current_schema()``), so deployments in two schemas of one database do not
@@ -24,7 +25,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
@@ -43,6 +44,13 @@ log = logging.getLogger(__name__)
 
 PAYLOAD_LIMIT: Final = 7900
 """Bytes of one notice at most (PostgreSQL refuses 8000 and more)."""
+SAMPLE_BUDGET: Final = 16_000
+"""Bytes of samples one transaction sends per machine at most (the newest ones).
+
+PostgreSQL's ``NOTIFY`` costs about a third of a microsecond a byte, in the
+writing transaction: a live view needs the newest samples of a machine, not a
+backfill of thousands. Those left out are counted, and other processes' live
+streams say so (``event: dropped``)."""
 
 CHANNEL_SQL: Final = "'lunasentri_' || md5(current_schema())"
 _NOTIFY = sa.text(f"SELECT pg_notify({CHANNEL_SQL}, p) FROM unnest(CAST(:payloads AS text[])) AS p")
@@ -65,7 +73,9 @@ class Notices:
             self._queue(conn, [self._payload(kind)])
 
     def samples(self, conn: Connection, batch: Sequence[MachineSamples]) -> None:
-        """Queue the samples of ``batch``, a notice per machine (more when they are many)."""
+        """Queue the samples of ``batch``: per machine its newest, up to
+        :data:`SAMPLE_BUDGET` bytes (in notices under :data:`PAYLOAD_LIMIT`),
+        and how many older ones were left out."""
         if not self.enabled:
             return
         payloads = [
@@ -80,24 +90,28 @@ class Notices:
     def _payload(self, kind: ChangeKind, **extra: Any) -> str:
         return json.dumps({"o": self.origin, "k": kind.value, **extra}, separators=(",", ":"))
 
-    def _sample_chunks(self, machine_id: str, samples: Sequence[Sample]) -> Iterator[str]:
-        head = self._payload(ChangeKind.SAMPLES, m=machine_id, s=[])[:-3]  # less '[]}'
-        room = PAYLOAD_LIMIT - len(head.encode()) - 3
-        parts: list[str] = []
+    def _sample_chunks(self, machine_id: str, samples: Sequence[Sample]) -> list[str]:
+        # Room beside the other fields (ASCII: json.dumps escapes the rest), with
+        # the count of missed samples at its widest.
+        room = PAYLOAD_LIMIT - len(
+            self._payload(ChangeKind.SAMPLES, m=machine_id, n=len(samples), s=[])
+        )
+        texts = _newest(samples, SAMPLE_BUDGET, room)
+        missed = len(samples) - len(texts)
+        chunks: list[list[str]] = [[]]
         used = 0
-        for sample in samples:
-            text = json.dumps(encode(sample), separators=(",", ":"))
-            size = len(text.encode()) + 1
-            if size > room:
-                log.debug("a sample of %d bytes is too large to notify: left out", size)
-                continue
-            if used + size > room:
-                yield f"{head}[{','.join(parts)}]}}"
-                parts, used = [], 0
-            parts.append(text)
+        for text in texts:
+            size = len(text) + 1
+            if used + size > room and chunks[-1]:
+                chunks.append([])
+                used = 0
+            chunks[-1].append(text)
             used += size
-        if parts:
-            yield f"{head}[{','.join(parts)}]}}"
+        return [
+            self._payload(ChangeKind.SAMPLES, m=machine_id, n=missed if i == 0 else 0, s=[])[:-3]
+            + f"[{','.join(chunk)}]}}"
+            for i, chunk in enumerate(chunks)
+        ]
 
     @staticmethod
     def _queue(conn: Connection, payloads: list[str]) -> None:
@@ -114,10 +128,27 @@ def parse(payload: str, own_origin: str) -> Change | None:
         if kind is not ChangeKind.SAMPLES:
             return Change(kind)
         samples = decode(data["s"], tuple[Sample, ...], what="notice")
-        return Change(kind, machine_id=str(data["m"]), samples=samples)
+        missed = int(data.get("n", 0))
+        return Change(kind, machine_id=str(data["m"]), samples=samples, missed=missed)
     except (ValueError, KeyError, TypeError, ValidationError):
         log.warning("ignoring a malformed change notice: %.200r", payload)
         return None
+
+
+def _newest(samples: Sequence[Sample], budget: int, largest: int) -> list[str]:
+    """The JSON of the newest samples (the last given) that fit ``budget`` bytes, in
+    order; a sample larger than ``largest`` (one notice's room) is left out."""
+    texts: list[str] = []
+    for sample in reversed(samples):
+        text = json.dumps(encode(sample), separators=(",", ":"))
+        if len(text) + 1 > largest:
+            continue
+        budget -= len(text) + 1
+        if budget < 0:
+            break
+        texts.append(text)
+    texts.reverse()
+    return texts
 
 
 class PgChangeListener:
