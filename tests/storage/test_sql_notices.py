@@ -27,6 +27,7 @@ from lunasentri_core.samples import Sample
 from lunasentri_core.storage import Change, ChangeKind, ChangeListener, listen_for_changes
 from lunasentri_core.storage.sql import SqlStorage
 from lunasentri_core.storage.sql.notices import (
+    LIVE_CLASS,
     PAYLOAD_LIMIT,
     SAMPLE_BUDGET,
     Notices,
@@ -177,19 +178,28 @@ def test_stored_samples_reach_the_other_process_the_newest_of_a_large_batch(
     writer, other = two_stores
     own, theirs = listen(writer, listeners), listen(other, listeners)
     user = writer.state.add_user(make_user(), "x")
-    machines = [writer.state.add_machine(make_machine(owner_id=user.id)) for _ in range(2)]
+    machines = [writer.state.add_machine(make_machine(owner_id=user.id)) for _ in range(3)]
     settle(theirs)
+    for machine in machines[:2]:
+        theirs.watch(machine.id)
+    own.watch(machines[2].id)  # watched in the writing process only: sent all the same
     big, small = samples(300, readings=4), samples(2)
     writer.metrics.write(
-        [MachineSamples(machines[0].id, big), MachineSamples(machines[1].id, small)]
+        [
+            MachineSamples(machines[0].id, big),
+            MachineSamples(machines[1].id, small),
+            MachineSamples(machines[2].id, small),
+        ]
     )
 
-    changes = heard(theirs, want=3)
+    changes = heard(theirs, want=4)
     changes += settle(theirs)
     assert all(c.kind is ChangeKind.SAMPLES for c in changes)
     first = [c for c in changes if c.machine_id == machines[0].id]
     second = [c for c in changes if c.machine_id == machines[1].id]
+    third = [c for c in changes if c.machine_id == machines[2].id]
     assert second == [Change(ChangeKind.SAMPLES, machines[1].id, tuple(small))]
+    assert third == [Change(ChangeKind.SAMPLES, machines[2].id, tuple(small))]
     # The newest of the big batch, over several notices, in order; the rest counted.
     got = [s for c in first for s in c.samples]
     missed = sum(c.missed for c in first)
@@ -201,6 +211,69 @@ def test_stored_samples_reach_the_other_process_the_newest_of_a_large_batch(
 
 
 @pytest.mark.postgres
+def test_only_watched_machines_samples_are_sent_and_watches_count(
+    two_stores: tuple[SqlStorage, SqlStorage], listeners: list[ChangeListener]
+) -> None:
+    writer, other = two_stores
+    theirs = listen(other, listeners)
+    user = writer.state.add_user(make_user(), "x")
+    machine = writer.state.add_machine(make_machine(owner_id=user.id))
+    settle(theirs)
+    stored = iter(samples(10))
+
+    def write_one() -> Sample:
+        sample = next(stored)
+        writer.metrics.write([MachineSamples(machine.id, [sample])])
+        return sample
+
+    write_one()
+    assert theirs.receive(QUIET) == []  # no one watches: nothing sent
+    theirs.watch(machine.id)
+    theirs.watch(machine.id)  # two subscribers
+    sample = write_one()
+    assert heard(theirs) == [Change(ChangeKind.SAMPLES, machine.id, (sample,))]
+    theirs.unwatch(machine.id)
+    sample = write_one()
+    assert heard(theirs) == [Change(ChangeKind.SAMPLES, machine.id, (sample,))]
+    theirs.unwatch(machine.id)
+    theirs.unwatch(machine.id)  # one too many: nothing to end
+    write_one()
+    assert theirs.receive(QUIET) == []
+
+
+@pytest.mark.postgres
+def test_watches_survive_their_connection_ending(
+    two_stores: tuple[SqlStorage, SqlStorage], listeners: list[ChangeListener]
+) -> None:
+    writer, other = two_stores
+    theirs = listen(other, listeners)
+    user = writer.state.add_user(make_user(), "x")
+    machine = writer.state.add_machine(make_machine(owner_id=user.id))
+    settle(theirs)
+    theirs.watch(machine.id)
+    with writer.engine.connect() as conn:
+        ended = (
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks"
+                    " WHERE locktype = 'advisory' AND classid = :c AND objsubid = 2"
+                    " AND objid = CAST(hashtext(current_schema() || ':' || :m) AS oid)"
+                ),
+                {"c": LIVE_CLASS, "m": machine.id},
+            )
+            .scalars()
+            .all()
+        )
+        conn.commit()
+    assert ended == [True]
+    theirs.watch(machine.id)  # finds the connection gone, takes both watches again
+    theirs.unwatch(machine.id)
+    sent = samples(1)
+    writer.metrics.write([MachineSamples(machine.id, sent)])
+    assert heard(theirs) == [Change(ChangeKind.SAMPLES, machine.id, tuple(sent))]
+
+
+@pytest.mark.postgres
 def test_a_sample_too_large_for_a_notice_is_counted_not_sent(
     two_stores: tuple[SqlStorage, SqlStorage], listeners: list[ChangeListener]
 ) -> None:
@@ -209,6 +282,7 @@ def test_a_sample_too_large_for_a_notice_is_counted_not_sent(
     user = writer.state.add_user(make_user(), "x")
     machine = writer.state.add_machine(make_machine(owner_id=user.id))
     settle(theirs)
+    theirs.watch(machine.id)
     huge, fine = samples(1, readings=400), samples(1)
     writer.metrics.write([MachineSamples(machine.id, [*huge, *fine])], max_series=1000)
     assert heard(theirs) == [Change(ChangeKind.SAMPLES, machine.id, tuple(fine), missed=1)]
@@ -240,6 +314,8 @@ def test_another_schema_hears_nothing(
         drain(listener)
         user = writer.state.add_user(make_user(), "x")
         machine = writer.state.add_machine(make_machine(owner_id=user.id))
+        listener.watch(machine.id)
+        theirs.watch(machine.id)
         writer.metrics.write([MachineSamples(machine.id, samples(1))])
         assert listener.receive(QUIET) == []
         assert [c.kind for c in settle(theirs)] == [ChangeKind.SAMPLES]  # the same schema does

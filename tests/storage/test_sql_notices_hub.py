@@ -91,7 +91,7 @@ async def test_samples_ingested_through_one_hub_reach_the_other_hubs_subscribers
             Sample(datetime(2026, 1, 1, 0, 0, i, tzinfo=UTC), [make_reading(value=float(i))])
             for i in range(3)
         ]
-        with feeds[0].subscribe(machine.id) as here, feeds[1].subscribe(machine.id) as there:
+        async with feeds[0].watch(machine.id) as here, feeds[1].watch(machine.id) as there:
             await a.ingest(machine.id, sent)
             for subscription in (here, there):
                 got: list[Sample] = []

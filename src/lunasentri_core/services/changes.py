@@ -49,6 +49,7 @@ class ChangeFollower:
         """Called on the event loop with a machine id and samples another process stored."""
         self.listening = False
         """Whether changes are heard as they happen (else only polled)."""
+        self._listener: ChangeListener | None = None
 
     async def check(self) -> bool:
         """Reload rules and machines if the store changed since the last check."""
@@ -63,8 +64,26 @@ class ChangeFollower:
             log.debug("rules or machines changed in storage (epoch %d): reloading", epoch)
             return True
 
+    async def watch(self, machine_id: str) -> None:
+        """Have samples of ``machine_id`` other processes store reach
+        :attr:`sample_listeners` from now on (until :meth:`unwatch`)."""
+        if self._listener is None:
+            return
+        try:
+            await self._hub.run_sync(self._listener.watch, machine_id)
+        except Exception as error:  # this process's own samples still reach them
+            log.warning("cannot watch %s's samples in other processes: %s", machine_id, error)
+
+    async def unwatch(self, machine_id: str) -> None:
+        if self._listener is None:
+            return
+        try:
+            await self._hub.run_sync(self._listener.unwatch, machine_id)
+        except Exception as error:  # the lock went with the connection
+            log.warning("cannot stop watching %s's samples: %s", machine_id, error)
+
     async def run(self) -> None:
-        listener = listen_for_changes(self._hub.storage)
+        self._listener = listener = listen_for_changes(self._hub.storage)
         async with anyio.create_task_group() as tasks:
             if listener is not None:
                 tasks.start_soon(self._listen, listener)
@@ -90,6 +109,7 @@ class ChangeFollower:
                 await self._apply(changes)
         finally:
             self.listening = False
+            self._listener = None
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await anyio.to_thread.run_sync(listener.close, limiter=limiter)
 

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
@@ -134,6 +134,25 @@ class LiveFeed:
             subscribers.discard(subscription)
             if not subscribers and self._subscriptions.get(machine_id) is subscribers:
                 del self._subscriptions[machine_id]
+
+    @contextlib.asynccontextmanager
+    async def watch(self, machine_id: str) -> AsyncIterator[Subscription]:
+        """:meth:`subscribe`, and samples stored through other processes too.
+
+        Once entered, every sample of the machine committed afterwards through
+        any process sharing the storage is delivered (where the storage can
+        tell, see :meth:`ChangeFollower.watch`)."""
+        with self.subscribe(machine_id) as subscription:
+            hub = self._hub
+            if hub is None:
+                yield subscription
+                return
+            await hub.changes.watch(machine_id)
+            try:
+                yield subscription
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await hub.changes.unwatch(machine_id)
 
     def publish(self, machine_id: str, samples: Sequence[Sample], missed: int = 0) -> None:
         for subscription in self._subscriptions.get(machine_id, ()):

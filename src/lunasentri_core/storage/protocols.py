@@ -728,6 +728,17 @@ class ChangeListener(Protocol):
         """
         ...
 
+    def watch(self, machine_id: str) -> None:
+        """Ask for :attr:`ChangeKind.SAMPLES` changes of ``machine_id`` (blocking).
+
+        Watches count: each is ended by one :meth:`unwatch`. Samples another
+        process commits after this returns are reported; a backend may leave out
+        the samples of machines no process watches, to spare its writers.
+        """
+        ...
+
+    def unwatch(self, machine_id: str) -> None: ...
+
     def close(self) -> None: ...
 
 

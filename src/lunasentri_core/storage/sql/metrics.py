@@ -272,12 +272,12 @@ class SqlMetricStore:
             self._sql.upsert_latest.run(conn, latest)
             if seen:
                 touch(conn, self._sql.touch, seen)
-            self._db.notices.samples(conn, batch)
         if fresh:
             # Only now: ids of series created by a rolled-back batch are invalid.
             with self._ids_lock:
                 for machine_id, new in fresh.items():
                     self._ids.setdefault(machine_id, {}).update(new)
+        self._db.notices.samples(self._db.engine, batch)
         return points
 
     def _check_epoch(self, conn: Connection) -> None:

@@ -2,7 +2,8 @@
 
 A writing transaction queues a small JSON notice with ``pg_notify``; the server
 delivers it to every listening session when (and only if) the transaction
-commits. Each process listens on one dedicated connection
+commits. Stored samples are announced just after their commit, and only for
+machines some process watches (:class:`Watches`). Each process listens on one dedicated connection
 (:class:`PgChangeListener`), so a change made through one server process is
 seen by the others within milliseconds instead of at their next
 ``sync_interval`` poll, which stays as the fallback.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -56,6 +58,16 @@ CHANNEL_SQL: Final = "'lunasentri_' || md5(current_schema())"
 _NOTIFY = sa.text(f"SELECT pg_notify({CHANNEL_SQL}, p) FROM unnest(CAST(:payloads AS text[])) AS p")
 _CHANNEL = sa.text(f"SELECT {CHANNEL_SQL}")
 
+LIVE_CLASS: Final = 0x4C54
+"""First key of the shared advisory locks that say "a process watches this machine's
+samples" ("LT"); the second is ``hashtext(schema:machine_id)``."""
+_WATCHED = sa.text(
+    "WITH held AS MATERIALIZED (SELECT objid FROM pg_locks WHERE locktype = 'advisory'"
+    " AND classid = :c AND objsubid = 2 AND granted)"
+    " SELECT m FROM unnest(CAST(:ids AS text[])) AS m"
+    " WHERE CAST(hashtext(current_schema() || ':' || m) AS oid) IN (SELECT objid FROM held)"
+)
+
 RETRY_FIRST: Final = 0.5
 RETRY_MAX: Final = 30.0
 """Seconds between attempts to reconnect the listener, doubling from the first to this."""
@@ -72,20 +84,30 @@ class Notices:
         if self.enabled:
             self._queue(conn, [self._payload(kind)])
 
-    def samples(self, conn: Connection, batch: Sequence[MachineSamples]) -> None:
-        """Queue the samples of ``batch``: per machine its newest, up to
-        :data:`SAMPLE_BUDGET` bytes (in notices under :data:`PAYLOAD_LIMIT`),
-        and how many older ones were left out."""
-        if not self.enabled:
+    def samples(self, engine: Engine, batch: Sequence[MachineSamples]) -> None:
+        """Send the samples ``batch`` committed, of the machines some process watches
+        (:class:`Watches`): per machine its newest, up to :data:`SAMPLE_BUDGET` bytes
+        (in notices under :data:`PAYLOAD_LIMIT`), and how many were left out.
+
+        After the commit, so a watch taken before it is always seen; never raises
+        (the samples are stored: a stream missing them is the lesser harm)."""
+        ids = list({machine.machine_id for machine in batch if machine.samples})
+        if not self.enabled or not ids:
             return
-        payloads = [
-            chunk
-            for machine in batch
-            if machine.samples
-            for chunk in self._sample_chunks(machine.machine_id, machine.samples)
-        ]
-        if payloads:
-            self._queue(conn, payloads)
+        try:
+            with engine.connect() as conn:
+                watched = set(conn.execute(_WATCHED, {"ids": ids, "c": LIVE_CLASS}).scalars())
+                payloads = [
+                    chunk
+                    for machine in batch
+                    if machine.machine_id in watched and machine.samples
+                    for chunk in self._sample_chunks(machine.machine_id, machine.samples)
+                ]
+                if payloads:
+                    self._queue(conn, payloads)
+                conn.commit()
+        except Exception as error:  # the driver's or the pool's
+            log.warning("could not tell other processes of stored samples: %s", error)
 
     def _payload(self, kind: ChangeKind, **extra: Any) -> str:
         return json.dumps({"o": self.origin, "k": kind.value, **extra}, separators=(",", ":"))
@@ -151,6 +173,103 @@ def _newest(samples: Sequence[Sample], budget: int, largest: int) -> list[str]:
     return texts
 
 
+def dedicated(engine: Engine) -> PoolProxiedConnection:
+    """A connection with the pool's settings, detached from the pool, in autocommit."""
+    proxy = engine.raw_connection()
+    proxy.detach()  # closed for good when done, never back in the pool
+    try:
+        connection: Any = proxy.dbapi_connection
+        connection.rollback()
+        connection.autocommit = True
+    except BaseException:
+        proxy.close()
+        raise
+    return proxy
+
+
+def close_dedicated(proxy: PoolProxiedConnection) -> None:
+    connection = proxy.dbapi_connection
+    proxy.invalidate()  # no reset (a rollback) on a connection that may be broken
+    if connection is not None:
+        try:
+            connection.close()
+        except Exception:  # already broken: nothing left to close
+            log.debug("closing a dedicated connection failed", exc_info=True)
+
+
+class Watches:
+    """The machines this process watches, as shared advisory locks other processes see.
+
+    A writer sends sample notices only for machines some process watches
+    (:meth:`Notices.samples` looks at ``pg_locks``). Each watch is one shared
+    lock (they count), held on a dedicated connection; when that connection is
+    lost, the next call reconnects and takes every lock again.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._mutex = threading.Lock()
+        self._proxy: PoolProxiedConnection | None = None
+        self._counts: dict[str, int] = {}
+
+    def watch(self, machine_id: str) -> None:
+        with self._mutex:
+            cursor = self._cursor()  # before counting: a new connection takes the counted
+            self._counts[machine_id] = self._counts.get(machine_id, 0) + 1
+            self._run(cursor, f"SELECT pg_advisory_lock_shared(%s, {_KEY})", machine_id)
+
+    def unwatch(self, machine_id: str) -> None:
+        with self._mutex:
+            count = self._counts.get(machine_id, 0)
+            if count <= 0:
+                return
+            cursor = self._cursor()
+            if count == 1:
+                del self._counts[machine_id]
+            else:
+                self._counts[machine_id] = count - 1
+            self._run(cursor, f"SELECT pg_advisory_unlock_shared(%s, {_KEY})", machine_id)
+
+    def close(self) -> None:
+        with self._mutex:
+            self._counts.clear()
+            proxy, self._proxy = self._proxy, None
+            if proxy is not None:
+                close_dedicated(proxy)  # the session's locks end with it
+
+    def _run(self, cursor: Any, sql: str, machine_id: str) -> None:
+        try:
+            cursor.execute(sql, (LIVE_CLASS, machine_id))
+        except Exception as error:  # the connection is gone, and its locks with it
+            log.warning("lost the connection holding live watches (%s); reconnecting", error)
+            self._reconnect()  # takes the locks as now counted
+
+    def _cursor(self) -> Any:
+        if self._proxy is None:
+            self._reconnect()
+        assert self._proxy is not None
+        return self._proxy.dbapi_connection
+
+    def _reconnect(self) -> None:
+        if self._proxy is not None:
+            close_dedicated(self._proxy)
+            self._proxy = None
+        proxy = dedicated(self._engine)
+        try:
+            for machine_id, count in self._counts.items():
+                for _ in range(count):
+                    proxy.dbapi_connection.execute(  # type: ignore[union-attr]
+                        f"SELECT pg_advisory_lock_shared(%s, {_KEY})", (LIVE_CLASS, machine_id)
+                    )
+        except BaseException:
+            close_dedicated(proxy)
+            raise
+        self._proxy = proxy
+
+
+_KEY: Final = "hashtext(current_schema() || ':' || %s)"
+
+
 class PgChangeListener:
     """A :class:`~lunasentri_core.storage.ChangeListener` on one dedicated connection.
 
@@ -166,6 +285,7 @@ class PgChangeListener:
         self._engine = engine
         self._origin = origin
         self._on_keys = on_keys
+        self._watches = Watches(engine)
         self._proxy: PoolProxiedConnection | None = None
         self._retry_at = 0.0
         self._retry_wait = RETRY_FIRST
@@ -190,8 +310,15 @@ class PgChangeListener:
             self._on_keys()  # a deleted machine or user ends its keys too
         return changes
 
+    def watch(self, machine_id: str) -> None:
+        self._watches.watch(machine_id)
+
+    def unwatch(self, machine_id: str) -> None:
+        self._watches.unwatch(machine_id)
+
     def close(self) -> None:
         self._drop()
+        self._watches.close()
 
     def _connect(self, timeout: float) -> list[Change]:
         wait = self._retry_at - time.monotonic()
@@ -213,28 +340,18 @@ class PgChangeListener:
         return [Change(ChangeKind.CONFIG), Change(ChangeKind.KEYS)]
 
     def _listen(self) -> PoolProxiedConnection:
-        proxy = self._engine.raw_connection()
-        proxy.detach()  # closed for good when we are done, never back in the pool
+        proxy = dedicated(self._engine)
         try:
             connection: Any = proxy.dbapi_connection
-            connection.rollback()
-            connection.autocommit = True
             channel = connection.execute(str(_CHANNEL)).fetchone()[0]
             connection.execute(f'LISTEN "{channel}"')
         except BaseException:
-            proxy.close()
+            close_dedicated(proxy)
             raise
         return proxy
 
     def _drop(self) -> None:
         proxy, self._proxy = self._proxy, None
         self._retry_at = 0.0
-        if proxy is None:
-            return
-        connection = proxy.dbapi_connection
-        proxy.invalidate()  # no reset (a rollback) on a connection that may be broken
-        if connection is not None:
-            try:
-                connection.close()
-            except Exception:  # already broken: nothing left to close
-                log.debug("closing the listening connection failed", exc_info=True)
+        if proxy is not None:
+            close_dedicated(proxy)
