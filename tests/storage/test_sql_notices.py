@@ -2,10 +2,11 @@
 
 Two :class:`SqlStorage` objects on two engines stand for two server processes:
 what one commits, the other's listener hears (configuration, ended API keys,
-stored samples), never its own; nothing is heard of a rolled-back
-transaction, nor by a deployment in another schema. A listener whose session
-is killed reconnects and reports that it may have missed changes. SQLite has
-one process: no listener.
+stored samples of the machines some process watches, the newest of a large
+batch), never its own; nothing is heard of a rolled-back transaction, nor by a
+deployment in another schema. Watches count, and are taken again when their
+connection is lost; a listener whose session is killed reconnects and reports
+that it may have missed changes. SQLite has one process: no listener.
 """
 
 from __future__ import annotations
