@@ -61,8 +61,10 @@ class ApiKeyAuthenticator:
     expired early (rotation) or deleted through this process's state store
     stops working at once: such a change moves the store's
     ``api_key_generation`` and the remembered keys are dropped. A change made by
-    another process (a second server worker) is seen within ``CACHE_SECONDS``.
-    A state store without ``api_key_generation`` is asked every time.
+    another process (a second server worker) moves it too where the store hears
+    of it (the SQL store on PostgreSQL, through ``NOTIFY``: within moments);
+    otherwise it is seen within ``CACHE_SECONDS``. A state store without
+    ``api_key_generation`` is asked every time.
     """
 
     name: ClassVar[str] = "api-key"
@@ -124,7 +126,12 @@ class ApiKeyAuthenticator:
 
 
 class SessionAuthenticator:
-    """A user's session token: ``Authorization: Bearer lss_...`` or the dashboard cookie."""
+    """A user's session token: ``Authorization: Bearer lss_...`` or the dashboard cookie.
+
+    Sessions are looked up in storage on every request, never remembered, so a
+    session ended through any process sharing the storage (logout, revocation,
+    password change) is refused by every process from its next request on.
+    """
 
     name: ClassVar[str] = "session"
     settings_class: ClassVar[type[Any] | None] = None

@@ -563,22 +563,24 @@ def test_a_watch_of_several_machines_says_which_ones_got_samples() -> None:
 
     async def main() -> None:
         feed = LiveFeed()
-        with feed.subscribe("m1") as single, feed.watch(["m1", "m2", "m3"]) as changes:
-            assert feed.subscribers == 4
-            assert await changes.receive(timeout=0.01) == set()
-            feed.publish("m1", samples)
-            feed.publish("m3", samples)
-            feed.publish("m3", samples)
-            feed.publish("elsewhere", samples)
-            assert await changes.receive(timeout=1) == {"m1", "m3"}
-            assert await changes.receive(timeout=0.01) == set()
-            delivery = await single.receive(timeout=1)  # the machine's own stream still gets them
-            assert delivery is not None
-            assert delivery.samples == tuple(samples)
-            feed.close()
-            assert await changes.receive(timeout=1) is None
+        with feed.subscribe("m1") as single:
+            async with feed.watch_changes(["m1", "m2", "m3"]) as changes:
+                assert feed.subscribers == 4
+                assert await changes.receive(timeout=0.01) == set()
+                feed.publish("m1", samples)
+                feed.publish("m3", samples)
+                feed.publish("m3", samples)
+                feed.publish("elsewhere", samples)
+                assert await changes.receive(timeout=1) == {"m1", "m3"}
+                assert await changes.receive(timeout=0.01) == set()
+                # the machine's own stream still gets them
+                delivery = await single.receive(timeout=1)
+                assert delivery is not None
+                assert delivery.samples == tuple(samples)
+                feed.close()
+                assert await changes.receive(timeout=1) is None
         assert feed.subscribers == 0
-        with feed.watch(["m1"]) as late:  # a closed feed closes new watches at once
+        async with feed.watch_changes(["m1"]) as late:  # a closed feed closes new watches at once
             assert await late.receive(timeout=1) is None
 
     anyio.run(main)

@@ -8,7 +8,14 @@ the dispatchers deliver. What must happen once happens once: one offline notice
 per machine, one delivery per id, each sample stored once; a killed process's
 jobs and leases are taken over by the others (the receiver holds requests until
 the kill, so the delivery the dead process had in flight is the one, and only
-one, sent again); a key revoked through one process is refused by the others.
+one, sent again).
+
+Changes made through one process reach the others through PostgreSQL's
+``NOTIFY`` (those tests poll for config only once an hour, so nothing else
+explains what they see): a revoked key or an ended session is refused by the
+others, an alert rule applies to samples sent to another process, and samples
+ingested through one reach live streams on another, each sample once. The
+time each took is printed and held to :data:`NOTICE_LIMIT`.
 """
 
 from __future__ import annotations
@@ -357,30 +364,6 @@ def test_three_processes_notify_once_deliver_once_and_store_once(
         stop(server)
 
 
-def test_a_key_revoked_through_one_process_is_refused_by_the_others(
-    start_servers: tuple[str, StartServers], make_receiver: MakeReceiver
-) -> None:
-    url, start = start_servers
-    seed(url, make_receiver(True), machines=0)
-    servers = start(3)
-    now = datetime.now(UTC).isoformat()
-    sample = [{"timestamp": now, "metrics": {"cpu.percent": 1.0}}]
-    with login(servers[0].base) as admin:
-        created = admin.post("/api/v1/machines", json={"name": "db-1"}).json()
-        machine_id, key = created["machine"]["id"], created["api_key"]
-        for server in servers:  # each process has seen (and may cache) the key
-            assert ingest(server.base, key, sample).status_code == 200
-        keys = admin.get(f"/api/v1/machines/{machine_id}/keys").json()["items"]
-        revoked = admin.post(f"/api/v1/machines/{machine_id}/keys/{keys[0]['id']}/revoke")
-        assert revoked.status_code == 204, revoked.text
-    assert ingest(servers[0].base, key, sample).status_code == 401
-    for server in servers[1:]:
-        wait_for(
-            lambda s=server: ingest(s.base, key, sample).status_code == 401,
-            f"the revoked key refused by {server.base}",
-        )
-
-
 def test_a_killed_process_jobs_and_leases_are_taken_over(
     start_servers: tuple[str, StartServers], make_receiver: MakeReceiver
 ) -> None:
@@ -426,3 +409,188 @@ def test_a_killed_process_jobs_and_leases_are_taken_over(
     changes = "SELECT count(*) FROM status_changes WHERE status = 'offline'"
     assert scalar(url, changes) == len(silent) + len(later)
     stop(survivor)
+
+
+# --------------------------------------------------------------------------- change notices
+
+SLOW_POLL = {"LUNASENTRI_SYNC_INTERVAL": "1h"}
+"""Polling too slow to explain anything a test sees: only a NOTIFY can."""
+NOTICE_LIMIT = 3.0
+"""Seconds a change made through one process may take to show in another (measured
+from the response that made it; typically tens of milliseconds). The claim is
+"within a second"; a loaded two-core test machine gets some margin, and 3 s still
+rules out the fallbacks (a key cache of 5 s, a sync interval of an hour)."""
+POLL_CAP = 5.0
+
+
+def poll_latency(condition: Callable[[], bool], since: float, what: str) -> float:
+    """Seconds from ``since`` until ``condition`` holds (polling, up to POLL_CAP)."""
+    while True:
+        if condition():
+            return time.monotonic() - since
+        if time.monotonic() - since > POLL_CAP:
+            pytest.fail(f"{what}: not seen within {POLL_CAP} s")
+        time.sleep(0.01)
+
+
+def sample_now(value: float) -> list[dict[str, Any]]:
+    return [{"timestamp": datetime.now(UTC).isoformat(), "metrics": {"cpu.percent": value}}]
+
+
+def test_a_key_or_session_ended_through_one_process_is_refused_by_the_others_at_once(
+    start_servers: tuple[str, StartServers], make_receiver: MakeReceiver
+) -> None:
+    url, start = start_servers
+    seed(url, make_receiver(True), machines=0)
+    servers = start(3, **SLOW_POLL)
+    others = servers[1:]
+    latencies: dict[str, float] = {}
+    with login(servers[0].base) as admin:
+        for attempt in range(5):
+            created = admin.post("/api/v1/machines", json={"name": f"db-{attempt}"}).json()
+            machine_id, key = created["machine"]["id"], created["api_key"]
+            primed = time.monotonic()
+            for server in others:  # each looks the key up now and caches it for 5 s
+                assert ingest(server.base, key, sample_now(1.0)).status_code == 200
+            keys = admin.get(f"/api/v1/machines/{machine_id}/keys").json()["items"]
+            revoked = admin.post(f"/api/v1/machines/{machine_id}/keys/{keys[0]['id']}/revoke")
+            assert revoked.status_code == 204, revoked.text
+            done = time.monotonic()
+            if done - primed < 1.5:
+                break  # else too slow to tell a notice from the cache's expiry: again
+        else:
+            pytest.skip("the machine is too loaded to tell a notice from a cache expiry")
+        assert ingest(servers[0].base, key, sample_now(1.0)).status_code == 401
+        for server in others:
+            latencies[f"key {server.port}"] = poll_latency(
+                lambda s=server: ingest(s.base, key, sample_now(1.0)).status_code == 401,
+                done,
+                f"the revoked key refused by {server.base}",
+            )
+
+        # A session ended through one process: the others look sessions up every time.
+        with login(servers[1].base) as user:
+            session = user.get("/api/v1/auth/sessions").json()["items"]
+            current = next(s for s in session if s["current"])
+            for server in others:
+                assert user.get(f"{server.base}/api/v1/auth/me").status_code == 200
+            ended = admin.delete(f"/api/v1/auth/sessions/{current['id']}")
+            assert ended.status_code == 204, ended.text
+            done = time.monotonic()
+            for server in others:
+                latencies[f"session {server.port}"] = poll_latency(
+                    lambda s=server: user.get(f"{s.base}/api/v1/auth/me").status_code == 401,
+                    done,
+                    f"the ended session refused by {server.base}",
+                )
+    print(f"refused after (s): {latencies}")
+    slow = {what: round(s, 3) for what, s in latencies.items() if s >= NOTICE_LIMIT}
+    assert not slow, f"refused only after {slow} s (limit {NOTICE_LIMIT} s): {latencies}"
+
+
+def test_an_alert_rule_made_through_one_process_applies_at_once_in_another(
+    start_servers: tuple[str, StartServers], make_receiver: MakeReceiver
+) -> None:
+    url, start = start_servers
+    seed(url, make_receiver(True), machines=0)
+    first, second = start(2, **SLOW_POLL)
+    with login(first.base) as admin:
+        created = admin.post("/api/v1/machines", json={"name": "app-1"}).json()
+        machine_id, key = created["machine"]["id"], created["api_key"]
+        # The second process knows the machine and has loaded its (no) rules.
+        assert ingest(second.base, key, sample_now(10.0)).status_code == 200
+        rule = {"name": "busy", "metric": "cpu.percent", "comparison": ">", "threshold": 50}
+        made = admin.post("/api/v1/alert-rules", json=rule)
+        assert made.status_code == 201, made.text
+        done = time.monotonic()
+
+        def fired() -> bool:
+            assert ingest(second.base, key, sample_now(90.0)).status_code == 200
+            alerts = admin.get("/api/v1/alerts", params={"machine_id": machine_id}).json()
+            return any(a["state"] == "firing" for a in alerts["items"])
+
+        latency = poll_latency(fired, done, "the new rule firing on the other process")
+    print(f"the rule applied on the other process after {latency:.3f} s")
+    assert latency < NOTICE_LIMIT, f"applied only after {latency:.3f} s"
+
+
+class Stream:
+    """A live stream of a machine, read on a thread: each sample event's value and arrival."""
+
+    def __init__(self, client: httpx.Client, base: str, machine_id: str) -> None:
+        self.subscribed = threading.Event()
+        self.lock = threading.Lock()
+        self.events: list[tuple[float, float]] = []
+        self._context = client.stream(
+            "GET", f"{base}/api/v1/machines/{machine_id}/stream", timeout=httpx.Timeout(60)
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with self._context as response:
+            assert response.status_code == 200
+            event = ""
+            for line in response.iter_lines():
+                if line.startswith(":"):
+                    self.subscribed.set()
+                elif line.startswith("event: "):
+                    event = line.removeprefix("event: ")
+                elif line.startswith("data: ") and event == "sample":
+                    value = json.loads(line.removeprefix("data: "))["metrics"]["cpu.percent"]
+                    with self.lock:
+                        self.events.append((value, time.monotonic()))
+
+    def values(self) -> list[float]:
+        with self.lock:
+            return [value for value, _ in self.events]
+
+    def arrival(self, value: float) -> float:
+        with self.lock:
+            return next(at for v, at in self.events if v == value)
+
+    def join(self) -> None:
+        self._thread.join(30)
+
+
+def test_samples_ingested_through_one_process_reach_live_streams_on_another_once(
+    start_servers: tuple[str, StartServers], make_receiver: MakeReceiver
+) -> None:
+    url, start = start_servers
+    seed(url, make_receiver(True), machines=0)
+    first, second = start(2, **SLOW_POLL)
+    with login(first.base) as admin, login(second.base) as viewer:
+        created = admin.post("/api/v1/machines", json={"name": "web-9"}).json()
+        machine_id, key = created["machine"]["id"], created["api_key"]
+        here, there = Stream(admin, first.base, machine_id), Stream(viewer, second.base, machine_id)
+        for stream in (here, there):
+            assert stream.subscribed.wait(WAIT), "a stream never said it was subscribed"
+        start_at = datetime.now(UTC).replace(microsecond=0)
+        batch = [
+            {
+                "timestamp": (start_at + timedelta(seconds=i)).isoformat(),
+                "metrics": {"cpu.percent": float(i)},
+            }
+            for i in range(20)
+        ]
+        answer = ingest(first.base, key, batch)
+        assert answer.status_code == 200, answer.text
+        done = time.monotonic()
+        sent = [float(i) for i in range(20)]
+        latency = poll_latency(
+            lambda: there.values() == sent, done, "the batch on the other process"
+        )
+        wait_for(lambda: here.values() == sent, "the batch on the ingesting process")
+        # A marker through the second process comes to the first through its listener,
+        # after any (wrongly) repeated notice of its own batch would have.
+        assert ingest(second.base, key, sample_now(1000.0)).status_code == 200
+        for stream in (here, there):
+            wait_for(lambda s=stream: 1000.0 in s.values(), "the marker on every stream")
+            assert stream.values() == [*sent, 1000.0]  # each sample once
+        last = there.arrival(19.0) - done
+        stop(first)
+        stop(second)
+        here.join()
+        there.join()
+    print(f"first sample on the other process after {latency:.3f} s, last after {last:.3f} s")
+    assert latency < NOTICE_LIMIT, f"the other process's stream got it only after {latency:.3f} s"

@@ -5,6 +5,12 @@ internal plugin (registered by :meth:`LiveFeed.attach`) hands those samples to
 every subscription of that machine. Publishing never waits: each subscription
 holds a bounded queue, and one that is read too slowly loses its oldest samples
 (it is told how many), so a slow client neither grows memory nor slows ingest.
+
+Samples stored through another process sharing the storage arrive through the
+hub's :class:`~lunasentri_core.services.changes.ChangeFollower` (PostgreSQL's
+``NOTIFY``), so a subscriber sees every machine's new samples whichever server
+process received them; the storing process's own samples come only through
+the ingest event, never twice.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
@@ -52,10 +58,10 @@ class Subscription:
         self._dropped = 0
         self.closed = False
 
-    def put(self, samples: Sequence[Sample]) -> None:
+    def put(self, samples: Sequence[Sample], missed: int = 0) -> None:
+        """Queue ``samples``; ``missed`` earlier ones never reached this process."""
         overflow = len(self._queue) + len(samples) - (self._queue.maxlen or 0)
-        if overflow > 0:
-            self._dropped += overflow
+        self._dropped += max(overflow, 0) + missed
         self._queue.extend(samples)  # the deque's maxlen drops the oldest
         self._wake.set()
 
@@ -115,7 +121,7 @@ class Changes:
 
 
 class _Subscriber(Protocol):
-    def put(self, samples: Sequence[Sample]) -> None: ...
+    def put(self, samples: Sequence[Sample], missed: int = 0) -> None: ...
 
     def close(self) -> None: ...
 
@@ -127,7 +133,7 @@ class _ChangeTap:
         self._machine_id = machine_id
         self._changes = changes
 
-    def put(self, samples: Sequence[Sample]) -> None:
+    def put(self, samples: Sequence[Sample], missed: int = 0) -> None:
         self._changes.mark(self._machine_id)
 
     def close(self) -> None:
@@ -156,6 +162,7 @@ class LiveFeed:
         registered = hub.plugins.register(_FeedPlugin(self), PLUGIN_NAME)
         if registered:
             self._hub = hub
+            hub.changes.sample_listeners.append(self.publish)
         else:
             log.warning("live streams are off: plugin %r could not be registered", PLUGIN_NAME)
         return registered
@@ -163,6 +170,8 @@ class LiveFeed:
     def detach(self) -> None:
         if self._hub is not None:
             self._hub.plugins.unregister(PLUGIN_NAME)
+            with contextlib.suppress(ValueError):
+                self._hub.changes.sample_listeners.remove(self.publish)
             self._hub = None
 
     @contextlib.contextmanager
@@ -171,14 +180,15 @@ class LiveFeed:
         with self._subscribed(machine_id, subscription):
             yield subscription
 
-    @contextlib.contextmanager
-    def watch(self, machine_ids: Collection[str]) -> Iterator[Changes]:
-        """Which of ``machine_ids`` get new samples, as one :class:`Changes`."""
+    @contextlib.asynccontextmanager
+    async def watch_changes(self, machine_ids: Collection[str]) -> AsyncIterator[Changes]:
+        """Which of ``machine_ids`` get new samples, through any process, as one :class:`Changes`."""
         changes = Changes()
         with contextlib.ExitStack() as stack:
             for machine_id in machine_ids:
                 stack.enter_context(self._subscribed(machine_id, _ChangeTap(machine_id, changes)))
-            yield changes
+            async with self._across_processes(machine_ids):
+                yield changes
 
     @contextlib.contextmanager
     def _subscribed(self, machine_id: str, subscriber: _Subscriber) -> Iterator[None]:
@@ -193,9 +203,36 @@ class LiveFeed:
             if not subscribers and self._subscriptions.get(machine_id) is subscribers:
                 del self._subscriptions[machine_id]
 
-    def publish(self, machine_id: str, samples: Sequence[Sample]) -> None:
+    @contextlib.asynccontextmanager
+    async def watch(self, machine_id: str) -> AsyncIterator[Subscription]:
+        """:meth:`subscribe`, and samples stored through other processes too.
+
+        Once entered, every sample of the machine committed afterwards through
+        any process sharing the storage is delivered (where the storage can
+        tell, see :meth:`ChangeFollower.watch`)."""
+        with self.subscribe(machine_id) as subscription:
+            async with self._across_processes([machine_id]):
+                yield subscription
+
+    @contextlib.asynccontextmanager
+    async def _across_processes(self, machine_ids: Collection[str]) -> AsyncIterator[None]:
+        hub = self._hub
+        watched: list[str] = []
+        try:
+            if hub is not None:
+                for machine_id in machine_ids:
+                    await hub.changes.watch(machine_id)
+                    watched.append(machine_id)
+            yield
+        finally:
+            if hub is not None:
+                with anyio.CancelScope(shield=True):
+                    for machine_id in watched:
+                        await hub.changes.unwatch(machine_id)
+
+    def publish(self, machine_id: str, samples: Sequence[Sample], missed: int = 0) -> None:
         for subscription in self._subscriptions.get(machine_id, ()):
-            subscription.put(samples)
+            subscription.put(samples, missed)
 
     def close(self) -> None:
         """End every subscription, now and to come. Safe to call from any thread."""

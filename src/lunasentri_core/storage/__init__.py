@@ -6,6 +6,9 @@ backends (SQLite, PostgreSQL/TimescaleDB) share :mod:`lunasentri_core.storage.sq
 
 from lunasentri_core.storage.protocols import (
     Capability,
+    Change,
+    ChangeKind,
+    ChangeListener,
     LoginFailure,
     MachineQuery,
     MaintenanceReport,
@@ -16,11 +19,15 @@ from lunasentri_core.storage.protocols import (
     StorageBackend,
     StorageFactory,
     hold_singleton,
+    listen_for_changes,
     storage_mode,
 )
 
 __all__ = [
     "Capability",
+    "Change",
+    "ChangeKind",
+    "ChangeListener",
     "LoginFailure",
     "MachineQuery",
     "MaintenanceReport",
@@ -31,5 +38,6 @@ __all__ = [
     "StorageBackend",
     "StorageFactory",
     "hold_singleton",
+    "listen_for_changes",
     "storage_mode",
 ]

@@ -45,6 +45,7 @@ from lunasentri_core.model import (
     User,
     to_labels,
 )
+from lunasentri_core.samples import Sample
 from lunasentri_core.storage.agentless import AgentlessStore
 
 
@@ -688,6 +689,75 @@ def release_singleton(backend: object, name: str) -> None:
     release = getattr(backend, "release_singleton", None)
     if release is not None:
         release(name)
+
+
+class ChangeKind(enum.StrEnum):
+    """What another process sharing the storage changed."""
+
+    CONFIG = "config"
+    """Machines, alert rules, credentials or users: reload what is held of them."""
+    KEYS = "keys"
+    """API keys may have ended (the store has dropped what it remembered of them)."""
+    SAMPLES = "samples"
+    """Samples of :attr:`Change.machine_id` were stored (live streams)."""
+
+
+@attrs.frozen
+class Change:
+    """One change another process committed (see :func:`listen_for_changes`)."""
+
+    kind: ChangeKind
+    machine_id: str | None = None
+    samples: tuple[Sample, ...] = ()
+    missed: int = 0
+    """Samples of the machine stored before these that the notice left out (a
+    backend may send only the newest of a large batch)."""
+
+
+class ChangeListener(Protocol):
+    """Hears what other processes commit to a shared storage, as it commits."""
+
+    def receive(self, timeout: float) -> list[Change]:
+        """The changes heard since the last call, waiting up to ``timeout`` seconds
+        for the first (blocking; an empty list when none came).
+
+        Never raises for a lost connection: the listener reconnects by itself on
+        later calls (with growing waits) and then reports a
+        :attr:`ChangeKind.CONFIG` and a :attr:`ChangeKind.KEYS` change, since
+        what was committed while it was away went unheard.
+        """
+        ...
+
+    def watch(self, machine_id: str) -> None:
+        """Ask for :attr:`ChangeKind.SAMPLES` changes of ``machine_id`` (blocking).
+
+        Watches count: each is ended by one :meth:`unwatch`. Samples another
+        process commits after this returns are reported; a backend may leave out
+        the samples of machines no process watches, to spare its writers.
+        """
+        ...
+
+    def unwatch(self, machine_id: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def listen_for_changes(backend: object) -> ChangeListener | None:
+    """A listener for changes other processes make to ``backend``, or ``None``.
+
+    Optional, for backends several processes share: one with a
+    ``listen_for_changes() -> ChangeListener | None`` method tells each process
+    at once what another committed, so caches and live streams follow within
+    moments (the shared SQL store on PostgreSQL: ``LISTEN``/``NOTIFY``).
+    Without it (SQLite, a single process) the hub still notices configuration
+    changes by polling :meth:`StateStore.config_epoch` every ``sync_interval``,
+    which stays on as the fallback either way.
+    """
+    listen = getattr(backend, "listen_for_changes", None)
+    if listen is None:
+        return None
+    listener: ChangeListener | None = listen()
+    return listener
 
 
 class StorageFactory(Protocol):

@@ -193,7 +193,7 @@ async def _changes(
     still_allowed: Callable[[], Awaitable[bool]],
     recheck: float,
 ) -> AsyncIterator[str]:
-    with feed.watch(machine_ids) as changes:
+    async with feed.watch_changes(machine_ids) as changes:
         yield "retry: 3000\n: subscribed\n\n"
         next_check = anyio.current_time() + recheck
         quiet_since = anyio.current_time()

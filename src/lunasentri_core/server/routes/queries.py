@@ -342,7 +342,7 @@ class _Watch:
 async def _events(
     feed: LiveFeed, machine_id: str, watch: _Watch, recheck: float
 ) -> AsyncIterator[str]:
-    with feed.subscribe(machine_id) as subscription:
+    async with feed.watch(machine_id) as subscription:
         yield "retry: 3000\n: subscribed\n\n"
         next_check = next_keepalive = anyio.current_time()
         next_check += recheck
@@ -357,7 +357,7 @@ async def _events(
                 if not await watch.allowed():
                     return  # the credential ended: nothing more for this caller
                 next_check = anyio.current_time() + recheck
-            if delivery.samples:
+            if delivery.samples or delivery.dropped:
                 next_keepalive = now + KEEPALIVE_SECONDS
                 yield _samples_event(delivery)
             elif now >= next_keepalive:

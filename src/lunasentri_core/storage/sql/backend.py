@@ -14,9 +14,10 @@ from sqlalchemy.engine import Engine
 
 from lunasentri_core.errors import StorageError
 from lunasentri_core.model import RetentionPolicy
-from lunasentri_core.storage.protocols import Capability
+from lunasentri_core.storage.protocols import Capability, ChangeListener
 from lunasentri_core.storage.sql.database import LOCK_MIGRATE, Database
 from lunasentri_core.storage.sql.metrics import SqlMetricStore
+from lunasentri_core.storage.sql.notices import PgChangeListener
 from lunasentri_core.storage.sql.schema import VERSION_TABLE
 from lunasentri_core.storage.sql.singleton import Singletons
 from lunasentri_core.storage.sql.state import SqlStateStore
@@ -124,6 +125,16 @@ class SqlStorage:
         """Let another process take job ``name`` over at its next pass."""
         with self.db.errors():
             self.singletons.release(name)
+
+    def listen_for_changes(self) -> ChangeListener | None:
+        """What other processes commit, heard at once (PostgreSQL ``LISTEN``; see
+        :func:`~lunasentri_core.storage.listen_for_changes`). ``None`` on SQLite:
+        one process."""
+        if not self.db.is_postgres:
+            return None
+        return PgChangeListener(
+            self.engine, self.db.notices.origin, self.state.keys_changed_elsewhere
+        )
 
     def close(self) -> None:
         self.singletons.close()

@@ -14,6 +14,7 @@ from typing import Final
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from lunasentri_core.storage.protocols import ChangeKind
 from lunasentri_core.storage.sql.database import Database
 from lunasentri_core.storage.sql.schema import storage_meta
 
@@ -21,13 +22,14 @@ CONFIG_EPOCH: Final = "config_epoch"
 
 
 def bump_config_epoch(db: Database, conn: Connection) -> None:
-    """Count a change, inside the transaction that makes it."""
+    """Count a change, inside the transaction that makes it (and tell the other processes)."""
     stmt = db.insert(storage_meta).values(key=CONFIG_EPOCH, value=1)
     conn.execute(
         stmt.on_conflict_do_update(
             index_elements=[storage_meta.c.key], set_={"value": storage_meta.c.value + 1}
         )
     )
+    db.notices.send(conn, ChangeKind.CONFIG)
 
 
 def read_config_epoch(conn: Connection) -> int:

@@ -29,6 +29,7 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from lunasentri_core.errors import StorageError, StorageUnavailable
+from lunasentri_core.storage.sql.notices import Notices
 
 WRITE_OPTION: Final = "lunasentri_write"
 SUPPORTED_DIALECTS: Final = ("sqlite", "postgresql")
@@ -235,6 +236,8 @@ class Database:
         # the file lock sleep in SQLite's busy handler (1, 2, 5, ... 100 ms steps),
         # so they queue on a lock here instead and get the file lock at once.
         self._writers: threading.Lock | None = threading.Lock() if self.is_sqlite else None
+        self.notices = Notices(enabled=self.is_postgres)
+        """Changes other processes on the same database hear of at once."""
 
     @property
     def is_sqlite(self) -> bool:

@@ -279,6 +279,7 @@ class SqlMetricStore:
             with self._ids_lock:
                 for machine_id, new in fresh.items():
                     self._ids.setdefault(machine_id, {}).update(new)
+        self._db.notices.samples(self._db.engine, batch)
         return points
 
     def _insert_head(self, conn: Connection, rows: list[HeadRow]) -> None:

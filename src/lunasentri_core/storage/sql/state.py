@@ -48,7 +48,7 @@ from lunasentri_core.model import (
     Session,
     User,
 )
-from lunasentri_core.storage.protocols import LoginFailure, MachineQuery, fold_ascii
+from lunasentri_core.storage.protocols import ChangeKind, LoginFailure, MachineQuery, fold_ascii
 from lunasentri_core.storage.sql.agentless import SqlAgentlessStore
 from lunasentri_core.storage.sql.alerting import SqlAlertStore
 from lunasentri_core.storage.sql.changes import bump_config_epoch, read_config_epoch
@@ -260,8 +260,14 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
     @property
     def api_key_generation(self) -> int:
         """Moves after every call through this store that may end API keys (revoking,
-        expiring, deleting them): authenticators that remember keys drop them then."""
+        expiring, deleting them), and when another process is heard doing so (see
+        :meth:`SqlStorage.listen_for_changes`): authenticators that remember keys
+        drop them then."""
         return self._api_key_generation
+
+    def keys_changed_elsewhere(self) -> None:
+        """Another process may have ended API keys: move ``api_key_generation``."""
+        self._api_key_generation = next(self._key_changes)
 
     # ------------------------------------------------------------------ users
 
@@ -552,6 +558,7 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
                 conn.execute(
                     sa.update(api_keys).where(api_keys.c.id == key_id).values(revoked_at=at)
                 )
+                self._db.notices.send(conn, ChangeKind.KEYS)
 
     # ------------------------------------------------------------------ API key lifetime
 
@@ -561,6 +568,7 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
             updated = conn.execute(
                 sa.update(api_keys).where(api_keys.c.id == key_id).values(expires_at=expires_at)
             ).rowcount
+            self._db.notices.send(conn, ChangeKind.KEYS)
         if not updated:
             raise NotFoundError(f"API key {key_id!r} not found")
 
