@@ -79,6 +79,8 @@ class MaintenanceReport:
     compacted_points: int = 0
     rollup_rows: int = 0
     expired_rows: int = 0
+    freed_pages: int = 0
+    """Free pages given back to the file system (SQLite's incremental vacuum)."""
 
 
 def _positive(_: object, attribute: attrs.Attribute[timedelta], value: timedelta) -> None:
