@@ -72,7 +72,7 @@ def convert(db: Database) -> bool:
         mib = before / 2**20
         log.warning(
             "%s: converting the database file to incremental auto-vacuum, once: VACUUM "
-            "rewrites all %.0f MiB of it (needs as much free disk space; about %.0f s)",
+            "rewrites all %.1f MiB of it (needs as much free disk space; about %.0f s)",
             db.label,
             mib,
             max(1.0, mib / VACUUM_MIB_PER_SECOND),
