@@ -682,7 +682,9 @@ def test_bad_ingest_batches_are_refused_whole(world: World) -> None:
 # --------------------------------------------------------------------------- ids and queries
 
 
-WEIRD_IDS = ["0" * 32, "a" * 3000, "..", "%00", "%C3%BC", "x%2Fy", "' OR 1=1 --"]
+WEIRD_IDS = ["0" * 32, "a" * 3000, "%2E%2E", "%00", "%C3%BC", "x%2Fy", "' OR 1=1 --"]
+"""A literal ``..`` never reaches the server as an id: the client resolves the dot
+segment (``/machines/../latest`` asks for ``/latest``); encoded, it does."""
 
 
 @pytest.mark.parametrize("operation", [op for op in OPERATIONS if op.path_params], ids=ids)
@@ -724,6 +726,20 @@ QUERY_CASES: dict[str, list[tuple[dict[str, str], str]]] = {
         ({"name": "x" * 101}, "name"),
         ({"latest": "1"}, "latest"),
         ({"limit": ["1", "2"]}, "limit"),
+        ({"bogus": "1"}, "bogus"),
+    ],
+    "latest_of_machines": [
+        ({"machine": ""}, "machine"),
+        ({"machine": "a,,b"}, "machine"),
+        ({"machine": "a b"}, "machine"),
+        ({"metric": "Not A Metric"}, "metric"),
+        ({"series_labels": "mount"}, "series_labels"),
+        ({"labels": "Env:prod"}, "labels"),
+        ({"limit": "0"}, "limit"),
+        ({"cursor": "not a cursor"}, "cursor"),
+        ({"status": "asleep"}, "status"),
+        ({"name": ""}, "name"),
+        ({"latest": "true"}, "latest"),
         ({"bogus": "1"}, "bogus"),
     ],
     "latest_values": [

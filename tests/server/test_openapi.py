@@ -360,6 +360,11 @@ def _ingest_and_query(s: Scenario, alice: str, machine_id: str, key: str) -> Non
     s.call(alice, "GET", f"{base}/history", 422, params={"metric": "cpu.percent", "step": "-1"})
     s.call(alice, "GET", f"{base}/history", 422)
     s.call(key, "GET", f"{base}/latest", 403)
+    s.call(alice, "GET", "/api/v1/latest", 200)
+    many = {"machine": machine_id, "metric": "disk.percent", "series_labels": "mount:/"}
+    s.call(alice, "GET", "/api/v1/latest", 200, params={**many, "limit": "1"})
+    s.call(alice, "GET", "/api/v1/latest", 422, params={"machine": "a,,b"})
+    s.call(key, "GET", "/api/v1/latest", 403)
     with s.http.stream("GET", f"{base}/stream", alice) as stream:
         assert stream.status_code == 200
         first = next(stream.iter_lines())

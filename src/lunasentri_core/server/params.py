@@ -24,7 +24,7 @@ MAX_ID = 200
 ID_PATTERN = "^[!-~]+$"
 """Ids are visible ASCII: what the server makes (hex), agent ids, and nothing a
 schema cannot state exactly (Python's ``isprintable`` has no JSON Schema pattern)."""
-_ID = re.compile(ID_PATTERN)
+_ID = ID_RE = re.compile(ID_PATTERN)
 
 LIMIT: Schema = {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}
 SINCE: Schema = {

@@ -36,7 +36,7 @@ from lunasentri_core.model import (
 )
 from lunasentri_core.security import API_KEY_PREFIX, issue_token
 from lunasentri_core.services import audit
-from lunasentri_core.services.queries import derive_latest
+from lunasentri_core.services.queries import DERIVED, derive_latest
 from lunasentri_core.storage.protocols import MAX_MACHINE_PAGE, MachineQuery, StateStore
 
 if TYPE_CHECKING:
@@ -109,6 +109,43 @@ class MachinePage:
     starts after (``None``: this is the last page)."""
 
     items: tuple[MachineSummary, ...]
+    next_after: tuple[str, str] | None
+
+
+@attrs.frozen
+class SeriesFilter:
+    """Which series a many-machine latest read returns: of this metric (stored or
+    derived, ``None``: every one) and having every one of these labels."""
+
+    metric: str | None = None
+    labels: Labels = attrs.field(default=(), converter=to_labels)
+
+    def matches(self, value: SeriesValue) -> bool:
+        if self.metric is not None and value.series.metric != self.metric:
+            return False
+        return set(self.labels) <= set(value.series.labels)
+
+    def metrics(self) -> list[str | None]:
+        """The stored metrics to read: a derived one needs its used and total series."""
+        if self.metric is not None and self.metric in DERIVED:
+            return [self.metric, *DERIVED[self.metric]]
+        return [self.metric]
+
+
+@attrs.frozen
+class MachineLatest:
+    """A machine's newest values, and the percentages derived from them."""
+
+    machine: Machine
+    items: tuple[SeriesValue, ...]
+    derived: tuple[SeriesValue, ...]
+
+
+@attrs.frozen
+class LatestPage:
+    """One page of :meth:`Machines.latest`; ``next_after`` as in :class:`MachinePage`."""
+
+    items: tuple[MachineLatest, ...]
     next_after: tuple[str, str] | None
 
 
@@ -352,6 +389,58 @@ class Machines:
             tuple(self._summaries(shown, values if latest else None)),
             (shown[-1].name, shown[-1].id) if more else None,
         )
+
+    async def latest(
+        self,
+        actor: Principal,
+        *,
+        filters: MachineFilter = MachineFilter(),
+        ids: Sequence[str] = (),
+        series: SeriesFilter = SeriesFilter(),
+        after: tuple[str, str] | None = None,
+        limit: int = DEFAULT_PAGE,
+    ) -> LatestPage:
+        """The newest values of the machines ``actor`` sees (only ``ids``, when given),
+        a page in (name, id) order: one query for the page of machines, one of the
+        latest-values table for all of them (three for a derived metric)."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValidationError([FieldError("limit", f"must be 1 to {MAX_PAGE}")], what="query")
+        if len(ids) > MAX_PAGE:
+            raise ValidationError(
+                [FieldError("machine", f"at most {MAX_PAGE} machine ids")], what="query"
+            )
+        query = MachineQuery(
+            owner_id=owner_scope(actor),
+            status=filters.status,
+            seen_since=self.hub.clock() - self._silence,
+            labels=filters.labels,
+            name=filters.name,
+            ids=tuple(ids),
+            after=after,
+            limit=limit + 1,
+        )
+
+        def read() -> tuple[list[Machine], list[SeriesValue]]:
+            found = self._state.page_machines(query)
+            shown = [m.id for m in found[:limit]]
+            values: list[SeriesValue] = []
+            for metric in series.metrics() if shown else ():
+                values.extend(self.hub.storage.metrics.latest(shown, metric))
+            return found, values
+
+        found, values = await self.hub.run_sync(read)
+        shown = found[:limit]
+        by_machine: dict[str, list[SeriesValue]] = {}
+        for value in values:
+            by_machine.setdefault(value.series.machine_id, []).append(value)
+        items = []
+        for machine in shown:
+            stored = by_machine.get(machine.id, [])
+            kept = _ordered(v for v in stored if series.matches(v))
+            derived = _ordered(v for v in derive_latest(stored) if series.matches(v))
+            items.append(MachineLatest(self.present(machine), kept, derived))
+        more = len(found) > limit
+        return LatestPage(tuple(items), (shown[-1].name, shown[-1].id) if more else None)
 
     def _summaries(
         self, found: Sequence[Machine], values: Sequence[SeriesValue] | None
@@ -635,6 +724,10 @@ def _check_collectors(collectors: Iterable[str]) -> tuple[str, ...]:
     if errors:
         raise ValidationError(errors, what="request body")
     return names
+
+
+def _ordered(values: Iterable[SeriesValue]) -> tuple[SeriesValue, ...]:
+    return tuple(sorted(values, key=lambda v: (v.series.metric, v.series.labels)))
 
 
 def _with_derived(values: Sequence[SeriesValue]) -> tuple[SeriesValue, ...]:

@@ -8,7 +8,7 @@ must be safe to call from several threads at once.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -80,6 +80,8 @@ class MaintenanceReport:
     compacted_points: int = 0
     rollup_rows: int = 0
     expired_rows: int = 0
+    freed_pages: int = 0
+    """Free pages given back to the file system (SQLite's incremental vacuum)."""
 
 
 def _positive(_: object, attribute: attrs.Attribute[timedelta], value: timedelta) -> None:
@@ -148,6 +150,10 @@ MAX_MACHINE_PAGE = 1000
 """The largest page :meth:`StateStore.page_machines` must answer in one call."""
 
 
+def _strings(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class MachineQuery:
     """One page of machines in (name, id) order: who asks, the filters and the position.
@@ -169,9 +175,19 @@ class MachineQuery:
     """Only machines having every one of these labels with exactly this value."""
     name: str | None = None
     """Only machines whose name contains this text, ASCII letters compared without case."""
+    ids: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    """Only the machines with these ids (empty: no such filter); at most
+    :data:`MAX_MACHINE_PAGE`."""
     after: tuple[str, str] | None = None
     """The (name, id) after which the page starts (``None``: from the first)."""
     limit: int = attrs.field(default=100)
+
+    @ids.validator
+    def _check_ids(
+        self, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
+    ) -> None:
+        if len(value) > MAX_MACHINE_PAGE:
+            raise ValueError(f"at most {MAX_MACHINE_PAGE} ids, not {len(value)}")
 
     @limit.validator
     def _check_limit(self, attribute: attrs.Attribute[int], value: int) -> None:
@@ -186,6 +202,8 @@ class MachineQuery:
         if self.status is not None and reported_status(machine, self.seen_since) != self.status:
             return False
         if self.name is not None and fold_ascii(self.name) not in fold_ascii(machine.name):
+            return False
+        if self.ids and machine.id not in self.ids:
             return False
         return set(self.labels) <= set(machine.labels)
 

@@ -110,6 +110,20 @@ class MachineListContract(Contract):
         everyone = {m.id for m in _walk(state, MachineQuery(limit=2))}
         assert {m.id for m in [*hers, *his]} <= everyone
 
+    def test_machine_pages_filter_by_ids_within_the_owners_machines(
+        self, state: StateStore
+    ) -> None:
+        alice, bob = _user(state), _user(state)
+        hers = _machines(state, alice, ["id-1", "id-2", "id-3", "id-4"])
+        his = _machines(state, bob, ["id-0"])
+        wanted = (hers[3].id, hers[0].id, his[0].id, "no-such-machine", hers[0].id)
+        found = state.page_machines(MachineQuery(owner_id=alice.id, ids=wanted))
+        assert found == [hers[0], hers[3]]
+        everyone = state.page_machines(MachineQuery(ids=wanted))
+        assert _names(everyone) == ["id-0", "id-1", "id-4"]
+        after = (hers[0].name, hers[0].id)
+        assert state.page_machines(MachineQuery(ids=wanted, after=after, limit=1)) == [hers[3]]
+
     def test_machine_pages_filter_by_status(self, state: StateStore) -> None:
         owner = _user(state)
         since = BASE_TIME + timedelta(minutes=10)

@@ -184,6 +184,9 @@ def _install_pragmas(engine: Engine, settings: SQLiteSettings, *, wal: bool) -> 
     ]
     if wal:
         pragmas.insert(0, "PRAGMA journal_mode = WAL")
+    # Before anything that writes the file's header (journal_mode = WAL does): a
+    # new file's auto-vacuum mode is fixed when it is first written.
+    pragmas.insert(0, "PRAGMA auto_vacuum = INCREMENTAL")
 
     def on_connect(dbapi_connection: Any, connection_record: Any) -> None:
         cursor = dbapi_connection.cursor()

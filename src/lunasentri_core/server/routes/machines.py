@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from lunasentri_core.codec import decode
 from lunasentri_core.errors import FieldError, ValidationError
 from lunasentri_core.model import (
+    METRIC_NAME,
     ApiKey,
     Labels,
     Machine,
@@ -37,8 +38,10 @@ from lunasentri_core.services.machines import (
     EffectiveConfig,
     IssuedKey,
     MachineFilter,
+    MachineLatest,
     Machines,
     MachineSummary,
+    SeriesFilter,
 )
 
 api = Api("machines")
@@ -735,3 +738,127 @@ async def set_agent_config(call: Call) -> object:
         client=call.client,
     )
     return config_response(effective, call.request, conditional=False)
+
+
+# --------------------------------------------------------------------------- latest of many
+
+MACHINE_LATEST = api.schema(
+    "MachineLatestValues",
+    {
+        "type": "object",
+        "required": ["machine_id", "name", "labels", "items", "derived"],
+        "properties": {
+            "machine_id": {"type": "string"},
+            "name": {"type": "string"},
+            "labels": LABELS,
+            "items": array_of(SERIES_VALUE),
+            "derived": {
+                **array_of(SERIES_VALUE),
+                "description": "mem.percent, swap.percent and disk.percent (per mount) "
+                "from the latest used and total points, where no series of that name is "
+                "stored (as in a machine's latest values).",
+            },
+        },
+    },
+)
+LATEST_PAGE: Schema = {
+    "type": "object",
+    "required": ["items", "next_cursor"],
+    "properties": {
+        "items": array_of(MACHINE_LATEST),
+        "next_cursor": MACHINE_PAGE["properties"]["next_cursor"],
+    },
+}
+MAX_IDS_TEXT = MAX_PAGE * (params.MAX_ID + 1)
+LATEST_QUERY: dict[str, Schema] = {
+    **{k: v for k, v in LIST_QUERY.items() if k != "latest"},
+    "machine": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_IDS_TEXT,
+        "description": f"Only these machines: ids separated by commas (at most {MAX_PAGE}). "
+        "An id the caller cannot see matches nothing.",
+    },
+    "metric": {
+        "type": "string",
+        "pattern": METRIC_NAME.pattern,
+        "description": "Only this metric, stored or derived (e.g. disk.percent).",
+    },
+    "series_labels": {
+        **params.LABEL_SELECTOR,
+        "description": "Only series with every one of these labels: name:value pairs "
+        "separated by commas, e.g. mount:/ (`labels` selects machines by theirs).",
+    },
+}
+
+
+@api.get(
+    "/api/v1/latest",
+    auth=Auth.USER,
+    summary="The newest value of each series of many machines, in one call",
+    query=LATEST_QUERY,
+    responses={200: LATEST_PAGE},
+)
+async def latest_of_machines(call: Call) -> object:
+    """For each of the caller's machines (an administrator: every machine) that
+    matches the filters, the newest value of each matching series, read from
+    the latest-values table in one query for the whole page. Machines come in
+    name order, `limit` at a time (default 100), as in the machine list: follow
+    `next_cursor` until it is null. A machine without matching series is listed
+    with empty `items`."""
+    params.only(call, set(LATEST_QUERY))
+    filters = MachineFilter(
+        status=params.choice(call, "status", MachineStatus),
+        labels=params.label_selector(call, "labels") or (),
+        name=_name_filter(call),
+    )
+    page = await service(call).latest(
+        call.user,
+        filters=filters,
+        ids=_machine_ids(call),
+        series=SeriesFilter(
+            metric=_metric_filter(call), labels=params.label_selector(call, "series_labels") or ()
+        ),
+        after=params.cursor(call),
+        limit=params.limit(call, DEFAULT_PAGE, MAX_PAGE),
+    )
+    after = page.next_after
+    return {
+        "items": [_machine_latest_json(found) for found in page.items],
+        "next_cursor": None if after is None else params.make_cursor(after),
+    }
+
+
+def _machine_ids(call: Call) -> tuple[str, ...]:
+    text = call.query("machine")
+    if text is None:
+        return ()
+    ids = tuple(dict.fromkeys(text.split(",")))
+    if len(ids) > MAX_PAGE:
+        raise params.invalid("machine", f"at most {MAX_PAGE} machine ids")
+    for item in ids:
+        if not item or len(item) > params.MAX_ID or not params.ID_RE.match(item):
+            raise params.invalid(
+                "machine",
+                f"{item[:50]!r} is not a machine id (1 to {params.MAX_ID} visible ASCII "
+                "characters but ','; ids separated by commas)",
+            )
+    return ids
+
+
+def _metric_filter(call: Call) -> str | None:
+    text = call.query("metric")
+    if text is not None and not METRIC_NAME.match(text):
+        raise params.invalid("metric", f"{text[:50]!r} is not a metric name (e.g. cpu.percent)")
+    return text
+
+
+def _machine_latest_json(found: MachineLatest) -> dict[str, Any]:
+    machine = found.machine
+    return {
+        "machine_id": machine.id,
+        "name": machine.name,
+        "labels": dict(machine.labels),
+        "items": series_json(found.items),
+        "derived": series_json(found.derived),
+    }

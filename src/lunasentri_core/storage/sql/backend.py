@@ -21,6 +21,7 @@ from lunasentri_core.storage.sql.notices import PgChangeListener
 from lunasentri_core.storage.sql.schema import VERSION_TABLE
 from lunasentri_core.storage.sql.singleton import Singletons
 from lunasentri_core.storage.sql.state import SqlStateStore
+from lunasentri_core.storage.sql.vacuum import convert
 
 SCRIPT_LOCATION = "lunasentri_core.storage.sql:migrations"
 
@@ -92,7 +93,15 @@ class SqlStorage:
         return self.db.engine
 
     def migrate(self) -> None:
-        """Apply every pending migration, all in one transaction."""
+        """Apply every pending migration, all in one transaction.
+
+        A SQLite file still without incremental auto-vacuum is then converted,
+        once (:func:`~lunasentri_core.storage.sql.vacuum.convert`).
+        """
+        self._upgrade()
+        convert(self.db)
+
+    def _upgrade(self) -> None:
         known = head_revision()
         with self.db.write(lock=LOCK_MIGRATE) as conn:
             current = self._current_revision(conn)

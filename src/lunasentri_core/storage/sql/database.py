@@ -45,6 +45,9 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
+        # Only takes effect in a file without tables yet (see vacuum.py): a file
+        # created by this connection is then never left full of free pages.
+        cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
         cursor.close()
@@ -294,6 +297,19 @@ class Database:
                 if lock is not None and self.is_postgres:
                     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock)))
                 yield conn
+
+    @contextmanager
+    def driver_connection(self) -> Iterator[Any]:
+        """SQLite: the driver's own connection, outside any transaction, holding this
+        process's turn to write (for statements that must run outside a transaction,
+        or step to completion: ``VACUUM``, ``PRAGMA incremental_vacuum``)."""
+        writers = self._writers if self._writers is not None else nullcontext()
+        with self._guard(), writers, self.errors():
+            raw = self.engine.raw_connection()
+            try:
+                yield raw.driver_connection
+            finally:
+                raw.close()
 
     @contextmanager
     def errors(self) -> Iterator[None]:

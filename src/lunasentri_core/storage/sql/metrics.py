@@ -45,7 +45,7 @@ from lunasentri_core.model import (
     reading_columns,
 )
 from lunasentri_core.storage.protocols import MaintenanceReport
-from lunasentri_core.storage.sql import blocks
+from lunasentri_core.storage.sql import blocks, vacuum
 from lunasentri_core.storage.sql.database import LOCK_MAINTAIN, BulkInsert, Database, Statement
 from lunasentri_core.storage.sql.head import (
     Columns,
@@ -207,6 +207,7 @@ def _add(a: MaintenanceReport, b: MaintenanceReport) -> MaintenanceReport:
         compacted_points=a.compacted_points + b.compacted_points,
         rollup_rows=a.rollup_rows + b.rollup_rows,
         expired_rows=a.expired_rows + b.expired_rows,
+        freed_pages=a.freed_pages + b.freed_pages,
     )
 
 
@@ -607,6 +608,7 @@ class SqlMetricStore:
             conn.execute(sa.delete(series).where(series.c.id.in_(part)))
         conn.execute(sa.delete(machine_series).where(machine_series.c.machine_id == machine_id))
         conn.execute(sa.delete(samples_head).where(samples_head.c.machine_id == machine_id))
+        vacuum.give_back(conn)
         if sids:
             conn.execute(
                 sa.update(storage_meta)
@@ -625,8 +627,10 @@ class SqlMetricStore:
     def maintain(self, now: datetime) -> MaintenanceReport:
         now_ms = to_ms(now)
         with self._maintain_lock:
-            report = self._compact(now_ms)
-            return _add(report, self._expire(now_ms))
+            report = _add(self._compact(now_ms), self._expire(now_ms))
+            # What the transactions above could not give back (more than their
+            # share, or freed elsewhere: deleted machines, purges), in steps.
+            return _add(report, MaintenanceReport(freed_pages=vacuum.reclaim(self._db)))
 
     def _compact(self, now_ms: int) -> MaintenanceReport:
         """Move head samples older than ``now`` into chunks.
@@ -670,7 +674,8 @@ class SqlMetricStore:
                         compacted = self._compact_chunk(
                             conn, lo, head, self._horizons(conn), closed
                         )
-                        report = _add(report, compacted)
+                        freed = vacuum.give_back(conn)
+                        report = _add(report, attrs.evolve(compacted, freed_pages=freed))
 
     def _compact_chunk(
         self,
@@ -783,7 +788,8 @@ class SqlMetricStore:
                     )
                 ).rowcount
             self._clean_orphans(conn)
-        return MaintenanceReport(expired_rows=expired)
+            freed = vacuum.give_back(conn)
+        return MaintenanceReport(expired_rows=expired, freed_pages=freed)
 
     def _clean_orphans(self, conn: Connection) -> None:
         """Drop rows of series deleted while another process was writing them."""

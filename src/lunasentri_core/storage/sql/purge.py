@@ -34,6 +34,7 @@ from lunasentri_core.storage.sql.schema import (
     silences,
     status_changes,
 )
+from lunasentri_core.storage.sql.vacuum import give_back
 
 MAX_CHUNK = 500
 """Keys per chunk at most: they go into one ``IN (...)`` list, and the oldest
@@ -194,6 +195,7 @@ class SqlPurgeStore:
                 return deleted
             with self._db.write() as conn:
                 deleted += delete(conn, key.in_(keys))
+                give_back(conn)
             if len(keys) < size:
                 return deleted
             after = keys[-1]

@@ -414,6 +414,8 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
             found.append(self._contains(machines.c.labels, _label_pair(pair)))
         if query.name is not None:
             found.append(self._contains(self._folded(machines.c.name), fold_ascii(query.name)))
+        if query.ids:
+            found.append(machines.c.id.in_(sorted(set(query.ids))))
         return found
 
     def _contains(self, text: sa.ColumnElement[str], part: str) -> sa.ColumnElement[bool]:
