@@ -182,7 +182,10 @@ class LiveFeed:
 
     @contextlib.asynccontextmanager
     async def watch_changes(self, machine_ids: Collection[str]) -> AsyncIterator[Changes]:
-        """Which of ``machine_ids`` get new samples, through any process, as one :class:`Changes`."""
+        """Which of ``machine_ids`` get new samples (through any process), as one :class:`Changes`.
+
+        Stored samples come through the hub's ingest event and, from other processes
+        sharing the storage, through its change notices."""
         changes = Changes()
         with contextlib.ExitStack() as stack:
             for machine_id in machine_ids:
