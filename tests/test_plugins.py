@@ -265,3 +265,53 @@ async def test_event_hooks_await_and_isolate_failures(caplog: pytest.LogCaptureF
 def test_first_party_plugins_are_discovered() -> None:
     names = {i.name for i in create_plugin_manager(settings()).infos()}
     assert {"psutil", "sqlite"} <= names
+
+
+VALIDATED = """
+    import attrs
+    from lunasentri_core import hookimpl
+
+    @attrs.frozen
+    class Settings:
+        timeout: float = attrs.field(default=1.0)
+        host: str = "localhost"
+
+        @timeout.validator
+        def _check(self, attribute, value):
+            if value <= 0:
+                raise ValueError("timeout must be positive")
+
+        def __attrs_post_init__(self):
+            if self.host == "nowhere":
+                raise ValueError("host and timeout disagree")
+
+    class Check:
+        name = "tcpcheck"
+        settings_class = Settings
+        def __init__(self, settings):
+            self.settings = settings
+        def collect(self, target):
+            return []
+
+    @hookimpl
+    def lunasentri_register_collectors():
+        return [Check]
+"""
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ({"timeout": 0}, "invalid settings: plugins.tcpcheck.timeout: timeout must be positive"),
+        ({"host": "nowhere"}, "invalid settings: plugins.tcpcheck: host and timeout disagree"),
+    ],
+)
+def test_a_plugin_settings_validator_error_names_the_field(
+    make_distribution: MakeDistribution, table: dict[str, Any], expected: str
+) -> None:
+    make_distribution("tc", entry_points={"tcpcheck": "tcpcheck"}, modules={"tcpcheck": VALIDATED})
+
+    manager = create_plugin_manager(settings(plugins={"tcpcheck": table}))
+
+    (failure,) = [f for f in manager.failures if f.name == "tcpcheck"]
+    assert failure.reason == expected

@@ -334,7 +334,9 @@ class PluginManager:
         try:
             return decode(raw, settings_class, what=f"settings [plugins.{name}]")
         except ValidationError as error:
-            paths = "; ".join(f"plugins.{name}.{e.path}: {e.message}" for e in error.errors)
+            paths = "; ".join(
+                f"{_join('plugins', name, e.path)}: {e.message}" for e in error.errors
+            )
             raise PluginError(f"invalid settings: {paths}") from None
 
     # ------------------------------------------------------------ event hooks
@@ -431,6 +433,10 @@ def _is_own_module(missing: str | None, own_module: str) -> bool:
     if missing is None:
         return True
     return own_module == missing or own_module.startswith(missing + ".")
+
+
+def _join(*parts: str) -> str:
+    return ".".join(part for part in parts if part)
 
 
 def _describe(error: BaseException) -> str:
