@@ -10,7 +10,7 @@ import pytest
 
 from lunasentri_core import hookimpl
 from lunasentri_core.config import Settings
-from lunasentri_core.errors import PluginError
+from lunasentri_core.errors import ConfigError, PluginError
 from lunasentri_core.plugins import ComponentKind, create_plugin_manager
 
 MakeDistribution = Callable[..., Path]
@@ -315,3 +315,46 @@ def test_a_plugin_settings_validator_error_names_the_field(
 
     (failure,) = [f for f in manager.failures if f.name == "tcpcheck"]
     assert failure.reason == expected
+
+
+def test_a_table_naming_no_component_is_stray_unless_its_plugin_is_off_or_failed(
+    make_distribution: MakeDistribution,
+) -> None:
+    make_distribution(
+        "fd",
+        entry_points={"fakedisk": "fakedisk", "needy": "needy"},
+        modules={"fakedisk": GOOD, "needy": "import surely_not_installed_module"},
+    )
+    tables = {"fakedisk": {}, "fakedsik": {"path": "/"}, "needy": {}, "wmi": {}, "zz": {}}
+
+    manager = create_plugin_manager(settings(plugins=tables, disabled_plugins=["wmi"]))
+
+    assert manager.stray_settings() == ["fakedsik", "zz"]
+    assert {"fakedisk", "psutil", "sqlite"} <= manager.component_names()
+
+
+def test_stray_tables_are_warned_about_by_name_or_refused_when_strict(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    manager = create_plugin_manager(settings(plugins={"pstuil": {"per_cpu": True}}))
+
+    with caplog.at_level(logging.WARNING, logger="lunasentri_core.plugins"):
+        manager.check_settings_tables()
+    with pytest.raises(ConfigError) as refused:
+        manager.check_settings_tables(strict=True)
+
+    (warning,) = caplog.records
+    assert warning.levelno == logging.WARNING
+    assert "[plugins.pstuil] names no loaded component" in warning.getMessage()
+    assert "psutil" in warning.getMessage().split("loaded components:")[1]
+    assert "[plugins.pstuil] names no loaded component" in str(refused.value)
+    assert "strict_plugins is set" in str(refused.value)
+
+
+def test_no_warning_when_every_table_names_a_component(caplog: pytest.LogCaptureFixture) -> None:
+    manager = create_plugin_manager(settings(plugins={"psutil": {"per_cpu": True}}))
+
+    with caplog.at_level(logging.WARNING, logger="lunasentri_core.plugins"):
+        manager.check_settings_tables(strict=True)
+
+    assert caplog.records == []
