@@ -24,6 +24,9 @@ def lunasentri(
     command = [script] if script else [sys.executable, "-m", "lunasentri_core.cli"]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("LUNASENTRI_")}
     full_env.update(env or {})
+    if env and "PYTHONPATH" in env and os.environ.get("PYTHONPATH"):
+        # Keep the caller's path too: it may put the code under test first.
+        full_env["PYTHONPATH"] = os.pathsep.join((env["PYTHONPATH"], os.environ["PYTHONPATH"]))
     return subprocess.run(
         [*command, *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=120
     )
@@ -76,7 +79,8 @@ def test_plugins_reports_a_plugin_that_raises_at_import(
 
     result = lunasentri("plugins", "--json", env={"PYTHONPATH": str(site)})
 
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr
+    assert "plugins failed to load: exploding" in result.stderr
     report = json.loads(result.stdout)
     assert {
         "name": "exploding",
@@ -86,6 +90,60 @@ def test_plugins_reports_a_plugin_that_raises_at_import(
     } in report["failures"]
     assert {"psutil", "sqlite"} <= {p["name"] for p in report["plugins"]}
     assert "Traceback" not in result.stderr
+
+
+def test_plugins_list_only_lists_failures_and_exits_0(make_distribution: MakeDistribution) -> None:
+    site = make_distribution(
+        "lunasentri-needy",
+        entry_points={"needy": "needy_plugin"},
+        modules={"needy_plugin": "import surely_not_installed_module"},
+    )
+    env = {"PYTHONPATH": str(site)}
+
+    failing = lunasentri("plugins", env=env)
+    listed = lunasentri("plugins", "--list-only", env=env)
+
+    assert failing.returncode == 1
+    for result in (failing, listed):
+        assert "needy [missing-dependency]: missing dependency" in result.stdout
+        assert "collector:psutil" in result.stdout
+    assert "WARNING lunasentri_core.plugins: plugin needy skipped" in failing.stderr
+    assert listed.returncode == 0, listed.stderr
+    assert "plugins failed to load" not in listed.stderr
+
+
+def test_plugins_lists_a_settings_table_naming_no_component(tmp_path: Path) -> None:
+    config = tmp_path / "lunasentri.toml"
+    config.write_text("[plugins.pstuil]\nper_cpu = true\n")
+
+    table = lunasentri("--config", str(config), "plugins")
+    as_json = lunasentri("--config", str(config), "plugins", "--json", "--list-only")
+
+    assert table.returncode == 1
+    assert "settings tables naming no loaded component" in table.stdout
+    assert "  [plugins.pstuil]\n" in table.stdout
+    assert "settings tables name no loaded component: [plugins.pstuil]" in table.stderr
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["stray_settings"] == ["pstuil"]
+
+
+def test_serve_with_strict_plugins_refuses_a_stray_table_before_touching_data(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "lunasentri.toml"
+    data = tmp_path / "data"
+    config.write_text(
+        f'strict_plugins = true\ndata_dir = "{data}"\nadmin_password = "long enough pw"\n'
+        "[server]\nport = 0\n[plugins.pstuil]\nper_cpu = true\n"
+    )
+
+    result = lunasentri("--config", str(config), "serve")
+
+    assert result.returncode == 1
+    assert "Error: [plugins.pstuil] names no loaded component" in result.stderr
+    assert "loaded components: " in result.stderr
+    assert "psutil" in result.stderr
+    assert not data.exists()
 
 
 def test_disabled_plugins_are_shown_as_disabled(tmp_path: Path) -> None:

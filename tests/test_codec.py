@@ -194,3 +194,51 @@ def test_samples_round_trip_through_json(timestamp: datetime, items: list[Readin
     assert decoded.timestamp == sample.timestamp
     assert sorted(decoded.readings, key=repr) == sorted(sample.readings, key=repr)
     assert all(math.isfinite(r.value) for r in decoded.readings)
+
+
+@attrs.frozen
+class _Probe:
+    """Validators written the ways plugin authors write them."""
+
+    timeout: float = attrs.field(default=1.0)
+    path: str = attrs.field(default="/")
+    port: int = attrs.field(default=1, validator=attrs.validators.gt(0))
+
+    @timeout.validator
+    def _check_timeout(self, attribute: attrs.Attribute[float], value: float) -> None:
+        if value <= 0:
+            raise ValueError("timeout must be positive")
+
+    @path.validator
+    def _check_path(self, attribute: attrs.Attribute[str], value: str) -> None:
+        if not value.startswith("/"):
+            raise RuntimeError("bad path")
+
+    def __attrs_post_init__(self) -> None:
+        if self.path == "/forbidden":
+            raise ValueError("path and port disagree")
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"timeout": -1}, "timeout: timeout must be positive"),
+        ({"path": "relative"}, "path: RuntimeError: bad path"),
+        ({"port": 0}, "port: 'port' must be > 0: 0"),
+        ({"path": "/forbidden"}, "path and port disagree"),
+    ],
+)
+def test_a_validators_error_names_its_field_whatever_it_raises(
+    data: dict[str, object], expected: str
+) -> None:
+    assert errors_of(data, _Probe) == [expected]
+
+
+def test_a_nested_validators_error_names_the_full_path() -> None:
+    @attrs.frozen
+    class Outer:
+        inner: tuple[_Probe, ...]
+
+    assert errors_of({"inner": [{}, {"timeout": 0}]}, Outer) == [
+        "inner[1].timeout: timeout must be positive"
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -26,6 +27,7 @@ from lunasentri_core import (
     Target,
     hookimpl,
 )
+from lunasentri_core.errors import ConfigError
 from lunasentri_core.services.collection import CollectionError
 from lunasentri_core.testing import (
     make_credential_profile,
@@ -403,3 +405,23 @@ async def test_sums_past_the_float_range_do_not_stop_compaction(tmp_path: Path) 
             aggregation="max",
         )
         assert [p.value for p in hourly.points] == [1.7e308]
+
+
+async def test_a_stray_plugin_table_is_warned_about_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="lunasentri_core.plugins"):
+        async with Sentri(settings(tmp_path, plugins={"pstuil": {"per_cpu": True}})):
+            pass
+
+    assert any("[plugins.pstuil] names no loaded component" in m for m in caplog.messages)
+
+
+async def test_strict_plugins_refuses_to_start_with_a_stray_table(tmp_path: Path) -> None:
+    hub = Sentri(settings(tmp_path, plugins={"pstuil": {}}, strict_plugins=True))
+
+    with pytest.raises(ConfigError, match=r"\[plugins\.pstuil\] names no loaded component"):
+        async with hub:
+            pass
+
+    assert not (tmp_path / "data").exists(), "refused before opening the storage"

@@ -10,7 +10,7 @@ import pytest
 
 from lunasentri_core import hookimpl
 from lunasentri_core.config import Settings
-from lunasentri_core.errors import PluginError
+from lunasentri_core.errors import ConfigError, PluginError
 from lunasentri_core.plugins import ComponentKind, create_plugin_manager
 
 MakeDistribution = Callable[..., Path]
@@ -265,3 +265,96 @@ async def test_event_hooks_await_and_isolate_failures(caplog: pytest.LogCaptureF
 def test_first_party_plugins_are_discovered() -> None:
     names = {i.name for i in create_plugin_manager(settings()).infos()}
     assert {"psutil", "sqlite"} <= names
+
+
+VALIDATED = """
+    import attrs
+    from lunasentri_core import hookimpl
+
+    @attrs.frozen
+    class Settings:
+        timeout: float = attrs.field(default=1.0)
+        host: str = "localhost"
+
+        @timeout.validator
+        def _check(self, attribute, value):
+            if value <= 0:
+                raise ValueError("timeout must be positive")
+
+        def __attrs_post_init__(self):
+            if self.host == "nowhere":
+                raise ValueError("host and timeout disagree")
+
+    class Check:
+        name = "tcpcheck"
+        settings_class = Settings
+        def __init__(self, settings):
+            self.settings = settings
+        def collect(self, target):
+            return []
+
+    @hookimpl
+    def lunasentri_register_collectors():
+        return [Check]
+"""
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ({"timeout": 0}, "invalid settings: plugins.tcpcheck.timeout: timeout must be positive"),
+        ({"host": "nowhere"}, "invalid settings: plugins.tcpcheck: host and timeout disagree"),
+    ],
+)
+def test_a_plugin_settings_validator_error_names_the_field(
+    make_distribution: MakeDistribution, table: dict[str, Any], expected: str
+) -> None:
+    make_distribution("tc", entry_points={"tcpcheck": "tcpcheck"}, modules={"tcpcheck": VALIDATED})
+
+    manager = create_plugin_manager(settings(plugins={"tcpcheck": table}))
+
+    (failure,) = [f for f in manager.failures if f.name == "tcpcheck"]
+    assert failure.reason == expected
+
+
+def test_a_table_naming_no_component_is_stray_unless_its_plugin_is_off_or_failed(
+    make_distribution: MakeDistribution,
+) -> None:
+    make_distribution(
+        "fd",
+        entry_points={"fakedisk": "fakedisk", "needy": "needy"},
+        modules={"fakedisk": GOOD, "needy": "import surely_not_installed_module"},
+    )
+    tables = {"fakedisk": {}, "fakedsik": {"path": "/"}, "needy": {}, "wmi": {}, "zz": {}}
+
+    manager = create_plugin_manager(settings(plugins=tables, disabled_plugins=["wmi"]))
+
+    assert manager.stray_settings() == ["fakedsik", "zz"]
+    assert {"fakedisk", "psutil", "sqlite"} <= manager.component_names()
+
+
+def test_stray_tables_are_warned_about_by_name_or_refused_when_strict(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    manager = create_plugin_manager(settings(plugins={"pstuil": {"per_cpu": True}}))
+
+    with caplog.at_level(logging.WARNING, logger="lunasentri_core.plugins"):
+        manager.check_settings_tables()
+    with pytest.raises(ConfigError) as refused:
+        manager.check_settings_tables(strict=True)
+
+    (warning,) = caplog.records
+    assert warning.levelno == logging.WARNING
+    assert "[plugins.pstuil] names no loaded component" in warning.getMessage()
+    assert "psutil" in warning.getMessage().split("loaded components:")[1]
+    assert "[plugins.pstuil] names no loaded component" in str(refused.value)
+    assert "strict_plugins is set" in str(refused.value)
+
+
+def test_no_warning_when_every_table_names_a_component(caplog: pytest.LogCaptureFixture) -> None:
+    manager = create_plugin_manager(settings(plugins={"psutil": {"per_cpu": True}}))
+
+    with caplog.at_level(logging.WARNING, logger="lunasentri_core.plugins"):
+        manager.check_settings_tables(strict=True)
+
+    assert caplog.records == []

@@ -18,7 +18,7 @@ from lunasentri_core.errors import LunaSentriError
 if TYPE_CHECKING:
     from lunasentri_core.config import Settings
     from lunasentri_core.model import Reading, Target
-    from lunasentri_core.plugins import PluginManager
+    from lunasentri_core.plugins import PluginFailure, PluginInfo, PluginManager
     from lunasentri_core.services.collection import CollectionResult
 
 # Each command imports what it uses when it runs, so that `lunasentri agent` never
@@ -117,26 +117,70 @@ def main(ctx: click.Context, config: Path | None, log_level: str | None) -> None
     is_flag=True,
     help="Also open the configured storage (no migration) and show its backend and mode.",
 )
+@click.option(
+    "--list-only",
+    is_flag=True,
+    help="Only list: exit 0 even when a plugin failed to load.",
+)
 @click.pass_obj
 @_friendly_errors
-def plugins(obj: _Context, as_json: bool, show_storage: bool) -> None:
-    """List discovered plugins with versions, hooks and failures."""
+def plugins(obj: _Context, as_json: bool, show_storage: bool, list_only: bool) -> None:
+    """List discovered plugins with versions, hooks and failures.
+
+    Exits with status 1 when a plugin failed to load or a [plugins.<name>] table
+    names no loaded component, unless --list-only is given, and when --storage
+    cannot open the storage: a deployment check can run it as it is.
+    """
     from lunasentri_core.codec import encode
 
     manager = obj.plugin_manager()
     infos, failures, disabled = manager.infos(), manager.failures, manager.disabled()
+    stray = manager.stray_settings()
     storage = _describe_storage(obj, manager) if show_storage else None
     if as_json:
         report: dict[str, object] = {
             "plugins": encode(infos),
             "failures": encode(list(failures)),
             "disabled": disabled,
+            "stray_settings": stray,
         }
         if storage is not None:
             report["storage"] = storage
         click.echo(json.dumps(report, indent=2))
-        _exit_if_storage_failed(storage)
-        return
+    else:
+        _echo_plugins(infos, failures, disabled, storage)
+        _echo_stray(stray, manager.component_names())
+    problems = _plugin_problems(failures, stray)
+    if problems and not list_only:
+        click.echo(f"{'; '.join(problems)} (--list-only ignores this)", err=True)
+    if (problems and not list_only) or (storage is not None and "error" in storage):
+        raise SystemExit(1)
+
+
+def _plugin_problems(failures: Sequence[PluginFailure], stray: Sequence[str]) -> list[str]:
+    problems = []
+    if failures:
+        problems.append(f"plugins failed to load: {', '.join(sorted({f.name for f in failures}))}")
+    if stray:
+        tables = ", ".join(f"[plugins.{name}]" for name in stray)
+        problems.append(f"settings tables name no loaded component: {tables}")
+    return problems
+
+
+def _echo_stray(stray: Sequence[str], components: set[str]) -> None:
+    if stray:
+        click.echo("\nsettings tables naming no loaded component (keyed by component name):")
+        for name in stray:
+            click.secho(f"  [plugins.{name}]", fg="yellow")
+        click.echo(f"  loaded components: {', '.join(sorted(components)) or 'none'}")
+
+
+def _echo_plugins(
+    infos: Sequence[PluginInfo],
+    failures: Sequence[PluginFailure],
+    disabled: Sequence[str],
+    storage: dict[str, object] | None,
+) -> None:
     rows = [
         (i.name, i.distribution or "-", i.version or "-", ", ".join(i.components) or "-")
         for i in infos
@@ -152,7 +196,6 @@ def plugins(obj: _Context, as_json: bool, show_storage: bool) -> None:
             click.secho(f"  {failure.name} [{failure.stage}]: {failure.reason}", fg="red")
     if storage is not None:
         _echo_storage(storage)
-        _exit_if_storage_failed(storage)
 
 
 def _describe_storage(obj: _Context, manager: PluginManager) -> dict[str, object]:
@@ -191,11 +234,6 @@ def _echo_storage(storage: dict[str, object]) -> None:
     capabilities = storage.get("capabilities") or []
     assert isinstance(capabilities, list)
     click.echo(f"  capabilities: {', '.join(capabilities) or 'none'}")
-
-
-def _exit_if_storage_failed(storage: dict[str, object] | None) -> None:
-    if storage is not None and "error" in storage:
-        raise SystemExit(1)
 
 
 # --------------------------------------------------------------------------- collect

@@ -592,15 +592,38 @@ def field_errors(error: BaseException, path: str = "") -> list[FieldError]:
         for inner, note in with_notes:
             key = note.name if hasattr(note, "name") else note.index
             found.extend(field_errors(inner, _join(path, key)))
+        built = error.cl if isinstance(error, ClassValidationError) else None
         for inner in without_notes:
-            found.extend(field_errors(inner, path))
+            field = _validated_field(inner, built)
+            found.extend(field_errors(inner, _join(path, field) if field else path))
         return found
-    if isinstance(error, ValueError) and isinstance(_arg(error, 1), attrs.Attribute):
+    if isinstance(error, ValueError | TypeError) and isinstance(_arg(error, 1), attrs.Attribute):
         # An attrs validator's convention: (message, attribute, ...).
         return [FieldError(_join(path, error.args[1].name), str(error.args[0]))]
     if isinstance(error, ForbiddenExtraKeysError):
         return [FieldError(_join(path, key), "unknown field") for key in sorted(error.extra_fields)]
     return [FieldError(path, _message(error))]
+
+
+def _validated_field(error: BaseException, cls: type[Any] | None) -> str | None:
+    """The field of ``cls`` whose validator raised ``error``, if one did.
+
+    A validator that raises a plain exception (``ValueError("must be positive")``)
+    rather than attrs' ``(message, attribute)`` form reaches cattrs from the class's
+    ``__init__``, with no field attached. Validators receive the attribute as an
+    argument, so the innermost frame holding one of ``cls``'s attributes names it.
+    """
+    if cls is None or not attrs.has(cls) or isinstance(_arg(error, 1), attrs.Attribute):
+        return None
+    fields = attrs.fields(cls)
+    found = None
+    traceback = error.__traceback__
+    while traceback is not None:
+        for value in traceback.tb_frame.f_locals.values():
+            if isinstance(value, attrs.Attribute) and any(value is f for f in fields):
+                found = value.name
+        traceback = traceback.tb_next
+    return found
 
 
 def _join(path: str, key: object) -> str:

@@ -336,6 +336,9 @@ class Settings:
     disabled_plugins: tuple[str, ...] = ()
     enabled_plugins: tuple[str, ...] | None = None
     """When set, only these plugins load (an allowlist for locked-down deployments)."""
+    strict_plugins: bool = False
+    """Refuse to start when a ``[plugins.<name>]`` table names no loaded component
+    (by default the hub logs a warning and ignores the table)."""
     plugins: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
     """Each plugin's own table, structured into its settings class by the plugin manager."""
 

@@ -147,6 +147,7 @@ class Sentri:
         return self._writer
 
     async def __aenter__(self) -> Self:
+        self.plugins.check_settings_tables(strict=self.settings.strict_plugins)
         async with contextlib.AsyncExitStack() as stack:
             if self._storage is None:
                 self._storage = await anyio.to_thread.run_sync(self._open_storage)
@@ -491,7 +492,10 @@ class Sentri:
         return self._authenticators
 
     async def authenticate(self, credentials: Credentials) -> Principal | None:
-        """Ask each authenticator in turn; the first principal returned wins."""
+        """Ask each authenticator in turn; the first principal returned wins.
+
+        Its ``via`` is set to that authenticator's name, whatever the plugin put there.
+        """
         state = self.storage.state
         for authenticator in self.authenticators():
             result: Any
@@ -500,7 +504,11 @@ class Sentri:
             else:
                 result = await self.run_sync(authenticator.authenticate, credentials, state)
             if isinstance(result, Principal):
-                return result
+                # The audit log records ``via``: it must name who accepted the caller.
+                principal: Principal = result
+                if principal.via != authenticator.name:
+                    principal = attrs.evolve(principal, via=authenticator.name)
+                return principal
         return None
 
     # ------------------------------------------------------------ maintenance

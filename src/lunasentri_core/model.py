@@ -509,6 +509,9 @@ class AuditEntry:
     target_id: str | None = None
     client: str | None = None
     detail: Mapping[str, Any] = attrs.field(factory=dict)
+    via: str | None = None
+    """The authenticator that accepted the request (``session``, ``api-key``, a
+    plugin's), or ``cli`` for the command line; ``None`` when nobody authenticated."""
 
 
 @attrs.frozen

@@ -23,7 +23,7 @@ import attrs
 import pluggy
 
 from lunasentri_core import hookspecs
-from lunasentri_core.errors import PluginError, ValidationError
+from lunasentri_core.errors import ConfigError, PluginError, ValidationError
 
 if TYPE_CHECKING:
     from lunasentri_core.components import Authenticator, Collector, Notifier
@@ -216,7 +216,8 @@ class PluginManager:
         # Component failures are recomputed whenever the registered set changes.
         into = self._component_failures if stage in {"register", "settings"} else self._failures
         into.append(failure)
-        level = logging.INFO if stage == "missing-dependency" else logging.ERROR
+        # A missing dependency is often an optional extra not installed on purpose.
+        level = logging.WARNING if stage == "missing-dependency" else logging.ERROR
         log.log(level, "plugin %s skipped (%s): %s", name, stage, reason)
 
     # ------------------------------------------------------------ introspection
@@ -246,7 +247,37 @@ class PluginManager:
             infos.append(PluginInfo(name, origin.distribution, origin.version, hooks, mine))
         return infos
 
+    def stray_settings(self) -> list[str]:
+        """``[plugins.<name>]`` tables that name no loaded component.
+
+        Tables are keyed by component name (``[plugins.psutil]``, ``[plugins.webhook]``).
+        A table naming a plugin that is disabled or failed to load is not stray: that
+        plugin is reported on its own, and its table is kept for when it loads again.
+        """
+        known = self.component_names() | set(self.disabled()) | {f.name for f in self.failures}
+        return sorted(set(self._plugin_settings) - known)
+
+    def check_settings_tables(self, *, strict: bool = False) -> None:
+        """Warn about each stray ``[plugins.<name>]`` table; ``strict`` refuses them.
+
+        :raises ConfigError: when ``strict`` and a table names no loaded component.
+        """
+        stray = self.stray_settings()
+        if not stray:
+            return
+        loaded = ", ".join(sorted(self.component_names())) or "none"
+        problems = [f"[plugins.{name}] names no loaded component" for name in stray]
+        hint = f"tables are keyed by component name; loaded components: {loaded}"
+        if strict:
+            raise ConfigError(f"{'; '.join(problems)} ({hint}; strict_plugins is set)")
+        for problem in problems:
+            log.warning("%s, so it is ignored (%s)", problem, hint)
+
     # ------------------------------------------------------------ components
+
+    def component_names(self) -> set[str]:
+        """The names of every loaded component, of every kind."""
+        return {name for by_name in self._collected().values() for name in by_name}
 
     def components(self, kind: ComponentKind) -> dict[str, Component]:
         return dict(self._collected()[kind])
@@ -334,7 +365,9 @@ class PluginManager:
         try:
             return decode(raw, settings_class, what=f"settings [plugins.{name}]")
         except ValidationError as error:
-            paths = "; ".join(f"plugins.{name}.{e.path}: {e.message}" for e in error.errors)
+            paths = "; ".join(
+                f"{_join('plugins', name, e.path)}: {e.message}" for e in error.errors
+            )
             raise PluginError(f"invalid settings: {paths}") from None
 
     # ------------------------------------------------------------ event hooks
@@ -431,6 +464,10 @@ def _is_own_module(missing: str | None, own_module: str) -> bool:
     if missing is None:
         return True
     return own_module == missing or own_module.startswith(missing + ".")
+
+
+def _join(*parts: str) -> str:
+    return ".".join(part for part in parts if part)
 
 
 def _describe(error: BaseException) -> str:

@@ -104,7 +104,16 @@ def make_server(tmp_path: Path) -> Iterator[MakeServer]:
     """Start servers with extra settings; every one is stopped at teardown."""
     started: list[LiveServer] = []
 
-    def make(*, plugins: Mapping[str, object] | None = None, **overrides: Any) -> LiveServer:
+    def make(
+        *,
+        plugins: Mapping[str, object] | None = None,
+        plugin_settings: Mapping[str, Mapping[str, Any]] | None = None,
+        **overrides: Any,
+    ) -> LiveServer:
+        """``plugins`` are plugin objects to register; ``plugin_settings`` the
+        ``[plugins.<name>]`` tables of the settings."""
+        if plugin_settings is not None:
+            overrides["plugins"] = plugin_settings
         port = free_port()
         server_overrides = {"host": "127.0.0.1", "port": port, **overrides.pop("server", {})}
         settings = Settings.load(

@@ -5,17 +5,19 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import pytest
 
-from lunasentri_core.components import Principal
+from lunasentri_core import hookimpl
+from lunasentri_core.components import Credentials, Principal
 from lunasentri_core.errors import StorageError
 from lunasentri_core.model import AuditEntry
 from lunasentri_core.services import audit
+from lunasentri_core.storage.protocols import StateStore
 
-from .conftest import ADMIN_PASSWORD, LiveServer
+from .conftest import ADMIN_PASSWORD, LiveServer, MakeServer
 
 PASSWORD = "a perfectly fine password"
 ENTRY_KEYS = {
@@ -28,6 +30,7 @@ ENTRY_KEYS = {
     "target_id",
     "client",
     "detail",
+    "via",
 }
 
 
@@ -140,6 +143,52 @@ def test_filters_and_limit(server: LiveServer) -> None:
     assert newest[0]["detail"]["username"] == "u3"
     assert entries(server, admin, since=future) == []
     assert entries(server, admin, action="no.such.action") == []
+
+
+class ProxyHeaderAuthenticator:
+    """Trusts ``X-Proxy-User`` (as behind an authenticating proxy); forgets ``via``."""
+
+    name: ClassVar[str] = "proxy-header"
+    settings_class: ClassVar[type[Any] | None] = None
+
+    def authenticate(self, credentials: Credentials, state: StateStore) -> Principal | None:
+        user = state.find_user(credentials.headers.get("x-proxy-user", ""))
+        if user is None:
+            return None
+        return Principal(kind="user", id=user.id, role=user.role)
+
+
+class ProxyHeaderPlugin:
+    @hookimpl
+    def lunasentri_register_authenticators(self) -> list[type[ProxyHeaderAuthenticator]]:
+        return [ProxyHeaderAuthenticator]
+
+
+def test_entries_record_the_authenticator_that_accepted_the_request(
+    make_server: MakeServer,
+) -> None:
+    server = make_server(plugins={"proxy-header": ProxyHeaderPlugin()})
+    admin = server.login()
+    with server.client(admin) as client:
+        client.post("/api/v1/users", json={"username": "by-session", "password": PASSWORD})
+    with server.client() as client:
+        created = client.post(
+            "/api/v1/users",
+            json={"username": "by-proxy", "password": PASSWORD},
+            headers={"x-proxy-user": "admin"},
+        )
+        assert created.status_code == 201, created.text
+
+    creates = {i["detail"]["username"]: i for i in entries(server, admin, action="user.create")}
+    via_proxy = entries(server, admin, via="proxy-header")
+
+    assert creates["by-session"]["via"] == "session"
+    assert creates["by-proxy"]["via"] == "proxy-header"  # set by the hub, not the plugin
+    assert creates["admin"]["via"] is None  # the server itself, at its first start
+    assert [i["detail"]["username"] for i in via_proxy] == ["by-proxy"]
+    assert entries(server, admin, via="no-such-authenticator") == []
+    # A login happens before any authenticator has accepted the caller.
+    assert {i["via"] for i in entries(server, admin, action="user.login")} == {None}
 
 
 BAD_QUERIES = [

@@ -640,6 +640,9 @@ def _export_and_audit(s: Scenario, admin: str, alice: str, alice_id: str) -> Non
     s.call(admin, "GET", "/api/v1/audit", 200, params=params)
     s.call(admin, "GET", "/api/v1/audit", 422, params={"limit": "0"})
     s.call(alice, "GET", "/api/v1/audit", 403)
+    s.call(admin, "GET", "/api/v1/audit", 200, params={"via": "session"})
+    s.call(admin, "GET", "/api/v1/plugins", 200)
+    s.call(alice, "GET", "/api/v1/plugins", 403)
 
 
 def _cleanup(s: Scenario, admin: str, alice: str, alice_id: str, other_id: str) -> None:

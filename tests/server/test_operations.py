@@ -67,7 +67,7 @@ def test_health_endpoints(server: LiveServer) -> None:
         }
 
     assert all(r.status_code == 200 for r in answers.values())
-    assert answers["/healthz/ready"].json()["checks"] == {"storage": "ok"}
+    assert answers["/healthz/ready"].json()["checks"] == {"storage": "ok", "plugins": "ok"}
     # SQLite has one way of working: no mode to report.
     assert answers["/healthz/ready"].json()["storage"] == {"backend": "sqlite"}
 

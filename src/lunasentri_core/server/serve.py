@@ -14,6 +14,7 @@ import uvicorn
 
 from lunasentri_core.config import Settings
 from lunasentri_core.errors import LunaSentriError
+from lunasentri_core.plugins import create_plugin_manager
 from lunasentri_core.server.first_admin import DemoPassword, demo_password, require_admin
 from lunasentri_core.server.instance_lock import server_lock
 from lunasentri_core.server.logs import configure_logging
@@ -70,6 +71,9 @@ def serve(
             kept = demo_password(settings.data_dir)
             settings = attrs.evolve(settings, admin_password=kept.value)
         configure_logging(settings.server.log_format, settings.log_level)
+        if settings.strict_plugins:
+            # Refused before anything is migrated; the hub warns (or refuses) at its start.
+            create_plugin_manager(settings).check_settings_tables(strict=True)
         with server_lock(settings):
             if not demo:
                 require_admin(settings)

@@ -7,7 +7,8 @@ Services record every operation on users, machines, keys and claims::
                        client=call.client, detail={"name": machine.name})
 
 ``actor`` is the principal that acted; ``None`` means the server itself
-(``actor_kind = "system"``). A caller that is neither a user nor a machine (an
+(``actor_kind = "system"``). The entry's ``via`` is the actor's ``via``: the
+authenticator that accepted the request. A caller that is neither a user nor a machine (an
 agent registering with its agent id) passes ``Principal(kind="agent", id=...)``.
 """
 
@@ -51,6 +52,7 @@ def entry(
         target_id=target_id,
         client=client,
         detail=dict(detail or {}),
+        via=(actor.via or None) if actor is not None else None,
     )
 
 
@@ -91,12 +93,14 @@ async def entries(
     *,
     action: str | None = None,
     actor_id: str | None = None,
+    via: str | None = None,
     since: datetime | None = None,
     limit: int = 100,
 ) -> list[AuditEntry]:
-    """Entries newest first, filtered by exact action and actor, at or after ``since``."""
+    """Entries newest first, filtered by exact action, actor and authenticator (``via``),
+    at or after ``since``."""
     return await hub.run_sync(
         lambda: hub.storage.state.list_audit(
-            action=action, actor_id=actor_id, since=since, limit=limit
+            action=action, actor_id=actor_id, via=via, since=since, limit=limit
         )
     )

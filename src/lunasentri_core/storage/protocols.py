@@ -602,10 +602,12 @@ class StateStore(AgentlessStore, Protocol):
         *,
         action: str | None = None,
         actor_id: str | None = None,
+        via: str | None = None,
         since: datetime | None = None,
         limit: int = 100,
     ) -> list[AuditEntry]:
-        """Newest first; entries at or after ``since`` with exactly this action and actor."""
+        """Newest first; entries at or after ``since`` with exactly this action, actor
+        and authenticator (``via``)."""
         ...
 
     # housekeeping

@@ -86,6 +86,7 @@ from lunasentri_core.testing.reference import (
     reference_history,
     reference_latest,
 )
+from lunasentri_core.testing.settings import decode_settings
 from lunasentri_core.testing.storage import StorageContract
 from lunasentri_core.testing.storage_agentless import AgentlessStoreContract
 from lunasentri_core.testing.storage_metrics import MetricStoreContract, history_batch, require
@@ -128,6 +129,7 @@ __all__ = [
     "assert_latest_equal",
     "check_readings",
     "create_plugin_manager",
+    "decode_settings",
     "hash_secret",
     "history_batch",
     "hook_recorder",

@@ -705,6 +705,7 @@ class StateStoreContract(
                 target_type="machine",
                 target_id="m1",
                 detail=detail,
+                via="session",
             ),
             _audit("machine.create", actor_id="u2", at=at[2]),
             # The same instant as the one before, added later: listed first.
@@ -717,6 +718,8 @@ class StateStoreContract(
         assert state.list_audit(action="machine.create") == [third, second]
         assert state.list_audit(actor_id="u1") == [second, first]
         assert state.list_audit(action="machine.create", actor_id="u1") == [second]
+        assert state.list_audit(via="session") == [second], "via is kept and filtered on"
+        assert state.list_audit(via="api-key") == []
         assert state.list_audit(since=at[1]) == [fourth, third, second], "since is inclusive"
         assert state.list_audit(limit=2) == [fourth, third]
         assert state.list_audit(limit=0) == []

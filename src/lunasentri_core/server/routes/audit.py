@@ -35,6 +35,11 @@ AUDIT_ENTRY = api.schema(
             "target_id": _OPTIONAL_STRING,
             "client": {"type": ["string", "null"], "description": "IP address of the caller"},
             "detail": {"type": "object"},
+            "via": {
+                "type": ["string", "null"],
+                "description": "The authenticator that accepted the request (session, "
+                "api-key, a plugin's), or cli; null when none did",
+            },
         }
     ),
 )
@@ -51,6 +56,7 @@ def audit_json(entry: AuditEntry) -> dict[str, Any]:
         "target_id": entry.target_id,
         "client": entry.client,
         "detail": dict(entry.detail),
+        "via": entry.via,
     }
 
 
@@ -61,6 +67,7 @@ def audit_json(entry: AuditEntry) -> dict[str, Any]:
     query={
         "action": {"type": "string", "description": "Exactly this action"},
         "actor_id": {"type": "string", "description": "Exactly this actor"},
+        "via": {"type": "string", "description": "Accepted by exactly this authenticator"},
         "since": {**TIME, "description": "Entries at or after this time (ISO 8601)"},
         "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
     },
@@ -73,6 +80,7 @@ async def list_audit(call: Call) -> object:
         call.hub,
         action=call.query("action") or None,
         actor_id=call.query("actor_id") or None,
+        via=call.query("via") or None,
         since=since,
         limit=limit,
     )

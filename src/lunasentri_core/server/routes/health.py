@@ -6,6 +6,7 @@ import anyio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
+from lunasentri_core.plugins import PluginFailure
 from lunasentri_core.server.api import Api, Auth, Call
 from lunasentri_core.server.errors import error_response
 from lunasentri_core.storage import storage_mode
@@ -16,12 +17,34 @@ HEALTH = {
     "type": "object",
     "required": ["status"],
     "properties": {
-        "status": {"type": "string"},
+        "status": {
+            "type": "string",
+            "description": "ok, or degraded when a plugin failed to load (still ready)",
+        },
         "checks": {"type": "object"},
         "storage": {
             "type": "object",
             "description": "The storage backend's name and, when it reports one, its mode.",
             "properties": {"backend": {"type": "string"}, "mode": {"type": "string"}},
+        },
+        "plugins": {
+            "type": "object",
+            "description": "Plugins that failed to load; the others work. Details of invalid "
+            "settings (which may quote the values) are in GET /api/v1/plugins (admins).",
+            "properties": {
+                "failed": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "stage", "error"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "stage": {"type": "string"},
+                            "error": {"type": "string"},
+                        },
+                    },
+                }
+            },
         },
     },
 }
@@ -40,7 +63,7 @@ async def healthz_live(call: Call) -> object:
 @api.get(
     "/healthz/ready",
     auth=Auth.PUBLIC,
-    summary="Storage answers; ready for traffic",
+    summary="Storage answers; ready for traffic (failed plugins reported, not fatal)",
     responses={200: HEALTH, 503: {"$ref": "#/components/schemas/Error"}},
 )
 async def healthz_ready(call: Call) -> object:
@@ -54,7 +77,21 @@ async def healthz_ready(call: Call) -> object:
     mode = storage_mode(storage)
     if mode is not None:
         about["mode"] = mode
-    return {"status": "ok", "checks": {"storage": "ok"}, "storage": about}
+    failed = [_failure_json(failure) for failure in call.hub.plugins.failures]
+    # A failed plugin degrades the server but does not make it unready: taking it
+    # out of rotation would stop everything the other plugins still do.
+    return {
+        "status": "degraded" if failed else "ok",
+        "checks": {"storage": "ok", "plugins": "degraded" if failed else "ok"},
+        "storage": about,
+        "plugins": {"failed": failed},
+    }
+
+
+def _failure_json(failure: PluginFailure) -> dict[str, str]:
+    # This endpoint is public: a settings error may quote a configured value.
+    error = failure.reason if failure.stage != "settings" else "invalid settings"
+    return {"name": failure.name, "stage": failure.stage, "error": error}
 
 
 @api.get(

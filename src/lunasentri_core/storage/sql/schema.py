@@ -334,6 +334,8 @@ audit_log = sa.Table(
     sa.Column("target_id", sa.Text, nullable=True),
     sa.Column("client", sa.Text, nullable=True),
     sa.Column("detail", sa.Text, nullable=False),
+    # The authenticator that accepted the request (added by migration 0010).
+    sa.Column("via", sa.Text, nullable=True),
     sa.Index(None, "action", "at"),
     sa.Index(None, "actor_id", "at"),
 )

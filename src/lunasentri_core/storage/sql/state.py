@@ -185,6 +185,7 @@ def _audit(row: Row[Any]) -> AuditEntry:
         target_id=row.target_id,
         client=row.client,
         detail=json.loads(row.detail),
+        via=row.via,
     )
 
 
@@ -880,6 +881,7 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
                     target_id=entry.target_id,
                     client=entry.client,
                     detail=detail,
+                    via=entry.via,
                 )
             )
 
@@ -888,6 +890,7 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
         *,
         action: str | None = None,
         actor_id: str | None = None,
+        via: str | None = None,
         since: datetime | None = None,
         limit: int = 100,
     ) -> list[AuditEntry]:
@@ -897,6 +900,8 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
             query = query.where(audit_log.c.action == action)
         if actor_id is not None:
             query = query.where(audit_log.c.actor_id == actor_id)
+        if via is not None:
+            query = query.where(audit_log.c.via == via)
         if since is not None:
             query = query.where(audit_log.c.at >= since)
         query = query.order_by(audit_log.c.at.desc(), audit_log.c.seq.desc()).limit(max(0, limit))
