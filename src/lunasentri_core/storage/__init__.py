@@ -17,6 +17,7 @@ from lunasentri_core.storage.protocols import (
     StorageFactory,
     hold_singleton,
     storage_mode,
+    storage_partitioning,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "StorageFactory",
     "hold_singleton",
     "storage_mode",
+    "storage_partitioning",
 ]
