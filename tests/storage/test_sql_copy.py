@@ -63,7 +63,8 @@ from lunasentri_core.storage.sql.copy import (
     open_engine,
     redact,
 )
-from lunasentri_core.storage.sql.schema import series
+from lunasentri_core.storage.sql.partitions import DEFAULT_PARTITION, list_partitions, window
+from lunasentri_core.storage.sql.schema import metric_chunks, series
 from lunasentri_core.testing import make_plugin
 
 pytestmark = pytest.mark.anyio
@@ -271,6 +272,11 @@ def series_ids(
         return list(conn.execute(select).scalars())
 
 
+def chunk_starts(engine: Engine) -> set[int]:
+    with engine.connect() as conn:
+        return set(conn.execute(sa.select(metric_chunks.c.chunk_start)).scalars())
+
+
 def series_counter(sqlite: Engine) -> int:
     """The last series id a SQLite database handed out (deleted ones included)."""
     with sqlite.connect() as conn:
@@ -388,6 +394,13 @@ async def test_a_sqlite_deployment_moves_to_postgres_and_answers_the_same(
     (new_id_,) = series_ids(target, "net.rx_rate")
     assert new_id_ > series_counter(source) > max(series_ids(source))
     after = counts(target)
+    with target.connect() as conn:
+        # The copied history landed in the DEFAULT partition (no day partitions
+        # that old); the hub's maintenance gave each of its days a partition.
+        in_default = conn.execute(sa.text(f"SELECT count(*) FROM {DEFAULT_PARTITION}")).scalar()
+        days = {p.lo for p in list_partitions(conn)}
+    assert in_default == 0
+    assert days >= {window(start) for start in chunk_starts(target)}
     # The machine's series only: once the clock moves, the agentless poller may
     # poll its due monitor (and add that machine's series) before the hub stops.
     assert len(series_ids(target, machine_id=deployment.machine_id)) == machine_series + 1

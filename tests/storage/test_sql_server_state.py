@@ -177,8 +177,8 @@ def test_a_0001_database_upgrades_and_keeps_its_data(empty_engine: Engine) -> No
                 "compare_type": True,
                 "version_table": VERSION_TABLE,
                 # PostgreSQL's partitions of metric_chunks are no tables of the schema.
-                "include_object": lambda obj, name, type_, reflected, compare_to: not (
-                    type_ == "table" and is_partition_name(name or "")
+                "include_object": lambda obj, name, type_, reflected, compare_to: (
+                    not (type_ == "table" and is_partition_name(name or ""))
                 ),
             },
         )

@@ -147,14 +147,17 @@ def test_the_hypertable_sql_on_timescaledb(fresh_schema_url: Callable[[], str]) 
             "timescaledb extension not installed on this server: its SQL was parsed and "
             "planned against signature stand-ins instead (test_the_hypertable_sql_parses_...)"
         )
-    retention = RetentionPolicy(raw=timedelta(days=1), minute=timedelta(days=1), hour=timedelta(days=1))
+    retention = RetentionPolicy(
+        raw=timedelta(days=1), minute=timedelta(days=1), hour=timedelta(days=1)
+    )
     storage = TimescaleStorageFactory.open(
         url, settings=TimescaleSettings(mode=Mode.TIMESCALE), retention=retention
     )
     try:
         storage.migrate()
         facts = storage.partitioning()
-        assert facts is not None and facts["kind"] == "hypertable"
+        assert facts is not None
+        assert facts["kind"] == "hypertable"
         storage.metrics.maintain(datetime.now(UTC))
     finally:
         storage.close()

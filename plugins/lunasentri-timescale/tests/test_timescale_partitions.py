@@ -64,7 +64,9 @@ def holder(storage: TimescaleStorage, chunk_start: int) -> list[str]:
     with storage.db.read() as conn:
         return list(
             conn.execute(
-                sa.text("SELECT tableoid::regclass::text FROM metric_chunks WHERE chunk_start = :c"),
+                sa.text(
+                    "SELECT tableoid::regclass::text FROM metric_chunks WHERE chunk_start = :c"
+                ),
                 {"c": chunk_start},
             ).scalars()
         )
@@ -200,7 +202,9 @@ def test_retention_drops_whole_expired_partitions_and_keeps_newer_rows(
             .order_by(metric_chunks.c.chunk_start)
         ).all()
     # The edge day keeps the row-by-row path: its raw blobs past a day are cleared.
-    assert [raw for start, raw in kept] == [start >= to_ms(NOW - DAY) - 3_600_000 for start, _ in kept]
+    assert [raw for start, raw in kept] == [
+        start >= to_ms(NOW - DAY) - 3_600_000 for start, _ in kept
+    ]
 
 
 def test_the_migration_converts_an_existing_table_with_its_rows(
@@ -237,8 +241,8 @@ def test_the_migration_converts_an_existing_table_with_its_rows(
             command.downgrade(alembic_config(conn), "0008")
         with storage.db.read() as conn:
             assert not is_partitioned(conn)
-            assert sorted(
-                conn.execute(sa.select(metric_chunks.c.chunk_start)).scalars()
-            ) == sorted(starts)
+            assert sorted(conn.execute(sa.select(metric_chunks.c.chunk_start)).scalars()) == sorted(
+                starts
+            )
     finally:
         storage.close()

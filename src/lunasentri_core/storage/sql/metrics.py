@@ -624,7 +624,7 @@ class SqlMetricStore:
             report = self._compact(now_ms)
             return _add(report, self._expire(now_ms))
 
-    def _retention_ms(self) -> dict[Resolution, timedelta | None]:
+    def _retention(self) -> dict[Resolution, timedelta | None]:
         return {
             Resolution.RAW: self.retention.raw,
             Resolution.MINUTE: self.retention.minute,
@@ -634,7 +634,7 @@ class SqlMetricStore:
     def _full_horizon(self, now_ms: int) -> int | None:
         """The chunk start below which every resolution has expired; ``None`` while
         one is kept forever."""
-        kept = self._retention_ms().values()
+        kept = self._retention().values()
         if any(keep is None for keep in kept):
             return None
         return min(_horizon(now_ms, keep) for keep in kept if keep is not None)
@@ -745,7 +745,7 @@ class SqlMetricStore:
         return written
 
     def _expire(self, now_ms: int) -> MaintenanceReport:
-        retention = self._retention_ms()
+        retention = self._retention()
         clear = {
             Resolution.RAW: {"raw": None},
             Resolution.MINUTE: {"minutes": None},

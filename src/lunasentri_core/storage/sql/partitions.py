@@ -77,7 +77,8 @@ class Partitioning(Protocol):
         ...
 
     def drop_before(self, horizon_ms: int) -> int:
-        """Drop whole partitions entirely older than ``horizon_ms``; returns their rows."""
+        """Drop whole partitions entirely older than ``horizon_ms``; returns their rows
+        (a hypertable: its chunks, TimescaleDB does not count their rows)."""
         ...
 
     def describe(self) -> dict[str, object] | None:
@@ -199,19 +200,20 @@ class NativePartitions:
             raise ValueError("ahead must not be negative")
         self._db = db
         self.ahead = ahead
-        self._partitioned: bool | None = None
+        self._partitioned = False
 
     def active(self) -> bool:
-        """Whether ``metric_chunks`` is natively partitioned (asked once: a
-        migration is what changes it, and it runs before the store is used)."""
-        if self._partitioned is None:
+        """Whether ``metric_chunks`` is natively partitioned. A yes is kept (only a
+        downgrade undoes it); a no is asked again, since another process may
+        migrate the database after this one opened it."""
+        if not self._partitioned:
             with self._db.read() as conn:
                 self._partitioned = is_partitioned(conn)
         return self._partitioned
 
     def forget(self) -> None:
         """Ask the catalog again next time (after a migration)."""
-        self._partitioned = None
+        self._partitioned = False
 
     def prepare(self, now_ms: int, floor_ms: int | None) -> int:
         if not self.active():

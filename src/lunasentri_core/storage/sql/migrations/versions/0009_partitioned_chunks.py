@@ -64,11 +64,15 @@ def upgrade() -> None:
     if not _applies(conn):
         return
     _set_aside(conn)
-    conn.execute(sa.text(f"CREATE TABLE metric_chunks ({_COLUMNS}) PARTITION BY RANGE (chunk_start)"))
+    conn.execute(
+        sa.text(f"CREATE TABLE metric_chunks ({_COLUMNS}) PARTITION BY RANGE (chunk_start)")
+    )
     # Rows are written in time order (compaction moves hour after hour), so
     # block ranges track chunk_start closely; the expiry scans by range use it.
     conn.execute(
-        sa.text("CREATE INDEX ix_metric_chunks_chunk_start ON metric_chunks USING brin (chunk_start)")
+        sa.text(
+            "CREATE INDEX ix_metric_chunks_chunk_start ON metric_chunks USING brin (chunk_start)"
+        )
     )
     partitions.create_default_partition(conn)
     now_ms = int(time.time() * 1000)
@@ -94,6 +98,8 @@ def downgrade() -> None:
         return
     _set_aside(conn)
     conn.execute(sa.text(f"CREATE TABLE metric_chunks ({_COLUMNS})"))
-    conn.execute(sa.text("CREATE INDEX ix_metric_chunks_chunk_start ON metric_chunks (chunk_start)"))
+    conn.execute(
+        sa.text("CREATE INDEX ix_metric_chunks_chunk_start ON metric_chunks (chunk_start)")
+    )
     conn.execute(sa.text(f"INSERT INTO metric_chunks SELECT * FROM {_OLD}"))
     conn.execute(sa.text(f"DROP TABLE {_OLD}"))
