@@ -145,7 +145,8 @@ def test_the_hypertable_sql_on_timescaledb(fresh_schema_url: Callable[[], str]) 
     if installed is None:
         pytest.skip(
             "timescaledb extension not installed on this server: its SQL was parsed and "
-            "planned against signature stand-ins instead (test_the_hypertable_sql_parses_...)"
+            "planned against signature stand-ins instead "
+            "(test_the_hypertable_sql_parses_and_plans_against_stand_ins)"
         )
     retention = RetentionPolicy(
         raw=timedelta(days=1), minute=timedelta(days=1), hour=timedelta(days=1)
