@@ -202,7 +202,7 @@ def _describe_storage(obj: _Context, manager: PluginManager) -> dict[str, object
     """The configured storage's backend, mode and capabilities (it is opened, not migrated)."""
     from urllib.parse import urlsplit
 
-    from lunasentri_core.storage import storage_mode
+    from lunasentri_core.storage import storage_mode, storage_partitioning
 
     settings = obj.settings()
     url = settings.storage_url
@@ -219,6 +219,9 @@ def _describe_storage(obj: _Context, manager: PluginManager) -> dict[str, object
         about["backend"] = backend.name
         about["mode"] = storage_mode(backend)
         about["capabilities"] = sorted(c.value for c in backend.capabilities)
+        about["partitioning"] = storage_partitioning(backend)
+    except LunaSentriError as error:
+        about["error"] = str(error)
     finally:
         backend.close()
     return about
@@ -234,6 +237,13 @@ def _echo_storage(storage: dict[str, object]) -> None:
     capabilities = storage.get("capabilities") or []
     assert isinstance(capabilities, list)
     click.echo(f"  capabilities: {', '.join(capabilities) or 'none'}")
+    parts = storage.get("partitioning")
+    if isinstance(parts, dict):
+        click.echo(
+            f"  partitioning: {parts.get('kind')}, {parts.get('table')} by {parts.get('column')}, "
+            f"{parts.get('width_hours')} h wide, {parts.get('ahead')} ahead, "
+            f"{parts.get('partitions')} partitions"
+        )
 
 
 # --------------------------------------------------------------------------- collect

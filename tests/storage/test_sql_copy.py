@@ -63,7 +63,8 @@ from lunasentri_core.storage.sql.copy import (
     open_engine,
     redact,
 )
-from lunasentri_core.storage.sql.schema import series
+from lunasentri_core.storage.sql.partitions import DEFAULT_PARTITION, list_partitions, window
+from lunasentri_core.storage.sql.schema import metric_chunks, series
 from lunasentri_core.testing import make_plugin
 
 pytestmark = pytest.mark.anyio
@@ -259,12 +260,21 @@ def counts(engine: Engine) -> dict[str, int]:
         }
 
 
-def series_ids(engine: Engine, metric: str | None = None) -> list[int]:
+def series_ids(
+    engine: Engine, metric: str | None = None, *, machine_id: str | None = None
+) -> list[int]:
     select = sa.select(series.c.id)
     if metric is not None:
         select = select.where(series.c.metric == metric)
+    if machine_id is not None:
+        select = select.where(series.c.machine_id == machine_id)
     with engine.connect() as conn:
         return list(conn.execute(select).scalars())
+
+
+def chunk_starts(engine: Engine) -> set[int]:
+    with engine.connect() as conn:
+        return set(conn.execute(sa.select(metric_chunks.c.chunk_start)).scalars())
 
 
 def series_counter(sqlite: Engine) -> int:
@@ -338,6 +348,7 @@ async def test_a_sqlite_deployment_moves_to_postgres_and_answers_the_same(
     report = copy_database(source, target, progress=seen.append, batch_rows=7)
     assert report.ok
     copied = counts(target)
+    machine_series = len(series_ids(target, machine_id=deployment.machine_id))
     assert copied == counts(source)
     assert {t.table: t.target for t in report.tables} == copied
     assert {name for name, rows in copied.items() if rows} >= EXPECTED_FILLED
@@ -383,7 +394,16 @@ async def test_a_sqlite_deployment_moves_to_postgres_and_answers_the_same(
     (new_id_,) = series_ids(target, "net.rx_rate")
     assert new_id_ > series_counter(source) > max(series_ids(source))
     after = counts(target)
-    assert after["series"] == copied["series"] + 1
+    with target.connect() as conn:
+        # The copied history landed in the DEFAULT partition (no day partitions
+        # that old); the hub's maintenance gave each of its days a partition.
+        in_default = conn.execute(sa.text(f"SELECT count(*) FROM {DEFAULT_PARTITION}")).scalar()
+        days = {p.lo for p in list_partitions(conn)}
+    assert in_default == 0
+    assert days >= {window(start) for start in chunk_starts(target)}
+    # The machine's series only: once the clock moves, the agentless poller may
+    # poll its due monitor (and add that machine's series) before the hub stops.
+    assert len(series_ids(target, machine_id=deployment.machine_id)) == machine_series + 1
     assert after["login_failures"] == copied["login_failures"] + 1
     assert after["audit_log"] > copied["audit_log"]
 

@@ -191,6 +191,13 @@ def test_lunasentri_plugins_shows_the_storage_mode(migrated_url: str, site: Path
     assert "storage:timescale" in table.stdout
     assert f"backend timescale, {storage['mode']} mode" in table.stdout
     assert "concurrent-writers" in storage["capabilities"]
+    partitioning = storage["partitioning"]
+    assert (partitioning["kind"], partitioning["width_hours"]) == ("native", 24)
+    assert partitioning["partitions"] >= partitioning["ahead"] + 1 == 4
+    assert (
+        f"partitioning: native, metric_chunks by chunk_start, 24 h wide, 3 ahead, "
+        f"{partitioning['partitions']} partitions"
+    ) in table.stdout
 
 
 def test_lunasentri_plugins_says_when_the_storage_cannot_be_opened(site: Path) -> None:

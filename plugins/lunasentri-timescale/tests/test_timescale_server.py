@@ -108,6 +108,13 @@ def test_the_server_runs_on_postgresql(
 
     assert ready["storage"]["backend"] == "timescale"
     assert ready["storage"]["mode"] in ("postgres", "timescale")
+    partitioning = ready["storage"]["partitioning"]
+    assert partitioning["width_hours"] == 24
+    if partitioning["kind"] == "native":  # else a hypertable: chunks come with rows
+        assert partitioning["ahead"] == 3
+        assert partitioning["partitions"] >= 4  # today and three ahead
+    else:
+        assert partitioning["kind"] == "hypertable"
     assert f"storage timescale opened in {ready['storage']['mode']} mode" in err
     assert ADMIN_PASSWORD not in err
     assert [(i["metric"], i["value"]) for i in latest["items"]] == [("cpu.percent", 30.0)]

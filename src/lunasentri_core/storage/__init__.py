@@ -21,6 +21,7 @@ from lunasentri_core.storage.protocols import (
     hold_singleton,
     listen_for_changes,
     storage_mode,
+    storage_partitioning,
 )
 
 __all__ = [
@@ -40,4 +41,5 @@ __all__ = [
     "hold_singleton",
     "listen_for_changes",
     "storage_mode",
+    "storage_partitioning",
 ]

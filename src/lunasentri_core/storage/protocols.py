@@ -685,6 +685,23 @@ def storage_mode(backend: object) -> str | None:
     return mode if isinstance(mode, str) and mode else None
 
 
+def storage_partitioning(backend: object) -> dict[str, object] | None:
+    """How a backend splits its metric data by time, or ``None`` when it does not say.
+
+    A backend may have ``partitioning() -> dict | None`` (blocking: it may ask
+    the database). The shared SQL store on PostgreSQL answers with the kind
+    (``native`` partitions or a TimescaleDB ``hypertable``), the table and
+    column, the partition width in hours, how many partitions are kept ahead
+    and how many exist. ``/healthz/ready`` and ``lunasentri plugins --storage``
+    report it next to :func:`storage_mode`.
+    """
+    describe = getattr(backend, "partitioning", None)
+    if describe is None:
+        return None
+    facts = describe()
+    return dict(facts) if isinstance(facts, dict) and facts else None
+
+
 def hold_singleton(backend: object, name: str) -> bool:
     """Whether this process may run the once-only job ``name`` now (blocking).
 

@@ -7,7 +7,10 @@ from ``[plugins.timescale]``; see :class:`TimescaleSettings`.
 
 The backend says which mode it runs in (:attr:`TimescaleStorage.mode`):
 ``timescale`` when the ``timescaledb`` extension is installed in the database or
-available to it, else ``postgres``. Today both modes store data the same way.
+available to it, else ``postgres``. Plain PostgreSQL partitions ``metric_chunks``
+by day (:mod:`lunasentri_core.storage.sql.partitions`); with the extension
+installed before the first migration it becomes a hypertable
+(:mod:`lunasentri_timescale.hypertable`).
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ from sqlalchemy.engine import URL, Engine, make_url
 from lunasentri_core import RetentionPolicy, StorageError, StorageUnavailable
 from lunasentri_core.storage import Capability, StorageBackend
 from lunasentri_core.storage.sql import SqlStorage
+from lunasentri_core.storage.sql.database import LOCK_MIGRATE
+from lunasentri_core.storage.sql.partitions import DEFAULT_AHEAD, NativePartitions
+from lunasentri_timescale.hypertable import HypertableChunks, is_hypertable, make_hypertable
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,9 @@ class TimescaleSettings:
     """Shown in ``pg_stat_activity``; an ``application_name`` in the URL wins."""
     mode: Mode = attrs.field(default=Mode.AUTO, converter=Mode)
     """``auto``, ``postgres`` or ``timescale`` (refused when the extension is missing)."""
+    partitions_ahead: int = attrs.field(default=DEFAULT_AHEAD, validator=_not_negative)
+    """Day partitions of ``metric_chunks`` kept ready after the current one (plain
+    PostgreSQL; TimescaleDB makes its chunks as rows arrive)."""
 
 
 @attrs.frozen
@@ -112,11 +118,45 @@ def choose_mode(probe: Probe, requested: Mode = Mode.AUTO) -> Mode:
 class TimescaleStorage(SqlStorage):
     """The shared SQL storage on PostgreSQL, knowing which mode it runs in."""
 
-    def __init__(self, engine: Engine, *, mode: Mode, probe: Probe, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        mode: Mode,
+        probe: Probe,
+        partitions_ahead: int = DEFAULT_AHEAD,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(engine, **kwargs)
         self.mode: str = mode.value
         """``timescale`` or ``postgres`` (see :func:`lunasentri_core.storage.storage_mode`)."""
         self.probe = probe
+        self.metrics.partitions = self._native = NativePartitions(self.db, partitions_ahead)
+        self._choose_partitioning()
+
+    @property
+    def _hypertables(self) -> bool:
+        """Whether ``metric_chunks`` may be a hypertable: timescale mode, extension installed."""
+        return self.mode == Mode.TIMESCALE and self.probe.extension_version is not None
+
+    def _choose_partitioning(self) -> None:
+        if not self._hypertables:
+            return
+        with self.db.read() as conn:
+            hyper = is_hypertable(conn)
+        self.metrics.partitions = HypertableChunks(self.db) if hyper else self._native
+
+    def migrate(self) -> None:
+        """The shared migrations; then, in timescale mode with the extension
+        installed, ``metric_chunks`` becomes a hypertable (see :mod:`.hypertable`)."""
+        super().migrate()
+        if not self._hypertables:
+            return
+        with self.db.write(lock=LOCK_MIGRATE) as conn:
+            if not is_hypertable(conn):
+                make_hypertable(conn)
+        self._native.forget()
+        self._choose_partitioning()
 
     def __repr__(self) -> str:
         return f"<TimescaleStorage {self.mode} {self.db.label}>"
@@ -161,15 +201,20 @@ class TimescaleStorageFactory:
         if mode is Mode.TIMESCALE:
             capabilities = capabilities | {Capability.TIMESCALEDB}
         log.info("%s: %s; running in %s mode", label, probe.describe(), mode.value)
-        return TimescaleStorage(
-            engine,
-            mode=mode,
-            probe=probe,
-            retention=retention,
-            name=cls.name,
-            capabilities=capabilities,
-            label=label,
-        )
+        try:
+            return TimescaleStorage(
+                engine,
+                mode=mode,
+                probe=probe,
+                retention=retention,
+                name=cls.name,
+                capabilities=capabilities,
+                label=label,
+                partitions_ahead=settings.partitions_ahead,
+            )
+        except BaseException:
+            engine.dispose()
+            raise
 
 
 def shown(url: str) -> str:

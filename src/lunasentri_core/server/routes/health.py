@@ -9,7 +9,7 @@ from starlette.responses import Response
 from lunasentri_core.plugins import PluginFailure
 from lunasentri_core.server.api import Api, Auth, Call
 from lunasentri_core.server.errors import error_response
-from lunasentri_core.storage import storage_mode
+from lunasentri_core.storage import storage_mode, storage_partitioning
 
 api = Api("operations")
 
@@ -24,8 +24,21 @@ HEALTH = {
         "checks": {"type": "object"},
         "storage": {
             "type": "object",
-            "description": "The storage backend's name and, when it reports one, its mode.",
-            "properties": {"backend": {"type": "string"}, "mode": {"type": "string"}},
+            "description": (
+                "The storage backend's name and, when it reports them, its mode and how "
+                "it partitions metric data by time."
+            ),
+            "properties": {
+                "backend": {"type": "string"},
+                "mode": {"type": "string"},
+                "partitioning": {
+                    "type": "object",
+                    "description": (
+                        "kind (native or hypertable), table, column, width_hours, "
+                        "ahead (partitions kept ahead of the current one), partitions"
+                    ),
+                },
+            },
         },
         "plugins": {
             "type": "object",
@@ -67,16 +80,19 @@ async def healthz_live(call: Call) -> object:
     responses={200: HEALTH, 503: {"$ref": "#/components/schemas/Error"}},
 )
 async def healthz_ready(call: Call) -> object:
+    storage = call.hub.storage
     try:
         with anyio.fail_after(5):
             await call.hub.list_machines(owner_id="readiness-probe")
+            partitioning = await anyio.to_thread.run_sync(storage_partitioning, storage)
     except Exception as error:
         return error_response(503, "unavailable", f"storage is not ready: {error}")
-    storage = call.hub.storage
-    about = {"backend": storage.name}
+    about: dict[str, object] = {"backend": storage.name}
     mode = storage_mode(storage)
     if mode is not None:
         about["mode"] = mode
+    if partitioning is not None:
+        about["partitioning"] = partitioning
     failed = [_failure_json(failure) for failure in call.hub.plugins.failures]
     # A failed plugin degrades the server but does not make it unready: taking it
     # out of rotation would stop everything the other plugins still do.

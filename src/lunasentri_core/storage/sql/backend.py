@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import ClassVar
 
 import sqlalchemy as sa
@@ -16,8 +17,9 @@ from lunasentri_core.errors import StorageError
 from lunasentri_core.model import RetentionPolicy
 from lunasentri_core.storage.protocols import Capability, ChangeListener
 from lunasentri_core.storage.sql.database import LOCK_MIGRATE, Database
-from lunasentri_core.storage.sql.metrics import SqlMetricStore
+from lunasentri_core.storage.sql.metrics import SqlMetricStore, to_ms
 from lunasentri_core.storage.sql.notices import PgChangeListener
+from lunasentri_core.storage.sql.partitions import NativePartitions
 from lunasentri_core.storage.sql.schema import VERSION_TABLE
 from lunasentri_core.storage.sql.singleton import Singletons
 from lunasentri_core.storage.sql.state import SqlStateStore
@@ -100,6 +102,11 @@ class SqlStorage:
         """
         self._upgrade()
         convert(self.db)
+        partitions = self.metrics.partitions
+        if partitions is not None:
+            # The partitions kept ahead exist from the start, not from the first
+            # maintenance pass on.
+            partitions.prepare(to_ms(datetime.now(UTC)), None)
 
     def _upgrade(self) -> None:
         known = head_revision()
@@ -114,6 +121,13 @@ class SqlStorage:
                     f"{self.db.label}: cannot migrate from schema revision {current!r}: "
                     f"{error} (is the database from a newer LunaSentri?)"
                 ) from error
+        if isinstance(self.metrics.partitions, NativePartitions):
+            self.metrics.partitions.forget()
+
+    def partitioning(self) -> dict[str, object] | None:
+        """How metric chunks are split by time (see :func:`storage_partitioning`)."""
+        partitions = self.metrics.partitions
+        return None if partitions is None else partitions.describe()
 
     def schema_revision(self) -> str | None:
         """The schema revision the database is at (``None``: not migrated yet)."""

@@ -54,6 +54,7 @@ from lunasentri_core.storage.sql.head import (
     build_rows,
     series_points,
 )
+from lunasentri_core.storage.sql.partitions import NativePartitions, Partitioning
 from lunasentri_core.storage.sql.pgcopy import CopyInsert, can_copy
 from lunasentri_core.storage.sql.points import (
     CHUNK_MS,
@@ -221,6 +222,8 @@ class SqlMetricStore:
         self._ids_epoch: int | None = None
         self._ids_lock = threading.Lock()
         self._maintain_lock = threading.Lock()
+        self.partitions: Partitioning | None = NativePartitions(db) if db.is_postgres else None
+        """How ``metric_chunks`` is split by time on PostgreSQL (a backend may replace it)."""
         self._latest_statements: dict[tuple[int, bool], Statement] = {}
         """By (machines, by metric): at most 2 x 500, compiled once each (a dict
         read and write are atomic: two threads at worst compile one twice)."""
@@ -627,10 +630,28 @@ class SqlMetricStore:
     def maintain(self, now: datetime) -> MaintenanceReport:
         now_ms = to_ms(now)
         with self._maintain_lock:
+            if self.partitions is not None:
+                # First: the chunks compacted below then go to their own partition.
+                self.partitions.prepare(now_ms, self._full_horizon(now_ms))
             report = _add(self._compact(now_ms), self._expire(now_ms))
             # What the transactions above could not give back (more than their
             # share, or freed elsewhere: deleted machines, purges), in steps.
             return _add(report, MaintenanceReport(freed_pages=vacuum.reclaim(self._db)))
+
+    def _retention(self) -> dict[Resolution, timedelta | None]:
+        return {
+            Resolution.RAW: self.retention.raw,
+            Resolution.MINUTE: self.retention.minute,
+            Resolution.HOUR: self.retention.hour,
+        }
+
+    def _full_horizon(self, now_ms: int) -> int | None:
+        """The chunk start below which every resolution has expired; ``None`` while
+        one is kept forever."""
+        kept = self._retention().values()
+        if any(keep is None for keep in kept):
+            return None
+        return min(_horizon(now_ms, keep) for keep in kept if keep is not None)
 
     def _compact(self, now_ms: int) -> MaintenanceReport:
         """Move head samples older than ``now`` into chunks.
@@ -739,11 +760,7 @@ class SqlMetricStore:
         return written
 
     def _expire(self, now_ms: int) -> MaintenanceReport:
-        retention = {
-            Resolution.RAW: self.retention.raw,
-            Resolution.MINUTE: self.retention.minute,
-            Resolution.HOUR: self.retention.hour,
-        }
+        retention = self._retention()
         clear = {
             Resolution.RAW: {"raw": None},
             Resolution.MINUTE: {"minutes": None},
@@ -757,6 +774,10 @@ class SqlMetricStore:
             Resolution.HOUR: metric_chunks.c.hour_count,
         }
         expired = 0
+        full = self._full_horizon(now_ms)
+        if full is not None and self.partitions is not None:
+            # Whole partitions go at once; the UPDATEs below then skip their rows.
+            expired += self.partitions.drop_before(full)
         c = metric_chunks.c
         with self._db.write(lock=LOCK_MAINTAIN) as conn:
             horizons = self._horizons(conn)
@@ -764,7 +785,7 @@ class SqlMetricStore:
             for resolution, keep in retention.items():
                 if keep is None:
                     continue
-                horizon = floor_to(now_ms - keep // _MS, CHUNK_MS)
+                horizon = _horizon(now_ms, keep)
                 previous = horizons.get(resolution)
                 if previous is not None and horizon <= previous:
                     new_horizons[resolution] = previous
@@ -809,6 +830,11 @@ class SqlMetricStore:
                 index_elements=[storage_meta.c.key], set_={"value": stmt.excluded.value}
             )
         )
+
+
+def _horizon(now_ms: int, keep: timedelta) -> int:
+    """The first chunk start still kept when data is kept for ``keep``."""
+    return floor_to(now_ms - keep // _MS, CHUNK_MS)
 
 
 def _chunk_row(

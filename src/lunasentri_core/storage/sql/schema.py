@@ -133,7 +133,9 @@ metric_chunks = sa.Table(
     sa.Column("hour_min", Float64, nullable=True),
     sa.Column("hour_max", Float64, nullable=True),
     sa.Column("hour_last", Float64, nullable=True),
-    sa.Index(None, "chunk_start"),
+    sa.Index(None, "chunk_start", postgresql_using="brin"),
+    # PostgreSQL without TimescaleDB: partitions by day (partitions.py, migration 0009).
+    postgresql_partition_by="RANGE (chunk_start)",
 )
 
 # --------------------------------------------------------------------------- state

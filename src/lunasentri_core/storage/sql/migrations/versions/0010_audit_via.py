@@ -4,7 +4,7 @@ Entries written before this migration have no ``via`` (NULL): which
 authenticator accepted those requests was not kept.
 
 Revision ID: 0010
-Revises: 0008 (0009 once that migration is merged: set down_revision to it)
+Revises: 0009
 Create Date: 2026-12-07
 """
 
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010"
-down_revision: str | Sequence[str] | None = "0008"
+down_revision: str | Sequence[str] | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
