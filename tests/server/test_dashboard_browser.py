@@ -233,10 +233,13 @@ def test_a_phone_sees_every_page_without_scrolling_sideways(
     machine_id, _ = machine_with_history(shared, "a-machine-with-a-rather-long-name-01")
     page = watched.page
     log_in(watched, shared.server.url)
-    pages = {"overview-phone": "/", "machine-phone": f"/machines/{machine_id}"}
-    for name, path in pages.items():
+    pages = {
+        "overview-phone": ("/", ".card"),
+        "machine-phone": (f"/machines/{machine_id}", "#chart-cpu .uplot"),
+        "settings-phone": (f"/machines/{machine_id}/settings", "#keys"),
+    }
+    for name, (path, ready) in pages.items():
         page.goto(shared.server.url + path)
-        ready = ".card" if path == "/" else "#chart-cpu .uplot"
         page.wait_for_selector(ready)
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"], f"{path} is {width} px wide"

@@ -301,3 +301,31 @@ def test_forms_send_a_visitor_without_a_session_to_log_in(shared: Shared) -> Non
         posted = client.post(f"/machines/{shared.machine_id}/delete")
     assert posted.status_code == 303
     assert ingest_works(shared, shared.key)
+
+
+def test_behind_a_proxy_the_forms_post_and_redirect_under_its_prefix(
+    shared: Shared, users: dict[str, str]
+) -> None:
+    machine_id, _ = register(shared.server, users["ulla"], "proxied")
+    prefix = {"x-forwarded-prefix": "/monitoring"}
+    with logged_in(shared, "ulla") as client:
+        pages = [
+            client.get(path, headers=prefix).text
+            for path in ("/machines/new", f"/machines/{machine_id}/settings")
+        ]
+        saved = client.post(
+            f"/machines/{machine_id}/labels", data={"labels": "a:b"}, headers=prefix
+        )
+    for page in pages:
+        targets = re.findall(r'(?:action|href)="([^"]+)"', page)
+        assert targets
+        assert all(target.startswith("/monitoring/") for target in targets), targets
+    assert saved.headers["location"] == f"/monitoring/machines/{machine_id}/settings?saved=labels"
+
+
+def test_a_form_with_too_many_fields_reads_as_empty(shared: Shared) -> None:
+    fields = {f"field{n}": "x" for n in range(20)} | {"name": "too-many"}
+    with logged_in(shared, "admin") as client:
+        response = client.post("/machines/new", data=fields)
+    assert response.status_code == 400
+    assert "name: must not be empty" in response.text

@@ -208,7 +208,10 @@ async def form_fields(request: Request) -> dict[str, str]:
         body += chunk
         if len(body) > FORM_LIMIT:
             return {}
-    fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+    try:
+        fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+    except ValueError:  # more fields than any of the forms has
+        return {}
     return {name: values[0] for name, values in fields.items()}
 
 
