@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .conftest import ADMIN_PASSWORD
+from .test_claims import Agent
 from .test_ingest import Shared, at, post, register, sample, shared_server
 
 if TYPE_CHECKING:
@@ -232,10 +233,13 @@ def test_a_phone_sees_every_page_without_scrolling_sideways(
     machine_id, _ = machine_with_history(shared, "a-machine-with-a-rather-long-name-01")
     page = watched.page
     log_in(watched, shared.server.url)
-    pages = {"overview-phone": "/", "machine-phone": f"/machines/{machine_id}"}
-    for name, path in pages.items():
+    pages = {
+        "overview-phone": ("/", ".card"),
+        "machine-phone": (f"/machines/{machine_id}", "#chart-cpu .uplot"),
+        "settings-phone": (f"/machines/{machine_id}/settings", "#keys"),
+    }
+    for name, (path, ready) in pages.items():
         page.goto(shared.server.url + path)
-        ready = ".card" if path == "/" else "#chart-cpu .uplot"
         page.wait_for_selector(ready)
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"], f"{path} is {width} px wide"
@@ -315,6 +319,57 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             pass  # the browser left (a page's stream closed)
         finally:
             upstream.close()
+
+
+def test_a_machine_is_registered_its_key_copied_then_deleted(
+    shared: Shared, watched: Watched
+) -> None:
+    page = watched.page
+    url = shared.server.url
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=url)
+    log_in(watched, url)
+    page.click("text=Register a machine")
+    page.fill("#name", "from-the-browser")
+    page.fill("#labels", "env:test")
+    page.click("button[type=submit].primary")
+    page.wait_for_selector("#install-command")
+    key = page.inner_text("#api-key")
+    command = page.inner_text("#install-command")
+    assert key.startswith("lsk_")
+    assert f"LUNASENTRI_AGENT__API_KEY={key} lunasentri agent --server " in command
+    page.click("button[data-copy=install-command]")
+    page.wait_for_selector("button[data-copy=install-command]:text('Copied')")
+    assert page.evaluate("navigator.clipboard.readText()") == command
+    watched.shot("registered")
+    assert post(shared.server, key, {"samples": [now_sample(cpu__percent=5.0)]}).status_code == 200
+
+    page.click("text=Go to from-the-browser")
+    page.click("text=Labels, keys, delete")
+    page.wait_for_selector("#keys")
+    watched.shot("machine-settings")
+    page.click("text=Delete from-the-browser…")
+    page.click("button.danger")
+    page.wait_for_url(f"{url}/")
+    assert "from-the-browser" not in page.inner_text("#machine-list")
+    assert post(shared.server, key, {"samples": [now_sample(cpu__percent=5.0)]}).status_code == 401
+
+
+def test_an_administrator_claims_a_pending_agent(shared: Shared, watched: Watched) -> None:
+    agent = Agent(shared.server, hostname="edge-browser")
+    assert agent.register().status_code == 202
+    page = watched.page
+    log_in(watched, shared.server.url)
+    page.click("text=Pending agents")
+    card = page.locator(f"#claim-{agent.agent_id}")
+    card.locator("input[name=claim_token]").fill(agent.token)
+    card.locator("input[name=labels]").fill("site:lab")
+    watched.shot("pending-agents")
+    card.locator("button[type=submit]").click()
+    page.wait_for_selector("h1.machine-title:has-text('edge-browser')")
+    assert "site=lab" in page.inner_text("main")
+    delivered = agent.poll().json()
+    assert delivered["status"] == "claimed"
+    assert delivered["machine_id"] in page.url
 
 
 @pytest.fixture

@@ -100,12 +100,29 @@ def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
     """The pages, which find the caller with ``authenticate`` (the API's auth hook)."""
     # Imported here: those modules build on this one's helpers.
     from lunasentri_core.server.dashboard.machine_page import machine_page
+    from lunasentri_core.server.dashboard.manage import Manage
     from lunasentri_core.server.dashboard.overview import Overview
 
     pages = Pages(authenticate)
     overview = Overview(pages)
+    manage = Manage(pages)
     return [
         page_route("/", overview.page, "GET", "machines"),
+        # Before /machines/{machine_id}, which would take "new" for an id.
+        page_route("/machines/new", manage.new_form, "GET", "machine_new_form"),
+        page_route("/machines/new", manage.create, "POST", "machine_create"),
+        page_route("/agents/pending", manage.pending, "GET", "agents_pending"),
+        page_route("/agents/{agent_id}/claim", manage.claim, "POST", "agent_claim"),
+        page_route("/machines/{machine_id}/settings", manage.settings, "GET", "machine_settings"),
+        page_route("/machines/{machine_id}/labels", manage.labels, "POST", "machine_labels"),
+        page_route("/machines/{machine_id}/keys/rotate", manage.rotate, "POST", "key_rotate"),
+        page_route(
+            "/machines/{machine_id}/keys/{key_id}/revoke", manage.revoke, "POST", "key_revoke"
+        ),
+        page_route(
+            "/machines/{machine_id}/delete", manage.delete_form, "GET", "machine_delete_form"
+        ),
+        page_route("/machines/{machine_id}/delete", manage.delete, "POST", "machine_delete"),
         page_route("/machines/{machine_id}", machine_page(pages), "GET", "machine"),
         page_route("/machines/{machine_id}/card", overview.card, "GET", "machine_card"),
         page_route(
@@ -144,7 +161,7 @@ class Pages:
         return _login_page(request, "", request.query_params.get("next"))
 
     async def login(self, request: Request) -> Response:
-        form = await _form(request)
+        form = await form_fields(request)
         username, password = form.get("username", ""), form.get("password", "")
         target = form.get("next")
         accounts = accounts_of_app(request.app)
@@ -184,14 +201,17 @@ def ago(at: datetime | None, now: datetime) -> str:
     return f"{seconds} s ago"
 
 
-async def _form(request: Request) -> dict[str, str]:
-    """An urlencoded form (the login form's two fields); anything else reads as empty."""
+async def form_fields(request: Request) -> dict[str, str]:
+    """An urlencoded form (a few short fields); anything else reads as empty."""
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > FORM_LIMIT:
             return {}
-    fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+    try:
+        fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+    except ValueError:  # more fields than any of the forms has
+        return {}
     return {name: values[0] for name, values in fields.items()}
 
 

@@ -1,0 +1,303 @@
+"""The dashboard's forms that change things: register, claim, relabel, rotate, revoke, delete.
+
+Each goes through the same service, owner scoping and role rule as its API
+route (a user manages their own machines, an administrator any; only an
+administrator claims agents), so a form can do nothing the API would refuse
+the same user. Cross-site posts never get here: the server's cross-site guard
+refuses them first (docs/server.md). A refused or mistaken form is shown again
+with what was wrong, in the page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from lunasentri_core.components import Principal
+from lunasentri_core.errors import ConflictError, NotFoundError, ValidationError
+from lunasentri_core.model import LABEL_NAME, Labels, Machine
+from lunasentri_core.server.agent_dist import DistError, manual_install
+from lunasentri_core.server.dashboard.pages import (
+    form_fields,
+    hub_of,
+    redirect,
+    render,
+    to_login,
+)
+from lunasentri_core.services.claims import Claims, ClaimTokenMismatch
+from lunasentri_core.services.machines import AGENT_PACKAGES, Machines
+
+if TYPE_CHECKING:
+    from lunasentri_core.server.dashboard.pages import Pages
+
+
+class BadForm(Exception):
+    """What is wrong with a form's fields, in words for the page."""
+
+
+def parse_labels(text: str) -> Labels:
+    """``env:prod, role:db`` (as the overview's filter takes them) as labels."""
+    pairs: dict[str, str] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition(":")
+        if not sep or not LABEL_NAME.match(name.strip()):
+            raise BadForm(f"{item!r} is not a label as name:value (e.g. env:prod)")
+        pairs[name.strip()] = value.strip()
+    return tuple(sorted(pairs.items()))
+
+
+def labels_text(labels: Labels) -> str:
+    return ", ".join(f"{name}:{value}" for name, value in labels)
+
+
+def _problem(error: Exception) -> str:
+    if isinstance(error, ValidationError):
+        return "; ".join(str(e) for e in error.errors)
+    return str(error)
+
+
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _not_found(request: Request, user: Principal, what: str = "machine") -> Response:
+    return render(request, "not_found.html", {"user": user, "what": what}, status=404)
+
+
+class Manage:
+    def __init__(self, pages: Pages) -> None:
+        self._pages = pages
+
+    def _machines(self, request: Request) -> Machines:
+        return Machines(hub_of(request), request.app.state.full_settings)
+
+    # ------------------------------------------------------------ registering
+
+    async def new_form(self, request: Request) -> Response:
+        """``GET /machines/new``: the registration form."""
+        user = await self._pages.user(request)
+        if user is None:
+            return to_login(request)
+        return _new_page(request, user, {})
+
+    async def create(self, request: Request) -> Response:
+        """``POST /machines/new``: register; the answer shows the key, this once."""
+        user = await self._pages.user(request)
+        if user is None:
+            return to_login(request)
+        form = await form_fields(request)
+        try:
+            labels = parse_labels(form.get("labels", ""))
+            wheels, install_error = await _agent_wheels(request)
+            registered = await self._machines(request).create(
+                user,
+                form.get("name", ""),
+                labels=labels,
+                client=_client(request),
+                install_from=wheels,
+            )
+        except (BadForm, ValidationError, ConflictError) as error:
+            status = 409 if isinstance(error, ConflictError) else 400
+            return _new_page(request, user, form, _problem(error), status)
+        context = {
+            "user": user,
+            "machine": registered.machine,
+            "api_key": registered.issued.secret,
+            "install_command": registered.install_command,
+            "install_error": install_error,
+        }
+        return render(request, "registered.html", context, status=201)
+
+    # ------------------------------------------------------------ claims
+
+    async def pending(self, request: Request) -> Response:
+        """``GET /agents/pending``: registrations waiting for an administrator."""
+        user = await self._pages.user(request)
+        if user is None:
+            return to_login(request)
+        if not user.is_admin:
+            return _admins_only(request, user)
+        return await self._pending_page(request, user)
+
+    async def _pending_page(
+        self,
+        request: Request,
+        user: Principal,
+        problem: str = "",
+        form: dict[str, str] | None = None,
+        status: int = 200,
+    ) -> Response:
+        claims = await _claims(request).pending()
+        context = {"user": user, "claims": claims, "problem": problem, "form": form or {}}
+        return render(request, "pending.html", context, status=status)
+
+    async def claim(self, request: Request) -> Response:
+        """``POST /agents/{agent_id}/claim``: claim with the agent's token, name and labels."""
+        user = await self._pages.user(request)
+        if user is None:
+            return to_login(request)
+        if not user.is_admin:
+            return _admins_only(request, user)
+        form = await form_fields(request)
+        agent_id = request.path_params["agent_id"]
+        try:
+            machine = await _claims(request).claim(
+                user,
+                agent_id,
+                form.get("claim_token", "").strip(),
+                form.get("name", ""),
+                labels=parse_labels(form.get("labels", "")),
+                client=_client(request),
+            )
+        except (BadForm, ValidationError, ConflictError, ClaimTokenMismatch) as error:
+            status = {ConflictError: 409, ClaimTokenMismatch: 403}.get(type(error), 400)
+            form["agent_id"] = agent_id
+            return await self._pending_page(request, user, _problem(error), form, status)
+        except NotFoundError:
+            return _not_found(request, user, "pending agent")
+        return redirect(request, f"/machines/{machine.id}")
+
+    # ------------------------------------------------------------ one machine
+
+    async def _mine(self, request: Request) -> tuple[Principal | None, Machine | None]:
+        user = await self._pages.user(request)
+        if user is None:
+            return None, None
+        try:
+            machine = await self._machines(request).get(user, request.path_params["machine_id"])
+        except NotFoundError:
+            return user, None
+        return user, machine
+
+    async def labels(self, request: Request) -> Response:
+        """``POST /machines/{id}/labels``: replace the machine's labels."""
+        user, machine = await self._mine(request)
+        if user is None:
+            return to_login(request)
+        if machine is None:
+            return _not_found(request, user)
+        form = await form_fields(request)
+        try:
+            await self._machines(request).update(
+                user,
+                machine.id,
+                labels=parse_labels(form.get("labels", "")),
+                client=_client(request),
+            )
+        except (BadForm, ValidationError) as error:
+            return await self._settings_page(request, user, machine, _problem(error), form)
+        return redirect(request, f"/machines/{machine.id}/settings?saved=labels")
+
+    async def settings(self, request: Request) -> Response:
+        """``GET /machines/{id}/settings``: labels, keys and deletion."""
+        user, machine = await self._mine(request)
+        if user is None:
+            return to_login(request)
+        if machine is None:
+            return _not_found(request, user)
+        return await self._settings_page(request, user, machine)
+
+    async def _settings_page(
+        self,
+        request: Request,
+        user: Principal,
+        machine: Machine,
+        problem: str = "",
+        form: dict[str, str] | None = None,
+        *,
+        new_key: str | None = None,
+    ) -> Response:
+        keys = await self._machines(request).keys(user, machine.id)
+        now = hub_of(request).clock()
+        labels = (form or {}).get("labels", labels_text(machine.labels))
+        context = {
+            "user": user,
+            "machine": machine,
+            "keys": [{"key": k, "active": k.is_active(now)} for k in keys],
+            "labels": labels,
+            "problem": problem,
+            "saved": request.query_params.get("saved"),
+            "new_key": new_key,
+        }
+        status = 400 if problem else 201 if new_key else 200
+        return render(request, "machine_settings.html", context, status=status)
+
+    async def rotate(self, request: Request) -> Response:
+        """``POST /machines/{id}/keys/rotate``: a new key, shown once; the old ones
+        keep working for ``server.key_rotation_grace``, as with the API's default."""
+        user, machine = await self._mine(request)
+        if user is None:
+            return to_login(request)
+        if machine is None:
+            return _not_found(request, user)
+        issued = await self._machines(request).rotate(user, machine.id, client=_client(request))
+        return await self._settings_page(request, user, machine, new_key=issued.secret)
+
+    async def revoke(self, request: Request) -> Response:
+        """``POST /machines/{id}/keys/{key_id}/revoke``: the key stops working now."""
+        user, machine = await self._mine(request)
+        if user is None:
+            return to_login(request)
+        if machine is None:
+            return _not_found(request, user)
+        key_id = request.path_params["key_id"]
+        try:
+            await self._machines(request).revoke(user, machine.id, key_id, client=_client(request))
+        except NotFoundError:
+            return _not_found(request, user, "API key")
+        return redirect(request, f"/machines/{machine.id}/settings?saved=revoked")
+
+    async def delete_form(self, request: Request) -> Response:
+        """``GET /machines/{id}/delete``: are you sure?"""
+        user, machine = await self._mine(request)
+        if user is None:
+            return to_login(request)
+        if machine is None:
+            return _not_found(request, user)
+        return render(request, "machine_delete.html", {"user": user, "machine": machine})
+
+    async def delete(self, request: Request) -> Response:
+        """``POST /machines/{id}/delete``: delete it with its keys and series."""
+        user, machine = await self._mine(request)
+        if user is None:
+            return to_login(request)
+        if machine is None:
+            return _not_found(request, user)
+        await self._machines(request).delete(user, machine.id, client=_client(request))
+        return redirect(request, "/")
+
+
+def _new_page(
+    request: Request,
+    user: Principal,
+    form: dict[str, str],
+    problem: str = "",
+    status: int = 200,
+) -> Response:
+    context = {"user": user, "form": form, "problem": problem}
+    return render(request, "machine_new.html", context, status=status)
+
+
+def _admins_only(request: Request, user: Principal) -> Response:
+    context = {"user": user, "message": "Only an administrator claims agents."}
+    return render(request, "refused.html", context, status=403)
+
+
+def _claims(request: Request) -> Claims:
+    state = request.app.state
+    return Claims(hub_of(request), state.full_settings, throttle=state.registrations)
+
+
+async def _agent_wheels(request: Request) -> tuple[Sequence[str], str | None]:
+    """As the API's registration: the served wheels' URLs, or the package names and why."""
+    base = request.app.state.settings.base_url
+    try:
+        wheels = await request.app.state.agent_dist.wheels()
+    except DistError as error:
+        return AGENT_PACKAGES, manual_install(error)
+    return [f"{base}/agent/dist/{wheel.name}" for wheel in wheels], None
