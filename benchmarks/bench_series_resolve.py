@@ -55,32 +55,28 @@ def batch(prefix: str, machines: int, step: int) -> list[MachineSamples]:
     return [MachineSamples(f"{prefix}-{i:05d}", [Sample(at, readings)]) for i in range(machines)]
 
 
-def timed(run: Callable[[], object]) -> float:
+def timed(store: SqlStorage, machines: list[MachineSamples]) -> float:
     start = time.perf_counter()
-    run()
+    store.metrics.write(machines)
     return time.perf_counter() - start
 
 
 def measure(open_store: Callable[[], SqlStorage], machines: int, repeat: int) -> dict[str, float]:
-    best = {"new": float("inf"), "uncached": float("inf"), "cached": float("inf")}
+    times: dict[str, list[float]] = {"new": [], "uncached": [], "cached": []}
     for r in range(repeat):
         prefix = f"r{r}-{machines}"
         one = open_store()
         try:
-            best["new"] = min(
-                best["new"], timed(lambda: one.metrics.write(batch(prefix, machines, 0)))
-            )
+            times["new"].append(timed(one, batch(prefix, machines, 0)))
         finally:
             one.close()
         two = open_store()
         try:
-            first = batch(prefix, machines, 1)
-            best["uncached"] = min(best["uncached"], timed(lambda: two.metrics.write(first)))
-            again = batch(prefix, machines, 2)
-            best["cached"] = min(best["cached"], timed(lambda: two.metrics.write(again)))
+            times["uncached"].append(timed(two, batch(prefix, machines, 1)))
+            times["cached"].append(timed(two, batch(prefix, machines, 2)))
         finally:
             two.close()
-    return best
+    return {state: min(seconds) for state, seconds in times.items()}
 
 
 @contextmanager
