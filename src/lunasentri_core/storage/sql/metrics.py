@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections import ChainMap, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from operator import itemgetter
 from typing import Any, Final
@@ -31,7 +31,6 @@ import attrs
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from lunasentri_core.errors import SeriesLimitError
 from lunasentri_core.model import (
     HistoryPoint,
     HistoryQuery,
@@ -74,10 +73,10 @@ from lunasentri_core.storage.sql.points import (
     merge_points,
     stats_of,
 )
+from lunasentri_core.storage.sql.registry import SeriesRegistry
 from lunasentri_core.storage.sql.schema import (
     EPOCH,
     labels_from_json,
-    labels_to_json,
     machine_series,
     metric_chunks,
     samples_head,
@@ -224,6 +223,7 @@ class SqlMetricStore:
         self._maintain_lock = threading.Lock()
         self.partitions: Partitioning | None = NativePartitions(db) if db.is_postgres else None
         """How ``metric_chunks`` is split by time on PostgreSQL (a backend may replace it)."""
+        self._registry = SeriesRegistry(db)
         self._latest_statements: dict[tuple[int, bool], Statement] = {}
         """By (machines, by metric): at most 2 x 500, compiled once each (a dict
         read and write are atomic: two threads at worst compile one twice)."""
@@ -266,7 +266,7 @@ class SqlMetricStore:
             if built is None:
                 fresh = self._resolve_series(conn, batch, max_series)
                 # The cached ids stay as they are until the commit: look in both.
-                both = {m: ChainMap(new, ids.get(m, {})) for m, new in fresh.items()}
+                both = {m: ChainMap(new, ids[m]) if m in ids else new for m, new in fresh.items()}
                 built = build_rows(batch, {**ids, **both})
                 assert built is not None, "every series was just resolved"
             rows, latest, points = built
@@ -305,21 +305,11 @@ class SqlMetricStore:
     ) -> dict[str, SeriesIds]:
         """Ids of the series in ``batch`` not cached yet, creating the missing ones.
 
-        Costs what the batch's uncached series cost, never what the machine's
-        other series do: a machine with many series must not slow everyone's ingest.
+        Costs what the batch's uncached series cost, never what the machines'
+        other series do, in a few statements for all machines at once
+        (:mod:`.registry`).
         """
-        wanted = self._uncached(batch)
-        fresh: dict[str, SeriesIds] = {}
-        # Machines in one order for every writer, so that PostgreSQL writers
-        # creating series of the same machines wait for each other, never deadlock.
-        for machine_id in sorted(wanted):
-            by_text = {labels_to_json(labels): labels for _, labels in wanted[machine_id]}
-            found = self._find_series(conn, machine_id, wanted[machine_id], by_text)
-            missing = wanted[machine_id] - found.keys()
-            if missing:
-                found.update(self._create_series(conn, machine_id, missing, by_text, max_series))
-            fresh[machine_id] = found
-        return fresh
+        return self._registry.resolve(conn, self._uncached(batch), max_series)
 
     def _uncached(self, batch: Sequence[MachineSamples]) -> dict[str, set[tuple[str, Labels]]]:
         wanted: dict[str, set[tuple[str, Labels]]] = defaultdict(set)
@@ -332,76 +322,6 @@ class SqlMetricStore:
                     wanted[ms.machine_id].update(key for key in keys if key not in known)
                     last_keys = keys
         return {machine_id: keys for machine_id, keys in wanted.items() if keys}
-
-    def _find_series(
-        self,
-        conn: Connection,
-        machine_id: str,
-        keys: set[tuple[str, Labels]],
-        by_text: Mapping[str, Labels],
-    ) -> SeriesIds:
-        """The stored ones of a machine's series ``keys``, looked up one by one in the index."""
-        out: SeriesIds = {}
-        wanted = sorted((metric, labels_to_json(labels)) for metric, labels in keys)
-        for part in _chunked(wanted, _IN_LIMIT // 2):
-            rows = conn.execute(
-                sa.select(series.c.id, series.c.metric, series.c.labels).where(
-                    series.c.machine_id == machine_id,
-                    sa.tuple_(series.c.metric, series.c.labels).in_(part),
-                )
-            )
-            for sid, metric, text in rows:
-                out[(metric, by_text[text])] = sid
-        return out
-
-    def _create_series(
-        self,
-        conn: Connection,
-        machine_id: str,
-        keys: set[tuple[str, Labels]],
-        by_text: Mapping[str, Labels],
-        max_series: int | None,
-    ) -> SeriesIds:
-        """Insert a machine's series ``keys``, counting them against ``max_series``."""
-        if max_series is not None and len(keys) > max_series:
-            raise SeriesLimitError(machine_id, max_series, len(keys))
-        rows = [
-            {"machine_id": machine_id, "metric": metric, "labels": labels_to_json(labels)}
-            for metric, labels in sorted(keys)
-        ]
-        insert = self._db.insert(series).on_conflict_do_nothing()
-        out: SeriesIds = {}
-        for part in _chunked(rows):
-            created = conn.execute(
-                insert.returning(series.c.id, series.c.metric, series.c.labels), list(part)
-            )
-            for sid, metric, text in created:
-                out[(metric, by_text[text])] = sid
-        if out:
-            self._count_series(conn, machine_id, len(out), max_series)
-        if len(out) < len(keys):
-            # Created meanwhile by another process (its insert won the conflict).
-            out.update(self._find_series(conn, machine_id, keys - out.keys(), by_text))
-        return out
-
-    def _count_series(
-        self, conn: Connection, machine_id: str, added: int, max_series: int | None
-    ) -> None:
-        """Add ``added`` to the machine's count of series, or refuse past ``max_series``.
-
-        One conditional upsert: PostgreSQL locks the machine's row, so writers
-        adding series to the same machine at once are counted one after the other.
-        """
-        stmt = self._db.insert(machine_series).values(machine_id=machine_id, series=added)
-        total = machine_series.c.series + stmt.excluded.series
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[machine_series.c.machine_id],
-            set_={"series": total},
-            where=None if max_series is None else total <= max_series,
-        )
-        if conn.execute(stmt.returning(machine_series.c.series)).first() is None:
-            assert max_series is not None
-            raise SeriesLimitError(machine_id, max_series, added)
 
     # ------------------------------------------------------------------ reading
 
