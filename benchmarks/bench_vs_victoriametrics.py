@@ -388,12 +388,16 @@ class VictoriaMetrics:
 
 
 def vm_version() -> str:
-    """What the server reports in ``vm_app_version`` (``-version`` prints nothing in 1.79)."""
-    with VictoriaMetrics() as vm, httpx.Client(base_url=vm.url, timeout=10) as client:
-        for line in client.get("/metrics").text.splitlines():
-            if line.startswith("vm_app_version{"):
-                return line.split('short_version="')[-1].split('"')[0]
-    return "(version unknown)"
+    """The Debian package's version: its build reports none (``-version`` prints nothing)."""
+    if shutil.which("dpkg-query") is None:
+        return "(version unknown)"
+    found = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Version}", VM_BINARY],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return found.stdout.strip() or "(version unknown)"
 
 
 def vm_run(data: DataSet, args: argparse.Namespace) -> dict[str, float]:
