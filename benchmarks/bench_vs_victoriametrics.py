@@ -391,10 +391,16 @@ class VictoriaMetrics:
             for path in ("/internal/force_flush", "/internal/force_merge"):
                 if client.get(path).status_code != 200:
                     raise RuntimeError(f"{path} failed: {self.log_tail()}")
-            # The merge runs in the background: wait until none is active.
-            while True:
+            # The merge runs in the background: wait until none is active and the
+            # directory stops changing (a merge may start after the call returns).
+            size, stable_since = -1, time.monotonic()
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
                 time.sleep(0.5)
-                if self._metric(client, "vm_active_force_merges") == 0:
+                now = self.disk_bytes()
+                if now != size or self._metric(client, "vm_active_force_merges"):
+                    size, stable_since = now, time.monotonic()
+                elif time.monotonic() - stable_since >= 5:
                     return
 
     @staticmethod
