@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -212,6 +212,29 @@ class ServerProcess:
                 f"the server exited with status {self.returncode} after SIGTERM:\n{self.log_tail()}"
             )
         return self.returncode
+
+    def restart(
+        self, env: Mapping[str, str] | None = None, *, between: Callable[[], None] | None = None
+    ) -> None:
+        """Stop gracefully and start again on the same data directory (and port).
+
+        ``between`` runs while the server is down (on its database, say);
+        ``env`` replaces the extra settings for the new process.
+        """
+        self.stop()
+        if self._log is not None:
+            self._log.close()  # type: ignore[attr-defined]
+            self._log = None
+        if between is not None:
+            between()
+        if env is not None:
+            self._env = dict(env)
+        self.start()
+
+    def database(self) -> Path:
+        """The SQLite file of the data directory."""
+        (path,) = self.data_dir.glob("*.db")
+        return path
 
     def stopped_cleanly(self) -> bool:
         """Stopped by the signal, with no error or traceback in the log."""

@@ -3,18 +3,22 @@
 The data is a realistic day (``_dataset.py``): 20 machines x 50 series, one
 point every 5 s, 17.28M points, shaped and rounded as the collectors report
 them. Each series' day is cut into hourly chunks as compaction cuts it, and
-encoded twice in the same run, with the block format compaction writes now
-(version 2) and with version 1 (plain columns, zlib level 1):
+encoded three times in the same run, with the block format compaction writes
+now (version 3), with version 2 (the format before it) and with version 1
+(plain columns, zlib level 1):
 
 * encoding: bytes per point of the raw and minute-rollup blobs, encode time
   per point, and the time to decode one series-day (24 raw blocks) of a
   percentage, a byte counter and the worst-case series (full-precision floats);
-* on disk: a SQLite store holding the day as compaction leaves it (every chunk
-  written by ``SqlMetricStore.store_chunk``, the head compacted), after
-  ``VACUUM``: file size and used pages per point. Version 1's file is built
-  the same way for comparison. The 4 KiB pages of SQLite's default waste a
-  quarter of the file on rows this size: the v2 file is also rewritten with
-  8 and 16 KiB pages to show what a larger page gives.
+* on disk: a SQLite store holding the day as compaction leaves it (the
+  chunks of each hour written together by ``SqlMetricStore.store_chunks``, in
+  page order (``row_order.py``), the head compacted), after ``VACUUM``: file
+  size and used pages per point, and the payload (both blobs) and the rest of
+  the used pages apart. For comparison, the same with the rows in series
+  order (each written by ``store_chunk``, where compaction before page order
+  left them: the order of the open hour's first pass), in version 3, 2 and 1.
+  The newest file is also rewritten with 8 and 16 KiB pages to show what a
+  larger page gives.
 
 The target is 2.0 bytes per point of file (issue 15).
 
@@ -51,6 +55,13 @@ from lunasentri_core.storage.sql.points import (
 from lunasentri_core.storage.sql.schema import labels_to_json
 from lunasentri_sqlite import SQLiteStorageFactory
 
+LAYOUTS: tuple[tuple[str, int, bool], ...] = (
+    ("v1 blocks in series order", 1, False),
+    ("v2 blocks in series order (before)", 2, False),
+    ("v3 blocks in series order", 3, False),
+    ("v3 blocks in page order (now)", 3, True),
+)
+"""The stores built: label, block format, rows in page order."""
 TARGET = 2.0
 """Bytes per point of the SQLite file after compaction and VACUUM."""
 
@@ -122,8 +133,12 @@ def writing_version(version: int) -> Iterator[None]:
         blocks.encode = original  # type: ignore[assignment]
 
 
-def build_store(path: Path, series: list[d.Series]) -> tuple[int, int]:
-    """A SQLite store holding every series' day as compaction leaves it; (file, used) bytes."""
+def build_store(path: Path, series: list[d.Series], *, packed: bool) -> tuple[int, int]:
+    """A SQLite store holding every series' day as compaction leaves it; (file, used) bytes.
+
+    ``packed``: each hour's rows in page order, as compaction writes them now;
+    else in series order, as it did before.
+    """
     c.remove_db(path)
     store = SQLiteStorageFactory.open(f"sqlite:///{path}", retention=RetentionPolicy())
     assert isinstance(store, SqlStorage)
@@ -140,11 +155,18 @@ def build_store(path: Path, series: list[d.Series]) -> tuple[int, int]:
                 "SELECT id, machine_id, metric, labels FROM series"
             )
         }
+    hours: dict[int, dict[int, tuple[IntArray, FloatArray]]] = {}
     for s in series:
         sid = ids[(s.machine, s.metric, labels_to_json(s.labels))]
+        for start, ts, values in chunks(s):
+            hours.setdefault(start, {})[sid] = (ts, values)
+    for start, hour in sorted(hours.items()):
         with store.db.write() as conn:
-            for start, ts, values in chunks(s):
-                store.metrics.store_chunk(conn, sid, start, ts, values)
+            if packed:
+                store.metrics.store_chunks(conn, start, hour)
+            else:
+                for sid, (ts, values) in sorted(hour.items()):
+                    store.metrics.store_chunk(conn, sid, start, ts, values)
     store.metrics.maintain(from_ms(series[0].ts[-1] + 1))
     store.close()
     conn = c.sqlite_connect(path)
@@ -205,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     with c.Timer() as generating:
         series = list(d.day(machines=args.machines, jitter_ms=args.jitter_ms))
     points = sum(len(s.ts) for s in series)
-    formats = {version: Encoded(version) for version in (blocks.FORMAT_V1, blocks.FORMAT_VERSION)}
+    versions = (blocks.FORMAT_V1, blocks.FORMAT_V2, blocks.FORMAT_VERSION)
+    formats = {version: Encoded(version) for version in versions}
     for s in series:
         for start, ts, values in chunks(s):
             for encoded in formats.values():
@@ -230,13 +253,16 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="lunasentri-bench-") as tmp:
         on_disk = {}
-        for version in formats:
+        for layout in LAYOUTS:
+            _, version, packed = layout
             with writing_version(version):
-                path = Path(tmp, f"v{version}.db")
-                on_disk[version] = timed(lambda path=path: build_store(path, series))
-        larger_pages = page_sizes(Path(tmp, f"v{blocks.FORMAT_VERSION}.db"))
+                path = Path(tmp, f"v{version}-{packed}.db")
+                on_disk[layout] = timed(
+                    lambda path=path, packed=packed: build_store(path, series, packed=packed)
+                )
+        larger_pages = page_sizes(Path(tmp, f"v{blocks.FORMAT_VERSION}-True.db"))
 
-    v1, v2 = blocks.FORMAT_V1, blocks.FORMAT_VERSION
+    v3 = blocks.FORMAT_VERSION
     print(
         f"benchmark (d): block density, {len(series):,} series x {d.POINTS_PER_DAY:,} points "
         f"at 5 s = {points:,} points, jitter up to {args.jitter_ms} ms "
@@ -253,27 +279,30 @@ def main(argv: list[str] | None = None) -> int:
             f"worst case (full-precision walk) {worst:.2f} B/point"
         )
     for name in samples:
+        times = ", ".join(f"v{v} {decoding[(name, v)]:.2f} ms" for v in versions)
         print(
-            f"  decode one series-day ({name}, 24 blocks): v1 {decoding[(name, v1)]:.2f} ms, "
-            f"v2 {decoding[(name, v2)]:.2f} ms (median of {args.repeat})"
+            f"  decode one series-day ({name}, 24 blocks): {times} (median of {args.repeat}; "
+            f"per block v{v3} {decoding[(name, v3)] / 24 * 1000:.0f} us)"
         )
-    for version, (file_bytes, used, seconds) in on_disk.items():
+    for (label, version, _), (file_bytes, used, seconds) in on_disk.items():
+        payload = formats[version].raw + formats[version].minutes
         print(
-            f"  SQLite file with v{version} blocks after VACUUM: {file_bytes / points:.3f} B/point "
-            f"({file_bytes / 2**20:.1f} MiB; used pages {used / points:.3f} B/point; "
-            f"built in {seconds:.0f} s)"
+            f"  SQLite file, {label}, after VACUUM: {file_bytes / points:.3f} B/point "
+            f"({file_bytes / 2**20:.1f} MiB; used pages {used / points:.3f} B/point: blobs "
+            f"{payload / points:.3f}, rows, indexes and free space in pages "
+            f"{(used - payload) / points:.3f}; built in {seconds:.0f} s)"
         )
     for size, (file_bytes, used) in larger_pages.items():
         print(
-            f"  the v2 file rewritten with {size // 1024} KiB pages: {file_bytes / points:.3f} "
-            f"B/point (used pages {used / points:.3f} B/point)"
+            f"  the v{v3} file in page order rewritten with {size // 1024} KiB pages: "
+            f"{file_bytes / points:.3f} B/point (used pages {used / points:.3f} B/point)"
         )
-    per_point = on_disk[v2][0] / points
-    ratio = per_point / TARGET
-    ok = per_point <= TARGET
+    now, before = (on_disk[layout][0] / points for layout in (LAYOUTS[-1], LAYOUTS[1]))
+    ratio = now / TARGET
+    ok = now <= TARGET
     print(
-        f"file bytes per point: {per_point:.3f} (v1 {on_disk[v1][0] / points:.3f}, "
-        f"{on_disk[v1][0] / on_disk[v2][0]:.1f}x smaller); ratio to the {TARGET} target "
+        f"file bytes per point: {now:.3f} (before, v2 in series order: {before:.3f}); "
+        f"ratio to the {TARGET} target "
         f"{ratio:.2f} {c.verdict(ok)}"
     )
     return 1 if args.strict and not ok else 0

@@ -1,4 +1,5 @@
-"""Block format version 2 (scaled, delta, shuffled columns) is lossless; version 1 still reads.
+"""Block format version 3 (scaled, nearly scaled, delta, shuffled columns) is lossless;
+versions 1 and 2 still read.
 
 Round trips compare bit patterns (``array.tobytes``), not values: ``-0.0 == 0.0``
 would hide a lost sign.
@@ -158,13 +159,75 @@ def test_random_series_round_trip_in_minute_blocks(data: tuple[IntArray, FloatAr
 # --------------------------------------------------------------------------- what is stored
 
 
-def test_compressed_blocks_are_version_2_and_uncompressed_ones_version_1() -> None:
+def test_compressed_blocks_are_version_3_and_uncompressed_ones_version_1() -> None:
     ts, values = regular_ts(3), float_array([1.0, 2.0, 3.0])
-    assert blocks.encode_raw(ts, values)[:2] == bytes([2, blocks.FLAG_ZLIB])
+    assert blocks.encode_raw(ts, values)[:2] == bytes([3, blocks.FLAG_ZLIB])
     assert blocks.encode_raw(ts, values, compress=False)[:2] == bytes([1, 0])
     assert blocks.encode((ts, values), version=1)[:2] == bytes([1, blocks.FLAG_ZLIB])
-    with pytest.raises(ValueError, match="unknown block format 3"):
-        blocks.encode((ts, values), version=3)
+    assert blocks.encode((ts, values), version=2)[:2] == bytes([2, blocks.FLAG_ZLIB])
+    with pytest.raises(ValueError, match="unknown block format 4"):
+        blocks.encode((ts, values), version=4)
+
+
+@pytest.mark.parametrize("name", sorted(FLOAT_CLASSES))
+def test_version_2_blocks_still_decode(name: str) -> None:
+    """Compaction wrote version 2 before version 3: those blocks stay readable."""
+    values = float_array(FLOAT_CLASSES[name])
+    ts = regular_ts(len(values))
+    got_ts, got_values = blocks.decode_raw(blocks.encode((ts, values), version=2))
+    assert (bits(got_ts), bits(got_values)) == (bits(ts), bits(values))
+
+
+@given(raw_series())
+def test_random_series_round_trip_in_version_2(data: tuple[IntArray, FloatArray]) -> None:
+    ts, values = data
+    got_ts, got_values = blocks.decode_raw(blocks.encode((ts, values), version=2))
+    assert (bits(got_ts), bits(got_values)) == (bits(ts), bits(values))
+
+
+def minute_sums_of_percentages() -> FloatArray:
+    """Sums of twelve one-decimal values: a few units in the last place off any decimal."""
+    percent = [round(50 + 30 * math.sin(i / 40) + (i * 7919 % 13) / 10, 1) for i in range(2880)]
+    return float_array(sum(percent[i : i + 12]) for i in range(0, 2880, 12))
+
+
+def test_nearly_decimal_sums_are_stored_smaller_than_their_raw_bits() -> None:
+    sums = minute_sums_of_percentages()
+    assert any(round(v, 1) != v for v in sums), "the data must not be exactly decimal"
+    ts = regular_ts(len(sums))
+    v2, v3 = (blocks.encode((ts, sums), version=v) for v in (2, 3))
+    assert len(v3) * 4 < len(v2) * 3, (len(v3), len(v2))
+    round_trip_raw(ts, sums)
+
+
+@pytest.mark.parametrize(
+    "spoiler",
+    [-0.0, math.pi, 2.0**60, sys.float_info.max, SUBNORMAL],
+    ids=["negative-zero", "pi", "past-2**53", "huge", "subnormal"],
+)
+def test_a_value_no_scale_comes_near_keeps_a_nearly_decimal_column_lossless(
+    spoiler: float,
+) -> None:
+    sums = minute_sums_of_percentages()
+    for at in (0, len(sums) // 2, len(sums) - 1):
+        values = float_array(sums)
+        values[at] = spoiler
+        round_trip_raw(regular_ts(len(values)), values)
+
+
+nearly_decimal = st.lists(
+    st.builds(
+        lambda ns, k: math.fsum(n / 10**k for n in ns),
+        st.lists(st.integers(min_value=-(10**6), max_value=10**6), min_size=1, max_size=12),
+        st.integers(min_value=0, max_value=6),
+    ),
+    max_size=200,
+)
+
+
+@given(nearly_decimal)
+def test_random_nearly_decimal_columns_round_trip(values: list[float]) -> None:
+    round_trip_raw(regular_ts(len(values)), float_array(values))
 
 
 def test_version_1_blocks_as_older_releases_wrote_them_still_decode() -> None:
@@ -196,6 +259,12 @@ def test_an_hour_of_collector_data_is_several_times_smaller_than_version_1() -> 
 
 def v2_blob(count: int, payload: bytes) -> bytes:
     return struct.pack("<BBI", 2, blocks.FLAG_ZLIB, count) + zlib.compress(payload)
+
+
+def v3_blob(count: int, payload: bytes) -> bytes:
+    deflate = zlib.compressobj(wbits=-15)
+    deflated = deflate.compress(payload) + deflate.flush()
+    return struct.pack("<BBI", 3, blocks.FLAG_ZLIB, count) + deflated
 
 
 def column(scale: int, mode: int, code: bytes, rest: bytes = b"") -> bytes:
@@ -237,12 +306,59 @@ def test_corrupt_version_2_blocks_are_reported(blob: bytes) -> None:
         blocks.decode_raw(blob)
 
 
+NEARLY = 0x80
+
+
+def shuffled_int64(*numbers: int) -> bytes:
+    data = struct.pack(f"<{len(numbers)}q", *numbers)
+    return b"".join(data[i::8] for i in range(8))
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        # nearly scaled values whose column of bit differences is missing
+        v3_blob(2, REGULAR_TS + column(NEARLY | 1, 2, b"b", b"\x01\x02")),
+        # the differences one short
+        v3_blob(
+            2, REGULAR_TS + column(NEARLY | 1, 2, b"b", b"\x01\x02") + column(0, 2, b"b", b"\x01")
+        ),
+        # differences carrying a value past int64
+        v3_blob(
+            2,
+            REGULAR_TS
+            + column(NEARLY | 1, 2, b"b", b"\x01\x02")
+            + column(0, 2, b"q", shuffled_int64(2**63 - 1, 2**63 - 1)),
+        ),
+        # a nearly scaled timestamp column
+        v3_blob(
+            2, column(NEARLY, 0, b"q", struct.pack("<qq", 0, 1)) + column(0, 2, b"b", b"\x01\x02")
+        ),
+        # a version 3 payload in a zlib stream, or no stream at all
+        v2_blob(2, REGULAR_TS + column(0, 2, b"b", b"\x01\x02")).replace(b"\x02", b"\x03", 1),
+        struct.pack("<BBI", 3, 1, 2) + b"not deflate",
+    ],
+    ids=["missing-differences", "short-differences", "past-int64", "nearly-ints", "zlib", "junk"],
+)
+def test_corrupt_version_3_blocks_are_reported(blob: bytes) -> None:
+    with pytest.raises(StorageError, match="corrupt"):
+        blocks.decode_raw(blob)
+
+
+def test_a_nearly_scaled_column_is_refused_in_version_2() -> None:
+    """The flag means nothing before version 3: a scale past 15."""
+    payload = REGULAR_TS + column(NEARLY | 1, 2, b"b", b"\x01\x02") + column(0, 2, b"b", bytes(2))
+    assert blocks.decode_raw(v3_blob(2, payload))[1].tolist() == [0.1, 0.2]
+    with pytest.raises(StorageError, match="bad scale"):
+        blocks.decode_raw(v2_blob(2, payload))
+
+
 # --------------------------------------------------------------------------- in a store
 
 HOUR = datetime(2025, 3, 1, 10, tzinfo=UTC)
 
 
-def test_chunks_stored_in_version_1_keep_working_and_are_rewritten_in_version_2(
+def test_chunks_stored_in_version_1_keep_working_and_are_rewritten_in_version_3(
     storage: SqlStorage,
 ) -> None:
     """An existing database needs no migration: reads and compaction dispatch on the version."""

@@ -7,8 +7,9 @@ The columns' types are fixed per kind of block, so they are not stored:
 * a minute-rollup chunk holds ``bucket`` and ``count`` (int64) and ``sum``,
   ``min``, ``max``, ``last`` (float64).
 
-Two formats exist, told apart by the header's version byte; readers accept both,
-so databases written before version 2 keep working without a migration:
+Three formats exist, told apart by the header's version byte; readers accept
+all of them, so databases written by older releases keep working without a
+migration:
 
 * **version 1**: each column's values as little-endian machine numbers, the
   whole payload zlib-compressed when :data:`FLAG_ZLIB` is set. Compaction still
@@ -25,6 +26,15 @@ so databases written before version 2 keep working without a migration:
   shuffled (all first bytes, then all second bytes...) so that the slowly
   changing high bytes form long runs; then zlib (level 6). Each column
   starts with its descriptor, see :func:`_encode_column`.
+* **version 3** (what compaction writes since): version 2's columns, plus
+  *nearly scaled* floats: a float column that no scale turns into integers
+  exactly but one turns into integers within a few units in the last place
+  (minute sums of one-decimal percentages: ``0.1 + 0.2`` is not ``0.3``) is
+  stored as those integers followed by a column of the differences between
+  each value's IEEE bits and those of ``n / 10**k`` (mostly 0 and 1, which
+  compress to almost nothing) instead of its raw bits. The payload is a raw
+  deflate stream (no zlib header and checksum: six bytes a blob; the
+  column descriptors and lengths already catch a damaged block).
 
 Lossless by construction: the encoder decodes every scaled column and keeps the
 scaling only when the result is bit for bit the input (``-0.0``, for one,
@@ -42,14 +52,16 @@ import zlib
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate
-from operator import sub
+from operator import add, sub
 from typing import Final, cast
 
 from lunasentri_core.errors import StorageError
 from lunasentri_core.storage.sql.points import FloatArray, IntArray
 
-FORMAT_VERSION: Final = 2
+FORMAT_VERSION: Final = 3
 """What :func:`encode` writes for a compressed block."""
+FORMAT_V2: Final = 2
+"""Scaled, delta and shuffled columns in a zlib stream: compaction's format before version 3."""
 FORMAT_V1: Final = 1
 """Plain columns: what :func:`encode` writes uncompressed, and every block before version 2."""
 FLAG_ZLIB: Final = 0x01
@@ -79,6 +91,11 @@ _PLAIN: Final = 2
 _RAW_FLOAT: Final = 255
 """Scale byte of a float column stored as its IEEE bits (integer mode plain, ``q``)."""
 _MAX_SCALE: Final = 15
+_NEARLY: Final = 0x80
+"""Set in the scale byte (version 3): a column of IEEE-bit differences follows the integers."""
+_MAX_RESIDUAL: Final = 1 << 8
+"""Largest bit difference a nearly scaled column may have; more and raw bits are smaller."""
+_RAW_DEFLATE: Final = -15
 _EXACT: Final = 1 << 53
 """Integers below this convert to float64 exactly, so ``n / 10**k`` is exactly rounded."""
 _NARROW: Final = (("b", 1 << 7), ("h", 1 << 15), ("i", 1 << 31), ("q", 1 << 63))
@@ -95,16 +112,20 @@ def encode(
 ) -> bytes:
     """Pack equally long columns into one blob.
 
-    Compressed blocks are written in :data:`FORMAT_VERSION` (``version=1``
-    gives the older format, for comparisons); uncompressed ones in version 1.
+    Compressed blocks are written in :data:`FORMAT_VERSION` (``version=1`` or
+    ``2`` give the older formats, for comparisons); uncompressed ones in version 1.
     """
     count = len(columns[0]) if columns else 0
     if any(len(column) != count for column in columns):
         raise ValueError("block columns must have the same length")
     if compress and version == FORMAT_VERSION:
-        payload = b"".join(_encode_column(column) for column in columns)
-        return _HEADER.pack(FORMAT_VERSION, FLAG_ZLIB, count) + zlib.compress(payload, _ZLIB_LEVEL)
-    if version not in (FORMAT_V1, FORMAT_VERSION):
+        payload = b"".join(_encode_column(column, nearly=True) for column in columns)
+        deflated = zlib.compress(payload, _ZLIB_LEVEL, wbits=_RAW_DEFLATE)
+        return _HEADER.pack(FORMAT_VERSION, FLAG_ZLIB, count) + deflated
+    if compress and version == FORMAT_V2:
+        payload = b"".join(_encode_column(column, nearly=False) for column in columns)
+        return _HEADER.pack(FORMAT_V2, FLAG_ZLIB, count) + zlib.compress(payload, _ZLIB_LEVEL)
+    if version not in (FORMAT_V1, FORMAT_V2, FORMAT_VERSION):
         raise ValueError(f"unknown block format {version}")
     plain = b"".join(_little_endian(column) for column in columns)
     if not compress:
@@ -113,16 +134,17 @@ def encode(
 
 
 def decode(blob: bytes, typecodes: Sequence[str]) -> list[IntArray | FloatArray]:
-    """Unpack a blob written by :func:`encode` (either version) with the same column types."""
+    """Unpack a blob written by :func:`encode` (any version) with the same column types."""
     try:
         version, flags, count = _HEADER.unpack_from(blob)
-        if version not in (FORMAT_V1, FORMAT_VERSION):
+        if version not in (FORMAT_V1, FORMAT_V2, FORMAT_VERSION):
             raise ValueError(f"unknown block format {version}")
         payload = memoryview(blob)[_HEADER.size :]
-        data = zlib.decompress(payload) if flags & FLAG_ZLIB else bytes(payload)
+        wbits = _RAW_DEFLATE if version == FORMAT_VERSION else zlib.MAX_WBITS
+        data = zlib.decompress(payload, wbits) if flags & FLAG_ZLIB else bytes(payload)
         if version == FORMAT_V1:
             return _decode_v1(data, typecodes, count)
-        return _decode_v2(data, typecodes, count)
+        return _decode_v2(data, typecodes, count, nearly=version == FORMAT_VERSION)
     except (struct.error, zlib.error, ValueError, OverflowError, KeyError) as exc:
         raise StorageError(f"a stored block of points is corrupt ({exc})") from exc
 
@@ -177,17 +199,27 @@ def _decode_v1(data: bytes, typecodes: Sequence[str], count: int) -> list[IntArr
     return columns
 
 
-# --------------------------------------------------------------------------- version 2
+# --------------------------------------------------------------------------- versions 2 and 3
 
 
-def _encode_column(column: IntArray | FloatArray) -> bytes:
-    """One column: descriptor (scale, mode, typecode), its int64 fields, shuffled integers."""
+def _encode_column(column: IntArray | FloatArray, *, nearly: bool) -> bytes:
+    """One column: descriptor (scale, mode, typecode), its int64 fields, shuffled integers.
+
+    ``nearly`` (version 3) allows a nearly scaled float column: the scale byte
+    has :data:`_NEARLY` set and the column of bit differences follows.
+    """
     if column.typecode == "d":
-        scaled = _scaled(cast("FloatArray", column))
+        floats = cast("FloatArray", column)
+        scaled = _scaled(floats)
         if scaled is None:
-            bits = array("q")
-            bits.frombytes(column.tobytes())  # the same 8 bytes, read as an integer
-            return _DESCRIPTOR.pack(_RAW_FLOAT, _PLAIN, b"q") + _shuffle(bits)
+            raw = _DESCRIPTOR.pack(_RAW_FLOAT, _PLAIN, b"q") + _shuffle(_bits(floats))
+            near = _nearly_scaled(floats) if nearly else None
+            if near is None:
+                return raw
+            scale, ints, residuals = near
+            encoded = _encode_ints(_NEARLY | scale, ints) + _encode_ints(0, residuals)
+            # Values with many digits scale to large integers: their raw bits may compress better.
+            return min(encoded, raw, key=_compressed_size)
         scale, ints = scaled
     else:
         scale, ints = 0, list(cast("IntArray", column))
@@ -244,6 +276,47 @@ def _scaled(values: FloatArray) -> tuple[int, list[int]] | None:
     return None
 
 
+def _nearly_scaled(values: FloatArray) -> tuple[int, list[int], list[int]] | None:
+    """``(k, ints, residuals)``: ``bits(values[i]) == bits(ints[i] / 10**k) + residuals[i]``.
+
+    The smallest ``k`` whose residuals stay within :data:`_MAX_RESIDUAL`; None
+    when there is none (full-precision values, ``-0.0``, values past 2**53 units).
+    """
+    sample = values[:_SAMPLE]
+    for scale in range(_MAX_SCALE + 1):
+        found = _residuals(scale, sample)
+        if found is not None and len(sample) < len(values):
+            found = _residuals(scale, values)
+        if found is not None:
+            return scale, *found
+    return None
+
+
+def _residuals(scale: int, values: FloatArray) -> tuple[list[int], list[int]] | None:
+    factor = float(10**scale).__mul__
+    try:
+        ints = list(map(round, map(factor, values)))
+    except (OverflowError, ValueError):  # inf or NaN
+        return None
+    if max(ints) >= _EXACT or min(ints) <= -_EXACT:
+        return None
+    residuals = list(map(sub, _bits(values), _bits(_unscale(scale, ints, len(ints)))))
+    if max(residuals) > _MAX_RESIDUAL or min(residuals) < -_MAX_RESIDUAL:
+        return None
+    return ints, residuals
+
+
+def _compressed_size(data: bytes) -> int:
+    return len(zlib.compress(data, 1))
+
+
+def _bits(values: FloatArray) -> IntArray:
+    """The same 8 bytes of each value, read as an integer."""
+    bits: IntArray = array("q")
+    bits.frombytes(values.tobytes())
+    return bits
+
+
 def _unscale(scale: int, ints: Iterable[int], count: int) -> FloatArray:
     """The ``count`` floats ``n / 10**scale``: exactly rounded, since ``|n| < 2**53``."""
     if scale == 0:
@@ -277,11 +350,13 @@ def _unshuffle(data: bytes, width: int) -> bytes:
     return bytes(out)
 
 
-def _decode_v2(data: bytes, typecodes: Sequence[str], count: int) -> list[IntArray | FloatArray]:
+def _decode_v2(
+    data: bytes, typecodes: Sequence[str], count: int, *, nearly: bool
+) -> list[IntArray | FloatArray]:
     columns: list[IntArray | FloatArray] = []
     offset = 0
     for typecode in typecodes:
-        column, offset = _decode_column(data, offset, typecode, count)
+        column, offset = _decode_column(data, offset, typecode, count, nearly=nearly)
         columns.append(column)
     if offset != len(data):
         raise ValueError("block is longer than its header says")
@@ -289,16 +364,37 @@ def _decode_v2(data: bytes, typecodes: Sequence[str], count: int) -> list[IntArr
 
 
 def _decode_column(
-    data: bytes, offset: int, typecode: str, count: int
+    data: bytes, offset: int, typecode: str, count: int, *, nearly: bool
 ) -> tuple[IntArray | FloatArray, int]:
     scale, mode, code = _DESCRIPTOR.unpack_from(data, offset)
+    if scale == _RAW_FLOAT:
+        if typecode != "d" or mode != _PLAIN or code != b"q":
+            raise ValueError("raw bits in a column that cannot hold them")
+        end = offset + _DESCRIPTOR.size + 8 * count
+        raw = data[offset + _DESCRIPTOR.size : end]
+        return _from_little_endian("d", _unshuffle(raw, 8)), _checked(end, data)
+    if nearly and scale & _NEARLY and typecode == "d":
+        return _decode_nearly(data, offset, count)
+    return _decode_ints(data, offset, typecode, count)
+
+
+def _decode_nearly(data: bytes, offset: int, count: int) -> tuple[FloatArray, int]:
+    """A nearly scaled column: the scaled floats' bits plus the residuals after them."""
+    approx, offset = _decode_ints(data, offset, "d", count, nearly_bit=_NEARLY)
+    residuals, offset = _decode_ints(data, offset, "q", count)
+    exact = _packed_array("q", count, map(add, _bits(cast("FloatArray", approx)), residuals))
+    values: FloatArray = array("d")
+    values.frombytes(exact.tobytes())
+    return values, offset
+
+
+def _decode_ints(
+    data: bytes, offset: int, typecode: str, count: int, nearly_bit: int = 0
+) -> tuple[IntArray | FloatArray, int]:
+    scale, mode, code = _DESCRIPTOR.unpack_from(data, offset)
+    scale ^= nearly_bit
     offset += _DESCRIPTOR.size
     narrow = _TYPECODES[code]
-    if scale == _RAW_FLOAT:
-        if typecode != "d" or mode != _PLAIN or narrow != "q":
-            raise ValueError("raw bits in a column that cannot hold them")
-        end = offset + 8 * count
-        return _from_little_endian("d", _unshuffle(data[offset:end], 8)), _checked(end, data)
     if scale > _MAX_SCALE or (scale and typecode != "d"):
         raise ValueError(f"bad scale {scale}")
     ints: Iterable[int]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections import ChainMap, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from operator import itemgetter
 from typing import Any, Final
@@ -74,6 +74,7 @@ from lunasentri_core.storage.sql.points import (
     stats_of,
 )
 from lunasentri_core.storage.sql.registry import SeriesRegistry
+from lunasentri_core.storage.sql.row_order import ROW_OVERHEAD, page_order
 from lunasentri_core.storage.sql.schema import (
     EPOCH,
     labels_from_json,
@@ -662,10 +663,58 @@ class SqlMetricStore:
             compacted += len(added)
             upserts.append(chunk_row)
             rollup_rows += written
-        self._sql.upsert_chunk.many(conn, upserts)
+        self._write_chunks(conn, chunk_start, upserts, existing.keys() if closed else None)
         return MaintenanceReport(
             compacted_points=compacted, rollup_rows=rollup_rows, expired_rows=dropped
         )
+
+    def _write_chunks(
+        self,
+        conn: Connection,
+        chunk_start: int,
+        rows: list[tuple[Any, ...]],
+        rewritten: Iterable[int] | None,
+    ) -> None:
+        """Upsert chunk rows; those of an ended hour anew, in page order.
+
+        ``rewritten`` (an ended hour): the series whose row exists. Their rows
+        are deleted and every row inserted in :func:`~.row_order.page_order`,
+        so that they fill the table's pages (an update would keep each row
+        where the open hour's first pass put it); ``None`` updates in place.
+        """
+        if rewritten is not None and rows:
+            rows = [rows[i] for i in page_order([_row_bytes(row) for row in rows])]
+            c = metric_chunks.c
+            for part in _chunked(sorted(set(rewritten) & {row[0] for row in rows})):
+                conn.execute(
+                    sa.delete(metric_chunks).where(
+                        c.chunk_start == chunk_start, c.series_id.in_(part)
+                    )
+                )
+        self._sql.upsert_chunk.many(conn, rows)
+
+    def store_chunks(
+        self,
+        conn: Connection,
+        chunk_start: int,
+        chunks: Mapping[int, tuple[IntArray, FloatArray]],
+    ) -> int:
+        """Write the chunks of one ended hour (series id -> points) as compaction does.
+
+        For bulk loads and benchmarks: the chunks must not be stored yet, and
+        their points (sorted, unique) lie inside the hour. Returns the rollup
+        rows written.
+        """
+        horizons = self._horizons(conn)
+        rows = []
+        written = 0
+        for sid, (ts, values) in chunks.items():
+            row, count = _chunk_row(sid, chunk_start, ts, values, ts, None, horizons)
+            if row is not None:
+                rows.append(row)
+                written += count
+        self._write_chunks(conn, chunk_start, rows, ())
+        return written
 
     def store_chunk(
         self, conn: Connection, sid: int, chunk_start: int, ts: IntArray, values: FloatArray
@@ -755,6 +804,11 @@ class SqlMetricStore:
 def _horizon(now_ms: int, keep: timedelta) -> int:
     """The first chunk start still kept when data is kept for ``keep``."""
     return floor_to(now_ms - keep // _MS, CHUNK_MS)
+
+
+def _row_bytes(row: tuple[Any, ...]) -> int:
+    """About what a chunk row takes in a table page: its blobs and the rest."""
+    return len(row[2] or b"") + len(row[3] or b"") + ROW_OVERHEAD
 
 
 def _chunk_row(
