@@ -322,3 +322,23 @@ def test_alerts_and_silences_send_a_visitor_without_a_session_to_log_in(
         assert answer.headers["location"].startswith("/login?next=")
     # An administrator sees every silence: none was made.
     assert {"logged": "out"} not in [s["labels"] for s in silences_of(shared, shared.admin)]
+
+
+def test_behind_a_proxy_the_pages_poll_post_and_redirect_under_its_prefix(
+    shared: Shared, users: dict[str, str]
+) -> None:
+    made = firing(shared, users["vic"], "proxied-alerts", "cpu proxied")
+    prefix = {"x-forwarded-prefix": "/monitoring"}
+    with logged_in(shared, "vic") as client:
+        alerts = client.get("/alerts", headers=prefix).text
+        silences = client.get("/silences", headers=prefix).text
+        acknowledged = client.post(f"/alerts/events/{made['event_id']}/acknowledge", headers=prefix)
+        created = client.post(
+            "/silences", data={"labels": "proxied:yes", "duration": "1h"}, headers=prefix
+        )
+    assert 'hx-get="/monitoring/alerts/current"' in alerts
+    assert f'action="/monitoring/alerts/events/{made["event_id"]}/acknowledge"' in alerts
+    assert 'href="/monitoring/silences"' in alerts
+    assert 'action="/monitoring/silences"' in silences
+    assert acknowledged.headers["location"] == "/monitoring/alerts"
+    assert created.headers["location"] == "/monitoring/silences?saved=created"

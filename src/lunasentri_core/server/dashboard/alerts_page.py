@@ -34,8 +34,9 @@ RANGES_SHOWN = {"1h": "last hour", "24h": "last 24 hours", "7d": "last 7 days", 
 DEFAULT_RANGE = "24h"
 POLL_SECONDS = 5
 """How often the open page asks for the current alerts again."""
-OPEN_EVENTS = 200
-"""Unacknowledged firing events read to offer *Acknowledge* on the current alerts."""
+FIRING_EVENTS = 200
+"""The newest firing events read to offer *Acknowledge* on the current alerts (an
+alert whose event is older than these shows neither the button nor "acknowledged")."""
 
 
 async def names(request: Request, user: Principal) -> tuple[dict[str, str], dict[str, str]]:
@@ -99,19 +100,17 @@ async def _current(
 ) -> dict[str, Any]:
     hub = hub_of(request)
     states = await Rules(hub).states(user)
-    open_events = await Rules(hub).events(
-        user, state=AlertState.FIRING, acknowledged=False, limit=OPEN_EVENTS
-    )
+    firing_events = await Rules(hub).events(user, state=AlertState.FIRING, limit=FIRING_EVENTS)
     order = {state: rank for rank, state in enumerate(ALERT_STATES)}
     rows = [
-        _current_row(status, machines, rules, _event_of(status, open_events))
+        _current_row(status, machines, rules, _event_of(status, firing_events))
         for status in sorted(states, key=lambda a: (order.get(a.state, 9), a.since))
     ]
     return {"current": rows, "poll": POLL_SECONDS}
 
 
 def _event_of(status: AlertStatus, events: list[AlertEvent]) -> AlertEvent | None:
-    """The unacknowledged event that made this series fire (events come newest first)."""
+    """The event that made this series fire (events come newest first)."""
     if status.state is not AlertState.FIRING:
         return None
     for event in events:
