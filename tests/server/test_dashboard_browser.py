@@ -237,6 +237,8 @@ def test_a_phone_sees_every_page_without_scrolling_sideways(
         "overview-phone": ("/", ".card"),
         "machine-phone": (f"/machines/{machine_id}", "#chart-cpu .uplot"),
         "settings-phone": (f"/machines/{machine_id}/settings", "#keys"),
+        "alerts-phone": ("/alerts", "#current"),
+        "silences-phone": ("/silences", "form.panel"),
     }
     for name, (path, ready) in pages.items():
         page.goto(shared.server.url + path)
@@ -244,6 +246,53 @@ def test_a_phone_sees_every_page_without_scrolling_sideways(
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"], f"{path} is {width} px wide"
         watched.shot(name)
+
+
+def test_an_alert_shows_without_a_reload_is_acknowledged_and_its_machine_silenced(
+    shared: Shared, watched: Watched
+) -> None:
+    machine_id, key = machine_with_history(shared, "alerting-box")
+    page = watched.page
+    log_in(watched, shared.server.url)
+    page.goto(f"{shared.server.url}/alerts")
+    page.wait_for_selector("#current")
+    assert "alerting-box" not in page.inner_text("#current")
+    page.evaluate("window.notReloaded = true")
+    rule = {
+        "name": "cpu too hot",
+        "metric": "cpu.percent",
+        "comparison": ">",
+        "threshold": 90,
+        "scope": {"machine_id": machine_id},
+    }
+    with shared.server.client(shared.admin) as api:
+        assert api.post("/api/v1/alert-rules", json=rule).status_code == 201
+    assert post(shared.server, key, {"samples": [now_sample(cpu__percent=97.0)]}).status_code == 200
+    # The section is polled every 5 s: the alert shows within a poll or two.
+    row = page.locator("#current tr.current-alert", has_text="alerting-box")
+    row.wait_for()
+    assert "cpu too hot" in row.inner_text()
+    assert "firing" in row.inner_text()
+    watched.shot("alerts")
+    row.get_by_role("button", name="Acknowledge").click()
+    page.wait_for_function(
+        "() => document.querySelector('#current').innerText.includes('acknowledged')"
+    )
+    assert page.locator("#current button", has_text="Acknowledge").count() == 0
+    assert page.evaluate("window.notReloaded") is True
+
+    page.goto(f"{shared.server.url}/machines/{machine_id}")
+    page.click("a.button:text('Silence')")
+    page.wait_for_url(f"**/silences?machine={machine_id}#new")
+    assert page.input_value("#machine_id") == machine_id
+    page.select_option("#duration", "4h")
+    page.fill("#comment", "replacing the fan")
+    page.click("form.panel button[type=submit]")
+    page.wait_for_url("**/silences?saved=created")
+    listed = page.locator("#silences tr", has_text="replacing the fan")
+    assert "alerting-box" in listed.inner_text()
+    assert "active" in listed.inner_text()
+    watched.shot("silences")
 
 
 def test_filters_swap_the_list_in_place(shared: Shared, watched: Watched) -> None:

@@ -99,13 +99,17 @@ def app_path(request: Request) -> str:
 def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
     """The pages, which find the caller with ``authenticate`` (the API's auth hook)."""
     # Imported here: those modules build on this one's helpers.
+    from lunasentri_core.server.dashboard.alerts_page import AlertsPage
     from lunasentri_core.server.dashboard.machine_page import machine_page
     from lunasentri_core.server.dashboard.manage import Manage
     from lunasentri_core.server.dashboard.overview import Overview
+    from lunasentri_core.server.dashboard.silences_page import SilencesPage
 
     pages = Pages(authenticate)
     overview = Overview(pages)
     manage = Manage(pages)
+    alerts = AlertsPage(pages)
+    silences = SilencesPage(pages)
     return [
         page_route("/", overview.page, "GET", "machines"),
         # Before /machines/{machine_id}, which would take "new" for an id.
@@ -129,6 +133,14 @@ def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
             "/machines/{machine_id}/sparklines", overview.sparklines, "GET", "machine_sparklines"
         ),
         page_route("/live", overview.live, "GET", "live"),
+        page_route("/alerts", alerts.page, "GET", "alerts"),
+        page_route("/alerts/current", alerts.current, "GET", "alerts_current"),
+        page_route(
+            "/alerts/events/{event_id}/acknowledge", alerts.acknowledge, "POST", "alert_acknowledge"
+        ),
+        page_route("/silences", silences.page, "GET", "silences"),
+        page_route("/silences", silences.create, "POST", "silence_create"),
+        page_route("/silences/{silence_id}/end", silences.end, "POST", "silence_end"),
         page_route("/login", pages.login_form, "GET", "login_form"),
         page_route("/login", pages.login, "POST", "login"),
         page_route("/logout", pages.logout, "POST", "logout"),
