@@ -30,6 +30,9 @@ FRAGMENTS = {
 }
 
 
+KNOWN = {"fragment", "no-run"}
+
+
 @attrs.frozen
 class Block:
     page: str
@@ -58,7 +61,8 @@ def _blocks(page: Path) -> Iterator[Block]:
             continue
         end = lines.index("```", index + 1)
         marker = MARKER.match(lines[index - 1]) if index else None
-        options = frozenset(marker.group(1).split()) if marker else frozenset()
+        # The words before "(": the parenthesis says why, for the reader of the source.
+        options = frozenset(marker.group(1).split("(")[0].split()) if marker else frozenset()
         code = "\n".join(lines[index + 1 : end]) + "\n"
         yield Block(name, index + 1, fence.group(1), code, options)
 
@@ -93,6 +97,12 @@ MYPY = [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--config-
 def test_fragments_are_marked_and_listed() -> None:
     marked = {b.id for b in BLOCKS if "fragment" in b.options}
     assert marked == FRAGMENTS, "a fragment block needs both its marker and a FRAGMENTS entry"
+
+
+def test_markers_have_known_options() -> None:
+    for block in BLOCKS:
+        unknown = {o for o in block.options if o not in KNOWN and not o.startswith("module=")}
+        assert not unknown, f"{block.id}: unknown docs-test options {sorted(unknown)}"
 
 
 def test_module_names_are_unique() -> None:
