@@ -46,6 +46,8 @@ TEST_REQUIREMENTS = [
     "openapi-spec-validator>=0.7",
     # The WS-Management test server's tests drive it with the real client.
     "pywinrm>=0.5",
+    # tests/test_docs_blocks.py type-checks the documentation's Python blocks.
+    "mypy>=2.3,<3",
     # The dashboard's browser tests drive the system's Chromium (never Playwright's own
     # browser download): .ci/run installs it with apt.
     "playwright>=1.49",
