@@ -1073,6 +1073,7 @@ class MemoryState(MemoryAgentless):
         *,
         action: str | None = None,
         actor_id: str | None = None,
+        via: str | None = None,
         since: datetime | None = None,
         limit: int = 100,
     ) -> list[AuditEntry]:
@@ -1081,6 +1082,7 @@ class MemoryState(MemoryAgentless):
             for e in reversed(self._audit)
             if action in (None, e.action)
             and actor_id in (None, e.actor_id)
+            and via in (None, e.via)
             and (since is None or e.at >= since)
         ]
         # sorted() is stable: entries of one instant stay newest-added first.

@@ -99,6 +99,7 @@ def test_a_lost_capability_fails_when_capabilities_are_pinned(kit_run: KitRun) -
             {
                 "test_machines_are_scoped_to_their_owner",
                 "test_a_machine_page_holds_only_the_owners_machines",
+                "test_machine_pages_filter_by_ids_within_the_owners_machines",
             },
         ),
         (
@@ -108,6 +109,7 @@ def test_a_lost_capability_fails_when_capabilities_are_pinned(kit_run: KitRun) -
                 "test_machine_pages_see_each_machine_once_while_machines_come_and_go",
                 "test_a_machine_page_holds_only_the_owners_machines",
                 "test_machine_page_filters_combine_with_the_position",
+                "test_machine_pages_filter_by_ids_within_the_owners_machines",
             },
         ),
         ("touch-backwards", {"test_touch_machines_never_moves_last_seen_backwards"}),
