@@ -103,6 +103,7 @@ def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
     from lunasentri_core.server.dashboard.machine_page import machine_page
     from lunasentri_core.server.dashboard.manage import Manage
     from lunasentri_core.server.dashboard.overview import Overview
+    from lunasentri_core.server.dashboard.rules_page import RulesPage
     from lunasentri_core.server.dashboard.silences_page import SilencesPage
 
     pages = Pages(authenticate)
@@ -110,6 +111,7 @@ def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
     manage = Manage(pages)
     alerts = AlertsPage(pages)
     silences = SilencesPage(pages)
+    rules = RulesPage(pages)
     return [
         page_route("/", overview.page, "GET", "machines"),
         # Before /machines/{machine_id}, which would take "new" for an id.
@@ -138,6 +140,13 @@ def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
         page_route(
             "/alerts/events/{event_id}/acknowledge", alerts.acknowledge, "POST", "alert_acknowledge"
         ),
+        page_route("/rules", rules.page, "GET", "rules"),
+        page_route("/rules", rules.create, "POST", "rule_create"),
+        page_route("/rules/{rule_id}", rules.edit, "GET", "rule_edit"),
+        page_route("/rules/{rule_id}", rules.update, "POST", "rule_update"),
+        page_route("/rules/{rule_id}/enabled", rules.enable, "POST", "rule_enable"),
+        page_route("/rules/{rule_id}/delete", rules.delete_form, "GET", "rule_delete_form"),
+        page_route("/rules/{rule_id}/delete", rules.delete, "POST", "rule_delete"),
         page_route("/silences", silences.page, "GET", "silences"),
         page_route("/silences", silences.create, "POST", "silence_create"),
         page_route("/silences/{silence_id}/end", silences.end, "POST", "silence_end"),
