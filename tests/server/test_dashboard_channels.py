@@ -143,6 +143,22 @@ def test_send_test_shows_the_outcome(shared: Shared, users: dict[str, str]) -> N
     assert "loopback" in outcome
 
 
+def test_test_sends_share_the_apis_limit(shared: Shared) -> None:
+    token = add_user(shared.server, shared.admin, "wes")
+    with logged_in(shared, "wes") as client:
+        assert client.post("/channels/new", data=webhook("often")).status_code == 201
+        channel = channels_of(shared, token)["often"]
+        # The burst is 20, refilled by one every 3 s: far fewer than 40 come back meanwhile.
+        answers = [client.post(f"/channels/{channel['id']}/test") for _ in range(40)]
+    statuses = [answer.status_code for answer in answers]
+    assert statuses[:20] == [200] * 20
+    refused = next(answer for answer in answers if answer.status_code == 429)
+    assert re.search(
+        r"Test of often: refused\.</strong> <span>too many test sends; try again in \d+ s",
+        refused.text,
+    )
+
+
 def test_the_delivery_log_shows_skipped_deliveries_and_retries_them(
     shared: Shared, users: dict[str, str]
 ) -> None:

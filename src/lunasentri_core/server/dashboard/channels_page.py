@@ -12,6 +12,7 @@ API's per-user rate limit.
 
 from __future__ import annotations
 
+import collections.abc
 import types
 import typing
 from typing import TYPE_CHECKING, Any
@@ -150,28 +151,33 @@ def fields_of(channels: Channels, type_name: str) -> list[Field] | None:
 
 
 def _field(field: attrs.Attribute[Any], hint: Any) -> Field:
+    default = field.default
+    # attrs' stubs type Factory as a function, though it is the class of factory defaults.
+    generated = isinstance(default, attrs.Factory)  # type: ignore[arg-type]
+    required = default is attrs.NOTHING
+    shown = "" if required or generated or isinstance(default, dict) else default
+    return Field(
+        name=field.name,
+        kind=_kind(hint),
+        secret=bool(field.metadata.get("secret")),
+        required=required,
+        default="" if shown is None else str(shown),
+        doc="generated when left empty" if generated else "",
+    )
+
+
+def _kind(hint: Any) -> str:
+    """The input for a field of this type (of ``X | None``, as for ``X``)."""
     union = typing.get_origin(hint) in (typing.Union, types.UnionType)
     members = set(typing.get_args(hint)) - {type(None)} if union else {hint}
     origins = {typing.get_origin(t) or t for t in members}
     if origins <= {bool}:
-        kind = "checkbox"
-    elif origins <= {int}:
-        kind = "number"
-    elif origins & {dict, typing.Mapping}:
-        kind = "lines"
-    else:
-        kind = "text"
-    default = field.default
-    required = default is attrs.NOTHING
-    shown = "" if required or isinstance(default, attrs.Factory) else default  # type: ignore[arg-type]
-    return Field(
-        name=field.name,
-        kind=kind,
-        secret=bool(field.metadata.get("secret")),
-        required=required,
-        default="" if shown is None or isinstance(shown, dict) else str(shown),
-        doc="generated when left empty" if isinstance(default, attrs.Factory) else "",  # type: ignore[arg-type]
-    )
+        return "checkbox"
+    if origins <= {int}:
+        return "number"
+    if origins & {dict, collections.abc.Mapping}:
+        return "lines"
+    return "text"
 
 
 def _config(fields: list[Field] | None, form: dict[str, str]) -> dict[str, Any]:
