@@ -60,7 +60,8 @@ def test_the_form_comes_from_the_channel_class_and_secrets_are_shown_once(
     assert 'href="/channels/new?type=telegram"' in listed.text
     assert '<input id="config.url" name="config.url" value="" placeholder="" required>' in form.text
     assert '<input id="config.secret" name="config.secret" type="password"' in form.text
-    assert "generated when left empty" in form.text
+    assert "(optional; generated when left empty)" in form.text
+    assert form.text.count("generated when left empty") == 1  # the secret, not the headers
     assert '<textarea id="config.headers" name="config.headers"' in form.text
     assert 'name="config.bot_token" type="password"' in telegram.text
     assert 'type="checkbox" name="config.disable_notification"' in telegram.text

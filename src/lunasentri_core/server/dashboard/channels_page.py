@@ -97,7 +97,7 @@ class ChannelsPage:
         shown = {
             name: value
             for name, value in channel.config.items()
-            if (secrets is None or name in secrets) and value not in (None, "", {}, [])
+            if (secrets is None or name in secrets) and not _empty(value)
         }
         context = {"user": user, "channel": channel, "secrets": shown}
         return render(request, "channel_created.html", context, status=201)
@@ -153,9 +153,11 @@ def fields_of(channels: Channels, type_name: str) -> list[Field] | None:
 def _field(field: attrs.Attribute[Any], hint: Any) -> Field:
     default = field.default
     # attrs' stubs type Factory as a function, though it is the class of factory defaults.
-    generated = isinstance(default, attrs.Factory)  # type: ignore[arg-type]
+    made: Any = default if isinstance(default, attrs.Factory) else None  # type: ignore[arg-type]
+    # A factory that makes something (a signing secret) is worth saying; an empty dict is not.
+    generated = made is not None and not made.takes_self and not _empty(made.factory())
     required = default is attrs.NOTHING
-    shown = "" if required or generated or isinstance(default, dict) else default
+    shown = "" if required or made is not None or isinstance(default, dict) else default
     return Field(
         name=field.name,
         kind=_kind(hint),
@@ -164,6 +166,10 @@ def _field(field: attrs.Attribute[Any], hint: Any) -> Field:
         default="" if shown is None else str(shown),
         doc="generated when left empty" if generated else "",
     )
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == "" or value == {} or value == []
 
 
 def _kind(hint: Any) -> str:
