@@ -147,7 +147,8 @@ class Channels:
         """The notifier plugins installed, by name."""
         return sorted(self.hub.plugins.notifiers())
 
-    def _channel_class(self, type_name: str) -> type[Any] | None:
+    def channel_class(self, type_name: str) -> type[Any] | None:
+        """The notifier's channel config class (``None``: not installed, or it declares none)."""
         notifier = self.hub.plugins.notifiers().get(type_name)
         return None if notifier is None else getattr(notifier, "channel_class", None)
 
@@ -163,7 +164,7 @@ class Channels:
         """The config as the notifier's channel class accepts it, encoded for storage."""
         if not isinstance(config, Mapping):
             raise _invalid("config", "expected a JSON object")
-        cls = self._channel_class(type_name)
+        cls = self.channel_class(type_name)
         if cls is None:
             return dict(config)  # a notifier that declares no channel class checks nothing
         try:
@@ -179,7 +180,7 @@ class Channels:
 
     def present(self, channel: Channel) -> Channel:
         """The channel as shown after its creation: secrets masked."""
-        secrets = secret_fields(self._channel_class(channel.type))
+        secrets = secret_fields(self.channel_class(channel.type))
         return attrs.evolve(channel, config=mask(channel.config, secrets))
 
     # ------------------------------------------------------------ CRUD
@@ -253,7 +254,7 @@ class Channels:
     def _reconfigured(self, channel: Channel, config: object) -> dict[str, Any]:
         if not isinstance(config, Mapping):
             raise _invalid("config", "expected a JSON object")
-        cls = self._channel_class(channel.type)
+        cls = self.channel_class(channel.type)
         secrets = secret_fields(cls)
         if cls is None or secrets is None:
             return self._check_config(channel.type, config)

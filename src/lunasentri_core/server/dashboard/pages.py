@@ -100,9 +100,11 @@ def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
     """The pages, which find the caller with ``authenticate`` (the API's auth hook)."""
     # Imported here: those modules build on this one's helpers.
     from lunasentri_core.server.dashboard.alerts_page import AlertsPage
+    from lunasentri_core.server.dashboard.channels_page import ChannelsPage
     from lunasentri_core.server.dashboard.machine_page import machine_page
     from lunasentri_core.server.dashboard.manage import Manage
     from lunasentri_core.server.dashboard.overview import Overview
+    from lunasentri_core.server.dashboard.rules_page import RulesPage
     from lunasentri_core.server.dashboard.silences_page import SilencesPage
 
     pages = Pages(authenticate)
@@ -110,6 +112,8 @@ def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
     manage = Manage(pages)
     alerts = AlertsPage(pages)
     silences = SilencesPage(pages)
+    rules = RulesPage(pages)
+    channels = ChannelsPage(pages)
     return [
         page_route("/", overview.page, "GET", "machines"),
         # Before /machines/{machine_id}, which would take "new" for an id.
@@ -138,6 +142,18 @@ def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
         page_route(
             "/alerts/events/{event_id}/acknowledge", alerts.acknowledge, "POST", "alert_acknowledge"
         ),
+        page_route("/rules", rules.page, "GET", "rules"),
+        page_route("/rules", rules.create, "POST", "rule_create"),
+        page_route("/rules/{rule_id}", rules.edit, "GET", "rule_edit"),
+        page_route("/rules/{rule_id}", rules.update, "POST", "rule_update"),
+        page_route("/rules/{rule_id}/enabled", rules.enable, "POST", "rule_enable"),
+        page_route("/rules/{rule_id}/delete", rules.delete_form, "GET", "rule_delete_form"),
+        page_route("/rules/{rule_id}/delete", rules.delete, "POST", "rule_delete"),
+        page_route("/channels", channels.page, "GET", "channels"),
+        page_route("/channels/new", channels.new_form, "GET", "channel_new_form"),
+        page_route("/channels/new", channels.create, "POST", "channel_create"),
+        page_route("/channels/{channel_id}/test", channels.test, "POST", "channel_test"),
+        page_route("/notifications/{delivery_id}/retry", channels.retry, "POST", "delivery_retry"),
         page_route("/silences", silences.page, "GET", "silences"),
         page_route("/silences", silences.create, "POST", "silence_create"),
         page_route("/silences/{silence_id}/end", silences.end, "POST", "silence_end"),
@@ -221,7 +237,7 @@ async def form_fields(request: Request) -> dict[str, str]:
         if len(body) > FORM_LIMIT:
             return {}
     try:
-        fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+        fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=16)
     except ValueError:  # more fields than any of the forms has
         return {}
     return {name: values[0] for name, values in fields.items()}

@@ -1,0 +1,284 @@
+"""The rules page: the user's alert rules, creating and editing one (the fields of
+the API's rule body), enabling or disabling it, and deleting it after asking.
+
+Changes go through :class:`~lunasentri_core.services.rules.Rules`, as the API's
+routes do, so the same checks apply and a mistake shows the form again with the
+API's message and what was typed. Another user's rule is "not found". A rule's
+page previews what it watches now: the newest value of its metric on each machine
+its scope matches, read from the latest-values table (one page of machines).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from lunasentri_core.codec import parse_duration
+from lunasentri_core.components import Principal
+from lunasentri_core.errors import NotFoundError, ValidationError
+from lunasentri_core.model import AlertRule, Comparison, RuleScope, Severity
+from lunasentri_core.server.dashboard.alerts_page import names
+from lunasentri_core.server.dashboard.manage import BadForm, labels_text, parse_labels
+from lunasentri_core.server.dashboard.pages import form_fields, hub_of, redirect, render, to_login
+from lunasentri_core.services.machines import MachineFilter, Machines, SeriesFilter
+from lunasentri_core.services.rules import Rules
+
+if TYPE_CHECKING:
+    from lunasentri_core.server.dashboard.pages import Pages
+
+PREVIEW_MACHINES = 50
+"""Machines the preview reads at most (it says when there are more)."""
+SAVED = frozenset(("created", "updated", "enabled", "disabled", "deleted"))
+"""What ``?saved=`` may say happened (anything else says nothing)."""
+NEW_RULE = {"comparison": ">", "severity": "warning", "for_duration": "0"}
+
+
+class RulesPage:
+    def __init__(self, pages: Pages) -> None:
+        self._pages = pages
+
+    async def page(self, request: Request) -> Response:
+        """``GET /rules``: the list and the form for a new rule."""
+        user = await self._pages.user(request)
+        if user is None:
+            return to_login(request)
+        return await _list(request, user, dict(NEW_RULE), saved=request.query_params.get("saved"))
+
+    async def create(self, request: Request) -> Response:
+        """``POST /rules``: a new rule, enabled."""
+        user = await self._pages.user(request)
+        if user is None:
+            return to_login(request)
+        form = await form_fields(request)
+        try:
+            await Rules(hub_of(request)).create(user, client=_client(request), **_fields(form))
+        except (BadForm, ValidationError) as error:
+            return await _list(request, user, form, problem=_problem(error), status=400)
+        return redirect(request, "/rules?saved=created")
+
+    async def edit(self, request: Request) -> Response:
+        """``GET /rules/{rule_id}``: the rule's form and what it matches now."""
+        user = await self._pages.user(request)
+        if user is None:
+            return to_login(request)
+        rule = await self._rule(request, user)
+        if rule is None:
+            return _not_found(request, user)
+        saved = request.query_params.get("saved")
+        return await _edit(request, user, rule, _form_of(rule), saved=saved)
+
+    async def update(self, request: Request) -> Response:
+        """``POST /rules/{rule_id}``: change its fields (its series start over if the
+        condition changed, as with the API's ``PATCH``)."""
+        user = await self._pages.user(request)
+        if user is None:
+            return to_login(request)
+        form = await form_fields(request)
+        rule_id = request.path_params["rule_id"]
+        rules = Rules(hub_of(request))
+        try:
+            await rules.update(user, rule_id, client=_client(request), **_fields(form))
+        except NotFoundError:
+            return _not_found(request, user)
+        except (BadForm, ValidationError) as error:
+            rule = await self._rule(request, user)
+            if rule is None:
+                return _not_found(request, user)
+            return await _edit(request, user, rule, form, problem=_problem(error), status=400)
+        return redirect(request, f"/rules/{rule_id}?saved=updated")
+
+    async def enable(self, request: Request) -> Response:
+        """``POST /rules/{rule_id}/enabled``: ``enabled=true`` or ``false``."""
+        user = await self._pages.user(request)
+        if user is None:
+            return to_login(request)
+        wanted = (await form_fields(request)).get("enabled")
+        if wanted not in ("true", "false"):
+            context = {"user": user, "message": "Choose to enable or disable the rule."}
+            return render(request, "refused.html", context, status=400)
+        try:
+            await Rules(hub_of(request)).update(
+                user,
+                request.path_params["rule_id"],
+                enabled=wanted == "true",
+                client=_client(request),
+            )
+        except NotFoundError:
+            return _not_found(request, user)
+        return redirect(request, "/rules?saved=" + ("enabled" if wanted == "true" else "disabled"))
+
+    async def delete_form(self, request: Request) -> Response:
+        """``GET /rules/{rule_id}/delete``: ask first."""
+        user = await self._pages.user(request)
+        if user is None:
+            return to_login(request)
+        rule = await self._rule(request, user)
+        if rule is None:
+            return _not_found(request, user)
+        return render(request, "rule_delete.html", {"user": user, "rule": rule})
+
+    async def delete(self, request: Request) -> Response:
+        """``POST /rules/{rule_id}/delete``: the rule, its series' states and events."""
+        user = await self._pages.user(request)
+        if user is None:
+            return to_login(request)
+        try:
+            await Rules(hub_of(request)).delete(
+                user, request.path_params["rule_id"], client=_client(request)
+            )
+        except NotFoundError:
+            return _not_found(request, user)
+        return redirect(request, "/rules?saved=deleted")
+
+    async def _rule(self, request: Request, user: Principal) -> AlertRule | None:
+        try:
+            return await Rules(hub_of(request)).get(user, request.path_params["rule_id"])
+        except NotFoundError:
+            return None
+
+
+def _fields(form: dict[str, str]) -> dict[str, Any]:
+    """The form as the service's arguments; what the API's decoder would refuse is a BadForm."""
+    return {
+        "name": form.get("name", "").strip(),
+        "metric": form.get("metric", "").strip(),
+        "comparison": _choice(Comparison, form.get("comparison", ""), "comparison"),
+        "threshold": _threshold(form.get("threshold", "")),
+        "for_duration": _for_duration(form.get("for_duration", "")),
+        "scope": RuleScope(
+            machine_id=form.get("machine_id") or None,
+            labels=parse_labels(form.get("labels", "")),
+        ),
+        "severity": _choice(Severity, form.get("severity", ""), "severity"),
+    }
+
+
+def _choice(kind: type[Comparison] | type[Severity], text: str, field: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise BadForm(f"{field}: choose one of {', '.join(m.value for m in kind)}") from None
+
+
+def _threshold(text: str) -> float:
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise BadForm(f"threshold: {text!r} is not a number") from None
+
+
+def _for_duration(text: str) -> timedelta:
+    text = text.strip() or "0"
+    try:
+        return parse_duration(float(text) if _numeric(text) else text)
+    except (TypeError, ValueError):
+        raise BadForm(f"for_duration: {text!r} is not a duration such as 300, 5m or 1h") from None
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _problem(error: Exception) -> str:
+    if isinstance(error, ValidationError):
+        return "; ".join(str(e) for e in error.errors)
+    return str(error)
+
+
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _form_of(rule: AlertRule) -> dict[str, str]:
+    seconds = rule.for_duration.total_seconds()
+    return {
+        "name": rule.name,
+        "metric": rule.metric,
+        "comparison": rule.comparison.value,
+        "threshold": f"{rule.threshold:g}",
+        "for_duration": f"{seconds:g}",
+        "machine_id": rule.scope.machine_id or "",
+        "labels": labels_text(rule.scope.labels),
+        "severity": rule.severity.value,
+    }
+
+
+def _not_found(request: Request, user: Principal) -> Response:
+    return render(request, "not_found.html", {"user": user, "what": "alert rule"}, status=404)
+
+
+async def _context(request: Request, user: Principal, form: dict[str, str]) -> dict[str, Any]:
+    machines, _ = await names(request, user)
+    return {
+        "user": user,
+        "form": form,
+        "machines": machines,
+        "comparisons": [c.value for c in Comparison],
+        "severities": [s.value for s in Severity],
+    }
+
+
+async def _list(
+    request: Request,
+    user: Principal,
+    form: dict[str, str],
+    *,
+    problem: str = "",
+    saved: str | None = None,
+    status: int = 200,
+) -> Response:
+    context = await _context(request, user, form)
+    rules = sorted(await Rules(hub_of(request)).all(user), key=lambda r: (r.name, r.id))
+    context.update(rules=rules, problem=problem, saved=saved if saved in SAVED else "")
+    return render(request, "rules.html", context, status=status)
+
+
+async def _edit(
+    request: Request,
+    user: Principal,
+    rule: AlertRule,
+    form: dict[str, str],
+    *,
+    problem: str = "",
+    saved: str | None = None,
+    status: int = 200,
+) -> Response:
+    context = await _context(request, user, form)
+    context.update(rule=rule, problem=problem, saved=saved if saved in SAVED else "")
+    context.update(await _preview(request, user, rule))
+    return render(request, "rule_edit.html", context, status=status)
+
+
+async def _preview(request: Request, user: Principal, rule: AlertRule) -> dict[str, Any]:
+    """The machines the rule's scope matches now (of its owner: the evaluator applies a
+    rule to those only) and the newest value of its metric on each."""
+    scope = rule.scope
+    found = await Machines(hub_of(request), request.app.state.full_settings).latest(
+        user,
+        filters=MachineFilter(labels=scope.labels),
+        ids=(scope.machine_id,) if scope.machine_id else (),
+        series=SeriesFilter(metric=rule.metric),
+        limit=PREVIEW_MACHINES,
+    )
+    rows = []
+    for item in found.items:
+        if item.machine.owner_id not in (rule.owner_id, None):
+            continue
+        values = item.items + item.derived
+        rows.append(
+            {
+                "machine": item.machine,
+                "values": [
+                    {"value": v, "holds": rule.comparison.holds(v.value, rule.threshold)}
+                    for v in values
+                ],
+            }
+        )
+    return {"preview": rows, "preview_more": found.next_after is not None}
