@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import anyio
 import pytest
 
 from lunasentri_core import Sentri
@@ -73,13 +74,20 @@ async def test_a_firing_series_is_resolved_by_samples_sent_to_the_other_hub(
         await feed(b, machine, 20, cpu(30))  # resolved, through b
         await feed(a, machine, 30, cpu(20))  # a must not resolve it again
         await feed(b, machine, 40, cpu(98))  # firing again, through b
-        await delivered(a)
         assert await events(a) == [
             (AlertState.FIRING, 99.0),
             (AlertState.RESOLVED, 30.0),
             (AlertState.FIRING, 98.0),
         ]
-    assert notifier.kinds("ops") == ["alert.firing", "alert.resolved", "alert.firing"]
+        # Either hub's dispatcher may have leased a notification: run both until
+        # all three are out (a lease held by one is skipped by the other's cycle).
+        with anyio.fail_after(30):
+            while len(notifier.kinds("ops")) < 3:
+                await delivered(a)
+                await delivered(b)
+                await anyio.sleep(0.05)
+    # One notification per event; two dispatchers keep no order between them.
+    assert sorted(notifier.kinds("ops")) == ["alert.firing", "alert.firing", "alert.resolved"]
 
 
 async def test_without_shared_database_a_hub_keeps_its_own_view(open_hub: OpenHub) -> None:
