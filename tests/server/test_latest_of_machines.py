@@ -179,6 +179,7 @@ def test_a_user_sees_only_their_machines_and_an_admin_sees_all(
         ({"machine": "a,,b"}, "machine", "not a machine id"),
         ({"machine": "has space"}, "machine", "not a machine id"),
         ({"machine": ",".join(f"m{i}" for i in range(1001))}, "machine", "at most 1000"),
+        ({"machine": "a" * 8001}, "machine", "at most 8000 characters"),
         ({"metric": "CPU percent"}, "metric", "not a metric name"),
         ({"series_labels": "cpu"}, "series_labels", "not name:value"),
         ({"labels": "Env:prod"}, "labels", "not name:value"),

@@ -769,14 +769,17 @@ LATEST_PAGE: Schema = {
         "next_cursor": MACHINE_PAGE["properties"]["next_cursor"],
     },
 }
-MAX_IDS_TEXT = MAX_PAGE * (params.MAX_ID + 1)
+MAX_IDS_TEXT = 8000
+"""Characters of ``machine``: what fits a request line that proxies pass on (nginx's
+default buffer is 8 KiB); some 240 ids of the usual 32 characters."""
 LATEST_QUERY: dict[str, Schema] = {
     **{k: v for k, v in LIST_QUERY.items() if k != "latest"},
     "machine": {
         "type": "string",
         "minLength": 1,
         "maxLength": MAX_IDS_TEXT,
-        "description": f"Only these machines: ids separated by commas (at most {MAX_PAGE}). "
+        "description": f"Only these machines: ids separated by commas (at most {MAX_PAGE} ids "
+        f"and {MAX_IDS_TEXT} characters; select more machines by labels or by pages). "
         "An id the caller cannot see matches nothing.",
     },
     "metric": {
@@ -833,6 +836,12 @@ def _machine_ids(call: Call) -> tuple[str, ...]:
     text = call.query("machine")
     if text is None:
         return ()
+    if len(text) > MAX_IDS_TEXT:
+        raise params.invalid(
+            "machine",
+            f"at most {MAX_IDS_TEXT} characters of ids separated by commas; "
+            "select more machines by labels or by pages",
+        )
     ids = tuple(dict.fromkeys(text.split(",")))
     if len(ids) > MAX_PAGE:
         raise params.invalid("machine", f"at most {MAX_PAGE} machine ids")
