@@ -20,7 +20,13 @@ from lunasentri_core.components import Principal
 from lunasentri_core.errors import NotFoundError
 from lunasentri_core.model import AlertEvent, AlertState, AlertStatus, SeriesKey
 from lunasentri_core.server.dashboard.overview import ALERT_STATES
-from lunasentri_core.server.dashboard.pages import hub_of, redirect, render, to_login
+from lunasentri_core.server.dashboard.pages import (
+    client_of,
+    hub_of,
+    redirect,
+    render,
+    to_login,
+)
 from lunasentri_core.services.machines import Machines
 from lunasentri_core.services.rules import MAX_EVENTS, Rules
 
@@ -84,9 +90,7 @@ class AlertsPage:
             return to_login(request)
         event_id = request.path_params["event_id"]
         try:
-            await Rules(hub_of(request)).acknowledge(
-                user, event_id, client=request.client.host if request.client else None
-            )
+            await Rules(hub_of(request)).acknowledge(user, event_id, client=client_of(request))
         except NotFoundError:
             context = {"user": user, "what": "alert event"}
             return render(request, "not_found.html", context, status=404)

@@ -25,7 +25,15 @@ from lunasentri_core.components import Principal
 from lunasentri_core.errors import ConflictError, NotFoundError, ValidationError
 from lunasentri_core.model import DeliveryState
 from lunasentri_core.server.dashboard.manage import BadForm
-from lunasentri_core.server.dashboard.pages import form_fields, hub_of, redirect, render, to_login
+from lunasentri_core.server.dashboard.pages import (
+    client_of,
+    form_fields,
+    hub_of,
+    not_found,
+    redirect,
+    render,
+    to_login,
+)
 from lunasentri_core.services.channels import Channels, secret_fields
 from lunasentri_core.services.notifications import Notifications
 
@@ -87,7 +95,7 @@ class ChannelsPage:
                 name=form.get("name", "").strip(),
                 type=type_name,
                 config=config,
-                client=_client(request),
+                client=client_of(request),
             )
         except (BadForm, ValidationError) as error:
             return _form(request, user, type_name, form, problem=_problem(error), status=400)
@@ -111,13 +119,13 @@ class ChannelsPage:
         try:
             channel = await channels.get(user, channel_id)
         except NotFoundError:
-            return _not_found(request, user)
+            return not_found(request, user, "channel")
         tests: TokenBucket = request.app.state.channel_tests
         wait = tests.take(user.id, 1)
         if wait > 0:
             outcome = {"channel": channel, "status": "refused", "detail": _too_many(wait)}
             return await _page(request, user, outcome=outcome, status=429)
-        result = await channels.test(user, channel_id, client=_client(request))
+        result = await channels.test(user, channel_id, client=client_of(request))
         outcome = {"channel": channel, "status": result.status.value, "detail": result.detail}
         return await _page(request, user, outcome=outcome)
 
@@ -128,10 +136,10 @@ class ChannelsPage:
             return to_login(request)
         try:
             await Notifications(hub_of(request)).retry(
-                user, request.path_params["delivery_id"], client=_client(request)
+                user, request.path_params["delivery_id"], client=client_of(request)
             )
         except NotFoundError:
-            return _not_found(request, user, "delivery")
+            return not_found(request, user, "delivery")
         except ConflictError as error:
             return await _page(request, user, problem=str(error), status=409)
         return redirect(request, "/channels?saved=retried#deliveries")
@@ -225,14 +233,6 @@ def _problem(error: Exception) -> str:
     if isinstance(error, ValidationError):
         return "; ".join(str(e) for e in error.errors)
     return str(error)
-
-
-def _client(request: Request) -> str | None:
-    return request.client.host if request.client else None
-
-
-def _not_found(request: Request, user: Principal, what: str = "channel") -> Response:
-    return render(request, "not_found.html", {"user": user, "what": what}, status=404)
 
 
 def _form(

@@ -21,8 +21,10 @@ from lunasentri_core.errors import ConflictError, NotFoundError, ValidationError
 from lunasentri_core.model import LABEL_NAME, Labels, Machine
 from lunasentri_core.server.agent_dist import DistError, manual_install
 from lunasentri_core.server.dashboard.pages import (
+    client_of,
     form_fields,
     hub_of,
+    not_found,
     redirect,
     render,
     to_login,
@@ -61,14 +63,6 @@ def _problem(error: Exception) -> str:
     return str(error)
 
 
-def _client(request: Request) -> str | None:
-    return request.client.host if request.client else None
-
-
-def _not_found(request: Request, user: Principal, what: str = "machine") -> Response:
-    return render(request, "not_found.html", {"user": user, "what": what}, status=404)
-
-
 class Manage:
     def __init__(self, pages: Pages) -> None:
         self._pages = pages
@@ -98,7 +92,7 @@ class Manage:
                 user,
                 form.get("name", ""),
                 labels=labels,
-                client=_client(request),
+                client=client_of(request),
                 install_from=wheels,
             )
         except (BadForm, ValidationError, ConflictError) as error:
@@ -152,14 +146,14 @@ class Manage:
                 form.get("claim_token", "").strip(),
                 form.get("name", ""),
                 labels=parse_labels(form.get("labels", "")),
-                client=_client(request),
+                client=client_of(request),
             )
         except (BadForm, ValidationError, ConflictError, ClaimTokenMismatch) as error:
             status = {ConflictError: 409, ClaimTokenMismatch: 403}.get(type(error), 400)
             form["agent_id"] = agent_id
             return await self._pending_page(request, user, _problem(error), form, status)
         except NotFoundError:
-            return _not_found(request, user, "pending agent")
+            return not_found(request, user, "pending agent")
         return redirect(request, f"/machines/{machine.id}")
 
     # ------------------------------------------------------------ one machine
@@ -180,14 +174,14 @@ class Manage:
         if user is None:
             return to_login(request)
         if machine is None:
-            return _not_found(request, user)
+            return not_found(request, user, "machine")
         form = await form_fields(request)
         try:
             await self._machines(request).update(
                 user,
                 machine.id,
                 labels=parse_labels(form.get("labels", "")),
-                client=_client(request),
+                client=client_of(request),
             )
         except (BadForm, ValidationError) as error:
             return await self._settings_page(request, user, machine, _problem(error), form)
@@ -199,7 +193,7 @@ class Manage:
         if user is None:
             return to_login(request)
         if machine is None:
-            return _not_found(request, user)
+            return not_found(request, user, "machine")
         return await self._settings_page(request, user, machine)
 
     async def _settings_page(
@@ -234,8 +228,8 @@ class Manage:
         if user is None:
             return to_login(request)
         if machine is None:
-            return _not_found(request, user)
-        issued = await self._machines(request).rotate(user, machine.id, client=_client(request))
+            return not_found(request, user, "machine")
+        issued = await self._machines(request).rotate(user, machine.id, client=client_of(request))
         return await self._settings_page(request, user, machine, new_key=issued.secret)
 
     async def revoke(self, request: Request) -> Response:
@@ -244,12 +238,14 @@ class Manage:
         if user is None:
             return to_login(request)
         if machine is None:
-            return _not_found(request, user)
+            return not_found(request, user, "machine")
         key_id = request.path_params["key_id"]
         try:
-            await self._machines(request).revoke(user, machine.id, key_id, client=_client(request))
+            await self._machines(request).revoke(
+                user, machine.id, key_id, client=client_of(request)
+            )
         except NotFoundError:
-            return _not_found(request, user, "API key")
+            return not_found(request, user, "API key")
         return redirect(request, f"/machines/{machine.id}/settings?saved=revoked")
 
     async def delete_form(self, request: Request) -> Response:
@@ -258,7 +254,7 @@ class Manage:
         if user is None:
             return to_login(request)
         if machine is None:
-            return _not_found(request, user)
+            return not_found(request, user, "machine")
         return render(request, "machine_delete.html", {"user": user, "machine": machine})
 
     async def delete(self, request: Request) -> Response:
@@ -267,8 +263,8 @@ class Manage:
         if user is None:
             return to_login(request)
         if machine is None:
-            return _not_found(request, user)
-        await self._machines(request).delete(user, machine.id, client=_client(request))
+            return not_found(request, user, "machine")
+        await self._machines(request).delete(user, machine.id, client=client_of(request))
         return redirect(request, "/")
 
 

@@ -193,7 +193,7 @@ class Pages:
         username, password = form.get("username", ""), form.get("password", "")
         target = form.get("next")
         accounts = accounts_of_app(request.app)
-        client = request.client.host if request.client else None
+        client = client_of(request)
         try:
             result = await accounts.login(username, password, client)
         except InvalidCredentials as error:
@@ -207,7 +207,7 @@ class Pages:
         return response
 
     async def logout(self, request: Request) -> Response:
-        client = request.client.host if request.client else None
+        client = client_of(request)
         await accounts_of_app(request.app).logout(session_token(request), client)
         response = redirect(request, "/login")
         clear_session_cookie(response, request.app.state.settings)
@@ -276,6 +276,15 @@ def _login_page(
 ) -> Response:
     context = {"error": error, "next": _next(target), "username": username, "user": None}
     return render(request, "login.html", context, status=status)
+
+
+def client_of(request: Request) -> str | None:
+    """The caller's address, as the audit log records it."""
+    return request.client.host if request.client else None
+
+
+def not_found(request: Request, user: Principal, what: str) -> Response:
+    return render(request, "not_found.html", {"user": user, "what": what}, status=404)
 
 
 def render(

@@ -22,7 +22,15 @@ from lunasentri_core.errors import NotFoundError, ValidationError
 from lunasentri_core.model import AlertRule, Comparison, RuleScope, Severity
 from lunasentri_core.server.dashboard.alerts_page import names
 from lunasentri_core.server.dashboard.manage import BadForm, labels_text, parse_labels
-from lunasentri_core.server.dashboard.pages import form_fields, hub_of, redirect, render, to_login
+from lunasentri_core.server.dashboard.pages import (
+    client_of,
+    form_fields,
+    hub_of,
+    not_found,
+    redirect,
+    render,
+    to_login,
+)
 from lunasentri_core.services.machines import MachineFilter, Machines, SeriesFilter
 from lunasentri_core.services.rules import Rules
 
@@ -54,7 +62,7 @@ class RulesPage:
             return to_login(request)
         form = await form_fields(request)
         try:
-            await Rules(hub_of(request)).create(user, client=_client(request), **_fields(form))
+            await Rules(hub_of(request)).create(user, client=client_of(request), **_fields(form))
         except (BadForm, ValidationError) as error:
             return await _list(request, user, form, problem=_problem(error), status=400)
         return redirect(request, "/rules?saved=created")
@@ -66,7 +74,7 @@ class RulesPage:
             return to_login(request)
         rule = await self._rule(request, user)
         if rule is None:
-            return _not_found(request, user)
+            return not_found(request, user, "alert rule")
         saved = request.query_params.get("saved")
         return await _edit(request, user, rule, _form_of(rule), saved=saved)
 
@@ -80,13 +88,13 @@ class RulesPage:
         rule_id = request.path_params["rule_id"]
         rules = Rules(hub_of(request))
         try:
-            await rules.update(user, rule_id, client=_client(request), **_fields(form))
+            await rules.update(user, rule_id, client=client_of(request), **_fields(form))
         except NotFoundError:
-            return _not_found(request, user)
+            return not_found(request, user, "alert rule")
         except (BadForm, ValidationError) as error:
             rule = await self._rule(request, user)
             if rule is None:
-                return _not_found(request, user)
+                return not_found(request, user, "alert rule")
             return await _edit(request, user, rule, form, problem=_problem(error), status=400)
         return redirect(request, f"/rules/{rule_id}?saved=updated")
 
@@ -104,10 +112,10 @@ class RulesPage:
                 user,
                 request.path_params["rule_id"],
                 enabled=wanted == "true",
-                client=_client(request),
+                client=client_of(request),
             )
         except NotFoundError:
-            return _not_found(request, user)
+            return not_found(request, user, "alert rule")
         return redirect(request, "/rules?saved=" + ("enabled" if wanted == "true" else "disabled"))
 
     async def delete_form(self, request: Request) -> Response:
@@ -117,7 +125,7 @@ class RulesPage:
             return to_login(request)
         rule = await self._rule(request, user)
         if rule is None:
-            return _not_found(request, user)
+            return not_found(request, user, "alert rule")
         return render(request, "rule_delete.html", {"user": user, "rule": rule})
 
     async def delete(self, request: Request) -> Response:
@@ -127,10 +135,10 @@ class RulesPage:
             return to_login(request)
         try:
             await Rules(hub_of(request)).delete(
-                user, request.path_params["rule_id"], client=_client(request)
+                user, request.path_params["rule_id"], client=client_of(request)
             )
         except NotFoundError:
-            return _not_found(request, user)
+            return not_found(request, user, "alert rule")
         return redirect(request, "/rules?saved=deleted")
 
     async def _rule(self, request: Request, user: Principal) -> AlertRule | None:
@@ -192,10 +200,6 @@ def _problem(error: Exception) -> str:
     return str(error)
 
 
-def _client(request: Request) -> str | None:
-    return request.client.host if request.client else None
-
-
 def _form_of(rule: AlertRule) -> dict[str, str]:
     seconds = rule.for_duration.total_seconds()
     return {
@@ -208,10 +212,6 @@ def _form_of(rule: AlertRule) -> dict[str, str]:
         "labels": labels_text(rule.scope.labels),
         "severity": rule.severity.value,
     }
-
-
-def _not_found(request: Request, user: Principal) -> Response:
-    return render(request, "not_found.html", {"user": user, "what": "alert rule"}, status=404)
 
 
 async def _context(request: Request, user: Principal, form: dict[str, str]) -> dict[str, Any]:

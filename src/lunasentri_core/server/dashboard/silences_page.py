@@ -22,6 +22,7 @@ from lunasentri_core.model import Silence
 from lunasentri_core.server.dashboard.alerts_page import names
 from lunasentri_core.server.dashboard.manage import BadForm, parse_labels
 from lunasentri_core.server.dashboard.pages import (
+    client_of,
     form_fields,
     hub_of,
     redirect,
@@ -64,7 +65,7 @@ class SilencesPage:
                 labels=parse_labels(form.get("labels", "")),
                 rule_id=form.get("rule_id") or None,
                 comment=form.get("comment", "").strip(),
-                client=_client(request),
+                client=client_of(request),
             )
         except (BadForm, ValidationError, NotFoundError) as error:
             return await _page(request, user, form, problem=_problem(error), status=400)
@@ -77,7 +78,7 @@ class SilencesPage:
             return to_login(request)
         try:
             await Silences(hub_of(request)).end(
-                user, request.path_params["silence_id"], client=_client(request)
+                user, request.path_params["silence_id"], client=client_of(request)
             )
         except NotFoundError:
             context = {"user": user, "what": "silence"}
@@ -104,10 +105,6 @@ def _problem(error: Exception) -> str:
     if isinstance(error, NotFoundError):
         return "no such machine or rule"
     return str(error)
-
-
-def _client(request: Request) -> str | None:
-    return request.client.host if request.client else None
 
 
 async def _page(
