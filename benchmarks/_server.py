@@ -147,7 +147,8 @@ class ServerProcess:
 
     def start(self) -> None:
         env = {
-            **os.environ,
+            # The benchmarks' own variables are not server settings (it would refuse them).
+            **{k: v for k, v in os.environ.items() if not k.startswith("LUNASENTRI_BENCH_")},
             "LUNASENTRI_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "LUNASENTRI_ADMIN_USERNAME": "admin",
             **self._env,
