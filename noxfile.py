@@ -28,6 +28,9 @@ nox.options.sessions = [
     "schemathesis",
 ]
 nox.options.reuse_venv = "yes"
+# uv (``pip install "nox[uv]"``) builds the environments in seconds where pip takes most
+# of a minute each; plain virtualenv + pip is the fallback.
+nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.error_on_missing_interpreters = False
 
 ROOT = Path(__file__).parent
@@ -96,7 +99,9 @@ def install_projects(
 
     One pip call, so the resolver sees every project's constraints at once.
     """
-    editables = ["-e", ".[postgres]"]
+    # pip itself: the server builds the agent's wheels with ``python -m pip wheel``, and
+    # uv's environments come without it.
+    editables = ["pip", "-e", ".[postgres]"]
     for project in [*(Path("plugins") / name for name in PLUGINS), *extra_projects]:
         editables += ["-e", str(project)]
     session.install(*editables, *requirements)
@@ -107,7 +112,9 @@ def tests(session: nox.Session) -> None:
     """Core tests under coverage. Arguments after ``--`` replace the test path."""
     install_projects(session, *TEST_REQUIREMENTS)
     session.run("coverage", "erase")
-    session.run("coverage", "run", "-m", "pytest", *(session.posargs or ["tests"]))
+    # The slowest tests are listed so that the suite's run time stays watched.
+    default = ["--durations=30", "tests"]
+    session.run("coverage", "run", "-m", "pytest", *(session.posargs or default))
     session.run("coverage", "combine", "--quiet")
     session.run("coverage", "report", "--skip-covered", "--show-missing")
 
