@@ -99,6 +99,7 @@ def app_path(request: Request) -> str:
 def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
     """The pages, which find the caller with ``authenticate`` (the API's auth hook)."""
     # Imported here: those modules build on this one's helpers.
+    from lunasentri_core.server.dashboard.agentless_page import agentless_routes
     from lunasentri_core.server.dashboard.alerts_page import AlertsPage
     from lunasentri_core.server.dashboard.channels_page import ChannelsPage
     from lunasentri_core.server.dashboard.machine_page import machine_page
@@ -157,6 +158,7 @@ def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
         page_route("/silences", silences.page, "GET", "silences"),
         page_route("/silences", silences.create, "POST", "silence_create"),
         page_route("/silences/{silence_id}/end", silences.end, "POST", "silence_end"),
+        *agentless_routes(pages),
         page_route("/login", pages.login_form, "GET", "login_form"),
         page_route("/login", pages.login, "POST", "login"),
         page_route("/logout", pages.logout, "POST", "logout"),
