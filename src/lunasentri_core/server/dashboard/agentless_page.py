@@ -87,8 +87,13 @@ SAVED = frozenset(
 )
 """What ``?saved=`` may say happened (anything else says nothing)."""
 NEW_CREDENTIAL = {"transport": "ntlm", "https": "true", "verify_tls": "true"}
-NEW_DISCOVERY = {"ports": "135, 5985, 5986", "concurrency": "256", "timeout": "1"}
-NEW_MONITOR = {"interval": "60", "enabled": "true", "options": "{}"}
+NEW_DISCOVERY = {
+    "ports": "135, 5985, 5986",
+    "concurrency": "256",
+    "timeout": "1",
+    "collector": "wmi",
+}
+NEW_MONITOR = {"interval": "60", "enabled": "true", "options": "{}", "collector": "wmi"}
 _SPLIT = re.compile(r"[\s,]+")
 _LINES = re.compile(r"[\r\n,]+")
 
