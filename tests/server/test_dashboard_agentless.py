@@ -347,6 +347,41 @@ def test_a_discovery_profile_is_created_edited_and_deleted(
     assert gone.status_code == 404
 
 
+def test_a_discovery_profile_may_have_many_targets(shared: Shared, users: dict[str, str]) -> None:
+    """Beyond the few kilobytes of the other forms: 200 host names (never scanned here)."""
+    names = [f"host-{n:03d}.a-rather-long-domain.example.test" for n in range(200)]
+    with logged_in(shared, "ben") as client:
+        made = client.post(
+            "/agentless/discovery", data=discovery_form(name="many", targets="\n".join(names))
+        )
+    assert made.status_code == 303, made.text
+    assert by_name(shared, users["ben"], "/api/v1/discovery-profiles")["many"]["targets"] == names
+
+
+def test_a_run_deleted_with_its_profile_stops_its_page_asking(
+    shared: Shared, users: dict[str, str]
+) -> None:
+    profile = api_post(
+        shared,
+        users["ben"],
+        "/api/v1/discovery-profiles",
+        # A loopback address nothing listens on: the scan finds nothing.
+        {"name": unique("gone"), "targets": ["127.74.22.1"], "ports": [5985]},
+    )
+    with shared.server.client(users["ben"]) as api:
+        run = api.post(f"/api/v1/discovery-profiles/{profile['id']}/run")
+        assert run.status_code == 202, run.text
+        assert api.delete(f"/api/v1/discovery-profiles/{profile['id']}").status_code == 204
+    run_id = run.json()["id"]
+    with logged_in(shared, "ben") as client:
+        part = client.get(f"/agentless/runs/{run_id}/progress", headers={"hx-request": "true"})
+        page = client.get(f"/agentless/runs/{run_id}")
+    assert part.status_code == 200
+    assert "This run is gone" in part.text
+    assert "hx-trigger" not in part.text
+    assert page.status_code == 404
+
+
 @pytest.mark.parametrize(
     ("fields", "message", "field"),
     [

@@ -14,7 +14,7 @@ import pytest
 from lunasentri_core.testing import WsmanServer
 from lunasentri_core.testing.wsman_data import HOST
 
-from .test_dashboard_browser import Watched, chromium, log_in, shared, watched
+from .test_dashboard_browser import PHONE, Watched, chromium, log_in, shared, watched
 from .test_ingest import Shared
 
 __all__ = ["chromium", "shared", "watched"]  # the fixtures this module uses
@@ -72,3 +72,23 @@ def test_a_discovery_run_is_followed_live_and_its_device_monitored(
         page.wait_for_selector("text=Poll of the wmi monitor: ok.")
         assert "ok" in page.inner_text("#monitors .poll-state")
         watched.shot("agentless-monitors")
+
+
+@pytest.mark.parametrize("watched", [PHONE], indirect=True)
+def test_a_phone_sees_the_agentless_pages_without_scrolling_sideways(
+    shared: Shared, watched: Watched
+) -> None:
+    page = watched.page
+    log_in(watched, shared.server.url)
+    for name, path in {
+        "agentless-phone": "/agentless",
+        "agentless-new-monitor-phone": "/agentless/monitors/new",
+        "agentless-devices-phone": "/agentless/devices",
+        "agentless-discovery-phone": "/agentless/discovery",
+        "agentless-credentials-phone": "/agentless/credentials",
+    }.items():
+        page.goto(shared.server.url + path)
+        page.wait_for_selector("nav[aria-label='Agentless monitoring']")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], f"{path} is {width} px wide"
+        watched.shot(name)

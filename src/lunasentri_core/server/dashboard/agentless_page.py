@@ -70,6 +70,8 @@ from lunasentri_core.services.monitors import (
 if TYPE_CHECKING:
     from lunasentri_core.server.dashboard.pages import Pages
 
+TARGETS_FORM_LIMIT = 32 * 1024
+"""Bytes a discovery profile's form may take (its targets: up to 256 entries)."""
 PROGRESS_EVERY = 1
 """Seconds between two looks at a running discovery run's progress."""
 RUNS = 10
@@ -689,7 +691,7 @@ class AgentlessPage:
         user = await self._pages.user(request)
         if user is None:
             return to_login(request)
-        form = await form_fields(request)
+        form = await form_fields(request, TARGETS_FORM_LIMIT)
         try:
             await Discovery(hub_of(request)).create(
                 user, client=client_of(request), **_discovery_fields(form)
@@ -757,7 +759,7 @@ class AgentlessPage:
         profile = await self._discovery_profile(request, user)
         if profile is None:
             return not_found(request, user, "discovery profile")
-        form = await form_fields(request)
+        form = await form_fields(request, TARGETS_FORM_LIMIT)
         try:
             await Discovery(hub_of(request)).update(
                 user, profile.id, client=client_of(request), **_discovery_fields(form)
@@ -853,6 +855,10 @@ class AgentlessPage:
             return to_login(request)
         context = await self._run_context(request, user)
         if context is None:
+            if request.headers.get("hx-request") == "true":
+                # Deleted with its profile while the page asked: say so, and stop asking
+                # (htmx swaps in no error answer, so it would go on asking every second).
+                return render(request, "agentless_run_gone.html", {"user": user})
             return not_found(request, user, "discovery run")
         return render(request, "agentless_run_progress.html", context)
 

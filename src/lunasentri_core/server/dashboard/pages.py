@@ -231,12 +231,13 @@ def ago(at: datetime | None, now: datetime) -> str:
     return f"{seconds} s ago"
 
 
-async def form_fields(request: Request) -> dict[str, str]:
-    """An urlencoded form (a few short fields); anything else reads as empty."""
+async def form_fields(request: Request, limit: int = FORM_LIMIT) -> dict[str, str]:
+    """An urlencoded form (a few short fields, ``limit`` bytes at most); anything else
+    reads as empty."""
     body = b""
     async for chunk in request.stream():
         body += chunk
-        if len(body) > FORM_LIMIT:
+        if len(body) > limit:
             return {}
     try:
         fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=16)
