@@ -418,6 +418,41 @@ def test_a_bad_discovery_profile_is_shown_again_with_the_field_marked(
     assert by_name(shared, users["ben"], "/api/v1/discovery-profiles") == before
 
 
+def test_a_run_the_service_refuses_is_not_started_and_the_page_says_why(
+    shared: Shared, users: dict[str, str]
+) -> None:
+    creds = door_profile(shared, users["ben"])
+    large = api_post(
+        shared,
+        users["ben"],
+        "/api/v1/discovery-profiles",
+        {"name": unique("large"), "targets": ["127.75.0.0/19"]},  # 8,190 hosts
+    )
+    blind = api_post(
+        shared,
+        users["ben"],
+        "/api/v1/discovery-profiles",
+        {
+            "name": unique("blind"),
+            "targets": ["127.75.64.1"],
+            "credential_profile_id": creds["id"],
+            "collector": "plain",  # cannot identify hosts
+        },
+    )
+    with logged_in(shared, "ben") as client:
+        too_large = client.post(f"/agentless/discovery/{large['id']}/run")
+        unidentified = client.post(f"/agentless/discovery/{blind['id']}/run")
+    assert too_large.status_code == 400
+    assert "confirm_large" in error_in(too_large.text)
+    assert "8190 hosts" in error_in(too_large.text)
+    assert 'name="confirm_large"' in too_large.text
+    assert unidentified.status_code == 400
+    assert "collector: collector 'plain' cannot identify hosts" in error_in(unidentified.text)
+    for profile in (large, blind):
+        runs = items(shared, users["ben"], f"/api/v1/discovery-profiles/{profile['id']}/runs")
+        assert runs == []
+
+
 def progress_of(client: httpx.Client, run_id: str) -> str:
     answer = client.get(f"/agentless/runs/{run_id}/progress", headers={"hx-request": "true"})
     assert answer.status_code == 200, answer.text
@@ -592,6 +627,38 @@ def test_a_monitor_is_created_for_a_new_address_changed_switched_polled_and_dele
     assert deleted.headers["location"] == "/agentless?saved=deleted"
     assert gone.status_code == 404
     assert monitor["id"] not in {m["id"] for m in items(shared, users["ana"], "/api/v1/monitors")}
+
+
+def test_a_device_is_added_by_address_and_deleted_after_asking(
+    shared: Shared, users: dict[str, str]
+) -> None:
+    address = f"{unique('added')}.example.test"
+    with logged_in(shared, "ana") as client:
+        added = client.post("/agentless/devices", data={"address": address})
+        listed = client.get(added.headers["location"])
+        again = client.post("/agentless/devices", data={"address": address})
+        bad = client.post("/agentless/devices", data={"address": "not <a> host"})
+        device = next(
+            d for d in items(shared, users["ana"], "/api/v1/devices") if d["address"] == address
+        )
+        ask = client.get(f"/agentless/devices/{device['id']}/delete")
+        deleted = client.post(f"/agentless/devices/{device['id']}/delete")
+    assert added.status_code == 303
+    assert added.headers["location"] == "/agentless/devices?saved=added"
+    assert "Device added." in listed.text
+    assert f'href="/agentless/monitors/new?device={device["id"]}">Create monitor' in listed.text
+    assert "not tried" in listed.text
+    assert again.status_code == 409
+    assert "already" in error_in(again.text) or address in error_in(again.text)
+    assert f'value="{address}"' in again.text
+    assert bad.status_code == 400
+    assert "address" in error_in(bad.text)
+    assert marked(bad.text, "address")
+    assert f'value="{html.escape("not <a> host")}"' in bad.text
+    assert ask.status_code == 200
+    assert deleted.status_code == 303
+    assert deleted.headers["location"] == "/agentless/devices?saved=deleted"
+    assert address not in {d["address"] for d in items(shared, users["ana"], "/api/v1/devices")}
 
 
 @pytest.mark.parametrize(
