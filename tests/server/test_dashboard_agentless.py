@@ -259,6 +259,8 @@ def test_a_credential_profile_is_created_edited_and_deleted_its_password_never_s
         ({"transport": "telnet"}, "transport: choose one of", "transport"),
         ({"port": "x"}, "port: 'x' is not a whole number", "port"),
         ({"port": "70000"}, "port: 70000 is not a TCP port", "port"),
+        ({"username": "u" * 257}, "username: must be at most 256 characters", "username"),
+        ({"password": "p" * 1025}, "password: must be at most 1024 characters", "password"),
         (
             {"transport": "certificate", "https": "", "username": ""},
             "https: the certificate transport works over HTTPS only",

@@ -51,6 +51,7 @@ from lunasentri_core.server.dashboard.pages import (
     render,
     to_login,
 )
+from lunasentri_core.server.routes.credentials import MAX_PASSWORD
 from lunasentri_core.services.credentials import (
     CredentialProfiles,
     ProfileFields,
@@ -70,6 +71,8 @@ from lunasentri_core.services.monitors import (
 if TYPE_CHECKING:
     from lunasentri_core.server.dashboard.pages import Pages
 
+MAX_ACCOUNT = 256
+"""Characters of a user name or domain (as the API's schema allows)."""
 TARGETS_FORM_LIMIT = 32 * 1024
 """Bytes a discovery profile's form may take (its targets: up to 256 entries)."""
 PROGRESS_EVERY = 1
@@ -1173,6 +1176,12 @@ def _credential_fields(form: Mapping[str, str]) -> ProfileFields:
         choices = ", ".join(t.value for t in Transport)
         raise FieldProblem("transport", f"choose one of {choices}")
     port = _number(form, "port", int) if form.get("port", "").strip() else None
+    # What the API's schema limits and the service does not check.
+    for name, most in (("username", MAX_ACCOUNT), ("domain", MAX_ACCOUNT)):
+        if len(form.get(name, "").strip()) > most:
+            raise FieldProblem(name, f"must be at most {most} characters")
+    if len(form.get("password", "")) > MAX_PASSWORD:
+        raise FieldProblem("password", f"must be at most {MAX_PASSWORD} characters")
     return ProfileFields(
         name=form.get("name", "").strip(),
         transport=Transport(transport),
