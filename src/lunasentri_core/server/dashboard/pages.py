@@ -99,6 +99,7 @@ def app_path(request: Request) -> str:
 def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
     """The pages, which find the caller with ``authenticate`` (the API's auth hook)."""
     # Imported here: those modules build on this one's helpers.
+    from lunasentri_core.server.dashboard.agentless_page import agentless_routes
     from lunasentri_core.server.dashboard.alerts_page import AlertsPage
     from lunasentri_core.server.dashboard.channels_page import ChannelsPage
     from lunasentri_core.server.dashboard.machine_page import machine_page
@@ -157,6 +158,7 @@ def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
         page_route("/silences", silences.page, "GET", "silences"),
         page_route("/silences", silences.create, "POST", "silence_create"),
         page_route("/silences/{silence_id}/end", silences.end, "POST", "silence_end"),
+        *agentless_routes(pages),
         page_route("/login", pages.login_form, "GET", "login_form"),
         page_route("/login", pages.login, "POST", "login"),
         page_route("/logout", pages.logout, "POST", "logout"),
@@ -229,12 +231,13 @@ def ago(at: datetime | None, now: datetime) -> str:
     return f"{seconds} s ago"
 
 
-async def form_fields(request: Request) -> dict[str, str]:
-    """An urlencoded form (a few short fields); anything else reads as empty."""
+async def form_fields(request: Request, limit: int = FORM_LIMIT) -> dict[str, str]:
+    """An urlencoded form (a few short fields, ``limit`` bytes at most); anything else
+    reads as empty."""
     body = b""
     async for chunk in request.stream():
         body += chunk
-        if len(body) > FORM_LIMIT:
+        if len(body) > limit:
             return {}
     try:
         fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=16)
