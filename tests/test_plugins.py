@@ -8,7 +8,9 @@ from typing import Any
 import attrs
 import pytest
 
+import lunasentri_core
 from lunasentri_core import hookimpl
+from lunasentri_core.compat import core_requirement, supports
 from lunasentri_core.config import Settings
 from lunasentri_core.errors import ConfigError, PluginError
 from lunasentri_core.plugins import ComponentKind, create_plugin_manager
@@ -358,3 +360,58 @@ def test_no_warning_when_every_table_names_a_component(caplog: pytest.LogCapture
         manager.check_settings_tables(strict=True)
 
     assert caplog.records == []
+
+
+# ------------------------------------------------------------------ supported core versions
+
+
+@pytest.mark.parametrize(
+    ("requires", "warned"),
+    [
+        (["attrs>=23.2", "lunasentri-core>=0.1,<0.2"], False),
+        (["lunasentri-core>=9,<10"], True),
+        (["lunasentri_core<0.1"], True),  # any spelling of the name
+        (["lunasentri-core>=9; python_version < '3'"], False),  # a marker that does not apply
+        (["lunasentri-core>=9; extra == 'extras'"], False),  # only with an extra
+        (["attrs>=23.2"], False),  # no range declared: nothing to compare
+        ([], False),
+    ],
+)
+def test_a_plugin_declaring_core_versions_that_exclude_the_running_core_is_warned_about(
+    make_distribution: MakeDistribution,
+    caplog: pytest.LogCaptureFixture,
+    requires: list[str],
+    warned: bool,
+) -> None:
+    make_distribution(
+        "lunasentri-fakedisk",
+        entry_points={"fakedisk": "fakedisk"},
+        modules={"fakedisk": GOOD},
+        version="2.3",
+        requires=requires,
+    )
+
+    with caplog.at_level(logging.WARNING, logger="lunasentri_core.plugins"):
+        manager = create_plugin_manager(settings())
+
+    # Loaded either way: the warning tells the operator, pip decides what is installed.
+    assert "fakedisk" in manager.collectors()
+    assert not manager.failures
+    lines = [r.getMessage() for r in caplog.records if "fakedisk" in r.getMessage()]
+    if warned:
+        (line,) = lines
+        assert line.startswith("plugin fakedisk (lunasentri-fakedisk 2.3) supports lunasentri-core")
+        assert f"not the running lunasentri-core {lunasentri_core.__version__}" in line
+    else:
+        assert lines == []
+
+
+@pytest.mark.parametrize(
+    ("core", "supported"),
+    [("0.1.0", True), ("0.1.7", True), ("0.1.0.dev3", True), ("0.2.0.dev1", False),
+     ("0.2.0", False), ("0.0.9", False), ("0.1.0+local", True), ("not-a-version", True)],
+)  # fmt: skip
+def test_core_versions_in_a_declared_range(core: str, supported: bool) -> None:
+    requirement = core_requirement(["attrs", "lunasentri-core>=0.1,<0.2"])
+    assert requirement is not None
+    assert supports(requirement, core) is supported
