@@ -9,7 +9,7 @@ import attrs
 import pytest
 
 import lunasentri_core
-from lunasentri_core import hookimpl
+from lunasentri_core import hookimpl, hookspecs
 from lunasentri_core.compat import core_requirement, supports
 from lunasentri_core.config import Settings
 from lunasentri_core.errors import ConfigError, PluginError
@@ -415,3 +415,53 @@ def test_core_versions_in_a_declared_range(core: str, supported: bool) -> None:
     requirement = core_requirement(["attrs", "lunasentri-core>=0.1,<0.2"])
     assert requirement is not None
     assert supports(requirement, core) is supported
+
+
+# ------------------------------------------------------------------ deprecated hooks
+
+
+class UsesHub:
+    @hookimpl
+    def lunasentri_startup(self, hub: object) -> None:
+        pass
+
+
+class WithoutHub:
+    @hookimpl
+    def lunasentri_startup(self) -> None:
+        pass
+
+
+@pytest.fixture
+def hub_argument_deprecated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """lunasentri_startup's ``hub`` deprecated, as a future release would declare it with
+    ``@hookspec(warn_on_impl_args={"hub": HookDeprecationWarning(...)})``."""
+    options = getattr(hookspecs.lunasentri_startup, f"{hookspecs.PROJECT_NAME}_spec")
+    warning = hookspecs.HookDeprecationWarning("'hub' is deprecated since 0.9: take 'app'")
+    monkeypatch.setitem(options, "warn_on_impl_args", {"hub": warning})
+
+
+@pytest.mark.usefixtures("hub_argument_deprecated")
+def test_a_deprecated_hook_argument_is_warned_about_with_the_plugin_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with pytest.warns(hookspecs.HookDeprecationWarning, match="'hub' is deprecated") as seen:
+        manager = create_plugin_manager(
+            entry_points=False, plugins={"old-style": UsesHub(), "new-style": WithoutHub()}
+        )
+    # Still registered and called: a deprecation is a warning, not a failure.
+    assert manager.listens("lunasentri_startup")
+    assert not manager.failures
+    (warning,) = seen.list
+    assert warning.filename == __file__  # points at the implementation
+    (record,) = [r for r in caplog.records if "deprecated" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == "plugin old-style: 'hub' is deprecated since 0.9: take 'app'"
+
+
+@pytest.mark.usefixtures("hub_argument_deprecated")
+def test_a_deprecation_is_an_error_where_warnings_are(caplog: pytest.LogCaptureFixture) -> None:
+    # The filterwarnings = error of this suite, as in a plugin's own tests.
+    with pytest.raises(hookspecs.HookDeprecationWarning):
+        create_plugin_manager(entry_points=False, plugins={"old-style": UsesHub()})
+    assert "plugin old-style: 'hub' is deprecated" in caplog.text

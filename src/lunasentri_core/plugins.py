@@ -16,7 +16,8 @@ import contextlib
 import enum
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
@@ -193,7 +194,8 @@ class PluginManager:
         if name in self._disabled:
             return False
         try:
-            self._pm.register(plugin, name=name)
+            with _deprecations(name):
+                self._pm.register(plugin, name=name)
             self._pm.check_pending()
         except (pluggy.PluginValidationError, ValueError) as error:
             if self._pm.is_registered(plugin):
@@ -450,6 +452,21 @@ def create_plugin_manager(
     for name, plugin in (plugins or {}).items():
         manager.register(plugin, name)
     return manager
+
+
+@contextlib.contextmanager
+def _deprecations(name: str) -> Iterator[None]:
+    """Log the :class:`~lunasentri_core.hookspecs.HookDeprecationWarning` that registering
+    plugin ``name`` issues, with its name, then issue it again for the warning filters
+    (Python hides a DeprecationWarning by default; a plugin's tests may turn it into an
+    error)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", hookspecs.HookDeprecationWarning)
+        yield
+    for found in caught:
+        if issubclass(found.category, hookspecs.HookDeprecationWarning):
+            log.warning("plugin %s: %s", name, found.message)
+        warnings.warn_explicit(found.message, found.category, found.filename, found.lineno)
 
 
 def _check_core_range(name: str, dist: Distribution | None) -> None:
