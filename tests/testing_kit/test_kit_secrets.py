@@ -338,8 +338,9 @@ def test_watch_compare_digest_sees_every_binding_and_thread() -> None:
         worker = threading.Thread(target=hmac.compare_digest, args=(b"t", b"t"))
         worker.start()
         worker.join()
-    assert len(seen.digest) == 4
-    assert (b"t", b"t") in seen.digest
+    # Other threads of the process could add calls of their own: look for these.
+    assert {(b"a", b"a"), ("a", "b"), (b"t", b"t")} <= set(seen.digest)
+    assert (security.hash_token("x"), security.hash_token("x")) in seen.digest
     assert hmac.compare_digest is original
     assert secrets.compare_digest is original
     with watch_compare_digest() as later:
