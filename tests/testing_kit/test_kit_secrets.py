@@ -7,20 +7,26 @@ says what to do; the good ones pass everything.
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 import threading
-from typing import Annotated, NewType
+from typing import Annotated, Any, NewType
 
 import attrs
 import pytest
+from kit_doubles import MemoryState
 from kit_secret_doubles import TOKEN
 from kit_support import KitRun, outcomes
 
-from lunasentri_core import Credentials
+from lunasentri_core import Credentials, Principal
+from lunasentri_core.model import Role
 from lunasentri_core.testing import (
     Comparisons,
+    check_principal,
     check_secret_fields,
     looks_secret,
+    make_machine,
+    make_user,
     presented,
     presented_secrets,
     secret_fields,
@@ -365,3 +371,42 @@ def test_presented_values_record_secret_sized_comparisons() -> None:
     assert presented_secrets(Credentials(cookies={"session": "cookie-value-1"})) == [
         "cookie-value-1"
     ]
+
+
+def _principal_state() -> tuple[MemoryState, str, str]:
+    state = MemoryState(set())
+    user = state.add_user(make_user(role=Role.USER), "unused")
+    machine = state.add_machine(make_machine())
+    return state, user.id, machine.id
+
+
+@pytest.mark.parametrize(
+    ("claims", "message"),
+    [
+        ({"kind": "user", "id": "nobody"}, "user 'nobody', which the state store does not hold"),
+        ({"kind": "user", "role": Role.ADMIN}, "has role <Role.ADMIN: 'admin'>, but the stored"),
+        ({"kind": "user", "machine_id": "m"}, "a user principal has no machine_id"),
+        ({"kind": "machine", "role": Role.ADMIN}, "no machine's credentials grant more"),
+        ({"kind": "machine", "machine_id": "gone", "id": "gone"}, "machine 'gone', which"),
+        ({"kind": "machine", "id": "other"}, "a machine principal's id ('other') must be"),
+        ({"kind": "machine", "machine_id": None}, "a machine principal needs its machine_id"),
+        ({"kind": "agent"}, "the principal's kind is 'agent'"),
+    ],
+)
+def test_check_principal_refuses_what_the_store_does_not_grant(
+    claims: dict[str, Any], message: str
+) -> None:
+    state, user_id, machine_id = _principal_state()
+    if claims["kind"] == "user":
+        fields: dict[str, Any] = {"id": user_id}
+    else:
+        fields = {"id": machine_id, "machine_id": machine_id}
+    principal = Principal(**{**fields, **claims})
+    with pytest.raises((AssertionError, pytest.fail.Exception), match=re.escape(message)):
+        check_principal(principal, state)
+
+
+def test_check_principal_accepts_stored_callers() -> None:
+    state, user_id, machine_id = _principal_state()
+    check_principal(Principal("user", user_id), state)
+    check_principal(Principal("machine", machine_id, machine_id=machine_id), state)
