@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 import textwrap
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -39,11 +39,13 @@ def make_distribution(
         entry_points: Mapping[str, str],
         modules: Mapping[str, str],
         version: str = "1.0",
+        requires: Sequence[str] = (),
     ) -> Path:
         dist_info = site / f"{name.replace('-', '_')}-{version}.dist-info"
         dist_info.mkdir()
         (dist_info / "METADATA").write_text(
             f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+            + "".join(f"Requires-Dist: {line}\n" for line in requires)
         )
         lines = ["[lunasentri]", *(f"{k} = {v}" for k, v in entry_points.items())]
         (dist_info / "entry_points.txt").write_text("\n".join(lines) + "\n")

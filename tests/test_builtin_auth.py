@@ -92,6 +92,8 @@ def authenticate(auth: ApiKeyAuthenticator, secret: str, state: Any) -> Principa
 
 
 class TestApiKeyAuthenticator(AuthenticatorContract):
+    secret_check = "digest-lookup"
+
     @pytest.fixture
     def authenticator(self) -> ApiKeyAuthenticator:
         return ApiKeyAuthenticator()
@@ -112,6 +114,8 @@ class TestApiKeyAuthenticator(AuthenticatorContract):
 
 
 class TestSessionAuthenticator(AuthenticatorContract):
+    secret_check = "digest-lookup"
+
     @pytest.fixture
     def authenticator(self) -> SessionAuthenticator:
         return SessionAuthenticator()

@@ -8,7 +8,9 @@ from typing import Any
 import attrs
 import pytest
 
-from lunasentri_core import hookimpl
+import lunasentri_core
+from lunasentri_core import hookimpl, hookspecs
+from lunasentri_core.compat import core_requirement, supports
 from lunasentri_core.config import Settings
 from lunasentri_core.errors import ConfigError, PluginError
 from lunasentri_core.plugins import ComponentKind, create_plugin_manager
@@ -358,3 +360,108 @@ def test_no_warning_when_every_table_names_a_component(caplog: pytest.LogCapture
         manager.check_settings_tables(strict=True)
 
     assert caplog.records == []
+
+
+# ------------------------------------------------------------------ supported core versions
+
+
+@pytest.mark.parametrize(
+    ("requires", "warned"),
+    [
+        (["attrs>=23.2", "lunasentri-core>=0.1,<0.2"], False),
+        (["lunasentri-core>=9,<10"], True),
+        (["lunasentri_core<0.1"], True),  # any spelling of the name
+        (["lunasentri-core>=9; python_version < '3'"], False),  # a marker that does not apply
+        (["lunasentri-core>=9; extra == 'extras'"], False),  # only with an extra
+        (["attrs>=23.2"], False),  # no range declared: nothing to compare
+        ([], False),
+    ],
+)
+def test_a_plugin_declaring_core_versions_that_exclude_the_running_core_is_warned_about(
+    make_distribution: MakeDistribution,
+    caplog: pytest.LogCaptureFixture,
+    requires: list[str],
+    warned: bool,
+) -> None:
+    make_distribution(
+        "lunasentri-fakedisk",
+        entry_points={"fakedisk": "fakedisk"},
+        modules={"fakedisk": GOOD},
+        version="2.3",
+        requires=requires,
+    )
+
+    with caplog.at_level(logging.WARNING, logger="lunasentri_core.plugins"):
+        manager = create_plugin_manager(settings())
+
+    # Loaded either way: the warning tells the operator, pip decides what is installed.
+    assert "fakedisk" in manager.collectors()
+    assert not manager.failures
+    lines = [r.getMessage() for r in caplog.records if "fakedisk" in r.getMessage()]
+    if warned:
+        (line,) = lines
+        assert line.startswith("plugin fakedisk (lunasentri-fakedisk 2.3) supports lunasentri-core")
+        assert f"not the running lunasentri-core {lunasentri_core.__version__}" in line
+    else:
+        assert lines == []
+
+
+@pytest.mark.parametrize(
+    ("core", "supported"),
+    [("0.1.0", True), ("0.1.7", True), ("0.1.0.dev3", True), ("0.2.0.dev1", False),
+     ("0.2.0", False), ("0.0.9", False), ("0.1.0+local", True), ("not-a-version", True)],
+)  # fmt: skip
+def test_core_versions_in_a_declared_range(core: str, supported: bool) -> None:
+    requirement = core_requirement(["attrs", "lunasentri-core>=0.1,<0.2"])
+    assert requirement is not None
+    assert supports(requirement, core) is supported
+
+
+# ------------------------------------------------------------------ deprecated hooks
+
+
+class UsesHub:
+    @hookimpl
+    def lunasentri_startup(self, hub: object) -> None:
+        pass
+
+
+class WithoutHub:
+    @hookimpl
+    def lunasentri_startup(self) -> None:
+        pass
+
+
+@pytest.fixture
+def hub_argument_deprecated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """lunasentri_startup's ``hub`` deprecated, as a future release would declare it with
+    ``@hookspec(warn_on_impl_args={"hub": HookDeprecationWarning(...)})``."""
+    options = getattr(hookspecs.lunasentri_startup, f"{hookspecs.PROJECT_NAME}_spec")
+    warning = hookspecs.HookDeprecationWarning("'hub' is deprecated since 0.9: take 'app'")
+    monkeypatch.setitem(options, "warn_on_impl_args", {"hub": warning})
+
+
+@pytest.mark.usefixtures("hub_argument_deprecated")
+def test_a_deprecated_hook_argument_is_warned_about_with_the_plugin_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with pytest.warns(hookspecs.HookDeprecationWarning, match="'hub' is deprecated") as seen:
+        manager = create_plugin_manager(
+            entry_points=False, plugins={"old-style": UsesHub(), "new-style": WithoutHub()}
+        )
+    # Still registered and called: a deprecation is a warning, not a failure.
+    assert manager.listens("lunasentri_startup")
+    assert not manager.failures
+    (warning,) = seen.list
+    assert warning.filename == __file__  # points at the implementation
+    (record,) = [r for r in caplog.records if "deprecated" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == "plugin old-style: 'hub' is deprecated since 0.9: take 'app'"
+
+
+@pytest.mark.usefixtures("hub_argument_deprecated")
+def test_a_deprecation_is_an_error_where_warnings_are(caplog: pytest.LogCaptureFixture) -> None:
+    # The filterwarnings = error of this suite, as in a plugin's own tests.
+    with pytest.raises(hookspecs.HookDeprecationWarning):
+        create_plugin_manager(entry_points=False, plugins={"old-style": UsesHub()})
+    assert "plugin old-style: 'hub' is deprecated" in caplog.text

@@ -38,6 +38,17 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
+class HookDeprecationWarning(DeprecationWarning):
+    """A plugin implements a deprecated hook, or asks for a deprecated argument of one.
+
+    Issued when the plugin is registered, by pluggy's ``warn_on_impl`` (for a
+    hook) and ``warn_on_impl_args`` (for an argument) options on a spec, e.g.
+    ``@hookspec(warn_on_impl_args={"hub": HookDeprecationWarning("...")})``.
+    The plugin manager also logs it with the plugin's name. See docs/hooks.md,
+    "Compatibility".
+    """
+
+
 # --------------------------------------------------------------------------
 # Registration hooks: called once, when the plugin manager is built.
 # --------------------------------------------------------------------------

@@ -16,7 +16,8 @@ import contextlib
 import enum
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
@@ -180,7 +181,8 @@ class PluginManager:
         except Exception as error:
             self._fail(entry_point.name, _describe(error), "import", origin.distribution)
             return
-        self.register(plugin, entry_point.name, _origin=origin)
+        if self.register(plugin, entry_point.name, _origin=origin):
+            _check_core_range(entry_point.name, dist)
 
     def register(self, plugin: object, name: str, *, _origin: _Origin | None = None) -> bool:
         """Register a plugin object (module, class or instance) under ``name``.
@@ -192,7 +194,8 @@ class PluginManager:
         if name in self._disabled:
             return False
         try:
-            self._pm.register(plugin, name=name)
+            with _deprecations(name):
+                self._pm.register(plugin, name=name)
             self._pm.check_pending()
         except (pluggy.PluginValidationError, ValueError) as error:
             if self._pm.is_registered(plugin):
@@ -449,6 +452,46 @@ def create_plugin_manager(
     for name, plugin in (plugins or {}).items():
         manager.register(plugin, name)
     return manager
+
+
+@contextlib.contextmanager
+def _deprecations(name: str) -> Iterator[None]:
+    """Log the :class:`~lunasentri_core.hookspecs.HookDeprecationWarning` that registering
+    plugin ``name`` issues, with its name, then issue it again for the warning filters
+    (Python hides a DeprecationWarning by default; a plugin's tests may turn it into an
+    error)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", hookspecs.HookDeprecationWarning)
+        yield
+    for found in caught:
+        if issubclass(found.category, hookspecs.HookDeprecationWarning):
+            log.warning("plugin %s: %s", name, found.message)
+        warnings.warn_explicit(found.message, found.category, found.filename, found.lineno)
+
+
+def _check_core_range(name: str, dist: Distribution | None) -> None:
+    """Warn when the plugin's distribution declares core versions the running core is not."""
+    # importlib.metadata's distributions have ``requires``; the agent's own scan has not,
+    # and the agent does without this check (and without importing packaging for it).
+    requires: Sequence[str] | None = getattr(dist, "requires", None)
+    if not requires or dist is None:
+        return
+    from lunasentri_core import __version__ as running
+    from lunasentri_core.compat import core_requirement, supports
+
+    requirement = core_requirement(requires)
+    if requirement is None or supports(requirement, running):
+        return
+    log.warning(
+        "plugin %s (%s %s) supports lunasentri-core %s, not the running lunasentri-core %s: "
+        "it is loaded, but may fail; install a release of %s made for this core",
+        name,
+        dist.name,
+        dist.version,
+        requirement.specifier,
+        running,
+        dist.name,
+    )
 
 
 def _call(impl: pluggy.HookImpl, kwargs: Mapping[str, Any]) -> Any:

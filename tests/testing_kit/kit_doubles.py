@@ -429,6 +429,7 @@ class MemoryState(MemoryAgentless):
         del self._machines[machine_id]
         self._changed()
         self._configs.pop(machine_id, None)
+        self._keys = {i: k for i, k in self._keys.items() if k.machine_id != machine_id}
         self._events = [e for e in self._events if e.machine_id != machine_id]
         self._alert_states = {
             k: s for k, s in self._alert_states.items() if s.machine_id != machine_id

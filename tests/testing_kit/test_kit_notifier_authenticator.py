@@ -75,6 +75,8 @@ def _state() -> MemoryState:
 
 
 class TestBearerKeyAuthenticator(AuthenticatorContract):
+    secret_check = "digest-lookup"
+
     @pytest.fixture
     def authenticator(self) -> BearerKeyAuthenticator:
         return BearerKeyAuthenticator()

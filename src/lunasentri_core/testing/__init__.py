@@ -28,8 +28,10 @@ pytest.register_assert_rewrite(
     "lunasentri_core.testing.assertions",
     "lunasentri_core.testing.authenticator",
     "lunasentri_core.testing.collector",
+    "lunasentri_core.testing.constant_time",
     "lunasentri_core.testing.entry_point",
     "lunasentri_core.testing.notifier",
+    "lunasentri_core.testing.secret_fields",
     "lunasentri_core.testing.storage",
     "lunasentri_core.testing.storage_agentless",
     "lunasentri_core.testing.storage_alerting",
@@ -43,7 +45,11 @@ pytest.register_assert_rewrite(
 from lunasentri_core.plugins import PluginManager, create_plugin_manager
 from lunasentri_core.testing.aio import resolve
 from lunasentri_core.testing.assertions import assert_history_equal, assert_latest_equal
-from lunasentri_core.testing.authenticator import AuthenticatorContract
+from lunasentri_core.testing.authenticator import (
+    AuthenticatorContract,
+    check_principal,
+    presented_secrets,
+)
 from lunasentri_core.testing.builders import (
     BASE_TIME,
     hash_secret,
@@ -70,6 +76,7 @@ from lunasentri_core.testing.builders import (
     make_user,
 )
 from lunasentri_core.testing.collector import CollectorContract, check_readings
+from lunasentri_core.testing.constant_time import Comparisons, presented, watch_compare_digest
 from lunasentri_core.testing.contract import Contract
 from lunasentri_core.testing.entry_point import EntryPointContract
 from lunasentri_core.testing.notifier import NotifierContract, ReceivedMessage
@@ -85,6 +92,12 @@ from lunasentri_core.testing.reference import (
     points_of,
     reference_history,
     reference_latest,
+)
+from lunasentri_core.testing.secret_fields import (
+    check_secret_fields,
+    looks_secret,
+    secret_fields,
+    secret_values,
 )
 from lunasentri_core.testing.settings import decode_settings
 from lunasentri_core.testing.storage import StorageContract
@@ -109,6 +122,7 @@ __all__ = [
     "CollectorContract",
     "CommandHandler",
     "CommandResult",
+    "Comparisons",
     "Contract",
     "EntryPointContract",
     "HookRecorder",
@@ -127,12 +141,15 @@ __all__ = [
     "WsmanServer",
     "assert_history_equal",
     "assert_latest_equal",
+    "check_principal",
     "check_readings",
+    "check_secret_fields",
     "create_plugin_manager",
     "decode_settings",
     "hash_secret",
     "history_batch",
     "hook_recorder",
+    "looks_secret",
     "lunasentri_plugin_manager",
     "make_alert_event",
     "make_alert_rule",
@@ -157,10 +174,15 @@ __all__ = [
     "make_target",
     "make_user",
     "points_of",
+    "presented",
+    "presented_secrets",
     "reference_history",
     "reference_latest",
     "register_plugin",
     "require",
     "resolve",
+    "secret_fields",
+    "secret_values",
+    "watch_compare_digest",
     "wsman_server",
 ]

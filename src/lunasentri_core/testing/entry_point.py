@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import pytest
 
+from lunasentri_core.compat import CORE_DISTRIBUTION, core_requirement, supports
 from lunasentri_core.plugins import ENTRY_POINT_GROUP, PluginInfo, create_plugin_manager
 from lunasentri_core.testing.contract import Contract
 
@@ -22,7 +23,9 @@ class EntryPointContract(Contract):
     Set ``plugin`` (the entry-point name), ``distribution`` (the project name) and
     ``components`` (what it registers, as ``"<kind>:<name>"``, e.g.
     ``"collector:filesize"``). The distribution must be installed
-    (``pip install -e .``) for these tests to pass.
+    (``pip install -e .``) for these tests to pass. It must also declare the
+    core versions it supports, as a dependency on ``lunasentri-core`` with a
+    range that holds the running core (``"lunasentri-core>=0.1,<0.2"``).
     """
 
     __test__ = False
@@ -70,3 +73,18 @@ class EntryPointContract(Contract):
         self._entry_point()
         missing = self.components - set(self._info().components)
         assert not missing, f"the plugin does not register {sorted(missing)}"
+
+    def test_declares_the_core_versions_it_supports(self) -> None:
+        self._entry_point()
+        requirement = core_requirement(importlib.metadata.requires(self.distribution) or [])
+        specifier = "" if requirement is None else str(requirement.specifier)
+        assert specifier, (
+            f"{self.distribution} declares no range of {CORE_DISTRIBUTION} versions: add "
+            f'"{CORE_DISTRIBUTION}>=X.Y,<X.Y+1" to [project] dependencies in its pyproject.toml'
+        )
+        assert requirement is not None
+        running = importlib.metadata.version(CORE_DISTRIBUTION)
+        assert supports(requirement, running), (
+            f"{self.distribution} supports {CORE_DISTRIBUTION} {requirement.specifier}, "
+            f"not the installed {running}"
+        )

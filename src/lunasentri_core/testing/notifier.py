@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -20,6 +20,7 @@ from lunasentri_core.components import (
 from lunasentri_core.testing.aio import resolve
 from lunasentri_core.testing.builders import make_notification
 from lunasentri_core.testing.contract import Contract, check_name, check_settings_class
+from lunasentri_core.testing.secret_fields import check_secret_fields, secret_values
 
 
 @attrs.frozen
@@ -39,37 +40,6 @@ class ReceivedMessage:
 
 Received = Callable[[], Sequence[ReceivedMessage]]
 
-SECRET_NAME_HINTS = ("secret", "token", "password", "passwd", "apikey", "api_key", "credential")
-"""Channel fields whose name contains one of these must be marked secret."""
-MIN_SECRET_CHARS = 6
-"""Shorter secret values are not searched for in details and logs (too many false hits)."""
-
-
-def _secret_fields(channel_class: type[Any]) -> list[str]:
-    """Names of the fields of ``channel_class`` marked ``metadata={"secret": True}``."""
-    return [field.name for field in attrs.fields(channel_class) if field.metadata.get("secret")]
-
-
-def _secret_values(channel_class: type[Any], channel: Mapping[str, Any]) -> list[str]:
-    """The strings held by the secret fields of ``channel`` (inside mappings and lists too)."""
-    return [
-        text
-        for name in _secret_fields(channel_class)
-        for text in _strings(channel.get(name))
-        if len(text) >= MIN_SECRET_CHARS
-    ]
-
-
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _strings(item)
-
 
 class NotifierContract(Contract):
     """Tests every notifier must pass.
@@ -82,11 +52,12 @@ class NotifierContract(Contract):
 
     Besides delivering, the suite checks the channel configuration: the notifier
     class has a ``channel_class`` (an attrs class) that the ``channel`` fixture
-    decodes into and encodes back from; fields whose name suggests a secret
-    (token, password, ...) are marked ``metadata={"secret": True}``; the values
-    of secret fields appear neither in a result's ``detail`` nor in any log
-    record, on success or failure; and ``send`` leaves the channel mapping as it
-    was.
+    decodes into and encodes back from; fields whose name or type suggests a
+    secret (token, password, key, ``SecretStr``, ...) are marked
+    ``metadata={"secret": True}`` (or ``False`` when they are not one); the
+    values of secret fields, marked or only looking so, appear neither in a
+    result's ``detail`` nor in any log record, on success or failure; and
+    ``send`` leaves the channel mapping as it was.
     """
 
     __test__ = False
@@ -154,16 +125,7 @@ class NotifierContract(Contract):
         )
 
     def test_secret_fields_are_marked(self, notifier: Notifier) -> None:
-        for field in attrs.fields(self.channel_class_of(notifier)):
-            marked = field.metadata.get("secret", False)
-            assert isinstance(marked, bool), (
-                f"channel field {field.name!r}: metadata 'secret' must be True or False"
-            )
-            if any(hint in field.name.lower() for hint in SECRET_NAME_HINTS):
-                assert marked, (
-                    f"channel field {field.name!r} looks like a secret: declare it with "
-                    "attrs.field(metadata={'secret': True}) so the API masks it"
-                )
+        check_secret_fields(self.channel_class_of(notifier), "channel field")
 
     def test_secrets_stay_out_of_details_and_logs(
         self,
@@ -181,7 +143,7 @@ class NotifierContract(Contract):
             with caplog.at_level(logging.DEBUG):
                 result = self.send(notifier, tried, make_notification())
             logged = caplog.text
-            for value in _secret_values(cls, tried):
+            for value in secret_values(cls, tried):
                 assert value not in result.detail, (
                     f"the detail of a send to {fixture!r} shows a secret field's value"
                 )
