@@ -185,6 +185,7 @@ def test_the_notifier_suite_catches_broken_notifiers(kit_run: KitRun) -> None:
     }
     assert outcomes(result, "TestChannelUnaware")["failed"] == {
         "test_channel_class_decodes_the_channel",
+        "test_channel_class_refuses_invalid_config",
         "test_secret_fields_are_marked",
         "test_secrets_stay_out_of_details_and_logs",
     }

@@ -14,8 +14,9 @@ then subclass the contract of what your plugin provides::
             return MyCollector(MySettings())
 
 Fixtures: ``lunasentri_plugin_manager`` (an isolated plugin manager without
-entry points), ``register_plugin`` (registers a plugin object for one test) and
-``hook_recorder`` (a :class:`HookRecorder` registered on that manager).
+entry points), ``register_plugin`` (registers a plugin object for one test),
+``hook_recorder`` (a :class:`HookRecorder` registered on that manager) and
+``silent_server`` (a loopback host that never answers, for timeout checks).
 
 The kit needs pytest; ``import lunasentri_core`` never imports it. (This module
 is marked PYTEST_DONT_REWRITE: it holds no asserts, while its submodules are
@@ -41,7 +42,7 @@ pytest.register_assert_rewrite(
 
 # ruff: noqa: E402 - the imports must follow the registration above
 from lunasentri_core.plugins import PluginManager, create_plugin_manager
-from lunasentri_core.testing.aio import resolve
+from lunasentri_core.testing.aio import LOOP_LAG_LIMIT, LoopWatch, resolve, watch_the_loop
 from lunasentri_core.testing.assertions import assert_history_equal, assert_latest_equal
 from lunasentri_core.testing.authenticator import AuthenticatorContract
 from lunasentri_core.testing.builders import (
@@ -78,6 +79,7 @@ from lunasentri_core.testing.plugin import (
     hook_recorder,
     lunasentri_plugin_manager,
     register_plugin,
+    silent_server,
 )
 from lunasentri_core.testing.recorder import EVENT_HOOKS, HookRecorder, RecordedCall, make_plugin
 from lunasentri_core.testing.reference import (
@@ -104,6 +106,7 @@ from lunasentri_core.testing.wsman_data import WmiRepository
 __all__ = [
     "BASE_TIME",
     "EVENT_HOOKS",
+    "LOOP_LAG_LIMIT",
     "AgentlessStoreContract",
     "AuthenticatorContract",
     "CollectorContract",
@@ -112,6 +115,7 @@ __all__ = [
     "Contract",
     "EntryPointContract",
     "HookRecorder",
+    "LoopWatch",
     "MetricStoreContract",
     "NotifierContract",
     "PluginManager",
@@ -162,5 +166,7 @@ __all__ = [
     "register_plugin",
     "require",
     "resolve",
+    "silent_server",
+    "watch_the_loop",
     "wsman_server",
 ]
