@@ -88,7 +88,12 @@ from lunasentri_core.testing.reference import (
     reference_history,
     reference_latest,
 )
-from lunasentri_core.testing.settings import decode_settings
+from lunasentri_core.testing.settings import (
+    InvalidConfig,
+    check_refuses_invalid_configs,
+    decode_settings,
+    invalid_configs,
+)
 from lunasentri_core.testing.storage import StorageContract
 from lunasentri_core.testing.storage_agentless import AgentlessStoreContract
 from lunasentri_core.testing.storage_metrics import MetricStoreContract, history_batch, require
@@ -115,6 +120,7 @@ __all__ = [
     "Contract",
     "EntryPointContract",
     "HookRecorder",
+    "InvalidConfig",
     "LoopWatch",
     "MetricStoreContract",
     "NotifierContract",
@@ -132,11 +138,13 @@ __all__ = [
     "assert_history_equal",
     "assert_latest_equal",
     "check_readings",
+    "check_refuses_invalid_configs",
     "create_plugin_manager",
     "decode_settings",
     "hash_secret",
     "history_batch",
     "hook_recorder",
+    "invalid_configs",
     "lunasentri_plugin_manager",
     "make_alert_event",
     "make_alert_rule",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from lunasentri_core.components import Authenticator, Credentials, Principal
+from lunasentri_core.plugins import ComponentKind
 from lunasentri_core.storage.protocols import StateStore
 from lunasentri_core.testing.aio import resolve
-from lunasentri_core.plugins import ComponentKind
 from lunasentri_core.testing.contract import (
     Contract,
     build_through_the_plugin_manager,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, cast
 
 import anyio
@@ -211,7 +211,8 @@ class CollectorContract(Contract):
         """A coroutine ``collect`` runs on the hub's event loop, so it must never block it."""
         if not is_async(collector.collect):
             pytest.skip("collect() is a plain function: the hub runs it in a worker thread")
-        watch = watch_the_loop(lambda: collector.collect(target), backend=self.async_backend)
+        collect = cast(Callable[[Target], Awaitable[Sequence[Reading]]], collector.collect)
+        watch = watch_the_loop(lambda: collect(target), backend=self.async_backend)
         check_readings(watch.result, type(collector).__name__)
         assert not watch.blocking_calls, (
             "the coroutine collect() made blocking calls on the event loop's thread: "
@@ -243,8 +244,11 @@ class CollectorContract(Contract):
                     pytrace=False,
                 )
             pytest.skip("the collector's settings have no timeout (no field named '*timeout*')")
-        assert self.timeout_settings is not None and unresponsive_target is not None, (
-            "give both 'timeout_settings' and an 'unresponsive_target' fixture"
+        assert self.timeout_settings is not None, (
+            "an 'unresponsive_target' fixture needs 'timeout_settings' too"
+        )
+        assert unresponsive_target is not None, (
+            "'timeout_settings' needs an 'unresponsive_target' fixture too"
         )
         built = build_through_the_plugin_manager(
             cls, ComponentKind.COLLECTOR, self.timeout_settings
@@ -284,7 +288,7 @@ def _collect_in_a_thread(
     def run() -> None:
         try:
             outcome.result = resolve(collector.collect(target), backend=backend)
-        except BaseException as error:  # noqa: BLE001 - giving up is what it should do
+        except BaseException as error:  # giving up is what it should do
             outcome.error = error
         finally:
             finished.set()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import attrs
@@ -107,7 +107,8 @@ def build_through_the_plugin_manager(
     the plugin manager's reason when the class is refused, and with the error
     when its constructor raises.
     """
-    plugin = make_plugin(**{_REGISTRATION_HOOKS[kind]: lambda: [cls]})
+    hooks: dict[str, Callable[..., Any]] = {_REGISTRATION_HOOKS[kind]: lambda: [cls]}
+    plugin = make_plugin("contract-plugin", **hooks)
     name = getattr(cls, "name", None)
     manager = PluginManager(
         plugin_settings={name: settings} if settings is not None and isinstance(name, str) else None
@@ -120,7 +121,7 @@ def build_through_the_plugin_manager(
     what = "its default settings" if settings is None else f"the settings {dict(settings)!r}"
     try:
         created = component.create()
-    except Exception as error:  # noqa: BLE001 - reported to the plugin's author
+    except Exception as error:  # reported to the plugin's author
         pytest.fail(
             f"the plugin manager could not build {cls.__name__} with {what}: "
             f"{cls.__name__}({'settings' if cls.settings_class else ''}) raised "

@@ -65,10 +65,16 @@ def invalid_configs(cls: type[Any], valid: Mapping[str, Any]) -> list[InvalidCon
     enums, lists, mappings, attrs classes, and optional ones of those); and each
     string field that has a validator or a converter given an empty string.
     """
-    cases = [InvalidConfig(f"an unknown field {_UNKNOWN_FIELD!r}", _UNKNOWN_FIELD, {
-        **valid,
-        _UNKNOWN_FIELD: "x",
-    })]
+    cases = [
+        InvalidConfig(
+            f"an unknown field {_UNKNOWN_FIELD!r}",
+            _UNKNOWN_FIELD,
+            {
+                **valid,
+                _UNKNOWN_FIELD: "x",
+            },
+        )
+    ]
     hints = _type_hints(cls)
     for field in attrs.fields(cls):
         key = field.alias or field.name
@@ -107,7 +113,7 @@ def check_refuses_invalid_configs(cls: type[Any], valid: Mapping[str, Any], what
 def _refusal_problem(cls: type[Any], case: InvalidConfig) -> str | None:
     try:
         converter.structure(dict(case.config), cls)
-    except Exception as error:  # noqa: BLE001 - examined below
+    except Exception as error:  # examined below
         wrong = [
             leaf
             for leaf in _leaves(error)
@@ -155,7 +161,7 @@ _NO_VALUE = object()
 def _type_hints(cls: type[Any]) -> dict[str, Any]:
     try:
         return typing.get_type_hints(cls)
-    except Exception:  # noqa: BLE001 - unresolvable annotations: no type cases
+    except Exception:  # unresolvable annotations: no type cases
         return {}
 
 
