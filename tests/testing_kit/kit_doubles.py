@@ -1451,6 +1451,18 @@ class AsyncMemoryNotifier(MemoryNotifier):
         return super().send(channel, notification)
 
 
+class SleepyAsyncNotifier(MemoryNotifier):
+    """A coroutine send that waits with ``time.sleep``: the event loop waits with it."""
+
+    name: ClassVar[str] = "sleepy-notifier"
+
+    async def send(  # type: ignore[override]
+        self, channel: Mapping[str, Any], notification: Notification
+    ) -> DeliveryResult:
+        time.sleep(LOOP_BLOCK_SECONDS)
+        return super().send(channel, notification)
+
+
 class KeylessNotifier(MemoryNotifier):
     name: ClassVar[str] = "keyless"
 

@@ -1,5 +1,6 @@
-"""CollectorContract: a coroutine that blocks the event loop, a collector that ignores
-its timeout, and a reading given a bool are each caught with a clear message."""
+"""CollectorContract (and NotifierContract's send): a coroutine that blocks the event
+loop, a collector that ignores its timeout, and a reading given a bool are each caught
+with a clear message."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ pytest_plugins = ["pytester", "lunasentri_core.testing"]
 
 LOOP_TEST = "test_collect_does_not_block_the_event_loop"
 TIMEOUT_TEST = "test_collect_gives_up_after_its_timeout"
+SEND_LOOP_TEST = "test_send_does_not_block_the_event_loop"
 
 
 class TestThreadedAsyncCollector(CollectorContract):
@@ -73,8 +75,8 @@ def test_a_coroutine_that_sleeps_on_the_loop_fails(kit_run: KitRun) -> None:
     assert outcomes(result, "TestGood")["passed"] == {LOOP_TEST}
     result.stdout.fnmatch_lines(
         [
-            f"*the coroutine collect() held the event loop for *s at one stretch "
-            f"(the limit is {LOOP_LAG_LIMIT}s)*"
+            "*the coroutine collect() held the event loop for *s and *s at one stretch "
+            f"in two calls (the limit is {LOOP_LAG_LIMIT}s)*"
         ]
     )
 
@@ -101,6 +103,35 @@ def test_a_coroutine_that_connects_a_blocking_socket_fails(kit_run: KitRun) -> N
             "socket.connect(('127.0.0.1', *))*anyio.to_thread.run_sync*"
         ]
     )
+
+
+def test_a_coroutine_send_that_sleeps_on_the_loop_fails(kit_run: KitRun) -> None:
+    result = kit_run.run(
+        """
+        import pytest
+        import kit_doubles
+        from lunasentri_core.testing import NotifierContract
+
+        class TestSleepy(NotifierContract):
+            @pytest.fixture
+            def notifier(self):
+                return kit_doubles.SleepyAsyncNotifier()
+
+            @pytest.fixture
+            def channel(self):
+                return {"inbox": "ops"}
+
+        class TestGood(TestSleepy):
+            @pytest.fixture
+            def notifier(self):
+                return kit_doubles.AsyncMemoryNotifier()
+        """,
+        "-k",
+        SEND_LOOP_TEST,
+    )
+    assert outcomes(result, "TestSleepy")["failed"] == {SEND_LOOP_TEST}
+    assert outcomes(result, "TestGood")["passed"] == {SEND_LOOP_TEST}
+    result.stdout.fnmatch_lines(["*the coroutine send() held the event loop for *s and *s*"])
 
 
 def test_a_plain_collect_is_not_held_to_the_loop_rule(kit_run: KitRun) -> None:

@@ -46,11 +46,12 @@ LOOP_LAG_LIMIT = 0.5
 
 A coroutine that calls ``time.sleep(1)``, ``psutil.cpu_percent(interval=1)`` or a
 blocking HTTP client holds the loop for a second or more: every other collection,
-ingest and request of the hub waits that long. A loop that is free wakes a
-sleeping task within a millisecond; on a loaded 2-core CI machine (one process
-among several busy ones, the OS's time slices, a garbage collection pass) the
-worst wake-ups measured stay under a tenth of a second. Half a second is five
-times that margin and half the shortest blocking call worth catching.
+ingest and request of the hub waits that long. A free loop wakes a sleeping task
+within a millisecond. Measured on a 2-core machine shared by several test runs
+(150 watched runs of a coroutine that only awaits): the worst wake-up was 65 ms at
+load 1.4 and 0.18 s at load 17. Half a second is well above that noise and half
+the shortest blocking call worth catching; a suite that sees it exceeded collects
+once more and fails only if the second collection exceeds it too.
 """
 _TICK = 0.005
 """Seconds between the ticker's wake-ups."""

@@ -15,11 +15,12 @@ from lunasentri_core.codec import decode_json, encode_json
 from lunasentri_core.components import Collector
 from lunasentri_core.model import LABEL_NAME, METRIC_NAME, Reading, Sample, Target, utcnow
 from lunasentri_core.plugins import ComponentKind
-from lunasentri_core.testing.aio import LOOP_LAG_LIMIT, is_async, resolve, watch_the_loop
+from lunasentri_core.testing.aio import LOOP_LAG_LIMIT, is_async, resolve
 from lunasentri_core.testing.builders import make_target
 from lunasentri_core.testing.contract import (
     Contract,
     build_through_the_plugin_manager,
+    check_does_not_block_the_loop,
     check_name,
     check_settings_class,
 )
@@ -212,20 +213,11 @@ class CollectorContract(Contract):
         if not is_async(collector.collect):
             pytest.skip("collect() is a plain function: the hub runs it in a worker thread")
         collect = cast(Callable[[Target], Awaitable[Sequence[Reading]]], collector.collect)
-        watch = watch_the_loop(lambda: collect(target), backend=self.async_backend)
-        check_readings(watch.result, type(collector).__name__)
-        assert not watch.blocking_calls, (
-            "the coroutine collect() made blocking calls on the event loop's thread: "
-            + ", ".join(watch.blocking_calls)
-            + "; await an async client (anyio, httpx.AsyncClient) or move the blocking "
-            "work to a thread with anyio.to_thread.run_sync"
+        results = check_does_not_block_the_loop(
+            lambda: collect(target), "collect()", self.max_loop_lag, self.async_backend
         )
-        assert watch.max_lag <= self.max_loop_lag, (
-            f"the coroutine collect() held the event loop for {watch.max_lag:.2f}s at one "
-            f"stretch (the limit is {self.max_loop_lag}s): it blocks (time.sleep, a "
-            "blocking socket or client, long CPU work); await instead, or move that work "
-            "to a thread with anyio.to_thread.run_sync"
-        )
+        for result in results:
+            check_readings(result, type(collector).__name__)
 
     def test_collect_gives_up_after_its_timeout(
         self, collector: Collector, unresponsive_target: Target | None

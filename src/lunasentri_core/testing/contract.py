@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 import pytest
 
 from lunasentri_core.codec import decode
 from lunasentri_core.plugins import ComponentKind, PluginManager
-from lunasentri_core.testing.aio import DEFAULT_BACKEND
+from lunasentri_core.testing.aio import DEFAULT_BACKEND, watch_the_loop
 from lunasentri_core.testing.recorder import make_plugin
 from lunasentri_core.testing.settings import check_refuses_invalid_configs
+
+T = TypeVar("T")
 
 _REGISTRATION_HOOKS = {
     ComponentKind.COLLECTOR: "lunasentri_register_collectors",
@@ -132,3 +134,36 @@ def build_through_the_plugin_manager(
         f"building {cls.__name__} gave a {type(created).__name__}, not a {cls.__name__}"
     )
     return created
+
+
+def check_does_not_block_the_loop(
+    call: Callable[[], Awaitable[T]], what: str, limit: float, backend: str
+) -> list[T]:
+    """Assert awaiting ``call()`` neither blocks nor holds the event loop; its results.
+
+    Runs it under :func:`~lunasentri_core.testing.watch_the_loop`: any blocking
+    call seen on the loop's thread fails at once; a stretch over ``limit``
+    seconds fails only if a second call exceeds it too (a call that blocks does
+    so every time; a busy machine holding up the thread seldom does twice).
+    """
+    results: list[T] = []
+    lags: list[float] = []
+    for _ in range(2):
+        watch = watch_the_loop(call, backend=backend)
+        results.append(watch.result)
+        assert not watch.blocking_calls, (
+            f"the coroutine {what} made blocking calls on the event loop's thread: "
+            + ", ".join(watch.blocking_calls)
+            + "; await an async client (anyio, httpx.AsyncClient) or move the blocking "
+            "work to a thread with anyio.to_thread.run_sync"
+        )
+        lags.append(watch.max_lag)
+        if watch.max_lag <= limit:
+            return results
+    raise AssertionError(
+        f"the coroutine {what} held the event loop for "
+        + " and ".join(f"{lag:.2f}s" for lag in lags)
+        + f" at one stretch in two calls (the limit is {limit}s): it blocks (time.sleep, "
+        "a blocking socket or client, long CPU work); await instead, or move that work "
+        "to a thread with anyio.to_thread.run_sync"
+    )

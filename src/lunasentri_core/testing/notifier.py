@@ -6,8 +6,8 @@ import contextlib
 import copy
 import logging
 import socket
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
@@ -21,11 +21,12 @@ from lunasentri_core.components import (
     Notifier,
 )
 from lunasentri_core.plugins import ComponentKind
-from lunasentri_core.testing.aio import resolve
+from lunasentri_core.testing.aio import LOOP_LAG_LIMIT, is_async, resolve
 from lunasentri_core.testing.builders import make_notification
 from lunasentri_core.testing.contract import (
     Contract,
     build_through_the_plugin_manager,
+    check_does_not_block_the_loop,
     check_name,
     check_settings_class,
 )
@@ -137,6 +138,9 @@ class NotifierContract(Contract):
 
     supports_idempotency_key: ClassVar[bool] = True
     """Whether the channel carries :attr:`Notification.id` to the receiver."""
+
+    max_loop_lag: ClassVar[float] = LOOP_LAG_LIMIT
+    """Seconds a coroutine ``send`` may hold the event loop at one stretch."""
 
     @pytest.fixture
     def notifier(self) -> Notifier:
@@ -279,6 +283,24 @@ class NotifierContract(Contract):
         assert keys == [notification.id, notification.id, other.id], (
             "each delivery must carry its Notification.id, the same on a retry"
         )
+
+    def test_send_does_not_block_the_event_loop(
+        self, notifier: Notifier, channel: Mapping[str, Any]
+    ) -> None:
+        """A coroutine ``send`` runs on the hub's event loop, so it must never block it."""
+        if not is_async(notifier.send):
+            pytest.skip("send() is a plain function: the hub runs it in a worker thread")
+        send = cast(Callable[..., Awaitable[DeliveryResult]], notifier.send)
+        results = check_does_not_block_the_loop(
+            lambda: send(channel, make_notification()),
+            "send()",
+            self.max_loop_lag,
+            self.async_backend,
+        )
+        for result in results:
+            assert isinstance(result, DeliveryResult), (
+                f"send() must return a DeliveryResult, not {type(result).__name__}"
+            )
 
     def test_undeliverable_channel_is_reported(
         self, notifier: Notifier, failing_channel: Mapping[str, Any] | None
