@@ -4,6 +4,8 @@ with a clear message."""
 
 from __future__ import annotations
 
+import socket
+
 import anyio
 import pytest
 from kit_doubles import (
@@ -177,6 +179,24 @@ def test_the_loop_watch_sees_no_lag_when_the_work_awaits() -> None:
     assert watch.result == 8
     assert watch.blocking_calls == []
     assert watch.max_lag < LOOP_LAG_LIMIT
+
+
+def test_the_loop_watch_does_not_count_the_loops_own_sockets() -> None:
+    async def connect() -> bytes:
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+            port = listener.getsockname()[1]
+            async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+                await stream.send(b"hello")
+            accepted, _ = await anyio.to_thread.run_sync(listener.accept)
+            with accepted:
+                return await anyio.to_thread.run_sync(accepted.recv, 16)
+
+    watch = watch_the_loop(connect)
+
+    assert watch.result == b"hello"
+    assert watch.blocking_calls == []
 
 
 def test_the_loop_watch_lets_the_methods_error_through() -> None:

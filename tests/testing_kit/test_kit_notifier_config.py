@@ -89,7 +89,7 @@ def test_the_notifier_suite_catches_bad_channel_classes_and_constructors(
         [
             "*the channel class PathChannel mishandles invalid input:",
             "*'path' given '': a validator or converter raised RuntimeError: path must be "
-            "absolute; raise ValueError or TypeError (or lunasentri_core.InvalidValue)*",
+            "absolute; raise ValueError or TypeError (or lunasentri_core.errors.InvalidValue)*",
         ]
     )
     result.stdout.fnmatch_lines(

@@ -43,7 +43,7 @@ def decode_settings(cls: type[T], mapping: Mapping[str, Any]) -> T:
 _ALLOWED_ERRORS = (ValueError, TypeError, KeyError, ForbiddenExtraKeysError)
 """What decoding may raise inside its ``ValidationError``: the codec's own refusals
 (``KeyError`` for a missing field, unknown keys) and validators' ``ValueError`` and
-``TypeError`` (including :class:`~lunasentri_core.InvalidValue`)."""
+``TypeError`` (including :class:`~lunasentri_core.errors.InvalidValue`)."""
 _UNKNOWN_FIELD = "lunasentri_contract_unknown_field"
 
 
@@ -123,7 +123,7 @@ def _refusal_problem(cls: type[Any], case: InvalidConfig) -> str | None:
             leaf = wrong[0]
             return (
                 f"a validator or converter raised {type(leaf).__name__}: {leaf}; raise "
-                "ValueError or TypeError (or lunasentri_core.InvalidValue) so the user "
+                "ValueError or TypeError (or lunasentri_core.errors.InvalidValue) so the user "
                 "is told which field is wrong"
             )
         paths = [e.path for e in field_errors(error)]
