@@ -65,16 +65,8 @@ def invalid_configs(cls: type[Any], valid: Mapping[str, Any]) -> list[InvalidCon
     enums, lists, mappings, attrs classes, and optional ones of those); and each
     string field that has a validator or a converter given an empty string.
     """
-    cases = [
-        InvalidConfig(
-            f"an unknown field {_UNKNOWN_FIELD!r}",
-            _UNKNOWN_FIELD,
-            {
-                **valid,
-                _UNKNOWN_FIELD: "x",
-            },
-        )
-    ]
+    unknown = {**valid, _UNKNOWN_FIELD: "x"}
+    cases = [InvalidConfig(f"an unknown field {_UNKNOWN_FIELD!r}", _UNKNOWN_FIELD, unknown)]
     hints = _type_hints(cls)
     for field in attrs.fields(cls):
         key = field.alias or field.name
