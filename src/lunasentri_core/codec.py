@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import json
+import linecache
 import math
 import os
 import re
@@ -605,10 +606,13 @@ def field_errors(error: BaseException, path: str = "") -> list[FieldError]:
     return [FieldError(path, _message(error))]
 
 
+_CONVERTER_CALL = re.compile(r"__attr_converter_(\w+)\(")
+
+
 def _validated_field(error: BaseException, cls: type[Any] | None) -> str | None:
     """The field of ``cls`` whose validator raised ``error``, if one did.
 
-    A validator that raises a plain exception (``ValueError("must be positive")``)
+    A validator or converter that raises a plain exception (``ValueError("must be positive")``)
     rather than attrs' ``(message, attribute)`` form reaches cattrs from the class's
     ``__init__``, with no field attached. Validators receive the attribute as an
     argument, so the innermost frame holding one of ``cls``'s attributes names it.
@@ -616,12 +620,21 @@ def _validated_field(error: BaseException, cls: type[Any] | None) -> str | None:
     if cls is None or not attrs.has(cls) or isinstance(_arg(error, 1), attrs.Attribute):
         return None
     fields = attrs.fields(cls)
+    init = getattr(cls.__init__, "__code__", None)
     found = None
     traceback = error.__traceback__
     while traceback is not None:
-        for value in traceback.tb_frame.f_locals.values():
+        frame = traceback.tb_frame
+        for value in frame.f_locals.values():
             if isinstance(value, attrs.Attribute) and any(value is f for f in fields):
                 found = value.name
+        if found is None and frame.f_code is init:
+            # A converter gets no attribute; attrs' generated __init__ calls the
+            # one of field x as __attr_converter_x(...) on the line that failed.
+            line = linecache.getline(frame.f_code.co_filename, traceback.tb_lineno)
+            converted = _CONVERTER_CALL.search(line)
+            if converted is not None and any(f.name == converted[1] for f in fields):
+                found = converted[1]
         traceback = traceback.tb_next
     return found
 

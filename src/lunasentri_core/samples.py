@@ -88,6 +88,22 @@ def _check_labels(_: object, attribute: attrs.Attribute[Labels], value: Labels) 
             raise ValueError(f"label {name!r} is longer than {MAX_LABEL_VALUE} characters")
 
 
+def _to_value(value: float) -> float:
+    """The converter of :attr:`Reading.value`: any real number as a float, never a bool.
+
+    ``float(True)`` is ``1.0``, so a collector handing over a flag by mistake
+    would be stored as a measurement nobody chose; say ``1.0 if up else 0.0``.
+    """
+    if value.__class__ is float:
+        return value
+    if isinstance(value, bool):
+        raise TypeError(
+            f"value must be a number, not the bool {value!r}: "
+            f"write {float(value)!r} if a number is meant"
+        )
+    return float(value)
+
+
 def _check_finite(_: object, attribute: attrs.Attribute[float], value: float) -> None:
     if not math.isfinite(value):
         raise ValueError(f"{attribute.name} must be a finite number, not {value!r}")
@@ -98,7 +114,8 @@ class Reading:
     """One measured value of one series at the sample's timestamp."""
 
     metric: str = attrs.field(validator=_check_metric)
-    value: float = attrs.field(converter=float, validator=_check_finite)
+    value: float = attrs.field(converter=_to_value, validator=_check_finite)
+    """A real number; a ``bool`` is refused (:class:`TypeError`), not read as 1.0 or 0.0."""
     labels: Labels = attrs.field(default=(), converter=to_labels, validator=_check_labels)
 
 

@@ -9,11 +9,13 @@ and in broken ones.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 import attrs
@@ -1308,6 +1310,97 @@ class NotReentrantCollector(CountingCollector):
             self._busy.clear()
 
 
+LOOP_BLOCK_SECONDS = 1.0
+"""How long ``SleepyAsyncCollector`` holds the event loop: twice the suite's limit."""
+
+
+class SleepyAsyncCollector(CountingCollector):
+    """A coroutine that sleeps with ``time.sleep``: the whole event loop sleeps with it."""
+
+    name: ClassVar[str] = "sleepy"
+
+    async def collect(self, target: Target) -> list[Reading]:  # type: ignore[override]
+        time.sleep(LOOP_BLOCK_SECONDS)
+        return super().collect(target)
+
+
+def _loopback_handshake() -> None:
+    """Connect a blocking socket to a loopback listener of its own (quick, but blocking)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        with socket.create_connection(listener.getsockname(), timeout=5.0):
+            pass
+
+
+class BlockingSocketAsyncCollector(CountingCollector):
+    """A coroutine that connects a blocking socket on the event loop's thread."""
+
+    name: ClassVar[str] = "blocking-socket"
+
+    async def collect(self, target: Target) -> list[Reading]:  # type: ignore[override]
+        _loopback_handshake()
+        return super().collect(target)
+
+
+class ThreadedAsyncCollector(CountingCollector):
+    """The same blocking connect, done right: in a worker thread, the loop stays free."""
+
+    name: ClassVar[str] = "threaded"
+
+    async def collect(self, target: Target) -> list[Reading]:  # type: ignore[override]
+        await anyio.to_thread.run_sync(_loopback_handshake)
+        return super().collect(target)
+
+
+class FlagCollector(CountingCollector):
+    """Reports whether something is up as a bool, which a reading refuses."""
+
+    name: ClassVar[str] = "flag"
+
+    def collect(self, target: Target) -> list[Reading]:
+        return [Reading("demo.up", True)]
+
+
+@attrs.frozen
+class ProbeSettings:
+    timeout: float = 5.0
+    """Seconds to wait for the host to connect and to answer."""
+
+
+class ProbeCollector:
+    """Sends ``ping`` to ``target.host:options['port']`` and reads the answer.
+
+    The local machine (no host) answers itself.
+    """
+
+    name: ClassVar[str] = "probe"
+    settings_class: ClassVar[type[Any] | None] = ProbeSettings
+
+    def __init__(self, settings: ProbeSettings | None = None) -> None:
+        self.settings = settings or ProbeSettings()
+
+    def collect(self, target: Target) -> list[Reading]:
+        if target.host is None:
+            return [Reading("probe.up", 1.0)]
+        with self.connect((target.host, int(target.options["port"]))) as sock:
+            sock.sendall(b"ping\n")
+            answer = sock.recv(64)
+        return [Reading("probe.up", 1.0 if answer else 0.0)]
+
+    def connect(self, address: tuple[str, int]) -> socket.socket:
+        return socket.create_connection(address, timeout=self.settings.timeout)
+
+
+class DeafProbeCollector(ProbeCollector):
+    """Ignores its timeout: waits for the answer as long as the host keeps the connection."""
+
+    name: ClassVar[str] = "deaf-probe"
+
+    def connect(self, address: tuple[str, int]) -> socket.socket:
+        return socket.create_connection(address)
+
+
 # ---------------------------------------------------------------------------- notifiers
 
 
@@ -1356,6 +1449,18 @@ class AsyncMemoryNotifier(MemoryNotifier):
         self, channel: Mapping[str, Any], notification: Notification
     ) -> DeliveryResult:
         await anyio.sleep(0)
+        return super().send(channel, notification)
+
+
+class SleepyAsyncNotifier(MemoryNotifier):
+    """A coroutine send that waits with ``time.sleep``: the event loop waits with it."""
+
+    name: ClassVar[str] = "sleepy-notifier"
+
+    async def send(  # type: ignore[override]
+        self, channel: Mapping[str, Any], notification: Notification
+    ) -> DeliveryResult:
+        time.sleep(LOOP_BLOCK_SECONDS)
         return super().send(channel, notification)
 
 
@@ -1427,6 +1532,95 @@ class MutatingNotifier(MemoryNotifier):
         return super().send(channel, notification)
 
 
+@attrs.frozen
+class PathChannel:
+    """A channel whose validator raises RuntimeError, not ValueError."""
+
+    path: str = attrs.field()
+
+    @path.validator
+    def _absolute(self, attribute: attrs.Attribute[str], value: str) -> None:
+        if not value.startswith("/"):
+            raise RuntimeError("path must be absolute")
+
+
+class WrongErrorNotifier(MemoryNotifier):
+    name: ClassVar[str] = "wrong-error"
+    channel_class: ClassVar[type[Any] | None] = PathChannel
+
+
+@attrs.frozen
+class LaxChannel:
+    """A channel whose validator checks the type only, so an empty inbox passes."""
+
+    inbox: str = attrs.field(validator=attrs.validators.instance_of(str))
+
+
+class LaxNotifier(MemoryNotifier):
+    name: ClassVar[str] = "lax"
+    channel_class: ClassVar[type[Any] | None] = LaxChannel
+
+
+@attrs.frozen
+class TokenSettings:
+    token: str = ""
+
+
+class NeedsTokenNotifier(MemoryNotifier):
+    """Refuses to be built without a token, which its default settings lack."""
+
+    name: ClassVar[str] = "needs-token"
+    settings_class: ClassVar[type[Any] | None] = TokenSettings
+
+    def __init__(self, settings: TokenSettings | None = None, inboxes: Inboxes | None = None):
+        super().__init__(inboxes)
+        if settings is None or not settings.token:
+            raise ValueError("a token is required")
+
+
+def _url(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{attribute.name} must be an http:// or https:// URL")
+
+
+@attrs.frozen
+class UrlChannel:
+    url: str = attrs.field(validator=_url)
+
+
+class UrlNotifier:
+    """Delivers by connecting to the channel's URL; a refused connection is a RETRY."""
+
+    name: ClassVar[str] = "url"
+    settings_class: ClassVar[type[Any] | None] = None
+    channel_class: ClassVar[type[Any] | None] = UrlChannel
+
+    def send(self, channel: Mapping[str, Any], notification: Notification) -> DeliveryResult:
+        parts = urlsplit(channel["url"])
+        try:
+            self.post(parts.hostname or "", parts.port or 80, notification)
+        except OSError as error:
+            return DeliveryResult(DeliveryStatus.RETRY, f"{parts.hostname}: {error.strerror}")
+        return DeliveryResult(DeliveryStatus.DELIVERED)
+
+    def post(self, host: str, port: int, notification: Notification) -> None:
+        with socket.create_connection((host, port), timeout=5.0) as sock:
+            sock.sendall(f"{notification.title}\n{notification.text}".encode())
+
+
+class HopefulUrlNotifier(UrlNotifier):
+    """Swallows connection errors and reports every send as delivered."""
+
+    name: ClassVar[str] = "hopeful-url"
+
+    def post(self, host: str, port: int, notification: Notification) -> None:
+        try:
+            super().post(host, port, notification)
+        except OSError:
+            log.debug("could not connect; never mind")
+
+
 # ---------------------------------------------------------------------------- authenticators
 
 
@@ -1465,3 +1659,14 @@ class CarelessAuthenticator(BearerKeyAuthenticator):
         secret = credentials.headers["authorization"].split(" ")[1]
         key = state.find_api_key(hash_secret(secret))
         return None if key is None else Principal("machine", key.machine_id)
+
+
+class NeedsKeyAuthenticator(BearerKeyAuthenticator):
+    """Refuses to be built without a key, which its default settings lack."""
+
+    name: ClassVar[str] = "needs-key"
+    settings_class: ClassVar[type[Any] | None] = TokenSettings
+
+    def __init__(self, settings: TokenSettings | None = None) -> None:
+        if settings is None or not settings.token:
+            raise ValueError("a key is required")

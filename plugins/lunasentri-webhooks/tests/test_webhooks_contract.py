@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from webhook_receiver import WebhookReceiver
-from webhook_support import closed_port, make_channel
+from webhook_support import make_channel
 
 from lunasentri_core.testing import EntryPointContract, NotifierContract, ReceivedMessage
 from lunasentri_webhooks import WebhookNotifier
@@ -35,13 +35,8 @@ class TestWebhookNotifier(NotifierContract):
 
         return messages
 
-    @pytest.fixture
-    def failing_channel(self, secret: str) -> dict[str, Any]:
-        return make_channel(
-            f"http://127.0.0.1:{closed_port()}/hook",
-            secret,
-            Authorization="Bearer contract-credential",
-        )
+    # No failing_channel: the suite derives one from 'channel', its URL pointed at a
+    # loopback port that refuses connections (held for the test, so no race).
 
 
 class TestWebhooksEntryPoint(EntryPointContract):

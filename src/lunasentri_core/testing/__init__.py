@@ -14,8 +14,9 @@ then subclass the contract of what your plugin provides::
             return MyCollector(MySettings())
 
 Fixtures: ``lunasentri_plugin_manager`` (an isolated plugin manager without
-entry points), ``register_plugin`` (registers a plugin object for one test) and
-``hook_recorder`` (a :class:`HookRecorder` registered on that manager).
+entry points), ``register_plugin`` (registers a plugin object for one test),
+``hook_recorder`` (a :class:`HookRecorder` registered on that manager) and
+``silent_server`` (a loopback host that never answers, for timeout checks).
 
 The kit needs pytest; ``import lunasentri_core`` never imports it. (This module
 is marked PYTEST_DONT_REWRITE: it holds no asserts, while its submodules are
@@ -43,7 +44,7 @@ pytest.register_assert_rewrite(
 
 # ruff: noqa: E402 - the imports must follow the registration above
 from lunasentri_core.plugins import PluginManager, create_plugin_manager
-from lunasentri_core.testing.aio import resolve
+from lunasentri_core.testing.aio import LOOP_LAG_LIMIT, LoopWatch, resolve, watch_the_loop
 from lunasentri_core.testing.assertions import assert_history_equal, assert_latest_equal
 from lunasentri_core.testing.authenticator import (
     AuthenticatorContract,
@@ -85,6 +86,7 @@ from lunasentri_core.testing.plugin import (
     hook_recorder,
     lunasentri_plugin_manager,
     register_plugin,
+    silent_server,
 )
 from lunasentri_core.testing.recorder import EVENT_HOOKS, HookRecorder, RecordedCall, make_plugin
 from lunasentri_core.testing.reference import (
@@ -99,7 +101,12 @@ from lunasentri_core.testing.secret_fields import (
     secret_fields,
     secret_values,
 )
-from lunasentri_core.testing.settings import decode_settings
+from lunasentri_core.testing.settings import (
+    InvalidConfig,
+    check_refuses_invalid_configs,
+    decode_settings,
+    invalid_configs,
+)
 from lunasentri_core.testing.storage import StorageContract
 from lunasentri_core.testing.storage_agentless import AgentlessStoreContract
 from lunasentri_core.testing.storage_metrics import MetricStoreContract, history_batch, require
@@ -117,6 +124,7 @@ from lunasentri_core.testing.wsman_data import WmiRepository
 __all__ = [
     "BASE_TIME",
     "EVENT_HOOKS",
+    "LOOP_LAG_LIMIT",
     "AgentlessStoreContract",
     "AuthenticatorContract",
     "CollectorContract",
@@ -126,6 +134,8 @@ __all__ = [
     "Contract",
     "EntryPointContract",
     "HookRecorder",
+    "InvalidConfig",
+    "LoopWatch",
     "MetricStoreContract",
     "NotifierContract",
     "PluginManager",
@@ -143,12 +153,14 @@ __all__ = [
     "assert_latest_equal",
     "check_principal",
     "check_readings",
+    "check_refuses_invalid_configs",
     "check_secret_fields",
     "create_plugin_manager",
     "decode_settings",
     "hash_secret",
     "history_batch",
     "hook_recorder",
+    "invalid_configs",
     "looks_secret",
     "lunasentri_plugin_manager",
     "make_alert_event",
@@ -183,6 +195,8 @@ __all__ = [
     "resolve",
     "secret_fields",
     "secret_values",
+    "silent_server",
     "watch_compare_digest",
+    "watch_the_loop",
     "wsman_server",
 ]

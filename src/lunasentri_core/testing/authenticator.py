@@ -12,10 +12,16 @@ import pytest
 from lunasentri_core.components import Authenticator, Credentials, Principal
 from lunasentri_core.errors import NotFoundError
 from lunasentri_core.model import Role
+from lunasentri_core.plugins import ComponentKind
 from lunasentri_core.storage.protocols import StateStore
 from lunasentri_core.testing.aio import resolve
 from lunasentri_core.testing.constant_time import Comparisons, presented, watch_compare_digest
-from lunasentri_core.testing.contract import Contract, check_name, check_settings_class
+from lunasentri_core.testing.contract import (
+    Contract,
+    build_through_the_plugin_manager,
+    check_name,
+    check_settings_class,
+)
 from lunasentri_core.testing.secret_fields import name_looks_secret
 
 SecretCheck = Literal["compare_digest", "digest-lookup", "none"]
@@ -105,6 +111,9 @@ class AuthenticatorContract(Contract):
         check_name(type(authenticator), "authenticator")
         check_settings_class(type(authenticator), "authenticator")
         assert isinstance(authenticator, Authenticator), "it does not implement the protocol"
+
+    def test_registers_through_a_hook(self, authenticator: Authenticator) -> None:
+        build_through_the_plugin_manager(type(authenticator), ComponentKind.AUTHENTICATOR)
 
     def test_valid_credentials_give_a_principal(
         self, authenticator: Authenticator, state: StateStore, valid_credentials: Credentials

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import socket
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -53,3 +54,22 @@ def hook_recorder(register_plugin: RegisterPlugin) -> HookRecorder:
     recorder = HookRecorder()
     register_plugin(recorder, "lunasentri-hook-recorder")
     return recorder
+
+
+@pytest.fixture
+def silent_server() -> Iterator[tuple[str, int]]:
+    """``(host, port)`` of a loopback TCP server that accepts and never answers.
+
+    Connections complete (the kernel accepts them into the listen backlog) and
+    requests are taken, but no byte ever comes back: what a hung host looks
+    like to a client, for checking that a collector honours its timeout. At
+    teardown the connections are reset, which ends any call still waiting.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        host, port = listener.getsockname()
+        yield host, port
+    finally:
+        listener.close()
