@@ -31,7 +31,7 @@ from .conftest import ADMIN_PASSWORD
 from .dashboard_pages import PROBE, Hostile, crawl, seed
 from .test_dashboard import browser as http_browser
 from .test_dashboard import log_in as http_log_in
-from .test_dashboard_browser import Watched, launch, log_in, watching
+from .test_dashboard_browser import PHONE, Watched, launch, log_in, watching
 from .test_ingest import Shared, shared_server
 
 if TYPE_CHECKING:
@@ -120,6 +120,81 @@ def test_every_page_passes_axe_and_no_name_injects_an_element(
     assert {path: found for path, found in blocking.items() if found} == {}
     # Lesser ones (moderate, minor) are fixed as well; the test keeps it so.
     assert {path: found for path, found in problems.items() if found} == {}
+
+
+def expected_error_answers(watched: Watched, answers: dict[str, str]) -> None:
+    """The pages answered these forms with an error status on purpose (``answers``
+    maps a URL to its status and reason): they are not among the problems, once."""
+    for url, status in answers.items():
+        watched.problems.remove(f"HTTP {status.split()[0]}: {url}")
+        loaded = f"console: Failed to load resource: the server responded with a status of {status}"
+        watched.problems.remove(loaded)
+
+
+def test_the_answers_to_forms_pass_axe_too(
+    shared: Shared, hostile: Hostile, watched: Watched
+) -> None:
+    """Pages only a form's answer shows: a refused log-in, a new machine's key, a
+    rotated key, a new channel's secret, a rule form with a mistake."""
+    page = watched.page
+    url = shared.server.url
+    page.context.add_init_script(path=AXE)
+    problems = {}
+    page.goto(f"{url}/login")
+    page.fill("#username", "admin")
+    page.fill("#password", "not the password")
+    page.press("#password", "Enter")
+    page.wait_for_selector("form.login p.error")
+    problems["log-in refused"] = violations(watched)
+    log_in(watched, url)
+
+    page.goto(f"{url}/machines/new")
+    page.fill("#name", "answered")
+    page.press("#name", "Enter")
+    page.wait_for_selector("#install-command")
+    problems["machine registered"] = violations(watched)
+    page.goto(f"{url}/machines/{hostile.machine_id}/settings")
+    page.click("text=Issue a new key")
+    page.wait_for_selector("#api-key")
+    problems["key rotated"] = violations(watched)
+    page.goto(f"{url}/channels/new?type=webhook")
+    page.fill("#name", "answered hook")
+    page.get_by_label("url", exact=True).fill("http://127.0.0.1:9/")
+    page.click("form.panel button[type=submit]")
+    page.wait_for_selector("h1:has-text('created')")
+    problems["channel created"] = violations(watched)
+    page.goto(f"{url}/rules")
+    page.fill("#name", "mistaken")
+    page.fill("#metric", "cpu.percent")
+    page.fill("#threshold", "lots")
+    page.press("#threshold", "Enter")
+    page.wait_for_selector("form.panel p.error")
+    problems["rule refused"] = violations(watched)
+    refused = {f"{url}/login": "401 (Unauthorized)", f"{url}/rules": "400 (Bad Request)"}
+    expected_error_answers(watched, refused)
+    assert {what: found for what, found in problems.items() if found} == {}
+
+
+@pytest.mark.parametrize("viewport", [PHONE])
+def test_every_page_fits_a_phone_without_scrolling_sideways(
+    shared: Shared,
+    hostile: Hostile,
+    documents: list[str],
+    chromium: Browser,
+    screenshots: Path,
+    viewport: dict[str, int],
+) -> None:
+    for watched in watching(chromium, screenshots, viewport):
+        page = watched.page
+        log_in(watched, shared.server.url)
+        wide = {}
+        for path in documents:
+            page.goto(shared.server.url + path)
+            page.wait_for_function(READY)
+            width = page.evaluate("document.documentElement.scrollWidth")
+            if width > viewport["width"]:
+                wide[path] = width
+        assert wide == {}
 
 
 def focused(watched: Watched) -> dict[str, str]:
