@@ -54,6 +54,9 @@ class Hostile:
     rule: str
     channel: str
     comment: str
+    agentless: tuple[str, ...]
+    """Names of a credential profile, its user and a discovery profile: on no page yet
+    (the API has them), so only checked to be escaped wherever they are shown."""
 
     def names(self) -> list[str]:
         return [self.machine, self.label, self.rule, self.channel, self.comment]
@@ -203,6 +206,7 @@ def seed(server: LiveServer, admin: str) -> Hostile:
             "comment": names["comment"],
         }
         assert api.post("/api/v1/silences", json=silence).status_code == 201
+        agentless = _seed_agentless(api)
     disk = [{"labels": {"mount": names["label"]}, "value": 10.0 * 2**30}]
     reading = {
         "timestamp": now,
@@ -225,4 +229,26 @@ def seed(server: LiveServer, admin: str) -> Hostile:
         names["rule"],
         names["channel"],
         names["comment"],
+        agentless,
     )
+
+
+def _seed_agentless(api: httpx.Client) -> tuple[str, ...]:
+    """A credential profile, a device with a (disabled) monitor, a discovery profile."""
+    names = (hostile("credentials"), hostile("user"), hostile("discovery"))
+    profile = {"name": names[0], "username": names[1], "password": "a long secret 42"}
+    made = api.post("/api/v1/credential-profiles", json=profile)
+    assert made.status_code == 201, made.text
+    profile_id = made.json()["id"]
+    device = api.post("/api/v1/devices", json={"address": "127.0.0.1"})
+    assert device.status_code == 201, device.text
+    monitor = {
+        "device_id": device.json()["id"],
+        "credential_profile_id": profile_id,
+        "collector": "winrm",
+        "enabled": False,
+    }
+    assert api.post("/api/v1/monitors", json=monitor).status_code == 201
+    discovery = {"name": names[2], "targets": ["127.0.0.1/32"], "credential_profile_id": profile_id}
+    assert api.post("/api/v1/discovery-profiles", json=discovery).status_code == 201
+    return names
