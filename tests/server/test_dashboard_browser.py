@@ -14,6 +14,7 @@ import http.client
 import http.server
 import json
 import os
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -448,6 +449,8 @@ def test_a_machine_is_registered_its_key_copied_then_deleted(
     assert post(shared.server, key, {"samples": [now_sample(cpu__percent=5.0)]}).status_code == 200
 
     page.click("text=Go to from-the-browser")
+    # Loaded before leaving: a script still loading would be aborted, a failed request.
+    page.wait_for_url(re.compile(r"/machines/[0-9a-f]{32}$"))
     page.click("text=Labels, keys, delete")
     page.wait_for_selector("#keys")
     watched.shot("machine-settings")
@@ -529,12 +532,15 @@ def test_a_webhook_channel_made_in_the_browser_gets_the_alert_shown_in_the_page(
     url = shared.server.url
     log_in(watched, url)
     page.click("nav >> text=Channels")
+    page.wait_for_url(f"{url}/channels")  # and loaded: leaving sooner aborts its scripts
     page.click("a[href='/channels/new?type=webhook']")
+    page.wait_for_url(f"{url}/channels/new?type=webhook")
     page.fill("#name", "browser hook")
     page.get_by_label("url", exact=True).fill(receiver.url)
     watched.shot("channel-new")
     page.click("form.panel button[type=submit]")
     page.wait_for_selector("h1:has-text('Channel browser hook created')")
+    page.wait_for_load_state("load")
     secret = page.inner_text("#secret-secret")
     assert secret.startswith("whsec_")
 
