@@ -28,7 +28,7 @@ from .test_claims import Agent
 
 NOT_PAGES = {f"{PAGE}static", f"{PAGE}live"}
 """GET routes that are no page: the static files and the live event stream."""
-VARIANTS = 4
+VARIANTS = 6
 """How many addresses of one route (other ids, other queries) a crawl visits at most."""
 
 PROBE = "xss-probe"
