@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import threading
@@ -19,6 +20,17 @@ from lunasentri_core.server import create_app
 from lunasentri_core.server.serve import close_streams
 
 ADMIN_PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the browser tests save screenshots of the pages, kept after the run and never
+    committed: ``LUNASENTRI_TEST_SCREENSHOTS``, else ``screenshots/`` under pytest's base
+    temporary directory (``--basetemp``)."""
+    named = os.environ.get("LUNASENTRI_TEST_SCREENSHOTS")
+    directory = Path(named) if named else tmp_path_factory.getbasetemp() / "screenshots"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
 
 
 @attrs.define

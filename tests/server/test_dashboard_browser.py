@@ -3,8 +3,9 @@
 Skipped when Playwright or Chromium is missing, unless
 ``LUNASENTRI_TEST_REQUIRE_BROWSER=1`` (CI), where that is a failure. Every page
 visited must load without console errors, script errors or failed requests, and
-answer with the security headers. Screenshots go to ``test-artifacts/browser/``
-(gitignored) for a person to look at.
+answer with the security headers. Screenshots of the pages go to the directory
+``LUNASENTRI_TEST_SCREENSHOTS`` names, else to ``screenshots/`` under pytest's
+base temporary directory (``--basetemp``), for a person (or CI's artefacts) to look at.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import http.client
 import http.server
 import json
 import os
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -22,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .alerting_support import wait_for
 from .conftest import ADMIN_PASSWORD
+from .notifier_double import Receiver
 from .test_claims import Agent
 from .test_ingest import Shared, at, post, register, sample, shared_server
 
@@ -31,7 +35,6 @@ if TYPE_CHECKING:
 
 CHROMIUM = os.environ.get("LUNASENTRI_TEST_CHROMIUM", "/usr/bin/chromium")
 REQUIRED = os.environ.get("LUNASENTRI_TEST_REQUIRE_BROWSER") == "1"
-SCREENSHOTS = Path(__file__).parents[2] / "test-artifacts" / "browser"
 PHONE = {"width": 390, "height": 844}
 WAIT_MS = 20_000
 """How long a live update may take to show (samples arrive within a second or two)."""
@@ -53,8 +56,8 @@ def _missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
+def launch() -> Iterator[Browser]:
+    """Chromium for a module's tests (skipped, or failed on CI, when it is missing)."""
     why = _missing()
     if why is not None:
         if REQUIRED:
@@ -71,17 +74,25 @@ def chromium() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    yield from launch()
+
+
+@pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory, chromium: Browser) -> Iterator[Shared]:
     # After the browser: without one, no server is started only to be skipped.
-    yield from shared_server(tmp_path_factory)
+    # Webhooks may go to the receiver on loopback.
+    webhooks = {"webhook": {"allow_private_addresses": True}}
+    yield from shared_server(tmp_path_factory, plugins=webhooks)
 
 
 class Watched:
     """A page, and everything wrong it did: console errors, script errors, failed
     requests, error answers, pages without the security headers."""
 
-    def __init__(self, page: Page) -> None:
+    def __init__(self, page: Page, screenshots: Path) -> None:
         self.page = page
+        self.screenshots = screenshots
         self.problems: list[str] = []
         page.on("console", self._console)
         page.on("pageerror", lambda error: self.problems.append(f"script error: {error}"))
@@ -112,22 +123,30 @@ class Watched:
                     self.problems.append(f"{response.url}: {name} is {headers.get(name)!r}")
 
     def shot(self, name: str) -> None:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+        self.page.screenshot(path=str(self.screenshots / f"{name}.png"), full_page=True)
 
 
-@pytest.fixture
-def watched(chromium: Browser, request: pytest.FixtureRequest) -> Iterator[Watched]:
-    viewport = getattr(request, "param", None) or {"width": 1280, "height": 900}
+def watching(
+    chromium: Browser, screenshots: Path, viewport: dict[str, int] | None = None
+) -> Iterator[Watched]:
+    """A new page in its own context, checked for problems when the test is done."""
+    viewport = viewport or {"width": 1280, "height": 900}
     context = chromium.new_context(viewport=viewport)
     context.set_default_timeout(WAIT_MS)
     try:
-        page = Watched(context.new_page())
+        page = Watched(context.new_page(), screenshots)
         yield page
         page.page.close()  # ends its streams before the check
         assert page.problems == []
     finally:
         context.close()
+
+
+@pytest.fixture
+def watched(
+    chromium: Browser, screenshots: Path, request: pytest.FixtureRequest
+) -> Iterator[Watched]:
+    yield from watching(chromium, screenshots, getattr(request, "param", None))
 
 
 def log_in(watched: Watched, url: str, password: str = ADMIN_PASSWORD) -> None:
@@ -430,6 +449,8 @@ def test_a_machine_is_registered_its_key_copied_then_deleted(
     assert post(shared.server, key, {"samples": [now_sample(cpu__percent=5.0)]}).status_code == 200
 
     page.click("text=Go to from-the-browser")
+    # Loaded before leaving: a script still loading would be aborted, a failed request.
+    page.wait_for_url(re.compile(r"/machines/[0-9a-f]{32}$"))
     page.click("text=Labels, keys, delete")
     page.wait_for_selector("#keys")
     watched.shot("machine-settings")
@@ -492,3 +513,74 @@ def test_behind_a_proxy_under_a_prefix_everything_stays_under_it(
     page.wait_for_url(f"{proxy.url}/machines/{machine_id}")
     page.wait_for_selector("#chart-cpu .uplot")
     assert proxy.outside == []
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    try:
+        yield receiver
+    finally:
+        receiver.close()
+
+
+def test_a_webhook_channel_made_in_the_browser_gets_the_alert_shown_in_the_page(
+    shared: Shared, watched: Watched, receiver: Receiver
+) -> None:
+    machine_id, key = machine_with_history(shared, "hooked-box")
+    page = watched.page
+    url = shared.server.url
+    log_in(watched, url)
+    page.click("nav >> text=Channels")
+    page.wait_for_url(f"{url}/channels")  # and loaded: leaving sooner aborts its scripts
+    page.click("a[href='/channels/new?type=webhook']")
+    page.wait_for_url(f"{url}/channels/new?type=webhook")
+    page.fill("#name", "browser hook")
+    page.get_by_label("url", exact=True).fill(receiver.url)
+    watched.shot("channel-new")
+    page.click("form.panel button[type=submit]")
+    page.wait_for_selector("h1:has-text('Channel browser hook created')")
+    page.wait_for_load_state("load")
+    secret = page.inner_text("#secret-secret")
+    assert secret.startswith("whsec_")
+
+    page.goto(f"{url}/rules")
+    page.fill("#name", "hooked cpu")
+    page.fill("#metric", "cpu.percent")
+    page.select_option("#comparison", ">")
+    page.fill("#threshold", "90")
+    page.select_option("#machine_id", machine_id)
+    page.click("form.panel button[type=submit]")
+    page.wait_for_url("**/rules?saved=created")
+    page.goto(f"{url}/alerts")
+    page.wait_for_selector("#current")
+    assert post(shared.server, key, {"samples": [now_sample(cpu__percent=97.0)]}).status_code == 200
+    row = page.locator("#current tr.current-alert", has_text="hooked-box")
+    row.wait_for()
+    assert "hooked cpu" in row.inner_text()
+
+    def arrived() -> list[Any]:
+        return [
+            message
+            for message in receiver.messages()
+            if message.body["type"] == "alert.firing"
+            and message.body["data"]["rule"]["name"] == "hooked cpu"
+        ]
+
+    [message] = wait_for(arrived, what="the alert at the webhook receiver")
+    assert message.headers["webhook-signature"].startswith("v1,")
+    assert message.body["data"]["machine"]["name"] == "hooked-box"
+    row.get_by_role("button", name="Acknowledge").click()
+    page.wait_for_function(
+        "() => document.querySelector('#current').innerText.includes('acknowledged')"
+    )
+    page.goto(f"{url}/channels")
+    delivered = page.locator("#delivery-log tr", has_text="browser hook").first
+    assert "delivered" in delivered.inner_text()
+    watched.shot("channels")
+    # Later tests' events are not sent here (the receiver closes with this test).
+    with shared.server.client(shared.admin) as api:
+        [channel] = [
+            c for c in api.get("/api/v1/channels").json()["items"] if c["name"] == "browser hook"
+        ]
+        assert api.delete(f"/api/v1/channels/{channel['id']}").status_code == 204

@@ -101,7 +101,9 @@ def test_a_rule_is_created_listed_edited_and_previewed(
     assert "cpu.percent &gt; 90" in table
     assert '<span class="label">env=prod</span>' in table
     assert "Rule created." in listed.text
-    assert "555" not in forged.text  # only the page's own words
+    # Only the page's own words (not "555" alone: a random id may hold it).
+    assert "hacked" not in forged.text
+    assert "Call 555" not in forged.text
     # The preview: the labelled machine only, its value breaking the condition.
     preview = edit.text[edit.text.index('id="preview"') : edit.text.index("<h2>Edit</h2>")]
     assert html.escape("db-<1>") in preview

@@ -100,12 +100,14 @@ class Shared:
     key: str
 
 
-def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+def shared_server(tmp_path_factory: pytest.TempPathFactory, **extra: Any) -> Iterator[Shared]:
+    """A server with a registered machine; ``extra`` settings are added to the defaults."""
     settings = Settings.load(
         environ={},
         data_dir=tmp_path_factory.mktemp("shared"),
         admin_password=ADMIN_PASSWORD,
         server={"host": "127.0.0.1"},
+        **extra,
     )
     server = LiveServer(settings, port=free_port())
     server.start()

@@ -32,7 +32,13 @@ from lunasentri_core.model import (
     SeriesValue,
 )
 from lunasentri_core.server.dashboard.charts import HEIGHT, WIDTH, Sparkline, sparkline
-from lunasentri_core.server.dashboard.pages import ago, hub_of, render, to_login
+from lunasentri_core.server.dashboard.pages import (
+    SECURITY_HEADERS,
+    ago,
+    hub_of,
+    render,
+    to_login,
+)
 from lunasentri_core.server.params import make_cursor, parse_cursor
 from lunasentri_core.services import queries
 from lunasentri_core.services.live import LiveFeed
@@ -119,7 +125,7 @@ class Overview:
             machine = await Machines(hub, request.app.state.full_settings).get(user, machine_id)
             latest = await queries.latest(hub, machine_id, owner_scope(user))
         except NotFoundError:
-            return PlainTextResponse("no such machine", 404, headers={"cache-control": "no-store"})
+            return PlainTextResponse("no such machine", 404, headers=SECURITY_HEADERS)
         states = await Rules(hub).states(user, machine_id=machine_id)
         alerts = _alert_counts(states).get(machine_id, {})
         card = _card(hub, machine, (*latest.derived, *latest.items), alerts)
@@ -143,7 +149,7 @@ class Overview:
                 for metric in SUMMARY_METRICS
             }
         except NotFoundError:
-            return PlainTextResponse("no such machine", 404, headers={"cache-control": "no-store"})
+            return PlainTextResponse("no such machine", 404, headers=SECURITY_HEADERS)
         context = {"lines": lines, "width": WIDTH, "height": HEIGHT, "user": user}
         return render(request, "machine_sparklines.html", context)
 
@@ -156,7 +162,7 @@ class Overview:
         """
         user = await self._pages.user(request)
         if user is None:
-            return PlainTextResponse("log in first", 401, headers={"cache-control": "no-store"})
+            return PlainTextResponse("log in first", 401, headers=SECURITY_HEADERS)
         hub = hub_of(request)
         wanted = [i for i in request.query_params.get("machines", "").split(",") if i]
         visible = [m for m in dict.fromkeys(wanted[:LIVE_MACHINES]) if await _sees(hub, user, m)]
@@ -175,7 +181,7 @@ class Overview:
         return StreamingResponse(
             _changes(feed, visible, still_allowed, recheck),
             media_type="text/event-stream",
-            headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+            headers={**SECURITY_HEADERS, "x-accel-buffering": "no"},
         )
 
 
