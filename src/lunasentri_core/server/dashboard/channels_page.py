@@ -164,15 +164,15 @@ class ChannelsPage:
         form = await form_fields(request)
         fields = fields_of(channels, channel.type)
         try:
-            # A notifier without a channel class has no form for its config: name only.
-            changes = {} if fields is None else {"config": _config(fields, form)}
-            await channels.update(
-                user,
-                channel_id,
-                name=form.get("name", "").strip(),
-                client=client_of(request),
-                **changes,
-            )
+            name = form.get("name", "").strip()
+            if fields is None:
+                # A notifier without a channel class has no form for its config: name only.
+                await channels.update(user, channel_id, name=name, client=client_of(request))
+            else:
+                config = _config(fields, form)
+                await channels.update(
+                    user, channel_id, name=name, config=config, client=client_of(request)
+                )
         except NotFoundError:
             return not_found(request, user, "channel")
         except (BadForm, ValidationError) as error:
