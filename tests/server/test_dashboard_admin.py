@@ -287,6 +287,7 @@ def test_the_audit_log_filters_and_pages(shared: Shared) -> None:
             params={**filters, "since": changes[-1]["at"][:19], "until": "2999-01-01T00:00"},
         )
         wrong = client.get("/audit", params={"since": "yesterday"})
+        too_early = client.get("/audit", params={"until": "0001-01-01T00:00:00+14:00"})
     page_one, page_two = rows(first.text, "audit"), rows(second.text, "audit")
     assert (len(page_one), len(page_two)) == (50, 5)
     assert all("user.role" in row and "uma" in row for row in page_one + page_two)
@@ -302,6 +303,8 @@ def test_the_audit_log_filters_and_pages(shared: Shared) -> None:
     assert len(rows(span.text, "audit")) == 50
     assert wrong.status_code == 400
     assert "since: 'yesterday' is not a time" in error_in(wrong.text)
+    assert too_early.status_code == 400
+    assert "until: " in error_in(too_early.text)
     assert 'value="user.role"' in first.text  # the form keeps what was asked
 
 

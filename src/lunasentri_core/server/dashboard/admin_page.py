@@ -261,9 +261,9 @@ def _when(text: str, field: str) -> datetime | None:
         return None
     try:
         when = datetime.fromisoformat(text)
-    except ValueError:
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: in UTC, before year 1
         raise ValueError(f"{field}: {text!r} is not a time such as 2026-01-31T14:00") from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 async def _users_page(
