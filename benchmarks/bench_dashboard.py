@@ -4,8 +4,9 @@ A real ``lunasentri serve`` (SQLite) gets ``--machines`` machines (1,000)
 registered through the API, each with one sample of 50 readings (the latest
 values the cards show); the machines of the overview's first page also get the
 last hour every 10 s (their sparklines), and one machine gets the last
-``--hours`` (24) every 5 s, left as maintenance leaves it (hourly chunks, the
-newest points in the head table). Then, over HTTP on loopback, timed as a
+``--hours`` (24) every 5 s, with values shaped as the collectors report them
+(``_dataset.py``), left as maintenance leaves it (hourly chunks with their
+rollups). Then, over HTTP on loopback, timed as a
 client sees them (median of ``--repeat``):
 
 * the overview page (``GET /``, its first page of cards with sparklines, the
@@ -42,6 +43,7 @@ from datetime import UTC, datetime, timedelta
 import _common as c
 import attrs
 import httpx
+from _dataset import machine_values
 from _server import ServerProcess, lighten_httpx
 from bench_machine_list import ingest
 
@@ -78,20 +80,23 @@ ASSET = re.compile(r'<(?:script[^>]*\ssrc|link[^>]*rel="stylesheet"[^>]*\shref)=
 def history_bodies(
     span: timedelta, interval: timedelta, rng: random.Random, now: datetime
 ) -> list[bytes]:
-    """Samples from ``now - span`` to ``now``, ``interval`` apart, as gzipped ingest bodies."""
+    """Samples from ``now - span`` to ``now``, ``interval`` apart, as gzipped ingest bodies;
+    values shaped as the collectors report them (``_dataset.machine_values``), since
+    how well they compress is what reading them back costs."""
     count = int(span / interval)
     stamps = [now - span + interval * (n + 1) for n in range(count)]
+    columns = machine_values(rng, count)
     bodies = []
     for first in range(0, count, SAMPLES_PER_REQUEST):
         samples = []
-        for at in stamps[first : first + SAMPLES_PER_REQUEST]:
+        for n in range(first, min(count, first + SAMPLES_PER_REQUEST)):
             metrics: dict[str, list[dict[str, object]]] = {}
-            for metric, labels in c.SHAPES:
-                entry: dict[str, object] = {"value": round(rng.random() * 100, 2)}
+            for (metric, labels), values in zip(c.SHAPES, columns, strict=True):
+                entry: dict[str, object] = {"value": values[n]}
                 if labels:
                     entry["labels"] = labels
                 metrics.setdefault(metric, []).append(entry)
-            samples.append({"timestamp": at.isoformat(), "metrics": metrics})
+            samples.append({"timestamp": stamps[n].isoformat(), "metrics": metrics})
         bodies.append(gzip.compress(json.dumps({"samples": samples}).encode(), 1, mtime=0))
     return bodies
 
