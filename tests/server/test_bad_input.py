@@ -56,6 +56,7 @@ VALID_BODIES: dict[str, Callable[[], dict[str, Any]]] = {
     "change_password": lambda: {"current_password": "nope", "new_password": PASSWORD},
     "reset_password": lambda: {"token": "lsr_unknown", "new_password": PASSWORD},
     "create_user": lambda: {"username": "zed", "password": PASSWORD, "role": "user"},
+    "update_user": lambda: {"role": "user"},
     "create_machine": lambda: {"name": "new", "hostname": "h", "labels": {"a": "b"}},
     "update_machine": lambda: {
         "name": "renamed",
@@ -826,6 +827,8 @@ QUERY_CASES: dict[str, list[tuple[dict[str, str], str]]] = {
         ({"since": "yesterday"}, "since"),
         ({"since": YEAR_1_EAST}, "since"),
         ({"since": YEAR_9999_WEST}, "since"),
+        ({"until": "soon"}, "until"),
+        ({"until": YEAR_1_EAST}, "until"),
     ],
 }
 

@@ -584,3 +584,75 @@ def test_a_webhook_channel_made_in_the_browser_gets_the_alert_shown_in_the_page(
             c for c in api.get("/api/v1/channels").json()["items"] if c["name"] == "browser hook"
         ]
         assert api.delete(f"/api/v1/channels/{channel['id']}").status_code == 204
+
+
+def test_an_administrator_manages_a_user_and_reads_the_audit_log(
+    shared: Shared, watched: Watched
+) -> None:
+    page = watched.page
+    url = shared.server.url
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=url)
+    log_in(watched, url)
+    page.click("nav >> text=Users")
+    page.fill("#username", "browser-user")
+    page.fill("#password", "a long enough password 42")
+    page.click("form.panel button[type=submit]")
+    page.wait_for_url("**/users?saved=created")
+    row = page.locator("#users tr", has_text="browser-user")
+    row.locator("select").select_option("admin")
+    row.get_by_role("button", name="Change").click()
+    page.wait_for_url("**/users?saved=role")
+    row = page.locator("#users tr", has_text="browser-user")
+    assert row.locator("select").input_value() == "admin"
+    row.get_by_role("button", name="Issue reset token").click()
+    token = page.inner_text("#reset-token")
+    assert token.startswith("lsr_")
+    page.click("button[data-copy=reset-token]")
+    page.wait_for_selector("button[data-copy=reset-token]:text('Copied')")
+    assert page.evaluate("navigator.clipboard.readText()") == token
+    page.click("text=Back to the users")
+    page.locator("#users tr", has_text="browser-user").get_by_role("link", name="Delete").click()
+    page.click("button.danger")
+    page.wait_for_url("**/users?saved=deleted")
+    assert "browser-user" not in page.inner_text("#users")
+    page.click("nav >> text=Audit log")
+    page.fill("input[name=action]", "user.delete")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url("**/audit?*action=user.delete*")
+    assert "browser-user" in page.inner_text("#audit")
+    watched.shot("audit")
+    page.set_viewport_size(PHONE)
+    for path, ready in (("/users", "#users"), ("/audit", "#audit"), ("/plugins", "#plugins")):
+        page.goto(url + path)
+        page.wait_for_selector(ready)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], f"{path} is {width} px wide"
+        watched.shot(path.strip("/") + "-phone")
+
+
+def test_a_channel_is_edited_disabled_and_deleted(shared: Shared, watched: Watched) -> None:
+    page = watched.page
+    url = shared.server.url
+    log_in(watched, url)
+    page.goto(f"{url}/channels/new?type=webhook")
+    page.fill("#name", "browser hook")
+    page.fill("[id='config.url']", "https://hooks.example/lunasentri")
+    page.click("form.panel button[type=submit]")
+    page.wait_for_selector("text=Channel browser hook created")
+    page.click("text=Back to the channels")
+    page.locator("#channels tr", has_text="browser hook").get_by_role("link", name="Edit").click()
+    assert page.input_value("[id='config.url']") == "https://hooks.example/lunasentri"
+    assert page.input_value("[id='config.secret']") == ""  # never written back
+    page.fill("#name", "browser hook renamed")
+    page.click("form.panel button[type=submit]")
+    page.wait_for_url("**/channels?saved=updated")
+    row = page.locator("#channels tr", has_text="browser hook renamed")
+    row.get_by_role("button", name="Disable").click()
+    page.wait_for_url("**/channels?saved=disabled")
+    row = page.locator("#channels tr", has_text="browser hook renamed")
+    assert row.locator("td[data-title=Enabled]").inner_text().startswith("no")
+    watched.shot("channels-edited")
+    row.get_by_role("link", name="Delete").click()
+    page.click("button.danger")
+    page.wait_for_url("**/channels?saved=deleted")
+    assert page.locator("#channels tr", has_text="browser hook renamed").count() == 0

@@ -259,7 +259,13 @@ def _users(s: Scenario, admin: str) -> tuple[str, str]:
     s.call(admin, "POST", "/api/v1/users", 409, json=user)
     s.call(admin, "POST", "/api/v1/users", 422, json={"username": "bob", "password": "short"})
     body = {"username": "carol", "password": PASSWORD, "role": "admin"}
-    s.call(admin, "POST", "/api/v1/users", 201, json=body)
+    carol_id = s.call(admin, "POST", "/api/v1/users", 201, json=body).json()["id"]
+    s.call(admin, "PATCH", f"/api/v1/users/{carol_id}", 200, json={"role": "user"})
+    s.call(admin, "PATCH", f"/api/v1/users/{carol_id}", 422, json={"role": "root"})
+    s.call(admin, "PATCH", "/api/v1/users/nobody", 404, json={"role": "user"})
+    admin_id = s.call(admin, "GET", "/api/v1/auth/me", 200).json()["id"]
+    # The only administrator left cannot step down.
+    s.call(admin, "PATCH", f"/api/v1/users/{admin_id}", 409, json={"role": "user"})
     s.call(admin, "GET", "/api/v1/users", 200)
     s.call(admin, "GET", f"/api/v1/users/{alice_id}", 200)
     s.call(admin, "GET", "/api/v1/users/nobody", 404)
@@ -641,6 +647,10 @@ def _export_and_audit(s: Scenario, admin: str, alice: str, alice_id: str) -> Non
     s.call(admin, "GET", "/api/v1/audit", 422, params={"limit": "0"})
     s.call(alice, "GET", "/api/v1/audit", 403)
     s.call(admin, "GET", "/api/v1/audit", 200, params={"via": "session"})
+    window = {"target_id": alice_id, "until": now_iso(timedelta(hours=1))}
+    page = s.call(admin, "GET", "/api/v1/audit", 200, params={**window, "limit": "1"}).json()
+    s.call(admin, "GET", "/api/v1/audit", 200, params={"before": page["items"][0]["id"]})
+    s.call(admin, "GET", "/api/v1/audit", 422, params={"until": "soon"})
     s.call(admin, "GET", "/api/v1/plugins", 200)
     s.call(alice, "GET", "/api/v1/plugins", 403)
 

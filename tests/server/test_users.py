@@ -204,6 +204,7 @@ ADMIN_ENDPOINTS = [
     ("POST", "/api/v1/users"),
     ("GET", "/api/v1/users"),
     ("DELETE", "/api/v1/users/{other}"),
+    ("PATCH", "/api/v1/users/{other}"),
     ("POST", "/api/v1/users/{other}/reset-token"),
     ("GET", "/api/v1/audit"),
 ]
@@ -293,6 +294,40 @@ def test_an_admin_cannot_delete_themselves(shared: LiveServer, shared_admin: str
     assert response.status_code == 409
     assert "own account" in response.json()["error"]["message"]
     assert still_there.status_code == 200
+
+
+def test_a_role_change_applies_from_the_next_request_but_never_leaves_no_admin(
+    server: LiveServer,
+) -> None:
+    admin = server.login()
+    alice_id, alice = create_user(server, "alice", admin=admin)
+    with server.client(admin) as client:
+        me = client.get("/api/v1/auth/me").json()["id"]
+        alone = client.patch(f"/api/v1/users/{me}", json={"role": "user"})
+        promoted = client.patch(f"/api/v1/users/{alice_id}", json={"role": "admin"})
+        bad = client.patch(f"/api/v1/users/{alice_id}", json={"role": "root"})
+    with server.client(alice) as client:  # the same session, now an admin's
+        listed = client.get("/api/v1/users")
+        demoted = client.patch(f"/api/v1/users/{me}", json={"role": "user"})
+        alice_alone = client.patch(f"/api/v1/users/{alice_id}", json={"role": "user"})
+    with server.client(admin) as client:
+        refused = client.get("/api/v1/users")
+    with server.client(alice) as client:
+        entries = client.get("/api/v1/audit", params={"action": "user.role"}).json()["items"]
+
+    assert alone.status_code == 409
+    assert "only administrator" in alone.json()["error"]["message"]
+    assert promoted.status_code == 200, promoted.text
+    assert promoted.json()["role"] == "admin"
+    assert bad.status_code == 422
+    assert listed.status_code == 200
+    assert demoted.status_code == 200
+    assert alice_alone.status_code == 409
+    assert refused.status_code == 403
+    assert [(e["target_id"], e["detail"]["role"]) for e in entries] == [
+        (me, "user"),
+        (alice_id, "admin"),
+    ]
 
 
 def test_reset_token_for_an_unknown_user_is_404(shared: LiveServer, shared_admin: str) -> None:

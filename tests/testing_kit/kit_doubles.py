@@ -360,6 +360,15 @@ class MemoryState(MemoryAgentless):
         _get(self._users, user_id, "user")
         self._passwords[user_id] = password_hash
 
+    def set_user_role(self, user_id: str, role: Role) -> User:
+        with self._lock:
+            user = _get(self._users, user_id, "user")
+            admins = [u for u in self._users.values() if u.is_admin and u.id != user_id]
+            if user.is_admin and role != Role.ADMIN and not admins:
+                raise ConflictError(f"{user.username!r} is the only administrator")
+            self._users[user_id] = changed = attrs.evolve(user, role=role)
+            return changed
+
     def delete_user(self, user_id: str) -> None:
         with self._lock:
             _get(self._users, user_id, "user")
@@ -1079,17 +1088,27 @@ class MemoryState(MemoryAgentless):
         via: str | None = None,
         since: datetime | None = None,
         limit: int = 100,
+        target_id: str | None = None,
+        until: datetime | None = None,
+        before: str | None = None,
     ) -> list[AuditEntry]:
+        # sorted() is stable: entries of one instant stay newest-added first.
+        newest_added_first = self._audit[::-1]
+        everything = sorted(newest_added_first, key=lambda e: e.at, reverse=True)
+        if before is not None:
+            mark = next((i for i, e in enumerate(everything) if e.id == before), len(everything))
+            everything = everything[mark + 1 :]
         found = [
             e
-            for e in reversed(self._audit)
+            for e in everything
             if action in (None, e.action)
             and actor_id in (None, e.actor_id)
             and via in (None, e.via)
+            and target_id in (None, e.target_id)
             and (since is None or e.at >= since)
+            and (until is None or e.at < until)
         ]
-        # sorted() is stable: entries of one instant stay newest-added first.
-        return sorted(found, key=lambda e: e.at, reverse=True)[: max(0, limit)]
+        return found[: max(0, limit)]
 
     # housekeeping
 

@@ -306,6 +306,29 @@ class Accounts:
     async def list_users(self) -> list[User]:
         return await self.hub.run_sync(self._state.list_users)
 
+    async def set_role(
+        self, user_id: str, role: Role, *, actor: Principal, client: str | None
+    ) -> User:
+        """Make a user an administrator or an ordinary user (from their next request on).
+
+        :class:`ConflictError` when that would leave no administrator: an
+        administrator may step down only while another one remains.
+        """
+        before = await self.hub.run_sync(self._state.get_user, user_id)
+        if before.role == role:
+            return before
+        user = await self.hub.run_sync(self._state.set_user_role, user_id, role)
+        await audit.record(
+            self.hub,
+            action="user.role",
+            actor=actor,
+            target_type="user",
+            target_id=user.id,
+            client=client,
+            detail={"username": user.username, "from": before.role.value, "role": role.value},
+        )
+        return user
+
     async def delete_user(self, user_id: str, *, actor: Principal, client: str | None) -> None:
         """Delete a user with their machines, series, rules and sessions."""
         if user_id == actor.id:

@@ -96,11 +96,22 @@ async def entries(
     via: str | None = None,
     since: datetime | None = None,
     limit: int = 100,
+    target_id: str | None = None,
+    until: datetime | None = None,
+    before: str | None = None,
 ) -> list[AuditEntry]:
-    """Entries newest first, filtered by exact action, actor and authenticator (``via``),
-    at or after ``since``."""
+    """Entries newest first, filtered by exact action, actor, target and authenticator
+    (``via``), at or after ``since`` and before ``until``; ``before`` (an entry's id)
+    starts after that entry, for the next page."""
     return await hub.run_sync(
         lambda: hub.storage.state.list_audit(
-            action=action, actor_id=actor_id, via=via, since=since, limit=limit
+            action=action,
+            actor_id=actor_id,
+            via=via,
+            since=since,
+            limit=limit,
+            target_id=target_id,
+            until=until,
+            before=before,
         )
     )

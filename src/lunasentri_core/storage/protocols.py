@@ -36,6 +36,7 @@ from lunasentri_core.model import (
     OutboxEvent,
     ResetToken,
     RetentionPolicy,
+    Role,
     SeriesHistory,
     SeriesKey,
     SeriesValue,
@@ -272,6 +273,15 @@ class StateStore(AgentlessStore, Protocol):
     def list_users(self) -> list[User]: ...
     def password_hash(self, user_id: str) -> str: ...
     def set_password_hash(self, user_id: str, password_hash: str) -> None: ...
+    def set_user_role(self, user_id: str, role: Role) -> User:
+        """Give a user another role and return them as stored now.
+
+        :class:`ConflictError` when that would leave no administrator (checked in the
+        same transaction, so two administrators demoting each other at once cannot
+        both succeed); :class:`NotFoundError` for an unknown user.
+        """
+        ...
+
     def delete_user(self, user_id: str) -> None:
         """Delete a user with their machines (as :meth:`delete_machine`), alert rules,
         sessions and reset tokens; their audit entries and login failures stay."""
@@ -605,9 +615,17 @@ class StateStore(AgentlessStore, Protocol):
         via: str | None = None,
         since: datetime | None = None,
         limit: int = 100,
+        target_id: str | None = None,
+        until: datetime | None = None,
+        before: str | None = None,
     ) -> list[AuditEntry]:
-        """Newest first; entries at or after ``since`` with exactly this action, actor
-        and authenticator (``via``)."""
+        """Newest first; entries at or after ``since`` and before ``until`` with exactly
+        this action, actor, target and authenticator (``via``).
+
+        ``before`` is the id of an entry: only entries listed after it (older, or of
+        the same instant and added earlier) are returned, so the id of a page's last
+        entry asks for the next page. An unknown id returns none.
+        """
         ...
 
     # housekeeping

@@ -170,6 +170,20 @@ class StateStoreContract(
         state.set_password_hash(user.id, "a-new-hash")
         assert state.password_hash(user.id) == "a-new-hash"
 
+    def test_set_user_role_keeps_an_administrator(self, state: StateStore) -> None:
+        for admin in [u for u in state.list_users() if u.is_admin]:
+            state.delete_user(admin.id)  # a store shared by earlier tests may hold some
+        first, second = self.add_user(state, role=Role.ADMIN), self.add_user(state)
+        assert state.set_user_role(second.id, Role.ADMIN) == attrs.evolve(second, role=Role.ADMIN)
+        assert state.set_user_role(first.id, Role.USER) == attrs.evolve(first, role=Role.USER)
+        assert state.get_user(first.id).role == Role.USER
+        with pytest.raises(ConflictError):
+            state.set_user_role(second.id, Role.USER)  # the only administrator left
+        assert state.get_user(second.id).role == Role.ADMIN
+        assert state.set_user_role(second.id, Role.ADMIN).role == Role.ADMIN  # no change
+        with pytest.raises(NotFoundError):
+            state.set_user_role("no-such-id", Role.USER)
+
     def test_delete_user(self, state: StateStore) -> None:
         user, other = self.add_user(state), self.add_user(state)
         state.delete_user(user.id)
@@ -724,6 +738,15 @@ class StateStoreContract(
         assert state.list_audit(limit=2) == [fourth, third]
         assert state.list_audit(limit=0) == []
         assert state.list_audit(action="no.such.action") == []
+        assert state.list_audit(target_id="m1") == [second]
+        assert state.list_audit(until=at[2]) == [second, first], "until is exclusive"
+        assert state.list_audit(since=at[1], until=at[2]) == [second]
+        # Pages: each from the entry after the previous page's last one.
+        assert state.list_audit(before=fourth.id, limit=2) == [third, second]
+        assert state.list_audit(before=second.id) == [first]
+        assert state.list_audit(before=first.id) == []
+        assert state.list_audit(before=fourth.id, action="machine.create") == [third, second]
+        assert state.list_audit(before="no-such-entry") == []
 
     def test_duplicate_audit_entry_conflicts(self, state: StateStore) -> None:
         entry = _audit("user.login")

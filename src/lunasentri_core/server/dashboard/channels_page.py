@@ -1,12 +1,15 @@
 """The channels page: the user's notification channels, a form for a new channel of
-any installed notifier (generated from the notifier's channel class), sending a test
-notification, and the delivery log with its dead letters and *Retry*.
+any installed notifier (generated from the notifier's channel class), editing,
+enabling, disabling and deleting one, sending a test notification, and the delivery
+log with its dead letters and *Retry*.
 
 Everything goes through :class:`~lunasentri_core.services.channels.Channels` and
 :class:`~lunasentri_core.services.notifications.Notifications`, as the API's routes
 do: the notifier checks the config and its message is shown in the form; secrets
 are password inputs, never written back into a page, and shown once after the
-channel is created (as the API's answer shows them once); test sends share the
+channel is created (as the API's answer shows them once); left blank in the edit
+form, a secret keeps its stored value (unless the channel's destination changes,
+which the service refuses without the secrets given again); test sends share the
 API's per-user rate limit.
 """
 
@@ -23,7 +26,7 @@ from starlette.responses import Response
 
 from lunasentri_core.components import Principal
 from lunasentri_core.errors import ConflictError, NotFoundError, ValidationError
-from lunasentri_core.model import DeliveryState
+from lunasentri_core.model import Channel, DeliveryState
 from lunasentri_core.server.dashboard.manage import BadForm
 from lunasentri_core.server.dashboard.pages import (
     client_of,
@@ -46,6 +49,14 @@ DELIVERIES = 50
 CONFIG = "config."
 """Prefix of the config fields' names in the form (so none clashes with ``name``)."""
 RETRYABLE = frozenset((DeliveryState.DEAD, DeliveryState.SKIPPED))
+SAVED = {
+    "retried": "Delivery queued again.",
+    "updated": "Channel saved.",
+    "enabled": "Channel enabled.",
+    "disabled": "Channel disabled.",
+    "deleted": "Channel deleted.",
+}
+"""What ``?saved=`` may say happened (anything else says nothing)."""
 
 
 @attrs.frozen
@@ -128,6 +139,103 @@ class ChannelsPage:
         result = await channels.test(user, channel_id, client=client_of(request))
         outcome = {"channel": channel, "status": result.status.value, "detail": result.detail}
         return await _page(request, user, outcome=outcome)
+
+    async def edit(self, request: Request) -> Response:
+        """``GET /channels/{channel_id}``: its form, filled in except for the secrets."""
+        user = await self._pages.user(request)
+        if user is None:
+            return to_login(request)
+        try:
+            channel = await Channels(hub_of(request)).get(user, request.path_params["channel_id"])
+        except NotFoundError:
+            return not_found(request, user, "channel")
+        return _form(request, user, channel.type, _form_of(channel), channel=channel, status=200)
+
+    async def update(self, request: Request) -> Response:
+        """``POST /channels/{channel_id}``: its name and config; a blank secret is kept."""
+        user = await self._pages.user(request)
+        if user is None:
+            return to_login(request)
+        channels, channel_id = Channels(hub_of(request)), request.path_params["channel_id"]
+        try:
+            channel = await channels.get(user, channel_id)
+        except NotFoundError:
+            return not_found(request, user, "channel")
+        form = await form_fields(request)
+        fields = fields_of(channels, channel.type)
+        try:
+            name = form.get("name", "").strip()
+            if fields is None:
+                # A notifier without a channel class has no form for its config: name only.
+                await channels.update(user, channel_id, name=name, client=client_of(request))
+            else:
+                config = _config(fields, form)
+                await channels.update(
+                    user, channel_id, name=name, config=config, client=client_of(request)
+                )
+        except NotFoundError:
+            return not_found(request, user, "channel")
+        except (BadForm, ValidationError) as error:
+            return _form(
+                request,
+                user,
+                channel.type,
+                form,
+                channel=channel,
+                problem=_problem(error),
+                status=400,
+            )
+        except ConflictError as error:
+            return _form(
+                request, user, channel.type, form, channel=channel, problem=str(error), status=409
+            )
+        return redirect(request, "/channels?saved=updated")
+
+    async def enable(self, request: Request) -> Response:
+        """``POST /channels/{channel_id}/enabled``: ``enabled=true`` or ``false``."""
+        user = await self._pages.user(request)
+        if user is None:
+            return to_login(request)
+        wanted = (await form_fields(request)).get("enabled")
+        if wanted not in ("true", "false"):
+            context = {"user": user, "message": "Choose to enable or disable the channel."}
+            return render(request, "refused.html", context, status=400)
+        try:
+            await Channels(hub_of(request)).update(
+                user,
+                request.path_params["channel_id"],
+                enabled=wanted == "true",
+                client=client_of(request),
+            )
+        except NotFoundError:
+            return not_found(request, user, "channel")
+        return redirect(
+            request, "/channels?saved=" + ("enabled" if wanted == "true" else "disabled")
+        )
+
+    async def delete_form(self, request: Request) -> Response:
+        """``GET /channels/{channel_id}/delete``: ask first."""
+        user = await self._pages.user(request)
+        if user is None:
+            return to_login(request)
+        try:
+            channel = await Channels(hub_of(request)).get(user, request.path_params["channel_id"])
+        except NotFoundError:
+            return not_found(request, user, "channel")
+        return render(request, "channel_delete.html", {"user": user, "channel": channel})
+
+    async def delete(self, request: Request) -> Response:
+        """``POST /channels/{channel_id}/delete``: the channel and its deliveries."""
+        user = await self._pages.user(request)
+        if user is None:
+            return to_login(request)
+        try:
+            await Channels(hub_of(request)).delete(
+                user, request.path_params["channel_id"], client=client_of(request)
+            )
+        except NotFoundError:
+            return not_found(request, user, "channel")
+        return redirect(request, "/channels?saved=deleted")
 
     async def retry(self, request: Request) -> Response:
         """``POST /notifications/{delivery_id}/retry``: a dead or skipped delivery again."""
@@ -225,6 +333,20 @@ def _value(field: Field, text: str) -> Any:
     return text
 
 
+def _form_of(channel: Channel) -> dict[str, str]:
+    """A stored channel as the edit form's fields (its secrets are dropped by :func:`_form`)."""
+    form = {"name": channel.name}
+    for name, value in channel.config.items():
+        if isinstance(value, bool):
+            text = "true" if value else ""
+        elif isinstance(value, dict):
+            text = "\n".join(f"{key}: {item}" for key, item in value.items())
+        else:
+            text = "" if value is None else str(value)
+        form[CONFIG + name] = text
+    return form
+
+
 def _too_many(wait: float) -> str:
     return f"too many test sends; try again in {max(1, int(wait + 0.999))} s"
 
@@ -241,15 +363,17 @@ def _form(
     type_name: str,
     form: dict[str, str],
     *,
+    channel: Channel | None = None,
     problem: str = "",
     status: int,
 ) -> Response:
     channels = Channels(hub_of(request))
     fields = fields_of(channels, type_name)
-    if fields is None:
+    if fields is None and channel is None:
         problem = problem or f"No installed notifier {type_name!r} has a channel form."
     context = {
         "user": user,
+        "channel": channel,
         "type": type_name,
         "fields": fields or [],
         # Never a secret back into the page: it would sit in the HTML and the history.
@@ -289,7 +413,7 @@ async def _page(
         "states": [s.value for s in DeliveryState],
         "state": state.value if state else "",
         "retryable": RETRYABLE,
-        "saved": saved if saved == "retried" else "",
+        "saved": SAVED.get(saved, ""),
         "outcome": outcome,
         "problem": problem,
     }

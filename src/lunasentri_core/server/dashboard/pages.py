@@ -99,6 +99,7 @@ def app_path(request: Request) -> str:
 def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
     """The pages, which find the caller with ``authenticate`` (the API's auth hook)."""
     # Imported here: those modules build on this one's helpers.
+    from lunasentri_core.server.dashboard.admin_page import AdminPages
     from lunasentri_core.server.dashboard.agentless_page import agentless_routes
     from lunasentri_core.server.dashboard.alerts_page import AlertsPage
     from lunasentri_core.server.dashboard.channels_page import ChannelsPage
@@ -115,6 +116,7 @@ def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
     silences = SilencesPage(pages)
     rules = RulesPage(pages)
     channels = ChannelsPage(pages)
+    admin = AdminPages(pages)
     return [
         page_route("/", overview.page, "GET", "machines"),
         # Before /machines/{machine_id}, which would take "new" for an id.
@@ -154,11 +156,26 @@ def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
         page_route("/channels/new", channels.new_form, "GET", "channel_new_form"),
         page_route("/channels/new", channels.create, "POST", "channel_create"),
         page_route("/channels/{channel_id}/test", channels.test, "POST", "channel_test"),
+        page_route("/channels/{channel_id}", channels.edit, "GET", "channel_edit"),
+        page_route("/channels/{channel_id}", channels.update, "POST", "channel_update"),
+        page_route("/channels/{channel_id}/enabled", channels.enable, "POST", "channel_enable"),
+        page_route(
+            "/channels/{channel_id}/delete", channels.delete_form, "GET", "channel_delete_form"
+        ),
+        page_route("/channels/{channel_id}/delete", channels.delete, "POST", "channel_delete"),
         page_route("/notifications/{delivery_id}/retry", channels.retry, "POST", "delivery_retry"),
         page_route("/silences", silences.page, "GET", "silences"),
         page_route("/silences", silences.create, "POST", "silence_create"),
         page_route("/silences/{silence_id}/end", silences.end, "POST", "silence_end"),
         *agentless_routes(pages),
+        page_route("/users", admin.users, "GET", "users"),
+        page_route("/users", admin.create_user, "POST", "user_create"),
+        page_route("/users/{user_id}/role", admin.set_role, "POST", "user_role"),
+        page_route("/users/{user_id}/reset-token", admin.reset_token, "POST", "user_reset"),
+        page_route("/users/{user_id}/delete", admin.delete_form, "GET", "user_delete_form"),
+        page_route("/users/{user_id}/delete", admin.delete, "POST", "user_delete"),
+        page_route("/audit", admin.audit, "GET", "audit"),
+        page_route("/plugins", admin.plugins, "GET", "plugins"),
         page_route("/login", pages.login_form, "GET", "login_form"),
         page_route("/login", pages.login, "POST", "login"),
         page_route("/logout", pages.logout, "POST", "logout"),

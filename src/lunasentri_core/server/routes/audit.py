@@ -68,13 +68,23 @@ def audit_json(entry: AuditEntry) -> dict[str, Any]:
         "action": {"type": "string", "description": "Exactly this action"},
         "actor_id": {"type": "string", "description": "Exactly this actor"},
         "via": {"type": "string", "description": "Accepted by exactly this authenticator"},
+        "target_id": {
+            "type": "string",
+            "description": "About exactly this target (a machine's id…)",
+        },
         "since": {**TIME, "description": "Entries at or after this time (ISO 8601)"},
+        "until": {**TIME, "description": "Entries before this time (ISO 8601)"},
+        "before": {
+            "type": "string",
+            "description": "An entry's id: the entries listed after it (the next page)",
+        },
         "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
     },
     responses={200: object_schema({"items": array_of(AUDIT_ENTRY)})},
 )
 async def list_audit(call: Call) -> object:
-    since = _since(call.query("since"))
+    since = _time(call.query("since"), "since")
+    until = _time(call.query("until"), "until")
     limit = _limit(call.query("limit"))
     entries = await audit.entries(
         call.hub,
@@ -83,18 +93,21 @@ async def list_audit(call: Call) -> object:
         via=call.query("via") or None,
         since=since,
         limit=limit,
+        target_id=call.query("target_id") or None,
+        until=until,
+        before=call.query("before") or None,
     )
     return {"items": [audit_json(entry) for entry in entries]}
 
 
-def _since(text: str | None) -> datetime | None:
+def _time(text: str | None, field: str) -> datetime | None:
     # An empty value is refused like any other that is not a time (the schema says so).
     if text is None:
         return None
     try:
         return parse_datetime(text)
     except (TypeError, ValueError) as error:
-        raise _invalid("since", str(error)) from None
+        raise _invalid(field, str(error)) from None
 
 
 def _limit(text: str | None) -> int:

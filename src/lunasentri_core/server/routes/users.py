@@ -351,6 +351,28 @@ async def get_user(call: Call) -> object:
     return user_json(await accounts_of(call).get_user(call.path("user_id"), call.user))
 
 
+@attrs.frozen
+class UserChange:
+    role: Role
+
+
+@api.patch(
+    "/api/v1/users/{user_id}",
+    auth=Auth.ADMIN,
+    summary="Change a user's role",
+    request=object_schema({"role": {"type": "string", "enum": [role.value for role in Role]}}),
+    responses={200: USER, 409: ref("Error")},
+)
+async def update_user(call: Call) -> object:
+    """Demoting the only administrator is a 409: make another one first. The new role
+    applies from the user's next request."""
+    body = await call.json(UserChange, max_bytes=BODY_LIMIT)
+    user = await accounts_of(call).set_role(
+        call.path("user_id"), body.role, actor=call.user, client=call.client
+    )
+    return user_json(user)
+
+
 @api.delete(
     "/api/v1/users/{user_id}",
     auth=Auth.ADMIN,

@@ -324,6 +324,26 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
         if not updated:
             raise NotFoundError(f"user {user_id!r} not found")
 
+    def set_user_role(self, user_id: str, role: Role) -> User:
+        # The maintenance lock serializes this with other role changes and deletions
+        # on PostgreSQL, so the count of administrators below stays true until commit.
+        with self._db.write(lock=LOCK_MAINTAIN) as conn:
+            row = conn.execute(sa.select(users).where(users.c.id == user_id)).first()
+            if row is None:
+                raise NotFoundError(f"user {user_id!r} not found")
+            if row.role == Role.ADMIN.value and role != Role.ADMIN:
+                others = conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(users)
+                    .where(users.c.role == Role.ADMIN.value, users.c.id != user_id)
+                ).scalar_one()
+                if not others:
+                    raise ConflictError(
+                        f"{row.username!r} is the only administrator; make another one first"
+                    )
+            conn.execute(sa.update(users).where(users.c.id == user_id).values(role=role.value))
+        return attrs.evolve(_user(row), role=role)
+
     @_may_end_keys
     def delete_user(self, user_id: str) -> None:
         with self._db.write(lock=LOCK_MAINTAIN) as conn:
@@ -893,9 +913,29 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
         via: str | None = None,
         since: datetime | None = None,
         limit: int = 100,
+        target_id: str | None = None,
+        until: datetime | None = None,
+        before: str | None = None,
     ) -> list[AuditEntry]:
         """Newest first (entries of the same instant: the later added first)."""
         query = sa.select(audit_log)
+        if before is not None:
+            mark = (
+                sa.select(audit_log.c.at, audit_log.c.seq)
+                .where(audit_log.c.id == before)
+                .subquery()
+            )
+            query = query.join(
+                mark,
+                sa.or_(
+                    audit_log.c.at < mark.c.at,
+                    sa.and_(audit_log.c.at == mark.c.at, audit_log.c.seq < mark.c.seq),
+                ),
+            )
+        if target_id is not None:
+            query = query.where(audit_log.c.target_id == target_id)
+        if until is not None:
+            query = query.where(audit_log.c.at < until)
         if action is not None:
             query = query.where(audit_log.c.action == action)
         if actor_id is not None:
