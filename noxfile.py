@@ -48,6 +48,9 @@ TEST_REQUIREMENTS = [
     "pywinrm>=0.5",
     # tests/test_docs_blocks.py type-checks the documentation's Python blocks.
     "mypy>=2.3,<3",
+    # tests/test_scaffold.py builds the projects `lunasentri plugin new` generates with
+    # their build backend, offline (pip --no-build-isolation).
+    "hatchling>=1.24",
     # The dashboard's browser tests drive the system's Chromium (never Playwright's own
     # browser download): .ci/run installs it with apt.
     "playwright>=1.49",

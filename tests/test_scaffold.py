@@ -69,7 +69,10 @@ TIMEOUT = 300
             ("lunasentri-tcp-check", "lunasentri_tcp_check", "tcp_check", "tcp-check", "TcpCheck"),
         ),
         ("lunasentri_ping", ("lunasentri-ping", "lunasentri_ping", "ping", "ping", "Ping")),
-        ("acme-sentri2", ("acme-sentri2", "acme_sentri2", "acme_sentri2", "acme-sentri2", "AcmeSentri2")),
+        (
+            "acme-sentri2",
+            ("acme-sentri2", "acme_sentri2", "acme_sentri2", "acme-sentri2", "AcmeSentri2"),
+        ),
     ],
 )
 def test_names_derive_from_the_distribution_name(name: str, expected: tuple[str, ...]) -> None:
@@ -261,7 +264,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     env = _clean_environment(environment)
     site_packages = _run([python, "-c", _PURELIB], env=env).strip()
     # Last in name order, so the new environment's own packages come first.
-    running = [p for p in sys.path if p and Path(p).is_dir() and Path(p) != CHECKOUT]
+    # Not this checkout's root or tests (pytest put them there): only what is installed.
+    running = [
+        p
+        for p in sys.path
+        if p and Path(p).is_dir() and Path(p) not in (CHECKOUT, CHECKOUT / "tests")
+    ]
     (Path(site_packages) / "zz_running_environment.pth").write_text("\n".join(running) + "\n")
     # Wheels, not editable installs: hatchling's need the "editables" package too.
     _run(
@@ -278,7 +286,8 @@ _PURELIB = "import sysconfig; print(sysconfig.get_path('purelib'))"
 def _clean_environment(environment: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PIP_"))}
     env["VIRTUAL_ENV"] = str(environment)
-    env["PATH"] = os.pathsep.join([str(environment / "bin"), env.get("PATH", "")])
+    scripts = environment / ("Scripts" if os.name == "nt" else "bin")
+    env["PATH"] = os.pathsep.join([str(scripts), env.get("PATH", "")])
     env["PIP_NO_INPUT"] = "1"
     return env
 
@@ -310,6 +319,20 @@ def test_the_projects_are_installed_with_their_entry_points(installed: Installed
     assert Path(report["core"]).is_relative_to(installed.python.parent.parent)
     for kind, name in PROJECTS.items():
         assert report["plugins"][plugin_names(name).plugin] == name, kind
+
+
+@pytest.mark.slow
+def test_the_installed_core_ships_the_templates(installed: Installed, tmp_path: Path) -> None:
+    # The wheel of the core holds the templates: its command writes the same files.
+    command = [installed.python, "-m", "lunasentri_core", "plugin", "new", "lunasentri-ping"]
+    for kind in KINDS:
+        _run([*command, "--kind", kind.value, "--dir", tmp_path / kind.value], env=installed.env)
+        generate("lunasentri-ping", kind, tmp_path / f"{kind.value}-here")
+        assert _files(tmp_path / kind.value) == _files(tmp_path / f"{kind.value}-here")
+
+
+def _files(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): p.read_text() for p in root.rglob("*") if p.is_file()}
 
 
 @attrs.define
@@ -390,7 +413,8 @@ def test_the_generated_project_passes_its_own_tests(own_tests: Runs, kind: Kind)
     assert returncode == 0, output
     summary = output.strip().splitlines()[-1]
     assert " passed" in summary, summary
-    assert "failed" not in summary and "error" not in summary, summary
+    assert "failed" not in summary, summary
+    assert "error" not in summary, summary
 
 
 def _toml(path: Path) -> dict[str, Any]:

@@ -378,9 +378,7 @@ def plugin_new(name: str, kind: str, directory: Path | None) -> None:
     click.echo(f"created {target} ({len(written)} files), a {kind} plugin:")
     for path in written:
         click.echo(f"  {path.as_posix()}")
-    click.echo(
-        f"next: cd {target} && python -m pip install -e '.[test]' && python -m pytest"
-    )
+    click.echo(f"next: cd {target} && python -m pip install -e '.[test]' && python -m pytest")
 
 
 # --------------------------------------------------------------------------- db

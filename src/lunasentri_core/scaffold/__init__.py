@@ -33,7 +33,13 @@ import attrs
 
 __all__ = [
     "BadNameError",
-    "Kind", "PluginNames", "ScaffoldError", "core_requirement", "generate", "plugin_names"]
+    "Kind",
+    "PluginNames",
+    "ScaffoldError",
+    "core_requirement",
+    "generate",
+    "plugin_names",
+]
 
 
 class Kind(enum.StrEnum):
@@ -165,7 +171,10 @@ def generate(
             shutil.rmtree(target, ignore_errors=True)
         else:
             for child in target.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+                if child.is_dir():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
         raise ScaffoldError(f"cannot write {target}: {error.strerror or error}") from None
     return sorted(Path(relative) for relative in rendered)
 
@@ -218,11 +227,11 @@ def _render(kind: Kind, names: PluginNames, values: dict[str, str]) -> Iterator[
                 chosen[str(relative)] = resource
     # Fragments may use the same placeholders as the files they go into.
     values = {**values, **{key: _fill(text, values, key) for key, text in fragments.items()}}
-    for relative, resource in sorted(chosen.items()):
+    for name, resource in sorted(chosen.items()):
         text = resource.read_text(encoding="utf-8")
-        path = relative.replace("__package__", names.package).replace("__plugin__", names.plugin)
+        path = name.replace("__package__", names.package).replace("__plugin__", names.plugin)
         if path.endswith(_TEMPLATE_SUFFIX):
-            path, text = path.removesuffix(_TEMPLATE_SUFFIX), _fill(text, values, relative)
+            path, text = path.removesuffix(_TEMPLATE_SUFFIX), _fill(text, values, name)
         # Dot files would be hidden in the package's own tree; "dot-" stands for the dot.
         path = "/".join(
             "." + part.removeprefix("dot-") if part.startswith("dot-") else part
