@@ -95,7 +95,11 @@ def test_names_derive_from_the_distribution_name(name: str, expected: tuple[str,
         ("class", "a Python keyword"),
         ("json", "shadow the standard library"),
         ("lunasentri-2fa", "starts with a digit"),
-        ("x" * 65, "longer than 64 characters"),
+        ("x" * 31, "longer than 30 characters"),
+        (
+            "lunasentri-" + "x" * 31,
+            "gives the plugin name 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx', longer",
+        ),
     ],
 )
 def test_unusable_names_are_refused_with_the_reason(name: str, reason: str) -> None:
@@ -185,6 +189,27 @@ def test_a_file_in_the_way_is_refused(tmp_path: Path) -> None:
     (tmp_path / "lunasentri-ping").write_text("a file")
     with pytest.raises(ScaffoldError, match="is not a directory"):
         generate("lunasentri-ping", Kind.COLLECTOR, tmp_path / "lunasentri-ping")
+
+
+@pytest.mark.parametrize(
+    "name", ["ab", "lunasentri-tcp-check", "z" * 30, "lunasentri-" + "y" * 25 + "-x2y4"]
+)
+def test_the_code_is_clean_for_ruff_with_short_and_long_names(name: str, tmp_path: Path) -> None:
+    # Lines hold the names, so their lengths vary: the templates keep clear of the limit
+    # up to the longest plugin name allowed, with magic trailing commas where a
+    # statement is split (so that ruff format leaves short names split too).
+    ruff = _ruff()
+    for kind in KINDS:
+        generate(name, kind, tmp_path / kind.value)
+    _run([ruff, "check", "--no-cache", "."], cwd=tmp_path)
+    _run([ruff, "format", "--check", "--no-cache", "."], cwd=tmp_path)
+
+
+def _ruff() -> str:
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed in the running environment")
+    return ruff
 
 
 # --------------------------------------------------------------------------- command
@@ -375,9 +400,7 @@ def own_tests(installed: Installed) -> Iterator[Runs]:
 def test_the_generated_project_is_clean_for_ruff(
     installed: Installed, own_tests: Runs, kind: Kind
 ) -> None:
-    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
-    if ruff is None:
-        pytest.skip("ruff is not installed in the running environment")
+    ruff = _ruff()
     project = installed.projects[kind]
     _run([ruff, "check", "--no-cache", "."], cwd=project)
     _run([ruff, "format", "--check", "--no-cache", "."], cwd=project)

@@ -62,7 +62,7 @@ class BadNameError(ScaffoldError):
 _NAME = re.compile(r"^[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*$")
 _PREFIX = "lunasentri-"
 _RESERVED = frozenset({"lunasentri", "lunasentri-core"})
-_MAX_NAME = 64
+_MAX_PLUGIN_NAME = 30
 _TEMPLATE_SUFFIX = ".tmpl"
 
 
@@ -98,8 +98,6 @@ def plugin_names(name: str) -> PluginNames:
             "and digits in words joined by single hyphens, starting with a letter, "
             "e.g. 'lunasentri-tcpcheck'"
         )
-    if len(name) > _MAX_NAME:
-        raise BadNameError(f"{name!r} is longer than {_MAX_NAME} characters")
     distribution = name.replace("_", "-")
     if distribution in _RESERVED:
         raise BadNameError(f"{name!r} is LunaSentri's own name; name the plugin after what it does")
@@ -112,6 +110,11 @@ def plugin_names(name: str) -> PluginNames:
         raise BadNameError(
             f"{name!r} gives the package name {package!r}, which would shadow the standard "
             "library's module of that name"
+        )
+    if len(plugin) > _MAX_PLUGIN_NAME:
+        # Every name in the generated code derives from it; longer ones make long lines.
+        raise BadNameError(
+            f"{name!r} gives the plugin name {plugin!r}, longer than {_MAX_PLUGIN_NAME} characters"
         )
     classes = "".join(word.capitalize() for word in plugin.split("_"))
     if classes[0].isdigit():
