@@ -108,6 +108,21 @@ def test_unusable_names_are_refused_with_the_reason(name: str, reason: str) -> N
 
 
 @pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("attrs", "the package name 'attrs' is taken by an installed module"),
+        ("sqlite", "a plugin named 'sqlite' is already installed (from lunasentri-sqlite)"),
+    ],
+)
+def test_names_taken_in_this_environment_are_refused(
+    name: str, reason: str, tmp_path: Path
+) -> None:
+    with pytest.raises(BadNameError, match=re.escape(reason)):
+        generate(name, Kind.COLLECTOR, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
     ("version", "requirement"),
     [
         ("0.1.0", "lunasentri-core>=0.1,<0.2"),

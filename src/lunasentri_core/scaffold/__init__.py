@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import importlib.metadata
+import importlib.util
 import keyword
 import re
 import shutil
@@ -36,6 +37,7 @@ __all__ = [
     "Kind",
     "PluginNames",
     "ScaffoldError",
+    "check_not_installed",
     "core_requirement",
     "generate",
     "plugin_names",
@@ -128,6 +130,23 @@ def plugin_names(name: str) -> PluginNames:
     )
 
 
+def check_not_installed(names: PluginNames) -> None:
+    """Refuse names taken in this environment: the package would shadow an installed
+    module, or the plugin's name would clash with an installed plugin's.
+    """
+    if importlib.util.find_spec(names.package) is not None:
+        raise BadNameError(
+            f"the package name {names.package!r} is taken by an installed module; "
+            "choose another name"
+        )
+    for entry_point in importlib.metadata.entry_points(group="lunasentri", name=names.plugin):
+        owner = entry_point.dist.name if entry_point.dist is not None else "another distribution"
+        raise BadNameError(
+            f"a plugin named {names.plugin!r} is already installed (from {owner}); "
+            "choose another name"
+        )
+
+
 def core_requirement(version: str | None = None) -> str:
     """The range of ``lunasentri-core`` a new plugin depends on, from ``version``.
 
@@ -158,6 +177,7 @@ def generate(
     before writing anything when the name or the directory is unusable.
     """
     names = plugin_names(name)
+    check_not_installed(names)
     target = Path(name) if directory is None else directory
     _check_directory(target)
     values = _values(names, kind, core_requirement(core_version))
