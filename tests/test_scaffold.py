@@ -1,21 +1,23 @@
 """``lunasentri plugin new``: refuses what it cannot generate; what it generates works.
 
-The slow test installs every kind of generated project into one fresh virtual
-environment and runs its own tests there, unchanged. To stay fast and offline it
-does not download anything: the environment is made by :mod:`venv` without pip,
-and a ``.pth`` file in its site-packages appends this interpreter's ``sys.path``,
-so the dependencies (attrs, pytest, httpx, SQLAlchemy, pip, hatchling) come from
-the running environment. Then ``pip install --no-deps --no-build-isolation -e``
-really installs the core from this checkout and the four generated projects into
-the new environment, as wheels built by hatchling (editable installs would need
-hatchling's optional "editables" too) (their entry points are visible through importlib.metadata,
-which the test checks), and each project's pytest runs there with no PYTHONPATH.
-That the generated ``pyproject.toml`` resolves its dependencies from an index is
-left to the range it declares, which the unit tests check.
+The slow tests install a project of every kind into one fresh virtual environment
+and run each project's own tests there, unchanged. To stay fast and offline they
+download nothing: the environment is made by :mod:`venv` without pip, and a
+``.pth`` file in its site-packages appends this interpreter's ``sys.path`` after
+its own, so the dependencies (attrs, pytest, httpx, SQLAlchemy, pip, hatchling)
+come from the running environment. Then ``pip install --no-deps
+--no-build-isolation --no-index`` really installs the core from this checkout and
+the four generated projects into the new environment, as wheels that hatchling
+builds (editable installs would need hatchling's optional "editables" package
+too); a test checks their entry points through importlib.metadata there. Each
+project's pytest runs in the new environment, without PYTHONPATH, the four at
+once. That the generated ``pyproject.toml`` resolves from an index is left to the
+ranges it declares, which the fast tests check.
 
 The generated code is also checked with ``ruff check``, ``ruff format --check``
-and ``mypy --strict`` (the project's own settings); those two checks are skipped,
-saying so, when ruff or mypy is not installed in the running environment.
+and ``mypy --strict`` (with the project's own settings); those checks are skipped,
+saying so, when ruff or mypy is not installed in the running environment, and
+the installed tests are skipped when hatchling is not.
 """
 
 from __future__ import annotations
