@@ -395,9 +395,12 @@ def own_tests(installed: Installed) -> Iterator[Runs]:
     try:
         for kind, project in installed.projects.items():
             log = project.parent / f"{kind.value}-pytest.log"
+            # A temporary directory of its own: the runs never share pytest's numbered ones.
+            basetemp = project.parent / f"{kind.value}-tmp"
+            command = [installed.python, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
             with log.open("wb") as out:
                 process = subprocess.Popen(
-                    [str(installed.python), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                    [*map(str, command), f"--basetemp={basetemp}"],
                     cwd=project,
                     env=installed.env,
                     stdout=out,
