@@ -51,11 +51,15 @@ TEST_REQUIREMENTS = [
     "pywinrm>=0.5",
     # tests/test_docs_blocks.py type-checks the documentation's Python blocks.
     "mypy>=2.3,<3",
+    # tests/test_scaffold.py builds the projects `lunasentri plugin new` generates with
+    # their build backend, offline (pip --no-build-isolation), and lints them with ruff.
+    "hatchling>=1.24",
+    "ruff>=0.16,<0.18",
     # The dashboard's browser tests drive the system's Chromium (never Playwright's own
     # browser download): .ci/run installs it with apt.
     "playwright>=1.49",
 ]
-LINT_REQUIREMENTS = ["ruff>=0.16,<0.18"]
+LINT_REQUIREMENTS = ["ruff>=0.16,<0.18"]  # also in TEST_REQUIREMENTS
 # pytest: lunasentri_core.testing is a pytest plugin; nox: the noxfile is checked too.
 TYPECHECK_REQUIREMENTS = ["mypy>=2.3,<3", "pytest>=8.0", "nox>=2025.2.9"]
 # pytest: the test kit's reference imports lunasentri_core.testing.

@@ -337,6 +337,50 @@ def _human_bytes(value: float) -> str:
     raise AssertionError("unreachable")
 
 
+# --------------------------------------------------------------------------- plugin
+
+
+@main.group()
+def plugin() -> None:
+    """Tools for plugin authors."""
+
+
+@plugin.command(name="new")
+@click.argument("name")
+@click.option(
+    "--kind",
+    type=click.Choice(["collector", "notifier", "authenticator", "storage"]),
+    required=True,
+    help="The kind of component the plugin registers.",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to write the project (default ./NAME); must not exist or be empty.",
+)
+def plugin_new(name: str, kind: str, directory: Path | None) -> None:
+    """Generate a plugin distribution named NAME (e.g. lunasentri-tcpcheck).
+
+    The project installs and passes its own tests as generated: a pyproject.toml
+    with the entry point, a typed skeleton of the kind, the test kit's contract
+    suites, a noxfile and a README.
+    """
+    from lunasentri_core.scaffold import BadNameError, Kind, ScaffoldError, generate
+
+    target = Path(name) if directory is None else directory
+    try:
+        written = generate(name, Kind(kind), target)
+    except BadNameError as error:
+        raise click.BadParameter(str(error), param_hint="NAME") from None
+    except ScaffoldError as error:
+        raise click.UsageError(str(error)) from None
+    click.echo(f"created {target} ({len(written)} files), a {kind} plugin:")
+    for path in written:
+        click.echo(f"  {path.as_posix()}")
+    click.echo(f"next: cd {target} && python -m pip install -e '.[test]' && python -m pytest")
+
+
 # --------------------------------------------------------------------------- db
 
 
