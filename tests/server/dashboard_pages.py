@@ -234,7 +234,8 @@ def seed(server: LiveServer, admin: str) -> Hostile:
 
 
 def _seed_agentless(api: httpx.Client) -> tuple[str, ...]:
-    """A credential profile, a device with a (disabled) monitor, a discovery profile."""
+    """A credential profile, a device with a (disabled) monitor, one without (deletable),
+    a discovery profile and a run of it (over 127.0.0.1 alone, where nothing answers WinRM)."""
     names = (hostile("credentials"), hostile("user"), hostile("discovery"))
     profile = {"name": names[0], "username": names[1], "password": "a long secret 42"}
     made = api.post("/api/v1/credential-profiles", json=profile)
@@ -249,6 +250,10 @@ def _seed_agentless(api: httpx.Client) -> tuple[str, ...]:
         "enabled": False,
     }
     assert api.post("/api/v1/monitors", json=monitor).status_code == 201
+    assert api.post("/api/v1/devices", json={"address": "127.0.0.2"}).status_code == 201
     discovery = {"name": names[2], "targets": ["127.0.0.1/32"], "credential_profile_id": profile_id}
-    assert api.post("/api/v1/discovery-profiles", json=discovery).status_code == 201
+    made = api.post("/api/v1/discovery-profiles", json=discovery)
+    assert made.status_code == 201, made.text
+    run = api.post(f"/api/v1/discovery-profiles/{made.json()['id']}/run")
+    assert run.status_code == 202, run.text
     return names
