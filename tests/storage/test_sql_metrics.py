@@ -509,3 +509,50 @@ def test_no_retention_keeps_everything(storage: SqlStorage) -> None:
     (answer,) = storage.metrics.history(cpu(machine, T0, T0 + HOUR, SECOND))
     assert answer.resolution is Resolution.RAW
     assert len(answer.points) == 3
+
+
+def test_latest_keeps_the_newer_value_when_an_older_batch_arrives_later(
+    storage: SqlStorage,
+) -> None:
+    # Batches as large as the ingest writer's (COPY and packed arrays on
+    # PostgreSQL): a late batch older than the stored values, or at their very
+    # timestamps, changes nothing; a newer one for some series moves only those.
+    machines = [new_id() for _ in range(4)]
+    shapes = [("disk.used", {"mount": f"/m{i}"}) for i in range(60)]
+
+    def batch(at: datetime, value: float, count: int = 5, series: int = 60) -> list[MachineSamples]:
+        return [
+            MachineSamples(
+                machine,
+                [
+                    Sample(
+                        at - s * SECOND,
+                        [
+                            Reading(m, value + j, labels)
+                            for j, (m, labels) in enumerate(shapes[:series])
+                        ],
+                    )
+                    for s in range(count)
+                ],
+            )
+            for machine in machines
+        ]
+
+    def latest() -> dict[tuple[str, str], tuple[datetime, float]]:
+        return {
+            (v.series.machine_id, v.series.labels[0][1]): (v.timestamp, v.value)
+            for v in storage.metrics.latest(machines)
+        }
+
+    newer = T0 + MINUTE
+    storage.metrics.write(batch(newer, 1000))
+    expected = {(m, f"/m{j}"): (newer, 1000.0 + j) for m in machines for j in range(60)}
+    assert latest() == expected
+    storage.metrics.write(batch(T0, 5000))  # older
+    storage.metrics.write(batch(newer, 9000, count=1))  # the same timestamp again
+    assert latest() == expected
+    storage.metrics.write(batch(newer + SECOND, 7000, count=1, series=30))
+    for m in machines:
+        for j in range(30):
+            expected[m, f"/m{j}"] = (newer + SECOND, 7000.0 + j)
+    assert latest() == expected

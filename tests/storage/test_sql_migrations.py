@@ -159,3 +159,28 @@ def test_points_not_compacted_yet_survive_the_change_of_head_and_back(
     assert samples == 5 + 1, "a machine's points of one timestamp become one sample"
     assert storage.metrics.maintain(BASE_TIME + timedelta(days=1)).compacted_points == 12
     storage.close()
+
+
+@pytest.mark.postgres
+def test_series_latest_leaves_room_for_updates_in_place_on_postgresql(
+    empty_postgres_engine: Engine,
+) -> None:
+    # 0011: fillfactor 50, so updating a series' latest value stays on its page.
+    def options() -> list[str] | None:
+        with empty_postgres_engine.connect() as conn:
+            return conn.execute(
+                sa.text(
+                    "SELECT reloptions FROM pg_class "
+                    "WHERE oid = to_regclass(current_schema() || '.series_latest')"
+                )
+            ).scalar_one()
+
+    storage = SqlStorage(empty_postgres_engine)
+    storage.migrate()
+    assert options() == ["fillfactor=50"]
+    with empty_postgres_engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0010")
+    assert options() is None
+    storage.migrate()
+    assert options() == ["fillfactor=50"]
+    storage.close()

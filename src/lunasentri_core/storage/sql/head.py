@@ -100,14 +100,16 @@ def build_rows(
             if known is None:
                 return None
             keys, values = reading_columns(readings)
-            if keys is not last_keys:
+            # Samples built by hand have keys of their own, usually equal to the
+            # previous sample's: comparing them costs a fraction of looking them up.
+            if keys is not last_keys and keys != last_keys:
                 try:
                     found = [known[key] for key in keys]
                 except KeyError:
                     return None
                 if found != sids:
                     sids, packed = found, pack_series_ids(found)
-                last_keys = keys
+            last_keys = keys
             ts = (sample.timestamp - EPOCH) // _MS
             samples.append((ts, sids, values))
             rows.append((ms.machine_id, ts, packed, pack_values(values)))

@@ -259,7 +259,12 @@ class SqlMetricStore:
                 with self._db.write() as conn:
                     touch(conn, self._sql.touch, seen)
             return 0
-        with self._db.write() as conn:
+        notices = self._db.notices
+
+        def announce(conn: Connection) -> None:
+            notices.samples(conn, batch)
+
+        with self._db.write(then=announce if notices.enabled else None) as conn:
             self._check_epoch(conn)
             ids = self._ids
             built = build_rows(batch, ids)
@@ -284,7 +289,6 @@ class SqlMetricStore:
             with self._ids_lock:
                 for machine_id, new in fresh.items():
                     self._ids.setdefault(machine_id, {}).update(new)
-        self._db.notices.samples(self._db.engine, batch)
         return points
 
     def _insert_head(self, conn: Connection, rows: list[HeadRow]) -> None:

@@ -84,28 +84,32 @@ class Notices:
         if self.enabled:
             self._queue(conn, [self._payload(kind)])
 
-    def samples(self, engine: Engine, batch: Sequence[MachineSamples]) -> None:
+    def samples(self, conn: Connection, batch: Sequence[MachineSamples]) -> None:
         """Send the samples ``batch`` committed, of the machines some process watches
         (:class:`Watches`): per machine its newest, up to :data:`SAMPLE_BUDGET` bytes
         (in notices under :data:`PAYLOAD_LIMIT`), and how many were left out.
 
         After the commit, so a watch taken before it is always seen; never raises
-        (the samples are stored: a stream missing them is the lesser harm)."""
+        (the samples are stored: a stream missing them is the lesser harm).
+        ``conn`` is outside any transaction (the writer's own, just committed):
+        the look-up runs in autocommit, one round trip where a connection of
+        its own took four (pool ping, ``BEGIN``, query, ``COMMIT``)."""
         ids = list({machine.machine_id for machine in batch if machine.samples})
         if not self.enabled or not ids:
             return
         try:
-            with engine.connect() as conn:
-                watched = set(conn.execute(_WATCHED, {"ids": ids, "c": LIVE_CLASS}).scalars())
-                payloads = [
-                    chunk
-                    for machine in batch
-                    if machine.machine_id in watched and machine.samples
-                    for chunk in self._sample_chunks(machine.machine_id, machine.samples)
-                ]
-                if payloads:
-                    self._queue(conn, payloads)
-                conn.commit()
+            # The pool restores the connection's isolation level when it gets it back.
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            watched = set(conn.execute(_WATCHED, {"ids": ids, "c": LIVE_CLASS}).scalars())
+            payloads = [
+                chunk
+                for machine in batch
+                if machine.machine_id in watched and machine.samples
+                for chunk in self._sample_chunks(machine.machine_id, machine.samples)
+            ]
+            if payloads:
+                self._queue(conn, payloads)
+            conn.commit()
         except Exception as error:  # the driver's or the pool's
             log.warning("could not tell other processes of stored samples: %s", error)
 
