@@ -132,7 +132,9 @@ def sqlite_engine(tmp_path: Path, sqlite_template: Path) -> Iterator[Engine]:
     """An engine on a migrated, empty SQLite file of this test's own."""
     path = tmp_path / "store.db"
     shutil.copyfile(sqlite_template, path)
-    engine = sa.create_engine(f"sqlite:///{path}")
+    # The SQLite plugin's default busy timeout (30 s), not the driver's 5 s: concurrency
+    # tests check correctness, and a loaded CI machine can hold the write lock that long.
+    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
     yield engine
     engine.dispose()
 
