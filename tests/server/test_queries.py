@@ -204,8 +204,7 @@ def test_history_step_starts_are_spelled_as_isoformat_spells_them(
     (series,) = response.json()["series"]
     steps = [0, 1, 2, 4, 5, 6]  # the points every 10 s fall in these steps
     expected = [
-        [(base + k * timedelta(seconds=7.5)).isoformat(), float(i + 1)]
-        for i, k in enumerate(steps)
+        [(base + k * timedelta(seconds=7.5)).isoformat(), float(i + 1)] for i, k in enumerate(steps)
     ]
     assert series["points"] == expected
     assert expected[1][0].endswith(".500000+00:00")
