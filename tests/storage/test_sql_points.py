@@ -179,6 +179,26 @@ def test_downsample_in_bulk_is_exactly_the_reference(
     assert got == naive_steps(data, start, start + length, step, aggregation)
 
 
+@given(points(min_size=1), st.sampled_from(Aggregation))
+def test_a_bucket_a_step_answers_from_the_buckets(
+    data: dict[int, float], aggregation: Aggregation
+) -> None:
+    # Minute steps over minute rollups: each step is one bucket, read without slicing.
+    ts, values = columns(data)
+    rollups = Rollups.from_stats(bucket_stats(ts, values, MINUTE_MS))
+    start = rollups.buckets[0]
+    end = rollups.buckets[-1] + MINUTE_MS
+    got = pairs(downsample_rollups(rollups, start, end, MINUTE_MS, aggregation))
+    stats = rollups.to_stats()
+    pick = {
+        Aggregation.AVG: lambda s: s.total / s.n,
+        Aggregation.MIN: lambda s: s.low,
+        Aggregation.MAX: lambda s: s.high,
+        Aggregation.LAST: lambda s: s.last,
+    }[aggregation]
+    assert got == [((b - start) // MINUTE_MS, pick(stats[b])) for b in sorted(stats)]
+
+
 def test_downsample_walks_sparse_steps() -> None:
     # Two points a million steps apart: the steps between are never visited.
     ts, values = int_array([0, 10**9]), float_array([1.0, 2.0])

@@ -234,6 +234,13 @@ class _Spans(NamedTuple):
     def counts(self) -> list[int]:
         return list(map(sub, self.hi, self.lo))
 
+    def single(self) -> slice | None:
+        """The keys' slice when each non-empty step holds exactly one key (a
+        rollup bucket per step, a point per step): their values are the answer."""
+        if self.lo and self.hi[-1] - self.lo[0] == len(self.lo):
+            return slice(self.lo[0], self.hi[-1])
+        return None
+
 
 DENSE: Final = 4
 """Steps per key up to which :func:`_spans` bisects at every step boundary at once."""
@@ -300,8 +307,11 @@ def downsample_points(
     """Every non-empty step ``k`` of raw points in ``[start, end)`` and its value,
     as two columns: ``(ks, values)``."""
     spans = _spans(ts, start, end, step)
+    single = spans.single()
     out: Iterable[float]
-    if aggregation is Aggregation.AVG:
+    if single is not None:  # the mean, least, greatest and last of one value are the value
+        out = values[single]
+    elif aggregation is Aggregation.AVG:
         out = _means(values, spans)
     elif aggregation is Aggregation.MIN:
         out = map(min, map(values.__getitem__, spans.slices()))
@@ -309,7 +319,7 @@ def downsample_points(
         out = map(max, map(values.__getitem__, spans.slices()))
     else:
         out = map(values.__getitem__, map(sub, spans.hi, repeat(1)))
-    return spans.ks, float_array(out)
+    return spans.ks, out if isinstance(out, array) else float_array(out)
 
 
 def downsample_rollups(
@@ -317,8 +327,19 @@ def downsample_rollups(
 ) -> tuple[IntArray, FloatArray]:
     """Like :func:`downsample_points`, over rollup buckets placed by their start."""
     spans = _spans(rollups.buckets, start, end, step)
+    single = spans.single()
     out: Iterable[float]
-    if aggregation is Aggregation.AVG:
+    if single is not None and aggregation is Aggregation.AVG:
+        # A bucket a step: its sum over its count (exactly what fsum and sum of one give).
+        out = map(truediv, rollups.sums[single], rollups.counts[single])
+    elif single is not None:
+        column = {
+            Aggregation.MIN: rollups.mins,
+            Aggregation.MAX: rollups.maxs,
+            Aggregation.LAST: rollups.lasts,
+        }[aggregation]
+        out = column[single]
+    elif aggregation is Aggregation.AVG:
         slices = spans.slices()
         sums = list(map(rollups.sums.__getitem__, slices))
         counts = map(sum, map(rollups.counts.__getitem__, slices))
@@ -332,4 +353,4 @@ def downsample_rollups(
         out = map(max, map(rollups.maxs.__getitem__, spans.slices()))
     else:
         out = map(rollups.lasts.__getitem__, map(sub, spans.hi, repeat(1)))
-    return spans.ks, float_array(out)
+    return spans.ks, out if isinstance(out, array) else float_array(out)
