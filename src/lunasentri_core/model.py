@@ -158,9 +158,8 @@ class HistoryColumns:
     ``timestamps`` holds each step's start in microseconds since the Unix
     epoch (UTC), ascending; ``values`` the step's value at the same index.
     Building a :class:`HistoryPoint` per step costs more than reading the
-    steps, so stores that can answer in columns do (see
-    :meth:`MetricStore.history <lunasentri_core.storage.MetricStore.history>`),
-    and :meth:`to_history` gives the points.
+    steps, so a store that can answer in columns offers ``history_columns``
+    beside ``history`` (the SQL store does); :meth:`to_history` gives the points.
     """
 
     series: SeriesKey
