@@ -199,12 +199,17 @@ def test_a_bucket_a_step_answers_from_the_buckets(
     assert got == [((b - start) // MINUTE_MS, pick(stats[b])) for b in sorted(stats)]
 
 
-def test_downsample_walks_sparse_steps() -> None:
+def test_downsample_over_sparse_steps() -> None:
     # Two points a million steps apart: the steps between are never visited.
     ts, values = int_array([0, 10**9]), float_array([1.0, 2.0])
     got = downsample_points(ts, values, 0, 10**9 + 1, 1_000, Aggregation.AVG)
     assert pairs(got) == [(0, 1.0), (10**6, 2.0)]
     assert pairs(downsample_points(ts, values, 1, 10**9, 1_000, Aggregation.LAST)) == []
+    # Bursts far apart, several points in a step: the non-empty steps are walked.
+    ts = int_array([0, 1, 2, 10**9, 10**9 + 1])
+    values = float_array([1.0, 2.0, 3.0, 4.0, 6.0])
+    got = downsample_points(ts, values, 0, 10**9 + 2, 1_000, Aggregation.AVG)
+    assert pairs(got) == [(0, 2.0), (10**6, 5.0)]
 
 
 def test_downsample_average_past_the_largest_float() -> None:

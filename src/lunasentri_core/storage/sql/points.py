@@ -12,10 +12,10 @@ from __future__ import annotations
 import sys
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
-from itertools import compress, repeat
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import compress, islice, repeat
 from math import copysign, fsum
-from operator import sub, truediv
+from operator import floordiv, lt, sub, truediv
 from typing import Final, NamedTuple, TypeAlias
 
 from lunasentri_core.model import Aggregation
@@ -225,8 +225,8 @@ class _Spans(NamedTuple):
     """The non-empty steps of sorted keys: step ``ks[x]`` holds keys ``[lo[x], hi[x])``."""
 
     ks: IntArray
-    lo: list[int]
-    hi: list[int]
+    lo: Sequence[int]
+    hi: Sequence[int]
 
     def slices(self) -> list[slice]:
         return list(map(slice, self.lo, self.hi))
@@ -249,11 +249,13 @@ DENSE: Final = 4
 def _spans(keys: IntArray, start: int, end: int, step: int) -> _Spans:
     """The non-empty steps of ``keys`` in ``[start, end)``, found in bulk.
 
-    While the steps from the first key's to the last key's are not many more
-    than the keys, every boundary is bisected by one ``map`` and the empty
-    steps dropped by ``compress``: no Python code runs per step. Sparser keys
-    (a few points over many steps) are walked step by step instead, visiting
-    only the non-empty ones.
+    No more keys than steps: each key's step is computed (``map``), and when
+    no two keys share one, that is the answer. Otherwise, while the steps
+    from the first key's to the last key's are not many more than the keys,
+    every boundary is bisected by one ``map`` and the empty steps dropped by
+    ``compress``: no Python code runs per step or per key. Sparser keys with
+    several in some step (a few bursts over many steps) are walked step by
+    step, visiting only the non-empty ones.
     """
     i = bisect_left(keys, start)
     n = bisect_left(keys, end, i)
@@ -262,6 +264,13 @@ def _spans(keys: IntArray, start: int, end: int, step: int) -> _Spans:
     first = (keys[i] - start) // step
     last = (keys[n - 1] - start) // step
     steps = last - first + 1
+    if steps >= n - i:
+        # No more keys than steps: each key may well have a step of its own
+        # (minute buckets at minute steps, points at steps of their interval).
+        # Then every key's step, two C calls a key, is the answer.
+        ks = list(map(floordiv, map(sub, keys[i:n], repeat(start)), repeat(step)))
+        if all(map(lt, ks, islice(ks, 1, None))):
+            return _Spans(int_array(ks), range(i, n), range(i + 1, n + 1))
     if steps > DENSE * (n - i) + 16:
         found = list(_steps(keys, start, end, step))
         return _Spans(
