@@ -184,6 +184,33 @@ def test_history_aggregates_each_step(
     assert series["points"] == [[t, v] for t, v in zip(stamps, expected, strict=True)]
 
 
+def test_history_step_starts_are_spelled_as_isoformat_spells_them(
+    shared: Shared, filled: tuple[str, datetime]
+) -> None:
+    # Steps of 7.5 s: some start on a whole second, others half-way through one.
+    machine_id, base = filled
+    response = get(
+        shared.server,
+        shared.admin,
+        f"/api/v1/machines/{machine_id}/history",
+        metric="cpu.percent",
+        start=base.isoformat(),
+        end=(base + timedelta(minutes=1)).isoformat(),
+        step=7.5,
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    (series,) = response.json()["series"]
+    steps = [0, 1, 2, 4, 5, 6]  # the points every 10 s fall in these steps
+    expected = [
+        [(base + k * timedelta(seconds=7.5)).isoformat(), float(i + 1)] for i, k in enumerate(steps)
+    ]
+    assert series["points"] == expected
+    assert expected[1][0].endswith(".500000+00:00")
+    assert expected[2][0].endswith(":15+00:00")
+
+
 def test_history_selects_series_by_labels_and_takes_epoch_seconds(
     shared: Shared, filled: tuple[str, datetime]
 ) -> None:

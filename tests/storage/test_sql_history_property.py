@@ -80,8 +80,11 @@ def test_history_and_latest_match_the_reference(storage: SqlStorage, data: st.Da
     assert_latest_equal(storage.metrics.latest([machine]), reference_latest(points, [machine]))
     for _ in range(4):
         query = data.draw(queries(machine), label="query")
+        answer = storage.metrics.history(query)
         assert_history_equal(
-            storage.metrics.history(query),
+            answer,
             reference_history(points, query),
             context=f"start={query.start} step={query.step} {query.aggregation}",
         )
+        # What the HTTP API serializes: the same steps, as columns.
+        assert [c.to_history() for c in storage.metrics.history_columns(query)] == answer

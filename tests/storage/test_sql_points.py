@@ -61,7 +61,19 @@ def naive_steps(
     return out
 
 
-def assert_steps_close(got: Sequence[tuple[int, float]], want: Sequence[tuple[int, float]]) -> None:
+def pairs(steps: tuple[IntArray, FloatArray]) -> list[tuple[int, float]]:
+    ks, values = steps
+    assert ks.typecode == "q"
+    assert values.typecode == "d"
+    return list(zip(ks, values, strict=True))
+
+
+def assert_steps_close(
+    got: tuple[IntArray, FloatArray] | Sequence[tuple[int, float]],
+    want: tuple[IntArray, FloatArray] | Sequence[tuple[int, float]],
+) -> None:
+    got = pairs(got) if isinstance(got, tuple) else got
+    want = pairs(want) if isinstance(want, tuple) else want
     assert [k for k, _ in got] == [k for k, _ in want]
     for (_, a), (_, b) in zip(got, want, strict=True):
         assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6), (a, b)
@@ -142,6 +154,72 @@ def test_downsample_points_matches_the_naive_reference(
     ts, values = columns(data)
     got = downsample_points(ts, values, start, start + length, step, aggregation)
     assert_steps_close(got, naive_steps(data, start, start + length, step, aggregation))
+
+
+dense_points = st.dictionaries(
+    st.integers(min_value=0, max_value=100_000), finite, min_size=0, max_size=300
+)
+
+
+@given(
+    dense_points,
+    st.integers(min_value=-1_000, max_value=50_000),
+    st.integers(min_value=1, max_value=120_000),
+    st.integers(min_value=1, max_value=2_000),
+    st.sampled_from(Aggregation),
+)
+def test_downsample_in_bulk_is_exactly_the_reference(
+    data: dict[int, float], start: int, length: int, step: int, aggregation: Aggregation
+) -> None:
+    # Many points a step and many steps a point: both ways of finding the steps
+    # (every boundary at once, or walking the non-empty steps). The sums are
+    # exactly rounded (fsum), so the values are equal, not only close.
+    ts, values = columns(data)
+    got = pairs(downsample_points(ts, values, start, start + length, step, aggregation))
+    assert got == naive_steps(data, start, start + length, step, aggregation)
+
+
+@given(points(min_size=1), st.sampled_from(Aggregation))
+def test_a_bucket_a_step_answers_from_the_buckets(
+    data: dict[int, float], aggregation: Aggregation
+) -> None:
+    # Minute steps over minute rollups: each step is one bucket, read without slicing.
+    ts, values = columns(data)
+    rollups = Rollups.from_stats(bucket_stats(ts, values, MINUTE_MS))
+    start = rollups.buckets[0]
+    end = rollups.buckets[-1] + MINUTE_MS
+    got = pairs(downsample_rollups(rollups, start, end, MINUTE_MS, aggregation))
+    stats = rollups.to_stats()
+    pick = {
+        Aggregation.AVG: lambda s: s.total / s.n,
+        Aggregation.MIN: lambda s: s.low,
+        Aggregation.MAX: lambda s: s.high,
+        Aggregation.LAST: lambda s: s.last,
+    }[aggregation]
+    assert got == [((b - start) // MINUTE_MS, pick(stats[b])) for b in sorted(stats)]
+
+
+def test_downsample_over_sparse_steps() -> None:
+    # Two points a million steps apart: the steps between are never visited.
+    ts, values = int_array([0, 10**9]), float_array([1.0, 2.0])
+    got = downsample_points(ts, values, 0, 10**9 + 1, 1_000, Aggregation.AVG)
+    assert pairs(got) == [(0, 1.0), (10**6, 2.0)]
+    assert pairs(downsample_points(ts, values, 1, 10**9, 1_000, Aggregation.LAST)) == []
+    # Bursts far apart, several points in a step: the non-empty steps are walked.
+    ts = int_array([0, 1, 2, 10**9, 10**9 + 1])
+    values = float_array([1.0, 2.0, 3.0, 4.0, 6.0])
+    got = downsample_points(ts, values, 0, 10**9 + 2, 1_000, Aggregation.AVG)
+    assert pairs(got) == [(0, 2.0), (10**6, 5.0)]
+
+
+def test_downsample_average_past_the_largest_float() -> None:
+    # The bulk sum overflows: the step's average is still exact.
+    big = 1.7e308
+    ts, values = int_array([0, 1, 10]), float_array([big, big, 4.0])
+    got = pairs(downsample_points(ts, values, 0, 20, 10, Aggregation.AVG))
+    assert got == [(0, big), (1, 4.0)]
+    rollups = Rollups.from_stats(bucket_stats(ts, values, 1))
+    assert pairs(downsample_rollups(rollups, 0, 20, 10, Aggregation.AVG))[1] == (1, 4.0)
 
 
 @given(

@@ -22,6 +22,7 @@ machine is "not found".
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from lunasentri_core.model import (
+    HistoryColumns,
     HistoryPoint,
     HistoryQuery,
     Labels,
@@ -170,3 +172,57 @@ async def history(hub: Sentri, query: HistoryQuery, owner_id: str | None) -> lis
         return derive_history(query.metric, used, totals)
 
     return await hub.run_sync(read)
+
+
+async def history_columns(
+    hub: Sentri, query: HistoryQuery, owner_id: str | None
+) -> list[HistoryColumns]:
+    """:func:`history` as columns: from a store's ``history_columns`` where it has
+    one (the SQL store), else from its points."""
+
+    def read() -> list[HistoryColumns]:
+        hub.storage.state.get_machine(query.machine_id, owner_id)
+        metrics = hub.storage.metrics
+        columns = getattr(metrics, "history_columns", None)
+
+        def one(q: HistoryQuery) -> list[HistoryColumns]:
+            if columns is not None:
+                found: list[HistoryColumns] = columns(q)
+                return found
+            return [HistoryColumns.from_history(h) for h in metrics.history(q)]
+
+        stored = one(query)
+        if stored or query.metric not in DERIVED:
+            return stored
+        used_metric, total_metric = DERIVED[query.metric]
+        used = one(attrs.evolve(query, metric=used_metric))
+        if not used:
+            return []
+        return derive_columns(query.metric, used, one(attrs.evolve(query, metric=total_metric)))
+
+    return await hub.run_sync(read)
+
+
+def derive_columns(
+    name: str, used: Sequence[HistoryColumns], totals: Sequence[HistoryColumns]
+) -> list[HistoryColumns]:
+    """:func:`derive_history` over columns."""
+    by_labels = {t.series.labels: t for t in totals}
+    derived = []
+    for part in used:
+        total = by_labels.get(part.series.labels)
+        if total is None:
+            continue
+        divisors = dict(zip(total.timestamps, total.values, strict=True))
+        kept = [
+            (at, value / divisor * 100)
+            for at, value in zip(part.timestamps, part.values, strict=True)
+            if (divisor := divisors.get(at, 0.0)) > 0
+        ]
+        if kept:
+            key = attrs.evolve(part.series, metric=name)
+            stamps = array("q", [at for at, _ in kept])
+            derived.append(
+                HistoryColumns(key, part.resolution, stamps, array("d", [v for _, v in kept]))
+            )
+    return derived

@@ -24,7 +24,8 @@ import threading
 from collections import ChainMap, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from operator import itemgetter
+from itertools import repeat
+from operator import add, itemgetter
 from typing import Any, Final
 
 import attrs
@@ -32,7 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from lunasentri_core.model import (
-    HistoryPoint,
+    HistoryColumns,
     HistoryQuery,
     Labels,
     MachineSamples,
@@ -386,11 +387,16 @@ class SqlMetricStore:
         return [SeriesKey(machine_id, metric, labels_from_json(labels)) for metric, labels in rows]
 
     def history(self, query: HistoryQuery) -> list[SeriesHistory]:
+        return [found.to_history() for found in self.history_columns(query)]
+
+    def history_columns(self, query: HistoryQuery) -> list[HistoryColumns]:
+        """:meth:`history` as columns (what the HTTP API serializes), with no
+        object built per step: blocks decode into arrays and the steps are
+        aggregated in bulk (:func:`~.points.downsample_points`)."""
         start, end = ceil_ms(query.start), ceil_ms(query.end)
         step = max(1, query.step // _MS)
         if end <= start:
             return []
-        first, step_delta = from_ms(start), timedelta(milliseconds=step)
         with self._db.read() as conn:
             matched = self._match_series(conn, query)
             if not matched:
@@ -403,13 +409,16 @@ class SqlMetricStore:
             for sid, key in matched:
                 if resolution is Resolution.RAW:
                     ts, values = self._raw_points(conn, sid, start, end, head.get(sid))
-                    steps = downsample_points(ts, values, start, end, step, query.aggregation)
+                    ks, steps = downsample_points(ts, values, start, end, step, query.aggregation)
                 else:
                     rollups = self._rollups(conn, sid, resolution, start, end, head.get(sid))
-                    steps = downsample_rollups(rollups, start, end, step, query.aggregation)
-                if steps:  # a series without points in the range is left out
-                    points = tuple(HistoryPoint(first + k * step_delta, v) for k, v in steps)
-                    results.append(SeriesHistory(key, resolution, points))
+                    ks, steps = downsample_rollups(rollups, start, end, step, query.aggregation)
+                if ks:  # a series without points in the range is left out
+                    # Step starts in microseconds: (start + k * step) * 1000, in C.
+                    stamps = int_array(
+                        map(add, repeat(start * 1000), map((step * 1000).__mul__, ks))
+                    )
+                    results.append(HistoryColumns(key, resolution, stamps, steps))
         return results
 
     def _match_series(self, conn: Connection, query: HistoryQuery) -> list[tuple[int, SeriesKey]]:

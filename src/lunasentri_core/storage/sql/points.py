@@ -12,9 +12,11 @@ from __future__ import annotations
 import sys
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import compress, islice, repeat
 from math import copysign, fsum
-from typing import NamedTuple, TypeAlias
+from operator import floordiv, lt, sub, truediv
+from typing import Final, NamedTuple, TypeAlias
 
 from lunasentri_core.model import Aggregation
 
@@ -219,6 +221,90 @@ def _steps(keys: IntArray, start: int, end: int, step: int) -> Iterator[tuple[in
         i = j
 
 
+class _Spans(NamedTuple):
+    """The non-empty steps of sorted keys: step ``ks[x]`` holds keys ``[lo[x], hi[x])``."""
+
+    ks: IntArray
+    lo: Sequence[int]
+    hi: Sequence[int]
+
+    def slices(self) -> list[slice]:
+        return list(map(slice, self.lo, self.hi))
+
+    def counts(self) -> list[int]:
+        return list(map(sub, self.hi, self.lo))
+
+    def single(self) -> slice | None:
+        """The keys' slice when each non-empty step holds exactly one key (a
+        rollup bucket per step, a point per step): their values are the answer."""
+        if self.lo and self.hi[-1] - self.lo[0] == len(self.lo):
+            return slice(self.lo[0], self.hi[-1])
+        return None
+
+
+DENSE: Final = 4
+"""Steps per key up to which :func:`_spans` bisects at every step boundary at once."""
+
+
+def _spans(keys: IntArray, start: int, end: int, step: int) -> _Spans:
+    """The non-empty steps of ``keys`` in ``[start, end)``, found in bulk.
+
+    No more keys than steps: each key's step is computed (``map``), and when
+    no two keys share one, that is the answer. Otherwise, while the steps
+    from the first key's to the last key's are not many more than the keys,
+    every boundary is bisected by one ``map`` and the empty steps dropped by
+    ``compress``: no Python code runs per step or per key. Sparser keys with
+    several in some step (a few bursts over many steps) are walked step by
+    step, visiting only the non-empty ones.
+    """
+    i = bisect_left(keys, start)
+    n = bisect_left(keys, end, i)
+    if i == n:
+        return _Spans(int_array(), [], [])
+    first = (keys[i] - start) // step
+    last = (keys[n - 1] - start) // step
+    steps = last - first + 1
+    if steps >= n - i:
+        # No more keys than steps: each key may well have a step of its own
+        # (minute buckets at minute steps, points at steps of their interval).
+        # Then every key's step, two C calls a key, is the answer.
+        ks = list(map(floordiv, map(sub, keys[i:n], repeat(start)), repeat(step)))
+        if all(map(lt, ks, islice(ks, 1, None))):
+            return _Spans(int_array(ks), range(i, n), range(i + 1, n + 1))
+    if steps > DENSE * (n - i) + 16:
+        found = list(_steps(keys, start, end, step))
+        return _Spans(
+            int_array(k for k, _, _ in found), [a for _, a, _ in found], [b for _, _, b in found]
+        )
+    # Every boundary from the first step's start to the last step's end: the
+    # first is i (no key of the range lies before it) and the last n.
+    bounds = start + first * step
+    edges = list(
+        map(
+            bisect_left,
+            repeat(keys, steps + 1),
+            range(bounds, bounds + (steps + 1) * step, step),
+            repeat(i, steps + 1),
+            repeat(n, steps + 1),
+        )
+    )
+    lo, hi = edges[:-1], edges[1:]
+    full = list(map(sub, hi, lo))
+    return _Spans(
+        int_array(compress(range(first, last + 1), full)),
+        list(compress(lo, full)),
+        list(compress(hi, full)),
+    )
+
+
+def _means(values: FloatArray, spans: _Spans) -> Iterable[float]:
+    runs = list(map(values.__getitem__, spans.slices()))
+    try:
+        return list(map(truediv, map(fsum, runs), spans.counts()))
+    except OverflowError:  # a sum past the largest float: mean() takes the slow way
+        return list(map(mean, runs))
+
+
 def downsample_points(
     ts: IntArray,
     values: FloatArray,
@@ -226,43 +312,54 @@ def downsample_points(
     end: int,
     step: int,
     aggregation: Aggregation,
-) -> list[tuple[int, float]]:
-    """``(k, value)`` for every non-empty step ``k`` of raw points in ``[start, end)``."""
-    out: list[tuple[int, float]] = []
-    append = out.append
-    if aggregation is Aggregation.AVG:
-        for k, i, j in _steps(ts, start, end, step):
-            append((k, mean(values[i:j])))
+) -> tuple[IntArray, FloatArray]:
+    """Every non-empty step ``k`` of raw points in ``[start, end)`` and its value,
+    as two columns: ``(ks, values)``."""
+    spans = _spans(ts, start, end, step)
+    single = spans.single()
+    out: Iterable[float]
+    if single is not None:  # the mean, least, greatest and last of one value are the value
+        out = values[single]
+    elif aggregation is Aggregation.AVG:
+        out = _means(values, spans)
     elif aggregation is Aggregation.MIN:
-        for k, i, j in _steps(ts, start, end, step):
-            append((k, min(values[i:j])))
+        out = map(min, map(values.__getitem__, spans.slices()))
     elif aggregation is Aggregation.MAX:
-        for k, i, j in _steps(ts, start, end, step):
-            append((k, max(values[i:j])))
+        out = map(max, map(values.__getitem__, spans.slices()))
     else:
-        for k, _, j in _steps(ts, start, end, step):
-            append((k, values[j - 1]))
-    return out
+        out = map(values.__getitem__, map(sub, spans.hi, repeat(1)))
+    return spans.ks, out if isinstance(out, array) else float_array(out)
 
 
 def downsample_rollups(
     rollups: Rollups, start: int, end: int, step: int, aggregation: Aggregation
-) -> list[tuple[int, float]]:
+) -> tuple[IntArray, FloatArray]:
     """Like :func:`downsample_points`, over rollup buckets placed by their start."""
-    out: list[tuple[int, float]] = []
-    append = out.append
-    keys = rollups.buckets
-    if aggregation is Aggregation.AVG:
-        sums, counts = rollups.sums, rollups.counts
-        for k, i, j in _steps(keys, start, end, step):
-            append((k, total(sums[i:j]) / sum(counts[i:j])))
+    spans = _spans(rollups.buckets, start, end, step)
+    single = spans.single()
+    out: Iterable[float]
+    if single is not None and aggregation is Aggregation.AVG:
+        # A bucket a step: its sum over its count (exactly what fsum and sum of one give).
+        out = map(truediv, rollups.sums[single], rollups.counts[single])
+    elif single is not None:
+        column = {
+            Aggregation.MIN: rollups.mins,
+            Aggregation.MAX: rollups.maxs,
+            Aggregation.LAST: rollups.lasts,
+        }[aggregation]
+        out = column[single]
+    elif aggregation is Aggregation.AVG:
+        slices = spans.slices()
+        sums = list(map(rollups.sums.__getitem__, slices))
+        counts = map(sum, map(rollups.counts.__getitem__, slices))
+        try:
+            out = list(map(truediv, map(fsum, sums), counts))
+        except OverflowError:
+            out = list(map(truediv, map(total, sums), counts))
     elif aggregation is Aggregation.MIN:
-        for k, i, j in _steps(keys, start, end, step):
-            append((k, min(rollups.mins[i:j])))
+        out = map(min, map(rollups.mins.__getitem__, spans.slices()))
     elif aggregation is Aggregation.MAX:
-        for k, i, j in _steps(keys, start, end, step):
-            append((k, max(rollups.maxs[i:j])))
+        out = map(max, map(rollups.maxs.__getitem__, spans.slices()))
     else:
-        for k, _, j in _steps(keys, start, end, step):
-            append((k, rollups.lasts[j - 1]))
-    return out
+        out = map(rollups.lasts.__getitem__, map(sub, spans.hi, repeat(1)))
+    return spans.ks, out if isinstance(out, array) else float_array(out)
