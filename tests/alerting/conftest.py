@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
+import anyio
 import attrs
 import pytest
 
@@ -107,9 +108,14 @@ def open_hub(tmp_path: Path, clock: Clock, notifier: RecordingNotifier) -> OpenH
     async def open_(
         plugins: Mapping[str, object] | None = None, **settings: Any
     ) -> AsyncIterator[Sentri]:
+        # Tests sweep when they mean to: no periodic sweep comes between their steps
+        # however slowly they run, and the sweep at start is over before they begin.
+        settings.setdefault("heartbeat_interval", "1d")
         config = Settings.load(environ={}, data_dir=tmp_path / "data", **settings)
         plugins = {"recording": RecordingPlugin(notifier), **(plugins or {})}
         async with Sentri(config, clock=clock, plugins=plugins) as hub:
+            with anyio.fail_after(60):
+                await hub.heartbeat.first_round.wait()
             yield hub
 
     return open_

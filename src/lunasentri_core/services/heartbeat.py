@@ -59,6 +59,9 @@ class Heartbeat:
         self._sweeping = anyio.Lock()
         self._listening_since: datetime | None = None
         """When :meth:`run` started: no machine could report to this hub before."""
+        self.first_round = anyio.Event()
+        """Set once :meth:`run` has ended its first round (the sweep at start, where
+        this process runs sweeps): what happens after it is not raced by that sweep."""
 
     async def sweep(self, machine_ids: Sequence[str] | None = None) -> list[StatusChange]:
         """Record every due status change now (of ``machine_ids`` only, when given)."""
@@ -174,6 +177,7 @@ class Heartbeat:
                     full = False  # another process sweeps: only bring reporters online
             if full or reported:
                 await self._sweep_logged(None if full else reported)
+            self.first_round.set()
 
     async def _runs_sweeps(self) -> bool:
         """Whether this process runs the full sweep (one process of those sharing storage)."""
