@@ -110,7 +110,13 @@ class HistoryQuery:
     """A range of one metric of one machine, downsampled to ``step``.
 
     ``labels`` selects series whose labels include every given pair; ``None``
-    (the default) selects every series of the metric.
+    (the default) selects every series of the metric. With ``exact``, only the
+    series whose labels are exactly ``labels`` (no labels for ``None``: the
+    metric's unlabelled series, such as the CPU as a whole beside its per-core
+    series). A storage backend that ignores ``exact`` answers more series than
+    asked for; :func:`lunasentri_core.services.queries.history` leaves those out.
+
+    .. versionchanged:: 0.1.0 ``exact``.
     """
 
     machine_id: str
@@ -120,6 +126,13 @@ class HistoryQuery:
     step: timedelta = attrs.field(validator=_check_positive)
     aggregation: Aggregation = Aggregation.AVG
     labels: Labels | None = attrs.field(default=None, converter=_to_optional_labels)
+    exact: bool = False
+
+    def selects(self, labels: Labels) -> bool:
+        """Whether a series of this metric with ``labels`` is among those asked for."""
+        if self.exact:
+            return tuple(sorted(labels)) == tuple(sorted(self.labels or ()))
+        return self.labels is None or set(self.labels) <= set(labels)
 
     @end.validator
     def _end_after_start(self, attribute: attrs.Attribute[datetime], value: datetime) -> None:

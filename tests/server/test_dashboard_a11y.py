@@ -142,7 +142,8 @@ def test_the_answers_to_forms_pass_axe_too(
     shared: Shared, hostile: Hostile, watched: Watched
 ) -> None:
     """Pages only a form's answer shows: a refused log-in, a new machine's key, a
-    rotated key, a new channel's secret, a rule form with a mistake."""
+    rotated key, a refused agent configuration, a new channel's secret, a rule form
+    with a mistake."""
     page = watched.page
     url = shared.server.url
     page.context.add_init_script(path=AXE)
@@ -164,6 +165,11 @@ def test_the_answers_to_forms_pass_axe_too(
     page.click("text=Issue a new key")
     page.wait_for_selector("#api-key")
     problems["key rotated"] = violations(watched)
+    page.goto(f"{url}/machines/{hostile.machine_id}/settings")
+    page.fill("#interval", "soon")
+    page.click("text=Save agent configuration")
+    page.wait_for_selector("#agent-config-problem")
+    problems["agent configuration refused"] = violations(watched)
     page.goto(f"{url}/channels/new?type=webhook")
     page.fill("#name", "answered hook")
     page.get_by_label("url", exact=True).fill("http://127.0.0.1:9/")
@@ -177,7 +183,11 @@ def test_the_answers_to_forms_pass_axe_too(
     page.press("#threshold", "Enter")
     page.wait_for_selector("form.panel p.error")
     problems["rule refused"] = violations(watched)
-    refused = {f"{url}/login": "401 (Unauthorized)", f"{url}/rules": "400 (Bad Request)"}
+    refused = {
+        f"{url}/login": "401 (Unauthorized)",
+        f"{url}/machines/{hostile.machine_id}/agent-config": "400 (Bad Request)",
+        f"{url}/rules": "400 (Bad Request)",
+    }
     expected_error_answers(watched, refused)
     assert {what: found for what, found in problems.items() if found} == {}
 

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -246,6 +247,63 @@ def test_samples_show_on_the_overview_and_grow_the_chart_without_a_reload(
     page.wait_for_url("**/machines/*?range=7d")
     page.wait_for_function("() => document.querySelector('#chart-cpu .uplot') !== null")
     watched.shot("machine-7d")
+
+
+def _cpu(whole: float | None, cores: tuple[float, ...]) -> list[dict[str, Any]]:
+    readings: list[dict[str, Any]] = [] if whole is None else [{"value": whole}]
+    readings += [{"labels": {"cpu": str(n)}, "value": v} for n, v in enumerate(cores)]
+    return readings
+
+
+def _history_calls(page: Page, url: str) -> list[str]:
+    """The history calls the machine page at ``url`` makes before its charts are drawn."""
+    calls: list[str] = []
+    listener = lambda request: "/history?" in request.url and calls.append(request.url)  # noqa: E731
+    page.on("request", listener)
+    page.goto(url)
+    page.wait_for_function("() => Number(document.getElementById('chart-cpu').dataset.points) > 0")
+    page.wait_for_function("() => document.querySelector('#chart-mem .uplot') !== null")
+    page.remove_listener("request", listener)
+    return calls
+
+
+def test_the_charts_ask_only_for_the_series_they_draw(shared: Shared, watched: Watched) -> None:
+    """Two history calls for all the charts: the CPU as a whole (not per core), and the
+    other charts' metrics at once; per-core series only where no whole one is stored."""
+    both, key = register(shared.server, shared.admin, "eight-cores")
+    cores_only, other_key = register(shared.server, shared.admin, "cores-only")
+    for machine_key, whole in ((key, 40.0), (other_key, None)):
+        readings = [
+            sample(
+                at(minutes),
+                cpu__percent=_cpu(whole, (10.0, 70.0)),
+                mem__used=1.0 * 2**30,
+                mem__total=4.0 * 2**30,
+                load__1=0.5,
+                load__5=0.4,
+            )
+            for minutes in (20, 10, 1)
+        ]
+        assert post(shared.server, machine_key, {"samples": readings}).status_code == 200
+    page = watched.page
+    log_in(watched, shared.server.url)
+    calls = _history_calls(page, f"{shared.server.url}/machines/{both}?range=24h")
+    asked = sorted(
+        urllib.parse.parse_qs(urllib.parse.urlsplit(u).query)["metric"][0] for u in calls
+    )
+    assert len(calls) == 2, calls
+    assert asked == ["cpu.percent", "mem.percent,swap.percent,load.1,load.5,load.15"], asked
+    assert any("exact=true" in u and "metric=cpu.percent" in u for u in calls)
+    assert page.locator("#chart-cpu .u-legend .u-series").count() == 2  # time + one line
+    assert "all CPUs" in page.inner_text("#chart-cpu")
+    assert page.locator("#chart-load .u-legend .u-series").count() == 3  # time + 1 and 5 min
+
+    calls = _history_calls(page, f"{shared.server.url}/machines/{cores_only}?range=24h")
+    assert len(calls) == 3, calls  # no whole CPU: then its per-core series
+    assert page.locator("#chart-cpu .u-legend .u-series").count() == 3
+    legend = page.inner_text("#chart-cpu")
+    assert "0" in legend
+    assert "1" in legend
 
 
 @pytest.mark.parametrize("watched", [PHONE], indirect=True)

@@ -237,6 +237,57 @@ def test_history_selects_series_by_labels_and_takes_epoch_seconds(
     assert series["points"] == [[base.isoformat(), 35.0]]
 
 
+def test_history_of_several_metrics_and_of_exactly_the_labels_asked_for(
+    shared: Shared,
+) -> None:
+    machine_id, key = register(shared.server, shared.admin, "per-core")
+    base = minute_start(20)
+    cpu = [{"value": 50.0}] + [{"labels": {"cpu": str(n)}, "value": 10.0 * n} for n in range(8)]
+    samples = [
+        sample(
+            base + timedelta(seconds=10 * k),
+            cpu__percent=cpu,
+            load__1=1.0,
+            mem__used=100.0,
+            mem__total=400.0,
+            disk__used=[{"labels": {"mount": "/"}, "value": 50.0}],
+            disk__total=[{"labels": {"mount": "/"}, "value": 200.0}],
+        )
+        for k in range(3)
+    ]
+    assert post(shared.server, key, {"samples": samples}).status_code == 200
+    path = f"/api/v1/machines/{machine_id}/history"
+    window = {"start": base.isoformat(), "end": (base + timedelta(minutes=1)).isoformat()}
+
+    def series(**params: Any) -> list[tuple[str, dict[str, str], float]]:
+        response = get(shared.server, shared.admin, path, step=60, **window, **params)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["metric"] == params["metric"]
+        return [(s["metric"], s["labels"], s["points"][0][1]) for s in body["series"]]
+
+    assert len(series(metric="cpu.percent")) == 9
+    assert series(metric="cpu.percent", exact="true") == [("cpu.percent", {}, 50.0)]
+    assert series(metric="cpu.percent", exact="false", labels="cpu:3") == [
+        ("cpu.percent", {"cpu": "3"}, 30.0)
+    ]
+    assert series(metric="cpu.percent", exact="true", labels="cpu:3") == [
+        ("cpu.percent", {"cpu": "3"}, 30.0)
+    ]
+    # In the order asked for, derived ones included; a metric without data has no series.
+    assert series(
+        metric="mem.percent,load.1,cpu.percent,disk.percent,swap.percent", exact="true"
+    ) == [
+        ("mem.percent", {}, 25.0),
+        ("load.1", {}, 1.0),
+        ("cpu.percent", {}, 50.0),
+    ]
+    assert series(metric="load.1,disk.percent") == [
+        ("load.1", {}, 1.0),
+        ("disk.percent", {"mount": "/"}, 25.0),
+    ]
+
+
 def test_derived_history_divides_each_step(shared: Shared, filled: tuple[str, datetime]) -> None:
     machine_id, base = filled
     path = f"/api/v1/machines/{machine_id}/history"
@@ -319,6 +370,10 @@ def test_history_takes_times_relative_to_now(shared: Shared, filled: tuple[str, 
         ({"metric": "cpu.percent", "labels": "a:1,a:2"}, "labels"),
         ({"metric": "cpu.percent", "resolution": "raw"}, "resolution"),
         ({"metric": ["cpu.percent", "mem.used"]}, "metric"),
+        ({"metric": "cpu.percent,"}, "metric"),
+        ({"metric": "cpu.percent,cpu.percent"}, "metric"),
+        ({"metric": ",".join(f"m.n{k}" for k in range(17))}, "metric"),
+        ({"metric": "cpu.percent", "exact": "yes"}, "exact"),
     ],
 )
 def test_bad_history_parameters_are_named(
@@ -628,6 +683,7 @@ def test_the_stream_is_documented_as_server_sent_events(shared: Shared) -> None:
         "step": False,
         "agg": False,
         "labels": False,
+        "exact": False,
     }
 
 

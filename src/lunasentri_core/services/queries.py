@@ -157,50 +157,76 @@ def _ordered(values: Sequence[SeriesValue]) -> list[SeriesValue]:
 
 async def history(hub: Sentri, query: HistoryQuery, owner_id: str | None) -> list[SeriesHistory]:
     """A metric's series over a range; a derived metric's from its used and total series."""
+    return await histories(hub, [query], owner_id)
+
+
+async def histories(
+    hub: Sentri, asked: Sequence[HistoryQuery], owner_id: str | None
+) -> list[SeriesHistory]:
+    """As :func:`history` for each query (of one machine), in order, in one worker call."""
 
     def read() -> list[SeriesHistory]:
-        hub.storage.state.get_machine(query.machine_id, owner_id)
-        metrics = hub.storage.metrics
-        stored = metrics.history(query)
-        if stored or query.metric not in DERIVED:
-            return stored
-        used_metric, total_metric = DERIVED[query.metric]
-        used = metrics.history(attrs.evolve(query, metric=used_metric))
-        if not used:
-            return []
-        totals = metrics.history(attrs.evolve(query, metric=total_metric))
-        return derive_history(query.metric, used, totals)
+        machines = {query.machine_id for query in asked}
+        for machine_id in sorted(machines):
+            hub.storage.state.get_machine(machine_id, owner_id)
+        found: list[SeriesHistory] = []
+        for query in asked:
+            # A backend that does not know ``exact`` (or the derivation) may answer more.
+            found.extend(s for s in _read(hub, query) if query.selects(s.series.labels))
+        return found
 
     return await hub.run_sync(read)
+
+
+def _read(hub: Sentri, query: HistoryQuery) -> list[SeriesHistory]:
+    metrics = hub.storage.metrics
+    stored = metrics.history(query)
+    if stored or query.metric not in DERIVED:
+        return stored
+    used_metric, total_metric = DERIVED[query.metric]
+    used = metrics.history(attrs.evolve(query, metric=used_metric))
+    if not used:
+        return []
+    totals = metrics.history(attrs.evolve(query, metric=total_metric))
+    return derive_history(query.metric, used, totals)
 
 
 async def history_columns(
-    hub: Sentri, query: HistoryQuery, owner_id: str | None
+    hub: Sentri, asked: Sequence[HistoryQuery], owner_id: str | None
 ) -> list[HistoryColumns]:
-    """:func:`history` as columns: from a store's ``history_columns`` where it has
+    """:func:`histories` as columns: from a store's ``history_columns`` where it has
     one (the SQL store), else from its points."""
 
     def read() -> list[HistoryColumns]:
-        hub.storage.state.get_machine(query.machine_id, owner_id)
-        metrics = hub.storage.metrics
-        columns = getattr(metrics, "history_columns", None)
-
-        def one(q: HistoryQuery) -> list[HistoryColumns]:
-            if columns is not None:
-                found: list[HistoryColumns] = columns(q)
-                return found
-            return [HistoryColumns.from_history(h) for h in metrics.history(q)]
-
-        stored = one(query)
-        if stored or query.metric not in DERIVED:
-            return stored
-        used_metric, total_metric = DERIVED[query.metric]
-        used = one(attrs.evolve(query, metric=used_metric))
-        if not used:
-            return []
-        return derive_columns(query.metric, used, one(attrs.evolve(query, metric=total_metric)))
+        for machine_id in sorted({query.machine_id for query in asked}):
+            hub.storage.state.get_machine(machine_id, owner_id)
+        found: list[HistoryColumns] = []
+        for query in asked:
+            # A backend that does not know ``exact`` (or the derivation) may answer more.
+            found.extend(c for c in _read_columns(hub, query) if query.selects(c.series.labels))
+        return found
 
     return await hub.run_sync(read)
+
+
+def _read_columns(hub: Sentri, query: HistoryQuery) -> list[HistoryColumns]:
+    metrics = hub.storage.metrics
+    columns = getattr(metrics, "history_columns", None)
+
+    def one(q: HistoryQuery) -> list[HistoryColumns]:
+        if columns is not None:
+            found: list[HistoryColumns] = columns(q)
+            return found
+        return [HistoryColumns.from_history(h) for h in metrics.history(q)]
+
+    stored = one(query)
+    if stored or query.metric not in DERIVED:
+        return stored
+    used_metric, total_metric = DERIVED[query.metric]
+    used = one(attrs.evolve(query, metric=used_metric))
+    if not used:
+        return []
+    return derive_columns(query.metric, used, one(attrs.evolve(query, metric=total_metric)))
 
 
 def derive_columns(

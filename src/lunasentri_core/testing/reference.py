@@ -57,7 +57,7 @@ def points_of(batches: Iterable[Sequence[MachineSamples]]) -> list[StoredPoint]:
 def _selected(series: SeriesKey, query: HistoryQuery) -> bool:
     if series.machine_id != query.machine_id or series.metric != query.metric:
         return False
-    return query.labels is None or set(query.labels) <= set(series.labels)
+    return query.selects(series.labels)
 
 
 def aggregate(values: Sequence[tuple[datetime, float]], aggregation: Aggregation) -> float:

@@ -1,4 +1,5 @@
-"""The dashboard's forms that change things: register, claim, relabel, rotate, revoke, delete.
+"""The dashboard's forms that change things: register, claim, relabel, set the agent's
+configuration, rotate, revoke, delete.
 
 Each goes through the same service, owner scoping and role rule as its API
 route (a user manages their own machines, an administrator any; only an
@@ -10,19 +11,22 @@ with what was wrong, in the page.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from lunasentri_core.components import Principal
-from lunasentri_core.errors import ConflictError, NotFoundError, ValidationError
+from lunasentri_core.errors import ConflictError, FieldError, NotFoundError, ValidationError
 from lunasentri_core.model import LABEL_NAME, Labels, Machine
 from lunasentri_core.server.agent_dist import DistError, manual_install
 from lunasentri_core.server.dashboard.pages import (
     client_of,
     form_fields,
+    form_lists,
     hub_of,
     not_found,
     redirect,
@@ -30,7 +34,12 @@ from lunasentri_core.server.dashboard.pages import (
     to_login,
 )
 from lunasentri_core.services.claims import Claims, ClaimTokenMismatch
-from lunasentri_core.services.machines import AGENT_PACKAGES, Machines
+from lunasentri_core.services.machines import (
+    AGENT_PACKAGES,
+    MAX_COLLECTORS,
+    EffectiveConfig,
+    Machines,
+)
 
 if TYPE_CHECKING:
     from lunasentri_core.server.dashboard.pages import Pages
@@ -187,6 +196,49 @@ class Manage:
             return await self._settings_page(request, user, machine, _problem(error), form)
         return redirect(request, f"/machines/{machine.id}/settings?saved=labels")
 
+    async def agent_config(self, request: Request) -> Response:
+        """``POST /machines/{id}/agent-config``: set the interval and collectors the
+        machine's agent runs (as ``PUT /api/v1/machines/{id}/agent-config``), or, with
+        ``action=default``, store the server's current defaults (``[collect]``)."""
+        user, machine = await self._mine(request)
+        if user is None:
+            return to_login(request)
+        if machine is None:
+            return not_found(request, user, "machine")
+        fields = await form_lists(request, max_fields=MAX_COLLECTORS + 8)
+        machines = self._machines(request)
+        current = await machines.agent_config(machine.id, user)
+        interval_text = (fields.get("interval") or [""])[0].strip()
+        chosen = fields.get("collectors", [])
+        try:
+            if (fields.get("action") or [""])[0] == "default":
+                collect = request.app.state.full_settings.collect
+                interval, collectors = collect.interval, tuple(collect.collectors)
+                saved = "agent-default"
+            else:
+                known = _known_collectors(request, current)
+                interval = _interval(interval_text)
+                collectors = _collectors(chosen, known)
+                saved = "agent-config"
+            await machines.set_agent_config(
+                user,
+                machine.id,
+                interval=interval,
+                collectors=collectors,
+                labels=current.config.labels if current.stored else (),
+                client=client_of(request),
+            )
+        except ValidationError as error:
+            bad = error.errors[0].path.split("[")[0] if error.errors else ""
+            config_form = {
+                "problem": _problem(error),
+                "bad": bad,
+                "interval": interval_text,
+                "collectors": chosen,
+            }
+            return await self._settings_page(request, user, machine, config_form=config_form)
+        return redirect(request, f"/machines/{machine.id}/settings?saved={saved}")
+
     async def settings(self, request: Request) -> Response:
         """``GET /machines/{id}/settings``: labels, keys and deletion."""
         user, machine = await self._mine(request)
@@ -205,11 +257,31 @@ class Manage:
         form: dict[str, str] | None = None,
         *,
         new_key: str | None = None,
+        config_form: Mapping[str, object] | None = None,
     ) -> Response:
-        keys = await self._machines(request).keys(user, machine.id)
+        machines = self._machines(request)
+        keys = await machines.keys(user, machine.id)
+        effective = await machines.agent_config(machine.id, user)
         now = hub_of(request).clock()
         labels = (form or {}).get("labels", labels_text(machine.labels))
+        config = effective.config
+        collect = request.app.state.full_settings.collect
+        chosen = (config_form or {}).get("collectors", list(config.collectors))
         context = {
+            "agent": {
+                "stored": effective.stored,
+                "version": config.version if effective.stored else 0,
+                "updated_at": config.updated_at if effective.stored else None,
+                "interval": (config_form or {}).get(
+                    "interval", f"{config.interval.total_seconds():g}"
+                ),
+                "collectors": _known_collectors(request, effective),
+                "chosen": chosen,
+                "problem": (config_form or {}).get("problem", ""),
+                "bad": (config_form or {}).get("bad", ""),
+                "default_interval": collect.interval.total_seconds(),
+                "default_collectors": collect.collectors,
+            },
             "user": user,
             "machine": machine,
             "keys": [{"key": k, "active": k.is_active(now)} for k in keys],
@@ -218,7 +290,7 @@ class Manage:
             "saved": request.query_params.get("saved"),
             "new_key": new_key,
         }
-        status = 400 if problem else 201 if new_key else 200
+        status = 400 if problem or config_form else 201 if new_key else 200
         return render(request, "machine_settings.html", context, status=status)
 
     async def rotate(self, request: Request) -> Response:
@@ -266,6 +338,41 @@ class Manage:
             return not_found(request, user, "machine")
         await self._machines(request).delete(user, machine.id, client=client_of(request))
         return redirect(request, "/")
+
+
+def _known_collectors(request: Request, effective: EffectiveConfig) -> list[str]:
+    """The collectors the form offers: the server's, and any the stored configuration
+    names that the server lacks (an agent may have plugins the server has not), so that
+    saving the form keeps them."""
+    names = set(hub_of(request).plugins.collectors())
+    if effective.stored:
+        names.update(effective.config.collectors)
+    return sorted(names)
+
+
+def _interval(text: str) -> timedelta:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds):
+        raise ValidationError([FieldError("interval", "must be a number of seconds")], "form")
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValidationError([FieldError("interval", "is out of range")], "form") from None
+
+
+def _collectors(chosen: Sequence[str], known: Sequence[str]) -> tuple[str, ...]:
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        offered = ", ".join(known) or "none"
+        errors = [
+            FieldError("collectors", f"{name!r} is not a collector this server knows ({offered})")
+            for name in unknown
+        ]
+        raise ValidationError(errors, "form")
+    return tuple(dict.fromkeys(chosen))
 
 
 def _new_page(

@@ -126,6 +126,9 @@ def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
         page_route("/agents/{agent_id}/claim", manage.claim, "POST", "agent_claim"),
         page_route("/machines/{machine_id}/settings", manage.settings, "GET", "machine_settings"),
         page_route("/machines/{machine_id}/labels", manage.labels, "POST", "machine_labels"),
+        page_route(
+            "/machines/{machine_id}/agent-config", manage.agent_config, "POST", "agent_config"
+        ),
         page_route("/machines/{machine_id}/keys/rotate", manage.rotate, "POST", "key_rotate"),
         page_route(
             "/machines/{machine_id}/keys/{key_id}/revoke", manage.revoke, "POST", "key_revoke"
@@ -251,16 +254,23 @@ def ago(at: datetime | None, now: datetime) -> str:
 async def form_fields(request: Request, limit: int = FORM_LIMIT) -> dict[str, str]:
     """An urlencoded form (a few short fields, ``limit`` bytes at most); anything else
     reads as empty."""
+    fields = await form_lists(request, limit)
+    return {name: values[0] for name, values in fields.items()}
+
+
+async def form_lists(
+    request: Request, limit: int = FORM_LIMIT, max_fields: int = 16
+) -> dict[str, list[str]]:
+    """As :func:`form_fields`, with every value of a name given several times (checkboxes)."""
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
             return {}
     try:
-        fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=16)
+        return urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=max_fields)
     except ValueError:  # more fields than any of the forms has
         return {}
-    return {name: values[0] for name, values in fields.items()}
 
 
 def _next(target: str | None) -> str:

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
+import attrs
 import orjson
 from anyio.abc import TaskGroup
 from starlette.applications import Starlette
@@ -83,7 +84,10 @@ HISTORY = api.schema(
         "additionalProperties": False,
         "properties": {
             "machine_id": {"type": "string"},
-            "metric": {"type": "string"},
+            "metric": {
+                "type": "string",
+                "description": "The metric, or the metrics separated by commas, as asked for.",
+            },
             "start": TIMESTAMP,
             "end": TIMESTAMP,
             "step": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds."},
@@ -91,9 +95,10 @@ HISTORY = api.schema(
             "series": array_of(
                 {
                     "type": "object",
-                    "required": ["labels", "resolution", "points"],
+                    "required": ["metric", "labels", "resolution", "points"],
                     "additionalProperties": False,
                     "properties": {
+                        "metric": {"type": "string"},
                         "labels": LABELS,
                         "resolution": {
                             "enum": ["raw", "1m", "1h"],
@@ -133,6 +138,13 @@ EVENT_STREAM: Schema = {
 }
 
 _METRIC_PARAM: Schema = {"type": "string", "pattern": METRIC_NAME.pattern}
+MAX_HISTORY_METRICS = 16
+"""Metrics one history call may ask for (a machine page's charts ask for nine at once)."""
+_ONE_METRIC = METRIC_NAME.pattern.removeprefix("^").removesuffix("$")
+_METRICS_PARAM: Schema = {
+    "type": "string",
+    "pattern": f"^{_ONE_METRIC}(,{_ONE_METRIC}){{0,{MAX_HISTORY_METRICS - 1}}}$",
+}
 _TIME_PARAM: Schema = {
     "anyOf": [
         {"type": "string", "format": "date-time"},
@@ -204,9 +216,15 @@ def _value_json(value: SeriesValue) -> dict[str, Any]:
 @api.get(
     "/api/v1/machines/{machine_id}/history",
     auth=Auth.USER,
-    summary="A metric of a machine over a time range, downsampled to a step",
+    summary="Metrics of a machine over a time range, downsampled to a step",
     query={
-        "metric": {**_METRIC_PARAM, "x-required": True, "description": "Stored or derived."},
+        "metric": {
+            **_METRICS_PARAM,
+            "x-required": True,
+            "description": "Stored or derived; several (at most "
+            f"{MAX_HISTORY_METRICS}) separated by commas, answered in one call over the same "
+            "range and step.",
+        },
         "start": {**_TIME_PARAM, "description": "Default: an hour before end."},
         "end": {**_TIME_PARAM, "description": "Default: now."},
         "step": {
@@ -221,22 +239,31 @@ def _value_json(value: SeriesValue) -> dict[str, Any]:
             "description": "Only series with these labels: name:value pairs separated by "
             "commas, e.g. mount:/,device:sda1.",
         },
+        "exact": {
+            "type": "boolean",
+            "description": "true: only the series whose labels are exactly `labels` (without "
+            "`labels`: each metric's unlabelled series, e.g. the CPU as a whole rather than "
+            "per core). Default: false.",
+        },
     },
     responses={200: HISTORY},
 )
 async def history(call: Call) -> object:
-    """A metric's series over `[start, end)`, one point per step that has data.
+    """Each metric's series over `[start, end)`, one point per step that has data;
+    several metrics are answered in the order asked for.
 
     Derived percentages (mem.percent, swap.percent, disk.percent) are answered
     from their used and total series: each step's aggregated used over the same
     step's aggregated total, times 100.
     """
-    _only(call, {"metric", "start", "end", "step", "agg", "labels"})
-    query = _history_query(call)
-    found = await queries.history_columns(call.hub, query, call.owner_scope)
+    _only(call, {"metric", "start", "end", "step", "agg", "labels", "exact"})
+    metrics = _metrics(call.require_query("metric"))
+    query = _history_query(call, metrics[0])
+    asked = [attrs.evolve(query, metric=metric) for metric in metrics]
+    found = await queries.history_columns(call.hub, asked, call.owner_scope)
     body = {
         "machine_id": query.machine_id,
-        "metric": query.metric,
+        "metric": ",".join(metrics),
         "start": query.start.isoformat(),
         "end": query.end.isoformat(),
         "step": query.step.total_seconds(),
@@ -248,8 +275,25 @@ async def history(call: Call) -> object:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-def _history_query(call: Call) -> HistoryQuery:
-    metric = _metric(call.require_query("metric"), "metric")
+def _metrics(value: str) -> list[str]:
+    names = [_metric(name, "metric") for name in value.split(",")]
+    if len(names) > MAX_HISTORY_METRICS:
+        raise _invalid("metric", f"{len(names)} metrics; at most {MAX_HISTORY_METRICS}")
+    if len(set(names)) != len(names):
+        raise _invalid("metric", "a metric is given twice")
+    return names
+
+
+def _exact(call: Call) -> bool:
+    value = call.query("exact")
+    if value in (None, "false"):
+        return False
+    if value == "true":
+        return True
+    raise _invalid("exact", "expected true or false")
+
+
+def _history_query(call: Call, metric: str) -> HistoryQuery:
     given_end, given_start = _time(call, "end"), _time(call, "start")
     end = given_end or call.hub.clock()
     try:
@@ -274,11 +318,13 @@ def _history_query(call: Call) -> HistoryQuery:
         step=step,
         aggregation=_aggregation(call),
         labels=_labels(call),
+        exact=_exact(call),
     )
 
 
 def _series_json(series: HistoryColumns) -> dict[str, Any]:
     return {
+        "metric": series.series.metric,
         "labels": dict(series.series.labels),
         "resolution": series.resolution.value,
         "points": list(zip(series.datetimes(), series.values, strict=True)),

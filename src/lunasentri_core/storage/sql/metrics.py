@@ -422,11 +422,10 @@ class SqlMetricStore:
         return results
 
     def _match_series(self, conn: Connection, query: HistoryQuery) -> list[tuple[int, SeriesKey]]:
-        wanted = set(query.labels or ())
         out = []
         for sid, text in self._sql.select_series.one(conn, (query.machine_id, query.metric)):
             labels = labels_from_json(text)
-            if wanted <= set(labels):
+            if query.selects(labels):
                 out.append((sid, SeriesKey(query.machine_id, query.metric, labels)))
         return out
 

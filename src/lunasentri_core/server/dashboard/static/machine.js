@@ -45,36 +45,55 @@
     return parts.length ? parts.join(" ") : NAMES[metric] || metric;
   }
 
-  function fetchSeries(metric) {
-    var url = api + "/history?metric=" + encodeURIComponent(metric) + "&start=-" + range;
+  // One history call for several metrics; each series comes back with its metric.
+  function fetchSeries(metrics, exact) {
+    var url = api + "/history?metric=" + encodeURIComponent(metrics.join(",")) + "&start=-" + range +
+      (exact ? "&exact=true" : "");
     return fetch(url, { headers: { accept: "application/json" }, credentials: "same-origin" })
       .then(function (r) {
-        if (!r.ok) throw new Error("history of " + metric + ": HTTP " + r.status);
+        if (!r.ok) throw new Error("history of " + metrics.join(", ") + ": HTTP " + r.status);
         return r.json();
       })
       .then(function (body) {
         return body.series.map(function (s) {
-          return { metric: metric, labels: s.labels, points: s.points };
+          return { metric: s.metric, labels: s.labels, points: s.points };
         });
       });
   }
 
-  // The machine's CPU as a whole where it is stored, rather than one line per core.
-  function wanted(series) {
-    var whole = series.filter(function (s) {
-      return s.metric === "cpu.percent" && Object.keys(s.labels).length === 0;
+  // The machine's CPU as a whole (its unlabelled series) rather than one line per
+  // core; all its series only where no whole one is stored.
+  function fetchCpu() {
+    return fetchSeries(["cpu.percent"], true).then(function (whole) {
+      return whole.length ? whole : fetchSeries(["cpu.percent"], false);
     });
-    if (!whole.length) return series;
-    return series.filter(function (s) { return s.metric !== "cpu.percent" || whole.indexOf(s) >= 0; });
   }
 
-  function load(chart) {
-    // A range chosen while another is loading: only the last one is drawn.
-    var generation = ++chart.generation;
-    return Promise.all(chart.metrics.map(fetchSeries)).then(function (found) {
-      if (generation === chart.generation) draw(chart, wanted([].concat.apply([], found)));
+  // Every chart's data in two calls (the CPU's, and all the others' at once); a
+  // range chosen while another is loading: only the last one is drawn.
+  var generation = 0;
+  function loadAll() {
+    var mine = ++generation;
+    var others = [];
+    var cpu = false;
+    charts.forEach(function (chart) {
+      chart.metrics.forEach(function (m) {
+        if (m === "cpu.percent") cpu = true;
+        else if (others.indexOf(m) < 0) others.push(m);
+      });
+    });
+    var asks = [];
+    if (cpu) asks.push(fetchCpu());
+    if (others.length) asks.push(fetchSeries(others, false));
+    return Promise.all(asks).then(function (found) {
+      if (mine !== generation) return;
+      var series = [].concat.apply([], found);
+      charts.forEach(function (chart) {
+        draw(chart, series.filter(function (s) { return chart.metrics.indexOf(s.metric) >= 0; }));
+      });
     }).catch(function (error) {
-      if (generation === chart.generation) chart.plotEl.textContent = "Could not load: " + error.message;
+      if (mine !== generation) return;
+      charts.forEach(function (chart) { chart.plotEl.textContent = "Could not load: " + error.message; });
     });
   }
 
@@ -224,7 +243,7 @@
     });
     history.replaceState(null, "", "?range=" + next);
     listen();
-    charts.forEach(load);
+    loadAll();
   }
 
   section.querySelectorAll(".ranges a").forEach(function (a) {
@@ -236,7 +255,7 @@
   section.querySelectorAll(".chart").forEach(function (el) {
     charts.push({
       el: el, plotEl: el.querySelector(".plot"), metrics: el.dataset.metrics.split(" "),
-      keys: [], data: [[]], plot: null, generation: 0
+      keys: [], data: [[]], plot: null
     });
   });
   window.addEventListener("resize", function () {
@@ -247,5 +266,5 @@
   window.addEventListener("pagehide", function () { if (stream) stream.close(); });
   formatCells(document);
   listen();
-  charts.forEach(load);
+  loadAll();
 })();
