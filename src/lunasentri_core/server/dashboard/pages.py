@@ -100,7 +100,7 @@ def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
     """The pages, which find the caller with ``authenticate`` (the API's auth hook)."""
     # Imported here: those modules build on this one's helpers.
     from lunasentri_core.server.dashboard.admin_page import AdminPages
-    from lunasentri_core.server.dashboard.agentless_page import agentless_routes
+    from lunasentri_core.server.dashboard.agentless import agentless_routes
     from lunasentri_core.server.dashboard.alerts_page import AlertsPage
     from lunasentri_core.server.dashboard.channels_page import ChannelsPage
     from lunasentri_core.server.dashboard.machine_page import machine_page
