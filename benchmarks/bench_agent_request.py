@@ -48,8 +48,7 @@ def bodies(machines: int, rounds: int, start: float, step: float) -> list[list[b
     """Per round, one gzipped body per machine; timestamps ``step`` seconds apart."""
     rng = random.Random(15)
     return [
-        [bench_fleet.body([start + r * step], rng) for _ in range(machines)]
-        for r in range(rounds)
+        [bench_fleet.body([start + r * step], rng) for _ in range(machines)] for r in range(rounds)
     ]
 
 
@@ -107,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         default=5.0,
         help="seconds between a machine's requests, as the agent's interval (0: flat out)",
     )
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=10.0,
+        help="seconds to measure the idle server's CPU for, after the warm-up (0: skip)",
+    )
     parser.add_argument("--prelude", default="", help="Python run in the server first")
     parser.add_argument(
         "--py-spy", default="", metavar="OUT", help="sample the server with py-spy into OUT"
@@ -126,14 +131,21 @@ def main(argv: list[str] | None = None) -> int:
         if errors:
             print("warm-up errors:", *errors[:5], sep="\n  ")
             return 1
+        idle = 0.0
+        if args.idle > 0:
+            idle = server.cpu_seconds()
+            time.sleep(args.idle)
+            idle = (server.cpu_seconds() - idle) / args.idle
         load = os.getloadavg()
         cpu, waited, wall = server.cpu_seconds(), server.run_queue(), time.perf_counter()
         client_cpu = time.process_time()
         spy = None
         if args.py_spy:
             spy = subprocess.Popen(
-                [shutil.which("py-spy") or "py-spy", "record", "-p", str(server.pid)]
-                + ["-r", "250", "-f", "raw", "-o", args.py_spy, "--nonblocking"],
+                [
+                    *(shutil.which("py-spy") or "py-spy", "record", "-p", str(server.pid)),
+                    *("-r", "250", "-f", "raw", "-o", args.py_spy, "--nonblocking"),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -164,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         f"load generator {client_cpu / wall:.0%}; errors: {len(errors)}; "
         f"errors in the server log: {len(log_errors)}"
     )
+    if args.idle > 0:
+        busy = max(0.0, cpu - idle * wall) / max(1, ok) * 1e6
+        print(
+            f"  idle server: {idle * 1000:.1f} ms of CPU a second (background tasks); "
+            f"without it, {busy:,.0f} us a request"
+        )
     for line in itertools.chain(errors[:5], log_errors[:5]):
         print(f"    {line}")
     return 0 if not errors and not log_errors else 1

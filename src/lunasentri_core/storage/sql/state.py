@@ -583,7 +583,7 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
                 )
                 self._db.notices.send(conn, ChangeKind.KEYS)
                 # Processes that cannot hear the notice (SQLite) see the epoch move.
-                bump_config_epoch(self._db, conn)
+                bump_config_epoch(self._db, conn, notice=False)
 
     # ------------------------------------------------------------------ API key lifetime
 
@@ -595,7 +595,7 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
             ).rowcount
             if updated:
                 self._db.notices.send(conn, ChangeKind.KEYS)
-                bump_config_epoch(self._db, conn)
+                bump_config_epoch(self._db, conn, notice=False)
         if not updated:
             raise NotFoundError(f"API key {key_id!r} not found")
 
