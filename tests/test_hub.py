@@ -27,7 +27,10 @@ from lunasentri_core import (
     Target,
     hookimpl,
 )
+from lunasentri_core.components import Credentials
 from lunasentri_core.errors import ConfigError
+from lunasentri_core.model import ApiKey, new_id, utcnow
+from lunasentri_core.security import API_KEY_PREFIX, issue_token
 from lunasentri_core.services.collection import CollectionError
 from lunasentri_core.testing import (
     make_credential_profile,
@@ -346,6 +349,39 @@ async def test_a_hub_follows_changes_made_by_another_hub_on_its_storage(tmp_path
         assert await b.changes.check() is True
         with pytest.raises(NotFoundError):
             await b.cached_machine(web.id)
+
+
+@pytest.mark.parametrize("end", ["revoke", "expire"])
+async def test_a_key_ended_by_another_hub_is_forgotten_when_its_changes_are_followed(
+    tmp_path: Path, end: str
+) -> None:
+    # SQLite: no notices between processes; the followed config epoch carries the change.
+    slow = settings(tmp_path, sync_interval="1h")
+    async with Sentri(settings(tmp_path)) as a, Sentri(slow) as b:
+        web = await a.add_machine("web")
+        token = issue_token(API_KEY_PREFIX)
+        key = ApiKey(
+            id=new_id(), machine_id=web.id, prefix=token.visible, key_hash=token.hash,
+            created_at=utcnow(),
+        )  # fmt: skip
+        await a.run_sync(a.storage.state.add_api_key, key)
+        other = issue_token(API_KEY_PREFIX)
+        other_key = attrs.evolve(key, id=new_id(), prefix=other.visible, key_hash=other.hash)
+        await a.run_sync(a.storage.state.add_api_key, other_key)
+        credentials = Credentials(headers={"authorization": f"Bearer {token.secret}"})
+        others = Credentials(headers={"authorization": f"Bearer {other.secret}"})
+        assert await b.changes.check() is False, "nothing changed since b started"
+        assert (await b.authenticate(credentials)) is not None  # b remembers the key now
+        assert (await b.authenticate(others)) is not None
+
+        if end == "revoke":
+            await a.run_sync(a.storage.state.revoke_api_key, key.id, utcnow())
+        else:
+            await a.run_sync(a.storage.state.set_api_key_expiry, key.id, utcnow())
+        assert (await b.authenticate(credentials)) is not None, "b has not looked yet"
+        assert await b.changes.check() is True
+        assert await b.authenticate(credentials) is None
+        assert (await b.authenticate(others)) is not None, "the other key still works"
 
 
 async def test_samples_ingested_unheard_leave_last_seen(tmp_path: Path) -> None:

@@ -55,21 +55,23 @@ class _Lookups:
 class ApiKeyAuthenticator:
     """A machine's API key: ``Authorization: Bearer lsk_...`` or ``X-API-Key: lsk_...``.
 
-    Keys found in storage are remembered for :attr:`CACHE_SECONDS`, so an agent
-    that sends often costs one lookup per interval, not one per request. Every
-    use still checks the key's expiry and revocation time. A key revoked,
-    expired early (rotation) or deleted through this process's state store
-    stops working at once: such a change moves the store's
+    Keys found in storage are remembered for :attr:`CACHE_SECONDS`, longer than
+    agents' intervals, so an agent costs one lookup a minute, not one per
+    request. Every use still checks the key's expiry and revocation time. A key
+    revoked, expired early (rotation) or deleted through this process's state
+    store stops working at once: such a change moves the store's
     ``api_key_generation`` and the remembered keys are dropped. A change made by
     another process (a second server worker) moves it too where the store hears
-    of it (the SQL store on PostgreSQL, through ``NOTIFY``: within moments);
-    otherwise it is seen within ``CACHE_SECONDS``. A state store without
+    of it (the SQL store on PostgreSQL, through ``NOTIFY``: within moments) or
+    when the hub's change follower sees the store's ``config_epoch`` move (every
+    ``sync_interval``, 2 s by default, on SQLite too); a state store used
+    without a hub sees it within ``CACHE_SECONDS``. A state store without
     ``api_key_generation`` is asked every time.
     """
 
     name: ClassVar[str] = "api-key"
     settings_class: ClassVar[type[Any] | None] = None
-    CACHE_SECONDS: ClassVar[float] = 5.0
+    CACHE_SECONDS: ClassVar[float] = 60.0
     CACHE_SIZE: ClassVar[int] = 50_000
     """Keys remembered at most; the cache starts afresh when it is full."""
 

@@ -58,6 +58,11 @@ class ChangeFollower:
             previous, self._epoch = self._epoch, epoch
             if previous is None or epoch == previous:
                 return False
+            # API keys ended elsewhere (revoked, expired, deleted with their machine
+            # or owner) move the epoch too: keys remembered for them go.
+            keys_changed = getattr(self._hub.storage.state, "keys_changed_elsewhere", None)
+            if keys_changed is not None:
+                keys_changed()
             await self._hub.reload_machines()
             self._hub.alerts.invalidate()
             self._hub.credentials.forget()

@@ -313,8 +313,9 @@ class StateStore(AgentlessStore, Protocol):
 
     def config_epoch(self) -> int:
         """A number that changes with every change to an alert rule, to a machine's
-        fields (not its ``last_seen`` or status) and with every deleted user or machine,
-        whichever process made it; reads leave it alone.
+        fields (not its ``last_seen`` or status), with every deleted user or machine and
+        every API key revoked or given an expiry, whichever process made it; reads leave
+        it alone.
 
         Processes sharing the store compare it with what they read last to know
         when the rules and machines they hold in memory are out of date.

@@ -23,6 +23,13 @@ log = logging.getLogger(__name__)
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
+POOL_SIZE = 20
+"""Connections a file database keeps open. The server's worker threads use up to
+about this many at once (8 reads of the hub, 8 key and 8 session lookups, the
+ingest writer, maintenance); SQLAlchemy's default of 5 made every connection
+past it a new one, opened with its pragmas and closed again on return: most of
+the cost of a key lookup under load."""
+
 
 class Synchronous(enum.StrEnum):
     """SQLite's ``PRAGMA synchronous``: how often it waits for the disk."""
@@ -88,6 +95,7 @@ class SQLiteStorageFactory:
             engine = sa.create_engine(
                 parsed if _is_uri(parsed) else parsed.set(database=str(path)),
                 connect_args={"timeout": settings.busy_timeout.total_seconds()},
+                pool_size=POOL_SIZE,
             )
             label, serialize = str(path), False
         _install_pragmas(engine, settings, wal=path is not None)

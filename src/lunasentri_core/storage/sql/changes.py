@@ -21,15 +21,17 @@ from lunasentri_core.storage.sql.schema import storage_meta
 CONFIG_EPOCH: Final = "config_epoch"
 
 
-def bump_config_epoch(db: Database, conn: Connection) -> None:
-    """Count a change, inside the transaction that makes it (and tell the other processes)."""
+def bump_config_epoch(db: Database, conn: Connection, *, notice: bool = True) -> None:
+    """Count a change, inside the transaction that makes it, and tell the other processes
+    (unless ``notice`` is false: the caller sends a notice of its own kind)."""
     stmt = db.insert(storage_meta).values(key=CONFIG_EPOCH, value=1)
     conn.execute(
         stmt.on_conflict_do_update(
             index_elements=[storage_meta.c.key], set_={"value": storage_meta.c.value + 1}
         )
     )
-    db.notices.send(conn, ChangeKind.CONFIG)
+    if notice:
+        db.notices.send(conn, ChangeKind.CONFIG)
 
 
 def read_config_epoch(conn: Connection) -> int:

@@ -96,6 +96,12 @@ COMPACT_MACHINES: Final = 64
 """Machines whose head samples are compacted per transaction, at least..."""
 COMPACT_PARTS: Final = 16
 """...and at most this many transactions per chunk-window (each scans the window)."""
+OPEN_CHUNK_EVERY_MS: Final = 5 * 60_000
+"""The current hour's chunks are rewritten at most this often (ended hours at every
+pass). Each pass rewrites a series' whole chunk so far, whatever it adds: at every
+30 s pass, a fleet of agents reporting every few seconds spent more server time on
+these rewrites than on taking its requests. Reads join the head to the chunks, so
+what waits in the head reads the same."""
 
 SERIES_EPOCH: Final = "series_epoch"
 """Bumped whenever series are deleted, so other processes drop their cached ids."""
@@ -223,6 +229,8 @@ class SqlMetricStore:
         self._ids_epoch: int | None = None
         self._ids_lock = threading.Lock()
         self._maintain_lock = threading.Lock()
+        self._open_compacted_at: int | None = None
+        """When the current hour's chunks were last rewritten (ms, ``now`` of maintain)."""
         self.partitions: Partitioning | None = NativePartitions(db) if db.is_postgres else None
         """How ``metric_chunks`` is split by time on PostgreSQL (a backend may replace it)."""
         self._registry = SeriesRegistry(db)
@@ -609,8 +617,13 @@ class SqlMetricStore:
                     ).scalars()
                 )
             # A chunk whose hour has ended is compressed; the current one is
-            # rewritten on every pass, and stays uncompressed until then.
+            # rewritten every OPEN_CHUNK_EVERY_MS, and stays uncompressed until then.
             closed = lo + CHUNK_MS <= now_ms
+            if not closed:
+                last = self._open_compacted_at
+                if last is not None and 0 <= now_ms - last < OPEN_CHUNK_EVERY_MS:
+                    return report
+                self._open_compacted_at = now_ms
             width = min(_IN_LIMIT, max(COMPACT_MACHINES, -(-len(machine_ids) // COMPACT_PARTS)))
             for part in _chunked(sorted(machine_ids), width):
                 with self._db.write(lock=LOCK_MAINTAIN) as conn:

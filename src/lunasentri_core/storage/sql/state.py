@@ -582,6 +582,8 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
                     sa.update(api_keys).where(api_keys.c.id == key_id).values(revoked_at=at)
                 )
                 self._db.notices.send(conn, ChangeKind.KEYS)
+                # Processes that cannot hear the notice (SQLite) see the epoch move.
+                bump_config_epoch(self._db, conn, notice=False)
 
     # ------------------------------------------------------------------ API key lifetime
 
@@ -591,7 +593,9 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
             updated = conn.execute(
                 sa.update(api_keys).where(api_keys.c.id == key_id).values(expires_at=expires_at)
             ).rowcount
-            self._db.notices.send(conn, ChangeKind.KEYS)
+            if updated:
+                self._db.notices.send(conn, ChangeKind.KEYS)
+                bump_config_epoch(self._db, conn, notice=False)
         if not updated:
             raise NotFoundError(f"API key {key_id!r} not found")
 

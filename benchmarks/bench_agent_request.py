@@ -1,0 +1,196 @@
+"""Benchmark: the server's CPU per agent-sized ingest request.
+
+A real ``lunasentri serve`` (uvicorn, one worker, SQLite, default settings)
+runs in its own process on a loopback port. ``--machines`` machines are
+registered through the API, each with its own API key; then ``--requests``
+requests of one agent sample (25 readings, shaped like the fleet benchmark's,
+gzipped as the agent sends it) go round-robin over the machines with at most
+``--concurrency`` in flight, each machine on its own keep-alive connection,
+each machine once every ``--pace`` seconds, spread evenly over it as a
+fleet's requests are (an agent's interval: what the server remembers between
+two requests of a machine, such as its API key, must last that long to help;
+requests that arrive one at a time share no transaction or wake-up).
+The bodies are built before the clock starts, so the load generator spends
+its CPU on HTTP only.
+
+Reported: the server's CPU time (user + system, all threads, psutil) per
+request over the run, and how long its threads waited for a core (other
+processes on a shared machine). This is the small, quick form of
+``bench_fleet.py`` for iterating on the request path; ``--prelude`` runs
+Python in the server before it starts (a cProfile hook, say).
+
+    python benchmarks/bench_agent_request.py [--machines 500] [--requests 4000] [--pace 5]
+        [--concurrency 64] [--warmup 500] [--prelude CODE] [--py-spy OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import _common as c
+import _server
+import bench_fleet
+import httpx
+import psutil
+
+TARGET_US = 700.0
+"""Server CPU per agent request of 25 readings (issue 15)."""
+
+
+def bodies(machines: int, rounds: int, start: float, step: float) -> list[list[bytes]]:
+    """Per round, one gzipped body per machine; timestamps ``step`` seconds apart."""
+    rng = random.Random(15)
+    return [
+        [bench_fleet.body([start + r * step], rng) for _ in range(machines)] for r in range(rounds)
+    ]
+
+
+async def send(
+    url: str, keys: list[str], work: list[list[bytes]], concurrency: int, pace: float
+) -> tuple[int, list[str]]:
+    clients = [
+        httpx.AsyncClient(
+            base_url=url,
+            timeout=60,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            headers={
+                "authorization": f"Bearer {key}",
+                "content-type": "application/json",
+                "content-encoding": "gzip",
+            },
+        )
+        for key in keys
+    ]
+    began = time.monotonic()
+    jobs = iter(
+        (began + pace * (r + machine / len(row)), machine, body)
+        for r, row in enumerate(work)
+        for machine, body in enumerate(row)
+    )
+    ok, errors = 0, []
+
+    async def worker() -> None:
+        nonlocal ok
+        for due, machine, body in jobs:
+            if (delay := due - time.monotonic()) > 0:
+                await asyncio.sleep(delay)
+            response = await clients[machine].post("/api/v1/ingest", content=body)
+            if response.status_code == 200 and response.json() == {"accepted": 25}:
+                ok += 1
+            else:
+                errors.append(f"{response.status_code} {response.text[:200]}")
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    finally:
+        await asyncio.gather(*(client.aclose() for client in clients))
+    return ok, errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--machines", type=int, default=500)
+    parser.add_argument("--requests", type=int, default=4000, help="measured requests")
+    parser.add_argument("--warmup", type=int, default=500, help="requests before measuring")
+    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=5.0,
+        help="seconds between a machine's requests, as the agent's interval (0: flat out)",
+    )
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=10.0,
+        help="seconds to measure the idle server's CPU for, after the warm-up (0: skip)",
+    )
+    parser.add_argument("--prelude", default="", help="Python run in the server first")
+    parser.add_argument(
+        "--py-spy", default="", metavar="OUT", help="sample the server with py-spy into OUT"
+    )
+    args = parser.parse_args(argv)
+    _server.lighten_httpx()
+
+    rounds_warm = -(-args.warmup // args.machines)
+    rounds = -(-args.requests // args.machines)
+    step = max(1.0, args.pace)
+    start = time.time() - (rounds_warm + rounds) * step - 5.0
+    warm = bodies(args.machines, rounds_warm, start, step)
+    work = bodies(args.machines, rounds, start + rounds_warm * step, step)
+    with _server.ServerProcess(prelude=args.prelude) as server:
+        keys = server.register([f"agent-{i:05d}" for i in range(args.machines)])
+        ok, errors = asyncio.run(send(server.url, keys, warm, args.concurrency, args.pace))
+        if errors:
+            print("warm-up errors:", *errors[:5], sep="\n  ")
+            return 1
+        idle = 0.0
+        if args.idle > 0:
+            idle = server.cpu_seconds()
+            time.sleep(args.idle)
+            idle = (server.cpu_seconds() - idle) / args.idle
+        load = os.getloadavg()
+        times = psutil.Process(server.pid).cpu_times()
+        cpu, waited, wall = server.cpu_seconds(), server.run_queue(), time.perf_counter()
+        client_cpu = time.process_time()
+        spy = None
+        if args.py_spy:
+            spy = subprocess.Popen(
+                [
+                    *(shutil.which("py-spy") or "py-spy", "record", "-p", str(server.pid)),
+                    *("-r", "250", "-f", "raw", "-o", args.py_spy, "--nonblocking"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1.0)
+        ok, errors = asyncio.run(send(server.url, keys, work, args.concurrency, args.pace))
+        wall = time.perf_counter() - wall
+        cpu, waited = server.cpu_seconds() - cpu, waited.seconds()
+        system = psutil.Process(server.pid).cpu_times().system - times.system
+        client_cpu = time.process_time() - client_cpu
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
+        server.stop()
+        log_errors = server.errors()
+    per = cpu / max(1, ok) * 1e6
+    print(
+        f"benchmark: agent request, {ok:,} requests of 25 readings over {args.machines} "
+        f"machines, {args.concurrency} in flight, in {wall:.1f} s ({ok / wall:,.0f}/s)"
+    )
+    for line in c.environment():
+        print(f"  {line}")
+    print(f"  load average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(
+        f"server CPU per request: {per:,.0f} us (target <= {TARGET_US:,.0f} us) "
+        f"{_server.verdict(per <= TARGET_US)}"
+    )
+    print(
+        f"  server {cpu / wall:.0%} of a core ({system / max(cpu, 1e-9):.0%} of it in the "
+        f"kernel), waited for a core {waited / wall:.0%}; "
+        f"load generator {client_cpu / wall:.0%}; errors: {len(errors)}; "
+        f"errors in the server log: {len(log_errors)}"
+    )
+    if args.idle > 0:
+        busy = max(0.0, cpu - idle * wall) / max(1, ok) * 1e6
+        print(
+            f"  idle server: {idle * 1000:.1f} ms of CPU a second (background tasks); "
+            f"without it, {busy:,.0f} us a request"
+        )
+    for line in itertools.chain(errors[:5], log_errors[:5]):
+        print(f"    {line}")
+    return 0 if not errors and not log_errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
