@@ -22,6 +22,7 @@ from starlette.responses import Response
 from lunasentri_core.components import Principal
 from lunasentri_core.errors import ConflictError, FieldError, NotFoundError, ValidationError
 from lunasentri_core.model import AuditEntry, Role, User
+from lunasentri_core.server.dashboard.access import Section, admin_only, signed_in
 from lunasentri_core.server.dashboard.pages import (
     client_of,
     form_fields,
@@ -29,13 +30,11 @@ from lunasentri_core.server.dashboard.pages import (
     not_found,
     redirect,
     render,
-    to_login,
 )
 from lunasentri_core.server.routes.users import accounts_of_app
 from lunasentri_core.services import audit
 
 if TYPE_CHECKING:
-    from lunasentri_core.server.dashboard.pages import Pages
     from lunasentri_core.services.accounts import Accounts
 
 AUDIT_PAGE = 50
@@ -50,35 +49,20 @@ SAVED = {
 ROLES = [role.value for role in Role]
 
 
-class AdminPages:
-    def __init__(self, pages: Pages) -> None:
-        self._pages = pages
-
-    async def _admin(self, request: Request, what: str) -> Principal | Response:
-        """The administrator asking, or the answer for anyone else."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
-        if not user.is_admin:
-            context = {"user": user, "message": f"Only an administrator {what}."}
-            return render(request, "refused.html", context, status=403)
-        return user
-
+class AdminPages(Section):
     # ------------------------------------------------------------ users
 
-    async def users(self, request: Request) -> Response:
+    @signed_in
+    @admin_only("manages users")
+    async def users(self, request: Request, admin: Principal) -> Response:
         """``GET /users``: every user, and the form for a new one."""
-        admin = await self._admin(request, "manages users")
-        if isinstance(admin, Response):
-            return admin
         saved = SAVED.get(request.query_params.get("saved", ""), "")
         return await _users_page(request, admin, {"role": "user"}, saved=saved)
 
-    async def create_user(self, request: Request) -> Response:
+    @signed_in
+    @admin_only("manages users")
+    async def create_user(self, request: Request, admin: Principal) -> Response:
         """``POST /users``: a new user with a password and a role."""
-        admin = await self._admin(request, "manages users")
-        if isinstance(admin, Response):
-            return admin
         form = await form_fields(request)
         try:
             role = _role(form.get("role", ""))
@@ -95,11 +79,10 @@ class AdminPages:
             return await _users_page(request, admin, form, problem=str(error), status=409)
         return redirect(request, "/users?saved=created")
 
-    async def set_role(self, request: Request) -> Response:
+    @signed_in
+    @admin_only("manages users")
+    async def set_role(self, request: Request, admin: Principal) -> Response:
         """``POST /users/{user_id}/role``: ``role=admin`` or ``role=user``."""
-        admin = await self._admin(request, "manages users")
-        if isinstance(admin, Response):
-            return admin
         form = await form_fields(request)
         try:
             await _accounts(request).set_role(
@@ -116,11 +99,10 @@ class AdminPages:
             return await _users_page(request, admin, {}, problem=str(error), status=409)
         return redirect(request, "/users?saved=role")
 
-    async def reset_token(self, request: Request) -> Response:
+    @signed_in
+    @admin_only("manages users")
+    async def reset_token(self, request: Request, admin: Principal) -> Response:
         """``POST /users/{user_id}/reset-token``: a one-time reset token, shown this once."""
-        admin = await self._admin(request, "manages users")
-        if isinstance(admin, Response):
-            return admin
         accounts = _accounts(request)
         try:
             target = await accounts.get_user(request.path_params["user_id"], admin)
@@ -130,11 +112,10 @@ class AdminPages:
         context = {"user": admin, "target": target, "issued": issued}
         return render(request, "user_reset.html", context, status=201)
 
-    async def delete_form(self, request: Request) -> Response:
+    @signed_in
+    @admin_only("manages users")
+    async def delete_form(self, request: Request, admin: Principal) -> Response:
         """``GET /users/{user_id}/delete``: ask first (yourself: refused)."""
-        admin = await self._admin(request, "manages users")
-        if isinstance(admin, Response):
-            return admin
         target = await _user(request, admin)
         if target is None:
             return not_found(request, admin, "user")
@@ -146,11 +127,10 @@ class AdminPages:
         context = {"user": admin, "target": target, "machines": len(machines)}
         return render(request, "user_delete.html", context)
 
-    async def delete(self, request: Request) -> Response:
+    @signed_in
+    @admin_only("manages users")
+    async def delete(self, request: Request, admin: Principal) -> Response:
         """``POST /users/{user_id}/delete``: the user with their machines, rules, sessions."""
-        admin = await self._admin(request, "manages users")
-        if isinstance(admin, Response):
-            return admin
         try:
             await _accounts(request).delete_user(
                 request.path_params["user_id"], actor=admin, client=client_of(request)
@@ -163,11 +143,10 @@ class AdminPages:
 
     # ------------------------------------------------------------ audit log
 
-    async def audit(self, request: Request) -> Response:
+    @signed_in
+    @admin_only("reads the audit log")
+    async def audit(self, request: Request, admin: Principal) -> Response:
         """``GET /audit``: the audit log, newest first, a page at a time, filtered."""
-        admin = await self._admin(request, "reads the audit log")
-        if isinstance(admin, Response):
-            return admin
         params = request.query_params
         form = {name: params.get(name, "").strip() for name in AUDIT_FILTERS}
         before = params.get("before") or None
@@ -209,11 +188,10 @@ class AdminPages:
 
     # ------------------------------------------------------------ plugins
 
-    async def plugins(self, request: Request) -> Response:
+    @signed_in
+    @admin_only("sees the plugins")
+    async def plugins(self, request: Request, admin: Principal) -> Response:
         """``GET /plugins``: what ``GET /api/v1/plugins`` reports, as a page."""
-        admin = await self._admin(request, "sees the plugins")
-        if isinstance(admin, Response):
-            return admin
         manager = hub_of(request).plugins
         context = {
             "user": admin,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import urllib.parse
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,19 +19,16 @@ from starlette.responses import Response
 from lunasentri_core.components import Principal
 from lunasentri_core.errors import NotFoundError
 from lunasentri_core.model import AlertEvent, AlertState, AlertStatus, SeriesKey
+from lunasentri_core.server.dashboard.access import Section, signed_in
 from lunasentri_core.server.dashboard.overview import ALERT_STATES
 from lunasentri_core.server.dashboard.pages import (
     client_of,
     hub_of,
     redirect,
     render,
-    to_login,
 )
 from lunasentri_core.services.machines import Machines
 from lunasentri_core.services.rules import MAX_EVENTS, Rules
-
-if TYPE_CHECKING:
-    from lunasentri_core.server.dashboard.pages import Pages
 
 HISTORY_PAGE = 50
 """Events the history shows at first; *Show more* adds as many again."""
@@ -56,15 +53,10 @@ async def names(request: Request, user: Principal) -> tuple[dict[str, str], dict
     return machines, rules
 
 
-class AlertsPage:
-    def __init__(self, pages: Pages) -> None:
-        self._pages = pages
-
-    async def page(self, request: Request) -> Response:
+class AlertsPage(Section):
+    @signed_in
+    async def page(self, request: Request, user: Principal) -> Response:
         """``GET /alerts``: the current alerts, then the filtered history."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         machines, rules = await names(request, user)
         context = {
             "user": user,
@@ -73,21 +65,17 @@ class AlertsPage:
         }
         return render(request, "alerts.html", context)
 
-    async def current(self, request: Request) -> Response:
+    @signed_in
+    async def current(self, request: Request, user: Principal) -> Response:
         """``GET /alerts/current``: the current alerts' section alone (htmx polls it)."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         machines, rules = await names(request, user)
         context = {"user": user, **await _current(request, user, machines, rules)}
         return render(request, "alerts_current.html", context)
 
-    async def acknowledge(self, request: Request) -> Response:
+    @signed_in
+    async def acknowledge(self, request: Request, user: Principal) -> Response:
         """``POST /alerts/events/{event_id}/acknowledge``: as the API's, then back to the page
         (htmx: the current alerts' section, drawn again)."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         event_id = request.path_params["event_id"]
         try:
             await Rules(hub_of(request)).acknowledge(user, event_id, client=client_of(request))

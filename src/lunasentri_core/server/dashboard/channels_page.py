@@ -27,6 +27,7 @@ from starlette.responses import Response
 from lunasentri_core.components import Principal
 from lunasentri_core.errors import ConflictError, NotFoundError, ValidationError
 from lunasentri_core.model import Channel, DeliveryState
+from lunasentri_core.server.dashboard.access import Section, signed_in
 from lunasentri_core.server.dashboard.manage import BadForm
 from lunasentri_core.server.dashboard.pages import (
     client_of,
@@ -35,13 +36,11 @@ from lunasentri_core.server.dashboard.pages import (
     not_found,
     redirect,
     render,
-    to_login,
 )
 from lunasentri_core.services.channels import Channels, secret_fields
 from lunasentri_core.services.notifications import Notifications
 
 if TYPE_CHECKING:
-    from lunasentri_core.server.dashboard.pages import Pages
     from lunasentri_core.services.ingest import TokenBucket
 
 DELIVERIES = 50
@@ -72,30 +71,21 @@ class Field:
     doc: str
 
 
-class ChannelsPage:
-    def __init__(self, pages: Pages) -> None:
-        self._pages = pages
-
-    async def page(self, request: Request) -> Response:
+class ChannelsPage(Section):
+    @signed_in
+    async def page(self, request: Request, user: Principal) -> Response:
         """``GET /channels``: the channels, the notifiers to add one of, the delivery log."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         return await _page(request, user, saved=request.query_params.get("saved", ""))
 
-    async def new_form(self, request: Request) -> Response:
+    @signed_in
+    async def new_form(self, request: Request, user: Principal) -> Response:
         """``GET /channels/new?type=<notifier>``: the form for that notifier's config."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         type_name = request.query_params.get("type", "")
         return _form(request, user, type_name, {}, status=200)
 
-    async def create(self, request: Request) -> Response:
+    @signed_in
+    async def create(self, request: Request, user: Principal) -> Response:
         """``POST /channels/new``: the channel, enabled; its secrets shown this once."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         form = await form_fields(request)
         type_name = form.get("type", "")
         channels = Channels(hub_of(request))
@@ -121,11 +111,9 @@ class ChannelsPage:
         context = {"user": user, "channel": channel, "secrets": shown}
         return render(request, "channel_created.html", context, status=201)
 
-    async def test(self, request: Request) -> Response:
+    @signed_in
+    async def test(self, request: Request, user: Principal) -> Response:
         """``POST /channels/{channel_id}/test``: send a test now and show the outcome."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         channels, channel_id = Channels(hub_of(request)), request.path_params["channel_id"]
         try:
             channel = await channels.get(user, channel_id)
@@ -140,22 +128,18 @@ class ChannelsPage:
         outcome = {"channel": channel, "status": result.status.value, "detail": result.detail}
         return await _page(request, user, outcome=outcome)
 
-    async def edit(self, request: Request) -> Response:
+    @signed_in
+    async def edit(self, request: Request, user: Principal) -> Response:
         """``GET /channels/{channel_id}``: its form, filled in except for the secrets."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         try:
             channel = await Channels(hub_of(request)).get(user, request.path_params["channel_id"])
         except NotFoundError:
             return not_found(request, user, "channel")
         return _form(request, user, channel.type, _form_of(channel), channel=channel, status=200)
 
-    async def update(self, request: Request) -> Response:
+    @signed_in
+    async def update(self, request: Request, user: Principal) -> Response:
         """``POST /channels/{channel_id}``: its name and config; a blank secret is kept."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         channels, channel_id = Channels(hub_of(request)), request.path_params["channel_id"]
         try:
             channel = await channels.get(user, channel_id)
@@ -191,11 +175,9 @@ class ChannelsPage:
             )
         return redirect(request, "/channels?saved=updated")
 
-    async def enable(self, request: Request) -> Response:
+    @signed_in
+    async def enable(self, request: Request, user: Principal) -> Response:
         """``POST /channels/{channel_id}/enabled``: ``enabled=true`` or ``false``."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         wanted = (await form_fields(request)).get("enabled")
         if wanted not in ("true", "false"):
             context = {"user": user, "message": "Choose to enable or disable the channel."}
@@ -213,22 +195,18 @@ class ChannelsPage:
             request, "/channels?saved=" + ("enabled" if wanted == "true" else "disabled")
         )
 
-    async def delete_form(self, request: Request) -> Response:
+    @signed_in
+    async def delete_form(self, request: Request, user: Principal) -> Response:
         """``GET /channels/{channel_id}/delete``: ask first."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         try:
             channel = await Channels(hub_of(request)).get(user, request.path_params["channel_id"])
         except NotFoundError:
             return not_found(request, user, "channel")
         return render(request, "channel_delete.html", {"user": user, "channel": channel})
 
-    async def delete(self, request: Request) -> Response:
+    @signed_in
+    async def delete(self, request: Request, user: Principal) -> Response:
         """``POST /channels/{channel_id}/delete``: the channel and its deliveries."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         try:
             await Channels(hub_of(request)).delete(
                 user, request.path_params["channel_id"], client=client_of(request)
@@ -237,11 +215,9 @@ class ChannelsPage:
             return not_found(request, user, "channel")
         return redirect(request, "/channels?saved=deleted")
 
-    async def retry(self, request: Request) -> Response:
+    @signed_in
+    async def retry(self, request: Request, user: Principal) -> Response:
         """``POST /notifications/{delivery_id}/retry``: a dead or skipped delivery again."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         try:
             await Notifications(hub_of(request)).retry(
                 user, request.path_params["delivery_id"], client=client_of(request)

@@ -9,7 +9,7 @@ figure, in the charts and the table alike, with one formatting function.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 from starlette.requests import Request
@@ -19,14 +19,12 @@ from lunasentri_core.components import Principal
 from lunasentri_core.errors import NotFoundError
 from lunasentri_core.hub import Sentri
 from lunasentri_core.model import SeriesValue
+from lunasentri_core.server.dashboard.access import Section, signed_in
 from lunasentri_core.server.dashboard.overview import ALERT_STATES
-from lunasentri_core.server.dashboard.pages import Page, ago, hub_of, render, to_login
+from lunasentri_core.server.dashboard.pages import ago, hub_of, render
 from lunasentri_core.services import queries
 from lunasentri_core.services.machines import Machines, owner_scope
 from lunasentri_core.services.rules import Rules
-
-if TYPE_CHECKING:
-    from lunasentri_core.server.dashboard.pages import Pages
 
 RANGES = ("15m", "1h", "6h", "24h", "7d", "30d")
 DEFAULT_RANGE = "1h"
@@ -51,11 +49,10 @@ CHARTS = (
 )
 
 
-def machine_page(pages: Pages) -> Page:
-    async def page(request: Request) -> Response:
-        user = await pages.user(request)
-        if user is None:
-            return to_login(request)
+class MachinePage(Section):
+    @signed_in
+    async def page(self, request: Request, user: Principal) -> Response:
+        """``GET /machines/{id}``: the machine's page."""
         hub = hub_of(request)
         machine_id = request.path_params["machine_id"]
         try:
@@ -78,8 +75,6 @@ def machine_page(pages: Pages) -> Page:
             "range": chosen if chosen in RANGES else DEFAULT_RANGE,
         }
         return render(request, "machine.html", context)
-
-    return page
 
 
 def _order(value: SeriesValue) -> tuple[str, tuple[tuple[str, str], ...]]:

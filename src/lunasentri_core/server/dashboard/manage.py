@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,6 +22,7 @@ from lunasentri_core.components import Principal
 from lunasentri_core.errors import ConflictError, FieldError, NotFoundError, ValidationError
 from lunasentri_core.model import LABEL_NAME, Labels, Machine
 from lunasentri_core.server.agent_dist import DistError, manual_install
+from lunasentri_core.server.dashboard.access import Section, signed_in
 from lunasentri_core.server.dashboard.pages import (
     client_of,
     form_fields,
@@ -31,7 +31,6 @@ from lunasentri_core.server.dashboard.pages import (
     not_found,
     redirect,
     render,
-    to_login,
 )
 from lunasentri_core.services.claims import Claims, ClaimTokenMismatch
 from lunasentri_core.services.machines import (
@@ -40,9 +39,6 @@ from lunasentri_core.services.machines import (
     EffectiveConfig,
     Machines,
 )
-
-if TYPE_CHECKING:
-    from lunasentri_core.server.dashboard.pages import Pages
 
 
 class BadForm(Exception):
@@ -72,27 +68,20 @@ def _problem(error: Exception) -> str:
     return str(error)
 
 
-class Manage:
-    def __init__(self, pages: Pages) -> None:
-        self._pages = pages
-
+class Manage(Section):
     def _machines(self, request: Request) -> Machines:
         return Machines(hub_of(request), request.app.state.full_settings)
 
     # ------------------------------------------------------------ registering
 
-    async def new_form(self, request: Request) -> Response:
+    @signed_in
+    async def new_form(self, request: Request, user: Principal) -> Response:
         """``GET /machines/new``: the registration form."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         return _new_page(request, user, {})
 
-    async def create(self, request: Request) -> Response:
+    @signed_in
+    async def create(self, request: Request, user: Principal) -> Response:
         """``POST /machines/new``: register; the answer shows the key, this once."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         form = await form_fields(request)
         try:
             labels = parse_labels(form.get("labels", ""))
@@ -118,11 +107,9 @@ class Manage:
 
     # ------------------------------------------------------------ claims
 
-    async def pending(self, request: Request) -> Response:
+    @signed_in
+    async def pending(self, request: Request, user: Principal) -> Response:
         """``GET /agents/pending``: registrations waiting for an administrator."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         if not user.is_admin:
             return _admins_only(request, user)
         return await self._pending_page(request, user)
@@ -139,11 +126,9 @@ class Manage:
         context = {"user": user, "claims": claims, "problem": problem, "form": form or {}}
         return render(request, "pending.html", context, status=status)
 
-    async def claim(self, request: Request) -> Response:
+    @signed_in
+    async def claim(self, request: Request, user: Principal) -> Response:
         """``POST /agents/{agent_id}/claim``: claim with the agent's token, name and labels."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         if not user.is_admin:
             return _admins_only(request, user)
         form = await form_fields(request)
@@ -167,21 +152,17 @@ class Manage:
 
     # ------------------------------------------------------------ one machine
 
-    async def _mine(self, request: Request) -> tuple[Principal | None, Machine | None]:
-        user = await self._pages.user(request)
-        if user is None:
-            return None, None
+    async def _mine(self, request: Request, user: Principal) -> Machine | None:
+        """The user's machine the path names (``None``: not found, or not theirs)."""
         try:
-            machine = await self._machines(request).get(user, request.path_params["machine_id"])
+            return await self._machines(request).get(user, request.path_params["machine_id"])
         except NotFoundError:
-            return user, None
-        return user, machine
+            return None
 
-    async def labels(self, request: Request) -> Response:
+    @signed_in
+    async def labels(self, request: Request, user: Principal) -> Response:
         """``POST /machines/{id}/labels``: replace the machine's labels."""
-        user, machine = await self._mine(request)
-        if user is None:
-            return to_login(request)
+        machine = await self._mine(request, user)
         if machine is None:
             return not_found(request, user, "machine")
         form = await form_fields(request)
@@ -196,13 +177,12 @@ class Manage:
             return await self._settings_page(request, user, machine, _problem(error), form)
         return redirect(request, f"/machines/{machine.id}/settings?saved=labels")
 
-    async def agent_config(self, request: Request) -> Response:
+    @signed_in
+    async def agent_config(self, request: Request, user: Principal) -> Response:
         """``POST /machines/{id}/agent-config``: set the interval and collectors the
         machine's agent runs (as ``PUT /api/v1/machines/{id}/agent-config``), or, with
         ``action=default``, store the server's current defaults (``[collect]``)."""
-        user, machine = await self._mine(request)
-        if user is None:
-            return to_login(request)
+        machine = await self._mine(request, user)
         if machine is None:
             return not_found(request, user, "machine")
         fields = await form_lists(request, max_fields=MAX_COLLECTORS + 8)
@@ -239,11 +219,10 @@ class Manage:
             return await self._settings_page(request, user, machine, config_form=config_form)
         return redirect(request, f"/machines/{machine.id}/settings?saved={saved}")
 
-    async def settings(self, request: Request) -> Response:
+    @signed_in
+    async def settings(self, request: Request, user: Principal) -> Response:
         """``GET /machines/{id}/settings``: labels, keys and deletion."""
-        user, machine = await self._mine(request)
-        if user is None:
-            return to_login(request)
+        machine = await self._mine(request, user)
         if machine is None:
             return not_found(request, user, "machine")
         return await self._settings_page(request, user, machine)
@@ -293,22 +272,20 @@ class Manage:
         status = 400 if problem or config_form else 201 if new_key else 200
         return render(request, "machine_settings.html", context, status=status)
 
-    async def rotate(self, request: Request) -> Response:
+    @signed_in
+    async def rotate(self, request: Request, user: Principal) -> Response:
         """``POST /machines/{id}/keys/rotate``: a new key, shown once; the old ones
         keep working for ``server.key_rotation_grace``, as with the API's default."""
-        user, machine = await self._mine(request)
-        if user is None:
-            return to_login(request)
+        machine = await self._mine(request, user)
         if machine is None:
             return not_found(request, user, "machine")
         issued = await self._machines(request).rotate(user, machine.id, client=client_of(request))
         return await self._settings_page(request, user, machine, new_key=issued.secret)
 
-    async def revoke(self, request: Request) -> Response:
+    @signed_in
+    async def revoke(self, request: Request, user: Principal) -> Response:
         """``POST /machines/{id}/keys/{key_id}/revoke``: the key stops working now."""
-        user, machine = await self._mine(request)
-        if user is None:
-            return to_login(request)
+        machine = await self._mine(request, user)
         if machine is None:
             return not_found(request, user, "machine")
         key_id = request.path_params["key_id"]
@@ -320,20 +297,18 @@ class Manage:
             return not_found(request, user, "API key")
         return redirect(request, f"/machines/{machine.id}/settings?saved=revoked")
 
-    async def delete_form(self, request: Request) -> Response:
+    @signed_in
+    async def delete_form(self, request: Request, user: Principal) -> Response:
         """``GET /machines/{id}/delete``: are you sure?"""
-        user, machine = await self._mine(request)
-        if user is None:
-            return to_login(request)
+        machine = await self._mine(request, user)
         if machine is None:
             return not_found(request, user, "machine")
         return render(request, "machine_delete.html", {"user": user, "machine": machine})
 
-    async def delete(self, request: Request) -> Response:
+    @signed_in
+    async def delete(self, request: Request, user: Principal) -> Response:
         """``POST /machines/{id}/delete``: delete it with its keys and series."""
-        user, machine = await self._mine(request)
-        if user is None:
-            return to_login(request)
+        machine = await self._mine(request, user)
         if machine is None:
             return not_found(request, user, "machine")
         await self._machines(request).delete(user, machine.id, client=client_of(request))

@@ -13,7 +13,7 @@ import json
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from starlette.requests import Request
@@ -31,22 +31,19 @@ from lunasentri_core.model import (
     MachineStatus,
     SeriesValue,
 )
+from lunasentri_core.server.dashboard.access import Section, signed_in
 from lunasentri_core.server.dashboard.charts import HEIGHT, WIDTH, Sparkline, sparkline
 from lunasentri_core.server.dashboard.pages import (
     SECURITY_HEADERS,
     ago,
     hub_of,
     render,
-    to_login,
 )
 from lunasentri_core.server.params import make_cursor, parse_cursor
 from lunasentri_core.services import queries
 from lunasentri_core.services.live import LiveFeed
 from lunasentri_core.services.machines import MachineFilter, Machines, owner_scope
 from lunasentri_core.services.rules import Rules
-
-if TYPE_CHECKING:
-    from lunasentri_core.server.dashboard.pages import Pages
 
 PAGE_SIZE = 24
 """Cards a page shows: each draws three sparklines."""
@@ -71,15 +68,10 @@ LIVE_BATCH_SECONDS = 1.0
 KEEPALIVE_SECONDS = 15.0
 
 
-class Overview:
-    def __init__(self, pages: Pages) -> None:
-        self._pages = pages
-
-    async def page(self, request: Request) -> Response:
+class Overview(Section):
+    @signed_in
+    async def page(self, request: Request, user: Principal) -> Response:
         """``GET /``: the whole page, or only its list for htmx's filter requests."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         params = request.query_params
         filters, problem = _filters(
             params.get("name", ""), params.get("status", ""), params.get("labels", "")
@@ -114,11 +106,9 @@ class Overview:
         partial = request.headers.get("hx-target") == "machine-list"
         return render(request, "machine_list.html" if partial else "machines.html", context)
 
-    async def card(self, request: Request) -> Response:
+    @signed_in
+    async def card(self, request: Request, user: Principal) -> Response:
         """``GET /machines/{id}/card``: one machine's card, as the list shows it."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         hub = hub_of(request)
         machine_id = request.path_params["machine_id"]
         try:
@@ -131,16 +121,14 @@ class Overview:
         card = _card(hub, machine, (*latest.derived, *latest.items), alerts)
         return render(request, "machine_card.html", {"card": card, "user": user})
 
-    async def sparklines(self, request: Request) -> Response:
+    @signed_in
+    async def sparklines(self, request: Request, user: Principal) -> Response:
         """``GET /machines/{id}/sparklines``: a card's last hour of CPU, memory and disk.
 
         Fetched by each card after it is shown: each line is a history query
         (about 10 ms, two for a derived percentage), too many to wait for in
         the list itself.
         """
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         hub = hub_of(request)
         machine_id = request.path_params["machine_id"]
         try:
@@ -160,7 +148,7 @@ class Overview:
         stream ends when the caller's credential does (checked every
         ``server.stream_recheck``).
         """
-        user = await self._pages.user(request)
+        user = await self.pages.user(request)
         if user is None:
             return PlainTextResponse("log in first", 401, headers=SECURITY_HEADERS)
         hub = hub_of(request)

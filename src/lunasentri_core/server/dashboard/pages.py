@@ -103,7 +103,7 @@ def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
     from lunasentri_core.server.dashboard.agentless import agentless_routes
     from lunasentri_core.server.dashboard.alerts_page import AlertsPage
     from lunasentri_core.server.dashboard.channels_page import ChannelsPage
-    from lunasentri_core.server.dashboard.machine_page import machine_page
+    from lunasentri_core.server.dashboard.machine_page import MachinePage
     from lunasentri_core.server.dashboard.manage import Manage
     from lunasentri_core.server.dashboard.overview import Overview
     from lunasentri_core.server.dashboard.rules_page import RulesPage
@@ -137,7 +137,7 @@ def dashboard_routes(authenticate: Authenticate) -> list[BaseRoute]:
             "/machines/{machine_id}/delete", manage.delete_form, "GET", "machine_delete_form"
         ),
         page_route("/machines/{machine_id}/delete", manage.delete, "POST", "machine_delete"),
-        page_route("/machines/{machine_id}", machine_page(pages), "GET", "machine"),
+        page_route("/machines/{machine_id}", MachinePage(pages).page, "GET", "machine"),
         page_route("/machines/{machine_id}/card", overview.card, "GET", "machine_card"),
         page_route(
             "/machines/{machine_id}/sparklines", overview.sparklines, "GET", "machine_sparklines"

@@ -11,7 +11,7 @@ its scope matches, read from the latest-values table (one page of machines).
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,6 +20,7 @@ from lunasentri_core.codec import parse_duration
 from lunasentri_core.components import Principal
 from lunasentri_core.errors import NotFoundError, ValidationError
 from lunasentri_core.model import AlertRule, Comparison, RuleScope, Severity
+from lunasentri_core.server.dashboard.access import Section, signed_in
 from lunasentri_core.server.dashboard.alerts_page import names
 from lunasentri_core.server.dashboard.manage import BadForm, labels_text, parse_labels
 from lunasentri_core.server.dashboard.pages import (
@@ -29,13 +30,9 @@ from lunasentri_core.server.dashboard.pages import (
     not_found,
     redirect,
     render,
-    to_login,
 )
 from lunasentri_core.services.machines import MachineFilter, Machines, SeriesFilter
 from lunasentri_core.services.rules import Rules
-
-if TYPE_CHECKING:
-    from lunasentri_core.server.dashboard.pages import Pages
 
 PREVIEW_MACHINES = 50
 """Machines the preview reads at most (it says when there are more)."""
@@ -44,22 +41,15 @@ SAVED = frozenset(("created", "updated", "enabled", "disabled", "deleted"))
 NEW_RULE = {"comparison": ">", "severity": "warning", "for_duration": "0"}
 
 
-class RulesPage:
-    def __init__(self, pages: Pages) -> None:
-        self._pages = pages
-
-    async def page(self, request: Request) -> Response:
+class RulesPage(Section):
+    @signed_in
+    async def page(self, request: Request, user: Principal) -> Response:
         """``GET /rules``: the list and the form for a new rule."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         return await _list(request, user, dict(NEW_RULE), saved=request.query_params.get("saved"))
 
-    async def create(self, request: Request) -> Response:
+    @signed_in
+    async def create(self, request: Request, user: Principal) -> Response:
         """``POST /rules``: a new rule, enabled."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         form = await form_fields(request)
         try:
             await Rules(hub_of(request)).create(user, client=client_of(request), **_fields(form))
@@ -67,23 +57,19 @@ class RulesPage:
             return await _list(request, user, form, problem=_problem(error), status=400)
         return redirect(request, "/rules?saved=created")
 
-    async def edit(self, request: Request) -> Response:
+    @signed_in
+    async def edit(self, request: Request, user: Principal) -> Response:
         """``GET /rules/{rule_id}``: the rule's form and what it matches now."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         rule = await self._rule(request, user)
         if rule is None:
             return not_found(request, user, "alert rule")
         saved = request.query_params.get("saved")
         return await _edit(request, user, rule, _form_of(rule), saved=saved)
 
-    async def update(self, request: Request) -> Response:
+    @signed_in
+    async def update(self, request: Request, user: Principal) -> Response:
         """``POST /rules/{rule_id}``: change its fields (its series start over if the
         condition changed, as with the API's ``PATCH``)."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         form = await form_fields(request)
         rule_id = request.path_params["rule_id"]
         rules = Rules(hub_of(request))
@@ -98,11 +84,9 @@ class RulesPage:
             return await _edit(request, user, rule, form, problem=_problem(error), status=400)
         return redirect(request, f"/rules/{rule_id}?saved=updated")
 
-    async def enable(self, request: Request) -> Response:
+    @signed_in
+    async def enable(self, request: Request, user: Principal) -> Response:
         """``POST /rules/{rule_id}/enabled``: ``enabled=true`` or ``false``."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         wanted = (await form_fields(request)).get("enabled")
         if wanted not in ("true", "false"):
             context = {"user": user, "message": "Choose to enable or disable the rule."}
@@ -118,21 +102,17 @@ class RulesPage:
             return not_found(request, user, "alert rule")
         return redirect(request, "/rules?saved=" + ("enabled" if wanted == "true" else "disabled"))
 
-    async def delete_form(self, request: Request) -> Response:
+    @signed_in
+    async def delete_form(self, request: Request, user: Principal) -> Response:
         """``GET /rules/{rule_id}/delete``: ask first."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         rule = await self._rule(request, user)
         if rule is None:
             return not_found(request, user, "alert rule")
         return render(request, "rule_delete.html", {"user": user, "rule": rule})
 
-    async def delete(self, request: Request) -> Response:
+    @signed_in
+    async def delete(self, request: Request, user: Principal) -> Response:
         """``POST /rules/{rule_id}/delete``: the rule, its series' states and events."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         try:
             await Rules(hub_of(request)).delete(
                 user, request.path_params["rule_id"], client=client_of(request)

@@ -10,7 +10,7 @@ given must match), a machine or rule must be the user's, and it lasts at most
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,6 +19,7 @@ from lunasentri_core.codec import parse_duration
 from lunasentri_core.components import Principal
 from lunasentri_core.errors import NotFoundError, ValidationError
 from lunasentri_core.model import Silence
+from lunasentri_core.server.dashboard.access import Section, signed_in
 from lunasentri_core.server.dashboard.alerts_page import names
 from lunasentri_core.server.dashboard.manage import BadForm, parse_labels
 from lunasentri_core.server.dashboard.pages import (
@@ -27,35 +28,24 @@ from lunasentri_core.server.dashboard.pages import (
     hub_of,
     redirect,
     render,
-    to_login,
 )
 from lunasentri_core.services.notifications import MAX_SILENCE, Silences
-
-if TYPE_CHECKING:
-    from lunasentri_core.server.dashboard.pages import Pages
 
 DURATIONS = {"15m": "15 minutes", "1h": "1 hour", "4h": "4 hours", "1d": "1 day"}
 DEFAULT_DURATION = "1h"
 
 
-class SilencesPage:
-    def __init__(self, pages: Pages) -> None:
-        self._pages = pages
-
-    async def page(self, request: Request) -> Response:
+class SilencesPage(Section):
+    @signed_in
+    async def page(self, request: Request, user: Principal) -> Response:
         """``GET /silences``: the list and the form (``?machine=<id>`` picks that machine)."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         params = request.query_params
         form = {"machine_id": params.get("machine", ""), "duration": DEFAULT_DURATION}
         return await _page(request, user, form, saved=params.get("saved", ""))
 
-    async def create(self, request: Request) -> Response:
+    @signed_in
+    async def create(self, request: Request, user: Principal) -> Response:
         """``POST /silences``: silence for the chosen duration, from now."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         form = await form_fields(request)
         try:
             await Silences(hub_of(request)).create(
@@ -71,11 +61,9 @@ class SilencesPage:
             return await _page(request, user, form, problem=_problem(error), status=400)
         return redirect(request, "/silences?saved=created")
 
-    async def end(self, request: Request) -> Response:
+    @signed_in
+    async def end(self, request: Request, user: Principal) -> Response:
         """``POST /silences/{silence_id}/end``: end it now, as the API's ``DELETE``."""
-        user = await self._pages.user(request)
-        if user is None:
-            return to_login(request)
         try:
             await Silences(hub_of(request)).end(
                 user, request.path_params["silence_id"], client=client_of(request)

@@ -1,14 +1,13 @@
-"""What the agentless pages share: the signed-in check, "load it or not found", the
+"""What the agentless pages share: "load it or not found", the
 form readers and their :class:`FieldProblem`, and the delete confirmation page."""
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,11 +16,8 @@ from lunasentri_core.components import Principal
 from lunasentri_core.errors import ConflictError, InUseError, NotFoundError, ValidationError
 from lunasentri_core.model import CredentialProfile, Device
 from lunasentri_core.server.dashboard.manage import BadForm
-from lunasentri_core.server.dashboard.pages import ago, client_of, hub_of, render, to_login
+from lunasentri_core.server.dashboard.pages import ago, client_of, hub_of, render
 from lunasentri_core.services.monitors import Devices, check_interval, check_options
-
-if TYPE_CHECKING:
-    from lunasentri_core.server.dashboard.pages import Pages
 
 SAVED = frozenset(
     (
@@ -37,31 +33,6 @@ SAVED = frozenset(
 """What ``?saved=`` may say happened (anything else says nothing)."""
 
 T = TypeVar("T")
-
-
-class Section:
-    """A part of the agentless pages (its handlers are methods, see :func:`signed_in`)."""
-
-    def __init__(self, pages: Pages) -> None:
-        self.pages = pages
-
-
-S = TypeVar("S", bound=Section)
-
-
-def signed_in(
-    handler: Callable[[S, Request, Principal], Awaitable[Response]],
-) -> Callable[[S, Request], Awaitable[Response]]:
-    """The page ``handler`` for the signed-in user; anyone else is sent to log in."""
-
-    @functools.wraps(handler)
-    async def page(self: S, request: Request) -> Response:
-        user = await self.pages.user(request)
-        if user is None:
-            return to_login(request)
-        return await handler(self, request, user)
-
-    return page
 
 
 async def found_or_none(lookup: Awaitable[T]) -> T | None:

@@ -14,9 +14,9 @@ from lunasentri_core.components import Principal
 from lunasentri_core.errors import ConflictError, InUseError, NotFoundError, ValidationError
 from lunasentri_core.model import CredentialProfile
 from lunasentri_core.remote import Transport
+from lunasentri_core.server.dashboard.access import Section, signed_in
 from lunasentri_core.server.dashboard.agentless.common import (
     FieldProblem,
-    Section,
     by_name,
     delete_page,
     found_or_none,
@@ -25,7 +25,6 @@ from lunasentri_core.server.dashboard.agentless.common import (
     number,
     optional,
     saved_of,
-    signed_in,
 )
 from lunasentri_core.server.dashboard.manage import BadForm
 from lunasentri_core.server.dashboard.pages import (

@@ -12,8 +12,8 @@ from starlette.routing import BaseRoute
 from lunasentri_core.components import Principal
 from lunasentri_core.errors import ConflictError, InUseError, NotFoundError, ValidationError
 from lunasentri_core.model import Device, Monitor
+from lunasentri_core.server.dashboard.access import Section, signed_in
 from lunasentri_core.server.dashboard.agentless.common import (
-    Section,
     add_device,
     delete_page,
     device_name,
@@ -21,7 +21,6 @@ from lunasentri_core.server.dashboard.agentless.common import (
     in_use,
     problem_of,
     saved_of,
-    signed_in,
     times,
 )
 from lunasentri_core.server.dashboard.manage import BadForm

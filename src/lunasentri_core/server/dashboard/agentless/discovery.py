@@ -17,9 +17,9 @@ from starlette.routing import BaseRoute
 from lunasentri_core.components import Principal
 from lunasentri_core.errors import ConflictError, NotFoundError, ValidationError
 from lunasentri_core.model import DiscoveryProfile, DiscoveryRun, RunState
+from lunasentri_core.server.dashboard.access import Section, signed_in
 from lunasentri_core.server.dashboard.agentless.common import (
     FieldProblem,
-    Section,
     choices,
     delete_page,
     device_name,
@@ -30,7 +30,6 @@ from lunasentri_core.server.dashboard.agentless.common import (
     problem_of,
     saved_of,
     seconds_of,
-    signed_in,
     times,
 )
 from lunasentri_core.server.dashboard.manage import BadForm

@@ -14,9 +14,9 @@ from starlette.routing import BaseRoute
 from lunasentri_core.components import Principal
 from lunasentri_core.errors import ConflictError, NotFoundError, ValidationError
 from lunasentri_core.model import Device, Monitor
+from lunasentri_core.server.dashboard.access import Section, signed_in
 from lunasentri_core.server.dashboard.agentless.common import (
     FieldProblem,
-    Section,
     add_device,
     choices,
     delete_page,
@@ -26,7 +26,6 @@ from lunasentri_core.server.dashboard.agentless.common import (
     options_of,
     problem_of,
     saved_of,
-    signed_in,
     times,
 )
 from lunasentri_core.server.dashboard.manage import BadForm
