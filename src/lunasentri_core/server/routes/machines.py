@@ -778,6 +778,9 @@ LATEST_QUERY: dict[str, Schema] = {
         "type": "string",
         "minLength": 1,
         "maxLength": MAX_IDS_TEXT,
+        # Ids are visible ASCII: the line then stays within what HTTP parsers take
+        # (8,000 characters of anything else may percent-encode to 48 KB).
+        "pattern": params.ID_PATTERN,
         "description": f"Only these machines: ids separated by commas (at most {MAX_PAGE} ids "
         f"and {MAX_IDS_TEXT} characters; select more machines by labels or by pages). "
         "An id the caller cannot see matches nothing.",
