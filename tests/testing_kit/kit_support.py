@@ -20,6 +20,30 @@ filterwarnings = error
 """
 
 
+NOTIFIER_BASE = """
+import pytest
+import kit_doubles
+from lunasentri_core.testing import NotifierContract
+
+class Base(NotifierContract):
+    __test__ = False
+
+    @pytest.fixture
+    def inboxes(self):
+        return kit_doubles.Inboxes()
+
+    @pytest.fixture
+    def channel(self):
+        return {"inbox": "ops"}
+
+    @pytest.fixture
+    def received(self, inboxes):
+        return lambda: inboxes.messages.get("ops", [])
+"""
+"""The start of a notifier test module: a ``Base`` delivering into the kit's inboxes
+(channel ``{"inbox": "ops"}``); modules add the notifier under test."""
+
+
 class KitRun:
     """Runs a plugin author's test module in a fresh pytest session (in process)."""
 

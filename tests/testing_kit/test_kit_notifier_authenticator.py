@@ -15,7 +15,7 @@ from kit_doubles import (
     MemoryNotifier,
     MemoryState,
 )
-from kit_support import KitRun, outcomes
+from kit_support import NOTIFIER_BASE, KitRun, outcomes
 
 from lunasentri_core import Credentials
 from lunasentri_core.testing import (
@@ -100,26 +100,9 @@ class TestAsyncBearerKeyAuthenticator(TestBearerKeyAuthenticator):
         return AsyncBearerKeyAuthenticator()
 
 
-NOTIFIER_MODULE = """
-import pytest
-import kit_doubles
-from lunasentri_core.testing import NotifierContract
-
-class Base(NotifierContract):
-    __test__ = False
-
-    @pytest.fixture
-    def inboxes(self):
-        return kit_doubles.Inboxes()
-
-    @pytest.fixture
-    def channel(self):
-        return {"inbox": "ops"}
-
-    @pytest.fixture
-    def received(self, inboxes):
-        return lambda: inboxes.messages.get("ops", [])
-
+NOTIFIER_MODULE = (
+    NOTIFIER_BASE
+    + """
     @pytest.fixture
     def failing_channel(self):
         return {"inbox": "closed"}
@@ -171,6 +154,7 @@ class TestMutating(Base):
     def notifier(self, inboxes):
         return kit_doubles.MutatingNotifier(inboxes)
 """
+)
 
 
 def test_the_notifier_suite_catches_broken_notifiers(kit_run: KitRun) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 import pytest
 from kit_doubles import LaxChannel, PathChannel
-from kit_support import KitRun, outcomes
+from kit_support import NOTIFIER_BASE, KitRun, outcomes
 
 from lunasentri_core import ValidationError
 from lunasentri_core.testing import decode_settings
@@ -22,26 +22,9 @@ CONFIG_TEST = "test_channel_class_refuses_invalid_config"
 BUILD_TEST = "test_registers_through_a_hook"
 UNDELIVERABLE_TEST = "test_undeliverable_channel_is_reported"
 
-NOTIFIERS = """
-import pytest
-import kit_doubles
-from lunasentri_core.testing import NotifierContract
-
-class Base(NotifierContract):
-    __test__ = False
-
-    @pytest.fixture
-    def inboxes(self):
-        return kit_doubles.Inboxes()
-
-    @pytest.fixture
-    def channel(self):
-        return {"inbox": "ops"}
-
-    @pytest.fixture
-    def received(self, inboxes):
-        return lambda: inboxes.messages.get("ops", [])
-
+NOTIFIERS = (
+    NOTIFIER_BASE
+    + """
 class TestGood(Base):
     @pytest.fixture
     def notifier(self, inboxes):
@@ -69,6 +52,7 @@ class TestNeedsToken(Base):
     def notifier(self, inboxes):
         return kit_doubles.NeedsTokenNotifier(kit_doubles.TokenSettings("t0k3n"), inboxes)
 """
+)
 
 
 def test_the_notifier_suite_catches_bad_channel_classes_and_constructors(

@@ -16,7 +16,7 @@ import attrs
 import pytest
 from kit_doubles import MemoryState
 from kit_secret_doubles import TOKEN
-from kit_support import KitRun, outcomes
+from kit_support import NOTIFIER_BASE, KitRun, outcomes
 
 from lunasentri_core import Credentials, Principal
 from lunasentri_core.model import Role
@@ -174,27 +174,10 @@ def test_the_authenticator_suite_catches_what_principals_claim(kit_run: KitRun) 
     )
 
 
-NOTIFIERS = """
-import pytest
-import kit_doubles
+NOTIFIERS = (
+    NOTIFIER_BASE
+    + """
 import kit_secret_doubles as doubles
-from lunasentri_core.testing import NotifierContract
-
-
-class Base(NotifierContract):
-    __test__ = False
-
-    @pytest.fixture
-    def inboxes(self):
-        return kit_doubles.Inboxes()
-
-    @pytest.fixture
-    def channel(self):
-        return {"inbox": "ops"}
-
-    @pytest.fixture
-    def received(self, inboxes):
-        return lambda: inboxes.messages.get("ops", [])
 
 
 class TestPasswordLeaking(Base):
@@ -226,6 +209,7 @@ class TestDeclared(Base):
     def failing_channel(self):
         return {"inbox": "closed", "idempotency_key": "order-20261207"}
 """
+)
 
 
 def test_the_notifier_suite_searches_unmarked_secrets(kit_run: KitRun) -> None:
