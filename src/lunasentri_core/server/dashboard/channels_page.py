@@ -31,6 +31,7 @@ from lunasentri_core.server.dashboard.access import Section, signed_in
 from lunasentri_core.server.dashboard.manage import BadForm
 from lunasentri_core.server.dashboard.pages import (
     client_of,
+    enabled_choice,
     form_fields,
     hub_of,
     not_found,
@@ -178,22 +179,19 @@ class ChannelsPage(Section):
     @signed_in
     async def enable(self, request: Request, user: Principal) -> Response:
         """``POST /channels/{channel_id}/enabled``: ``enabled=true`` or ``false``."""
-        wanted = (await form_fields(request)).get("enabled")
-        if wanted not in ("true", "false"):
-            context = {"user": user, "message": "Choose to enable or disable the channel."}
-            return render(request, "refused.html", context, status=400)
+        enabled = await enabled_choice(request, user, "channel")
+        if isinstance(enabled, Response):
+            return enabled
         try:
             await Channels(hub_of(request)).update(
                 user,
                 request.path_params["channel_id"],
-                enabled=wanted == "true",
+                enabled=enabled,
                 client=client_of(request),
             )
         except NotFoundError:
             return not_found(request, user, "channel")
-        return redirect(
-            request, "/channels?saved=" + ("enabled" if wanted == "true" else "disabled")
-        )
+        return redirect(request, "/channels?saved=" + ("enabled" if enabled else "disabled"))
 
     @signed_in
     async def delete_form(self, request: Request, user: Principal) -> Response:

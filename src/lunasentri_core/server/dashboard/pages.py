@@ -313,6 +313,16 @@ def client_of(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
+async def enabled_choice(request: Request, user: Principal, what: str) -> bool | Response:
+    """The ``enabled`` field (``true`` or ``false``) of an enable/disable form, or the
+    refusal page naming ``what`` when it is neither."""
+    wanted = (await form_fields(request)).get("enabled")
+    if wanted not in ("true", "false"):
+        context = {"user": user, "message": f"Choose to enable or disable the {what}."}
+        return render(request, "refused.html", context, status=400)
+    return wanted == "true"
+
+
 def not_found(request: Request, user: Principal, what: str) -> Response:
     return render(request, "not_found.html", {"user": user, "what": what}, status=404)
 

@@ -25,6 +25,7 @@ from lunasentri_core.server.dashboard.alerts_page import names
 from lunasentri_core.server.dashboard.manage import BadForm, labels_text, parse_labels
 from lunasentri_core.server.dashboard.pages import (
     client_of,
+    enabled_choice,
     form_fields,
     hub_of,
     not_found,
@@ -87,20 +88,19 @@ class RulesPage(Section):
     @signed_in
     async def enable(self, request: Request, user: Principal) -> Response:
         """``POST /rules/{rule_id}/enabled``: ``enabled=true`` or ``false``."""
-        wanted = (await form_fields(request)).get("enabled")
-        if wanted not in ("true", "false"):
-            context = {"user": user, "message": "Choose to enable or disable the rule."}
-            return render(request, "refused.html", context, status=400)
+        enabled = await enabled_choice(request, user, "rule")
+        if isinstance(enabled, Response):
+            return enabled
         try:
             await Rules(hub_of(request)).update(
                 user,
                 request.path_params["rule_id"],
-                enabled=wanted == "true",
+                enabled=enabled,
                 client=client_of(request),
             )
         except NotFoundError:
             return not_found(request, user, "alert rule")
-        return redirect(request, "/rules?saved=" + ("enabled" if wanted == "true" else "disabled"))
+        return redirect(request, "/rules?saved=" + ("enabled" if enabled else "disabled"))
 
     @signed_in
     async def delete_form(self, request: Request, user: Principal) -> Response:
