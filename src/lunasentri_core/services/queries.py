@@ -164,31 +164,7 @@ async def histories(
     hub: Sentri, asked: Sequence[HistoryQuery], owner_id: str | None
 ) -> list[SeriesHistory]:
     """As :func:`history` for each query (of one machine), in order, in one worker call."""
-
-    def read() -> list[SeriesHistory]:
-        machines = {query.machine_id for query in asked}
-        for machine_id in sorted(machines):
-            hub.storage.state.get_machine(machine_id, owner_id)
-        found: list[SeriesHistory] = []
-        for query in asked:
-            # A backend that does not know ``exact`` (or the derivation) may answer more.
-            found.extend(s for s in _read(hub, query) if query.selects(s.series.labels))
-        return found
-
-    return await hub.run_sync(read)
-
-
-def _read(hub: Sentri, query: HistoryQuery) -> list[SeriesHistory]:
-    metrics = hub.storage.metrics
-    stored = metrics.history(query)
-    if stored or query.metric not in DERIVED:
-        return stored
-    used_metric, total_metric = DERIVED[query.metric]
-    used = metrics.history(attrs.evolve(query, metric=used_metric))
-    if not used:
-        return []
-    totals = metrics.history(attrs.evolve(query, metric=total_metric))
-    return derive_history(query.metric, used, totals)
+    return [found.to_history() for found in await history_columns(hub, asked, owner_id)]
 
 
 async def history_columns(
