@@ -201,6 +201,33 @@ def test_an_unknown_machine_is_a_not_found_page(shared: Shared) -> None:
     assert "Not found" in response.text
 
 
+def test_a_custom_range_in_the_address_is_drawn_or_its_problem_named(shared: Shared) -> None:
+    """The range form works without script too: the page carries the range it was
+    given (read as UTC) for the charts, or says what was wrong with it."""
+    page = f"/machines/{shared.machine_id}"
+    with browser(shared.server) as client:
+        log_in(client, "admin", ADMIN_PASSWORD)
+        chosen = client.get(page, params={"from": "2026-12-01T08:30", "to": "2026-12-02T09:00"})
+        zoned = client.get(
+            page, params={"from": "2026-12-01T10:30+02:00", "to": "2026-12-02T09:00Z"}
+        )
+        backwards = client.get(page, params={"from": "2026-12-02T09:00", "to": "2026-12-01T08:30"})
+        garbled = client.get(page, params={"from": "yesterday", "to": "2026-12-01T08:30"})
+    assert chosen.status_code == zoned.status_code == 200
+    for response in (chosen, zoned):
+        assert 'data-start="2026-12-01T08:30:00+00:00"' in response.text
+        assert 'data-end="2026-12-02T09:00:00+00:00"' in response.text
+        assert 'name="from" required value="2026-12-01T08:30"' in response.text
+        assert "aria-current" not in response.text.split('class="ranges"')[1].split("</nav>")[0]
+    for response, problem in (
+        (backwards, "To must be after From."),
+        (garbled, "From: give a date and time such as 2026-12-07T08:30 (UTC)."),
+    ):
+        assert response.status_code == 200
+        assert f'id="range-problem">{html.escape(problem)}</p>' in response.text
+        assert "data-start" not in response.text  # the preset range is drawn instead
+
+
 def test_a_sparkline_spans_its_box_and_scales_percentages_to_0_100() -> None:
     base = at(10)
     points = [

@@ -19,7 +19,7 @@ import shutil
 import threading
 import urllib.parse
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -304,6 +304,80 @@ def test_the_charts_ask_only_for_the_series_they_draw(shared: Shared, watched: W
     legend = page.inner_text("#chart-cpu")
     assert "0" in legend
     assert "1" in legend
+
+
+def _spans_asked(calls: list[str]) -> list[tuple[str, str | None]]:
+    spans = []
+    for url in calls:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+        spans.append((query["start"][0], query.get("end", [None])[0]))
+    return spans
+
+
+def _wait_for_history(page: Page, calls: list[str], count: int) -> None:
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#chart-cpu')].every(c => c.querySelector('.uplot'))"
+    )
+    wait_for(lambda: len(calls) >= count, timeout=10)
+
+
+def test_a_custom_range_is_typed_then_narrowed_by_dragging_and_left(
+    shared: Shared, watched: Watched
+) -> None:
+    """The range form and drag-to-zoom ask the server for the span chosen (so the
+    history API picks its resolution); a double-click goes back to the preset range."""
+    machine_id, _ = machine_with_history(shared, "zoomed")  # samples 30, 20, 10, 5, 1 min ago
+    page = watched.page
+    log_in(watched, shared.server.url)
+    calls: list[str] = []
+    page.on("request", lambda r: "/history?" in r.url and calls.append(r.url))
+    page.goto(f"{shared.server.url}/machines/{machine_id}")
+    page.wait_for_function("() => Number(document.getElementById('chart-cpu').dataset.points) > 0")
+    assert all(start == "-1h" and end is None for start, end in _spans_asked(calls))
+
+    now = datetime.now(UTC)
+    later, earlier = (now - timedelta(minutes=7)), (now - timedelta(minutes=40))
+    page.fill("input[name=from]", later.strftime("%Y-%m-%dT%H:%M"))
+    page.fill("input[name=to]", earlier.strftime("%Y-%m-%dT%H:%M"))
+    calls.clear()
+    page.click("form.custom-range button")
+    assert page.inner_text("#range-problem") == "To must be after From."
+    assert calls == []  # nothing asked for a range that cannot be
+
+    page.fill("input[name=from]", earlier.strftime("%Y-%m-%dT%H:%M"))
+    page.fill("input[name=to]", later.strftime("%Y-%m-%dT%H:%M"))
+    page.click("form.custom-range button")
+    page.wait_for_function("() => document.getElementById('chart-cpu').dataset.points === '3'")
+    assert page.inner_text("#range-problem") == ""
+    start, end = _spans_asked(calls)[-1]
+    assert end is not None
+    typed = (datetime.fromisoformat(start), datetime.fromisoformat(end))
+    assert typed[0] == earlier.replace(second=0, microsecond=0)
+    assert typed[1] == later.replace(second=0, microsecond=0)
+    assert "from=" in page.url
+    assert page.locator(".ranges a[aria-current]").count() == 0
+
+    over = page.locator("#chart-cpu .u-over").bounding_box()
+    assert over is not None
+    y = over["y"] + over["height"] / 2
+    calls.clear()
+    page.mouse.move(over["x"] + over["width"] * 0.2, y)
+    page.mouse.down()
+    page.mouse.move(over["x"] + over["width"] * 0.8, y, steps=8)
+    page.mouse.up()
+    _wait_for_history(page, calls, 2)
+    for start, end in _spans_asked(calls):
+        assert end is not None
+        dragged = (datetime.fromisoformat(start), datetime.fromisoformat(end))
+        assert typed[0] < dragged[0] < dragged[1] < typed[1], (typed, dragged)
+    assert page.input_value("input[name=from]") == dragged[0].strftime("%Y-%m-%dT%H:%M")
+
+    calls.clear()
+    page.dblclick("#chart-cpu .u-over")
+    _wait_for_history(page, calls, 2)
+    assert all(start == "-1h" and end is None for start, end in _spans_asked(calls))
+    assert page.get_attribute(".ranges a[aria-current]", "data-range") == "1h"
+    assert page.url.endswith("?range=1h")
 
 
 @pytest.mark.parametrize("watched", [PHONE], indirect=True)

@@ -9,6 +9,7 @@ figure, in the charts and the table alike, with one formatting function.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -28,6 +29,39 @@ from lunasentri_core.services.rules import Rules
 
 RANGES = ("15m", "1h", "6h", "24h", "7d", "30d")
 DEFAULT_RANGE = "1h"
+CUSTOM_FORMAT = "%Y-%m-%dT%H:%M"
+"""How a ``datetime-local`` field spells a minute (read and shown as UTC)."""
+
+
+@attrs.frozen
+class CustomRange:
+    """A range the user typed (or dragged across a chart): ``[start, end)`` in UTC."""
+
+    start: datetime
+    end: datetime
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """The form's field values."""
+        return {"from": self.start.strftime(CUSTOM_FORMAT), "to": self.end.strftime(CUSTOM_FORMAT)}
+
+
+def custom_range(params: Any) -> tuple[CustomRange | None, str | None]:
+    """The custom range in ``params`` (``from`` and ``to``), or the problem with them;
+    ``(None, None)`` when neither is given."""
+    given = {name: (params.get(name) or "").strip() for name in ("from", "to")}
+    if not any(given.values()):
+        return None, None
+    times = {}
+    for name, shown in (("from", "From"), ("to", "To")):
+        try:
+            when = datetime.fromisoformat(given[name])
+        except ValueError:
+            return None, f"{shown}: give a date and time such as 2026-12-07T08:30 (UTC)."
+        times[name] = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    if times["to"] <= times["from"]:
+        return None, "To must be after From."
+    return CustomRange(times["from"], times["to"]), None
 
 
 @attrs.frozen
@@ -63,6 +97,7 @@ class MachinePage(Section):
             context = {"user": user, "what": "machine"}
             return render(request, "not_found.html", context, status=404)
         chosen = request.query_params.get("range", DEFAULT_RANGE)
+        custom, range_problem = custom_range(request.query_params)
         present = {v.series.metric for v in (*latest.derived, *latest.items)}
         context = {
             "user": user,
@@ -73,6 +108,8 @@ class MachinePage(Section):
             "alerts": alerts,
             "ranges": RANGES,
             "range": chosen if chosen in RANGES else DEFAULT_RANGE,
+            "custom": custom,
+            "range_problem": range_problem,
         }
         return render(request, "machine.html", context)
 

@@ -25,8 +25,22 @@
   }
   var DERIVED = { "mem.percent": "mem", "swap.percent": "swap", "disk.percent": "disk" };
   var range = SECONDS[section.dataset.range] ? section.dataset.range : "1h";
+  // A custom range ({start, end} in seconds), typed in the form or dragged across a
+  // chart; null while one of the preset ranges is shown.
+  var custom = section.dataset.start
+    ? { start: Date.parse(section.dataset.start) / 1000, end: Date.parse(section.dataset.end) / 1000 }
+    : null;
+  var form = section.querySelector("form.custom-range");
+  var problem = document.getElementById("range-problem");
   var charts = [];
   var stream = null;
+
+  function iso(seconds) { return new Date(seconds * 1000).toISOString(); }
+
+  // The time axis' bounds: the custom range, or the preset range up to now.
+  function bounds(now) {
+    return custom ? [custom.start, custom.end] : [now - SECONDS[range], now];
+  }
 
   function sortedLabels(labels) {
     var out = {};
@@ -47,7 +61,10 @@
 
   // One history call for several metrics; each series comes back with its metric.
   function fetchSeries(metrics, exact) {
-    var url = api + "/history?metric=" + encodeURIComponent(metrics.join(",")) + "&start=-" + range +
+    var span = custom
+      ? "&start=" + encodeURIComponent(iso(custom.start)) + "&end=" + encodeURIComponent(iso(custom.end))
+      : "&start=-" + range;
+    var url = api + "/history?metric=" + encodeURIComponent(metrics.join(",")) + span +
       (exact ? "&exact=true" : "");
     return fetch(url, { headers: { accept: "application/json" }, credentials: "same-origin" })
       .then(function (r) {
@@ -146,19 +163,36 @@
           values: function (u, splits) { return splits.map(tick); }
         }
       ],
-      cursor: { drag: { x: true, y: false } }
+      // A drag asks the server for the selected span (finer data than the chart holds)
+      // instead of stretching the points already drawn.
+      cursor: { drag: { x: true, y: false, setScale: false } },
+      hooks: { setSelect: [zoomTo] }
     };
     if (unit === "bytes" || unit === "bytes/s") opts.axes[1].incrs = BINARY_STEPS;
     chart.plot = new uPlot(opts, padded(chart.data, Date.now() / 1000), chart.plotEl);
     chart.el.dataset.points = String(chart.data[0].length);
   }
 
-  // The data with an empty first point where the range starts, so that the time
-  // axis spans the whole range however late the data begins.
+  // The data with empty points where the range starts (and where a custom range
+  // ends), so that the time axis spans the whole range whatever the data covers.
   function padded(data, now) {
-    var start = now - SECONDS[range];
-    if (!data[0].length || data[0][0] <= start) return data;
-    return data.map(function (col, i) { return [i === 0 ? start : null].concat(col); });
+    var span = bounds(now);
+    var out = data;
+    if (!out[0].length || out[0][0] > span[0]) {
+      out = out.map(function (col, i) { return [i === 0 ? span[0] : null].concat(col); });
+    }
+    if (custom && out[0][out[0].length - 1] < span[1]) {
+      out = out.map(function (col, i) { return col.concat([i === 0 ? span[1] : null]); });
+    }
+    return out;
+  }
+
+  function zoomTo(u) {
+    if (u.select.width < 3) return;
+    var start = Math.floor(u.posToVal(u.select.left, "x"));
+    var end = Math.ceil(u.posToVal(u.select.left + u.select.width, "x"));
+    u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+    if (end > start) chooseCustom(start, end);
   }
 
   // A sample's readings by series key, with the percentages the server derives
@@ -184,7 +218,7 @@
   }
 
   function append(chart, t, values) {
-    if (!chart.plot || !chart.keys.length) return;
+    if (!chart.plot || !chart.keys.length || custom) return;
     var xs = chart.data[0];
     if (xs.length && t <= xs[xs.length - 1]) return;
     var hit = chart.keys.some(function (k) { return values[k] !== undefined; });
@@ -227,23 +261,61 @@
 
   function listen() {
     if (stream) { stream.close(); stream = null; }
-    if (!LIVE[range] || typeof EventSource === "undefined") return;
+    if (custom || !LIVE[range] || typeof EventSource === "undefined") return;
     stream = new EventSource(api + "/stream");
     stream.addEventListener("open", function () { document.body.dataset.live = "open"; });
     stream.addEventListener("error", function () { document.body.dataset.live = "retrying"; });
     stream.addEventListener("sample", onSample);
   }
 
-  function choose(next) {
-    range = next;
-    section.dataset.range = next;
+  function markPreset(current) {
     section.querySelectorAll(".ranges a").forEach(function (a) {
-      if (a.dataset.range === next) a.setAttribute("aria-current", "true");
+      if (a.dataset.range === current) a.setAttribute("aria-current", "true");
       else a.removeAttribute("aria-current");
     });
+  }
+
+  function choose(next) {
+    range = next;
+    custom = null;
+    section.dataset.range = next;
+    markPreset(next);
+    if (problem) problem.textContent = "";
     history.replaceState(null, "", "?range=" + next);
     listen();
     loadAll();
+  }
+
+  // datetime-local fields hold UTC minutes here, as the form's labels say.
+  function fieldValue(seconds) { return iso(seconds).slice(0, 16); }
+  function fieldSeconds(value) { return value ? Date.parse(value + "Z") / 1000 : NaN; }
+
+  function chooseCustom(start, end) {
+    custom = { start: start, end: end };
+    markPreset(null);
+    if (problem) problem.textContent = "";
+    if (form) {
+      form.elements.from.value = fieldValue(start);
+      form.elements.to.value = fieldValue(end);
+    }
+    history.replaceState(null, "", "?from=" + encodeURIComponent(iso(start)) + "&to=" + encodeURIComponent(iso(end)));
+    listen();
+    loadAll();
+  }
+
+  if (form) {
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var start = fieldSeconds(form.elements.from.value);
+      var end = fieldSeconds(form.elements.to.value);
+      if (isNaN(start) || isNaN(end)) {
+        problem.textContent = "Give both From and To.";
+      } else if (end <= start) {
+        problem.textContent = "To must be after From.";
+      } else {
+        chooseCustom(start, end);
+      }
+    });
   }
 
   section.querySelectorAll(".ranges a").forEach(function (a) {
@@ -253,6 +325,7 @@
     });
   });
   section.querySelectorAll(".chart").forEach(function (el) {
+    el.addEventListener("dblclick", function () { if (custom) choose(range); });
     charts.push({
       el: el, plotEl: el.querySelector(".plot"), metrics: el.dataset.metrics.split(" "),
       keys: [], data: [[]], plot: null
