@@ -572,6 +572,42 @@ def test_concurrent_writers_maintenance_and_readers(open_storage: OpenStorage) -
         assert_history_equal(stores[0].metrics.history(query), reference_history(points, query))
 
 
+def test_writers_sharing_series_keep_the_newest_latest_values(open_storage: OpenStorage) -> None:
+    """Two writers of one store and one of another write the same series at once, in
+    interleaved time order (as the ingest writer's transactions in flight may): no
+    write fails, and every latest value is the newest point written."""
+    first = open_storage()
+    stores = [first, first, open_storage()]
+    machines = [new_id() for _ in range(3)]
+    names = [f"m{j}" for j in range(40)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(stores), timeout=60)
+
+    def batch(k: int) -> list[MachineSamples]:
+        at = T0 + k * SECOND
+        return [
+            MachineSamples(m, [Sample(at, [Reading(n, float(k)) for n in names])]) for m in machines
+        ]
+
+    def writer(i: int) -> None:
+        try:
+            barrier.wait()
+            for k in range(i, 60, len(stores)):
+                stores[i].metrics.write(batch(k))
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, repr(errors[0])
+    found = first.metrics.latest(machines)
+    assert len(found) == len(machines) * len(names)
+    assert {(v.timestamp, v.value) for v in found} == {(T0 + 59 * SECOND, 59.0)}
+
+
 def test_maintain_reports_nothing_to_do(storage: SqlStorage) -> None:
     report = storage.metrics.maintain(T0)
     assert (report.compacted_points, report.rollup_rows, report.expired_rows) == (0, 0, 0)
