@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sql_support import NO_RETENTION, OpenStorage
 
+from lunasentri_core.errors import StorageUnavailable
 from lunasentri_core.model import (
     Aggregation,
     HistoryQuery,
@@ -23,7 +24,7 @@ from lunasentri_core.model import (
 from lunasentri_core.storage.sql import SqlStorage, choose_resolution
 from lunasentri_core.storage.sql.head import pack_series_ids, pack_values
 from lunasentri_core.storage.sql.metrics import Horizons, to_ms
-from lunasentri_core.storage.sql.schema import metric_chunks, samples_head, series_latest
+from lunasentri_core.storage.sql.schema import metric_chunks, samples_head, series, series_latest
 from lunasentri_core.testing import (
     assert_history_equal,
     assert_latest_equal,
@@ -276,6 +277,81 @@ def test_timestamps_are_kept_to_the_millisecond(storage: SqlStorage) -> None:
     assert latest.timestamp.tzinfo is UTC
 
 
+def test_latest_moves_forward_where_rows_are_newer_older_or_missing(storage: SqlStorage) -> None:
+    """A batch whose series have newer, older and no stored latest values at once
+    (PostgreSQL updates first and upserts only when the update missed rows)."""
+    machine = new_id()
+    names = ("a", "b", "c", "d")
+    storage.metrics.write(
+        [MachineSamples(machine, [Sample(T0 + MINUTE, [Reading(n, 1.0) for n in names])])]
+    )
+    with storage.engine.begin() as conn:  # "c" lost its row (as a restore would leave it)
+        rows = conn.execute(sa.select(series.c.metric, series.c.id))
+        ids = {row.metric: row.id for row in rows}
+        conn.execute(sa.delete(series_latest).where(series_latest.c.series_id == ids["c"]))
+    batch = [
+        MachineSamples(
+            machine,
+            [
+                Sample(T0 + 2 * MINUTE, [Reading("a", 2.0), Reading("c", 2.0)]),
+                Sample(T0, [Reading("b", 0.0), Reading("d", 0.0)]),
+            ],
+        )
+    ]
+    storage.metrics.write(batch)
+    found = {v.series.metric: (v.timestamp, v.value) for v in storage.metrics.latest([machine])}
+    assert found == {
+        "a": (T0 + 2 * MINUTE, 2.0),
+        "b": (T0 + MINUTE, 1.0),
+        "c": (T0 + 2 * MINUTE, 2.0),
+        "d": (T0 + MINUTE, 1.0),
+    }
+
+
+def test_the_ingest_writer_keeps_two_transactions_in_flight_on_postgresql_only(
+    storage: SqlStorage,
+) -> None:
+    assert storage.metrics.write_transactions == (2 if storage.db.is_postgres else 1)
+
+
+def test_a_write_chosen_as_a_deadlock_victim_is_tried_again(
+    storage: SqlStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL rolls the whole transaction back: writing it again is safe."""
+    metrics = storage.metrics
+    real = metrics._write
+    calls = []
+
+    class _Orig(Exception):
+        sqlstate = "40P01"
+
+    def deadlocking(*args: object) -> int:
+        calls.append(args)
+        if len(calls) == 1:
+            try:
+                raise sa.exc.OperationalError("UPDATE", None, _Orig("deadlock detected"))
+            except sa.exc.OperationalError as error:
+                raise StorageUnavailable("deadlock detected") from error
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(metrics, "_write", deadlocking)
+    machine = new_id()
+    assert metrics.write(samples(machine, T0, 3)) == 6
+    assert len(calls) == 2
+    assert head_points(storage) == 6
+
+    calls.clear()
+    other = StorageUnavailable("the server went away")
+    monkeypatch.setattr(metrics, "_write", lambda *args: (calls.append(args), _raise(other)))
+    with pytest.raises(StorageUnavailable, match="went away"):
+        metrics.write(samples(machine, T0 + HOUR, 1))
+    assert len(calls) == 1
+
+
+def _raise(error: BaseException) -> None:
+    raise error
+
+
 # --------------------------------------------------------------------------- resolutions
 
 
@@ -494,6 +570,42 @@ def test_concurrent_writers_maintenance_and_readers(open_storage: OpenStorage) -
     for machine in machines:
         query = cpu(machine, T0, T0 + DAY, 10 * SECOND)
         assert_history_equal(stores[0].metrics.history(query), reference_history(points, query))
+
+
+def test_writers_sharing_series_keep_the_newest_latest_values(open_storage: OpenStorage) -> None:
+    """Two writers of one store and one of another write the same series at once, in
+    interleaved time order (as the ingest writer's transactions in flight may): no
+    write fails, and every latest value is the newest point written."""
+    first = open_storage()
+    stores = [first, first, open_storage()]
+    machines = [new_id() for _ in range(3)]
+    names = [f"m{j}" for j in range(40)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(stores), timeout=60)
+
+    def batch(k: int) -> list[MachineSamples]:
+        at = T0 + k * SECOND
+        return [
+            MachineSamples(m, [Sample(at, [Reading(n, float(k)) for n in names])]) for m in machines
+        ]
+
+    def writer(i: int) -> None:
+        try:
+            barrier.wait()
+            for k in range(i, 60, len(stores)):
+                stores[i].metrics.write(batch(k))
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, repr(errors[0])
+    found = first.metrics.latest(machines)
+    assert len(found) == len(machines) * len(names)
+    assert {(v.timestamp, v.value) for v in found} == {(T0 + 59 * SECOND, 59.0)}
 
 
 def test_maintain_reports_nothing_to_do(storage: SqlStorage) -> None:

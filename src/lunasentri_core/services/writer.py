@@ -1,10 +1,17 @@
 """The ingest writer: coalesces concurrent ingest calls into shared transactions.
 
-Each :meth:`BatchWriter.write` call queues its samples and waits; a single worker
+Each :meth:`BatchWriter.write` call queues its samples and waits; a worker
 takes everything queued (up to ``max_points``), stores it in one transaction in a
 worker thread, and then wakes every caller with its own point count or error.
 The queue is bounded, so a slow disk turns into backpressure on callers instead
 of memory growth.
+
+A metric store that takes concurrent write transactions says how many with a
+``write_transactions`` attribute (PostgreSQL: 2; SQLite has one writer): the
+writer then keeps that many transactions in flight, so the next group is
+built and sent while the database commits the previous one. What follows a
+commit (the callers' results, ``on_committed``, alert evaluation) still runs in
+the order the groups were taken.
 
 When the storage is unavailable (:class:`StorageUnavailable`: locked past its
 busy timeout, full, unreachable), the whole transaction fails at once, and so
@@ -124,22 +131,79 @@ class BatchWriter:
             self._send = None
             await self._stopped.wait()
 
+    @property
+    def in_flight(self) -> int:
+        """Write transactions kept in flight at most (the metric store's ``write_transactions``)."""
+        return max(1, int(getattr(self._storage.metrics, "write_transactions", 1)))
+
+    def _take(
+        self, first: _Pending, receive: MemoryObjectReceiveStream[_Pending]
+    ) -> list[_Pending]:
+        group = [first]
+        points = first.points
+        while points < self._max_points:
+            try:
+                item = receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                break
+            group.append(item)
+            points += item.points
+        return group
+
     async def _serve(self, receive: MemoryObjectReceiveStream[_Pending]) -> None:
+        if self.in_flight > 1:
+            await self._serve_overlapped(receive, self.in_flight)
+            return
         async for first in receive:
-            group = [first]
-            points = first.points
-            while points < self._max_points:
-                try:
-                    item = receive.receive_nowait()
-                except (anyio.WouldBlock, anyio.EndOfStream):
-                    break
-                group.append(item)
-                points += item.points
+            group = self._take(first, receive)
             # Shielded: a cancelled hub must still finish (and report) a commit in flight.
             with anyio.CancelScope(shield=True):
                 unavailable = await self._commit(group)
             if unavailable is not None:
                 self._fail_queued(receive, unavailable)
+
+    async def _serve_overlapped(
+        self, receive: MemoryObjectReceiveStream[_Pending], in_flight: int
+    ) -> None:
+        """Up to ``in_flight`` groups in flight; each completes after the one before it."""
+        slots = anyio.Semaphore(in_flight)
+        previous: anyio.Event | None = None
+        async with anyio.create_task_group() as tasks:
+            while True:
+                # A free slot first: while every slot is busy, writes keep
+                # queueing and the next group takes them all.
+                await slots.acquire()
+                try:
+                    first = await receive.receive()
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    slots.release()
+                    break
+                except BaseException:
+                    slots.release()
+                    raise
+                done = anyio.Event()
+                tasks.start_soon(
+                    self._commit_in_turn, receive, self._take(first, receive), previous, done, slots
+                )
+                previous = done
+
+    async def _commit_in_turn(
+        self,
+        receive: MemoryObjectReceiveStream[_Pending],
+        group: list[_Pending],
+        previous: anyio.Event | None,
+        done: anyio.Event,
+        slots: anyio.Semaphore,
+    ) -> None:
+        # Shielded: a cancelled hub must still finish (and report) a commit in flight.
+        with anyio.CancelScope(shield=True):
+            try:
+                unavailable = await self._commit(group, after=previous)
+                if unavailable is not None:
+                    self._fail_queued(receive, unavailable)
+            finally:
+                slots.release()
+                done.set()
 
     @staticmethod
     def _fail_queued(receive: MemoryObjectReceiveStream[_Pending], error: BaseException) -> None:
@@ -152,22 +216,33 @@ class BatchWriter:
             pending.error = error
             pending.done.set()
 
-    async def _commit(self, group: list[_Pending]) -> StorageUnavailable | None:
-        """Store ``group`` in one transaction; the error if the storage was unavailable."""
+    async def _commit(
+        self, group: list[_Pending], after: anyio.Event | None = None
+    ) -> StorageUnavailable | None:
+        """Store ``group`` in one transaction; the error if the storage was unavailable.
+
+        ``after``: the group before it, whose completion this one waits for
+        once its own transaction is over, so groups complete in order.
+        """
         batches = [p.batch for p in group]
+        failure: Exception | None = None
         try:
             await anyio.to_thread.run_sync(self._write_sync, batches)
-        except StorageUnavailable as error:
+        except Exception as error:
+            failure = error
+        if after is not None:
+            await after.wait()
+        if isinstance(failure, StorageUnavailable):
             # The storage, not a batch, is at fault: retrying each would wait again.
             for pending in group:
-                pending.error = error
+                pending.error = failure
                 pending.done.set()
-            return error
-        except Exception as error:
+            return failure
+        if failure is not None:
             if len(group) > 1:
                 # One bad batch must not fail the others: retry them one by one.
                 return await self._commit_each(group)
-            group[0].error = error
+            group[0].error = failure
         else:
             for pending in group:
                 pending.result = pending.points

