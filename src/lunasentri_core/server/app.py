@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.routing import BaseRoute, Mount
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lunasentri_core.components import Credentials, Principal
@@ -91,11 +91,13 @@ def create_app(
                 services.cancel_scope.cancel()
 
     app = Starlette(
-        routes=[
-            *build_routes(endpoints, _authenticate),
-            *_plugin_routes(hub),
-            *dashboard_routes(_authenticate),
-        ],
+        routes=_hot_first(
+            [
+                *build_routes(endpoints, _authenticate),
+                *_plugin_routes(hub),
+                *dashboard_routes(_authenticate),
+            ]
+        ),
         middleware=_middleware(settings, metrics),
         exception_handlers=dict(EXCEPTION_HANDLERS),
         lifespan=lifespan,
@@ -118,6 +120,27 @@ async def _collect_own_host(hub: Sentri) -> None:
     machine = await hub.local_machine()
     log.info("collecting this host's metrics as machine %s (%s)", machine.name, machine.id)
     await hub.run_collecting(machine)
+
+
+HOT_PATHS = ("/api/v1/ingest",)
+"""Paths asked for far more than the rest (every agent, every interval)."""
+
+
+def _hot_first(all_routes: list[BaseRoute]) -> list[BaseRoute]:
+    """The routes of :data:`HOT_PATHS` first: the router tries routes in order (about
+    a microsecond each). Only a route that no other route would match its path
+    before it moves, so every request still goes where it went."""
+    hot: list[BaseRoute] = []
+    for path in HOT_PATHS:
+        found = [r for r in all_routes if isinstance(r, Route) and r.path == path]
+        rivals = [
+            r
+            for r in all_routes
+            if r not in found and (not isinstance(r, Route | Mount) or r.path_regex.match(path))
+        ]
+        if len(found) == 1 and not rivals:
+            hot.append(found[0])
+    return [*hot, *(r for r in all_routes if r not in hot)]
 
 
 def _plugin_routes(hub: Sentri) -> list[BaseRoute]:
