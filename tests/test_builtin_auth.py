@@ -281,3 +281,54 @@ def test_a_full_cache_starts_afresh(store: SqlStorage, monkeypatch: pytest.Monke
     assert state.lookups == 3
     assert authenticate(auth, keys[0], state) is not None  # dropped when the cache filled
     assert state.lookups == 4
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+class TwoCalls:
+    """A state store with the protocol's session calls only (no one-transaction lookup)."""
+
+    def __init__(self, state: Any) -> None:
+        self._state = state
+
+    def find_session(self, token_hash: str) -> Session | None:
+        found: Session | None = self._state.find_session(token_hash)
+        return found
+
+    def get_user(self, user_id: str) -> Any:
+        return self._state.get_user(user_id)
+
+
+@pytest.mark.parametrize("one_transaction", [True, False], ids=["sql-lookup", "protocol"])
+def test_sessions_are_checked_the_same_with_or_without_the_one_transaction_lookup(
+    store: SqlStorage, one_transaction: bool
+) -> None:
+    state: Any = store.state if one_transaction else TwoCalls(store.state)
+    auth = SessionAuthenticator()
+    user = store.state.add_user(make_user(), "hash")
+    now = utcnow()
+
+    def session(expires_in: timedelta = timedelta(hours=1)) -> tuple[str, Session]:
+        token = issue_token(SESSION_PREFIX)
+        added = Session(
+            id=new_id(), user_id=user.id, token_hash=token.hash, created_at=now,
+            expires_at=now + expires_in,
+        )  # fmt: skip
+        store.state.add_session(added)
+        return token.secret, added
+
+    def check(secret: str) -> Principal | None:
+        async def run() -> Principal | None:
+            return await auth.authenticate(bearer(secret), state)
+
+        return anyio.run(run)
+
+    active, _ = session()
+    revoked, to_revoke = session()
+    expired, _ = session(-timedelta(minutes=1))
+    store.state.revoke_session(to_revoke.id, utcnow())
+    assert check(active) == Principal(kind="user", id=user.id, role=user.role, via="session")
+    assert check(revoked) is None
+    assert check(expired) is None
+    assert check(issue_token(SESSION_PREFIX).secret) is None  # unknown

@@ -21,7 +21,7 @@ import anyio.to_thread
 from lunasentri_core.components import Authenticator, Credentials, Principal
 from lunasentri_core.errors import NotFoundError
 from lunasentri_core.hookspecs import hookimpl
-from lunasentri_core.model import ApiKey, utcnow
+from lunasentri_core.model import ApiKey, Session, User, utcnow
 from lunasentri_core.security import API_KEY_PREFIX, SESSION_PREFIX, hash_token
 from lunasentri_core.storage.protocols import StateStore
 
@@ -149,12 +149,26 @@ class SessionAuthenticator:
         return result
 
     def _lookup(self, token: str, state: StateStore) -> Principal | None:
-        session = state.find_session(hash_token(token))
-        if session is None or not session.is_active(utcnow()):
-            return None
-        try:
-            user = state.get_user(session.user_id)
-        except NotFoundError:
+        token_hash = hash_token(token)
+        user: User | None
+        both = getattr(state, "find_session_user", None)
+        if both is not None:
+            # The SQL store reads the session and its user in one transaction.
+            found: tuple[Session, User | None] | None = both(token_hash)
+            if found is None:
+                return None
+            session, user = found
+            if not session.is_active(utcnow()):
+                return None
+        else:
+            maybe = state.find_session(token_hash)
+            if maybe is None or not maybe.is_active(utcnow()):
+                return None
+            try:
+                user = state.get_user(maybe.user_id)
+            except NotFoundError:
+                return None
+        if user is None:
             return None
         return Principal(kind="user", id=user.id, role=user.role, via=self.name)
 

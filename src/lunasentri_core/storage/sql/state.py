@@ -621,6 +621,18 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
             ).first()
         return None if row is None else _session(row)
 
+    def find_session_user(self, token_hash: str) -> tuple[Session, User | None] | None:
+        """:meth:`find_session` and :meth:`get_user` of its user (``None``: not found) in
+        one read transaction: what a request's session authentication reads."""
+        with self._db.read() as conn:
+            row = conn.execute(
+                sa.select(sessions).where(sessions.c.token_hash == token_hash)
+            ).first()
+            if row is None:
+                return None
+            user = conn.execute(sa.select(users).where(users.c.id == row.user_id)).first()
+        return _session(row), None if user is None else _user(user)
+
     def revoke_session(self, session_id: str, at: datetime) -> None:
         """Revoke as of ``at``; a session revoked earlier keeps its earlier time."""
         with self._db.write() as conn:
