@@ -112,7 +112,7 @@ class SecurityHeaderSet:
     def __init__(self, hsts_max_age: int) -> None:
         nosniff = (b"x-content-type-options", b"nosniff")
         self.http: tuple[tuple[bytes, bytes], ...] = (nosniff,)
-        self.https = self.http
+        self.https: tuple[tuple[bytes, bytes], ...] = self.http
         if hsts_max_age > 0:
             self.https = (
                 nosniff,
