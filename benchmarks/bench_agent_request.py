@@ -13,6 +13,12 @@ requests that arrive one at a time share no transaction or wake-up).
 The bodies are built before the clock starts, so the load generator spends
 its CPU on HTTP only.
 
+``--reads N`` then also times N authenticated reads of one machine's latest
+values (``GET /api/v1/machines/{id}/latest``, the 25 readings it sent), one
+at a time on one keep-alive connection, with the admin's session token as a
+bearer token and then as the dashboard's cookie: the fixed cost of a user's
+request (authentication, ownership check, thread hand-offs) beside an agent's.
+
 Reported: the server's CPU time (user + system, all threads, psutil) per
 request over the run, and how long its threads waited for a core (other
 processes on a shared machine). This is the small, quick form of
@@ -20,7 +26,7 @@ processes on a shared machine). This is the small, quick form of
 Python in the server before it starts (a cProfile hook, say).
 
     python benchmarks/bench_agent_request.py [--machines 500] [--requests 4000] [--pace 5]
-        [--concurrency 64] [--warmup 500] [--prelude CODE] [--py-spy OUT]
+        [--concurrency 64] [--warmup 500] [--reads 0] [--prelude CODE] [--py-spy OUT]
 """
 
 from __future__ import annotations
@@ -96,6 +102,28 @@ async def send(
     return ok, errors
 
 
+async def read_latest(
+    server: _server.ServerProcess, machine_id: str, token: str, reads: int
+) -> dict[str, float]:
+    """Server CPU per ``GET .../latest`` (µs), by bearer session token and by cookie."""
+    out = {}
+    for how, headers, cookies in (
+        ("bearer", {"authorization": f"Bearer {token}"}, None),
+        ("cookie", {}, {"lunasentri_session": token}),
+    ):
+        async with httpx.AsyncClient(
+            base_url=server.url, timeout=60, headers=headers, cookies=cookies
+        ) as client:
+            path = f"/api/v1/machines/{machine_id}/latest"
+            for _ in range(max(20, reads // 10)):  # warm: connection, caches
+                (await client.get(path)).raise_for_status()
+            cpu = server.cpu_seconds()
+            for _ in range(reads):
+                (await client.get(path)).raise_for_status()
+            out[how] = (server.cpu_seconds() - cpu) / reads * 1e6
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--machines", type=int, default=500)
@@ -113,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=10.0,
         help="seconds to measure the idle server's CPU for, after the warm-up (0: skip)",
+    )
+    parser.add_argument(
+        "--reads", type=int, default=0, help="authenticated GETs of latest values to time"
     )
     parser.add_argument("--prelude", default="", help="Python run in the server first")
     parser.add_argument(
@@ -161,6 +192,14 @@ def main(argv: list[str] | None = None) -> int:
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=60)
+        reads = {}
+        if args.reads > 0:
+            token = server.login()
+            with httpx.Client(base_url=server.url, timeout=60) as client:
+                listed = client.get(
+                    "/api/v1/machines", headers={"authorization": f"Bearer {token}"}
+                ).json()["items"]
+            reads = asyncio.run(read_latest(server, listed[0]["id"], token, args.reads))
         server.stop()
         log_errors = server.errors()
     per = cpu / max(1, ok) * 1e6
@@ -186,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  idle server: {idle * 1000:.1f} ms of CPU a second (background tasks); "
             f"without it, {busy:,.0f} us a request"
+        )
+    if reads:
+        print(
+            f"  GET /api/v1/machines/{{id}}/latest, {args.reads:,} one at a time: "
+            f"{reads['bearer']:,.0f} us of server CPU a request with a bearer session "
+            f"token, {reads['cookie']:,.0f} us with the session cookie"
         )
     for line in itertools.chain(errors[:5], log_errors[:5]):
         print(f"    {line}")

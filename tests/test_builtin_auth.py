@@ -16,7 +16,7 @@ import pytest
 
 from lunasentri_core.builtin import ApiKeyAuthenticator, SessionAuthenticator
 from lunasentri_core.components import Credentials, Principal
-from lunasentri_core.model import ApiKey, Machine, Session, new_id, utcnow
+from lunasentri_core.model import ApiKey, Machine, Role, Session, new_id, utcnow
 from lunasentri_core.security import API_KEY_PREFIX, SESSION_PREFIX, issue_token
 from lunasentri_core.storage.sql import SqlStorage
 from lunasentri_core.testing import AuthenticatorContract, make_user
@@ -281,3 +281,216 @@ def test_a_full_cache_starts_afresh(store: SqlStorage, monkeypatch: pytest.Monke
     assert state.lookups == 3
     assert authenticate(auth, keys[0], state) is not None  # dropped when the cache filled
     assert state.lookups == 4
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+class TwoCalls:
+    """A state store with the protocol's session calls only (no one-transaction lookup)."""
+
+    def __init__(self, state: Any) -> None:
+        self._state = state
+
+    def find_session(self, token_hash: str) -> Session | None:
+        found: Session | None = self._state.find_session(token_hash)
+        return found
+
+    def get_user(self, user_id: str) -> Any:
+        return self._state.get_user(user_id)
+
+
+@pytest.mark.parametrize("one_transaction", [True, False], ids=["sql-lookup", "protocol"])
+def test_sessions_are_checked_the_same_with_or_without_the_one_transaction_lookup(
+    store: SqlStorage, one_transaction: bool
+) -> None:
+    state: Any = store.state if one_transaction else TwoCalls(store.state)
+    auth = SessionAuthenticator()
+    user = store.state.add_user(make_user(), "hash")
+    now = utcnow()
+
+    def session(expires_in: timedelta = timedelta(hours=1)) -> tuple[str, Session]:
+        token = issue_token(SESSION_PREFIX)
+        added = Session(
+            id=new_id(), user_id=user.id, token_hash=token.hash, created_at=now,
+            expires_at=now + expires_in,
+        )  # fmt: skip
+        store.state.add_session(added)
+        return token.secret, added
+
+    def check(secret: str) -> Principal | None:
+        async def run() -> Principal | None:
+            return await auth.authenticate(bearer(secret), state)
+
+        return anyio.run(run)
+
+    active, _ = session()
+    revoked, to_revoke = session()
+    expired, _ = session(-timedelta(minutes=1))
+    store.state.revoke_session(to_revoke.id, utcnow())
+    assert check(active) == Principal(kind="user", id=user.id, role=user.role, via="session")
+    assert check(revoked) is None
+    assert check(expired) is None
+    assert check(issue_token(SESSION_PREFIX).secret) is None  # unknown
+
+
+class CountingSessions:
+    """A state store that counts the session lookups reaching it (everything else passes)."""
+
+    def __init__(self, state: Any, *, generation: bool = True) -> None:
+        self._state = state
+        self._generation = generation
+        self.lookups = 0
+
+    def find_session_user(self, token_hash: str) -> Any:
+        self.lookups += 1
+        return self._state.find_session_user(token_hash)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "session_generation" and not self._generation:
+            raise AttributeError(name)
+        return getattr(self._state, name)
+
+
+def add_session(
+    store: SqlStorage, expires_in: timedelta = timedelta(hours=1)
+) -> tuple[str, Session]:
+    """A user with one session; returns the token and the stored session."""
+    user = store.state.add_user(make_user(), "hash")
+    token = issue_token(SESSION_PREFIX)
+    now = utcnow()
+    session = Session(
+        id=new_id(), user_id=user.id, token_hash=token.hash, created_at=now,
+        expires_at=now + expires_in,
+    )  # fmt: skip
+    store.state.add_session(session)
+    return token.secret, session
+
+
+def by_session(auth: SessionAuthenticator, secret: str, state: Any) -> Principal | None:
+    async def run() -> Principal | None:
+        return await auth.authenticate(bearer(secret), state)
+
+    return anyio.run(run)
+
+
+def test_a_session_is_looked_up_once_while_remembered(store: SqlStorage) -> None:
+    secret, session = add_session(store)
+    state, clock = CountingSessions(store.state), Clock()
+    auth = SessionAuthenticator(clock=clock)
+    for _ in range(3):
+        principal = by_session(auth, secret, state)
+        assert principal is not None
+        assert principal.id == session.user_id
+    assert state.lookups == 1
+    clock.now += SessionAuthenticator.CACHE_SECONDS
+    assert by_session(auth, secret, state) is not None
+    assert state.lookups == 2
+
+
+@pytest.mark.parametrize("end", ["revoke", "revoke all", "delete user", "demote"])
+def test_a_session_ended_through_the_store_is_refused_or_read_again_at_once(
+    store: SqlStorage, end: str
+) -> None:
+    admin = store.state.add_user(make_user(), "hash")
+    store.state.set_user_role(admin.id, Role.ADMIN)
+    secret, session = add_session(store)
+    store.state.set_user_role(session.user_id, Role.ADMIN)
+    state = CountingSessions(store.state)
+    auth = SessionAuthenticator(clock=Clock())
+    principal = by_session(auth, secret, state)
+    assert principal is not None
+    assert principal.is_admin
+    if end == "revoke":
+        store.state.revoke_session(session.id, utcnow())
+    elif end == "revoke all":
+        store.state.revoke_user_sessions(session.user_id, utcnow())
+    elif end == "delete user":
+        store.state.delete_user(session.user_id)
+    else:
+        store.state.set_user_role(session.user_id, Role.USER)
+    principal = by_session(auth, secret, state)
+    if end == "demote":
+        assert principal is not None
+        assert not principal.is_admin
+    else:
+        assert principal is None
+    assert state.lookups == 2
+
+
+def test_a_session_expires_on_time_without_a_lookup(store: SqlStorage) -> None:
+    secret, _ = add_session(store, expires_in=timedelta(milliseconds=300))
+    state = CountingSessions(store.state)
+    auth = SessionAuthenticator(clock=Clock())
+    assert by_session(auth, secret, state) is not None
+    anyio.run(anyio.sleep, 0.4)
+    assert by_session(auth, secret, state) is None
+    assert state.lookups == 1
+
+
+def test_another_process_ending_a_session_moves_the_epoch_the_hub_follows(
+    store: SqlStorage, tmp_path: Path
+) -> None:
+    secret, session = add_session(store)
+    clock = Clock()
+    auth = SessionAuthenticator(clock=clock)
+    assert by_session(auth, secret, store.state) is not None
+    epoch = store.state.config_epoch()
+    other_process = open_store(tmp_path / "auth.db")
+    try:
+        other_process.state.revoke_session(session.id, utcnow())
+    finally:
+        other_process.close()
+    assert store.state.config_epoch() != epoch  # what the hub's change follower polls
+    assert by_session(auth, secret, store.state) is not None  # remembered until then
+    store.state.sessions_changed_elsewhere()  # the follower, on seeing the epoch move
+    assert by_session(auth, secret, store.state) is None
+
+
+def test_another_process_ending_a_session_is_seen_within_the_cache_time(
+    store: SqlStorage, tmp_path: Path
+) -> None:
+    secret, session = add_session(store)
+    clock = Clock()
+    auth = SessionAuthenticator(clock=clock)
+    assert by_session(auth, secret, store.state) is not None
+    other_process = open_store(tmp_path / "auth.db")
+    try:
+        other_process.state.revoke_user_sessions(session.user_id, utcnow())
+    finally:
+        other_process.close()
+    clock.now += SessionAuthenticator.CACHE_SECONDS
+    assert by_session(auth, secret, store.state) is None
+
+
+def test_a_session_ended_during_its_lookup_is_not_remembered(store: SqlStorage) -> None:
+    secret, session = add_session(store)
+
+    class RevokedMeanwhile(CountingSessions):
+        def find_session_user(self, token_hash: str) -> Any:
+            found = super().find_session_user(token_hash)
+            if self.lookups == 1:  # read as active, then revoked before it is remembered
+                store.state.revoke_session(session.id, utcnow())
+            return found
+
+    state = RevokedMeanwhile(store.state)
+    auth = SessionAuthenticator(clock=Clock())
+    assert by_session(auth, secret, state) is not None  # the answer read before the change
+    assert by_session(auth, secret, state) is None
+    assert state.lookups == 2
+
+
+def test_stores_without_a_session_generation_and_unknown_sessions_are_asked_every_time(
+    store: SqlStorage,
+) -> None:
+    secret, _ = add_session(store)
+    plain = CountingSessions(store.state, generation=False)
+    auth = SessionAuthenticator(clock=Clock())
+    assert by_session(auth, secret, plain) is not None
+    assert by_session(auth, secret, plain) is not None
+    assert plain.lookups == 2
+    state = CountingSessions(store.state)
+    unknown = issue_token(SESSION_PREFIX).secret
+    assert by_session(auth, unknown, state) is None
+    assert by_session(auth, unknown, state) is None
+    assert state.lookups == 2

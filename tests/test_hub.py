@@ -29,8 +29,8 @@ from lunasentri_core import (
 )
 from lunasentri_core.components import Credentials
 from lunasentri_core.errors import ConfigError
-from lunasentri_core.model import ApiKey, new_id, utcnow
-from lunasentri_core.security import API_KEY_PREFIX, issue_token
+from lunasentri_core.model import ApiKey, Role, Session, new_id, utcnow
+from lunasentri_core.security import API_KEY_PREFIX, SESSION_PREFIX, issue_token
 from lunasentri_core.services.collection import CollectionError
 from lunasentri_core.testing import (
     make_credential_profile,
@@ -382,6 +382,44 @@ async def test_a_key_ended_by_another_hub_is_forgotten_when_its_changes_are_foll
         assert await b.changes.check() is True
         assert await b.authenticate(credentials) is None
         assert (await b.authenticate(others)) is not None, "the other key still works"
+
+
+@pytest.mark.parametrize("end", ["revoke", "revoke all", "demote"])
+async def test_a_session_ended_by_another_hub_is_forgotten_when_its_changes_are_followed(
+    tmp_path: Path, end: str
+) -> None:
+    # SQLite: no notices between processes; the followed config epoch carries the change.
+    slow = settings(tmp_path, sync_interval="1h")
+    async with Sentri(settings(tmp_path)) as a, Sentri(slow) as b:
+        state = a.storage.state
+        await a.run_sync(state.add_user, make_user(role=Role.ADMIN), "hash")
+        user = await a.run_sync(state.add_user, make_user(role=Role.ADMIN), "hash")
+        token = issue_token(SESSION_PREFIX)
+        session = Session(
+            id=new_id(), user_id=user.id, token_hash=token.hash, created_at=utcnow(),
+            expires_at=utcnow() + timedelta(hours=1),
+        )  # fmt: skip
+        await a.run_sync(state.add_session, session)
+        credentials = Credentials(headers={"authorization": f"Bearer {token.secret}"})
+        assert await b.changes.check() is False, "nothing changed since b started"
+        remembered = await b.authenticate(credentials)  # b remembers the session now
+        assert remembered is not None
+        assert remembered.is_admin
+
+        if end == "revoke":
+            await a.run_sync(state.revoke_session, session.id, utcnow())
+        elif end == "revoke all":
+            await a.run_sync(state.revoke_user_sessions, user.id, utcnow())
+        else:
+            await a.run_sync(state.set_user_role, user.id, Role.USER)
+        assert (await b.authenticate(credentials)) is not None, "b has not looked yet"
+        assert await b.changes.check() is True
+        after = await b.authenticate(credentials)
+        if end == "demote":
+            assert after is not None
+            assert not after.is_admin
+        else:
+            assert after is None
 
 
 async def test_samples_ingested_unheard_leave_last_seen(tmp_path: Path) -> None:

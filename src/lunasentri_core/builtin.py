@@ -21,7 +21,7 @@ import anyio.to_thread
 from lunasentri_core.components import Authenticator, Credentials, Principal
 from lunasentri_core.errors import NotFoundError
 from lunasentri_core.hookspecs import hookimpl
-from lunasentri_core.model import ApiKey, utcnow
+from lunasentri_core.model import ApiKey, Session, User, utcnow
 from lunasentri_core.security import API_KEY_PREFIX, SESSION_PREFIX, hash_token
 from lunasentri_core.storage.protocols import StateStore
 
@@ -130,33 +130,105 @@ class ApiKeyAuthenticator:
 class SessionAuthenticator:
     """A user's session token: ``Authorization: Bearer lss_...`` or the dashboard cookie.
 
-    Sessions are looked up in storage on every request, never remembered, so a
-    session ended through any process sharing the storage (logout, revocation,
-    password change) is refused by every process from its next request on.
+    Sessions found active in storage are remembered for :attr:`CACHE_SECONDS`, so
+    a dashboard's or script's steady requests cost no storage read and no trip to
+    a worker thread; every use still checks the session's expiry. A session
+    ended (logout, revocation, password change), or a user whose role changed or
+    who was deleted, through this process's state store is refused, or seen
+    anew, at once: such a change moves the store's ``session_generation`` and the
+    remembered sessions are dropped. Such a change made by another process moves
+    the store's ``config_epoch``, which the hub's change follower sees within
+    ``sync_interval`` (2 s by default; at once on PostgreSQL, through
+    ``NOTIFY``); a state store used without a hub sees it within
+    ``CACHE_SECONDS``. A state store without ``session_generation`` is asked
+    every time.
     """
 
     name: ClassVar[str] = "session"
     settings_class: ClassVar[type[Any] | None] = None
+    CACHE_SECONDS: ClassVar[float] = 30.0
+    CACHE_SIZE: ClassVar[int] = 10_000
+    """Sessions remembered at most; the cache starts afresh when it is full."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._sessions: dict[str, tuple[Session, Principal, float]] = {}
+        """Token hash -> (session, its principal, when it was read)."""
+        self._generation: object = None
         self._lookups = _Lookups()
 
     async def authenticate(self, credentials: Credentials, state: StateStore) -> Principal | None:
         token = bearer_token(credentials) or credentials.cookies.get(SESSION_COOKIE)
         if not token or not token.startswith(SESSION_PREFIX):
             return None
-        result: Principal | None = await self._lookups.run(self._lookup, token, state)
-        return result
+        token_hash = hash_token(token)
+        found = self._remembered(token_hash, state)
+        if found is None:
+            # Read before the lookup: a change that lands during it invalidates the entry.
+            generation = getattr(state, "session_generation", None)
+            found = await self._lookups.run(self._lookup, token_hash, state)
+            if found is None:
+                return None  # unknown, ended or without a user: never remembered
+            self._remember(token_hash, found, generation, state)
+        session, principal = found
+        if not session.is_active(utcnow()):
+            return None
+        return principal
 
-    def _lookup(self, token: str, state: StateStore) -> Principal | None:
-        session = state.find_session(hash_token(token))
-        if session is None or not session.is_active(utcnow()):
+    def _lookup(self, token_hash: str, state: StateStore) -> tuple[Session, Principal] | None:
+        user: User | None
+        both = getattr(state, "find_session_user", None)
+        if both is not None:
+            # The SQL store reads the session and its user in one transaction.
+            found: tuple[Session, User | None] | None = both(token_hash)
+            if found is None:
+                return None
+            session, user = found
+            if not session.is_active(utcnow()):
+                return None
+        else:
+            maybe = state.find_session(token_hash)
+            if maybe is None or not maybe.is_active(utcnow()):
+                return None
+            session = maybe
+            try:
+                user = state.get_user(session.user_id)
+            except NotFoundError:
+                return None
+        if user is None:
             return None
-        try:
-            user = state.get_user(session.user_id)
-        except NotFoundError:
+        return session, Principal(kind="user", id=user.id, role=user.role, via=self.name)
+
+    def _remembered(self, token_hash: str, state: StateStore) -> tuple[Session, Principal] | None:
+        generation = getattr(state, "session_generation", None)
+        if generation is None:
             return None
-        return Principal(kind="user", id=user.id, role=user.role, via=self.name)
+        if generation != self._generation:
+            self._sessions.clear()
+            self._generation = generation
+            return None
+        found = self._sessions.get(token_hash)
+        if found is None:
+            return None
+        session, principal, read_at = found
+        if self._clock() - read_at >= self.CACHE_SECONDS:
+            del self._sessions[token_hash]
+            return None
+        return session, principal
+
+    def _remember(
+        self,
+        token_hash: str,
+        found: tuple[Session, Principal],
+        generation: object,
+        state: StateStore,
+    ) -> None:
+        if generation is None or generation != getattr(state, "session_generation", None):
+            return  # no generation to check against, or it moved during the lookup
+        if generation != self._generation or len(self._sessions) >= self.CACHE_SIZE:
+            self._sessions.clear()
+            self._generation = generation
+        self._sessions[token_hash] = (*found, self._clock())
 
 
 @hookimpl

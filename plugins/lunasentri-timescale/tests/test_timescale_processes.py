@@ -471,7 +471,8 @@ def test_a_key_or_session_ended_through_one_process_is_refused_by_the_others_at_
                 f"the revoked key refused by {server.base}",
             )
 
-        # A session ended through one process: the others look sessions up every time.
+        # A session ended through one process: the others remember it (30 s) and
+        # forget it on the change notice that ending it sends.
         with login(servers[1].base) as user:
             session = user.get("/api/v1/auth/sessions").json()["items"]
             current = next(s for s in session if s["current"])

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 
 from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lunasentri_core.builtin import SESSION_COOKIE
 from lunasentri_core.server.errors import error_response
@@ -72,45 +72,62 @@ class CrossSiteGuard:
 
     def __init__(self, app: ASGIApp, trusted_origins: Iterable[str]) -> None:
         self.app = app
-        # A wildcard CORS origin lets anyone read; it never lets anyone write by cookie.
-        self.trusted = frozenset(
-            origin for origin in map(origin_of, trusted_origins) if origin is not None
-        )
+        self.trusted = trusted_origins_of(trusted_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
-            why = cross_site_refusal(scope["method"], Headers(scope=scope), self.trusted)
-            if why is not None:
-                response = error_response(403, "cross_site", why, "origin")
-                await response(scope, receive, send)
-                return
+        if scope["type"] == "http" and await refuse_cross_site(scope, receive, send, self.trusted):
+            return
         await self.app(scope, receive, send)
 
 
-class SecurityHeaders:
+def trusted_origins_of(origins: Iterable[str]) -> frozenset[str]:
+    """The origins (``scheme://host[:port]``) of ``origins``, those without one left out."""
+    # A wildcard CORS origin lets anyone read; it never lets anyone write by cookie.
+    return frozenset(origin for origin in map(origin_of, origins) if origin is not None)
+
+
+async def refuse_cross_site(
+    scope: Scope, receive: Receive, send: Send, trusted: frozenset[str]
+) -> bool:
+    """Answer 403 to an HTTP request that another site's page may have made; whether it did."""
+    if scope["method"] in SAFE_METHODS:
+        return False
+    why = cross_site_refusal(scope["method"], Headers(scope=scope), trusted)
+    if why is None:
+        return False
+    response = error_response(403, "cross_site", why, "origin")
+    await response(scope, receive, send)
+    return True
+
+
+class SecurityHeaderSet:
     """``X-Content-Type-Options: nosniff`` on every response, and HSTS over HTTPS.
 
     HTTPS means the server's own TLS, or a proxy's ``X-Forwarded-Proto: https``
     from an address uvicorn trusts (``forwarded_allow_ips``, loopback by default).
+    The server's request layer (:class:`~lunasentri_core.server.app.RequestContextMiddleware`)
+    adds them with :func:`with_headers`.
     """
 
-    def __init__(self, app: ASGIApp, hsts_max_age: int) -> None:
-        self.app = app
-        self.hsts = f"max-age={hsts_max_age}".encode() if hsts_max_age > 0 else None
+    def __init__(self, hsts_max_age: int) -> None:
+        nosniff = (b"x-content-type-options", b"nosniff")
+        self.http: tuple[tuple[bytes, bytes], ...] = (nosniff,)
+        self.https: tuple[tuple[bytes, bytes], ...] = self.http
+        if hsts_max_age > 0:
+            self.https = (
+                nosniff,
+                (b"strict-transport-security", f"max-age={hsts_max_age}".encode()),
+            )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        added = [(b"x-content-type-options", b"nosniff")]
-        if self.hsts is not None and scope.get("scheme") == "https":
-            added.append((b"strict-transport-security", self.hsts))
+    def for_scope(self, scope: Scope) -> tuple[tuple[bytes, bytes], ...]:
+        return self.https if scope.get("scheme") == "https" else self.http
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                present = {key.lower() for key, _ in message.get("headers", [])}
-                extra = [(key, value) for key, value in added if key not in present]
-                message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+def with_headers(
+    headers: Iterable[tuple[bytes, bytes]], added: Iterable[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """``headers`` and those of ``added`` they do not have already (names in lower case)."""
+    headers = list(headers)
+    present = {key.lower() for key, _ in headers}
+    headers.extend(pair for pair in added if pair[0] not in present)
+    return headers

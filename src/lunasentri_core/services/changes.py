@@ -56,13 +56,19 @@ class ChangeFollower:
         async with self._checking:
             epoch = await self._hub.run_sync(self._hub.storage.state.config_epoch)
             previous, self._epoch = self._epoch, epoch
-            if previous is None or epoch == previous:
+            if epoch == previous:
                 return False
             # API keys ended elsewhere (revoked, expired, deleted with their machine
-            # or owner) move the epoch too: keys remembered for them go.
-            keys_changed = getattr(self._hub.storage.state, "keys_changed_elsewhere", None)
-            if keys_changed is not None:
-                keys_changed()
+            # or owner) move the epoch too: keys remembered for them go. So do
+            # sessions ended and users' roles changed: sessions remembered go. On
+            # the first check, what was remembered before it goes as well.
+            state = self._hub.storage.state
+            for changed in ("keys_changed_elsewhere", "sessions_changed_elsewhere"):
+                forget = getattr(state, changed, None)
+                if forget is not None:
+                    forget()
+            if previous is None:
+                return False
             await self._hub.reload_machines()
             self._hub.alerts.invalidate()
             self._hub.credentials.forget()

@@ -105,7 +105,11 @@ class BatchWriter:
             raise WriterClosedError("the hub is not open: use 'async with Sentri(...)'")
         pending = _Pending(batch, sum(len(s.readings) for s in batch.samples))
         try:
-            await self._send.send(pending)
+            try:
+                # Room in the queue (the usual case): no checkpoint, no extra loop turn.
+                self._send.send_nowait(pending)
+            except anyio.WouldBlock:
+                await self._send.send(pending)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise WriterClosedError("the hub is closing") from None
         await pending.done.wait()

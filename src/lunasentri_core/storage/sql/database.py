@@ -114,7 +114,8 @@ class BulkInsert:
       raw ``executemany`` into an unindexed table while maintaining a primary
       key. Rows go in statements of power-of-two sizes (the largest that fit,
       up to ``rows_per_statement``): a few statements per batch, whatever its
-      size, and a few distinct statements for the driver's cache. Few
+      size, and a few distinct statements for the driver's cache; up to
+      :attr:`EXACT_ROWS` rows (an agent's sample) go in one statement. Few
       statements matter beyond parsing: the driver lets go of the GIL for each,
       and a writer thread then waits for the event loop's thread to hand it
       back (up to ``sys.getswitchinterval()``, 5 ms), every time.
@@ -127,6 +128,10 @@ class BulkInsert:
 
     ROWS_PER_STATEMENT: Final = 1024
     """At most, and less where SQLite's limit on parameters is lower."""
+    EXACT_ROWS: Final = 32
+    """SQLite: up to this many rows go in one statement of exactly that many (an agent's
+    sample: one statement, not one per power of two), at most this many distinct
+    statements for the driver's cache."""
 
     def __init__(
         self,
@@ -183,6 +188,9 @@ class BulkInsert:
         flat: list[Any] = [None] * (count * width)
         for j, column in enumerate(columns):
             flat[j::width] = column
+        if count <= self.EXACT_ROWS and count <= self._per:
+            conn.exec_driver_sql(self._sql(count), tuple(flat))
+            return
         done = 0
         while done < count:
             rows = min(self._per, 1 << ((count - done).bit_length() - 1))

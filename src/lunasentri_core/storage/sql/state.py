@@ -248,6 +248,22 @@ def _may_end_keys(
     return wrapper
 
 
+def _may_end_sessions(
+    method: Callable[Concatenate[SqlStateStore, P], R],
+) -> Callable[Concatenate[SqlStateStore, P], R]:
+    """The method may end sessions or change whom they stand for (revoking them,
+    a user's role or deletion): move ``session_generation`` once it has finished."""
+
+    @functools.wraps(method)
+    def wrapper(store: SqlStateStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(store, *args, **kwargs)
+        finally:
+            store._session_generation = next(store._session_changes)
+
+    return wrapper
+
+
 class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeStore):
     """:class:`~lunasentri_core.storage.StateStore` on SQLite or PostgreSQL."""
 
@@ -256,6 +272,8 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
         self._metrics = metrics
         self._key_changes = itertools.count(1)
         self._api_key_generation = 0
+        self._session_changes = itertools.count(1)
+        self._session_generation = 0
         self._touch = touch_statement(db)
 
     @property
@@ -269,6 +287,18 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
     def keys_changed_elsewhere(self) -> None:
         """Another process may have ended API keys: move ``api_key_generation``."""
         self._api_key_generation = next(self._key_changes)
+
+    @property
+    def session_generation(self) -> int:
+        """Moves after every call through this store that may end sessions or change
+        their users (revoking sessions, a user's role, deleting a user), and when
+        another process is seen changing the store's ``config_epoch`` (which those
+        calls move): authenticators that remember sessions drop them then."""
+        return self._session_generation
+
+    def sessions_changed_elsewhere(self) -> None:
+        """Another process may have ended sessions: move ``session_generation``."""
+        self._session_generation = next(self._session_changes)
 
     # ------------------------------------------------------------------ users
 
@@ -324,6 +354,7 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
         if not updated:
             raise NotFoundError(f"user {user_id!r} not found")
 
+    @_may_end_sessions
     def set_user_role(self, user_id: str, role: Role) -> User:
         # The maintenance lock serializes this with other role changes and deletions
         # on PostgreSQL, so the count of administrators below stays true until commit.
@@ -342,9 +373,13 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
                         f"{row.username!r} is the only administrator; make another one first"
                     )
             conn.execute(sa.update(users).where(users.c.id == user_id).values(role=role.value))
+            if row.role != role.value:
+                # Other processes drop the sessions they remember (see SessionAuthenticator).
+                bump_config_epoch(self._db, conn)
         return attrs.evolve(_user(row), role=role)
 
     @_may_end_keys
+    @_may_end_sessions
     def delete_user(self, user_id: str) -> None:
         with self._db.write(lock=LOCK_MAINTAIN) as conn:
             if not self._exists(conn, users, users.c.id == user_id):
@@ -621,6 +656,19 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
             ).first()
         return None if row is None else _session(row)
 
+    def find_session_user(self, token_hash: str) -> tuple[Session, User | None] | None:
+        """:meth:`find_session` and :meth:`get_user` of its user (``None``: not found) in
+        one read transaction: what a request's session authentication reads."""
+        with self._db.read() as conn:
+            row = conn.execute(
+                sa.select(sessions).where(sessions.c.token_hash == token_hash)
+            ).first()
+            if row is None:
+                return None
+            user = conn.execute(sa.select(users).where(users.c.id == row.user_id)).first()
+        return _session(row), None if user is None else _user(user)
+
+    @_may_end_sessions
     def revoke_session(self, session_id: str, at: datetime) -> None:
         """Revoke as of ``at``; a session revoked earlier keeps its earlier time."""
         with self._db.write() as conn:
@@ -633,7 +681,9 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
                 conn.execute(
                     sa.update(sessions).where(sessions.c.id == session_id).values(revoked_at=at)
                 )
+                bump_config_epoch(self._db, conn)
 
+    @_may_end_sessions
     def revoke_user_sessions(self, user_id: str, at: datetime) -> int:
         """Revoke the user's sessions still active at ``at``; return how many."""
         with self._db.write() as conn:
@@ -648,6 +698,8 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
                 )
                 .values(revoked_at=at)
             ).rowcount
+            if revoked:
+                bump_config_epoch(self._db, conn)
         return revoked
 
     def list_sessions(self, user_id: str) -> list[Session]:
