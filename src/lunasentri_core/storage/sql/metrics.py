@@ -22,7 +22,8 @@ from __future__ import annotations
 import copy
 import threading
 from collections import ChainMap, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from itertools import repeat
 from operator import add, itemgetter
@@ -33,6 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from lunasentri_core.model import (
+    Aggregation,
     HistoryColumns,
     HistoryQuery,
     Labels,
@@ -401,33 +403,19 @@ class SqlMetricStore:
         """:meth:`history` as columns (what the HTTP API serializes), with no
         object built per step: blocks decode into arrays and the steps are
         aggregated in bulk (:func:`~.points.downsample_points`)."""
-        start, end = ceil_ms(query.start), ceil_ms(query.end)
-        step = max(1, query.step // _MS)
-        if end <= start:
-            return []
+        with self.history_reader() as read:
+            return read(query)
+
+    @contextmanager
+    def history_reader(self) -> Iterator[Callable[[HistoryQuery], list[HistoryColumns]]]:
+        """:meth:`history_columns` for several queries in one read transaction.
+
+        What they share is read once: the retention horizons, and the head rows
+        of each (machine, range) asked for (a machine page's charts ask for a
+        dozen metrics over one range, derived percentages for two more each).
+        """
         with self._db.read() as conn:
-            matched = self._match_series(conn, query)
-            if not matched:
-                return []
-            horizons = self._horizons(conn)
-            resolution = choose_resolution(start, step, horizons)
-            sids = [sid for sid, _ in matched]
-            head = self._head_points(conn, query.machine_id, sids, start, end)
-            results = []
-            for sid, key in matched:
-                if resolution is Resolution.RAW:
-                    ts, values = self._raw_points(conn, sid, start, end, head.get(sid))
-                    ks, steps = downsample_points(ts, values, start, end, step, query.aggregation)
-                else:
-                    rollups = self._rollups(conn, sid, resolution, start, end, head.get(sid))
-                    ks, steps = downsample_rollups(rollups, start, end, step, query.aggregation)
-                if ks:  # a series without points in the range is left out
-                    # Step starts in microseconds: (start + k * step) * 1000, in C.
-                    stamps = int_array(
-                        map(add, repeat(start * 1000), map((step * 1000).__mul__, ks))
-                    )
-                    results.append(HistoryColumns(key, resolution, stamps, steps))
-        return results
+            yield _HistoryReader(self, conn).columns
 
     def _match_series(self, conn: Connection, query: HistoryQuery) -> list[tuple[int, SeriesKey]]:
         out = []
@@ -444,13 +432,6 @@ class SqlMetricStore:
             minute=rows.get(_HORIZON_KEYS[Resolution.MINUTE]),
             hour=rows.get(_HORIZON_KEYS[Resolution.HOUR]),
         )
-
-    def _head_points(
-        self, conn: Connection, machine_id: str, sids: Sequence[int], start: int, end: int
-    ) -> dict[int, tuple[IntArray, FloatArray]]:
-        """Points of the machine's series ``sids`` not compacted yet."""
-        rows = self._sql.select_head.one(conn, (machine_id, start, end))
-        return series_points(rows, sids)
 
     def _raw_points(
         self,
@@ -478,13 +459,23 @@ class SqlMetricStore:
         start: int,
         end: int,
         head: tuple[IntArray, FloatArray] | None,
+        aggregation: Aggregation | None = None,
+        horizons: Horizons | None = None,
     ) -> Rollups:
+        """The rollups of ``[start, end)``; only the columns ``aggregation``
+        reads hold their stored values (all of them when it is ``None``).
+
+        ``horizons``: where the rollups lack a bucket to redo in a chunk whose
+        raw points and rollups are both kept, the chunk has no point in it,
+        and its raw points are not read for it.
+        """
         width = _WIDTH[resolution]
         lo, hi = floor_to(start, CHUNK_MS), end
         rollups = Rollups.empty()
         if resolution is Resolution.MINUTE:
+            wanted = None if aggregation is None else _MINUTE_WANTED[aggregation]
             for (blob,) in self._sql.select_minutes.one(conn, (sid, lo, hi)):
-                rollups.extend(Rollups(*blocks.decode_minutes(blob)))
+                rollups.extend(Rollups(*blocks.decode_minutes(blob, wanted)))
         else:
             rows = self._sql.select_hours.one(conn, (sid, lo, hi)).all()
             rollups = Rollups(
@@ -503,16 +494,27 @@ class SqlMetricStore:
         # one redone on are turned into a dict and back.
         head_part, stats = rollups.split(min(redo))
         for chunk_start in sorted({floor_to(b, CHUNK_MS) for b in redo}):
-            found = self._chunk_points(conn, sid, chunk_start)
-            if found is None:
-                continue  # raw points expired: the stored rollup is the best answer
-            ts, values = found
+            buckets = sorted(b for b in redo if floor_to(b, CHUNK_MS) == chunk_start)
+            # The points that matter: those of the buckets redone.
+            first, last = max(buckets[0], start), min(buckets[-1] + width, end)
+            if (
+                horizons is not None
+                and not horizons.expired(Resolution.RAW, chunk_start)
+                and not horizons.expired(resolution, chunk_start)
+                and not any(b in stats for b in buckets)
+            ):
+                # The chunk's rollups (kept, as its raw points are) have none of
+                # these buckets: none of its points lies in them.
+                ts, values = int_array(), float_array()
+            else:
+                found = self._chunk_points(conn, sid, chunk_start)
+                if found is None:
+                    continue  # raw points expired: the stored rollup is the best answer
+                ts, values = clip(*found, first, last)
             if head is not None:
-                head_ts, head_values = clip(head[0], head[1], chunk_start, chunk_start + CHUNK_MS)
+                head_ts, head_values = clip(head[0], head[1], first, last)
                 ts, values, _ = merge_points(ts, values, head_ts, head_values)
-            for bucket in redo:
-                if floor_to(bucket, CHUNK_MS) != chunk_start:
-                    continue
+            for bucket in buckets:
                 fresh = bucket_stats(
                     ts, values, width, max(bucket, start), min(bucket + width, end)
                 )
@@ -824,6 +826,78 @@ class SqlMetricStore:
                 index_elements=[storage_meta.c.key], set_={"value": stmt.excluded.value}
             )
         )
+
+
+_MINUTE_WANTED: Final = {
+    Aggregation.AVG: frozenset((blocks.BUCKET, blocks.COUNT, blocks.SUM)),
+    Aggregation.MIN: frozenset((blocks.BUCKET, blocks.MIN)),
+    Aggregation.MAX: frozenset((blocks.BUCKET, blocks.MAX)),
+    Aggregation.LAST: frozenset((blocks.BUCKET, blocks.LAST)),
+}
+"""The minute-rollup columns each aggregation reads (:func:`~.points.downsample_rollups`)."""
+
+
+class _HistoryReader:
+    """History queries answered in one read transaction (:meth:`SqlMetricStore.history_reader`)."""
+
+    def __init__(self, store: SqlMetricStore, conn: Connection) -> None:
+        self._store = store
+        self._conn = conn
+        self._horizons: Horizons | None = None
+        self._head_rows: dict[tuple[str, int, int], list[tuple[int, bytes, bytes]]] = {}
+        self._head: dict[tuple[str, int, int], dict[int, tuple[IntArray, FloatArray]]] = {}
+
+    def columns(self, query: HistoryQuery) -> list[HistoryColumns]:
+        store, conn = self._store, self._conn
+        start, end = ceil_ms(query.start), ceil_ms(query.end)
+        step = max(1, query.step // _MS)
+        if end <= start:
+            return []
+        matched = store._match_series(conn, query)
+        if not matched:
+            return []
+        if self._horizons is None:
+            self._horizons = store._horizons(conn)
+        horizons = self._horizons
+        resolution = choose_resolution(start, step, horizons)
+        head = self._head_points(query.machine_id, [sid for sid, _ in matched], start, end)
+        results = []
+        for sid, key in matched:
+            if resolution is Resolution.RAW:
+                ts, values = store._raw_points(conn, sid, start, end, head.get(sid))
+                ks, steps = downsample_points(ts, values, start, end, step, query.aggregation)
+            else:
+                rollups = store._rollups(
+                    conn, sid, resolution, start, end, head.get(sid), query.aggregation, horizons
+                )
+                ks, steps = downsample_rollups(rollups, start, end, step, query.aggregation)
+            if ks:  # a series without points in the range is left out
+                # Step starts in microseconds: (start + k * step) * 1000, in C.
+                stamps = int_array(map(add, repeat(start * 1000), map((step * 1000).__mul__, ks)))
+                results.append(HistoryColumns(key, resolution, stamps, steps))
+        return results
+
+    def _head_points(
+        self, machine_id: str, sids: Sequence[int], start: int, end: int
+    ) -> dict[int, tuple[IntArray, FloatArray]]:
+        """Points of the machine's series ``sids`` not compacted yet: the head rows
+        of a (machine, range) are read once, each series' points made once."""
+        key = (machine_id, start, end)
+        rows = self._head_rows.get(key)
+        if rows is None:
+            found = self._store._sql.select_head.one(self._conn, (machine_id, start, end))
+            rows = self._head_rows[key] = [tuple(row) for row in found]
+        made = self._head.setdefault(key, {})
+        missing = [sid for sid in sids if sid not in made]
+        if missing:
+            new = series_points(rows, missing)
+            made.update(new)
+            # A series without head points: none, once.
+            made.update((sid, _NO_POINTS) for sid in missing if sid not in new)
+        return {sid: made[sid] for sid in sids if made[sid] is not _NO_POINTS}
+
+
+_NO_POINTS: Final = (int_array(), float_array())
 
 
 def _horizon(now_ms: int, keep: timedelta) -> int:
