@@ -54,6 +54,7 @@ from lunasentri_core.storage.sql.head import (
     HeadRow,
     SeriesIds,
     build_rows,
+    series_columns,
     series_points,
 )
 from lunasentri_core.storage.sql.partitions import NativePartitions, Partitioning
@@ -475,7 +476,7 @@ class SqlMetricStore:
         if resolution is Resolution.MINUTE:
             wanted = None if aggregation is None else _MINUTE_WANTED[aggregation]
             for (blob,) in self._sql.select_minutes.one(conn, (sid, lo, hi)):
-                rollups.extend(Rollups(*blocks.decode_minutes(blob, wanted)))
+                rollups.extend(Rollups(*blocks.read_minutes(blob, wanted)))
         else:
             rows = self._sql.select_hours.one(conn, (sid, lo, hi)).all()
             rollups = Rollups(
@@ -890,7 +891,7 @@ class _HistoryReader:
         made = self._head.setdefault(key, {})
         missing = [sid for sid in sids if sid not in made]
         if missing:
-            new = series_points(rows, missing)
+            new = series_columns(rows, missing)
             made.update(new)
             # A series without head points: none, once.
             made.update((sid, _NO_POINTS) for sid in missing if sid not in new)
