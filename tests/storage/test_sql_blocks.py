@@ -183,6 +183,23 @@ def test_decoding_some_raw_columns_gives_them_bit_for_bit(
     assert bits(got_values) == bits(values if 1 in wanted else float_array([0.0] * len(ts)))
 
 
+def test_readers_get_ended_hours_minute_blocks_decoded_once() -> None:
+    """Compressed blocks are remembered by their bytes; the open hour's are decoded anew."""
+    ts = regular_ts(720)
+    values = float_array(round(50 + (i * 7919 % 300) / 10, 1) for i in range(720))
+    columns = Rollups.from_stats(bucket_stats(ts, values, MINUTE_MS)).columns()
+    avg = frozenset((blocks.BUCKET, blocks.COUNT, blocks.SUM))
+    for compress in (True, False):
+        blob = blocks.encode(columns, compress=compress)
+        first = blocks.read_minutes(blob, avg)
+        again = blocks.read_minutes(bytes(bytearray(blob)), avg)  # equal bytes, another object
+        assert [bits(c) for c in first] == [bits(c) for c in blocks.decode_minutes(blob, avg)]
+        assert [bits(c) for c in again] == [bits(c) for c in first]
+        assert (again is first) is compress
+    with pytest.raises(StorageError, match="corrupt"):
+        blocks.read_minutes(blocks.encode(columns)[:-3], avg)
+
+
 # --------------------------------------------------------------------------- what is stored
 
 
