@@ -221,13 +221,13 @@ def series_columns(
         values.frombytes(b"".join(blobs))
         if _BIG_ENDIAN:
             values.byteswap()
-        ts = int_array(stamps)
+        times = int_array(stamps)
         for i, sid in mine:
             if not ordered or sid in found or sid in slow:
                 slow.add(sid)
                 found.pop(sid, None)
             else:
-                found[sid] = (ts[:], values[i::width])
+                found[sid] = (times[:], values[i::width])
     if slow:
         found.update(series_points(rows, slow))
     return found
