@@ -184,9 +184,10 @@ def series_points(
 
 
 def series_columns(
-    rows: Sequence[tuple[int, bytes, bytes]], wanted: Iterable[int]
+    rows: Sequence[tuple[int, bytes, bytes]], wanted: Iterable[int] | None = None
 ) -> dict[int, tuple[IntArray, FloatArray]]:
-    """:func:`series_points` of the series ``wanted``, in bulk where the rows allow.
+    """:func:`series_points` of the series ``wanted`` (all when ``None``), in bulk
+    where the rows allow.
 
     The rows of one layout (packed ids) form a matrix: their values joined are
     read as one array, and a series' column is every ``width``-th value from
@@ -195,7 +196,7 @@ def series_columns(
     them); any other series (in several layouts, or a point stored twice) and
     any damaged row go through :func:`series_points`.
     """
-    want = set(wanted)
+    want = None if wanted is None else set(wanted)
     groups: dict[bytes, tuple[list[int], list[bytes]]] = {}
     for ts, sids_blob, values_blob in rows:
         group = groups.get(sids_blob)
@@ -213,7 +214,7 @@ def series_columns(
         sids.frombytes(sids_blob)
         if _BIG_ENDIAN:
             sids.byteswap()
-        mine = [(i, sid) for i, sid in enumerate(sids) if sid in want]
+        mine = [(i, sid) for i, sid in enumerate(sids) if want is None or sid in want]
         if not mine:
             continue
         ordered = all(map(lt, stamps, islice(stamps, 1, None)))

@@ -462,13 +462,15 @@ class SqlMetricStore:
         head: tuple[IntArray, FloatArray] | None,
         aggregation: Aggregation | None = None,
         horizons: Horizons | None = None,
+        chunk_points: Callable[[int, int], tuple[IntArray, FloatArray] | None] | None = None,
     ) -> Rollups:
         """The rollups of ``[start, end)``; only the columns ``aggregation``
         reads hold their stored values (all of them when it is ``None``).
 
         ``horizons``: where the rollups lack a bucket to redo in a chunk whose
         raw points and rollups are both kept, the chunk has no point in it,
-        and its raw points are not read for it.
+        and its raw points are not read for it. ``chunk_points(sid, chunk_start)``
+        gives a chunk's raw points as :meth:`_chunk_points` does (a reader's, in bulk).
         """
         width = _WIDTH[resolution]
         lo, hi = floor_to(start, CHUNK_MS), end
@@ -508,7 +510,10 @@ class SqlMetricStore:
                 # these buckets: none of its points lies in them.
                 ts, values = int_array(), float_array()
             else:
-                found = self._chunk_points(conn, sid, chunk_start)
+                if chunk_points is None:
+                    found = self._chunk_points(conn, sid, chunk_start)
+                else:
+                    found = chunk_points(sid, chunk_start)
                 if found is None:
                     continue  # raw points expired: the stored rollup is the best answer
                 ts, values = clip(*found, first, last)
@@ -845,8 +850,11 @@ class _HistoryReader:
         self._store = store
         self._conn = conn
         self._horizons: Horizons | None = None
-        self._head_rows: dict[tuple[str, int, int], list[tuple[int, bytes, bytes]]] = {}
         self._head: dict[tuple[str, int, int], dict[int, tuple[IntArray, FloatArray]]] = {}
+        self._sids: Sequence[int] = ()
+        """The series of the query being answered."""
+        self._chunks: dict[int, dict[int, bytes | None]] = {}
+        """Raw blobs by chunk start and series id, of the series asked for so far."""
 
     def columns(self, query: HistoryQuery) -> list[HistoryColumns]:
         store, conn = self._store, self._conn
@@ -861,7 +869,9 @@ class _HistoryReader:
             self._horizons = store._horizons(conn)
         horizons = self._horizons
         resolution = choose_resolution(start, step, horizons)
-        head = self._head_points(query.machine_id, [sid for sid, _ in matched], start, end)
+        sids = [sid for sid, _ in matched]
+        self._sids = sids
+        head = self._head_points(query.machine_id, sids, start, end)
         results = []
         for sid, key in matched:
             if resolution is Resolution.RAW:
@@ -869,7 +879,15 @@ class _HistoryReader:
                 ks, steps = downsample_points(ts, values, start, end, step, query.aggregation)
             else:
                 rollups = store._rollups(
-                    conn, sid, resolution, start, end, head.get(sid), query.aggregation, horizons
+                    conn,
+                    sid,
+                    resolution,
+                    start,
+                    end,
+                    head.get(sid),
+                    query.aggregation,
+                    horizons,
+                    self._chunk_points,
                 )
                 ks, steps = downsample_rollups(rollups, start, end, step, query.aggregation)
             if ks:  # a series without points in the range is left out
@@ -878,27 +896,40 @@ class _HistoryReader:
                 results.append(HistoryColumns(key, resolution, stamps, steps))
         return results
 
+    def _chunk_points(self, sid: int, chunk_start: int) -> tuple[IntArray, FloatArray] | None:
+        """:meth:`SqlMetricStore._chunk_points`, the raw blobs of the query's series
+        read in one statement per chunk (each series redoes the same recent buckets)."""
+        blobs = self._chunks.setdefault(chunk_start, {})
+        if sid not in blobs:
+            wanted = sorted({sid, *(s for s in self._sids if s not in blobs)})
+            c = metric_chunks.c
+            for part in _chunked(wanted):
+                blobs.update(dict.fromkeys(part, b""))  # no row: a chunk not written yet
+                rows = self._conn.execute(
+                    sa.select(c.series_id, c.raw).where(
+                        c.chunk_start == chunk_start, c.series_id.in_(part)
+                    )
+                )
+                blobs.update((found, raw) for found, raw in rows)
+        blob = blobs[sid]
+        if blob is None:
+            return None  # expired
+        if not blob:
+            return int_array(), float_array()
+        return blocks.decode_raw(blob)
+
     def _head_points(
         self, machine_id: str, sids: Sequence[int], start: int, end: int
     ) -> dict[int, tuple[IntArray, FloatArray]]:
         """Points of the machine's series ``sids`` not compacted yet: the head rows
-        of a (machine, range) are read once, each series' points made once."""
+        of a (machine, range) are read once, and every series' points made from
+        them at once (:func:`~.head.series_columns`: a slice each)."""
         key = (machine_id, start, end)
-        rows = self._head_rows.get(key)
-        if rows is None:
-            found = self._store._sql.select_head.one(self._conn, (machine_id, start, end))
-            rows = self._head_rows[key] = [tuple(row) for row in found]
-        made = self._head.setdefault(key, {})
-        missing = [sid for sid in sids if sid not in made]
-        if missing:
-            new = series_columns(rows, missing)
-            made.update(new)
-            # A series without head points: none, once.
-            made.update((sid, _NO_POINTS) for sid in missing if sid not in new)
-        return {sid: made[sid] for sid in sids if made[sid] is not _NO_POINTS}
-
-
-_NO_POINTS: Final = (int_array(), float_array())
+        made = self._head.get(key)
+        if made is None:
+            rows = [tuple(row) for row in self._store._sql.select_head.one(self._conn, key)]
+            made = self._head[key] = series_columns(rows)
+        return {sid: made[sid] for sid in sids if sid in made}
 
 
 def _horizon(now_ms: int, keep: timedelta) -> int:
