@@ -178,8 +178,8 @@ def decode_raw(blob: bytes) -> tuple[IntArray, FloatArray]:
 def decode_minutes(
     blob: bytes, wanted: Collection[int] | None = None
 ) -> tuple[IntArray, IntArray, FloatArray, FloatArray, FloatArray, FloatArray]:
-    """The six minute-rollup columns; ``wanted`` as for :func:`decode` (see
-    :data:`MINUTE_WANTED`): the others are zeros, not the stored values."""
+    """The six minute-rollup columns; ``wanted`` as for :func:`decode` (indexes
+    :data:`BUCKET` to :data:`LAST`): the others are zeros, not the stored values."""
     buckets, counts, *floats = decode(blob, MINUTE_COLUMNS, wanted)
     sums, mins, maxs, lasts = (cast("FloatArray", column) for column in floats)
     return cast("IntArray", buckets), cast("IntArray", counts), sums, mins, maxs, lasts
