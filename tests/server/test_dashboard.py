@@ -94,6 +94,32 @@ def test_logging_in_shows_the_machines_with_their_latest_values(shared: Shared) 
     assert 'route="/machines/{machine_id}",status="200"' in counted
 
 
+def test_the_cpu_sparkline_draws_the_whole_machine_else_its_highest_core(
+    shared: Shared,
+) -> None:
+    cores = [{"labels": {"cpu": "0"}, "value": 80.0}, {"labels": {"cpu": "1"}, "value": 90.0}]
+    machines = {}
+    for name, metrics in (
+        ("spark-whole", {"cpu.percent": [{"labels": {}, "value": 12.5}, *cores]}),
+        ("spark-cores", {"cpu.percent": cores}),
+    ):
+        machines[name], key = register(shared.server, shared.admin, name)
+        body = {"samples": [{"timestamp": at(2).isoformat(), "metrics": metrics}]}
+        assert post(shared.server, key, body).status_code == 200
+
+    def cpu_label(machine_id: str) -> str:
+        with browser(shared.server) as client:
+            log_in(client, "admin", ADMIN_PASSWORD)
+            text = client.get(f"/machines/{machine_id}/sparklines").text
+        found = re.search(r'data-metric="cpu.percent"[^>]*aria-label="([^"]*)"', text)
+        assert found is not None, text
+        return found.group(1)
+
+    assert cpu_label(machines["spark-whole"]) == "CPU, last hour: 12.5 to 12.5 %"  # not a core
+    # Without a whole-machine series: the core ending highest.
+    assert cpu_label(machines["spark-cores"]) == "CPU, last hour: 90.0 to 90.0 %"
+
+
 def test_firing_alerts_show_on_the_list_and_on_the_machine(shared: Shared) -> None:
     token = add_user(shared.server, shared.admin, "erin")
     machine_id, key = register(shared.server, token, "hot-box")

@@ -156,6 +156,50 @@ def test_random_series_round_trip_in_minute_blocks(data: tuple[IntArray, FloatAr
     round_trip_minutes(*data)
 
 
+@given(raw_series(), st.sets(st.integers(0, 5)), st.sampled_from([1, 2, 3]))
+def test_decoding_some_minute_columns_gives_them_bit_for_bit(
+    data: tuple[IntArray, FloatArray], wanted: set[int], version: int
+) -> None:
+    """The columns asked for are those a full decode gives; the others are zeros."""
+    ts, values = data
+    assume(all(abs(v) < 1e306 for v in values))
+    columns = Rollups.from_stats(bucket_stats(ts, values, MINUTE_MS)).columns()
+    blob = blocks.encode(columns, version=version)
+    got = blocks.decode_minutes(blob, wanted)
+    for index, (column, stored) in enumerate(zip(got, columns, strict=True)):
+        assert column.typecode == stored.typecode
+        expected = stored if index in wanted else blocks.placeholder(stored.typecode, len(stored))
+        assert bits(column) == bits(expected)
+
+
+@given(raw_series(), st.sets(st.integers(0, 1)), st.booleans())
+def test_decoding_some_raw_columns_gives_them_bit_for_bit(
+    data: tuple[IntArray, FloatArray], wanted: set[int], compress: bool
+) -> None:
+    ts, values = data
+    blob = blocks.encode_raw(ts, values, compress=compress)
+    got_ts, got_values = blocks.decode(blob, blocks.RAW_COLUMNS, wanted)
+    assert bits(got_ts) == bits(ts if 0 in wanted else int_array([0] * len(ts)))
+    assert bits(got_values) == bits(values if 1 in wanted else float_array([0.0] * len(ts)))
+
+
+def test_readers_get_ended_hours_minute_blocks_decoded_once() -> None:
+    """Compressed blocks are remembered by their bytes; the open hour's are decoded anew."""
+    ts = regular_ts(720)
+    values = float_array(round(50 + (i * 7919 % 300) / 10, 1) for i in range(720))
+    columns = Rollups.from_stats(bucket_stats(ts, values, MINUTE_MS)).columns()
+    avg = frozenset((blocks.BUCKET, blocks.COUNT, blocks.SUM))
+    for compress in (True, False):
+        blob = blocks.encode(columns, compress=compress)
+        first = blocks.read_minutes(blob, avg)
+        again = blocks.read_minutes(bytes(bytearray(blob)), avg)  # equal bytes, another object
+        assert [bits(c) for c in first] == [bits(c) for c in blocks.decode_minutes(blob, avg)]
+        assert [bits(c) for c in again] == [bits(c) for c in first]
+        assert (again is first) is compress
+    with pytest.raises(StorageError, match="corrupt"):
+        blocks.read_minutes(blocks.encode(columns)[:-3], avg)
+
+
 # --------------------------------------------------------------------------- what is stored
 
 
@@ -274,33 +318,41 @@ def column(scale: int, mode: int, code: bytes, rest: bytes = b"") -> bytes:
 REGULAR_TS = column(0, 0, b"q", struct.pack("<qq", 0, 5_000))
 
 
-@pytest.mark.parametrize(
-    "blob",
-    [
-        v2_blob(2, REGULAR_TS),  # the value column is missing
-        v2_blob(2, REGULAR_TS + column(0, 2, b"b", b"\x01")),  # one value short
-        v2_blob(2, REGULAR_TS + column(0, 2, b"b", b"\x01\x02\x03")),  # one too many
-        v2_blob(2, REGULAR_TS + column(0, 7, b"b", b"\x01\x02")),  # unknown mode
-        v2_blob(2, REGULAR_TS + column(0, 2, b"x", b"\x01\x02")),  # unknown typecode
-        v2_blob(2, REGULAR_TS + column(16, 2, b"b", b"\x01\x02")),  # scale out of range
-        v2_blob(2, column(3, 0, b"q", struct.pack("<qq", 0, 1)) + column(0, 2, b"b", b"\x01\x02")),
-        v2_blob(2, column(255, 2, b"q", bytes(16)) + column(0, 2, b"b", b"\x01\x02")),
-        v2_blob(2, column(0, 1, b"q", struct.pack("<q", 2**63 - 1) + struct.pack("<q", 1))),
-        struct.pack("<BBI", 2, 1, 2) + b"not zlib",
-    ],
-    ids=[
-        "missing-column",
-        "short",
-        "long",
-        "bad-mode",
-        "bad-typecode",
-        "bad-scale",
-        "scaled-int-column",
-        "raw-bits-int-column",
-        "int64-overflow",
-        "not-compressed",
-    ],
+CORRUPT_V2 = dict(
+    zip(
+        [
+            "missing-column",
+            "short",
+            "long",
+            "bad-mode",
+            "bad-typecode",
+            "bad-scale",
+            "scaled-int-column",
+            "raw-bits-int-column",
+            "int64-overflow",
+            "not-compressed",
+        ],
+        [
+            v2_blob(2, REGULAR_TS),  # the value column is missing
+            v2_blob(2, REGULAR_TS + column(0, 2, b"b", b"\x01")),  # one value short
+            v2_blob(2, REGULAR_TS + column(0, 2, b"b", b"\x01\x02\x03")),  # one too many
+            v2_blob(2, REGULAR_TS + column(0, 7, b"b", b"\x01\x02")),  # unknown mode
+            v2_blob(2, REGULAR_TS + column(0, 2, b"x", b"\x01\x02")),  # unknown typecode
+            v2_blob(2, REGULAR_TS + column(16, 2, b"b", b"\x01\x02")),  # scale out of range
+            v2_blob(
+                2, column(3, 0, b"q", struct.pack("<qq", 0, 1)) + column(0, 2, b"b", b"\x01\x02")
+            ),
+            v2_blob(2, column(255, 2, b"q", bytes(16)) + column(0, 2, b"b", b"\x01\x02")),
+            v2_blob(2, column(0, 1, b"q", struct.pack("<q", 2**63 - 1) + struct.pack("<q", 1))),
+            struct.pack("<BBI", 2, 1, 2) + b"not zlib",
+        ],
+        strict=True,
+    )
 )
+"""Version 2 raw blocks damaged in each way a reader checks."""
+
+
+@pytest.mark.parametrize("blob", CORRUPT_V2.values(), ids=CORRUPT_V2.keys())
 def test_corrupt_version_2_blocks_are_reported(blob: bytes) -> None:
     with pytest.raises(StorageError, match="corrupt"):
         blocks.decode_raw(blob)
@@ -314,35 +366,62 @@ def shuffled_int64(*numbers: int) -> bytes:
     return b"".join(data[i::8] for i in range(8))
 
 
-@pytest.mark.parametrize(
-    "blob",
-    [
-        # nearly scaled values whose column of bit differences is missing
-        v3_blob(2, REGULAR_TS + column(NEARLY | 1, 2, b"b", b"\x01\x02")),
-        # the differences one short
-        v3_blob(
-            2, REGULAR_TS + column(NEARLY | 1, 2, b"b", b"\x01\x02") + column(0, 2, b"b", b"\x01")
-        ),
-        # differences carrying a value past int64
-        v3_blob(
-            2,
-            REGULAR_TS
-            + column(NEARLY | 1, 2, b"b", b"\x01\x02")
-            + column(0, 2, b"q", shuffled_int64(2**63 - 1, 2**63 - 1)),
-        ),
-        # a nearly scaled timestamp column
-        v3_blob(
-            2, column(NEARLY, 0, b"q", struct.pack("<qq", 0, 1)) + column(0, 2, b"b", b"\x01\x02")
-        ),
-        # a version 3 payload in a zlib stream, or no stream at all
-        v2_blob(2, REGULAR_TS + column(0, 2, b"b", b"\x01\x02")).replace(b"\x02", b"\x03", 1),
-        struct.pack("<BBI", 3, 1, 2) + b"not deflate",
-    ],
-    ids=["missing-differences", "short-differences", "past-int64", "nearly-ints", "zlib", "junk"],
+CORRUPT_V3 = dict(
+    zip(
+        ["missing-differences", "short-differences", "past-int64", "nearly-ints", "zlib", "junk"],
+        [
+            # nearly scaled values whose column of bit differences is missing
+            v3_blob(2, REGULAR_TS + column(NEARLY | 1, 2, b"b", b"\x01\x02")),
+            # the differences one short
+            v3_blob(
+                2,
+                REGULAR_TS + column(NEARLY | 1, 2, b"b", b"\x01\x02") + column(0, 2, b"b", b"\x01"),
+            ),
+            # differences carrying a value past int64
+            v3_blob(
+                2,
+                REGULAR_TS
+                + column(NEARLY | 1, 2, b"b", b"\x01\x02")
+                + column(0, 2, b"q", shuffled_int64(2**63 - 1, 2**63 - 1)),
+            ),
+            # a nearly scaled timestamp column
+            v3_blob(
+                2,
+                column(NEARLY, 0, b"q", struct.pack("<qq", 0, 1)) + column(0, 2, b"b", b"\x01\x02"),
+            ),
+            # a version 3 payload in a zlib stream, or no stream at all
+            v2_blob(2, REGULAR_TS + column(0, 2, b"b", b"\x01\x02")).replace(b"\x02", b"\x03", 1),
+            struct.pack("<BBI", 3, 1, 2) + b"not deflate",
+        ],
+        strict=True,
+    )
 )
+
+
+@pytest.mark.parametrize("blob", CORRUPT_V3.values(), ids=CORRUPT_V3.keys())
 def test_corrupt_version_3_blocks_are_reported(blob: bytes) -> None:
     with pytest.raises(StorageError, match="corrupt"):
         blocks.decode_raw(blob)
+
+
+VALUE_DAMAGE = {"int64-overflow", "past-int64"}
+"""Damage only decoding the values shows: a skipped column's is not seen."""
+CORRUPT_LAYOUT = {
+    name: blob for name, blob in (CORRUPT_V2 | CORRUPT_V3).items() if name not in VALUE_DAMAGE
+} | {
+    "v1-short": blocks.encode((regular_ts(2), float_array([1.0, 2.0])), compress=False)[:-1],
+    "v1-long": blocks.encode((regular_ts(2), float_array([1.0, 2.0])), compress=False) + b"\0",
+}
+
+
+@pytest.mark.parametrize("wanted", [(), (0,), (1,)], ids=["none", "ts", "values"])
+@pytest.mark.parametrize("blob", CORRUPT_LAYOUT.values(), ids=CORRUPT_LAYOUT.keys())
+def test_corrupt_blocks_are_reported_when_only_some_columns_are_decoded(
+    blob: bytes, wanted: tuple[int, ...]
+) -> None:
+    """Skipping a column still checks its descriptor and length, and the block's."""
+    with pytest.raises(StorageError, match="corrupt"):
+        blocks.decode(blob, blocks.RAW_COLUMNS, wanted)
 
 
 def test_a_nearly_scaled_column_is_refused_in_version_2() -> None:

@@ -16,9 +16,11 @@ from lunasentri_core.storage.sql.head import (
     first_points,
     pack_series_ids,
     pack_values,
+    series_columns,
     series_points,
     unpack_sample,
 )
+from lunasentri_core.storage.sql.points import FloatArray, IntArray
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
 T0_MS = int(T0.timestamp() * 1000)
@@ -65,6 +67,51 @@ def test_of_a_point_stored_twice_the_first_row_wins() -> None:
     rows = [row(10, {1: 1.0}), row(20, {1: 2.0}), row(10, {1: 9.0})]
     ts, values = series_points(rows)[1]
     assert (list(ts), list(values)) == ([10, 20], [1.0, 2.0])
+
+
+LAYOUTS = [[1, 2, 3], [2, 4], [5], [3, 1], [6, 6]]
+"""Packed ids of head rows: series in one layout or several, in any order, one twice."""
+
+
+@st.composite
+def head_rows(draw: st.DrawFn) -> list[tuple[int, bytes, bytes]]:
+    layouts = draw(st.lists(st.sampled_from(LAYOUTS), min_size=1, max_size=3))
+    rising = draw(st.booleans())  # an agent's samples in the order it sent them
+    out = []
+    for n in range(draw(st.integers(0, 30))):
+        ts = n * 5 if rising else draw(st.integers(0, 40))
+        sids = draw(st.sampled_from(layouts))
+        values = draw(st.lists(st.floats(allow_nan=False), min_size=len(sids), max_size=len(sids)))
+        out.append((ts, pack_series_ids(sids), pack_values(values)))
+    return out
+
+
+def as_bytes(found: dict[int, tuple[IntArray, FloatArray]]) -> dict[int, tuple[bytes, bytes]]:
+    return {sid: (ts.tobytes(), v.tobytes()) for sid, (ts, v) in found.items()}
+
+
+@given(head_rows(), st.none() | st.sets(st.integers(0, 7)))
+def test_series_columns_match_series_points(
+    rows: list[tuple[int, bytes, bytes]], wanted: set[int] | None
+) -> None:
+    assert as_bytes(series_columns(rows, wanted)) == as_bytes(series_points(rows, wanted))
+
+
+@pytest.mark.parametrize(
+    "damaged",
+    [
+        (5, b"\x01\x02\x03", pack_values([1.0])),
+        (5, pack_series_ids([1, 2]), pack_values([1.0])),
+        (5, pack_series_ids([9]), pack_values([1.0]) + b"\x00"),
+    ],
+    ids=["ids", "values-short", "values-ragged"],
+)
+def test_series_columns_report_a_damaged_row_of_any_series(
+    damaged: tuple[int, bytes, bytes],
+) -> None:
+    rows = [row(0, {1: 1.0, 2: 2.0}), damaged]
+    with pytest.raises(StorageError, match="corrupt"):
+        series_columns(rows, [1])
 
 
 @given(st.lists(st.tuples(st.integers(0, 20), st.floats(allow_nan=False))))

@@ -78,8 +78,10 @@ def test_history_and_latest_match_the_reference(storage: SqlStorage, data: st.Da
             storage.metrics.maintain(T0 + cut * MS)
     points = points_of(written)
     assert_latest_equal(storage.metrics.latest([machine]), reference_latest(points, [machine]))
+    asked = []
     for _ in range(4):
         query = data.draw(queries(machine), label="query")
+        asked.append(query)
         answer = storage.metrics.history(query)
         assert_history_equal(
             answer,
@@ -88,3 +90,8 @@ def test_history_and_latest_match_the_reference(storage: SqlStorage, data: st.Da
         )
         # What the HTTP API serializes: the same steps, as columns.
         assert [c.to_history() for c in storage.metrics.history_columns(query)] == answer
+    # Several queries in one read (what a history call with several metrics does),
+    # the head rows shared: the same answers as one by one.
+    with storage.metrics.history_reader() as read:
+        together = [read(query) for query in [*asked, *asked]]
+    assert together == [storage.metrics.history_columns(query) for query in [*asked, *asked]]

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,7 @@ from lunasentri_core.model import (
 
 if TYPE_CHECKING:
     from lunasentri_core.hub import Sentri
+    from lunasentri_core.storage.protocols import MetricStore
 
 DERIVED: Mapping[str, tuple[str, str]] = {
     "mem.percent": ("mem.used", "mem.total"),
@@ -170,31 +172,38 @@ async def histories(
 async def history_columns(
     hub: Sentri, asked: Sequence[HistoryQuery], owner_id: str | None
 ) -> list[HistoryColumns]:
-    """:func:`histories` as columns: from a store's ``history_columns`` where it has
-    one (the SQL store), else from its points."""
+    """:func:`histories` as columns: from a store's ``history_reader`` (every query
+    in one read, the SQL store) or ``history_columns`` where it has one, else from
+    its points."""
 
     def read() -> list[HistoryColumns]:
         for machine_id in sorted({query.machine_id for query in asked}):
             hub.storage.state.get_machine(machine_id, owner_id)
-        found: list[HistoryColumns] = []
-        for query in asked:
-            # A backend that does not know ``exact`` (or the derivation) may answer more.
-            found.extend(c for c in _read_columns(hub, query) if query.selects(c.series.labels))
-        return found
+        metrics = hub.storage.metrics
+        reader = getattr(metrics, "history_reader", None)
+        with reader() if reader is not None else nullcontext(_columns_of(metrics)) as one:
+            found: list[HistoryColumns] = []
+            for query in asked:
+                # A backend that does not know ``exact`` (or the derivation) may answer more.
+                found.extend(c for c in _read_columns(one, query) if query.selects(c.series.labels))
+            return found
 
     return await hub.run_sync(read)
 
 
-def _read_columns(hub: Sentri, query: HistoryQuery) -> list[HistoryColumns]:
-    metrics = hub.storage.metrics
-    columns = getattr(metrics, "history_columns", None)
+def _columns_of(metrics: MetricStore) -> Callable[[HistoryQuery], list[HistoryColumns]]:
+    """A store's ``history_columns`` where it has one, else its points as columns."""
+    columns: Callable[[HistoryQuery], list[HistoryColumns]] | None = getattr(
+        metrics, "history_columns", None
+    )
+    if columns is not None:
+        return columns
+    return lambda q: [HistoryColumns.from_history(h) for h in metrics.history(q)]
 
-    def one(q: HistoryQuery) -> list[HistoryColumns]:
-        if columns is not None:
-            found: list[HistoryColumns] = columns(q)
-            return found
-        return [HistoryColumns.from_history(h) for h in metrics.history(q)]
 
+def _read_columns(
+    one: Callable[[HistoryQuery], list[HistoryColumns]], query: HistoryQuery
+) -> list[HistoryColumns]:
     stored = one(query)
     if stored or query.metric not in DERIVED:
         return stored

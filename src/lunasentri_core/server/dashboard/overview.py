@@ -29,6 +29,7 @@ from lunasentri_core.model import (
     HistoryQuery,
     Machine,
     MachineStatus,
+    SeriesHistory,
     SeriesValue,
 )
 from lunasentri_core.server.dashboard.access import Section, signed_in
@@ -132,10 +133,7 @@ class Overview(Section):
         hub = hub_of(request)
         machine_id = request.path_params["machine_id"]
         try:
-            lines = {
-                metric: await _spark(hub, machine_id, metric, owner_scope(user))
-                for metric in SUMMARY_METRICS
-            }
+            lines = await _sparks(hub, machine_id, owner_scope(user))
         except NotFoundError:
             return PlainTextResponse("no such machine", 404, headers=SECURITY_HEADERS)
         context = {"lines": lines, "width": WIDTH, "height": HEIGHT, "user": user}
@@ -240,19 +238,36 @@ def _card(
     }
 
 
-async def _spark(hub: Sentri, machine_id: str, metric: str, scope: str | None) -> Sparkline | None:
-    """The last hour of ``metric``: the whole machine's series where there is one
-    (cpu.percent without a cpu label), else the one ending highest (the fullest disk)."""
+async def _sparks(hub: Sentri, machine_id: str, scope: str | None) -> dict[str, Sparkline | None]:
+    """The last hour of each summary metric, in one read: the CPU's whole-machine
+    series only (``exact``: not the per-core ones, which the card does not draw)
+    where there is one, else its core ending highest; the fullest disk."""
     end = hub.clock()
     step = queries.auto_step(end - SPARK_RANGE, end, SPARK_POINTS)
     start = queries.align(end - SPARK_RANGE, step)
-    found = await queries.history(hub, HistoryQuery(machine_id, metric, start, end, step), scope)
+
+    def query(metric: str, *, exact: bool = False) -> HistoryQuery:
+        return HistoryQuery(machine_id, metric, start, end, step, exact=exact)
+
+    asked = [query(metric, exact=metric == "cpu.percent") for metric in SUMMARY_METRICS]
+    found: dict[str, list[SeriesHistory]] = {metric: [] for metric in SUMMARY_METRICS}
+    for history in await queries.histories(hub, asked, scope):
+        found.setdefault(history.series.metric, []).append(history)
+    if not found["cpu.percent"]:  # no whole-machine CPU in the last hour: its cores
+        found["cpu.percent"] = await queries.history(hub, query("cpu.percent"), scope)
+    return {
+        metric: _spark(lines, start.timestamp(), end.timestamp()) for metric, lines in found.items()
+    }
+
+
+def _spark(found: Sequence[SeriesHistory], start: float, end: float) -> Sparkline | None:
+    """The whole machine's series where there is one, else the one ending highest."""
     found = [s for s in found if s.points]
     if not found:
         return None
     whole = [s for s in found if not s.series.labels]
     chosen = whole[0] if whole else max(found, key=lambda s: s.points[-1].value)
-    return sparkline(chosen.points, start.timestamp(), end.timestamp(), floor=0.0, ceiling=100.0)
+    return sparkline(chosen.points, start, end, floor=0.0, ceiling=100.0)
 
 
 def _summary_values(latest: Sequence[SeriesValue]) -> dict[str, float]:

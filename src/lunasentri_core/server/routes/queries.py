@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Collection
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -268,7 +268,7 @@ async def history(call: Call) -> object:
         "end": query.end.isoformat(),
         "step": query.step.total_seconds(),
         "aggregation": query.aggregation.value,
-        "series": [_series_json(s) for s in found],
+        "series": list(map(_series_json, found, _step_starts(found))),
     }
     # orjson writes the step starts (UTC datetimes, as isoformat() spells them)
     # and the values straight from the columns: no object or string per step here.
@@ -322,13 +322,27 @@ def _history_query(call: Call, metric: str) -> HistoryQuery:
     )
 
 
-def _series_json(series: HistoryColumns) -> dict[str, Any]:
+def _series_json(series: HistoryColumns, starts: Iterable[datetime]) -> dict[str, Any]:
     return {
         "metric": series.series.metric,
         "labels": dict(series.series.labels),
         "resolution": series.resolution.value,
-        "points": list(zip(series.datetimes(), series.values, strict=True)),
+        "points": list(zip(starts, series.values, strict=True)),
     }
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _step_starts(found: Sequence[HistoryColumns]) -> list[Iterable[datetime]]:
+    """Each series' step starts as datetimes (:meth:`HistoryColumns.datetimes`); the
+    series of one call share their steps, so each distinct start is made once."""
+    if len(found) < 2:
+        return [series.datetimes() for series in found]
+    stamps = set().union(*(series.timestamps for series in found))
+    made = dict(zip(stamps, map(_EPOCH.__add__, map(_MICROSECOND.__mul__, stamps)), strict=True))
+    return [map(made.__getitem__, series.timestamps) for series in found]
 
 
 # --------------------------------------------------------------------------- live stream

@@ -22,7 +22,8 @@ from __future__ import annotations
 import copy
 import threading
 from collections import ChainMap, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from itertools import repeat
 from operator import add, itemgetter
@@ -34,6 +35,7 @@ from sqlalchemy.engine import Connection
 
 from lunasentri_core.errors import StorageUnavailable
 from lunasentri_core.model import (
+    Aggregation,
     HistoryColumns,
     HistoryQuery,
     Labels,
@@ -59,6 +61,7 @@ from lunasentri_core.storage.sql.head import (
     HeadRow,
     SeriesIds,
     build_rows,
+    series_columns,
     series_points,
 )
 from lunasentri_core.storage.sql.partitions import NativePartitions, Partitioning
@@ -421,33 +424,19 @@ class SqlMetricStore:
         """:meth:`history` as columns (what the HTTP API serializes), with no
         object built per step: blocks decode into arrays and the steps are
         aggregated in bulk (:func:`~.points.downsample_points`)."""
-        start, end = ceil_ms(query.start), ceil_ms(query.end)
-        step = max(1, query.step // _MS)
-        if end <= start:
-            return []
+        with self.history_reader() as read:
+            return read(query)
+
+    @contextmanager
+    def history_reader(self) -> Iterator[Callable[[HistoryQuery], list[HistoryColumns]]]:
+        """:meth:`history_columns` for several queries in one read transaction.
+
+        What they share is read once: the retention horizons, and the head rows
+        of each (machine, range) asked for (a machine page's charts ask for a
+        dozen metrics over one range, derived percentages for two more each).
+        """
         with self._db.read() as conn:
-            matched = self._match_series(conn, query)
-            if not matched:
-                return []
-            horizons = self._horizons(conn)
-            resolution = choose_resolution(start, step, horizons)
-            sids = [sid for sid, _ in matched]
-            head = self._head_points(conn, query.machine_id, sids, start, end)
-            results = []
-            for sid, key in matched:
-                if resolution is Resolution.RAW:
-                    ts, values = self._raw_points(conn, sid, start, end, head.get(sid))
-                    ks, steps = downsample_points(ts, values, start, end, step, query.aggregation)
-                else:
-                    rollups = self._rollups(conn, sid, resolution, start, end, head.get(sid))
-                    ks, steps = downsample_rollups(rollups, start, end, step, query.aggregation)
-                if ks:  # a series without points in the range is left out
-                    # Step starts in microseconds: (start + k * step) * 1000, in C.
-                    stamps = int_array(
-                        map(add, repeat(start * 1000), map((step * 1000).__mul__, ks))
-                    )
-                    results.append(HistoryColumns(key, resolution, stamps, steps))
-        return results
+            yield _HistoryReader(self, conn).columns
 
     def _match_series(self, conn: Connection, query: HistoryQuery) -> list[tuple[int, SeriesKey]]:
         out = []
@@ -464,13 +453,6 @@ class SqlMetricStore:
             minute=rows.get(_HORIZON_KEYS[Resolution.MINUTE]),
             hour=rows.get(_HORIZON_KEYS[Resolution.HOUR]),
         )
-
-    def _head_points(
-        self, conn: Connection, machine_id: str, sids: Sequence[int], start: int, end: int
-    ) -> dict[int, tuple[IntArray, FloatArray]]:
-        """Points of the machine's series ``sids`` not compacted yet."""
-        rows = self._sql.select_head.one(conn, (machine_id, start, end))
-        return series_points(rows, sids)
 
     def _raw_points(
         self,
@@ -498,13 +480,25 @@ class SqlMetricStore:
         start: int,
         end: int,
         head: tuple[IntArray, FloatArray] | None,
+        aggregation: Aggregation | None = None,
+        horizons: Horizons | None = None,
+        chunk_points: Callable[[int, int], tuple[IntArray, FloatArray] | None] | None = None,
     ) -> Rollups:
+        """The rollups of ``[start, end)``; only the columns ``aggregation``
+        reads hold their stored values (all of them when it is ``None``).
+
+        ``horizons``: where the rollups lack a bucket to redo in a chunk whose
+        raw points and rollups are both kept, the chunk has no point in it,
+        and its raw points are not read for it. ``chunk_points(sid, chunk_start)``
+        gives a chunk's raw points as :meth:`_chunk_points` does (a reader's, in bulk).
+        """
         width = _WIDTH[resolution]
         lo, hi = floor_to(start, CHUNK_MS), end
         rollups = Rollups.empty()
         if resolution is Resolution.MINUTE:
+            wanted = None if aggregation is None else _MINUTE_WANTED[aggregation]
             for (blob,) in self._sql.select_minutes.one(conn, (sid, lo, hi)):
-                rollups.extend(Rollups(*blocks.decode_minutes(blob)))
+                rollups.extend(Rollups(*blocks.read_minutes(blob, wanted)))
         else:
             rows = self._sql.select_hours.one(conn, (sid, lo, hi)).all()
             rollups = Rollups(
@@ -523,16 +517,30 @@ class SqlMetricStore:
         # one redone on are turned into a dict and back.
         head_part, stats = rollups.split(min(redo))
         for chunk_start in sorted({floor_to(b, CHUNK_MS) for b in redo}):
-            found = self._chunk_points(conn, sid, chunk_start)
-            if found is None:
-                continue  # raw points expired: the stored rollup is the best answer
-            ts, values = found
+            buckets = sorted(b for b in redo if floor_to(b, CHUNK_MS) == chunk_start)
+            # The points that matter: those of the buckets redone.
+            first, last = max(buckets[0], start), min(buckets[-1] + width, end)
+            if (
+                horizons is not None
+                and not horizons.expired(Resolution.RAW, chunk_start)
+                and not horizons.expired(resolution, chunk_start)
+                and not any(b in stats for b in buckets)
+            ):
+                # The chunk's rollups (kept, as its raw points are) have none of
+                # these buckets: none of its points lies in them.
+                ts, values = int_array(), float_array()
+            else:
+                if chunk_points is None:
+                    found = self._chunk_points(conn, sid, chunk_start)
+                else:
+                    found = chunk_points(sid, chunk_start)
+                if found is None:
+                    continue  # raw points expired: the stored rollup is the best answer
+                ts, values = clip(*found, first, last)
             if head is not None:
-                head_ts, head_values = clip(head[0], head[1], chunk_start, chunk_start + CHUNK_MS)
+                head_ts, head_values = clip(head[0], head[1], first, last)
                 ts, values, _ = merge_points(ts, values, head_ts, head_values)
-            for bucket in redo:
-                if floor_to(bucket, CHUNK_MS) != chunk_start:
-                    continue
+            for bucket in buckets:
                 fresh = bucket_stats(
                     ts, values, width, max(bucket, start), min(bucket + width, end)
                 )
@@ -855,6 +863,104 @@ def _deadlocked(error: BaseException) -> bool:
     cause = error.__cause__
     orig = getattr(cause, "orig", None)
     return getattr(orig, "sqlstate", None) == "40P01"
+
+
+_MINUTE_WANTED: Final = {
+    Aggregation.AVG: frozenset((blocks.BUCKET, blocks.COUNT, blocks.SUM)),
+    Aggregation.MIN: frozenset((blocks.BUCKET, blocks.MIN)),
+    Aggregation.MAX: frozenset((blocks.BUCKET, blocks.MAX)),
+    Aggregation.LAST: frozenset((blocks.BUCKET, blocks.LAST)),
+}
+"""The minute-rollup columns each aggregation reads (:func:`~.points.downsample_rollups`)."""
+
+
+class _HistoryReader:
+    """History queries answered in one read transaction (:meth:`SqlMetricStore.history_reader`)."""
+
+    def __init__(self, store: SqlMetricStore, conn: Connection) -> None:
+        self._store = store
+        self._conn = conn
+        self._horizons: Horizons | None = None
+        self._head: dict[tuple[str, int, int], dict[int, tuple[IntArray, FloatArray]]] = {}
+        self._sids: Sequence[int] = ()
+        """The series of the query being answered."""
+        self._chunks: dict[int, dict[int, bytes | None]] = {}
+        """Raw blobs by chunk start and series id, of the series asked for so far."""
+
+    def columns(self, query: HistoryQuery) -> list[HistoryColumns]:
+        store, conn = self._store, self._conn
+        start, end = ceil_ms(query.start), ceil_ms(query.end)
+        step = max(1, query.step // _MS)
+        if end <= start:
+            return []
+        matched = store._match_series(conn, query)
+        if not matched:
+            return []
+        if self._horizons is None:
+            self._horizons = store._horizons(conn)
+        horizons = self._horizons
+        resolution = choose_resolution(start, step, horizons)
+        sids = [sid for sid, _ in matched]
+        self._sids = sids
+        head = self._head_points(query.machine_id, sids, start, end)
+        results = []
+        for sid, key in matched:
+            if resolution is Resolution.RAW:
+                ts, values = store._raw_points(conn, sid, start, end, head.get(sid))
+                ks, steps = downsample_points(ts, values, start, end, step, query.aggregation)
+            else:
+                rollups = store._rollups(
+                    conn,
+                    sid,
+                    resolution,
+                    start,
+                    end,
+                    head.get(sid),
+                    query.aggregation,
+                    horizons,
+                    self._chunk_points,
+                )
+                ks, steps = downsample_rollups(rollups, start, end, step, query.aggregation)
+            if ks:  # a series without points in the range is left out
+                # Step starts in microseconds: (start + k * step) * 1000, in C.
+                stamps = int_array(map(add, repeat(start * 1000), map((step * 1000).__mul__, ks)))
+                results.append(HistoryColumns(key, resolution, stamps, steps))
+        return results
+
+    def _chunk_points(self, sid: int, chunk_start: int) -> tuple[IntArray, FloatArray] | None:
+        """:meth:`SqlMetricStore._chunk_points`, the raw blobs of the query's series
+        read in one statement per chunk (each series redoes the same recent buckets)."""
+        blobs = self._chunks.setdefault(chunk_start, {})
+        if sid not in blobs:
+            wanted = sorted({sid, *(s for s in self._sids if s not in blobs)})
+            c = metric_chunks.c
+            for part in _chunked(wanted):
+                blobs.update(dict.fromkeys(part, b""))  # no row: a chunk not written yet
+                rows = self._conn.execute(
+                    sa.select(c.series_id, c.raw).where(
+                        c.chunk_start == chunk_start, c.series_id.in_(part)
+                    )
+                )
+                blobs.update((found, raw) for found, raw in rows)
+        blob = blobs[sid]
+        if blob is None:
+            return None  # expired
+        if not blob:
+            return int_array(), float_array()
+        return blocks.decode_raw(blob)
+
+    def _head_points(
+        self, machine_id: str, sids: Sequence[int], start: int, end: int
+    ) -> dict[int, tuple[IntArray, FloatArray]]:
+        """Points of the machine's series ``sids`` not compacted yet: the head rows
+        of a (machine, range) are read once, and every series' points made from
+        them at once (:func:`~.head.series_columns`: a slice each)."""
+        key = (machine_id, start, end)
+        made = self._head.get(key)
+        if made is None:
+            rows = [tuple(row) for row in self._store._sql.select_head.one(self._conn, key)]
+            made = self._head[key] = series_columns(rows)
+        return {sid: made[sid] for sid in sids if sid in made}
 
 
 def _horizon(now_ms: int, keep: timedelta) -> int:
