@@ -23,10 +23,15 @@ Reported: the server's CPU time (user + system, all threads, psutil) per
 request over the run, and how long its threads waited for a core (other
 processes on a shared machine). This is the small, quick form of
 ``bench_fleet.py`` for iterating on the request path; ``--prelude`` runs
-Python in the server before it starts (a cProfile hook, say).
+Python in the server before it starts (a cProfile hook, say). ``--floor`` then
+sends the same requests, paced the same way, to a bare Starlette endpoint on
+uvicorn (``_floor_app.py``: gunzip, parse, a worker-thread hop, an answer) and
+prints its CPU per request: what the framework and the kernel cost a request
+arriving alone, before any of LunaSentri's work.
 
     python benchmarks/bench_agent_request.py [--machines 500] [--requests 4000] [--pace 5]
         [--concurrency 64] [--warmup 500] [--reads 0] [--prelude CODE] [--py-spy OUT]
+        [--floor]
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import _common as c
 import _server
@@ -124,6 +130,36 @@ async def read_latest(
     return out
 
 
+def floor_cpu(args: argparse.Namespace, warm: list[list[bytes]], work: list[list[bytes]]) -> float:
+    """Server CPU per request (µs) of the bare endpoint in ``_floor_app.py``, same load."""
+    port = _server.free_port()
+    url = f"http://127.0.0.1:{port}"
+    script = Path(__file__).with_name("_floor_app.py")
+    proc = subprocess.Popen([sys.executable, str(script), str(port)])
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(url + "/", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the floor's server did not start") from None
+                time.sleep(0.1)
+        keys = [f"floor-{i}" for i in range(args.machines)]
+        asyncio.run(send(url, keys, warm, args.concurrency, args.pace))
+        server = psutil.Process(proc.pid)
+        before = sum(server.cpu_times()[:2])
+        ok, errors = asyncio.run(send(url, keys, work, args.concurrency, args.pace))
+        spent = sum(server.cpu_times()[:2]) - before
+        if errors:
+            raise RuntimeError(f"the floor's server failed: {errors[:3]}")
+        return spent / max(1, ok) * 1e6
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--machines", type=int, default=500)
@@ -148,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prelude", default="", help="Python run in the server first")
     parser.add_argument(
         "--py-spy", default="", metavar="OUT", help="sample the server with py-spy into OUT"
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time a bare Starlette endpoint under the same load (the framework's floor)",
     )
     args = parser.parse_args(argv)
     _server.lighten_httpx()
@@ -202,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             reads = asyncio.run(read_latest(server, listed[0]["id"], token, args.reads))
         server.stop()
         log_errors = server.errors()
+    floor = floor_cpu(args, warm, work) if args.floor else None
     per = cpu / max(1, ok) * 1e6
     print(
         f"benchmark: agent request, {ok:,} requests of 25 readings over {args.machines} "
@@ -231,6 +273,13 @@ def main(argv: list[str] | None = None) -> int:
             f"  GET /api/v1/machines/{{id}}/latest, {args.reads:,} one at a time: "
             f"{reads['bearer']:,.0f} us of server CPU a request with a bearer session "
             f"token, {reads['cookie']:,.0f} us with the session cookie"
+        )
+    if floor is not None:
+        print(
+            f"  the framework's floor (_floor_app.py: a bare Starlette endpoint on uvicorn that "
+            f"gunzips and parses the body in a worker thread, same requests and pace): "
+            f"{floor:,.0f} us a request; LunaSentri {per / floor:.2f} x it; the target is "
+            f"{TARGET_US / floor:.2f} x it"
         )
     for line in itertools.chain(errors[:5], log_errors[:5]):
         print(f"    {line}")
