@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -39,6 +39,9 @@ def bearer_token(credentials: Credentials) -> str | None:
     return token.strip()
 
 
+T = TypeVar("T")
+
+
 class _Lookups:
     """Runs blocking storage lookups in worker threads, a bounded number at a time."""
 
@@ -50,6 +53,56 @@ class _Lookups:
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(LOOKUPS)
         return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
+
+
+class _Remembered(Generic[T]):
+    """Credentials read from a state store, kept for ``seconds`` while the store's
+    ``generation`` attribute (moved by every change to them) stays put.
+
+    A store without that attribute is asked every time. An entry read while the
+    generation moved (a change landing during the lookup) is not kept.
+    """
+
+    def __init__(
+        self, generation: str, seconds: float, size: int, clock: Callable[[], float]
+    ) -> None:
+        self._attribute = generation
+        self._seconds = seconds
+        self._size = size
+        self._clock = clock
+        self._entries: dict[str, tuple[T, float]] = {}
+        """Token hash -> (what was read, when)."""
+        self._generation: object = None
+
+    def generation(self, state: StateStore) -> object:
+        """The store's generation now; read it before a lookup, for :meth:`keep`."""
+        return getattr(state, self._attribute, None)
+
+    def get(self, token_hash: str, state: StateStore) -> T | None:
+        generation = self.generation(state)
+        if generation is None:
+            return None
+        if generation != self._generation:
+            self._entries.clear()
+            self._generation = generation
+            return None
+        found = self._entries.get(token_hash)
+        if found is None:
+            return None
+        value, read_at = found
+        if self._clock() - read_at >= self._seconds:
+            del self._entries[token_hash]
+            return None
+        return value
+
+    def keep(self, token_hash: str, value: T, generation: object, state: StateStore) -> None:
+        """Remember ``value``, read after the store's generation was ``generation``."""
+        if generation is None or generation != self.generation(state):
+            return  # no generation to check against, or it moved during the lookup
+        if generation != self._generation or len(self._entries) >= self._size:
+            self._entries.clear()
+            self._generation = generation
+        self._entries[token_hash] = (value, self._clock())
 
 
 class ApiKeyAuthenticator:
@@ -76,10 +129,9 @@ class ApiKeyAuthenticator:
     """Keys remembered at most; the cache starts afresh when it is full."""
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._keys: dict[str, tuple[ApiKey, float]] = {}
-        """Key hash -> (key, when it was read)."""
-        self._generation: object = None
+        self._keys: _Remembered[ApiKey] = _Remembered(
+            "api_key_generation", self.CACHE_SECONDS, self.CACHE_SIZE, clock
+        )
         self._lookups = _Lookups()
 
     async def authenticate(self, credentials: Credentials, state: StateStore) -> Principal | None:
@@ -87,44 +139,19 @@ class ApiKeyAuthenticator:
         if not token or not token.startswith(API_KEY_PREFIX):
             return None
         key_hash = hash_token(token)
-        key = self._remembered(key_hash, state)
+        key = self._keys.get(key_hash, state)
         if key is None:
             # Read before the lookup: a change that lands during it invalidates the entry.
-            generation = getattr(state, "api_key_generation", None)
+            generation = self._keys.generation(state)
             key = await self._lookups.run(state.find_api_key, key_hash)
             if key is None:
                 return None  # unknown keys are not remembered: the cache only holds real ones
-            self._remember(key_hash, key, generation, state)
+            self._keys.keep(key_hash, key, generation, state)
         if not key.is_active(utcnow()):
             return None
         return Principal(
             kind="machine", id=key.machine_id, machine_id=key.machine_id, via=self.name
         )
-
-    def _remembered(self, key_hash: str, state: StateStore) -> ApiKey | None:
-        generation = getattr(state, "api_key_generation", None)
-        if generation is None:
-            return None
-        if generation != self._generation:
-            self._keys.clear()
-            self._generation = generation
-            return None
-        found = self._keys.get(key_hash)
-        if found is None:
-            return None
-        key, read_at = found
-        if self._clock() - read_at >= self.CACHE_SECONDS:
-            del self._keys[key_hash]
-            return None
-        return key
-
-    def _remember(self, key_hash: str, key: ApiKey, generation: object, state: StateStore) -> None:
-        if generation is None or generation != getattr(state, "api_key_generation", None):
-            return  # no generation to check against, or it moved during the lookup
-        if generation != self._generation or len(self._keys) >= self.CACHE_SIZE:
-            self._keys.clear()
-            self._generation = generation
-        self._keys[key_hash] = (key, self._clock())
 
 
 class SessionAuthenticator:
@@ -151,10 +178,9 @@ class SessionAuthenticator:
     """Sessions remembered at most; the cache starts afresh when it is full."""
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._sessions: dict[str, tuple[Session, Principal, float]] = {}
-        """Token hash -> (session, its principal, when it was read)."""
-        self._generation: object = None
+        self._sessions: _Remembered[tuple[Session, Principal]] = _Remembered(
+            "session_generation", self.CACHE_SECONDS, self.CACHE_SIZE, clock
+        )
         self._lookups = _Lookups()
 
     async def authenticate(self, credentials: Credentials, state: StateStore) -> Principal | None:
@@ -162,14 +188,14 @@ class SessionAuthenticator:
         if not token or not token.startswith(SESSION_PREFIX):
             return None
         token_hash = hash_token(token)
-        found = self._remembered(token_hash, state)
+        found = self._sessions.get(token_hash, state)
         if found is None:
             # Read before the lookup: a change that lands during it invalidates the entry.
-            generation = getattr(state, "session_generation", None)
+            generation = self._sessions.generation(state)
             found = await self._lookups.run(self._lookup, token_hash, state)
             if found is None:
                 return None  # unknown, ended or without a user: never remembered
-            self._remember(token_hash, found, generation, state)
+            self._sessions.keep(token_hash, found, generation, state)
         session, principal = found
         if not session.is_active(utcnow()):
             return None
@@ -198,37 +224,6 @@ class SessionAuthenticator:
         if user is None:
             return None
         return session, Principal(kind="user", id=user.id, role=user.role, via=self.name)
-
-    def _remembered(self, token_hash: str, state: StateStore) -> tuple[Session, Principal] | None:
-        generation = getattr(state, "session_generation", None)
-        if generation is None:
-            return None
-        if generation != self._generation:
-            self._sessions.clear()
-            self._generation = generation
-            return None
-        found = self._sessions.get(token_hash)
-        if found is None:
-            return None
-        session, principal, read_at = found
-        if self._clock() - read_at >= self.CACHE_SECONDS:
-            del self._sessions[token_hash]
-            return None
-        return session, principal
-
-    def _remember(
-        self,
-        token_hash: str,
-        found: tuple[Session, Principal],
-        generation: object,
-        state: StateStore,
-    ) -> None:
-        if generation is None or generation != getattr(state, "session_generation", None):
-            return  # no generation to check against, or it moved during the lookup
-        if generation != self._generation or len(self._sessions) >= self.CACHE_SIZE:
-            self._sessions.clear()
-            self._generation = generation
-        self._sessions[token_hash] = (*found, self._clock())
 
 
 @hookimpl
