@@ -68,6 +68,17 @@ def _batch(machine_id: str) -> MachineSamples:
     return MachineSamples(machine_id, [Sample(NOW, [Reading("cpu.percent", 1.0)])])
 
 
+def _writer(storage: _Storage) -> tuple[BatchWriter, list[list[str]]]:
+    """A writer on ``storage``, and the machine ids of each group it commits, in order."""
+    committed: list[list[str]] = []
+    writer = BatchWriter(
+        cast(Any, storage),
+        clock=lambda: NOW,
+        on_committed=lambda batches: committed.append([b.machine_id for b in batches]),
+    )
+    return writer, committed
+
+
 async def _wait_until(condition: Any) -> None:
     with anyio.fail_after(10):
         while not condition():
@@ -77,12 +88,7 @@ async def _wait_until(condition: Any) -> None:
 @pytest.mark.anyio
 async def test_a_second_transaction_starts_while_the_first_is_in_flight() -> None:
     storage = _Storage(in_flight=2)
-    committed: list[list[str]] = []
-    writer = BatchWriter(
-        cast(Any, storage),
-        clock=lambda: NOW,
-        on_committed=lambda batches: committed.append([b.machine_id for b in batches]),
-    )
+    writer, committed = _writer(storage)
     assert writer.in_flight == 2
     first_gate = storage.metrics.gates["a"] = threading.Event()
     results: dict[str, int] = {}
@@ -134,12 +140,7 @@ async def test_writes_queued_while_every_slot_is_busy_go_in_one_transaction() ->
 @pytest.mark.anyio
 async def test_a_failed_transaction_fails_its_callers_only_and_order_holds() -> None:
     storage = _Storage(in_flight=2)
-    committed: list[list[str]] = []
-    writer = BatchWriter(
-        cast(Any, storage),
-        clock=lambda: NOW,
-        on_committed=lambda batches: committed.append([b.machine_id for b in batches]),
-    )
+    writer, committed = _writer(storage)
     gate = storage.metrics.gates["a"] = threading.Event()
     storage.metrics.failures["a"] = StorageUnavailable("down for a moment")
     outcome: dict[str, object] = {}
