@@ -464,7 +464,7 @@ class SqlMetricStore:
     ) -> tuple[IntArray, FloatArray]:
         ts, values = int_array(), float_array()
         for (blob,) in self._sql.select_raw.one(conn, (sid, floor_to(start, CHUNK_MS), end)):
-            chunk_ts, chunk_values = blocks.decode_raw(blob)
+            chunk_ts, chunk_values = blocks.read_raw(blob)
             ts += chunk_ts
             values += chunk_values
         ts, values = clip(ts, values, start, end)
