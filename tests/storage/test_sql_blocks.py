@@ -200,6 +200,21 @@ def test_readers_get_ended_hours_minute_blocks_decoded_once() -> None:
         blocks.read_minutes(blocks.encode(columns)[:-3], avg)
 
 
+def test_readers_get_ended_hours_raw_chunks_decoded_once() -> None:
+    """As the minute blocks: compressed raw chunks are remembered by their bytes."""
+    ts = regular_ts(720)
+    values = float_array(round(50 + (i * 7919 % 300) / 10, 1) for i in range(720))
+    for compress in (True, False):
+        blob = blocks.encode_raw(ts, values, compress=compress)
+        first = blocks.read_raw(blob)
+        again = blocks.read_raw(bytes(bytearray(blob)))  # equal bytes, another object
+        assert [bits(c) for c in first] == [bits(ts), bits(values)]
+        assert [bits(c) for c in again] == [bits(c) for c in first]
+        assert (again is first) is compress
+    with pytest.raises(StorageError, match="corrupt"):
+        blocks.read_raw(blocks.encode_raw(ts, values)[:-3])
+
+
 # --------------------------------------------------------------------------- what is stored
 
 

@@ -464,7 +464,7 @@ class SqlMetricStore:
     ) -> tuple[IntArray, FloatArray]:
         ts, values = int_array(), float_array()
         for (blob,) in self._sql.select_raw.one(conn, (sid, floor_to(start, CHUNK_MS), end)):
-            chunk_ts, chunk_values = blocks.decode_raw(blob)
+            chunk_ts, chunk_values = blocks.read_raw(blob)
             ts += chunk_ts
             values += chunk_values
         ts, values = clip(ts, values, start, end)
@@ -874,6 +874,17 @@ _MINUTE_WANTED: Final = {
 """The minute-rollup columns each aggregation reads (:func:`~.points.downsample_rollups`)."""
 
 
+def _step_stamps(ks: IntArray, start: int, step: int) -> IntArray:
+    """Step starts in microseconds, ``(start + k * step) * 1000`` for each step ``k``,
+    in C: a ``range`` when every step from the first to the last has data (the
+    usual case), else ``map`` over the steps. A list first: ``array`` takes one
+    at once, an iterator an item at a time."""
+    if ks[-1] - ks[0] == len(ks) - 1:
+        first, width = (start + ks[0] * step) * 1000, step * 1000
+        return int_array(list(range(first, first + len(ks) * width, width)))
+    return int_array(list(map(add, repeat(start * 1000), map((step * 1000).__mul__, ks))))
+
+
 class _HistoryReader:
     """History queries answered in one read transaction (:meth:`SqlMetricStore.history_reader`)."""
 
@@ -922,8 +933,7 @@ class _HistoryReader:
                 )
                 ks, steps = downsample_rollups(rollups, start, end, step, query.aggregation)
             if ks:  # a series without points in the range is left out
-                # Step starts in microseconds: (start + k * step) * 1000, in C.
-                stamps = int_array(map(add, repeat(start * 1000), map((step * 1000).__mul__, ks)))
+                stamps = _step_stamps(ks, start, step)
                 results.append(HistoryColumns(key, resolution, stamps, steps))
         return results
 

@@ -204,6 +204,12 @@ def _owned(table: sa.Table, owner_id: str | None) -> sa.ColumnElement[bool]:
     return sa.true() if owner_id is None else table.c.owner_id == owner_id
 
 
+# Built once: every request for a machine's data checks it is the caller's, and
+# building the statement (its cache key) costs more than running it.
+_MACHINE_BY_ID = sa.select(machines).where(machines.c.id == sa.bindparam("machine_id"))
+_OWNED_MACHINE_BY_ID = _MACHINE_BY_ID.where(machines.c.owner_id == sa.bindparam("owner_id"))
+
+
 _UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -421,9 +427,12 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
 
     def get_machine(self, machine_id: str, owner_id: str | None = None) -> Machine:
         with self._db.read() as conn:
-            row = conn.execute(
-                sa.select(machines).where(machines.c.id == machine_id, _owned(machines, owner_id))
-            ).first()
+            if owner_id is None:
+                row = conn.execute(_MACHINE_BY_ID, {"machine_id": machine_id}).first()
+            else:
+                row = conn.execute(
+                    _OWNED_MACHINE_BY_ID, {"machine_id": machine_id, "owner_id": owner_id}
+                ).first()
         if row is None:
             raise NotFoundError(f"machine {machine_id!r} not found")
         return _machine(row)
