@@ -201,12 +201,17 @@ def read_minutes(
     invalidating. The open hour's uncompressed block, rewritten every few
     minutes, is decoded each time.
     """
-    if type(blob) is bytes and blob[1:2] == _ZLIB_FLAG_BYTE:
+    if _cacheable(blob):
         return _read_compressed_minutes(blob, wanted)
     return decode_minutes(blob, wanted)
 
 
 _ZLIB_FLAG_BYTE: Final = bytes([FLAG_ZLIB])
+
+
+def _cacheable(blob: bytes) -> bool:
+    """A compressed block (an ended hour's) given as ``bytes``, hashable as a cache key."""
+    return type(blob) is bytes and blob[1:2] == _ZLIB_FLAG_BYTE
 
 
 @functools.lru_cache(maxsize=MINUTE_CACHE_BLOCKS)
@@ -228,7 +233,7 @@ def read_raw(blob: bytes) -> tuple[IntArray, FloatArray]:
     their bytes, least recently used first out; the open hour's uncompressed
     chunk is decoded each time.
     """
-    if type(blob) is bytes and blob[1:2] == _ZLIB_FLAG_BYTE:
+    if _cacheable(blob):
         return _read_compressed_raw(blob)
     return decode_raw(blob)
 

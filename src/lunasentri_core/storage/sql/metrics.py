@@ -480,23 +480,24 @@ class SqlMetricStore:
         start: int,
         end: int,
         head: tuple[IntArray, FloatArray] | None,
-        aggregation: Aggregation | None = None,
-        horizons: Horizons | None = None,
-        chunk_points: Callable[[int, int], tuple[IntArray, FloatArray] | None] | None = None,
+        aggregation: Aggregation,
+        horizons: Horizons,
+        chunk_points: Callable[[int, int], tuple[IntArray, FloatArray] | None],
     ) -> Rollups:
         """The rollups of ``[start, end)``; only the columns ``aggregation``
-        reads hold their stored values (all of them when it is ``None``).
+        reads hold their stored values.
 
         ``horizons``: where the rollups lack a bucket to redo in a chunk whose
         raw points and rollups are both kept, the chunk has no point in it,
         and its raw points are not read for it. ``chunk_points(sid, chunk_start)``
-        gives a chunk's raw points as :meth:`_chunk_points` does (a reader's, in bulk).
+        gives a chunk's raw points: none for a new chunk, ``None`` when they
+        expired (:meth:`_HistoryReader._chunk_points`).
         """
         width = _WIDTH[resolution]
         lo, hi = floor_to(start, CHUNK_MS), end
         rollups = Rollups.empty()
         if resolution is Resolution.MINUTE:
-            wanted = None if aggregation is None else _MINUTE_WANTED[aggregation]
+            wanted = _MINUTE_WANTED[aggregation]
             for (blob,) in self._sql.select_minutes.one(conn, (sid, lo, hi)):
                 rollups.extend(Rollups(*blocks.read_minutes(blob, wanted)))
         else:
@@ -521,8 +522,7 @@ class SqlMetricStore:
             # The points that matter: those of the buckets redone.
             first, last = max(buckets[0], start), min(buckets[-1] + width, end)
             if (
-                horizons is not None
-                and not horizons.expired(Resolution.RAW, chunk_start)
+                not horizons.expired(Resolution.RAW, chunk_start)
                 and not horizons.expired(resolution, chunk_start)
                 and not any(b in stats for b in buckets)
             ):
@@ -530,10 +530,7 @@ class SqlMetricStore:
                 # these buckets: none of its points lies in them.
                 ts, values = int_array(), float_array()
             else:
-                if chunk_points is None:
-                    found = self._chunk_points(conn, sid, chunk_start)
-                else:
-                    found = chunk_points(sid, chunk_start)
+                found = chunk_points(sid, chunk_start)
                 if found is None:
                     continue  # raw points expired: the stored rollup is the best answer
                 ts, values = clip(*found, first, last)
@@ -550,17 +547,6 @@ class SqlMetricStore:
                     stats.pop(bucket, None)
         head_part.extend(Rollups.from_stats(stats))
         return head_part
-
-    def _chunk_points(
-        self, conn: Connection, sid: int, chunk_start: int
-    ) -> tuple[IntArray, FloatArray] | None:
-        """A chunk's raw points; none for a new chunk, ``None`` when they expired."""
-        row = self._sql.select_chunk.one(conn, (sid, chunk_start)).first()
-        if row is None:
-            return int_array(), float_array()
-        if row[0] is None:
-            return None
-        return blocks.decode_raw(row[0])
 
     # ------------------------------------------------------------------ deleting
 
@@ -938,8 +924,9 @@ class _HistoryReader:
         return results
 
     def _chunk_points(self, sid: int, chunk_start: int) -> tuple[IntArray, FloatArray] | None:
-        """:meth:`SqlMetricStore._chunk_points`, the raw blobs of the query's series
-        read in one statement per chunk (each series redoes the same recent buckets)."""
+        """A chunk's raw points (none for a new chunk, ``None`` when they expired),
+        the raw blobs of the query's series read in one statement per chunk (each
+        series redoes the same recent buckets)."""
         blobs = self._chunks.setdefault(chunk_start, {})
         if sid not in blobs:
             wanted = sorted({sid, *(s for s in self._sids if s not in blobs)})
@@ -1073,7 +1060,6 @@ class _Statements:
     select_raw: Statement
     select_minutes: Statement
     select_hours: Statement
-    select_chunk: Statement
     select_head: Statement
     select_series: Statement
     select_horizons: Statement
@@ -1157,11 +1143,6 @@ def _prepare(db: Database) -> _Statements:
         sa.select(c.chunk_start, c.hour_count, c.hour_sum, c.hour_min, c.hour_max, c.hour_last)
         .where(*in_range, c.hour_count.is_not(None))
         .order_by(c.chunk_start)
-    )
-    sql.select_chunk = db.statement(
-        sa.select(c.raw).where(
-            c.series_id == sa.bindparam("sid"), c.chunk_start == sa.bindparam("chunk")
-        )
     )
     for stmt in (sql.select_raw, sql.select_minutes, sql.select_hours):
         assert stmt.names == ("sid", "lo", "hi")

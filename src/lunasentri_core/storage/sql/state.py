@@ -239,19 +239,27 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _may_end_keys(
+def _then(
     method: Callable[Concatenate[SqlStateStore, P], R],
+    move: Callable[[SqlStateStore], None],
 ) -> Callable[Concatenate[SqlStateStore, P], R]:
-    """The method may end API keys: move ``api_key_generation`` once it has finished."""
+    """``method``, calling ``move(store)`` once it has finished, however it ended."""
 
     @functools.wraps(method)
     def wrapper(store: SqlStateStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(store, *args, **kwargs)
         finally:
-            store._api_key_generation = next(store._key_changes)
+            move(store)
 
     return wrapper
+
+
+def _may_end_keys(
+    method: Callable[Concatenate[SqlStateStore, P], R],
+) -> Callable[Concatenate[SqlStateStore, P], R]:
+    """The method may end API keys: move ``api_key_generation`` once it has finished."""
+    return _then(method, lambda store: store.keys_changed_elsewhere())
 
 
 def _may_end_sessions(
@@ -259,15 +267,7 @@ def _may_end_sessions(
 ) -> Callable[Concatenate[SqlStateStore, P], R]:
     """The method may end sessions or change whom they stand for (revoking them,
     a user's role or deletion): move ``session_generation`` once it has finished."""
-
-    @functools.wraps(method)
-    def wrapper(store: SqlStateStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(store, *args, **kwargs)
-        finally:
-            store._session_generation = next(store._session_changes)
-
-    return wrapper
+    return _then(method, lambda store: store.sessions_changed_elsewhere())
 
 
 class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeStore):
@@ -291,7 +291,8 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
         return self._api_key_generation
 
     def keys_changed_elsewhere(self) -> None:
-        """Another process may have ended API keys: move ``api_key_generation``."""
+        """Another process (or, through :func:`_may_end_keys`, this store) may have
+        ended API keys: move ``api_key_generation``."""
         self._api_key_generation = next(self._key_changes)
 
     @property
@@ -303,7 +304,8 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
         return self._session_generation
 
     def sessions_changed_elsewhere(self) -> None:
-        """Another process may have ended sessions: move ``session_generation``."""
+        """Another process (or, through :func:`_may_end_sessions`, this store) may
+        have ended sessions: move ``session_generation``."""
         self._session_generation = next(self._session_changes)
 
     # ------------------------------------------------------------------ users
