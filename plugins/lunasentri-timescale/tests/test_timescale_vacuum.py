@@ -70,7 +70,7 @@ def test_a_pass_moving_many_points_gives_the_emptied_head_back(
 
     assert report.compacted_points == SAMPLES * READINGS
     assert head_pages(storage) == 0
-    assert report.freed_pages == before
+    assert report.freed_pages >= before  # the table's, and its free space map's
 
 
 def test_a_smaller_pass_leaves_the_head_to_autovacuum(
@@ -85,3 +85,71 @@ def test_a_smaller_pass_leaves_the_head_to_autovacuum(
     assert report.compacted_points == SAMPLES * READINGS
     assert report.freed_pages == 0
     assert head_pages(storage) == before  # the rows are gone, their pages not yet
+
+
+def head_indexes(storage: TimescaleStorage) -> dict[str, bool]:
+    """The head's indexes by name, and whether each is valid."""
+    with storage.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT c.relname, i.indisvalid FROM pg_index i "
+                "JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE i.indrelid = to_regclass('samples_head')"
+            )
+        )
+        return dict(rows.all())
+
+
+def index_bytes(storage: TimescaleStorage) -> int:
+    with storage.engine.connect() as conn:
+        found = conn.execute(sa.text("SELECT pg_indexes_size('samples_head')")).scalar_one()
+        return int(found)
+
+
+def test_indexes_that_outgrew_the_emptied_head_are_rebuilt(
+    storage: TimescaleStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(vacuum, "HEAD_VACUUM_POINTS", SAMPLES * READINGS)
+    monkeypatch.setattr(vacuum, "HEAD_INDEX_SLACK", 0)
+    fill_head(storage)
+    indexes = head_indexes(storage)
+    # What an interrupted REINDEX CONCURRENTLY leaves: an invalid index (this
+    # one fails on the duplicate machine ids).
+    with storage.engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        with pytest.raises(sa.exc.IntegrityError):
+            conn.execute(
+                sa.text(
+                    "CREATE UNIQUE INDEX CONCURRENTLY samples_head_ccnew "
+                    "ON samples_head (machine_id)"
+                )
+            )
+    assert head_indexes(storage) == {**indexes, "samples_head_ccnew": False}
+    before = index_bytes(storage)
+
+    report = storage.metrics.maintain(datetime.now(UTC))
+
+    assert head_indexes(storage) == indexes  # the same ones, valid; the leftover gone
+    assert all(indexes.values())
+    assert index_bytes(storage) < before
+    assert report.freed_pages > 0
+
+
+def test_indexes_in_proportion_to_the_head_are_left_alone(
+    storage: TimescaleStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(vacuum, "HEAD_VACUUM_POINTS", SAMPLES * READINGS)
+    fill_head(storage)
+    with storage.engine.connect() as conn:
+        oids = conn.execute(
+            sa.text("SELECT indexrelid FROM pg_index WHERE indrelid = to_regclass('samples_head')")
+        ).scalars()
+        before = sorted(oids)
+
+    storage.metrics.maintain(datetime.now(UTC))
+
+    with storage.engine.connect() as conn:
+        oids = conn.execute(
+            sa.text("SELECT indexrelid FROM pg_index WHERE indrelid = to_regclass('samples_head')")
+        ).scalars()
+        assert sorted(oids) == before  # not rebuilt: a rebuild makes new ones

@@ -38,6 +38,8 @@ SUPPORTED_DIALECTS: Final = ("sqlite", "postgresql")
 LOCK_MAINTAIN: Final = 0x4C53_0001
 """Advisory lock: compaction, expiry and series deletion."""
 LOCK_MIGRATE: Final = 0x4C53_0002
+LOCK_HEAD_INDEXES: Final = 0x4C53_0003
+"""Advisory lock (session-level, tried): rebuilding the head's indexes (``vacuum.py``)."""
 
 
 def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:

@@ -18,9 +18,11 @@ visits a table a minute or more after the fact. After a compaction pass that
 moved many points out of the head (a backlog, the end of an hour),
 :func:`vacuum_head` runs a plain ``VACUUM`` of ``samples_head`` at once: the
 emptied tail of the table goes back to the file system (a head emptied by a
-backlog shrinks to nothing), the rest is reusable by the next inserts. Plain
-``VACUUM`` takes no lock that blocks ingest, and skips truncating while
-another session waits for the table.
+backlog shrinks to nothing), the rest is reusable by the next inserts; and
+when the head's indexes kept a backlog's size over a table that no longer
+holds it, they are rebuilt (``REINDEX CONCURRENTLY``). Neither takes a lock
+that blocks ingest; plain ``VACUUM`` skips truncating while another session
+waits for the table.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any, Final
 
 from sqlalchemy.engine import Connection
 
-from lunasentri_core.storage.sql.database import Database
+from lunasentri_core.storage.sql.database import LOCK_HEAD_INDEXES, Database
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,8 @@ IN_TRANSACTION: Final = 4096
 them (about 50 us a page on a loaded 2-core machine: 0.2 s at most)."""
 VACUUM_MIB_PER_SECOND: Final = 50
 """A cautious rate for the log's estimate of a conversion's duration."""
+HEAD_INDEX_SLACK: Final = 16 * 2**20
+"""Bytes the head's indexes may grow past twice its table before they are rebuilt."""
 HEAD_VACUUM_POINTS: Final = 500_000
 """Points a PostgreSQL compaction pass moves out of the head before it vacuums the
 head table itself (about 10,000 rows of 50 readings; fewer are left to autovacuum)."""
@@ -185,14 +189,54 @@ def _reclaim_steps(db: Database, step: int) -> int:
 
 def vacuum_head(db: Database, compacted_points: int) -> int:
     """PostgreSQL: ``VACUUM samples_head`` after a pass that moved at least
-    :data:`HEAD_VACUUM_POINTS` points out of it; returns the pages given back to
-    the file system. Nothing on SQLite (see :func:`give_back`), or below that."""
+    :data:`HEAD_VACUUM_POINTS` points out of it, and its indexes rebuilt when
+    they outgrew it (:func:`_rebuild_head_indexes`); returns the pages given back
+    to the file system. Nothing on SQLite (see :func:`give_back`), or below that."""
     if not db.is_postgres or compacted_points < HEAD_VACUUM_POINTS:
         return 0
     with db.errors(), db.engine.connect() as conn:
-        # VACUUM cannot run inside a transaction block.
+        # VACUUM and REINDEX CONCURRENTLY cannot run inside a transaction block.
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        size = "SELECT pg_relation_size('samples_head') / current_setting('block_size')::int"
-        before = int(conn.exec_driver_sql(size).scalar_one())
+        before = _head_pages(conn)
         conn.exec_driver_sql("VACUUM samples_head")
-        return max(0, before - int(conn.exec_driver_sql(size).scalar_one()))
+        _rebuild_head_indexes(conn)
+        return max(0, before - _head_pages(conn))
+
+
+def _head_pages(conn: Connection) -> int:
+    """Pages of ``samples_head`` with its indexes."""
+    found = conn.exec_driver_sql(
+        "SELECT pg_total_relation_size('samples_head') / current_setting('block_size')::int"
+    ).scalar_one()
+    return int(found)
+
+
+def _rebuild_head_indexes(conn: Connection) -> None:
+    """``REINDEX TABLE CONCURRENTLY samples_head`` when its indexes are larger than
+    twice the table and :data:`HEAD_INDEX_SLACK` more.
+
+    A B-tree reuses the pages its deleted entries emptied but never gives them
+    back: after a backlog the head's indexes kept the size of the whole
+    backlog (3 bytes a point of the benchmark's day) over an empty table. The
+    rebuild blocks no reads or writes; one process does it at a time (an
+    advisory lock, skipped when held), and an index left invalid by a rebuild
+    that was interrupted (a statement timeout, a crash) is dropped first.
+    """
+    table, indexes = conn.exec_driver_sql(
+        "SELECT pg_relation_size('samples_head'), pg_indexes_size('samples_head')"
+    ).one()
+    if indexes <= 2 * table + HEAD_INDEX_SLACK:
+        return
+    locked = conn.exec_driver_sql("SELECT pg_try_advisory_lock(%s)", (LOCK_HEAD_INDEXES,))
+    if not locked.scalar_one():
+        return
+    try:
+        invalid = conn.exec_driver_sql(
+            "SELECT indexrelid::regclass::text FROM pg_index "
+            "WHERE indrelid = 'samples_head'::regclass AND NOT indisvalid"
+        ).scalars()
+        for name in list(invalid):
+            conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+        conn.exec_driver_sql("REINDEX TABLE CONCURRENTLY samples_head")
+    finally:
+        conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (LOCK_HEAD_INDEXES,))
