@@ -153,3 +153,33 @@ def test_indexes_in_proportion_to_the_head_are_left_alone(
             sa.text("SELECT indexrelid FROM pg_index WHERE indrelid = to_regclass('samples_head')")
         ).scalars()
         assert sorted(oids) == before  # not rebuilt: a rebuild makes new ones
+
+
+def test_a_vacuum_that_fails_is_logged_and_the_pass_keeps_its_points(
+    storage: TimescaleStorage, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(vacuum, "HEAD_VACUUM_POINTS", SAMPLES * READINGS)
+    fill_head(storage)
+
+    # Another session holds the head in a lock VACUUM waits for; VACUUM gives
+    # up at the statement timeout set here for the store's new connections.
+    @sa.event.listens_for(storage.engine, "connect")
+    def short_timeout(dbapi_connection: object, record: object) -> None:
+        dbapi_connection.execute("SET statement_timeout = '200ms'")  # type: ignore[attr-defined]
+        dbapi_connection.commit()  # type: ignore[attr-defined]
+
+    storage.engine.dispose()
+    other = sa.create_engine(storage.engine.url)
+    try:
+        with other.connect() as holder:
+            holder.execute(sa.text("LOCK TABLE samples_head IN SHARE UPDATE EXCLUSIVE MODE"))
+            report = storage.metrics.maintain(datetime.now(UTC))
+            holder.rollback()
+    finally:
+        other.dispose()
+
+    assert report.compacted_points == SAMPLES * READINGS
+    assert report.freed_pages == 0
+    assert "samples_head was not vacuumed" in caplog.text
+    with storage.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM metric_chunks")).scalar_one() == READINGS
