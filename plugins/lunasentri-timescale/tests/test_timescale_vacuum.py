@@ -161,11 +161,12 @@ def test_a_vacuum_that_fails_is_logged_and_the_pass_keeps_its_points(
     monkeypatch.setattr(vacuum, "HEAD_VACUUM_POINTS", SAMPLES * READINGS)
     fill_head(storage)
 
-    # Another session holds the head in a lock VACUUM waits for; VACUUM gives
-    # up at the statement timeout set here for the store's new connections.
+    # Another session holds the head in a lock VACUUM waits for (and the
+    # compaction's statements do not); VACUUM gives up at the lock timeout
+    # set here for the store's new connections.
     @sa.event.listens_for(storage.engine, "connect")
-    def short_timeout(dbapi_connection: object, record: object) -> None:
-        dbapi_connection.execute("SET statement_timeout = '200ms'")  # type: ignore[attr-defined]
+    def short_lock_timeout(dbapi_connection: object, record: object) -> None:
+        dbapi_connection.execute("SET lock_timeout = '200ms'")  # type: ignore[attr-defined]
         dbapi_connection.commit()  # type: ignore[attr-defined]
 
     storage.engine.dispose()
