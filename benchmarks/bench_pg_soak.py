@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from datetime import timedelta
 from typing import Any
 
 import _common as c
@@ -45,8 +44,6 @@ import sqlalchemy as sa
 from lunasentri_core.storage.sql import SqlStorage
 from lunasentri_core.storage.sql.metrics import from_ms
 from lunasentri_timescale import TimescaleStorageFactory
-
-LIMIT = soak.LIMIT
 
 _RELATIONS = sa.text(
     """
@@ -184,13 +181,8 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--machines", type=int, default=c.MACHINES, help="machines (default 20)")
-    parser.add_argument(
-        "--hours", type=float, default=2.0, help="hours of data (default 2; a day: 24)"
-    )
-    parser.add_argument(
-        "--interval", type=float, default=30.0, help="maintenance every N s of data (default 30)"
+    parser = soak.soak_arguments(
+        argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     )
     parser.add_argument(
         "--autovacuum",
@@ -198,15 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         default=60.0,
         help="autovacuum's look every N s of data (default 60; 0: leave it to the real one)",
     )
-    parser.add_argument("--strict", action="store_true", help="exit 1 when the limit is missed")
     args = parser.parse_args(argv)
     base = pg.postgres_url()
     if base is None:
         print(pg.skip_line("bench_pg_soak"))
         return 0
-    points = int(timedelta(hours=args.hours) / c.INTERVAL)
-    if points < 2 or args.interval < d.STEP_MS / 1000:
-        parser.error("--hours must cover two samples and --interval be at least 5 s")
+    points = soak.soak_points(parser, args)
     with c.Timer() as generating:
         fleet = soak.Fleet(args.machines, points)
     functions = ensure_pgstattuple(base)
@@ -234,11 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         f"B/point of the data written; {sizes.samples} samples, worst {sizes.worst:.3f} "
         f"{sizes.worst_at}: {sizes.worst_top}"
     )
-    ok = sizes.worst <= LIMIT
-    print(
-        f"largest schema size / live bytes: {sizes.worst:.3f}; ratio to the {LIMIT} limit "
-        f"{sizes.worst / LIMIT:.2f} {c.verdict(ok)}"
-    )
+    ok = soak.limit_line("schema size", sizes.worst)
     return 1 if args.strict and not ok else 0
 
 

@@ -201,8 +201,8 @@ class Soak:
             next_pass += self.interval_ms
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def soak_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The soak's options (``bench_pg_soak.py`` takes them too)."""
     parser.add_argument("--machines", type=int, default=c.MACHINES, help="machines (default 20)")
     parser.add_argument(
         "--hours", type=float, default=2.0, help="hours of data (default 2; a day: 24)"
@@ -210,14 +210,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--interval", type=float, default=30.0, help="maintenance every N s of data (default 30)"
     )
-    parser.add_argument(
-        "--compare", action="store_true", help="also run without auto-vacuum (twice as long)"
-    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when the limit is missed")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def soak_points(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Points per series of the soak the options ask for."""
     points = int(timedelta(hours=args.hours) / c.INTERVAL)
     if points < 2 or args.interval < d.STEP_MS / 1000:
         parser.error("--hours must cover two samples and --interval be at least 5 s")
+    return points
+
+
+def limit_line(what: str, worst: float) -> bool:
+    """Print the largest ratio against :data:`LIMIT`; whether it is within."""
+    ok = worst <= LIMIT
+    print(
+        f"largest {what} / live bytes: {worst:.3f}; ratio to the {LIMIT} limit "
+        f"{worst / LIMIT:.2f} {c.verdict(ok)}"
+    )
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = soak_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument(
+        "--compare", action="store_true", help="also run without auto-vacuum (twice as long)"
+    )
+    args = parser.parse_args(argv)
+    points = soak_points(parser, args)
     with c.Timer() as generating:
         fleet = Fleet(args.machines, points)
     interval_ms = int(args.interval * 1000)
@@ -263,11 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{plain.maintain_s:.1f} s; file {plain_size / 2**20:.1f} MiB, worst ratio "
             f"{plain_sizes.worst:.3f} {plain_sizes.worst_at}"
         )
-    ok = sizes.worst <= LIMIT
-    print(
-        f"largest file size / live bytes: {sizes.worst:.3f}; ratio to the {LIMIT} limit "
-        f"{sizes.worst / LIMIT:.2f} {c.verdict(ok)}"
-    )
+    ok = limit_line("file size", sizes.worst)
     return 1 if args.strict and not ok else 0
 
 
