@@ -57,6 +57,8 @@ async def accounts(tmp_path: Path, clock: Clock) -> AsyncIterator[Accounts]:
         environ={},
         data_dir=tmp_path / "data",
         server={"login_max_failures": 2, "login_lockout": "10m", "reset_token_ttl": "1h"},
+        # No poller: a monitor made by a test is due at once, and its poll would race it.
+        agentless={"enabled": False},
     )
     async with Sentri(settings, clock=clock) as hub:
         yield Accounts(hub, settings.server)
