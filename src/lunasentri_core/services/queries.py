@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -139,11 +139,12 @@ async def latest(
         wanted = [metric, *DERIVED[metric]]
 
     def read() -> list[SeriesValue]:
-        hub.storage.state.get_machine(machine_id, owner_id)
-        found: list[SeriesValue] = []
-        for name in wanted:
-            found.extend(hub.storage.metrics.latest([machine_id], name))
-        return found
+        with _snapshot(hub):
+            hub.storage.state.get_machine(machine_id, owner_id)
+            found: list[SeriesValue] = []
+            for name in wanted:
+                found.extend(hub.storage.metrics.latest([machine_id], name))
+            return found
 
     values = await hub.run_sync(read)
     derived = derive_latest(values)
@@ -177,18 +178,30 @@ async def history_columns(
     its points."""
 
     def read() -> list[HistoryColumns]:
-        for machine_id in sorted({query.machine_id for query in asked}):
-            hub.storage.state.get_machine(machine_id, owner_id)
-        metrics = hub.storage.metrics
-        reader = getattr(metrics, "history_reader", None)
-        with reader() if reader is not None else nullcontext(_columns_of(metrics)) as one:
-            found: list[HistoryColumns] = []
-            for query in asked:
-                # A backend that does not know ``exact`` (or the derivation) may answer more.
-                found.extend(c for c in _read_columns(one, query) if query.selects(c.series.labels))
-            return found
+        with _snapshot(hub):
+            for machine_id in sorted({query.machine_id for query in asked}):
+                hub.storage.state.get_machine(machine_id, owner_id)
+            metrics = hub.storage.metrics
+            reader = getattr(metrics, "history_reader", None)
+            with reader() if reader is not None else nullcontext(_columns_of(metrics)) as one:
+                found: list[HistoryColumns] = []
+                for query in asked:
+                    # A backend that does not know ``exact`` (or the derivation) may answer more.
+                    found.extend(
+                        c for c in _read_columns(one, query) if query.selects(c.series.labels)
+                    )
+                return found
 
     return await hub.run_sync(read)
+
+
+def _snapshot(hub: Sentri) -> AbstractContextManager[object]:
+    """One read transaction for the ownership check and the read that follows it,
+    where the storage offers one (the SQL store's ``snapshot``)."""
+    snapshot: Callable[[], AbstractContextManager[object]] | None = getattr(
+        hub.storage, "snapshot", None
+    )
+    return snapshot() if snapshot is not None else nullcontext()
 
 
 def _columns_of(metrics: MetricStore) -> Callable[[HistoryQuery], list[HistoryColumns]]:
