@@ -10,7 +10,12 @@ same generator, in bodies of 1,000 points, ``--agents`` requests in flight:
   samples of 50 readings a body. Storage maintenance is kept out of the
   ingest window, then forced: the server is stopped, the compaction it runs
   every 30 s (``metrics.maintain``) runs once on its database, and it is
-  started again for the queries;
+  started again for the queries. With ``--postgres`` the same server runs on
+  PostgreSQL instead (``lunasentri-timescale``; ``LUNASENTRI_BENCH_POSTGRES_URL``,
+  in a scratch schema dropped at the end): its CPU then includes that of the
+  PostgreSQL backends serving it (VictoriaMetrics does all its work in its own
+  process), and its bytes on disk are every relation of the schema (tables,
+  indexes, TOAST), as compaction leaves them and after ``VACUUM FULL``;
 * VictoriaMetrics (when its ``victoria-metrics`` binary is installed, the
   Debian package of that name; this script never installs it): the
   single-node server on a free loopback port with a temporary data
@@ -30,6 +35,7 @@ VictoriaMetrics. Figures are medians of ``--runs`` runs (each on fresh data
 directories), queries the median of ``--repeat`` requests.
 
     python benchmarks/bench_vs_victoriametrics.py [--runs 3] [--scale 0.0417] [--agents 4]
+        [--postgres]
 """
 
 from __future__ import annotations
@@ -51,13 +57,16 @@ from typing import Any
 
 import _common as c
 import _dataset as d
+import _postgres as pg
 import _server
 import httpx
 import psutil
+import sqlalchemy as sa
 
 from lunasentri_core import RetentionPolicy
 from lunasentri_core.storage.sql.metrics import from_ms, to_ms
 from lunasentri_sqlite import SQLiteStorageFactory
+from lunasentri_timescale import TimescaleStorageFactory
 
 VM_BINARY = "victoria-metrics"
 SERIES_PER_MACHINE = len(c.SHAPES)
@@ -177,41 +186,45 @@ def ingest(
     bodies: Iterator[tuple[bytes, dict[str, str]]],
     path: str,
     agents: int,
-    pid: int,
+    cpu: Callable[[], float],
     points: int,
 ) -> Ingested:
+    """Post every body; ``cpu`` reads the CPU seconds of whatever serves them."""
     _server.lighten_httpx()
-    process = psutil.Process(pid)
-    cpu = sum(process.cpu_times()[:2])
+    before = cpu()
     started = time.perf_counter()
     asyncio.run(_post_all(url, bodies, path, agents))
     seconds = time.perf_counter() - started
-    return Ingested(points, seconds, sum(process.cpu_times()[:2]) - cpu)
+    return Ingested(points, seconds, cpu() - before)
+
+
+def process_cpu(pid: int) -> Callable[[], float]:
+    process = psutil.Process(pid)
+    return lambda: sum(process.cpu_times()[:2])
 
 
 # --------------------------------------------------------------------------- queries
 
 
 def timed_queries(
-    repeat: int, pid: int, requests: dict[str, Callable[[], None]]
+    repeat: int, cpu: Callable[[], float], requests: dict[str, Callable[[], None]]
 ) -> dict[str, float]:
     """Each request's median ms over ``repeat``, and the server's CPU ms per request.
 
     The CPU time (psutil) holds on a loaded machine, where the wall time is
     mostly waiting for a core.
     """
-    process = psutil.Process(pid)
     out = {}
     for key, request in requests.items():
         request()  # warm: connections, caches of the server's own
         times = []
-        cpu = sum(process.cpu_times()[:2])
+        before = cpu()
         for _ in range(repeat):
             started = time.perf_counter()
             request()
             times.append((time.perf_counter() - started) * 1000)
         out[key] = statistics.median(times)
-        out[f"{key}_cpu"] = (sum(process.cpu_times()[:2]) - cpu) / repeat * 1000
+        out[f"{key}_cpu"] = (cpu() - before) / repeat * 1000
     return out
 
 
@@ -231,8 +244,35 @@ def expect(what: str, got: int, wanted: int) -> None:
 
 
 def lunasentri_run(data: DataSet, args: argparse.Namespace) -> dict[str, float]:
+    if args.postgres_url is None:
+        return lunasentri_serve(data, args, {}, process_cpu, compact_sqlite)
+    with pg.scratch_schema(args.postgres_url, "lsbench_vm") as (schema, url, app):
+        backends = pg.BackendCpu(url, app)
+        try:
+
+            def cpu(pid: int) -> Callable[[], float]:
+                # The server's own CPU and its backends', as VictoriaMetrics' is all its own.
+                own = process_cpu(pid)
+                return lambda: own() + backends.seconds()
+
+            def compact(_server: _server.ServerProcess, points: int) -> dict[str, float]:
+                return compact_postgres(url, schema, points, backends)
+
+            return lunasentri_serve(data, args, {"LUNASENTRI_STORAGE__URL": url}, cpu, compact)
+        finally:
+            backends.close()
+
+
+def lunasentri_serve(
+    data: DataSet,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    cpu_of: Callable[[int], Callable[[], float]],
+    compact: Callable[[_server.ServerProcess, int], dict[str, float]],
+) -> dict[str, float]:
     out: dict[str, float] = {}
-    with _server.ServerProcess(SERVER_ENV) as server:
+    settings = {**SERVER_ENV, **env}
+    with _server.ServerProcess(settings) as server:
         keys = server.register(data.names)
         bodies = (
             (
@@ -241,20 +281,19 @@ def lunasentri_run(data: DataSet, args: argparse.Namespace) -> dict[str, float]:
             )
             for m, samples in data.windows()
         )
-        done = ingest(server.url, bodies, "/api/v1/ingest", args.agents, server.pid, data.points)
+        done = ingest(
+            server.url, bodies, "/api/v1/ingest", args.agents, cpu_of(server.pid), data.points
+        )
         out["ingest"], out["cpu"] = done.points_per_second, done.cpu_us_per_point
-
-        def compact() -> None:
-            out.update(compact_sqlite(server.database(), data.points))
-
-        server.restart(SERVER_ENV, between=compact)
-        out.update(lunasentri_queries(server, data, args.repeat))
+        server.restart(settings, between=lambda: out.update(compact(server, data.points)))
+        out.update(lunasentri_queries(server, data, args.repeat, cpu_of(server.pid)))
         server.stop()
     return out
 
 
-def compact_sqlite(path: Path, points: int) -> dict[str, float]:
+def compact_sqlite(server: _server.ServerProcess, points: int) -> dict[str, float]:
     """What the server's maintenance does, once, on its stopped database; file sizes."""
+    path = server.database()
     store = SQLiteStorageFactory.open(f"sqlite:///{path}", retention=RetentionPolicy())
     cpu = time.process_time()
     store.metrics.maintain(datetime.now(UTC))
@@ -273,8 +312,43 @@ def compact_sqlite(path: Path, points: int) -> dict[str, float]:
     }
 
 
+def compact_postgres(
+    url: str, schema: str, points: int, backends: pg.BackendCpu
+) -> dict[str, float]:
+    """The same on PostgreSQL: compaction's CPU here and in its backend; the schema's
+    relations as compaction leaves them and after ``VACUUM FULL``."""
+    store = TimescaleStorageFactory.open(url, retention=RetentionPolicy())
+    try:
+        cpu = time.process_time() + backends.seconds()
+        store.metrics.maintain(datetime.now(UTC))
+        cpu = time.process_time() + backends.seconds() - cpu
+        compacted = schema_bytes(store.engine, schema)  # type: ignore[attr-defined]
+        with store.engine.connect() as conn:  # type: ignore[attr-defined]
+            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM FULL")
+        vacuumed = schema_bytes(store.engine, schema)  # type: ignore[attr-defined]
+    finally:
+        store.close()
+    return {
+        "disk": compacted / points,
+        "disk_vacuum": vacuumed / points,
+        "compact_cpu": cpu / points * 1e6,
+    }
+
+
+def schema_bytes(engine: Any, schema: str) -> int:
+    """Every table of ``schema`` with its indexes and TOAST (partitions are tables)."""
+    with engine.connect() as conn:
+        found = conn.exec_driver_sql(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'm')",
+            {"schema": schema},
+        ).scalar_one()
+    return int(found)
+
+
 def lunasentri_queries(
-    server: _server.ServerProcess, data: DataSet, repeat: int
+    server: _server.ServerProcess, data: DataSet, repeat: int, cpu: Callable[[], float]
 ) -> dict[str, float]:
     token = server.login()
     headers = {"authorization": f"Bearer {token}"}
@@ -315,7 +389,7 @@ def lunasentri_queries(
 
         return timed_queries(
             repeat,
-            server.pid,
+            cpu,
             {
                 "history_500": history(span / 500, min(500, data.points_per_series)),
                 "history_1m": history(60, round(span / 60)),
@@ -411,6 +485,15 @@ class VictoriaMetrics:
         return 0.0
 
 
+def postgres_version(url: str) -> str:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return str(conn.exec_driver_sql("SHOW server_version").scalar_one())
+    finally:
+        engine.dispose()
+
+
 def vm_version() -> str:
     """The Debian package's version: its build reports none (``-version`` prints nothing)."""
     if shutil.which("dpkg-query") is None:
@@ -428,7 +511,9 @@ def vm_run(data: DataSet, args: argparse.Namespace) -> dict[str, float]:
     out: dict[str, float] = {}
     with VictoriaMetrics() as vm:
         bodies = ((data.vm_body(m, samples), {}) for m, samples in data.windows())
-        done = ingest(vm.url, bodies, "/api/v1/import", args.agents, vm.pid, data.points)
+        done = ingest(
+            vm.url, bodies, "/api/v1/import", args.agents, process_cpu(vm.pid), data.points
+        )
         out["ingest"], out["cpu"] = done.points_per_second, done.cpu_us_per_point
         process = psutil.Process(vm.pid)
         cpu = sum(process.cpu_times()[:2])
@@ -473,7 +558,7 @@ def vm_queries(vm: VictoriaMetrics, data: DataSet, repeat: int) -> dict[str, flo
 
         return timed_queries(
             repeat,
-            vm.pid,
+            process_cpu(vm.pid),
             {
                 "history_500": history(span / 500, min(500, data.points_per_series)),
                 "history_1m": history(60, round(span / 60)),
@@ -537,7 +622,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--agents", type=int, default=4, help="requests in flight (default 4)")
     parser.add_argument("--repeat", type=int, default=20, help="timed queries (default 20)")
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="run LunaSentri on PostgreSQL (LUNASENTRI_BENCH_POSTGRES_URL) instead of SQLite",
+    )
     args = parser.parse_args(argv)
+    args.postgres_url = pg.postgres_url() if args.postgres else None
+    if args.postgres and args.postgres_url is None:
+        print(pg.skip_line("bench_vs_victoriametrics --postgres"))
+        return 0
     if not 0 < args.scale <= 1:
         parser.error("--scale must be in (0, 1]")
 
@@ -554,6 +648,11 @@ def main(argv: list[str] | None = None) -> int:
     for line in c.environment():
         print(f"  {line}")
     print(f"  cpus {psutil.cpu_count()}, load average {psutil.getloadavg()[0]:.1f}")
+    if args.postgres_url is not None:
+        print(
+            f"  LunaSentri on PostgreSQL {postgres_version(args.postgres_url)} (its CPU includes "
+            "its backends'; bytes: the schema's relations; VACUUM: VACUUM FULL)"
+        )
     if have_vm:
         print(f"  {VM_BINARY} {vm_version()}")
     else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -183,4 +183,60 @@ def test_series_latest_leaves_room_for_updates_in_place_on_postgresql(
     assert options() is None
     storage.migrate()
     assert options() == ["fillfactor=50"]
+    storage.close()
+
+
+@pytest.mark.postgres
+def test_chunk_rows_stay_in_their_pages_on_postgresql(empty_postgres_engine: Engine) -> None:
+    # 0012: every partition of metric_chunks (a partitioned table takes no
+    # storage parameters) keeps rows of up to a page out of TOAST.
+    def options() -> dict[str, list[str] | None]:
+        with empty_postgres_engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT c.relname, c.reloptions FROM pg_inherits i "
+                    "JOIN pg_class c ON c.oid = i.inhrelid "
+                    "WHERE i.inhparent = to_regclass(current_schema() || '.metric_chunks')"
+                )
+            )
+            return dict(rows.all())
+
+    storage = SqlStorage(empty_postgres_engine)
+    storage.migrate()
+    wanted = ["toast_tuple_target=8160"]
+    made = options()
+    assert "metric_chunks_default" in made
+    assert len(made) > 1
+    assert all(found == wanted for found in made.values()), made
+    with empty_postgres_engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0011")
+    assert all(found is None for found in options().values())
+    storage.migrate()
+    assert all(found == wanted for found in options().values())
+
+    # A partition made later (the next days, by maintenance) is made with it.
+    later = datetime.now(UTC) + timedelta(days=10)
+    storage.metrics.maintain(later)
+    assert len(options()) > len(made)
+    assert all(found == wanted for found in options().values())
+
+    # A row of 3 KB of blocks (past the default target of about 2 KB) stays whole.
+    with empty_postgres_engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO series (id, machine_id, metric, labels) "
+                "VALUES (1, 'm', 'cpu.percent', '{}')"
+            )
+        )
+        conn.execute(
+            sa.text("INSERT INTO metric_chunks (series_id, chunk_start, raw) VALUES (1, 0, :raw)"),
+            {"raw": bytes(range(256)) * 12},
+        )
+        toasted = conn.execute(
+            sa.text(
+                "SELECT pg_relation_size(reltoastrelid) FROM pg_class "
+                "WHERE oid = to_regclass(current_schema() || '.metric_chunks_default')"
+            )
+        ).scalar_one()
+    assert toasted == 0
     storage.close()

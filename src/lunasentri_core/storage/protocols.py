@@ -82,7 +82,8 @@ class MaintenanceReport:
     rollup_rows: int = 0
     expired_rows: int = 0
     freed_pages: int = 0
-    """Free pages given back to the file system (SQLite's incremental vacuum)."""
+    """Pages given back to the file system (SQLite's incremental vacuum; PostgreSQL:
+    the head table's emptied tail, see :func:`~.sql.vacuum.vacuum_head`)."""
 
 
 def _positive(_: object, attribute: attrs.Attribute[timedelta], value: timedelta) -> None:

@@ -51,6 +51,15 @@ enough to drop at once."""
 DEFAULT_AHEAD: Final = 3
 """Partitions created ahead of the current one."""
 LOCK_TIMEOUT: Final = "2s"
+ROW_OPTIONS: Final = "toast_tuple_target = 8160"
+"""Every partition's storage parameters (a partitioned table has none of its own).
+
+A chunk row is an hour of a series, 1-2.5 KB of already compressed blocks.
+Past the default target of about 2 KB, PostgreSQL tries to compress its
+blocks once more (in vain) and moves them into the TOAST table, with a
+pointer, a chunk header and an index entry each; with the target near a page,
+rows stay whole in their own page: 6 % fewer bytes on the benchmark's day
+(migration 0012)."""
 MOVE_PER_PASS: Final = 32
 """Partitions split off the DEFAULT partition per pass at most (bounded work)."""
 
@@ -142,7 +151,10 @@ def create_partition(conn: Connection, lo: int, *, wait: bool = False) -> str:
     if not wait:
         conn.execute(sa.text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
     conn.execute(
-        sa.text(f'CREATE TABLE "{name}" (LIKE {TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)')
+        sa.text(
+            f'CREATE TABLE "{name}" (LIKE {TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS) '
+            f"WITH ({ROW_OPTIONS})"
+        )
     )
     conn.execute(
         sa.text(
@@ -159,7 +171,11 @@ def create_partition(conn: Connection, lo: int, *, wait: bool = False) -> str:
 
 
 def create_default_partition(conn: Connection) -> None:
-    conn.execute(sa.text(f'CREATE TABLE "{DEFAULT_PARTITION}" PARTITION OF {TABLE} DEFAULT'))
+    conn.execute(
+        sa.text(
+            f'CREATE TABLE "{DEFAULT_PARTITION}" PARTITION OF {TABLE} DEFAULT WITH ({ROW_OPTIONS})'
+        )
+    )
 
 
 def drop_partition(conn: Connection, partition: Partition) -> int:

@@ -10,7 +10,17 @@ write transaction, so ingest gets the write lock between steps.
 
 A file created before this (``auto_vacuum = NONE``) is converted once, when it
 is migrated: ``VACUUM`` rewrites the whole file, so the log says so first,
-with its size. Nothing here applies to PostgreSQL, whose autovacuum does this.
+with its size.
+
+PostgreSQL's autovacuum makes deleted rows' space reusable in time, but only
+gives pages back to the file system when a table's last pages are empty, and
+visits a table a minute or more after the fact. After a compaction pass that
+moved many points out of the head (a backlog, the end of an hour),
+:func:`vacuum_head` runs a plain ``VACUUM`` of ``samples_head`` at once: the
+emptied tail of the table goes back to the file system (a head emptied by a
+backlog shrinks to nothing), the rest is reusable by the next inserts. Plain
+``VACUUM`` takes no lock that blocks ingest, and skips truncating while
+another session waits for the table.
 """
 
 from __future__ import annotations
@@ -36,6 +46,9 @@ IN_TRANSACTION: Final = 4096
 them (about 50 us a page on a loaded 2-core machine: 0.2 s at most)."""
 VACUUM_MIB_PER_SECOND: Final = 50
 """A cautious rate for the log's estimate of a conversion's duration."""
+HEAD_VACUUM_POINTS: Final = 500_000
+"""Points a PostgreSQL compaction pass moves out of the head before it vacuums the
+head table itself (about 10,000 rows of 50 readings; fewer are left to autovacuum)."""
 
 
 def _pragma(conn: Any, name: str) -> int:
@@ -168,3 +181,18 @@ def _reclaim_steps(db: Database, step: int) -> int:
         if left >= free:
             return freed  # another writer freed pages meanwhile as fast: next pass
         freed += free - left
+
+
+def vacuum_head(db: Database, compacted_points: int) -> int:
+    """PostgreSQL: ``VACUUM samples_head`` after a pass that moved at least
+    :data:`HEAD_VACUUM_POINTS` points out of it; returns the pages given back to
+    the file system. Nothing on SQLite (see :func:`give_back`), or below that."""
+    if not db.is_postgres or compacted_points < HEAD_VACUUM_POINTS:
+        return 0
+    with db.errors(), db.engine.connect() as conn:
+        # VACUUM cannot run inside a transaction block.
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        size = "SELECT pg_relation_size('samples_head') / current_setting('block_size')::int"
+        before = int(conn.exec_driver_sql(size).scalar_one())
+        conn.exec_driver_sql("VACUUM samples_head")
+        return max(0, before - int(conn.exec_driver_sql(size).scalar_one()))
