@@ -140,7 +140,7 @@ async def latest(
 
     def read() -> list[SeriesValue]:
         with _snapshot(hub):
-            hub.storage.state.get_machine(machine_id, owner_id)
+            _check_machine(hub, machine_id, owner_id)
             found: list[SeriesValue] = []
             for name in wanted:
                 found.extend(hub.storage.metrics.latest([machine_id], name))
@@ -180,7 +180,7 @@ async def history_columns(
     def read() -> list[HistoryColumns]:
         with _snapshot(hub):
             for machine_id in sorted({query.machine_id for query in asked}):
-                hub.storage.state.get_machine(machine_id, owner_id)
+                _check_machine(hub, machine_id, owner_id)
             metrics = hub.storage.metrics
             reader = getattr(metrics, "history_reader", None)
             with reader() if reader is not None else nullcontext(_columns_of(metrics)) as one:
@@ -193,6 +193,18 @@ async def history_columns(
                 return found
 
     return await hub.run_sync(read)
+
+
+def _check_machine(hub: Sentri, machine_id: str, owner_id: str | None) -> None:
+    """:class:`~lunasentri_core.NotFoundError` unless the machine exists and is
+    ``owner_id``'s (any owner's for ``None``): the store's ``check_machine`` where it
+    has one (the SQL store: no row read into a machine), else ``get_machine``."""
+    state = hub.storage.state
+    check: Callable[[str, str | None], None] | None = getattr(state, "check_machine", None)
+    if check is not None:
+        check(machine_id, owner_id)
+    else:
+        state.get_machine(machine_id, owner_id)
 
 
 def _snapshot(hub: Sentri) -> AbstractContextManager[object]:
