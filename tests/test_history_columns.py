@@ -34,6 +34,28 @@ def test_columns_round_trip(history: SeriesHistory) -> None:
     assert all(t.tzinfo is UTC for t in columns.datetimes())
 
 
+@pytest.mark.parametrize(
+    "offsets",
+    [
+        [0, 60, 120, 180, 240],  # every step: made by adding the step
+        [0, 60, 90, 180, 240],  # a step missing, the same span: made one by one
+        [0, 60, 120, 200, 240],
+        [0, 60],
+        [0],
+        [],
+    ],
+)
+@pytest.mark.parametrize(
+    "first", [datetime(1969, 12, 31, 23, 59, tzinfo=UTC), datetime(2026, 12, 7, tzinfo=UTC)]
+)
+def test_step_starts_evenly_spaced_or_not(offsets: list[int], first: datetime) -> None:
+    wanted = [first + timedelta(seconds=s, microseconds=s) for s in offsets]
+    history = SeriesHistory(KEY, Resolution.RAW, tuple(HistoryPoint(t, 1.0) for t in wanted))
+    made = list(HistoryColumns.from_history(history).datetimes())
+    assert made == wanted
+    assert all(t.tzinfo is UTC for t in made)
+
+
 def test_columns_are_microseconds_since_the_epoch() -> None:
     at = datetime(2026, 12, 5, 0, 0, 7, 200_000, tzinfo=UTC)
     columns = HistoryColumns.from_history(

@@ -29,8 +29,9 @@ from lunasentri_core import (
 )
 from lunasentri_core.components import Credentials
 from lunasentri_core.errors import ConfigError
-from lunasentri_core.model import ApiKey, Role, Session, new_id, utcnow
+from lunasentri_core.model import ApiKey, HistoryQuery, Role, Session, new_id, utcnow
 from lunasentri_core.security import API_KEY_PREFIX, SESSION_PREFIX, issue_token
+from lunasentri_core.services import queries
 from lunasentri_core.services.collection import CollectionError
 from lunasentri_core.testing import (
     make_credential_profile,
@@ -39,6 +40,7 @@ from lunasentri_core.testing import (
     make_monitor,
     make_user,
 )
+from lunasentri_sqlite import SQLiteStorageFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -132,6 +134,59 @@ async def test_ingest_and_query_round_trip(tmp_path: Path) -> None:
         (T0, 15.0),
         (T0 + timedelta(seconds=30), 21.0),
     ]
+
+
+class _Without:
+    """A store as a plugin without the SQL store's shortcuts (``hidden``) would be."""
+
+    def __init__(self, inner: Any, hidden: str, **parts: Any) -> None:
+        self._inner, self._hidden, self._parts = inner, hidden, parts
+
+    def __getattr__(self, name: str) -> Any:
+        if name == self._hidden:
+            raise AttributeError(name)
+        return self._parts[name] if name in self._parts else getattr(self._inner, name)
+
+
+@pytest.mark.parametrize("shortcuts", [True, False], ids=["sql", "plain"])
+async def test_machine_reads_are_the_owners_alone(tmp_path: Path, shortcuts: bool) -> None:
+    # The SQL store checks the owner with check_machine inside one snapshot; a store
+    # without them goes through get_machine: the same refusals either way.
+    storage = None
+    if not shortcuts:
+        opened = SQLiteStorageFactory.open(f"sqlite:///{tmp_path / 'plain.db'}")
+        opened.migrate()
+        state = _Without(opened.state, "check_machine")
+        storage = _Without(opened, "snapshot", state=state)
+    async with Sentri(settings(tmp_path), storage=storage) as hub:
+        alice = await hub.run_sync(hub.storage.state.add_user, make_user(), "h")
+        bob = await hub.run_sync(hub.storage.state.add_user, make_user(), "h")
+        box = await hub.add_machine("box", owner_id=alice.id)
+        await hub.ingest(
+            box.id, [sample(T0 + timedelta(seconds=5 * i), 1.0 + i) for i in range(12)]
+        )
+        asked = [
+            HistoryQuery(box.id, metric, T0, T0 + timedelta(minutes=1), timedelta(minutes=1))
+            for metric in ("cpu.percent", "disk.used")
+        ]
+        for owner in (alice.id, None):  # hers, and an administrator's scope
+            found = await queries.history_columns(hub, asked, owner)
+            assert [list(c.values) for c in found] == [[6.5], [65.0]]
+            latest = await queries.latest(hub, box.id, owner, "cpu.percent")
+            assert [v.value for v in latest.items] == [12.0]
+        for owner, machine_id in [(bob.id, box.id), (alice.id, "ghost"), (None, "ghost")]:
+            query = attrs.evolve(asked[0], machine_id=machine_id)
+            with pytest.raises(NotFoundError):
+                await queries.history_columns(hub, [query], owner)
+            with pytest.raises(NotFoundError):
+                await queries.latest(hub, machine_id, owner)
+        await hub.remove_machine(box.id)
+        with pytest.raises(NotFoundError):
+            await queries.history_columns(hub, asked, alice.id)
+        with pytest.raises(NotFoundError):
+            await queries.latest(hub, box.id, None)
+    if storage is not None:
+        opened.close()
 
 
 async def test_ingest_is_idempotent_and_updates_last_seen(tmp_path: Path) -> None:

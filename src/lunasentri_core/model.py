@@ -11,6 +11,8 @@ import enum
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
+from itertools import accumulate, repeat
+from operator import add, eq, sub
 from typing import Any
 
 import attrs
@@ -181,8 +183,23 @@ class HistoryColumns:
     values: array[float] = attrs.field(validator=_same_length)
 
     def datetimes(self) -> Iterator[datetime]:
-        """The step starts as UTC datetimes."""
-        return map(_EPOCH.__add__, map(_MICROSECOND.__mul__, self.timestamps))
+        """The step starts as UTC datetimes.
+
+        Evenly spaced starts (every step has data, the usual case) are made by
+        adding the step to the previous start (``accumulate``: one object a
+        step), others from their microseconds (two: a timedelta, then the sum).
+        """
+        stamps = self.timestamps
+        if len(stamps) > 2:
+            width = stamps[1] - stamps[0]
+            if stamps[-1] - stamps[0] == width * (len(stamps) - 1) and all(
+                map(eq, map(sub, stamps[1:], stamps[:-1]), repeat(width))
+            ):
+                first = _EPOCH + _MICROSECOND * stamps[0]
+                return accumulate(
+                    repeat(timedelta(microseconds=width), len(stamps) - 1), add, initial=first
+                )
+        return map(_EPOCH.__add__, map(_MICROSECOND.__mul__, stamps))
 
     def to_history(self) -> SeriesHistory:
         points = tuple(map(HistoryPoint, self.datetimes(), self.values))

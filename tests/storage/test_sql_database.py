@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import exc
+from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine
 
-from lunasentri_core.errors import StorageError
-from lunasentri_core.model import MachineSamples, Reading, Sample, new_id
+from lunasentri_core.errors import NotFoundError, StorageError
+from lunasentri_core.model import Machine, MachineSamples, Reading, Sample, new_id
 from lunasentri_core.storage.sql import Database, SqlStorage
 from lunasentri_core.storage.sql.database import describe_error
 from lunasentri_core.testing import BASE_TIME
@@ -104,6 +104,72 @@ def test_a_serialized_single_connection_store_is_safe_across_threads() -> None:
         thread.join(60)
     assert not errors, repr(errors[0])
     assert sorted(v.series.machine_id for v in storage.metrics.latest(machines)) == sorted(machines)
+    storage.close()
+
+
+def _begins(engine: Engine) -> list[int]:
+    """A list whose length counts the transactions begun on ``engine`` from now on."""
+    begun: list[int] = []
+    event.listen(engine, "begin", lambda conn: begun.append(1))
+    return begun
+
+
+def test_a_snapshot_runs_both_stores_reads_in_one_transaction(engine: Engine) -> None:
+    storage = SqlStorage(engine)
+    storage.migrate()
+    machine = storage.state.add_machine(Machine(new_id(), f"m-{new_id()}"))
+    storage.metrics.write(a_batch(machine.id))
+    begun = _begins(engine)
+    with storage.snapshot():
+        with storage.db.read() as outer, storage.db.read() as inner:
+            assert inner is outer
+        assert storage.state.get_machine(machine.id) == machine
+        assert [v.value for v in storage.metrics.latest([machine.id])] == [1.0]
+    assert len(begun) == 1
+    # Outside the block each read has its own transaction again.
+    storage.state.get_machine(machine.id)
+    storage.metrics.latest([machine.id])
+    assert len(begun) == 3
+    storage.close()
+
+
+def test_a_snapshot_is_one_threads_and_sees_one_moment(engine: Engine) -> None:
+    if engine.dialect.name == "sqlite":
+        # As the SQLite plugin opens it: a writer does not wait for readers.
+        with sqlite3.connect(str(engine.url.database)) as conn:
+            conn.execute("PRAGMA journal_mode = WAL")
+    storage = SqlStorage(engine)
+    storage.migrate()
+    first = storage.state.add_machine(Machine(new_id(), f"m-{new_id()}"))
+    added: list[Machine] = []
+    with storage.snapshot():
+        storage.state.get_machine(first.id)  # the snapshot is taken by its first read
+        # Another thread reads (and writes) outside it, in transactions of its own.
+        thread = threading.Thread(
+            target=lambda: added.append(
+                storage.state.add_machine(Machine(new_id(), f"m-{new_id()}"))
+            )
+        )
+        thread.start()
+        thread.join(30)
+        (second,) = added
+        with pytest.raises(NotFoundError):
+            storage.state.get_machine(second.id)
+    assert storage.state.get_machine(second.id) == second
+    storage.close()
+
+
+def test_a_failed_read_in_a_snapshot_ends_it(engine: Engine) -> None:
+    storage = SqlStorage(engine)
+    storage.migrate()
+    machine = storage.state.add_machine(Machine(new_id(), f"m-{new_id()}", owner_id=None))
+    begun = _begins(engine)
+    with pytest.raises(NotFoundError), storage.snapshot():
+        storage.state.get_machine(machine.id, owner_id=new_id())  # not this owner's
+    with storage.db.read() as conn:
+        assert conn.execute(sa.text("SELECT 1")).scalar() == 1
+    assert len(begun) == 2  # the failed snapshot's connection is not reused
+    assert storage.state.get_machine(machine.id) == machine
     storage.close()
 
 

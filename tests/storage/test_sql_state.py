@@ -172,6 +172,35 @@ def test_find_machine_without_owner_prefers_an_unowned_one(storage: SqlStorage) 
     assert state.find_machine("web", user.id) == owned
 
 
+def test_check_machine_refuses_as_get_machine_does(storage: SqlStorage) -> None:
+    state = storage.state
+    alice, bob = state.add_user(make_user(), "h"), state.add_user(make_user(), "h")
+    alices = state.add_machine(make_machine(owner_id=alice.id))
+    unowned = state.add_machine(make_machine())
+    state.check_machine(alices.id, alice.id)
+    state.check_machine(alices.id)  # an administrator's scope: every machine
+    state.check_machine(unowned.id)
+    for machine_id, owner_id in [
+        (alices.id, bob.id),  # another user's machine
+        (unowned.id, alice.id),  # nobody's is not hers either
+        ("ghost", None),
+        ("ghost", alice.id),
+    ]:
+        with pytest.raises(NotFoundError, match="not found"):
+            state.get_machine(machine_id, owner_id)
+        with pytest.raises(NotFoundError, match="not found"):
+            state.check_machine(machine_id, owner_id)
+    state.update_machine(attrs.evolve(alices, owner_id=bob.id))  # given to Bob
+    with pytest.raises(NotFoundError):
+        state.check_machine(alices.id, alice.id)
+    state.check_machine(alices.id, bob.id)
+    state.delete_machine(alices.id)
+    with pytest.raises(NotFoundError):
+        state.check_machine(alices.id, bob.id)
+    with pytest.raises(NotFoundError):
+        state.check_machine(alices.id)
+
+
 def test_revoking_twice_keeps_the_first_time(storage: SqlStorage) -> None:
     state = storage.state
     machine = state.add_machine(make_machine())

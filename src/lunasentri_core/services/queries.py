@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -139,11 +139,12 @@ async def latest(
         wanted = [metric, *DERIVED[metric]]
 
     def read() -> list[SeriesValue]:
-        hub.storage.state.get_machine(machine_id, owner_id)
-        found: list[SeriesValue] = []
-        for name in wanted:
-            found.extend(hub.storage.metrics.latest([machine_id], name))
-        return found
+        with _snapshot(hub):
+            _check_machine(hub, machine_id, owner_id)
+            found: list[SeriesValue] = []
+            for name in wanted:
+                found.extend(hub.storage.metrics.latest([machine_id], name))
+            return found
 
     values = await hub.run_sync(read)
     derived = derive_latest(values)
@@ -177,18 +178,42 @@ async def history_columns(
     its points."""
 
     def read() -> list[HistoryColumns]:
-        for machine_id in sorted({query.machine_id for query in asked}):
-            hub.storage.state.get_machine(machine_id, owner_id)
-        metrics = hub.storage.metrics
-        reader = getattr(metrics, "history_reader", None)
-        with reader() if reader is not None else nullcontext(_columns_of(metrics)) as one:
-            found: list[HistoryColumns] = []
-            for query in asked:
-                # A backend that does not know ``exact`` (or the derivation) may answer more.
-                found.extend(c for c in _read_columns(one, query) if query.selects(c.series.labels))
-            return found
+        with _snapshot(hub):
+            for machine_id in sorted({query.machine_id for query in asked}):
+                _check_machine(hub, machine_id, owner_id)
+            metrics = hub.storage.metrics
+            reader = getattr(metrics, "history_reader", None)
+            with reader() if reader is not None else nullcontext(_columns_of(metrics)) as one:
+                found: list[HistoryColumns] = []
+                for query in asked:
+                    # A backend that does not know ``exact`` (or the derivation) may answer more.
+                    found.extend(
+                        c for c in _read_columns(one, query) if query.selects(c.series.labels)
+                    )
+                return found
 
     return await hub.run_sync(read)
+
+
+def _check_machine(hub: Sentri, machine_id: str, owner_id: str | None) -> None:
+    """:class:`~lunasentri_core.NotFoundError` unless the machine exists and is
+    ``owner_id``'s (any owner's for ``None``): the store's ``check_machine`` where it
+    has one (the SQL store: no row read into a machine), else ``get_machine``."""
+    state = hub.storage.state
+    check: Callable[[str, str | None], None] | None = getattr(state, "check_machine", None)
+    if check is not None:
+        check(machine_id, owner_id)
+    else:
+        state.get_machine(machine_id, owner_id)
+
+
+def _snapshot(hub: Sentri) -> AbstractContextManager[object]:
+    """One read transaction for the ownership check and the read that follows it,
+    where the storage offers one (the SQL store's ``snapshot``)."""
+    snapshot: Callable[[], AbstractContextManager[object]] | None = getattr(
+        hub.storage, "snapshot", None
+    )
+    return snapshot() if snapshot is not None else nullcontext()
 
 
 def _columns_of(metrics: MetricStore) -> Callable[[HistoryQuery], list[HistoryColumns]]:

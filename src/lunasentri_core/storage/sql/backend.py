@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import ClassVar
 
@@ -123,6 +124,13 @@ class SqlStorage:
                 ) from error
         if isinstance(self.metrics.partitions, NativePartitions):
             self.metrics.partitions.forget()
+
+    def snapshot(self) -> AbstractContextManager[object]:
+        """One read transaction for every read this thread makes inside the block,
+        through either store (:meth:`Database.read` with ``share``): a request's
+        ownership check and its metric read see one snapshot and cost one
+        transaction."""
+        return self.db.read(share=True)
 
     def partitioning(self) -> dict[str, object] | None:
         """How metric chunks are split by time (see :func:`storage_partitioning`)."""

@@ -318,6 +318,8 @@ class Database:
         self._writers: threading.Lock | None = threading.Lock() if self.is_sqlite else None
         self.notices = Notices(enabled=self.is_postgres)
         """Changes other processes on the same database hear of at once."""
+        self._shared = threading.local()
+        """The connection of this thread's :meth:`read` with ``share`` while it is open."""
 
     @property
     def is_sqlite(self) -> bool:
@@ -346,19 +348,37 @@ class Database:
         return self._serial if self._serial is not None else nullcontext()
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
+    def read(self, *, share: bool = False) -> Iterator[Connection]:
         """A connection inside a read transaction: every statement sees one snapshot.
 
         On PostgreSQL that takes REPEATABLE READ (READ COMMITTED gives each
         statement its own snapshot, so a compaction committing between reading
         the chunks and reading the head could hide points). Read-only
         transactions never fail serialization there.
+
+        With ``share``, every :meth:`read` this thread opens inside the block
+        (through either store) runs on the same connection, in the same
+        transaction, instead of checking out a connection and beginning one of
+        its own: a request's ownership check and its read cost one transaction
+        and see one snapshot. Writes inside the block still take their own
+        connection, and the block's reads do not see them.
         """
+        shared: Connection | None = getattr(self._shared, "conn", None)
+        if shared is not None:
+            yield shared
+            return
         with self._guard(), self.errors(), self.engine.connect() as conn:
             if self.is_postgres:
                 conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
-                yield conn
+                if not share:
+                    yield conn
+                    return
+                self._shared.conn = conn
+                try:
+                    yield conn
+                finally:
+                    self._shared.conn = None
 
     @contextmanager
     def write(

@@ -208,6 +208,8 @@ def _owned(table: sa.Table, owner_id: str | None) -> sa.ColumnElement[bool]:
 # building the statement (its cache key) costs more than running it.
 _MACHINE_BY_ID = sa.select(machines).where(machines.c.id == sa.bindparam("machine_id"))
 _OWNED_MACHINE_BY_ID = _MACHINE_BY_ID.where(machines.c.owner_id == sa.bindparam("owner_id"))
+_MACHINE_ID = sa.select(machines.c.id).where(machines.c.id == sa.bindparam("machine_id"))
+_OWNED_MACHINE_ID = _MACHINE_ID.where(machines.c.owner_id == sa.bindparam("owner_id"))
 
 
 _UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -281,6 +283,11 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
         self._session_changes = itertools.count(1)
         self._session_generation = 0
         self._touch = touch_statement(db)
+        self._machine_visible = {
+            False: db.statement(_MACHINE_ID),
+            True: db.statement(_OWNED_MACHINE_ID),
+        }
+        """:meth:`check_machine`'s statements, for any owner and for one owner."""
 
     @property
     def api_key_generation(self) -> int:
@@ -438,6 +445,20 @@ class SqlStateStore(SqlAgentlessStore, SqlAlertStore, SqlOutboxStore, SqlPurgeSt
         if row is None:
             raise NotFoundError(f"machine {machine_id!r} not found")
         return _machine(row)
+
+    def check_machine(self, machine_id: str, owner_id: str | None = None) -> None:
+        """What :meth:`get_machine` checks, without reading the machine: raises
+        :class:`NotFoundError` unless it exists (and is ``owner_id``'s, when given).
+
+        A read of a machine's metrics needs only this; one driver statement and
+        no row made into a :class:`Machine` cost about a third of ``get_machine``.
+        """
+        stmt = self._machine_visible[owner_id is not None]
+        given = {"machine_id": machine_id, "owner_id": owner_id}
+        with self._db.read() as conn:
+            found = stmt.one(conn, tuple(given[name] for name in stmt.names)).first()
+        if found is None:
+            raise NotFoundError(f"machine {machine_id!r} not found")
 
     def find_machine(self, name: str, owner_id: str | None = None) -> Machine | None:
         """The machine called ``name``; with no owner given, an unowned one first."""
