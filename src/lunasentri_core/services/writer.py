@@ -13,17 +13,6 @@ built and sent while the database commits the previous one. What follows a
 commit (the callers' results, ``on_committed``, alert evaluation) still runs in
 the order the groups were taken.
 
-The transactions run in the writer's own long-lived threads (one per
-transaction in flight), fed by a plain queue: a group's result comes back to
-the event loop with one ``call_soon_threadsafe``. ``anyio.to_thread.run_sync``
-per group did the same hop with more work around it (a limiter, a cancel scope,
-a pool of threads taken and given back, a ``queue.Queue`` whose Python-level
-condition variable both sides go through): about 0.2 ms more CPU for each lone
-agent request, the usual case (a fleet's requests arrive one at a time and
-share no transaction), against about 0.3 ms for the transaction itself
-(benchmarks: "Per agent request"). The hop itself stays: the transaction must
-not block the event loop.
-
 When the storage is unavailable (:class:`StorageUnavailable`: locked past its
 busy timeout, full, unreachable), the whole transaction fails at once, and so
 does every write that queued up while it was tried: each caller hears back
@@ -33,12 +22,7 @@ queued before it.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import logging
-import queue
-import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -66,62 +50,6 @@ class _Pending:
     done: anyio.Event = attrs.field(factory=anyio.Event)
     result: int = 0
     error: BaseException | None = None
-
-
-_Job = tuple[Callable[[], object], asyncio.AbstractEventLoop, "asyncio.Future[object]"]
-
-
-class _Threads:
-    """The writer's long-lived threads, fed by a plain queue (see the module's docstring).
-
-    Daemon threads: an event loop that dies without closing the writer does not
-    keep the process alive. :meth:`stop` lets them end once the queue is empty.
-    """
-
-    def __init__(self, count: int) -> None:
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._count = count
-        for index in range(count):
-            name = f"lunasentri-writer-{index}"
-            threading.Thread(target=self._work, name=name, daemon=True).start()
-
-    async def run(self, func: Callable[[], object]) -> object:
-        """``func()`` in one of the threads; its result or exception."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # not asyncio (trio): anyio's worker threads
-            return await anyio.to_thread.run_sync(func)
-        future: asyncio.Future[object] = loop.create_future()
-        self._jobs.put((func, loop, future))
-        return await future
-
-    def stop(self) -> None:
-        for _ in range(self._count):
-            self._jobs.put(None)
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            func, loop, future = job
-            error: BaseException | None = None
-            result: object = None
-            try:
-                result = func()
-            except BaseException as caught:  # the caller's to raise, as with to_thread
-                error = caught
-            # RuntimeError: the loop is closed, nobody waits for the result any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, future, result, error)
-            # Not kept alive until the next job: the batches, a traceback.
-            del job, func, future, result, error
-
-
-def _settle(future: asyncio.Future[object], result: object, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 @attrs.define
@@ -160,7 +88,6 @@ class BatchWriter:
                 Capability.SERIES_LIMIT.value,
             )
         self._send: MemoryObjectSendStream[_Pending] | None = None
-        self._threads: _Threads | None = None
         self._stopped = anyio.Event()
         self.stats = WriterStats()
         self.transaction_listeners: list[Callable[[int], object]] = []
@@ -194,13 +121,11 @@ class BatchWriter:
         """Serve writes until :meth:`close`; everything queued before close is written."""
         send, receive = anyio.create_memory_object_stream[_Pending](self._queue_size)
         self._send = send
-        self._threads = threads = _Threads(self.in_flight)
         task_status.started()
         try:
             async with receive:
                 await self._serve(receive)
         finally:
-            threads.stop()
             self._stopped.set()
 
     async def aclose(self) -> None:
@@ -305,9 +230,8 @@ class BatchWriter:
         """
         batches = [p.batch for p in group]
         failure: Exception | None = None
-        assert self._threads is not None, "run() started the threads"
         try:
-            await self._threads.run(functools.partial(self._write_sync, batches))
+            await anyio.to_thread.run_sync(self._write_sync, batches)
         except Exception as error:
             failure = error
         if after is not None:
