@@ -5,11 +5,8 @@ query is indexed."""
 from __future__ import annotations
 
 import itertools
-import sqlite3
 import threading
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -120,44 +117,6 @@ def test_stores_sharing_a_database_never_claim_a_monitor_twice(
     taken = list(itertools.chain.from_iterable(results))
     assert len(taken) == len(set(taken)), "a monitor was claimed twice"
     assert len(taken) == count
-
-
-@contextmanager
-def holding_the_write_lock(storage: SqlStorage) -> Iterator[None]:
-    """Another connection holds what a write needs (SQLite's write lock; the monitors
-    table in a mode PostgreSQL's reads do not wait for) while the block runs."""
-    if storage.engine.dialect.name == "sqlite":
-        other = sqlite3.connect(str(storage.engine.url.database), isolation_level=None)
-        try:
-            other.execute("BEGIN IMMEDIATE")
-            yield
-        finally:
-            other.close()
-        return
-    with storage.engine.connect() as conn:
-        conn.execute(sa.text("LOCK TABLE monitors IN EXCLUSIVE MODE"))
-        yield
-        conn.rollback()
-
-
-def test_a_claim_with_nothing_due_takes_no_write_lock(storage: SqlStorage) -> None:
-    # The poller claims every second: an idle one must not take turns with ingest
-    # for SQLite's write lock (nor open a write transaction on PostgreSQL).
-    _, monitor = monitored_device(storage)
-    before = monitor.due_at - timedelta(seconds=1)
-    pool = ThreadPoolExecutor(1)
-    try:
-        with holding_the_write_lock(storage):
-            claim = pool.submit(
-                storage.state.claim_due_monitors, before, before + timedelta(minutes=1), 5
-            )
-            done, _ = wait([claim], timeout=10)
-        assert done, "the claim waited for the write lock"
-        assert claim.result() == []
-    finally:
-        pool.shutdown()
-    claimed = storage.state.claim_due_monitors(monitor.due_at, T0 + timedelta(days=1), 5)
-    assert [m.id for m in claimed] == [monitor.id]
 
 
 def test_the_scheduler_query_uses_its_index(sqlite_engine: Engine) -> None:

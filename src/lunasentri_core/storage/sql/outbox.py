@@ -275,14 +275,22 @@ class SqlOutboxStore:
             rows = conn.execute(query).all()
         return [_event(row) for row in rows]
 
+    def _any(self, query: sa.Select[Any]) -> bool:
+        """Whether ``query`` finds a row, looked up in a read transaction.
+
+        The dispatcher asks every ``poll_interval`` whether there is work; most
+        of the time there is none, and a write transaction to find that out
+        would take SQLite's write lock (ingest's) each time.
+        """
+        with self._db.read() as conn:
+            return conn.execute(query.limit(1)).first() is not None
+
     def fan_out(self, now: datetime, limit: int = 500) -> int:
+        new = outbox_events.c.state == EventState.NEW.value
+        if not self._any(sa.select(outbox_events.c.seq).where(new)):
+            return 0
         with self._db.write() as conn:
-            query = (
-                sa.select(outbox_events)
-                .where(outbox_events.c.state == EventState.NEW.value)
-                .order_by(outbox_events.c.seq)
-                .limit(limit)
-            )
+            query = sa.select(outbox_events).where(new).order_by(outbox_events.c.seq).limit(limit)
             if self._db.is_postgres:
                 query = query.with_for_update(skip_locked=True)
             events = [_event(row) for row in conn.execute(query).all()]
@@ -294,17 +302,17 @@ class SqlOutboxStore:
     def claim_deliveries(
         self, now: datetime, lease: timedelta, limit: int = 50
     ) -> list[tuple[Delivery, OutboxEvent, Channel]]:
+        due = sa.select(deliveries.c.id).where(
+            deliveries.c.state == DeliveryState.PENDING.value,
+            deliveries.c.next_attempt_at <= now,
+            sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until <= now),
+        )
+        if not self._any(due):
+            return []
         with self._db.write() as conn:
-            query = (
-                sa.select(deliveries.c.id)
-                .where(
-                    deliveries.c.state == DeliveryState.PENDING.value,
-                    deliveries.c.next_attempt_at <= now,
-                    sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until <= now),
-                )
-                .order_by(deliveries.c.next_attempt_at, deliveries.c.created_at, deliveries.c.id)
-                .limit(limit)
-            )
+            query = due.order_by(
+                deliveries.c.next_attempt_at, deliveries.c.created_at, deliveries.c.id
+            ).limit(limit)
             if self._db.is_postgres:
                 query = query.with_for_update(skip_locked=True)
             ids = list(conn.execute(query).scalars())
