@@ -64,6 +64,7 @@ import psutil
 import sqlalchemy as sa
 
 from lunasentri_core import RetentionPolicy
+from lunasentri_core.storage.sql import SqlStorage
 from lunasentri_core.storage.sql.metrics import from_ms, to_ms
 from lunasentri_sqlite import SQLiteStorageFactory
 from lunasentri_timescale import TimescaleStorageFactory
@@ -255,7 +256,7 @@ def lunasentri_run(data: DataSet, args: argparse.Namespace) -> dict[str, float]:
                 own = process_cpu(pid)
                 return lambda: own() + backends.seconds()
 
-            def compact(_server: _server.ServerProcess, points: int) -> dict[str, float]:
+            def compact(_process: _server.ServerProcess, points: int) -> dict[str, float]:
                 return compact_postgres(url, schema, points, backends)
 
             return lunasentri_serve(data, args, {"LUNASENTRI_STORAGE__URL": url}, cpu, compact)
@@ -318,14 +319,24 @@ def compact_postgres(
     """The same on PostgreSQL: compaction's CPU here and in its backend; the schema's
     relations as compaction leaves them and after ``VACUUM FULL``."""
     store = TimescaleStorageFactory.open(url, retention=RetentionPolicy())
+    assert isinstance(store, SqlStorage)
     try:
         cpu = time.process_time() + backends.seconds()
         store.metrics.maintain(datetime.now(UTC))
         cpu = time.process_time() + backends.seconds() - cpu
-        compacted = schema_bytes(store.engine, schema)  # type: ignore[attr-defined]
-        with store.engine.connect() as conn:  # type: ignore[attr-defined]
-            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM FULL")
-        vacuumed = schema_bytes(store.engine, schema)  # type: ignore[attr-defined]
+        compacted = schema_bytes(store.engine, schema)
+        with store.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            # The schema's tables only: a bare VACUUM FULL rewrites the whole database.
+            tables = conn.exec_driver_sql(
+                "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'm')",
+                {"schema": schema},
+            ).scalars()
+            for table in list(tables):
+                conn.exec_driver_sql(f"VACUUM FULL {table}")
+        vacuumed = schema_bytes(store.engine, schema)
     finally:
         store.close()
     return {
