@@ -33,7 +33,7 @@ import attrs
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from lunasentri_core.errors import StorageUnavailable
+from lunasentri_core.errors import NotFoundError, StorageUnavailable
 from lunasentri_core.model import (
     Aggregation,
     HistoryColumns,
@@ -90,6 +90,7 @@ from lunasentri_core.storage.sql.schema import (
     EPOCH,
     labels_from_json,
     machine_series,
+    machines,
     metric_chunks,
     samples_head,
     series,
@@ -427,24 +428,56 @@ class SqlMetricStore:
         with self.history_reader() as read:
             return read(query)
 
+    history_reader_checks: Final = True
+    """:meth:`history_reader` takes ``check`` (the query service looks for this)."""
+
     @contextmanager
-    def history_reader(self) -> Iterator[Callable[[HistoryQuery], list[HistoryColumns]]]:
+    def history_reader(
+        self, *, check: bool = False, owner_id: str | None = None
+    ) -> Iterator[Callable[[HistoryQuery], list[HistoryColumns]]]:
         """:meth:`history_columns` for several queries in one read transaction.
 
-        What they share is read once: the retention horizons, and the head rows
-        of each (machine, range) asked for (a machine page's charts ask for a
-        dozen metrics over one range, derived percentages for two more each).
+        What they share is read once: the head rows of each (machine, range)
+        asked for (a machine page's charts ask for a dozen metrics over one
+        range, derived percentages for two more each).
+
+        ``check``: each query's machine must exist, and be ``owner_id``'s when
+        one is given (:meth:`SqlStateStore.check_machine`), else
+        :class:`NotFoundError`; checked by the statement that matches the
+        query's series, not by one of its own (each is a round trip to PostgreSQL).
         """
         with self._db.read() as conn:
-            yield _HistoryReader(self, conn).columns
+            yield _HistoryReader(self, conn, check=check, owner_id=owner_id).columns
 
-    def _match_series(self, conn: Connection, query: HistoryQuery) -> list[tuple[int, SeriesKey]]:
+    def _match_series(
+        self,
+        conn: Connection,
+        query: HistoryQuery,
+        check: bool = False,
+        owner_id: str | None = None,
+    ) -> tuple[list[tuple[int, SeriesKey]], Horizons | None] | None:
+        """The query's series and the retention horizons, read in one statement
+        (the horizons ``None`` when no series matched). With ``check``: ``None`` when
+        the machine does not exist (or is not ``owner_id``'s).
+
+        The horizons come with every match rather than from a statement of their
+        own or a cache: they are then always those of the read's snapshot, even
+        just after another process's maintenance moved them.
+        """
+        stmt = self._sql.select_series[(owner_id is not None) if check else None]
+        given = {"m": query.machine_id, "n": query.metric, "o": owner_id}
+        rows = stmt.one(conn, tuple(given[name] for name in stmt.names)).fetchall()
+        if not rows:
+            return None if check else ([], None)
+        raw, minute, hour = rows[0][2:]
         out = []
-        for sid, text in self._sql.select_series.one(conn, (query.machine_id, query.metric)):
+        for sid, text, *_ in rows:
+            if sid is None:
+                break  # the machine, without series of this metric (an outer join)
             labels = labels_from_json(text)
             if query.selects(labels):
                 out.append((sid, SeriesKey(query.machine_id, query.metric, labels)))
-        return out
+        return out, Horizons(raw=raw, minute=minute, hour=hour)
 
     def _horizons(self, conn: Connection) -> Horizons:
         rows = dict(self._sql.select_horizons.one(conn).fetchall())
@@ -876,10 +909,13 @@ def _step_stamps(ks: IntArray, start: int, step: int) -> IntArray:
 class _HistoryReader:
     """History queries answered in one read transaction (:meth:`SqlMetricStore.history_reader`)."""
 
-    def __init__(self, store: SqlMetricStore, conn: Connection) -> None:
+    def __init__(
+        self, store: SqlMetricStore, conn: Connection, *, check: bool, owner_id: str | None
+    ) -> None:
         self._store = store
         self._conn = conn
-        self._horizons: Horizons | None = None
+        self._check = check
+        self._owner_id = owner_id
         self._head: dict[tuple[str, int, int], dict[int, tuple[IntArray, FloatArray]]] = {}
         self._sids: Sequence[int] = ()
         """The series of the query being answered."""
@@ -890,14 +926,12 @@ class _HistoryReader:
         store, conn = self._store, self._conn
         start, end = ceil_ms(query.start), ceil_ms(query.end)
         step = max(1, query.step // _MS)
-        if end <= start:
+        found = store._match_series(conn, query, self._check, self._owner_id)
+        if found is None:
+            raise NotFoundError(f"machine {query.machine_id!r} not found")
+        matched, horizons = found
+        if not matched or horizons is None or end <= start:
             return []
-        matched = store._match_series(conn, query)
-        if not matched:
-            return []
-        if self._horizons is None:
-            self._horizons = store._horizons(conn)
-        horizons = self._horizons
         resolution = choose_resolution(start, step, horizons)
         sids = [sid for sid, _ in matched]
         self._sids = sids
@@ -1063,13 +1097,44 @@ class _Statements:
     select_minutes: Statement
     select_hours: Statement
     select_head: Statement
-    select_series: Statement
+    select_series: dict[bool | None, Statement]
+    """A history query's series and the horizons, by machine check (:func:`_select_series`)."""
     select_horizons: Statement
     touch: Statement
 
 
 _PREPARED: dict[tuple[str, str, str], _Statements] = {}
 _PREPARED_LOCK = threading.Lock()
+
+
+def _select_series(db: Database, check: bool | None) -> Statement:
+    """The series of a machine's metric (``m``, ``n``), each row with the retention
+    horizons (raw, minute, hour: subqueries run once per statement).
+
+    ``check`` ``None``: the series alone (the metric store knows no machines).
+    Else through the machine's row, of owner ``o`` when ``check`` is ``True``: no
+    row at all when there is no such machine, one with a null id when it has no
+    such series.
+    """
+    horizon_of = [
+        sa.select(storage_meta.c.value)
+        .where(storage_meta.c.key == sa.literal_column(f"'{_HORIZON_KEYS[r]}'"))
+        .scalar_subquery()
+        for r in (Resolution.RAW, Resolution.MINUTE, Resolution.HOUR)
+    ]
+    s, m = series.c, machines.c
+    query = sa.select(s.id, s.labels, *horizon_of).order_by(s.labels)
+    if check is None:
+        query = query.where(s.machine_id == sa.bindparam("m"), s.metric == sa.bindparam("n"))
+    else:
+        wanted = sa.and_(s.machine_id == m.id, s.metric == sa.bindparam("n"))
+        query = query.select_from(machines.outerjoin(series, wanted))
+        query = query.where(m.id == sa.bindparam("m"))
+        if check:
+            query = query.where(m.owner_id == sa.bindparam("o"))
+    stmt = db.statement(query)
+    assert set(stmt.names) == ({"m", "n", "o"} if check else {"m", "n"})
+    return stmt
 
 
 def _prepare(db: Database) -> _Statements:
@@ -1159,12 +1224,7 @@ def _prepare(db: Database) -> _Statements:
         .order_by(h.seq)
     )
     assert sql.select_head.names == ("m", "lo", "hi")
-    sql.select_series = db.statement(
-        sa.select(series.c.id, series.c.labels)
-        .where(series.c.machine_id == sa.bindparam("m"), series.c.metric == sa.bindparam("n"))
-        .order_by(series.c.labels)
-    )
-    assert sql.select_series.names == ("m", "n")
+    sql.select_series = {check: _select_series(db, check) for check in (None, False, True)}
     sql.select_horizons = db.statement(
         sa.select(storage_meta.c.key, storage_meta.c.value).where(
             storage_meta.c.key.in_([sa.literal_column(f"'{k}'") for k in _HORIZON_KEYS.values()])
