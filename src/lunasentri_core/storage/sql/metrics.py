@@ -251,6 +251,8 @@ class SqlMetricStore:
         self._latest_statements: dict[tuple[int, bool], Statement] = {}
         """By (machines, by metric): at most 2 x 500, compiled once each (a dict
         read and write are atomic: two threads at worst compile one twice)."""
+        self._head_and_blobs: dict[tuple[Resolution, int], Statement] = {}
+        """By (raw or minute, series): :func:`_select_head_and_blobs`, as above."""
         # Compiling takes longer than opening a store (the bulk inserts have
         # hundreds of placeholders): once per kind of database, then copied.
         key = (db.engine.dialect.name, db.engine.dialect.driver, db.engine.dialect.paramstyle)
@@ -384,6 +386,14 @@ class SqlMetricStore:
                     out.append(SeriesValue(keys.key(machine_id, name, labels), times[ts], value))
         return out
 
+    def _head_and_blobs_statement(self, resolution: Resolution, count: int) -> Statement:
+        found = self._head_and_blobs.get((resolution, count))
+        if found is None:
+            found = self._head_and_blobs[resolution, count] = _select_head_and_blobs(
+                self._db, resolution, count
+            )
+        return found
+
     def _latest_statement(self, machines: int, by_metric: bool) -> Statement:
         found = self._latest_statements.get((machines, by_metric))
         if found is None:
@@ -494,9 +504,14 @@ class SqlMetricStore:
         start: int,
         end: int,
         head: tuple[IntArray, FloatArray] | None,
+        blobs: Iterable[bytes] | None = None,
     ) -> tuple[IntArray, FloatArray]:
+        """``blobs``: the series' raw blobs in the range, in order, when read already."""
         ts, values = int_array(), float_array()
-        for (blob,) in self._sql.select_raw.one(conn, (sid, floor_to(start, CHUNK_MS), end)):
+        if blobs is None:
+            lo = floor_to(start, CHUNK_MS)
+            blobs = [blob for (blob,) in self._sql.select_raw.one(conn, (sid, lo, end))]
+        for blob in blobs:
             chunk_ts, chunk_values = blocks.read_raw(blob)
             ts += chunk_ts
             values += chunk_values
@@ -516,9 +531,11 @@ class SqlMetricStore:
         aggregation: Aggregation,
         horizons: Horizons,
         chunk_points: Callable[[int, int], tuple[IntArray, FloatArray] | None],
+        blobs: Iterable[bytes] | None = None,
     ) -> Rollups:
         """The rollups of ``[start, end)``; only the columns ``aggregation``
-        reads hold their stored values.
+        reads hold their stored values. ``blobs``: the series' minute blobs in
+        the range, in order, when read already.
 
         ``horizons``: where the rollups lack a bucket to redo in a chunk whose
         raw points and rollups are both kept, the chunk has no point in it,
@@ -531,7 +548,9 @@ class SqlMetricStore:
         rollups = Rollups.empty()
         if resolution is Resolution.MINUTE:
             wanted = _MINUTE_WANTED[aggregation]
-            for (blob,) in self._sql.select_minutes.one(conn, (sid, lo, hi)):
+            if blobs is None:
+                blobs = [blob for (blob,) in self._sql.select_minutes.one(conn, (sid, lo, hi))]
+            for blob in blobs:
                 rollups.extend(Rollups(*blocks.read_minutes(blob, wanted)))
         else:
             rows = self._sql.select_hours.one(conn, (sid, lo, hi)).all()
@@ -935,11 +954,16 @@ class _HistoryReader:
         resolution = choose_resolution(start, step, horizons)
         sids = [sid for sid, _ in matched]
         self._sids = sids
-        head = self._head_points(query.machine_id, sids, start, end)
+        blobs: dict[int, list[bytes]] | None = None
+        if resolution is not Resolution.HOUR and (query.machine_id, start, end) not in self._head:
+            head, blobs = self._head_and_blobs(query.machine_id, sids, resolution, start, end)
+        else:
+            head = self._head_points(query.machine_id, sids, start, end)
         results = []
         for sid, key in matched:
+            mine = None if blobs is None else blobs.get(sid, [])
             if resolution is Resolution.RAW:
-                ts, values = store._raw_points(conn, sid, start, end, head.get(sid))
+                ts, values = store._raw_points(conn, sid, start, end, head.get(sid), mine)
                 ks, steps = downsample_points(ts, values, start, end, step, query.aggregation)
             else:
                 rollups = store._rollups(
@@ -952,6 +976,7 @@ class _HistoryReader:
                     query.aggregation,
                     horizons,
                     self._chunk_points,
+                    mine,
                 )
                 ks, steps = downsample_rollups(rollups, start, end, step, query.aggregation)
             if ks:  # a series without points in the range is left out
@@ -981,6 +1006,28 @@ class _HistoryReader:
         if not blob:
             return int_array(), float_array()
         return blocks.decode_raw(blob)
+
+    def _head_and_blobs(
+        self, machine_id: str, sids: Sequence[int], resolution: Resolution, start: int, end: int
+    ) -> tuple[dict[int, tuple[IntArray, FloatArray]], dict[int, list[bytes]] | None]:
+        """:meth:`_head_points`, and the raw or minute blobs of ``sids`` in the
+        range (by series, in order) read with them in one statement: a round trip
+        fewer on PostgreSQL. ``None`` blobs: too many series for one statement,
+        the store reads them series by series."""
+        if len(sids) > _HEAD_AND_BLOBS_SERIES:
+            return self._head_points(machine_id, sids, start, end), None
+        stmt = self._store._head_and_blobs_statement(resolution, len(sids))
+        given: dict[str, Any] = {f"s{i}": sid for i, sid in enumerate(sids)}
+        given.update(m=machine_id, lo=start, hi=end, clo=floor_to(start, CHUNK_MS), chi=end)
+        head_rows: list[tuple[Any, ...]] = []
+        blobs: dict[int, list[bytes]] = {}
+        for part, a, b, x, y in stmt.one(self._conn, tuple(given[n] for n in stmt.names)):
+            if part == 0:  # a head row: seq, ts, series ids, values
+                head_rows.append((b, x, y))
+            else:  # a chunk: series id, chunk start, blob
+                blobs.setdefault(a, []).append(x)
+        made = self._head[machine_id, start, end] = series_columns(head_rows)
+        return {sid: made[sid] for sid in sids if sid in made}, blobs
 
     def _head_points(
         self, machine_id: str, sids: Sequence[int], start: int, end: int
@@ -1105,6 +1152,45 @@ class _Statements:
 
 _PREPARED: dict[tuple[str, str, str], _Statements] = {}
 _PREPARED_LOCK = threading.Lock()
+
+
+_HEAD_AND_BLOBS_SERIES: Final = 64
+"""Series whose blobs are read with the head in one statement, at most (a chart's)."""
+
+
+def _select_head_and_blobs(db: Database, resolution: Resolution, count: int) -> Statement:
+    """A machine's head rows in ``[lo, hi)`` (``m``) and the raw or minute blobs of
+    ``count`` series (``s0``...) in ``[clo, chi)``, in one statement: rows of
+    ``(0, seq, ts, series ids, values)`` in write order, then ``(1, series id,
+    chunk start, blob, NULL)`` by series and time (what the select_head and
+    select_raw / select_minutes statements read)."""
+    h, c = samples_head.c, metric_chunks.c
+    blob = c.raw if resolution is Resolution.RAW else c.minutes
+    head = sa.select(
+        sa.literal_column("0").label("part"),
+        h.seq.label("a"),
+        h.ts.label("b"),
+        h.series_ids.label("x"),
+        h.series_values.label("y"),
+    ).where(
+        h.machine_id == sa.bindparam("m"), h.ts >= sa.bindparam("lo"), h.ts < sa.bindparam("hi")
+    )
+    chunks = sa.select(
+        sa.literal_column("1"),
+        c.series_id,
+        c.chunk_start,
+        blob,
+        sa.cast(sa.null(), sa.LargeBinary),
+    ).where(
+        c.series_id.in_([sa.bindparam(f"s{i}") for i in range(count)]),
+        c.chunk_start >= sa.bindparam("clo"),
+        c.chunk_start < sa.bindparam("chi"),
+        blob.is_not(None),
+    )
+    query = sa.union_all(head, chunks).order_by(
+        sa.literal_column("part"), sa.literal_column("a"), sa.literal_column("b")
+    )
+    return db.statement(query)
 
 
 def _select_series(db: Database, check: bool | None) -> Statement:
