@@ -26,7 +26,7 @@ from array import array
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -178,21 +178,31 @@ async def history_columns(
     its points."""
 
     def read() -> list[HistoryColumns]:
-        with _snapshot(hub):
-            for machine_id in sorted({query.machine_id for query in asked}):
-                _check_machine(hub, machine_id, owner_id)
-            metrics = hub.storage.metrics
-            reader = getattr(metrics, "history_reader", None)
-            with reader() if reader is not None else nullcontext(_columns_of(metrics)) as one:
-                found: list[HistoryColumns] = []
-                for query in asked:
-                    # A backend that does not know ``exact`` (or the derivation) may answer more.
-                    found.extend(
-                        c for c in _read_columns(one, query) if query.selects(c.series.labels)
-                    )
-                return found
+        with _snapshot(hub), _history_reader(hub, asked, owner_id) as one:
+            found: list[HistoryColumns] = []
+            for query in asked:
+                # A backend that does not know ``exact`` (or the derivation) may answer more.
+                found.extend(c for c in _read_columns(one, query) if query.selects(c.series.labels))
+            return found
 
     return await hub.run_sync(read)
+
+
+def _history_reader(
+    hub: Sentri, asked: Sequence[HistoryQuery], owner_id: str | None
+) -> AbstractContextManager[Callable[[HistoryQuery], list[HistoryColumns]]]:
+    """What answers the queries, their machines checked: a store's ``history_reader``
+    that checks them itself (the SQL store: in the statement matching each query's
+    series, no round trip of its own), else after :func:`_check_machine`."""
+    metrics = hub.storage.metrics
+    reader: Callable[..., AbstractContextManager[Any]] | None = getattr(
+        metrics, "history_reader", None
+    )
+    if reader is not None and getattr(metrics, "history_reader_checks", False):
+        return reader(check=True, owner_id=owner_id)
+    for machine_id in sorted({query.machine_id for query in asked}):
+        _check_machine(hub, machine_id, owner_id)
+    return reader() if reader is not None else nullcontext(_columns_of(metrics))
 
 
 def _check_machine(hub: Sentri, machine_id: str, owner_id: str | None) -> None:

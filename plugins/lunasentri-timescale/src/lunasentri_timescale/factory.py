@@ -19,6 +19,7 @@ from lunasentri_core.storage import Capability, StorageBackend
 from lunasentri_core.storage.sql import SqlStorage
 from lunasentri_core.storage.sql.database import LOCK_MIGRATE
 from lunasentri_core.storage.sql.partitions import DEFAULT_AHEAD, NativePartitions
+from lunasentri_timescale import liveness
 from lunasentri_timescale.hypertable import HypertableChunks, is_hypertable, make_hypertable
 
 log = logging.getLogger(__name__)
@@ -264,17 +265,19 @@ def create_engine(url: URL, settings: TimescaleSettings) -> Engine:
     if options:
         # connect_args would replace the URL's own options: merge them instead.
         connect_args["options"] = options
-    return sa.create_engine(
+    engine = sa.create_engine(
         url,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout.total_seconds(),
         pool_recycle=int(settings.pool_recycle.total_seconds()),
-        # A connection the server dropped (restart, failover) is replaced
-        # before use instead of failing the storage call that drew it.
-        pool_pre_ping=True,
         connect_args=connect_args,
     )
+    # A connection the server dropped (restart, failover) is replaced before
+    # use instead of failing the storage call that drew it; pinged only when it
+    # may be dead, not at every checkout as pool_pre_ping would.
+    liveness.install(engine)
+    return engine
 
 
 def _options(url: URL, settings: TimescaleSettings) -> str:

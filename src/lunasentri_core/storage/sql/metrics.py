@@ -33,7 +33,7 @@ import attrs
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from lunasentri_core.errors import StorageUnavailable
+from lunasentri_core.errors import NotFoundError, StorageUnavailable
 from lunasentri_core.model import (
     Aggregation,
     HistoryColumns,
@@ -90,6 +90,7 @@ from lunasentri_core.storage.sql.schema import (
     EPOCH,
     labels_from_json,
     machine_series,
+    machines,
     metric_chunks,
     samples_head,
     series,
@@ -250,6 +251,8 @@ class SqlMetricStore:
         self._latest_statements: dict[tuple[int, bool], Statement] = {}
         """By (machines, by metric): at most 2 x 500, compiled once each (a dict
         read and write are atomic: two threads at worst compile one twice)."""
+        self._head_and_blobs: dict[tuple[Resolution, int], Statement] = {}
+        """By (raw or minute, series): :func:`_select_head_and_blobs`, as above."""
         # Compiling takes longer than opening a store (the bulk inserts have
         # hundreds of placeholders): once per kind of database, then copied.
         key = (db.engine.dialect.name, db.engine.dialect.driver, db.engine.dialect.paramstyle)
@@ -383,6 +386,14 @@ class SqlMetricStore:
                     out.append(SeriesValue(keys.key(machine_id, name, labels), times[ts], value))
         return out
 
+    def _head_and_blobs_statement(self, resolution: Resolution, count: int) -> Statement:
+        found = self._head_and_blobs.get((resolution, count))
+        if found is None:
+            found = self._head_and_blobs[resolution, count] = _select_head_and_blobs(
+                self._db, resolution, count
+            )
+        return found
+
     def _latest_statement(self, machines: int, by_metric: bool) -> Statement:
         found = self._latest_statements.get((machines, by_metric))
         if found is None:
@@ -427,24 +438,56 @@ class SqlMetricStore:
         with self.history_reader() as read:
             return read(query)
 
+    history_reader_checks: Final = True
+    """:meth:`history_reader` takes ``check`` (the query service looks for this)."""
+
     @contextmanager
-    def history_reader(self) -> Iterator[Callable[[HistoryQuery], list[HistoryColumns]]]:
+    def history_reader(
+        self, *, check: bool = False, owner_id: str | None = None
+    ) -> Iterator[Callable[[HistoryQuery], list[HistoryColumns]]]:
         """:meth:`history_columns` for several queries in one read transaction.
 
-        What they share is read once: the retention horizons, and the head rows
-        of each (machine, range) asked for (a machine page's charts ask for a
-        dozen metrics over one range, derived percentages for two more each).
+        What they share is read once: the head rows of each (machine, range)
+        asked for (a machine page's charts ask for a dozen metrics over one
+        range, derived percentages for two more each).
+
+        ``check``: each query's machine must exist, and be ``owner_id``'s when
+        one is given (:meth:`SqlStateStore.check_machine`), else
+        :class:`NotFoundError`; checked by the statement that matches the
+        query's series, not by one of its own (each is a round trip to PostgreSQL).
         """
         with self._db.read() as conn:
-            yield _HistoryReader(self, conn).columns
+            yield _HistoryReader(self, conn, check=check, owner_id=owner_id).columns
 
-    def _match_series(self, conn: Connection, query: HistoryQuery) -> list[tuple[int, SeriesKey]]:
+    def _match_series(
+        self,
+        conn: Connection,
+        query: HistoryQuery,
+        check: bool = False,
+        owner_id: str | None = None,
+    ) -> tuple[list[tuple[int, SeriesKey]], Horizons | None] | None:
+        """The query's series and the retention horizons, read in one statement
+        (the horizons ``None`` when no series matched). With ``check``: ``None`` when
+        the machine does not exist (or is not ``owner_id``'s).
+
+        The horizons come with every match rather than from a statement of their
+        own or a cache: they are then always those of the read's snapshot, even
+        just after another process's maintenance moved them.
+        """
+        stmt = self._sql.select_series[(owner_id is not None) if check else None]
+        given = {"m": query.machine_id, "n": query.metric, "o": owner_id}
+        rows = stmt.one(conn, tuple(given[name] for name in stmt.names)).fetchall()
+        if not rows:
+            return None if check else ([], None)
+        raw, minute, hour = rows[0][2:]
         out = []
-        for sid, text in self._sql.select_series.one(conn, (query.machine_id, query.metric)):
+        for sid, text, *_ in rows:
+            if sid is None:
+                break  # the machine, without series of this metric (an outer join)
             labels = labels_from_json(text)
             if query.selects(labels):
                 out.append((sid, SeriesKey(query.machine_id, query.metric, labels)))
-        return out
+        return out, Horizons(raw=raw, minute=minute, hour=hour)
 
     def _horizons(self, conn: Connection) -> Horizons:
         rows = dict(self._sql.select_horizons.one(conn).fetchall())
@@ -461,9 +504,14 @@ class SqlMetricStore:
         start: int,
         end: int,
         head: tuple[IntArray, FloatArray] | None,
+        blobs: Iterable[bytes] | None = None,
     ) -> tuple[IntArray, FloatArray]:
+        """``blobs``: the series' raw blobs in the range, in order, when read already."""
         ts, values = int_array(), float_array()
-        for (blob,) in self._sql.select_raw.one(conn, (sid, floor_to(start, CHUNK_MS), end)):
+        if blobs is None:
+            lo = floor_to(start, CHUNK_MS)
+            blobs = [blob for (blob,) in self._sql.select_raw.one(conn, (sid, lo, end))]
+        for blob in blobs:
             chunk_ts, chunk_values = blocks.read_raw(blob)
             ts += chunk_ts
             values += chunk_values
@@ -483,9 +531,11 @@ class SqlMetricStore:
         aggregation: Aggregation,
         horizons: Horizons,
         chunk_points: Callable[[int, int], tuple[IntArray, FloatArray] | None],
+        blobs: Iterable[bytes] | None = None,
     ) -> Rollups:
         """The rollups of ``[start, end)``; only the columns ``aggregation``
-        reads hold their stored values.
+        reads hold their stored values. ``blobs``: the series' minute blobs in
+        the range, in order, when read already.
 
         ``horizons``: where the rollups lack a bucket to redo in a chunk whose
         raw points and rollups are both kept, the chunk has no point in it,
@@ -498,7 +548,9 @@ class SqlMetricStore:
         rollups = Rollups.empty()
         if resolution is Resolution.MINUTE:
             wanted = _MINUTE_WANTED[aggregation]
-            for (blob,) in self._sql.select_minutes.one(conn, (sid, lo, hi)):
+            if blobs is None:
+                blobs = [blob for (blob,) in self._sql.select_minutes.one(conn, (sid, lo, hi))]
+            for blob in blobs:
                 rollups.extend(Rollups(*blocks.read_minutes(blob, wanted)))
         else:
             rows = self._sql.select_hours.one(conn, (sid, lo, hi)).all()
@@ -876,10 +928,13 @@ def _step_stamps(ks: IntArray, start: int, step: int) -> IntArray:
 class _HistoryReader:
     """History queries answered in one read transaction (:meth:`SqlMetricStore.history_reader`)."""
 
-    def __init__(self, store: SqlMetricStore, conn: Connection) -> None:
+    def __init__(
+        self, store: SqlMetricStore, conn: Connection, *, check: bool, owner_id: str | None
+    ) -> None:
         self._store = store
         self._conn = conn
-        self._horizons: Horizons | None = None
+        self._check = check
+        self._owner_id = owner_id
         self._head: dict[tuple[str, int, int], dict[int, tuple[IntArray, FloatArray]]] = {}
         self._sids: Sequence[int] = ()
         """The series of the query being answered."""
@@ -890,22 +945,25 @@ class _HistoryReader:
         store, conn = self._store, self._conn
         start, end = ceil_ms(query.start), ceil_ms(query.end)
         step = max(1, query.step // _MS)
-        if end <= start:
+        found = store._match_series(conn, query, self._check, self._owner_id)
+        if found is None:
+            raise NotFoundError(f"machine {query.machine_id!r} not found")
+        matched, horizons = found
+        if not matched or horizons is None or end <= start:
             return []
-        matched = store._match_series(conn, query)
-        if not matched:
-            return []
-        if self._horizons is None:
-            self._horizons = store._horizons(conn)
-        horizons = self._horizons
         resolution = choose_resolution(start, step, horizons)
         sids = [sid for sid, _ in matched]
         self._sids = sids
-        head = self._head_points(query.machine_id, sids, start, end)
+        blobs: dict[int, list[bytes]] | None = None
+        if resolution is not Resolution.HOUR and (query.machine_id, start, end) not in self._head:
+            head, blobs = self._head_and_blobs(query.machine_id, sids, resolution, start, end)
+        else:
+            head = self._head_points(query.machine_id, sids, start, end)
         results = []
         for sid, key in matched:
+            mine = None if blobs is None else blobs.get(sid, [])
             if resolution is Resolution.RAW:
-                ts, values = store._raw_points(conn, sid, start, end, head.get(sid))
+                ts, values = store._raw_points(conn, sid, start, end, head.get(sid), mine)
                 ks, steps = downsample_points(ts, values, start, end, step, query.aggregation)
             else:
                 rollups = store._rollups(
@@ -918,6 +976,7 @@ class _HistoryReader:
                     query.aggregation,
                     horizons,
                     self._chunk_points,
+                    mine,
                 )
                 ks, steps = downsample_rollups(rollups, start, end, step, query.aggregation)
             if ks:  # a series without points in the range is left out
@@ -947,6 +1006,28 @@ class _HistoryReader:
         if not blob:
             return int_array(), float_array()
         return blocks.decode_raw(blob)
+
+    def _head_and_blobs(
+        self, machine_id: str, sids: Sequence[int], resolution: Resolution, start: int, end: int
+    ) -> tuple[dict[int, tuple[IntArray, FloatArray]], dict[int, list[bytes]] | None]:
+        """:meth:`_head_points`, and the raw or minute blobs of ``sids`` in the
+        range (by series, in order) read with them in one statement: a round trip
+        fewer on PostgreSQL. ``None`` blobs: too many series for one statement,
+        the store reads them series by series."""
+        if len(sids) > _HEAD_AND_BLOBS_SERIES:
+            return self._head_points(machine_id, sids, start, end), None
+        stmt = self._store._head_and_blobs_statement(resolution, len(sids))
+        given: dict[str, Any] = {f"s{i}": sid for i, sid in enumerate(sids)}
+        given.update(m=machine_id, lo=start, hi=end, clo=floor_to(start, CHUNK_MS), chi=end)
+        head_rows: list[tuple[Any, ...]] = []
+        blobs: dict[int, list[bytes]] = {}
+        for part, a, b, x, y in stmt.one(self._conn, tuple(given[n] for n in stmt.names)):
+            if part == 0:  # a head row: seq, ts, series ids, values
+                head_rows.append((b, x, y))
+            else:  # a chunk: series id, chunk start, blob
+                blobs.setdefault(a, []).append(x)
+        made = self._head[machine_id, start, end] = series_columns(head_rows)
+        return {sid: made[sid] for sid in sids if sid in made}, blobs
 
     def _head_points(
         self, machine_id: str, sids: Sequence[int], start: int, end: int
@@ -1063,13 +1144,83 @@ class _Statements:
     select_minutes: Statement
     select_hours: Statement
     select_head: Statement
-    select_series: Statement
+    select_series: dict[bool | None, Statement]
+    """A history query's series and the horizons, by machine check (:func:`_select_series`)."""
     select_horizons: Statement
     touch: Statement
 
 
 _PREPARED: dict[tuple[str, str, str], _Statements] = {}
 _PREPARED_LOCK = threading.Lock()
+
+
+_HEAD_AND_BLOBS_SERIES: Final = 64
+"""Series whose blobs are read with the head in one statement, at most (a chart's)."""
+
+
+def _select_head_and_blobs(db: Database, resolution: Resolution, count: int) -> Statement:
+    """A machine's head rows in ``[lo, hi)`` (``m``) and the raw or minute blobs of
+    ``count`` series (``s0``...) in ``[clo, chi)``, in one statement: rows of
+    ``(0, seq, ts, series ids, values)`` in write order, then ``(1, series id,
+    chunk start, blob, NULL)`` by series and time (what the select_head and
+    select_raw / select_minutes statements read)."""
+    h, c = samples_head.c, metric_chunks.c
+    blob = c.raw if resolution is Resolution.RAW else c.minutes
+    head = sa.select(
+        sa.literal_column("0").label("part"),
+        h.seq.label("a"),
+        h.ts.label("b"),
+        h.series_ids.label("x"),
+        h.series_values.label("y"),
+    ).where(
+        h.machine_id == sa.bindparam("m"), h.ts >= sa.bindparam("lo"), h.ts < sa.bindparam("hi")
+    )
+    chunks = sa.select(
+        sa.literal_column("1"),
+        c.series_id,
+        c.chunk_start,
+        blob,
+        sa.cast(sa.null(), sa.LargeBinary),
+    ).where(
+        c.series_id.in_([sa.bindparam(f"s{i}") for i in range(count)]),
+        c.chunk_start >= sa.bindparam("clo"),
+        c.chunk_start < sa.bindparam("chi"),
+        blob.is_not(None),
+    )
+    query = sa.union_all(head, chunks).order_by(
+        sa.literal_column("part"), sa.literal_column("a"), sa.literal_column("b")
+    )
+    return db.statement(query)
+
+
+def _select_series(db: Database, check: bool | None) -> Statement:
+    """The series of a machine's metric (``m``, ``n``), each row with the retention
+    horizons (raw, minute, hour: subqueries run once per statement).
+
+    ``check`` ``None``: the series alone (the metric store knows no machines).
+    Else through the machine's row, of owner ``o`` when ``check`` is ``True``: no
+    row at all when there is no such machine, one with a null id when it has no
+    such series.
+    """
+    horizon_of = [
+        sa.select(storage_meta.c.value)
+        .where(storage_meta.c.key == sa.literal_column(f"'{_HORIZON_KEYS[r]}'"))
+        .scalar_subquery()
+        for r in (Resolution.RAW, Resolution.MINUTE, Resolution.HOUR)
+    ]
+    s, m = series.c, machines.c
+    query = sa.select(s.id, s.labels, *horizon_of).order_by(s.labels)
+    if check is None:
+        query = query.where(s.machine_id == sa.bindparam("m"), s.metric == sa.bindparam("n"))
+    else:
+        wanted = sa.and_(s.machine_id == m.id, s.metric == sa.bindparam("n"))
+        query = query.select_from(machines.outerjoin(series, wanted))
+        query = query.where(m.id == sa.bindparam("m"))
+        if check:
+            query = query.where(m.owner_id == sa.bindparam("o"))
+    stmt = db.statement(query)
+    assert set(stmt.names) == ({"m", "n", "o"} if check else {"m", "n"})
+    return stmt
 
 
 def _prepare(db: Database) -> _Statements:
@@ -1159,12 +1310,7 @@ def _prepare(db: Database) -> _Statements:
         .order_by(h.seq)
     )
     assert sql.select_head.names == ("m", "lo", "hi")
-    sql.select_series = db.statement(
-        sa.select(series.c.id, series.c.labels)
-        .where(series.c.machine_id == sa.bindparam("m"), series.c.metric == sa.bindparam("n"))
-        .order_by(series.c.labels)
-    )
-    assert sql.select_series.names == ("m", "n")
+    sql.select_series = {check: _select_series(db, check) for check in (None, False, True)}
     sql.select_horizons = db.statement(
         sa.select(storage_meta.c.key, storage_meta.c.value).where(
             storage_meta.c.key.in_([sa.literal_column(f"'{k}'") for k in _HORIZON_KEYS.values()])
