@@ -66,6 +66,7 @@ from lunasentri_core.storage.sql.head import (
 )
 from lunasentri_core.storage.sql.partitions import NativePartitions, Partitioning
 from lunasentri_core.storage.sql.pgcopy import CopyInsert, can_copy
+from lunasentri_core.storage.sql.pgwrite import FinishWrite, begin_and_read, can_pipeline
 from lunasentri_core.storage.sql.points import (
     CHUNK_MS,
     HOUR_MS,
@@ -300,7 +301,9 @@ class SqlMetricStore:
         def announce(conn: Connection) -> None:
             notices.samples(conn, batch)
 
-        with self._db.write(then=announce if notices.enabled else None) as conn:
+        with self._db.write(
+            then=announce if notices.enabled else None, own_begin=self._sql.finish is not None
+        ) as conn:
             self._check_epoch(conn)
             ids = self._ids
             built = build_rows(batch, ids)
@@ -313,9 +316,14 @@ class SqlMetricStore:
                 assert built is not None, "every series was just resolved"
             rows, latest, points = built  # latest by series id: one lock order
             self._insert_head(conn, rows)
-            self._sql.upsert_latest.run(conn, latest)
-            if seen:
-                touch(conn, self._sql.touch, seen)
+            finish = self._sql.finish
+            if finish is not None:
+                # One statement and the COMMIT, in one round trip (:mod:`.pgwrite`).
+                finish.run(conn, latest, seen, commit=True)
+            else:
+                self._sql.upsert_latest.run(conn, latest)
+                if seen:
+                    touch(conn, self._sql.touch, seen)
         if fresh:
             # Only now: ids of series created by a rolled-back batch are invalid.
             with self._ids_lock:
@@ -331,7 +339,12 @@ class SqlMetricStore:
             self._sql.insert_head.run(conn, list(zip(*rows, strict=True)))
 
     def _check_epoch(self, conn: Connection) -> None:
-        epoch = self._sql.select_epoch.one(conn, (SERIES_EPOCH,)).scalar() or 0
+        select = self._sql.select_epoch
+        if self._sql.finish is not None:
+            # The transaction's BEGIN with it, in one round trip (own_begin).
+            epoch = begin_and_read(conn, select.sql, (SERIES_EPOCH,)) or 0
+        else:
+            epoch = select.one(conn, (SERIES_EPOCH,)).scalar() or 0
         if epoch != self._ids_epoch:
             with self._ids_lock:
                 self._ids = {}
@@ -1066,6 +1079,9 @@ class _Statements:
     select_series: Statement
     select_horizons: Statement
     touch: Statement
+    finish: FinishWrite | None
+    """PostgreSQL with psycopg 3: the latest values, ``last_seen`` and the ``COMMIT``
+    in one round trip, and the epoch read with the ``BEGIN`` (``None`` elsewhere)."""
 
 
 _PREPARED: dict[tuple[str, str, str], _Statements] = {}
@@ -1171,4 +1187,5 @@ def _prepare(db: Database) -> _Statements:
         )
     )
     sql.touch = touch_statement(db)
+    sql.finish = FinishWrite(db.engine.dialect) if can_pipeline(db.engine.dialect) else None
     return sql
