@@ -7,7 +7,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import IO
+from typing import IO, Any
 
 import pytest
 import sqlalchemy as sa
@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from lunasentri_core.errors import StorageError
 from lunasentri_core.model import MachineSamples, Reading, Sample, new_id
 from lunasentri_core.storage.sql import SqlStorage
+from lunasentri_core.storage.sql.database import install_ping
 from lunasentri_core.storage.sql.pgcopy import COPY_MIN_ROWS
 from lunasentri_core.storage.sql.schema import samples_head
 from lunasentri_core.testing import make_machine
@@ -252,3 +253,64 @@ def test_series_deleted_by_another_connection_between_writes_are_made_again(
     one.metrics.write(batch_of([machine], COPY_MIN_ROWS, T0 + 100 * SECOND))
     assert len(two.metrics.list_series(machine)) == 5
     assert set(latest_values(two, machine)) == {str(j) for j in range(5)}
+
+
+@pytest.fixture
+def pinged(postgres_engine: Engine) -> Iterator[SqlStorage]:
+    """A store on an engine that pings pooled connections as the timescale plugin's does."""
+    install_ping(postgres_engine)
+    store = SqlStorage(postgres_engine)
+    yield store
+    store.close()
+
+
+def backend_pids(storage: SqlStorage) -> set[int]:
+    with storage.engine.connect() as conn:
+        return {int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())}
+
+
+def test_a_write_skips_the_pool_ping_and_other_checkouts_keep_it(pinged: SqlStorage) -> None:
+    machine = new_id()
+    pinged.metrics.write(batch_of([machine], COPY_MIN_ROWS))
+    with tempfile.TemporaryFile("w+") as file:
+        trips = RoundTrips(pinged.engine, file)
+        try:
+            trips.mark()
+            pinged.metrics.write(batch_of([machine], COPY_MIN_ROWS, T0 + 100 * SECOND))
+            write_trips, sent = trips.since_mark()
+            trips.mark()
+            backend_pids(pinged)
+            read_trips, read_sent = trips.since_mark()
+        finally:
+            trips.close()
+    assert (write_trips, sent[0].split()[0]) == (5, "BEGIN"), sent  # no ping first
+    assert read_trips == 4, read_sent  # the ping, BEGIN, the query, ROLLBACK
+    assert read_sent[0] == ";"  # psycopg's ping
+
+
+def test_a_write_on_a_connection_the_server_dropped_is_tried_again(
+    pinged: SqlStorage, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    machine = new_id()
+    pinged.metrics.write(batch_of([machine], COPY_MIN_ROWS))
+    admin = sa.create_engine(postgres_url)
+    try:
+        with admin.begin() as conn:
+            for pid in backend_pids(pinged):  # the pool's only connection
+                conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+    finally:
+        admin.dispose()
+
+    tries: list[bool] = []
+    write = pinged.metrics._write
+
+    def recorded(*args: Any, ping: bool) -> int:
+        tries.append(ping)
+        return write(*args, ping=ping)
+
+    monkeypatch.setattr(pinged.metrics, "_write", recorded)
+    pinged.metrics.write(batch_of([machine], COPY_MIN_ROWS, T0 + 100 * SECOND))
+
+    assert tries == [False, True]  # unpinged, then pinged: the pool replaced the connection
+    assert head_rows(pinged) == 2 * COPY_MIN_ROWS
+    assert latest_values(pinged, machine)["0"][0] == T0 + (100 + COPY_MIN_ROWS - 1) * SECOND

@@ -17,7 +17,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from lunasentri_core import RetentionPolicy, StorageError, StorageUnavailable
 from lunasentri_core.storage import Capability, StorageBackend
 from lunasentri_core.storage.sql import SqlStorage
-from lunasentri_core.storage.sql.database import LOCK_MIGRATE
+from lunasentri_core.storage.sql.database import LOCK_MIGRATE, install_ping
 from lunasentri_core.storage.sql.partitions import DEFAULT_AHEAD, NativePartitions
 from lunasentri_timescale.hypertable import HypertableChunks, is_hypertable, make_hypertable
 
@@ -264,17 +264,19 @@ def create_engine(url: URL, settings: TimescaleSettings) -> Engine:
     if options:
         # connect_args would replace the URL's own options: merge them instead.
         connect_args["options"] = options
-    return sa.create_engine(
+    engine = sa.create_engine(
         url,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout.total_seconds(),
         pool_recycle=int(settings.pool_recycle.total_seconds()),
-        # A connection the server dropped (restart, failover) is replaced
-        # before use instead of failing the storage call that drew it.
-        pool_pre_ping=True,
         connect_args=connect_args,
     )
+    # A connection the server dropped (restart, failover) is replaced before use
+    # instead of failing the storage call that drew it: pool_pre_ping, except for
+    # metric writes, which find out at their first statement and try again.
+    install_ping(engine)
+    return engine
 
 
 def _options(url: URL, settings: TimescaleSettings) -> str:

@@ -74,6 +74,46 @@ def install_transaction_control(engine: Engine) -> None:
     engine.dispose()
 
 
+_FRESH: Final = "lunasentri_fresh"
+"""Set in a pooled connection's ``info`` when it connects: nothing to ping yet."""
+_UNPINGED = threading.local()
+"""``on`` while this thread checks out a connection for ``Database.write(ping=False)``."""
+
+
+def install_ping(engine: Engine) -> None:
+    """SQLAlchemy's ``pool_pre_ping`` (use it instead): a pooled connection is pinged
+    when checked out, and one the server dropped (restart, failover) is replaced
+    before use, the pool's older ones with it. Except for ``Database.write(ping=False)``:
+    a writer that finds out at its first statement, and tries again (idempotent)."""
+    if event.contains(engine, "connect", _fresh):
+        return
+    dialect = engine.dialect
+
+    def ping(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        _ping_on_checkout(dialect, dbapi_connection, record)
+
+    event.listen(engine, "connect", _fresh)
+    event.listen(engine, "checkout", ping)
+
+
+def _fresh(dbapi_connection: Any, record: Any) -> None:
+    record.info[_FRESH] = True
+
+
+def _ping_on_checkout(dialect: Dialect, dbapi_connection: Any, record: Any) -> None:
+    if record.info.pop(_FRESH, False) or getattr(_UNPINGED, "on", False):
+        return
+    try:
+        alive = dialect.do_ping(dbapi_connection)
+    except dialect.loaded_dbapi.Error as error:  # what any statement would have met
+        if not dialect.is_disconnect(error, dbapi_connection, None):
+            raise
+        alive = False
+    if not alive:
+        # As pool_pre_ping: the server went away, so every older connection did too.
+        raise exc.InvalidatePoolError("the pooled connection is gone")
+
+
 class Statement:
     """A statement compiled once into the driver's positional form.
 
@@ -387,6 +427,7 @@ class Database:
         then: Callable[[Connection], None] | None = None,
         *,
         own_begin: bool = False,
+        ping: bool = True,
     ) -> Iterator[Connection]:
         """A connection inside a write transaction, committed when the block ends.
 
@@ -400,9 +441,13 @@ class Database:
         ``BEGIN`` with that statement in one round trip; the commit or rollback at
         the end of the block ends that transaction as usual, and the pool restores
         the driver's mode when it gets the connection back.
+
+        Without ``ping``, the connection is not pinged when drawn from the pool
+        (:func:`install_ping`): a round trip less, and the caller finds a connection
+        the server dropped at its first statement, and tries again.
         """
         writers = self._writers if self._writers is not None else nullcontext()
-        with self._guard(), writers, self.errors(), self.engine.connect() as conn:
+        with self._guard(), writers, self.errors(), self._connect(ping) as conn:
             conn.execution_options(**{WRITE_OPTION: True})
             if own_begin:
                 if lock is not None or not self.is_postgres:
@@ -414,6 +459,15 @@ class Database:
                 yield conn
             if then is not None:
                 then(conn)
+
+    def _connect(self, ping: bool) -> Connection:
+        if ping:
+            return self.engine.connect()
+        _UNPINGED.on = True
+        try:
+            return self.engine.connect()
+        finally:
+            _UNPINGED.on = False
 
     @contextmanager
     def driver_connection(self) -> Iterator[Any]:

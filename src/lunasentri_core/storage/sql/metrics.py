@@ -31,6 +31,7 @@ from typing import Any, Final
 
 import attrs
 import sqlalchemy as sa
+from sqlalchemy import exc
 from sqlalchemy.engine import Connection
 
 from lunasentri_core.errors import StorageUnavailable
@@ -55,6 +56,7 @@ from lunasentri_core.storage.sql.database import (
     BulkInsert,
     Database,
     Statement,
+    describe_error,
 )
 from lunasentri_core.storage.sql.head import (
     Columns,
@@ -282,9 +284,14 @@ class SqlMetricStore:
                 with self._db.write() as conn:
                     touch(conn, self._sql.touch, seen)
             return 0
+        ping = False  # a dropped connection shows at the first statement: see _write
         for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
             try:
-                return self._write(batch, seen, max_series)
+                return self._write(batch, seen, max_series, ping=ping)
+            except _DroppedConnection:
+                if attempt == DEADLOCK_ATTEMPTS:
+                    raise
+                ping = True  # and the pool replaces every connection the server dropped
             except StorageUnavailable as error:
                 if attempt == DEADLOCK_ATTEMPTS or not _deadlocked(error):
                     raise
@@ -295,16 +302,28 @@ class SqlMetricStore:
         batch: Sequence[MachineSamples],
         seen: Sequence[tuple[str, datetime]],
         max_series: int | None,
+        *,
+        ping: bool,
     ) -> int:
+        """One try of :meth:`write`. Without ``ping`` the pool hands out its connection
+        unchecked (one round trip less): a connection the server dropped fails the
+        first statement, before anything was written, as :class:`_DroppedConnection`."""
         notices = self._db.notices
 
         def announce(conn: Connection) -> None:
             notices.samples(conn, batch)
 
         with self._db.write(
-            then=announce if notices.enabled else None, own_begin=self._sql.finish is not None
+            then=announce if notices.enabled else None,
+            own_begin=self._sql.finish is not None,
+            ping=ping,
         ) as conn:
-            self._check_epoch(conn)
+            try:
+                self._check_epoch(conn)
+            except exc.DBAPIError as error:
+                if ping or not error.connection_invalidated:
+                    raise
+                raise _DroppedConnection(describe_error(self._db.label, error)) from error
             ids = self._ids
             built = build_rows(batch, ids)
             fresh: dict[str, SeriesIds] = {}
@@ -856,7 +875,12 @@ class SqlMetricStore:
 
 
 DEADLOCK_ATTEMPTS: Final = 3
-"""Tries of a write that PostgreSQL chose as a deadlock's victim (rolled back whole)."""
+"""Tries of a write that PostgreSQL chose as a deadlock's victim (rolled back whole),
+or that found its pooled connection dropped by the server."""
+
+
+class _DroppedConnection(StorageUnavailable):
+    """The write's first statement found its connection dropped: nothing was written."""
 
 
 def _deadlocked(error: BaseException) -> bool:
