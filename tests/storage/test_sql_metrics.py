@@ -325,14 +325,14 @@ def test_a_write_chosen_as_a_deadlock_victim_is_tried_again(
     class _Orig(Exception):
         sqlstate = "40P01"
 
-    def deadlocking(*args: object) -> int:
+    def deadlocking(*args: object, **options: bool) -> int:
         calls.append(args)
         if len(calls) == 1:
             try:
                 raise sa.exc.OperationalError("UPDATE", None, _Orig("deadlock detected"))
             except sa.exc.OperationalError as error:
                 raise StorageUnavailable("deadlock detected") from error
-        return real(*args)  # type: ignore[arg-type]
+        return real(*args, **options)  # type: ignore[arg-type]
 
     monkeypatch.setattr(metrics, "_write", deadlocking)
     machine = new_id()
@@ -342,7 +342,9 @@ def test_a_write_chosen_as_a_deadlock_victim_is_tried_again(
 
     calls.clear()
     other = StorageUnavailable("the server went away")
-    monkeypatch.setattr(metrics, "_write", lambda *args: (calls.append(args), _raise(other)))
+    monkeypatch.setattr(
+        metrics, "_write", lambda *args, **options: (calls.append(args), _raise(other))
+    )
     with pytest.raises(StorageUnavailable, match="went away"):
         metrics.write(samples(machine, T0 + HOUR, 1))
     assert len(calls) == 1

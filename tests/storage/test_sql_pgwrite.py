@@ -293,13 +293,7 @@ def test_a_write_on_a_connection_the_server_dropped_is_tried_again(
 ) -> None:
     machine = new_id()
     pinged.metrics.write(batch_of([machine], COPY_MIN_ROWS))
-    admin = sa.create_engine(postgres_url)
-    try:
-        with admin.begin() as conn:
-            for pid in backend_pids(pinged):  # the pool's only connection
-                conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
-    finally:
-        admin.dispose()
+    drop_pooled(pinged, postgres_url)
 
     tries: list[bool] = []
     write = pinged.metrics._write
@@ -313,4 +307,17 @@ def test_a_write_on_a_connection_the_server_dropped_is_tried_again(
 
     assert tries == [False, True]  # unpinged, then pinged: the pool replaced the connection
     assert head_rows(pinged) == 2 * COPY_MIN_ROWS
+    # Reads are still pinged: a dropped connection is replaced before use.
+    drop_pooled(pinged, postgres_url)
     assert latest_values(pinged, machine)["0"][0] == T0 + (100 + COPY_MIN_ROWS - 1) * SECOND
+
+
+def drop_pooled(storage: SqlStorage, postgres_url: str) -> None:
+    """End the session of the pool's only connection from another one (a restart)."""
+    admin = sa.create_engine(postgres_url)
+    try:
+        with admin.begin() as conn:
+            for pid in backend_pids(storage):
+                conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+    finally:
+        admin.dispose()
