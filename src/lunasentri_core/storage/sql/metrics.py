@@ -66,6 +66,7 @@ from lunasentri_core.storage.sql.head import (
     series_columns,
     series_points,
 )
+from lunasentri_core.storage.sql.notices import LIVE_CLASS, WATCHED_DRIVER_SQL
 from lunasentri_core.storage.sql.partitions import NativePartitions, Partitioning
 from lunasentri_core.storage.sql.pgcopy import CopyInsert, can_copy
 from lunasentri_core.storage.sql.pgwrite import FinishWrite, begin_and_read, can_pipeline
@@ -309,13 +310,19 @@ class SqlMetricStore:
         unchecked (one round trip less): a connection the server dropped fails the
         first statement, before anything was written, as :class:`_DroppedConnection`."""
         notices = self._db.notices
+        finish = self._sql.finish
+        watched: list[set[str]] = []
+        """Filled when the commit's round trip looked up the watched machines."""
 
         def announce(conn: Connection) -> None:
-            notices.samples(conn, batch)
+            if watched:
+                notices.watched_samples(conn, batch, watched[0])
+            else:
+                notices.samples(conn, batch)
 
         with self._db.write(
             then=announce if notices.enabled else None,
-            own_begin=self._sql.finish is not None,
+            own_begin=finish is not None,
             ping=ping,
         ) as conn:
             try:
@@ -335,10 +342,14 @@ class SqlMetricStore:
                 assert built is not None, "every series was just resolved"
             rows, latest, points = built  # latest by series id: one lock order
             self._insert_head(conn, rows)
-            finish = self._sql.finish
             if finish is not None:
-                # One statement and the COMMIT, in one round trip (:mod:`.pgwrite`).
-                finish.run(conn, latest, seen, commit=True)
+                # One statement, the COMMIT and the watched machines' look-up that
+                # must follow it, in one round trip (:mod:`.pgwrite`).
+                sending = notices.sample_machines(batch) if notices.enabled else []
+                look_up = (WATCHED_DRIVER_SQL, (LIVE_CLASS, sending)) if sending else None
+                found = finish.run(conn, latest, seen, commit=True, after=look_up).after
+                if found is not None:
+                    watched.append(set(found))
             else:
                 self._sql.upsert_latest.run(conn, latest)
                 if seen:

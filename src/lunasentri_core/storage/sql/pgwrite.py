@@ -21,10 +21,11 @@ retries, ``StorageUnavailable``) is unchanged.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from sqlalchemy import exc
 from sqlalchemy.engine import Connection, Dialect
@@ -33,6 +34,8 @@ from lunasentri_core.storage.sql import pgarrays
 from lunasentri_core.storage.sql.head import Columns
 from lunasentri_core.storage.sql.schema import machines, series_latest
 from lunasentri_core.storage.sql.seen import seen_columns
+
+log = logging.getLogger(__name__)
 
 DRIVER: Final = "psycopg"
 
@@ -144,27 +147,57 @@ class FinishWrite:
         seen: Sequence[tuple[str, datetime]],
         *,
         commit: bool,
-    ) -> tuple[int, int, int]:
-        """Rows updated, upserted, and machines advanced; with ``commit``, the
-        transaction is committed in the same round trip (the caller's commit
-        then has nothing left to do)."""
+        after: tuple[str, Sequence[Any]] | None = None,
+    ) -> Finished:
+        """Keep the latest values and ``last_seen``; with ``commit``, commit in the
+        same round trip (the caller's commit then has nothing left to do), and run
+        ``after`` (a query and its parameters) once committed, still in it.
+
+        ``after`` failing does not fail the write, which is committed by then:
+        :attr:`Finished.after` is then ``None`` (and a warning logged)."""
+        import psycopg
+
         driver = driver_of(conn)
+        if after is not None and not (commit and driver.autocommit):
+            raise AssertionError("after needs commit and Database.write(own_begin=True)")
         pgarrays.ensure_registered(driver)
         ids, ats = seen_columns(conn.dialect, seen)
         params = (*_packed(latest), ids, ats)
-        with translated(conn, self.sql):
-            cursor, ending = driver.cursor(), driver.cursor()
-            try:
-                with driver.pipeline():
-                    cursor.execute(self.sql, params)
-                    if commit:
-                        # A statement, not driver.commit(): that one waits for a Sync of its own.
-                        ending.execute("COMMIT")
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
-                ending.close()
-        return int(row[0]), int(row[1]), int(row[2])
+        cursor, ending, then = driver.cursor(), driver.cursor(), driver.cursor()
+        try:
+            with translated(conn, self.sql):
+                try:
+                    with driver.pipeline():
+                        cursor.execute(self.sql, params)
+                        if commit:
+                            # A statement, not driver.commit(): that one waits for a Sync
+                            # of its own. In autocommit (own_begin) ``after`` then runs
+                            # in a transaction of its own, after the commit, on the server.
+                            ending.execute("COMMIT")
+                        if after is not None:
+                            then.execute(*after)
+                except psycopg.Error as error:
+                    if after is None or ending.statusmessage != "COMMIT" or driver.broken:
+                        raise
+                    log.warning("a query after a committed write failed: %s", error)
+                    after = None
+            row = cursor.fetchone()
+            rows = None if after is None else [found[0] for found in then.fetchall()]
+        finally:
+            for each in (cursor, ending, then):
+                each.close()
+        return Finished(int(row[0]), int(row[1]), int(row[2]), rows)
+
+
+class Finished(NamedTuple):
+    updated: int
+    """Series whose newer point the ``UPDATE`` took."""
+    upserted: int
+    """Series the upsert took (new ones, nearly always)."""
+    seen: int
+    """Machines whose ``last_seen`` moved."""
+    after: list[Any] | None
+    """The first column of ``after``'s rows; ``None`` without it, or when it failed."""
 
 
 def _packed(latest: Columns) -> tuple[Any, Any, Any]:
