@@ -1,9 +1,8 @@
 """PostgreSQL (psycopg 3): a metric write in as few round trips as it can go.
 
 Each statement sent on its own waits for the server's answer before the next
-goes: on loopback that wait, and the server's and psycopg's work per message,
-cost more than most statements of a write themselves. A write transaction
-took nine round trips: the pool's ping, ``BEGIN``, the series epoch, the head
+goes, and costs psycopg and the server their work per message on top. A
+write transaction took nine round trips: the pool's ping, ``BEGIN``, the series epoch, the head
 rows' ``COPY`` (two), the latest values' ``UPDATE`` (and their upsert when a
 series had none), the machines' ``last_seen``, ``COMMIT``, the watched-machines
 look-up. Here:
@@ -11,7 +10,11 @@ look-up. Here:
 * ``BEGIN`` and the epoch's ``SELECT`` go together in one pipeline
   (:func:`begin_and_read`);
 * the latest values and ``last_seen`` are one statement (:class:`FinishWrite`,
-  data-modifying CTEs over arrays), sent with the ``COMMIT`` in one pipeline.
+  data-modifying CTEs over arrays), sent with the ``COMMIT`` in one pipeline,
+  and with the look-up of watched machines that must follow the commit;
+* the pool's ping is skipped (``Database.write(ping=False)``): the first
+  round trip finds a connection the server dropped, and the write is tried
+  again on a pinged one.
 
 A failed statement aborts the rest of its pipeline (the ``COMMIT`` with it):
 the transaction rolls back whole, and the error is the SQLAlchemy exception the
