@@ -75,7 +75,7 @@ def store_run(store: SqlStorage, batches: list[list[MachineSamples]], latest: bo
     upsert, finish = sql.upsert_latest, sql.finish
     if not latest:
         sql.upsert_latest = storage_bench._Skip()  # type: ignore[assignment]
-        sql.finish = None  # it keeps the latest values too
+        sql.finish = None  # the latest values' statement (with last_seen)
     spent = 0.0
     try:
         for batch in batches:
