@@ -116,10 +116,11 @@ class FinishWrite:
       alone): nearly always none;
     * ``last_seen`` of the machines heard from, never backwards.
 
-    Rows go to the server in series-id and machine-id order; the plan decides
-    the order it locks them in, so two writers sharing rows may deadlock in
-    principle, and PostgreSQL then fails one of them whole (the metric store
-    retries it).
+    Rows go to the server in series-id and machine-id order, and the plans
+    PostgreSQL 15 picks here (hash joins probed by those rows) lock them in
+    that order, as the separate statements did. The plan decides, though: two
+    writers sharing rows may deadlock in principle, and PostgreSQL then fails
+    one of them whole (the metric store retries it).
     """
 
     def __init__(self, dialect: Dialect) -> None:
