@@ -72,9 +72,10 @@ def store_run(store: SqlStorage, batches: list[list[MachineSamples]], latest: bo
     """Seconds the store took to write every batch (from an empty head)."""
     empty_head(store)
     sql = store.metrics._sql
-    upsert = sql.upsert_latest
+    upsert, finish = sql.upsert_latest, sql.finish
     if not latest:
         sql.upsert_latest = storage_bench._Skip()  # type: ignore[assignment]
+        sql.finish = None  # the latest values' statement (with last_seen)
     spent = 0.0
     try:
         for batch in batches:
@@ -82,7 +83,7 @@ def store_run(store: SqlStorage, batches: list[list[MachineSamples]], latest: bo
                 store.metrics.write(batch)
             spent += timer.elapsed
     finally:
-        sql.upsert_latest = upsert
+        sql.upsert_latest, sql.finish = upsert, finish
     return spent
 
 

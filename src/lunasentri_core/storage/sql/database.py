@@ -382,17 +382,32 @@ class Database:
 
     @contextmanager
     def write(
-        self, lock: int | None = None, then: Callable[[Connection], None] | None = None
+        self,
+        lock: int | None = None,
+        then: Callable[[Connection], None] | None = None,
+        *,
+        own_begin: bool = False,
     ) -> Iterator[Connection]:
         """A connection inside a write transaction, committed when the block ends.
 
         ``lock`` names an advisory lock held until commit (PostgreSQL; SQLite
         serializes writers anyway). ``then`` runs after the commit, on the same
         connection outside the transaction (not when the block raised).
+
+        ``own_begin`` (PostgreSQL with psycopg 3): the driver is in autocommit and
+        the block's first statement must be
+        :func:`~lunasentri_core.storage.sql.pgwrite.begin_and_read`, which sends the
+        ``BEGIN`` with that statement in one round trip; the commit or rollback at
+        the end of the block ends that transaction as usual, and the pool restores
+        the driver's mode when it gets the connection back.
         """
         writers = self._writers if self._writers is not None else nullcontext()
         with self._guard(), writers, self.errors(), self.engine.connect() as conn:
             conn.execution_options(**{WRITE_OPTION: True})
+            if own_begin:
+                if lock is not None or not self.is_postgres:
+                    raise ValueError("own_begin is for PostgreSQL writes without a lock")
+                conn.execution_options(isolation_level="AUTOCOMMIT")
             with conn.begin():
                 if lock is not None and self.is_postgres:
                     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock)))

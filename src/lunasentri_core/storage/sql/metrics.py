@@ -31,6 +31,7 @@ from typing import Any, Final
 
 import attrs
 import sqlalchemy as sa
+from sqlalchemy import exc
 from sqlalchemy.engine import Connection
 
 from lunasentri_core.errors import NotFoundError, StorageUnavailable
@@ -55,6 +56,7 @@ from lunasentri_core.storage.sql.database import (
     BulkInsert,
     Database,
     Statement,
+    describe_error,
 )
 from lunasentri_core.storage.sql.head import (
     Columns,
@@ -64,8 +66,10 @@ from lunasentri_core.storage.sql.head import (
     series_columns,
     series_points,
 )
+from lunasentri_core.storage.sql.notices import LIVE_CLASS, WATCHED_DRIVER_SQL
 from lunasentri_core.storage.sql.partitions import NativePartitions, Partitioning
 from lunasentri_core.storage.sql.pgcopy import CopyInsert, can_copy
+from lunasentri_core.storage.sql.pgwrite import FinishWrite, begin_and_read, can_pipeline
 from lunasentri_core.storage.sql.points import (
     CHUNK_MS,
     HOUR_MS,
@@ -287,6 +291,10 @@ class SqlMetricStore:
         for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
             try:
                 return self._write(batch, seen, max_series)
+            except _DroppedConnection:
+                # Nothing was written; the pool has let go of the server's dropped connections.
+                if attempt == DEADLOCK_ATTEMPTS:
+                    raise
             except StorageUnavailable as error:
                 if attempt == DEADLOCK_ATTEMPTS or not _deadlocked(error):
                     raise
@@ -298,13 +306,30 @@ class SqlMetricStore:
         seen: Sequence[tuple[str, datetime]],
         max_series: int | None,
     ) -> int:
+        """One try of :meth:`write`. A pooled connection the server dropped (the pool
+        does not ping one in use: see the timescale plugin's ``liveness``) fails the
+        first statement, before anything was written, as :class:`_DroppedConnection`."""
         notices = self._db.notices
+        finish = self._sql.finish
+        watched: list[set[str]] = []
+        """Filled when the commit's round trip looked up the watched machines."""
 
         def announce(conn: Connection) -> None:
-            notices.samples(conn, batch)
+            if watched:
+                notices.watched_samples(conn, batch, watched[0])
+            else:
+                notices.samples(conn, batch)
 
-        with self._db.write(then=announce if notices.enabled else None) as conn:
-            self._check_epoch(conn)
+        with self._db.write(
+            then=announce if notices.enabled else None,
+            own_begin=finish is not None,
+        ) as conn:
+            try:
+                self._check_epoch(conn)
+            except exc.DBAPIError as error:
+                if not error.connection_invalidated:
+                    raise
+                raise _DroppedConnection(describe_error(self._db.label, error)) from error
             ids = self._ids
             built = build_rows(batch, ids)
             fresh: dict[str, SeriesIds] = {}
@@ -316,9 +341,18 @@ class SqlMetricStore:
                 assert built is not None, "every series was just resolved"
             rows, latest, points = built  # latest by series id: one lock order
             self._insert_head(conn, rows)
-            self._sql.upsert_latest.run(conn, latest)
-            if seen:
-                touch(conn, self._sql.touch, seen)
+            if finish is not None:
+                # One statement, the COMMIT and the watched machines' look-up that
+                # must follow it, in one round trip (:mod:`.pgwrite`).
+                sending = notices.sample_machines(batch) if notices.enabled else []
+                look_up = (WATCHED_DRIVER_SQL, (LIVE_CLASS, sending)) if sending else None
+                found = finish.run(conn, latest, seen, commit=True, after=look_up).after
+                if found is not None:
+                    watched.append(set(found))
+            else:
+                self._sql.upsert_latest.run(conn, latest)
+                if seen:
+                    touch(conn, self._sql.touch, seen)
         if fresh:
             # Only now: ids of series created by a rolled-back batch are invalid.
             with self._ids_lock:
@@ -334,7 +368,12 @@ class SqlMetricStore:
             self._sql.insert_head.run(conn, list(zip(*rows, strict=True)))
 
     def _check_epoch(self, conn: Connection) -> None:
-        epoch = self._sql.select_epoch.one(conn, (SERIES_EPOCH,)).scalar() or 0
+        select = self._sql.select_epoch
+        if self._sql.finish is not None:
+            # The transaction's BEGIN with it, in one round trip (own_begin).
+            epoch = begin_and_read(conn, select.sql, (SERIES_EPOCH,)) or 0
+        else:
+            epoch = select.one(conn, (SERIES_EPOCH,)).scalar() or 0
         if epoch != self._ids_epoch:
             with self._ids_lock:
                 self._ids = {}
@@ -895,7 +934,12 @@ class SqlMetricStore:
 
 
 DEADLOCK_ATTEMPTS: Final = 3
-"""Tries of a write that PostgreSQL chose as a deadlock's victim (rolled back whole)."""
+"""Tries of a write that PostgreSQL chose as a deadlock's victim (rolled back whole),
+or that found its pooled connection dropped by the server."""
+
+
+class _DroppedConnection(StorageUnavailable):
+    """The write's first statement found its connection dropped: nothing was written."""
 
 
 def _deadlocked(error: BaseException) -> bool:
@@ -1148,6 +1192,9 @@ class _Statements:
     """A history query's series and the horizons, by machine check (:func:`_select_series`)."""
     select_horizons: Statement
     touch: Statement
+    finish: FinishWrite | None
+    """PostgreSQL with psycopg 3: the latest values, ``last_seen`` and the ``COMMIT``
+    in one round trip, and the epoch read with the ``BEGIN`` (``None`` elsewhere)."""
 
 
 _PREPARED: dict[tuple[str, str, str], _Statements] = {}
@@ -1317,4 +1364,5 @@ def _prepare(db: Database) -> _Statements:
         )
     )
     sql.touch = touch_statement(db)
+    sql.finish = FinishWrite(db.engine.dialect) if can_pipeline(db.engine.dialect) else None
     return sql

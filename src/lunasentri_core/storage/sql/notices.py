@@ -61,12 +61,15 @@ _CHANNEL = sa.text(f"SELECT {CHANNEL_SQL}")
 LIVE_CLASS: Final = 0x4C54
 """First key of the shared advisory locks that say "a process watches this machine's
 samples" ("LT"); the second is ``hashtext(schema:machine_id)``."""
-_WATCHED = sa.text(
+_WATCHED_SQL: Final = (
     "WITH held AS MATERIALIZED (SELECT objid FROM pg_locks WHERE locktype = 'advisory'"
-    " AND classid = :c AND objsubid = 2 AND granted)"
-    " SELECT m FROM unnest(CAST(:ids AS text[])) AS m"
+    " AND classid = {c} AND objsubid = 2 AND granted)"
+    " SELECT m FROM unnest(CAST({ids} AS text[])) AS m"
     " WHERE CAST(hashtext(current_schema() || ':' || m) AS oid) IN (SELECT objid FROM held)"
 )
+_WATCHED = sa.text(_WATCHED_SQL.format(c=":c", ids=":ids"))
+WATCHED_DRIVER_SQL: Final = _WATCHED_SQL.format(c="%s", ids="%s")
+"""The look-up of watched machines for the driver (psycopg): ``(LIVE_CLASS, ids)``."""
 
 RETRY_FIRST: Final = 0.5
 RETRY_MAX: Final = 30.0
@@ -94,24 +97,48 @@ class Notices:
         ``conn`` is outside any transaction (the writer's own, just committed):
         the look-up runs in autocommit, one round trip where a connection of
         its own took four (pool ping, ``BEGIN``, query, ``COMMIT``)."""
-        ids = list({machine.machine_id for machine in batch if machine.samples})
+        ids = self.sample_machines(batch)
         if not self.enabled or not ids:
             return
         try:
             # The pool restores the connection's isolation level when it gets it back.
             conn.execution_options(isolation_level="AUTOCOMMIT")
             watched = set(conn.execute(_WATCHED, {"ids": ids, "c": LIVE_CLASS}).scalars())
-            payloads = [
-                chunk
-                for machine in batch
-                if machine.machine_id in watched and machine.samples
-                for chunk in self._sample_chunks(machine.machine_id, machine.samples)
-            ]
-            if payloads:
-                self._queue(conn, payloads)
-            conn.commit()
+            self._send_samples(conn, batch, watched)
         except Exception as error:  # the driver's or the pool's
             log.warning("could not tell other processes of stored samples: %s", error)
+
+    @staticmethod
+    def sample_machines(batch: Sequence[MachineSamples]) -> list[str]:
+        """The machines ``batch`` has samples of: those :meth:`samples` looks up."""
+        return list({machine.machine_id for machine in batch if machine.samples})
+
+    def watched_samples(
+        self, conn: Connection, batch: Sequence[MachineSamples], watched: set[str]
+    ) -> None:
+        """:meth:`samples`, the watched machines already looked up after the commit
+        (:class:`~.pgwrite.FinishWrite` does it in the commit's round trip): no
+        round trip at all when none is watched. Never raises either."""
+        if not self.enabled or not watched:
+            return
+        try:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            self._send_samples(conn, batch, watched)
+        except Exception as error:  # the driver's or the pool's
+            log.warning("could not tell other processes of stored samples: %s", error)
+
+    def _send_samples(
+        self, conn: Connection, batch: Sequence[MachineSamples], watched: set[str]
+    ) -> None:
+        payloads = [
+            chunk
+            for machine in batch
+            if machine.machine_id in watched and machine.samples
+            for chunk in self._sample_chunks(machine.machine_id, machine.samples)
+        ]
+        if payloads:
+            self._queue(conn, payloads)
+        conn.commit()
 
     def _payload(self, kind: ChangeKind, **extra: Any) -> str:
         return json.dumps({"o": self.origin, "k": kind.value, **extra}, separators=(",", ":"))

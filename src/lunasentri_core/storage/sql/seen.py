@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 
 from lunasentri_core.storage.sql.database import Database, Statement
 from lunasentri_core.storage.sql.schema import UtcMicros, machines
@@ -43,13 +43,23 @@ def touch(conn: Connection, stmt: Statement, seen: Sequence[tuple[str, datetime]
     Machines are updated in id order, so concurrent transactions (PostgreSQL)
     take their row locks in one order and wait rather than deadlock.
     """
+    ids, ats = seen_columns(conn.dialect, seen)
+    stmt.many(conn, list(zip(ats, ids, ats, strict=True)))
+
+
+def seen_columns(
+    dialect: Dialect, seen: Sequence[tuple[str, datetime]]
+) -> tuple[list[str], list[int]]:
+    """Machine ids in order and each one's latest ``at`` (as the column stores it)."""
     latest: dict[str, datetime] = {}
     for machine_id, at in seen:
         if machine_id not in latest or at > latest[machine_id]:
             latest[machine_id] = at
-    rows = []
-    for machine_id, at in sorted(latest.items()):
-        # The column's own conversion (the raw statement skips SQLAlchemy's).
-        micros = _MICROS.process_bind_param(at, conn.dialect)
-        rows.append((micros, machine_id, micros))
-    stmt.many(conn, rows)
+    ids = sorted(latest)
+    ats: list[int] = []
+    for machine_id in ids:
+        # The column's own conversion (the raw statements skip SQLAlchemy's).
+        micros = _MICROS.process_bind_param(latest[machine_id], dialect)
+        assert micros is not None, "a datetime converts to a number"
+        ats.append(micros)
+    return ids, ats
