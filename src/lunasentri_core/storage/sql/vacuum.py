@@ -15,10 +15,11 @@ with its size.
 PostgreSQL's autovacuum makes deleted rows' space reusable in time, but only
 gives pages back to the file system when a table's last pages are empty, and
 visits a table a minute or more after the fact. After a compaction pass that
-moved many points out of the head (a backlog, the end of an hour),
-:func:`vacuum_head` runs a plain ``VACUUM`` of ``samples_head`` at once: the
-emptied tail of the table goes back to the file system (a head emptied by a
-backlog shrinks to nothing), the rest is reusable by the next inserts; and
+moved points out of the head (the current hour's rewrite every few minutes, a
+backlog, the end of an hour), :func:`vacuum_head` runs a plain ``VACUUM`` of
+``samples_head`` at once: the emptied tail of the table goes back to the file
+system (an emptied head shrinks to nothing), the rest is reusable by the next
+inserts; and
 when the head's indexes kept a backlog's size over a table that no longer
 holds it, they are rebuilt (``REINDEX CONCURRENTLY``). Neither takes a lock
 that blocks ingest; plain ``VACUUM`` skips truncating while another session
@@ -51,9 +52,15 @@ VACUUM_MIB_PER_SECOND: Final = 50
 """A cautious rate for the log's estimate of a conversion's duration."""
 HEAD_INDEX_SLACK: Final = 16 * 2**20
 """Bytes the head's indexes may grow past twice its table before they are rebuilt."""
-HEAD_VACUUM_POINTS: Final = 500_000
+HEAD_VACUUM_POINTS: Final = 1_000
 """Points a PostgreSQL compaction pass moves out of the head before it vacuums the
-head table itself (about 10,000 rows of 50 readings; fewer are left to autovacuum)."""
+head table itself (about 20 rows of 50 readings; fewer are left to autovacuum).
+
+Low on purpose: every rewrite of the current hour (each
+``OPEN_CHUNK_EVERY_MS``) empties the head of nearly all it holds, and until
+a VACUUM the emptied pages stay in the file as dead rows, up to a third of
+the schema in the soak benchmark (``bench_pg_soak.py``). Vacuuming a table
+of a few minutes of samples takes milliseconds."""
 
 
 def _pragma(conn: Any, name: str) -> int:
