@@ -68,14 +68,14 @@ def prepare(url: str, scale: float) -> None:
     settings = {**vm.SERVER_ENV, "LUNASENTRI_STORAGE__URL": schema_url}
     with _server.ServerProcess(settings) as server:
         keys = server.register(data.names)
-        bodies = (
-            (
-                data.lunasentri_body(m, samples),
-                {"authorization": f"Bearer {keys[m]}", "content-type": "application/json"},
-            )
-            for m, samples in data.windows()
+        vm.ingest(
+            server.url,
+            data.lunasentri_requests(keys),
+            "/api/v1/ingest",
+            4,
+            lambda: 0.0,
+            data.points,
         )
-        vm.ingest(server.url, bodies, "/api/v1/ingest", 4, lambda: 0.0, data.points)
         headers = {"authorization": f"Bearer {server.login()}"}
         with httpx.Client(base_url=server.url, headers=headers) as client:
             page = vm.get_json(client, "/api/v1/machines", limit=1000, latest="false")

@@ -137,6 +137,13 @@ class DataSet:
             out.append({"timestamp": (series[0].ts[i] + self.offset) / 1000, "metrics": metrics})
         return json.dumps({"samples": out}, separators=(",", ":")).encode()
 
+    def lunasentri_requests(self, keys: Sequence[str]) -> Iterator[tuple[bytes, dict[str, str]]]:
+        """Every body in time order, with the headers of its machine's API key (``keys``
+        in the order of :attr:`names`)."""
+        for m, samples in self.windows():
+            headers = {"authorization": f"Bearer {keys[m]}", "content-type": "application/json"}
+            yield self.lunasentri_body(m, samples), headers
+
     def vm_body(self, m: int, samples: range) -> bytes:
         lines = []
         for s in self.machines[m]:
@@ -275,13 +282,7 @@ def lunasentri_serve(
     settings = {**SERVER_ENV, **env}
     with _server.ServerProcess(settings) as server:
         keys = server.register(data.names)
-        bodies = (
-            (
-                data.lunasentri_body(m, samples),
-                {"authorization": f"Bearer {keys[m]}", "content-type": "application/json"},
-            )
-            for m, samples in data.windows()
-        )
+        bodies = data.lunasentri_requests(keys)
         done = ingest(
             server.url, bodies, "/api/v1/ingest", args.agents, cpu_of(server.pid), data.points
         )
