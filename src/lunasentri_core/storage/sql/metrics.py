@@ -356,7 +356,7 @@ class SqlMetricStore:
                 # must follow it, in one round trip (:mod:`.pgwrite`).
                 sending = notices.sample_machines(batch) if notices.enabled else []
                 look_up = (WATCHED_DRIVER_SQL, (LIVE_CLASS, sending)) if sending else None
-                found = finish.run(conn, latest, seen, commit=True, after=look_up).after
+                found = finish.run(conn, latest, seen, after=look_up).after
                 if found is not None:
                     watched.append(set(found))
             else:

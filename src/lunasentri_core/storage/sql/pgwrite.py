@@ -150,20 +150,19 @@ class FinishWrite:
         latest: Columns,
         seen: Sequence[tuple[str, datetime]],
         *,
-        commit: bool,
         after: tuple[str, Sequence[Any]] | None = None,
     ) -> Finished:
-        """Keep the latest values and ``last_seen``; with ``commit``, commit in the
-        same round trip (the caller's commit then has nothing left to do), and run
-        ``after`` (a query and its parameters) once committed, still in it.
+        """Keep the latest values and ``last_seen``, commit in the same round trip
+        (the caller's commit then has nothing left to do), and run ``after`` (a
+        query and its parameters) once committed, still in it.
 
         ``after`` failing does not fail the write, which is committed by then:
         :attr:`Finished.after` is then ``None`` (and a warning logged)."""
         import psycopg
 
         driver = driver_of(conn)
-        if after is not None and not (commit and driver.autocommit):
-            raise AssertionError("after needs commit and Database.write(own_begin=True)")
+        if after is not None and not driver.autocommit:
+            raise AssertionError("after needs Database.write(own_begin=True)")
         pgarrays.ensure_registered(driver)
         ids, ats = seen_columns(conn.dialect, seen)
         params = (*_packed(latest), ids, ats)
@@ -173,11 +172,10 @@ class FinishWrite:
                 try:
                     with driver.pipeline():
                         cursor.execute(self.sql, params)
-                        if commit:
-                            # A statement, not driver.commit(): that one waits for a Sync
-                            # of its own. In autocommit (own_begin) ``after`` then runs
-                            # in a transaction of its own, after the commit, on the server.
-                            ending.execute("COMMIT")
+                        # A statement, not driver.commit(): that one waits for a Sync
+                        # of its own. In autocommit (own_begin) ``after`` then runs in
+                        # a transaction of its own, after the commit, on the server.
+                        ending.execute("COMMIT")
                         if after is not None:
                             then.execute(*after)
                 except psycopg.Error as error:
