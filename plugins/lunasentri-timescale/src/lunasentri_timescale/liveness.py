@@ -21,7 +21,7 @@ SQLAlchemy then replaces the pool's other connections.
 from __future__ import annotations
 
 import select
-import time
+from time import monotonic
 from typing import Any, Final
 
 from sqlalchemy import event, exc
@@ -31,24 +31,20 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 PING_AFTER: Final = 2.0
 """Seconds since a connection's last use after which it is pinged at checkout."""
 _RETURNED: Final = "lunasentri_returned_at"
-"""Where a pool entry keeps when it was opened or last returned (``monotonic``)."""
+"""Where a pool entry keeps when it was opened or last returned (:func:`monotonic`)."""
 
 
 def install(engine: Engine, ping_after: float = PING_AFTER) -> None:
     """Check ``engine``'s pooled connections as above (with ``pool_pre_ping`` off)."""
 
     def stamp(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        record.info[_RETURNED] = time.monotonic()
+        record.info[_RETURNED] = monotonic()
 
     def check(
         dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
     ) -> None:
         returned = record.info.get(_RETURNED)
-        if (
-            returned is not None
-            and time.monotonic() - returned < ping_after
-            and quiet(dbapi_connection)
-        ):
+        if returned is not None and monotonic() - returned < ping_after and quiet(dbapi_connection):
             return
         try:
             engine.dialect.do_ping(dbapi_connection)
