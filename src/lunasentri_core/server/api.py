@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from lunasentri_core.codec import decode
 from lunasentri_core.components import Principal
 from lunasentri_core.errors import FieldError, ValidationError
 from lunasentri_core.server.errors import ApiError
+from lunasentri_core.server.jsonanswer import JsonAnswer
 from lunasentri_core.server.jsonbody import load_json
 
 if TYPE_CHECKING:
@@ -248,7 +249,7 @@ def _dispatcher(
         result = await endpoint.handler(call)
         if isinstance(result, Response):
             return result
-        return JSONResponse(result, status_code=endpoint.status)
+        return JsonAnswer(result, status_code=endpoint.status)
 
     return dispatch
 
