@@ -2,8 +2,8 @@
 
 For A/B work on the read path, faster than ``bench_vs_victoriametrics.py --postgres``
 (which ingests anew for every run): ``prepare`` ingests that benchmark's data set
-(``--scale``) through a real server into a kept schema (``lsbench_pgread_keep``,
-replaced by the next ``prepare``, dropped by ``drop``) and compacts it;
+(``--scale``) through a real server into a kept schema (``lsbench_pgread_keep``, or
+``$LUNASENTRI_BENCH_PGREAD_SCHEMA``; replaced by the next ``prepare``, dropped by ``drop``) and compacts it;
 ``measure LABEL=PYTHONPATH ...`` then starts a real server on that schema with
 each ``PYTHONPATH`` in turn (``git archive`` of the old code, say, and the
 worktree's), order rotated every round, and times the benchmark's two reads
@@ -40,7 +40,8 @@ import httpx
 import psutil
 import sqlalchemy as sa
 
-SCHEMA = "lsbench_pgread_keep"
+# Several people measuring at once each keep a schema of their own.
+SCHEMA = os.environ.get("LUNASENTRI_BENCH_PGREAD_SCHEMA", "lsbench_pgread_keep")
 STATE = Path(tempfile.gettempdir()) / f"{SCHEMA}.json"
 READS = ("h500", "h1m")
 
