@@ -36,7 +36,7 @@ def round_trips(engine: Engine) -> Iterator[list[list[str]]]:
     """
     from psycopg import pq
 
-    trace = tempfile.TemporaryFile("w+", encoding="utf-8")
+    trace = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 (read at the end)
 
     def start(dbapi_conn: Any, *_: Any) -> None:
         pgconn = dbapi_conn.pgconn

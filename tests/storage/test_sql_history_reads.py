@@ -133,8 +133,10 @@ def test_the_check_and_the_horizons_come_with_the_series(storage: SqlStorage) ->
         # (a minute read may read raw blobs after its blocks).
         assert [len(trip) for trip in trips] == [2, 1, 1], trips
         assert trips[0][0].startswith("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        assert "machines" in trips[0][1] and "storage_meta" in trips[0][1]
-        assert "samples_head" in trips[1][0] and "metric_chunks" in trips[1][0]
+        assert "machines" in trips[0][1]
+        assert "storage_meta" in trips[0][1]
+        assert "samples_head" in trips[1][0]
+        assert "metric_chunks" in trips[1][0]
         assert trips[2] == ["COMMIT"]
         return
     with statements(storage) as seen:
@@ -166,7 +168,8 @@ def test_a_last_raw_read_commits_with_its_last_statement(storage: SqlStorage) ->
             assert read(storage, query, check=True, owner_id=alice.id, last=True) == expected
         assert [len(trip) for trip in trips] == [2, 2], trips
         assert trips[0][0].startswith("BEGIN")
-        assert "samples_head" in trips[1][0] and trips[1][1] == "COMMIT"
+        assert "samples_head" in trips[1][0]
+        assert trips[1][1] == "COMMIT"
     assert read(storage, query, check=True, owner_id=alice.id, last=True) == expected
     assert storage.metrics.history_columns(query)[0].values.tolist() == expected
     # The read has ended with its one query: another would see another snapshot.

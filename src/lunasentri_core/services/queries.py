@@ -138,12 +138,17 @@ async def latest(
     if metric is not None and metric in DERIVED:
         wanted = [metric, *DERIVED[metric]]
 
+    metrics = hub.storage.metrics
+    checked: Callable[..., list[SeriesValue]] | None = getattr(metrics, "machine_latest", None)
+
     def read() -> list[SeriesValue]:
+        if checked is not None:  # the SQL store: the check and the values in one statement
+            return checked(machine_id, owner_id, None if metric is None else wanted)
         with _snapshot(hub):
             _check_machine(hub, machine_id, owner_id)
             found: list[SeriesValue] = []
             for name in wanted:
-                found.extend(hub.storage.metrics.latest([machine_id], name))
+                found.extend(metrics.latest([machine_id], name))
             return found
 
     values = await hub.run_sync(read)

@@ -364,10 +364,12 @@ class Database:
         connection, and the block's reads do not see them.
 
         ``own_begin`` (honoured on PostgreSQL with psycopg 3, outside a shared
-        read): the driver is in autocommit, and the block's first statement must
-        be :func:`~lunasentri_core.storage.sql.pgread.begin_and_fetch`, which sends
+        read): the driver is in autocommit. A block of one statement runs it as
+        usual (a snapshot of its own, no ``BEGIN`` or ``COMMIT`` sent); a block of
+        several must run its first through
+        :func:`~lunasentri_core.storage.sql.pgread.begin_and_fetch`, which sends
         the ``BEGIN`` with it in one round trip (:func:`~.pgread.must_begin` tells
-        whether it must); the block's end commits as usual, unless
+        whether it must), and its end commits as usual, unless
         :func:`~.pgread.fetch_and_commit` did.
         """
         shared: Connection | None = getattr(self._shared, "conn", None)

@@ -267,6 +267,8 @@ class SqlMetricStore:
         read and write are atomic: two threads at worst compile one twice)."""
         self._head_and_blobs: dict[tuple[Resolution, int], Statement] = {}
         """By (raw or minute, series): :func:`_select_head_and_blobs`, as above."""
+        self._machine_latest: dict[tuple[bool, int | None], Statement] = {}
+        """By (owner checked, metrics): :func:`_select_machine_latest`, as above."""
         # Compiling takes longer than opening a store (the bulk inserts have
         # hundreds of placeholders): once per kind of database, then copied.
         key = (db.engine.dialect.name, db.engine.dialect.driver, db.engine.dialect.paramstyle)
@@ -434,6 +436,35 @@ class SqlMetricStore:
                 for machine_id, name, labels, ts, value in rows:
                     out.append(SeriesValue(keys.key(machine_id, name, labels), times[ts], value))
         return out
+
+    def machine_latest(
+        self, machine_id: str, owner_id: str | None, metrics: Sequence[str] | None = None
+    ) -> list[SeriesValue]:
+        """:meth:`latest` of one machine (of ``metrics``, else all), which must exist
+        and be ``owner_id``'s when one is given (as
+        :meth:`SqlStateStore.check_machine`), else :class:`NotFoundError`.
+
+        One statement (the values through the machine's row): a snapshot of its
+        own, so no transaction is begun for it, and a ``/latest`` request is one
+        round trip to PostgreSQL (with psycopg 3) where the check, the values and
+        ``BEGIN`` and ``COMMIT`` were four.
+        """
+        key = (owner_id is not None, None if metrics is None else len(metrics))
+        stmt = self._machine_latest.get(key)
+        if stmt is None:
+            stmt = self._machine_latest[key] = _select_machine_latest(self._db, *key)
+        given = {"m": machine_id, "o": owner_id}
+        given.update((f"n{i}", name) for i, name in enumerate(metrics or ()))
+        with self._db.read(own_begin=True) as conn:
+            rows = stmt.one(conn, tuple(given[name] for name in stmt.names)).fetchall()
+        if not rows:
+            raise NotFoundError(f"machine {machine_id!r} not found")
+        keys, times = _StoredKeys(), _Times()
+        return [
+            SeriesValue(keys.key(machine_id, name, labels), times[ts], value)
+            for name, labels, ts, value in rows
+            if ts is not None  # the machine's row alone: no such values (an outer join)
+        ]
 
     def _head_and_blobs_statement(self, resolution: Resolution, count: int) -> Statement:
         found = self._head_and_blobs.get((resolution, count))
@@ -1329,6 +1360,29 @@ def _select_series(db: Database, check: bool | None) -> Statement:
     stmt = db.statement(query)
     assert set(stmt.names) == ({"m", "n", "o"} if check else {"m", "n"})
     return stmt
+
+
+def _select_machine_latest(db: Database, check: bool, metrics: int | None) -> Statement:
+    """The latest values of a machine's series (``m``; of the metrics ``n0``... when
+    ``metrics`` is not ``None``) through the machine's row, of owner ``o`` with
+    ``check``: no row at all when there is no such machine, one of nulls when it
+    has no such values."""
+    s, m, v = series.c, machines.c, series_latest.c
+    wanted = s.machine_id == m.id
+    if metrics == 0:
+        wanted = sa.and_(wanted, sa.false())  # the check alone
+    elif metrics is not None:
+        wanted = sa.and_(wanted, s.metric.in_([sa.bindparam(f"n{i}") for i in range(metrics)]))
+    values = series.join(series_latest, v.series_id == s.id)
+    query = (
+        sa.select(s.metric, s.labels, v.ts, v.value)
+        .select_from(machines.outerjoin(values, wanted))
+        .where(m.id == sa.bindparam("m"))
+        .order_by(s.metric, s.labels)
+    )
+    if check:
+        query = query.where(m.owner_id == sa.bindparam("o"))
+    return db.statement(query)
 
 
 def _prepare(db: Database) -> _Statements:
