@@ -202,3 +202,24 @@ def test_a_horizon_moved_by_another_process_is_seen_at_once(open_storage: OpenSt
     assert after.resolution is Resolution.MINUTE
     assert len(after.values) == 9
     assert list(after.timestamps) == list(before.timestamps)
+
+
+def test_a_last_read_inside_a_snapshot_leaves_its_transaction_open(storage: SqlStorage) -> None:
+    """Inside ``snapshot()`` the read shares the block's transaction: ``last``
+    must not commit it (later reads of the block would see another snapshot)."""
+    machine = storage.state.add_machine(make_machine())
+    write(storage, machine.id, T0, 720)
+    storage.metrics.maintain(T0 + 3 * HOUR)
+    query = cpu(machine.id, T0 + 7 * SECOND, T0 + 2 * HOUR, 13 * MINUTE)  # raw
+    expected = storage.metrics.history_columns(query)[0].values.tolist()
+    if not is_postgres(storage):
+        with storage.snapshot():
+            assert storage.metrics.history_columns(query)[0].values.tolist() == expected
+        return
+    with round_trips(storage.engine) as trips, storage.snapshot():
+        assert storage.metrics.history_columns(query)[0].values.tolist() == expected
+        storage.state.check_machine(machine.id)
+        assert storage.metrics.history_columns(query)[0].values.tolist() == expected
+    sent = [sql for trip in trips for sql in trip]
+    assert "COMMIT" not in sent[:-1], trips
+    assert sent[-1] == "COMMIT"

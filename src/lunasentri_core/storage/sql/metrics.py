@@ -1047,7 +1047,8 @@ class _HistoryReader:
         self._check = check
         self._owner_id = owner_id
         self._pipelined = can_pipeline(conn.dialect)
-        self._last = last and self._pipelined
+        # Not inside a shared read (snapshot()): its transaction is not the reader's to end.
+        self._last = last and self._pipelined and pgread.must_begin(conn)
         """Commit with the statement known to be the read's last (:mod:`.pgread`)."""
         self._ended = False
         self._head: dict[tuple[str, int, int], dict[int, tuple[IntArray, FloatArray]]] = {}
