@@ -3,11 +3,13 @@
 For A/B work on the read path, faster than ``bench_vs_victoriametrics.py --postgres``
 (which ingests anew for every run): ``prepare`` ingests that benchmark's data set
 (``--scale``) through a real server into a kept schema (``lsbench_pgread_keep``,
-replaced by the next ``prepare``, dropped by ``drop``) and compacts it;
+or ``$LUNASENTRI_BENCH_PGREAD_SCHEMA``; replaced by the next ``prepare``, dropped
+by ``drop``) and compacts it;
 ``measure LABEL=PYTHONPATH ...`` then starts a real server on that schema with
 each ``PYTHONPATH`` in turn (``git archive`` of the old code, say, and the
 worktree's), order rotated every round, and times the benchmark's two reads
-(one series over the span at 500 steps, and at 1-minute steps): the median wall
+(one series over the span at 500 steps, and at 1-minute steps) and the
+machine's ``/latest`` (all its series' newest values): the median wall
 time of ``--repeat`` requests, and the CPU per request of the server process
 and of the PostgreSQL backends serving it (on a loaded machine the CPU holds
 where the wall time is mostly waiting for a core). Prints each round and the
@@ -40,9 +42,11 @@ import httpx
 import psutil
 import sqlalchemy as sa
 
-SCHEMA = "lsbench_pgread_keep"
+# Several people measuring at once each keep a schema of their own.
+SCHEMA = os.environ.get("LUNASENTRI_BENCH_PGREAD_SCHEMA", "lsbench_pgread_keep")
 STATE = Path(tempfile.gettempdir()) / f"{SCHEMA}.json"
-READS = ("h500", "h1m")
+READS = ("h500", "h1m", "latest")
+"""One series over the span at 500 steps and at 1-minute steps; the machine's latest values."""
 
 
 def scoped(url: str) -> str:
@@ -107,25 +111,26 @@ def measure_one(state: dict[str, object], pythonpath: str, repeat: int) -> dict[
     label_param = ",".join(f"{k}:{v}" for k, v in labels.items())
     wanted = {"h500": min(500, int(state["points_per_series"])), "h1m": round(span / 60)}  # type: ignore[call-overload]
     steps = {"h500": span / 500, "h1m": 60.0}
+    history = {"metric": metric, "labels": label_param, "start": start, "end": end}
     out: dict[str, float] = {}
     with _server.ServerProcess(env) as server:
         backends = pg.BackendCpu(url, SCHEMA)
         process = psutil.Process(server.pid)
         headers = {"authorization": f"Bearer {server.login()}"}
-        path = f"/api/v1/machines/{state['machine']}/history"
+        machine = f"/api/v1/machines/{state['machine']}"
         try:
             with httpx.Client(base_url=server.url, headers=headers, timeout=60) as client:
                 for name in READS:
-                    params = {
-                        "metric": metric,
-                        "labels": label_param,
-                        "start": start,
-                        "end": end,
-                        "step": steps[name],
-                    }
+                    if name == "latest":
+                        path, params = f"{machine}/latest", {}
+                    else:
+                        path, params = f"{machine}/history", {**history, "step": steps[name]}
                     for _ in range(5):  # warm, and check the answer
                         found = vm.get_json(client, path, **params)
-                        vm.expect(name, len(found["series"][0]["points"]), wanted[name])
+                        if name == "latest":
+                            vm.expect(name, min(len(found["items"]), 1), 1)
+                        else:
+                            vm.expect(name, len(found["series"][0]["points"]), wanted[name])
                     times = []
                     cpu = sum(process.cpu_times()[:2])
                     pg_cpu = backends.seconds()

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -138,12 +138,17 @@ async def latest(
     if metric is not None and metric in DERIVED:
         wanted = [metric, *DERIVED[metric]]
 
+    metrics = hub.storage.metrics
+    checked: Callable[..., list[SeriesValue]] | None = getattr(metrics, "machine_latest", None)
+
     def read() -> list[SeriesValue]:
+        if checked is not None:  # the SQL store: the check and the values in one statement
+            return checked(machine_id, owner_id, None if metric is None else wanted)
         with _snapshot(hub):
             _check_machine(hub, machine_id, owner_id)
             found: list[SeriesValue] = []
             for name in wanted:
-                found.extend(hub.storage.metrics.latest([machine_id], name))
+                found.extend(metrics.latest([machine_id], name))
             return found
 
     values = await hub.run_sync(read)
@@ -178,7 +183,7 @@ async def history_columns(
     its points."""
 
     def read() -> list[HistoryColumns]:
-        with _snapshot(hub), _history_reader(hub, asked, owner_id) as one:
+        with _history_reader(hub, asked, owner_id) as one:
             found: list[HistoryColumns] = []
             for query in asked:
                 # A backend that does not know ``exact`` (or the derivation) may answer more.
@@ -188,21 +193,30 @@ async def history_columns(
     return await hub.run_sync(read)
 
 
+@contextmanager
 def _history_reader(
     hub: Sentri, asked: Sequence[HistoryQuery], owner_id: str | None
-) -> AbstractContextManager[Callable[[HistoryQuery], list[HistoryColumns]]]:
+) -> Iterator[Callable[[HistoryQuery], list[HistoryColumns]]]:
     """What answers the queries, their machines checked: a store's ``history_reader``
     that checks them itself (the SQL store: in the statement matching each query's
-    series, no round trip of its own), else after :func:`_check_machine`."""
+    series, no round trip of its own; the reader is one read transaction), else
+    after :func:`_check_machine`, in one snapshot with the read."""
     metrics = hub.storage.metrics
     reader: Callable[..., AbstractContextManager[Any]] | None = getattr(
         metrics, "history_reader", None
     )
     if reader is not None and getattr(metrics, "history_reader_checks", False):
-        return reader(check=True, owner_id=owner_id)
-    for machine_id in sorted({query.machine_id for query in asked}):
-        _check_machine(hub, machine_id, owner_id)
-    return reader() if reader is not None else nullcontext(_columns_of(metrics))
+        # One stored metric's query is the read's only one (a derived metric's
+        # may need its used and total series after): the read may end with it.
+        last = len(asked) == 1 and asked[0].metric not in DERIVED
+        with reader(check=True, owner_id=owner_id, last=last) as one:
+            yield one
+        return
+    with _snapshot(hub):
+        for machine_id in sorted({query.machine_id for query in asked}):
+            _check_machine(hub, machine_id, owner_id)
+        with reader() if reader is not None else nullcontext(_columns_of(metrics)) as one:
+            yield one
 
 
 def _check_machine(hub: Sentri, machine_id: str, owner_id: str | None) -> None:

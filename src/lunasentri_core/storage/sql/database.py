@@ -348,7 +348,7 @@ class Database:
         return self._serial if self._serial is not None else nullcontext()
 
     @contextmanager
-    def read(self, *, share: bool = False) -> Iterator[Connection]:
+    def read(self, *, share: bool = False, own_begin: bool = False) -> Iterator[Connection]:
         """A connection inside a read transaction: every statement sees one snapshot.
 
         On PostgreSQL that takes REPEATABLE READ (READ COMMITTED gives each
@@ -362,6 +362,15 @@ class Database:
         its own: a request's ownership check and its read cost one transaction
         and see one snapshot. Writes inside the block still take their own
         connection, and the block's reads do not see them.
+
+        ``own_begin`` (honoured on PostgreSQL with psycopg 3, outside a shared
+        read): the driver is in autocommit. A block of one statement runs it as
+        usual (a snapshot of its own, no ``BEGIN`` or ``COMMIT`` sent); a block of
+        several must run its first through
+        :func:`~lunasentri_core.storage.sql.pgread.begin_and_fetch`, which sends
+        the ``BEGIN`` with it in one round trip (:func:`~.pgread.must_begin` tells
+        whether it must), and its end commits as usual, unless
+        :func:`~.pgread.fetch_and_commit` did.
         """
         shared: Connection | None = getattr(self._shared, "conn", None)
         if shared is not None:
@@ -369,7 +378,10 @@ class Database:
             return
         with self._guard(), self.errors(), self.engine.connect() as conn:
             if self.is_postgres:
-                conn.execution_options(isolation_level="REPEATABLE READ")
+                # psycopg 3 (pgread pipelines); another driver begins as usual.
+                pipelined = own_begin and not share and conn.dialect.driver == "psycopg"
+                level = "AUTOCOMMIT" if pipelined else "REPEATABLE READ"
+                conn.execution_options(isolation_level=level)
             with conn.begin():
                 if not share:
                     yield conn

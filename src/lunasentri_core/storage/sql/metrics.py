@@ -49,7 +49,7 @@ from lunasentri_core.model import (
     reading_columns,
 )
 from lunasentri_core.storage.protocols import MaintenanceReport
-from lunasentri_core.storage.sql import blocks, vacuum
+from lunasentri_core.storage.sql import blocks, pgread, vacuum
 from lunasentri_core.storage.sql.database import (
     LOCK_MAINTAIN,
     ArrayStatement,
@@ -267,6 +267,8 @@ class SqlMetricStore:
         read and write are atomic: two threads at worst compile one twice)."""
         self._head_and_blobs: dict[tuple[Resolution, int], Statement] = {}
         """By (raw or minute, series): :func:`_select_head_and_blobs`, as above."""
+        self._machine_latest: dict[tuple[bool, int | None], Statement] = {}
+        """By (owner checked, metrics): :func:`_select_machine_latest`, as above."""
         # Compiling takes longer than opening a store (the bulk inserts have
         # hundreds of placeholders): once per kind of database, then copied.
         key = (db.engine.dialect.name, db.engine.dialect.driver, db.engine.dialect.paramstyle)
@@ -435,6 +437,35 @@ class SqlMetricStore:
                     out.append(SeriesValue(keys.key(machine_id, name, labels), times[ts], value))
         return out
 
+    def machine_latest(
+        self, machine_id: str, owner_id: str | None, metrics: Sequence[str] | None = None
+    ) -> list[SeriesValue]:
+        """:meth:`latest` of one machine (of ``metrics``, else all), which must exist
+        and be ``owner_id``'s when one is given (as
+        :meth:`SqlStateStore.check_machine`), else :class:`NotFoundError`.
+
+        One statement (the values through the machine's row): a snapshot of its
+        own, so no transaction is begun for it, and a ``/latest`` request is one
+        round trip to PostgreSQL (with psycopg 3) where the check, the values and
+        ``BEGIN`` and ``COMMIT`` were four.
+        """
+        key = (owner_id is not None, None if metrics is None else len(metrics))
+        stmt = self._machine_latest.get(key)
+        if stmt is None:
+            stmt = self._machine_latest[key] = _select_machine_latest(self._db, *key)
+        given = {"m": machine_id, "o": owner_id}
+        given.update((f"n{i}", name) for i, name in enumerate(metrics or ()))
+        with self._db.read(own_begin=True) as conn:
+            rows = stmt.one(conn, tuple(given[name] for name in stmt.names)).fetchall()
+        if not rows:
+            raise NotFoundError(f"machine {machine_id!r} not found")
+        keys, times = _StoredKeys(), _Times()
+        return [
+            SeriesValue(keys.key(machine_id, name, labels), times[ts], value)
+            for name, labels, ts, value in rows
+            if ts is not None  # the machine's row alone: no such values (an outer join)
+        ]
+
     def _head_and_blobs_statement(self, resolution: Resolution, count: int) -> Statement:
         found = self._head_and_blobs.get((resolution, count))
         if found is None:
@@ -484,15 +515,15 @@ class SqlMetricStore:
         """:meth:`history` as columns (what the HTTP API serializes), with no
         object built per step: blocks decode into arrays and the steps are
         aggregated in bulk (:func:`~.points.downsample_points`)."""
-        with self.history_reader() as read:
+        with self.history_reader(last=True) as read:
             return read(query)
 
     history_reader_checks: Final = True
-    """:meth:`history_reader` takes ``check`` (the query service looks for this)."""
+    """:meth:`history_reader` takes ``check`` and ``last`` (the query service looks for this)."""
 
     @contextmanager
     def history_reader(
-        self, *, check: bool = False, owner_id: str | None = None
+        self, *, check: bool = False, owner_id: str | None = None, last: bool = False
     ) -> Iterator[Callable[[HistoryQuery], list[HistoryColumns]]]:
         """:meth:`history_columns` for several queries in one read transaction.
 
@@ -504,9 +535,15 @@ class SqlMetricStore:
         one is given (:meth:`SqlStateStore.check_machine`), else
         :class:`NotFoundError`; checked by the statement that matches the
         query's series, not by one of its own (each is a round trip to PostgreSQL).
+
+        ``last``: the caller asks one query and no more. On PostgreSQL (psycopg 3)
+        the transaction's ``BEGIN`` goes with the first statement, and with
+        ``last`` its ``COMMIT`` with the last where the reader knows it (a query
+        answered from raw points): a one-series read is two round trips
+        (:mod:`.pgread`).
         """
-        with self._db.read() as conn:
-            yield _HistoryReader(self, conn, check=check, owner_id=owner_id).columns
+        with self._db.read(own_begin=True) as conn:
+            yield _HistoryReader(self, conn, check=check, owner_id=owner_id, last=last).columns
 
     def _match_series(
         self,
@@ -514,10 +551,12 @@ class SqlMetricStore:
         query: HistoryQuery,
         check: bool = False,
         owner_id: str | None = None,
+        pipelined: bool = False,
     ) -> tuple[list[tuple[int, SeriesKey]], Horizons | None] | None:
         """The query's series and the retention horizons, read in one statement
         (the horizons ``None`` when no series matched). With ``check``: ``None`` when
-        the machine does not exist (or is not ``owner_id``'s).
+        the machine does not exist (or is not ``owner_id``'s). ``pipelined``: on an
+        ``own_begin`` read not begun yet, the statement opens the transaction.
 
         The horizons come with every match rather than from a statement of their
         own or a cache: they are then always those of the read's snapshot, even
@@ -525,7 +564,11 @@ class SqlMetricStore:
         """
         stmt = self._sql.select_series[(owner_id is not None) if check else None]
         given = {"m": query.machine_id, "n": query.metric, "o": owner_id}
-        rows = stmt.one(conn, tuple(given[name] for name in stmt.names)).fetchall()
+        params = tuple(given[name] for name in stmt.names)
+        if pipelined and pgread.must_begin(conn):
+            rows = pgread.begin_and_fetch(conn, stmt.sql, params)
+        else:
+            rows = stmt.one(conn, params).fetchall()
         if not rows:
             return None if check else ([], None)
         raw, minute, hour = rows[0][2:]
@@ -991,12 +1034,23 @@ class _HistoryReader:
     """History queries answered in one read transaction (:meth:`SqlMetricStore.history_reader`)."""
 
     def __init__(
-        self, store: SqlMetricStore, conn: Connection, *, check: bool, owner_id: str | None
+        self,
+        store: SqlMetricStore,
+        conn: Connection,
+        *,
+        check: bool,
+        owner_id: str | None,
+        last: bool = False,
     ) -> None:
         self._store = store
         self._conn = conn
         self._check = check
         self._owner_id = owner_id
+        self._pipelined = can_pipeline(conn.dialect)
+        # Not inside a shared read (snapshot()): its transaction is not the reader's to end.
+        self._last = last and self._pipelined and pgread.must_begin(conn)
+        """Commit with the statement known to be the read's last (:mod:`.pgread`)."""
+        self._ended = False
         self._head: dict[tuple[str, int, int], dict[int, tuple[IntArray, FloatArray]]] = {}
         self._sids: Sequence[int] = ()
         """The series of the query being answered."""
@@ -1007,7 +1061,9 @@ class _HistoryReader:
         store, conn = self._store, self._conn
         start, end = ceil_ms(query.start), ceil_ms(query.end)
         step = max(1, query.step // _MS)
-        found = store._match_series(conn, query, self._check, self._owner_id)
+        if self._ended:
+            raise RuntimeError("a history_reader(last=True) answers one query")
+        found = store._match_series(conn, query, self._check, self._owner_id, self._pipelined)
         if found is None:
             raise NotFoundError(f"machine {query.machine_id!r} not found")
         matched, horizons = found
@@ -1018,7 +1074,11 @@ class _HistoryReader:
         self._sids = sids
         blobs: dict[int, list[bytes]] | None = None
         if resolution is not Resolution.HOUR and (query.machine_id, start, end) not in self._head:
-            head, blobs = self._head_and_blobs(query.machine_id, sids, resolution, start, end)
+            # Raw points need no statement after this one: the read can end with it.
+            last = self._last and resolution is Resolution.RAW
+            head, blobs = self._head_and_blobs(
+                query.machine_id, sids, resolution, start, end, last=last
+            )
         else:
             head = self._head_points(query.machine_id, sids, start, end)
         results = []
@@ -1070,20 +1130,35 @@ class _HistoryReader:
         return blocks.decode_raw(blob)
 
     def _head_and_blobs(
-        self, machine_id: str, sids: Sequence[int], resolution: Resolution, start: int, end: int
+        self,
+        machine_id: str,
+        sids: Sequence[int],
+        resolution: Resolution,
+        start: int,
+        end: int,
+        *,
+        last: bool = False,
     ) -> tuple[dict[int, tuple[IntArray, FloatArray]], dict[int, list[bytes]] | None]:
         """:meth:`_head_points`, and the raw or minute blobs of ``sids`` in the
         range (by series, in order) read with them in one statement: a round trip
         fewer on PostgreSQL. ``None`` blobs: too many series for one statement,
-        the store reads them series by series."""
+        the store reads them series by series. ``last``: no statement follows,
+        the transaction commits with this one (PostgreSQL with psycopg 3)."""
         if len(sids) > _HEAD_AND_BLOBS_SERIES:
             return self._head_points(machine_id, sids, start, end), None
         stmt = self._store._head_and_blobs_statement(resolution, len(sids))
         given: dict[str, Any] = {f"s{i}": sid for i, sid in enumerate(sids)}
         given.update(m=machine_id, lo=start, hi=end, clo=floor_to(start, CHUNK_MS), chi=end)
+        params = tuple(given[n] for n in stmt.names)
+        rows: Iterable[tuple[Any, ...]]
+        if last:
+            rows = pgread.fetch_and_commit(self._conn, stmt.sql, params)
+            self._ended = True
+        else:
+            rows = stmt.one(self._conn, params)
         head_rows: list[tuple[Any, ...]] = []
         blobs: dict[int, list[bytes]] = {}
-        for part, a, b, x, y in stmt.one(self._conn, tuple(given[n] for n in stmt.names)):
+        for part, a, b, x, y in rows:
             if part == 0:  # a head row: seq, ts, series ids, values
                 head_rows.append((b, x, y))
             else:  # a chunk: series id, chunk start, blob
@@ -1286,6 +1361,29 @@ def _select_series(db: Database, check: bool | None) -> Statement:
     stmt = db.statement(query)
     assert set(stmt.names) == ({"m", "n", "o"} if check else {"m", "n"})
     return stmt
+
+
+def _select_machine_latest(db: Database, check: bool, metrics: int | None) -> Statement:
+    """The latest values of a machine's series (``m``; of the metrics ``n0``... when
+    ``metrics`` is not ``None``) through the machine's row, of owner ``o`` with
+    ``check``: no row at all when there is no such machine, one of nulls when it
+    has no such values."""
+    s, m, v = series.c, machines.c, series_latest.c
+    wanted = s.machine_id == m.id
+    if metrics == 0:
+        wanted = sa.and_(wanted, sa.false())  # the check alone
+    elif metrics is not None:
+        wanted = sa.and_(wanted, s.metric.in_([sa.bindparam(f"n{i}") for i in range(metrics)]))
+    values = series.join(series_latest, v.series_id == s.id)
+    query = (
+        sa.select(s.metric, s.labels, v.ts, v.value)
+        .select_from(machines.outerjoin(values, wanted))
+        .where(m.id == sa.bindparam("m"))
+        .order_by(s.metric, s.labels)
+    )
+    if check:
+        query = query.where(m.owner_id == sa.bindparam("o"))
+    return db.statement(query)
 
 
 def _prepare(db: Database) -> _Statements:
