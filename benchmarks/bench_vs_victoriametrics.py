@@ -327,6 +327,10 @@ def compact_postgres(
         cpu = time.process_time() + backends.seconds() - cpu
         compacted = schema_bytes(store.engine, schema)
         with store.engine.connect() as conn:
+            for line in pg.bytes_breakdown(conn, schema, points):
+                print(f"  {line}", flush=True)
+            conn.commit()
+        with store.engine.connect() as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             # The schema's tables only: a bare VACUUM FULL rewrites the whole database.
             tables = conn.exec_driver_sql(
