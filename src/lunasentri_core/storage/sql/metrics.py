@@ -700,6 +700,8 @@ class SqlMetricStore:
             # share, or freed elsewhere: deleted machines, purges), in steps;
             # on PostgreSQL, the head's space after moving much out of it.
             freed = vacuum.reclaim(self._db) + vacuum.vacuum_head(self._db, report.compacted_points)
+            if self.partitions is not None:
+                self.partitions.settle(now_ms)
             return _add(report, MaintenanceReport(freed_pages=freed))
 
     def _retention(self) -> dict[Resolution, timedelta | None]:
