@@ -18,8 +18,8 @@ appends an insert to the page it last wrote to, taking a new one (or one the
 free space map knows has room) when the row does not fit: the same holds with
 its page and its row sizes (:data:`PG_PAGE_BYTES`, :func:`pg_row_bytes`),
 exact so that a bin never overflows its page (an overflow would push the
-following rows a page on). Bins of the SQLite size left 5.9 rows a page there
-where 6.1 fit (``benchmarks/bench_vs_victoriametrics.py --postgres``).
+following rows a page on). Bins of the SQLite size left 5.90 rows a page there,
+these 6.00 (``benchmarks/bench_vs_victoriametrics.py --postgres``, a whole day).
 """
 
 from __future__ import annotations
