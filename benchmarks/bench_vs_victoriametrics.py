@@ -64,7 +64,7 @@ import psutil
 import sqlalchemy as sa
 
 from lunasentri_core import RetentionPolicy
-from lunasentri_core.storage.sql import SqlStorage
+from lunasentri_core.storage.sql import SqlStorage, partitions
 from lunasentri_core.storage.sql.metrics import from_ms, to_ms
 from lunasentri_sqlite import SQLiteStorageFactory
 from lunasentri_timescale import TimescaleStorageFactory
@@ -266,7 +266,11 @@ def lunasentri_run(data: DataSet, args: argparse.Namespace) -> dict[str, float]:
             def compact(_process: _server.ServerProcess, points: int) -> dict[str, float]:
                 return compact_postgres(url, schema, points, backends)
 
-            return lunasentri_serve(data, args, {"LUNASENTRI_STORAGE__URL": url}, cpu, compact)
+            def partitions() -> None:
+                make_partitions(url, data)
+
+            env = {"LUNASENTRI_STORAGE__URL": url}
+            return lunasentri_serve(data, args, env, cpu, compact, partitions)
         finally:
             backends.close()
 
@@ -277,11 +281,13 @@ def lunasentri_serve(
     env: dict[str, str],
     cpu_of: Callable[[int], Callable[[], float]],
     compact: Callable[[_server.ServerProcess, int], dict[str, float]],
+    before_ingest: Callable[[], None] = lambda: None,
 ) -> dict[str, float]:
     out: dict[str, float] = {}
     settings = {**SERVER_ENV, **env}
     with _server.ServerProcess(settings) as server:
         keys = server.register(data.names)
+        before_ingest()
         bodies = data.lunasentri_requests(keys)
         done = ingest(
             server.url, bodies, "/api/v1/ingest", args.agents, cpu_of(server.pid), data.points
@@ -312,6 +318,26 @@ def compact_sqlite(server: _server.ServerProcess, points: int) -> dict[str, floa
         "disk_vacuum": vacuumed / points,
         "compact_cpu": cpu / points * 1e6,
     }
+
+
+def make_partitions(url: str, data: DataSet) -> None:
+    """The partitions of the data's days, as a server running then would have made them
+    ahead: else its rows land in the DEFAULT partition until the next pass moves them."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            lo = partitions.window(data.start_ms)
+            while lo < data.end_ms:
+                if (
+                    conn.execute(
+                        sa.text("SELECT to_regclass(:n)"), {"n": partitions.partition_name(lo)}
+                    ).scalar()
+                    is None
+                ):
+                    partitions.create_partition(conn, lo, wait=True)
+                lo += partitions.WIDTH_MS
+    finally:
+        engine.dispose()
 
 
 def compact_postgres(
