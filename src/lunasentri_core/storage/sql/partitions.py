@@ -228,10 +228,15 @@ def bloated_keys(conn: Connection, names: list[str]) -> list[str]:
 def rebuild_keys(conn: Connection, indexes: list[str]) -> int:
     """``REINDEX INDEX CONCURRENTLY`` each of ``indexes`` (``conn`` in autocommit): reads
     and writes go on meanwhile. One process at a time (an advisory lock, skipped when
-    held); a copy left invalid by an interrupted rebuild is dropped first."""
+    held); a copy left invalid by an interrupted rebuild is dropped first.
+
+    A rebuild waits for the transactions older than it, a long read among them:
+    past :data:`LOCK_TIMEOUT` it gives up (an error) and the next pass tries
+    again, rather than holding up the maintenance pass."""
     locked = conn.exec_driver_sql("SELECT pg_try_advisory_lock(%s)", (LOCK_CHUNK_INDEXES,))
     if not locked.scalar_one():
         return 0
+    conn.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
     try:
         invalid = conn.exec_driver_sql(
             "SELECT i.indexrelid::regclass::text FROM pg_index i "
@@ -245,6 +250,7 @@ def rebuild_keys(conn: Connection, indexes: list[str]) -> int:
             conn.exec_driver_sql(f"REINDEX INDEX CONCURRENTLY {index}")
         return len(indexes)
     finally:
+        conn.exec_driver_sql("RESET lock_timeout")
         conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (LOCK_CHUNK_INDEXES,))
 
 
