@@ -15,7 +15,10 @@ same generator, in bodies of 1,000 points, ``--agents`` requests in flight:
   in a scratch schema dropped at the end): its CPU then includes that of the
   PostgreSQL backends serving it (VictoriaMetrics does all its work in its own
   process), and its bytes on disk are every relation of the schema (tables,
-  indexes, TOAST), as compaction leaves them and after ``VACUUM FULL``;
+  indexes, TOAST), as compaction leaves them and after ``VACUUM FULL``, and
+  where they go (``_postgres.bytes_breakdown``). The data's day partitions
+  are made before the ingest, as a server running that day would have made
+  them ahead;
 * VictoriaMetrics (when its ``victoria-metrics`` binary is installed, the
   Debian package of that name; this script never installs it): the
   single-node server on a free loopback port with a temporary data
