@@ -126,3 +126,104 @@ class MachineCpu:
         )
         total = sum(now) - sum(self._start)
         return total - idle, total
+
+
+def bytes_breakdown(conn: sa.Connection, schema: str, points: int) -> list[str]:
+    """Where a schema's bytes go, per point: the chunk partitions' heap, TOAST and
+    indexes, the other tables; the chunk rows, their blobs and how the pages are
+    filled (``pgstattuple``, created in ``public`` when missing)."""
+    conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pgstattuple SCHEMA public")
+    ext = conn.exec_driver_sql(
+        "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'pgstattuple'"
+    ).scalar_one()
+    rels = conn.exec_driver_sql(
+        "SELECT c.oid, c.relname, c.relkind, pg_relation_size(c.oid), "
+        "pg_table_size(c.oid) - pg_relation_size(c.oid) "
+        "  - coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0), "
+        "coalesce(pg_relation_size(nullif(c.reltoastrelid, 0)), 0), "
+        "coalesce(pg_indexes_size(nullif(c.reltoastrelid, 0)), 0), "
+        "c.reltoastrelid::regclass::text "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'm')",
+        {"schema": schema},
+    ).all()
+    groups: dict[str, list[float]] = {}
+    chunk_tables = []
+    for oid, name, _kind, heap, maps, toast, toast_index, toast_name in rels:
+        group = "metric_chunks" if name.startswith("metric_chunks") else name
+        if group == "metric_chunks":
+            chunk_tables.append((oid, name, toast_name))
+        g = groups.setdefault(group, [0.0] * 6)
+        g[0] += heap
+        g[1] += maps
+        g[2] += toast + toast_index
+        for index_name, size in conn.exec_driver_sql(
+            "SELECT i.indexrelid::regclass::text, pg_relation_size(i.indexrelid) "
+            "FROM pg_index i WHERE i.indrelid = %(oid)s",
+            {"oid": oid},
+        ):
+            g[3 if ("pkey" in index_name or index_name.startswith("pk_")) else 4] += size
+    lines = [
+        "bytes per point by table: heap / FSM+VM / TOAST (with its index) / pkey / other indexes"
+    ]
+    total = 0.0
+    for group, g in sorted(groups.items(), key=lambda kv: -sum(kv[1])):
+        total += sum(g)
+        if sum(g) / points >= 0.0005:
+            cells = " / ".join(f"{v / points:.4f}" for v in g[:5])
+            lines.append(f"  {group:28} {sum(g) / points:.4f}  ({cells})")
+    lines.append(f"  {'all':28} {total / points:.4f}")
+    lines += _chunk_rows(conn, chunk_tables, ext, points)
+    return lines
+
+
+def _chunk_rows(
+    conn: sa.Connection, tables: list[tuple[int, str, str | None]], ext: str, points: int
+) -> list[str]:
+    rows = blobs = stored = inline_compressed = 0
+    tuple_len = dead_len = free = table_len = pages = toast_rows = 0
+    for _oid, name, toast_name in tables:
+        r = conn.exec_driver_sql(
+            "SELECT count(*), coalesce(sum(coalesce(octet_length(raw), 0) "
+            "  + coalesce(octet_length(minutes), 0)), 0), "
+            "coalesce(sum(coalesce(pg_column_size(raw), 0) "
+            "  + coalesce(pg_column_size(minutes), 0)), 0), "
+            "count(*) FILTER (WHERE pg_column_size(raw) < octet_length(raw) "
+            "  OR pg_column_size(minutes) < octet_length(minutes)) "
+            f'FROM "{name}"'
+        ).one()
+        rows += r[0]
+        blobs += r[1]
+        stored += r[2]
+        inline_compressed += r[3]
+        s = conn.exec_driver_sql(
+            "SELECT table_len, tuple_len, dead_tuple_len, free_space "
+            f"FROM {ext}.pgstattuple(%(n)s)",
+            {"n": name},
+        ).one()
+        table_len += s[0]
+        tuple_len += s[1]
+        dead_len += s[2]
+        free += s[3]
+        pages += s[0] // 8192
+        if toast_name:
+            toast_rows += int(
+                conn.exec_driver_sql(
+                    f"SELECT count(DISTINCT chunk_id) FROM {toast_name}"
+                ).scalar_one()
+            )
+    if not rows:
+        return ["  no chunk rows"]
+    other = tuple_len - stored
+    pointers = table_len - tuple_len - dead_len - free
+    return [
+        f"chunk rows {rows:,} ({points / rows:.0f} points a row), {pages:,} heap pages "
+        f"({rows / max(pages, 1):.2f} rows a page); values moved to TOAST {toast_rows:,}, "
+        f"compressed {inline_compressed:,}",
+        f"  blobs (octet_length) {blobs / points:.4f} B/pt, as stored {stored / points:.4f}; "
+        f"{(blobs) / rows:.0f} B a row",
+        f"  heap {table_len / points:.4f} B/pt = live tuples {tuple_len / points:.4f} "
+        f"(of which not blobs {other / points:.4f}, {other / rows:.0f} B a row)"
+        f" + dead {dead_len / points:.4f} + free {free / points:.4f} "
+        f"+ page headers and line pointers {pointers / points:.4f}",
+    ]

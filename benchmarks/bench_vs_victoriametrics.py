@@ -15,7 +15,10 @@ same generator, in bodies of 1,000 points, ``--agents`` requests in flight:
   in a scratch schema dropped at the end): its CPU then includes that of the
   PostgreSQL backends serving it (VictoriaMetrics does all its work in its own
   process), and its bytes on disk are every relation of the schema (tables,
-  indexes, TOAST), as compaction leaves them and after ``VACUUM FULL``;
+  indexes, TOAST), as compaction leaves them and after ``VACUUM FULL``, and
+  where they go (``_postgres.bytes_breakdown``). The data's day partitions
+  are made before the ingest, as a server running that day would have made
+  them ahead;
 * VictoriaMetrics (when its ``victoria-metrics`` binary is installed, the
   Debian package of that name; this script never installs it): the
   single-node server on a free loopback port with a temporary data
@@ -64,7 +67,7 @@ import psutil
 import sqlalchemy as sa
 
 from lunasentri_core import RetentionPolicy
-from lunasentri_core.storage.sql import SqlStorage
+from lunasentri_core.storage.sql import SqlStorage, partitions
 from lunasentri_core.storage.sql.metrics import from_ms, to_ms
 from lunasentri_sqlite import SQLiteStorageFactory
 from lunasentri_timescale import TimescaleStorageFactory
@@ -266,7 +269,11 @@ def lunasentri_run(data: DataSet, args: argparse.Namespace) -> dict[str, float]:
             def compact(_process: _server.ServerProcess, points: int) -> dict[str, float]:
                 return compact_postgres(url, schema, points, backends)
 
-            return lunasentri_serve(data, args, {"LUNASENTRI_STORAGE__URL": url}, cpu, compact)
+            def partitions() -> None:
+                make_partitions(url, data)
+
+            env = {"LUNASENTRI_STORAGE__URL": url}
+            return lunasentri_serve(data, args, env, cpu, compact, partitions)
         finally:
             backends.close()
 
@@ -277,11 +284,13 @@ def lunasentri_serve(
     env: dict[str, str],
     cpu_of: Callable[[int], Callable[[], float]],
     compact: Callable[[_server.ServerProcess, int], dict[str, float]],
+    before_ingest: Callable[[], None] = lambda: None,
 ) -> dict[str, float]:
     out: dict[str, float] = {}
     settings = {**SERVER_ENV, **env}
     with _server.ServerProcess(settings) as server:
         keys = server.register(data.names)
+        before_ingest()
         bodies = data.lunasentri_requests(keys)
         done = ingest(
             server.url, bodies, "/api/v1/ingest", args.agents, cpu_of(server.pid), data.points
@@ -314,6 +323,26 @@ def compact_sqlite(server: _server.ServerProcess, points: int) -> dict[str, floa
     }
 
 
+def make_partitions(url: str, data: DataSet) -> None:
+    """The partitions of the data's days, as a server running then would have made them
+    ahead: else its rows land in the DEFAULT partition until the next pass moves them."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            lo = partitions.window(data.start_ms)
+            while lo < data.end_ms:
+                if (
+                    conn.execute(
+                        sa.text("SELECT to_regclass(:n)"), {"n": partitions.partition_name(lo)}
+                    ).scalar()
+                    is None
+                ):
+                    partitions.create_partition(conn, lo, wait=True)
+                lo += partitions.WIDTH_MS
+    finally:
+        engine.dispose()
+
+
 def compact_postgres(
     url: str, schema: str, points: int, backends: pg.BackendCpu
 ) -> dict[str, float]:
@@ -326,6 +355,10 @@ def compact_postgres(
         store.metrics.maintain(datetime.now(UTC))
         cpu = time.process_time() + backends.seconds() - cpu
         compacted = schema_bytes(store.engine, schema)
+        with store.engine.connect() as conn:
+            for line in pg.bytes_breakdown(conn, schema, points):
+                print(f"  {line}", flush=True)
+            conn.commit()
         with store.engine.connect() as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             # The schema's tables only: a bare VACUUM FULL rewrites the whole database.

@@ -6,14 +6,23 @@ import math
 import random
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
+from sql_support import NO_RETENTION
+from sqlalchemy.engine import Engine
 
 from lunasentri_core.model import Aggregation, HistoryQuery, MachineSamples, Reading, Sample
-from lunasentri_core.storage.sql import SqlStorage
+from lunasentri_core.storage.sql import SqlStorage, partitions
 from lunasentri_core.storage.sql.metrics import to_ms
-from lunasentri_core.storage.sql.row_order import PAGE_BYTES, ROW_OVERHEAD, page_order
+from lunasentri_core.storage.sql.row_order import (
+    PAGE_BYTES,
+    PG_PAGE_BYTES,
+    ROW_OVERHEAD,
+    page_order,
+    pg_row_bytes,
+)
 from lunasentri_core.storage.sql.schema import metric_chunks, series
 
 PAGE = 1000
@@ -96,7 +105,7 @@ def chunk_rows(storage: SqlStorage, sqlite: bool) -> list[tuple[int, int]]:
 
 
 def test_an_ended_hour_is_rewritten_in_page_order_with_every_point(storage: SqlStorage) -> None:
-    """SQLite appends rows in rowid order; PostgreSQL has no rowid, and the order is moot."""
+    """SQLite appends rows in rowid order (PostgreSQL's pages: the test below)."""
     sqlite = storage.engine.dialect.name == "sqlite"
     write_hour(storage, 4, timedelta(minutes=30))
     storage.metrics.maintain(HOUR + timedelta(minutes=30))  # the open hour, series order
@@ -121,3 +130,59 @@ def test_an_ended_hour_is_rewritten_in_page_order_with_every_point(storage: SqlS
     )
     (answer,) = storage.metrics.history(query)
     assert len(answer.points) == 720
+
+
+def test_postgres_row_bytes_follow_the_heap_layout() -> None:
+    """Header 24, int4 + pad + int8, the blobs (1-byte header up to 126 bytes, else 4 and
+    int-aligned), int4, four float8 aligned to 8; the tuple aligned to 8, a line pointer.
+    A null takes a bitmap (header 32)."""
+    assert pg_row_bytes(1000, 500, True) == 24 + 16 + 1004 + 504 + 4 + 32 + 4
+    assert pg_row_bytes(100, 50, True) == 24 + 16 + 101 + 51 + 4 + 4 + 32 + 4
+    assert pg_row_bytes(None, None, True) == 32 + 16 + 4 + 4 + 32 + 4
+    assert pg_row_bytes(1000, None, False) == 32 + 16 + 1004 + 4 + 4
+    assert PG_PAGE_BYTES == 8168
+
+
+@pytest.mark.postgres
+def test_an_ended_hour_fills_postgresql_pages_as_page_order_says(
+    postgres_engine: Engine,
+) -> None:
+    """Each bin of the PostgreSQL page order is one heap page: no row spills over."""
+    storage = SqlStorage(postgres_engine, retention=NO_RETENTION)
+    storage.migrate()
+    lo = partitions.window(to_ms(HOUR))
+    # A new partition: the one an earlier test made holds its dead rows.
+    drop_partition(storage, partitions.partition_name(lo))
+    with storage.db.write() as conn:
+        made = partitions.create_partition(conn, lo, wait=True)
+    try:
+        write_hour(storage, 40, timedelta(hours=1))
+        storage.metrics.maintain(HOUR + timedelta(hours=2))
+        with storage.db.read() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT (ctid::text::point)[0]::int, octet_length(raw), "
+                    "octet_length(minutes), hour_count, pg_column_size(t.*) "
+                    f'FROM "{made}" t ORDER BY ctid'
+                )
+            ).all()
+        sizes = [pg_row_bytes(row[1], row[2], row[3] is not None) for row in rows]
+        # The tuples as PostgreSQL stores them, aligned, with their line pointers.
+        assert sizes == [-(-row[4] // 8) * 8 + 4 for row in rows]
+        assert len(rows) == 40 * 5
+        assert page_order(sizes, PG_PAGE_BYTES) == list(range(len(rows)))
+        blocks = [
+            [size for row, size in zip(rows, sizes, strict=True) if row[0] == block]
+            for block in sorted({row[0] for row in rows})
+        ]
+        assert blocks == pages(sizes, PG_PAGE_BYTES)
+    finally:
+        drop_partition(storage, made)
+        storage.close()
+
+
+def drop_partition(storage: SqlStorage, name: str) -> None:
+    with storage.db.write() as conn:
+        if conn.execute(sa.text("SELECT to_regclass(:n)"), {"n": name}).scalar() is not None:
+            conn.execute(sa.text(f'ALTER TABLE metric_chunks DETACH PARTITION "{name}"'))
+            conn.execute(sa.text(f'DROP TABLE "{name}"'))

@@ -14,13 +14,18 @@ from lunasentri_core import RetentionPolicy
 from lunasentri_core.model import HistoryQuery, MachineSamples, Reading, Sample
 from lunasentri_core.storage import storage_partitioning
 from lunasentri_core.storage.sql import alembic_config
-from lunasentri_core.storage.sql.metrics import to_ms
+from lunasentri_core.storage.sql.database import LOCK_CHUNK_INDEXES
+from lunasentri_core.storage.sql.metrics import from_ms, to_ms
 from lunasentri_core.storage.sql.partitions import (
     DEFAULT_PARTITION,
+    KEY_BYTES,
+    KEY_SLACK,
     WIDTH_MS,
+    create_partition,
     is_partitioned,
     list_partitions,
     partition_name,
+    rebuild_keys,
     window,
 )
 from lunasentri_core.storage.sql.points import float_array, int_array
@@ -246,3 +251,93 @@ def test_the_migration_converts_an_existing_table_with_its_rows(
             )
     finally:
         storage.close()
+
+
+def key_bytes(storage: TimescaleStorage, name: str) -> int:
+    with storage.db.read() as conn:
+        return int(
+            conn.execute(
+                sa.text(
+                    "SELECT pg_relation_size(indexrelid) FROM pg_index "
+                    "WHERE indrelid = to_regclass(:n) AND indisprimary"
+                ),
+                {"n": name},
+            ).scalar_one()
+        )
+
+
+def test_an_ended_day_gets_its_primary_key_rebuilt_once(
+    open_storage: Callable[..., TimescaleStorage],
+) -> None:
+    storage = open_storage()
+    partitions = storage.metrics.partitions
+    assert partitions is not None
+    day = window(to_ms(NOW)) - 2 * WIDTH_MS
+    sids = range(1, 401)
+    with storage.db.write() as conn:
+        ended = create_partition(conn, day, wait=True)
+        rows = [{"id": s, "machine_id": "m", "metric": f"s{s}", "labels": "{}"} for s in sids]
+        conn.execute(sa.insert(series), rows)
+    # An hour of every series at a time, as compaction writes ended hours.
+    for hour in range(24):
+        start = day + hour * 3_600_000
+        chunks = {s: (int_array([start + s]), float_array([s + hour])) for s in sids}
+        with storage.db.write() as conn:
+            storage.metrics.store_chunks(conn, start, chunks)
+    # Three series in four deleted: their entries' pages stay in the key.
+    with storage.db.write() as conn:
+        conn.execute(sa.delete(series).where(series.c.id % 4 != 0))
+        conn.execute(sa.delete(metric_chunks).where(metric_chunks.c.series_id % 4 != 0))
+    kept = [s for s in sids if s % 4 == 0]
+    grown = key_bytes(storage, ended)
+    slack = KEY_SLACK * KEY_BYTES * len(kept) * 24
+    assert grown > slack + 2 * 8192
+    today = partition_name(window(to_ms(NOW)))
+    untouched = key_bytes(storage, today)
+
+    assert partitions.settle(day + WIDTH_MS) == 0, "its last hour may still come"
+    with storage.db.engine.connect() as reader:
+        # A read older than the rebuild: it waits for it, then gives up for this pass.
+        reader.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        reader.exec_driver_sql("SELECT 1 FROM series LIMIT 1")
+        assert partitions.settle(day + WIDTH_MS + 3_600_000) == 0
+        reader.exec_driver_sql("ROLLBACK")
+    assert key_bytes(storage, ended) == grown
+    assert partitions.settle(day + WIDTH_MS + 3_600_000) == 1
+    rebuilt = key_bytes(storage, ended)
+    assert rebuilt <= slack + 2 * 8192 < grown
+    assert key_bytes(storage, today) == untouched, "the current day is still written"
+    assert partitions.settle(day + 2 * WIDTH_MS) == 0, "rebuilt once"
+    with storage.db.read() as conn:
+        valid = conn.execute(
+            sa.text(
+                "SELECT bool_and(indisvalid) AND count(*) = 2 FROM pg_index "
+                "WHERE indrelid = to_regclass(:n)"
+            ),
+            {"n": ended},
+        ).scalar_one()
+    assert valid, "the key and the BRIN index: the copy the failed rebuild left is dropped"
+
+    # Reads and an upsert through the rebuilt key.
+    query = HistoryQuery("m", "s8", from_ms(day), from_ms(day + WIDTH_MS), timedelta(hours=1))
+    (answer,) = storage.metrics.history(query)
+    assert [p.value for p in answer.points] == [8.0 + hour for hour in range(24)]
+    with storage.db.write() as conn:
+        storage.metrics.store_chunk(conn, 8, day, int_array([day + 8]), float_array([-1.0]))
+    (answer,) = storage.metrics.history(query)
+    assert answer.points[0].value == -1.0
+    assert holder(storage, day) == [ended] * len(kept)
+
+
+def test_a_rebuild_another_process_runs_is_left_to_it(
+    open_storage: Callable[..., TimescaleStorage],
+) -> None:
+    storage = open_storage()
+    with storage.db.engine.connect() as other:
+        other.exec_driver_sql("SELECT pg_advisory_lock(%s)", (LOCK_CHUNK_INDEXES,))
+        try:
+            with storage.db.engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                assert rebuild_keys(conn, [f"{DEFAULT_PARTITION}_pkey"]) == 0
+        finally:
+            other.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (LOCK_CHUNK_INDEXES,))

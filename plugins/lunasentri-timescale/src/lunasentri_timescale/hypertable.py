@@ -104,6 +104,9 @@ class HypertableChunks:
     def prepare(self, now_ms: int, floor_ms: int | None) -> int:
         return 0  # TimescaleDB creates a chunk when its first row arrives
 
+    def settle(self, now_ms: int) -> int:
+        return 0  # TimescaleDB's chunks: its own (compression, reorder policies)
+
     def drop_before(self, horizon_ms: int) -> int:
         with self._db.write(lock=LOCK_MAINTAIN) as conn:
             dropped = conn.execute(drop_chunks_statement(), {"horizon": horizon_ms}).all()

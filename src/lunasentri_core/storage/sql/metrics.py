@@ -89,7 +89,13 @@ from lunasentri_core.storage.sql.points import (
     stats_of,
 )
 from lunasentri_core.storage.sql.registry import SeriesRegistry
-from lunasentri_core.storage.sql.row_order import ROW_OVERHEAD, page_order
+from lunasentri_core.storage.sql.row_order import (
+    PAGE_BYTES,
+    PG_PAGE_BYTES,
+    ROW_OVERHEAD,
+    page_order,
+    pg_row_bytes,
+)
 from lunasentri_core.storage.sql.schema import (
     EPOCH,
     labels_from_json,
@@ -737,6 +743,8 @@ class SqlMetricStore:
             # share, or freed elsewhere: deleted machines, purges), in steps;
             # on PostgreSQL, the head's space after moving much out of it.
             freed = vacuum.reclaim(self._db) + vacuum.vacuum_head(self._db, report.compacted_points)
+            if self.partitions is not None:
+                self.partitions.settle(now_ms)
             return _add(report, MaintenanceReport(freed_pages=freed))
 
     def _retention(self) -> dict[Resolution, timedelta | None]:
@@ -876,7 +884,11 @@ class SqlMetricStore:
         where the open hour's first pass put it); ``None`` updates in place.
         """
         if rewritten is not None and rows:
-            rows = [rows[i] for i in page_order([_row_bytes(row) for row in rows])]
+            if self._db.is_postgres:
+                sizes, page = [_pg_row_bytes(row) for row in rows], PG_PAGE_BYTES
+            else:
+                sizes, page = [_row_bytes(row) for row in rows], PAGE_BYTES
+            rows = [rows[i] for i in page_order(sizes, page)]
             c = metric_chunks.c
             for part in _chunked(sorted(set(rewritten) & {row[0] for row in rows})):
                 conn.execute(
@@ -1186,8 +1198,18 @@ def _horizon(now_ms: int, keep: timedelta) -> int:
 
 
 def _row_bytes(row: tuple[Any, ...]) -> int:
-    """About what a chunk row takes in a table page: its blobs and the rest."""
+    """About what a chunk row takes in a SQLite table page: its blobs and the rest."""
     return len(row[2] or b"") + len(row[3] or b"") + ROW_OVERHEAD
+
+
+def _pg_row_bytes(row: tuple[Any, ...]) -> int:
+    """What a chunk row takes in a PostgreSQL heap page."""
+    raw, minutes = row[2], row[3]
+    return pg_row_bytes(
+        None if raw is None else len(raw),
+        None if minutes is None else len(minutes),
+        row[4] is not None,
+    )
 
 
 def _chunk_row(
