@@ -11,9 +11,9 @@ import sqlalchemy as sa
 from lunasentri_core import RetentionPolicy
 from lunasentri_core.model import HistoryQuery, Machine, MachineSamples, Reading, Sample, new_id
 from lunasentri_core.storage.sql import rewrite
-from lunasentri_core.storage.sql.database import LOCK_REWRITE
 from lunasentri_core.storage.sql.metrics import to_ms
 from lunasentri_core.storage.sql.partitions import partition_name, window
+from lunasentri_core.storage.sql.singleton import lock_key
 from lunasentri_timescale import Mode, TimescaleSettings, TimescaleStorage, TimescaleStorageFactory
 
 pytestmark = pytest.mark.postgres
@@ -208,9 +208,12 @@ def test_another_process_rewriting_makes_this_one_skip(
     other = sa.create_engine(storage.engine.url)
     try:
         with other.connect() as holder:
-            holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_REWRITE})
+            schema = holder.execute(sa.text("SELECT current_schema()")).scalar_one()
+            key = {"c": lock_key(rewrite.LOCK_NAME, schema)[0]}
+            key["o"] = lock_key(rewrite.LOCK_NAME, schema)[1]
+            holder.execute(sa.text("SELECT pg_advisory_lock(:c, :o)"), key)
             report = storage.metrics.maintain(NOW)
-            holder.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_REWRITE})
+            holder.execute(sa.text("SELECT pg_advisory_unlock(:c, :o)"), key)
     finally:
         other.dispose()
 

@@ -40,8 +40,6 @@ LOCK_MAINTAIN: Final = 0x4C53_0001
 LOCK_MIGRATE: Final = 0x4C53_0002
 LOCK_HEAD_INDEXES: Final = 0x4C53_0003
 """Advisory lock (session-level, tried): rebuilding the head's indexes (``vacuum.py``)."""
-LOCK_REWRITE: Final = 0x4C53_0004
-"""Advisory lock (session-level, tried): rewriting bloated tables (``rewrite.py``)."""
 
 
 def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:

@@ -9,21 +9,28 @@ when its last pages empty. Two tables of the metric store churn that way:
   partitions retention clears resolution by resolution (raw points, then
   minute rollups): their files keep their largest size while the live data
   shrinks. Only dropping or rewriting a partition gives that space back;
-* ``series_latest``, updated by every write: its updates stay in their page
-  (HOT) only while nothing holds back the pruning of the previous versions,
-  and the others extend the table.
+* ``series_latest``, updated by every write: an update stays in its page
+  (HOT) only when the previous version can be pruned, and a write's own
+  snapshot keeps every version newer than the oldest transaction running in
+  the cluster (another database's too) when it began; under load the
+  updates extend the table.
 
-After a pass, maintenance measures the tables it wrote to (:func:`measure`: a
-scan of the table's rows, no extension needed) and rewrites with ``VACUUM
-FULL`` those whose file is larger than their live rows need by more than
-:data:`WASTE` and :data:`MIN_WASTE_BYTES` (:func:`rewrite_bloated`). ``VACUUM
-FULL`` keeps every row version a snapshot may still see, so readers stay
-correct; it holds an ACCESS EXCLUSIVE lock on that one table (a partition, not
+After a pass, maintenance measures ``series_latest`` and the partitions the
+pass wrote or expired rows in (:func:`measure`: a scan of the table's rows, no
+extension needed). A table whose file is larger than its live rows need (at
+its fillfactor) by more than :data:`WASTE` and :data:`MIN_WASTE_BYTES` gets a
+plain ``VACUUM`` and, if that left it as bloated, ``VACUUM FULL``
+(:func:`rewrite_bloated`). ``VACUUM FULL`` keeps every row version a snapshot
+may still see, so readers stay correct, but for the same reason copies the
+dead versions while an old transaction runs anywhere in the cluster: the
+plain ``VACUUM``, which leaves itself out, removes them first. ``VACUUM
+FULL`` holds an ACCESS EXCLUSIVE lock on that one table (a partition, not
 ``metric_chunks`` as a whole) while it copies the rows and rebuilds the
-indexes, so only tables up to :data:`MAX_BYTES` are rewritten, and it waits at
-most :data:`LOCK_TIMEOUT` for the lock (readers queue behind a waiting
-``VACUUM FULL``); a table it cannot lock is left for a later pass. One process
-rewrites at a time (an advisory lock, skipped when held).
+indexes, so only tables up to :data:`MAX_BYTES` are rewritten, and both wait
+at most :data:`LOCK_TIMEOUT` for their lock; a table they cannot lock is
+tried again when a later pass writes to it (the current partition every few
+minutes, ``series_latest`` every pass). One process rewrites a schema's tables
+at a time (a session advisory lock of the schema, skipped when held).
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ from sqlalchemy import exc
 from sqlalchemy.engine import Connection
 
 from lunasentri_core.errors import StorageError
-from lunasentri_core.storage.sql.database import LOCK_REWRITE, Database
+from lunasentri_core.storage.sql.database import Database
+from lunasentri_core.storage.sql.singleton import lock_key
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +54,18 @@ WASTE: Final = 0.1
 makes it worth rewriting."""
 MIN_WASTE_BYTES: Final = 64 * 1024
 """Bytes of waste below which a table is left alone (a few pages)."""
-MAX_BYTES: Final = 64 * 2**20
+MAX_BYTES: Final = 32 * 2**20
 """Largest table rewritten: ``VACUUM FULL`` blocks its readers (and writers) while it
-runs, about 0.1 s for 10 MiB on the loaded 2-core development machine."""
+runs: 48 ms for a 5 MiB table of chunk rows, 0.79 s for 29 MiB, on the 2-core
+development machine at load average 7. A partition past it keeps its free
+space (a copy swapped in under a brief lock would be the way there)."""
 LOCK_TIMEOUT: Final = "500ms"
-"""How long ``VACUUM FULL`` waits for its lock before giving up until a later pass."""
+"""How long ``VACUUM`` and ``VACUUM FULL`` wait for their lock before giving up until a
+later pass (statements that need the table meanwhile queue behind them)."""
 PAGE: Final = 8192
+LOCK_NAME: Final = "rewrite"
+"""The job name of the advisory lock rewrites take (one per schema,
+:func:`~.singleton.lock_key`)."""
 LINE_POINTER: Final = 4
 """Bytes of a row's item pointer in its page, not counted by ``pg_column_size``."""
 
@@ -113,14 +127,13 @@ def rewrite_bloated(db: Database, tables: Iterable[str]) -> int:
         with db.errors(), db.engine.connect() as conn:
             # VACUUM cannot run inside a transaction block.
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            if not conn.exec_driver_sql(
-                "SELECT pg_try_advisory_lock(%s)", (LOCK_REWRITE,)
-            ).scalar_one():
+            key = lock_key(LOCK_NAME, conn.exec_driver_sql("SELECT current_schema()").scalar_one())
+            if not conn.exec_driver_sql("SELECT pg_try_advisory_lock(%s, %s)", key).scalar_one():
                 return 0
             try:
                 return sum(_rewrite_if_bloated(conn, table) for table in dict.fromkeys(tables))
             finally:
-                conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (LOCK_REWRITE,))
+                conn.exec_driver_sql("SELECT pg_advisory_unlock(%s, %s)", key)
     except StorageError as error:
         # What was compacted is committed; a later pass measures again.
         log.warning("%s: tables not rewritten: %s", db.label, error)
