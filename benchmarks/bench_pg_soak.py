@@ -12,7 +12,8 @@ a table's or TOAST table's length less its free space and dead tuples; a
 B-tree's size less its empty and deleted pages (its pages' own slack counts as
 live, as a SQLite page in use does); other indexes (BRIN) whole. It prints the
 largest ratio against the 1.2 limit, with the biggest relations at that moment,
-the bytes per point at the end, and the maintenance time.
+the bytes per point at the end, and the maintenance time and CPU (this
+process, and the PostgreSQL backends of its connections, during the passes).
 
 Tables at ``fillfactor`` below 100 (``series_latest``: 50) keep that room on
 purpose; it counts as overhead here.
