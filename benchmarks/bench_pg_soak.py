@@ -12,7 +12,8 @@ a table's or TOAST table's length less its free space and dead tuples; a
 B-tree's size less its empty and deleted pages (its pages' own slack counts as
 live, as a SQLite page in use does); other indexes (BRIN) whole. It prints the
 largest ratio against the 1.2 limit, with the biggest relations at that moment,
-the bytes per point at the end, and the maintenance time.
+the bytes per point at the end, and the maintenance time and CPU (this
+process, and the PostgreSQL backends of its connections, during the passes).
 
 Tables at ``fillfactor`` below 100 (``series_latest``: 50) keep that room on
 purpose; it counts as overhead here.
@@ -26,7 +27,11 @@ schema past that threshold (``pg_stat_user_tables``), with the real one
 switched off on those tables.
 
     python benchmarks/bench_pg_soak.py [--machines 20] [--hours 2] [--interval 30]
-        [--autovacuum 60]
+        [--autovacuum 60] [--breakdown]
+
+``--breakdown`` prints every relation at the worst moment: its bytes, its live
+bytes, and what the rest is (a heap's free space and dead tuples, a B-tree's
+empty and deleted pages).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from typing import Any
 
 import _common as c
@@ -82,22 +88,27 @@ class Sizes:
         self.worst_top = ""
         self.samples = 0
         self.size = 0
+        self.breakdown: list[tuple[str, int, int, str]] = []
 
-    def _live(self, conn: sa.Connection, oid: int, kind: str, method: str | None) -> int:
+    def _live(
+        self, conn: sa.Connection, oid: int, kind: str, method: str | None
+    ) -> tuple[int, str]:
+        """Live bytes (-1: count it whole) and what the rest is, for the breakdown."""
         if kind in ("r", "m", "t") or method == "heap":
             length, free, dead = conn.execute(self._heap, {"oid": oid}).one()
-            return int(length - free - dead)
+            return int(length - free - dead), f"free {free / 2**20:.2f}, dead {dead / 2**20:.2f}"
         if method == "btree":
             size, empty, deleted, block = conn.execute(self._btree, {"oid": oid}).one()
-            return int(size - (empty + deleted) * block)
-        return -1  # whole
+            return int(size - (empty + deleted) * block), f"empty+deleted {empty + deleted} pages"
+        return -1, "counted whole"
 
     def sample(self, moment: str) -> float:
         with self.engine.connect() as conn:
             rows = conn.execute(_RELATIONS, {"schema": self.schema}).all()
             sized = []
+            notes = {}
             for oid, name, kind, method, size in rows:
-                live = self._live(conn, oid, kind, method) if size else 0
+                live, notes[name] = self._live(conn, oid, kind, method) if size else (0, "")
                 sized.append((name, int(size), int(size) if live < 0 else live))
         size = sum(s for _, s, _ in sized)
         live = sum(v for _, _, v in sized)
@@ -110,6 +121,11 @@ class Sizes:
             self.worst_top = ", ".join(
                 f"{name} {s / 2**20:.2f} MiB ({v / 2**20:.2f} live)" for name, s, v in top
             )
+            self.breakdown = [
+                (name, s, v, notes[name])
+                for name, s, v in sorted(sized, key=lambda r: r[1] - r[2], reverse=True)
+                if s - v >= 8192
+            ]
         return ratio
 
 
@@ -130,6 +146,11 @@ def ensure_pgstattuple(url: str) -> str:
         engine.dispose()
 
 
+_UPDATES = sa.text(
+    "SELECT relname, n_tup_upd, n_tup_hot_upd, n_tup_del, vacuum_count "
+    "FROM pg_stat_user_tables WHERE schemaname = :schema AND n_tup_upd + n_tup_del > 0 "
+    "ORDER BY relname"
+)
 _REAL = sa.text(
     "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
     "WHERE n.nspname = :schema AND c.relkind = 'r' "
@@ -164,11 +185,14 @@ def autovacuum(engine: sa.Engine, schema: str) -> int:
 
 
 def run(
-    fleet: soak.Fleet, url: str, schema: str, functions: str, args: argparse.Namespace
+    fleet: soak.Fleet, urls: tuple[str, str], schema: str, functions: str, args: argparse.Namespace
 ) -> dict[str, Any]:
+    url, app = urls
     store = TimescaleStorageFactory.open(url, retention=soak.RETENTION)
     assert isinstance(store, SqlStorage)
+    backends = pg.BackendCpu(url, app)
     out: dict[str, Any] = {"write_s": 0.0, "maintain": [], "vacuumed": 0, "vacuum_s": 0.0}
+    out["cpu"] = [0.0, 0.0]  # maintenance: this process, the PostgreSQL backends
     interval_ms, vacuum_ms = int(args.interval * 1000), int(args.autovacuum * 1000)
     try:
         store.migrate()
@@ -187,14 +211,21 @@ def run(
             if fleet.ts[i] + d.STEP_MS < next_pass:
                 continue
             sizes.sample("after writes")
+            client, server = time.process_time(), backends.seconds()
             with c.Timer() as timer:
                 store.metrics.maintain(from_ms(next_pass))
             out["maintain"].append(timer.elapsed)
+            out["cpu"][0] += time.process_time() - client
+            out["cpu"][1] += backends.seconds() - server
             sizes.sample(f"after pass {len(out['maintain'])}")
             next_pass += interval_ms
+        with store.engine.connect() as conn:
+            updates = conn.execute(_UPDATES, {"schema": schema}).all()
     finally:
         store.close()
+        backends.close()
     out["sizes"] = sizes
+    out["updates"] = updates
     return out
 
 
@@ -208,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
         default=60.0,
         help="autovacuum's look every N s of data (default 60; 0: leave it to the real one)",
     )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="print every relation of the schema at the worst moment",
+    )
     args = parser.parse_args(argv)
     base = pg.postgres_url()
     if base is None:
@@ -217,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     with c.Timer() as generating:
         fleet = soak.Fleet(args.machines, points)
     functions = ensure_pgstattuple(base)
-    with pg.scratch_schema(base, "lsbench_soak") as (schema, url, _app):
-        result = run(fleet, url, schema, functions, args)
+    with pg.scratch_schema(base, "lsbench_soak") as (schema, url, app):
+        result = run(fleet, (url, app), schema, functions, args)
     sizes: Sizes = result["sizes"]
     passes: list[float] = result["maintain"]
     print(
@@ -236,11 +272,24 @@ def main(argv: list[str] | None = None) -> int:
         f"{statistics.median(passes) * 1000:.1f} ms, longest {max(passes) * 1000:.0f} ms); "
         f"autovacuum's part: {result['vacuumed']} tables vacuumed in {result['vacuum_s']:.1f} s"
     )
+    series_hours = sum(len(k) for k in fleet.keys.values()) * args.hours
+    client, server = result["cpu"]
+    print(
+        f"  maintenance CPU: {client:.1f} s here, {server:.1f} s in PostgreSQL's backends: "
+        f"{(client + server) / series_hours * 1000:.2f} ms per series and hour of data"
+    )
     print(
         f"  schema: {sizes.size / 2**20:.1f} MiB at the end, {sizes.size / fleet.points:.3f} "
         f"B/point of the data written; {sizes.samples} samples, worst {sizes.worst:.3f} "
         f"{sizes.worst_at}: {sizes.worst_top}"
     )
+    if args.breakdown:
+        print("  at the worst moment (MiB; relations by bytes over live):")
+        for name, size, live, note in sizes.breakdown:
+            print(f"    {name:40} {size / 2**20:8.2f} {live / 2**20:8.2f} live  {note}")
+        print("  updated tables at the end: updates (HOT), deletes, vacuums")
+        for name, upd, hot, deleted, vacuums in result["updates"]:
+            print(f"    {name:40} {upd:,} ({hot:,}), {deleted:,}, {vacuums}")
     ok = soak.limit_line("schema size", sizes.worst)
     return 1 if args.strict and not ok else 0
 

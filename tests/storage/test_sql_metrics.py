@@ -21,7 +21,7 @@ from lunasentri_core.model import (
     SeriesKey,
     new_id,
 )
-from lunasentri_core.storage.sql import SqlStorage, choose_resolution
+from lunasentri_core.storage.sql import SqlStorage, choose_resolution, rewrite
 from lunasentri_core.storage.sql.head import pack_series_ids, pack_values
 from lunasentri_core.storage.sql.metrics import Horizons, to_ms
 from lunasentri_core.storage.sql.schema import metric_chunks, samples_head, series, series_latest
@@ -312,6 +312,13 @@ def test_the_ingest_writer_keeps_two_transactions_in_flight_on_postgresql_only(
     storage: SqlStorage,
 ) -> None:
     assert storage.metrics.write_transactions == (2 if storage.db.is_postgres else 1)
+
+
+def test_bloated_tables_are_rewritten_on_postgresql_only(storage: SqlStorage) -> None:
+    assert storage.metrics.rewrite_bloated == storage.db.is_postgres
+    if storage.db.is_sqlite:
+        # Asked anyway, it does nothing: the file gives its pages back itself.
+        assert rewrite.rewrite_bloated(storage.db, ["series_latest"]) == 0
 
 
 def test_a_write_chosen_as_a_deadlock_victim_is_tried_again(

@@ -49,7 +49,7 @@ from lunasentri_core.model import (
     reading_columns,
 )
 from lunasentri_core.storage.protocols import MaintenanceReport
-from lunasentri_core.storage.sql import blocks, pgread, vacuum
+from lunasentri_core.storage.sql import blocks, pgread, rewrite, vacuum
 from lunasentri_core.storage.sql.database import (
     LOCK_MAINTAIN,
     ArrayStatement,
@@ -67,7 +67,11 @@ from lunasentri_core.storage.sql.head import (
     series_points,
 )
 from lunasentri_core.storage.sql.notices import LIVE_CLASS, WATCHED_DRIVER_SQL
-from lunasentri_core.storage.sql.partitions import NativePartitions, Partitioning
+from lunasentri_core.storage.sql.partitions import (
+    NativePartitions,
+    Partitioning,
+    list_partitions,
+)
 from lunasentri_core.storage.sql.pgcopy import CopyInsert, can_copy
 from lunasentri_core.storage.sql.pgwrite import FinishWrite, begin_and_read, can_pipeline
 from lunasentri_core.storage.sql.points import (
@@ -264,6 +268,11 @@ class SqlMetricStore:
         series and rewrite (at most 12 an hour)."""
         self.partitions: Partitioning | None = NativePartitions(db) if db.is_postgres else None
         """How ``metric_chunks`` is split by time on PostgreSQL (a backend may replace it)."""
+        self.rewrite_bloated = db.is_postgres
+        """Whether a pass ends by rewriting the small tables it left mostly free space
+        (PostgreSQL, :mod:`~.sql.rewrite`)."""
+        self._touched: list[tuple[int, int]] = []
+        """``chunk_start`` ranges the current pass wrote or expired rows in."""
         self._registry = SeriesRegistry(db)
         self.write_transactions = 2 if db.is_postgres else 1
         """Write transactions the ingest writer may keep in flight at once: PostgreSQL
@@ -738,14 +747,32 @@ class SqlMetricStore:
             if self.partitions is not None:
                 # First: the chunks compacted below then go to their own partition.
                 self.partitions.prepare(now_ms, self._full_horizon(now_ms))
+            self._touched = []
             report = _add(self._compact(now_ms), self._expire(now_ms))
             # What the transactions above could not give back (more than their
             # share, or freed elsewhere: deleted machines, purges), in steps;
-            # on PostgreSQL, the head's space after moving much out of it.
+            # on PostgreSQL, the head's space after moving much out of it, and
+            # the tables this pass left mostly free space.
             freed = vacuum.reclaim(self._db) + vacuum.vacuum_head(self._db, report.compacted_points)
+            if self.rewrite_bloated:
+                freed += rewrite.rewrite_bloated(self._db, self._rewrite_candidates())
+            # After the rewrite, which leaves the indexes of what it rewrote compact.
             if self.partitions is not None:
                 self.partitions.settle(now_ms)
             return _add(report, MaintenanceReport(freed_pages=freed))
+
+    def _rewrite_candidates(self) -> list[str]:
+        """``series_latest`` and the partitions of ``metric_chunks`` this pass changed."""
+        tables = ["series_latest"]
+        native = isinstance(self.partitions, NativePartitions) and self.partitions.active()
+        if native and self._touched:
+            with self._db.read() as conn:
+                tables += [
+                    p.name
+                    for p in list_partitions(conn)
+                    if any(lo < p.hi and p.lo < hi for lo, hi in self._touched)
+                ]
+        return tables
 
     def _retention(self) -> dict[Resolution, timedelta | None]:
         return {
@@ -865,6 +892,8 @@ class SqlMetricStore:
             upserts.append(chunk_row)
             rollup_rows += written
         self._write_chunks(conn, chunk_start, upserts, existing.keys() if closed else None)
+        if upserts:
+            self._touched.append((chunk_start, chunk_start + CHUNK_MS))
         return MaintenanceReport(
             compacted_points=compacted, rollup_rows=rollup_rows, expired_rows=dropped
         )
@@ -967,21 +996,28 @@ class SqlMetricStore:
                 where = [c.chunk_start < horizon, marker[resolution].is_not(None)]
                 if previous is not None:
                     where.append(c.chunk_start >= previous)
-                expired += conn.execute(
+                cleared = conn.execute(
                     sa.update(metric_chunks).where(*where).values(clear[resolution])
                 ).rowcount
+                if cleared:
+                    self._touched.append((previous if previous is not None else 0, horizon))
+                expired += cleared
                 self._set_meta(conn, _HORIZON_KEYS[resolution], horizon)
                 new_horizons[resolution] = horizon
             if len(new_horizons) == len(retention):
                 # Every resolution expires: rows with nothing left can go.
-                expired += conn.execute(
+                emptied = min(new_horizons.values())
+                deleted = conn.execute(
                     sa.delete(metric_chunks).where(
-                        c.chunk_start < min(new_horizons.values()),
+                        c.chunk_start < emptied,
                         c.raw.is_(None),
                         c.minutes.is_(None),
                         c.hour_count.is_(None),
                     )
                 ).rowcount
+                if deleted:
+                    self._touched.append((0, emptied))
+                expired += deleted
             self._clean_orphans(conn)
             freed = vacuum.give_back(conn)
         return MaintenanceReport(expired_rows=expired, freed_pages=freed)
