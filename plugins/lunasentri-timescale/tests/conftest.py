@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from lunasentri_core import RetentionPolicy
 from lunasentri_core.storage.sql import metadata
 from lunasentri_core.storage.sql.schema import storage_meta
-from lunasentri_timescale import TimescaleStorageFactory
+from lunasentri_timescale import Mode, TimescaleSettings, TimescaleStorage, TimescaleStorageFactory
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 POSTGRES_URL = os.environ.get("LUNASENTRI_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
@@ -143,3 +143,18 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
         if process.poll() is None:
             process.kill()
             process.communicate(timeout=10)
+
+
+@pytest.fixture
+def storage(fresh_schema_url: Callable[[], str]) -> Iterator[TimescaleStorage]:
+    """A migrated store in plain PostgreSQL mode on a new schema."""
+    settings = TimescaleSettings(mode=Mode.POSTGRES)
+    opened = TimescaleStorageFactory.open(
+        fresh_schema_url(), settings=settings, retention=RetentionPolicy()
+    )
+    assert isinstance(opened, TimescaleStorage)
+    try:
+        opened.migrate()
+        yield opened
+    finally:
+        opened.close()

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 
-from lunasentri_core import RetentionPolicy
 from lunasentri_core.model import HistoryQuery, Machine, MachineSamples, Reading, Sample, new_id
 from lunasentri_core.storage.sql import rewrite
 from lunasentri_core.storage.sql.metrics import to_ms
 from lunasentri_core.storage.sql.partitions import partition_name, window
 from lunasentri_core.storage.sql.singleton import lock_key
-from lunasentri_timescale import Mode, TimescaleSettings, TimescaleStorage, TimescaleStorageFactory
+from lunasentri_timescale import TimescaleStorage
 
 pytestmark = pytest.mark.postgres
 
@@ -23,20 +21,6 @@ NOW = HOUR + timedelta(hours=2, minutes=1)
 READINGS = 40
 SAMPLES = 360  # half an hour every 5 s: chunk rows of a few KB
 PARTITION = partition_name(window(to_ms(HOUR)))
-
-
-@pytest.fixture
-def storage(fresh_schema_url: Callable[[], str]) -> Iterator[TimescaleStorage]:
-    settings = TimescaleSettings(mode=Mode.POSTGRES)
-    opened = TimescaleStorageFactory.open(
-        fresh_schema_url(), settings=settings, retention=RetentionPolicy()
-    )
-    assert isinstance(opened, TimescaleStorage)
-    try:
-        opened.migrate()
-        yield opened
-    finally:
-        opened.close()
 
 
 @pytest.fixture

@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 
-from lunasentri_core import RetentionPolicy
 from lunasentri_core.model import Machine, MachineSamples, Reading, Sample, new_id
 from lunasentri_core.storage.sql import vacuum
-from lunasentri_timescale import Mode, TimescaleSettings, TimescaleStorage, TimescaleStorageFactory
+from lunasentri_timescale import TimescaleStorage
 
 pytestmark = pytest.mark.postgres
 
 START = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
 SAMPLES = 40
 READINGS = 50
-
-
-@pytest.fixture
-def storage(fresh_schema_url: Callable[[], str]) -> Iterator[TimescaleStorage]:
-    settings = TimescaleSettings(mode=Mode.POSTGRES)
-    opened = TimescaleStorageFactory.open(
-        fresh_schema_url(), settings=settings, retention=RetentionPolicy()
-    )
-    assert isinstance(opened, TimescaleStorage)
-    try:
-        opened.migrate()
-        yield opened
-    finally:
-        opened.close()
 
 
 def fill_head(storage: TimescaleStorage, start: datetime = START) -> None:
