@@ -30,9 +30,10 @@ def round_trips(engine: Engine) -> Iterator[list[list[str]]]:
     connections inside the block, as the statements sent in it (one-line SQL;
     a statement psycopg has prepared before is sent without its text).
 
-    From libpq's trace: a round trip ends with the server's ``ReadyForQuery``,
-    which answers each ``Sync`` (a statement on its own, or a whole pipeline) and
-    each simple query; psycopg waits for it before sending anything more.
+    From libpq's trace: a round trip is each time the client sends after the
+    server has answered, as that is when the client waited. A pipeline is one;
+    ``COPY ... FROM STDIN`` is two (the statement, then its data once the server
+    asked for it: the second trip sends no statement).
     """
     from psycopg import pq
 
@@ -62,12 +63,17 @@ def round_trips(engine: Engine) -> Iterator[list[list[str]]]:
 
 def _trips(text: str) -> list[list[str]]:
     trips: list[list[str]] = []
-    sent: list[str] = []
+    answered = True  # before the first message: the client starts a round trip
     for line in _MESSAGE.split(text):
+        if line.startswith("B\t"):
+            answered = True
+            continue
+        if not line.startswith("F\t"):
+            continue
+        if answered:
+            trips.append([])
+            answered = False
         found = _SENT.match(line)
         if found is not None:
-            sent.append(" ".join((found["parse"] or found["query"]).split()))
-        elif line.startswith("B\t") and "\tReadyForQuery\t" in line:
-            trips.append(sent)
-            sent = []
+            trips[-1].append(" ".join((found["parse"] or found["query"]).split()))
     return trips

@@ -3,15 +3,13 @@ every guarantee: the whole write or nothing, deadlock retries, last_seen, latest
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import IO, Any
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import event
+from sql_support import round_trips
 from sqlalchemy.engine import Engine
 
 from lunasentri_core.errors import StorageError
@@ -64,78 +62,22 @@ def head_rows(storage: SqlStorage) -> int:
         return int(conn.execute(sa.select(sa.func.count()).select_from(samples_head)).scalar_one())
 
 
-class RoundTrips:
-    """Round trips on the engine's connections, read from libpq's trace: each time
-    the client sends after the server answered is one."""
-
-    def __init__(self, engine: Engine, file: IO[str]) -> None:
-        self._file = file
-        self._engine = engine
-        self._start = 0
-        event.listen(engine, "checkout", self._trace)
-
-    def _trace(self, dbapi_connection: object, *args: object) -> None:
-        from psycopg import pq
-
-        pgconn = dbapi_connection.pgconn  # type: ignore[attr-defined]
-        pgconn.trace(self._file.fileno())
-        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
-
-    def mark(self) -> None:
-        self._file.flush()
-        self._start = os.fstat(self._file.fileno()).st_size
-
-    def since_mark(self) -> tuple[int, list[str]]:
-        """Round trips since :meth:`mark`, and the statements sent."""
-        self._file.flush()
-        self._file.seek(self._start)
-        trips, last, sent = 0, "", []
-        for line in self._file.read().splitlines():
-            fields = line.split("\t")
-            side = fields[0]
-            if side == "F" and last != "F":
-                trips += 1
-            last = side if side in ("F", "B") else last
-            if side == "F" and len(fields) > 3 and fields[2] in ("Query", "Parse"):
-                sent.append(fields[3].split('"')[-2 if fields[2] == "Query" else 3][:40])
-        return trips, sent
-
-    def close(self) -> None:
-        event.remove(self._engine, "checkout", self._trace)
-
-
-@pytest.fixture
-def round_trips(storage: SqlStorage) -> Iterator[RoundTrips]:
-    storage.engine.dispose()  # pooled connections from before are traced too
-    with tempfile.TemporaryFile("w+") as file:
-        trips = RoundTrips(storage.engine, file)
-        yield trips
-        trips.close()
-    storage.engine.dispose()  # untraced connections for what follows
-
-
-def test_a_write_transaction_takes_four_round_trips(
-    storage: SqlStorage, round_trips: RoundTrips
-) -> None:
+def test_a_write_transaction_takes_four_round_trips(storage: SqlStorage) -> None:
     """BEGIN with the epoch read; COPY (two); latest values, last_seen, COMMIT and
     the watched-machines look-up after it. It took eight."""
     machines = [storage.state.add_machine(make_machine()).id for _ in range(4)]
     storage.metrics.write(batch_of(machines, COPY_MIN_ROWS), seen=[(m, T0) for m in machines])
     later = batch_of(machines, COPY_MIN_ROWS, T0 + 100 * SECOND)  # series cached: steady state
 
-    round_trips.mark()
-    storage.metrics.write(later, seen=[(m, T0 + 100 * SECOND) for m in machines])
-    trips, sent = round_trips.since_mark()
+    with round_trips(storage.engine) as trips:
+        storage.metrics.write(later, seen=[(m, T0 + 100 * SECOND) for m in machines])
 
-    assert trips == 4, sent
-    assert [statement.split()[0] for statement in sent] == [
-        "BEGIN",
-        "SELECT",  # the series epoch
-        "COPY",
-        "WITH",  # latest values and last_seen
-        "COMMIT",
-        "WITH",  # the machines some process watches, for sample notices
-    ]
+    assert [[statement.split()[0] for statement in trip] for trip in trips] == [
+        ["BEGIN", "SELECT"],  # the series epoch
+        ["COPY"],
+        [],  # COPY's rows, once the server asked for them
+        ["WITH", "COMMIT", "WITH"],  # latest values and last_seen; the watched machines
+    ], trips
     assert {m.last_seen for m in storage.state.list_machines()} == {T0 + 100 * SECOND}
 
 
