@@ -125,7 +125,8 @@ def test_equal_timestamps_keep_the_stored_value(postgres_engine: Engine) -> None
 def test_many_machines_in_one_statement(postgres_engine: Engine) -> None:
     machines = sorted(new_id() for _ in range(3))
     values = [
-        (m, ([i * 10 + 1, i * 10 + 2], [T0_MS] * 2, [float(i), float(-i)])) for i, m in enumerate(machines)
+        (m, ([i * 10 + 1, i * 10 + 2], [T0_MS] * 2, [float(i), float(-i)]))
+        for i, m in enumerate(machines)
     ]
     with postgres_engine.begin() as conn:
         upsert(conn, values)
