@@ -189,7 +189,7 @@ def test_migration_0013_moves_the_latest_values_and_back(empty_postgres_engine: 
                 "WHERE oid = to_regclass(current_schema() || '.latest_values')"
             )
         ).scalar_one()
-    assert options == ["fillfactor=50"]
+    assert options == ["fillfactor=50", "toast_tuple_target=8160"]
     assert storage.metrics.latest([one, two]) == before
     write(storage, one, 3, ("a",))
     assert [v.value for v in storage.metrics.latest([one])] == [3.0, 2.0]

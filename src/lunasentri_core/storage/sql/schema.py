@@ -114,7 +114,7 @@ _Float8s = sa.LargeBinary().with_variant(
     postgresql.ARRAY(postgresql.DOUBLE_PRECISION), "postgresql"
 )
 
-# On PostgreSQL at fillfactor 50 (migration 0013), as series_latest.
+# On PostgreSQL at fillfactor 50 and rows kept whole up to a page (migration 0013).
 latest_values = sa.Table(
     "latest_values",
     metadata,
