@@ -172,7 +172,8 @@ def test_migration_0013_moves_the_latest_values_and_back(empty_postgres_engine: 
     write(storage, one, 2, ("b",))
     write(storage, two, 5, ("a",))
     before = storage.metrics.latest([one, two])
-    assert [v.value for v in before] == [1.0, 2.0, 5.0]
+    found = {(v.series.machine_id, v.series.metric): v.value for v in before}
+    assert found == {(one, "a"): 1.0, (one, "b"): 2.0, (two, "a"): 5.0}
     with empty_postgres_engine.begin() as conn:
         command.downgrade(alembic_config(conn), "0012")
     with empty_postgres_engine.connect() as conn:

@@ -62,8 +62,11 @@ _MERGE: Final = (
     f" CASE WHEN {_FAST} THEN excluded.series_values ELSE m.v END,"
     f" CASE WHEN {_FAST} THEN excluded.oldest ELSE m.lo END,"
     f" CASE WHEN {_FAST} THEN excluded.newest ELSE m.hi END"
-    " FROM (SELECT array_agg(j.sid ORDER BY j.sid) AS s,"
-    " array_agg(j.t ORDER BY j.sid) AS t, array_agg(j.v ORDER BY j.sid) AS v,"
+    # The arrays in the order of a sorted subquery, which PostgreSQL keeps for an
+    # aggregate over it (an ORDER BY in each array_agg sorted three times: the
+    # merge took 4.9 instead of 2.9 ms for 20 machines). Were the ids ever out of
+    # order, the next write would merge instead of replacing: slower, not wrong.
+    " FROM (SELECT array_agg(j.sid) AS s, array_agg(j.t) AS t, array_agg(j.v) AS v,"
     " min(j.t) AS lo, max(j.t) AS hi FROM ("
     " SELECT coalesce(n.sid, o.sid) AS sid,"
     " CASE WHEN o.sid IS NULL OR n.t > o.t THEN n.t ELSE o.t END AS t,"
@@ -72,7 +75,7 @@ _MERGE: Final = (
     f" FULL JOIN unnest(excluded.series_ids, excluded.series_ts, excluded.series_values)"
     " AS n(sid, t, v) ON o.sid = n.sid"
     # Never executed when the row is replaced whole (a one-time filter).
-    f" WHERE NOT {_FAST}) AS j) AS m)"
+    f" WHERE NOT {_FAST} ORDER BY 1) AS j) AS m)"
 )
 """The ``SET`` of a machine's upsert: the arrays replaced, or merged newest-wins."""
 
