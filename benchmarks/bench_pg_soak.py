@@ -15,7 +15,7 @@ largest ratio against the 1.2 limit, with the biggest relations at that moment,
 the bytes per point at the end, and the maintenance time and CPU (this
 process, and the PostgreSQL backends of its connections, during the passes).
 
-Tables at ``fillfactor`` below 100 (``series_latest``: 50) keep that room on
+Tables at ``fillfactor`` below 100 (``latest_values``: 50) keep that room on
 purpose; it counts as overhead here.
 
 PostgreSQL gives the space of deleted and updated rows back through VACUUM,

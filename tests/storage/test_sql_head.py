@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from lunasentri_core.errors import StorageError
 from lunasentri_core.model import MachineSamples, Reading, Sample
 from lunasentri_core.storage.sql.head import (
+    SeriesIds,
     build_rows,
     first_points,
     pack_series_ids,
@@ -135,7 +136,27 @@ def test_build_rows_makes_a_row_per_sample_and_finds_each_newest_point() -> None
     assert [(m, ts) for m, ts, _, _ in rows] == [("m", T0_MS + 2000), ("m", T0_MS + 1000)]
     sids, values = unpack_sample(rows[1][2], rows[1][3])
     assert (list(sids), list(values)) == ([1, 2], [1.0, -1.0])
-    assert sorted(zip(*latest, strict=True)) == [(1, T0_MS + 2000, 2.0), (2, T0_MS + 2000, -2.0)]
+    assert latest == [("m", ([1, 2], [T0_MS + 2000] * 2, [2.0, -2.0]))]
+
+
+def test_build_rows_gives_each_machine_its_newest_points_once_by_machine_id() -> None:
+    """A machine may come twice in a batch (two requests): its points are merged
+    newest-wins, and the machines come in id order (the lock order of their rows)."""
+    ids: dict[str, SeriesIds] = {"b": {("cpu", ()): 3, ("mem", ()): 1}, "a": {("cpu", ()): 2}}
+    batch = [
+        MachineSamples("b", [Sample(T0 + timedelta(seconds=2), [Reading("cpu", 2)])]),
+        MachineSamples("a", [Sample(T0, [Reading("cpu", 9)])]),
+        MachineSamples(
+            "b", [Sample(T0 + timedelta(seconds=1), [Reading("cpu", 1), Reading("mem", 5)])]
+        ),
+        MachineSamples("c", [Sample(T0, [])]),
+    ]
+    built = build_rows(batch, ids)
+    assert built is not None
+    assert built[1] == [
+        ("a", ([2], [T0_MS], [9.0])),
+        ("b", ([1, 3], [T0_MS + 1000, T0_MS + 2000], [5.0, 2.0])),
+    ]
 
 
 def test_build_rows_wants_every_series_resolved() -> None:

@@ -121,7 +121,7 @@ def test_latest_values_take_new_series_newer_points_and_leave_older_ones(
 
 @pytest.fixture
 def failing_latest(postgres_engine: Engine) -> Iterator[None]:
-    """A trigger on ``series_latest`` that fails the first statement touching it as a
+    """A trigger on ``latest_values`` that fails the first statement touching it as a
     deadlock victim (SQLSTATE 40P01), and every one with ``lsw_fail`` set to always."""
     with postgres_engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE lsw_fail (always boolean NOT NULL)")
@@ -135,14 +135,14 @@ def failing_latest(postgres_engine: Engine) -> Iterator[None]:
             "RETURN NULL; END $$"
         )
         conn.exec_driver_sql(
-            "CREATE TRIGGER lsw_fail AFTER INSERT OR UPDATE ON series_latest "
+            "CREATE TRIGGER lsw_fail AFTER INSERT OR UPDATE ON latest_values "
             "FOR EACH STATEMENT EXECUTE FUNCTION lsw_fail()"
         )
     try:
         yield
     finally:
         with postgres_engine.begin() as conn:
-            conn.exec_driver_sql("DROP TRIGGER IF EXISTS lsw_fail ON series_latest")
+            conn.exec_driver_sql("DROP TRIGGER IF EXISTS lsw_fail ON latest_values")
             conn.exec_driver_sql("DROP FUNCTION IF EXISTS lsw_fail()")
             conn.exec_driver_sql("DROP SEQUENCE IF EXISTS lsw_tries")
             conn.exec_driver_sql("DROP TABLE IF EXISTS lsw_fail")

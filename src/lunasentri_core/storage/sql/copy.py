@@ -26,6 +26,10 @@ sealed secret stays bound to its profile's id, and series keep theirs.
   do not collide and ids of deleted series are not handed out again.
 * Afterwards every table is counted on both ends; :class:`CopyReport` says
   whether the counts agree.
+* The latest values have a form per kind of database (:mod:`.latest`): they
+  are copied as ``series_latest``, a row per series (on PostgreSQL read from
+  both tables, and gathered into ``latest_values`` once written), and counted
+  as such; ``latest_values`` is not copied as a table of its own.
 """
 
 from __future__ import annotations
@@ -41,9 +45,15 @@ from sqlalchemy import exc
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from lunasentri_core.errors import StorageError
+from lunasentri_core.storage.sql import latest
 from lunasentri_core.storage.sql.backend import SqlStorage, head_revision
 from lunasentri_core.storage.sql.database import Statement
-from lunasentri_core.storage.sql.schema import metadata, storage_meta
+from lunasentri_core.storage.sql.schema import (
+    latest_values,
+    metadata,
+    series_latest,
+    storage_meta,
+)
 
 BATCH_ROWS: Final = 2_000
 """Rows read and inserted at a time: bounds memory (metric chunks are a few KiB each)."""
@@ -181,8 +191,9 @@ def _same_database(a: URL, b: URL) -> bool:
 
 
 def _tables() -> Sequence[sa.Table]:
-    """Every table, parents before children (foreign keys hold after each insert)."""
-    return metadata.sorted_tables
+    """Every table copied, parents before children (foreign keys hold after each
+    insert): all but ``latest_values``, copied as ``series_latest``."""
+    return [table for table in metadata.sorted_tables if table is not latest_values]
 
 
 def check_source_revision(store: SqlStorage) -> None:
@@ -205,7 +216,7 @@ def check_source_revision(store: SqlStorage) -> None:
 def check_target_empty(target: Engine | Connection, label: str) -> None:
     """Refuse a target where any of the store's tables already has a row."""
     present = set(sa.inspect(target).get_table_names())
-    for table in _tables():
+    for table in metadata.sorted_tables:
         if table.name in BOOKKEEPING_TABLES or table.name not in present:
             continue
         with _connection(target) as conn:
@@ -242,7 +253,10 @@ def _copy_table(
     plain = _plain_twin(table)
     # Primary-key order: deterministic, and the order of serial columns.
     order = [plain.c[c.name] for c in table.primary_key.columns]
-    select = sa.select(plain).order_by(*order).execution_options(yield_per=batch_rows)
+    select = sa.select(plain).order_by(*order)
+    if table is series_latest:
+        select = latest.series_rows(reader.dialect.name == "postgresql").order_by("series_id")
+    select = select.execution_options(yield_per=batch_rows)
     done, next_report = 0, PROGRESS_ROWS
     with _row_sink(plain, writer) as sink:
         for rows in reader.execute(select).partitions():
@@ -254,6 +268,8 @@ def _copy_table(
     if done != total:
         # The snapshot should make this impossible: refuse to commit a partial copy.
         raise StorageError(f"{table.name}: counted {total} rows in the source but read {done}")
+    if table is series_latest:
+        latest.gather(writer)
     report(Progress(table.name, done, total, finished=True))
     return total
 
@@ -324,6 +340,8 @@ def _postgres_copy(plain: sa.Table, writer: Connection) -> Iterator[Sink]:
 
 
 def _count(conn: Connection, table: sa.Table) -> int:
+    if table is series_latest:
+        return latest.count(conn)
     return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
 

@@ -35,6 +35,8 @@ SeriesIds = dict[tuple[str, Labels], int]
 """One machine's series ids by ``(metric, labels)``."""
 
 Columns = tuple[list[int], list[int], list[float]]
+Latest = list[tuple[str, Columns]]
+"""Each machine's newest point per series, by machine id (:func:`latest_points` each)."""
 HeadRow = tuple[str, int, bytes, bytes]
 """``(machine_id, ts, series_ids, series_values)``: a row of ``samples_head`` to insert."""
 
@@ -89,16 +91,18 @@ def unpack_sample(sids_blob: bytes, values_blob: bytes) -> tuple[IntArray, Float
 
 def build_rows(
     batch: Sequence[MachineSamples], ids: Mapping[str, Mapping[tuple[str, Labels], int]]
-) -> tuple[list[HeadRow], Columns, int] | None:
-    """The head rows of a batch, each series' newest point, and the number of points.
+) -> tuple[list[HeadRow], Latest, int] | None:
+    """The head rows of a batch, each machine's newest point per series, and the
+    number of points.
 
     ``None`` when a series is not in ``ids``. This is the hot path of ingest: one
     dict lookup per reading; everything else works on whole samples in C.
     """
-    samples: list[tuple[int, list[int], Sequence[float]]] = []
+    by_machine: dict[str, list[tuple[int, list[int], Sequence[float]]]] = {}
     rows: list[HeadRow] = []
     points = 0
     for ms in batch:
+        samples = by_machine.setdefault(ms.machine_id, [])
         known = ids.get(ms.machine_id)
         # A machine's samples usually repeat their series, often with the very
         # same keys (decoded bodies share them): look up and pack ids once.
@@ -126,7 +130,12 @@ def build_rows(
             samples.append((ts, sids, values))
             rows.append((ms.machine_id, ts, packed, pack_values(values)))
             points += len(sids)
-    return rows, latest_points(samples), points
+    latest = [
+        (machine_id, latest_points(samples))
+        for machine_id, samples in sorted(by_machine.items())
+        if samples
+    ]
+    return rows, latest, points
 
 
 def latest_points(samples: list[tuple[int, list[int], Sequence[float]]]) -> Columns:

@@ -11,8 +11,9 @@ Layout (docs/storage.md explains the why):
   over head points with the same timestamp.
 * Retention clears a chunk's raw blob, minute blob or hour columns as each
   resolution expires, and deletes the row when nothing is left.
-* ``series_latest`` keeps each series' newest point, updated once per series
-  per written batch.
+* The latest values keep each series' newest point, updated by every write:
+  ``series_latest`` (a row per series) on SQLite, ``latest_values`` (a row per
+  machine) on PostgreSQL (:mod:`.latest`).
 
 Reads union the chunks with the head (a chunk's point wins on equal timestamps).
 """
@@ -49,18 +50,17 @@ from lunasentri_core.model import (
     reading_columns,
 )
 from lunasentri_core.storage.protocols import MaintenanceReport
-from lunasentri_core.storage.sql import blocks, pgread, rewrite, vacuum
+from lunasentri_core.storage.sql import blocks, latest, pgread, rewrite, vacuum
 from lunasentri_core.storage.sql.database import (
     LOCK_MAINTAIN,
-    ArrayStatement,
     BulkInsert,
     Database,
     Statement,
     describe_error,
 )
 from lunasentri_core.storage.sql.head import (
-    Columns,
     HeadRow,
+    Latest,
     SeriesIds,
     build_rows,
     series_columns,
@@ -366,18 +366,18 @@ class SqlMetricStore:
                 both = {m: ChainMap(new, ids[m]) if m in ids else new for m, new in fresh.items()}
                 built = build_rows(batch, {**ids, **both})
                 assert built is not None, "every series was just resolved"
-            rows, latest, points = built  # latest by series id: one lock order
+            rows, newest, points = built  # by machine id, then series id: one lock order
             self._insert_head(conn, rows)
             if finish is not None:
                 # One statement, the COMMIT and the watched machines' look-up that
                 # must follow it, in one round trip (:mod:`.pgwrite`).
                 sending = notices.sample_machines(batch) if notices.enabled else []
                 look_up = (WATCHED_DRIVER_SQL, (LIVE_CLASS, sending)) if sending else None
-                found = finish.run(conn, latest, seen, after=look_up).after
+                found = finish.run(conn, newest, seen, after=look_up).after
                 if found is not None:
                     watched.append(set(found))
             else:
-                self._sql.upsert_latest.run(conn, latest)
+                self._sql.upsert_latest.run(conn, newest)
                 if seen:
                     touch(conn, self._sql.touch, seen)
         if fresh:
@@ -498,16 +498,19 @@ class SqlMetricStore:
         return found
 
     def _compile_latest(self, machines: int, by_metric: bool) -> Statement:
+        postgres = self._db.is_postgres
+        wanted: list[sa.BindParameter[Any]] = [sa.bindparam(f"m{i}") for i in range(machines)]
+        values = latest.rows(postgres, wanted)
         query = (
             sa.select(
                 series.c.machine_id,
                 series.c.metric,
                 series.c.labels,
-                series_latest.c.ts,
-                series_latest.c.value,
+                values.c.ts,
+                values.c.value,
             )
-            .join(series_latest, series_latest.c.series_id == series.c.id)
-            .where(series.c.machine_id.in_([sa.bindparam(f"m{i}") for i in range(machines)]))
+            .join(values, latest.on(values))
+            .where(series.c.machine_id.in_(wanted))
             .order_by(series.c.machine_id, series.c.metric, series.c.labels)
         )
         if by_metric:
@@ -723,6 +726,7 @@ class SqlMetricStore:
             conn.execute(sa.delete(metric_chunks).where(metric_chunks.c.series_id.in_(part)))
             conn.execute(sa.delete(series_latest).where(series_latest.c.series_id.in_(part)))
             conn.execute(sa.delete(series).where(series.c.id.in_(part)))
+        latest.delete_machine(conn, machine_id)
         conn.execute(sa.delete(machine_series).where(machine_series.c.machine_id == machine_id))
         conn.execute(sa.delete(samples_head).where(samples_head.c.machine_id == machine_id))
         vacuum.give_back(conn)
@@ -762,8 +766,8 @@ class SqlMetricStore:
             return _add(report, MaintenanceReport(freed_pages=freed))
 
     def _rewrite_candidates(self) -> list[str]:
-        """``series_latest`` and the partitions of ``metric_chunks`` this pass changed."""
-        tables = ["series_latest"]
+        """The latest values and the partitions of ``metric_chunks`` this pass changed."""
+        tables = ["latest_values"]
         native = isinstance(self.partitions, NativePartitions) and self.partitions.active()
         if native and self._touched:
             with self._db.read() as conn:
@@ -1028,8 +1032,8 @@ class SqlMetricStore:
         epoch = meta.get(SERIES_EPOCH, 0)
         if meta.get(CLEANED_EPOCH) == epoch:
             return
+        latest.clean_orphans(conn)
         live = sa.select(series.c.id)
-        conn.execute(sa.delete(series_latest).where(series_latest.c.series_id.not_in(live)))
         conn.execute(sa.delete(metric_chunks).where(metric_chunks.c.series_id.not_in(live)))
         self._set_meta(conn, CLEANED_EPOCH, epoch)
 
@@ -1295,34 +1299,15 @@ def _chunk_row(
     return (sid, chunk_start, raw_blob, minute_blob, *hour), written
 
 
-class UpdateFirst:
-    """PostgreSQL: each series' newest point by ``UPDATE``, the upsert only when needed.
+class _SeriesRows:
+    """SQLite: the latest values as rows of ``series_latest``, upserted newer-wins."""
 
-    Nearly every write finds its series' rows in ``series_latest`` with older
-    points. An ``UPDATE ... FROM unnest(...)`` of those rows writes one WAL
-    record per row where ``INSERT ... ON CONFLICT DO UPDATE`` writes two (it
-    locks each conflicting row, then updates it): for the 1,000 rows of a
-    benchmark batch the statement alone took about 40% less of the server's
-    time, a whole write 5-15% less of its backend's CPU. When the
-    ``UPDATE`` changed fewer rows than it was given (a series without a row
-    yet, or a point not newer than the stored one), the newer-wins upsert runs
-    for all of them: rows the ``UPDATE`` just wrote hold the same timestamp
-    and are left alone, so the outcome is the upsert's alone.
-
-    Concurrent writers sharing rows may take their locks in the table's order
-    here (the plan decides) instead of the ids' order: a deadlock between two
-    such transactions is possible in principle, and PostgreSQL then fails one
-    of them (``StorageUnavailable``: the ingest caller retries).
-    """
-
-    def __init__(self, update: ArrayStatement, upsert: BulkInsert) -> None:
-        self.update = update
+    def __init__(self, upsert: BulkInsert) -> None:
         self.upsert = upsert
 
-    def run(self, conn: Connection, columns: Columns) -> None:
-        count = len(columns[0])
-        if count and self.update.run(conn, columns) < count:
-            self.upsert.run(conn, columns)
+    def run(self, conn: Connection, values: Latest) -> None:
+        if values:
+            self.upsert.run(conn, latest.flat(values))
 
 
 class _Statements:
@@ -1331,8 +1316,8 @@ class _Statements:
     insert_head: BulkInsert
     copy_head: CopyInsert | None
     """Large batches of head rows on PostgreSQL with psycopg 3 (``None`` elsewhere)."""
-    upsert_latest: BulkInsert | UpdateFirst
-    """Each series' newest point into ``series_latest``: ``.run(conn, columns)``."""
+    upsert_latest: _SeriesRows | latest.MachineUpsert
+    """The latest values of a write (:mod:`.latest`): ``.run(conn, latest)``."""
     select_epoch: Statement
     upsert_chunk: Statement
     select_raw: Statement
@@ -1426,16 +1411,18 @@ def _select_machine_latest(db: Database, check: bool, metrics: int | None) -> St
     ``metrics`` is not ``None``) through the machine's row, of owner ``o`` with
     ``check``: no row at all when there is no such machine, one of nulls when it
     has no such values."""
-    s, m, v = series.c, machines.c, series_latest.c
+    postgres = db.is_postgres
+    values = latest.rows(postgres, [sa.bindparam("m")])
+    s, m, v = series.c, machines.c, values.c
     wanted = s.machine_id == m.id
     if metrics == 0:
         wanted = sa.and_(wanted, sa.false())  # the check alone
     elif metrics is not None:
         wanted = sa.and_(wanted, s.metric.in_([sa.bindparam(f"n{i}") for i in range(metrics)]))
-    values = series.join(series_latest, v.series_id == s.id)
+    joined = series.join(values, latest.on(values))
     query = (
         sa.select(s.metric, s.labels, v.ts, v.value)
-        .select_from(machines.outerjoin(values, wanted))
+        .select_from(machines.outerjoin(joined, wanted))
         .where(m.id == sa.bindparam("m"))
         .order_by(s.metric, s.labels)
     )
@@ -1466,20 +1453,11 @@ def _prepare(db: Database) -> _Statements:
             where=ins.excluded.ts > series_latest.c.ts,
         )
 
-    latest_columns = ("series_id", "ts", "value")
-    sql.upsert_latest = db.bulk_insert(series_latest, latest_columns, newer_wins)
+    upsert = db.bulk_insert(series_latest, ("series_id", "ts", "value"), newer_wins)
     if db.is_postgres:
-
-        def update_newer(rows: Any) -> Any:
-            c = series_latest.c
-            return (
-                sa.update(series_latest)
-                .values(ts=rows.c.ts, value=rows.c.value)
-                .where(c.series_id == rows.c.series_id, rows.c.ts > c.ts)
-            )
-
-        update = ArrayStatement(db, series_latest, latest_columns, update_newer)
-        sql.upsert_latest = UpdateFirst(update, sql.upsert_latest)
+        sql.upsert_latest = latest.MachineUpsert(db.engine.dialect)
+    else:
+        sql.upsert_latest = _SeriesRows(upsert)
     sql.select_epoch = db.statement(
         sa.select(storage_meta.c.value).where(storage_meta.c.key == sa.bindparam("key"))
     )

@@ -2,10 +2,9 @@
 
 Each statement sent on its own waits for the server's answer before the next
 goes, and costs psycopg and the server their work per message on top. A
-write transaction took nine round trips: the pool's ping, ``BEGIN``, the series epoch, the head
-rows' ``COPY`` (two), the latest values' ``UPDATE`` (and their upsert when a
-series had none), the machines' ``last_seen``, ``COMMIT``, the watched-machines
-look-up. Here:
+write transaction took nine round trips: the pool's ping, ``BEGIN``, the
+series epoch, the head rows' ``COPY`` (two), the latest values, the machines'
+``last_seen``, ``COMMIT``, the watched-machines look-up. Here:
 
 * ``BEGIN`` and the epoch's ``SELECT`` go together in one pipeline
   (:func:`begin_and_read`);
@@ -34,8 +33,9 @@ from sqlalchemy import exc
 from sqlalchemy.engine import Connection, Dialect
 
 from lunasentri_core.storage.sql import pgarrays
-from lunasentri_core.storage.sql.head import Columns
-from lunasentri_core.storage.sql.schema import machines, series_latest
+from lunasentri_core.storage.sql.head import Latest
+from lunasentri_core.storage.sql.latest import MachineUpsert
+from lunasentri_core.storage.sql.schema import machines
 from lunasentri_core.storage.sql.seen import seen_columns
 
 log = logging.getLogger(__name__)
@@ -105,49 +105,32 @@ def begin_and_read(conn: Connection, sql: str, params: Sequence[Any]) -> Any:
 class FinishWrite:
     """The rest of a write after its head rows, and its ``COMMIT``: one round trip.
 
-    One statement keeps each series' newest point in ``series_latest`` and
-    advances the machines' ``last_seen``:
+    One statement keeps the latest values and advances the machines' ``last_seen``:
 
-    * ``UPDATE ... FROM unnest(...)`` of the rows whose point is newer (one WAL
-      record per row where an upsert writes two: see ``UpdateFirst`` in
-      :mod:`.metrics`, which did this in one or two statements);
-    * the newer-wins upsert of the rows that update left out (a series without
-      a row yet, or a point not newer than the stored one, which it leaves
-      alone): nearly always none;
-    * ``last_seen`` of the machines heard from, never backwards.
+    * the upsert of the batch's machines' rows of ``latest_values``, each merged
+      newest-wins (:class:`~.latest.MachineUpsert`), in machine-id order;
+    * ``last_seen`` of the machines heard from, never backwards, in machine-id
+      order too.
 
-    Rows go to the server in series-id and machine-id order, and the plans
-    PostgreSQL 15 picks here (hash joins probed by those rows) lock them in
-    that order, as the separate statements did. The plan decides, though: two
-    writers sharing rows may deadlock in principle, and PostgreSQL then fails
+    Two writers sharing machines lock their rows in the same order and wait for
+    each other. The plan decides, though: should they deadlock, PostgreSQL fails
     one of them whole (the metric store retries it).
     """
 
     def __init__(self, dialect: Dialect) -> None:
-        quote = dialect.identifier_preparer
-        latest = quote.format_table(series_latest)
-        machine = quote.format_table(machines)
+        machine = dialect.identifier_preparer.format_table(machines)
         self.sql: Final = (
-            "WITH r AS MATERIALIZED (SELECT * FROM unnest("
-            "%s::integer[], %s::bigint[], %s::double precision[]) AS u(series_id, ts, value)),"
-            f" updated AS (UPDATE {latest} AS l SET ts = r.ts, value = r.value FROM r"
-            " WHERE l.series_id = r.series_id AND r.ts > l.ts RETURNING l.series_id),"
-            f" inserted AS (INSERT INTO {latest} (series_id, ts, value)"
-            " SELECT series_id, ts, value FROM r"
-            " WHERE series_id NOT IN (SELECT series_id FROM updated)"
-            " ON CONFLICT (series_id) DO UPDATE SET ts = excluded.ts, value = excluded.value"
-            f" WHERE excluded.ts > {latest}.ts RETURNING 1),"
+            f"WITH latest AS ({MachineUpsert(dialect).sql} RETURNING 1),"
             f" seen AS (UPDATE {machine} AS m SET last_seen = s.at"
             " FROM unnest(%s::text[], %s::bigint[]) AS s(id, at)"
             " WHERE m.id = s.id AND (m.last_seen IS NULL OR m.last_seen < s.at) RETURNING 1)"
-            " SELECT (SELECT count(*) FROM updated), (SELECT count(*) FROM inserted),"
-            " (SELECT count(*) FROM seen)"
+            " SELECT (SELECT count(*) FROM latest), (SELECT count(*) FROM seen)"
         )
 
     def run(
         self,
         conn: Connection,
-        latest: Columns,
+        latest: Latest,
         seen: Sequence[tuple[str, datetime]],
         *,
         after: tuple[str, Sequence[Any]] | None = None,
@@ -165,7 +148,7 @@ class FinishWrite:
             raise AssertionError("after needs Database.write(own_begin=True)")
         pgarrays.ensure_registered(driver)
         ids, ats = seen_columns(conn.dialect, seen)
-        params = (*_packed(latest), ids, ats)
+        params = (*MachineUpsert.parameters(latest, packed=True), ids, ats)
         cursor, ending, then = driver.cursor(), driver.cursor(), driver.cursor()
         try:
             with translated(conn, self.sql):
@@ -188,24 +171,13 @@ class FinishWrite:
         finally:
             for each in (cursor, ending, then):
                 each.close()
-        return Finished(int(row[0]), int(row[1]), int(row[2]), rows)
+        return Finished(int(row[0]), int(row[1]), rows)
 
 
 class Finished(NamedTuple):
-    updated: int
-    """Series whose newer point the ``UPDATE`` took."""
-    upserted: int
-    """Series the upsert took (new ones, nearly always)."""
+    latest: int
+    """Machines whose row of latest values was written."""
     seen: int
     """Machines whose ``last_seen`` moved."""
     after: list[Any] | None
     """The first column of ``after``'s rows; ``None`` without it, or when it failed."""
-
-
-def _packed(latest: Columns) -> tuple[Any, Any, Any]:
-    sids, stamps, values = latest
-    return (
-        pgarrays.pack(pgarrays.Int4Array, sids) or list(sids),
-        pgarrays.pack(pgarrays.Int8Array, stamps) or list(stamps),
-        pgarrays.pack(pgarrays.Float8Array, values) or list(values),
-    )

@@ -9,13 +9,13 @@ when its last pages empty. Two tables of the metric store churn that way:
   partitions retention clears resolution by resolution (raw points, then
   minute rollups): their files keep their largest size while the live data
   shrinks. Only dropping or rewriting a partition gives that space back;
-* ``series_latest``, updated by every write: an update stays in its page
+* ``latest_values``, updated by every write: an update stays in its page
   (HOT) only when the previous version can be pruned, and a write's own
   snapshot keeps every version newer than the oldest transaction running in
   the cluster (another database's too) when it began; under load the
   updates extend the table.
 
-After a pass, maintenance measures ``series_latest`` and the partitions the
+After a pass, maintenance measures ``latest_values`` and the partitions the
 pass wrote or expired rows in (:func:`measure`: a scan of the table's rows, no
 extension needed). A table whose file is larger than its live rows need (at
 its fillfactor) by more than :data:`WASTE` and :data:`MIN_WASTE_BYTES` gets a
@@ -29,7 +29,7 @@ FULL`` holds an ACCESS EXCLUSIVE lock on that one table (a partition, not
 indexes, so only tables up to :data:`MAX_BYTES` are rewritten, and both wait
 at most :data:`LOCK_TIMEOUT` for their lock; a table they cannot lock is
 tried again when a later pass writes to it (the current partition every few
-minutes, ``series_latest`` every pass). One process rewrites a schema's tables
+minutes, ``latest_values`` every pass). One process rewrites a schema's tables
 at a time (a session advisory lock of the schema, skipped when held).
 """
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 
 from lunasentri_core.model import Labels, as_utc, to_labels
@@ -98,7 +99,7 @@ machine_series = sa.Table(
 """How many series each machine has, kept with ``series`` in the same transactions:
 the per-machine series limit is checked against it (one row, not a count)."""
 
-# On PostgreSQL at fillfactor 50 (migration 0011): its rows are updated in place.
+# SQLite's latest values (PostgreSQL keeps them in ``latest_values``, migration 0013).
 series_latest = sa.Table(
     "series_latest",
     metadata,
@@ -106,6 +107,28 @@ series_latest = sa.Table(
     sa.Column("ts", sa.BigInteger, nullable=False),
     sa.Column("value", Float64, nullable=False),
 )
+
+_Int4s = sa.LargeBinary().with_variant(postgresql.ARRAY(sa.Integer), "postgresql")
+_Int8s = sa.LargeBinary().with_variant(postgresql.ARRAY(sa.BigInteger), "postgresql")
+_Float8s = sa.LargeBinary().with_variant(
+    postgresql.ARRAY(postgresql.DOUBLE_PRECISION), "postgresql"
+)
+
+# On PostgreSQL at fillfactor 50 and rows kept whole up to a page (migration 0013).
+latest_values = sa.Table(
+    "latest_values",
+    metadata,
+    sa.Column("machine_id", sa.Text, primary_key=True),
+    # The machine's series ids in increasing order, and each one's newest point.
+    sa.Column("series_ids", _Int4s, nullable=False),
+    sa.Column("series_ts", _Int8s, nullable=False),
+    sa.Column("series_values", _Float8s, nullable=False),
+    sa.Column("oldest", sa.BigInteger, nullable=False),
+    sa.Column("newest", sa.BigInteger, nullable=False),
+)
+"""PostgreSQL's latest values: one row per machine (:mod:`.latest`), where
+``series_latest`` has one per series; a write updates 20 rows for a batch of 20
+machines instead of 1,000. Empty on SQLite, which keeps ``series_latest``."""
 
 samples_head = sa.Table(
     "samples_head",
