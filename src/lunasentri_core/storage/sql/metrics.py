@@ -1153,7 +1153,9 @@ class _HistoryReader:
                     self._chunk_points,
                     mine,
                 )
-                ks, steps = downsample_rollups(rollups, start, end, step, query.aggregation)
+                ks, steps = downsample_rollups(
+                    rollups, start, end, step, query.aggregation, _WIDTH[resolution]
+                )
             if ks:  # a series without points in the range is left out
                 stamps = _step_stamps(ks, start, step)
                 results.append(HistoryColumns(key, resolution, stamps, steps))
