@@ -258,3 +258,24 @@ def test_bucket_stats(data: dict[int, float], width: int) -> None:
         assert s.high == max(v for _, v in inside)
         assert s.last == inside[-1][1]
         assert math.isclose(s.total, math.fsum(v for _, v in inside), rel_tol=1e-9, abs_tol=1e-3)
+
+
+@given(
+    points(),
+    st.integers(min_value=-(10**7), max_value=10**7),
+    st.integers(min_value=1, max_value=10**6),
+    st.integers(min_value=1, max_value=2 * MINUTE_MS),
+    st.sampled_from(Aggregation),
+)
+def test_rollups_with_their_width_answer_as_without(
+    data: dict[int, float], start: int, span: int, step: int, aggregation: Aggregation
+) -> None:
+    # Told the buckets' width, steps no longer than it (each holding at most one
+    # bucket) may be found by arithmetic: the answer must be the same, unaligned too.
+    ts, values = columns({t % (10**7): v for t, v in data.items()})
+    rollups = Rollups.from_stats(bucket_stats(ts, values, MINUTE_MS))
+    end = start + span
+    told = downsample_rollups(rollups, start, end, step, aggregation, MINUTE_MS)
+    plain = downsample_rollups(rollups, start, end, step, aggregation)
+    assert list(told[0]) == list(plain[0])
+    assert [struct.pack("<d", v) for v in told[1]] == [struct.pack("<d", v) for v in plain[1]]

@@ -26,6 +26,7 @@ from collections import ChainMap, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from functools import lru_cache
 from itertools import repeat
 from operator import add, itemgetter
 from typing import Any, Final
@@ -594,7 +595,7 @@ class SqlMetricStore:
         for sid, text, *_ in rows:
             if sid is None:
                 break  # the machine, without series of this metric (an outer join)
-            labels = labels_from_json(text)
+            labels = _labels_of(text)
             if query.selects(labels):
                 out.append((sid, SeriesKey(query.machine_id, query.metric, labels)))
         return out, Horizons(raw=raw, minute=minute, hour=hour)
@@ -1152,7 +1153,9 @@ class _HistoryReader:
                     self._chunk_points,
                     mine,
                 )
-                ks, steps = downsample_rollups(rollups, start, end, step, query.aggregation)
+                ks, steps = downsample_rollups(
+                    rollups, start, end, step, query.aggregation, _WIDTH[resolution]
+                )
             if ks:  # a series without points in the range is left out
                 stamps = _step_stamps(ks, start, step)
                 results.append(HistoryColumns(key, resolution, stamps, steps))
@@ -1230,6 +1233,11 @@ class _HistoryReader:
             rows = [tuple(row) for row in self._store._sql.select_head.one(self._conn, key)]
             made = self._head[key] = series_columns(rows)
         return {sid: made[sid] for sid in sids if sid in made}
+
+
+_labels_of: Final = lru_cache(maxsize=16384)(labels_from_json)
+"""A series' labels from their stored text, each text parsed once (every history
+read of a metric parses its series' labels; they never change for a text)."""
 
 
 def _horizon(now_ms: int, keep: timedelta) -> int:

@@ -246,7 +246,7 @@ DENSE: Final = 4
 """Steps per key up to which :func:`_spans` bisects at every step boundary at once."""
 
 
-def _spans(keys: IntArray, start: int, end: int, step: int) -> _Spans:
+def _spans(keys: IntArray, start: int, end: int, step: int, width: int | None = None) -> _Spans:
     """The non-empty steps of ``keys`` in ``[start, end)``, found in bulk.
 
     No more keys than steps: each key's step is computed (``map``), and when
@@ -256,6 +256,10 @@ def _spans(keys: IntArray, start: int, end: int, step: int) -> _Spans:
     ``compress``: no Python code runs per step or per key. Sparser keys with
     several in some step (a few bursts over many steps) are walked step by
     step, visiting only the non-empty ones.
+
+    ``width``: the keys are multiples of it (rollup bucket starts), so a step no
+    longer than that holds at most one; when there are as many keys as steps from
+    the first key's to the last's, each step holds one.
     """
     i = bisect_left(keys, start)
     n = bisect_left(keys, end, i)
@@ -264,6 +268,8 @@ def _spans(keys: IntArray, start: int, end: int, step: int) -> _Spans:
     first = (keys[i] - start) // step
     last = (keys[n - 1] - start) // step
     steps = last - first + 1
+    if width is not None and step <= width and steps == n - i:
+        return _Spans(int_array(range(first, last + 1)), range(i, n), range(i + 1, n + 1))
     if steps >= n - i:
         # No more keys than steps: each key may well have a step of its own
         # (minute buckets at minute steps, points at steps of their interval).
@@ -332,10 +338,16 @@ def downsample_points(
 
 
 def downsample_rollups(
-    rollups: Rollups, start: int, end: int, step: int, aggregation: Aggregation
+    rollups: Rollups,
+    start: int,
+    end: int,
+    step: int,
+    aggregation: Aggregation,
+    width: int | None = None,
 ) -> tuple[IntArray, FloatArray]:
-    """Like :func:`downsample_points`, over rollup buckets placed by their start."""
-    spans = _spans(rollups.buckets, start, end, step)
+    """Like :func:`downsample_points`, over rollup buckets placed by their start
+    (``width``: the buckets', whose starts are multiples of it)."""
+    spans = _spans(rollups.buckets, start, end, step, width)
     single = spans.single()
     out: Iterable[float]
     if single is not None and aggregation is Aggregation.AVG:
