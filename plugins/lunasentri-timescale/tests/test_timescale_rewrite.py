@@ -16,7 +16,20 @@ from lunasentri_timescale import TimescaleStorage
 
 pytestmark = pytest.mark.postgres
 
-HOUR = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+
+
+def ended_hour(now: datetime) -> datetime:
+    """The hour two hours before ``now``'s, or 21:00 when that would put :data:`NOW` in the next day.
+
+    Maintenance runs at :data:`NOW` and makes that day's partition: the hour
+    must fall in the same day, or its rows land in another partition than
+    :data:`PARTITION` (these tests failed when run between 00:00 and 02:00 UTC).
+    """
+    hour = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    return hour.replace(hour=21) if hour.hour > 21 else hour
+
+
+HOUR = ended_hour(datetime.now(UTC))
 NOW = HOUR + timedelta(hours=2, minutes=1)
 READINGS = 40
 SAMPLES = 360  # half an hour every 5 s: chunk rows of a few KB
@@ -98,6 +111,7 @@ def test_a_pass_rewrites_the_partition_it_left_mostly_free(
 
 
 def test_a_partition_written_once_is_left_alone(storage: TimescaleStorage, machine: str) -> None:
+    storage.metrics.maintain(NOW)  # the day's partition exists before its rows come
     write(storage, machine, 0, SAMPLES)
     before = filenode(storage)
 
