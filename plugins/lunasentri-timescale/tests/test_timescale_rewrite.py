@@ -17,9 +17,8 @@ from lunasentri_timescale import TimescaleStorage
 pytestmark = pytest.mark.postgres
 
 
-
 def ended_hour(now: datetime) -> datetime:
-    """The hour two hours before ``now``'s, or 21:00 when that would put :data:`NOW` in the next day.
+    """Two hours before ``now``'s hour, or 21:00 when that would put :data:`NOW` in the next day.
 
     Maintenance runs at :data:`NOW` and makes that day's partition: the hour
     must fall in the same day, or its rows land in another partition than
