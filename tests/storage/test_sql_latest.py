@@ -1,5 +1,6 @@
 """The latest values' forms (:mod:`~lunasentri_core.storage.sql.latest`): PostgreSQL's
-row per machine under concurrent writers, its orphans, and migration 0013 both ways."""
+rows per machine and part under concurrent writers, its orphans, and migration 0013
+both ways."""
 
 from __future__ import annotations
 
@@ -26,20 +27,30 @@ pytestmark = pytest.mark.postgres
 
 
 def stored(engine: Engine, machine_id: str) -> dict[int, tuple[int, float]]:
-    """A machine's row of ``latest_values``: each series' ``(ts, value)``; checks
-    the row's bounds and order on the way."""
+    """A machine's rows of ``latest_values``: each series' ``(ts, value)``; checks
+    each row's part, bounds and order on the way."""
     with engine.connect() as conn:
-        row = conn.exec_driver_sql(
-            "SELECT series_ids, series_ts, series_values, oldest, newest"
+        rows = conn.exec_driver_sql(
+            "SELECT part, series_ids, series_ts, series_values, oldest, newest"
             " FROM latest_values WHERE machine_id = %s",
             (machine_id,),
-        ).one_or_none()
-    if row is None:
-        return {}
-    sids, stamps, values, oldest, newest = row
-    assert sids == sorted(set(sids))
-    assert (oldest, newest) == (min(stamps), max(stamps))
-    return {sid: (ts, value) for sid, ts, value in zip(sids, stamps, values, strict=True)}
+        ).all()
+    found = {}
+    for part, sids, stamps, values, oldest, newest in rows:
+        assert sids == sorted(set(sids))
+        assert {sid // latest.PART_IDS for sid in sids} == {part}
+        assert (oldest, newest) == (min(stamps), max(stamps))
+        found.update((sid, (ts, v)) for sid, ts, v in zip(sids, stamps, values, strict=True))
+    return found
+
+
+def versions(engine: Engine, machine_id: str) -> dict[int, str]:
+    """Each part's row version (``xmin``): an update gives the row a new one."""
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT part, xmin::text FROM latest_values WHERE machine_id = %s", (machine_id,)
+        )
+        return dict(rows.all())
 
 
 def upsert(conn: Connection, values: Latest) -> None:
@@ -136,6 +147,42 @@ def test_many_machines_in_one_statement(postgres_engine: Engine) -> None:
     assert stored(postgres_engine, machines[2]) == {21: (T0_MS, 2.0), 22: (T0_MS, -2.0)}
 
 
+def test_a_machine_of_many_series_keeps_a_row_per_part(postgres_engine: Engine) -> None:
+    """A write rewrites only the rows of the parts its series fall in, and a write
+    across parts keeps each part's series apart."""
+    machine = new_id()
+    width = latest.PART_IDS
+    sids = list(range(width - 2, 3 * width + 2))  # parts 0-3, the outer two with 2 series
+    with postgres_engine.begin() as conn:
+        upsert(conn, [(machine, (sids, [T0_MS] * len(sids), [float(s) for s in sids]))])
+    assert sorted(versions(postgres_engine, machine)) == [0, 1, 2, 3]
+    before = versions(postgres_engine, machine)
+    # One series of part 1 newer, one of part 3 older than stored (merged, kept).
+    newer, older = width + 5, 3 * width
+    with postgres_engine.begin() as conn:
+        upsert(conn, [(machine, ([newer, older], [T0_MS + 1000, T0_MS - 1000], [-1.0, -2.0]))])
+    after = versions(postgres_engine, machine)
+    assert sorted(p for p in before if before[p] != after[p]) == [1, 3]
+    expected = {sid: (T0_MS, float(sid)) for sid in sids}
+    expected[newer] = (T0_MS + 1000, -1.0)
+    assert stored(postgres_engine, machine) == expected
+
+
+@pytest.mark.parametrize(
+    ("sids", "runs"),
+    [
+        ([], []),
+        ([5], [(0, 0, 1)]),
+        ([1, 255, 256, 300, 1000], [(0, 0, 2), (1, 2, 4), (3, 4, 5)]),
+        ([256, 511], [(1, 0, 2)]),
+    ],
+)
+def test_parts_split_sorted_ids_into_runs(
+    sids: list[int], runs: list[tuple[int, int, int]]
+) -> None:
+    assert list(latest.parts(sids)) == runs
+
+
 def write(storage: SqlStorage, machine: str, at: int, names: tuple[str, ...]) -> None:
     sample = Sample(T0 + at * SECOND, [Reading(n, float(at)) for n in names])
     storage.metrics.write([MachineSamples(machine, [sample])])
@@ -167,23 +214,27 @@ def test_a_machine_deleted_and_made_again_keeps_only_its_live_series(
 def test_migration_0013_moves_the_latest_values_and_back(empty_postgres_engine: Engine) -> None:
     storage = SqlStorage(empty_postgres_engine)
     storage.migrate()
-    one, two = new_id(), new_id()
+    one, two, many = new_id(), new_id(), new_id()
     write(storage, one, 1, ("a", "b"))
     write(storage, one, 2, ("b",))
     write(storage, two, 5, ("a",))
     before = storage.metrics.latest([one, two])
     found = {(v.series.machine_id, v.series.metric): v.value for v in before}
     assert found == {(one, "a"): 1.0, (one, "b"): 2.0, (two, "a"): 5.0}
+    # Series ids 4 to 303: two parts.
+    write(storage, many, 7, tuple(f"m{i}" for i in range(latest.PART_IDS + 44)))
+    kept = stored(empty_postgres_engine, many)
     with empty_postgres_engine.begin() as conn:
         command.downgrade(alembic_config(conn), "0012")
     with empty_postgres_engine.connect() as conn:
         rows = conn.exec_driver_sql("SELECT ts, value FROM series_latest ORDER BY value").all()
-    assert rows == [(T0_MS + 1000, 1.0), (T0_MS + 2000, 2.0), (T0_MS + 5000, 5.0)]
+    assert rows[:3] == [(T0_MS + 1000, 1.0), (T0_MS + 2000, 2.0), (T0_MS + 5000, 5.0)]
+    assert rows[3:] == [(T0_MS + 7000, 7.0)] * (latest.PART_IDS + 44)
     storage.migrate()
     assert storage.schema_revision() == head_revision()
     with empty_postgres_engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM series_latest").scalar_one() == 0
-        assert conn.exec_driver_sql("SELECT count(*) FROM latest_values").scalar_one() == 2
+        assert conn.exec_driver_sql("SELECT count(*) FROM latest_values").scalar_one() == 4
         options = conn.execute(
             sa.text(
                 "SELECT reloptions FROM pg_class "
@@ -192,6 +243,8 @@ def test_migration_0013_moves_the_latest_values_and_back(empty_postgres_engine: 
         ).scalar_one()
     assert options == ["fillfactor=50", "toast_tuple_target=8160"]
     assert storage.metrics.latest([one, two]) == before
+    assert stored(empty_postgres_engine, many) == kept
+    assert sorted(versions(empty_postgres_engine, many)) == [0, 1]
     write(storage, one, 3, ("a",))
     assert [v.value for v in storage.metrics.latest([one])] == [3.0, 2.0]
     storage.close()

@@ -4,14 +4,15 @@ Two forms, one per kind of database:
 
 * SQLite: ``series_latest``, a row per series, upserted newer-wins (a row
   costs no round trip and little work there).
-* PostgreSQL: ``latest_values``, a row per machine holding its series ids (in
-  increasing order), their timestamps and values as arrays, and the oldest and
-  newest of those timestamps. Updating 1,000 rows of ``series_latest`` was the
-  largest part of a batch's cost on the server (about 3.3 ms of its 6-7 for
-  20 machines of 50 series); 20 rows of arrays take a fraction of that.
+* PostgreSQL: ``latest_values``, a row per machine and part (:data:`PART_IDS`
+  consecutive series ids) holding its series ids (in increasing order), their
+  timestamps and values as arrays, and the oldest and newest of those
+  timestamps. Updating 1,000 rows of ``series_latest`` was the largest part of
+  a batch's cost on the server (about 3.3 ms of its 6-7 for 20 machines of 50
+  series); 20-odd rows of arrays take a fraction of that.
 
-A write upserts one row per machine (:class:`MachineUpsert`), locking the
-machines' rows in machine-id order. When the row holds the same series and
+A write upserts one row per machine and part (:class:`MachineUpsert`), locking
+the rows in (machine id, part) order. When the row holds the same series and
 every new point is newer than its newest (``oldest > newest``: an agent's next
 samples), the new arrays replace the stored ones; otherwise the two are merged
 series by series, the newer point winning (on equal timestamps the stored
@@ -20,14 +21,15 @@ the row as last committed, after locking it: two writers of one machine take
 turns and neither loses the other's newer points.
 
 Readers see both forms as rows ``(machine_id, series_id, ts, value)``
-(:func:`rows`); a deleted machine's row goes with its series, and a row left by a
+(:func:`rows`); a deleted machine's rows go with its series, and a row left by a
 writer that raced the deletion is dropped or stripped of the dead ids by
 maintenance (:func:`clean_orphans`), as ``series_latest``'s rows are.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -38,17 +40,41 @@ from lunasentri_core.storage.sql import pgarrays
 from lunasentri_core.storage.sql.head import Columns, Latest
 from lunasentri_core.storage.sql.schema import latest_values, series, series_latest
 
+PART_IDS: Final = 256
+"""Series ids per row of ``latest_values``: a row holds a machine's series of one
+range ``[k * PART_IDS, (k + 1) * PART_IDS)``.
+
+A write rewrites each row it touches whole, so a row's size bounds the cost of
+a write of a few series: a machine of 10,000 series in one row took 10.5 ms to
+write 10 of them (1.3 ms for a machine of 50). A machine's series are mostly
+created together, with consecutive ids: an agent's 25-50 series take one row,
+or two across a boundary. 256 series (6 KB of arrays) also keep a row whole in
+its page (``toast_tuple_target``, migration 0013)."""
+
 
 def flat(latest: Latest) -> Columns:
-    """Every machine's latest points as one set of columns, by series id (SQLite's rows)."""
+    """Every machine's latest points as one set of columns (SQLite's rows: a
+    machine's series are its own, so no id comes twice)."""
     if len(latest) == 1:
         return latest[0][1]
-    points = sorted(
-        (sid, ts, value)
-        for _, (sids, stamps, values) in latest
-        for sid, ts, value in zip(sids, stamps, values, strict=True)
-    )
-    return [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
+    sids: list[int] = []
+    stamps: list[int] = []
+    values: list[float] = []
+    for _, (m_sids, m_stamps, m_values) in latest:
+        sids += m_sids
+        stamps += m_stamps
+        values += m_values
+    return sids, stamps, values
+
+
+def parts(sids: Sequence[int]) -> Iterator[tuple[int, int, int]]:
+    """The runs of increasing ``sids`` sharing a part: ``(part, start, stop)``."""
+    start = 0
+    while start < len(sids):
+        part = sids[start] // PART_IDS
+        stop = bisect_left(sids, (part + 1) * PART_IDS, start)
+        yield part, start, stop
+        start = stop
 
 
 _FAST: Final = "(excluded.oldest > l.newest AND l.series_ids = excluded.series_ids)"
@@ -81,25 +107,27 @@ _MERGE: Final = (
 
 
 class MachineUpsert:
-    """PostgreSQL: the latest points of a batch's machines, a row each, in one statement.
+    """PostgreSQL: the latest points of a batch's machines, a row per machine and
+    part, in one statement.
 
-    Parameters: the machines' ids, the slice of the flat arrays each one's
-    points take (1-based bounds), their oldest and newest timestamps, then the
-    flat series ids, timestamps and values (:meth:`parameters`).
+    Parameters: the rows' machine ids and parts, the slice of the flat arrays
+    each row's points take (1-based bounds), their oldest and newest timestamps,
+    then the flat series ids, timestamps and values (:meth:`parameters`).
     """
 
     def __init__(self, dialect: Dialect) -> None:
         table = dialect.identifier_preparer.format_table(latest_values)
         self.sql: Final = (
             f"INSERT INTO {table} AS l"
-            " (machine_id, series_ids, series_ts, series_values, oldest, newest)"
-            " SELECT r.machine_id, a.s[r.lo:r.hi], a.t[r.lo:r.hi], a.v[r.lo:r.hi],"
+            " (machine_id, part, series_ids, series_ts, series_values, oldest, newest)"
+            " SELECT r.machine_id, r.part, a.s[r.lo:r.hi], a.t[r.lo:r.hi], a.v[r.lo:r.hi],"
             " r.oldest, r.newest"
-            " FROM unnest(%s::text[], %s::integer[], %s::integer[], %s::bigint[], %s::bigint[])"
-            " WITH ORDINALITY AS r(machine_id, lo, hi, oldest, newest, n),"
+            " FROM unnest(%s::text[], %s::integer[], %s::integer[], %s::integer[],"
+            " %s::bigint[], %s::bigint[])"
+            " WITH ORDINALITY AS r(machine_id, part, lo, hi, oldest, newest, n),"
             " (SELECT %s::integer[] AS s, %s::bigint[] AS t, %s::double precision[] AS v) AS a"
             " ORDER BY r.n"
-            f" ON CONFLICT (machine_id) DO UPDATE SET {_MERGE}"
+            f" ON CONFLICT (machine_id, part) DO UPDATE SET {_MERGE}"
         )
 
     @staticmethod
@@ -107,6 +135,7 @@ class MachineUpsert:
         """The statement's parameters; ``packed``: the number arrays in binary
         format (psycopg 3, :mod:`.pgarrays`), else as lists."""
         ids: list[str] = []
+        numbers: list[int] = []
         los: list[int] = []
         his: list[int] = []
         oldest: list[int] = []
@@ -115,15 +144,19 @@ class MachineUpsert:
         stamps: list[int] = []
         values: list[float] = []
         for machine_id, (m_sids, m_stamps, m_values) in latest:
-            ids.append(machine_id)
-            los.append(len(sids) + 1)
             sids += m_sids
             stamps += m_stamps
             values += m_values
-            his.append(len(sids))
-            oldest.append(min(m_stamps))
-            newest.append(max(m_stamps))
+            offset = len(sids) - len(m_sids)
+            for part, start, stop in parts(m_sids):
+                ids.append(machine_id)
+                numbers.append(part)
+                los.append(offset + start + 1)
+                his.append(offset + stop)
+                oldest.append(min(m_stamps[start:stop]))
+                newest.append(max(m_stamps[start:stop]))
         columns: tuple[tuple[type[pgarrays.PackedArray], Sequence[Any]], ...] = (
+            (pgarrays.Int4Array, numbers),
             (pgarrays.Int4Array, los),
             (pgarrays.Int4Array, his),
             (pgarrays.Int8Array, oldest),
@@ -183,7 +216,7 @@ def on(values: FromClause) -> ColumnElement[bool]:
 
 
 def delete_machine(conn: Connection, machine_id: str) -> None:
-    """A machine's row of ``latest_values`` (its ``series_latest`` rows go by series id)."""
+    """A machine's rows of ``latest_values`` (its ``series_latest`` rows go by series id)."""
     conn.execute(sa.delete(latest_values).where(latest_values.c.machine_id == machine_id))
 
 
@@ -242,7 +275,7 @@ def count(conn: Connection) -> int:
 
 def gather(conn: Connection) -> None:
     """PostgreSQL: move rows of ``series_latest`` into the machines' rows of
-    ``latest_values`` (newer points win), as migration 0013 did; rows of series
+    ``latest_values`` (newer points win), as migration 0013 does; rows of series
     that no longer exist are dropped."""
     if conn.dialect.name != "postgresql":
         return
@@ -250,12 +283,13 @@ def gather(conn: Connection) -> None:
     table, old = quote.format_table(latest_values), quote.format_table(series_latest)
     conn.exec_driver_sql(
         f"INSERT INTO {table} AS l"
-        " (machine_id, series_ids, series_ts, series_values, oldest, newest)"
-        " SELECT s.machine_id, array_agg(l.series_id ORDER BY l.series_id),"
+        " (machine_id, part, series_ids, series_ts, series_values, oldest, newest)"
+        f" SELECT s.machine_id, l.series_id / {PART_IDS},"
+        " array_agg(l.series_id ORDER BY l.series_id),"
         " array_agg(l.ts ORDER BY l.series_id), array_agg(l.value ORDER BY l.series_id),"
         " min(l.ts), max(l.ts)"
         f" FROM {old} AS l JOIN {quote.format_table(series)} AS s ON s.id = l.series_id"
-        " GROUP BY s.machine_id ORDER BY s.machine_id"
-        f" ON CONFLICT (machine_id) DO UPDATE SET {_MERGE}"
+        " GROUP BY 1, 2 ORDER BY 1, 2"
+        f" ON CONFLICT (machine_id, part) DO UPDATE SET {_MERGE}"
     )
     conn.exec_driver_sql(f"DELETE FROM {old}")

@@ -13,7 +13,7 @@ Layout (docs/storage.md explains the why):
   resolution expires, and deletes the row when nothing is left.
 * The latest values keep each series' newest point, updated by every write:
   ``series_latest`` (a row per series) on SQLite, ``latest_values`` (a row per
-  machine) on PostgreSQL (:mod:`.latest`).
+  machine and range of series ids) on PostgreSQL (:mod:`.latest`).
 
 Reads union the chunks with the head (a chunk's point wins on equal timestamps).
 """
@@ -1461,10 +1461,10 @@ def _prepare(db: Database) -> _Statements:
             where=ins.excluded.ts > series_latest.c.ts,
         )
 
-    upsert = db.bulk_insert(series_latest, ("series_id", "ts", "value"), newer_wins)
     if db.is_postgres:
         sql.upsert_latest = latest.MachineUpsert(db.engine.dialect)
     else:
+        upsert = db.bulk_insert(series_latest, ("series_id", "ts", "value"), newer_wins)
         sql.upsert_latest = _SeriesRows(upsert)
     sql.select_epoch = db.statement(
         sa.select(storage_meta.c.value).where(storage_meta.c.key == sa.bindparam("key"))

@@ -108,7 +108,7 @@ class FinishWrite:
     One statement keeps the latest values and advances the machines' ``last_seen``:
 
     * the upsert of the batch's machines' rows of ``latest_values``, each merged
-      newest-wins (:class:`~.latest.MachineUpsert`), in machine-id order;
+      newest-wins (:class:`~.latest.MachineUpsert`), in (machine id, part) order;
     * ``last_seen`` of the machines heard from, never backwards, in machine-id
       order too.
 

@@ -119,6 +119,8 @@ latest_values = sa.Table(
     "latest_values",
     metadata,
     sa.Column("machine_id", sa.Text, primary_key=True),
+    # Which range of series ids the row holds (``latest.PART_IDS`` ids a range).
+    sa.Column("part", sa.Integer, primary_key=True, autoincrement=False),
     # The machine's series ids in increasing order, and each one's newest point.
     sa.Column("series_ids", _Int4s, nullable=False),
     sa.Column("series_ts", _Int8s, nullable=False),
@@ -126,9 +128,10 @@ latest_values = sa.Table(
     sa.Column("oldest", sa.BigInteger, nullable=False),
     sa.Column("newest", sa.BigInteger, nullable=False),
 )
-"""PostgreSQL's latest values: one row per machine (:mod:`.latest`), where
-``series_latest`` has one per series; a write updates 20 rows for a batch of 20
-machines instead of 1,000. Empty on SQLite, which keeps ``series_latest``."""
+"""PostgreSQL's latest values: a row per machine and range of series ids
+(:mod:`.latest`), where ``series_latest`` has one per series; a write updates
+20-odd rows for a batch of 20 machines instead of 1,000. Empty on SQLite, which
+keeps ``series_latest``."""
 
 samples_head = sa.Table(
     "samples_head",

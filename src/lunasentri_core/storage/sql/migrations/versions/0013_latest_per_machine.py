@@ -1,10 +1,11 @@
-"""PostgreSQL: the latest values in one row per machine (``latest_values``).
+"""PostgreSQL: the latest values in a row per machine and range of series ids (``latest_values``).
 
 Every write kept each series' newest point in a row of ``series_latest`` of its
 own: 1,000 row updates for a batch of 20 machines of 50 series, the largest
 part of a write's cost on the server. ``latest_values`` holds a machine's
-series ids, timestamps and values as arrays, merged newest-wins in one upsert
-per machine (:mod:`~lunasentri_core.storage.sql.latest`). This moves the rows of
+series ids, timestamps and values as arrays, a row per range of 256 series ids
+(``part``), merged newest-wins in one upsert per row
+(:mod:`~lunasentri_core.storage.sql.latest`). This moves the rows of
 ``series_latest`` there (rows of series that no longer exist are left behind),
 and ``series_latest`` stays, empty, on PostgreSQL. SQLite keeps
 ``series_latest`` (a row costs no round trip there): ``latest_values`` is
@@ -32,8 +33,11 @@ depends_on: str | Sequence[str] | None = None
 OPTIONS = "fillfactor = 50, toast_tuple_target = 8160"
 """Half of each page free, so that a row's update can stay in its page (as
 ``series_latest``, migration 0011); and a machine's row kept whole in its page
-up to about 8 KB (some 400 series) instead of compressed and moved out past
-2 KB (as chunk rows, migration 0012): it is rewritten by every write."""
+up to about 8 KB (a part's 256 series take 6 KB) instead of compressed and moved
+out past 2 KB (as chunk rows, migration 0012): it is rewritten by every write."""
+
+PART_IDS = 256
+"""``latest.PART_IDS`` when this was written (a migration keeps its own copy)."""
 
 
 def upgrade() -> None:
@@ -45,24 +49,26 @@ def upgrade() -> None:
     op.create_table(
         "latest_values",
         sa.Column("machine_id", sa.Text, nullable=False),
+        sa.Column("part", sa.Integer, nullable=False),
         sa.Column("series_ids", arrays(sa.Integer()), nullable=False),
         sa.Column("series_ts", arrays(sa.BigInteger()), nullable=False),
         sa.Column("series_values", arrays(postgresql.DOUBLE_PRECISION()), nullable=False),
         sa.Column("oldest", sa.BigInteger, nullable=False),
         sa.Column("newest", sa.BigInteger, nullable=False),
-        sa.PrimaryKeyConstraint("machine_id", name="pk_latest_values"),
+        sa.PrimaryKeyConstraint("machine_id", "part", name="pk_latest_values"),
     )
     if not postgres:
         return
     op.execute(f"ALTER TABLE latest_values SET ({OPTIONS})")
     op.execute(
         "INSERT INTO latest_values"
-        " (machine_id, series_ids, series_ts, series_values, oldest, newest)"
-        " SELECT s.machine_id, array_agg(l.series_id ORDER BY l.series_id),"
+        " (machine_id, part, series_ids, series_ts, series_values, oldest, newest)"
+        f" SELECT s.machine_id, l.series_id / {PART_IDS},"
+        " array_agg(l.series_id ORDER BY l.series_id),"
         " array_agg(l.ts ORDER BY l.series_id), array_agg(l.value ORDER BY l.series_id),"
         " min(l.ts), max(l.ts)"
         " FROM series_latest AS l JOIN series AS s ON s.id = l.series_id"
-        " GROUP BY s.machine_id"
+        " GROUP BY 1, 2"
     )
     op.execute("DELETE FROM series_latest")
 
