@@ -183,6 +183,27 @@ def test_parts_split_sorted_ids_into_runs(
     assert list(latest.parts(sids)) == runs
 
 
+def test_the_parameters_as_plain_lists_store_the_same(postgres_engine: Engine) -> None:
+    """The form other PostgreSQL drivers get (:meth:`~.latest.MachineUpsert.run` packs
+    the number arrays in binary for psycopg 3 only) merges alike."""
+    machines = sorted(new_id() for _ in range(2))
+    first = [
+        (machines[0], ([1, 300], [T0_MS] * 2, [1.0, 2.0])),
+        (machines[1], ([7], [T0_MS], [3.0])),
+    ]
+    second = [(machines[0], ([1, 2], [T0_MS + 1, T0_MS - 1], [4.0, 5.0]))]
+    statement = latest.MachineUpsert(postgres_engine.dialect).sql
+    with postgres_engine.begin() as conn:
+        for values in (first, second):
+            conn.exec_driver_sql(statement, latest.MachineUpsert.parameters(values, packed=False))
+    assert stored(postgres_engine, machines[0]) == {
+        1: (T0_MS + 1, 4.0),
+        2: (T0_MS - 1, 5.0),
+        300: (T0_MS, 2.0),
+    }
+    assert stored(postgres_engine, machines[1]) == {7: (T0_MS, 3.0)}
+
+
 def write(storage: SqlStorage, machine: str, at: int, names: tuple[str, ...]) -> None:
     sample = Sample(T0 + at * SECOND, [Reading(n, float(at)) for n in names])
     storage.metrics.write([MachineSamples(machine, [sample])])
