@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         # run.py runs every benchmark bare: this one is a tool for A/B turns.
-        print("bench_pg_read_turns: skipped, an A/B tool: give prepare, measure or drop")
+        print("bench_pg_read_turns: skipped, an A/B tool: give prepare, measure, parts or drop")
         return 0
     url = pg.postgres_url()
     if url is None:
