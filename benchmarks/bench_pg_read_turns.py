@@ -18,7 +18,16 @@ medians over rounds.
     python benchmarks/bench_pg_read_turns.py prepare [--scale 0.125]
     python benchmarks/bench_pg_read_turns.py measure old=/tmp/old/src:... new=src:... \\
         [--rounds 8] [--repeat 300]
+    python benchmarks/bench_pg_read_turns.py parts [--repeat 300]
     python benchmarks/bench_pg_read_turns.py drop
+
+``parts`` times the two reads in this process, on the code it runs, and
+where each spends its CPU (:mod:`_read_parts`).
+
+Code from before migration 0013 refuses a database at 0013: copy
+``0013_latest_per_machine.py`` into its ``migrations/versions`` (the schema of
+the latest values does not change a history read) and give ``--reads h500,h1m``
+(it reads no latest values on PostgreSQL since).
 
 Without a command (``run.py`` runs it so) it says so and skips.
 """
@@ -32,10 +41,12 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
 import _postgres as pg
+import _read_parts
 import _server
 import bench_vs_victoriametrics as vm
 import httpx
@@ -101,7 +112,9 @@ def prepare(url: str, scale: float) -> None:
     print(f"prepared: {data.points:,} points in schema {SCHEMA} ({STATE})")
 
 
-def measure_one(state: dict[str, object], pythonpath: str, repeat: int) -> dict[str, float]:
+def measure_one(
+    state: dict[str, object], pythonpath: str, repeat: int, reads: Sequence[str] = READS
+) -> dict[str, float]:
     """One server with ``pythonpath``: each read's median wall and CPU per request (ms)."""
     url = str(state["url"])
     env = {**vm.SERVER_ENV, "LUNASENTRI_STORAGE__URL": url, "PYTHONPATH": pythonpath}
@@ -120,7 +133,7 @@ def measure_one(state: dict[str, object], pythonpath: str, repeat: int) -> dict[
         machine = f"/api/v1/machines/{state['machine']}"
         try:
             with httpx.Client(base_url=server.url, headers=headers, timeout=60) as client:
-                for name in READS:
+                for name in reads:
                     if name == "latest":
                         path, params = f"{machine}/latest", {}
                     else:
@@ -144,18 +157,20 @@ def measure_one(state: dict[str, object], pythonpath: str, repeat: int) -> dict[
         finally:
             backends.close()
         server.stop()
-    for name in READS:
+    for name in reads:
         out[f"{name}_cpu"] = out[f"{name}_server"] + out[f"{name}_pg"]
     return out
 
 
-def measure(versions: dict[str, str], rounds: int, repeat: int) -> None:
+def measure(
+    versions: dict[str, str], rounds: int, repeat: int, reads: Sequence[str] = READS
+) -> None:
     state = json.loads(STATE.read_text())
     results: dict[str, list[dict[str, float]]] = {label: [] for label in versions}
     labels = list(versions)
     for r in range(rounds):
         for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
-            found = measure_one(state, versions[label], repeat)
+            found = measure_one(state, versions[label], repeat, reads)
             results[label].append(found)
             shown = " ".join(f"{k} {v:.2f}" for k, v in found.items())
             print(f"round {r + 1} {label}: {shown} (load {os.getloadavg()[0]:.1f})", flush=True)
@@ -175,11 +190,19 @@ def main(argv: list[str] | None = None) -> int:
     meas.add_argument("versions", nargs="+", help="LABEL=PYTHONPATH")
     meas.add_argument("--rounds", type=int, default=8)
     meas.add_argument("--repeat", type=int, default=300)
+    meas.add_argument(
+        "--reads",
+        default=",".join(READS),
+        help="comma-separated, of h500, h1m, latest (default all; code before migration 0013"
+        " reads no latest values on PostgreSQL)",
+    )
+    parts = sub.add_parser("parts", help="the reads' parts, timed in this process")
+    parts.add_argument("--repeat", type=int, default=300)
     sub.add_parser("drop", help="drop the kept schema")
     args = parser.parse_args(argv)
     if args.command is None:
         # run.py runs every benchmark bare: this one is a tool for A/B turns.
-        print("bench_pg_read_turns: skipped, an A/B tool: give prepare, measure or drop")
+        print("bench_pg_read_turns: skipped, an A/B tool: give prepare, measure, parts or drop")
         return 0
     url = pg.postgres_url()
     if url is None:
@@ -188,7 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "prepare":
         prepare(url, args.scale)
     elif args.command == "measure":
-        measure(dict(v.split("=", 1) for v in args.versions), args.rounds, args.repeat)
+        reads = args.reads.split(",")
+        if not set(reads) <= set(READS):
+            parser.error(f"--reads: {args.reads!r}, expected some of {', '.join(READS)}")
+        versions = dict(v.split("=", 1) for v in args.versions)
+        measure(versions, args.rounds, args.repeat, reads)
+    elif args.command == "parts":
+        _read_parts.breakdown(json.loads(STATE.read_text()), args.repeat)
     else:
         reset_schema(url, create=False)
         STATE.unlink(missing_ok=True)
