@@ -19,8 +19,8 @@ from lunasentri_core.storage.sql.blocks import (
     FLAG_ZLIB,
     FORMAT_V1,
     FORMAT_VERSION,
-    decode_minutes,
     decode_raw,
+    minutes_of_raw,
 )
 from lunasentri_core.storage.sql.metrics import to_ms
 from lunasentri_core.storage.sql.schema import metric_chunks
@@ -49,22 +49,22 @@ def write(storage: SqlStorage, start: datetime, count: int) -> None:
     )
 
 
-def chunk_flags(storage: SqlStorage) -> dict[int, tuple[int, int]]:
-    """Per chunk start: the flags byte of the raw blob and of the minutes blob.
+def chunk_flags(storage: SqlStorage) -> dict[int, int]:
+    """Per chunk start: the flags byte of the raw blob.
 
-    Open chunks are plain version 1 blocks; ended ones version 2, compressed.
+    Open chunks are plain version 1 blocks; ended ones version 3, compressed.
+    No chunk has a minute blob while its raw points are kept.
     """
     c = metric_chunks.c
     with storage.db.read() as conn:
         rows = conn.execute(sa.select(c.chunk_start, c.raw, c.minutes)).all()
-    flags: dict[int, tuple[int, int]] = {}
+    flags: dict[int, int] = {}
     for chunk_start, raw, minutes in rows:
         assert raw is not None
-        assert minutes is not None
-        both = (raw[1], minutes[1])
+        assert minutes is None
         version = FORMAT_VERSION if raw[1] & FLAG_ZLIB else FORMAT_V1
-        assert (raw[0], minutes[0]) == (version, version)
-        assert flags.setdefault(chunk_start, both) == both, "series of one hour disagree"
+        assert raw[0] == version
+        assert flags.setdefault(chunk_start, raw[1]) == raw[1], "series of one hour disagree"
     return flags
 
 
@@ -86,12 +86,12 @@ def test_the_open_hour_stays_uncompressed_and_an_ended_hour_is_compressed(
     storage.metrics.compress_open = False  # SQLite's way (PostgreSQL's: the next test)
     write(storage, HOUR_START, 6)  # 10:00:00 .. 10:00:25
     storage.metrics.maintain(HOUR_START + 40 * SECOND)
-    assert chunk_flags(storage) == {to_ms(HOUR_START): (0, 0)}
+    assert chunk_flags(storage) == {to_ms(HOUR_START): 0}
     assert history(storage, HOUR_START, HOUR_START + timedelta(hours=2)) == [(HOUR_START, 102.5)]
 
     write(storage, HOUR_START + 60 * SECOND, 6)  # a later pass appends to the open chunk
     storage.metrics.maintain(HOUR_START + 90 * SECOND)
-    assert chunk_flags(storage) == {to_ms(HOUR_START): (0, 0)}
+    assert chunk_flags(storage) == {to_ms(HOUR_START): 0}
     minute = HOUR_START + timedelta(minutes=1)
     grown = [(HOUR_START, 102.5), (minute, 102.5)]
     assert history(storage, HOUR_START, HOUR_START + timedelta(hours=2)) == grown
@@ -100,7 +100,7 @@ def test_the_open_hour_stays_uncompressed_and_an_ended_hour_is_compressed(
     # writes the chunk for the last time, compressed.
     write(storage, HOUR_START + timedelta(minutes=59, seconds=50), 2)
     storage.metrics.maintain(HOUR_START + timedelta(hours=1, seconds=5))
-    assert chunk_flags(storage) == {to_ms(HOUR_START): (FLAG_ZLIB, FLAG_ZLIB)}
+    assert chunk_flags(storage) == {to_ms(HOUR_START): FLAG_ZLIB}
     last = (HOUR_START + timedelta(minutes=59), 100.5)
     assert history(storage, HOUR_START, HOUR_START + timedelta(hours=2)) == [*grown, last]
 
@@ -109,7 +109,7 @@ def test_postgresql_compresses_the_open_hour_too(storage: SqlStorage) -> None:
     assert storage.metrics.compress_open is storage.db.is_postgres
     write(storage, HOUR_START, 6)
     storage.metrics.maintain(HOUR_START + 40 * SECOND)
-    open_flags = (FLAG_ZLIB, FLAG_ZLIB) if storage.db.is_postgres else (0, 0)
+    open_flags = FLAG_ZLIB if storage.db.is_postgres else 0
     assert chunk_flags(storage) == {to_ms(HOUR_START): open_flags}
     assert history(storage, HOUR_START, HOUR_START + timedelta(hours=2)) == [(HOUR_START, 102.5)]
 
@@ -134,21 +134,16 @@ def test_open_and_compressed_chunks_decode_to_the_same_points(storage: SqlStorag
     storage.metrics.maintain(HOUR_START + timedelta(minutes=5))
     c = metric_chunks.c
     with storage.db.read() as conn:
-        open_rows = conn.execute(sa.select(c.series_id, c.raw, c.minutes)).all()
+        open_rows = conn.execute(sa.select(c.series_id, c.raw)).all()
     # Late points of the same (now ended) hour make compaction rewrite it compressed.
     write(storage, HOUR_START + timedelta(minutes=30), 1)
     storage.metrics.maintain(HOUR_START + timedelta(hours=1, minutes=1))
     with storage.db.read() as conn:
-        sealed = {
-            sid: (raw, minutes)
-            for sid, raw, minutes in conn.execute(sa.select(c.series_id, c.raw, c.minutes))
-        }
-    for sid, raw, minutes in open_rows:
+        sealed = dict(conn.execute(sa.select(c.series_id, c.raw)).all())
+    for sid, raw in open_rows:
         ts, values = decode_raw(raw)
-        sealed_ts, sealed_values = decode_raw(sealed[sid][0])
+        sealed_ts, sealed_values = decode_raw(sealed[sid])
         assert list(sealed_ts[:-1]) == list(ts)
         assert list(sealed_values[:-1]) == list(values)
-        assert (
-            decode_minutes(sealed[sid][1])[0][: len(decode_minutes(minutes)[0])]
-            == (decode_minutes(minutes)[0])
-        )
+        open_buckets = minutes_of_raw(raw)[0]
+        assert minutes_of_raw(sealed[sid])[0][: len(open_buckets)] == open_buckets

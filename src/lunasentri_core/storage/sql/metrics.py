@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from itertools import repeat
 from operator import add, itemgetter
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import attrs
 import sqlalchemy as sa
@@ -84,6 +84,7 @@ from lunasentri_core.storage.sql.points import (
     Rollups,
     Stats,
     bucket_stats,
+    chunk_minutes,
     clip,
     downsample_points,
     downsample_rollups,
@@ -642,11 +643,11 @@ class SqlMetricStore:
         aggregation: Aggregation,
         horizons: Horizons,
         chunk_points: Callable[[int, int], tuple[IntArray, FloatArray] | None],
-        blobs: Iterable[bytes] | None = None,
+        blobs: Iterable[Blobs] | None = None,
     ) -> Rollups:
         """The rollups of ``[start, end)``; only the columns ``aggregation``
         reads hold their stored values. ``blobs``: the series' minute blobs in
-        the range, in order, when read already.
+        the range, in order, when read already (:data:`Blobs`).
 
         ``horizons``: where the rollups lack a bucket to redo in a chunk whose
         raw points and rollups are both kept, the chunk has no point in it,
@@ -660,9 +661,12 @@ class SqlMetricStore:
         if resolution is Resolution.MINUTE:
             wanted = _MINUTE_WANTED[aggregation]
             if blobs is None:
-                blobs = [blob for (blob,) in self._sql.select_minutes.one(conn, (sid, lo, hi))]
-            for blob in blobs:
-                rollups.extend(Rollups(*blocks.read_minutes(blob, wanted)))
+                blobs = [(m, r) for m, r in self._sql.select_minutes.one(conn, (sid, lo, hi))]
+            for minutes, raw in blobs:
+                if minutes is not None:
+                    rollups.extend(Rollups(*blocks.read_minutes(minutes, wanted)))
+                elif raw is not None:
+                    rollups.extend(Rollups(*blocks.minutes_of_raw(raw)))
         else:
             rows = self._sql.select_hours.one(conn, (sid, lo, hi)).all()
             rollups = Rollups(
@@ -968,6 +972,56 @@ class SqlMetricStore:
         return written
 
     def _expire(self, now_ms: int) -> MaintenanceReport:
+        """Clear what each resolution no longer keeps, moving its horizon.
+
+        Chunks keep no minute blob while their raw points are kept (:func:`_chunk_row`):
+        those whose raw points go get it first, in two phases. The first, in
+        transactions of :data:`MATERIALIZE_ROWS` rows that ingest and compaction
+        commit between, stores most of them; the second, in the transaction that
+        clears the raw points and moves the horizon, those a late point rewrote
+        meanwhile. A crash between them loses nothing: the horizon has not moved,
+        and the next pass finds the minute blobs already there.
+        """
+        materialized = self._materialize_minutes(now_ms)
+        report = self._expire_now(now_ms)
+        return _add(report, MaintenanceReport(rollup_rows=materialized))
+
+    def _minutes_due(self, now_ms: int, horizons: Horizons) -> tuple[int | None, int] | None:
+        """The chunk starts ``[lo, hi)`` (``lo`` ``None``: from the first) whose raw
+        points expire at ``now_ms`` and whose minute rollups are still kept, so
+        must be stored first; ``None`` when there are none."""
+        keep_raw, keep_minute = self.retention.raw, self.retention.minute
+        if keep_raw is None:
+            return None
+        hi, lo = _horizon(now_ms, keep_raw), horizons.raw
+        if lo is not None and hi <= lo:
+            return None
+        if keep_minute is not None:
+            minute = _horizon(now_ms, keep_minute)
+            if horizons.minute is not None:
+                minute = max(minute, horizons.minute)
+            lo = minute if lo is None else max(lo, minute)
+        if lo is not None and lo >= hi:
+            return None
+        return lo, hi
+
+    def _materialize_minutes(self, now_ms: int) -> int:
+        """Phase one of :meth:`_expire`: the minute rollups written (buckets)."""
+        with self._db.read() as conn:
+            due = self._minutes_due(now_ms, self._horizons(conn))
+        written = 0
+        while due is not None:
+            with self._db.write(lock=LOCK_MAINTAIN) as conn:
+                rows, buckets = _store_minutes(conn, *due, limit=MATERIALIZE_ROWS)
+            written += buckets
+            if rows:
+                self._touched.append((due[0] or 0, due[1]))
+            if rows < MATERIALIZE_ROWS:
+                break
+        return written
+
+    def _expire_now(self, now_ms: int) -> MaintenanceReport:
+        """Phase two of :meth:`_expire`, and the expiry of every resolution."""
         retention = self._retention()
         clear = {
             Resolution.RAW: {"raw": None},
@@ -989,6 +1043,9 @@ class SqlMetricStore:
         c = metric_chunks.c
         with self._db.write(lock=LOCK_MAINTAIN) as conn:
             horizons = self._horizons(conn)
+            due = self._minutes_due(now_ms, horizons)
+            if due is not None:
+                _store_minutes(conn, *due)
             new_horizons = {}
             for resolution, keep in retention.items():
                 if keep is None:
@@ -1125,7 +1182,7 @@ class _HistoryReader:
         resolution = choose_resolution(start, step, horizons)
         sids = [sid for sid, _ in matched]
         self._sids = sids
-        blobs: dict[int, list[bytes]] | None = None
+        blobs: dict[int, list[Blobs]] | None = None
         if resolution is not Resolution.HOUR and (query.machine_id, start, end) not in self._head:
             # Raw points need no statement after this one: the read can end with it.
             last = self._last and resolution is Resolution.RAW
@@ -1138,7 +1195,8 @@ class _HistoryReader:
         for sid, key in matched:
             mine = None if blobs is None else blobs.get(sid, [])
             if resolution is Resolution.RAW:
-                ts, values = store._raw_points(conn, sid, start, end, head.get(sid), mine)
+                raws = None if mine is None else [raw for raw, _ in mine if raw is not None]
+                ts, values = store._raw_points(conn, sid, start, end, head.get(sid), raws)
                 ks, steps = downsample_points(ts, values, start, end, step, query.aggregation)
             else:
                 rollups = store._rollups(
@@ -1193,10 +1251,10 @@ class _HistoryReader:
         end: int,
         *,
         last: bool = False,
-    ) -> tuple[dict[int, tuple[IntArray, FloatArray]], dict[int, list[bytes]] | None]:
+    ) -> tuple[dict[int, tuple[IntArray, FloatArray]], dict[int, list[Blobs]] | None]:
         """:meth:`_head_points`, and the raw or minute blobs of ``sids`` in the
         range (by series, in order) read with them in one statement: a round trip
-        fewer on PostgreSQL. ``None`` blobs: too many series for one statement,
+        fewer on PostgreSQL (:data:`Blobs`). ``None`` blobs: too many series for one statement,
         the store reads them series by series. ``last``: no statement follows,
         the transaction commits with this one (PostgreSQL with psycopg 3)."""
         if len(sids) > _HEAD_AND_BLOBS_SERIES:
@@ -1212,12 +1270,12 @@ class _HistoryReader:
         else:
             rows = stmt.one(self._conn, params)
         head_rows: list[tuple[Any, ...]] = []
-        blobs: dict[int, list[bytes]] = {}
+        blobs: dict[int, list[Blobs]] = {}
         for part, a, b, x, y in rows:
             if part == 0:  # a head row: seq, ts, series ids, values
                 head_rows.append((b, x, y))
-            else:  # a chunk: series id, chunk start, blob
-                blobs.setdefault(a, []).append(x)
+            else:  # a chunk: series id, chunk start, blob, raw blob instead of minutes
+                blobs.setdefault(a, []).append((x, y))
         made = self._head[machine_id, start, end] = series_columns(head_rows)
         return {sid: made[sid] for sid in sids if sid in made}, blobs
 
@@ -1273,18 +1331,23 @@ def _chunk_row(
 ) -> tuple[tuple[Any, ...] | None, int]:
     """The ``metric_chunks`` row of a chunk now holding ``ts``/``values``.
 
-    Only the minute buckets around the ``added`` points are recomputed; the
-    others come from the chunk's existing ``minutes`` blob. Resolutions already
-    expired for this chunk stay empty, so a late point still reaches the
-    rollups that are kept; ``None`` when every resolution has expired.
-    ``compress``: zlib the blobs (not while the chunk's hour is still open).
+    While the chunk's raw points are kept it has no minute blob: readers
+    derive its minute rollups from the raw one (:func:`~.blocks.minutes_of_raw`),
+    and :meth:`SqlMetricStore._expire` stores them before the raw points go.
+    Past that, only the minute buckets around the ``added`` points are
+    recomputed; the others come from the chunk's existing ``minutes`` blob.
+    Resolutions already expired for this chunk stay empty, so a late point
+    still reaches the rollups that are kept; ``None`` when every resolution
+    has expired. ``compress``: zlib the blobs (not while the chunk's hour is
+    still open).
     """
     written = 0
     raw_blob = None
-    if not horizons.expired(Resolution.RAW, chunk_start):
+    raw_kept = not horizons.expired(Resolution.RAW, chunk_start)
+    if raw_kept:
         raw_blob = blocks.encode_raw(ts, values, compress=compress)
     minute_blob = None
-    if not horizons.expired(Resolution.MINUTE, chunk_start):
+    if not raw_kept and not horizons.expired(Resolution.MINUTE, chunk_start):
         if minutes:
             lo = floor_to(added[0], MINUTE_MS)
             hi = floor_to(added[-1], MINUTE_MS) + MINUTE_MS
@@ -1293,10 +1356,10 @@ def _chunk_row(
             rollups, stats = Rollups(*blocks.decode_minutes(minutes)).split(lo)
             stats.update(fresh)
             rollups.extend(Rollups.from_stats(stats))
+            written += len(fresh)
         else:
-            fresh = bucket_stats(ts, values, MINUTE_MS, chunk_start, chunk_start + CHUNK_MS)
-            rollups = Rollups.from_stats(fresh)
-        written += len(fresh)
+            rollups = chunk_minutes(ts, values, chunk_start)
+            written += len(rollups)
         minute_blob = blocks.encode(rollups.columns(), compress=compress)
     hour: Stats | tuple[None, ...] = (None,) * 5
     if not horizons.expired(Resolution.HOUR, chunk_start):
@@ -1305,6 +1368,38 @@ def _chunk_row(
     if raw_blob is None and minute_blob is None and not written:
         return None, 0
     return (sid, chunk_start, raw_blob, minute_blob, *hour), written
+
+
+MATERIALIZE_ROWS: Final = 500
+"""Chunk rows given their minute blob per transaction before their raw points expire."""
+
+
+def _store_minutes(
+    conn: Connection, lo: int | None, hi: int, *, limit: int | None = None
+) -> tuple[int, int]:
+    """Give the chunk rows in ``[lo, hi)`` that have raw points and no minute blob
+    the minute blob compaction would have written (at most ``limit`` rows, the
+    raw points kept). Returns the rows and the minute buckets written."""
+    c = metric_chunks.c
+    where = [c.chunk_start < hi, c.raw.is_not(None), c.minutes.is_(None)]
+    if lo is not None:
+        where.append(c.chunk_start >= lo)
+    query = sa.select(c.series_id, c.chunk_start, c.raw).where(*where)
+    if limit is not None:
+        query = query.limit(limit)
+    updates, buckets = [], 0
+    for sid, chunk_start, raw in conn.execute(query).all():
+        rollups = chunk_minutes(*blocks.decode_raw(raw), chunk_start)
+        buckets += len(rollups)
+        updates.append({"sid": sid, "cs": chunk_start, "m": blocks.encode(rollups.columns())})
+    if updates:
+        conn.execute(
+            sa.update(metric_chunks)
+            .where(c.series_id == sa.bindparam("sid"), c.chunk_start == sa.bindparam("cs"))
+            .values(minutes=sa.bindparam("m")),
+            updates,
+        )
+    return len(updates), buckets
 
 
 class _SeriesRows:
@@ -1345,6 +1440,11 @@ _PREPARED: dict[tuple[str, str, str], _Statements] = {}
 _PREPARED_LOCK = threading.Lock()
 
 
+Blobs: TypeAlias = tuple[bytes | None, bytes | None]
+"""A chunk row's blob as a read selects it: ``(raw, None)`` at raw resolution; at
+minute resolution ``(minutes, None)``, or ``(None, raw)`` while the chunk keeps
+its raw points and so no minute blob (:func:`_minute_blobs`)."""
+
 _HEAD_AND_BLOBS_SERIES: Final = 64
 """Series whose blobs are read with the head in one statement, at most (a chart's)."""
 
@@ -1354,9 +1454,14 @@ def _select_head_and_blobs(db: Database, resolution: Resolution, count: int) -> 
     ``count`` series (``s0``...) in ``[clo, chi)``, in one statement: rows of
     ``(0, seq, ts, series ids, values)`` in write order, then ``(1, series id,
     chunk start, blob, NULL)`` by series and time (what the select_head and
-    select_raw / select_minutes statements read)."""
+    select_raw / select_minutes statements read). At minute resolution a chunk
+    without a minute blob comes as ``(1, series id, chunk start, NULL, raw)``
+    (:func:`_minute_blobs`)."""
     h, c = samples_head.c, metric_chunks.c
-    blob = c.raw if resolution is Resolution.RAW else c.minutes
+    blob, other = c.raw, sa.cast(sa.null(), sa.LargeBinary)
+    present = c.raw.is_not(None)
+    if resolution is not Resolution.RAW:
+        blob, other, present = _minute_blobs()
     head = sa.select(
         sa.literal_column("0").label("part"),
         h.seq.label("a"),
@@ -1371,17 +1476,29 @@ def _select_head_and_blobs(db: Database, resolution: Resolution, count: int) -> 
         c.series_id,
         c.chunk_start,
         blob,
-        sa.cast(sa.null(), sa.LargeBinary),
+        other,
     ).where(
         c.series_id.in_([sa.bindparam(f"s{i}") for i in range(count)]),
         c.chunk_start >= sa.bindparam("clo"),
         c.chunk_start < sa.bindparam("chi"),
-        blob.is_not(None),
+        present,
     )
     query = sa.union_all(head, chunks).order_by(
         sa.literal_column("part"), sa.literal_column("a"), sa.literal_column("b")
     )
     return db.statement(query)
+
+
+def _minute_blobs() -> tuple[Any, Any, Any]:
+    """What a minute read selects of a chunk row: its minute blob, its raw blob
+    when it has no minute blob (raw points kept: :func:`_chunk_row`), and the
+    condition that it has either."""
+    c = metric_chunks.c
+    return (
+        c.minutes,
+        sa.case((c.minutes.is_(None), c.raw)),
+        sa.or_(c.minutes.is_not(None), c.raw.is_not(None)),
+    )
 
 
 def _select_series(db: Database, check: bool | None) -> Statement:
@@ -1496,8 +1613,9 @@ def _prepare(db: Database) -> _Statements:
     sql.select_raw = db.statement(
         sa.select(c.raw).where(*in_range, c.raw.is_not(None)).order_by(c.chunk_start)
     )
+    minutes, raw_instead, present = _minute_blobs()
     sql.select_minutes = db.statement(
-        sa.select(c.minutes).where(*in_range, c.minutes.is_not(None)).order_by(c.chunk_start)
+        sa.select(minutes, raw_instead).where(*in_range, present).order_by(c.chunk_start)
     )
     sql.select_hours = db.statement(
         sa.select(c.chunk_start, c.hour_count, c.hour_sum, c.hour_min, c.hour_max, c.hour_last)

@@ -206,6 +206,14 @@ class Rollups:
         return len(self.buckets)
 
 
+def chunk_minutes(ts: IntArray, values: FloatArray, chunk_start: int) -> Rollups:
+    """The minute rollups of a chunk's points: what compaction stores once the
+    chunk's raw points expire, and what readers derive from them until then."""
+    return Rollups.from_stats(
+        bucket_stats(ts, values, MINUTE_MS, chunk_start, chunk_start + CHUNK_MS)
+    )
+
+
 def _steps(keys: IntArray, start: int, end: int, step: int) -> Iterator[tuple[int, int, int]]:
     """``(k, i, j)``: keys ``[i, j)`` fall in step ``k``, i.e. ``[start + k*step, +step)``.
 
