@@ -108,7 +108,10 @@ class _Handler(BaseHTTPRequestHandler):
     server: Receiver
 
     def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["content-length"]))
+        length = int(self.headers["content-length"])
+        body = self.rfile.read(length)
+        if len(body) < length:
+            return  # the sender was killed in the middle of its request: nothing arrived
         try:
             verify(SECRET, dict(self.headers), body)
         except ValueError:
